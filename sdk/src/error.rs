@@ -1,0 +1,101 @@
+//! The SDK's error type: one enum, each variant a cause the app can act on.
+
+use std::path::PathBuf;
+
+use syncline_protocol::{DocId, IdError};
+
+/// Everything that can go wrong in the SDK. Causes from dependencies are wrapped, not
+/// flattened into strings, except where one failure must be reported to several callers (a
+/// failed group commit), which cannot share a non-`Clone` error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file exists but is not a Syncline store (another SQLite database, or not SQLite).
+    #[error("{path} is not a Syncline store")]
+    NotAStore {
+        /// The file that was opened.
+        path: PathBuf,
+    },
+    /// The store was written by a newer SDK; this one must not touch it.
+    #[error(
+        "store schema version {found} is newer than this SDK supports ({supported}); upgrade the SDK"
+    )]
+    SchemaTooNew {
+        /// The schema version found in the file.
+        found: i64,
+        /// The newest schema version this SDK knows.
+        supported: i64,
+    },
+    /// Another process (or another `Store` in this one) has the store open.
+    #[error("the store {path} is already open elsewhere")]
+    Locked {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// No document with this id exists in the store.
+    #[error("document {0} not found")]
+    NotFound(DocId),
+    /// The document exists but has been deleted (its tombstone will sync).
+    #[error("document {0} has been deleted")]
+    Deleted(DocId),
+    /// A document with this id already exists.
+    #[error("document {0} already exists")]
+    AlreadyExists(DocId),
+    /// The document's stored bytes cannot be decoded. Only this document is affected; its rows
+    /// are kept untouched so that nothing is lost.
+    #[error("document {doc} is corrupt in the store: {reason}")]
+    CorruptDocument {
+        /// The document whose rows failed to decode.
+        doc: DocId,
+        /// What failed.
+        reason: String,
+    },
+    /// A path does not lead where the operation needs it to.
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath {
+        /// The path, as written.
+        path: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The value at a path is not of the requested type.
+    #[error("type mismatch at {path:?}: expected {expected}, found {found}")]
+    TypeMismatch {
+        /// The path, as written.
+        path: String,
+        /// The type the caller asked for.
+        expected: &'static str,
+        /// The type that is there.
+        found: &'static str,
+    },
+    /// An identifier failed validation.
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+    /// Heads that do not belong to this document, or malformed head bytes.
+    #[error("invalid heads: {0}")]
+    InvalidHeads(String),
+    /// Change bytes received from elsewhere that do not decode.
+    #[error("invalid change data: {0}")]
+    InvalidChange(String),
+    /// JSON that does not parse.
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An Automerge operation failed.
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// A group commit failed; every write in the group reports it and none was applied.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    /// The file system failed (creating the store's lock file, for instance).
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The store's writer thread is gone (the store is shutting down).
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// `Result` with the SDK's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

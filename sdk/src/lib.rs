@@ -1,0 +1,48 @@
+//! Syncline's device-side SDK: an offline-first store of Automerge documents.
+//!
+//! Every entity is one Automerge document addressed by a [`DocId`] (collection + id). Writes
+//! are durable before they return and work with no network; what no relay has acknowledged
+//! stays pending ([`Store::pending_documents`]). History, time travel and conflicts come from
+//! Automerge itself.
+//!
+//! ```
+//! use syncline::{Collection, Store, Value};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Store::open(dir.path().join("account.db"))?;
+//! let todos = Collection::new("todos")?;
+//!
+//! let todo = store.create(&todos)?;
+//! todo.transact(Some("add"), |tx| {
+//!     tx.put("title", "Buy milk")?;
+//!     tx.put("done", false)
+//! })?;
+//!
+//! assert_eq!(todo.get_str("title")?.as_deref(), Some("Buy milk"));
+//! assert_eq!(store.list(&todos)?.len(), 1);
+//! assert_eq!(store.pending_documents()?, vec![todo.id().clone()]); // no relay yet
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Module map: [`store`](crate::store) is the SQLite layer (the only code that knows SQL);
+//! `repo` holds [`Store`] and [`Document`] on top of it, with the document cache, listeners
+//! and the Automerge model; [`Value`], [`Path`] and [`Heads`] are the vocabulary.
+
+mod clock;
+mod error;
+mod heads;
+mod path;
+mod repo;
+pub mod store;
+mod value;
+
+pub use error::{Error, Result};
+pub use heads::{ChangeHash, Heads};
+pub use path::{IntoPath, Path, Segment};
+pub use repo::{
+    ChangeEvent, ChangeInfo, ChangeOrigin, Document, DocumentInfo, DocumentView, Patch,
+    PatchAction, PendingChange, Store, StoreOptions, Subscription, Transaction, WriteOp,
+};
+pub use store::Durability;
+pub use syncline_protocol::{Collection, DeviceId, DocId, IdError, Priority};
+pub use value::Value;

@@ -1,0 +1,289 @@
+//! Change listeners: per document and per collection, fired after a change is durable.
+//!
+//! Callbacks run synchronously on the thread that made the change (for local writes) or
+//! applied it (for remote ones), after every lock of the store has been released, so a
+//! callback may read or write the store. Keep them short; hand long work to another thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use automerge::{ObjType, Prop, Value as AmValue};
+use parking_lot::RwLock;
+use syncline_protocol::{Collection, DocId};
+
+use super::model::{TOMBSTONE_KEY, scalar_to_value};
+use crate::{Heads, Path, Segment, Value};
+
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeOrigin {
+    /// A write made through this store.
+    Local,
+    /// Changes received from another device (through a relay or [`crate::Store::apply_changes`]).
+    Remote,
+}
+
+/// What a listener receives: one durable change to one document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// The document that changed.
+    pub doc_id: DocId,
+    /// Local write or remote merge.
+    pub origin: ChangeOrigin,
+    /// The document's heads after the change.
+    pub heads: Heads,
+    /// True if the document is now deleted.
+    pub deleted: bool,
+    /// What changed, as patches against the previous state.
+    pub patches: Vec<Patch>,
+}
+
+/// One change to a document's visible state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patch {
+    /// The object that changed.
+    pub path: Path,
+    /// What happened to it.
+    pub action: PatchAction,
+}
+
+/// The kinds of [`Patch`]. New objects appear as empty values (`Map`, `List`, `Text`), followed
+/// by patches that fill them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PatchAction {
+    /// A map key was set.
+    PutMap {
+        /// The key.
+        key: String,
+        /// Its new (winning) value.
+        value: Value,
+        /// True if concurrent values remain (see [`crate::Document::conflicts`]).
+        conflict: bool,
+    },
+    /// A list element was replaced.
+    PutSeq {
+        /// The element's index.
+        index: usize,
+        /// Its new (winning) value.
+        value: Value,
+        /// True if concurrent values remain.
+        conflict: bool,
+    },
+    /// Elements were inserted into a list.
+    Insert {
+        /// Where the first one went.
+        index: usize,
+        /// The inserted values, in order.
+        values: Vec<Value>,
+    },
+    /// Text was inserted into a text object.
+    SpliceText {
+        /// Where, in Unicode code points.
+        index: usize,
+        /// The inserted text.
+        text: String,
+    },
+    /// A counter changed.
+    Increment {
+        /// The counter's key or index in the object.
+        prop: Segment,
+        /// By how much (may be negative).
+        by: i64,
+    },
+    /// A concurrent value appeared at a key or index.
+    Conflict {
+        /// The conflicted key or index.
+        prop: Segment,
+    },
+    /// A map key was removed.
+    DeleteMap {
+        /// The key.
+        key: String,
+    },
+    /// Elements were removed from a list or text.
+    DeleteSeq {
+        /// The first removed index.
+        index: usize,
+        /// How many.
+        length: usize,
+    },
+}
+
+/// A registered listener. Dropping it (or calling [`Subscription::unsubscribe`]) removes the
+/// listener; no callback starts after that returns.
+#[must_use = "the listener is removed when the Subscription is dropped"]
+pub struct Subscription {
+    id: u64,
+    registry: Weak<Registry>,
+}
+
+impl Subscription {
+    /// Removes the listener now.
+    pub fn unsubscribe(self) {
+        // Drop does the work.
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(registry) = self.registry.upgrade() {
+            registry.entries.write().retain(|e| e.id != self.id);
+        }
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+/// What a listener watches.
+#[derive(Debug, Clone)]
+pub(crate) enum Scope {
+    Document(DocId),
+    Collection(Collection),
+}
+
+impl Scope {
+    fn matches(&self, doc: &DocId) -> bool {
+        match self {
+            Self::Document(id) => id == doc,
+            Self::Collection(c) => c == doc.collection(),
+        }
+    }
+}
+
+type Callback = Arc<dyn Fn(&ChangeEvent) + Send + Sync>;
+
+struct Entry {
+    id: u64,
+    scope: Scope,
+    callback: Callback,
+}
+
+/// The listeners of one store.
+#[derive(Default)]
+pub(crate) struct Registry {
+    next_id: AtomicU64,
+    entries: RwLock<Vec<Entry>>,
+}
+
+impl Registry {
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        scope: Scope,
+        callback: impl Fn(&ChangeEvent) + Send + Sync + 'static,
+    ) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.entries.write().push(Entry {
+            id,
+            scope,
+            callback: Arc::new(callback),
+        });
+        Subscription {
+            id,
+            registry: Arc::downgrade(self),
+        }
+    }
+
+    /// True if any listener would receive an event for `doc`; patches are computed only then.
+    pub(crate) fn wants(&self, doc: &DocId) -> bool {
+        self.entries.read().iter().any(|e| e.scope.matches(doc))
+    }
+
+    /// Calls every matching listener. The registry lock is not held during the calls.
+    pub(crate) fn dispatch(&self, event: &ChangeEvent) {
+        let callbacks: Vec<Callback> = self
+            .entries
+            .read()
+            .iter()
+            .filter(|e| e.scope.matches(&event.doc_id))
+            .map(|e| Arc::clone(&e.callback))
+            .collect();
+        for callback in callbacks {
+            callback(event);
+        }
+    }
+}
+
+/// Converts Automerge patches, dropping those about the reserved tombstone key and about text
+/// marks (which the SDK does not expose yet).
+pub(crate) fn convert_patches(patches: Vec<automerge::Patch>) -> Vec<Patch> {
+    patches.into_iter().filter_map(convert_patch).collect()
+}
+
+fn convert_patch(patch: automerge::Patch) -> Option<Patch> {
+    let mut path = Path::root();
+    for (_, prop) in &patch.path {
+        path = match prop {
+            Prop::Map(key) => path.key(key.clone()),
+            Prop::Seq(index) => path.index(*index),
+        };
+    }
+    let at_root = path.is_root();
+    let action = match patch.action {
+        automerge::PatchAction::PutMap { key, .. } | automerge::PatchAction::DeleteMap { key }
+            if at_root && key == TOMBSTONE_KEY =>
+        {
+            return None;
+        }
+        automerge::PatchAction::PutMap {
+            key,
+            value,
+            conflict,
+        } => PatchAction::PutMap {
+            key,
+            value: patch_value(&value.0),
+            conflict,
+        },
+        automerge::PatchAction::PutSeq {
+            index,
+            value,
+            conflict,
+        } => PatchAction::PutSeq {
+            index,
+            value: patch_value(&value.0),
+            conflict,
+        },
+        automerge::PatchAction::Insert { index, values } => PatchAction::Insert {
+            index,
+            values: values.iter().map(|(v, _, _)| patch_value(v)).collect(),
+        },
+        automerge::PatchAction::SpliceText { index, value, .. } => PatchAction::SpliceText {
+            index,
+            text: value.make_string(),
+        },
+        automerge::PatchAction::Increment { prop, value } => PatchAction::Increment {
+            prop: segment(prop),
+            by: value,
+        },
+        automerge::PatchAction::Conflict { prop } => PatchAction::Conflict {
+            prop: segment(prop),
+        },
+        automerge::PatchAction::DeleteMap { key } => PatchAction::DeleteMap { key },
+        automerge::PatchAction::DeleteSeq { index, length } => {
+            PatchAction::DeleteSeq { index, length }
+        }
+        automerge::PatchAction::Mark { .. } => return None,
+    };
+    Some(Patch { path, action })
+}
+
+fn segment(prop: Prop) -> Segment {
+    match prop {
+        Prop::Map(key) => Segment::Key(key),
+        Prop::Seq(index) => Segment::Index(index),
+    }
+}
+
+fn patch_value(value: &AmValue<'_>) -> Value {
+    match value {
+        AmValue::Scalar(s) => scalar_to_value(s.as_ref()),
+        AmValue::Object(ObjType::Map | ObjType::Table) => Value::Map(Default::default()),
+        AmValue::Object(ObjType::List) => Value::List(Vec::new()),
+        AmValue::Object(ObjType::Text) => Value::Text(String::new()),
+    }
+}

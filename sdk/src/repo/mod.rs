@@ -1,0 +1,731 @@
+//! The document repository: [`Store`], the app's entry point, and the per-document handle
+//! [`Document`].
+//!
+//! A write runs an Automerge transaction on the cached document while holding its slot, hands
+//! the change to the group-commit writer and returns once it is durable; if the commit fails
+//! the cached copy is dropped, so memory never keeps a change the file does not have.
+//! Listeners fire after the commit, with no lock held.
+
+mod cache;
+mod document;
+mod history;
+mod listeners;
+mod model;
+mod transaction;
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, Automerge, Change, ChangeHash, PatchLog, ROOT};
+use syncline_protocol::{Collection, DeviceId, DocId, Priority};
+
+use crate::clock::{now_millis, now_secs};
+use crate::store::{
+    ContentWrite, Database, DbOptions, DocRow, DocUpdate, Durability, NewDoc, Origin,
+};
+use crate::{Error, Heads, Result, Value};
+use cache::{DocCache, LoadedDoc};
+use listeners::{Registry, Scope};
+
+pub use document::{Document, DocumentView};
+pub use history::{ChangeInfo, PendingChange};
+pub use listeners::{ChangeEvent, ChangeOrigin, Patch, PatchAction, Subscription};
+pub use transaction::{Transaction, WriteOp};
+
+/// Tuning for [`Store::open_with`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Upper bound, in estimated bytes, of the documents kept loaded in memory. Default 64 MiB.
+    pub cache_bytes: usize,
+    /// How commits survive power loss. Default [`Durability::Full`].
+    pub durability: Durability,
+    /// A document's incremental chunks are compacted into a new snapshot once there are this
+    /// many, or once they outweigh the snapshot. Default 64.
+    pub compact_after_chunks: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 << 20,
+            durability: Durability::Full,
+            compact_after_chunks: 64,
+        }
+    }
+}
+
+/// Metadata of a stored document, read without loading its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentInfo {
+    /// The document's address.
+    pub id: DocId,
+    /// Its sync priority.
+    pub priority: Priority,
+    /// True once deleted (the tombstone is kept so the deletion syncs).
+    pub deleted: bool,
+    /// Bytes stored for it (snapshot plus chunks).
+    pub stored_bytes: u64,
+    /// When it was created here, in milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// Last local change, in milliseconds since the Unix epoch.
+    pub local_change_at: Option<i64>,
+    /// Last change received from elsewhere, in milliseconds since the Unix epoch.
+    pub remote_change_at: Option<i64>,
+}
+
+impl From<&DocRow> for DocumentInfo {
+    fn from(row: &DocRow) -> Self {
+        Self {
+            id: row.id.clone(),
+            priority: row.priority,
+            deleted: row.deleted,
+            stored_bytes: row.snapshot_bytes + row.chunk_bytes,
+            created_at: row.created_at,
+            local_change_at: row.local_change_at,
+            remote_change_at: row.remote_change_at,
+        }
+    }
+}
+
+/// An open, offline-first document store: one SQLite file per account.
+///
+/// Cheap to clone (all clones share one store) and safe to use from many threads; concurrent
+/// writes are group-committed. Only one `Store` may have a file open at a time.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    db: Database,
+    cache: DocCache,
+    listeners: Arc<Registry>,
+    actor: ActorId,
+    path: PathBuf,
+    options: StoreOptions,
+}
+
+impl Store {
+    /// Opens the store file at `path`, creating it (and this device's identity) if it does not
+    /// exist. Reads no document.
+    ///
+    /// # Errors
+    /// [`Error::NotAStore`], [`Error::SchemaTooNew`], [`Error::Locked`], or the SQLite / I/O
+    /// error that prevented opening.
+    pub fn open(path: impl AsRef<FsPath>) -> Result<Self> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with explicit options.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_with(path: impl AsRef<FsPath>, options: StoreOptions) -> Result<Self> {
+        let path = path.as_ref().to_owned();
+        let db = Database::open(
+            &path,
+            &DbOptions {
+                durability: options.durability,
+            },
+        )?;
+        let actor = ActorId::from(db.device_id().as_bytes().as_slice());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db,
+                cache: DocCache::new(options.cache_bytes),
+                listeners: Arc::default(),
+                actor,
+                path,
+                options,
+            }),
+        })
+    }
+
+    /// The store file's path.
+    pub fn path(&self) -> &FsPath {
+        &self.shared.path
+    }
+
+    /// This device's identity (also its Automerge actor id).
+    pub fn device_id(&self) -> DeviceId {
+        self.shared.db.device_id()
+    }
+
+    /// Creates an empty document with a new unique id in `collection`.
+    ///
+    /// # Errors
+    /// A storage error; the document then does not exist.
+    pub fn create(&self, collection: &Collection) -> Result<Document> {
+        self.create_with(collection, Value::Map(Default::default()), Priority::Normal)
+    }
+
+    /// Creates a document with a new unique id in `collection`, holding `initial` (a
+    /// [`Value::Map`]) and the given priority, in one durable change.
+    ///
+    /// # Errors
+    /// [`Error::TypeMismatch`] if `initial` is not a map, or a storage error.
+    pub fn create_with(
+        &self,
+        collection: &Collection,
+        initial: Value,
+        priority: Priority,
+    ) -> Result<Document> {
+        let id = DocId::new(collection.clone(), new_doc_id())?;
+        self.create_at(id, initial, priority)
+    }
+
+    /// Creates a document at a chosen id.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] if the id is taken (even by a deleted document),
+    /// [`Error::TypeMismatch`] if `initial` is not a map, or a storage error.
+    pub fn create_at(&self, id: DocId, initial: Value, priority: Priority) -> Result<Document> {
+        let Value::Map(entries) = initial else {
+            return Err(Error::TypeMismatch {
+                path: "/".into(),
+                expected: "map",
+                found: initial.type_name(),
+            });
+        };
+        let mut doc = Automerge::new().with_actor(self.shared.actor.clone());
+        let mut tx = doc.transaction();
+        for (key, value) in &entries {
+            let path = crate::Path::root().key(key.clone());
+            let (obj, prop) = model::locate_for_write(&mut tx, &path)?;
+            model::write_value(&mut tx, &obj, prop, value, false)?;
+        }
+        let options = || {
+            CommitOptions::default()
+                .with_message("create")
+                .with_time(now_secs())
+        };
+        if tx.commit_with(options()).0.is_none() {
+            // Automerge records nothing for an empty transaction, but the document's existence
+            // must be a change so that it syncs: commit an empty one.
+            doc.empty_commit(options());
+        }
+        let heads = Heads::new(doc.get_heads());
+        let chunk = doc.save();
+        let at = now_millis();
+        let key = self.shared.db.insert_document(NewDoc {
+            id: id.clone(),
+            priority,
+            chunk: chunk.clone(),
+            heads: heads.clone(),
+            deleted: false,
+            origin: Origin::Local,
+            at,
+        })?;
+        let row = DocRow {
+            key,
+            id: id.clone(),
+            priority,
+            deleted: false,
+            snapshot_bytes: 0,
+            chunk_count: 1,
+            chunk_bytes: u64::try_from(chunk.len()).unwrap_or(u64::MAX),
+            created_at: at,
+            local_change_at: Some(at),
+            remote_change_at: None,
+        };
+        let observed = self.shared.listeners.wants(&id);
+        let patches = observed.then(|| listeners::convert_patches(doc.diff(&[], heads.as_slice())));
+        self.shared.install(
+            &id,
+            LoadedDoc {
+                row,
+                doc,
+                poisoned: false,
+            },
+        );
+        if let Some(patches) = patches {
+            self.shared.listeners.dispatch(&ChangeEvent {
+                doc_id: id.clone(),
+                origin: ChangeOrigin::Local,
+                heads,
+                deleted: false,
+                patches,
+            });
+        }
+        Ok(Document::new(self.clone(), id))
+    }
+
+    /// A handle to an existing, not deleted document.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Deleted`], or a storage error.
+    pub fn document(&self, id: &DocId) -> Result<Document> {
+        let info = self.info(id)?;
+        if info.deleted {
+            return Err(Error::Deleted(id.clone()));
+        }
+        Ok(Document::new(self.clone(), id.clone()))
+    }
+
+    /// The metadata of a document (deleted or not), read without loading it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a storage error.
+    pub fn info(&self, id: &DocId) -> Result<DocumentInfo> {
+        let row = self
+            .shared
+            .db
+            .lookup(id)?
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        Ok(DocumentInfo::from(&row))
+    }
+
+    /// The documents of `collection` that are not deleted, oldest first. Reads metadata only.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn list(&self, collection: &Collection) -> Result<Vec<DocumentInfo>> {
+        Ok(self
+            .shared
+            .db
+            .list(collection)?
+            .iter()
+            .filter(|row| !row.deleted)
+            .map(DocumentInfo::from)
+            .collect())
+    }
+
+    /// Deletes a document: a durable tombstone change that syncs like any other, so every
+    /// device learns of the deletion. Deleting a deleted document does nothing.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::CorruptDocument`], or a storage error.
+    pub fn delete(&self, id: &DocId) -> Result<()> {
+        match self.shared.write_local(id, Some("delete"), |tx| {
+            tx.inner().put(ROOT, model::TOMBSTONE_KEY, true)?;
+            Ok(())
+        }) {
+            Err(Error::Deleted(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Sets a document's sync priority.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a storage error.
+    pub fn set_priority(&self, id: &DocId, priority: Priority) -> Result<()> {
+        self.shared.with_doc(id, |loaded| {
+            self.shared.db.set_priority(loaded.row.key, priority)?;
+            loaded.row.priority = priority;
+            Ok(())
+        })
+    }
+
+    /// Calls `listener` after every durable change to any document of `collection`, local or
+    /// remote, including creations and deletions. The listener stays until the returned
+    /// [`Subscription`] is dropped.
+    pub fn watch_collection(
+        &self,
+        collection: &Collection,
+        listener: impl Fn(&ChangeEvent) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.shared
+            .listeners
+            .subscribe(Scope::Collection(collection.clone()), listener)
+    }
+
+    /// Calls `listener` after every durable change to the document `id`.
+    pub fn watch_document(
+        &self,
+        id: &DocId,
+        listener: impl Fn(&ChangeEvent) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.shared
+            .listeners
+            .subscribe(Scope::Document(id.clone()), listener)
+    }
+
+    /// The documents holding changes that no relay has acknowledged yet, highest priority
+    /// first. Answered from the store's metadata, without loading documents.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn pending_documents(&self) -> Result<Vec<DocId>> {
+        Ok(self
+            .shared
+            .db
+            .pending()?
+            .into_iter()
+            .map(|row| row.id)
+            .collect())
+    }
+
+    /// Every change that no relay has acknowledged yet, per pending document.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptDocument`] for a pending document that cannot load.
+    pub fn pending_changes(&self) -> Result<Vec<PendingChange>> {
+        let mut pending = Vec::new();
+        for row in self.shared.db.pending()? {
+            let acked: Vec<ChangeHash> = self
+                .shared
+                .db
+                .acked_heads(row.key)?
+                .into_iter()
+                .flat_map(|(_, heads)| heads.as_slice().to_vec())
+                .collect();
+            self.shared.with_doc(&row.id, |loaded| {
+                let known: Vec<ChangeHash> = acked
+                    .iter()
+                    .copied()
+                    .filter(|h| loaded.doc.get_change_meta_by_hash(h).is_some())
+                    .collect();
+                pending.extend(loaded.doc.get_changes_meta(&known).iter().map(|meta| {
+                    PendingChange {
+                        doc_id: row.id.clone(),
+                        change: ChangeInfo::from_meta(meta),
+                    }
+                }));
+                Ok(())
+            })?;
+        }
+        Ok(pending)
+    }
+
+    /// Records that `relay` has durably stored the document up to `heads`. Hashes this store
+    /// does not know are ignored. Used by the sync engine when a relay acknowledges.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a storage error.
+    pub fn mark_acknowledged(&self, id: &DocId, relay: &str, heads: &Heads) -> Result<()> {
+        self.shared.with_doc(id, |loaded| {
+            let known: Vec<ChangeHash> = heads
+                .as_slice()
+                .iter()
+                .copied()
+                .filter(|h| loaded.doc.get_change_meta_by_hash(h).is_some())
+                .collect();
+            // When the relay has everything we have, record our exact heads so that "pending"
+            // is a plain equality test in SQL.
+            let covered = if loaded.doc.get_changes_meta(&known).is_empty() {
+                Heads::new(loaded.doc.get_heads())
+            } else {
+                Heads::new(known)
+            };
+            self.shared
+                .db
+                .record_ack(loaded.row.key, relay.to_owned(), covered)
+        })
+    }
+
+    /// The changes of a document that are not ancestors of `since`, as encoded Automerge
+    /// changes, oldest first: what another replica at `since` is missing.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::CorruptDocument`], or a storage error.
+    pub fn changes_since(&self, id: &DocId, since: &Heads) -> Result<Vec<Vec<u8>>> {
+        self.shared.with_doc(id, |loaded| {
+            Ok(loaded
+                .doc
+                .get_changes(since.as_slice())
+                .into_iter()
+                .map(|c| c.raw_bytes().to_vec())
+                .collect())
+        })
+    }
+
+    /// Merges encoded Automerge changes received from another replica into document `id`,
+    /// creating it if this store has never seen it. Durable before it returns; listeners see
+    /// a [`ChangeOrigin::Remote`] event. Changes whose dependencies are missing wait in memory
+    /// until the dependencies arrive. Returns the document's heads afterwards.
+    ///
+    /// # Errors
+    /// [`Error::InvalidChange`] if any change does not decode (then nothing is applied), or a
+    /// storage error.
+    pub fn apply_changes(&self, id: &DocId, changes: &[Vec<u8>]) -> Result<Heads> {
+        let changes = changes
+            .iter()
+            .map(|bytes| Change::from_bytes(bytes.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::InvalidChange(e.to_string()))?;
+        match self.shared.apply_remote(id, changes.clone()) {
+            Err(Error::NotFound(_)) => self.create_from_remote(id, changes),
+            other => other,
+        }
+    }
+
+    fn create_from_remote(&self, id: &DocId, changes: Vec<Change>) -> Result<Heads> {
+        let mut doc = Automerge::new().with_actor(self.shared.actor.clone());
+        doc.apply_changes(changes)?;
+        let heads = Heads::new(doc.get_heads());
+        if heads.is_empty() {
+            return Ok(heads);
+        }
+        let chunk = doc.save();
+        let deleted = model::is_tombstoned(&doc);
+        let at = now_millis();
+        match self.shared.db.insert_document(NewDoc {
+            id: id.clone(),
+            priority: Priority::Normal,
+            chunk,
+            heads: heads.clone(),
+            deleted,
+            origin: Origin::Remote,
+            at,
+        }) {
+            // Created concurrently by another thread: merge into that one instead.
+            Err(Error::AlreadyExists(_)) => {
+                return self.shared.apply_remote(id, doc.get_changes(&[]));
+            }
+            other => other?,
+        };
+        if self.shared.listeners.wants(id) {
+            self.shared.listeners.dispatch(&ChangeEvent {
+                doc_id: id.clone(),
+                origin: ChangeOrigin::Remote,
+                heads: heads.clone(),
+                deleted,
+                patches: listeners::convert_patches(doc.diff(&[], heads.as_slice())),
+            });
+        }
+        Ok(heads)
+    }
+
+    /// Estimated bytes of the documents currently loaded in memory.
+    pub fn cache_used_bytes(&self) -> usize {
+        self.shared.cache.used_bytes()
+    }
+
+    /// Number of documents currently loaded (or being loaded) in memory.
+    pub fn cached_documents(&self) -> usize {
+        self.shared.cache.len()
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.shared.path)
+            .field("device_id", &self.device_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Runs `f` on the loaded document `id`, loading it first if needed.
+    pub(crate) fn with_doc<R>(
+        &self,
+        id: &DocId,
+        f: impl FnOnce(&mut LoadedDoc) -> Result<R>,
+    ) -> Result<R> {
+        let slot = self.cache.slot(id);
+        let mut guard = slot.lock();
+        if guard.is_none() {
+            match self.load(id) {
+                Ok(loaded) => *guard = Some(loaded),
+                Err(e) => {
+                    drop(guard);
+                    drop(slot);
+                    self.cache.discard_if_idle(id);
+                    return Err(e);
+                }
+            }
+        }
+        let loaded = guard.as_mut().expect("loaded just above");
+        let result = f(loaded);
+        if loaded.poisoned {
+            *guard = None;
+        }
+        let bytes = guard.as_ref().map_or(0, LoadedDoc::estimated_bytes);
+        drop(guard);
+        drop(slot);
+        self.cache.resize(id, bytes);
+        result
+    }
+
+    /// Puts a freshly created document into the cache (unless a reader loaded it already).
+    fn install(&self, id: &DocId, loaded: LoadedDoc) {
+        let slot = self.cache.slot(id);
+        let mut guard = slot.lock();
+        if guard.is_none() {
+            *guard = Some(loaded);
+        }
+        let bytes = guard.as_ref().map_or(0, LoadedDoc::estimated_bytes);
+        drop(guard);
+        drop(slot);
+        self.cache.resize(id, bytes);
+    }
+
+    fn load(&self, id: &DocId) -> Result<LoadedDoc> {
+        let row = self
+            .db
+            .lookup(id)?
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        let content = self.db.load_content(row.key)?;
+        let corrupt = |reason: String| Error::CorruptDocument {
+            doc: id.clone(),
+            reason,
+        };
+        let mut doc = match &content.snapshot {
+            Some(bytes) => Automerge::load(bytes).map_err(|e| corrupt(format!("snapshot: {e}")))?,
+            None => Automerge::new(),
+        };
+        for (i, chunk) in content.chunks.iter().enumerate() {
+            doc.load_incremental(chunk)
+                .map_err(|e| corrupt(format!("chunk {i}: {e}")))?;
+        }
+        let stored = self.db.heads(row.key)?;
+        let loaded = Heads::new(doc.get_heads());
+        if stored != loaded {
+            return Err(corrupt(format!(
+                "stored heads {stored} but content has {loaded}"
+            )));
+        }
+        doc.set_actor(self.actor.clone());
+        Ok(LoadedDoc {
+            row,
+            doc,
+            poisoned: false,
+        })
+    }
+
+    /// Runs a local transaction on `id` and makes it durable; see [`Document::transact`].
+    pub(crate) fn write_local<R>(
+        &self,
+        id: &DocId,
+        message: Option<&str>,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let observed = self.listeners.wants(id);
+        let (result, event) = self.with_doc(id, |loaded| {
+            if loaded.row.deleted {
+                return Err(Error::Deleted(id.clone()));
+            }
+            let tx = if observed {
+                loaded
+                    .doc
+                    .transaction_log_patches(PatchLog::active())
+                    .map_err(|e| Error::InvalidChange(format!("patch log: {e}")))?
+            } else {
+                loaded.doc.transaction()
+            };
+            let mut wrapper = Transaction::new(tx);
+            let result = f(&mut wrapper)?;
+            let tx = wrapper.into_inner();
+            let mut options = CommitOptions::default().with_time(now_secs());
+            if let Some(message) = message {
+                options.set_message(message);
+            }
+            let (hash, mut patch_log) = tx.commit_with(options);
+            if hash.is_none() {
+                return Ok((result, None));
+            }
+            let change = loaded
+                .doc
+                .get_last_local_change()
+                .map(|c| c.raw_bytes().to_vec())
+                .expect("a commit that returned a hash made a local change");
+            self.persist(loaded, change, Origin::Local)?;
+            let event = observed.then(|| ChangeEvent {
+                doc_id: id.clone(),
+                origin: ChangeOrigin::Local,
+                heads: Heads::new(loaded.doc.get_heads()),
+                deleted: loaded.row.deleted,
+                patches: listeners::convert_patches(loaded.doc.make_patches(&mut patch_log)),
+            });
+            Ok((result, event))
+        })?;
+        if let Some(event) = event {
+            self.listeners.dispatch(&event);
+        }
+        Ok(result)
+    }
+
+    /// Merges remote changes into an existing document and makes them durable.
+    fn apply_remote(&self, id: &DocId, changes: Vec<Change>) -> Result<Heads> {
+        let observed = self.listeners.wants(id);
+        let (heads, event) = self.with_doc(id, |loaded| {
+            let before = loaded.doc.get_heads();
+            let mut patch_log = if observed {
+                PatchLog::active()
+            } else {
+                PatchLog::inactive()
+            };
+            loaded
+                .doc
+                .apply_changes_log_patches(changes, &mut patch_log)?;
+            let after = loaded.doc.get_heads();
+            if after == before {
+                return Ok((Heads::new(after), None));
+            }
+            let chunk = loaded.doc.save_after(&before);
+            self.persist(loaded, chunk, Origin::Remote)?;
+            let heads = Heads::new(after);
+            let event = observed.then(|| ChangeEvent {
+                doc_id: id.clone(),
+                origin: ChangeOrigin::Remote,
+                heads: heads.clone(),
+                deleted: loaded.row.deleted,
+                patches: listeners::convert_patches(loaded.doc.make_patches(&mut patch_log)),
+            });
+            Ok((heads, event))
+        })?;
+        if let Some(event) = event {
+            self.listeners.dispatch(&event);
+        }
+        Ok(heads)
+    }
+
+    /// Writes the document's new state: one more chunk, or a compacted snapshot. On failure
+    /// the cached copy is poisoned, so it is reloaded from the durable state.
+    fn persist(&self, loaded: &mut LoadedDoc, chunk: Vec<u8>, origin: Origin) -> Result<()> {
+        let chunk_len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+        let compact = loaded.row.chunk_count + 1 >= self.options.compact_after_chunks
+            || (loaded.row.snapshot_bytes > 0
+                && loaded.row.chunk_bytes + chunk_len > loaded.row.snapshot_bytes);
+        let content = if compact {
+            ContentWrite::Compact(loaded.doc.save())
+        } else {
+            ContentWrite::Append(chunk)
+        };
+        let deleted = model::is_tombstoned(&loaded.doc);
+        let at = now_millis();
+        let update = DocUpdate {
+            content,
+            heads: Heads::new(loaded.doc.get_heads()),
+            deleted,
+            origin,
+            at,
+        };
+        let written = match &update.content {
+            ContentWrite::Append(c) | ContentWrite::Compact(c) => {
+                u64::try_from(c.len()).unwrap_or(u64::MAX)
+            }
+        };
+        if let Err(e) = self.db.update_document(loaded.row.key, update) {
+            loaded.poisoned = true;
+            return Err(e);
+        }
+        let row = &mut loaded.row;
+        if compact {
+            row.snapshot_bytes = written;
+            row.chunk_count = 0;
+            row.chunk_bytes = 0;
+        } else {
+            row.chunk_count += 1;
+            row.chunk_bytes += written;
+        }
+        row.deleted = deleted;
+        match origin {
+            Origin::Local => row.local_change_at = Some(at),
+            Origin::Remote => row.remote_change_at = Some(at),
+        }
+        Ok(())
+    }
+}
+
+/// A new document id: a UUIDv7 (time-ordered, so ids sort roughly by creation) in 32 hex digits.
+fn new_doc_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}

@@ -1,0 +1,112 @@
+//! The store's schema: identification, migrations keyed on `user_version`.
+//!
+//! A Syncline store is an SQLite file whose `application_id` is [`APPLICATION_ID`]. Migration
+//! `n` (1-based) in [`MIGRATIONS`] takes the schema from version `n - 1` to `n`; each runs in its
+//! own transaction together with the `user_version` bump, so a crash mid-migration leaves the
+//! previous version intact.
+
+use std::path::Path;
+
+use rusqlite::{Connection, ErrorCode};
+
+use crate::{Error, Result};
+
+/// `PRAGMA application_id` of a Syncline store: "SYNC" in ASCII.
+pub(crate) const APPLICATION_ID: i32 = 0x5359_4E43;
+
+/// The migrations, oldest first. Never edit one that has shipped: append a new one.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: device identity, documents with snapshot + incremental chunks, relay acknowledgements.
+    r#"
+    CREATE TABLE device (
+        singleton   INTEGER PRIMARY KEY CHECK (singleton = 1),
+        device_id   BLOB    NOT NULL CHECK (length(device_id) = 16),
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE documents (
+        doc_key          INTEGER PRIMARY KEY,
+        collection       TEXT    NOT NULL,
+        doc_id           TEXT    NOT NULL,
+        priority         INTEGER NOT NULL DEFAULT 1,
+        deleted          INTEGER NOT NULL DEFAULT 0,
+        heads            BLOB    NOT NULL,
+        snapshot_bytes   INTEGER NOT NULL DEFAULT 0,
+        chunk_count      INTEGER NOT NULL DEFAULT 0,
+        chunk_bytes      INTEGER NOT NULL DEFAULT 0,
+        created_at       INTEGER NOT NULL,
+        local_change_at  INTEGER,
+        remote_change_at INTEGER,
+        UNIQUE (collection, doc_id)
+    );
+    CREATE TABLE snapshots (
+        doc_key INTEGER PRIMARY KEY REFERENCES documents (doc_key) ON DELETE CASCADE,
+        data    BLOB NOT NULL
+    );
+    CREATE TABLE chunks (
+        chunk_key INTEGER PRIMARY KEY,
+        doc_key   INTEGER NOT NULL REFERENCES documents (doc_key) ON DELETE CASCADE,
+        data      BLOB    NOT NULL
+    );
+    CREATE INDEX chunks_by_doc ON chunks (doc_key, chunk_key);
+    CREATE TABLE acks (
+        doc_key INTEGER NOT NULL REFERENCES documents (doc_key) ON DELETE CASCADE,
+        relay   TEXT    NOT NULL,
+        heads   BLOB    NOT NULL,
+        PRIMARY KEY (doc_key, relay)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this code writes.
+pub(crate) fn latest_version() -> i64 {
+    i64::try_from(MIGRATIONS.len()).expect("a handful of migrations")
+}
+
+/// Checks that `conn` is a Syncline store (or an empty file that becomes one) and migrates it
+/// to the latest schema.
+///
+/// # Errors
+/// [`Error::NotAStore`] for any other file, [`Error::SchemaTooNew`] for a store from a newer
+/// SDK, [`Error::Database`] if a migration fails (the file keeps its previous version).
+pub(crate) fn prepare(conn: &mut Connection, path: &Path) -> Result<()> {
+    let not_a_store = || Error::NotAStore {
+        path: path.to_owned(),
+    };
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => not_a_store(),
+            _ => Error::Database(e),
+        })?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if app_id == 0 {
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        if tables > 0 || version != 0 {
+            return Err(not_a_store());
+        }
+    } else if app_id != APPLICATION_ID {
+        return Err(not_a_store());
+    }
+    if version > latest_version() {
+        return Err(Error::SchemaTooNew {
+            found: version,
+            supported: latest_version(),
+        });
+    }
+    migrate(conn, latest_version())
+}
+
+/// Applies the migrations after the file's current version up to `target`.
+pub(crate) fn migrate(conn: &mut Connection, target: i64) -> Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for version in current + 1..=target {
+        let index = usize::try_from(version - 1).expect("versions start at 1");
+        let tx = conn.transaction()?;
+        tx.execute_batch(MIGRATIONS[index])?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(version, "migrated store schema");
+    }
+    Ok(())
+}

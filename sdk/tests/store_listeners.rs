@@ -1,0 +1,97 @@
+//! Listeners: per document and per collection, local and remote, unsubscribed on drop.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{Fixture, todos};
+use syncline::{ChangeEvent, ChangeOrigin, Collection, Heads, PatchAction, Value};
+
+fn recorder() -> (
+    Arc<Mutex<Vec<ChangeEvent>>>,
+    impl Fn(&ChangeEvent) + Send + Sync + 'static,
+) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    (events, move |e: &ChangeEvent| {
+        sink.lock().expect("lock").push(e.clone())
+    })
+}
+
+#[test]
+fn document_and_collection_listeners_receive_patches() {
+    let fx = Fixture::new();
+    let (by_collection, listener) = recorder();
+    let sub = fx.store.watch_collection(&todos(), listener);
+    let (others, other_listener) = recorder();
+    let _other = fx
+        .store
+        .watch_collection(&Collection::new("notes").expect("valid"), other_listener);
+
+    let doc = fx.store.create(&todos()).expect("create");
+    let (by_doc, listener) = recorder();
+    let doc_sub = doc.watch(listener);
+    doc.put("title", "hello").expect("write");
+
+    let events = by_collection.lock().expect("lock").clone();
+    assert_eq!(events.len(), 2, "creation and write");
+    let write = &events[1];
+    assert_eq!(write.origin, ChangeOrigin::Local);
+    assert_eq!(write.heads, doc.heads().expect("heads"));
+    assert!(matches!(
+        &write.patches[..],
+        [p] if p.path.is_root() && matches!(&p.action, PatchAction::PutMap { key, value: Value::Str(v), .. } if key == "title" && v == "hello")
+    ));
+    assert_eq!(by_doc.lock().expect("lock").len(), 1);
+    assert!(others.lock().expect("lock").is_empty());
+
+    doc_sub.unsubscribe();
+    drop(sub);
+    doc.put("title", "again").expect("write");
+    assert_eq!(by_collection.lock().expect("lock").len(), 2);
+    assert_eq!(by_doc.lock().expect("lock").len(), 1);
+}
+
+#[test]
+fn remote_changes_fire_listeners_with_remote_origin() {
+    let fx = Fixture::new();
+    let laptop = fx.other_device("laptop");
+    let doc = fx.store.create(&todos()).expect("create");
+    doc.put("title", "x").expect("write");
+    let (events, listener) = recorder();
+    let _sub = laptop.watch_collection(&todos(), listener);
+    laptop
+        .apply_changes(
+            doc.id(),
+            &fx.store
+                .changes_since(doc.id(), &Heads::default())
+                .expect("export"),
+        )
+        .expect("apply");
+    let events = events.lock().expect("lock").clone();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].origin, ChangeOrigin::Remote);
+    assert!(
+        events[0]
+            .patches
+            .iter()
+            .any(|p| matches!(&p.action, PatchAction::PutMap { key, .. } if key == "title"))
+    );
+}
+
+#[test]
+fn a_listener_may_write_to_the_store() {
+    let fx = Fixture::new();
+    let audit = fx
+        .store
+        .create(&Collection::new("audit").expect("valid"))
+        .expect("audit");
+    let audit_doc = audit.clone();
+    let _sub = fx.store.watch_collection(&todos(), move |e| {
+        audit_doc
+            .put(e.doc_id.id(), true)
+            .expect("write from a listener");
+    });
+    let doc = fx.store.create(&todos()).expect("create");
+    assert_eq!(audit.get_bool(doc.id().id()).expect("read"), Some(true));
+}
