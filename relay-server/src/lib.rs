@@ -1,1 +1,10 @@
-//! syncline-relay
+//! The Syncline relay: authenticated WebSockets, the device registry, durable storage and
+//! fan-out (see `shared/DESIGN.md` §4).
+//!
+//! Built so far: [`config`], the relay's configuration with the defaults that let
+//! `syncline-relay serve` run with nothing set up. The sessions, storage and HTTP layers land
+//! with the wire protocol.
+
+pub mod config;
+
+pub use config::{ConfigError, RelayConfig};

@@ -1,1 +1,85 @@
-//! syncline-testkit
+//! Test support shared by Syncline's end-to-end tests and benchmarks.
+//!
+//! Today: [`Child`], a spawned process that is killed when dropped and whose stdout is read
+//! line by line, so a test never leaves a process behind however it fails. The simulated
+//! network and the storage contract tests join it with the relay and the sync engine.
+
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{ChildStdout, Command, Stdio};
+
+/// A child process with piped stdout, killed (SIGKILL) and reaped on drop.
+pub struct Child {
+    inner: std::process::Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Child {
+    /// Spawns `command` with stdout piped (stderr inherited, so failures show in test output).
+    ///
+    /// # Errors
+    /// The spawn error.
+    pub fn spawn(mut command: Command) -> std::io::Result<Self> {
+        let mut inner = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = inner.stdout.take().expect("stdout was piped above");
+        Ok(Self {
+            inner,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// The next line the child printed, or `None` once its stdout is closed.
+    ///
+    /// # Errors
+    /// A read error (including invalid UTF-8).
+    pub fn next_line(&mut self) -> std::io::Result<Option<String>> {
+        self.lines.next().transpose()
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.inner.id()
+    }
+
+    /// Kills the child with SIGKILL and waits for it; the child gets no chance to clean up.
+    ///
+    /// # Errors
+    /// The wait error.
+    pub fn kill(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        // Killing an already exited child fails harmlessly; waiting reaps it either way.
+        let _ = self.inner.kill();
+        self.inner.wait()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// A fresh temporary directory, removed when dropped.
+///
+/// # Panics
+/// If the system temp directory is unusable: nothing a test could do about it.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("the system temp directory is writable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_lines_and_kills_on_drop() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo one; echo two; sleep 60"]);
+        let mut child = Child::spawn(cmd).expect("spawn sh");
+        assert_eq!(child.next_line().expect("read").as_deref(), Some("one"));
+        assert_eq!(child.next_line().expect("read").as_deref(), Some("two"));
+        let status = child.kill().expect("kill");
+        assert!(!status.success(), "a killed child does not exit cleanly");
+    }
+}

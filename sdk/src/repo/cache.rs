@@ -36,9 +36,9 @@ impl LoadedDoc {
 }
 
 /// Fixed resident cost of a loaded document (Automerge's structures, our row and slot).
-pub(crate) const PER_DOC_OVERHEAD: usize = 4096;
+pub(crate) const PER_DOC_OVERHEAD: usize = 18 << 10;
 /// Resident bytes per stored (compressed) byte.
-pub(crate) const BYTES_PER_STORED_BYTE: usize = 4;
+pub(crate) const BYTES_PER_STORED_BYTE: usize = 8;
 
 /// One document's place in the cache; `None` until loaded.
 pub(crate) type Slot = Mutex<Option<LoadedDoc>>;

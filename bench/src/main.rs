@@ -1,0 +1,328 @@
+//! `syncline-bench`: scenario benchmarks for Syncline. Each scenario prints, in the same run,
+//! its floor: the same work with no Syncline in the way (for the store, a raw SQLite commit of
+//! a row of the same size, with the same journal and `synchronous` settings), so a figure is
+//! read as a ratio to the floor rather than as an absolute time on a noisy machine.
+//!
+//! ```text
+//! syncline-bench write  [--writes N]            durable small put: p50/p99 vs raw commit
+//! syncline-bench group  [--seconds S]           4 threads vs 1 thread, writes per second
+//! syncline-bench open   [--docs N]              open a store holding N documents
+//! syncline-bench memory [--docs N] [--cache-mb M]  RSS after reading N documents
+//! ```
+//! Add `--json` for one JSON object per scenario.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use syncline::{Collection, Store, StoreOptions, Value};
+
+#[derive(Parser)]
+#[command(about = "Syncline scenario benchmarks")]
+struct Cli {
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Latency of a durable small put, against a raw SQLite commit of the same size.
+    Write {
+        #[arg(long, default_value_t = 2000)]
+        writes: usize,
+    },
+    /// Writes per second with 1 and with 4 threads (each on its own document).
+    Group {
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+    /// Time to open a store holding N documents.
+    Open {
+        #[arg(long, default_value_t = 10_000)]
+        docs: usize,
+    },
+    /// Resident memory after reading N documents with a bounded cache.
+    Memory {
+        #[arg(long, default_value_t = 10_000)]
+        docs: usize,
+        #[arg(long, default_value_t = 16)]
+        cache_mb: usize,
+        /// Internal: measure in this process an existing store at this path.
+        #[arg(long, hide = true)]
+        child: Option<std::path::PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let report = match cli.scenario {
+        Scenario::Write { writes } => write(writes)?,
+        Scenario::Group { seconds } => group(Duration::from_secs_f64(seconds))?,
+        Scenario::Open { docs } => open(docs)?,
+        Scenario::Memory {
+            docs,
+            cache_mb,
+            child: Some(path),
+        } => memory_child(&path, docs, cache_mb)?,
+        Scenario::Memory {
+            docs,
+            cache_mb,
+            child: None,
+        } => memory(docs, cache_mb)?,
+    };
+    if cli.json {
+        println!("{report}");
+    } else if let Some(fields) = report.as_object() {
+        for (k, v) in fields {
+            println!("{k:>28}  {v}");
+        }
+    }
+    Ok(())
+}
+
+fn todos() -> Collection {
+    Collection::new("todos").expect("valid collection")
+}
+
+fn write(writes: usize) -> anyhow::Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path().join("bench.db"))?;
+    let doc = store.create(&todos())?;
+    let mut syncline = histogram();
+    for i in 0..writes {
+        let start = Instant::now();
+        doc.put("n", i64::try_from(i)?)?;
+        syncline.record(micros(start.elapsed()))?;
+    }
+    // The size of one such change, for the floor's row.
+    let change_bytes = store
+        .changes_since(doc.id(), &Default::default())?
+        .last()
+        .map_or(0, Vec::len);
+    let floor = raw_commits(&dir.path().join("floor.db"), writes, change_bytes)?;
+    let (p50, p99) = (
+        syncline.value_at_quantile(0.5),
+        syncline.value_at_quantile(0.99),
+    );
+    let (f50, f99) = (floor.value_at_quantile(0.5), floor.value_at_quantile(0.99));
+    Ok(serde_json::json!({
+        "scenario": "write",
+        "writes": writes,
+        "change_bytes": change_bytes,
+        "p50_us": p50, "p99_us": p99,
+        "floor_p50_us": f50, "floor_p99_us": f99,
+        "p50_ratio": ratio(p50, f50), "p99_ratio": ratio(p99, f99),
+    }))
+}
+
+/// The floor: one SQLite transaction per row of `bytes` bytes, WAL + synchronous=FULL.
+fn raw_commits(path: &Path, rows: usize, bytes: usize) -> anyhow::Result<Histogram<u64>> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch("CREATE TABLE chunks (k INTEGER PRIMARY KEY, doc INTEGER, data BLOB)")?;
+    let row = vec![7u8; bytes];
+    let mut h = histogram();
+    for _ in 0..rows {
+        let start = Instant::now();
+        conn.execute("INSERT INTO chunks (doc, data) VALUES (1, ?1)", [&row])?;
+        h.record(micros(start.elapsed()))?;
+    }
+    Ok(h)
+}
+
+fn group(duration: Duration) -> anyhow::Result<serde_json::Value> {
+    let one = writes_per_second(1, duration)?;
+    let four = writes_per_second(4, duration)?;
+    Ok(serde_json::json!({
+        "scenario": "group",
+        "seconds": duration.as_secs_f64(),
+        "writes_per_s_1_thread": one.round(),
+        "writes_per_s_4_threads": four.round(),
+        "speedup": (four / one * 100.0).round() / 100.0,
+        "floor_raw_commits_per_s": raw_commits_per_second(duration)?.round(),
+    }))
+}
+
+fn writes_per_second(threads: usize, duration: Duration) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path().join("bench.db"))?;
+    let start = Instant::now();
+    let total: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let store = store.clone();
+                s.spawn(move || -> anyhow::Result<usize> {
+                    let doc = store.create(&todos())?;
+                    let mut n = 0usize;
+                    while start.elapsed() < duration {
+                        doc.put("n", i64::try_from(n)?)?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread").unwrap_or(0))
+            .sum()
+    });
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+fn raw_commits_per_second(duration: Duration) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    let h = raw_commits(&dir.path().join("floor.db"), 1, 120)?;
+    drop(h);
+    let conn = rusqlite::Connection::open(dir.path().join("floor.db"))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    while start.elapsed() < duration {
+        conn.execute(
+            "INSERT INTO chunks (doc, data) VALUES (1, zeroblob(120))",
+            [],
+        )?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Builds a store with `docs` small documents (each a todo with a title and a flag).
+fn populate(path: &Path, docs: usize) -> anyhow::Result<()> {
+    let store = Store::open(path)?;
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let store = store.clone();
+            s.spawn(move || -> anyhow::Result<()> {
+                for i in (t..docs).step_by(4) {
+                    let v = serde_json::json!({"title": format!("todo number {i}"), "done": i % 3 == 0});
+                    store.create_with(&todos(), Value::from_json(&v), Default::default())?;
+                }
+                Ok(())
+            });
+        }
+    });
+    anyhow::ensure!(store.list(&todos())?.len() == docs, "population incomplete");
+    Ok(())
+}
+
+fn open(docs: usize) -> anyhow::Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench.db");
+    populate(&path, docs)?;
+    let mut times = Vec::new();
+    let mut floor = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        let store = Store::open(&path)?;
+        times.push(start.elapsed());
+        anyhow::ensure!(
+            store.cached_documents() == 0,
+            "open must not load documents"
+        );
+        drop(store);
+        // Floor: open the same file with SQLite and read one row.
+        let start = Instant::now();
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let _: i64 = conn.query_row("SELECT count(*) FROM device", [], |r| r.get(0))?;
+        floor.push(start.elapsed());
+    }
+    times.sort();
+    floor.sort();
+    Ok(serde_json::json!({
+        "scenario": "open",
+        "docs": docs,
+        "file_bytes": std::fs::metadata(&path)?.len(),
+        "median_ms": ms(times[times.len() / 2]),
+        "max_ms": ms(times[times.len() - 1]),
+        "floor_median_ms": ms(floor[floor.len() / 2]),
+    }))
+}
+
+fn memory(docs: usize, cache_mb: usize) -> anyhow::Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench.db");
+    populate(&path, docs)?;
+    // Measure in a fresh process so the population run's memory does not count.
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--json",
+            "memory",
+            "--docs",
+            &docs.to_string(),
+            "--cache-mb",
+            &cache_mb.to_string(),
+        ])
+        .arg("--child")
+        .arg(&path)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn memory_child(path: &Path, docs: usize, cache_mb: usize) -> anyhow::Result<serde_json::Value> {
+    let floor_kib = rss_kib()?;
+    let options = StoreOptions {
+        cache_bytes: cache_mb << 20,
+        ..Default::default()
+    };
+    let store = Store::open_with(path, options)?;
+    let opened_kib = rss_kib()?;
+    let ids: Vec<_> = store.list(&todos())?.into_iter().map(|i| i.id).collect();
+    anyhow::ensure!(ids.len() == docs, "expected {docs} documents");
+    let listed_kib = rss_kib()?;
+    for id in &ids {
+        store.document(id)?.get_str("title")?.context("title")?;
+    }
+    let read_kib = rss_kib()?;
+    Ok(serde_json::json!({
+        "scenario": "memory",
+        "docs": docs,
+        "cache_bound_kib": cache_mb << 10,
+        "cache_estimate_kib": store.cache_used_bytes() >> 10,
+        "cached_documents": store.cached_documents(),
+        "floor_rss_kib": floor_kib,
+        "rss_after_open_kib": opened_kib,
+        "rss_after_list_kib": listed_kib,
+        "rss_after_reads_kib": read_kib,
+        "growth_over_floor_kib": read_kib.saturating_sub(floor_kib),
+    }))
+}
+
+/// This process's resident set size, from /proc/self/status.
+fn rss_kib() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS not found")
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    (a as f64 / b.max(1) as f64 * 100.0).round() / 100.0
+}

@@ -1,0 +1,181 @@
+//! `syncline-todo`: the app a newcomer tries first. A todo list stored in a Syncline store,
+//! one document per todo in the collection `todos`, that works with no network at all.
+//!
+//! ```text
+//! syncline-todo --store DIR add "Buy milk"     # prints the new id
+//! syncline-todo --store DIR done ID            # an unambiguous id prefix is enough
+//! syncline-todo --store DIR list [--json]
+//! syncline-todo --store DIR history ID
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use syncline::{Collection, DocId, Store, Value};
+
+/// A todo list that works offline, stored with Syncline.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Directory holding this device's store (created if missing).
+    #[arg(long, env = "SYNCLINE_TODO_STORE")]
+    store: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add a todo and print its id.
+    Add {
+        /// What to do.
+        title: String,
+    },
+    /// Mark a todo done.
+    Done {
+        /// The todo's id (or an unambiguous prefix of it).
+        id: String,
+    },
+    /// List the todos, one per line.
+    List {
+        /// Print a JSON array of {"id", "title", "done"} instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show who changed a todo, and when.
+    History {
+        /// The todo's id (or an unambiguous prefix of it).
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("syncline-todo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cli.store)
+        .with_context(|| format!("cannot create store directory {}", cli.store.display()))?;
+    let path = cli.store.join("syncline.db");
+    let store =
+        Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
+    let todos = Collection::new("todos")?;
+    match cli.command {
+        Command::Add { title } => {
+            if title.trim().is_empty() {
+                bail!("a todo needs a title");
+            }
+            let initial = Value::from_json(&serde_json::json!({"title": title, "done": false}));
+            let doc = store.create_with(&todos, initial, Default::default())?;
+            println!("{}", doc.id().id());
+        }
+        Command::Done { id } => {
+            let id = resolve(&store, &todos, &id)?;
+            store
+                .document(&id)?
+                .transact(Some("done"), |tx| tx.put("done", true))?;
+        }
+        Command::List { json } => {
+            let items = list(&store, &todos)?;
+            if json {
+                println!("{}", serde_json::Value::Array(items));
+            } else {
+                for item in items {
+                    let mark = if item["done"] == true { "x" } else { " " };
+                    let title = item["title"].as_str().unwrap_or("");
+                    println!("[{mark}] {title}  ({})", item["id"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        Command::History { id } => {
+            let id = resolve(&store, &todos, &id)?;
+            for change in store.document(&id)?.history()? {
+                let device = change
+                    .device
+                    .map_or(change.actor.clone(), |d| d.to_string());
+                println!(
+                    "{}  device {}  {}",
+                    format_time(change.time),
+                    &device[..device.len().min(12)],
+                    change.message.as_deref().unwrap_or("(no message)")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The todos as JSON objects, oldest first. A todo that cannot be read is reported on stderr
+/// and skipped, so one bad document never hides the rest.
+fn list(store: &Store, todos: &Collection) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut items = Vec::new();
+    for info in store.list(todos)? {
+        let doc = store.document(&info.id)?;
+        match (doc.get_str("title"), doc.get_bool("done")) {
+            (Ok(title), Ok(done)) => items.push(serde_json::json!({
+                "id": info.id.id(),
+                "title": title.unwrap_or_default(),
+                "done": done.unwrap_or(false),
+            })),
+            (Err(e), _) | (_, Err(e)) => eprintln!("syncline-todo: skipping {}: {e}", info.id),
+        }
+    }
+    Ok(items)
+}
+
+/// Finds the todo whose id is `prefix` or starts with it.
+fn resolve(store: &Store, todos: &Collection, prefix: &str) -> anyhow::Result<DocId> {
+    let matches: Vec<DocId> = store
+        .list(todos)?
+        .into_iter()
+        .map(|info| info.id)
+        .filter(|id| id.id().starts_with(prefix))
+        .collect();
+    match &matches[..] {
+        [one] => Ok(one.clone()),
+        [] => bail!("no todo with id {prefix:?}"),
+        many => bail!("{} todos match {prefix:?}; give more of the id", many.len()),
+    }
+}
+
+/// Formats seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+fn format_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_time;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(1_764_028_800), "2025-11-25 00:00:00 UTC");
+        assert_eq!(format_time(951_782_400 + 3661), "2000-02-29 01:01:01 UTC");
+    }
+}

@@ -1,0 +1,79 @@
+//! Runs the built `syncline-todo` binary in a temp directory, as a user would.
+
+use std::process::{Command, Output};
+
+fn todo(store: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_syncline-todo"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("run syncline-todo")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8")
+}
+
+#[test]
+fn add_done_list_and_history() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("phone");
+    let milk = stdout(&todo(&store, &["add", "Buy milk"]))
+        .trim()
+        .to_owned();
+    let bread = stdout(&todo(&store, &["add", "Bake bread"]))
+        .trim()
+        .to_owned();
+    assert_eq!(milk.len(), 32);
+    stdout(&todo(&store, &["done", &milk]));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&todo(&store, &["list", "--json"]))).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {"id": milk, "title": "Buy milk", "done": true},
+            {"id": bread, "title": "Bake bread", "done": false},
+        ])
+    );
+    let text = stdout(&todo(&store, &["list"]));
+    assert_eq!(text.lines().count(), 2);
+    assert!(text.starts_with("[x] Buy milk"));
+
+    let history = stdout(&todo(&store, &["history", &milk]));
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 2, "{history}");
+    assert!(
+        lines[0].ends_with("create") && lines[1].ends_with("done"),
+        "{history}"
+    );
+}
+
+#[test]
+fn errors_are_one_line_and_non_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("s");
+    for args in [&["done", "nope"][..], &["history", "zzz"], &["add", "  "]] {
+        let out = todo(&store, args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("syncline-todo: "), "{err}");
+    }
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").expect("write");
+    assert!(!todo(&file, &["list"]).status.success());
+    // A directory whose store file is not a store.
+    let bogus = dir.path().join("bogus");
+    std::fs::create_dir_all(&bogus).expect("dir");
+    std::fs::write(bogus.join("syncline.db"), "garbage ".repeat(200)).expect("write");
+    let out = todo(&bogus, &["list"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a Syncline store"));
+}

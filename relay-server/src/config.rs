@@ -1,0 +1,162 @@
+//! Relay configuration: defaults that need no setup, overridden by a TOML file and then by
+//! `SYNCLINE_*` environment variables (flags, parsed by the binary, override both).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML file does not parse, or has an unknown key or a bad value.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parse error, with its position.
+        source: toml::de::Error,
+    },
+    /// An environment variable has a bad value.
+    #[error("invalid {name}={value:?}: {reason}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Everything the relay needs to start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Address to listen on. Default `127.0.0.1:7878`.
+    pub listen: SocketAddr,
+    /// Directory for the embedded database and the development key. Default `./syncline-data`.
+    pub data_dir: PathBuf,
+    /// Largest accepted frame, in bytes. Default 16 MiB.
+    pub max_frame_bytes: usize,
+    /// Seconds without any frame before a connection is closed. Default 60.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            data_dir: PathBuf::from("./syncline-data"),
+            max_frame_bytes: 16 << 20,
+            idle_timeout_secs: 60,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Reads a TOML file; keys it leaves out keep their defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] or [`ConfigError::Parse`].
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Applies `SYNCLINE_LISTEN`, `SYNCLINE_DATA_DIR`, `SYNCLINE_MAX_FRAME_BYTES` and
+    /// `SYNCLINE_IDLE_TIMEOUT_SECS` from `vars` (pass `std::env::vars()`).
+    ///
+    /// # Errors
+    /// [`ConfigError::Env`] for a value that does not parse.
+    pub fn with_env(
+        mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        for (name, value) in vars {
+            match name.as_str() {
+                "SYNCLINE_LISTEN" => self.listen = parse("SYNCLINE_LISTEN", &value)?,
+                "SYNCLINE_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "SYNCLINE_MAX_FRAME_BYTES" => {
+                    self.max_frame_bytes = parse("SYNCLINE_MAX_FRAME_BYTES", &value)?;
+                }
+                "SYNCLINE_IDLE_TIMEOUT_SECS" => {
+                    self.idle_timeout_secs = parse("SYNCLINE_IDLE_TIMEOUT_SECS", &value)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(self)
+    }
+}
+
+fn parse<T: std::str::FromStr>(name: &'static str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e: T::Err| ConfigError::Env {
+        name,
+        value: value.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_setup() {
+        let c = RelayConfig::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7878");
+        assert_eq!(c.data_dir, PathBuf::from("./syncline-data"));
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\nidle_timeout_secs = 5\n").expect("write");
+        let c = RelayConfig::from_file(&path)
+            .and_then(|c| c.with_env([("SYNCLINE_IDLE_TIMEOUT_SECS".into(), "7".into())]))
+            .expect("config");
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.idle_timeout_secs, 7);
+        assert_eq!(c.max_frame_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "listn = \"x\"\n").expect("write");
+        assert!(matches!(
+            RelayConfig::from_file(&path),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            RelayConfig::from_file(&dir.path().join("missing.toml")),
+            Err(ConfigError::Read { .. })
+        ));
+        let env = RelayConfig::default().with_env([("SYNCLINE_LISTEN".into(), "nope".into())]);
+        assert!(matches!(
+            env,
+            Err(ConfigError::Env {
+                name: "SYNCLINE_LISTEN",
+                ..
+            })
+        ));
+    }
+}
