@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! syncline-bench write  [--writes N]            durable small put: p50/p99 vs raw commit
-//! syncline-bench group  [--seconds S]           4 threads vs 1 thread, writes per second
+//! syncline-bench group  [--seconds S] [--threads 4] [--durability full|normal]
+//!                                               N threads vs 1 thread, writes per second
 //! syncline-bench open   [--docs N]              open a store holding N documents
 //! syncline-bench memory [--docs N] [--cache-mb M]  RSS after reading N documents
 //! ```
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use syncline::{Collection, Store, StoreOptions, Value};
+use syncline::{Collection, Durability, Store, StoreOptions, Value};
 
 #[derive(Parser)]
 #[command(about = "Syncline scenario benchmarks")]
@@ -40,6 +41,12 @@ enum Scenario {
     Group {
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// `full` (the default: fsync per group) or `normal` (no fsync per commit).
+        #[arg(long, default_value = "full")]
+        durability: String,
+        /// Threads in the concurrent run.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
     },
     /// Time to open a store holding N documents.
     Open {
@@ -62,7 +69,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let report = match cli.scenario {
         Scenario::Write { writes } => write(writes)?,
-        Scenario::Group { seconds } => group(Duration::from_secs_f64(seconds))?,
+        Scenario::Group {
+            seconds,
+            durability,
+            threads,
+        } => {
+            let durability = match durability.as_str() {
+                "full" => Durability::Full,
+                "normal" => Durability::Normal,
+                other => anyhow::bail!("unknown durability {other:?}: use full or normal"),
+            };
+            group(Duration::from_secs_f64(seconds), durability, threads)?
+        }
         Scenario::Open { docs } => open(docs)?,
         Scenario::Memory {
             docs,
@@ -136,22 +154,36 @@ fn raw_commits(path: &Path, rows: usize, bytes: usize) -> anyhow::Result<Histogr
     Ok(h)
 }
 
-fn group(duration: Duration) -> anyhow::Result<serde_json::Value> {
-    let one = writes_per_second(1, duration)?;
-    let four = writes_per_second(4, duration)?;
+fn group(
+    duration: Duration,
+    durability: Durability,
+    threads: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let one = writes_per_second(1, duration, durability)?;
+    let many = writes_per_second(threads, duration, durability)?;
     Ok(serde_json::json!({
         "scenario": "group",
         "seconds": duration.as_secs_f64(),
+        "durability": format!("{durability:?}"),
+        "threads": threads,
         "writes_per_s_1_thread": one.round(),
-        "writes_per_s_4_threads": four.round(),
-        "speedup": (four / one * 100.0).round() / 100.0,
+        "writes_per_s_n_threads": many.round(),
+        "speedup": (many / one * 100.0).round() / 100.0,
         "floor_raw_commits_per_s": raw_commits_per_second(duration)?.round(),
     }))
 }
 
-fn writes_per_second(threads: usize, duration: Duration) -> anyhow::Result<f64> {
+fn writes_per_second(
+    threads: usize,
+    duration: Duration,
+    durability: Durability,
+) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
-    let store = Store::open(dir.path().join("bench.db"))?;
+    let options = StoreOptions {
+        durability,
+        ..Default::default()
+    };
+    let store = Store::open_with(dir.path().join("bench.db"), options)?;
     let start = Instant::now();
     let total: usize = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)

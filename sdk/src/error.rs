@@ -92,9 +92,6 @@ pub enum Error {
     /// The file system failed (creating the store's lock file, for instance).
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The store's writer thread is gone (the store is shutting down).
-    #[error("the store is closed")]
-    Closed,
 }
 
 /// `Result` with the SDK's [`Error`].

@@ -598,6 +598,7 @@ impl Shared {
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R>,
     ) -> Result<R> {
         let observed = self.listeners.wants(id);
+        let announcement = self.db.announce_write();
         let (result, event) = self.with_doc(id, |loaded| {
             if loaded.row.deleted {
                 return Err(Error::Deleted(id.clone()));
@@ -636,6 +637,7 @@ impl Shared {
             });
             Ok((result, event))
         })?;
+        drop(announcement);
         if let Some(event) = event {
             self.listeners.dispatch(&event);
         }
@@ -645,6 +647,7 @@ impl Shared {
     /// Merges remote changes into an existing document and makes them durable.
     fn apply_remote(&self, id: &DocId, changes: Vec<Change>) -> Result<Heads> {
         let observed = self.listeners.wants(id);
+        let announcement = self.db.announce_write();
         let (heads, event) = self.with_doc(id, |loaded| {
             let before = loaded.doc.get_heads();
             let mut patch_log = if observed {
@@ -671,6 +674,7 @@ impl Shared {
             });
             Ok((heads, event))
         })?;
+        drop(announcement);
         if let Some(event) = event {
             self.listeners.dispatch(&event);
         }

@@ -7,7 +7,7 @@
 //! current heads, which SQL can answer without loading any document.
 //!
 //! Reads go through a read-only connection; every write goes through the group-commit
-//! [`writer`] thread, and returns only once its transaction is committed with the configured
+//! [`writer`], and returns only once its transaction is committed with the configured
 //! [`Durability`].
 
 mod schema;
@@ -22,7 +22,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use syncline_protocol::{Collection, DeviceId, DocId, Priority};
 
 use crate::{Error, Heads, Result};
-use writer::Writer;
+use writer::{Announcement, Writer};
 
 #[cfg(test)]
 mod tests;
@@ -113,7 +113,8 @@ pub(crate) struct DbOptions {
     pub durability: Durability,
 }
 
-/// An open store file: a read connection, the writer thread, the lock and the device identity.
+/// An open store file: a read connection, the group-commit writer, the lock and the device
+/// identity.
 pub(crate) struct Database {
     reader: Mutex<Connection>,
     writer: Writer,
@@ -150,10 +151,16 @@ impl Database {
         reader.busy_timeout(Duration::from_secs(10))?;
         Ok(Self {
             reader: Mutex::new(reader),
-            writer: Writer::spawn(conn)?,
+            writer: Writer::new(conn),
             device_id,
             _lock: lock,
         })
+    }
+
+    /// Announces a write about to be prepared, so that a concurrent group commit waits for it
+    /// (briefly) instead of committing without it. Hold it until the write returns.
+    pub(crate) fn announce_write(&self) -> Announcement<'_> {
+        self.writer.announce()
     }
 
     /// This device's identity, created on first open.
