@@ -86,6 +86,11 @@ pub enum Error {
     /// SQLite failed.
     #[error("database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// A document was used from inside a transaction (or another document operation) on the
+    /// same thread. Finish the transaction first: waiting for the other document there could
+    /// deadlock.
+    #[error("a document cannot be used from inside another document operation; finish it first")]
+    NestedAccess,
     /// A group commit failed; every write in the group reports it and none was applied.
     #[error("commit failed: {0}")]
     CommitFailed(String),

@@ -284,3 +284,63 @@ fn the_cache_stays_within_its_budget() {
         "some documents must have been evicted"
     );
 }
+
+#[test]
+fn nested_document_access_is_an_error_not_a_deadlock() {
+    let fx = Fixture::new();
+    let a = fx.store.create(&todos()).expect("a");
+    let b = fx.store.create(&todos()).expect("b");
+    let result = a.transact(None, |tx| {
+        tx.put("x", 1)?;
+        b.get("y") // another document, from inside a's transaction
+    });
+    assert!(matches!(result, Err(Error::NestedAccess)));
+    assert!(matches!(
+        a.transact(None, |_| a.get("x")),
+        Err(Error::NestedAccess)
+    ));
+    assert_eq!(
+        a.get("x").expect("read"),
+        None,
+        "the failed transaction wrote nothing"
+    );
+    a.put("x", 2).expect("the store is still usable");
+}
+
+#[test]
+fn racing_creators_of_one_id_get_one_success() {
+    let fx = Fixture::new();
+    let id: DocId = "todos/contested".parse().expect("valid");
+    let outcomes: Vec<Result<(), Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let (store, id) = (fx.store.clone(), id.clone());
+                s.spawn(move || {
+                    // Unrelated writes in the same commit groups must not be affected.
+                    store.create(&todos()).expect("unrelated create");
+                    let initial = Value::from_json(&serde_json::json!({ "by": i }));
+                    store.create_at(id, initial, Priority::Normal).map(|_| ())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
+    assert!(
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .all(|e| matches!(e, Error::AlreadyExists(_)))
+    );
+    let winner = fx
+        .store
+        .document(&id)
+        .expect("exists")
+        .get_i64("by")
+        .expect("read");
+    assert!(winner.is_some());
+    assert_eq!(fx.store.list(&todos()).expect("list").len(), 7);
+}

@@ -95,3 +95,49 @@ fn a_listener_may_write_to_the_store() {
     let doc = fx.store.create(&todos()).expect("create");
     assert_eq!(audit.get_bool(doc.id().id()).expect("read"), Some(true));
 }
+
+#[test]
+fn a_listener_can_unsubscribe_itself_and_a_panicking_one_does_not_stop_delivery() {
+    let fx = Fixture::new();
+    let slot: Arc<Mutex<Option<syncline::Subscription>>> = Arc::default();
+    let calls = Arc::new(Mutex::new(0));
+    let (slot2, calls2) = (Arc::clone(&slot), Arc::clone(&calls));
+    let sub = fx.store.watch_collection(&todos(), move |_| {
+        *calls2.lock().expect("lock") += 1;
+        // Dropping its own subscription from inside the callback must not deadlock.
+        drop(slot2.lock().expect("lock").take());
+    });
+    *slot.lock().expect("lock") = Some(sub);
+    let doc = fx.store.create(&todos()).expect("create");
+    doc.put("a", 1).expect("write");
+    assert_eq!(
+        *calls.lock().expect("lock"),
+        1,
+        "called once, then unsubscribed"
+    );
+
+    // A listener that panics loses its event but later events still arrive.
+    let _boom = fx.store.watch_collection(&todos(), |e| {
+        if e.patches
+            .iter()
+            .any(|p| matches!(&p.action, PatchAction::PutMap { key, .. } if key == "boom"))
+        {
+            panic!("listener failure");
+        }
+    });
+    let (events, listener) = recorder();
+    let _rec = fx.store.watch_collection(&todos(), listener);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.put("boom", 1)));
+    assert!(
+        result.is_err(),
+        "the listener's panic reaches the writer's thread"
+    );
+    doc.put("after", 1).expect("write after the panic");
+    assert!(events.lock().expect("lock").iter().any(|e| {
+        e.patches
+            .iter()
+            .any(|p| matches!(&p.action, PatchAction::PutMap { key, .. } if key == "after"))
+    }));
+    // The write whose listener panicked is durable all the same.
+    assert_eq!(doc.get_i64("boom").expect("read"), Some(1));
+}

@@ -66,3 +66,66 @@ fn unknown_hashes_in_an_ack_are_ignored() {
         .expect("ack");
     assert!(fx.store.pending_documents().expect("pending").is_empty());
 }
+
+#[test]
+fn acknowledgements_never_go_backwards() {
+    let fx = Fixture::new();
+    let a = fx.store.create(&todos()).expect("a");
+    let old = a.heads().expect("heads");
+    a.put("x", 1).expect("write");
+    let new = a.heads().expect("heads");
+    fx.store
+        .mark_acknowledged(a.id(), "relay-1", &new)
+        .expect("ack");
+    // A late ack of older heads, and an ack of heads we do not know, change nothing.
+    fx.store
+        .mark_acknowledged(a.id(), "relay-1", &old)
+        .expect("late ack");
+    let unknown: Heads = "22".repeat(32).parse().expect("hash syntax");
+    fx.store
+        .mark_acknowledged(a.id(), "relay-1", &unknown)
+        .expect("ahead ack");
+    assert!(fx.store.pending_documents().expect("pending").is_empty());
+    assert!(fx.store.pending_changes().expect("changes").is_empty());
+}
+
+#[test]
+fn two_relays_covering_two_branches_together_clear_the_document() {
+    let fx = Fixture::new();
+    let laptop = fx.other_device("laptop");
+    let doc = fx.store.create(&todos()).expect("create");
+    let id = doc.id().clone();
+    laptop
+        .apply_changes(
+            &id,
+            &fx.store
+                .changes_since(&id, &Heads::default())
+                .expect("export"),
+        )
+        .expect("copy");
+    doc.put("phone", 1).expect("phone branch");
+    let phone_branch = doc.heads().expect("heads");
+    laptop
+        .document(&id)
+        .expect("doc")
+        .put("laptop", 1)
+        .expect("laptop branch");
+    let laptop_branch = laptop.document(&id).expect("doc").heads().expect("heads");
+    fx.store
+        .apply_changes(
+            &id,
+            &laptop
+                .changes_since(&id, &Heads::default())
+                .expect("export"),
+        )
+        .expect("merge");
+    fx.store
+        .mark_acknowledged(&id, "relay-a", &phone_branch)
+        .expect("ack a");
+    assert_eq!(fx.store.pending_documents().expect("pending").len(), 1);
+    fx.store
+        .mark_acknowledged(&id, "relay-b", &laptop_branch)
+        .expect("ack b");
+    assert!(fx.store.pending_documents().expect("pending").is_empty());
+    assert!(fx.store.pending_changes().expect("changes").is_empty());
+}

@@ -87,15 +87,18 @@ impl DocCache {
         slot
     }
 
-    /// Records the size of `id`'s loaded document (0 if it is not loaded), then evicts least
-    /// recently used, unshared documents until the cache is within its budget.
-    pub(crate) fn resize(&self, id: &DocId, bytes: usize) {
+    /// Records the size of `id`'s loaded document (0 if it is not loaded) and releases the
+    /// caller's `slot`, then evicts least recently used, unshared documents until the cache is
+    /// within its budget.
+    pub(crate) fn resize(&self, id: &DocId, slot: Arc<Slot>, bytes: usize) {
         let mut inner = self.inner.lock();
         let Inner { entries, used } = &mut *inner;
-        if let Some(entry) = entries.peek_mut(id) {
+        // Only if the entry is still this slot (it may have been evicted and recreated).
+        if let Some(entry) = entries.peek_mut(id).filter(|e| Arc::ptr_eq(&e.slot, &slot)) {
             *used = *used - entry.bytes + bytes;
             entry.bytes = bytes;
         }
+        drop(slot);
         if *used <= self.budget {
             return;
         }

@@ -1,14 +1,20 @@
 //! Change listeners: per document and per collection, fired after a change is durable.
 //!
-//! Callbacks run synchronously on the thread that made the change (for local writes) or
-//! applied it (for remote ones), after every lock of the store has been released, so a
-//! callback may read or write the store. Keep them short; hand long work to another thread.
+//! Events are queued in commit order while the changed document is still locked, and
+//! delivered by one thread at a time after every lock of the store has been released: so a
+//! listener sees the changes of a document in the order they were made, and may itself read
+//! or write the store. The delivering thread is the writer's, or, when several threads write
+//! at once, whichever of them is already delivering; an event may thus arrive on another
+//! thread, shortly after the write call returned. Keep listeners short; hand long work to
+//! another thread.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use automerge::{ObjType, Prop, Value as AmValue};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use syncline_protocol::{Collection, DocId};
 
 use super::model::{TOMBSTONE_KEY, scalar_to_value};
@@ -110,10 +116,11 @@ pub enum PatchAction {
 }
 
 /// A registered listener. Dropping it (or calling [`Subscription::unsubscribe`]) removes the
-/// listener; no callback starts after that returns.
+/// listener; once that returns, the listener is not running and will not be called again
+/// (dropping it from inside its own callback returns at once, and no later call follows).
 #[must_use = "the listener is removed when the Subscription is dropped"]
 pub struct Subscription {
-    id: u64,
+    listener: Arc<Listener>,
     registry: Weak<Registry>,
 }
 
@@ -127,7 +134,16 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if let Some(registry) = self.registry.upgrade() {
-            registry.entries.write().retain(|e| e.id != self.id);
+            registry
+                .entries
+                .write()
+                .retain(|e| !Arc::ptr_eq(e, &self.listener));
+        }
+        self.listener.alive.store(false, Ordering::Release);
+        let id = self.listener.id;
+        if !RUNNING.with(|r| r.borrow().contains(&id)) {
+            // Waits for a call in progress on another thread to finish.
+            drop(self.listener.running.write());
         }
     }
 }
@@ -135,9 +151,14 @@ impl Drop for Subscription {
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
-            .field("id", &self.id)
+            .field("id", &self.listener.id)
             .finish()
     }
+}
+
+thread_local! {
+    /// The listeners this thread is calling right now (nested when a listener writes).
+    static RUNNING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What a listener watches.
@@ -156,19 +177,28 @@ impl Scope {
     }
 }
 
-type Callback = Arc<dyn Fn(&ChangeEvent) + Send + Sync>;
-
-struct Entry {
+struct Listener {
     id: u64,
     scope: Scope,
-    callback: Callback,
+    /// Cleared by [`Subscription`]'s drop; checked under `running` before every call.
+    alive: AtomicBool,
+    /// Held (shared) during each call, so an unsubscribe can wait for calls in progress.
+    running: RwLock<()>,
+    callback: Box<dyn Fn(&ChangeEvent) + Send + Sync>,
 }
 
-/// The listeners of one store.
+#[derive(Default)]
+struct Delivery {
+    queue: VecDeque<ChangeEvent>,
+    draining: bool,
+}
+
+/// The listeners of one store, and the events waiting for them.
 #[derive(Default)]
 pub(crate) struct Registry {
     next_id: AtomicU64,
-    entries: RwLock<Vec<Entry>>,
+    entries: RwLock<Vec<Arc<Listener>>>,
+    delivery: Mutex<Delivery>,
 }
 
 impl Registry {
@@ -177,14 +207,16 @@ impl Registry {
         scope: Scope,
         callback: impl Fn(&ChangeEvent) + Send + Sync + 'static,
     ) -> Subscription {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.entries.write().push(Entry {
-            id,
+        let listener = Arc::new(Listener {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
             scope,
-            callback: Arc::new(callback),
+            alive: AtomicBool::new(true),
+            running: RwLock::new(()),
+            callback: Box::new(callback),
         });
+        self.entries.write().push(Arc::clone(&listener));
         Subscription {
-            id,
+            listener,
             registry: Arc::downgrade(self),
         }
     }
@@ -194,18 +226,76 @@ impl Registry {
         self.entries.read().iter().any(|e| e.scope.matches(doc))
     }
 
-    /// Calls every matching listener. The registry lock is not held during the calls.
-    pub(crate) fn dispatch(&self, event: &ChangeEvent) {
-        let callbacks: Vec<Callback> = self
+    /// Queues an event. Call it while the changed document is still locked, so that events
+    /// queue in commit order; then call [`Registry::deliver`] once the locks are released.
+    pub(crate) fn publish(&self, event: ChangeEvent) {
+        self.delivery.lock().queue.push_back(event);
+    }
+
+    /// Delivers queued events in order, unless another thread is already doing so (then that
+    /// thread delivers them).
+    pub(crate) fn deliver(&self) {
+        {
+            let mut delivery = self.delivery.lock();
+            if delivery.draining {
+                return;
+            }
+            delivery.draining = true;
+        }
+        let drainer = Drainer(self);
+        loop {
+            let event = {
+                let mut delivery = self.delivery.lock();
+                let Some(event) = delivery.queue.pop_front() else {
+                    // Stop draining in the same critical section that found the queue empty,
+                    // so an event published meanwhile is never left without a drainer.
+                    delivery.draining = false;
+                    std::mem::forget(drainer);
+                    return;
+                };
+                event
+            };
+            self.dispatch(&event);
+        }
+    }
+
+    /// Calls every live listener matching the event. The registry lock is not held during
+    /// the calls.
+    fn dispatch(&self, event: &ChangeEvent) {
+        let listeners: Vec<Arc<Listener>> = self
             .entries
             .read()
             .iter()
             .filter(|e| e.scope.matches(&event.doc_id))
-            .map(|e| Arc::clone(&e.callback))
+            .map(Arc::clone)
             .collect();
-        for callback in callbacks {
-            callback(event);
+        for listener in listeners {
+            let _running = listener.running.read();
+            if !listener.alive.load(Ordering::Acquire) {
+                continue;
+            }
+            RUNNING.with(|r| r.borrow_mut().push(listener.id));
+            let _pop = PopRunning;
+            (listener.callback)(event);
         }
+    }
+}
+
+/// Ends a delivery turn if a listener panics, so that later events are still delivered (the
+/// event whose listener panicked is not retried). A normal turn ends in [`Registry::deliver`].
+struct Drainer<'a>(&'a Registry);
+
+impl Drop for Drainer<'_> {
+    fn drop(&mut self) {
+        self.0.delivery.lock().draining = false;
+    }
+}
+
+struct PopRunning;
+
+impl Drop for PopRunning {
+    fn drop(&mut self) {
+        RUNNING.with(|r| r.borrow_mut().pop());
     }
 }
 

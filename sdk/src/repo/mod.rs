@@ -13,6 +13,8 @@ mod listeners;
 mod model;
 mod transaction;
 
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
@@ -206,48 +208,23 @@ impl Store {
             doc.empty_commit(options());
         }
         let heads = Heads::new(doc.get_heads());
-        let chunk = doc.save();
-        let at = now_millis();
-        let key = self.shared.db.insert_document(NewDoc {
-            id: id.clone(),
-            priority,
-            chunk: chunk.clone(),
+        let event = self.shared.listeners.wants(&id).then(|| ChangeEvent {
+            doc_id: id.clone(),
+            origin: ChangeOrigin::Local,
             heads: heads.clone(),
             deleted: false,
-            origin: Origin::Local,
-            at,
-        })?;
-        let row = DocRow {
-            key,
+            patches: listeners::convert_patches(doc.diff(&[], heads.as_slice())),
+        });
+        let new = NewDoc {
             id: id.clone(),
             priority,
+            chunk: doc.save(),
+            heads,
             deleted: false,
-            snapshot_bytes: 0,
-            chunk_count: 1,
-            chunk_bytes: u64::try_from(chunk.len()).unwrap_or(u64::MAX),
-            created_at: at,
-            local_change_at: Some(at),
-            remote_change_at: None,
+            origin: Origin::Local,
+            at: now_millis(),
         };
-        let observed = self.shared.listeners.wants(&id);
-        let patches = observed.then(|| listeners::convert_patches(doc.diff(&[], heads.as_slice())));
-        self.shared.install(
-            &id,
-            LoadedDoc {
-                row,
-                doc,
-                poisoned: false,
-            },
-        );
-        if let Some(patches) = patches {
-            self.shared.listeners.dispatch(&ChangeEvent {
-                doc_id: id.clone(),
-                origin: ChangeOrigin::Local,
-                heads,
-                deleted: false,
-                patches,
-            });
-        }
+        self.shared.insert_new(new, doc, event)?;
         Ok(Document::new(self.clone(), id))
     }
 
@@ -396,22 +373,46 @@ impl Store {
     /// [`Error::NotFound`] or a storage error.
     pub fn mark_acknowledged(&self, id: &DocId, relay: &str, heads: &Heads) -> Result<()> {
         self.shared.with_doc(id, |loaded| {
-            let known: Vec<ChangeHash> = heads
-                .as_slice()
+            let doc = &loaded.doc;
+            let known = |hashes: &[ChangeHash]| -> Vec<ChangeHash> {
+                hashes
+                    .iter()
+                    .copied()
+                    .filter(|h| doc.get_change_meta_by_hash(h).is_some())
+                    .collect()
+            };
+            let acks = self.shared.db.acked_heads(loaded.row.key)?;
+            let given = known(heads.as_slice());
+            // An acknowledgement never goes backwards: keep what this relay acknowledged
+            // before and the new heads do not cover (acks can arrive out of order).
+            let uncovered: HashSet<ChangeHash> = doc
+                .get_changes_meta(&given)
                 .iter()
-                .copied()
-                .filter(|h| loaded.doc.get_change_meta_by_hash(h).is_some())
+                .map(|m| m.hash)
                 .collect();
-            // When the relay has everything we have, record our exact heads so that "pending"
-            // is a plain equality test in SQL.
-            let covered = if loaded.doc.get_changes_meta(&known).is_empty() {
-                Heads::new(loaded.doc.get_heads())
+            let mut merged = given;
+            for (_, previous) in acks.iter().filter(|(r, _)| r == relay) {
+                merged.extend(
+                    known(previous.as_slice())
+                        .into_iter()
+                        .filter(|h| uncovered.contains(h)),
+                );
+            }
+            // What every relay together has covers a change if any relay has it ("pending" is
+            // what no relay has). When that is everything, record our exact heads, so that
+            // pending_documents is a plain equality test in SQL.
+            let mut everyone = merged.clone();
+            for (_, other) in acks.iter().filter(|(r, _)| r != relay) {
+                everyone.extend(known(other.as_slice()));
+            }
+            let record = if doc.get_changes_meta(&everyone).is_empty() {
+                Heads::new(doc.get_heads())
             } else {
-                Heads::new(known)
+                Heads::new(merged)
             };
             self.shared
                 .db
-                .record_ack(loaded.row.key, relay.to_owned(), covered)
+                .record_ack(loaded.row.key, relay.to_owned(), record)
         })
     }
 
@@ -433,12 +434,13 @@ impl Store {
 
     /// Merges encoded Automerge changes received from another replica into document `id`,
     /// creating it if this store has never seen it. Durable before it returns; listeners see
-    /// a [`ChangeOrigin::Remote`] event. Changes whose dependencies are missing wait in memory
-    /// until the dependencies arrive. Returns the document's heads afterwards.
+    /// a [`ChangeOrigin::Remote`] event. Returns the document's heads afterwards: a change whose
+    /// dependencies are missing is not applied (nor stored) and its hash is not in them; it
+    /// must be sent again with its dependencies, which the sync protocol does.
     ///
     /// # Errors
-    /// [`Error::InvalidChange`] if any change does not decode (then nothing is applied), or a
-    /// storage error.
+    /// [`Error::InvalidChange`] if any change does not decode or cannot be applied (then
+    /// nothing is applied), [`Error::NestedAccess`], or a storage error.
     pub fn apply_changes(&self, id: &DocId, changes: &[Vec<u8>]) -> Result<Heads> {
         let changes = changes
             .iter()
@@ -453,39 +455,36 @@ impl Store {
 
     fn create_from_remote(&self, id: &DocId, changes: Vec<Change>) -> Result<Heads> {
         let mut doc = Automerge::new().with_actor(self.shared.actor.clone());
-        doc.apply_changes(changes)?;
+        apply_untrusted(&mut doc, changes, &mut PatchLog::inactive())?;
         let heads = Heads::new(doc.get_heads());
         if heads.is_empty() {
+            // Nothing applicable (every change waits for a dependency): nothing to store.
             return Ok(heads);
         }
-        let chunk = doc.save();
         let deleted = model::is_tombstoned(&doc);
-        let at = now_millis();
-        match self.shared.db.insert_document(NewDoc {
+        let event = self.shared.listeners.wants(id).then(|| ChangeEvent {
+            doc_id: id.clone(),
+            origin: ChangeOrigin::Remote,
+            heads: heads.clone(),
+            deleted,
+            patches: listeners::convert_patches(doc.diff(&[], heads.as_slice())),
+        });
+        let new = NewDoc {
             id: id.clone(),
             priority: Priority::Normal,
-            chunk,
+            chunk: doc.save(),
             heads: heads.clone(),
             deleted,
             origin: Origin::Remote,
-            at,
-        }) {
-            // Created concurrently by another thread: merge into that one instead.
-            Err(Error::AlreadyExists(_)) => {
-                return self.shared.apply_remote(id, doc.get_changes(&[]));
-            }
-            other => other?,
+            at: now_millis(),
         };
-        if self.shared.listeners.wants(id) {
-            self.shared.listeners.dispatch(&ChangeEvent {
-                doc_id: id.clone(),
-                origin: ChangeOrigin::Remote,
-                heads: heads.clone(),
-                deleted,
-                patches: listeners::convert_patches(doc.diff(&[], heads.as_slice())),
-            });
+        let all_changes = doc.get_changes(&[]);
+        match self.shared.insert_new(new, doc, event) {
+            // Created concurrently by another thread: merge into that one instead.
+            Err(Error::AlreadyExists(_)) => self.shared.apply_remote(id, all_changes),
+            Err(e) => Err(e),
+            Ok(()) => Ok(heads),
         }
-        Ok(heads)
     }
 
     /// Estimated bytes of the documents currently loaded in memory.
@@ -513,12 +512,19 @@ impl std::fmt::Debug for Store {
 }
 
 impl Shared {
-    /// Runs `f` on the loaded document `id`, loading it first if needed.
+    /// Runs `f` on the loaded document `id`, loading it first if needed. The document stays
+    /// locked during `f`; if `f` panics the cached copy is dropped (it may be half changed) and
+    /// the panic continues.
+    ///
+    /// # Errors
+    /// [`Error::NestedAccess`] when called from inside another document operation on this
+    /// thread; the load errors; `f`'s error.
     pub(crate) fn with_doc<R>(
         &self,
         id: &DocId,
         f: impl FnOnce(&mut LoadedDoc) -> Result<R>,
     ) -> Result<R> {
+        let _inside = InsideDocument::enter()?;
         let slot = self.cache.slot(id);
         let mut guard = slot.lock();
         if guard.is_none() {
@@ -533,28 +539,67 @@ impl Shared {
             }
         }
         let loaded = guard.as_mut().expect("loaded just above");
-        let result = f(loaded);
-        if loaded.poisoned {
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| f(loaded))) {
+            Ok(result) => result,
+            Err(panic) => {
+                *guard = None;
+                drop(guard);
+                self.cache.resize(id, slot, 0);
+                std::panic::resume_unwind(panic);
+            }
+        };
+        if guard.as_ref().is_some_and(|l| l.poisoned) {
             *guard = None;
         }
         let bytes = guard.as_ref().map_or(0, LoadedDoc::estimated_bytes);
         drop(guard);
-        drop(slot);
-        self.cache.resize(id, bytes);
+        self.cache.resize(id, slot, bytes);
         result
     }
 
-    /// Puts a freshly created document into the cache (unless a reader loaded it already).
-    fn install(&self, id: &DocId, loaded: LoadedDoc) {
-        let slot = self.cache.slot(id);
+    /// Stores a brand-new document and caches it. Its slot stays locked from before the insert
+    /// until it holds the new document, so no other thread can load (and then write) a second
+    /// copy in between. `event` is published in that window too.
+    fn insert_new(&self, new: NewDoc, doc: Automerge, event: Option<ChangeEvent>) -> Result<()> {
+        let _inside = InsideDocument::enter()?;
+        let id = new.id.clone();
+        let slot = self.cache.slot(&id);
         let mut guard = slot.lock();
-        if guard.is_none() {
-            *guard = Some(loaded);
+        let mut row = DocRow {
+            key: 0,
+            id: id.clone(),
+            priority: new.priority,
+            deleted: new.deleted,
+            snapshot_bytes: 0,
+            chunk_count: 1,
+            chunk_bytes: u64::try_from(new.chunk.len()).unwrap_or(u64::MAX),
+            created_at: new.at,
+            local_change_at: (new.origin == Origin::Local).then_some(new.at),
+            remote_change_at: (new.origin == Origin::Remote).then_some(new.at),
+        };
+        match self.db.insert_document(new) {
+            Ok(key) => row.key = key,
+            Err(e) => {
+                drop(guard);
+                drop(slot);
+                self.cache.discard_if_idle(&id);
+                return Err(e);
+            }
+        }
+        *guard = Some(LoadedDoc {
+            row,
+            doc,
+            poisoned: false,
+        });
+        if let Some(event) = event {
+            self.listeners.publish(event);
         }
         let bytes = guard.as_ref().map_or(0, LoadedDoc::estimated_bytes);
         drop(guard);
-        drop(slot);
-        self.cache.resize(id, bytes);
+        self.cache.resize(&id, slot, bytes);
+        drop(_inside);
+        self.listeners.deliver();
+        Ok(())
     }
 
     fn load(&self, id: &DocId) -> Result<LoadedDoc> {
@@ -599,7 +644,7 @@ impl Shared {
     ) -> Result<R> {
         let observed = self.listeners.wants(id);
         let announcement = self.db.announce_write();
-        let (result, event) = self.with_doc(id, |loaded| {
+        let result = self.with_doc(id, |loaded| {
             if loaded.row.deleted {
                 return Err(Error::Deleted(id.clone()));
             }
@@ -620,7 +665,7 @@ impl Shared {
             }
             let (hash, mut patch_log) = tx.commit_with(options);
             if hash.is_none() {
-                return Ok((result, None));
+                return Ok(result);
             }
             let change = loaded
                 .doc
@@ -628,19 +673,19 @@ impl Shared {
                 .map(|c| c.raw_bytes().to_vec())
                 .expect("a commit that returned a hash made a local change");
             self.persist(loaded, change, Origin::Local)?;
-            let event = observed.then(|| ChangeEvent {
-                doc_id: id.clone(),
-                origin: ChangeOrigin::Local,
-                heads: Heads::new(loaded.doc.get_heads()),
-                deleted: loaded.row.deleted,
-                patches: listeners::convert_patches(loaded.doc.make_patches(&mut patch_log)),
-            });
-            Ok((result, event))
+            if observed {
+                self.listeners.publish(ChangeEvent {
+                    doc_id: id.clone(),
+                    origin: ChangeOrigin::Local,
+                    heads: Heads::new(loaded.doc.get_heads()),
+                    deleted: loaded.row.deleted,
+                    patches: listeners::convert_patches(loaded.doc.make_patches(&mut patch_log)),
+                });
+            }
+            Ok(result)
         })?;
         drop(announcement);
-        if let Some(event) = event {
-            self.listeners.dispatch(&event);
-        }
+        self.listeners.deliver();
         Ok(result)
     }
 
@@ -648,36 +693,38 @@ impl Shared {
     fn apply_remote(&self, id: &DocId, changes: Vec<Change>) -> Result<Heads> {
         let observed = self.listeners.wants(id);
         let announcement = self.db.announce_write();
-        let (heads, event) = self.with_doc(id, |loaded| {
+        let heads = self.with_doc(id, |loaded| {
             let before = loaded.doc.get_heads();
             let mut patch_log = if observed {
                 PatchLog::active()
             } else {
                 PatchLog::inactive()
             };
-            loaded
-                .doc
-                .apply_changes_log_patches(changes, &mut patch_log)?;
+            if let Err(e) = apply_untrusted(&mut loaded.doc, changes, &mut patch_log) {
+                // The document may be half changed: reload the durable state.
+                loaded.poisoned = true;
+                return Err(e);
+            }
             let after = loaded.doc.get_heads();
             if after == before {
-                return Ok((Heads::new(after), None));
+                return Ok(Heads::new(after));
             }
             let chunk = loaded.doc.save_after(&before);
             self.persist(loaded, chunk, Origin::Remote)?;
             let heads = Heads::new(after);
-            let event = observed.then(|| ChangeEvent {
-                doc_id: id.clone(),
-                origin: ChangeOrigin::Remote,
-                heads: heads.clone(),
-                deleted: loaded.row.deleted,
-                patches: listeners::convert_patches(loaded.doc.make_patches(&mut patch_log)),
-            });
-            Ok((heads, event))
+            if observed {
+                self.listeners.publish(ChangeEvent {
+                    doc_id: id.clone(),
+                    origin: ChangeOrigin::Remote,
+                    heads: heads.clone(),
+                    deleted: loaded.row.deleted,
+                    patches: listeners::convert_patches(loaded.doc.make_patches(&mut patch_log)),
+                });
+            }
+            Ok(heads)
         })?;
         drop(announcement);
-        if let Some(event) = event {
-            self.listeners.dispatch(&event);
-        }
+        self.listeners.deliver();
         Ok(heads)
     }
 
@@ -732,4 +779,42 @@ impl Shared {
 /// A new document id: a UUIDv7 (time-ordered, so ids sort roughly by creation) in 32 hex digits.
 fn new_doc_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Applies changes that came from elsewhere. Automerge can panic on a change that decodes but
+/// references operations it does not have; that is bad input, not a bug of ours, so it becomes
+/// [`Error::InvalidChange`] (the caller then discards the half-changed document).
+fn apply_untrusted(doc: &mut Automerge, changes: Vec<Change>, log: &mut PatchLog) -> Result<()> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        doc.apply_changes_log_patches(changes, log)
+    })) {
+        Ok(applied) => Ok(applied?),
+        Err(_) => Err(Error::InvalidChange(
+            "the changes do not apply to this document".into(),
+        )),
+    }
+}
+
+thread_local! {
+    /// Set while this thread holds a document's slot.
+    static INSIDE_DOCUMENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as inside a document operation; refuses nesting, which could deadlock
+/// (a transaction on A touching A again, or two threads nesting A and B in opposite orders).
+struct InsideDocument;
+
+impl InsideDocument {
+    fn enter() -> Result<Self> {
+        if INSIDE_DOCUMENT.with(|inside| inside.replace(true)) {
+            return Err(Error::NestedAccess);
+        }
+        Ok(Self)
+    }
+}
+
+impl Drop for InsideDocument {
+    fn drop(&mut self) {
+        INSIDE_DOCUMENT.with(|inside| inside.set(false));
+    }
 }

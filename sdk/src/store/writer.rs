@@ -46,7 +46,17 @@ where
     R: Send,
 {
     fn execute(&mut self, conn: &Connection) -> bool {
-        let outcome = self.work.take().map(|work| work(conn));
+        let outcome = self.work.take().map(|work| {
+            // A panicking job must not take the other jobs of its group (or the connection's
+            // transaction state) down with it: it fails alone.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn))).unwrap_or_else(
+                |_| {
+                    Err(Error::CommitFailed(
+                        "a store write panicked; it was rolled back".into(),
+                    ))
+                },
+            )
+        });
         let ok = matches!(outcome, Some(Ok(_)));
         self.outcome = outcome;
         ok
@@ -193,6 +203,10 @@ fn commit_group(conn: &Connection, mut group: Vec<Box<dyn Job>>) {
 }
 
 fn run_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> rusqlite::Result<()> {
+    if !conn.is_autocommit() {
+        // An earlier failure left a transaction open (its ROLLBACK failed too): end it first.
+        conn.execute_batch("ROLLBACK")?;
+    }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     if let [job] = group {
         // Alone in its group, a job needs no savepoint: its failure rolls back everything.
