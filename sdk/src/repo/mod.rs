@@ -43,7 +43,7 @@ pub struct StoreOptions {
     /// How commits survive power loss. Default [`Durability::Full`].
     pub durability: Durability,
     /// A document's incremental chunks are compacted into a new snapshot once there are this
-    /// many, or once they outweigh the snapshot. Default 64.
+    /// many, or once they weigh half as much as the snapshot (and at least 4 KiB). Default 256.
     pub compact_after_chunks: u64,
 }
 
@@ -52,7 +52,7 @@ impl Default for StoreOptions {
         Self {
             cache_bytes: 64 << 20,
             durability: Durability::Full,
-            compact_after_chunks: 64,
+            compact_after_chunks: 256,
         }
     }
 }
@@ -732,9 +732,12 @@ impl Shared {
     /// the cached copy is poisoned, so it is reloaded from the durable state.
     fn persist(&self, loaded: &mut LoadedDoc, chunk: Vec<u8>, origin: Origin) -> Result<()> {
         let chunk_len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+        // Compacting rewrites the whole document, so it waits until the chunks weigh half the
+        // snapshot: the cost per write then stays proportional to the change, however long the
+        // history. The chunk cap bounds the work of loading.
+        let chunk_bytes = loaded.row.chunk_bytes + chunk_len;
         let compact = loaded.row.chunk_count + 1 >= self.options.compact_after_chunks
-            || (loaded.row.snapshot_bytes > 0
-                && loaded.row.chunk_bytes + chunk_len > loaded.row.snapshot_bytes);
+            || (chunk_bytes >= COMPACT_MIN_BYTES && chunk_bytes * 2 >= loaded.row.snapshot_bytes);
         let content = if compact {
             ContentWrite::Compact(loaded.doc.save())
         } else {
@@ -775,6 +778,9 @@ impl Shared {
         Ok(())
     }
 }
+
+/// Chunks below this many bytes are never worth a compaction on their own.
+const COMPACT_MIN_BYTES: u64 = 4096;
 
 /// A new document id: a UUIDv7 (time-ordered, so ids sort roughly by creation) in 32 hex digits.
 fn new_doc_id() -> String {
