@@ -21,14 +21,14 @@ fn a_corrupt_row_affects_only_its_document() {
     let original: Vec<u8> = conn
         .query_row(
             "SELECT c.data FROM chunks c JOIN documents d USING (doc_key) \
-             WHERE d.doc_id = ?1 ORDER BY c.chunk_key LIMIT 1",
+             WHERE d.doc_id = ?1 ORDER BY c.seq LIMIT 1",
             [bad_id.id()],
             |r| r.get(0),
         )
         .expect("chunk");
     conn.execute(
-        "UPDATE chunks SET data = X'DEADBEEF00' WHERE chunk_key = \
-         (SELECT min(chunk_key) FROM chunks JOIN documents USING (doc_key) WHERE doc_id = ?1)",
+        "UPDATE chunks SET data = X'DEADBEEF00' WHERE seq = 0 AND doc_key = \
+         (SELECT doc_key FROM documents WHERE doc_id = ?1)",
         [bad_id.id()],
     )
     .expect("corrupt it");
@@ -63,8 +63,8 @@ fn a_corrupt_row_affects_only_its_document() {
     // Nothing was lost: restoring the bytes restores the document.
     let conn = rusqlite::Connection::open(&path).expect("raw open");
     conn.execute(
-        "UPDATE chunks SET data = ?2 WHERE chunk_key = \
-         (SELECT min(chunk_key) FROM chunks JOIN documents USING (doc_key) WHERE doc_id = ?1)",
+        "UPDATE chunks SET data = ?2 WHERE seq = 0 AND doc_key = \
+         (SELECT doc_key FROM documents WHERE doc_id = ?1)",
         rusqlite::params![bad_id.id(), original],
     )
     .expect("restore");

@@ -196,7 +196,7 @@ impl Database {
             .query_row([key], |r| r.get(0))
             .optional()?;
         let chunks = conn
-            .prepare_cached("SELECT data FROM chunks WHERE doc_key = ?1 ORDER BY chunk_key")?
+            .prepare_cached("SELECT data FROM chunks WHERE doc_key = ?1 ORDER BY seq")?
             .query_map([key], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
         Ok(DocContent { snapshot, chunks })
@@ -270,7 +270,7 @@ impl Database {
                 return Err(Error::AlreadyExists(doc.id));
             }
             let key = conn.last_insert_rowid();
-            conn.prepare_cached("INSERT INTO chunks (doc_key, data) VALUES (?1, ?2)")?
+            conn.prepare_cached("INSERT INTO chunks (doc_key, seq, data) VALUES (?1, 0, ?2)")?
                 .execute(params![key, doc.chunk])?;
             Ok(key)
         })
@@ -282,8 +282,12 @@ impl Database {
             let (local_at, remote_at) = stamps(update.origin, update.at);
             match &update.content {
                 ContentWrite::Append(chunk) => {
-                    conn.prepare_cached("INSERT INTO chunks (doc_key, data) VALUES (?1, ?2)")?
-                        .execute(params![key, chunk])?;
+                    // The chunk's sequence number is the count of chunks before it.
+                    conn.prepare_cached(
+                        "INSERT INTO chunks (doc_key, seq, data) \
+                         SELECT doc_key, chunk_count, ?2 FROM documents WHERE doc_key = ?1",
+                    )?
+                    .execute(params![key, chunk])?;
                     conn.prepare_cached(
                         "UPDATE documents SET heads = ?2, deleted = ?3, \
                          chunk_count = chunk_count + 1, chunk_bytes = chunk_bytes + ?4, \

@@ -43,11 +43,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         data    BLOB NOT NULL
     );
     CREATE TABLE chunks (
-        chunk_key INTEGER PRIMARY KEY,
-        doc_key   INTEGER NOT NULL REFERENCES documents (doc_key) ON DELETE CASCADE,
-        data      BLOB    NOT NULL
-    );
-    CREATE INDEX chunks_by_doc ON chunks (doc_key, chunk_key);
+        doc_key INTEGER NOT NULL REFERENCES documents (doc_key) ON DELETE CASCADE,
+        seq     INTEGER NOT NULL,
+        data    BLOB    NOT NULL,
+        PRIMARY KEY (doc_key, seq)
+    ) WITHOUT ROWID;
     CREATE TABLE acks (
         doc_key INTEGER NOT NULL REFERENCES documents (doc_key) ON DELETE CASCADE,
         relay   TEXT    NOT NULL,
