@@ -46,3 +46,12 @@ pub use repo::{
 pub use store::Durability;
 pub use syncline_protocol::{Collection, DeviceId, DocId, IdError, Priority};
 pub use value::Value;
+
+/// The handles apps share between threads must stay shareable.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<Store>();
+    shareable::<Document>();
+    shareable::<Subscription>();
+    shareable::<Error>();
+};
