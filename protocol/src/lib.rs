@@ -2,21 +2,68 @@
 //!
 //! This crate has no I/O and no async runtime; it is the one place that defines what a valid
 //! [`Collection`], [`DocId`] or [`DeviceId`] is, so that both sides parse input once and then
-//! carry the validated type around ("parse, don't re-check"). The CBOR wire messages of
-//! `docs/PROTOCOL.md` will live here too when the relay lands.
+//! carry the validated type around ("parse, don't re-check"), and the wire protocol of
+//! `docs/PROTOCOL.md`: the [`messages`] and their CBOR [`frame`]s.
+//!
+//! A client opens a session with `Hello`; the relay answers `Welcome`. Each frame is one
+//! binary WebSocket message:
 //!
 //! ```
-//! use syncline_protocol::{Collection, DocId, Priority};
+//! use syncline_protocol::messages::{DeviceClass, Hello, Limits, Profile, Welcome};
+//! use syncline_protocol::{frame, DocId, Message, PROTOCOL_VERSION};
 //!
+//! // The client declares what it speaks and what it is.
+//! let profile = Profile {
+//!     class: DeviceClass::Phone,
+//!     storage_budget_bytes: Some(1 << 30),
+//!     download_bytes_per_s: None,
+//!     upload_bytes_per_s: None,
+//!     metered: true,
+//!     realtime: true,
+//! };
+//! let hello = Message::Hello(Hello {
+//!     versions: vec![PROTOCOL_VERSION],
+//!     compression: vec![0],
+//!     profile,
+//!     client: "syncline/0.1.0".into(),
+//! });
+//! let on_the_wire = frame::encode(&hello);
+//!
+//! // The relay decodes it, refusing anything over its frame limit before parsing.
+//! let Message::Hello(received) = frame::decode(&on_the_wire, 16 << 20)? else { unreachable!() };
+//! assert!(received.profile.metered);
+//!
+//! // ... and answers with the version both speak and its limits.
+//! let welcome = Message::Welcome(Welcome {
+//!     version: PROTOCOL_VERSION,
+//!     compression: 0,
+//!     session: "s-1".into(),
+//!     server_time_ms: 0,
+//!     limits: Limits {
+//!         max_frame_bytes: 16 << 20,
+//!         max_frames_per_s: 1000,
+//!         max_bytes_per_s: 64 << 20,
+//!         max_docs_per_subscription: 100_000,
+//!         idle_timeout_ms: 60_000,
+//!     },
+//! });
+//! assert_eq!(frame::decode(&frame::encode(&welcome), 16 << 20)?, welcome);
+//!
+//! // Identifiers are validated once, when parsed.
 //! let id: DocId = "todos/0193b2f4".parse()?;
-//! assert_eq!(id.collection(), &Collection::new("todos")?);
-//! assert_eq!(id.to_string(), "todos/0193b2f4");
-//! assert!(Priority::Critical > Priority::Low);
-//! # Ok::<(), syncline_protocol::IdError>(())
+//! assert_eq!(id.collection().as_str(), "todos");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod cbor_ids;
+pub mod frame;
+mod heads;
 mod ids;
+pub mod messages;
 mod priority;
 
+pub use frame::FrameError;
+pub use heads::{Hash, Heads};
 pub use ids::{Collection, DeviceId, DocId, IdError};
+pub use messages::{Message, PROTOCOL_VERSION};
 pub use priority::{ParsePriorityError, Priority};

@@ -1,0 +1,79 @@
+//! CBOR encodings of the identifier types: collections and document ids as text (validated on
+//! decode), device ids as 16-byte strings, priorities as their numeric code.
+
+use minicbor::decode::{self, Decoder};
+use minicbor::encode::{self, Encoder, Write};
+use minicbor::{Decode, Encode};
+
+use crate::{Collection, DeviceId, DocId, Priority};
+
+impl<C> Encode<C> for Collection {
+    fn encode<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), encode::Error<W::Error>> {
+        e.str(self.as_str())?.ok()
+    }
+}
+
+impl<'b, C> Decode<'b, C> for Collection {
+    fn decode(d: &mut Decoder<'b>, _: &mut C) -> Result<Self, decode::Error> {
+        let at = d.position();
+        Collection::new(d.str()?).map_err(|e| decode::Error::message(e).at(at))
+    }
+}
+
+impl<C> Encode<C> for DocId {
+    fn encode<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), encode::Error<W::Error>> {
+        e.str(&self.to_string())?.ok()
+    }
+}
+
+impl<'b, C> Decode<'b, C> for DocId {
+    fn decode(d: &mut Decoder<'b>, _: &mut C) -> Result<Self, decode::Error> {
+        let at = d.position();
+        d.str()?
+            .parse()
+            .map_err(|e: crate::IdError| decode::Error::message(e).at(at))
+    }
+}
+
+impl<C> Encode<C> for DeviceId {
+    fn encode<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), encode::Error<W::Error>> {
+        e.bytes(self.as_bytes())?.ok()
+    }
+}
+
+impl<'b, C> Decode<'b, C> for DeviceId {
+    fn decode(d: &mut Decoder<'b>, _: &mut C) -> Result<Self, decode::Error> {
+        let at = d.position();
+        DeviceId::try_from_slice(d.bytes()?).map_err(|e| decode::Error::message(e).at(at))
+    }
+}
+
+impl<C> Encode<C> for Priority {
+    fn encode<W: Write>(
+        &self,
+        e: &mut Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), encode::Error<W::Error>> {
+        e.u8(self.code())?.ok()
+    }
+}
+
+impl<'b, C> Decode<'b, C> for Priority {
+    fn decode(d: &mut Decoder<'b>, _: &mut C) -> Result<Self, decode::Error> {
+        let at = d.position();
+        Priority::from_code(d.u8()?)
+            .ok_or_else(|| decode::Error::message("unknown priority").at(at))
+    }
+}

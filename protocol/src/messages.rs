@@ -1,0 +1,439 @@
+//! The messages of protocol version 1 (`docs/PROTOCOL.md` is the normative text).
+//!
+//! Every message body is a CBOR map with small integer keys (`#[n(k)]`). A decoder ignores
+//! keys it does not know, so a newer peer may add optional fields; a field added later must be
+//! an `Option` (or `#[cbor(default)]`) so that older peers may leave it out.
+
+use minicbor::{Decode, Encode};
+
+use crate::{Collection, DeviceId, DocId, Heads, Priority};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What kind of device a client is; the relay plans its sync from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+#[cbor(index_only)]
+pub enum DeviceClass {
+    /// A phone.
+    #[n(0)]
+    Phone,
+    /// A tablet.
+    #[n(1)]
+    Tablet,
+    /// A desktop or laptop.
+    #[n(2)]
+    Desktop,
+    /// A server taking part as a device.
+    #[n(3)]
+    Server,
+}
+
+/// How a subscribed collection is kept on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+#[cbor(index_only)]
+pub enum SyncMode {
+    /// Keep every document of the collection local.
+    #[n(0)]
+    Eager,
+    /// Keep the list and metadata; fetch a document's content when the app opens it.
+    #[n(1)]
+    OnDemand,
+}
+
+/// A device's declared capabilities (DESIGN §3). Absent bandwidths mean "unknown".
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Profile {
+    /// The device class.
+    #[n(0)]
+    pub class: DeviceClass,
+    /// Bytes the device may use for local content.
+    #[n(1)]
+    pub storage_budget_bytes: Option<u64>,
+    /// Download bandwidth, bytes per second.
+    #[n(2)]
+    pub download_bytes_per_s: Option<u64>,
+    /// Upload bandwidth, bytes per second.
+    #[n(3)]
+    pub upload_bytes_per_s: Option<u64>,
+    /// True on a metered network.
+    #[n(4)]
+    pub metered: bool,
+    /// True for realtime push, false for periodic sync.
+    #[n(5)]
+    pub realtime: bool,
+}
+
+/// One collection a device subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct CollectionSubscription {
+    /// The collection.
+    #[n(0)]
+    pub collection: Collection,
+    /// Its sync priority.
+    #[n(1)]
+    pub priority: Priority,
+    /// Eager or on demand.
+    #[n(2)]
+    pub mode: SyncMode,
+}
+
+/// Client → relay, first frame: the versions and compressions the client speaks, and its
+/// capability profile.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Hello {
+    /// Protocol versions the client speaks, preferred first.
+    #[n(0)]
+    pub versions: Vec<u32>,
+    /// Compression codes the client accepts, preferred first (0 = none).
+    #[n(1)]
+    pub compression: Vec<u32>,
+    /// The device's capability profile.
+    #[n(2)]
+    pub profile: Profile,
+    /// Client name and version, for logs (`syncline/0.1.0`).
+    #[n(3)]
+    pub client: String,
+}
+
+/// The relay's limits for this connection.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Limits {
+    /// Largest frame accepted, in bytes.
+    #[n(0)]
+    pub max_frame_bytes: u64,
+    /// Frames per second accepted before `RATE_LIMITED`.
+    #[n(1)]
+    pub max_frames_per_s: u32,
+    /// Bytes per second accepted before `RATE_LIMITED`.
+    #[n(2)]
+    pub max_bytes_per_s: u64,
+    /// Documents one subscription may cover.
+    #[n(3)]
+    pub max_docs_per_subscription: u32,
+    /// Milliseconds of silence before the relay closes the connection.
+    #[n(4)]
+    pub idle_timeout_ms: u64,
+}
+
+/// Relay → client, answer to [`Hello`]: the chosen version and compression, and the limits.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Welcome {
+    /// The protocol version both will speak.
+    #[n(0)]
+    pub version: u32,
+    /// The compression code both will use (0 = none).
+    #[n(1)]
+    pub compression: u32,
+    /// The relay's id for this session, for logs.
+    #[n(2)]
+    pub session: String,
+    /// The relay's clock, milliseconds since the Unix epoch.
+    #[n(3)]
+    pub server_time_ms: u64,
+    /// This connection's limits.
+    #[n(4)]
+    pub limits: Limits,
+}
+
+/// Client → relay: the collections to sync (replaces the previous subscription).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Subscribe {
+    /// The collections, each with priority and mode.
+    #[n(0)]
+    pub collections: Vec<CollectionSubscription>,
+}
+
+/// A position in a collection's change sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Cursor {
+    /// The collection.
+    #[n(0)]
+    pub collection: Collection,
+    /// The last sequence number seen.
+    #[n(1)]
+    pub seq: u64,
+}
+
+/// A document and its heads.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct DocHeads {
+    /// The document.
+    #[n(0)]
+    pub doc: DocId,
+    /// Its heads on the sender.
+    #[n(1)]
+    pub heads: Heads,
+}
+
+/// Client → relay: where the client's view of each collection ends, and which documents it
+/// changed since it last synced.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Reconcile {
+    /// Per-collection cursors.
+    #[n(0)]
+    pub cursors: Vec<Cursor>,
+    /// Documents changed locally, with their heads.
+    #[n(1)]
+    pub changed: Vec<DocHeads>,
+}
+
+/// Why the relay defers a document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+#[cbor(index_only)]
+pub enum DeferReason {
+    /// Too large for a metered network.
+    #[n(0)]
+    Metered,
+    /// A low-priority collection on a metered network.
+    #[n(1)]
+    LowPriority,
+    /// An on-demand collection: fetched when the app opens it.
+    #[n(2)]
+    OnDemand,
+    /// Over the device's storage budget.
+    #[n(3)]
+    StorageBudget,
+}
+
+/// One document in a [`Plan`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct PlanEntry {
+    /// The document.
+    #[n(0)]
+    pub doc: DocId,
+    /// Its priority.
+    #[n(1)]
+    pub priority: Priority,
+    /// Approximate bytes to transfer.
+    #[n(2)]
+    pub bytes: u64,
+    /// For a deferred document, why (absent for unknown reasons from newer relays).
+    #[n(3)]
+    pub reason: Option<DeferReason>,
+}
+
+/// Relay → client, answer to [`Reconcile`]: what will be sent, in order, and what is deferred.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Plan {
+    /// Documents that will be synced, in the order they will come.
+    #[n(0)]
+    pub send: Vec<PlanEntry>,
+    /// Documents announced but not sent now.
+    #[n(1)]
+    pub deferred: Vec<PlanEntry>,
+    /// The cursors the client reaches once the plan is done.
+    #[n(2)]
+    pub cursors: Vec<Cursor>,
+}
+
+/// One document's Automerge sync message.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct SyncItem {
+    /// The document.
+    #[n(0)]
+    pub doc: DocId,
+    /// An encoded Automerge sync message.
+    #[cbor(n(1), with = "minicbor::bytes")]
+    pub message: Vec<u8>,
+}
+
+/// Either way: a batch of Automerge sync messages, many documents per frame.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Sync {
+    /// The messages.
+    #[n(0)]
+    pub items: Vec<SyncItem>,
+}
+
+/// One durable acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct AckItem {
+    /// The document.
+    #[n(0)]
+    pub doc: DocId,
+    /// The heads the relay has made durable.
+    #[n(1)]
+    pub heads: Heads,
+    /// The document's sequence number in its collection, when it advanced.
+    #[n(2)]
+    pub seq: Option<u64>,
+}
+
+/// Relay → client: these documents are durable up to these heads.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Ack {
+    /// The acknowledgements.
+    #[n(0)]
+    pub items: Vec<AckItem>,
+}
+
+/// Client → relay: the profile changed (the phone left Wi-Fi).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct UpdateProfile {
+    /// The new profile.
+    #[n(0)]
+    pub profile: Profile,
+}
+
+/// Client → relay: a fresh token for the live connection.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct RefreshToken {
+    /// The token (a JWT).
+    #[n(0)]
+    pub token: String,
+}
+
+/// Client → relay: send these (deferred or on-demand) documents now.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Fetch {
+    /// The documents.
+    #[n(0)]
+    pub docs: Vec<DocId>,
+}
+
+/// Either way: a message for the devices currently on a document (presence); never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Ephemeral {
+    /// The document it concerns.
+    #[n(0)]
+    pub doc: DocId,
+    /// The app's payload.
+    #[cbor(n(1), with = "minicbor::bytes")]
+    pub payload: Vec<u8>,
+    /// The sending device (set by the relay when it forwards).
+    #[n(2)]
+    pub from: Option<DeviceId>,
+}
+
+/// A machine-readable error code. Unknown codes are kept, so a newer relay's codes reach an
+/// older client intact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
+#[cbor(transparent)]
+pub struct ErrorCode(#[n(0)] pub u16);
+
+impl ErrorCode {
+    /// The frame did not decode.
+    pub const BAD_FRAME: Self = Self(1);
+    /// The frame's message type is unknown to the receiver.
+    pub const UNKNOWN_MESSAGE: Self = Self(2);
+    /// No protocol version in common.
+    pub const UNSUPPORTED_VERSION: Self = Self(3);
+    /// The token is missing, invalid or expired.
+    pub const UNAUTHORIZED: Self = Self(4);
+    /// The grants do not allow this.
+    pub const FORBIDDEN: Self = Self(5);
+    /// A frame over the size limit.
+    pub const FRAME_TOO_LARGE: Self = Self(6);
+    /// Over the frame or byte rate; retry after `retry_after_ms`.
+    pub const RATE_LIMITED: Self = Self(7);
+    /// Over another limit (documents per subscription, ...).
+    pub const LIMIT_EXCEEDED: Self = Self(8);
+    /// An Automerge message that does not apply to the document.
+    pub const BAD_DOCUMENT: Self = Self(9);
+    /// A message that is not valid in the session's current state (`Sync` before `Hello`).
+    pub const OUT_OF_ORDER: Self = Self(10);
+    /// The relay failed; retry after `retry_after_ms`.
+    pub const INTERNAL: Self = Self(11);
+}
+
+/// Either way: something went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct Error {
+    /// What went wrong, for programs.
+    #[n(0)]
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    #[n(1)]
+    pub message: String,
+    /// When to try again, if retrying can help.
+    #[n(2)]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Every message of protocol version 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// See [`Hello`].
+    Hello(Hello),
+    /// See [`Welcome`].
+    Welcome(Welcome),
+    /// See [`Subscribe`].
+    Subscribe(Subscribe),
+    /// See [`Reconcile`].
+    Reconcile(Reconcile),
+    /// See [`Plan`].
+    Plan(Plan),
+    /// See [`Sync`].
+    Sync(Sync),
+    /// See [`Ack`].
+    Ack(Ack),
+    /// See [`UpdateProfile`].
+    UpdateProfile(UpdateProfile),
+    /// See [`RefreshToken`].
+    RefreshToken(RefreshToken),
+    /// See [`Fetch`].
+    Fetch(Fetch),
+    /// See [`Ephemeral`].
+    Ephemeral(Ephemeral),
+    /// See [`Error`].
+    Error(Error),
+}
+
+impl Message {
+    /// The message's type code on the wire.
+    pub fn type_code(&self) -> u32 {
+        match self {
+            Self::Hello(_) => 1,
+            Self::Welcome(_) => 2,
+            Self::Subscribe(_) => 3,
+            Self::Reconcile(_) => 4,
+            Self::Plan(_) => 5,
+            Self::Sync(_) => 6,
+            Self::Ack(_) => 7,
+            Self::UpdateProfile(_) => 8,
+            Self::RefreshToken(_) => 9,
+            Self::Fetch(_) => 10,
+            Self::Ephemeral(_) => 11,
+            Self::Error(_) => 12,
+        }
+    }
+
+    /// The message's name, for logs and metrics labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Welcome(_) => "welcome",
+            Self::Subscribe(_) => "subscribe",
+            Self::Reconcile(_) => "reconcile",
+            Self::Plan(_) => "plan",
+            Self::Sync(_) => "sync",
+            Self::Ack(_) => "ack",
+            Self::UpdateProfile(_) => "update_profile",
+            Self::RefreshToken(_) => "refresh_token",
+            Self::Fetch(_) => "fetch",
+            Self::Ephemeral(_) => "ephemeral",
+            Self::Error(_) => "error",
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The frame codec: every message round-trips, and no input makes the decoder panic.
+
+mod common;
+
+use proptest::prelude::*;
+use syncline_protocol::frame::{self, FrameError};
+use syncline_protocol::{Message, messages};
+
+const MAX: usize = 1 << 20;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, .. ProptestConfig::default() })]
+
+    #[test]
+    fn every_message_round_trips(message in common::message()) {
+        let bytes = frame::encode(&message);
+        prop_assert_eq!(frame::decode(&bytes, MAX), Ok(message));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = frame::decode(&bytes, MAX);
+    }
+
+    #[test]
+    fn truncated_and_corrupted_frames_are_errors(message in common::message(), cut in any::<prop::sample::Index>(), flip in any::<(prop::sample::Index, u8)>()) {
+        let bytes = frame::encode(&message);
+        let cut = cut.index(bytes.len());
+        prop_assert!(frame::decode(&bytes[..cut], MAX).is_err(), "a strict prefix never decodes");
+        let mut corrupted = bytes.clone();
+        let at = flip.0.index(corrupted.len());
+        corrupted[at] ^= flip.1 | 1;
+        let _ = frame::decode(&corrupted, MAX); // error or another valid message, never a panic
+    }
+}
+
+#[test]
+fn oversize_frames_are_refused_before_parsing() {
+    let garbage = vec![0xff; 100];
+    assert_eq!(
+        frame::decode(&garbage, 99),
+        Err(FrameError::TooLarge { len: 100, max: 99 })
+    );
+    assert_eq!(frame::decode(&[], MAX), Err(FrameError::Empty));
+    assert_eq!(frame::decode(&[1, 0x80], MAX), Err(FrameError::Flags(1)));
+}
+
+#[test]
+fn unknown_types_are_reported_as_such() {
+    // flags, [99, {}]
+    assert_eq!(
+        frame::decode(&[0, 0x82, 0x18, 99, 0xa0], MAX),
+        Err(FrameError::UnknownType(99))
+    );
+}
+
+#[test]
+fn hostile_length_prefixes_and_nesting_are_errors() {
+    // A Sync whose items array claims 2^32 elements but holds none.
+    let claim = [0, 0x82, 0x06, 0xa1, 0x00, 0x9a, 0xff, 0xff, 0xff, 0xff];
+    assert!(matches!(
+        frame::decode(&claim, MAX),
+        Err(FrameError::Malformed(_))
+    ));
+    // An unknown field holding 100k nested arrays.
+    let mut deep = vec![0, 0x82, 0x0a, 0xa2, 0x00, 0x80, 0x05];
+    deep.extend(std::iter::repeat_n(0x81, 100_000));
+    deep.push(0x00);
+    assert_eq!(
+        frame::decode(&deep, MAX),
+        Ok(Message::Fetch(messages::Fetch { docs: vec![] })),
+        "unknown fields are skipped without recursion"
+    );
+}
+
+#[test]
+fn unknown_fields_are_ignored() {
+    // RefreshToken {0: "t", 7: [1, 2]}: key 7 is from a newer peer.
+    let bytes = [
+        0, 0x82, 0x09, 0xa2, 0x00, 0x61, b't', 0x07, 0x82, 0x01, 0x02,
+    ];
+    assert_eq!(
+        frame::decode(&bytes, MAX),
+        Ok(Message::RefreshToken(messages::RefreshToken {
+            token: "t".into()
+        }))
+    );
+}
+
+#[test]
+fn invalid_identifiers_are_malformed_frames() {
+    // Fetch {0: ["Bad/x"]}: an invalid collection name.
+    let mut bytes = vec![0, 0x82, 0x0a, 0xa1, 0x00, 0x81, 0x65];
+    bytes.extend_from_slice(b"Bad/x");
+    assert!(matches!(
+        frame::decode(&bytes, MAX),
+        Err(FrameError::Malformed(_))
+    ));
+}

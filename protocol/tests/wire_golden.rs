@@ -1,0 +1,49 @@
+//! Golden vectors: the encoding of one sample of every message is pinned in
+//! `protocol/test_data/<name>.hex`, so any change to the wire format is a visible diff.
+//! Regenerate deliberately with `UPDATE_GOLDEN=1 cargo test -p syncline-protocol --test wire_golden`.
+
+mod common;
+
+use std::path::PathBuf;
+
+use syncline_protocol::frame;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    let text: String = text.split_whitespace().collect();
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex digits"))
+        .collect()
+}
+
+#[test]
+fn encodings_match_the_golden_vectors() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test_data");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let samples = common::samples();
+    assert_eq!(samples.len(), 12, "one sample per message type");
+    for (name, message) in samples {
+        let path = dir.join(format!("{name}.hex"));
+        let encoded = frame::encode(&message);
+        if update {
+            std::fs::write(&path, hex(&encoded) + "\n").expect("write golden vector");
+            continue;
+        }
+        let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
+                path.display()
+            )
+        });
+        assert_eq!(hex(&encoded), golden.trim(), "{name}: the encoding changed");
+        assert_eq!(
+            frame::decode(&unhex(&golden), 1 << 20),
+            Ok(message),
+            "{name}: golden vector decodes"
+        );
+    }
+}
