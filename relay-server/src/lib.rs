@@ -2,9 +2,10 @@
 //! fan-out (see `shared/DESIGN.md` §4).
 //!
 //! Built so far: [`config`], the relay's configuration with the defaults that let
-//! `syncline-relay serve` run with nothing set up. The sessions, storage and HTTP layers land
-//! with the wire protocol.
+//! `syncline-relay serve` run with nothing set up, and [`auth`], JWT verification with its
+//! keys. Sessions, storage, the registry and the HTTP layer are next.
 
+pub mod auth;
 pub mod config;
 
 pub use config::{ConfigError, RelayConfig};
