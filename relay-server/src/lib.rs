@@ -2,10 +2,12 @@
 //! fan-out (see `shared/DESIGN.md` §4).
 //!
 //! Built so far: [`config`], the relay's configuration with the defaults that let
-//! `syncline-relay serve` run with nothing set up, and [`auth`], JWT verification with its
-//! keys. Sessions, storage, the registry and the HTTP layer are next.
+//! `syncline-relay serve` run with nothing set up; [`auth`], JWT verification with its keys;
+//! and [`storage`], the durable store (trait and embedded SQLite). Sessions, the registry's
+//! live side, fan-out and the HTTP layer are next.
 
 pub mod auth;
 pub mod config;
+pub mod storage;
 
 pub use config::{ConfigError, RelayConfig};

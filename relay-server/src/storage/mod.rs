@@ -1,0 +1,207 @@
+//! Durable storage of the relay: documents, per-collection change sequences, the device
+//! registry, cursors and per-device sync state, behind the [`Storage`] trait.
+//!
+//! Every call is scoped by tenant; no call can reach another tenant's rows. Writes are durable
+//! when they return (the relay acknowledges only what a call has returned for). A document is
+//! stored as chunks of Automerge data, in order (the first may be a compacted snapshot);
+//! every append gives the document a new sequence number in its collection, so a device can
+//! ask what changed after its cursor. The contract every backend must meet is the test suite
+//! `relay-server/tests/storage_contract.rs`.
+
+mod sqlite;
+
+use syncline_protocol::messages::{CollectionSubscription, Profile};
+use syncline_protocol::{Collection, DeviceId, DocId, Heads};
+
+pub use sqlite::SqliteStorage;
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// A stored row does not decode (names the table and key).
+    #[error("corrupt row in {table}: {reason}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The database was written by a newer relay.
+    #[error("storage schema {found} is newer than this relay supports ({supported})")]
+    SchemaTooNew {
+        /// The schema found.
+        found: i64,
+        /// The newest this relay knows.
+        supported: i64,
+    },
+}
+
+/// One document's new chunk, for [`Storage::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Append {
+    /// The document.
+    pub doc: DocId,
+    /// Automerge data (changes, or a saved document) to append.
+    pub chunk: Vec<u8>,
+    /// The document's heads once the chunk is applied.
+    pub heads: Heads,
+}
+
+/// A document's stored content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDocument {
+    /// The chunks in order; loading them one after the other rebuilds the document.
+    pub chunks: Vec<Vec<u8>>,
+    /// The heads after the last chunk.
+    pub heads: Heads,
+    /// The document's sequence number in its collection.
+    pub seq: u64,
+}
+
+/// A changed document, as listed by [`Storage::changed_since`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentSummary {
+    /// The document.
+    pub doc: DocId,
+    /// Its sequence number in its collection.
+    pub seq: u64,
+    /// Its heads.
+    pub heads: Heads,
+    /// Bytes stored for it.
+    pub stored_bytes: u64,
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The device.
+    pub device: DeviceId,
+    /// Its user.
+    pub user: String,
+    /// Its capability profile.
+    pub profile: Profile,
+    /// Its subscription.
+    pub subscriptions: Vec<CollectionSubscription>,
+    /// First registration, milliseconds since the Unix epoch.
+    pub first_seen_ms: u64,
+    /// Last activity, milliseconds since the Unix epoch.
+    pub last_seen_ms: u64,
+    /// Last completed sync, milliseconds since the Unix epoch.
+    pub last_sync_ms: Option<u64>,
+}
+
+/// What the relay needs from a database. Implementations are shared by every connection.
+pub trait Storage: Send + Sync + 'static {
+    /// Appends chunks to documents (creating them), all in one durable transaction, and
+    /// returns each document's new sequence number, in order. Two appends to one collection
+    /// never get the same number, and numbers grow in commit order.
+    ///
+    /// # Errors
+    /// A [`StorageError`]; then nothing of the batch is stored.
+    fn append(&self, tenant: &str, batch: &[Append]) -> Result<Vec<u64>, StorageError>;
+
+    /// Replaces a document's chunks by one snapshot with the given heads (compaction). The
+    /// sequence number does not change. Does nothing if the document does not exist.
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn compact(
+        &self,
+        tenant: &str,
+        doc: &DocId,
+        snapshot: &[u8],
+        heads: &Heads,
+    ) -> Result<(), StorageError>;
+
+    /// A document's stored content, if it exists.
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn load(&self, tenant: &str, doc: &DocId) -> Result<Option<StoredDocument>, StorageError>;
+
+    /// The documents of `collection` with a sequence number above `after`, lowest first, at
+    /// most `limit` of them.
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn changed_since(
+        &self,
+        tenant: &str,
+        collection: &Collection,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DocumentSummary>, StorageError>;
+
+    /// Registers a device or updates its user, profile, subscription and `last_seen_ms`
+    /// (keeping its first-seen time and last sync).
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn register_device(&self, tenant: &str, record: &DeviceRecord) -> Result<(), StorageError>;
+
+    /// Records activity of a device (and a completed sync, if `synced`).
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn touch_device(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        at_ms: u64,
+        synced: bool,
+    ) -> Result<(), StorageError>;
+
+    /// The devices of `tenant` (or of every tenant, with their tenant, for operators).
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn devices(&self, tenant: Option<&str>) -> Result<Vec<(String, DeviceRecord)>, StorageError>;
+
+    /// Stores a device's cursor in a collection.
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn set_cursor(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        collection: &Collection,
+        seq: u64,
+    ) -> Result<(), StorageError>;
+
+    /// A device's cursors.
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn cursors(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+    ) -> Result<Vec<(Collection, u64)>, StorageError>;
+
+    /// Stores the Automerge sync state of a device for a document.
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn save_sync_state(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        doc: &DocId,
+        state: &[u8],
+    ) -> Result<(), StorageError>;
+
+    /// The stored Automerge sync state of a device for a document.
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn load_sync_state(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        doc: &DocId,
+    ) -> Result<Option<Vec<u8>>, StorageError>;
+}

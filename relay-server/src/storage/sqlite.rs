@@ -1,0 +1,567 @@
+//! [`Storage`] on an embedded SQLite file: the relay's default, needing no setup.
+//!
+//! One connection in WAL mode with `synchronous = FULL`, so a returned write survives a power
+//! cut; every batch is one transaction (one fsync for a whole `Sync` frame). Schema versions are
+//! keyed on `user_version`, as in the SDK's store.
+
+use std::path::Path;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
+use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
+
+use super::{Append, DeviceRecord, DocumentSummary, Storage, StorageError, StoredDocument};
+
+/// `PRAGMA application_id` of a relay database: "SYNR".
+const APPLICATION_ID: i32 = 0x5359_4E52;
+
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE collections (
+        tenant TEXT NOT NULL, collection TEXT NOT NULL, seq INTEGER NOT NULL,
+        PRIMARY KEY (tenant, collection)
+    ) WITHOUT ROWID;
+    CREATE TABLE documents (
+        tenant TEXT NOT NULL, collection TEXT NOT NULL, doc_id TEXT NOT NULL,
+        seq INTEGER NOT NULL, heads BLOB NOT NULL,
+        stored_bytes INTEGER NOT NULL, chunk_count INTEGER NOT NULL,
+        PRIMARY KEY (tenant, collection, doc_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX documents_by_seq ON documents (tenant, collection, seq);
+    CREATE TABLE chunks (
+        tenant TEXT NOT NULL, collection TEXT NOT NULL, doc_id TEXT NOT NULL,
+        n INTEGER NOT NULL, data BLOB NOT NULL,
+        PRIMARY KEY (tenant, collection, doc_id, n)
+    ) WITHOUT ROWID;
+    CREATE TABLE devices (
+        tenant TEXT NOT NULL, device_id BLOB NOT NULL, user TEXT NOT NULL,
+        class INTEGER NOT NULL, storage_budget INTEGER, download INTEGER, upload INTEGER,
+        metered INTEGER NOT NULL, realtime INTEGER NOT NULL,
+        first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, last_sync INTEGER,
+        PRIMARY KEY (tenant, device_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE device_subscriptions (
+        tenant TEXT NOT NULL, device_id BLOB NOT NULL, position INTEGER NOT NULL,
+        collection TEXT NOT NULL, priority INTEGER NOT NULL, mode INTEGER NOT NULL,
+        PRIMARY KEY (tenant, device_id, position)
+    ) WITHOUT ROWID;
+    CREATE TABLE cursors (
+        tenant TEXT NOT NULL, device_id BLOB NOT NULL, collection TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (tenant, device_id, collection)
+    ) WITHOUT ROWID;
+    CREATE TABLE sync_states (
+        tenant TEXT NOT NULL, device_id BLOB NOT NULL, collection TEXT NOT NULL,
+        doc_id TEXT NOT NULL, state BLOB NOT NULL,
+        PRIMARY KEY (tenant, device_id, collection, doc_id)
+    ) WITHOUT ROWID;
+"#];
+
+/// The relay's embedded SQLite storage.
+pub struct SqliteStorage {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the database file at `path` and migrates it.
+    ///
+    /// # Errors
+    /// [`StorageError::SchemaTooNew`], [`StorageError::Corrupt`] for a file that is not a relay
+    /// database, or the SQLite error.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let app: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        if (app == 0 && tables > 0) || (app != 0 && app != APPLICATION_ID) {
+            return Err(StorageError::Corrupt {
+                table: "sqlite_master",
+                reason: format!("{} is not a Syncline relay database", path.display()),
+            });
+        }
+        let latest = i64::try_from(MIGRATIONS.len()).expect("few migrations");
+        if version > latest {
+            return Err(StorageError::SchemaTooNew {
+                found: version,
+                supported: latest,
+            });
+        }
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        for v in version + 1..=latest {
+            let tx = conn.transaction()?;
+            tx.execute_batch(MIGRATIONS[usize::try_from(v - 1).expect("positive")])?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+            tx.pragma_update(None, "user_version", v)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+}
+
+fn heads_to_bytes(heads: &Heads) -> Vec<u8> {
+    heads.as_slice().iter().flat_map(|h| h.0).collect()
+}
+
+fn heads_from_bytes(bytes: &[u8]) -> Result<Heads, StorageError> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(corrupt(
+            "documents",
+            format!("heads of {} bytes", bytes.len()),
+        ));
+    }
+    Ok(Heads::new(
+        bytes
+            .chunks_exact(32)
+            .map(|c| Hash(c.try_into().expect("chunks_exact yields 32 bytes")))
+            .collect(),
+    ))
+}
+
+fn corrupt(table: &'static str, reason: String) -> StorageError {
+    StorageError::Corrupt { table, reason }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn class_code(class: DeviceClass) -> i64 {
+    match class {
+        DeviceClass::Phone => 0,
+        DeviceClass::Tablet => 1,
+        DeviceClass::Desktop => 2,
+        DeviceClass::Server => 3,
+    }
+}
+
+fn class_from(code: i64) -> Result<DeviceClass, StorageError> {
+    Ok(match code {
+        0 => DeviceClass::Phone,
+        1 => DeviceClass::Tablet,
+        2 => DeviceClass::Desktop,
+        3 => DeviceClass::Server,
+        _ => return Err(corrupt("devices", format!("device class {code}"))),
+    })
+}
+
+impl Storage for SqliteStorage {
+    fn append(&self, tenant: &str, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        for a in batch {
+            let (collection, id) = (a.doc.collection().as_str(), a.doc.id());
+            let seq: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO collections (tenant, collection, seq) VALUES (?1, ?2, 1) \
+                     ON CONFLICT (tenant, collection) DO UPDATE SET seq = seq + 1 RETURNING seq",
+                )?
+                .query_row(params![tenant, collection], |r| r.get(0))?;
+            let count: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO documents (tenant, collection, doc_id, seq, heads, stored_bytes, \
+                     chunk_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1) \
+                     ON CONFLICT (tenant, collection, doc_id) DO UPDATE SET seq = excluded.seq, \
+                     heads = excluded.heads, stored_bytes = stored_bytes + excluded.stored_bytes, \
+                     chunk_count = chunk_count + 1 RETURNING chunk_count",
+                )?
+                .query_row(
+                    params![
+                        tenant,
+                        collection,
+                        id,
+                        seq,
+                        heads_to_bytes(&a.heads),
+                        to_i64(a.chunk.len() as u64)
+                    ],
+                    |r| r.get(0),
+                )?;
+            tx.prepare_cached(
+                "INSERT INTO chunks (tenant, collection, doc_id, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![tenant, collection, id, count - 1, a.chunk])?;
+            seqs.push(to_u64(seq));
+        }
+        tx.commit()?;
+        Ok(seqs)
+    }
+
+    fn compact(
+        &self,
+        tenant: &str,
+        doc: &DocId,
+        snapshot: &[u8],
+        heads: &Heads,
+    ) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (collection, id) = (doc.collection().as_str(), doc.id());
+        let updated = tx
+            .prepare_cached(
+                "UPDATE documents SET heads = ?4, stored_bytes = ?5, chunk_count = 1 \
+                 WHERE tenant = ?1 AND collection = ?2 AND doc_id = ?3",
+            )?
+            .execute(params![
+                tenant,
+                collection,
+                id,
+                heads_to_bytes(heads),
+                to_i64(snapshot.len() as u64)
+            ])?;
+        if updated == 1 {
+            tx.prepare_cached(
+                "DELETE FROM chunks WHERE tenant = ?1 AND collection = ?2 AND doc_id = ?3",
+            )?
+            .execute(params![tenant, collection, id])?;
+            tx.prepare_cached(
+                "INSERT INTO chunks (tenant, collection, doc_id, n, data) VALUES (?1, ?2, ?3, 0, ?4)",
+            )?
+            .execute(params![tenant, collection, id, snapshot])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load(&self, tenant: &str, doc: &DocId) -> Result<Option<StoredDocument>, StorageError> {
+        let conn = self.conn.lock();
+        let (collection, id) = (doc.collection().as_str(), doc.id());
+        let Some((seq, heads)) = conn
+            .prepare_cached(
+                "SELECT seq, heads FROM documents WHERE tenant = ?1 AND collection = ?2 AND doc_id = ?3",
+            )?
+            .query_row(params![tenant, collection, id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let chunks = conn
+            .prepare_cached(
+                "SELECT data FROM chunks WHERE tenant = ?1 AND collection = ?2 AND doc_id = ?3 ORDER BY n",
+            )?
+            .query_map(params![tenant, collection, id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
+        Ok(Some(StoredDocument {
+            chunks,
+            heads: heads_from_bytes(&heads)?,
+            seq: to_u64(seq),
+        }))
+    }
+
+    fn changed_since(
+        &self,
+        tenant: &str,
+        collection: &Collection,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DocumentSummary>, StorageError> {
+        let conn = self.conn.lock();
+        let rows = conn
+            .prepare_cached(
+                "SELECT doc_id, seq, heads, stored_bytes FROM documents \
+                 WHERE tenant = ?1 AND collection = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+            )?
+            .query_map(
+                params![
+                    tenant,
+                    collection.as_str(),
+                    to_i64(after),
+                    to_i64(limit as u64)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, seq, heads, bytes)| {
+                Ok(DocumentSummary {
+                    doc: DocId::new(collection.clone(), id)
+                        .map_err(|e| corrupt("documents", e.to_string()))?,
+                    seq: to_u64(seq),
+                    heads: heads_from_bytes(&heads)?,
+                    stored_bytes: to_u64(bytes),
+                })
+            })
+            .collect()
+    }
+
+    fn register_device(&self, tenant: &str, record: &DeviceRecord) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let device = record.device.as_bytes().as_slice();
+        let p = &record.profile;
+        tx.prepare_cached(
+            "INSERT INTO devices (tenant, device_id, user, class, storage_budget, download, upload, \
+             metered, realtime, first_seen, last_seen, last_sync) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             ON CONFLICT (tenant, device_id) DO UPDATE SET user = excluded.user, \
+             class = excluded.class, storage_budget = excluded.storage_budget, \
+             download = excluded.download, upload = excluded.upload, metered = excluded.metered, \
+             realtime = excluded.realtime, last_seen = excluded.last_seen",
+        )?
+        .execute(params![
+            tenant,
+            device,
+            record.user,
+            class_code(p.class),
+            p.storage_budget_bytes.map(to_i64),
+            p.download_bytes_per_s.map(to_i64),
+            p.upload_bytes_per_s.map(to_i64),
+            p.metered,
+            p.realtime,
+            to_i64(record.first_seen_ms),
+            to_i64(record.last_seen_ms),
+            record.last_sync_ms.map(to_i64),
+        ])?;
+        tx.prepare_cached("DELETE FROM device_subscriptions WHERE tenant = ?1 AND device_id = ?2")?
+            .execute(params![tenant, device])?;
+        for (position, sub) in record.subscriptions.iter().enumerate() {
+            tx.prepare_cached(
+                "INSERT INTO device_subscriptions (tenant, device_id, position, collection, \
+                 priority, mode) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                tenant,
+                device,
+                to_i64(position as u64),
+                sub.collection.as_str(),
+                sub.priority.code(),
+                i64::from(sub.mode == SyncMode::OnDemand),
+            ])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn touch_device(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        at_ms: u64,
+        synced: bool,
+    ) -> Result<(), StorageError> {
+        self.conn
+            .lock()
+            .prepare_cached(
+                "UPDATE devices SET last_seen = max(last_seen, ?3), \
+                 last_sync = CASE WHEN ?4 THEN ?3 ELSE last_sync END \
+                 WHERE tenant = ?1 AND device_id = ?2",
+            )?
+            .execute(params![
+                tenant,
+                device.as_bytes().as_slice(),
+                to_i64(at_ms),
+                synced
+            ])?;
+        Ok(())
+    }
+
+    fn devices(&self, tenant: Option<&str>) -> Result<Vec<(String, DeviceRecord)>, StorageError> {
+        let conn = self.conn.lock();
+        type Row = (
+            String,
+            Vec<u8>,
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            bool,
+            bool,
+            i64,
+            i64,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = conn
+            .prepare_cached(
+                "SELECT tenant, device_id, user, class, storage_budget, download, upload, metered, \
+                 realtime, first_seen, last_seen, last_sync FROM devices \
+                 WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, last_seen DESC",
+            )?
+            .query_map(params![tenant], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (ten, dev, user, class, budget, down, up, metered, realtime, first, last, sync) in rows
+        {
+            let device =
+                DeviceId::try_from_slice(&dev).map_err(|e| corrupt("devices", e.to_string()))?;
+            let subs = conn
+                .prepare_cached(
+                    "SELECT collection, priority, mode FROM device_subscriptions \
+                     WHERE tenant = ?1 AND device_id = ?2 ORDER BY position",
+                )?
+                .query_map(params![ten, dev], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .map(|(collection, priority, mode)| {
+                    Ok(CollectionSubscription {
+                        collection: Collection::new(collection)
+                            .map_err(|e| corrupt("device_subscriptions", e.to_string()))?,
+                        priority: u8::try_from(priority)
+                            .ok()
+                            .and_then(Priority::from_code)
+                            .ok_or_else(|| {
+                                corrupt("device_subscriptions", format!("priority {priority}"))
+                            })?,
+                        mode: if mode == 1 {
+                            SyncMode::OnDemand
+                        } else {
+                            SyncMode::Eager
+                        },
+                    })
+                })
+                .collect::<Result<Vec<_>, StorageError>>()?;
+            out.push((
+                ten,
+                DeviceRecord {
+                    device,
+                    user,
+                    profile: Profile {
+                        class: class_from(class)?,
+                        storage_budget_bytes: budget.map(to_u64),
+                        download_bytes_per_s: down.map(to_u64),
+                        upload_bytes_per_s: up.map(to_u64),
+                        metered,
+                        realtime,
+                    },
+                    subscriptions: subs,
+                    first_seen_ms: to_u64(first),
+                    last_seen_ms: to_u64(last),
+                    last_sync_ms: sync.map(to_u64),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    fn set_cursor(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        collection: &Collection,
+        seq: u64,
+    ) -> Result<(), StorageError> {
+        self.conn
+            .lock()
+            .prepare_cached(
+                "INSERT INTO cursors (tenant, device_id, collection, seq) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (tenant, device_id, collection) DO UPDATE SET seq = excluded.seq",
+            )?
+            .execute(params![
+                tenant,
+                device.as_bytes().as_slice(),
+                collection.as_str(),
+                to_i64(seq)
+            ])?;
+        Ok(())
+    }
+
+    fn cursors(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+    ) -> Result<Vec<(Collection, u64)>, StorageError> {
+        let conn = self.conn.lock();
+        let rows = conn
+            .prepare_cached(
+                "SELECT collection, seq FROM cursors WHERE tenant = ?1 AND device_id = ?2 ORDER BY collection",
+            )?
+            .query_map(params![tenant, device.as_bytes().as_slice()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(c, seq)| {
+                Ok((
+                    Collection::new(c).map_err(|e| corrupt("cursors", e.to_string()))?,
+                    to_u64(seq),
+                ))
+            })
+            .collect()
+    }
+
+    fn save_sync_state(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        doc: &DocId,
+        state: &[u8],
+    ) -> Result<(), StorageError> {
+        self.conn
+            .lock()
+            .prepare_cached(
+                "INSERT INTO sync_states (tenant, device_id, collection, doc_id, state) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant, device_id, collection, doc_id) \
+                 DO UPDATE SET state = excluded.state",
+            )?
+            .execute(params![
+                tenant,
+                device.as_bytes().as_slice(),
+                doc.collection().as_str(),
+                doc.id(),
+                state
+            ])?;
+        Ok(())
+    }
+
+    fn load_sync_state(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        doc: &DocId,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .conn
+            .lock()
+            .prepare_cached(
+                "SELECT state FROM sync_states WHERE tenant = ?1 AND device_id = ?2 \
+                 AND collection = ?3 AND doc_id = ?4",
+            )?
+            .query_row(
+                params![
+                    tenant,
+                    device.as_bytes().as_slice(),
+                    doc.collection().as_str(),
+                    doc.id()
+                ],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}

@@ -1,0 +1,349 @@
+//! The storage contract: what every `Storage` backend must do. The suite is written once, as
+//! generic functions, and instantiated per backend by `contract_tests!` (SQLite always;
+//! PostgreSQL joins when its backend exists and the test can start a server).
+
+use std::path::Path;
+
+use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
+use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
+use syncline_relay::storage::{Append, DeviceRecord, SqliteStorage, Storage};
+
+fn doc(s: &str) -> DocId {
+    s.parse().expect("valid doc id")
+}
+
+fn col(s: &str) -> Collection {
+    Collection::new(s).expect("valid collection")
+}
+
+fn heads(b: u8) -> Heads {
+    Heads::new(vec![Hash([b; 32])])
+}
+
+fn append(d: &str, chunk: &[u8], h: u8) -> Append {
+    Append {
+        doc: doc(d),
+        chunk: chunk.to_vec(),
+        heads: heads(h),
+    }
+}
+
+fn device(n: u8) -> DeviceId {
+    DeviceId::from_bytes([n; 16])
+}
+
+fn record(n: u8, seen: u64) -> DeviceRecord {
+    DeviceRecord {
+        device: device(n),
+        user: format!("user{n}"),
+        profile: Profile {
+            class: DeviceClass::Phone,
+            storage_budget_bytes: Some(1 << 30),
+            download_bytes_per_s: Some(1_000_000),
+            upload_bytes_per_s: None,
+            metered: true,
+            realtime: false,
+        },
+        subscriptions: vec![
+            CollectionSubscription {
+                collection: col("todos"),
+                priority: Priority::High,
+                mode: SyncMode::Eager,
+            },
+            CollectionSubscription {
+                collection: col("photos"),
+                priority: Priority::Low,
+                mode: SyncMode::OnDemand,
+            },
+        ],
+        first_seen_ms: seen,
+        last_seen_ms: seen,
+        last_sync_ms: None,
+    }
+}
+
+fn sequences_and_loading<S: Storage>(s: &S) {
+    assert_eq!(
+        s.append(
+            "t",
+            &[append("todos/a", b"a1", 1), append("todos/b", b"b1", 2)]
+        )
+        .expect("append"),
+        vec![1, 2]
+    );
+    assert_eq!(
+        s.append("t", &[append("notes/x", b"x1", 3)])
+            .expect("append"),
+        vec![1],
+        "per-collection sequence"
+    );
+    assert_eq!(
+        s.append("t", &[append("todos/a", b"a2", 4)])
+            .expect("append"),
+        vec![3]
+    );
+    let a = s.load("t", &doc("todos/a")).expect("load").expect("exists");
+    assert_eq!(a.chunks, vec![b"a1".to_vec(), b"a2".to_vec()]);
+    assert_eq!((a.heads, a.seq), (heads(4), 3));
+    assert_eq!(s.load("t", &doc("todos/none")).expect("load"), None);
+
+    let changed = s
+        .changed_since("t", &col("todos"), 0, 100)
+        .expect("changed");
+    let listed: Vec<(String, u64)> = changed.iter().map(|c| (c.doc.to_string(), c.seq)).collect();
+    assert_eq!(
+        listed,
+        vec![("todos/b".into(), 2), ("todos/a".into(), 3)],
+        "each document once, by sequence"
+    );
+    assert_eq!(changed[1].stored_bytes, 4);
+    assert_eq!(
+        s.changed_since("t", &col("todos"), 2, 100)
+            .expect("changed")
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.changed_since("t", &col("todos"), 0, 1)
+            .expect("changed")
+            .len(),
+        1,
+        "limit"
+    );
+    assert!(
+        s.changed_since("t", &col("todos"), 3, 100)
+            .expect("changed")
+            .is_empty()
+    );
+}
+
+fn tenants_are_isolated<S: Storage>(s: &S) {
+    s.append("acme", &[append("todos/a", b"acme", 1)])
+        .expect("append");
+    s.append("globex", &[append("todos/a", b"globex", 2)])
+        .expect("append");
+    assert_eq!(
+        s.load("acme", &doc("todos/a"))
+            .expect("load")
+            .expect("exists")
+            .chunks,
+        vec![b"acme".to_vec()]
+    );
+    assert_eq!(
+        s.load("globex", &doc("todos/a"))
+            .expect("load")
+            .expect("exists")
+            .chunks,
+        vec![b"globex".to_vec()]
+    );
+    assert_eq!(s.load("initech", &doc("todos/a")).expect("load"), None);
+    assert_eq!(
+        s.changed_since("acme", &col("todos"), 0, 10)
+            .expect("changed")
+            .len(),
+        1
+    );
+    s.register_device("acme", &record(1, 10)).expect("register");
+    assert!(s.devices(Some("globex")).expect("devices").is_empty());
+    s.set_cursor("acme", &device(1), &col("todos"), 5)
+        .expect("cursor");
+    assert!(s.cursors("globex", &device(1)).expect("cursors").is_empty());
+    s.save_sync_state("acme", &device(1), &doc("todos/a"), b"state")
+        .expect("save");
+    assert_eq!(
+        s.load_sync_state("globex", &device(1), &doc("todos/a"))
+            .expect("load"),
+        None
+    );
+}
+
+fn compaction_keeps_the_sequence<S: Storage>(s: &S) {
+    s.append("t", &[append("todos/a", b"1", 1)])
+        .expect("append");
+    s.append("t", &[append("todos/a", b"2", 2)])
+        .expect("append");
+    s.compact("t", &doc("todos/a"), b"snapshot", &heads(2))
+        .expect("compact");
+    let a = s.load("t", &doc("todos/a")).expect("load").expect("exists");
+    assert_eq!(
+        (a.chunks, a.heads, a.seq),
+        (vec![b"snapshot".to_vec()], heads(2), 2)
+    );
+    s.append("t", &[append("todos/a", b"3", 3)])
+        .expect("append after compaction");
+    assert_eq!(
+        s.load("t", &doc("todos/a"))
+            .expect("load")
+            .expect("exists")
+            .chunks
+            .len(),
+        2
+    );
+    s.compact("t", &doc("todos/none"), b"x", &heads(9))
+        .expect("compacting a missing document");
+    assert_eq!(s.load("t", &doc("todos/none")).expect("load"), None);
+}
+
+fn registry_cursors_and_sync_state<S: Storage>(s: &S) {
+    s.register_device("t", &record(1, 100)).expect("register");
+    s.touch_device("t", &device(1), 150, true).expect("touch");
+    let mut updated = record(1, 200);
+    updated.profile.metered = false;
+    updated.subscriptions.truncate(1);
+    s.register_device("t", &updated).expect("re-register");
+    s.register_device("t", &record(2, 300)).expect("second");
+    let devices = s.devices(Some("t")).expect("devices");
+    assert_eq!(devices.len(), 2);
+    let one = &devices
+        .iter()
+        .find(|(_, d)| d.device == device(1))
+        .expect("device 1")
+        .1;
+    assert_eq!(one.first_seen_ms, 100, "first seen is kept");
+    assert_eq!(one.last_seen_ms, 200);
+    assert_eq!(one.last_sync_ms, Some(150), "last sync is kept");
+    assert!(!one.profile.metered);
+    assert_eq!(one.subscriptions.len(), 1);
+    let two = &devices
+        .iter()
+        .find(|(_, d)| d.device == device(2))
+        .expect("device 2")
+        .1;
+    assert_eq!(*two, record(2, 300));
+    assert_eq!(s.devices(None).expect("all").len(), 2);
+
+    s.set_cursor("t", &device(1), &col("todos"), 3)
+        .expect("cursor");
+    s.set_cursor("t", &device(1), &col("todos"), 7)
+        .expect("cursor");
+    s.set_cursor("t", &device(1), &col("notes"), 1)
+        .expect("cursor");
+    assert_eq!(
+        s.cursors("t", &device(1)).expect("cursors"),
+        vec![(col("notes"), 1), (col("todos"), 7)]
+    );
+    s.save_sync_state("t", &device(1), &doc("todos/a"), b"one")
+        .expect("save");
+    s.save_sync_state("t", &device(1), &doc("todos/a"), b"two")
+        .expect("save");
+    assert_eq!(
+        s.load_sync_state("t", &device(1), &doc("todos/a"))
+            .expect("load"),
+        Some(b"two".to_vec())
+    );
+    assert_eq!(
+        s.load_sync_state("t", &device(2), &doc("todos/a"))
+            .expect("load"),
+        None
+    );
+}
+
+fn concurrent_appends_get_distinct_sequences<S: Storage>(s: &S) {
+    let seqs: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                scope.spawn(move || {
+                    (0..25)
+                        .flat_map(|i| {
+                            let d = format!("todos/t{t}-{i}");
+                            s.append("t", &[append(&d, b"x", 1)]).expect("append")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, (1..=100).collect::<Vec<_>>());
+}
+
+fn everything_survives_reopening<S: Storage>(open: &dyn Fn(&Path) -> S, dir: &Path) {
+    {
+        let s = open(dir);
+        s.append("t", &[append("todos/a", b"a1", 1)])
+            .expect("append");
+        s.register_device("t", &record(1, 10)).expect("register");
+        s.set_cursor("t", &device(1), &col("todos"), 1)
+            .expect("cursor");
+    }
+    let s = open(dir);
+    assert_eq!(
+        s.load("t", &doc("todos/a"))
+            .expect("load")
+            .expect("exists")
+            .seq,
+        1
+    );
+    assert_eq!(s.devices(Some("t")).expect("devices").len(), 1);
+    assert_eq!(
+        s.cursors("t", &device(1)).expect("cursors"),
+        vec![(col("todos"), 1)]
+    );
+    assert_eq!(
+        s.append("t", &[append("todos/b", b"b", 2)])
+            .expect("append"),
+        vec![2],
+        "sequence continues"
+    );
+}
+
+macro_rules! contract_tests {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            use super::*;
+
+            fn fresh() -> (tempfile::TempDir, impl Storage) {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let storage = ($open)(dir.path());
+                (dir, storage)
+            }
+
+            #[test]
+            fn sequences_and_loading() {
+                super::sequences_and_loading(&fresh().1);
+            }
+            #[test]
+            fn tenants_are_isolated() {
+                super::tenants_are_isolated(&fresh().1);
+            }
+            #[test]
+            fn compaction_keeps_the_sequence() {
+                super::compaction_keeps_the_sequence(&fresh().1);
+            }
+            #[test]
+            fn registry_cursors_and_sync_state() {
+                super::registry_cursors_and_sync_state(&fresh().1);
+            }
+            #[test]
+            fn concurrent_appends_get_distinct_sequences() {
+                super::concurrent_appends_get_distinct_sequences(&fresh().1);
+            }
+            #[test]
+            fn everything_survives_reopening() {
+                let dir = tempfile::tempdir().expect("temp dir");
+                super::everything_survives_reopening(&$open, dir.path());
+            }
+        }
+    };
+}
+
+contract_tests!(sqlite, |dir: &Path| SqliteStorage::open(
+    &dir.join("relay.db")
+)
+.expect("open sqlite"));
+
+#[test]
+fn sqlite_refuses_foreign_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("other.db");
+    rusqlite::Connection::open(&path)
+        .and_then(|c| c.execute_batch("CREATE TABLE t (x)"))
+        .expect("foreign db");
+    assert!(SqliteStorage::open(&path).is_err());
+}
