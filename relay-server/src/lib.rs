@@ -3,9 +3,11 @@
 //!
 //! Built so far: [`config`], the relay's configuration with the defaults that let
 //! `syncline-relay serve` run with nothing set up; [`auth`], JWT verification with its keys;
-//! and [`storage`], the durable store (trait and embedded SQLite). Sessions, the registry's
+//! [`storage`], the durable store (trait and embedded SQLite); and [`admin`], the operator
+//! commands of the `syncline-relay` binary. Sessions, the registry's
 //! live side, fan-out and the HTTP layer are next.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod storage;

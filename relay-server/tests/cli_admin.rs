@@ -1,0 +1,186 @@
+//! Runs the built `syncline-relay` binary's operator commands in a temporary data directory.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use automerge::transaction::Transactable;
+use syncline_protocol::messages::{DeviceClass, Profile};
+use syncline_protocol::{DeviceId, Hash, Heads};
+use syncline_relay::auth::{Authenticator, dev_key};
+use syncline_relay::storage::{Append, DeviceRecord, SqliteStorage, Storage};
+
+fn relay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_syncline-relay"))
+        .args(args)
+        .output()
+        .expect("run syncline-relay")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("utf-8")
+}
+
+fn fails_with(out: &Output, needle: &str) {
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+}
+
+fn storage(dir: &Path) -> SqliteStorage {
+    SqliteStorage::open(&dir.join("relay.db")).expect("open storage")
+}
+
+#[test]
+fn token_is_signed_with_the_data_directory_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let device = "00112233445566778899aabbccddeeff";
+    let token = ok(&relay(&[
+        "token",
+        "--data-dir",
+        data,
+        "--user",
+        "alice",
+        "--device",
+        device,
+        "--read",
+        "todos,notes",
+        "--write",
+        "todos",
+        "--tenant",
+        "acme",
+        "--ttl",
+        "600",
+    ]));
+    let (secret, created) = dev_key::load_or_create(dir.path()).expect("key");
+    assert!(!created, "the command created the key");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let verified = Authenticator::new(Some(secret), None, None, None, 0)
+        .verify(token.trim(), now)
+        .expect("the relay accepts its own development token");
+    assert_eq!(verified.identity.user, "alice");
+    assert_eq!(verified.identity.tenant, "acme");
+    assert_eq!(verified.identity.device.to_string(), device);
+    assert!(verified.expires_at <= now + 600 && verified.expires_at > now + 500);
+
+    fails_with(
+        &relay(&[
+            "token",
+            "--data-dir",
+            data,
+            "--user",
+            "a",
+            "--device",
+            "nothex",
+        ]),
+        "dev",
+    );
+    fails_with(
+        &relay(&[
+            "token",
+            "--data-dir",
+            data,
+            "--user",
+            "a",
+            "--device",
+            device,
+            "--read",
+            "Bad!",
+        ]),
+        "read",
+    );
+}
+
+#[test]
+fn devices_lists_the_registry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let record = DeviceRecord {
+        device: DeviceId::from_bytes([9; 16]),
+        user: "bob".into(),
+        profile: Profile {
+            class: DeviceClass::Tablet,
+            storage_budget_bytes: None,
+            download_bytes_per_s: Some(500_000),
+            upload_bytes_per_s: None,
+            metered: true,
+            realtime: true,
+        },
+        subscriptions: vec![],
+        first_seen_ms: 1,
+        last_seen_ms: 2,
+        last_sync_ms: Some(2),
+    };
+    storage(dir.path())
+        .register_device("acme", &record)
+        .expect("register");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&relay(&["devices", "--data-dir", data, "--json"])))
+            .expect("json");
+    assert_eq!(json[0]["tenant"], "acme");
+    assert_eq!(json[0]["device"], "09".repeat(16));
+    assert_eq!(json[0]["profile"]["class"], "tablet");
+    assert_eq!(json[0]["profile"]["metered"], true);
+    assert_eq!(json[0]["last_sync_ms"], 2);
+    let text = ok(&relay(&["devices", "--data-dir", data]));
+    assert_eq!(text.lines().count(), 1);
+    assert!(text.contains("bob") && text.contains("metered"));
+    assert_eq!(
+        ok(&relay(&[
+            "devices",
+            "--data-dir",
+            data,
+            "--tenant",
+            "globex"
+        ])),
+        ""
+    );
+}
+
+#[test]
+fn doc_prints_a_stored_document() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut doc = automerge::AutoCommit::new();
+    doc.put(automerge::ROOT, "title", "Buy milk").expect("put");
+    doc.put(automerge::ROOT, "done", false).expect("put");
+    let heads = Heads::new(doc.get_heads().into_iter().map(|h| Hash(h.0)).collect());
+    storage(dir.path())
+        .append(
+            "default",
+            &[Append {
+                doc: "todos/milk".parse().expect("id"),
+                chunk: doc.save(),
+                heads,
+            }],
+        )
+        .expect("append");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&relay(&["doc", "--data-dir", data, "todos/milk"])))
+            .expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"title": "Buy milk", "done": false})
+    );
+    fails_with(
+        &relay(&["doc", "--data-dir", data, "todos/none"]),
+        "not found",
+    );
+    fails_with(
+        &relay(&["doc", "--data-dir", data, "--tenant", "other", "todos/milk"]),
+        "not found",
+    );
+    fails_with(
+        &relay(&["doc", "--data-dir", data, "no-slash"]),
+        "COLLECTION/ID",
+    );
+}
