@@ -4,12 +4,13 @@
 //! Built so far: [`config`], the relay's configuration with the defaults that let
 //! `syncline-relay serve` run with nothing set up; [`auth`], JWT verification with its keys;
 //! [`storage`], the durable store (trait and embedded SQLite); and [`admin`], the operator
-//! commands of the `syncline-relay` binary. Sessions, the registry's
-//! live side, fan-out and the HTTP layer are next.
+//! commands of the `syncline-relay` binary; and [`session`], the sans-IO per-connection
+//! protocol logic. The document layer, fan-out and the HTTP/WebSocket shell are next.
 
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod session;
 pub mod storage;
 
 pub use config::{ConfigError, RelayConfig};

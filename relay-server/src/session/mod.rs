@@ -1,0 +1,401 @@
+//! The per-connection protocol logic, sans I/O: frames and the current time in; messages to
+//! send, actions for the document layer, and a close decision out.
+//!
+//! A [`Session`] starts authenticated (the token was checked on the upgrade) and waits for
+//! `Hello`. It enforces the order of messages, authorizes every message against the grants
+//! (a device can neither read, write, subscribe to nor learn of documents outside them),
+//! applies the frame-size, rate and idle limits, tracks the token's expiry, and turns valid
+//! requests into [`Action`]s. Every breach is answered with a typed `Error` frame; repeated
+//! breaches ([`MAX_STRIKES`]) close the connection. It never panics on what a client sends.
+
+mod bucket;
+
+use automerge::sync::Message as SyncMessage;
+use syncline_protocol::frame::{self, FrameError};
+use syncline_protocol::messages::{
+    CollectionSubscription, Ephemeral, Error, ErrorCode, Limits, Profile, Reconcile, SyncItem,
+    Welcome,
+};
+use syncline_protocol::{Collection, DocId, Message, PROTOCOL_VERSION};
+
+use crate::auth::{AuthError, Grants, Identity, Verified};
+use bucket::TokenBucket;
+
+/// Protocol violations tolerated before the session is closed.
+pub const MAX_STRIKES: u32 = 8;
+
+/// WebSocket close codes the relay uses.
+pub mod close_code {
+    /// The relay is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The peer does not speak the protocol (no common version, too many bad frames).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// The token expired and no fresh one came.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// Nothing arrived for longer than the idle timeout.
+    pub const IDLE: u16 = 4002;
+    /// A refreshed token names another identity.
+    pub const IDENTITY_CHANGED: u16 = 4003;
+    /// Limits were breached repeatedly.
+    pub const LIMITS: u16 = 4008;
+}
+
+/// Why and how the connection must close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// The WebSocket close code ([`close_code`]).
+    pub code: u16,
+    /// A short human-readable reason.
+    pub reason: String,
+}
+
+/// Work for the document layer, produced from an authorized request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Register the device with this profile (after `Hello`).
+    Register(Profile),
+    /// The profile changed.
+    UpdateProfile(Profile),
+    /// Replace the subscription.
+    Subscribe(Vec<CollectionSubscription>),
+    /// Plan the sync of a reconnecting device.
+    Reconcile(Reconcile),
+    /// Apply these Automerge sync messages (each decoded, each within the grants).
+    Sync(Vec<SyncItem>),
+    /// Send these documents now.
+    Fetch(Vec<DocId>),
+    /// Forward this presence message to the other devices on the document.
+    Ephemeral(Ephemeral),
+    /// Verify this refreshed token, then call [`Session::handle_token_verified`].
+    VerifyToken(String),
+    /// The grants changed (a refreshed token): stop sending what is no longer readable.
+    GrantsChanged(Grants),
+    /// The client reported an error; log it.
+    ClientError(Error),
+}
+
+/// What one input produced.
+#[derive(Debug, Default, PartialEq)]
+pub struct Output {
+    /// Messages to send to the client, in order.
+    pub send: Vec<Message>,
+    /// Work for the document layer, in order.
+    pub actions: Vec<Action>,
+    /// Set when the connection must close (after sending `send`).
+    pub close: Option<Close>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingHello,
+    Open,
+    Closed,
+}
+
+/// One client connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    id: String,
+    identity: Identity,
+    grants: Grants,
+    expires_at_ms: u64,
+    limits: Limits,
+    phase: Phase,
+    frames: TokenBucket,
+    bytes: TokenBucket,
+    last_activity_ms: u64,
+    strikes: u32,
+}
+
+impl Session {
+    /// A session for an authenticated connection, opened at `now_ms`.
+    pub fn new(id: String, verified: Verified, limits: Limits, now_ms: u64) -> Self {
+        Self {
+            id,
+            identity: verified.identity,
+            grants: verified.grants,
+            expires_at_ms: verified.expires_at.saturating_mul(1000),
+            frames: TokenBucket::per_second(u64::from(limits.max_frames_per_s), now_ms),
+            bytes: TokenBucket::per_second(limits.max_bytes_per_s, now_ms),
+            limits,
+            phase: Phase::AwaitingHello,
+            last_activity_ms: now_ms,
+            strikes: 0,
+        }
+    }
+
+    /// Who is connected.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// What they may do now.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// The latest time at which [`Session::handle_tick`] must be called.
+    pub fn deadline_ms(&self) -> u64 {
+        self.expires_at_ms.min(
+            self.last_activity_ms
+                .saturating_add(self.limits.idle_timeout_ms),
+        )
+    }
+
+    /// Handles one binary frame received at `now_ms`.
+    pub fn handle_frame(&mut self, bytes: &[u8], now_ms: u64) -> Output {
+        let mut out = Output::default();
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        self.last_activity_ms = now_ms;
+        let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        let over_rate = self
+            .frames
+            .take(1, now_ms)
+            .err()
+            .or_else(|| self.bytes.take(len, now_ms).err());
+        if let Some(retry_after_ms) = over_rate {
+            self.refuse(
+                &mut out,
+                ErrorCode::RATE_LIMITED,
+                "rate limit exceeded",
+                Some(retry_after_ms),
+            );
+            return out;
+        }
+        let max = usize::try_from(self.limits.max_frame_bytes).unwrap_or(usize::MAX);
+        let message = match frame::decode(bytes, max) {
+            Ok(message) => message,
+            Err(FrameError::TooLarge { len, max }) => {
+                let msg = format!("frame of {len} bytes exceeds {max}");
+                self.refuse(&mut out, ErrorCode::FRAME_TOO_LARGE, &msg, None);
+                return out;
+            }
+            Err(FrameError::UnknownType(t)) => {
+                // A newer client's message: tell it, but it is no violation.
+                out.send.push(error(
+                    ErrorCode::UNKNOWN_MESSAGE,
+                    &format!("unknown message type {t}"),
+                    None,
+                ));
+                return out;
+            }
+            Err(e) => {
+                self.refuse(&mut out, ErrorCode::BAD_FRAME, &e.to_string(), None);
+                return out;
+            }
+        };
+        match (self.phase, message) {
+            (Phase::AwaitingHello, Message::Hello(hello)) => {
+                if !hello.versions.contains(&PROTOCOL_VERSION) {
+                    out.send.push(error(
+                        ErrorCode::UNSUPPORTED_VERSION,
+                        &format!("this relay speaks protocol version {PROTOCOL_VERSION}"),
+                        None,
+                    ));
+                    self.close(
+                        &mut out,
+                        close_code::PROTOCOL_ERROR,
+                        "no common protocol version",
+                    );
+                    return out;
+                }
+                self.phase = Phase::Open;
+                out.send.push(Message::Welcome(Welcome {
+                    version: PROTOCOL_VERSION,
+                    compression: 0,
+                    session: self.id.clone(),
+                    server_time_ms: now_ms,
+                    limits: self.limits.clone(),
+                }));
+                out.actions.push(Action::Register(hello.profile));
+            }
+            (Phase::AwaitingHello, other) => {
+                let msg = format!("{} before hello", other.name());
+                self.refuse(&mut out, ErrorCode::OUT_OF_ORDER, &msg, None);
+            }
+            (_, Message::Hello(_)) => {
+                self.refuse(&mut out, ErrorCode::OUT_OF_ORDER, "second hello", None)
+            }
+            (_, message) => self.handle_open(message, &mut out),
+        }
+        out
+    }
+
+    /// Handles the verification of a token the client sent with `RefreshToken`.
+    pub fn handle_token_verified(&mut self, result: Result<Verified, AuthError>) -> Output {
+        let mut out = Output::default();
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        match result {
+            Ok(verified) if verified.identity != self.identity => {
+                out.send.push(error(
+                    ErrorCode::UNAUTHORIZED,
+                    "the new token is for another identity",
+                    None,
+                ));
+                self.close(
+                    &mut out,
+                    close_code::IDENTITY_CHANGED,
+                    "token identity changed",
+                );
+            }
+            Ok(verified) => {
+                self.expires_at_ms = verified.expires_at.saturating_mul(1000);
+                if verified.grants != self.grants {
+                    self.grants = verified.grants;
+                    out.actions.push(Action::GrantsChanged(self.grants.clone()));
+                }
+            }
+            Err(e) => {
+                // The current token stays valid until it expires.
+                out.send.push(error(
+                    ErrorCode::UNAUTHORIZED,
+                    &format!("refresh refused: {e}"),
+                    None,
+                ));
+            }
+        }
+        out
+    }
+
+    /// Checks the clock: closes an idle session or one whose token expired.
+    pub fn handle_tick(&mut self, now_ms: u64) -> Output {
+        let mut out = Output::default();
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        if now_ms >= self.expires_at_ms {
+            out.send
+                .push(error(ErrorCode::UNAUTHORIZED, "token expired", None));
+            self.close(&mut out, close_code::TOKEN_EXPIRED, "token expired");
+        } else if now_ms.saturating_sub(self.last_activity_ms) >= self.limits.idle_timeout_ms {
+            self.close(&mut out, close_code::IDLE, "idle timeout");
+        }
+        out
+    }
+
+    fn handle_open(&mut self, message: Message, out: &mut Output) {
+        match message {
+            Message::Subscribe(s) => {
+                match s
+                    .collections
+                    .iter()
+                    .find(|c| !self.grants.can_read(&c.collection))
+                {
+                    Some(c) => self.forbid(out, &c.collection),
+                    None => out.actions.push(Action::Subscribe(s.collections)),
+                }
+            }
+            Message::Reconcile(r) => {
+                let collections = r
+                    .cursors
+                    .iter()
+                    .map(|c| &c.collection)
+                    .chain(r.changed.iter().map(|d| d.doc.collection()));
+                match collections.clone().find(|c| !self.grants.can_read(c)) {
+                    Some(c) => {
+                        let c = c.clone();
+                        self.forbid(out, &c);
+                    }
+                    None => out.actions.push(Action::Reconcile(r)),
+                }
+            }
+            Message::Sync(s) => {
+                let mut accepted = Vec::with_capacity(s.items.len());
+                for item in s.items {
+                    let collection = item.doc.collection();
+                    if !self.grants.can_read(collection) {
+                        self.forbid(out, &collection.clone());
+                        continue;
+                    }
+                    match SyncMessage::decode(&item.message) {
+                        Err(e) => {
+                            let msg = format!("{}: not an Automerge sync message: {e}", item.doc);
+                            self.refuse(out, ErrorCode::BAD_DOCUMENT, &msg, None);
+                        }
+                        Ok(m) if !m.changes.is_empty() && !self.grants.can_write(collection) => {
+                            let msg = format!("no write grant for collection {collection}");
+                            self.refuse(out, ErrorCode::FORBIDDEN, &msg, None);
+                        }
+                        Ok(_) => accepted.push(item),
+                    }
+                }
+                if !accepted.is_empty() {
+                    out.actions.push(Action::Sync(accepted));
+                }
+            }
+            Message::Fetch(f) => match f
+                .docs
+                .iter()
+                .find(|d| !self.grants.can_read(d.collection()))
+            {
+                Some(d) => {
+                    let c = d.collection().clone();
+                    self.forbid(out, &c);
+                }
+                None => out.actions.push(Action::Fetch(f.docs)),
+            },
+            Message::Ephemeral(mut e) => {
+                if self.grants.can_read(e.doc.collection()) {
+                    e.from = Some(self.identity.device);
+                    out.actions.push(Action::Ephemeral(e));
+                } else {
+                    let c = e.doc.collection().clone();
+                    self.forbid(out, &c);
+                }
+            }
+            Message::UpdateProfile(p) => out.actions.push(Action::UpdateProfile(p.profile)),
+            Message::RefreshToken(t) => out.actions.push(Action::VerifyToken(t.token)),
+            Message::Error(e) => out.actions.push(Action::ClientError(e)),
+            Message::Hello(_) | Message::Welcome(_) | Message::Plan(_) | Message::Ack(_) => {
+                let msg = "this message is sent by the relay, not to it";
+                self.refuse(out, ErrorCode::OUT_OF_ORDER, msg, None);
+            }
+        }
+    }
+
+    /// Answers a request outside the grants. Says only what the client itself named.
+    fn forbid(&mut self, out: &mut Output, collection: &Collection) {
+        let msg = format!("no read grant for collection {collection}");
+        self.refuse(out, ErrorCode::FORBIDDEN, &msg, None);
+    }
+
+    /// Answers a violation with an error frame, and closes after too many.
+    fn refuse(
+        &mut self,
+        out: &mut Output,
+        code: ErrorCode,
+        message: &str,
+        retry_after_ms: Option<u64>,
+    ) {
+        out.send.push(error(code, message, retry_after_ms));
+        self.strikes += 1;
+        if self.strikes >= MAX_STRIKES && out.close.is_none() {
+            let code = if code == ErrorCode::BAD_FRAME || code == ErrorCode::OUT_OF_ORDER {
+                close_code::PROTOCOL_ERROR
+            } else {
+                close_code::LIMITS
+            };
+            self.close(out, code, "too many errors");
+        }
+    }
+
+    fn close(&mut self, out: &mut Output, code: u16, reason: &str) {
+        self.phase = Phase::Closed;
+        out.close = Some(Close {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+fn error(code: ErrorCode, message: &str, retry_after_ms: Option<u64>) -> Message {
+    Message::Error(Error {
+        code,
+        message: message.to_owned(),
+        retry_after_ms,
+    })
+}

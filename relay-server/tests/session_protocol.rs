@@ -1,0 +1,490 @@
+//! The relay's per-connection protocol logic, driven without sockets.
+
+use std::collections::BTreeSet;
+
+use automerge::sync::SyncDoc;
+use automerge::transaction::Transactable;
+use proptest::prelude::*;
+use syncline_protocol::messages::*;
+use syncline_protocol::{Collection, DeviceId, DocId, Message, frame};
+use syncline_relay::auth::claims::CollectionSet;
+use syncline_relay::auth::{AuthError, Grants, Identity, Verified};
+use syncline_relay::session::{Action, MAX_STRIKES, Output, Session, close_code};
+
+const T0: u64 = 1_800_000_000_000;
+
+fn col(s: &str) -> Collection {
+    Collection::new(s).expect("valid")
+}
+
+fn only(names: &[&str]) -> CollectionSet {
+    CollectionSet::Only(names.iter().map(|n| col(n)).collect::<BTreeSet<_>>())
+}
+
+fn verified(read: &[&str], write: &[&str], expires_secs: u64) -> Verified {
+    Verified {
+        identity: Identity {
+            user: "alice".into(),
+            device: DeviceId::from_bytes([1; 16]),
+            tenant: "acme".into(),
+        },
+        grants: Grants {
+            read: only(read),
+            write: only(write),
+        },
+        expires_at: expires_secs,
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_frame_bytes: 4096,
+        max_frames_per_s: 100,
+        max_bytes_per_s: 1 << 20,
+        max_docs_per_subscription: 1000,
+        idle_timeout_ms: 60_000,
+    }
+}
+
+/// A session for a device that may read todos and notes and write todos, past `Hello`.
+fn open_session() -> Session {
+    let mut s = Session::new(
+        "s-1".into(),
+        verified(&["todos", "notes"], &["todos"], T0 / 1000 + 3600),
+        limits(),
+        T0,
+    );
+    let out = s.handle_frame(&frame::encode(&hello(vec![1])), T0);
+    assert!(matches!(&out.send[..], [Message::Welcome(_)]), "{out:?}");
+    s
+}
+
+fn hello(versions: Vec<u32>) -> Message {
+    Message::Hello(Hello {
+        versions,
+        compression: vec![0],
+        profile: Profile {
+            class: DeviceClass::Phone,
+            storage_budget_bytes: None,
+            download_bytes_per_s: None,
+            upload_bytes_per_s: None,
+            metered: false,
+            realtime: true,
+        },
+        client: "test".into(),
+    })
+}
+
+fn send(s: &mut Session, m: Message) -> Output {
+    s.handle_frame(&frame::encode(&m), T0 + 1)
+}
+
+fn error_codes(out: &Output) -> Vec<u16> {
+    out.send
+        .iter()
+        .filter_map(|m| match m {
+            Message::Error(e) => Some(e.code.0),
+            _ => None,
+        })
+        .collect()
+}
+
+fn doc(s: &str) -> DocId {
+    s.parse().expect("valid")
+}
+
+/// An Automerge sync message carrying one change (a write), and one carrying none (a read).
+fn sync_messages() -> (Vec<u8>, Vec<u8>) {
+    let mut doc = automerge::AutoCommit::new();
+    doc.put(automerge::ROOT, "x", 1).expect("put");
+    let mut state = automerge::sync::State::new();
+    let first = doc
+        .sync()
+        .generate_sync_message(&mut state)
+        .expect("message");
+    let mut peer = automerge::AutoCommit::new();
+    let mut peer_state = automerge::sync::State::new();
+    let read_only = peer
+        .sync()
+        .generate_sync_message(&mut peer_state)
+        .expect("message");
+    // The first message from a peer with changes advertises heads; the reply carries changes.
+    peer.sync()
+        .receive_sync_message(&mut peer_state, first)
+        .expect("receive");
+    let reply = peer
+        .sync()
+        .generate_sync_message(&mut peer_state)
+        .expect("reply");
+    doc.sync()
+        .receive_sync_message(&mut state, reply)
+        .expect("receive");
+    let with_changes = doc
+        .sync()
+        .generate_sync_message(&mut state)
+        .expect("changes");
+    assert!(!with_changes.changes.is_empty());
+    assert!(read_only.changes.is_empty());
+    (with_changes.encode(), read_only.encode())
+}
+
+#[test]
+fn hello_is_answered_with_welcome_and_registers_the_profile() {
+    let mut s = Session::new(
+        "s-9".into(),
+        verified(&["todos"], &[], T0 / 1000 + 60),
+        limits(),
+        T0,
+    );
+    let out = s.handle_frame(&frame::encode(&hello(vec![7, 1])), T0);
+    let [Message::Welcome(w)] = &out.send[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (w.version, w.compression, w.session.as_str()),
+        (1, 0, "s-9")
+    );
+    assert_eq!(w.limits, limits());
+    assert!(matches!(&out.actions[..], [Action::Register(p)] if p.class == DeviceClass::Phone));
+    assert_eq!(out.close, None);
+}
+
+#[test]
+fn no_common_version_closes() {
+    let mut s = Session::new("s".into(), verified(&[], &[], T0 / 1000 + 60), limits(), T0);
+    let out = s.handle_frame(&frame::encode(&hello(vec![2, 3])), T0);
+    assert_eq!(error_codes(&out), vec![ErrorCode::UNSUPPORTED_VERSION.0]);
+    assert_eq!(out.close.map(|c| c.code), Some(close_code::PROTOCOL_ERROR));
+}
+
+#[test]
+fn messages_out_of_order_are_refused() {
+    let mut s = Session::new(
+        "s".into(),
+        verified(&["todos"], &[], T0 / 1000 + 60),
+        limits(),
+        T0,
+    );
+    let out = send(&mut s, Message::Fetch(Fetch { docs: vec![] }));
+    assert_eq!(error_codes(&out), vec![ErrorCode::OUT_OF_ORDER.0]);
+    assert!(out.actions.is_empty());
+    let mut s = open_session();
+    for relay_only in [
+        hello(vec![1]),
+        Message::Ack(Ack { items: vec![] }),
+        Message::Plan(Plan {
+            send: vec![],
+            deferred: vec![],
+            cursors: vec![],
+        }),
+    ] {
+        let out = send(&mut s, relay_only);
+        assert_eq!(error_codes(&out), vec![ErrorCode::OUT_OF_ORDER.0]);
+        assert!(out.actions.is_empty());
+    }
+}
+
+#[test]
+fn every_message_type_is_authorized() {
+    let (write, read) = sync_messages();
+    let forbidden = ErrorCode::FORBIDDEN.0;
+    let sub = |c: &str| CollectionSubscription {
+        collection: col(c),
+        priority: Priority::Normal,
+        mode: SyncMode::Eager,
+    };
+    use syncline_protocol::Priority;
+
+    let mut s = open_session();
+    // Subscribe.
+    let out = send(
+        &mut s,
+        Message::Subscribe(Subscribe {
+            collections: vec![sub("todos"), sub("secret")],
+        }),
+    );
+    assert_eq!((error_codes(&out), out.actions.len()), (vec![forbidden], 0));
+    let out = send(
+        &mut s,
+        Message::Subscribe(Subscribe {
+            collections: vec![sub("todos"), sub("notes")],
+        }),
+    );
+    assert!(matches!(&out.actions[..], [Action::Subscribe(c)] if c.len() == 2));
+    // Reconcile: cursors and changed documents.
+    let cursor = |c: &str| Cursor {
+        collection: col(c),
+        seq: 1,
+    };
+    let changed = |d: &str| DocHeads {
+        doc: doc(d),
+        heads: Default::default(),
+    };
+    for bad in [
+        Reconcile {
+            cursors: vec![cursor("secret")],
+            changed: vec![],
+        },
+        Reconcile {
+            cursors: vec![cursor("todos")],
+            changed: vec![changed("secret/x")],
+        },
+    ] {
+        let out = send(&mut s, Message::Reconcile(bad));
+        assert_eq!((error_codes(&out), out.actions.len()), (vec![forbidden], 0));
+    }
+    let ok = Reconcile {
+        cursors: vec![cursor("todos")],
+        changed: vec![changed("notes/n")],
+    };
+    assert!(matches!(
+        &send(&mut s, Message::Reconcile(ok)).actions[..],
+        [Action::Reconcile(_)]
+    ));
+    // Sync: reading needs read, changes need write; each item on its own.
+    let item = |d: &str, m: &[u8]| SyncItem {
+        doc: doc(d),
+        message: m.to_vec(),
+    };
+    let out = send(
+        &mut s,
+        Message::Sync(Sync {
+            items: vec![
+                item("todos/a", &write), // read + write: accepted
+                item("notes/b", &read),  // read only, no changes: accepted
+                item("notes/c", &write), // changes without write grant: refused
+                item("secret/d", &read), // no read grant: refused
+            ],
+        }),
+    );
+    assert_eq!(error_codes(&out), vec![forbidden, forbidden]);
+    let [Action::Sync(items)] = &out.actions[..] else {
+        panic!("{out:?}")
+    };
+    let docs: Vec<String> = items.iter().map(|i| i.doc.to_string()).collect();
+    assert_eq!(docs, vec!["todos/a", "notes/b"]);
+    assert!(
+        out.send
+            .iter()
+            .all(|m| !format!("{m:?}").contains("notes/c") || matches!(m, Message::Error(_)))
+    );
+    // Fetch.
+    let out = send(
+        &mut s,
+        Message::Fetch(Fetch {
+            docs: vec![doc("todos/a"), doc("secret/x")],
+        }),
+    );
+    assert_eq!((error_codes(&out), out.actions.len()), (vec![forbidden], 0));
+    assert!(matches!(
+        &send(
+            &mut s,
+            Message::Fetch(Fetch {
+                docs: vec![doc("notes/x")]
+            })
+        )
+        .actions[..],
+        [Action::Fetch(_)]
+    ));
+    // Ephemeral: the relay stamps the sender.
+    let eph = |d: &str| {
+        Message::Ephemeral(Ephemeral {
+            doc: doc(d),
+            payload: b"hi".to_vec(),
+            from: Some(DeviceId::from_bytes([9; 16])),
+        })
+    };
+    assert_eq!(error_codes(&send(&mut s, eph("secret/x"))), vec![forbidden]);
+    let out = send(&mut s, eph("todos/a"));
+    assert!(
+        matches!(&out.actions[..], [Action::Ephemeral(e)] if e.from == Some(DeviceId::from_bytes([1; 16])))
+    );
+    // UpdateProfile, RefreshToken and Error need no grant.
+    assert!(
+        matches!(&send(&mut s, Message::RefreshToken(RefreshToken { token: "t".into() })).actions[..], [Action::VerifyToken(t)] if t == "t")
+    );
+}
+
+#[test]
+fn a_malformed_automerge_message_is_refused_alone() {
+    let (write, _) = sync_messages();
+    let mut s = open_session();
+    let out = send(
+        &mut s,
+        Message::Sync(Sync {
+            items: vec![
+                SyncItem {
+                    doc: doc("todos/bad"),
+                    message: b"not automerge".to_vec(),
+                },
+                SyncItem {
+                    doc: doc("todos/good"),
+                    message: write,
+                },
+            ],
+        }),
+    );
+    assert_eq!(error_codes(&out), vec![ErrorCode::BAD_DOCUMENT.0]);
+    assert!(
+        matches!(&out.actions[..], [Action::Sync(items)] if items.len() == 1 && items[0].doc == doc("todos/good"))
+    );
+}
+
+#[test]
+fn bad_frames_get_errors_then_a_close() {
+    let mut s = open_session();
+    let out = s.handle_frame(&[0, 0x82, 0x18, 99, 0xa0], T0 + 1);
+    assert_eq!(
+        error_codes(&out),
+        vec![ErrorCode::UNKNOWN_MESSAGE.0],
+        "unknown types are no violation"
+    );
+    let out = s.handle_frame(&vec![0u8; 5000], T0 + 1);
+    assert_eq!(error_codes(&out), vec![ErrorCode::FRAME_TOO_LARGE.0]);
+    for i in 1..MAX_STRIKES {
+        let out = s.handle_frame(b"\x00garbage", T0 + 1);
+        assert_eq!(error_codes(&out), vec![ErrorCode::BAD_FRAME.0]);
+        assert_eq!(
+            out.close.is_some(),
+            i + 1 >= MAX_STRIKES,
+            "strike {}",
+            i + 1
+        );
+    }
+    assert_eq!(
+        s.handle_frame(b"\x00garbage", T0 + 2),
+        Output::default(),
+        "closed sessions ignore input"
+    );
+}
+
+#[test]
+fn rate_limits_answer_with_retry_after_then_close() {
+    let tight = Limits {
+        max_frames_per_s: 5,
+        ..limits()
+    };
+    let mut s = Session::new(
+        "s".into(),
+        verified(&["todos"], &[], T0 / 1000 + 60),
+        tight,
+        T0,
+    );
+    let ping = frame::encode(&Message::UpdateProfile(UpdateProfile {
+        profile: match hello(vec![1]) {
+            Message::Hello(h) => h.profile,
+            _ => unreachable!(),
+        },
+    }));
+    s.handle_frame(&frame::encode(&hello(vec![1])), T0);
+    for _ in 0..4 {
+        assert!(error_codes(&s.handle_frame(&ping, T0)).is_empty());
+    }
+    let out = s.handle_frame(&ping, T0);
+    let [Message::Error(e)] = &out.send[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (e.code, e.retry_after_ms),
+        (ErrorCode::RATE_LIMITED, Some(200))
+    );
+    assert!(
+        error_codes(&s.handle_frame(&ping, T0 + 200)).is_empty(),
+        "refilled after retry_after"
+    );
+    let closed = (0..MAX_STRIKES)
+        .map(|_| s.handle_frame(&ping, T0 + 200))
+        .find(|o| o.close.is_some());
+    assert_eq!(
+        closed.and_then(|o| o.close).map(|c| c.code),
+        Some(close_code::LIMITS)
+    );
+}
+
+#[test]
+fn idle_sessions_and_expired_tokens_close() {
+    let mut s = open_session();
+    assert_eq!(
+        s.deadline_ms(),
+        T0 + 60_000,
+        "idle deadline from the last frame (hello at T0)"
+    );
+    assert_eq!(s.handle_tick(T0 + 30_000), Output::default());
+    assert_eq!(
+        s.handle_tick(T0 + 60_001).close.map(|c| c.code),
+        Some(close_code::IDLE)
+    );
+
+    let mut s = Session::new(
+        "s".into(),
+        verified(&["todos"], &[], T0 / 1000 + 10),
+        limits(),
+        T0,
+    );
+    assert_eq!(s.deadline_ms(), T0 + 10_000);
+    let out = s.handle_tick(T0 + 10_000);
+    assert_eq!(error_codes(&out), vec![ErrorCode::UNAUTHORIZED.0]);
+    assert_eq!(out.close.map(|c| c.code), Some(close_code::TOKEN_EXPIRED));
+}
+
+#[test]
+fn refreshed_tokens_extend_revoke_or_close() {
+    // A long idle timeout, so that only the token's expiry matters here.
+    let patient = Limits {
+        idle_timeout_ms: 10 * 3_600_000,
+        ..limits()
+    };
+    let mut s = Session::new(
+        "s".into(),
+        verified(&["todos", "notes"], &["todos"], T0 / 1000 + 3600),
+        patient,
+        T0,
+    );
+    s.handle_frame(&frame::encode(&hello(vec![1])), T0);
+    // Extended, with the write grant on todos revoked.
+    let out = s.handle_token_verified(Ok(verified(&["todos", "notes"], &[], T0 / 1000 + 7200)));
+    assert!(matches!(&out.actions[..], [Action::GrantsChanged(g)] if !g.can_write(&col("todos"))));
+    assert_eq!(
+        s.handle_tick(T0 + 3_600_000 + 1).close,
+        None,
+        "the old expiry no longer applies"
+    );
+    let (write, _) = sync_messages();
+    let out = s.handle_frame(
+        &frame::encode(&Message::Sync(Sync {
+            items: vec![SyncItem {
+                doc: doc("todos/a"),
+                message: write,
+            }],
+        })),
+        T0 + 3_600_000 + 2,
+    );
+    assert_eq!(
+        error_codes(&out),
+        vec![ErrorCode::FORBIDDEN.0],
+        "a revoked grant stops writes at once"
+    );
+    // A refused refresh leaves the session as it was; another identity closes it.
+    let out = s.handle_token_verified(Err(AuthError::BadSignature));
+    assert_eq!(
+        (error_codes(&out), out.close),
+        (vec![ErrorCode::UNAUTHORIZED.0], None)
+    );
+    let mut other = verified(&["todos"], &[], T0 / 1000 + 7200);
+    other.identity.user = "mallory".into();
+    let out = s.handle_token_verified(Ok(other));
+    assert_eq!(
+        out.close.map(|c| c.code),
+        Some(close_code::IDENTITY_CHANGED)
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_frames_never_panic(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16)) {
+        let mut s = open_session();
+        for (i, f) in frames.iter().enumerate() {
+            let _ = s.handle_frame(f, T0 + i as u64);
+        }
+    }
+}
