@@ -328,6 +328,24 @@ fn a_malformed_automerge_message_is_refused_alone() {
     assert!(
         matches!(&out.actions[..], [Action::Sync(items)] if items.len() == 1 && items[0].doc == doc("todos/good"))
     );
+
+    // A well-formed sync message whose change bytes are garbage (Automerge would skip them
+    // silently) is refused too.
+    let bogus = automerge::sync::Message {
+        heads: vec![],
+        need: vec![],
+        have: vec![],
+        changes: automerge::sync::ChunkList::from(vec![b"not a change".to_vec()]),
+        flags: None,
+        version: automerge::sync::MessageVersion::V1,
+    };
+    let item = SyncItem {
+        doc: doc("todos/bad"),
+        message: bogus.encode(),
+    };
+    let out = send(&mut s, Message::Sync(Sync { items: vec![item] }));
+    assert_eq!(error_codes(&out), vec![ErrorCode::BAD_DOCUMENT.0]);
+    assert!(out.actions.is_empty());
 }
 
 #[test]

@@ -11,6 +11,7 @@
 mod bucket;
 
 use automerge::sync::Message as SyncMessage;
+use automerge::{Automerge, LoadOptions, OnPartialLoad};
 use syncline_protocol::frame::{self, FrameError};
 use syncline_protocol::messages::{
     CollectionSubscription, Ephemeral, Error, ErrorCode, Limits, Profile, Reconcile, SyncItem,
@@ -320,6 +321,10 @@ impl Session {
                             let msg = format!("no write grant for collection {collection}");
                             self.refuse(out, ErrorCode::FORBIDDEN, &msg, None);
                         }
+                        Ok(m) if !m.changes.iter().all(decodes) => {
+                            let msg = format!("{}: a change does not decode", item.doc);
+                            self.refuse(out, ErrorCode::BAD_DOCUMENT, &msg, None);
+                        }
                         Ok(_) => accepted.push(item),
                     }
                 }
@@ -390,6 +395,17 @@ impl Session {
             reason: reason.to_owned(),
         });
     }
+}
+
+/// True if an Automerge chunk (changes or a document) decodes completely. Automerge's own
+/// incremental loading skips undecodable data silently, so without this check a client would
+/// never learn that its changes were dropped.
+fn decodes(chunk: &[u8]) -> bool {
+    let strict = LoadOptions::new().on_partial_load(OnPartialLoad::Error);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Automerge::load_with_options(chunk, strict).is_ok()
+    }))
+    .unwrap_or(false)
 }
 
 fn error(code: ErrorCode, message: &str, retry_after_ms: Option<u64>) -> Message {

@@ -1,0 +1,497 @@
+//! The document hub: the relay's shared document layer. It executes the [`Action`]s that
+//! sessions produce: runs the Automerge sync protocol per (session, document), makes received
+//! changes durable before acknowledging them, plans the sync of a reconnecting device from its
+//! cursors, and fans changes out to the other subscribed sessions of the same tenant.
+//!
+//! The hub owns no socket and no clock: the shell calls [`Hub::handle`] and routes the returned
+//! [`Delivery`]s to the sessions' connections. It reaches storage only through the
+//! [`Storage`] trait. A document changes in memory only together with a durable append: when
+//! an append fails, the changed documents are dropped from memory and reloaded from storage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use automerge::sync::{Message as SyncMessage, State as SyncState, SyncDoc};
+use automerge::{Automerge, ChangeHash};
+use syncline_protocol::messages::{
+    Ack, AckItem, CollectionSubscription, Cursor, Ephemeral, Error, ErrorCode, Plan, PlanEntry,
+    Profile, Reconcile, Sync, SyncItem,
+};
+use syncline_protocol::{Collection, DocId, Hash, Heads, Message, Priority};
+
+use crate::auth::{Grants, Identity};
+use crate::session::Action;
+use crate::storage::{Append, DeviceRecord, Storage, StorageError};
+
+/// Identifies a session within one relay process.
+pub type SessionId = u64;
+
+/// Most documents per `Sync` frame the hub sends.
+pub const SYNC_BATCH: usize = 256;
+
+/// Documents listed per storage query while planning.
+const PLAN_PAGE: usize = 1000;
+
+/// A message for one session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The session to send it to.
+    pub to: SessionId,
+    /// The message.
+    pub message: Message,
+}
+
+/// Why the hub failed an action. The session gets an `INTERNAL` error and may retry; nothing
+/// was acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A stored document does not load.
+    #[error("stored document {doc} does not load: {reason}")]
+    Corrupt {
+        /// The document.
+        doc: DocId,
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Peer {
+    tenant: String,
+    identity: Identity,
+    grants: Grants,
+    profile: Option<Profile>,
+    subscriptions: Vec<CollectionSubscription>,
+    states: HashMap<DocId, SyncState>,
+    first_seen_ms: u64,
+}
+
+impl Peer {
+    fn subscription(&self, collection: &Collection) -> Option<&CollectionSubscription> {
+        self.subscriptions
+            .iter()
+            .find(|s| &s.collection == collection)
+    }
+
+    fn receives(&self, tenant: &str, doc: &DocId) -> bool {
+        self.tenant == tenant
+            && self.grants.can_read(doc.collection())
+            && (self.subscription(doc.collection()).is_some() || self.states.contains_key(doc))
+    }
+}
+
+/// The relay's documents and the sessions syncing them.
+pub struct Hub<S> {
+    storage: Arc<S>,
+    peers: HashMap<SessionId, Peer>,
+    docs: HashMap<(String, DocId), Automerge>,
+}
+
+impl<S: Storage> Hub<S> {
+    /// A hub over `storage`.
+    pub fn new(storage: Arc<S>) -> Self {
+        Self {
+            storage,
+            peers: HashMap::new(),
+            docs: HashMap::new(),
+        }
+    }
+
+    /// Adds an authenticated session.
+    pub fn connect(&mut self, id: SessionId, identity: Identity, grants: Grants, now_ms: u64) {
+        let peer = Peer {
+            tenant: identity.tenant.clone(),
+            identity,
+            grants,
+            profile: None,
+            subscriptions: Vec::new(),
+            states: HashMap::new(),
+            first_seen_ms: now_ms,
+        };
+        self.peers.insert(id, peer);
+    }
+
+    /// Removes a session, keeping its sync states for its next connection.
+    ///
+    /// # Errors
+    /// [`HubError::Storage`] if the sync states could not be saved (the session is removed
+    /// anyway; the next connection then starts those documents' sync afresh).
+    pub fn disconnect(&mut self, id: SessionId, now_ms: u64) -> Result<(), HubError> {
+        let Some(peer) = self.peers.remove(&id) else {
+            return Ok(());
+        };
+        let device = peer.identity.device;
+        for (doc, state) in &peer.states {
+            self.storage
+                .save_sync_state(&peer.tenant, &device, doc, &state.encode())?;
+        }
+        self.storage
+            .touch_device(&peer.tenant, &device, now_ms, false)?;
+        Ok(())
+    }
+
+    /// Sessions currently connected.
+    pub fn sessions(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Executes one action of session `id`.
+    ///
+    /// # Errors
+    /// [`HubError`] when storage fails; then nothing of the action was acknowledged.
+    pub fn handle(
+        &mut self,
+        id: SessionId,
+        action: Action,
+        now_ms: u64,
+    ) -> Result<Vec<Delivery>, HubError> {
+        if !self.peers.contains_key(&id) {
+            return Ok(Vec::new());
+        }
+        match action {
+            Action::Register(profile) | Action::UpdateProfile(profile) => {
+                self.peer_mut(id).profile = Some(profile);
+                self.register(id, now_ms)?;
+                Ok(Vec::new())
+            }
+            Action::Subscribe(collections) => {
+                self.peer_mut(id).subscriptions = collections;
+                self.register(id, now_ms)?;
+                Ok(Vec::new())
+            }
+            Action::Reconcile(reconcile) => self.reconcile(id, reconcile),
+            Action::Sync(items) => self.sync(id, items, now_ms),
+            Action::Fetch(docs) => {
+                let mut out = Vec::new();
+                let items = self.outgoing(id, &docs)?;
+                push_batches(&mut out, id, items);
+                Ok(out)
+            }
+            Action::Ephemeral(e) => Ok(self.ephemeral(id, e)),
+            Action::GrantsChanged(grants) => {
+                let peer = self.peer_mut(id);
+                peer.subscriptions
+                    .retain(|s| grants.can_read(&s.collection));
+                peer.states
+                    .retain(|doc, _| grants.can_read(doc.collection()));
+                peer.grants = grants;
+                Ok(Vec::new())
+            }
+            // Token checks happen in the shell; client errors are logged there.
+            Action::VerifyToken(_) | Action::ClientError(_) => Ok(Vec::new()),
+        }
+    }
+
+    fn peer_mut(&mut self, id: SessionId) -> &mut Peer {
+        self.peers.get_mut(&id).expect("checked by handle")
+    }
+
+    fn register(&mut self, id: SessionId, now_ms: u64) -> Result<(), HubError> {
+        let peer = &self.peers[&id];
+        let Some(profile) = peer.profile.clone() else {
+            return Ok(());
+        };
+        let record = DeviceRecord {
+            device: peer.identity.device,
+            user: peer.identity.user.clone(),
+            profile,
+            subscriptions: peer.subscriptions.clone(),
+            first_seen_ms: peer.first_seen_ms,
+            last_seen_ms: now_ms,
+            last_sync_ms: None,
+        };
+        self.storage.register_device(&peer.tenant, &record)?;
+        Ok(())
+    }
+
+    /// Plans a reconnect: every document of the subscribed collections changed after the
+    /// client's cursor, plus the documents the client changed; highest priority first, then
+    /// most recent. Sends the plan, then the first sync message of each document.
+    fn reconcile(
+        &mut self,
+        id: SessionId,
+        reconcile: Reconcile,
+    ) -> Result<Vec<Delivery>, HubError> {
+        let peer = &self.peers[&id];
+        let tenant = peer.tenant.clone();
+        let cursors: BTreeMap<Collection, u64> = reconcile
+            .cursors
+            .into_iter()
+            .map(|c| (c.collection, c.seq))
+            .collect();
+        // Each entry with its collection sequence, for ordering by recency.
+        let mut entries: BTreeMap<DocId, (PlanEntry, u64)> = BTreeMap::new();
+        let mut reached = Vec::new();
+        for sub in peer
+            .subscriptions
+            .iter()
+            .filter(|s| peer.grants.can_read(&s.collection))
+        {
+            let mut after = cursors.get(&sub.collection).copied().unwrap_or(0);
+            loop {
+                let page =
+                    self.storage
+                        .changed_since(&tenant, &sub.collection, after, PLAN_PAGE)?;
+                for summary in &page {
+                    let entry = PlanEntry {
+                        doc: summary.doc.clone(),
+                        priority: sub.priority,
+                        bytes: summary.stored_bytes,
+                        reason: None,
+                    };
+                    entries.insert(summary.doc.clone(), (entry, summary.seq));
+                    after = after.max(summary.seq);
+                }
+                if page.len() < PLAN_PAGE {
+                    break;
+                }
+            }
+            reached.push(Cursor {
+                collection: sub.collection.clone(),
+                seq: after,
+            });
+        }
+        for changed in reconcile
+            .changed
+            .into_iter()
+            .filter(|c| peer.grants.can_read(c.doc.collection()))
+        {
+            let priority = peer
+                .subscription(changed.doc.collection())
+                .map_or(Priority::Normal, |s| s.priority);
+            // The client's own changes are the most recent of all.
+            let entry = PlanEntry {
+                doc: changed.doc.clone(),
+                priority,
+                bytes: 0,
+                reason: None,
+            };
+            entries.entry(changed.doc).or_insert((entry, u64::MAX)).1 = u64::MAX;
+        }
+        let mut ordered: Vec<(PlanEntry, u64)> = entries.into_values().collect();
+        ordered
+            .sort_by(|(a, a_seq), (b, b_seq)| b.priority.cmp(&a.priority).then(b_seq.cmp(a_seq)));
+        let send: Vec<PlanEntry> = ordered.into_iter().map(|(entry, _)| entry).collect();
+        for cursor in &reached {
+            self.storage.set_cursor(
+                &tenant,
+                &peer.identity.device,
+                &cursor.collection,
+                cursor.seq,
+            )?;
+        }
+        let docs: Vec<DocId> = send.iter().map(|e| e.doc.clone()).collect();
+        let mut out = vec![Delivery {
+            to: id,
+            message: Message::Plan(Plan {
+                send,
+                deferred: Vec::new(),
+                cursors: reached,
+            }),
+        }];
+        let items = self.outgoing(id, &docs)?;
+        push_batches(&mut out, id, items);
+        Ok(out)
+    }
+
+    /// Applies a session's sync messages, appends what changed in one durable transaction,
+    /// acknowledges, replies, and fans the changes out.
+    fn sync(
+        &mut self,
+        id: SessionId,
+        items: Vec<SyncItem>,
+        now_ms: u64,
+    ) -> Result<Vec<Delivery>, HubError> {
+        let tenant = self.peers[&id].tenant.clone();
+        let mut out = Vec::new();
+        let mut appends = Vec::new();
+        let mut touched = Vec::new();
+        for item in items {
+            let Ok(message) = SyncMessage::decode(&item.message) else {
+                out.push(error(
+                    id,
+                    ErrorCode::BAD_DOCUMENT,
+                    &format!("{}: undecodable", item.doc),
+                ));
+                continue;
+            };
+            self.ensure_state(id, &item.doc)?;
+            let doc = self.doc(&tenant, &item.doc)?;
+            let before = doc.get_heads();
+            let state = self
+                .peers
+                .get_mut(&id)
+                .expect("checked")
+                .states
+                .get_mut(&item.doc)
+                .expect("ensured");
+            let doc = self
+                .docs
+                .get_mut(&(tenant.clone(), item.doc.clone()))
+                .expect("loaded");
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                doc.receive_sync_message(state, message)
+            }));
+            if !matches!(applied, Ok(Ok(()))) {
+                // The document may be half changed: reload it from storage.
+                self.docs.remove(&(tenant.clone(), item.doc.clone()));
+                out.push(error(
+                    id,
+                    ErrorCode::BAD_DOCUMENT,
+                    &format!("{}: changes do not apply", item.doc),
+                ));
+                continue;
+            }
+            let after = doc.get_heads();
+            if after != before {
+                appends.push(Append {
+                    doc: item.doc.clone(),
+                    chunk: doc.save_after(&before),
+                    heads: wire_heads(&after),
+                });
+            }
+            touched.push(item.doc);
+        }
+        let seqs = match self.storage.append(&tenant, &appends) {
+            Ok(seqs) => seqs,
+            Err(e) => {
+                for a in &appends {
+                    self.docs.remove(&(tenant.clone(), a.doc.clone()));
+                }
+                return Err(e.into());
+            }
+        };
+        let seq_of: HashMap<&DocId, u64> = appends.iter().map(|a| &a.doc).zip(seqs).collect();
+        let acks: Vec<AckItem> = touched
+            .iter()
+            .map(|doc| AckItem {
+                doc: doc.clone(),
+                heads: wire_heads(&self.docs[&(tenant.clone(), doc.clone())].get_heads()),
+                seq: seq_of.get(doc).copied(),
+            })
+            .collect();
+        if !acks.is_empty() {
+            out.push(Delivery {
+                to: id,
+                message: Message::Ack(Ack { items: acks }),
+            });
+            self.storage
+                .touch_device(&tenant, &self.peers[&id].identity.device, now_ms, true)?;
+        }
+        let replies = self.outgoing(id, &touched)?;
+        push_batches(&mut out, id, replies);
+        let changed: Vec<DocId> = appends.into_iter().map(|a| a.doc).collect();
+        let others: Vec<SessionId> = self.peers.keys().copied().filter(|p| *p != id).collect();
+        for other in others {
+            let docs: Vec<DocId> = changed
+                .iter()
+                .filter(|d| self.peers[&other].receives(&tenant, d))
+                .cloned()
+                .collect();
+            if !docs.is_empty() {
+                let items = self.outgoing(other, &docs)?;
+                push_batches(&mut out, other, items);
+            }
+        }
+        Ok(out)
+    }
+
+    fn ephemeral(&self, id: SessionId, e: Ephemeral) -> Vec<Delivery> {
+        let tenant = &self.peers[&id].tenant;
+        self.peers
+            .iter()
+            .filter(|(other, peer)| **other != id && peer.receives(tenant, &e.doc))
+            .map(|(other, _)| Delivery {
+                to: *other,
+                message: Message::Ephemeral(e.clone()),
+            })
+            .collect()
+    }
+
+    /// The next sync message for each document, for session `id`.
+    fn outgoing(&mut self, id: SessionId, docs: &[DocId]) -> Result<Vec<SyncItem>, HubError> {
+        let tenant = self.peers[&id].tenant.clone();
+        let mut items = Vec::new();
+        for doc_id in docs {
+            self.ensure_state(id, doc_id)?;
+            self.doc(&tenant, doc_id)?;
+            let doc = &self.docs[&(tenant.clone(), doc_id.clone())];
+            let state = self
+                .peers
+                .get_mut(&id)
+                .expect("checked")
+                .states
+                .get_mut(doc_id)
+                .expect("ensured");
+            if let Some(message) = doc.generate_sync_message(state) {
+                items.push(SyncItem {
+                    doc: doc_id.clone(),
+                    message: message.encode(),
+                });
+            }
+        }
+        Ok(items)
+    }
+
+    /// Makes sure session `id` has a sync state for `doc`: the one saved at its last
+    /// disconnect, or a fresh one.
+    fn ensure_state(&mut self, id: SessionId, doc: &DocId) -> Result<(), HubError> {
+        let peer = self.peers.get_mut(&id).expect("checked");
+        if !peer.states.contains_key(doc) {
+            let saved = self
+                .storage
+                .load_sync_state(&peer.tenant, &peer.identity.device, doc)?;
+            let state = saved
+                .and_then(|bytes| SyncState::decode(&bytes).ok())
+                .unwrap_or_default();
+            peer.states.insert(doc.clone(), state);
+        }
+        Ok(())
+    }
+
+    /// The in-memory copy of a document, loaded from storage (or empty if it is new).
+    fn doc(&mut self, tenant: &str, doc_id: &DocId) -> Result<&mut Automerge, HubError> {
+        let key = (tenant.to_owned(), doc_id.clone());
+        if !self.docs.contains_key(&key) {
+            let mut doc = Automerge::new();
+            if let Some(stored) = self.storage.load(tenant, doc_id)? {
+                for chunk in &stored.chunks {
+                    doc.load_incremental(chunk).map_err(|e| HubError::Corrupt {
+                        doc: doc_id.clone(),
+                        reason: e.to_string(),
+                    })?;
+                }
+            }
+            self.docs.insert(key.clone(), doc);
+        }
+        Ok(self.docs.get_mut(&key).expect("inserted above"))
+    }
+}
+
+fn wire_heads(heads: &[ChangeHash]) -> Heads {
+    Heads::new(heads.iter().map(|h| Hash(h.0)).collect())
+}
+
+fn push_batches(out: &mut Vec<Delivery>, to: SessionId, items: Vec<SyncItem>) {
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let batch: Vec<SyncItem> = items.by_ref().take(SYNC_BATCH).collect();
+        out.push(Delivery {
+            to,
+            message: Message::Sync(Sync { items: batch }),
+        });
+    }
+}
+
+fn error(to: SessionId, code: ErrorCode, message: &str) -> Delivery {
+    Delivery {
+        to,
+        message: Message::Error(Error {
+            code,
+            message: message.to_owned(),
+            retry_after_ms: None,
+        }),
+    }
+}
