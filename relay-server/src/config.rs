@@ -47,6 +47,22 @@ pub struct RelayConfig {
     pub max_frame_bytes: usize,
     /// Seconds without any frame before a connection is closed. Default 60.
     pub idle_timeout_secs: u64,
+    /// Frames per second one connection may send. Default 1000.
+    pub max_frames_per_s: u32,
+    /// Bytes per second one connection may send. Default 64 MiB.
+    pub max_bytes_per_s: u64,
+    /// A JWKS file of RS256 / ES256 / EdDSA public keys, re-read when it changes. Without one,
+    /// the relay signs and accepts HS256 tokens with a development key kept in the data
+    /// directory (and says so loudly).
+    pub jwks_file: Option<PathBuf>,
+    /// The `aud` every token must carry, if set.
+    pub audience: Option<String>,
+    /// The `iss` every token must carry, if set.
+    pub issuer: Option<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`. Default 30.
+    pub leeway_secs: u64,
+    /// Seconds a draining relay waits for connections to close. Default 10.
+    pub drain_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -56,6 +72,13 @@ impl Default for RelayConfig {
             data_dir: PathBuf::from("./syncline-data"),
             max_frame_bytes: 16 << 20,
             idle_timeout_secs: 60,
+            max_frames_per_s: 1000,
+            max_bytes_per_s: 64 << 20,
+            jwks_file: None,
+            audience: None,
+            issuer: None,
+            leeway_secs: 30,
+            drain_secs: 10,
         }
     }
 }
@@ -76,8 +99,9 @@ impl RelayConfig {
         })
     }
 
-    /// Applies `SYNCLINE_LISTEN`, `SYNCLINE_DATA_DIR`, `SYNCLINE_MAX_FRAME_BYTES` and
-    /// `SYNCLINE_IDLE_TIMEOUT_SECS` from `vars` (pass `std::env::vars()`).
+    /// Applies `SYNCLINE_LISTEN`, `SYNCLINE_DATA_DIR`, `SYNCLINE_MAX_FRAME_BYTES`,
+    /// `SYNCLINE_IDLE_TIMEOUT_SECS`, `SYNCLINE_JWKS_FILE`, `SYNCLINE_AUDIENCE` and
+    /// `SYNCLINE_ISSUER` from `vars` (pass `std::env::vars()`).
     ///
     /// # Errors
     /// [`ConfigError::Env`] for a value that does not parse.
@@ -95,6 +119,9 @@ impl RelayConfig {
                 "SYNCLINE_IDLE_TIMEOUT_SECS" => {
                     self.idle_timeout_secs = parse("SYNCLINE_IDLE_TIMEOUT_SECS", &value)?;
                 }
+                "SYNCLINE_JWKS_FILE" => self.jwks_file = Some(PathBuf::from(value)),
+                "SYNCLINE_AUDIENCE" => self.audience = Some(value),
+                "SYNCLINE_ISSUER" => self.issuer = Some(value),
                 _ => {}
             }
         }

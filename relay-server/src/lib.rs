@@ -1,17 +1,17 @@
 //! The Syncline relay: authenticated WebSockets, the device registry, durable storage and
 //! fan-out (see `shared/DESIGN.md` §4).
 //!
-//! Built so far: [`config`], the relay's configuration with the defaults that let
-//! `syncline-relay serve` run with nothing set up; [`auth`], JWT verification with its keys;
-//! [`storage`], the durable store (trait and embedded SQLite); and [`admin`], the operator
-//! commands of the `syncline-relay` binary; and [`session`], the sans-IO per-connection
-//! protocol logic; and [`hub`], the document layer that runs Automerge sync, acknowledges
-//! durable changes and fans them out. The HTTP/WebSocket shell (`serve`) is next.
+//! Modules: [`config`] (defaults that need no setup, TOML, `SYNCLINE_*`), [`auth`] (JWT
+//! verification and keys), [`session`] (the sans-IO per-connection protocol logic), [`hub`]
+//! (the document layer: Automerge sync, durable acknowledgement, fan-out), [`storage`] (the
+//! trait and embedded SQLite), [`server`] (the tokio/axum shell behind `syncline-relay
+//! serve`) and [`admin`] (the operator commands).
 
 pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod hub;
+pub mod server;
 pub mod session;
 pub mod storage;
 

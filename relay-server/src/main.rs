@@ -1,5 +1,5 @@
-//! `syncline-relay`: the relay's command line. Today it has the operator commands on a data
-//! directory; `serve` joins them with the relay's sessions.
+//! `syncline-relay`: the relay's command line: `serve`, and the operator commands on a data
+//! directory (`token`, `devices`, `doc`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +20,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the relay (WebSocket `/v1/sync`, `/healthz`, `/readyz`, `/metrics`).
+    Serve {
+        /// Address to listen on (default 127.0.0.1:7878; port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Data directory (default ./syncline-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// A TOML configuration file; `SYNCLINE_*` variables and flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print a development token signed with the data directory's key.
     Token {
         /// The relay's data directory.
@@ -79,8 +91,104 @@ fn main() -> ExitCode {
     }
 }
 
+fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::sync::Arc;
+    use syncline_relay::auth::{Authenticator, KeyFile, dev_key};
+    use syncline_relay::server::{self, AppState, Metrics};
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let storage = Arc::new(admin::open_storage(&cfg.data_dir)?);
+    let (dev_secret, key_file) = match &cfg.jwks_file {
+        Some(path) => (None, Some(KeyFile::open(path)?)),
+        None => {
+            let (secret, created) = dev_key::load_or_create(&cfg.data_dir)?;
+            tracing::warn!(
+                path = %dev_key::path(&cfg.data_dir).display(),
+                created,
+                "NO KEY CONFIGURED: accepting HS256 tokens signed with the DEVELOPMENT key; \
+                 anyone who can read that file can connect as anyone. Set jwks_file in production."
+            );
+            (Some(secret), None)
+        }
+    };
+    let auth = Authenticator::new(
+        dev_secret,
+        key_file,
+        cfg.audience.clone(),
+        cfg.issuer.clone(),
+        cfg.leeway_secs,
+    );
+    let limits = syncline_protocol::messages::Limits {
+        max_frame_bytes: cfg.max_frame_bytes as u64,
+        max_frames_per_s: cfg.max_frames_per_s,
+        max_bytes_per_s: cfg.max_bytes_per_s,
+        max_docs_per_subscription: 100_000,
+        idle_timeout_ms: cfg.idle_timeout_secs.saturating_mul(1000),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let state = AppState::start(storage, auth, limits, Arc::new(Metrics::new()))?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        let addr = listener.local_addr()?;
+        println!("{}", server::listening_line(addr));
+        std::io::stdout().flush()?;
+        tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "listening");
+        let grace = std::time::Duration::from_secs(cfg.drain_secs);
+        server::serve(listener, state, shutdown_signal(), grace).await?;
+        tracing::info!("drained; exiting");
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            config,
+        } => {
+            let mut cfg = match config {
+                Some(path) => syncline_relay::RelayConfig::from_file(&path)?,
+                None => syncline_relay::RelayConfig::default(),
+            }
+            .with_env(std::env::vars())?;
+            if let Some(listen) = listen {
+                cfg.listen = listen;
+            }
+            if let Some(dir) = data_dir {
+                cfg.data_dir = dir;
+            }
+            serve(cfg)?;
+        }
         Command::Token {
             data_dir,
             user,

@@ -43,6 +43,48 @@ impl Child {
         self.inner.id()
     }
 
+    /// Asks the child to stop (SIGTERM on Unix), without waiting.
+    ///
+    /// # Errors
+    /// The error of sending the signal.
+    pub fn terminate(&self) -> std::io::Result<()> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.id().to_string())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "kill -TERM failed: {status}"
+            )))
+        }
+    }
+
+    /// Waits for the child to exit, at most `timeout`; kills it if it does not.
+    ///
+    /// # Errors
+    /// `TimedOut` if it had to be killed, or the wait error.
+    pub fn wait_for(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.inner.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.kill();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "child did not exit",
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Kills the child with SIGKILL and waits for it; the child gets no chance to clean up.
     ///
     /// # Errors

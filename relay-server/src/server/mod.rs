@@ -1,0 +1,495 @@
+//! The tokio shell of the relay: HTTP and WebSocket I/O around the sans-IO [`Session`] and
+//! the [`Hub`].
+//!
+//! - [`app`] builds the axum router: `/v1/sync` (the WebSocket, authenticated on the upgrade:
+//!   `Authorization: Bearer` or the subprotocol `bearer.<token>`; HTTP 401 otherwise),
+//!   `/healthz`, `/readyz`, `/metrics`.
+//! - One task per connection moves frames between the socket and its `Session`, forwards the
+//!   session's actions to the hub and the hub's messages to the socket. Its outbox is bounded:
+//!   a client that cannot keep up is closed with [`SLOW_CONSUMER`] and resyncs from storage
+//!   when it reconnects, instead of being buffered without bound.
+//! - The hub runs on its own thread (it calls storage, which blocks), fed by a bounded
+//!   channel; a panic while handling one action is caught, logged and answered with an
+//!   `INTERNAL` error to that session only.
+//! - [`serve`] binds, logs the address, and on shutdown stops accepting, closes every
+//!   connection with 1001 and waits (bounded) for them to finish.
+
+pub mod metrics;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use syncline_protocol::messages::{Error as ErrorMessage, ErrorCode, Limits};
+use syncline_protocol::{Message, frame};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Authenticator, Verified};
+use crate::hub::{Delivery, Hub, SessionId};
+use crate::session::{Action, Close, Output, Session, close_code};
+use crate::storage::Storage;
+pub use metrics::Metrics;
+
+/// Messages buffered for one connection before it counts as a slow consumer.
+pub const OUTBOX: usize = 1024;
+/// Commands buffered for the hub before connections wait.
+pub const HUB_QUEUE: usize = 4096;
+/// Close code for a client that could not keep up; it should reconnect and reconcile.
+pub const SLOW_CONSUMER: u16 = 4009;
+/// The WebSocket subprotocol of version 1.
+pub const SUBPROTOCOL: &str = "syncline.v1";
+
+enum HubCommand {
+    Connect {
+        id: SessionId,
+        verified: Verified,
+        outbox: mpsc::Sender<Message>,
+        now_ms: u64,
+    },
+    Action {
+        id: SessionId,
+        action: Action,
+        now_ms: u64,
+    },
+    Disconnect {
+        id: SessionId,
+        now_ms: u64,
+    },
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    auth: Arc<Authenticator>,
+    hub: mpsc::Sender<HubCommand>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    next_id: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+    ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Starts the hub thread over `storage` and returns the shared state.
+    ///
+    /// # Errors
+    /// The error of spawning the hub thread.
+    pub fn start<S: Storage>(
+        storage: Arc<S>,
+        auth: Authenticator,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (hub, commands) = mpsc::channel(HUB_QUEUE);
+        let hub_metrics = Arc::clone(&metrics);
+        std::thread::Builder::new()
+            .name("syncline-hub".into())
+            .spawn(move || run_hub(Hub::new(storage), commands, &hub_metrics))?;
+        Ok(Self {
+            auth: Arc::new(auth),
+            hub,
+            metrics,
+            limits,
+            next_id: Arc::new(AtomicU64::new(1)),
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            ready: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// Stops accepting work and closes every connection with 1001; resolves when they are all
+    /// closed or `grace` has passed.
+    pub async fn drain(&self, grace: Duration) {
+        self.ready.store(false, Ordering::SeqCst);
+        self.shutdown.cancel();
+        self.connections.close();
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the drain grace period");
+        }
+    }
+}
+
+/// The relay's HTTP routes.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/sync", get(sync_endpoint))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_endpoint))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains connections.
+///
+/// # Errors
+/// The error of the HTTP server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let drain_state = state.clone();
+    let stop = state.shutdown.clone();
+    let router = app(state);
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        stop.cancel();
+    });
+    server.await?;
+    drain_state.drain(grace).await;
+    Ok(())
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    }
+}
+
+async fn metrics_endpoint(State(state): State<AppState>) -> Response {
+    let headers = [(
+        header::CONTENT_TYPE,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )];
+    (headers, state.metrics.encode()).into_response()
+}
+
+/// The token from `Authorization: Bearer` or from the subprotocol list (`bearer.<token>`).
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return value.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())?
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("bearer.").map(str::to_owned))
+}
+
+async fn sync_endpoint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Response {
+    // Authenticate before looking at the upgrade, so a bad token is a plain 401.
+    let token = bearer(&headers).unwrap_or_default();
+    let verified = match state.auth.verify(&token, now_ms() / 1000) {
+        Ok(v) => v,
+        Err(e) => {
+            state
+                .metrics
+                .auth_failures
+                .get_or_create(&metrics::ReasonLabel {
+                    reason: e.reason().into(),
+                })
+                .inc();
+            tracing::info!(reason = e.reason(), "refused a connection: {e}");
+            return (StatusCode::UNAUTHORIZED, "invalid or missing token\n").into_response();
+        }
+    };
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    let (mut parts, _body) = request.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let max = usize::try_from(state.limits.max_frame_bytes).unwrap_or(usize::MAX);
+    let tracker = state.connections.clone();
+    upgrade
+        .protocols([SUBPROTOCOL])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(connection(socket, state, verified)))
+}
+
+/// One connection: socket ⇄ session ⇄ hub, until either side closes.
+async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("connection", session = id, device = %verified.identity.device, tenant = %verified.identity.tenant);
+    let _enter = span.enter();
+    let (outbox, mut inbox) = mpsc::channel(OUTBOX);
+    let mut session = Session::new(
+        format!("s-{id}"),
+        verified.clone(),
+        state.limits.clone(),
+        now_ms(),
+    );
+    if state
+        .hub
+        .send(HubCommand::Connect {
+            id,
+            verified,
+            outbox,
+            now_ms: now_ms(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    state.metrics.connections.inc();
+    let _leave = Leave {
+        id,
+        hub: state.hub.clone(),
+        metrics: Arc::clone(&state.metrics),
+    };
+    let (mut sink, mut stream) = socket.split();
+    let close = loop {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(session.deadline_ms().saturating_sub(now_ms()));
+        let output = tokio::select! {
+            () = state.shutdown.cancelled() => {
+                break Some(Close { code: close_code::GOING_AWAY, reason: "relay shutting down".into() });
+            }
+            received = stream.next() => match received {
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    state.metrics.frames_in.inc();
+                    state.metrics.bytes_in.inc_by(bytes.len() as u64);
+                    session.handle_frame(&bytes, now_ms())
+                }
+                // Text frames are not part of the protocol: an empty frame is a bad frame.
+                Some(Ok(WsMessage::Text(_))) => session.handle_frame(&[], now_ms()),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break None,
+            },
+            delivered = inbox.recv() => match delivered {
+                Some(message) => Output { send: vec![message], ..Output::default() },
+                None => break Some(Close { code: SLOW_CONSUMER, reason: "too slow: reconnect to resync".into() }),
+            },
+            () = tokio::time::sleep_until(deadline) => session.handle_tick(now_ms()),
+        };
+        match apply(&state, &mut session, id, output, &mut sink).await {
+            Ok(Some(close)) => break Some(close),
+            Ok(None) => {}
+            Err(()) => break None,
+        }
+    };
+    if let Some(close) = close {
+        tracing::info!(code = close.code, reason = %close.reason, "closing");
+        let frame = CloseFrame {
+            code: close.code,
+            reason: close.reason.into(),
+        };
+        let _ = sink.send(WsMessage::Close(Some(frame))).await;
+    }
+}
+
+/// Sends a session output's messages, runs its actions, and reports a close.
+async fn apply<W>(
+    state: &AppState,
+    session: &mut Session,
+    id: SessionId,
+    mut output: Output,
+    sink: &mut W,
+) -> Result<Option<Close>, ()>
+where
+    W: futures_util::Sink<WsMessage> + Unpin,
+{
+    loop {
+        for message in output.send.drain(..) {
+            let bytes = frame::encode(&message);
+            state.metrics.frames_out.inc();
+            state.metrics.bytes_out.inc_by(bytes.len() as u64);
+            sink.send(WsMessage::Binary(bytes.into()))
+                .await
+                .map_err(drop)?;
+        }
+        let mut follow_up = None;
+        for action in output.actions.drain(..) {
+            match action {
+                Action::VerifyToken(token) => {
+                    let result = state.auth.verify(&token, now_ms() / 1000);
+                    if let Err(e) = &result {
+                        state
+                            .metrics
+                            .auth_failures
+                            .get_or_create(&metrics::ReasonLabel {
+                                reason: e.reason().into(),
+                            })
+                            .inc();
+                    }
+                    follow_up = Some(session.handle_token_verified(result));
+                }
+                Action::ClientError(e) => {
+                    tracing::info!(code = e.code.0, message = %e.message, "client reported an error")
+                }
+                action => {
+                    let command = HubCommand::Action {
+                        id,
+                        action,
+                        now_ms: now_ms(),
+                    };
+                    state.hub.send(command).await.map_err(drop)?;
+                }
+            }
+        }
+        if output.close.is_some() {
+            return Ok(output.close);
+        }
+        match follow_up {
+            Some(next) => output = next,
+            None => return Ok(None),
+        }
+    }
+}
+
+/// Tells the hub a connection is gone, however its task ended (even by a panic).
+struct Leave {
+    id: SessionId,
+    hub: mpsc::Sender<HubCommand>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.metrics.connections.dec();
+        if self
+            .hub
+            .try_send(HubCommand::Disconnect {
+                id: self.id,
+                now_ms: now_ms(),
+            })
+            .is_err()
+        {
+            tracing::warn!(
+                session = self.id,
+                "hub queue full: disconnect sent from a task"
+            );
+            let hub = self.hub.clone();
+            let id = self.id;
+            tokio::spawn(async move {
+                let _ = hub
+                    .send(HubCommand::Disconnect {
+                        id,
+                        now_ms: now_ms(),
+                    })
+                    .await;
+            });
+        }
+    }
+}
+
+/// The hub thread: executes commands in order and routes the resulting messages.
+fn run_hub<S: Storage>(
+    mut hub: Hub<S>,
+    mut commands: mpsc::Receiver<HubCommand>,
+    metrics: &Metrics,
+) {
+    let mut routes: HashMap<SessionId, mpsc::Sender<Message>> = HashMap::new();
+    while let Some(command) = commands.blocking_recv() {
+        match command {
+            HubCommand::Connect {
+                id,
+                verified,
+                outbox,
+                now_ms,
+            } => {
+                hub.connect(id, verified.identity, verified.grants, now_ms);
+                routes.insert(id, outbox);
+            }
+            HubCommand::Disconnect { id, now_ms } => {
+                routes.remove(&id);
+                if let Err(e) = hub.disconnect(id, now_ms) {
+                    tracing::error!(session = id, error = %e, "could not save sync state on disconnect");
+                }
+            }
+            HubCommand::Action { id, action, now_ms } => {
+                let started = Instant::now();
+                let is_sync = matches!(action, Action::Sync(_));
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    hub.handle(id, action, now_ms)
+                }));
+                let deliveries = match outcome {
+                    Ok(Ok(deliveries)) => deliveries,
+                    Ok(Err(e)) => {
+                        tracing::error!(session = id, error = %e, "action failed");
+                        vec![internal_error(id)]
+                    }
+                    Err(_) => {
+                        tracing::error!(session = id, "action panicked; the session gets an error");
+                        vec![internal_error(id)]
+                    }
+                };
+                if is_sync {
+                    metrics
+                        .sync_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                route(&mut routes, deliveries, metrics);
+            }
+        }
+    }
+}
+
+fn route(
+    routes: &mut HashMap<SessionId, mpsc::Sender<Message>>,
+    deliveries: Vec<Delivery>,
+    metrics: &Metrics,
+) {
+    for Delivery { to, message } in deliveries {
+        if let Message::Ack(ack) = &message {
+            metrics
+                .changes_stored
+                .inc_by(ack.items.iter().filter(|i| i.seq.is_some()).count() as u64);
+        }
+        let Some(outbox) = routes.get(&to) else {
+            continue;
+        };
+        if let Err(e) = outbox.try_send(message) {
+            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                tracing::warn!(
+                    session = to,
+                    "slow consumer: closing it so it resyncs from storage"
+                );
+            }
+            // Dropping the sender ends the connection's inbox, which closes it.
+            routes.remove(&to);
+        }
+    }
+}
+
+fn internal_error(to: SessionId) -> Delivery {
+    Delivery {
+        to,
+        message: Message::Error(ErrorMessage {
+            code: ErrorCode::INTERNAL,
+            message: "the relay could not complete this request".into(),
+            retry_after_ms: Some(1000),
+        }),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The address the relay is listening on, formatted for its start-up line.
+pub fn listening_line(addr: SocketAddr) -> String {
+    format!("syncline-relay listening on {addr}")
+}

@@ -1,0 +1,354 @@
+//! End to end: the real `syncline-relay serve` process, raw WebSocket protocol clients.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use automerge::sync::{State, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ROOT, ReadDoc};
+use futures_util::{SinkExt, StreamExt};
+use syncline_protocol::messages::*;
+use syncline_protocol::{Collection, DocId, Message, Priority, frame};
+use syncline_relay::admin;
+use syncline_relay::auth::Claims;
+use syncline_testkit::Child;
+use tokio_tungstenite::tungstenite::{self, Message as Ws, client::IntoClientRequest};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Relay {
+    child: Child,
+    addr: String,
+}
+
+fn start(data: &Path) -> Relay {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncline-relay"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env("RUST_LOG", "warn");
+    let mut child = Child::spawn(cmd).expect("spawn relay");
+    let line = child
+        .next_line()
+        .expect("read")
+        .expect("the relay prints its address");
+    let addr = line.rsplit(' ').next().expect("address").to_owned();
+    Relay { child, addr }
+}
+
+fn token(data: &Path, device: u8, read: &[&str], write: &[&str]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = Claims {
+        sub: format!("user{device}"),
+        dev: format!("{device:02x}").repeat(16),
+        ten: Some("acme".into()),
+        read: read.iter().map(|s| s.to_string()).collect(),
+        write: write.iter().map(|s| s.to_string()).collect(),
+        exp: Some(now + 600),
+        nbf: None,
+        iat: Some(now),
+        aud: None,
+        iss: None,
+    };
+    admin::issue_token(data, claims).expect("token")
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+async fn connect(
+    addr: &str,
+    bearer: Option<&str>,
+    subprotocol: Option<&str>,
+) -> Result<Socket, tungstenite::Error> {
+    let mut request = format!("ws://{addr}/v1/sync").into_client_request()?;
+    if let Some(t) = bearer {
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
+    }
+    if let Some(t) = subprotocol {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            format!("syncline.v1, bearer.{t}").parse().expect("header"),
+        );
+    }
+    Ok(tokio_tungstenite::connect_async(request).await?.0)
+}
+
+/// A protocol client with its own Automerge documents.
+struct Device {
+    socket: Socket,
+    docs: HashMap<DocId, Automerge>,
+    states: HashMap<DocId, State>,
+    received: Vec<Message>,
+}
+
+impl Device {
+    async fn join(addr: &str, token: &str) -> Self {
+        let socket = connect(addr, Some(token), None).await.expect("connect");
+        let mut d = Self {
+            socket,
+            docs: HashMap::new(),
+            states: HashMap::new(),
+            received: Vec::new(),
+        };
+        d.send(Message::Hello(Hello {
+            versions: vec![1],
+            compression: vec![0],
+            profile: Profile {
+                class: DeviceClass::Phone,
+                storage_budget_bytes: None,
+                download_bytes_per_s: None,
+                upload_bytes_per_s: None,
+                metered: false,
+                realtime: true,
+            },
+            client: "e2e".into(),
+        }))
+        .await;
+        assert!(matches!(d.next().await, Message::Welcome(_)));
+        d.send(Message::Subscribe(Subscribe {
+            collections: vec![CollectionSubscription {
+                collection: Collection::new("todos").expect("valid"),
+                priority: Priority::Normal,
+                mode: SyncMode::Eager,
+            }],
+        }))
+        .await;
+        d
+    }
+
+    async fn send(&mut self, m: Message) {
+        self.socket
+            .send(Ws::Binary(frame::encode(&m).into()))
+            .await
+            .expect("send");
+    }
+
+    async fn next(&mut self) -> Message {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("timely")
+                .expect("open")
+                .expect("ok");
+            if let Ws::Binary(bytes) = frame {
+                let m = frame::decode(&bytes, 1 << 24).expect("valid frame");
+                self.received.push(m.clone());
+                return m;
+            }
+        }
+    }
+
+    fn put(&mut self, d: &DocId, key: &str, value: i64) {
+        let mut tx = self.docs.entry(d.clone()).or_default().transaction();
+        tx.put(ROOT, key, value).expect("put");
+        tx.commit();
+    }
+
+    fn get(&self, d: &DocId, key: &str) -> Option<i64> {
+        self.docs.get(d)?.get(ROOT, key).ok()??.0.as_i64()
+    }
+
+    async fn push(&mut self, d: &DocId) {
+        let doc = self.docs.entry(d.clone()).or_default();
+        let state = self.states.entry(d.clone()).or_default();
+        if let Some(m) = doc.generate_sync_message(state) {
+            self.send(Message::Sync(Sync {
+                items: vec![SyncItem {
+                    doc: d.clone(),
+                    message: m.encode(),
+                }],
+            }))
+            .await;
+        }
+    }
+
+    /// Handles messages (answering sync messages) until `done` holds.
+    async fn until(&mut self, done: impl Fn(&Self) -> bool) {
+        for _ in 0..200 {
+            if done(self) {
+                return;
+            }
+            if let Message::Sync(sync) = self.next().await {
+                for item in sync.items {
+                    let doc = self.docs.entry(item.doc.clone()).or_default();
+                    let state = self.states.entry(item.doc.clone()).or_default();
+                    let m = automerge::sync::Message::decode(&item.message).expect("sync message");
+                    doc.receive_sync_message(state, m).expect("apply");
+                    self.push(&item.doc).await;
+                }
+            }
+        }
+        panic!("condition not reached");
+    }
+
+    fn acked(&self, d: &DocId) -> bool {
+        self.received.iter().any(|m| matches!(m, Message::Ack(a) if a.items.iter().any(|i| &i.doc == d && i.seq.is_some())))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_authentication() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relay = start(dir.path());
+    assert_eq!(http_get(&relay.addr, "/healthz").0, 200);
+    assert_eq!(http_get(&relay.addr, "/readyz").0, 200);
+    for bearer in [None, Some("garbage"), Some("e30.e30.e30")] {
+        match connect(&relay.addr, bearer, None).await {
+            Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+            other => panic!("expected 401, got {:?}", other.map(|_| "a connection")),
+        }
+    }
+    let t = token(dir.path(), 1, &["todos"], &["todos"]);
+    let mut by_subprotocol = connect(&relay.addr, None, Some(&t))
+        .await
+        .expect("subprotocol token accepted");
+    by_subprotocol
+        .send(Ws::Binary(vec![0, 0x82, 0x18, 99, 0xa0].into()))
+        .await
+        .expect("send");
+    let reply = tokio::time::timeout(WAIT, by_subprotocol.next())
+        .await
+        .expect("timely")
+        .expect("open")
+        .expect("ok");
+    let Ws::Binary(bytes) = reply else {
+        panic!("{reply:?}")
+    };
+    assert!(
+        matches!(frame::decode(&bytes, 1 << 20), Ok(Message::Error(e)) if e.code == ErrorCode::OUT_OF_ORDER || e.code == ErrorCode::UNKNOWN_MESSAGE)
+    );
+    let (_, metrics) = http_get(&relay.addr, "/metrics");
+    assert!(metrics.contains("syncline_connections 1"), "{metrics}");
+    assert!(
+        metrics.contains("syncline_auth_failures_total{reason=\"missing\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("reason=\"malformed\""), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_devices_fan_out_and_acknowledged_changes_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut relay = start(dir.path());
+    let x: DocId = "todos/x".parse().expect("id");
+    let mut a = Device::join(&relay.addr, &token(dir.path(), 1, &["todos"], &["todos"])).await;
+    let mut b = Device::join(&relay.addr, &token(dir.path(), 2, &["todos"], &["todos"])).await;
+    let mut c = Device::join(&relay.addr, &token(dir.path(), 3, &["todos"], &[])).await;
+    a.put(&x, "n", 42);
+    a.push(&x).await;
+    let x2 = x.clone();
+    a.until(|d| d.acked(&x2)).await;
+    let x3 = x.clone();
+    b.until(|d| d.get(&x3, "n") == Some(42)).await;
+    let x4 = x.clone();
+    c.until(|d| d.get(&x4, "n") == Some(42)).await;
+
+    relay.child.kill().expect("SIGKILL");
+    drop((a, b, c));
+    let relay = start(dir.path());
+    let mut d = Device::join(&relay.addr, &token(dir.path(), 4, &["todos"], &[])).await;
+    d.send(Message::Reconcile(Reconcile {
+        cursors: vec![],
+        changed: vec![],
+    }))
+    .await;
+    let x5 = x.clone();
+    d.until(|d| d.get(&x5, "n") == Some(42)).await;
+    assert!(
+        d.received
+            .iter()
+            .any(|m| matches!(m, Message::Plan(p) if p.send.iter().any(|e| e.doc == x)))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_connections_with_going_away_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut relay = start(dir.path());
+    let mut a = Device::join(&relay.addr, &token(dir.path(), 1, &["todos"], &["todos"])).await;
+    relay.child.terminate().expect("SIGTERM");
+    let close = loop {
+        match tokio::time::timeout(WAIT, a.socket.next())
+            .await
+            .expect("timely")
+        {
+            Some(Ok(Ws::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
+    let status = relay.child.wait_for(WAIT).expect("exits");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_errors_then_a_close_and_harms_no_one_else() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relay = start(dir.path());
+    let mut good = Device::join(&relay.addr, &token(dir.path(), 1, &["todos"], &["todos"])).await;
+    let mut bad = Device::join(&relay.addr, &token(dir.path(), 2, &["todos"], &["todos"])).await;
+    let mut closed = None;
+    for i in 0..20u8 {
+        if bad
+            .socket
+            .send(Ws::Binary(vec![0, 0xff, i, 0x13].into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        match tokio::time::timeout(WAIT, bad.socket.next())
+            .await
+            .expect("timely")
+        {
+            Some(Ok(Ws::Close(frame))) => {
+                closed = frame;
+                break;
+            }
+            Some(Ok(Ws::Binary(bytes))) => {
+                assert!(
+                    matches!(frame::decode(&bytes, 1 << 20), Ok(Message::Error(e)) if e.code == ErrorCode::BAD_FRAME)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        closed.map(|f| u16::from(f.code)),
+        Some(1002),
+        "closed after repeated bad frames"
+    );
+    let x: DocId = "todos/still-fine".parse().expect("id");
+    good.put(&x, "n", 1);
+    good.push(&x).await;
+    let x2 = x.clone();
+    good.until(|d| d.acked(&x2)).await;
+}
