@@ -352,3 +352,37 @@ async fn garbage_gets_errors_then_a_close_and_harms_no_one_else() {
     let x2 = x.clone();
     good.until(|d| d.acked(&x2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_frames_get_a_typed_error_and_huge_ones_are_refused_unbuffered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("relay.toml"), "max_frame_bytes = 4096\n").expect("config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncline-relay"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.path().join("relay.toml"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn");
+    let mut child = Child::spawn(cmd).expect("spawn relay");
+    let line = child.next_line().expect("read").expect("address");
+    let addr = line.rsplit(' ').next().expect("address").to_owned();
+    let mut d = Device::join(&addr, &token(dir.path(), 1, &["todos"], &["todos"])).await;
+    d.socket
+        .send(Ws::Binary(vec![0u8; 5000].into()))
+        .await
+        .expect("send");
+    assert!(matches!(d.next().await, Message::Error(e) if e.code == ErrorCode::FRAME_TOO_LARGE));
+    // Over twice the limit, the WebSocket layer refuses it before buffering: the connection ends.
+    let _ = d.socket.send(Ws::Binary(vec![0u8; 10_000].into())).await;
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match d.socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Ws::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection ends");
+    assert_eq!(http_get(&addr, "/healthz").0, 200, "the relay lives on");
+}

@@ -433,6 +433,18 @@ fn idle_sessions_and_expired_tokens_close() {
         Some(close_code::IDLE)
     );
 
+    let mut s = open_session();
+    s.handle_heartbeat(T0 + 50_000);
+    assert_eq!(
+        s.handle_tick(T0 + 60_001),
+        Output::default(),
+        "heartbeats keep a session alive"
+    );
+    assert_eq!(
+        s.handle_tick(T0 + 110_000).close.map(|c| c.code),
+        Some(close_code::IDLE)
+    );
+
     let mut s = Session::new(
         "s".into(),
         verified(&["todos"], &[], T0 / 1000 + 10),

@@ -216,7 +216,9 @@ async fn sync_endpoint(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let max = usize::try_from(state.limits.max_frame_bytes).unwrap_or(usize::MAX);
+    // The WebSocket layer refuses messages over twice the frame limit before buffering them;
+    // between the two limits the session answers with a typed FRAME_TOO_LARGE error.
+    let max = usize::try_from(state.limits.max_frame_bytes.saturating_mul(2)).unwrap_or(usize::MAX);
     let tracker = state.connections.clone();
     upgrade
         .protocols([SUBPROTOCOL])
@@ -272,7 +274,10 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
                 }
                 // Text frames are not part of the protocol: an empty frame is a bad frame.
                 Some(Ok(WsMessage::Text(_))) => session.handle_frame(&[], now_ms()),
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
+                    session.handle_heartbeat(now_ms());
+                    continue;
+                }
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break None,
             },
             delivered = inbox.recv() => match delivered {

@@ -143,6 +143,14 @@ impl Session {
         )
     }
 
+    /// Records a heartbeat (a WebSocket ping or pong) at `now_ms`: activity for the idle
+    /// timeout, nothing else.
+    pub fn handle_heartbeat(&mut self, now_ms: u64) {
+        if self.phase != Phase::Closed {
+            self.last_activity_ms = self.last_activity_ms.max(now_ms);
+        }
+    }
+
     /// Handles one binary frame received at `now_ms`.
     pub fn handle_frame(&mut self, bytes: &[u8], now_ms: u64) -> Output {
         let mut out = Output::default();
