@@ -9,8 +9,15 @@
 //!                                               N threads vs 1 thread, writes per second
 //! syncline-bench open   [--docs N]              open a store holding N documents
 //! syncline-bench memory [--docs N] [--cache-mb M]  RSS after reading N documents
+//! syncline-bench relay-connections [--count N]  idle connections held, bytes each
+//! syncline-bench relay-throughput [--devices N] [--seconds S]  acknowledged changes/s
+//! syncline-bench relay-fanout [--receivers N] [--writes W]  write-to-every-receiver latency
 //! ```
+//! The relay scenarios start `syncline-relay` from the same directory as this binary:
+//! `cargo build --release -p syncline-relay -p syncline-bench`.
 //! Add `--json` for one JSON object per scenario.
+
+mod relay;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -53,6 +60,25 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         docs: usize,
     },
+    /// Idle authenticated connections held by one relay, and its memory per connection.
+    RelayConnections {
+        #[arg(long, default_value_t = 10_000)]
+        count: u32,
+    },
+    /// Small changes durably acknowledged per second through one relay.
+    RelayThroughput {
+        #[arg(long, default_value_t = 100)]
+        devices: u32,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+    /// Latency from one writer's change to every subscribed receiver.
+    RelayFanout {
+        #[arg(long, default_value_t = 100)]
+        receivers: u32,
+        #[arg(long, default_value_t = 200)]
+        writes: u32,
+    },
     /// Resident memory after reading N documents with a bounded cache.
     Memory {
         #[arg(long, default_value_t = 10_000)]
@@ -92,6 +118,13 @@ fn main() -> anyhow::Result<()> {
             cache_mb,
             child: None,
         } => memory(docs, cache_mb)?,
+        Scenario::RelayConnections { count } => runtime()?.block_on(relay::connections(count))?,
+        Scenario::RelayThroughput { devices, seconds } => {
+            runtime()?.block_on(relay::throughput(devices, seconds))?
+        }
+        Scenario::RelayFanout { receivers, writes } => {
+            runtime()?.block_on(relay::fanout(receivers, writes))?
+        }
     };
     if cli.json {
         println!("{report}");
@@ -101,6 +134,13 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn todos() -> Collection {

@@ -99,11 +99,20 @@ fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
 
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // Automerge's own instrumentation logs every strict load that reports missing
+            // dependencies (routine when validating incoming changes) as an error; the relay
+            // logs what matters itself. RUST_LOG overrides this default.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,automerge=off".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Every connection is a file descriptor: use all the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
     let storage = Arc::new(admin::open_storage(&cfg.data_dir)?);
     let (dev_secret, key_file) = match &cfg.jwks_file {
         Some(path) => (None, Some(KeyFile::open(path)?)),

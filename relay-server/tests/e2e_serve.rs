@@ -32,7 +32,7 @@ fn start(data: &Path) -> Relay {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncline-relay"));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn,automerge=off");
     let mut child = Child::spawn(cmd).expect("spawn relay");
     let line = child
         .next_line()
@@ -269,6 +269,11 @@ async fn three_devices_fan_out_and_acknowledged_changes_survive_sigkill() {
     b.until(|d| d.get(&x3, "n") == Some(42)).await;
     let x4 = x.clone();
     c.until(|d| d.get(&x4, "n") == Some(42)).await;
+    // A second change depends on the first: it must be accepted and fanned out too.
+    a.put(&x, "n", 43);
+    a.push(&x).await;
+    let x6 = x.clone();
+    b.until(|d| d.get(&x6, "n") == Some(43)).await;
 
     relay.child.kill().expect("SIGKILL");
     drop((a, b, c));
@@ -280,7 +285,7 @@ async fn three_devices_fan_out_and_acknowledged_changes_survive_sigkill() {
     }))
     .await;
     let x5 = x.clone();
-    d.until(|d| d.get(&x5, "n") == Some(42)).await;
+    d.until(|d| d.get(&x5, "n") == Some(43)).await;
     assert!(
         d.received
             .iter()
@@ -362,7 +367,7 @@ async fn oversize_frames_get_a_typed_error_and_huge_ones_are_refused_unbuffered(
         .arg(dir.path().join("relay.toml"))
         .arg("--data-dir")
         .arg(dir.path())
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn,automerge=off");
     let mut child = Child::spawn(cmd).expect("spawn relay");
     let line = child.next_line().expect("read").expect("address");
     let addr = line.rsplit(' ').next().expect("address").to_owned();

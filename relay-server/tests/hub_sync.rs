@@ -81,9 +81,16 @@ impl Client {
         self.outgoing(&touched)
     }
 
+    /// The latest acknowledgement of a stored change (an `Ack` without a sequence number only
+    /// says the relay had nothing new to store).
     fn acked(&self, d: &DocId) -> Option<AckItem> {
         self.inbox.iter().rev().find_map(|m| match m {
-            Message::Ack(a) => a.items.iter().rev().find(|i| &i.doc == d).cloned(),
+            Message::Ack(a) => a
+                .items
+                .iter()
+                .rev()
+                .find(|i| &i.doc == d && i.seq.is_some())
+                .cloned(),
             _ => None,
         })
     }
@@ -410,4 +417,48 @@ fn a_restarted_relay_serves_what_it_stored_and_remembers_sync_state() {
         }),
     )]);
     assert_eq!(w.clients[&5].get(&x, "n"), Some(9));
+}
+
+/// A client that stops reading once acknowledged (leaving the relay's last reply unread), then
+/// writes again: the second change must still reach the other devices.
+#[test]
+fn a_second_change_reaches_others_when_the_writer_reads_lazily() {
+    let mut w = World::new();
+    w.join(1, "acme", grants(&["todos"], &["todos"]));
+    w.join(2, "acme", grants(&["todos"], &["todos"]));
+    let x = doc("todos/x");
+    for value in [42, 43, 44] {
+        w.clients.get_mut(&1).expect("a").put(&x, "n", value);
+        let items = w
+            .clients
+            .get_mut(&1)
+            .expect("a")
+            .outgoing(std::slice::from_ref(&x));
+        let mut queue: VecDeque<(SessionId, Action)> = VecDeque::from([(1, Action::Sync(items))]);
+        let mut a_acked = false;
+        for step in 0..1000 {
+            let Some((id, action)) = queue.pop_front() else {
+                break;
+            };
+            for d in w.hub.handle(id, action, step).expect("hub") {
+                if d.to == 1 && a_acked {
+                    continue; // A no longer reads
+                }
+                let client = w.clients.get_mut(&d.to).expect("client");
+                let replies = client.receive(d.message);
+                if d.to == 1 && client.acked(&x).is_some() {
+                    a_acked = true;
+                }
+                if !replies.is_empty() {
+                    queue.push_back((d.to, Action::Sync(replies)));
+                }
+            }
+        }
+        assert_eq!(
+            w.clients[&2].get(&x, "n"),
+            Some(value),
+            "value {value} reached B"
+        );
+        w.clients.get_mut(&1).expect("a").inbox.clear();
+    }
 }

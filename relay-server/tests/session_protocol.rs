@@ -518,3 +518,44 @@ proptest! {
         }
     }
 }
+
+/// Regression: the strict decode check once refused every change that had dependencies
+/// (Automerge reports them as missing when a chunk is loaded alone), so only a document's
+/// first change was ever accepted.
+#[test]
+fn changes_with_dependencies_are_accepted() {
+    let mut doc = automerge::AutoCommit::new();
+    let mut state = automerge::sync::State::new();
+    let mut relay = automerge::AutoCommit::new();
+    let mut relay_state = automerge::sync::State::new();
+    let mut s = open_session();
+    for i in 0..3 {
+        doc.put(automerge::ROOT, "n", i).expect("put");
+        // Run the sync protocol to quiescence, every client message through the session.
+        for _ in 0..10 {
+            let Some(m) = doc.sync().generate_sync_message(&mut state) else {
+                break;
+            };
+            let item = SyncItem {
+                doc: doc_id("todos/a"),
+                message: m.clone().encode(),
+            };
+            let out = send(&mut s, Message::Sync(Sync { items: vec![item] }));
+            assert!(error_codes(&out).is_empty(), "change {i}: {out:?}");
+            relay
+                .sync()
+                .receive_sync_message(&mut relay_state, m)
+                .expect("relay applies");
+            if let Some(reply) = relay.sync().generate_sync_message(&mut relay_state) {
+                doc.sync()
+                    .receive_sync_message(&mut state, reply)
+                    .expect("client applies");
+            }
+        }
+    }
+    assert_eq!(relay.get_heads(), doc.get_heads());
+}
+
+fn doc_id(s: &str) -> DocId {
+    s.parse().expect("valid")
+}

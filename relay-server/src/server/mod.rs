@@ -221,6 +221,10 @@ async fn sync_endpoint(
     let max = usize::try_from(state.limits.max_frame_bytes.saturating_mul(2)).unwrap_or(usize::MAX);
     let tracker = state.connections.clone();
     upgrade
+        // Small starting buffers: an idle connection should cost kilobytes, not the 128 KiB
+        // each that tungstenite reserves by default. They grow when a large frame arrives.
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
         .protocols([SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)

@@ -11,7 +11,7 @@
 mod bucket;
 
 use automerge::sync::Message as SyncMessage;
-use automerge::{Automerge, LoadOptions, OnPartialLoad};
+use automerge::{Automerge, AutomergeError, LoadOptions, OnPartialLoad};
 use syncline_protocol::frame::{self, FrameError};
 use syncline_protocol::messages::{
     CollectionSubscription, Ephemeral, Error, ErrorCode, Limits, Profile, Reconcile, SyncItem,
@@ -405,13 +405,18 @@ impl Session {
     }
 }
 
-/// True if an Automerge chunk (changes or a document) decodes completely. Automerge's own
-/// incremental loading skips undecodable data silently, so without this check a client would
-/// never learn that its changes were dropped.
+/// True if an Automerge chunk (changes, or a bundle or document) decodes completely.
+/// Automerge's own incremental loading skips undecodable data silently, so without this check
+/// a client would never learn that its changes were dropped. Loaded alone, a change whose
+/// dependencies are elsewhere reports them missing: that is well-formed (the sync protocol
+/// supplies dependencies), so only decoding failures count.
 fn decodes(chunk: &[u8]) -> bool {
     let strict = LoadOptions::new().on_partial_load(OnPartialLoad::Error);
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Automerge::load_with_options(chunk, strict).is_ok()
+        matches!(
+            Automerge::load_with_options(chunk, strict),
+            Ok(_) | Err(AutomergeError::MissingDeps)
+        )
     }))
     .unwrap_or(false)
 }

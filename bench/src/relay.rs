@@ -1,0 +1,416 @@
+//! Relay scenarios: a real `syncline-relay serve` child process (built next to this binary:
+//! `cargo build --release -p syncline-relay -p syncline-bench`), driven over loopback by raw
+//! protocol clients in this process.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use automerge::sync::{State, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ROOT};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use syncline_protocol::messages::*;
+use syncline_protocol::{Collection, DocId, Message, Priority, frame};
+use syncline_relay::admin;
+use syncline_relay::auth::Claims;
+use syncline_testkit::Child;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A running relay.
+pub struct Relay {
+    child: Child,
+    addr: String,
+    data: tempfile::TempDir,
+}
+
+impl Relay {
+    /// Starts `syncline-relay serve` on a free port with a fresh data directory.
+    pub fn start() -> anyhow::Result<Self> {
+        let exe = relay_binary()?;
+        let data = tempfile::tempdir()?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .env("RUST_LOG", "error,automerge=off")
+            .env("SYNCLINE_IDLE_TIMEOUT_SECS", "3600");
+        let mut child = Child::spawn(cmd)?;
+        let line = child.next_line()?.context("the relay printed nothing")?;
+        let addr = line.rsplit(' ').next().context("no address")?.to_owned();
+        Ok(Self { child, addr, data })
+    }
+
+    /// The relay process's resident memory, in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmRSS")
+    }
+
+    fn token(&self, device: u32) -> anyhow::Result<String> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let claims = Claims {
+            sub: format!("user{device}"),
+            dev: format!("{device:032x}"),
+            ten: Some("bench".into()),
+            read: vec!["*".into()],
+            write: vec!["*".into()],
+            exp: Some(now + 3600),
+            nbf: None,
+            iat: Some(now),
+            aud: None,
+            iss: None,
+        };
+        Ok(admin::issue_token(self.data.path(), claims)?)
+    }
+}
+
+fn relay_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("exe dir")?.join("syncline-relay");
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: cargo build --release -p syncline-relay -p syncline-bench",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A raw protocol client.
+struct Client {
+    socket: Socket,
+}
+
+impl Client {
+    async fn connect(relay: &Relay, device: u32) -> anyhow::Result<Self> {
+        let mut request = format!("ws://{}/v1/sync", relay.addr).into_client_request()?;
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", relay.token(device)?).parse()?,
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        let mut client = Self { socket };
+        client
+            .send(&Message::Hello(Hello {
+                versions: vec![1],
+                compression: vec![0],
+                profile: Profile {
+                    class: DeviceClass::Desktop,
+                    storage_budget_bytes: None,
+                    download_bytes_per_s: None,
+                    upload_bytes_per_s: None,
+                    metered: false,
+                    realtime: true,
+                },
+                client: "syncline-bench".into(),
+            }))
+            .await?;
+        anyhow::ensure!(
+            matches!(client.next().await?, Message::Welcome(_)),
+            "no welcome"
+        );
+        client
+            .send(&Message::Subscribe(Subscribe {
+                collections: vec![CollectionSubscription {
+                    collection: Collection::new("bench")?,
+                    priority: Priority::Normal,
+                    mode: SyncMode::Eager,
+                }],
+            }))
+            .await?;
+        Ok(client)
+    }
+
+    async fn send(&mut self, m: &Message) -> anyhow::Result<()> {
+        Ok(self
+            .socket
+            .send(Ws::Binary(frame::encode(m).into()))
+            .await?)
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Message> {
+        loop {
+            let received = tokio::time::timeout(Duration::from_secs(30), self.socket.next())
+                .await
+                .context("timed out")?
+                .context("closed")??;
+            if let Ws::Binary(bytes) = received {
+                return Ok(frame::decode(&bytes, 1 << 26)?);
+            }
+        }
+    }
+}
+
+/// Idle authenticated connections held by one relay, and its memory per connection.
+pub async fn connections(count: u32) -> anyhow::Result<serde_json::Value> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let relay = Relay::start()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let floor_kib = relay.rss_kib()?;
+    let started = Instant::now();
+    let relay = Arc::new(relay);
+    let mut clients = Vec::with_capacity(count as usize);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(200) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|&d| {
+                let relay = Arc::clone(&relay);
+                tokio::spawn(async move { Client::connect(&relay, d).await })
+            })
+            .collect();
+        for task in tasks {
+            clients.push(task.await??);
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held_kib = relay.rss_kib()?;
+    let per_connection = (held_kib.saturating_sub(floor_kib) as f64 * 1024.0) / f64::from(count);
+    Ok(serde_json::json!({
+        "scenario": "relay-connections",
+        "connections": clients.len(),
+        "connect_seconds": (connect_secs * 100.0).round() / 100.0,
+        "relay_rss_floor_kib": floor_kib,
+        "relay_rss_held_kib": held_kib,
+        "bytes_per_connection": per_connection.round(),
+    }))
+}
+
+/// One device's document and sync state, as a client would keep them.
+struct Writer {
+    doc: Automerge,
+    state: State,
+    id: DocId,
+}
+
+impl Writer {
+    fn new(n: u32) -> anyhow::Result<Self> {
+        Ok(Self {
+            doc: Automerge::new(),
+            state: State::new(),
+            id: format!("bench/d{n}").parse()?,
+        })
+    }
+
+    /// Makes one small change and returns the sync message that carries it.
+    fn change(&mut self, i: u64) -> Option<Vec<u8>> {
+        let mut tx = self.doc.transaction();
+        tx.put(ROOT, "n", i64::try_from(i).unwrap_or(i64::MAX))
+            .ok()?;
+        tx.commit();
+        self.doc
+            .generate_sync_message(&mut self.state)
+            .map(|m| m.encode())
+    }
+
+    fn receive(&mut self, item: &SyncItem) -> anyhow::Result<()> {
+        let m = automerge::sync::Message::decode(&item.message)?;
+        self.doc.receive_sync_message(&mut self.state, m)?;
+        Ok(())
+    }
+}
+
+/// Small changes durably acknowledged per second, `devices` devices each writing its own
+/// document, each waiting for its acknowledgement before the next change.
+pub async fn throughput(devices: u32, seconds: f64) -> anyhow::Result<serde_json::Value> {
+    let relay = Arc::new(Relay::start()?);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..devices)
+        .map(|d| {
+            let relay = Arc::clone(&relay);
+            tokio::spawn(async move {
+                let mut client = Client::connect(&relay, d).await?;
+                let mut writer = Writer::new(d)?;
+                let mut acked = 0u64;
+                while Instant::now() < deadline {
+                    let Some(message) = writer.change(acked) else {
+                        continue;
+                    };
+                    let item = SyncItem {
+                        doc: writer.id.clone(),
+                        message,
+                    };
+                    client
+                        .send(&Message::Sync(Sync { items: vec![item] }))
+                        .await?;
+                    loop {
+                        match client.next().await? {
+                            Message::Ack(a) if a.items.iter().any(|i| i.seq.is_some()) => break,
+                            Message::Sync(s) => {
+                                for item in &s.items {
+                                    writer.receive(item)?;
+                                }
+                                if let Some(reply) =
+                                    writer.doc.generate_sync_message(&mut writer.state)
+                                {
+                                    let item = SyncItem {
+                                        doc: writer.id.clone(),
+                                        message: reply.encode(),
+                                    };
+                                    client
+                                        .send(&Message::Sync(Sync { items: vec![item] }))
+                                        .await?;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    acked += 1;
+                }
+                anyhow::Ok(acked)
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(seconds);
+    // Floor: the same changes made and applied by in-memory documents, no network, no storage.
+    let floor_started = Instant::now();
+    let mut floor_changes = 0u64;
+    let mut relay_side: HashMap<u32, (Automerge, State)> = HashMap::new();
+    while floor_started.elapsed() < Duration::from_secs_f64(seconds.min(2.0)) {
+        for d in 0..devices.min(100) {
+            let mut doc = Automerge::new();
+            let mut tx = doc.transaction();
+            tx.put(ROOT, "n", i64::from(d))?;
+            tx.commit();
+            let (peer, state) = relay_side
+                .entry(d)
+                .or_insert_with(|| (Automerge::new(), State::new()));
+            let mut sender_state = State::new();
+            while let Some(m) = doc.generate_sync_message(&mut sender_state) {
+                peer.receive_sync_message(state, m)?;
+                match peer.generate_sync_message(state) {
+                    Some(reply) => doc.receive_sync_message(&mut sender_state, reply)?,
+                    None => break,
+                }
+            }
+            floor_changes += 1;
+        }
+    }
+    let floor_per_s = floor_changes as f64 / floor_started.elapsed().as_secs_f64();
+    Ok(serde_json::json!({
+        "scenario": "relay-throughput",
+        "devices": devices,
+        "seconds": (elapsed * 100.0).round() / 100.0,
+        "acknowledged_changes": total,
+        "changes_per_s": (total as f64 / elapsed).round(),
+        "floor_in_memory_syncs_per_s": floor_per_s.round(),
+    }))
+}
+
+/// Latency from one writer's change to its arrival at every one of `receivers` devices.
+pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::Value> {
+    let relay = Arc::new(Relay::start()?);
+    let doc_id: DocId = "bench/shared".parse()?;
+    let mut writer_client = Client::connect(&relay, 0).await?;
+    let mut writer = Writer::new(0)?;
+    writer.id = doc_id.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, u64, Instant)>();
+    let mut handles = Vec::new();
+    for r in 1..=receivers {
+        let relay = Arc::clone(&relay);
+        let tx = tx.clone();
+        let doc_id = doc_id.clone();
+        let mut client = Client::connect(&relay, r).await?;
+        handles.push(tokio::spawn(async move {
+            let mut w = Writer::new(r)?;
+            w.id = doc_id;
+            let mut seen = 0u64;
+            while seen < u64::from(writes) {
+                if let Message::Sync(s) = client.next().await? {
+                    for item in &s.items {
+                        w.receive(item)?;
+                    }
+                    if let Some(reply) = w.doc.generate_sync_message(&mut w.state) {
+                        let item = SyncItem {
+                            doc: w.id.clone(),
+                            message: reply.encode(),
+                        };
+                        client
+                            .send(&Message::Sync(Sync { items: vec![item] }))
+                            .await?;
+                    }
+                    let n = automerge::ReadDoc::get(&w.doc, ROOT, "n")?
+                        .and_then(|(v, _)| v.as_i64())
+                        .and_then(|n| u64::try_from(n).ok())
+                        .unwrap_or(0);
+                    if n > seen {
+                        seen = n;
+                        let _ = tx.send((r, n, Instant::now()));
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    drop(tx);
+    // Let every receiver's subscription settle before timing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for i in 1..=u64::from(writes) {
+        let Some(message) = writer.change(i) else {
+            continue;
+        };
+        let sent_at = Instant::now();
+        let item = SyncItem {
+            doc: doc_id.clone(),
+            message,
+        };
+        writer_client
+            .send(&Message::Sync(Sync { items: vec![item] }))
+            .await?;
+        // One write in flight: answer the relay (the sync protocol's round trips) until every
+        // receiver has reported this write.
+        let mut arrived = 0;
+        while arrived < receivers {
+            tokio::select! {
+                report = rx.recv() => {
+                    let (_, n, at) = report.context("receivers ended")?;
+                    if n >= i {
+                        arrived += 1;
+                        let micros = u64::try_from(at.duration_since(sent_at).as_micros()).unwrap_or(u64::MAX);
+                        histogram.record(micros.max(1))?;
+                    }
+                }
+                message = writer_client.next() => {
+                    if let Message::Sync(s) = message? {
+                        for item in &s.items {
+                            writer.receive(item)?;
+                        }
+                        if let Some(reply) = writer.doc.generate_sync_message(&mut writer.state) {
+                            let item = SyncItem { doc: doc_id.clone(), message: reply.encode() };
+                            writer_client.send(&Message::Sync(Sync { items: vec![item] })).await?;
+                        }
+                    }
+                }
+                () = tokio::time::sleep(Duration::from_secs(30)) => anyhow::bail!("fan-out timed out"),
+            }
+        }
+    }
+    for h in handles {
+        h.abort();
+    }
+    Ok(serde_json::json!({
+        "scenario": "relay-fanout",
+        "receivers": receivers,
+        "writes": writes,
+        "p50_ms": histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        "p99_ms": histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        "max_ms": histogram.max() as f64 / 1000.0,
+    }))
+}
