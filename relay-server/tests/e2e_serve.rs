@@ -298,6 +298,11 @@ async fn sigterm_closes_connections_with_going_away_and_exits_zero() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut relay = start(dir.path());
     let mut a = Device::join(&relay.addr, &token(dir.path(), 1, &["todos"], &["todos"])).await;
+    let x: DocId = "todos/x".parse().expect("id");
+    a.put(&x, "n", 1);
+    a.push(&x).await;
+    let x2 = x.clone();
+    a.until(|d| d.acked(&x2)).await;
     relay.child.terminate().expect("SIGTERM");
     let close = loop {
         match tokio::time::timeout(WAIT, a.socket.next())
@@ -312,6 +317,12 @@ async fn sigterm_closes_connections_with_going_away_and_exits_zero() {
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1001));
     let status = relay.child.wait_for(WAIT).expect("exits");
     assert!(status.success(), "{status:?}");
+    // The drain let the hub record the session's end (its last sync) before exiting.
+    let devices = admin::devices(dir.path(), Some("acme")).expect("devices");
+    assert!(
+        devices.iter().any(|(_, d)| d.last_sync_ms.is_some()),
+        "{devices:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -462,3 +462,66 @@ fn a_second_change_reaches_others_when_the_writer_reads_lazily() {
         w.clients.get_mut(&1).expect("a").inbox.clear();
     }
 }
+
+/// Review finding: a frame whose second item for a document fails must leave nothing of that
+/// document unstored in memory, acknowledged, or fanned out.
+#[test]
+fn a_failing_item_leaves_no_unstored_change_behind() {
+    let mut w = World::new();
+    w.join(1, "acme", grants(&["todos"], &["todos"]));
+    w.join(2, "acme", grants(&["todos"], &[]));
+    let x = doc("todos/x");
+    // Two different changes with the same actor and sequence number: the second cannot apply.
+    let actor = automerge::ActorId::from(vec![7u8; 16]);
+    let make = |v: i64| {
+        let mut d = Automerge::new().with_actor(actor.clone());
+        let mut tx = d.transaction();
+        tx.put(ROOT, "n", v).expect("put");
+        tx.commit();
+        let c = d.get_last_local_change().expect("change");
+        automerge::sync::Message {
+            heads: vec![c.hash()],
+            need: vec![],
+            have: vec![],
+            changes: automerge::sync::ChunkList::from(vec![c.raw_bytes().to_vec()]),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        }
+        .encode()
+    };
+    let items = vec![
+        SyncItem {
+            doc: x.clone(),
+            message: make(1),
+        },
+        SyncItem {
+            doc: x.clone(),
+            message: make(2),
+        },
+    ];
+    // One frame, handled once: the injected messages claim heads no real client holds, so
+    // running the sync protocol to quiescence would only ping-pong.
+    for d in w.hub.handle(1, Action::Sync(items), 1).expect("hub") {
+        w.clients.get_mut(&d.to).expect("client").receive(d.message);
+    }
+    assert!(w.clients[&1].errors().contains(&ErrorCode::BAD_DOCUMENT.0));
+    assert!(w.clients[&1].acked(&x).is_none(), "nothing acknowledged");
+    assert!(
+        w.storage.load("acme", &x).expect("load").is_none(),
+        "nothing stored"
+    );
+    assert_eq!(w.clients[&2].get(&x, "n"), None, "nothing fanned out");
+
+    // A correct write afterwards (from another device) stores exactly its own change: memory
+    // was not left ahead of storage.
+    w.join(3, "acme", grants(&["todos"], &["todos"]));
+    w.clients.get_mut(&3).expect("c").put(&x, "n", 5);
+    w.push(3, std::slice::from_ref(&x));
+    assert_eq!(w.clients[&2].get(&x, "n"), Some(5));
+    let stored = w.storage.load("acme", &x).expect("load").expect("stored");
+    let mut check = Automerge::new();
+    for chunk in &stored.chunks {
+        check.load_incremental(chunk).expect("loads");
+    }
+    assert_eq!(check.get_heads(), w.clients[&3].docs[&x].get_heads());
+}

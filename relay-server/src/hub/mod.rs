@@ -305,6 +305,10 @@ impl<S: Storage> Hub<S> {
 
     /// Applies a session's sync messages, appends what changed in one durable transaction,
     /// acknowledges, replies, and fans the changes out.
+    ///
+    /// Memory never runs ahead of storage: every document changed in memory is either in the
+    /// committed batch or evicted (to be reloaded from storage). Nothing after the commit can
+    /// abort the acknowledgements, replies and fan-out of what was committed.
     fn sync(
         &mut self,
         id: SessionId,
@@ -313,79 +317,39 @@ impl<S: Storage> Hub<S> {
     ) -> Result<Vec<Delivery>, HubError> {
         let tenant = self.peers[&id].tenant.clone();
         let mut out = Vec::new();
+        // Each document's heads before this frame's first item for it, in first-seen order.
+        let mut before: Vec<(DocId, Vec<ChangeHash>)> = Vec::new();
+        if let Err(e) = self.apply_items(id, &tenant, items, &mut before, &mut out) {
+            self.evict(&tenant, before.iter().map(|(doc, _)| doc));
+            return Err(e);
+        }
         let mut appends = Vec::new();
-        let mut touched = Vec::new();
-        for item in items {
-            let Ok(message) = SyncMessage::decode(&item.message) else {
-                out.push(error(
-                    id,
-                    ErrorCode::BAD_DOCUMENT,
-                    &format!("{}: undecodable", item.doc),
-                ));
-                continue;
-            };
-            self.ensure_state(id, &item.doc)?;
-            let doc = self.doc(&tenant, &item.doc)?;
-            let before = doc.get_heads();
-            let state = self
-                .peers
-                .get_mut(&id)
-                .expect("checked")
-                .states
-                .get_mut(&item.doc)
-                .expect("ensured");
-            let doc = self
-                .docs
-                .get_mut(&(tenant.clone(), item.doc.clone()))
-                .expect("loaded");
-            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                doc.receive_sync_message(state, message)
-            }));
-            if !matches!(applied, Ok(Ok(()))) {
-                // The document may be half changed: reload it from storage.
-                self.docs.remove(&(tenant.clone(), item.doc.clone()));
-                out.push(error(
-                    id,
-                    ErrorCode::BAD_DOCUMENT,
-                    &format!("{}: changes do not apply", item.doc),
-                ));
-                continue;
-            }
+        for (doc_id, heads_before) in &before {
+            let doc = &self.docs[&(tenant.clone(), doc_id.clone())];
             let after = doc.get_heads();
-            if after != before {
+            if &after != heads_before {
                 appends.push(Append {
-                    doc: item.doc.clone(),
-                    chunk: doc.save_after(&before),
+                    doc: doc_id.clone(),
+                    chunk: doc.save_after(heads_before),
                     heads: wire_heads(&after),
                 });
             }
-            touched.push(item.doc);
         }
         // A round trip that stored nothing costs no transaction.
-        let committed = if appends.is_empty() {
-            Ok(Vec::new())
+        let seqs = if appends.is_empty() {
+            Vec::new()
         } else {
-            self.storage.append(&tenant, &appends)
-        };
-        let seqs = match committed {
-            Ok(seqs) => seqs,
-            Err(e) => {
-                for a in &appends {
-                    self.docs.remove(&(tenant.clone(), a.doc.clone()));
+            match self.storage.append(&tenant, &appends) {
+                Ok(seqs) => seqs,
+                Err(e) => {
+                    self.evict(&tenant, before.iter().map(|(doc, _)| doc));
+                    return Err(e.into());
                 }
-                return Err(e.into());
             }
         };
-        let seq_of: HashMap<&DocId, u64> = appends.iter().map(|a| &a.doc).zip(seqs).collect();
-        let acks: Vec<AckItem> = touched
-            .iter()
-            .map(|doc| AckItem {
-                doc: doc.clone(),
-                heads: wire_heads(&self.docs[&(tenant.clone(), doc.clone())].get_heads()),
-                seq: seq_of.get(doc).copied(),
-            })
-            .collect();
-        if !acks.is_empty() {
+        if !before.is_empty() {
+            let seq_of: HashMap<&DocId, u64> = appends.iter().map(|a| &a.doc).zip(seqs).collect();
+            let acks = self.acks(&tenant, &before, &seq_of);
             out.push(Delivery {
                 to: id,
                 message: Message::Ack(Ack { items: acks }),
@@ -394,7 +358,8 @@ impl<S: Storage> Hub<S> {
             // dominate the cost of syncing.
             self.peer_mut(id).last_sync_ms = Some(now_ms);
         }
-        let replies = self.outgoing(id, &touched)?;
+        let touched: Vec<DocId> = before.into_iter().map(|(doc, _)| doc).collect();
+        let replies = self.outgoing_logged(id, &touched);
         push_batches(&mut out, id, replies);
         let changed: Vec<DocId> = appends.into_iter().map(|a| a.doc).collect();
         let others: Vec<SessionId> = self.peers.keys().copied().filter(|p| *p != id).collect();
@@ -405,11 +370,110 @@ impl<S: Storage> Hub<S> {
                 .cloned()
                 .collect();
             if !docs.is_empty() {
-                let items = self.outgoing(other, &docs)?;
+                let items = self.outgoing_logged(other, &docs);
                 push_batches(&mut out, other, items);
             }
         }
         Ok(out)
+    }
+
+    /// Applies each item to its in-memory document, recording the heads each document had
+    /// before this frame. A document whose item fails is evicted and dropped from `before`.
+    fn apply_items(
+        &mut self,
+        id: SessionId,
+        tenant: &str,
+        items: Vec<SyncItem>,
+        before: &mut Vec<(DocId, Vec<ChangeHash>)>,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), HubError> {
+        for item in items {
+            let Ok(message) = SyncMessage::decode(&item.message) else {
+                out.push(error(
+                    id,
+                    ErrorCode::BAD_DOCUMENT,
+                    &format!("{}: undecodable", item.doc),
+                ));
+                continue;
+            };
+            self.ensure_state(id, &item.doc)?;
+            let heads = self.doc(tenant, &item.doc)?.get_heads();
+            if !before.iter().any(|(doc, _)| *doc == item.doc) {
+                before.push((item.doc.clone(), heads));
+            }
+            let state = self
+                .peers
+                .get_mut(&id)
+                .expect("checked")
+                .states
+                .get_mut(&item.doc)
+                .expect("ensured");
+            let doc = self
+                .docs
+                .get_mut(&(tenant.to_owned(), item.doc.clone()))
+                .expect("loaded");
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                doc.receive_sync_message(state, message)
+            }));
+            if !matches!(applied, Ok(Ok(()))) {
+                // The document may be half changed, and earlier items of this frame for it are
+                // not stored: reload it from storage, and neither store nor acknowledge it.
+                self.evict(tenant, std::iter::once(&item.doc));
+                before.retain(|(doc, _)| *doc != item.doc);
+                out.push(error(
+                    id,
+                    ErrorCode::BAD_DOCUMENT,
+                    &format!("{}: changes do not apply", item.doc),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Acknowledgements for the documents of a frame, with the heads now durable.
+    fn acks(
+        &self,
+        tenant: &str,
+        before: &[(DocId, Vec<ChangeHash>)],
+        seq_of: &HashMap<&DocId, u64>,
+    ) -> Vec<AckItem> {
+        before
+            .iter()
+            .filter_map(|(doc, _)| {
+                let loaded = self.docs.get(&(tenant.to_owned(), doc.clone()))?;
+                Some(AckItem {
+                    doc: doc.clone(),
+                    heads: wire_heads(&loaded.get_heads()),
+                    seq: seq_of.get(doc).copied(),
+                })
+            })
+            .collect()
+    }
+
+    /// Drops documents from memory, so the next use reloads the durable state.
+    fn evict<'a>(&mut self, tenant: &str, docs: impl Iterator<Item = &'a DocId>) {
+        for doc in docs {
+            self.docs.remove(&(tenant.to_owned(), doc.clone()));
+        }
+    }
+
+    /// [`Hub::outgoing`] for use after a commit: a failure is logged and skips that document's
+    /// messages for this session, instead of discarding what was committed.
+    fn outgoing_logged(&mut self, id: SessionId, docs: &[DocId]) -> Vec<SyncItem> {
+        let mut items = Vec::new();
+        for doc in docs {
+            match self.outgoing(id, std::slice::from_ref(doc)) {
+                Ok(mut more) => items.append(&mut more),
+                Err(e) => {
+                    tracing::error!(session = id, doc = %doc, error = %e, "could not prepare a sync message");
+                    if let Some(peer) = self.peers.get_mut(&id) {
+                        // Start this document's sync afresh next time rather than stall.
+                        peer.states.remove(doc);
+                    }
+                }
+            }
+        }
+        items
     }
 
     fn ephemeral(&self, id: SessionId, e: Ephemeral) -> Vec<Delivery> {
@@ -429,6 +493,9 @@ impl<S: Storage> Hub<S> {
         let tenant = self.peers[&id].tenant.clone();
         let mut items = Vec::new();
         for doc_id in docs {
+            if !self.peers[&id].grants.can_read(doc_id.collection()) {
+                continue;
+            }
             self.ensure_state(id, doc_id)?;
             self.doc(&tenant, doc_id)?;
             let doc = &self.docs[&(tenant.clone(), doc_id.clone())];

@@ -96,6 +96,15 @@ impl Metrics {
         }
     }
 
+    /// Counts a refused token under its reason.
+    pub fn auth_failed(&self, error: &crate::auth::AuthError) {
+        self.auth_failures
+            .get_or_create(&ReasonLabel {
+                reason: error.reason().into(),
+            })
+            .inc();
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

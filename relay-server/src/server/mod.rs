@@ -47,6 +47,8 @@ pub const OUTBOX: usize = 1024;
 pub const HUB_QUEUE: usize = 4096;
 /// Close code for a client that could not keep up; it should reconnect and reconcile.
 pub const SLOW_CONSUMER: u16 = 4009;
+/// How long one write to a client may take before the connection is dropped.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The WebSocket subprotocol of version 1.
 pub const SUBPROTOCOL: &str = "syncline.v1";
 
@@ -66,6 +68,8 @@ enum HubCommand {
         id: SessionId,
         now_ms: u64,
     },
+    /// Finish the queued commands, then stop.
+    Shutdown,
 }
 
 /// What every request handler shares.
@@ -79,6 +83,7 @@ pub struct AppState {
     shutdown: CancellationToken,
     connections: TaskTracker,
     ready: Arc<AtomicBool>,
+    hub_thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl AppState {
@@ -94,7 +99,7 @@ impl AppState {
     ) -> std::io::Result<Self> {
         let (hub, commands) = mpsc::channel(HUB_QUEUE);
         let hub_metrics = Arc::clone(&metrics);
-        std::thread::Builder::new()
+        let hub_thread = std::thread::Builder::new()
             .name("syncline-hub".into())
             .spawn(move || run_hub(Hub::new(storage), commands, &hub_metrics))?;
         Ok(Self {
@@ -106,6 +111,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             ready: Arc::new(AtomicBool::new(true)),
+            hub_thread: Arc::new(parking_lot::Mutex::new(Some(hub_thread))),
         })
     }
 
@@ -120,6 +126,17 @@ impl AppState {
             .is_err()
         {
             tracing::warn!("connections still open after the drain grace period");
+        }
+        // Let the hub save what the closed connections left (sync states, last sync), then
+        // stop it.
+        if self.hub.send(HubCommand::Shutdown).await.is_ok() {
+            let thread = self.hub_thread.lock().take();
+            if let Some(thread) = thread {
+                let joined = tokio::task::spawn_blocking(move || thread.join());
+                if tokio::time::timeout(grace, joined).await.is_err() {
+                    tracing::warn!("the hub did not finish within the drain grace period");
+                }
+            }
         }
     }
 }
@@ -197,13 +214,7 @@ async fn sync_endpoint(
     let verified = match state.auth.verify(&token, now_ms() / 1000) {
         Ok(v) => v,
         Err(e) => {
-            state
-                .metrics
-                .auth_failures
-                .get_or_create(&metrics::ReasonLabel {
-                    reason: e.reason().into(),
-                })
-                .inc();
+            state.metrics.auth_failed(&e);
             tracing::info!(reason = e.reason(), "refused a connection: {e}");
             return (StatusCode::UNAUTHORIZED, "invalid or missing token\n").into_response();
         }
@@ -285,7 +296,11 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break None,
             },
             delivered = inbox.recv() => match delivered {
-                Some(message) => Output { send: vec![message], ..Output::default() },
+                // The hub may have queued this before it learned of narrower grants.
+                Some(message) => Output {
+                    send: visible(message, session.grants()).into_iter().collect(),
+                    ..Output::default()
+                },
                 None => break Some(Close { code: SLOW_CONSUMER, reason: "too slow: reconnect to resync".into() }),
             },
             () = tokio::time::sleep_until(deadline) => session.handle_tick(now_ms()),
@@ -306,6 +321,36 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
     }
 }
 
+/// What of a message the session may still see under its current grants.
+fn visible(message: Message, grants: &crate::auth::Grants) -> Option<Message> {
+    use syncline_protocol::messages::{Ack, Plan, Sync};
+    let readable = |doc: &syncline_protocol::DocId| grants.can_read(doc.collection());
+    match message {
+        Message::Sync(Sync { items }) => {
+            let items: Vec<_> = items.into_iter().filter(|i| readable(&i.doc)).collect();
+            (!items.is_empty()).then_some(Message::Sync(Sync { items }))
+        }
+        Message::Ack(Ack { items }) => {
+            let items: Vec<_> = items.into_iter().filter(|i| readable(&i.doc)).collect();
+            (!items.is_empty()).then_some(Message::Ack(Ack { items }))
+        }
+        Message::Plan(Plan {
+            send,
+            deferred,
+            cursors,
+        }) => Some(Message::Plan(Plan {
+            send: send.into_iter().filter(|e| readable(&e.doc)).collect(),
+            deferred: deferred.into_iter().filter(|e| readable(&e.doc)).collect(),
+            cursors: cursors
+                .into_iter()
+                .filter(|c| grants.can_read(&c.collection))
+                .collect(),
+        })),
+        Message::Ephemeral(e) => readable(&e.doc).then_some(Message::Ephemeral(e)),
+        other => Some(other),
+    }
+}
+
 /// Sends a session output's messages, runs its actions, and reports a close.
 async fn apply<W>(
     state: &AppState,
@@ -322,9 +367,13 @@ where
             let bytes = frame::encode(&message);
             state.metrics.frames_out.inc();
             state.metrics.bytes_out.inc_by(bytes.len() as u64);
-            sink.send(WsMessage::Binary(bytes.into()))
+            // A client that stops reading must not pin this task: give up after SEND_TIMEOUT.
+            match tokio::time::timeout(SEND_TIMEOUT, sink.send(WsMessage::Binary(bytes.into())))
                 .await
-                .map_err(drop)?;
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(()),
+            }
         }
         let mut follow_up = None;
         for action in output.actions.drain(..) {
@@ -332,13 +381,7 @@ where
                 Action::VerifyToken(token) => {
                     let result = state.auth.verify(&token, now_ms() / 1000);
                     if let Err(e) = &result {
-                        state
-                            .metrics
-                            .auth_failures
-                            .get_or_create(&metrics::ReasonLabel {
-                                reason: e.reason().into(),
-                            })
-                            .inc();
+                        state.metrics.auth_failed(e);
                     }
                     follow_up = Some(session.handle_token_verified(result));
                 }
@@ -410,6 +453,7 @@ fn run_hub<S: Storage>(
     let mut routes: HashMap<SessionId, mpsc::Sender<Message>> = HashMap::new();
     while let Some(command) = commands.blocking_recv() {
         match command {
+            HubCommand::Shutdown => break,
             HubCommand::Connect {
                 id,
                 verified,
@@ -501,4 +545,47 @@ fn now_ms() -> u64 {
 /// The address the relay is listening on, formatted for its start-up line.
 pub fn listening_line(addr: SocketAddr) -> String {
     format!("syncline-relay listening on {addr}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use syncline_protocol::messages::{Ephemeral, Sync, SyncItem};
+    use syncline_protocol::{Collection, Message};
+
+    use super::visible;
+    use crate::auth::Grants;
+    use crate::auth::claims::CollectionSet;
+
+    #[test]
+    fn outbound_messages_are_filtered_by_the_current_grants() {
+        let todos = Collection::new("todos").expect("valid");
+        let grants = Grants {
+            read: CollectionSet::Only(BTreeSet::from([todos])),
+            write: CollectionSet::Only(BTreeSet::new()),
+        };
+        let item = |d: &str| SyncItem {
+            doc: d.parse().expect("id"),
+            message: vec![1],
+        };
+        let sync = Message::Sync(Sync {
+            items: vec![item("todos/a"), item("secret/b")],
+        });
+        let Some(Message::Sync(kept)) = visible(sync, &grants) else {
+            panic!("kept")
+        };
+        assert_eq!(kept.items.len(), 1);
+        assert_eq!(kept.items[0].doc.to_string(), "todos/a");
+        let only_secret = Message::Sync(Sync {
+            items: vec![item("secret/b")],
+        });
+        assert_eq!(visible(only_secret, &grants), None);
+        let presence = Message::Ephemeral(Ephemeral {
+            doc: "secret/b".parse().expect("id"),
+            payload: vec![],
+            from: None,
+        });
+        assert_eq!(visible(presence, &grants), None);
+    }
 }

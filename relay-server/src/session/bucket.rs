@@ -30,12 +30,13 @@ impl TokenBucket {
         // per_second tokens per 1000 ms = per_second milli-tokens per ms.
         self.milli_tokens =
             (self.milli_tokens + elapsed * u128::from(self.per_second)).min(capacity);
-        let need = u128::from(n) * 1000;
+        // A request larger than a second's budget costs a full bucket instead of never fitting.
+        let need = (u128::from(n) * 1000).min(capacity);
         if need <= self.milli_tokens {
             self.milli_tokens -= need;
             return Ok(());
         }
-        let missing = need.min(capacity) - self.milli_tokens.min(need.min(capacity));
+        let missing = need - self.milli_tokens;
         let wait = missing.div_ceil(u128::from(self.per_second)).max(1);
         Err(u64::try_from(wait).unwrap_or(u64::MAX))
     }
@@ -56,6 +57,11 @@ mod tests {
         b.take(1, 100).expect("refilled");
         assert!(b.take(5, 200).is_err());
         b.take(5, 600).expect("refilled to five");
+        let mut small = TokenBucket::per_second(10, 0);
+        small
+            .take(25, 0)
+            .expect("a request over a second's budget takes a full bucket");
+        assert_eq!(small.take(1, 0), Err(100));
         let mut unlimited = TokenBucket::per_second(0, 0);
         unlimited.take(u64::MAX, 0).expect("0 means unlimited");
     }
