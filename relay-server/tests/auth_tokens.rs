@@ -102,6 +102,7 @@ fn accepts_every_supported_algorithm_and_reads_the_claims() {
         assert_eq!(verified.identity.tenant, "acme");
         assert_eq!(verified.identity.device.to_string(), c.dev);
         assert_eq!(verified.expires_at, NOW + 3600);
+        assert_eq!(verified.valid_until, NOW + 3600 + 30, "exp plus the leeway");
         assert!(verified.grants.can_read(&todos) && verified.grants.can_write(&todos));
         assert!(verified.grants.can_read(&notes) && !verified.grants.can_write(&notes));
         assert!(!verified.grants.can_read(&secret) && !verified.grants.can_write(&secret));

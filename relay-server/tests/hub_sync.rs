@@ -525,3 +525,27 @@ fn a_failing_item_leaves_no_unstored_change_behind() {
     }
     assert_eq!(check.get_heads(), w.clients[&3].docs[&x].get_heads());
 }
+
+/// Review finding: fetching ids the relay does not hold must not create documents or sync
+/// states (a cheap way to grow the relay's memory and its `sync_states` table).
+#[test]
+fn fetching_unknown_documents_creates_nothing() {
+    let mut w = World::new();
+    w.join(1, "acme", grants(&["todos"], &[]));
+    let made_up: Vec<DocId> = (0..50).map(|i| doc(&format!("todos/nope{i}"))).collect();
+    w.run(vec![(1, Action::Fetch(made_up.clone()))]);
+    assert!(
+        !w.clients[&1]
+            .inbox
+            .iter()
+            .any(|m| matches!(m, Message::Sync(_)))
+    );
+    w.hub.disconnect(1, 100).expect("disconnect");
+    let device = DeviceId::from_bytes([1; 16]);
+    for d in &made_up {
+        assert_eq!(
+            w.storage.load_sync_state("acme", &device, d).expect("load"),
+            None
+        );
+    }
+}

@@ -33,6 +33,7 @@ fn verified(read: &[&str], write: &[&str], expires_secs: u64) -> Verified {
             write: only(write),
         },
         expires_at: expires_secs,
+        valid_until: expires_secs,
     }
 }
 
@@ -558,4 +559,28 @@ fn changes_with_dependencies_are_accepted() {
 
 fn doc_id(s: &str) -> DocId {
     s.parse().expect("valid")
+}
+
+#[test]
+fn a_fetch_over_the_document_limit_is_refused() {
+    let few = Limits {
+        max_docs_per_subscription: 10,
+        ..limits()
+    };
+    let mut s = Session::new(
+        "s".into(),
+        verified(&["todos"], &[], T0 / 1000 + 60),
+        few,
+        T0,
+    );
+    s.handle_frame(&frame::encode(&hello(vec![1])), T0);
+    let ten: Vec<DocId> = (0..10).map(|i| doc_id(&format!("todos/d{i}"))).collect();
+    assert!(matches!(
+        &send(&mut s, Message::Fetch(Fetch { docs: ten })).actions[..],
+        [Action::Fetch(_)]
+    ));
+    let docs: Vec<DocId> = (0..11).map(|i| doc_id(&format!("todos/d{i}"))).collect();
+    let out = send(&mut s, Message::Fetch(Fetch { docs }));
+    assert_eq!(error_codes(&out), vec![ErrorCode::LIMIT_EXCEEDED.0]);
+    assert!(out.actions.is_empty());
 }

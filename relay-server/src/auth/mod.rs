@@ -104,6 +104,8 @@ pub struct Verified {
     pub grants: Grants,
     /// `exp`, in seconds since the Unix epoch.
     pub expires_at: u64,
+    /// `exp` plus the clock-skew leeway: until when a live connection may use the token.
+    pub valid_until: u64,
 }
 
 /// Checks tokens. Cheap to share between connections.
@@ -189,6 +191,7 @@ impl Authenticator {
             identity,
             grants,
             expires_at: exp,
+            valid_until: exp.saturating_add(self.leeway_secs),
         })
     }
 

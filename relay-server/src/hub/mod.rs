@@ -171,8 +171,19 @@ impl<S: Storage> Hub<S> {
             Action::Reconcile(reconcile) => self.reconcile(id, reconcile),
             Action::Sync(items) => self.sync(id, items, now_ms),
             Action::Fetch(docs) => {
+                // Only documents the relay holds: fetching made-up ids must not create empty
+                // documents and sync states.
+                let tenant = self.peers[&id].tenant.clone();
+                let mut held = Vec::with_capacity(docs.len());
+                for doc in docs {
+                    let key = (tenant.clone(), doc);
+                    if self.docs.contains_key(&key) || self.storage.load(&tenant, &key.1)?.is_some()
+                    {
+                        held.push(key.1);
+                    }
+                }
                 let mut out = Vec::new();
-                let items = self.outgoing(id, &docs)?;
+                let items = self.outgoing(id, &held)?;
                 push_batches(&mut out, id, items);
                 Ok(out)
             }

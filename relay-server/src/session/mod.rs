@@ -115,7 +115,7 @@ impl Session {
             id,
             identity: verified.identity,
             grants: verified.grants,
-            expires_at_ms: verified.expires_at.saturating_mul(1000),
+            expires_at_ms: verified.valid_until.saturating_mul(1000),
             frames: TokenBucket::per_second(u64::from(limits.max_frames_per_s), now_ms),
             bytes: TokenBucket::per_second(limits.max_bytes_per_s, now_ms),
             limits,
@@ -252,7 +252,7 @@ impl Session {
                 );
             }
             Ok(verified) => {
-                self.expires_at_ms = verified.expires_at.saturating_mul(1000);
+                self.expires_at_ms = verified.valid_until.saturating_mul(1000);
                 if verified.grants != self.grants {
                     self.grants = verified.grants;
                     out.actions.push(Action::GrantsChanged(self.grants.clone()));
@@ -339,6 +339,17 @@ impl Session {
                 if !accepted.is_empty() {
                     out.actions.push(Action::Sync(accepted));
                 }
+            }
+            Message::Fetch(f)
+                if f.docs.len()
+                    > usize::try_from(self.limits.max_docs_per_subscription)
+                        .unwrap_or(usize::MAX) =>
+            {
+                let msg = format!(
+                    "at most {} documents per fetch",
+                    self.limits.max_docs_per_subscription
+                );
+                self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
             }
             Message::Fetch(f) => match f
                 .docs
