@@ -102,19 +102,10 @@ impl Client {
         let (socket, _) = tokio_tungstenite::connect_async(request).await?;
         let mut client = Self { socket };
         client
-            .send(&Message::Hello(Hello {
-                versions: vec![1],
-                compression: vec![0],
-                profile: Profile {
-                    class: DeviceClass::Desktop,
-                    storage_budget_bytes: None,
-                    download_bytes_per_s: None,
-                    upload_bytes_per_s: None,
-                    metered: false,
-                    realtime: true,
-                },
-                client: "syncline-bench".into(),
-            }))
+            .send(&syncline_testkit::hello(
+                "syncline-bench",
+                DeviceClass::Desktop,
+            ))
             .await?;
         anyhow::ensure!(
             matches!(client.next().await?, Message::Welcome(_)),

@@ -117,20 +117,8 @@ impl Device {
             states: HashMap::new(),
             received: Vec::new(),
         };
-        d.send(Message::Hello(Hello {
-            versions: vec![1],
-            compression: vec![0],
-            profile: Profile {
-                class: DeviceClass::Phone,
-                storage_budget_bytes: None,
-                download_bytes_per_s: None,
-                upload_bytes_per_s: None,
-                metered: false,
-                realtime: true,
-            },
-            client: "e2e".into(),
-        }))
-        .await;
+        d.send(syncline_testkit::hello("e2e", DeviceClass::Phone))
+            .await;
         assert!(matches!(d.next().await, Message::Welcome(_)));
         d.send(Message::Subscribe(Subscribe {
             collections: vec![CollectionSubscription {

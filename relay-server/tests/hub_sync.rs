@@ -137,14 +137,7 @@ impl World {
         };
         self.hub.connect(id, identity, g, 1);
         self.clients.insert(id, Client::default());
-        let profile = Profile {
-            class: DeviceClass::Desktop,
-            storage_budget_bytes: None,
-            download_bytes_per_s: None,
-            upload_bytes_per_s: None,
-            metered: false,
-            realtime: true,
-        };
+        let profile = syncline_testkit::profile(DeviceClass::Desktop);
         self.run(vec![
             (id, Action::Register(profile)),
             (

@@ -64,14 +64,7 @@ fn hello(versions: Vec<u32>) -> Message {
     Message::Hello(Hello {
         versions,
         compression: vec![0],
-        profile: Profile {
-            class: DeviceClass::Phone,
-            storage_budget_bytes: None,
-            download_bytes_per_s: None,
-            upload_bytes_per_s: None,
-            metered: false,
-            realtime: true,
-        },
+        profile: syncline_testkit::profile(DeviceClass::Phone),
         client: "test".into(),
     })
 }

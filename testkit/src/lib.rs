@@ -1,11 +1,15 @@
 //! Test support shared by Syncline's end-to-end tests and benchmarks.
 //!
 //! Today: [`Child`], a spawned process that is killed when dropped and whose stdout is read
-//! line by line, so a test never leaves a process behind however it fails. The simulated
+//! line by line, so a test never leaves a process behind however it fails; and protocol
+//! fixtures ([`profile`], [`hello`]) shared by the relay's tests and benchmarks. The simulated
 //! network and the storage contract tests join it with the relay and the sync engine.
 
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{ChildStdout, Command, Stdio};
+
+use syncline_protocol::Message;
+use syncline_protocol::messages::{DeviceClass, Hello, Profile};
 
 /// A child process with piped stdout, killed (SIGKILL) and reaped on drop.
 pub struct Child {
@@ -100,6 +104,28 @@ impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.kill();
     }
+}
+
+/// A capability profile of `class`: unmetered, realtime, no declared budget or bandwidth.
+pub fn profile(class: DeviceClass) -> Profile {
+    Profile {
+        class,
+        storage_budget_bytes: None,
+        download_bytes_per_s: None,
+        upload_bytes_per_s: None,
+        metered: false,
+        realtime: true,
+    }
+}
+
+/// A version-1 `Hello` from `client` with [`profile`]`(class)`, no compression.
+pub fn hello(client: &str, class: DeviceClass) -> Message {
+    Message::Hello(Hello {
+        versions: vec![syncline_protocol::PROTOCOL_VERSION],
+        compression: vec![0],
+        profile: profile(class),
+        client: client.to_owned(),
+    })
 }
 
 /// A fresh temporary directory, removed when dropped.
