@@ -61,6 +61,8 @@ mod heads;
 mod ids;
 pub mod messages;
 mod priority;
+#[cfg(feature = "automerge")]
+pub mod sync_state;
 
 pub use frame::FrameError;
 pub use heads::{Hash, Heads};

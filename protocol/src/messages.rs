@@ -369,6 +369,10 @@ pub struct Error {
     /// When to try again, if retrying can help.
     #[n(2)]
     pub retry_after_ms: Option<u64>,
+    /// The document the error is about, when it is about one `Sync` item: the rest of the
+    /// frame was handled, and the sender stops waiting for this document's acknowledgement.
+    #[n(3)]
+    pub doc: Option<DocId>,
 }
 
 /// Every message of protocol version 1.

@@ -148,7 +148,7 @@ fn tenants_are_isolated<S: Storage>(s: &S) {
     s.set_cursor("acme", &device(1), &col("todos"), 5)
         .expect("cursor");
     assert!(s.cursors("globex", &device(1)).expect("cursors").is_empty());
-    s.save_sync_state("acme", &device(1), &doc("todos/a"), b"state")
+    s.save_sync_states("acme", &device(1), &[(doc("todos/a"), b"state".to_vec())])
         .expect("save");
     assert_eq!(
         s.load_sync_state("globex", &device(1), &doc("todos/a"))
@@ -222,9 +222,9 @@ fn registry_cursors_and_sync_state<S: Storage>(s: &S) {
         s.cursors("t", &device(1)).expect("cursors"),
         vec![(col("notes"), 1), (col("todos"), 7)]
     );
-    s.save_sync_state("t", &device(1), &doc("todos/a"), b"one")
+    s.save_sync_states("t", &device(1), &[(doc("todos/a"), b"one".to_vec())])
         .expect("save");
-    s.save_sync_state("t", &device(1), &doc("todos/a"), b"two")
+    s.save_sync_states("t", &device(1), &[(doc("todos/a"), b"two".to_vec())])
         .expect("save");
     assert_eq!(
         s.load_sync_state("t", &device(1), &doc("todos/a"))

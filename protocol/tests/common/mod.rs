@@ -158,15 +158,20 @@ pub fn message() -> impl Strategy<Value = Message> {
                 payload,
                 from
             })),
-        (any::<u16>(), ".{0,20}", any::<Option<u64>>()).prop_map(
-            |(code, message, retry_after_ms)| {
+        (
+            any::<u16>(),
+            ".{0,20}",
+            any::<Option<u64>>(),
+            proptest::option::of(doc_id())
+        )
+            .prop_map(|(code, message, retry_after_ms, doc)| {
                 Message::Error(Error {
                     code: ErrorCode(code),
                     message,
                     retry_after_ms,
+                    doc,
                 })
-            }
-        ),
+            }),
     ]
 }
 
@@ -306,6 +311,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                 code: ErrorCode::RATE_LIMITED,
                 message: "slow down".into(),
                 retry_after_ms: Some(250),
+                doc: None,
             }),
         ),
     ]

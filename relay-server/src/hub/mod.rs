@@ -17,6 +17,7 @@ use syncline_protocol::messages::{
     Ack, AckItem, CollectionSubscription, Cursor, Ephemeral, Error, ErrorCode, Plan, PlanEntry,
     Profile, Reconcile, Sync, SyncItem,
 };
+use syncline_protocol::sync_state;
 use syncline_protocol::{Collection, DocId, Hash, Heads, Message, Priority};
 
 use crate::auth::{Grants, Identity};
@@ -31,6 +32,17 @@ pub const SYNC_BATCH: usize = 256;
 
 /// Documents listed per storage query while planning.
 const PLAN_PAGE: usize = 1000;
+
+/// What the hub assumes a session holds of a document it has no sync state for, saved or in
+/// memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsaved {
+    /// Nothing: a device new to the collection, or a document created just now. Its first
+    /// message is the whole document.
+    Nothing,
+    /// Unknown (the relay may have lost the state): Automerge's opening exchange finds out.
+    Unknown,
+}
 
 /// A message for one session.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,10 +138,13 @@ impl<S: Storage> Hub<S> {
             return Ok(());
         };
         let device = peer.identity.device;
-        for (doc, state) in &peer.states {
-            self.storage
-                .save_sync_state(&peer.tenant, &device, doc, &state.encode())?;
-        }
+        let states: Vec<(DocId, Vec<u8>)> = peer
+            .states
+            .iter()
+            .map(|(doc, state)| (doc.clone(), state.encode()))
+            .collect();
+        self.storage
+            .save_sync_states(&peer.tenant, &device, &states)?;
         self.storage
             .touch_device(&peer.tenant, &device, now_ms, false)?;
         if let Some(synced) = peer.last_sync_ms {
@@ -183,7 +198,7 @@ impl<S: Storage> Hub<S> {
                     }
                 }
                 let mut out = Vec::new();
-                let items = self.outgoing(id, &held)?;
+                let items = self.outgoing(id, &held, Unsaved::Unknown)?;
                 push_batches(&mut out, id, items);
                 Ok(out)
             }
@@ -242,12 +257,16 @@ impl<S: Storage> Hub<S> {
         // Each entry with its collection sequence, for ordering by recency.
         let mut entries: BTreeMap<DocId, (PlanEntry, u64)> = BTreeMap::new();
         let mut reached = Vec::new();
+        let mut new_collections = Vec::new();
         for sub in peer
             .subscriptions
             .iter()
             .filter(|s| peer.grants.can_read(&s.collection))
         {
             let mut after = cursors.get(&sub.collection).copied().unwrap_or(0);
+            if after == 0 {
+                new_collections.push(sub.collection.clone());
+            }
             loop {
                 let page =
                     self.storage
@@ -300,16 +319,29 @@ impl<S: Storage> Hub<S> {
                 cursor.seq,
             )?;
         }
-        let docs: Vec<DocId> = send.iter().map(|e| e.doc.clone()).collect();
+        let mut items = Vec::new();
+        let mut planned = Vec::new();
+        for entry in send {
+            let unsaved = if new_collections.contains(entry.doc.collection()) {
+                Unsaved::Nothing
+            } else {
+                Unsaved::Unknown
+            };
+            let mut item = self.outgoing(id, std::slice::from_ref(&entry.doc), unsaved)?;
+            // A document the session already has in full needs no message and no plan entry.
+            if !item.is_empty() {
+                planned.push(entry);
+                items.append(&mut item);
+            }
+        }
         let mut out = vec![Delivery {
             to: id,
             message: Message::Plan(Plan {
-                send,
+                send: planned,
                 deferred: Vec::new(),
                 cursors: reached,
             }),
         }];
-        let items = self.outgoing(id, &docs)?;
         push_batches(&mut out, id, items);
         Ok(out)
     }
@@ -330,7 +362,10 @@ impl<S: Storage> Hub<S> {
         let mut out = Vec::new();
         // Each document's heads before this frame's first item for it, in first-seen order.
         let mut before: Vec<(DocId, Vec<ChangeHash>)> = Vec::new();
-        if let Err(e) = self.apply_items(id, &tenant, items, &mut before, &mut out) {
+        // Documents whose items carried changes: they are acknowledged, even when the changes
+        // were already here (a resend after a cut).
+        let mut carried: Vec<DocId> = Vec::new();
+        if let Err(e) = self.apply_items(id, &tenant, items, &mut before, &mut carried, &mut out) {
             self.evict(&tenant, before.iter().map(|(doc, _)| doc));
             return Err(e);
         }
@@ -358,9 +393,15 @@ impl<S: Storage> Hub<S> {
                 }
             }
         };
-        if !before.is_empty() {
+        // Replies go before the acknowledgement: a client that has its Ack has also had
+        // everything the relay answered to that frame.
+        let touched: Vec<DocId> = before.iter().map(|(doc, _)| doc.clone()).collect();
+        let replies = self.outgoing_logged(id, &touched, Unsaved::Unknown);
+        push_batches(&mut out, id, replies);
+        carried.retain(|doc| before.iter().any(|(d, _)| d == doc));
+        if !carried.is_empty() {
             let seq_of: HashMap<&DocId, u64> = appends.iter().map(|a| &a.doc).zip(seqs).collect();
-            let acks = self.acks(&tenant, &before, &seq_of);
+            let acks = self.acks(&tenant, &carried, &seq_of);
             out.push(Delivery {
                 to: id,
                 message: Message::Ack(Ack { items: acks }),
@@ -369,21 +410,29 @@ impl<S: Storage> Hub<S> {
             // dominate the cost of syncing.
             self.peer_mut(id).last_sync_ms = Some(now_ms);
         }
-        let touched: Vec<DocId> = before.into_iter().map(|(doc, _)| doc).collect();
-        let replies = self.outgoing_logged(id, &touched);
-        push_batches(&mut out, id, replies);
+        let created: Vec<DocId> = before
+            .iter()
+            .filter(|(_, heads)| heads.is_empty())
+            .map(|(doc, _)| doc.clone())
+            .collect();
         let changed: Vec<DocId> = appends.into_iter().map(|a| a.doc).collect();
         let others: Vec<SessionId> = self.peers.keys().copied().filter(|p| *p != id).collect();
         for other in others {
-            let docs: Vec<DocId> = changed
+            let mut items = Vec::new();
+            let receives: Vec<DocId> = changed
                 .iter()
                 .filter(|d| self.peers[&other].receives(&tenant, d))
                 .cloned()
                 .collect();
-            if !docs.is_empty() {
-                let items = self.outgoing_logged(other, &docs);
-                push_batches(&mut out, other, items);
+            for doc in &receives {
+                let unsaved = if created.contains(doc) {
+                    Unsaved::Nothing
+                } else {
+                    Unsaved::Unknown
+                };
+                items.append(&mut self.outgoing_logged(other, std::slice::from_ref(doc), unsaved));
             }
+            push_batches(&mut out, other, items);
         }
         Ok(out)
     }
@@ -396,18 +445,18 @@ impl<S: Storage> Hub<S> {
         tenant: &str,
         items: Vec<SyncItem>,
         before: &mut Vec<(DocId, Vec<ChangeHash>)>,
+        carried: &mut Vec<DocId>,
         out: &mut Vec<Delivery>,
     ) -> Result<(), HubError> {
         for item in items {
             let Ok(message) = SyncMessage::decode(&item.message) else {
-                out.push(error(
-                    id,
-                    ErrorCode::BAD_DOCUMENT,
-                    &format!("{}: undecodable", item.doc),
-                ));
+                out.push(error(id, ErrorCode::BAD_DOCUMENT, &item.doc, "undecodable"));
                 continue;
             };
-            self.ensure_state(id, &item.doc)?;
+            if !message.changes.is_empty() && !carried.contains(&item.doc) {
+                carried.push(item.doc.clone());
+            }
+            self.ensure_state(id, &item.doc, Unsaved::Unknown)?;
             let heads = self.doc(tenant, &item.doc)?.get_heads();
             if !before.iter().any(|(doc, _)| *doc == item.doc) {
                 before.push((item.doc.clone(), heads));
@@ -434,7 +483,8 @@ impl<S: Storage> Hub<S> {
                 out.push(error(
                     id,
                     ErrorCode::BAD_DOCUMENT,
-                    &format!("{}: changes do not apply", item.doc),
+                    &item.doc,
+                    "changes do not apply",
                 ));
             }
         }
@@ -442,15 +492,9 @@ impl<S: Storage> Hub<S> {
     }
 
     /// Acknowledgements for the documents of a frame, with the heads now durable.
-    fn acks(
-        &self,
-        tenant: &str,
-        before: &[(DocId, Vec<ChangeHash>)],
-        seq_of: &HashMap<&DocId, u64>,
-    ) -> Vec<AckItem> {
-        before
-            .iter()
-            .filter_map(|(doc, _)| {
+    fn acks(&self, tenant: &str, docs: &[DocId], seq_of: &HashMap<&DocId, u64>) -> Vec<AckItem> {
+        docs.iter()
+            .filter_map(|doc| {
                 let loaded = self.docs.get(&(tenant.to_owned(), doc.clone()))?;
                 Some(AckItem {
                     doc: doc.clone(),
@@ -470,10 +514,15 @@ impl<S: Storage> Hub<S> {
 
     /// [`Hub::outgoing`] for use after a commit: a failure is logged and skips that document's
     /// messages for this session, instead of discarding what was committed.
-    fn outgoing_logged(&mut self, id: SessionId, docs: &[DocId]) -> Vec<SyncItem> {
+    fn outgoing_logged(
+        &mut self,
+        id: SessionId,
+        docs: &[DocId],
+        unsaved: Unsaved,
+    ) -> Vec<SyncItem> {
         let mut items = Vec::new();
         for doc in docs {
-            match self.outgoing(id, std::slice::from_ref(doc)) {
+            match self.outgoing(id, std::slice::from_ref(doc), unsaved) {
                 Ok(mut more) => items.append(&mut more),
                 Err(e) => {
                     tracing::error!(session = id, doc = %doc, error = %e, "could not prepare a sync message");
@@ -499,15 +548,21 @@ impl<S: Storage> Hub<S> {
             .collect()
     }
 
-    /// The next sync message for each document, for session `id`.
-    fn outgoing(&mut self, id: SessionId, docs: &[DocId]) -> Result<Vec<SyncItem>, HubError> {
+    /// The next sync message for each document, for session `id`; none for a document whose
+    /// heads the session is known to share.
+    fn outgoing(
+        &mut self,
+        id: SessionId,
+        docs: &[DocId],
+        unsaved: Unsaved,
+    ) -> Result<Vec<SyncItem>, HubError> {
         let tenant = self.peers[&id].tenant.clone();
         let mut items = Vec::new();
         for doc_id in docs {
             if !self.peers[&id].grants.can_read(doc_id.collection()) {
                 continue;
             }
-            self.ensure_state(id, doc_id)?;
+            self.ensure_state(id, doc_id, unsaved)?;
             self.doc(&tenant, doc_id)?;
             let doc = &self.docs[&(tenant.clone(), doc_id.clone())];
             let state = self
@@ -517,6 +572,7 @@ impl<S: Storage> Hub<S> {
                 .states
                 .get_mut(doc_id)
                 .expect("ensured");
+            sync_state::settle(state, &doc.get_heads());
             if let Some(message) = doc.generate_sync_message(state) {
                 items.push(SyncItem {
                     doc: doc_id.clone(),
@@ -527,17 +583,26 @@ impl<S: Storage> Hub<S> {
         Ok(items)
     }
 
-    /// Makes sure session `id` has a sync state for `doc`: the one saved at its last
-    /// disconnect, or a fresh one.
-    fn ensure_state(&mut self, id: SessionId, doc: &DocId) -> Result<(), HubError> {
+    /// Makes sure session `id` has a sync state for `doc`. A state saved at the device's last
+    /// disconnect is primed with the heads it shared then, so the first message carries the
+    /// changes since; without one, `unsaved` says what to assume.
+    fn ensure_state(
+        &mut self,
+        id: SessionId,
+        doc: &DocId,
+        unsaved: Unsaved,
+    ) -> Result<(), HubError> {
         let peer = self.peers.get_mut(&id).expect("checked");
         if !peer.states.contains_key(doc) {
             let saved = self
                 .storage
-                .load_sync_state(&peer.tenant, &peer.identity.device, doc)?;
-            let state = saved
-                .and_then(|bytes| SyncState::decode(&bytes).ok())
-                .unwrap_or_default();
+                .load_sync_state(&peer.tenant, &peer.identity.device, doc)?
+                .and_then(|bytes| SyncState::decode(&bytes).ok());
+            let state = match (saved, unsaved) {
+                (Some(saved), _) => sync_state::primed(saved.shared_heads),
+                (None, Unsaved::Nothing) => sync_state::primed(Vec::new()),
+                (None, Unsaved::Unknown) => SyncState::new(),
+            };
             peer.states.insert(doc.clone(), state);
         }
         Ok(())
@@ -577,13 +642,14 @@ fn push_batches(out: &mut Vec<Delivery>, to: SessionId, items: Vec<SyncItem>) {
     }
 }
 
-fn error(to: SessionId, code: ErrorCode, message: &str) -> Delivery {
+fn error(to: SessionId, code: ErrorCode, doc: &DocId, message: &str) -> Delivery {
     Delivery {
         to,
         message: Message::Error(Error {
             code,
-            message: message.to_owned(),
+            message: format!("{doc}: {message}"),
             retry_after_ms: None,
+            doc: Some(doc.clone()),
         }),
     }
 }

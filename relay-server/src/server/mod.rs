@@ -531,6 +531,7 @@ fn internal_error(to: SessionId) -> Delivery {
             code: ErrorCode::INTERNAL,
             message: "the relay could not complete this request".into(),
             retry_after_ms: Some(1000),
+            doc: None,
         }),
     }
 }

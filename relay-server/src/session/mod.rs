@@ -316,24 +316,35 @@ impl Session {
                 let mut accepted = Vec::with_capacity(s.items.len());
                 for item in s.items {
                     let collection = item.doc.collection();
-                    if !self.grants.can_read(collection) {
-                        self.forbid(out, &collection.clone());
-                        continue;
-                    }
-                    match SyncMessage::decode(&item.message) {
-                        Err(e) => {
-                            let msg = format!("{}: not an Automerge sync message: {e}", item.doc);
-                            self.refuse(out, ErrorCode::BAD_DOCUMENT, &msg, None);
+                    let refusal = if !self.grants.can_read(collection) {
+                        Some((
+                            ErrorCode::FORBIDDEN,
+                            format!("no read grant for collection {collection}"),
+                        ))
+                    } else {
+                        match SyncMessage::decode(&item.message) {
+                            Err(e) => Some((
+                                ErrorCode::BAD_DOCUMENT,
+                                format!("{}: not an Automerge sync message: {e}", item.doc),
+                            )),
+                            Ok(m)
+                                if !m.changes.is_empty() && !self.grants.can_write(collection) =>
+                            {
+                                Some((
+                                    ErrorCode::FORBIDDEN,
+                                    format!("no write grant for collection {collection}"),
+                                ))
+                            }
+                            Ok(m) if !m.changes.iter().all(decodes) => Some((
+                                ErrorCode::BAD_DOCUMENT,
+                                format!("{}: a change does not decode", item.doc),
+                            )),
+                            Ok(_) => None,
                         }
-                        Ok(m) if !m.changes.is_empty() && !self.grants.can_write(collection) => {
-                            let msg = format!("no write grant for collection {collection}");
-                            self.refuse(out, ErrorCode::FORBIDDEN, &msg, None);
-                        }
-                        Ok(m) if !m.changes.iter().all(decodes) => {
-                            let msg = format!("{}: a change does not decode", item.doc);
-                            self.refuse(out, ErrorCode::BAD_DOCUMENT, &msg, None);
-                        }
-                        Ok(_) => accepted.push(item),
+                    };
+                    match refusal {
+                        Some((code, msg)) => self.refuse_item(out, code, &msg, item.doc),
+                        None => accepted.push(item),
                     }
                 }
                 if !accepted.is_empty() {
@@ -388,6 +399,15 @@ impl Session {
     }
 
     /// Answers a violation with an error frame, and closes after too many.
+    /// Refuses one `Sync` item: the error names the document, so the client stops waiting
+    /// for its acknowledgement; the rest of the frame goes on.
+    fn refuse_item(&mut self, out: &mut Output, code: ErrorCode, message: &str, doc: DocId) {
+        self.refuse(out, code, message, None);
+        if let Some(Message::Error(e)) = out.send.last_mut() {
+            e.doc = Some(doc);
+        }
+    }
+
     fn refuse(
         &mut self,
         out: &mut Output,
@@ -437,5 +457,6 @@ fn error(code: ErrorCode, message: &str, retry_after_ms: Option<u64>) -> Message
         code,
         message: message.to_owned(),
         retry_after_ms,
+        doc: None,
     })
 }

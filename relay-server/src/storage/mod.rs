@@ -182,16 +182,15 @@ pub trait Storage: Send + Sync + 'static {
         device: &DeviceId,
     ) -> Result<Vec<(Collection, u64)>, StorageError>;
 
-    /// Stores the Automerge sync state of a device for a document.
+    /// Stores the Automerge sync states of a device, one per document, in one transaction.
     ///
     /// # Errors
-    /// A [`StorageError`].
-    fn save_sync_state(
+    /// A [`StorageError`]; then none of them is stored.
+    fn save_sync_states(
         &self,
         tenant: &str,
         device: &DeviceId,
-        doc: &DocId,
-        state: &[u8],
+        states: &[(DocId, Vec<u8>)],
     ) -> Result<(), StorageError>;
 
     /// The stored Automerge sync state of a device for a document.

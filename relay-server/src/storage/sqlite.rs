@@ -516,27 +516,34 @@ impl Storage for SqliteStorage {
             .collect()
     }
 
-    fn save_sync_state(
+    fn save_sync_states(
         &self,
         tenant: &str,
         device: &DeviceId,
-        doc: &DocId,
-        state: &[u8],
+        states: &[(DocId, Vec<u8>)],
     ) -> Result<(), StorageError> {
-        self.conn
-            .lock()
-            .prepare_cached(
+        if states.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(
                 "INSERT INTO sync_states (tenant, device_id, collection, doc_id, state) \
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (tenant, device_id, collection, doc_id) \
                  DO UPDATE SET state = excluded.state",
-            )?
-            .execute(params![
-                tenant,
-                device.as_bytes().as_slice(),
-                doc.collection().as_str(),
-                doc.id(),
-                state
-            ])?;
+            )?;
+            for (doc, state) in states {
+                stmt.execute(params![
+                    tenant,
+                    device.as_bytes().as_slice(),
+                    doc.collection().as_str(),
+                    doc.id(),
+                    state
+                ])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
