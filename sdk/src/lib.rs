@@ -29,15 +29,19 @@
 //! and the Automerge model; [`Value`], [`Path`] and [`Heads`] are the vocabulary.
 
 mod clock;
+pub mod engine;
 mod error;
 mod heads;
+pub mod net;
 mod path;
 mod repo;
 pub mod store;
 mod value;
 
+pub use engine::{Progress, Status, SyncStats};
 pub use error::{Error, Result};
 pub use heads::{ChangeHash, Heads};
+pub use net::{SyncClient, SyncError, SyncOptions, TokenProvider};
 pub use path::{IntoPath, Path, Segment};
 pub use repo::{
     ChangeEvent, ChangeInfo, ChangeOrigin, Document, DocumentInfo, DocumentView, Patch,

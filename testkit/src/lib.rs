@@ -5,6 +5,8 @@
 //! fixtures ([`profile`], [`hello`]) shared by the relay's tests and benchmarks. The simulated
 //! network and the storage contract tests join it with the relay and the sync engine.
 
+pub mod relay;
+
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{ChildStdout, Command, Stdio};
 

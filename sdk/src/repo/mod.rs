@@ -11,6 +11,7 @@ mod document;
 mod history;
 mod listeners;
 mod model;
+mod sync;
 mod transaction;
 
 use std::collections::HashSet;
@@ -106,6 +107,8 @@ pub(crate) struct Shared {
     actor: ActorId,
     path: PathBuf,
     options: StoreOptions,
+    /// Local-change hooks (next id, hooks); see [`Shared::add_local_hook`].
+    hooks: parking_lot::RwLock<(u64, Vec<(u64, LocalHook)>)>,
 }
 
 impl Store {
@@ -140,6 +143,7 @@ impl Store {
                 actor,
                 path,
                 options,
+                hooks: parking_lot::RwLock::default(),
             }),
         })
     }
@@ -225,6 +229,7 @@ impl Store {
             at: now_millis(),
         };
         self.shared.insert_new(new, doc, event)?;
+        self.shared.local_changed(&id);
         Ok(Document::new(self.clone(), id))
     }
 
@@ -373,46 +378,13 @@ impl Store {
     /// [`Error::NotFound`] or a storage error.
     pub fn mark_acknowledged(&self, id: &DocId, relay: &str, heads: &Heads) -> Result<()> {
         self.shared.with_doc(id, |loaded| {
-            let doc = &loaded.doc;
-            let known = |hashes: &[ChangeHash]| -> Vec<ChangeHash> {
-                hashes
-                    .iter()
-                    .copied()
-                    .filter(|h| doc.get_change_meta_by_hash(h).is_some())
-                    .collect()
-            };
-            let acks = self.shared.db.acked_heads(loaded.row.key)?;
-            let given = known(heads.as_slice());
-            // An acknowledgement never goes backwards: keep what this relay acknowledged
-            // before and the new heads do not cover (acks can arrive out of order).
-            let uncovered: HashSet<ChangeHash> = doc
-                .get_changes_meta(&given)
-                .iter()
-                .map(|m| m.hash)
-                .collect();
-            let mut merged = given;
-            for (_, previous) in acks.iter().filter(|(r, _)| r == relay) {
-                merged.extend(
-                    known(previous.as_slice())
-                        .into_iter()
-                        .filter(|h| uncovered.contains(h)),
-                );
+            match self.shared.ack_record(loaded, relay, heads)? {
+                Some(record) => self
+                    .shared
+                    .db
+                    .record_ack(loaded.row.key, relay.to_owned(), record),
+                None => Ok(()),
             }
-            // What every relay together has covers a change if any relay has it ("pending" is
-            // what no relay has). When that is everything, record our exact heads, so that
-            // pending_documents is a plain equality test in SQL.
-            let mut everyone = merged.clone();
-            for (_, other) in acks.iter().filter(|(r, _)| r != relay) {
-                everyone.extend(known(other.as_slice()));
-            }
-            let record = if doc.get_changes_meta(&everyone).is_empty() {
-                Heads::new(doc.get_heads())
-            } else {
-                Heads::new(merged)
-            };
-            self.shared
-                .db
-                .record_ack(loaded.row.key, relay.to_owned(), record)
         })
     }
 
@@ -673,6 +645,7 @@ impl Shared {
                 .map(|c| c.raw_bytes().to_vec())
                 .expect("a commit that returned a hash made a local change");
             self.persist(loaded, change, Origin::Local)?;
+            self.local_changed(id);
             if observed {
                 self.listeners.publish(ChangeEvent {
                     doc_id: id.clone(),
@@ -731,6 +704,23 @@ impl Shared {
     /// Writes the document's new state: one more chunk, or a compacted snapshot. On failure
     /// the cached copy is poisoned, so it is reloaded from the durable state.
     fn persist(&self, loaded: &mut LoadedDoc, chunk: Vec<u8>, origin: Origin) -> Result<()> {
+        let prepared = self.prepare_update(loaded, chunk, origin);
+        if let Err(e) = self.db.update_document(loaded.row.key, prepared.update) {
+            loaded.poisoned = true;
+            return Err(e);
+        }
+        prepared.outcome.finish(&mut loaded.row);
+        Ok(())
+    }
+
+    /// The write that stores `chunk` (a change just made to `loaded`'s document): an append,
+    /// or a compaction into a new snapshot. Apply its outcome to the row once committed.
+    pub(crate) fn prepare_update(
+        &self,
+        loaded: &LoadedDoc,
+        chunk: Vec<u8>,
+        origin: Origin,
+    ) -> PreparedUpdate {
         let chunk_len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
         // Compacting rewrites the whole document, so it waits until the chunks weigh half the
         // snapshot: the cost per write then stays proportional to the change, however long the
@@ -745,37 +735,133 @@ impl Shared {
         };
         let deleted = model::is_tombstoned(&loaded.doc);
         let at = now_millis();
-        let update = DocUpdate {
-            content,
-            heads: Heads::new(loaded.doc.get_heads()),
-            deleted,
-            origin,
-            at,
-        };
-        let written = match &update.content {
+        let written = match &content {
             ContentWrite::Append(c) | ContentWrite::Compact(c) => {
                 u64::try_from(c.len()).unwrap_or(u64::MAX)
             }
         };
-        if let Err(e) = self.db.update_document(loaded.row.key, update) {
-            loaded.poisoned = true;
-            return Err(e);
+        PreparedUpdate {
+            update: DocUpdate {
+                content,
+                heads: Heads::new(loaded.doc.get_heads()),
+                deleted,
+                origin,
+                at,
+            },
+            outcome: UpdateOutcome {
+                compact,
+                written,
+                deleted,
+                origin,
+                at,
+            },
         }
-        let row = &mut loaded.row;
-        if compact {
-            row.snapshot_bytes = written;
+    }
+
+    /// The acknowledgement to record for `relay` having durably received `heads` of `loaded`'s
+    /// document, or `None` if it would change nothing.
+    ///
+    /// Unknown hashes are ignored and an acknowledgement never goes backwards (what this relay
+    /// acknowledged before and `heads` do not cover is kept: acks can arrive out of order).
+    /// When the relays together cover every change, the record is the document's exact heads,
+    /// so that "pending" stays a plain equality test in SQL.
+    pub(crate) fn ack_record(
+        &self,
+        loaded: &LoadedDoc,
+        relay: &str,
+        heads: &Heads,
+    ) -> Result<Option<Heads>> {
+        let doc = &loaded.doc;
+        let known = |hashes: &[ChangeHash]| -> Vec<ChangeHash> {
+            hashes
+                .iter()
+                .copied()
+                .filter(|h| doc.get_change_meta_by_hash(h).is_some())
+                .collect()
+        };
+        let acks = self.db.acked_heads(loaded.row.key)?;
+        let given = known(heads.as_slice());
+        let uncovered: HashSet<ChangeHash> = doc
+            .get_changes_meta(&given)
+            .iter()
+            .map(|m| m.hash)
+            .collect();
+        let mut merged = given;
+        let mut previous_record = None;
+        for (_, previous) in acks.iter().filter(|(r, _)| r == relay) {
+            previous_record = Some(previous.clone());
+            merged.extend(
+                known(previous.as_slice())
+                    .into_iter()
+                    .filter(|h| uncovered.contains(h)),
+            );
+        }
+        let mut everyone = merged.clone();
+        for (_, other) in acks.iter().filter(|(r, _)| r != relay) {
+            everyone.extend(known(other.as_slice()));
+        }
+        let record = if doc.get_changes_meta(&everyone).is_empty() {
+            Heads::new(doc.get_heads())
+        } else {
+            Heads::new(merged)
+        };
+        Ok((previous_record.as_ref() != Some(&record)).then_some(record))
+    }
+
+    /// Registers `hook`, called with the id of every document changed by a local write, after
+    /// the write is durable and before it returns. Hooks must be quick and must not block.
+    pub(crate) fn add_local_hook(&self, hook: LocalHook) -> u64 {
+        let mut hooks = self.hooks.write();
+        let id = hooks.0;
+        hooks.0 += 1;
+        hooks.1.push((id, hook));
+        id
+    }
+
+    pub(crate) fn remove_local_hook(&self, id: u64) {
+        self.hooks.write().1.retain(|(h, _)| *h != id);
+    }
+
+    fn local_changed(&self, doc: &DocId) {
+        for (_, hook) in &self.hooks.read().1 {
+            hook(doc);
+        }
+    }
+}
+
+/// A function told of each local change; see [`Shared::add_local_hook`].
+pub(crate) type LocalHook = Arc<dyn Fn(&DocId) + Send + Sync>;
+
+/// A document write prepared by [`Shared::prepare_update`].
+pub(crate) struct PreparedUpdate {
+    pub update: DocUpdate,
+    pub outcome: UpdateOutcome,
+}
+
+/// What a committed [`PreparedUpdate`] changes in the document's cached row.
+pub(crate) struct UpdateOutcome {
+    compact: bool,
+    written: u64,
+    deleted: bool,
+    origin: Origin,
+    at: i64,
+}
+
+impl UpdateOutcome {
+    pub(crate) fn finish(self, row: &mut DocRow) {
+        if self.compact {
+            row.snapshot_bytes = self.written;
             row.chunk_count = 0;
             row.chunk_bytes = 0;
         } else {
             row.chunk_count += 1;
-            row.chunk_bytes += written;
+            row.chunk_bytes += self.written;
         }
-        row.deleted = deleted;
-        match origin {
-            Origin::Local => row.local_change_at = Some(at),
-            Origin::Remote => row.remote_change_at = Some(at),
+        row.deleted = self.deleted;
+        match self.origin {
+            Origin::Local => row.local_change_at = Some(self.at),
+            Origin::Remote => row.remote_change_at = Some(self.at),
         }
-        Ok(())
     }
 }
 
@@ -808,10 +894,10 @@ thread_local! {
 
 /// Marks this thread as inside a document operation; refuses nesting, which could deadlock
 /// (a transaction on A touching A again, or two threads nesting A and B in opposite orders).
-struct InsideDocument;
+pub(crate) struct InsideDocument;
 
 impl InsideDocument {
-    fn enter() -> Result<Self> {
+    pub(crate) fn enter() -> Result<Self> {
         if INSIDE_DOCUMENT.with(|inside| inside.replace(true)) {
             return Err(Error::NestedAccess);
         }

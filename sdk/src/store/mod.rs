@@ -109,6 +109,26 @@ pub(crate) struct NewDoc {
 }
 
 /// Options for [`Database::open`].
+/// The document a [`BatchWrite::Ack`] is for.
+pub(crate) enum AckTarget {
+    /// A stored document.
+    Key(DocKey),
+    /// The document of the latest [`BatchWrite::Insert`] before it in the same batch.
+    LastInserted,
+}
+
+/// One write of a [`Database::commit_batch`].
+pub(crate) enum BatchWrite {
+    /// A new document.
+    Insert(NewDoc),
+    /// New content for an existing document.
+    Update(DocKey, DocUpdate),
+    /// The heads a relay has acknowledged for a document.
+    Ack(AckTarget, String, Heads),
+    /// The change sequence a relay's collection has been synced to (never moves back).
+    Cursor(String, Collection, u64),
+}
+
 pub(crate) struct DbOptions {
     pub durability: Durability,
 }
@@ -246,92 +266,111 @@ impl Database {
     /// # Errors
     /// [`Error::AlreadyExists`] if the id is taken.
     pub(crate) fn insert_document(&self, doc: NewDoc) -> Result<DocKey> {
-        self.writer.run(move |conn| {
-            let (local_at, remote_at) = stamps(doc.origin, doc.at);
-            let inserted = conn
-                .prepare_cached(
-                    "INSERT INTO documents (collection, doc_id, priority, deleted, heads, \
-                     chunk_count, chunk_bytes, created_at, local_change_at, remote_change_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9) \
-                     ON CONFLICT (collection, doc_id) DO NOTHING",
-                )?
-                .execute(params![
-                    doc.id.collection().as_str(),
-                    doc.id.id(),
-                    doc.priority.code(),
-                    doc.deleted,
-                    doc.heads.to_bytes(),
-                    byte_len(&doc.chunk),
-                    doc.at,
-                    local_at,
-                    remote_at,
-                ])?;
-            if inserted == 0 {
-                return Err(Error::AlreadyExists(doc.id));
-            }
-            let key = conn.last_insert_rowid();
-            conn.prepare_cached("INSERT INTO chunks (doc_key, seq, data) VALUES (?1, 0, ?2)")?
-                .execute(params![key, doc.chunk])?;
-            Ok(key)
-        })
+        self.writer.run(move |conn| insert_document(conn, doc))
     }
 
-    /// Applies one durable change to a document's content and metadata.
     pub(crate) fn update_document(&self, key: DocKey, update: DocUpdate) -> Result<()> {
+        self.writer
+            .run(move |conn| update_document(conn, key, &update))
+    }
+
+    /// Commits several writes in one transaction (the sync engine's batches): every write
+    /// lands, or none. Returns the new key of each [`BatchWrite::Insert`], in order.
+    pub(crate) fn commit_batch(&self, writes: Vec<BatchWrite>) -> Result<Vec<DocKey>> {
         self.writer.run(move |conn| {
-            let (local_at, remote_at) = stamps(update.origin, update.at);
-            match &update.content {
-                ContentWrite::Append(chunk) => {
-                    // The chunk's sequence number is the count of chunks before it.
-                    conn.prepare_cached(
-                        "INSERT INTO chunks (doc_key, seq, data) \
-                         SELECT doc_key, chunk_count, ?2 FROM documents WHERE doc_key = ?1",
-                    )?
-                    .execute(params![key, chunk])?;
-                    conn.prepare_cached(
-                        "UPDATE documents SET heads = ?2, deleted = ?3, \
-                         chunk_count = chunk_count + 1, chunk_bytes = chunk_bytes + ?4, \
-                         local_change_at = coalesce(?5, local_change_at), \
-                         remote_change_at = coalesce(?6, remote_change_at) WHERE doc_key = ?1",
-                    )?
-                    .execute(params![
-                        key,
-                        update.heads.to_bytes(),
-                        update.deleted,
-                        byte_len(chunk),
-                        local_at,
-                        remote_at
-                    ])?;
-                }
-                ContentWrite::Compact(snapshot) => {
-                    conn.prepare_cached("DELETE FROM chunks WHERE doc_key = ?1")?
-                        .execute([key])?;
-                    conn.prepare_cached(
-                        "INSERT INTO snapshots (doc_key, data) VALUES (?1, ?2) \
-                         ON CONFLICT (doc_key) DO UPDATE SET data = excluded.data",
-                    )?
-                    .execute(params![key, snapshot])?;
-                    conn.prepare_cached(
-                        "UPDATE documents SET heads = ?2, deleted = ?3, snapshot_bytes = ?4, \
-                         chunk_count = 0, chunk_bytes = 0, \
-                         local_change_at = coalesce(?5, local_change_at), \
-                         remote_change_at = coalesce(?6, remote_change_at) WHERE doc_key = ?1",
-                    )?
-                    .execute(params![
-                        key,
-                        update.heads.to_bytes(),
-                        update.deleted,
-                        byte_len(snapshot),
-                        local_at,
-                        remote_at
-                    ])?;
+            let mut keys = Vec::new();
+            for write in writes {
+                match write {
+                    BatchWrite::Insert(doc) => keys.push(insert_document(conn, doc)?),
+                    BatchWrite::Update(key, update) => update_document(conn, key, &update)?,
+                    BatchWrite::Ack(target, relay, heads) => {
+                        let key = match target {
+                            AckTarget::Key(key) => key,
+                            AckTarget::LastInserted => *keys.last().ok_or_else(|| {
+                                Error::CommitFailed(
+                                    "an ack for an insert that is not in the batch".into(),
+                                )
+                            })?,
+                        };
+                        record_ack(conn, key, &relay, &heads)?;
+                    }
+                    BatchWrite::Cursor(relay, collection, seq) => {
+                        conn.prepare_cached(
+                            "INSERT INTO sync_cursors (relay, collection, seq) VALUES (?1, ?2, ?3) \
+                             ON CONFLICT (relay, collection) DO UPDATE SET \
+                             seq = max(seq, excluded.seq)",
+                        )?
+                        .execute(params![
+                            relay,
+                            collection.as_str(),
+                            i64::try_from(seq).unwrap_or(i64::MAX)
+                        ])?;
+                    }
                 }
             }
-            Ok(())
+            Ok(keys)
         })
     }
 
-    /// Sets a document's priority.
+    /// The cursors recorded for `relay`.
+    pub(crate) fn cursors(&self, relay: &str) -> Result<Vec<(Collection, u64)>> {
+        let conn = self.reader.lock();
+        let rows = conn
+            .prepare_cached("SELECT collection, seq FROM sync_cursors WHERE relay = ?1")?
+            .query_map([relay], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut cursors = Vec::with_capacity(rows.len());
+        for (collection, seq) in rows {
+            match Collection::new(collection) {
+                Ok(c) => cursors.push((c, u64::try_from(seq).unwrap_or(0))),
+                Err(e) => tracing::warn!(error = %e, "skipping a corrupt cursor row"),
+            }
+        }
+        Ok(cursors)
+    }
+
+    /// Documents of `collection` whose current heads `relay` has not acknowledged, with the
+    /// heads it has (empty if none), highest priority first.
+    pub(crate) fn unacknowledged(
+        &self,
+        relay: &str,
+        collection: &Collection,
+    ) -> Result<Vec<(DocId, Heads)>> {
+        let conn = self.reader.lock();
+        let rows = conn
+            .prepare_cached(
+                "SELECT d.collection, d.doc_id, a.heads FROM documents d \
+                 LEFT JOIN acks a ON a.doc_key = d.doc_key AND a.relay = ?1 \
+                 WHERE d.collection = ?2 AND (a.heads IS NULL OR a.heads != d.heads) \
+                 ORDER BY d.priority DESC, d.doc_key",
+            )?
+            .query_map(params![relay, collection.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut docs = Vec::with_capacity(rows.len());
+        for (collection, id, heads) in rows {
+            let parsed = Collection::new(collection)
+                .and_then(|c| DocId::new(c, id))
+                .map_err(Error::from)
+                .and_then(|doc| {
+                    let heads = heads.map_or(Ok(Heads::default()), |b| Heads::from_bytes(&b))?;
+                    Ok((doc, heads))
+                });
+            match parsed {
+                Ok(row) => docs.push(row),
+                Err(e) => tracing::warn!(error = %e, "skipping a corrupt document row"),
+            }
+        }
+        Ok(docs)
+    }
+
     pub(crate) fn set_priority(&self, key: DocKey, priority: Priority) -> Result<()> {
         self.writer.run(move |conn| {
             conn.prepare_cached("UPDATE documents SET priority = ?2 WHERE doc_key = ?1")?
@@ -342,14 +381,8 @@ impl Database {
 
     /// Records the heads `relay` has durably acknowledged for a document.
     pub(crate) fn record_ack(&self, key: DocKey, relay: String, heads: Heads) -> Result<()> {
-        self.writer.run(move |conn| {
-            conn.prepare_cached(
-                "INSERT INTO acks (doc_key, relay, heads) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (doc_key, relay) DO UPDATE SET heads = excluded.heads",
-            )?
-            .execute(params![key, relay, heads.to_bytes()])?;
-            Ok(())
-        })
+        self.writer
+            .run(move |conn| record_ack(conn, key, &relay, &heads))
     }
 
     fn query_docs(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<DocRow>> {
@@ -369,6 +402,96 @@ impl Database {
 
 /// Reads a `documents` row. The outer result is SQLite's; the inner one says whether the
 /// row's contents validate.
+fn insert_document(conn: &Connection, doc: NewDoc) -> Result<DocKey> {
+    let (local_at, remote_at) = stamps(doc.origin, doc.at);
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO documents (collection, doc_id, priority, deleted, heads, \
+             chunk_count, chunk_bytes, created_at, local_change_at, remote_change_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9) \
+             ON CONFLICT (collection, doc_id) DO NOTHING",
+        )?
+        .execute(params![
+            doc.id.collection().as_str(),
+            doc.id.id(),
+            doc.priority.code(),
+            doc.deleted,
+            doc.heads.to_bytes(),
+            byte_len(&doc.chunk),
+            doc.at,
+            local_at,
+            remote_at,
+        ])?;
+    if inserted == 0 {
+        return Err(Error::AlreadyExists(doc.id));
+    }
+    let key = conn.last_insert_rowid();
+    conn.prepare_cached("INSERT INTO chunks (doc_key, seq, data) VALUES (?1, 0, ?2)")?
+        .execute(params![key, doc.chunk])?;
+    Ok(key)
+}
+
+fn update_document(conn: &Connection, key: DocKey, update: &DocUpdate) -> Result<()> {
+    let (local_at, remote_at) = stamps(update.origin, update.at);
+    match &update.content {
+        ContentWrite::Append(chunk) => {
+            // The chunk's sequence number is the count of chunks before it.
+            conn.prepare_cached(
+                "INSERT INTO chunks (doc_key, seq, data) \
+                 SELECT doc_key, chunk_count, ?2 FROM documents WHERE doc_key = ?1",
+            )?
+            .execute(params![key, chunk])?;
+            conn.prepare_cached(
+                "UPDATE documents SET heads = ?2, deleted = ?3, \
+                 chunk_count = chunk_count + 1, chunk_bytes = chunk_bytes + ?4, \
+                 local_change_at = coalesce(?5, local_change_at), \
+                 remote_change_at = coalesce(?6, remote_change_at) WHERE doc_key = ?1",
+            )?
+            .execute(params![
+                key,
+                update.heads.to_bytes(),
+                update.deleted,
+                byte_len(chunk),
+                local_at,
+                remote_at
+            ])?;
+        }
+        ContentWrite::Compact(snapshot) => {
+            conn.prepare_cached("DELETE FROM chunks WHERE doc_key = ?1")?
+                .execute([key])?;
+            conn.prepare_cached(
+                "INSERT INTO snapshots (doc_key, data) VALUES (?1, ?2) \
+                 ON CONFLICT (doc_key) DO UPDATE SET data = excluded.data",
+            )?
+            .execute(params![key, snapshot])?;
+            conn.prepare_cached(
+                "UPDATE documents SET heads = ?2, deleted = ?3, snapshot_bytes = ?4, \
+                 chunk_count = 0, chunk_bytes = 0, \
+                 local_change_at = coalesce(?5, local_change_at), \
+                 remote_change_at = coalesce(?6, remote_change_at) WHERE doc_key = ?1",
+            )?
+            .execute(params![
+                key,
+                update.heads.to_bytes(),
+                update.deleted,
+                byte_len(snapshot),
+                local_at,
+                remote_at
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn record_ack(conn: &Connection, key: DocKey, relay: &str, heads: &Heads) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO acks (doc_key, relay, heads) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (doc_key, relay) DO UPDATE SET heads = excluded.heads",
+    )?
+    .execute(params![key, relay, heads.to_bytes()])?;
+    Ok(())
+}
+
 fn read_doc_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<DocRow>> {
     let key: DocKey = r.get(0)?;
     let collection: String = r.get(1)?;

@@ -55,6 +55,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (doc_key, relay)
     ) WITHOUT ROWID;
     "#,
+    // 2: per relay and collection, the change sequence number the device has caught up to.
+    r#"
+    CREATE TABLE sync_cursors (
+        relay      TEXT    NOT NULL,
+        collection TEXT    NOT NULL,
+        seq        INTEGER NOT NULL,
+        PRIMARY KEY (relay, collection)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this code writes.

@@ -1,0 +1,919 @@
+//! The sync engine, sans I/O: events and the current time in, effects out.
+//!
+//! An [`Engine`] syncs one [`Store`] with one relay. The shell (`crate::net`, or a test's
+//! simulated network) feeds it [`Event`]s (the transport opened, a frame arrived, the transport
+//! closed, local changes, a timer, the network went down or up, pause and resume, a new profile
+//! or token) with the time, and carries out the [`Effect`]s it returns (open a transport, send a
+//! frame, close the transport, report a [`Status`], wake it at a time). The engine owns the wire
+//! codec, the Automerge sync states of the connection, the reconnect schedule and the status;
+//! it reads and writes the store through the crate's batch operations, which are synchronous
+//! and local. It never sleeps, spawns, or reads a clock.
+//!
+//! One connection runs in this order (`docs/PROTOCOL.md`, "Session flow"): `Hello`,
+//! `Subscribe`, the local changes the relay has not acknowledged (as `Sync` frames whose
+//! messages already carry the changes), then `Reconcile` with the collection cursors, all in
+//! the first flight. The relay answers with `Ack`s, a `Plan` and the documents changed on its
+//! side since the cursors; the device applies them in batches (one commit per frame) and
+//! replies once. It is [`Status::Synced`] when the plan is done, every change it sent is
+//! acknowledged and no answer is outstanding; the cursors are stored only then.
+
+mod backoff;
+
+use std::collections::{HashMap, HashSet};
+
+use automerge::sync::{Have, Message as SyncMessage, State};
+use syncline_protocol::frame;
+use syncline_protocol::messages::{
+    Ack, CollectionSubscription, Cursor, Error as ErrorMessage, ErrorCode, Hello, Plan, Profile,
+    Reconcile, RefreshToken, Subscribe, Sync, SyncItem, UpdateProfile, Welcome,
+};
+use syncline_protocol::{Collection, DocId, Hash, Message, PROTOCOL_VERSION};
+
+use crate::{Heads, Store};
+pub use backoff::Backoff;
+
+/// Most documents per `Sync` frame the engine sends.
+pub const SYNC_BATCH: usize = 256;
+
+/// The frame size the engine keeps to before the relay's `Welcome` states its limit.
+const DEFAULT_FRAME_BUDGET: usize = 1 << 20;
+
+/// The largest frame the engine accepts from a relay.
+const MAX_INCOMING_FRAME: usize = 64 << 20;
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The relay's name in the store: acknowledgements and cursors are kept per relay (the
+    /// shell uses the relay's URL).
+    pub relay: String,
+    /// The device's capability profile, sent in `Hello`.
+    pub profile: Profile,
+    /// The collections to sync, with their priority and mode.
+    pub subscriptions: Vec<CollectionSubscription>,
+    /// The client's name and version, sent in `Hello`.
+    pub client: String,
+    /// Reconnect delays: capped exponential backoff with full jitter.
+    pub backoff: Backoff,
+    /// With something outstanding and no frame for this long, the connection is presumed dead
+    /// and replaced.
+    pub stall_timeout_ms: u64,
+}
+
+/// Why a transport closed, as the shell saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The relay refused the token (HTTP 401, or closed with "token expired").
+    Unauthorized(String),
+    /// The relay could not be reached or the connection broke.
+    Failed(String),
+    /// The relay closed the connection with this WebSocket close code.
+    Closed {
+        /// The close code.
+        code: u16,
+        /// The reason the relay gave.
+        reason: String,
+    },
+}
+
+/// Something that happened, for [`Engine::handle`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Start syncing (connect as soon as allowed).
+    Start,
+    /// The transport the engine asked for is open and authenticated.
+    Connected,
+    /// A binary frame arrived.
+    Frame(Vec<u8>),
+    /// The transport closed or could not be opened.
+    Disconnected(Disconnect),
+    /// These documents changed locally.
+    LocalChanges(Vec<DocId>),
+    /// A timer the engine asked for ([`Effect::WakeAt`]) fired.
+    Tick,
+    /// The app says the network is down: disconnect and stop retrying.
+    NetworkDown,
+    /// The app says the network is up: connect now.
+    NetworkUp,
+    /// The app pauses sync: disconnect, stay offline.
+    Pause,
+    /// The app resumes sync: connect now.
+    Resume,
+    /// The device's profile changed (class, metered, bandwidth, ...).
+    Profile(Profile),
+    /// A new token for the live connection.
+    Token(String),
+}
+
+/// Something the shell must do, returned by [`Engine::handle`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Open a transport to the relay (with a fresh token from the app's provider), then
+    /// report [`Event::Connected`] or [`Event::Disconnected`].
+    Connect,
+    /// Send this binary frame.
+    Send(Vec<u8>),
+    /// Close the transport (no [`Event::Disconnected`] is expected after it).
+    Disconnect,
+    /// The status changed.
+    Status(Status),
+    /// Call [`Event::Tick`] at this time (milliseconds); a later `WakeAt` replaces it.
+    WakeAt(u64),
+}
+
+/// Progress of a sync in documents and bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Documents the relay planned to send that have arrived.
+    pub docs_done: u64,
+    /// Documents the relay planned to send.
+    pub docs_total: u64,
+    /// Bytes of planned documents that have arrived (approximate, the relay's estimate).
+    pub bytes_done: u64,
+    /// Bytes the relay planned to send (approximate).
+    pub bytes_total: u64,
+    /// Local documents sent and not yet acknowledged.
+    pub docs_unacknowledged: u64,
+}
+
+/// The sync status the app observes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Not connected (not started, paused, network down, or waiting to reconnect).
+    Offline,
+    /// Opening a connection.
+    Connecting,
+    /// Connected and exchanging changes.
+    Syncing {
+        /// How far along.
+        progress: Progress,
+    },
+    /// Connected, and both sides have everything (milliseconds since the Unix epoch).
+    Synced {
+        /// When the device became synced.
+        at_ms: u64,
+    },
+    /// Something is wrong; the engine retries where retrying can help.
+    Error {
+        /// What, for people.
+        reason: String,
+    },
+}
+
+/// Counters of what the engine moved, since it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncStats {
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Bytes sent (whole frames).
+    pub bytes_sent: u64,
+    /// Bytes received (whole frames).
+    pub bytes_received: u64,
+    /// Documents sent with changes.
+    pub docs_sent: u64,
+    /// Documents changed by what was received.
+    pub docs_received: u64,
+    /// Flights of frames sent: the first of a connection, and each sent after receiving.
+    pub round_trips: u64,
+    /// Connections opened.
+    pub connections: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not started, paused or network down: no connection, no retry.
+    Idle,
+    /// Waiting to reconnect at this time.
+    Waiting(u64),
+    /// A transport was requested.
+    Connecting,
+    /// Connected.
+    Open,
+}
+
+/// The plan the relay announced on this connection.
+#[derive(Debug, Default)]
+struct PlanState {
+    remaining: HashMap<DocId, u64>,
+    cursors: Vec<Cursor>,
+    progress: Progress,
+    failed: bool,
+}
+
+/// What the engine knows of the current connection.
+#[derive(Debug, Default)]
+struct Connection {
+    welcome: Option<Welcome>,
+    plan: Option<PlanState>,
+    states: HashMap<DocId, State>,
+    /// Documents sent with changes and not yet acknowledged (nor refused).
+    awaiting_ack: HashSet<DocId>,
+    /// Documents whose last message asked the relay for changes.
+    awaiting_data: HashSet<DocId>,
+    /// Documents the relay refused on this connection; not sent again until reconnect.
+    refused: HashMap<DocId, String>,
+    received_since_send: bool,
+    last_frame_ms: u64,
+    synced: bool,
+}
+
+/// The sans-IO sync engine of one store and one relay; see the module documentation.
+pub struct Engine {
+    store: Store,
+    config: EngineConfig,
+    phase: Phase,
+    paused: bool,
+    network_down: bool,
+    started: bool,
+    backoff: backoff::Schedule,
+    conn: Connection,
+    status: Status,
+    stats: SyncStats,
+    /// Local changes not yet sent.
+    dirty: HashSet<DocId>,
+    last_error: Option<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("relay", &self.config.relay)
+            .field("phase", &self.phase)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine for `store`, idle until [`Event::Start`]. `seed` drives the reconnect jitter
+    /// (give each device its own).
+    pub fn new(store: Store, config: EngineConfig, seed: u64) -> Self {
+        let backoff = backoff::Schedule::new(config.backoff, seed);
+        Self {
+            store,
+            config,
+            phase: Phase::Idle,
+            paused: false,
+            network_down: false,
+            started: false,
+            backoff,
+            conn: Connection::default(),
+            status: Status::Offline,
+            stats: SyncStats::default(),
+            dirty: HashSet::new(),
+            last_error: None,
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+
+    /// What the engine has moved so far.
+    pub fn stats(&self) -> SyncStats {
+        self.stats
+    }
+
+    /// True while a transport is open.
+    pub fn is_connected(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// The store this engine syncs.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Handles one event at `now_ms` (milliseconds since the Unix epoch, or any monotonic
+    /// origin the caller keeps) and returns what to do.
+    pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Effect> {
+        let mut out = Out::default();
+        match event {
+            Event::Start => {
+                self.started = true;
+                self.connect_if_allowed(&mut out);
+            }
+            Event::Connected => self.on_connected(&mut out, now_ms),
+            Event::Frame(bytes) => self.on_frame(&mut out, &bytes, now_ms),
+            Event::Disconnected(why) => self.on_disconnected(&mut out, why, now_ms),
+            Event::LocalChanges(docs) => {
+                let docs: Vec<DocId> = docs
+                    .into_iter()
+                    .filter(|d| self.subscribed(d.collection()))
+                    .collect();
+                self.dirty.extend(docs);
+                if self.phase == Phase::Open {
+                    self.flush_dirty(&mut out);
+                }
+            }
+            Event::Tick => self.on_tick(&mut out, now_ms),
+            Event::NetworkDown => {
+                self.network_down = true;
+                self.go_idle(&mut out);
+            }
+            Event::NetworkUp => {
+                self.network_down = false;
+                self.backoff.reset();
+                self.connect_if_allowed(&mut out);
+            }
+            Event::Pause => {
+                self.paused = true;
+                self.go_idle(&mut out);
+            }
+            Event::Resume => {
+                self.paused = false;
+                self.backoff.reset();
+                self.connect_if_allowed(&mut out);
+            }
+            Event::Profile(profile) => {
+                self.config.profile = profile.clone();
+                if self.phase == Phase::Open {
+                    out.send(&Message::UpdateProfile(UpdateProfile { profile }));
+                }
+            }
+            Event::Token(token) => {
+                if self.phase == Phase::Open {
+                    out.send(&Message::RefreshToken(RefreshToken { token }));
+                }
+            }
+        }
+        self.update_status(&mut out, now_ms);
+        self.finish(out, now_ms)
+    }
+
+    fn subscribed(&self, collection: &Collection) -> bool {
+        self.config
+            .subscriptions
+            .iter()
+            .any(|s| &s.collection == collection)
+    }
+
+    fn connect_if_allowed(&mut self, out: &mut Out) {
+        if !self.started || self.paused || self.network_down {
+            return;
+        }
+        if matches!(self.phase, Phase::Idle | Phase::Waiting(_)) {
+            self.phase = Phase::Connecting;
+            out.effects.push(Effect::Connect);
+        }
+    }
+
+    fn go_idle(&mut self, out: &mut Out) {
+        if matches!(self.phase, Phase::Open | Phase::Connecting) {
+            out.effects.push(Effect::Disconnect);
+        }
+        self.phase = Phase::Idle;
+        self.conn = Connection::default();
+    }
+
+    fn on_connected(&mut self, out: &mut Out, now_ms: u64) {
+        if self.phase != Phase::Connecting {
+            // Not asked for (paused meanwhile): close it.
+            out.effects.push(Effect::Disconnect);
+            return;
+        }
+        self.phase = Phase::Open;
+        self.stats.connections += 1;
+        self.conn = Connection {
+            last_frame_ms: now_ms,
+            ..Connection::default()
+        };
+        out.send(&Message::Hello(Hello {
+            versions: vec![PROTOCOL_VERSION],
+            compression: vec![0],
+            profile: self.config.profile.clone(),
+            client: self.config.client.clone(),
+        }));
+        out.send(&Message::Subscribe(Subscribe {
+            collections: self.config.subscriptions.clone(),
+        }));
+        // Everything the relay has not acknowledged, before Reconcile: the relay applies it
+        // first, so its plan does not send it back.
+        for sub in &self.config.subscriptions {
+            match self
+                .store
+                .sync_unacknowledged(&self.config.relay, &sub.collection)
+            {
+                Ok(docs) => self.dirty.extend(docs),
+                Err(e) => {
+                    tracing::error!(collection = %sub.collection, error = %e, "could not list pending documents");
+                    self.last_error = Some(format!("could not list pending documents: {e}"));
+                }
+            }
+        }
+        self.flush_dirty(out);
+        let cursors = match self.store.sync_cursors(&self.config.relay) {
+            Ok(cursors) => cursors,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read sync cursors; reconciling from the start");
+                Vec::new()
+            }
+        };
+        out.send(&Message::Reconcile(Reconcile {
+            cursors: cursors
+                .into_iter()
+                .filter(|(c, _)| self.subscribed(c))
+                .map(|(collection, seq)| Cursor { collection, seq })
+                .collect(),
+            changed: Vec::new(),
+        }));
+    }
+
+    fn on_disconnected(&mut self, out: &mut Out, why: Disconnect, now_ms: u64) {
+        if !matches!(self.phase, Phase::Open | Phase::Connecting) {
+            return;
+        }
+        self.conn = Connection::default();
+        let reason = match &why {
+            Disconnect::Unauthorized(reason) => format!("unauthorized: {reason}"),
+            Disconnect::Failed(reason) => format!("connection failed: {reason}"),
+            Disconnect::Closed { code, reason } => {
+                format!("the relay closed the connection ({code}): {reason}")
+            }
+        };
+        tracing::info!(relay = %self.config.relay, %reason, "disconnected");
+        // A refused token is an error the app must see; a broken connection is being offline.
+        if matches!(why, Disconnect::Unauthorized(_))
+            || matches!(why, Disconnect::Closed { code, .. } if code == 4001 || code == 4003 || code == 1002)
+        {
+            self.last_error = Some(reason);
+        } else if !matches!(
+            why,
+            Disconnect::Closed {
+                code: 1001 | 1000,
+                ..
+            }
+        ) {
+            self.last_error = None;
+        }
+        self.schedule_reconnect(out, now_ms);
+    }
+
+    fn schedule_reconnect(&mut self, out: &mut Out, now_ms: u64) {
+        if self.paused || self.network_down || !self.started {
+            self.phase = Phase::Idle;
+            return;
+        }
+        let at = now_ms.saturating_add(self.backoff.next_delay_ms());
+        self.phase = Phase::Waiting(at);
+        out.effects.push(Effect::WakeAt(at));
+    }
+
+    fn on_tick(&mut self, out: &mut Out, now_ms: u64) {
+        match self.phase {
+            Phase::Waiting(at) if now_ms >= at => self.connect_if_allowed(out),
+            Phase::Open
+                if self.outstanding()
+                    && now_ms.saturating_sub(self.conn.last_frame_ms)
+                        >= self.config.stall_timeout_ms =>
+            {
+                tracing::warn!(relay = %self.config.relay, "no answer from the relay; reconnecting");
+                out.effects.push(Effect::Disconnect);
+                self.conn = Connection::default();
+                self.schedule_reconnect(out, now_ms);
+            }
+            _ => {}
+        }
+    }
+
+    /// True while the engine waits for something from the relay.
+    fn outstanding(&self) -> bool {
+        self.conn.welcome.is_none()
+            || self
+                .conn
+                .plan
+                .as_ref()
+                .is_none_or(|p| !p.remaining.is_empty())
+            || !self.conn.awaiting_ack.is_empty()
+            || !self.conn.awaiting_data.is_empty()
+    }
+
+    fn on_frame(&mut self, out: &mut Out, bytes: &[u8], now_ms: u64) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        self.stats.frames_received += 1;
+        self.stats.bytes_received += bytes.len() as u64;
+        self.conn.last_frame_ms = now_ms;
+        self.conn.received_since_send = true;
+        let message = match frame::decode(bytes, MAX_INCOMING_FRAME) {
+            Ok(message) => message,
+            Err(frame::FrameError::UnknownType(t)) => {
+                tracing::debug!(message_type = t, "ignoring an unknown message type");
+                return;
+            }
+            Err(e) => {
+                self.protocol_failure(out, format!("the relay sent a bad frame: {e}"), now_ms);
+                return;
+            }
+        };
+        match message {
+            Message::Welcome(welcome) => {
+                if welcome.version != PROTOCOL_VERSION {
+                    self.protocol_failure(
+                        out,
+                        format!("the relay chose protocol version {}", welcome.version),
+                        now_ms,
+                    );
+                    return;
+                }
+                self.conn.welcome = Some(welcome);
+            }
+            Message::Plan(plan) => self.on_plan(plan),
+            Message::Sync(sync) => self.on_sync(out, sync),
+            Message::Ack(ack) => self.on_ack(ack),
+            Message::Error(error) => self.on_error(out, error, now_ms),
+            Message::Ephemeral(_) => {}
+            other => {
+                tracing::warn!(
+                    message = other.name(),
+                    "ignoring a message a relay does not send"
+                );
+            }
+        }
+        self.flush_dirty(out);
+        self.finish_plan_if_done();
+    }
+
+    fn on_plan(&mut self, plan: Plan) {
+        let mut state = PlanState {
+            cursors: plan.cursors,
+            ..PlanState::default()
+        };
+        for entry in plan.send {
+            state.progress.docs_total += 1;
+            state.progress.bytes_total += entry.bytes;
+            state.remaining.insert(entry.doc, entry.bytes);
+        }
+        self.conn.plan = Some(state);
+    }
+
+    fn on_sync(&mut self, out: &mut Out, sync: Sync) {
+        let mut items = Vec::with_capacity(sync.items.len());
+        for item in sync.items {
+            match SyncMessage::decode(&item.message) {
+                Ok(message) => items.push((item.doc, message)),
+                Err(e) => {
+                    tracing::warn!(doc = %item.doc, error = %e, "the relay sent an undecodable sync message");
+                    self.fail_planned(&item.doc);
+                }
+            }
+        }
+        let results = self
+            .store
+            .sync_receive(&self.config.relay, items, &mut self.conn.states);
+        let mut replies = Vec::new();
+        for (doc, result) in results {
+            match result {
+                Ok(received) => {
+                    if received.changed {
+                        self.stats.docs_received += 1;
+                    }
+                    if received.complete {
+                        self.conn.awaiting_data.remove(&doc);
+                        if let Some(plan) = self.conn.plan.as_mut()
+                            && let Some(bytes) = plan.remaining.remove(&doc)
+                        {
+                            plan.progress.docs_done += 1;
+                            plan.progress.bytes_done += bytes;
+                        }
+                    }
+                    if let Some(reply) = received.reply {
+                        if reply.changes {
+                            self.conn.awaiting_ack.insert(doc.clone());
+                            self.stats.docs_sent += 1;
+                        }
+                        if reply.needs {
+                            self.conn.awaiting_data.insert(doc.clone());
+                        }
+                        replies.push(SyncItem {
+                            doc,
+                            message: reply.bytes,
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(doc = %doc, error = %e, "could not apply the relay's changes");
+                    self.last_error = Some(format!("could not apply changes to {doc}: {e}"));
+                    self.fail_planned(&doc);
+                }
+            }
+        }
+        self.send_items(out, replies);
+    }
+
+    /// A planned document that cannot complete: the plan finishes without it and its cursors
+    /// are not stored, so the next connection plans it again.
+    fn fail_planned(&mut self, doc: &DocId) {
+        self.conn.awaiting_data.remove(doc);
+        if let Some(plan) = self.conn.plan.as_mut()
+            && plan.remaining.remove(doc).is_some()
+        {
+            plan.failed = true;
+        }
+    }
+
+    fn on_ack(&mut self, ack: Ack) {
+        let acks: Vec<(DocId, Heads)> = ack
+            .items
+            .iter()
+            .map(|item| (item.doc.clone(), to_heads(&item.heads)))
+            .collect();
+        for (doc, _) in &acks {
+            self.conn.awaiting_ack.remove(doc);
+        }
+        match self.store.sync_acknowledge(&self.config.relay, &acks) {
+            Ok(current) => {
+                for ((doc, acked), (_, now)) in acks.iter().zip(current.iter()) {
+                    // The relay holds exactly what we hold: start the next exchange from there.
+                    if acked == now
+                        && let Some(state) = self.conn.states.get_mut(doc)
+                    {
+                        acknowledged(state, acked);
+                    }
+                }
+            }
+            Err(e) => {
+                // Not fatal: the documents stay pending and are acknowledged next time.
+                tracing::error!(error = %e, "could not record acknowledgements");
+            }
+        }
+    }
+
+    fn on_error(&mut self, out: &mut Out, error: ErrorMessage, now_ms: u64) {
+        tracing::warn!(code = error.code.0, message = %error.message, doc = ?error.doc, "the relay reported an error");
+        if let Some(doc) = error.doc {
+            // One item refused; the rest of its frame went on.
+            self.conn.awaiting_ack.remove(&doc);
+            self.conn.awaiting_data.remove(&doc);
+            self.fail_planned(&doc);
+            self.dirty.remove(&doc);
+            self.conn.refused.insert(doc, error.message.clone());
+            self.last_error = Some(format!("the relay refused a change: {}", error.message));
+            return;
+        }
+        match error.code {
+            // The frame was dropped: start over on a new connection.
+            ErrorCode::RATE_LIMITED | ErrorCode::INTERNAL => {
+                let reason = format!("the relay asked to retry: {}", error.message);
+                out.effects.push(Effect::Disconnect);
+                self.conn = Connection::default();
+                let delay = error.retry_after_ms.unwrap_or(0);
+                if self.paused || self.network_down {
+                    self.phase = Phase::Idle;
+                } else {
+                    let at = now_ms.saturating_add(delay.max(self.backoff.next_delay_ms()));
+                    self.phase = Phase::Waiting(at);
+                    out.effects.push(Effect::WakeAt(at));
+                }
+                tracing::info!(%reason, "reconnecting");
+            }
+            ErrorCode::UNAUTHORIZED => {
+                self.last_error = Some(format!("unauthorized: {}", error.message));
+            }
+            _ => self.protocol_failure(out, error.message, now_ms),
+        }
+    }
+
+    fn protocol_failure(&mut self, out: &mut Out, reason: String, now_ms: u64) {
+        tracing::error!(relay = %self.config.relay, %reason, "protocol error");
+        self.last_error = Some(format!("protocol error: {reason}"));
+        out.effects.push(Effect::Disconnect);
+        self.conn = Connection::default();
+        self.schedule_reconnect(out, now_ms);
+    }
+
+    /// Sends the messages of every dirty document.
+    fn flush_dirty(&mut self, out: &mut Out) {
+        if self.phase != Phase::Open || self.dirty.is_empty() {
+            return;
+        }
+        let mut docs: Vec<DocId> = self
+            .dirty
+            .drain()
+            .filter(|d| !self.conn.refused.contains_key(d))
+            .collect();
+        docs.sort();
+        let mut items = Vec::new();
+        for (doc, result) in
+            self.store
+                .sync_generate(&self.config.relay, &docs, &mut self.conn.states)
+        {
+            match result {
+                Ok(Some(message)) => {
+                    if message.changes {
+                        self.conn.awaiting_ack.insert(doc.clone());
+                        self.stats.docs_sent += 1;
+                    }
+                    if message.needs {
+                        self.conn.awaiting_data.insert(doc.clone());
+                    }
+                    items.push(SyncItem {
+                        doc,
+                        message: message.bytes,
+                    });
+                }
+                Ok(None) => {}
+                Err(crate::Error::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::error!(doc = %doc, error = %e, "could not prepare a sync message");
+                    self.last_error = Some(format!("could not sync {doc}: {e}"));
+                }
+            }
+        }
+        self.send_items(out, items);
+    }
+
+    /// Sends items in frames of at most [`SYNC_BATCH`] items and the frame budget.
+    fn send_items(&mut self, out: &mut Out, items: Vec<SyncItem>) {
+        let budget = self
+            .conn
+            .welcome
+            .as_ref()
+            .map_or(DEFAULT_FRAME_BUDGET, |w| {
+                usize::try_from(w.limits.max_frame_bytes / 2).unwrap_or(DEFAULT_FRAME_BUDGET)
+            });
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for item in items {
+            let item_size = item.message.len() + 160;
+            if !batch.is_empty() && (batch.len() >= SYNC_BATCH || size + item_size > budget) {
+                out.send(&Message::Sync(Sync {
+                    items: std::mem::take(&mut batch),
+                }));
+                size = 0;
+            }
+            size += item_size;
+            batch.push(item);
+        }
+        if !batch.is_empty() {
+            out.send(&Message::Sync(Sync { items: batch }));
+        }
+    }
+
+    fn finish_plan_if_done(&mut self) {
+        let Some(plan) = self.conn.plan.as_mut() else {
+            return;
+        };
+        if !plan.remaining.is_empty() || plan.cursors.is_empty() {
+            return;
+        }
+        let cursors: Vec<(Collection, u64)> = std::mem::take(&mut plan.cursors)
+            .into_iter()
+            .map(|c| (c.collection, c.seq))
+            .collect();
+        if plan.failed {
+            return;
+        }
+        if let Err(e) = self.store.sync_set_cursors(&self.config.relay, &cursors) {
+            // The next connection plans from the older cursors: more work, nothing lost.
+            tracing::error!(error = %e, "could not store sync cursors");
+        }
+    }
+
+    fn update_status(&mut self, out: &mut Out, now_ms: u64) {
+        let status = match self.phase {
+            Phase::Idle | Phase::Waiting(_) => match &self.last_error {
+                Some(reason) if self.started => Status::Error {
+                    reason: reason.clone(),
+                },
+                _ => Status::Offline,
+            },
+            Phase::Connecting => match &self.last_error {
+                Some(reason) => Status::Error {
+                    reason: reason.clone(),
+                },
+                None => Status::Connecting,
+            },
+            Phase::Open => {
+                let done = !self.outstanding() && self.dirty.is_empty();
+                if done && !self.conn.refused.is_empty() {
+                    let reason = self
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "the relay refused a change".into());
+                    Status::Error { reason }
+                } else if done {
+                    if !self.conn.synced {
+                        self.conn.synced = true;
+                        self.backoff.reset();
+                        self.last_error = None;
+                    }
+                    match self.status {
+                        Status::Synced { at_ms } => Status::Synced { at_ms },
+                        _ => Status::Synced { at_ms: now_ms },
+                    }
+                } else {
+                    let mut progress = self
+                        .conn
+                        .plan
+                        .as_ref()
+                        .map(|p| p.progress)
+                        .unwrap_or_default();
+                    progress.docs_unacknowledged = self.conn.awaiting_ack.len() as u64;
+                    Status::Syncing { progress }
+                }
+            }
+        };
+        if status != self.status {
+            self.status = status.clone();
+            out.effects.push(Effect::Status(status));
+        }
+    }
+
+    fn finish(&mut self, out: Out, now_ms: u64) -> Vec<Effect> {
+        let Out {
+            mut effects,
+            frames,
+        } = out;
+        if !frames.is_empty() {
+            if self.conn.received_since_send
+                || self.stats.round_trips == 0
+                || frames.iter().any(|f| f.first_of_connection)
+            {
+                self.stats.round_trips += 1;
+            }
+            self.conn.received_since_send = false;
+            for f in frames {
+                self.stats.frames_sent += 1;
+                self.stats.bytes_sent += f.bytes.len() as u64;
+                effects.push(Effect::Send(f.bytes));
+            }
+        }
+        if self.phase == Phase::Open && self.outstanding() {
+            effects.push(Effect::WakeAt(
+                self.conn.last_frame_ms.max(now_ms) + self.config.stall_timeout_ms,
+            ));
+        }
+        // Sends belong to the connection: keep them before a disconnect in the same batch.
+        effects.sort_by_key(|e| match e {
+            Effect::Send(_) => 0,
+            Effect::Disconnect => 1,
+            _ => 2,
+        });
+        effects
+    }
+}
+
+/// Frames and effects collected while handling one event.
+#[derive(Default)]
+struct Out {
+    effects: Vec<Effect>,
+    frames: Vec<OutFrame>,
+}
+
+struct OutFrame {
+    bytes: Vec<u8>,
+    first_of_connection: bool,
+}
+
+impl Out {
+    fn send(&mut self, message: &Message) {
+        self.frames.push(OutFrame {
+            bytes: frame::encode(message),
+            first_of_connection: matches!(message, Message::Hello(_)),
+        });
+    }
+}
+
+/// A message ready to send, and what it asks of the relay.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    /// The encoded Automerge sync message.
+    pub bytes: Vec<u8>,
+    /// It carries changes (the relay will acknowledge them).
+    pub changes: bool,
+    /// It asks for changes (the relay will send them).
+    pub needs: bool,
+}
+
+/// After the relay acknowledged exactly our heads: it holds them, and nothing sent is in
+/// flight any more.
+fn acknowledged(state: &mut State, heads: &Heads) {
+    let heads = heads.as_slice().to_vec();
+    state.shared_heads.clone_from(&heads);
+    state.their_heads = Some(heads.clone());
+    state.their_need = Some(Vec::new());
+    state.their_have = Some(vec![Have {
+        last_sync: heads,
+        bloom: automerge::sync::BloomFilter::default(),
+    }]);
+    state.sent_hashes.clear();
+    state.in_flight = false;
+}
+
+fn to_heads(heads: &syncline_protocol::Heads) -> Heads {
+    Heads::new(
+        heads
+            .as_slice()
+            .iter()
+            .map(|Hash(bytes)| automerge::ChangeHash(*bytes))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,693 @@
+//! The network shell around the sans-IO [`Engine`]: a WebSocket to the relay, the app's token
+//! provider, timers, and the status the app observes.
+//!
+//! [`SyncClient::start`] spawns two things: a **sync thread** that owns the [`Engine`] and runs
+//! its store work (synchronous SQLite commits, never on an async worker), and a small tokio
+//! runtime whose tasks only move frames: one task per connection opens the WebSocket with a
+//! token from the provider (called on a blocking thread, so a provider that blocks for a while
+//! stalls nothing else), forwards received frames to the sync thread, writes the frames the
+//! engine sends, pings, and refreshes the token before it expires. Every event a task reports
+//! carries its connection's number, so a late event from an old connection is ignored.
+
+mod token;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
+use syncline_protocol::{Collection, DocId, Priority};
+use tokio::sync::mpsc as tokio_mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+
+use crate::Store;
+use crate::engine::{Backoff, Disconnect, Effect, Engine, EngineConfig, Event, Status, SyncStats};
+
+/// How often the client pings the relay (well inside the relay's idle timeout).
+const PING_EVERY: Duration = Duration::from_secs(15);
+
+/// The largest frame accepted from the relay.
+const MAX_FRAME: usize = 64 << 20;
+
+/// Where the app's tokens come from. Called on one of the SDK's blocking threads when a
+/// connection opens, after an authentication failure, and before the current token expires.
+pub trait TokenProvider: Send + Sync + 'static {
+    /// A token (a JWT) for the relay, or why there is none.
+    ///
+    /// # Errors
+    /// A message for the status when no token can be had.
+    fn token(&self) -> std::result::Result<String, String>;
+}
+
+impl<F> TokenProvider for F
+where
+    F: Fn() -> std::result::Result<String, String> + Send + Sync + 'static,
+{
+    fn token(&self) -> std::result::Result<String, String> {
+        self()
+    }
+}
+
+/// How a [`SyncClient`] connects and what it syncs.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// The relay, as `ws://host:port` (the path `/v1/sync` is added when absent).
+    pub relay_url: String,
+    /// The device's capability profile.
+    pub profile: Profile,
+    /// The collections to sync.
+    pub subscriptions: Vec<CollectionSubscription>,
+    /// Reconnect delay bounds.
+    pub backoff: Backoff,
+    /// Reconnect when the relay has not answered for this long while an answer is due.
+    pub stall_timeout: Duration,
+    /// The client's name, sent to the relay.
+    pub client: String,
+}
+
+impl SyncOptions {
+    /// Syncs `collections` eagerly at normal priority, as a desktop on an unmetered network.
+    pub fn new(relay_url: impl Into<String>, collections: &[Collection]) -> Self {
+        Self {
+            relay_url: relay_url.into(),
+            profile: Profile {
+                class: DeviceClass::Desktop,
+                storage_budget_bytes: None,
+                download_bytes_per_s: None,
+                upload_bytes_per_s: None,
+                metered: false,
+                realtime: true,
+            },
+            subscriptions: collections
+                .iter()
+                .map(|c| CollectionSubscription {
+                    collection: c.clone(),
+                    priority: Priority::Normal,
+                    mode: SyncMode::Eager,
+                })
+                .collect(),
+            backoff: Backoff::default(),
+            stall_timeout: Duration::from_secs(30),
+            client: format!("syncline/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// Why a sync call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The relay refused the token.
+    #[error("the relay refused the token: {0}")]
+    Unauthorized(String),
+    /// The relay could not be reached.
+    #[error("the relay is unreachable: {0}")]
+    Unreachable(String),
+    /// Not synced in time.
+    #[error("not synced within {waited:?} (status: {status:?})")]
+    Timeout {
+        /// How long it waited.
+        waited: Duration,
+        /// The status when it gave up.
+        status: Status,
+    },
+    /// The sync stopped with an error the app must look at.
+    #[error("sync failed: {0}")]
+    Failed(String),
+    /// The client could not start.
+    #[error("could not start the sync client: {0}")]
+    Start(String),
+}
+
+enum Command {
+    Event(Event),
+    /// An event of connection `generation`.
+    Transport(u64, TransportEvent),
+    Stop,
+}
+
+enum TransportEvent {
+    Open(tokio_mpsc::UnboundedSender<Vec<u8>>),
+    Frame(Vec<u8>),
+    Closed(Disconnect),
+    Token(String),
+}
+
+type StatusListener = Arc<dyn Fn(&Status) + Send + Sync>;
+
+struct Observed {
+    status: Status,
+    stats: SyncStats,
+    last_disconnect: Option<Disconnect>,
+    listeners: Vec<(u64, StatusListener)>,
+}
+
+struct Inner {
+    commands: Mutex<mpsc::Sender<Command>>,
+    observed: Mutex<Observed>,
+    changed: Condvar,
+    next_listener: AtomicU64,
+}
+
+impl Inner {
+    fn send(&self, command: Command) {
+        let sender = self
+            .commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // The sync thread is gone only after stop: nothing left to tell.
+        let _ = sender.send(command);
+    }
+
+    fn observed(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Syncs a [`Store`] with a relay in the background for as long as it is kept; see the module
+/// documentation. Dropping it stops syncing (what is pending stays in the store).
+pub struct SyncClient {
+    inner: Arc<Inner>,
+    thread: Option<JoinHandle<()>>,
+    store: Store,
+    hook: u64,
+}
+
+/// Keeps a status listener registered; dropping it unregisters.
+pub struct StatusSubscription {
+    inner: std::sync::Weak<Inner>,
+    id: u64,
+}
+
+impl Drop for StatusSubscription {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.observed().listeners.retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
+impl SyncClient {
+    /// Starts syncing `store` with the relay of `options`, with tokens from `tokens`.
+    ///
+    /// # Errors
+    /// [`SyncError::Start`] if the runtime or thread cannot be created.
+    pub fn start(
+        store: &Store,
+        options: SyncOptions,
+        tokens: impl TokenProvider,
+    ) -> Result<Self, SyncError> {
+        let url = sync_url(&options.relay_url);
+        let (tx, rx) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            commands: Mutex::new(tx.clone()),
+            observed: Mutex::new(Observed {
+                status: Status::Offline,
+                stats: SyncStats::default(),
+                last_disconnect: None,
+                listeners: Vec::new(),
+            }),
+            changed: Condvar::new(),
+            next_listener: AtomicU64::new(0),
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(4)
+            .thread_name("syncline-net")
+            .enable_all()
+            .build()
+            .map_err(|e| SyncError::Start(e.to_string()))?;
+        let config = EngineConfig {
+            relay: options.relay_url.clone(),
+            profile: options.profile.clone(),
+            subscriptions: options.subscriptions.clone(),
+            client: options.client.clone(),
+            backoff: options.backoff,
+            stall_timeout_ms: u64::try_from(options.stall_timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let seed = u64::from_le_bytes(
+            store.device_id().as_bytes()[..8]
+                .try_into()
+                .expect("a device id has 16 bytes"),
+        ) ^ now_ms();
+        let engine = Engine::new(store.clone(), config, seed);
+        let hook_tx = Mutex::new(tx.clone());
+        let hook = store.shared().add_local_hook(Arc::new(move |doc: &DocId| {
+            let sender = hook_tx.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = sender.send(Command::Event(Event::LocalChanges(vec![doc.clone()])));
+        }));
+        let shell = Shell {
+            engine,
+            runtime,
+            inner: Arc::clone(&inner),
+            commands: tx,
+            url,
+            tokens: Arc::new(tokens),
+            generation: 0,
+            transport: None,
+            wake_at: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("syncline-sync".into())
+            .spawn(move || shell.run(rx))
+            .map_err(|e| SyncError::Start(e.to_string()))?;
+        inner.send(Command::Event(Event::Start));
+        Ok(Self {
+            inner,
+            thread: Some(thread),
+            store: store.clone(),
+            hook,
+        })
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.inner.observed().status.clone()
+    }
+
+    /// What has been moved so far.
+    pub fn stats(&self) -> SyncStats {
+        self.inner.observed().stats
+    }
+
+    /// Why the last connection ended, if one did.
+    pub fn last_disconnect(&self) -> Option<Disconnect> {
+        self.inner.observed().last_disconnect.clone()
+    }
+
+    /// Calls `listener` with every new status, on the sync thread; keep the returned
+    /// subscription for as long as it should be called.
+    pub fn watch_status(
+        &self,
+        listener: impl Fn(&Status) + Send + Sync + 'static,
+    ) -> StatusSubscription {
+        let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .observed()
+            .listeners
+            .push((id, Arc::new(listener)));
+        StatusSubscription {
+            inner: Arc::downgrade(&self.inner),
+            id,
+        }
+    }
+
+    /// Blocks until the status is [`Status::Synced`] and nothing is pending locally, or fails
+    /// at once on a refused token, or gives up after `timeout`. With `fail_unreachable`, a
+    /// relay that cannot be reached fails at once instead of being retried.
+    ///
+    /// # Errors
+    /// [`SyncError::Unauthorized`], [`SyncError::Unreachable`], [`SyncError::Timeout`].
+    pub fn wait_synced(
+        &self,
+        timeout: Duration,
+        fail_unreachable: bool,
+    ) -> Result<SyncStats, SyncError> {
+        let started = Instant::now();
+        let mut observed = self.inner.observed();
+        loop {
+            if let Status::Synced { .. } = observed.status
+                && self
+                    .store
+                    .pending_documents()
+                    .map(|p| p.is_empty())
+                    .unwrap_or(false)
+            {
+                return Ok(observed.stats);
+            }
+            match &observed.last_disconnect {
+                Some(Disconnect::Unauthorized(reason)) => {
+                    return Err(SyncError::Unauthorized(reason.clone()));
+                }
+                Some(Disconnect::Failed(reason)) if fail_unreachable => {
+                    return Err(SyncError::Unreachable(reason.clone()));
+                }
+                _ => {}
+            }
+            if let Status::Error { reason } = &observed.status
+                && observed.last_disconnect.is_none()
+                && !matches!(observed.status, Status::Synced { .. })
+                && reason.starts_with("the relay refused")
+            {
+                return Err(SyncError::Failed(reason.clone()));
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                return Err(SyncError::Timeout {
+                    waited,
+                    status: observed.status.clone(),
+                });
+            }
+            let left = (timeout - waited).min(Duration::from_millis(100));
+            observed = self
+                .inner
+                .changed
+                .wait_timeout(observed, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Disconnects and stays offline until [`SyncClient::resume`].
+    pub fn pause(&self) {
+        self.inner.send(Command::Event(Event::Pause));
+    }
+
+    /// Connects again after [`SyncClient::pause`].
+    pub fn resume(&self) {
+        self.inner.send(Command::Event(Event::Resume));
+    }
+
+    /// Tells the SDK whether the network is available: when it is not, the client stops
+    /// retrying; when it comes back, it connects at once.
+    pub fn set_network_available(&self, available: bool) {
+        self.inner.send(Command::Event(if available {
+            Event::NetworkUp
+        } else {
+            Event::NetworkDown
+        }));
+    }
+
+    /// Declares a new capability profile (metered, bandwidth, ...); sent to the relay at once
+    /// on a live connection.
+    pub fn set_profile(&self, profile: Profile) {
+        self.inner.send(Command::Event(Event::Profile(profile)));
+    }
+
+    /// Stops syncing and waits for the sync thread to finish.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.store.shared().remove_local_hook(self.hook);
+        self.inner.send(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SyncClient {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for SyncClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncClient")
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sync thread: the engine and the connection tasks' runtime.
+struct Shell {
+    engine: Engine,
+    runtime: tokio::runtime::Runtime,
+    inner: Arc<Inner>,
+    commands: mpsc::Sender<Command>,
+    url: String,
+    tokens: Arc<dyn TokenProvider>,
+    generation: u64,
+    transport: Option<Transport>,
+    wake_at: Option<u64>,
+}
+
+struct Transport {
+    frames: Option<tokio_mpsc::UnboundedSender<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Shell {
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            let command = match self.wake_at {
+                Some(at) => {
+                    let wait = at.saturating_sub(now_ms());
+                    match rx.recv_timeout(Duration::from_millis(wait)) {
+                        Ok(command) => Some(command),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(command) => Some(command),
+                    Err(_) => break,
+                },
+            };
+            let event = match command {
+                None => {
+                    self.wake_at = None;
+                    Some(Event::Tick)
+                }
+                Some(Command::Stop) => break,
+                Some(Command::Event(Event::LocalChanges(mut docs))) => {
+                    // Coalesce a burst of local writes into one batch.
+                    while let Ok(Command::Event(Event::LocalChanges(more))) = rx.try_recv() {
+                        docs.extend(more);
+                    }
+                    Some(Event::LocalChanges(docs))
+                }
+                Some(Command::Event(event)) => Some(event),
+                Some(Command::Transport(generation, event)) => {
+                    self.transport_event(generation, event)
+                }
+            };
+            if let Some(event) = event {
+                let effects = self.engine.handle(event, now_ms());
+                self.apply(effects);
+            }
+        }
+        self.close_transport();
+        self.publish_stats();
+    }
+
+    fn transport_event(&mut self, generation: u64, event: TransportEvent) -> Option<Event> {
+        if generation != self.generation || self.transport.is_none() {
+            return None;
+        }
+        match event {
+            TransportEvent::Open(frames) => {
+                if let Some(t) = self.transport.as_mut() {
+                    t.frames = Some(frames);
+                }
+                Some(Event::Connected)
+            }
+            TransportEvent::Frame(bytes) => Some(Event::Frame(bytes)),
+            TransportEvent::Token(token) => Some(Event::Token(token)),
+            TransportEvent::Closed(why) => {
+                self.inner.observed().last_disconnect = Some(why.clone());
+                self.close_transport();
+                Some(Event::Disconnected(why))
+            }
+        }
+    }
+
+    fn apply(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Connect => self.connect(),
+                Effect::Send(bytes) => {
+                    if let Some(frames) = self.transport.as_ref().and_then(|t| t.frames.as_ref()) {
+                        let _ = frames.send(bytes);
+                    }
+                }
+                Effect::Disconnect => self.close_transport(),
+                Effect::Status(status) => {
+                    let listeners: Vec<StatusListener> = {
+                        let mut observed = self.inner.observed();
+                        observed.status = status.clone();
+                        observed.stats = self.engine.stats();
+                        if matches!(status, Status::Synced { .. } | Status::Syncing { .. }) {
+                            observed.last_disconnect = None;
+                        }
+                        observed
+                            .listeners
+                            .iter()
+                            .map(|(_, l)| Arc::clone(l))
+                            .collect()
+                    };
+                    self.inner.changed.notify_all();
+                    for listener in listeners {
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            listener(&status)
+                        }))
+                        .is_err()
+                        {
+                            tracing::error!("a status listener panicked");
+                        }
+                    }
+                }
+                Effect::WakeAt(at) => self.wake_at = Some(at),
+            }
+        }
+        self.publish_stats();
+    }
+
+    fn publish_stats(&self) {
+        self.inner.observed().stats = self.engine.stats();
+        self.inner.changed.notify_all();
+    }
+
+    fn close_transport(&mut self) {
+        if let Some(transport) = self.transport.take() {
+            transport.task.abort();
+        }
+    }
+
+    fn connect(&mut self) {
+        self.close_transport();
+        self.generation += 1;
+        let generation = self.generation;
+        let commands = self.commands.clone();
+        let url = self.url.clone();
+        let tokens = Arc::clone(&self.tokens);
+        let task = self.runtime.spawn(async move {
+            let report = |event| {
+                let _ = commands.send(Command::Transport(generation, event));
+            };
+            let why = run_connection(&url, tokens, &report).await;
+            report(TransportEvent::Closed(why));
+        });
+        self.transport = Some(Transport { frames: None, task });
+    }
+}
+
+/// One connection: token, upgrade, then frames both ways until it ends; returns why it ended.
+async fn run_connection(
+    url: &str,
+    tokens: Arc<dyn TokenProvider>,
+    report: &(dyn Fn(TransportEvent) + Sync),
+) -> Disconnect {
+    let token = match fetch_token(&tokens).await {
+        Ok(token) => token,
+        Err(reason) => return Disconnect::Unauthorized(format!("no token: {reason}")),
+    };
+    let mut request = match url.into_client_request() {
+        Ok(request) => request,
+        Err(e) => return Disconnect::Failed(format!("bad relay URL {url}: {e}")),
+    };
+    match format!("Bearer {token}").parse() {
+        Ok(value) => {
+            request.headers_mut().insert("Authorization", value);
+        }
+        Err(_) => return Disconnect::Unauthorized("the token is not a valid header value".into()),
+    }
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME));
+    let socket =
+        match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
+            Ok((socket, _)) => socket,
+            Err(tungstenite::Error::Http(response)) if response.status().as_u16() == 401 => {
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                    .unwrap_or_default();
+                return Disconnect::Unauthorized(if body.is_empty() {
+                    "HTTP 401".into()
+                } else {
+                    body
+                });
+            }
+            Err(e) => return Disconnect::Failed(e.to_string()),
+        };
+    let (mut sink, mut stream) = socket.split();
+    let (frames_tx, mut frames_rx) = tokio_mpsc::unbounded_channel::<Vec<u8>>();
+    report(TransportEvent::Open(frames_tx));
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut refresh = Box::pin(tokio::time::sleep(token::refresh_in(&token, now_ms())));
+    loop {
+        tokio::select! {
+            incoming = stream.next() => match incoming {
+                Some(Ok(WsMessage::Binary(bytes))) => report(TransportEvent::Frame(bytes.to_vec())),
+                Some(Ok(WsMessage::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    return if code == 4001 {
+                        Disconnect::Unauthorized(reason)
+                    } else {
+                        Disconnect::Closed { code, reason }
+                    };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Disconnect::Failed(e.to_string()),
+                None => return Disconnect::Failed("the relay closed the connection".into()),
+            },
+            outgoing = frames_rx.recv() => match outgoing {
+                Some(bytes) => {
+                    if let Err(e) = sink.send(WsMessage::Binary(bytes.into())).await {
+                        return Disconnect::Failed(e.to_string());
+                    }
+                }
+                None => {
+                    let _ = sink.close().await;
+                    return Disconnect::Closed { code: 1000, reason: "closed by the client".into() };
+                }
+            },
+            _ = ping.tick() => {
+                if let Err(e) = sink.send(WsMessage::Ping(Vec::new().into())).await {
+                    return Disconnect::Failed(e.to_string());
+                }
+            }
+            () = &mut refresh => {
+                match fetch_token(&tokens).await {
+                    Ok(token) => {
+                        refresh.set(tokio::time::sleep(token::refresh_in(&token, now_ms())));
+                        report(TransportEvent::Token(token));
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%reason, "the token provider failed; retrying in 10 s");
+                        refresh.set(tokio::time::sleep(Duration::from_secs(10)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn fetch_token(tokens: &Arc<dyn TokenProvider>) -> Result<String, String> {
+    let tokens = Arc::clone(tokens);
+    tokio::task::spawn_blocking(move || tokens.token())
+        .await
+        .map_err(|e| format!("the token provider panicked: {e}"))?
+}
+
+/// The relay's sync endpoint: `/v1/sync` unless the URL names a path.
+fn sync_url(relay: &str) -> String {
+    let trimmed = relay.trim_end_matches('/');
+    let after_scheme = trimmed.split_once("://").map_or(trimmed, |(_, rest)| rest);
+    if after_scheme.contains('/') {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/v1/sync")
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sync_path_is_added_only_when_missing() {
+        assert_eq!(sync_url("ws://h:1"), "ws://h:1/v1/sync");
+        assert_eq!(sync_url("ws://h:1/"), "ws://h:1/v1/sync");
+        assert_eq!(sync_url("ws://h:1/custom/sync"), "ws://h:1/custom/sync");
+    }
+}

@@ -1,0 +1,502 @@
+//! The store operations of the sync engine: applying a relay's Automerge sync messages in
+//! batches, generating the messages to send, and recording the relay's acknowledgements and
+//! cursors.
+//!
+//! A batch of received messages is applied with every touched document's slot held (locked in
+//! `DocId` order, so two batches cannot deadlock) and committed in **one** transaction, with the
+//! acknowledgements the relay's heads imply; only then are the slots released and the
+//! listeners told. Memory is never ahead of the file: a failed commit poisons every document
+//! of the batch, which is then reloaded from its durable state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use automerge::sync::{Message as SyncMessage, State, SyncDoc};
+use automerge::{Automerge, ChangeHash, PatchLog};
+use parking_lot::{Mutex, RawMutex, lock_api::ArcMutexGuard};
+use syncline_protocol::sync_state;
+use syncline_protocol::{Collection, DocId, Priority};
+
+use super::cache::LoadedDoc;
+use super::listeners::{self, ChangeEvent, ChangeOrigin};
+use super::{InsideDocument, Store, UpdateOutcome, model};
+use crate::clock::now_millis;
+use crate::engine::Outgoing;
+use crate::store::{AckTarget, BatchWrite, DocRow, NewDoc, Origin};
+use crate::{Error, Heads, Result};
+
+/// What applying one document's messages did.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// True if the messages changed the document.
+    pub changed: bool,
+    /// True once this device holds every head the relay announced for the document.
+    pub complete: bool,
+    /// The sync message to answer with, if any.
+    pub reply: Option<Outgoing>,
+}
+
+type SlotGuard = ArcMutexGuard<RawMutex, Option<LoadedDoc>>;
+
+/// One document of a batch while it is being applied.
+struct Pending {
+    doc: DocId,
+    slot: Arc<Mutex<Option<LoadedDoc>>>,
+    guard: SlotGuard,
+    /// A document this device did not have; inserted (if anything applied) by the batch.
+    fresh: Option<Automerge>,
+    before: Vec<ChangeHash>,
+    outcome: Option<UpdateOutcome>,
+    event: Option<ChangeEvent>,
+    carried_changes: bool,
+    /// Bytes of the inserted chunk of a fresh document.
+    inserted_bytes: u64,
+}
+
+impl Store {
+    /// Applies the sync messages `items` from `relay`, with one state per document in `states`
+    /// (created from the relay's acknowledged heads when missing), commits every change and
+    /// the acknowledgements the relay's heads imply in one transaction, and returns, per
+    /// document in `DocId` order, what happened and the reply to send.
+    pub(crate) fn sync_receive(
+        &self,
+        relay: &str,
+        items: Vec<(DocId, SyncMessage)>,
+        states: &mut HashMap<DocId, State>,
+    ) -> Vec<(DocId, Result<Received>)> {
+        let _inside = match InsideDocument::enter() {
+            Ok(inside) => inside,
+            Err(_) => {
+                return items
+                    .into_iter()
+                    .map(|(doc, _)| (doc, Err(Error::NestedAccess)))
+                    .collect();
+            }
+        };
+        let shared = self.shared();
+        let mut grouped: BTreeMap<DocId, Vec<SyncMessage>> = BTreeMap::new();
+        for (doc, message) in items {
+            grouped.entry(doc).or_default().push(message);
+        }
+        let announcement = shared.db.announce_write();
+        let mut done: Vec<(DocId, Result<Received>)> = Vec::new();
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut writes: Vec<BatchWrite> = Vec::new();
+        let mut relay_heads: Vec<Vec<ChangeHash>> = Vec::new();
+        for (doc, messages) in grouped {
+            let slot = shared.cache.slot(&doc);
+            let mut guard = slot.lock_arc();
+            let mut fresh = None;
+            if guard.is_none() {
+                match shared.load(&doc) {
+                    Ok(loaded) => *guard = Some(loaded),
+                    Err(Error::NotFound(_)) => {
+                        fresh = Some(Automerge::new().with_actor(shared.actor.clone()))
+                    }
+                    Err(e) => {
+                        drop(guard);
+                        drop(slot);
+                        shared.cache.discard_if_idle(&doc);
+                        done.push((doc, Err(e)));
+                        continue;
+                    }
+                }
+            }
+            let state = match states.get_mut(&doc) {
+                Some(state) => state,
+                None => {
+                    let acked = match guard.as_ref() {
+                        Some(loaded) => acked_by(shared, loaded, relay).unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    states
+                        .entry(doc.clone())
+                        .or_insert_with(|| sync_state::resumed(acked))
+                }
+            };
+            let observed = shared.listeners.wants(&doc);
+            let automerge = match (guard.as_mut(), fresh.as_mut()) {
+                (Some(loaded), _) => &mut loaded.doc,
+                (None, Some(fresh)) => fresh,
+                (None, None) => unreachable!("a loaded or a fresh document"),
+            };
+            let before = automerge.get_heads();
+            let mut log = if observed {
+                PatchLog::active()
+            } else {
+                PatchLog::inactive()
+            };
+            let mut carried_changes = false;
+            let mut last_heads = None;
+            let mut failed = None;
+            for message in messages {
+                carried_changes |= !message.changes.is_empty();
+                last_heads = Some(message.heads.clone());
+                let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    automerge.receive_sync_message_log_patches(state, message, &mut log)
+                }));
+                match applied {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        failed = Some(Error::InvalidChange(e.to_string()));
+                        break;
+                    }
+                    Err(_) => {
+                        failed = Some(Error::InvalidChange(
+                            "the sync message does not apply to this document".into(),
+                        ));
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                // The document may be half changed: reload its durable state; restart the
+                // relay's view of it too.
+                if let Some(loaded) = guard.as_mut() {
+                    loaded.poisoned = true;
+                }
+                states.remove(&doc);
+                release(shared, &doc, slot, guard);
+                done.push((doc, Err(e)));
+                continue;
+            }
+            let after = automerge.get_heads();
+            let changed = after != before;
+            let mut pending = Pending {
+                doc: doc.clone(),
+                slot,
+                guard,
+                fresh: None,
+                before,
+                outcome: None,
+                event: None,
+                carried_changes,
+                inserted_bytes: 0,
+            };
+            if changed {
+                let heads = Heads::new(after.clone());
+                match (pending.guard.as_mut(), fresh) {
+                    (Some(loaded), _) => {
+                        let chunk = loaded.doc.save_after(&pending.before);
+                        let prepared = shared.prepare_update(loaded, chunk, Origin::Remote);
+                        writes.push(BatchWrite::Update(loaded.row.key, prepared.update));
+                        pending.outcome = Some(prepared.outcome);
+                        if observed {
+                            pending.event = Some(ChangeEvent {
+                                doc_id: doc.clone(),
+                                origin: ChangeOrigin::Remote,
+                                heads: heads.clone(),
+                                deleted: model::is_tombstoned(&loaded.doc),
+                                patches: listeners::convert_patches(
+                                    loaded.doc.make_patches(&mut log),
+                                ),
+                            });
+                        }
+                    }
+                    (None, Some(fresh)) => {
+                        let deleted = model::is_tombstoned(&fresh);
+                        let chunk = fresh.save();
+                        pending.inserted_bytes = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+                        writes.push(BatchWrite::Insert(NewDoc {
+                            id: doc.clone(),
+                            priority: Priority::Normal,
+                            chunk,
+                            heads: heads.clone(),
+                            deleted,
+                            origin: Origin::Remote,
+                            at: now_millis(),
+                        }));
+                        if observed {
+                            pending.event = Some(ChangeEvent {
+                                doc_id: doc.clone(),
+                                origin: ChangeOrigin::Remote,
+                                heads: heads.clone(),
+                                deleted,
+                                patches: listeners::convert_patches(
+                                    fresh.diff(&[], heads.as_slice()),
+                                ),
+                            });
+                        }
+                        pending.fresh = Some(fresh);
+                    }
+                    (None, None) => unreachable!("a loaded or a fresh document"),
+                }
+            } else {
+                pending.fresh = fresh;
+            }
+            // The relay only ever sends heads it has made durable: they acknowledge.
+            if let Some(relay_said) = last_heads {
+                let target = match (pending.guard.as_ref(), changed && pending.fresh.is_some()) {
+                    (_, true) => Some(AckTarget::LastInserted),
+                    (Some(loaded), false) => Some(AckTarget::Key(loaded.row.key)),
+                    (None, false) => None,
+                };
+                if let Some(target) = target {
+                    let record = match (&target, pending.guard.as_ref(), pending.fresh.as_ref()) {
+                        (AckTarget::Key(_), Some(loaded), _) => {
+                            shared.ack_record(loaded, relay, &Heads::new(relay_said.clone()))
+                        }
+                        (_, _, Some(fresh)) => Ok(fresh_ack(fresh, &relay_said)),
+                        _ => Ok(None),
+                    };
+                    match record {
+                        Ok(Some(record)) => {
+                            writes.push(BatchWrite::Ack(target, relay.to_owned(), record))
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(doc = %doc, error = %e, "could not read acks"),
+                    }
+                }
+                relay_heads.push(relay_said);
+            }
+            batch.push(pending);
+        }
+        let committed = if writes.is_empty() {
+            Ok(Vec::new())
+        } else {
+            shared.db.commit_batch(writes)
+        };
+        drop(announcement);
+        let mut inserted = match committed {
+            Ok(keys) => keys.into_iter(),
+            Err(e) => {
+                let message = e.to_string();
+                for mut pending in batch {
+                    if let Some(loaded) = pending.guard.as_mut() {
+                        loaded.poisoned = true;
+                    }
+                    states.remove(&pending.doc);
+                    let doc = pending.doc.clone();
+                    release(shared, &doc, pending.slot, pending.guard);
+                    done.push((doc, Err(Error::CommitFailed(message.clone()))));
+                }
+                shared.listeners.deliver();
+                return done;
+            }
+        };
+        for mut pending in batch {
+            let doc = pending.doc.clone();
+            let state = states.get_mut(&doc).expect("created above");
+            if let (Some(loaded), Some(outcome)) = (pending.guard.as_mut(), pending.outcome.take())
+            {
+                outcome.finish(&mut loaded.row);
+            }
+            if let Some(fresh) = pending.fresh.take() {
+                if fresh.get_heads() != pending.before {
+                    let key = inserted.next().expect("one key per insert");
+                    let at = now_millis();
+                    let deleted = model::is_tombstoned(&fresh);
+                    *pending.guard = Some(LoadedDoc {
+                        row: DocRow {
+                            key,
+                            id: doc.clone(),
+                            priority: Priority::Normal,
+                            deleted,
+                            snapshot_bytes: 0,
+                            chunk_count: 1,
+                            chunk_bytes: pending.inserted_bytes,
+                            created_at: at,
+                            local_change_at: None,
+                            remote_change_at: Some(at),
+                        },
+                        doc: fresh,
+                        poisoned: false,
+                    });
+                } else {
+                    // Nothing of it arrived yet: answer from the empty document, keep nothing.
+                    let reply = generate(&fresh, state, pending.carried_changes);
+                    let complete = their_heads_known(&fresh, state);
+                    release(shared, &doc, pending.slot, pending.guard);
+                    done.push((
+                        doc,
+                        Ok(Received {
+                            changed: false,
+                            complete,
+                            reply,
+                        }),
+                    ));
+                    continue;
+                }
+            }
+            if let Some(event) = pending.event.take() {
+                shared.listeners.publish(event);
+            }
+            let loaded = pending.guard.as_ref().expect("loaded or inserted");
+            let heads = Heads::new(loaded.doc.get_heads());
+            let changed = heads.as_slice() != pending.before.as_slice();
+            let reply = generate(&loaded.doc, state, pending.carried_changes);
+            let complete = their_heads_known(&loaded.doc, state);
+            release(shared, &doc, pending.slot, pending.guard);
+            done.push((
+                doc,
+                Ok(Received {
+                    changed,
+                    complete,
+                    reply,
+                }),
+            ));
+        }
+        drop(_inside);
+        shared.listeners.deliver();
+        done
+    }
+
+    /// The next sync message to `relay` for each of `docs`, with one state per document in
+    /// `states` (created, when missing, primed with the heads the relay has acknowledged so
+    /// that the first message already carries the changes it lacks). `None` when the relay is
+    /// known to have everything.
+    pub(crate) fn sync_generate(
+        &self,
+        relay: &str,
+        docs: &[DocId],
+        states: &mut HashMap<DocId, State>,
+    ) -> Vec<(DocId, Result<Option<Outgoing>>)> {
+        let shared = self.shared();
+        docs.iter()
+            .map(|doc| {
+                let result = shared.with_doc(doc, |loaded| {
+                    if !states.contains_key(doc) {
+                        let acked = acked_by(shared, loaded, relay)?;
+                        states.insert(doc.clone(), sync_state::primed(acked));
+                    }
+                    let state = states.get_mut(doc).expect("inserted above");
+                    Ok(generate(&loaded.doc, state, false))
+                });
+                (doc.clone(), result)
+            })
+            .collect()
+    }
+
+    /// Records that `relay` has durably acknowledged each document's heads, in one
+    /// transaction. Returns each document's current heads (those of the acknowledged documents
+    /// that exist here).
+    pub(crate) fn sync_acknowledge(
+        &self,
+        relay: &str,
+        acks: &[(DocId, Heads)],
+    ) -> Result<Vec<(DocId, Heads)>> {
+        let shared = self.shared();
+        let mut writes = Vec::new();
+        let mut current = Vec::new();
+        for (doc, heads) in acks {
+            let recorded = shared.with_doc(doc, |loaded| {
+                let record = shared.ack_record(loaded, relay, heads)?;
+                Ok((loaded.row.key, record, Heads::new(loaded.doc.get_heads())))
+            });
+            match recorded {
+                Ok((key, record, now)) => {
+                    if let Some(record) = record {
+                        writes.push(BatchWrite::Ack(
+                            AckTarget::Key(key),
+                            relay.to_owned(),
+                            record,
+                        ));
+                    }
+                    current.push((doc.clone(), now));
+                }
+                Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !writes.is_empty() {
+            shared.db.commit_batch(writes)?;
+        }
+        Ok(current)
+    }
+
+    /// Records the change sequence each collection of `relay` has been synced to.
+    pub(crate) fn sync_set_cursors(
+        &self,
+        relay: &str,
+        cursors: &[(Collection, u64)],
+    ) -> Result<()> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        let writes = cursors
+            .iter()
+            .map(|(c, seq)| BatchWrite::Cursor(relay.to_owned(), c.clone(), *seq))
+            .collect();
+        self.shared().db.commit_batch(writes).map(|_| ())
+    }
+
+    /// The change sequence each collection of `relay` has been synced to.
+    pub(crate) fn sync_cursors(&self, relay: &str) -> Result<Vec<(Collection, u64)>> {
+        self.shared().db.cursors(relay)
+    }
+
+    /// Documents of `collection` whose current heads `relay` has not acknowledged.
+    pub(crate) fn sync_unacknowledged(
+        &self,
+        relay: &str,
+        collection: &Collection,
+    ) -> Result<Vec<DocId>> {
+        Ok(self
+            .shared()
+            .db
+            .unacknowledged(relay, collection)?
+            .into_iter()
+            .map(|(doc, _)| doc)
+            .collect())
+    }
+}
+
+/// The heads `relay` has acknowledged for a loaded document (empty if none).
+fn acked_by(shared: &super::Shared, loaded: &LoadedDoc, relay: &str) -> Result<Vec<ChangeHash>> {
+    Ok(shared
+        .db
+        .acked_heads(loaded.row.key)?
+        .into_iter()
+        .find(|(r, _)| r == relay)
+        .map(|(_, heads)| heads.as_slice().to_vec())
+        .unwrap_or_default())
+}
+
+/// The acknowledgement of a document created from the relay's message: its exact heads when
+/// the relay holds all of them.
+fn fresh_ack(doc: &Automerge, relay_heads: &[ChangeHash]) -> Option<Heads> {
+    let ours = doc.get_heads();
+    ours.iter()
+        .all(|h| relay_heads.contains(h))
+        .then(|| Heads::new(ours))
+}
+
+/// The next message for a peer. After a message that carried changes the reply is sent even
+/// with equal heads (it tells the relay what this device now holds); otherwise equal heads
+/// need no answer.
+fn generate(doc: &Automerge, state: &mut State, received_changes: bool) -> Option<Outgoing> {
+    if !received_changes {
+        sync_state::settle(state, &doc.get_heads());
+    }
+    doc.generate_sync_message(state).map(|message| Outgoing {
+        changes: !message.changes.is_empty(),
+        needs: !message.need.is_empty(),
+        bytes: message.encode(),
+    })
+}
+
+fn their_heads_known(doc: &Automerge, state: &State) -> bool {
+    state.their_heads.as_ref().is_none_or(|heads| {
+        heads
+            .iter()
+            .all(|h| doc.get_change_meta_by_hash(h).is_some())
+    })
+}
+
+fn release(
+    shared: &super::Shared,
+    doc: &DocId,
+    slot: Arc<Mutex<Option<LoadedDoc>>>,
+    mut guard: SlotGuard,
+) {
+    if guard.as_ref().is_some_and(|l| l.poisoned) {
+        *guard = None;
+    }
+    let bytes = guard.as_ref().map_or(0, LoadedDoc::estimated_bytes);
+    drop(guard);
+    shared.cache.resize(doc, slot, bytes);
+    if bytes == 0 {
+        shared.cache.discard_if_idle(doc);
+    }
+}

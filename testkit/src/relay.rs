@@ -1,0 +1,142 @@
+//! A real `syncline-relay` process for end-to-end tests and benchmarks: built on demand,
+//! started on `127.0.0.1` with a port the OS picks, killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::Child;
+
+/// The path of a binary of this workspace in the same target profile as the running
+/// executable, built with `cargo build -p PACKAGE --bin NAME` if it is not there yet.
+///
+/// # Panics
+/// If the binary cannot be built: nothing a test could do about it.
+pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable has a path");
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    let mut dir = exe.parent().expect("in a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "-q", "-p", package, "--bin", name]);
+        if release {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("cargo runs");
+        assert!(status.success(), "building {name} failed");
+    }
+    path
+}
+
+/// A running relay with its own data directory.
+pub struct Relay {
+    child: Child,
+    /// Its address, `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Its data directory (holding the development key).
+    pub data_dir: PathBuf,
+}
+
+impl Relay {
+    /// Starts `syncline-relay serve` on `data_dir` and waits until it listens.
+    ///
+    /// # Errors
+    /// If it cannot be spawned or exits before listening.
+    pub fn start(data_dir: &Path) -> std::io::Result<Self> {
+        Self::start_at(data_dir, "127.0.0.1:0")
+    }
+
+    /// [`Relay::start`] on a given address (to restart a relay where its clients expect it).
+    ///
+    /// # Errors
+    /// As [`Relay::start`].
+    pub fn start_at(data_dir: &Path, listen: &str) -> std::io::Result<Self> {
+        let mut cmd = Command::new(workspace_binary("syncline-relay", "syncline-relay"));
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn,automerge=off");
+        let mut child = Child::spawn(cmd)?;
+        for _ in 0..20 {
+            match child.next_line()? {
+                Some(line) => {
+                    if let Some(addr) = line.strip_prefix("syncline-relay listening on ") {
+                        return Ok(Self {
+                            child,
+                            addr: addr.trim().to_owned(),
+                            data_dir: data_dir.to_owned(),
+                        });
+                    }
+                }
+                None => break,
+            }
+        }
+        Err(std::io::Error::other("the relay exited before listening"))
+    }
+
+    /// The WebSocket URL of the relay.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// A development token for `device` (a device id in hex or any string the relay accepts)
+    /// with read and write grants on `collections` (comma-separated), valid `ttl_secs`.
+    ///
+    /// # Errors
+    /// If the token command fails.
+    pub fn token(
+        &self,
+        user: &str,
+        device: &str,
+        read: &str,
+        write: &str,
+        ttl_secs: u64,
+    ) -> std::io::Result<String> {
+        token(&self.data_dir, user, device, read, write, ttl_secs)
+    }
+
+    /// Kills the relay with SIGKILL.
+    ///
+    /// # Errors
+    /// The wait error.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.child.kill().map(|_| ())
+    }
+
+    /// The process, for graceful stops.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+/// A development token signed with `data_dir`'s key (see [`Relay::token`]).
+///
+/// # Errors
+/// If the token command fails.
+pub fn token(
+    data_dir: &Path,
+    user: &str,
+    device: &str,
+    read: &str,
+    write: &str,
+    ttl_secs: u64,
+) -> std::io::Result<String> {
+    let output = Command::new(workspace_binary("syncline-relay", "syncline-relay"))
+        .args(["token", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--user", user, "--device", device, "--read", read, "--write", write,
+        ])
+        .args(["--ttl", &ttl_secs.to_string()])
+        .output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "syncline-relay token failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
