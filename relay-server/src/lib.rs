@@ -5,11 +5,13 @@
 //! verification and keys), [`session`] (the sans-IO per-connection protocol logic), [`hub`]
 //! (the document layer: Automerge sync, durable acknowledgement, fan-out), [`storage`] (the
 //! trait and embedded SQLite), [`server`] (the tokio/axum shell behind `syncline-relay
-//! serve`) and [`admin`] (the operator commands).
+//! serve`), [`embedded`] (the same server inside another process) and [`admin`] (the
+//! operator commands).
 
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod embedded;
 pub mod hub;
 pub mod server;
 pub mod session;

@@ -48,6 +48,7 @@ pub use repo::{
     PatchAction, PendingChange, Store, StoreOptions, Subscription, Transaction, WriteOp,
 };
 pub use store::Durability;
+pub use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
 pub use syncline_protocol::{Collection, DeviceId, DocId, IdError, Priority};
 pub use value::Value;
 

@@ -6,22 +6,33 @@
 //! syncline-todo --store DIR done ID            # an unambiguous id prefix is enough
 //! syncline-todo --store DIR list [--json]
 //! syncline-todo --store DIR history ID
+//! syncline-todo --store DIR sync --relay URL --token TOKEN [--timeout SECS] [--device-class CLASS]
+//!               [--metered] [--bandwidth BYTES_PER_SEC]
+//! syncline-todo --store DIR watch --relay URL --token TOKEN
+//! syncline-todo demo                            # a relay and two devices, offline and back
 //! ```
+
+mod demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use syncline::{Collection, DocId, Store, Value};
+use std::time::{Duration, Instant};
+
+use syncline::{
+    ChangeOrigin, Collection, DeviceClass, DocId, Store, SyncClient, SyncOptions, SyncStats, Value,
+};
 
 /// A todo list that works offline, stored with Syncline.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Directory holding this device's store (created if missing).
+    /// Directory holding this device's store (created if missing); every command but `demo`
+    /// needs it.
     #[arg(long, env = "SYNCLINE_TODO_STORE")]
-    store: PathBuf,
+    store: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +60,61 @@ enum Command {
         /// The todo's id (or an unambiguous prefix of it).
         id: String,
     },
+    /// Connect to a relay, exchange changes until nothing is pending either way, print a
+    /// summary and exit.
+    Sync {
+        #[command(flatten)]
+        connection: Connection,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Stay connected to a relay and print changes as they arrive (Ctrl-C to stop).
+    Watch {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Run a relay and two devices that edit offline (one todo on both), reconnect and
+    /// converge; print what happened.
+    Demo,
+}
+
+/// Where to sync and as what kind of device.
+#[derive(clap::Args)]
+struct Connection {
+    /// The relay, e.g. ws://127.0.0.1:7878.
+    #[arg(long)]
+    relay: String,
+    /// The token (a JWT; `syncline-relay token` prints development ones).
+    #[arg(long, env = "SYNCLINE_TOKEN")]
+    token: String,
+    /// phone, tablet, desktop or server.
+    #[arg(long, default_value = "desktop")]
+    device_class: String,
+    /// The device is on a metered network.
+    #[arg(long)]
+    metered: bool,
+    /// The device's bandwidth, bytes per second (both ways).
+    #[arg(long)]
+    bandwidth: Option<u64>,
+}
+
+impl Connection {
+    fn options(&self, todos: &Collection) -> anyhow::Result<SyncOptions> {
+        let mut options = SyncOptions::new(&self.relay, std::slice::from_ref(todos));
+        options.profile.class = match self.device_class.as_str() {
+            "phone" => DeviceClass::Phone,
+            "tablet" => DeviceClass::Tablet,
+            "desktop" => DeviceClass::Desktop,
+            "server" => DeviceClass::Server,
+            other => bail!("unknown device class {other:?} (phone, tablet, desktop or server)"),
+        };
+        options.profile.metered = self.metered;
+        options.profile.download_bytes_per_s = self.bandwidth;
+        options.profile.upload_bytes_per_s = self.bandwidth;
+        options.client = format!("syncline-todo/{}", env!("CARGO_PKG_VERSION"));
+        Ok(options)
+    }
 }
 
 fn main() -> ExitCode {
@@ -62,11 +128,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cli.store)
-        .with_context(|| format!("cannot create store directory {}", cli.store.display()))?;
-    let path = cli.store.join("syncline.db");
-    let store =
-        Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))?;
+    if let Command::Demo = cli.command {
+        return demo::run();
+    }
+    let Some(dir) = cli.store else {
+        bail!("--store DIR is required (or set SYNCLINE_TODO_STORE)");
+    };
+    let store = open_store(&dir)?;
     let todos = Collection::new("todos")?;
     match cli.command {
         Command::Add { title } => {
@@ -109,11 +177,79 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Sync {
+            connection,
+            timeout,
+        } => {
+            let token = connection.token.clone();
+            let client = SyncClient::start(&store, connection.options(&todos)?, move || {
+                Ok(token.clone())
+            })?;
+            let started = Instant::now();
+            let stats = client
+                .wait_synced(Duration::from_secs(timeout), true)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            client.stop();
+            println!("{}", summary(&stats, started.elapsed()));
+        }
+        Command::Watch { connection } => {
+            let token = connection.token.clone();
+            let client = SyncClient::start(&store, connection.options(&todos)?, move || {
+                Ok(token.clone())
+            })?;
+            let _status = client.watch_status(|status| eprintln!("status: {status:?}"));
+            let reader = store.clone();
+            let _changes = store.watch_collection(&todos, move |event| {
+                if event.origin != ChangeOrigin::Remote {
+                    return;
+                }
+                match reader.document(&event.doc_id) {
+                    Ok(doc) => println!(
+                        "changed {}: {} [{}]",
+                        event.doc_id.id(),
+                        doc.get_str("title").ok().flatten().unwrap_or_default(),
+                        if doc.get_bool("done").ok().flatten().unwrap_or(false) {
+                            "x"
+                        } else {
+                            " "
+                        }
+                    ),
+                    Err(_) => println!("deleted {}", event.doc_id.id()),
+                }
+            });
+            // Until the process is stopped (Ctrl-C / SIGTERM end it).
+            loop {
+                std::thread::park();
+            }
+        }
+        Command::Demo => unreachable!("handled above"),
     }
     Ok(())
 }
 
-/// The todos as JSON objects, oldest first. A todo that cannot be read is reported on stderr
+/// Opens (creating if missing) the store in `dir`.
+fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create store directory {}", dir.display()))?;
+    let path = dir.join("syncline.db");
+    Store::open(&path).with_context(|| format!("cannot open store {}", path.display()))
+}
+
+/// One line: documents and bytes each way, round trips, time.
+fn summary(stats: &SyncStats, elapsed: Duration) -> String {
+    format!(
+        "synced: sent {} documents ({} bytes), received {} documents ({} bytes), {} round trips, {} ms",
+        stats.docs_sent,
+        stats.bytes_sent,
+        stats.docs_received,
+        stats.bytes_received,
+        stats.round_trips,
+        elapsed.as_millis()
+    )
+}
+
+/// The todos as JSON objects, oldest first (by id: ids are time-ordered, so every device lists
+/// them in the same order). A todo that cannot be read is reported on stderr
 /// and skipped, so one bad document never hides the rest.
 fn list(store: &Store, todos: &Collection) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut items = Vec::new();
@@ -128,6 +264,7 @@ fn list(store: &Store, todos: &Collection) -> anyhow::Result<Vec<serde_json::Val
             (Err(e), _) | (_, Err(e)) => eprintln!("syncline-todo: skipping {}: {e}", info.id),
         }
     }
+    items.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     Ok(items)
 }
 

@@ -77,3 +77,96 @@ fn errors_are_one_line_and_non_zero() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a Syncline store"));
 }
+
+#[test]
+fn demo_converges_and_shows_the_merged_conflict() {
+    let out = Command::new(env!("CARGO_BIN_EXE_syncline-todo"))
+        .arg("demo")
+        .output()
+        .expect("run demo");
+    let text = stdout(&out);
+    assert!(
+        text.contains("identical on both devices (4 todos)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("concurrent value: \"Buy oat milk\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("concurrent value: \"Buy almond milk\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn sync_fails_clearly_on_a_refused_token_and_an_unreachable_relay() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = dir.path().join("phone");
+    stdout(&todo(&store, &["add", "Buy milk"]));
+    // Nothing listens on this port (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let relay = format!("ws://127.0.0.1:{port}");
+    let out = todo(
+        &store,
+        &["sync", "--relay", &relay, "--token", "x", "--timeout", "5"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unreachable"), "{err}");
+
+    let data = tempfile::tempdir().expect("temp dir");
+    let relay = syncline_testkit::relay::Relay::start(data.path()).expect("relay");
+    let out = todo(
+        &store,
+        &[
+            "sync",
+            "--relay",
+            &relay.url(),
+            "--token",
+            "not-a-jwt",
+            "--timeout",
+            "5",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused the token"), "{err}");
+}
+
+#[test]
+fn sync_reconciles_two_stores_through_a_relay() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = tempfile::tempdir().expect("temp dir");
+    let relay = syncline_testkit::relay::Relay::start(data.path()).expect("relay");
+    let (phone, laptop) = (dir.path().join("phone"), dir.path().join("laptop"));
+    let milk = stdout(&todo(&phone, &["add", "Buy milk"]))
+        .trim()
+        .to_owned();
+    stdout(&todo(&laptop, &["add", "Bake bread"]));
+    for store in [&phone, &laptop, &phone] {
+        // The device id is in the store; `list` opens it so the token can name it.
+        let device = device_id(store);
+        let token = relay
+            .token("alice", &device, "todos", "todos", 600)
+            .expect("token");
+        let out = stdout(&todo(
+            store,
+            &["sync", "--relay", &relay.url(), "--token", &token],
+        ));
+        assert!(out.starts_with("synced: "), "{out}");
+    }
+    let list = |s: &std::path::Path| stdout(&todo(s, &["list", "--json"]));
+    assert_eq!(list(&phone), list(&laptop));
+    assert!(list(&laptop).contains(&milk));
+}
+
+/// The device id of the store in `dir`, read with the SDK (the CLI does not print it).
+fn device_id(dir: &std::path::Path) -> String {
+    stdout(&todo(dir, &["list"]));
+    let store = syncline::Store::open(dir.join("syncline.db")).expect("open");
+    store.device_id().to_string()
+}

@@ -33,17 +33,6 @@ pub const SYNC_BATCH: usize = 256;
 /// Documents listed per storage query while planning.
 const PLAN_PAGE: usize = 1000;
 
-/// What the hub assumes a session holds of a document it has no sync state for, saved or in
-/// memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unsaved {
-    /// Nothing: a device new to the collection, or a document created just now. Its first
-    /// message is the whole document.
-    Nothing,
-    /// Unknown (the relay may have lost the state): Automerge's opening exchange finds out.
-    Unknown,
-}
-
 /// A message for one session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
@@ -198,7 +187,7 @@ impl<S: Storage> Hub<S> {
                     }
                 }
                 let mut out = Vec::new();
-                let items = self.outgoing(id, &held, Unsaved::Unknown)?;
+                let items = self.outgoing(id, &held)?;
                 push_batches(&mut out, id, items);
                 Ok(out)
             }
@@ -257,16 +246,12 @@ impl<S: Storage> Hub<S> {
         // Each entry with its collection sequence, for ordering by recency.
         let mut entries: BTreeMap<DocId, (PlanEntry, u64)> = BTreeMap::new();
         let mut reached = Vec::new();
-        let mut new_collections = Vec::new();
         for sub in peer
             .subscriptions
             .iter()
             .filter(|s| peer.grants.can_read(&s.collection))
         {
             let mut after = cursors.get(&sub.collection).copied().unwrap_or(0);
-            if after == 0 {
-                new_collections.push(sub.collection.clone());
-            }
             loop {
                 let page =
                     self.storage
@@ -322,12 +307,7 @@ impl<S: Storage> Hub<S> {
         let mut items = Vec::new();
         let mut planned = Vec::new();
         for entry in send {
-            let unsaved = if new_collections.contains(entry.doc.collection()) {
-                Unsaved::Nothing
-            } else {
-                Unsaved::Unknown
-            };
-            let mut item = self.outgoing(id, std::slice::from_ref(&entry.doc), unsaved)?;
+            let mut item = self.outgoing(id, std::slice::from_ref(&entry.doc))?;
             // A document the session already has in full needs no message and no plan entry.
             if !item.is_empty() {
                 planned.push(entry);
@@ -396,7 +376,7 @@ impl<S: Storage> Hub<S> {
         // Replies go before the acknowledgement: a client that has its Ack has also had
         // everything the relay answered to that frame.
         let touched: Vec<DocId> = before.iter().map(|(doc, _)| doc.clone()).collect();
-        let replies = self.outgoing_logged(id, &touched, Unsaved::Unknown);
+        let replies = self.outgoing_logged(id, &touched);
         push_batches(&mut out, id, replies);
         carried.retain(|doc| before.iter().any(|(d, _)| d == doc));
         if !carried.is_empty() {
@@ -410,28 +390,15 @@ impl<S: Storage> Hub<S> {
             // dominate the cost of syncing.
             self.peer_mut(id).last_sync_ms = Some(now_ms);
         }
-        let created: Vec<DocId> = before
-            .iter()
-            .filter(|(_, heads)| heads.is_empty())
-            .map(|(doc, _)| doc.clone())
-            .collect();
         let changed: Vec<DocId> = appends.into_iter().map(|a| a.doc).collect();
         let others: Vec<SessionId> = self.peers.keys().copied().filter(|p| *p != id).collect();
         for other in others {
-            let mut items = Vec::new();
             let receives: Vec<DocId> = changed
                 .iter()
                 .filter(|d| self.peers[&other].receives(&tenant, d))
                 .cloned()
                 .collect();
-            for doc in &receives {
-                let unsaved = if created.contains(doc) {
-                    Unsaved::Nothing
-                } else {
-                    Unsaved::Unknown
-                };
-                items.append(&mut self.outgoing_logged(other, std::slice::from_ref(doc), unsaved));
-            }
+            let items = self.outgoing_logged(other, &receives);
             push_batches(&mut out, other, items);
         }
         Ok(out)
@@ -456,7 +423,7 @@ impl<S: Storage> Hub<S> {
             if !message.changes.is_empty() && !carried.contains(&item.doc) {
                 carried.push(item.doc.clone());
             }
-            self.ensure_state(id, &item.doc, Unsaved::Unknown)?;
+            self.ensure_state(id, &item.doc)?;
             let heads = self.doc(tenant, &item.doc)?.get_heads();
             if !before.iter().any(|(doc, _)| *doc == item.doc) {
                 before.push((item.doc.clone(), heads));
@@ -514,15 +481,10 @@ impl<S: Storage> Hub<S> {
 
     /// [`Hub::outgoing`] for use after a commit: a failure is logged and skips that document's
     /// messages for this session, instead of discarding what was committed.
-    fn outgoing_logged(
-        &mut self,
-        id: SessionId,
-        docs: &[DocId],
-        unsaved: Unsaved,
-    ) -> Vec<SyncItem> {
+    fn outgoing_logged(&mut self, id: SessionId, docs: &[DocId]) -> Vec<SyncItem> {
         let mut items = Vec::new();
         for doc in docs {
-            match self.outgoing(id, std::slice::from_ref(doc), unsaved) {
+            match self.outgoing(id, std::slice::from_ref(doc)) {
                 Ok(mut more) => items.append(&mut more),
                 Err(e) => {
                     tracing::error!(session = id, doc = %doc, error = %e, "could not prepare a sync message");
@@ -550,19 +512,14 @@ impl<S: Storage> Hub<S> {
 
     /// The next sync message for each document, for session `id`; none for a document whose
     /// heads the session is known to share.
-    fn outgoing(
-        &mut self,
-        id: SessionId,
-        docs: &[DocId],
-        unsaved: Unsaved,
-    ) -> Result<Vec<SyncItem>, HubError> {
+    fn outgoing(&mut self, id: SessionId, docs: &[DocId]) -> Result<Vec<SyncItem>, HubError> {
         let tenant = self.peers[&id].tenant.clone();
         let mut items = Vec::new();
         for doc_id in docs {
             if !self.peers[&id].grants.can_read(doc_id.collection()) {
                 continue;
             }
-            self.ensure_state(id, doc_id, unsaved)?;
+            self.ensure_state(id, doc_id)?;
             self.doc(&tenant, doc_id)?;
             let doc = &self.docs[&(tenant.clone(), doc_id.clone())];
             let state = self
@@ -583,26 +540,21 @@ impl<S: Storage> Hub<S> {
         Ok(items)
     }
 
-    /// Makes sure session `id` has a sync state for `doc`. A state saved at the device's last
-    /// disconnect is primed with the heads it shared then, so the first message carries the
-    /// changes since; without one, `unsaved` says what to assume.
-    fn ensure_state(
-        &mut self,
-        id: SessionId,
-        doc: &DocId,
-        unsaved: Unsaved,
-    ) -> Result<(), HubError> {
+    /// Makes sure session `id` has a sync state for `doc`, primed so that the first message
+    /// already carries what the device lacks: the changes since the heads it shared at its
+    /// last disconnect (saved then), or, with no saved state, the whole document. A device
+    /// only gets a document through a session, whose states are saved when it ends, so no
+    /// saved state means the device does not have it; if the relay lost the states (a crash),
+    /// the device merely receives some changes twice.
+    fn ensure_state(&mut self, id: SessionId, doc: &DocId) -> Result<(), HubError> {
         let peer = self.peers.get_mut(&id).expect("checked");
         if !peer.states.contains_key(doc) {
             let saved = self
                 .storage
                 .load_sync_state(&peer.tenant, &peer.identity.device, doc)?
                 .and_then(|bytes| SyncState::decode(&bytes).ok());
-            let state = match (saved, unsaved) {
-                (Some(saved), _) => sync_state::primed(saved.shared_heads),
-                (None, Unsaved::Nothing) => sync_state::primed(Vec::new()),
-                (None, Unsaved::Unknown) => SyncState::new(),
-            };
+            let shared = saved.map(|s| s.shared_heads).unwrap_or_default();
+            let state = sync_state::primed(shared);
             peer.states.insert(doc.clone(), state);
         }
         Ok(())

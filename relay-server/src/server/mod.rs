@@ -164,6 +164,13 @@ pub async fn serve(
     let drain_state = state.clone();
     let stop = state.shutdown.clone();
     let router = app(state);
+    // Without TCP_NODELAY, Nagle's algorithm holds each small frame after the first until the
+    // client's delayed ACK (~40 ms on Linux): every reply of a sync would wait for it.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         stop.cancel();
