@@ -6,7 +6,7 @@ use std::path::Path;
 
 use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
 use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
-use syncline_relay::storage::{Append, DeviceRecord, SqliteStorage, Storage};
+use syncline_relay::storage::{Append, DeviceRecord, MemoryStorage, SqliteStorage, Storage};
 
 fn doc(s: &str) -> DocId {
     s.parse().expect("valid doc id")
@@ -347,3 +347,18 @@ fn sqlite_refuses_foreign_files() {
         .expect("foreign db");
     assert!(SqliteStorage::open(&path).is_err());
 }
+
+/// Memory storage "reopened" at a path is the same storage: clones share their data.
+fn memory_at(dir: &Path) -> MemoryStorage {
+    static OPENED: std::sync::Mutex<Vec<(std::path::PathBuf, MemoryStorage)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut opened = OPENED.lock().expect("not poisoned");
+    if let Some((_, storage)) = opened.iter().find(|(p, _)| p == dir) {
+        return storage.clone();
+    }
+    let storage = MemoryStorage::new();
+    opened.push((dir.to_owned(), storage.clone()));
+    storage
+}
+
+contract_tests!(memory, memory_at);

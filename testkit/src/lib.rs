@@ -6,6 +6,7 @@
 //! network and the storage contract tests join it with the relay and the sync engine.
 
 pub mod relay;
+pub mod sim;
 
 use std::io::{BufRead, BufReader, Lines};
 use std::process::{ChildStdout, Command, Stdio};

@@ -8,11 +8,13 @@
 //! ask what changed after its cursor. The contract every backend must meet is the test suite
 //! `relay-server/tests/storage_contract.rs`.
 
+mod memory;
 mod sqlite;
 
 use syncline_protocol::messages::{CollectionSubscription, Profile};
 use syncline_protocol::{Collection, DeviceId, DocId, Heads};
 
+pub use memory::MemoryStorage;
 pub use sqlite::SqliteStorage;
 
 /// Why a storage call failed.

@@ -1,0 +1,231 @@
+//! [`MemoryStorage`]: the storage contract kept in memory. For deterministic simulations and
+//! tests that model a relay restart by keeping the storage and dropping everything else; it
+//! meets the same contract tests as SQLite (durability means "survives the hub", not a
+//! power cut).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use syncline_protocol::{Collection, DeviceId, DocId, Heads};
+
+use super::{Append, DeviceRecord, DocumentSummary, Storage, StorageError, StoredDocument};
+
+#[derive(Default)]
+struct Doc {
+    chunks: Vec<Vec<u8>>,
+    heads: Heads,
+    seq: u64,
+    stored_bytes: u64,
+}
+
+#[derive(Default)]
+struct Tenant {
+    seqs: HashMap<Collection, u64>,
+    docs: HashMap<DocId, Doc>,
+    /// Per collection, sequence number to document.
+    by_seq: HashMap<Collection, BTreeMap<u64, DocId>>,
+    devices: HashMap<DeviceId, DeviceRecord>,
+    cursors: BTreeMap<(DeviceId, Collection), u64>,
+    states: HashMap<(DeviceId, DocId), Vec<u8>>,
+}
+
+/// Storage in memory; see the module documentation. Clones share the same data (a relay
+/// "restarted" over a clone finds everything its predecessor stored).
+#[derive(Default, Clone)]
+pub struct MemoryStorage {
+    tenants: Arc<Mutex<HashMap<String, Tenant>>>,
+}
+
+impl MemoryStorage {
+    /// Empty storage.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn append(&self, tenant: &str, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
+        let mut tenants = self.tenants.lock();
+        let t = tenants.entry(tenant.to_owned()).or_default();
+        let mut seqs = Vec::with_capacity(batch.len());
+        for a in batch {
+            let collection = a.doc.collection().clone();
+            let seq = t.seqs.entry(collection.clone()).or_insert(0);
+            *seq += 1;
+            let seq = *seq;
+            let doc = t.docs.entry(a.doc.clone()).or_default();
+            let by_seq = t.by_seq.entry(collection).or_default();
+            by_seq.remove(&doc.seq);
+            by_seq.insert(seq, a.doc.clone());
+            doc.chunks.push(a.chunk.clone());
+            doc.heads = a.heads.clone();
+            doc.seq = seq;
+            doc.stored_bytes += a.chunk.len() as u64;
+            seqs.push(seq);
+        }
+        Ok(seqs)
+    }
+
+    fn compact(
+        &self,
+        tenant: &str,
+        doc: &DocId,
+        snapshot: &[u8],
+        heads: &Heads,
+    ) -> Result<(), StorageError> {
+        let mut tenants = self.tenants.lock();
+        if let Some(d) = tenants.get_mut(tenant).and_then(|t| t.docs.get_mut(doc)) {
+            d.chunks = vec![snapshot.to_vec()];
+            d.heads = heads.clone();
+            d.stored_bytes = snapshot.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn load(&self, tenant: &str, doc: &DocId) -> Result<Option<StoredDocument>, StorageError> {
+        let tenants = self.tenants.lock();
+        Ok(tenants
+            .get(tenant)
+            .and_then(|t| t.docs.get(doc))
+            .map(|d| StoredDocument {
+                chunks: d.chunks.clone(),
+                heads: d.heads.clone(),
+                seq: d.seq,
+            }))
+    }
+
+    fn changed_since(
+        &self,
+        tenant: &str,
+        collection: &Collection,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DocumentSummary>, StorageError> {
+        let tenants = self.tenants.lock();
+        let Some(t) = tenants.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        let Some(by_seq) = t.by_seq.get(collection) else {
+            return Ok(Vec::new());
+        };
+        Ok(by_seq
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(seq, id)| {
+                let d = &t.docs[id];
+                DocumentSummary {
+                    doc: id.clone(),
+                    seq: *seq,
+                    heads: d.heads.clone(),
+                    stored_bytes: d.stored_bytes,
+                }
+            })
+            .collect())
+    }
+
+    fn register_device(&self, tenant: &str, record: &DeviceRecord) -> Result<(), StorageError> {
+        let mut tenants = self.tenants.lock();
+        let t = tenants.entry(tenant.to_owned()).or_default();
+        match t.devices.get_mut(&record.device) {
+            Some(existing) => {
+                existing.user.clone_from(&record.user);
+                existing.profile = record.profile.clone();
+                existing.subscriptions = record.subscriptions.clone();
+                existing.last_seen_ms = record.last_seen_ms;
+            }
+            None => {
+                t.devices.insert(record.device, record.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn touch_device(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        at_ms: u64,
+        synced: bool,
+    ) -> Result<(), StorageError> {
+        let mut tenants = self.tenants.lock();
+        if let Some(d) = tenants
+            .get_mut(tenant)
+            .and_then(|t| t.devices.get_mut(device))
+        {
+            d.last_seen_ms = d.last_seen_ms.max(at_ms);
+            if synced {
+                d.last_sync_ms = Some(at_ms);
+            }
+        }
+        Ok(())
+    }
+
+    fn devices(&self, tenant: Option<&str>) -> Result<Vec<(String, DeviceRecord)>, StorageError> {
+        let tenants = self.tenants.lock();
+        let mut out: Vec<(String, DeviceRecord)> = tenants
+            .iter()
+            .filter(|(name, _)| tenant.is_none_or(|t| t == name.as_str()))
+            .flat_map(|(name, t)| t.devices.values().map(|d| (name.clone(), d.clone())))
+            .collect();
+        out.sort_by(|(ta, a), (tb, b)| ta.cmp(tb).then(b.last_seen_ms.cmp(&a.last_seen_ms)));
+        Ok(out)
+    }
+
+    fn set_cursor(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        collection: &Collection,
+        seq: u64,
+    ) -> Result<(), StorageError> {
+        let mut tenants = self.tenants.lock();
+        let t = tenants.entry(tenant.to_owned()).or_default();
+        t.cursors.insert((*device, collection.clone()), seq);
+        Ok(())
+    }
+
+    fn cursors(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+    ) -> Result<Vec<(Collection, u64)>, StorageError> {
+        let tenants = self.tenants.lock();
+        Ok(tenants
+            .get(tenant)
+            .map(|t| {
+                t.cursors
+                    .iter()
+                    .filter(|((d, _), _)| d == device)
+                    .map(|((_, c), seq)| (c.clone(), *seq))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn save_sync_states(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        states: &[(DocId, Vec<u8>)],
+    ) -> Result<(), StorageError> {
+        let mut tenants = self.tenants.lock();
+        let t = tenants.entry(tenant.to_owned()).or_default();
+        for (doc, state) in states {
+            t.states.insert((*device, doc.clone()), state.clone());
+        }
+        Ok(())
+    }
+
+    fn load_sync_state(
+        &self,
+        tenant: &str,
+        device: &DeviceId,
+        doc: &DocId,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let tenants = self.tenants.lock();
+        Ok(tenants
+            .get(tenant)
+            .and_then(|t| t.states.get(&(*device, doc.clone())).cloned()))
+    }
+}

@@ -1,0 +1,801 @@
+//! Deterministic simulation of devices syncing through a relay, in one thread.
+//!
+//! Every device is a real [`Store`] (in a temporary directory) driven by a real sync
+//! [`Engine`]; the relay is the real per-connection [`Session`] and [`Hub`] over
+//! [`MemoryStorage`]. Only the network and the clock are simulated: connections deliver frames
+//! in order after a random latency, may duplicate data frames, and are cut at random; devices
+//! are partitioned for random periods; the relay crashes (losing its memory and every unsaved
+//! sync state, keeping its storage); devices crash and reopen their stores. Everything random
+//! comes from one seeded generator and time is virtual, so a seed replays exactly:
+//! [`run`]`(seed)` returns the same result every time.
+//!
+//! After the chaos phase the network heals; the run then requires that within a bounded
+//! virtual time every device holds every document with the same heads as the relay, that no
+//! change a device wrote (its call returned) is missing, and that every change the relay
+//! acknowledged is still there.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use automerge::{Automerge, ChangeHash, ReadDoc};
+use syncline::engine::{Backoff, Disconnect, Effect, Engine, EngineConfig, Event, Status};
+use syncline::{
+    Collection, CollectionSubscription, DeviceClass, DocId, Priority, Store, StoreOptions,
+    SyncMode, Value,
+};
+use syncline_protocol::messages::{Limits, Profile};
+use syncline_protocol::{Message, frame};
+use syncline_relay::auth::{CollectionSet, Grants, Identity, Verified};
+use syncline_relay::hub::{Hub, SessionId};
+use syncline_relay::session::{Action, Session};
+use syncline_relay::storage::{MemoryStorage, Storage};
+
+/// The collection every simulated document lives in.
+const COLLECTION: &str = "notes";
+
+/// What one run does; [`SimConfig::for_seed`] derives it from the seed.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Devices (2 to 4).
+    pub devices: usize,
+    /// Local operations during the chaos phase.
+    pub ops: usize,
+    /// Length of the chaos phase, virtual milliseconds.
+    pub chaos_ms: u64,
+    /// Give up converging after this much virtual time past the chaos phase.
+    pub heal_ms: u64,
+}
+
+impl SimConfig {
+    /// The configuration for `seed`.
+    pub fn for_seed(seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x5EED);
+        Self {
+            devices: rng.usize(2..=4),
+            ops: rng.usize(5..=40),
+            chaos_ms: rng.u64(500..=5_000),
+            heal_ms: 120_000,
+        }
+    }
+}
+
+/// What a successful run saw.
+#[derive(Debug, Clone, Default)]
+pub struct SimReport {
+    /// Documents at the end.
+    pub documents: usize,
+    /// Local operations that committed.
+    pub writes: usize,
+    /// Connections cut by the network.
+    pub cuts: usize,
+    /// Relay crashes.
+    pub relay_crashes: usize,
+    /// Device crashes (store reopened).
+    pub device_crashes: usize,
+    /// Frames delivered.
+    pub frames: usize,
+    /// Virtual milliseconds until every device converged.
+    pub converged_at_ms: u64,
+}
+
+struct Link {
+    device: usize,
+    session: SessionId,
+    to_relay: VecDeque<(u64, Vec<u8>)>,
+    to_device: VecDeque<(u64, Vec<u8>)>,
+}
+
+struct Device {
+    dir: tempfile::TempDir,
+    store: Option<Store>,
+    engine: Option<Engine>,
+    wake_at: Option<u64>,
+    link: Option<u64>,
+    connect_at: Option<u64>,
+    partitioned_until: u64,
+    status: Status,
+    /// Every change hash this device wrote (each write returned, so it is durable).
+    written: HashMap<DocId, HashSet<ChangeHash>>,
+}
+
+struct Relay {
+    storage: MemoryStorage,
+    hub: Hub<MemoryStorage>,
+    sessions: HashMap<SessionId, (Session, u64)>,
+}
+
+struct World {
+    rng: fastrand::Rng,
+    now: u64,
+    config: SimConfig,
+    devices: Vec<Device>,
+    relay: Relay,
+    links: BTreeMap<u64, Link>,
+    next_link: u64,
+    /// Hashes the relay acknowledged, per document.
+    acked: HashMap<DocId, HashSet<ChangeHash>>,
+    report: SimReport,
+    faults: bool,
+}
+
+/// Runs the simulation of `seed`.
+///
+/// # Errors
+/// What went wrong, with the seed, when the devices did not converge or lost something.
+pub fn run(seed: u64) -> Result<SimReport, String> {
+    let config = SimConfig::for_seed(seed);
+    let mut world = World::new(seed, config);
+    world.run().map_err(|e| format!("seed {seed}: {e}"))
+}
+
+impl World {
+    fn new(seed: u64, config: SimConfig) -> Self {
+        let storage = MemoryStorage::new();
+        let devices = (0..config.devices).map(|_| Device::open(None)).collect();
+        Self {
+            rng: fastrand::Rng::with_seed(seed),
+            now: 1_000_000,
+            devices,
+            relay: Relay {
+                hub: Hub::new(std::sync::Arc::new(storage.clone())),
+                storage,
+                sessions: HashMap::new(),
+            },
+            config,
+            links: BTreeMap::new(),
+            next_link: 1,
+            acked: HashMap::new(),
+            report: SimReport::default(),
+            faults: true,
+        }
+    }
+
+    fn run(&mut self) -> Result<SimReport, String> {
+        let start = self.now;
+        let chaos_end = start + self.config.chaos_ms;
+        // The chaos phase's schedule: operations and faults at random times.
+        let mut schedule: Vec<(u64, Chaos)> = Vec::new();
+        for _ in 0..self.config.ops {
+            schedule.push((start + self.rng.u64(0..self.config.chaos_ms), Chaos::Write));
+        }
+        let faults = self.rng.usize(0..=8);
+        for _ in 0..faults {
+            let at = start + self.rng.u64(0..self.config.chaos_ms);
+            let fault = match self.rng.u8(0..10) {
+                0..=3 => Chaos::Cut,
+                4..=6 => Chaos::Partition(self.rng.u64(100..=3_000)),
+                7 => Chaos::RelayCrash,
+                _ => Chaos::DeviceCrash,
+            };
+            schedule.push((at, fault));
+        }
+        schedule.sort_by_key(|(at, _)| *at);
+        let mut schedule: VecDeque<(u64, Chaos)> = schedule.into();
+        for i in 0..self.devices.len() {
+            let now = self.now;
+            let effects = self.engine(i).handle(Event::Start, now);
+            self.apply(i, effects);
+        }
+        let deadline = chaos_end + self.config.heal_ms;
+        let mut steps = 0u64;
+        loop {
+            steps += 1;
+            if steps > 2_000_000 {
+                return Err("too many steps".into());
+            }
+            if self.now >= chaos_end && self.faults {
+                self.faults = false;
+                for d in &mut self.devices {
+                    d.partitioned_until = 0;
+                }
+            }
+            if !self.faults && self.converged()? {
+                self.report.converged_at_ms = self.now - start;
+                self.report.documents = self.relay_docs()?.len();
+                return Ok(self.report.clone());
+            }
+            let next = self.next_time(schedule.front().map(|(at, _)| *at));
+            let Some(next) = next else {
+                return Err(format!(
+                    "nothing left to happen but not converged: {}",
+                    self.describe()
+                ));
+            };
+            if next > deadline {
+                return Err(format!("not converged in time: {}", self.describe()));
+            }
+            self.now = self.now.max(next);
+            while schedule.front().is_some_and(|(at, _)| *at <= self.now) {
+                let (_, chaos) = schedule.pop_front().expect("checked");
+                self.chaos(chaos);
+            }
+            self.step()?;
+        }
+    }
+
+    fn next_time(&self, scheduled: Option<u64>) -> Option<u64> {
+        let mut times: Vec<u64> = scheduled.into_iter().collect();
+        for link in self.links.values() {
+            times.extend(link.to_relay.front().map(|(at, _)| *at));
+            times.extend(link.to_device.front().map(|(at, _)| *at));
+        }
+        for d in &self.devices {
+            times.extend(d.wake_at);
+            times.extend(d.connect_at);
+        }
+        if self.faults {
+            // The end of the chaos phase is itself an event.
+            times.push(self.now + 1);
+        }
+        times.into_iter().min()
+    }
+
+    /// Everything due now: connection completions, deliveries, timers.
+    fn step(&mut self) -> Result<(), String> {
+        for i in 0..self.devices.len() {
+            if self.devices[i].connect_at.is_some_and(|at| at <= self.now) {
+                self.devices[i].connect_at = None;
+                self.complete_connect(i);
+            }
+        }
+        let ids: Vec<u64> = self.links.keys().copied().collect();
+        for id in ids {
+            while let Some(bytes) = self.pop_due(id, true) {
+                self.report.frames += 1;
+                self.to_relay(id, &bytes)?;
+            }
+            while let Some(bytes) = self.pop_due(id, false) {
+                self.report.frames += 1;
+                let Some(device) = self.links.get(&id).map(|l| l.device) else {
+                    break;
+                };
+                self.observe_acks(&bytes);
+                let now = self.now;
+                let effects = self.engine(device).handle(Event::Frame(bytes), now);
+                self.apply(device, effects);
+            }
+        }
+        for i in 0..self.devices.len() {
+            if self.devices[i].wake_at.is_some_and(|at| at <= self.now) {
+                self.devices[i].wake_at = None;
+                let now = self.now;
+                let effects = self.engine(i).handle(Event::Tick, now);
+                self.apply(i, effects);
+            }
+        }
+        Ok(())
+    }
+
+    fn pop_due(&mut self, link: u64, to_relay: bool) -> Option<Vec<u8>> {
+        let now = self.now;
+        let l = self.links.get_mut(&link)?;
+        let queue = if to_relay {
+            &mut l.to_relay
+        } else {
+            &mut l.to_device
+        };
+        if queue.front().is_some_and(|(at, _)| *at <= now) {
+            queue.pop_front().map(|(_, b)| b)
+        } else {
+            None
+        }
+    }
+
+    fn engine(&mut self, i: usize) -> &mut Engine {
+        self.devices[i].engine.as_mut().expect("a running device")
+    }
+
+    fn latency(&mut self) -> u64 {
+        self.rng.u64(1..=30)
+    }
+
+    /// Queues a frame on a link, in order after what is already queued; data frames are
+    /// sometimes duplicated during the chaos phase.
+    fn enqueue(&mut self, link: u64, to_relay: bool, bytes: Vec<u8>) {
+        let delay = self.latency();
+        let duplicate = self.faults && is_data(&bytes) && self.rng.u8(0..20) == 0;
+        let now = self.now;
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let queue = if to_relay {
+            &mut l.to_relay
+        } else {
+            &mut l.to_device
+        };
+        let at = queue
+            .back()
+            .map_or(now + delay, |(last, _)| (*last).max(now + delay));
+        if duplicate {
+            queue.push_back((at, bytes.clone()));
+        }
+        queue.push_back((at, bytes));
+    }
+
+    fn apply(&mut self, i: usize, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Connect => {
+                    let delay = self.latency();
+                    self.devices[i].connect_at = Some(self.now + delay);
+                }
+                Effect::Send(bytes) => {
+                    if let Some(link) = self.devices[i].link {
+                        self.enqueue(link, true, bytes);
+                    }
+                }
+                Effect::Disconnect => {
+                    self.devices[i].connect_at = None;
+                    if let Some(link) = self.devices[i].link.take() {
+                        self.drop_link(link, true);
+                    }
+                }
+                Effect::Status(status) => self.devices[i].status = status,
+                Effect::WakeAt(at) => self.devices[i].wake_at = Some(at),
+            }
+        }
+    }
+
+    fn complete_connect(&mut self, i: usize) {
+        let now = self.now;
+        if self.devices[i].partitioned_until > now {
+            let effects = self.engine(i).handle(
+                Event::Disconnected(Disconnect::Failed("partitioned".into())),
+                now,
+            );
+            self.apply(i, effects);
+            return;
+        }
+        let device = self.devices[i].store.as_ref().expect("running").device_id();
+        let identity = Identity {
+            user: "sim".into(),
+            device,
+            tenant: "default".into(),
+        };
+        let all = Grants {
+            read: CollectionSet::All,
+            write: CollectionSet::All,
+        };
+        let verified = Verified {
+            identity: identity.clone(),
+            grants: all.clone(),
+            expires_at: u64::MAX / 2000,
+            valid_until: u64::MAX / 2000,
+        };
+        let id = self.next_link;
+        self.next_link += 1;
+        let session = Session::new(format!("s{id}"), verified, limits(), now);
+        self.relay.hub.connect(id, identity, all, now);
+        self.relay.sessions.insert(id, (session, id));
+        self.links.insert(
+            id,
+            Link {
+                device: i,
+                session: id,
+                to_relay: VecDeque::new(),
+                to_device: VecDeque::new(),
+            },
+        );
+        self.devices[i].link = Some(id);
+        let effects = self.engine(i).handle(Event::Connected, now);
+        self.apply(i, effects);
+    }
+
+    /// Removes a link; the relay's side disconnects (saving its sync states).
+    fn drop_link(&mut self, link: u64, save: bool) {
+        if let Some(l) = self.links.remove(&link) {
+            self.relay.sessions.remove(&l.session);
+            if save {
+                let _ = self.relay.hub.disconnect(l.session, self.now);
+            }
+        }
+    }
+
+    /// The network cuts a link: both sides see it.
+    fn cut(&mut self, link: u64) {
+        let Some(device) = self.links.get(&link).map(|l| l.device) else {
+            return;
+        };
+        self.report.cuts += 1;
+        self.drop_link(link, true);
+        self.devices[device].link = None;
+        let now = self.now;
+        let effects = self.engine(device).handle(
+            Event::Disconnected(Disconnect::Failed("connection reset".into())),
+            now,
+        );
+        self.apply(device, effects);
+    }
+
+    fn to_relay(&mut self, link: u64, bytes: &[u8]) -> Result<(), String> {
+        let now = self.now;
+        let Some(session_id) = self.links.get(&link).map(|l| l.session) else {
+            return Ok(());
+        };
+        let Some((session, _)) = self.relay.sessions.get_mut(&session_id) else {
+            return Ok(());
+        };
+        let out = session.handle_frame(bytes, now);
+        for message in out.send {
+            self.enqueue(link, false, frame::encode(&message));
+        }
+        for action in out.actions {
+            if matches!(action, Action::VerifyToken(_) | Action::ClientError(_)) {
+                continue;
+            }
+            let deliveries = self
+                .relay
+                .hub
+                .handle(session_id, action, now)
+                .map_err(|e| format!("hub failed: {e}"))?;
+            for delivery in deliveries {
+                // Session ids are link ids.
+                if self.links.contains_key(&delivery.to) {
+                    self.enqueue(delivery.to, false, frame::encode(&delivery.message));
+                }
+            }
+        }
+        if let Some(close) = out.close {
+            let device = self.links.get(&link).map(|l| l.device);
+            self.drop_link(link, true);
+            if let Some(device) = device {
+                self.devices[device].link = None;
+                let effects = self.engine(device).handle(
+                    Event::Disconnected(Disconnect::Closed {
+                        code: close.code,
+                        reason: close.reason,
+                    }),
+                    now,
+                );
+                self.apply(device, effects);
+            }
+        }
+        Ok(())
+    }
+
+    fn observe_acks(&mut self, bytes: &[u8]) {
+        if let Ok(Message::Ack(ack)) = frame::decode(bytes, usize::MAX) {
+            for item in ack.items {
+                self.acked
+                    .entry(item.doc)
+                    .or_default()
+                    .extend(item.heads.as_slice().iter().map(|h| ChangeHash(h.0)));
+            }
+        }
+    }
+
+    fn chaos(&mut self, chaos: Chaos) {
+        match chaos {
+            Chaos::Write => {
+                let i = self.rng.usize(0..self.devices.len());
+                self.write(i);
+            }
+            Chaos::Cut => {
+                let links: Vec<u64> = self.links.keys().copied().collect();
+                if !links.is_empty() {
+                    let link = links[self.rng.usize(0..links.len())];
+                    self.cut(link);
+                }
+            }
+            Chaos::Partition(ms) => {
+                let i = self.rng.usize(0..self.devices.len());
+                self.devices[i].partitioned_until = self.now + ms;
+                if let Some(link) = self.devices[i].link {
+                    self.cut(link);
+                }
+            }
+            Chaos::RelayCrash => {
+                self.report.relay_crashes += 1;
+                let links: Vec<u64> = self.links.keys().copied().collect();
+                for link in links {
+                    // A crash saves nothing: drop the session without the hub's disconnect.
+                    let device = self.links[&link].device;
+                    self.drop_link(link, false);
+                    self.devices[device].link = None;
+                    let now = self.now;
+                    let effects = self.engine(device).handle(
+                        Event::Disconnected(Disconnect::Failed("relay gone".into())),
+                        now,
+                    );
+                    self.apply(device, effects);
+                }
+                self.relay.hub = Hub::new(std::sync::Arc::new(self.relay.storage.clone()));
+                self.relay.sessions.clear();
+            }
+            Chaos::DeviceCrash => {
+                self.report.device_crashes += 1;
+                let i = self.rng.usize(0..self.devices.len());
+                if let Some(link) = self.devices[i].link.take() {
+                    self.drop_link(link, true);
+                }
+                let old = std::mem::replace(&mut self.devices[i], Device::placeholder());
+                let written = old.written.clone();
+                let partitioned_until = old.partitioned_until;
+                let dir = old.close();
+                let mut reopened = Device::open(Some(dir));
+                reopened.written = written;
+                reopened.partitioned_until = partitioned_until;
+                self.devices[i] = reopened;
+                let now = self.now;
+                let effects = self.engine(i).handle(Event::Start, now);
+                self.apply(i, effects);
+            }
+        }
+    }
+
+    /// One random local operation on device `i`: create a document, or put a map key, insert
+    /// into a list, splice text or increment a counter in one it holds.
+    fn write(&mut self, i: usize) {
+        let collection = Collection::new(COLLECTION).expect("valid");
+        let store = self.devices[i].store.clone().expect("running");
+        let docs = store.list(&collection).unwrap_or_default();
+        let kind = self.rng.u8(0..5);
+        let value = self.rng.i64(0..1000);
+        let doc = if docs.is_empty() || kind == 0 {
+            let initial = Value::from_json(&serde_json::json!({"list": [], "count": 0}));
+            match store.create_with(&collection, initial, Priority::Normal) {
+                Ok(doc) => {
+                    let _ = doc.transact(None, |tx| {
+                        tx.put("text", Value::Text(String::new()))?;
+                        tx.put("count", Value::Counter(0))
+                    });
+                    doc
+                }
+                Err(e) => panic!("create failed: {e}"),
+            }
+        } else {
+            let id = docs[self.rng.usize(0..docs.len())].id.clone();
+            let doc = store.document(&id).expect("listed");
+            let position = self.rng.usize(0..8);
+            let key = format!("k{}", self.rng.u8(0..4));
+            let result = doc.transact(None, |tx| match kind {
+                1 => tx.put(key.as_str(), value),
+                2 => {
+                    let len = match tx.get("list")? {
+                        Some(Value::List(items)) => items.len(),
+                        _ => return tx.put("list", Value::List(vec![Value::Int(value)])),
+                    };
+                    tx.insert(
+                        syncline::Path::root().key("list").index(position.min(len)),
+                        value,
+                    )
+                }
+                3 => {
+                    let len = match tx.get("text")? {
+                        Some(Value::Text(text)) => text.chars().count(),
+                        _ => return tx.put("text", Value::Text(format!("{value}"))),
+                    };
+                    tx.splice_text("text", position.min(len), 0, &format!("{value} "))
+                }
+                _ => match tx.get("count")? {
+                    Some(Value::Counter(_)) => tx.increment("count", 1),
+                    _ => tx.put("count", Value::Counter(1)),
+                },
+            });
+            if let Err(e) = result {
+                panic!("write failed: {e}");
+            }
+            doc
+        };
+        self.report.writes += 1;
+        let heads = doc.heads().expect("readable");
+        self.devices[i]
+            .written
+            .entry(doc.id().clone())
+            .or_default()
+            .extend(heads.as_slice().iter().copied());
+        let now = self.now;
+        let effects = self
+            .engine(i)
+            .handle(Event::LocalChanges(vec![doc.id().clone()]), now);
+        self.apply(i, effects);
+    }
+
+    /// The relay's documents, loaded from storage.
+    fn relay_docs(&self) -> Result<BTreeMap<DocId, Automerge>, String> {
+        let collection = Collection::new(COLLECTION).expect("valid");
+        let mut docs = BTreeMap::new();
+        for summary in self
+            .relay
+            .storage
+            .changed_since("default", &collection, 0, usize::MAX)
+            .map_err(|e| e.to_string())?
+        {
+            let stored = self
+                .relay
+                .storage
+                .load("default", &summary.doc)
+                .map_err(|e| e.to_string())?
+                .ok_or("listed but not stored")?;
+            let mut doc = Automerge::new();
+            for chunk in &stored.chunks {
+                doc.load_incremental(chunk).map_err(|e| e.to_string())?;
+            }
+            docs.insert(summary.doc, doc);
+        }
+        Ok(docs)
+    }
+
+    /// True once every device holds every relay document at the relay's heads and nothing
+    /// is in flight; an error if something written or acknowledged is missing at that point.
+    fn converged(&mut self) -> Result<bool, String> {
+        if self
+            .links
+            .values()
+            .any(|l| !l.to_relay.is_empty() || !l.to_device.is_empty())
+        {
+            return Ok(false);
+        }
+        if self
+            .devices
+            .iter()
+            .any(|d| !matches!(d.status, Status::Synced { .. }))
+        {
+            return Ok(false);
+        }
+        let relay = self.relay_docs()?;
+        let collection = Collection::new(COLLECTION).expect("valid");
+        for d in &self.devices {
+            let store = d.store.as_ref().expect("running");
+            let listed = store.list(&collection).map_err(|e| e.to_string())?;
+            if listed.len() != relay.len() {
+                return Ok(false);
+            }
+            for info in listed {
+                let Some(at_relay) = relay.get(&info.id) else {
+                    return Ok(false);
+                };
+                let heads = store
+                    .document(&info.id)
+                    .and_then(|doc| doc.heads())
+                    .map_err(|e| e.to_string())?;
+                if heads.as_slice() != at_relay.get_heads().as_slice() {
+                    return Ok(false);
+                }
+            }
+            if !store
+                .pending_documents()
+                .map_err(|e| e.to_string())?
+                .is_empty()
+            {
+                return Ok(false);
+            }
+        }
+        // Converged: now nothing written or acknowledged may be missing.
+        for (i, d) in self.devices.iter().enumerate() {
+            for (doc, hashes) in &d.written {
+                let at_relay = relay
+                    .get(doc)
+                    .ok_or_else(|| format!("device {i} wrote {doc}, which the relay lacks"))?;
+                for h in hashes {
+                    if at_relay.get_change_by_hash(h).is_none() {
+                        return Err(format!("device {i}'s change {h} to {doc} was lost"));
+                    }
+                }
+            }
+        }
+        for (doc, hashes) in &self.acked {
+            let at_relay = relay
+                .get(doc)
+                .ok_or_else(|| format!("{doc} was acknowledged but is gone"))?;
+            for h in hashes {
+                if at_relay.get_change_by_hash(h).is_none() {
+                    return Err(format!("acknowledged change {h} to {doc} was lost"));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn describe(&self) -> String {
+        let statuses: Vec<String> = self
+            .devices
+            .iter()
+            .map(|d| format!("{:?}", d.status))
+            .collect();
+        format!(
+            "t={} ms, statuses {statuses:?}, links {}",
+            self.now - 1_000_000,
+            self.links.len()
+        )
+    }
+}
+
+enum Chaos {
+    Write,
+    Cut,
+    Partition(u64),
+    RelayCrash,
+    DeviceCrash,
+}
+
+impl Device {
+    fn open(dir: Option<tempfile::TempDir>) -> Self {
+        let dir = dir.unwrap_or_else(crate::temp_dir);
+        let store = Store::open_with(
+            dir.path().join("store.db"),
+            StoreOptions {
+                durability: syncline::Durability::Normal,
+                ..StoreOptions::default()
+            },
+        )
+        .expect("open the device store");
+        let config = EngineConfig {
+            relay: "sim".into(),
+            profile: Profile {
+                class: DeviceClass::Phone,
+                storage_budget_bytes: None,
+                download_bytes_per_s: None,
+                upload_bytes_per_s: None,
+                metered: false,
+                realtime: true,
+            },
+            subscriptions: vec![CollectionSubscription {
+                collection: Collection::new(COLLECTION).expect("valid"),
+                priority: Priority::Normal,
+                mode: SyncMode::Eager,
+            }],
+            client: "sim".into(),
+            backoff: Backoff {
+                min_ms: 50,
+                max_ms: 2_000,
+            },
+            stall_timeout_ms: 5_000,
+        };
+        let seed = u64::from_le_bytes(
+            store.device_id().as_bytes()[..8]
+                .try_into()
+                .expect("16 bytes"),
+        );
+        Self {
+            engine: Some(Engine::new(store.clone(), config, seed)),
+            store: Some(store),
+            dir,
+            wake_at: None,
+            link: None,
+            connect_at: None,
+            partitioned_until: 0,
+            status: Status::Offline,
+            written: HashMap::new(),
+        }
+    }
+
+    fn placeholder() -> Self {
+        Self {
+            dir: crate::temp_dir(),
+            store: None,
+            engine: None,
+            wake_at: None,
+            link: None,
+            connect_at: None,
+            partitioned_until: 0,
+            status: Status::Offline,
+            written: HashMap::new(),
+        }
+    }
+
+    /// Drops the engine and the store (the crash), keeping the files.
+    fn close(mut self) -> tempfile::TempDir {
+        self.engine = None;
+        self.store = None;
+        self.dir
+    }
+}
+
+/// Relay limits that stay out of the simulation's way.
+fn limits() -> Limits {
+    Limits {
+        max_frame_bytes: 16 << 20,
+        max_frames_per_s: 1_000_000,
+        max_bytes_per_s: 1 << 40,
+        max_docs_per_subscription: 100_000,
+        idle_timeout_ms: 3_600_000,
+    }
+}
+
+/// `Sync` and `Ack` frames: the ones a duplicate cannot confuse.
+fn is_data(bytes: &[u8]) -> bool {
+    matches!(
+        frame::decode(bytes, usize::MAX),
+        Ok(Message::Sync(_) | Message::Ack(_))
+    )
+}
