@@ -55,10 +55,24 @@ impl Relay {
     /// # Errors
     /// As [`Relay::start`].
     pub fn start_at(data_dir: &Path, listen: &str) -> std::io::Result<Self> {
+        Self::start_with(data_dir, listen, None)
+    }
+
+    /// [`Relay::start_at`] with a TOML configuration (written to the data directory).
+    ///
+    /// # Errors
+    /// As [`Relay::start`], or if the file cannot be written.
+    pub fn start_with(data_dir: &Path, listen: &str, toml: Option<&str>) -> std::io::Result<Self> {
         let mut cmd = Command::new(workspace_binary("syncline-relay", "syncline-relay"));
         cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "warn,automerge=off");
+        if let Some(toml) = toml {
+            std::fs::create_dir_all(data_dir)?;
+            let path = data_dir.join("relay.toml");
+            std::fs::write(&path, toml)?;
+            cmd.arg("--config").arg(path);
+        }
         let mut child = Child::spawn(cmd)?;
         for _ in 0..20 {
             match child.next_line()? {

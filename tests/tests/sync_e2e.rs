@@ -25,6 +25,30 @@ impl Device {
         Self { store, _dir: dir }
     }
 
+    /// A device whose store skips the fsync per commit (for tests that write thousands).
+    fn fast() -> Self {
+        let dir = temp_dir();
+        let options = syncline::StoreOptions {
+            durability: syncline::Durability::Normal,
+            ..Default::default()
+        };
+        let store = Store::open_with(dir.path().join("store.db"), options).expect("open store");
+        Self { store, _dir: dir }
+    }
+
+    fn device(&self) -> String {
+        self.store.device_id().to_string()
+    }
+
+    fn connect_with(&self, url: &str, tokens: impl syncline::TokenProvider) -> SyncClient {
+        let mut options = SyncOptions::new(url, &[todos()]);
+        options.backoff = syncline::engine::Backoff {
+            min_ms: 50,
+            max_ms: 500,
+        };
+        SyncClient::start(&self.store, options, tokens).expect("start")
+    }
+
     fn connect(&self, relay: &Relay) -> SyncClient {
         let token = relay
             .token(
@@ -115,4 +139,259 @@ fn two_devices_edit_offline_and_converge() {
     assert_eq!(b.store.list(&todos()).expect("ok").len(), 11);
     assert!(a.store.pending_documents().expect("ok").is_empty());
     assert!(b.store.pending_documents().expect("ok").is_empty());
+}
+
+/// Waits until `f` holds, at most [`WAIT`].
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn same_documents(a: &Store, b: &Store) -> bool {
+    let (la, lb) = (
+        a.list(&todos()).expect("list"),
+        b.list(&todos()).expect("list"),
+    );
+    la.len() == lb.len()
+        && la.iter().all(|info| {
+            let ha = a.document(&info.id).and_then(|d| d.heads());
+            let hb = b.document(&info.id).and_then(|d| d.heads());
+            matches!((ha, hb), (Ok(x), Ok(y)) if x == y)
+        })
+}
+
+#[test]
+fn a_device_offline_for_long_catches_up_both_ways() {
+    let data = temp_dir();
+    let relay = Relay::start(data.path()).expect("relay");
+    let (a, b) = (Device::fast(), Device::fast());
+    let docs: Vec<_> = (0..20)
+        .map(|i| {
+            let doc = a.store.create(&todos()).expect("create");
+            doc.put("title", format!("todo {i}")).expect("put");
+            doc
+        })
+        .collect();
+    let client_a = a.connect(&relay);
+    client_a.wait_synced(WAIT, true).expect("a synced");
+    let client_b = b.connect(&relay);
+    client_b.wait_synced(WAIT, true).expect("b synced");
+    drop(client_a);
+    // a is offline for a long time: 2,000 changes; b keeps editing meanwhile: 2,000 more.
+    for round in 0..100 {
+        for doc in &docs {
+            doc.increment_or_init(round);
+        }
+    }
+    for round in 0..100 {
+        for doc in &docs {
+            b.store
+                .document(doc.id())
+                .expect("b has it")
+                .put("note", format!("b round {round}"))
+                .expect("b edits");
+        }
+    }
+    client_b.wait_synced(WAIT, true).expect("b pushed");
+    let client_a = a.connect(&relay);
+    client_a.wait_synced(WAIT, true).expect("a caught up");
+    eventually("b receives a's 2,000 changes", || {
+        same_documents(&a.store, &b.store)
+    });
+    let doc = b.store.document(docs[7].id()).expect("doc");
+    assert_eq!(doc.get("count").expect("get"), Some(Value::Counter(100)));
+    assert_eq!(
+        doc.get("note").expect("get"),
+        Some(Value::from("b round 99"))
+    );
+    assert!(a.store.pending_documents().expect("pending").is_empty());
+    assert!(b.store.pending_documents().expect("pending").is_empty());
+}
+
+trait Increment {
+    fn increment_or_init(&self, round: usize);
+}
+
+impl Increment for syncline::Document {
+    fn increment_or_init(&self, round: usize) {
+        self.transact(None, |tx| {
+            if round == 0 {
+                tx.put("count", Value::Counter(1))
+            } else {
+                tx.increment("count", 1)
+            }
+        })
+        .expect("write");
+    }
+}
+
+#[test]
+fn a_relay_killed_mid_sync_loses_nothing_acknowledged() {
+    let data = temp_dir();
+    let mut relay = Relay::start(data.path()).expect("relay");
+    let addr = relay.addr.clone();
+    let (a, b) = (Device::fast(), Device::fast());
+    for i in 0..3000 {
+        a.store
+            .create_with(
+                &todos(),
+                Value::from_json(&serde_json::json!({"title": format!("todo {i}")})),
+                syncline::Priority::Normal,
+            )
+            .expect("create");
+    }
+    let token_a = relay
+        .token("alice", &a.device(), "todos", "todos", 3600)
+        .expect("token");
+    let client_a = a.connect_with(&relay.url(), move || Ok(token_a.clone()));
+    // Kill the relay once some but not all of the documents are acknowledged.
+    eventually("some acknowledgements", || {
+        a.store
+            .pending_documents()
+            .map(|p| p.len() < 3000)
+            .unwrap_or(false)
+    });
+    relay.kill().expect("SIGKILL");
+    let acknowledged: Vec<_> = {
+        let pending: std::collections::HashSet<_> = a
+            .store
+            .pending_documents()
+            .expect("pending")
+            .into_iter()
+            .collect();
+        a.store
+            .list(&todos())
+            .expect("list")
+            .into_iter()
+            .map(|info| info.id)
+            .filter(|id| !pending.contains(id))
+            .collect()
+    };
+    assert!(!acknowledged.is_empty());
+    let relay = Relay::start_at(data.path(), &addr).expect("restart on the same address");
+    // The kill is a failed connection: keep retrying through it.
+    client_a
+        .wait_synced(WAIT, false)
+        .expect("a finishes after the restart");
+    let client_b = b.connect(&relay);
+    client_b.wait_synced(WAIT, true).expect("b synced");
+    eventually("b has everything", || same_documents(&a.store, &b.store));
+    for id in &acknowledged {
+        b.store
+            .document(id)
+            .expect("an acknowledged document survived");
+    }
+    assert_eq!(b.store.list(&todos()).expect("list").len(), 3000);
+}
+
+#[test]
+fn a_refreshed_token_keeps_the_connection_and_a_revoked_grant_stops_writes() {
+    let data = temp_dir();
+    // No leeway: an expired token would close the connection at once.
+    let relay =
+        Relay::start_with(data.path(), "127.0.0.1:0", Some("leeway_secs = 0\n")).expect("relay");
+    let (a, b) = (Device::new(), Device::new());
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let revoked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (data_dir, device) = (data.path().to_owned(), a.device());
+    let provider = {
+        let (calls, revoked) = (calls.clone(), revoked.clone());
+        move || {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let write = if revoked.load(std::sync::atomic::Ordering::SeqCst) {
+                "other"
+            } else {
+                "todos"
+            };
+            syncline_testkit::relay::token(&data_dir, "alice", &device, "todos", write, 3)
+                .map_err(|e| e.to_string())
+        }
+    };
+    let client_a = a.connect_with(&relay.url(), provider);
+    client_a.wait_synced(WAIT, true).expect("a synced");
+    let client_b = b.connect(&relay);
+    client_b.wait_synced(WAIT, true).expect("b synced");
+    // Outlive the first token twice over; refreshed tokens keep the same connection.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(client_a.stats().connections, 1, "the connection was kept");
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    let doc = a.store.create(&todos()).expect("create");
+    doc.put("title", "after refresh").expect("put");
+    eventually("b gets a's write over the refreshed connection", || {
+        b.store.document(doc.id()).is_ok()
+    });
+    // The grant is revoked at the next refresh: writes are refused with a clear error, and
+    // nothing is lost locally.
+    revoked.store(true, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(2));
+    doc.put("title", "after revocation")
+        .expect("the local write works");
+    eventually(
+        "the refusal surfaces",
+        || matches!(client_a.status(), syncline::Status::Error { reason } if reason.contains("no write grant")),
+    );
+    assert_eq!(
+        a.store.pending_documents().expect("pending"),
+        vec![doc.id().clone()]
+    );
+    assert_eq!(
+        b.store
+            .document(doc.id())
+            .expect("b has it")
+            .get("title")
+            .expect("get"),
+        Some(Value::from("after refresh"))
+    );
+}
+
+#[test]
+fn a_reconnect_with_ten_changed_out_of_ten_thousand_sends_little() {
+    let data = temp_dir();
+    let relay = Relay::start(data.path()).expect("relay");
+    let a = Device::fast();
+    let ids: Vec<_> = (0..10_000)
+        .map(|i| {
+            a.store
+                .create_with(
+                    &todos(),
+                    Value::from_json(&serde_json::json!({"title": format!("todo {i}")})),
+                    syncline::Priority::Normal,
+                )
+                .expect("create")
+                .id()
+                .clone()
+        })
+        .collect();
+    let client = a.connect(&relay);
+    client
+        .wait_synced(Duration::from_secs(120), true)
+        .expect("initial sync");
+    let initial = client.stats();
+    drop(client);
+    for id in ids.iter().step_by(1000) {
+        a.store
+            .document(id)
+            .expect("doc")
+            .put("done", true)
+            .expect("put");
+    }
+    let client = a.connect(&relay);
+    client.wait_synced(WAIT, true).expect("reconnect");
+    let stats = client.stats();
+    eprintln!("initial sync: {initial:?}\nreconnect: {stats:?}");
+    assert_eq!(stats.docs_sent, 10);
+    // A handful of frames and a few KB: nothing proportional to the 10,000 documents.
+    assert!(stats.frames_sent <= 8, "{stats:?}");
+    assert!(stats.frames_received <= 8, "{stats:?}");
+    assert!(
+        stats.bytes_sent + stats.bytes_received < 16 * 1024,
+        "{stats:?}"
+    );
+    assert!(stats.round_trips <= 2, "{stats:?}");
 }
