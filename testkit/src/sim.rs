@@ -241,7 +241,7 @@ impl World {
         for id in ids {
             while let Some(bytes) = self.pop_due(id, true) {
                 self.report.frames += 1;
-                self.to_relay(id, &bytes)?;
+                self.deliver_to_relay(id, &bytes)?;
             }
             while let Some(bytes) = self.pop_due(id, false) {
                 self.report.frames += 1;
@@ -406,7 +406,7 @@ impl World {
         self.apply(device, effects);
     }
 
-    fn to_relay(&mut self, link: u64, bytes: &[u8]) -> Result<(), String> {
+    fn deliver_to_relay(&mut self, link: u64, bytes: &[u8]) -> Result<(), String> {
         let now = self.now;
         let Some(session_id) = self.links.get(&link).map(|l| l.session) else {
             return Ok(());
