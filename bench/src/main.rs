@@ -18,6 +18,7 @@
 //! Add `--json` for one JSON object per scenario.
 
 mod relay;
+mod sync;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -79,6 +80,18 @@ enum Scenario {
         #[arg(long, default_value_t = 200)]
         writes: u32,
     },
+    /// A device holding N documents reconnects with K changed on it and K changed elsewhere.
+    Reconnect {
+        #[arg(long, default_value_t = 10_000)]
+        docs: usize,
+        #[arg(long, default_value_t = 100)]
+        changed: usize,
+    },
+    /// A new device syncs N small documents from a relay.
+    Initial {
+        #[arg(long, default_value_t = 10_000)]
+        docs: usize,
+    },
     /// Resident memory after reading N documents with a bounded cache.
     Memory {
         #[arg(long, default_value_t = 10_000)]
@@ -125,6 +138,8 @@ fn main() -> anyhow::Result<()> {
         Scenario::RelayFanout { receivers, writes } => {
             runtime()?.block_on(relay::fanout(receivers, writes))?
         }
+        Scenario::Reconnect { docs, changed } => sync::reconnect(docs, changed)?,
+        Scenario::Initial { docs } => sync::initial(docs)?,
     };
     if cli.json {
         println!("{report}");

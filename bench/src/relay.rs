@@ -239,7 +239,14 @@ pub async fn throughput(devices: u32, seconds: f64) -> anyhow::Result<serde_json
                         match client.next().await? {
                             Message::Ack(a) if a.items.iter().any(|i| i.seq.is_some()) => break,
                             Message::Sync(s) => {
-                                for item in &s.items {
+                                // Others' documents arrive too (everyone subscribes to the
+                                // collection); this writer only syncs its own.
+                                let mine: Vec<&SyncItem> =
+                                    s.items.iter().filter(|i| i.doc == writer.id).collect();
+                                if mine.is_empty() {
+                                    continue;
+                                }
+                                for item in mine {
                                     writer.receive(item)?;
                                 }
                                 if let Some(reply) =
