@@ -92,6 +92,11 @@ fn two_devices_edit_offline_and_converge() {
     client_a.wait_synced(WAIT, true).expect("a synced");
     let client_b = b.connect(&relay);
     client_b.wait_synced(WAIT, true).expect("b synced");
+    // Remote changes fire the same listeners as local ones, with patches.
+    let (events_tx, events_rx) = std::sync::mpsc::channel();
+    let _watch = b.store.watch_document(shared.id(), move |event| {
+        let _ = events_tx.send((event.origin, event.patches.len()));
+    });
     // b now has the shared document; both edit it offline.
     client_a.pause();
     client_b.pause();
@@ -129,6 +134,13 @@ fn two_devices_edit_offline_and_converge() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let remote: Vec<(syncline::ChangeOrigin, usize)> = events_rx.try_iter().collect();
+    assert!(
+        remote
+            .iter()
+            .any(|(origin, patches)| *origin == syncline::ChangeOrigin::Remote && *patches > 0),
+        "{remote:?}"
+    );
     let doc_b = b.store.document(shared.id()).expect("ok");
     assert_eq!(
         doc_b.get("title").expect("ok"),

@@ -170,3 +170,45 @@ fn device_id(dir: &std::path::Path) -> String {
     let store = syncline::Store::open(dir.join("syncline.db")).expect("open");
     store.device_id().to_string()
 }
+
+#[test]
+fn watch_prints_changes_as_they_arrive() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = tempfile::tempdir().expect("temp dir");
+    let relay = syncline_testkit::relay::Relay::start(data.path()).expect("relay");
+    let (phone, laptop) = (dir.path().join("phone"), dir.path().join("laptop"));
+    let laptop_token = relay
+        .token("alice", &device_id(&laptop), "todos", "todos", 600)
+        .expect("token");
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_syncline-todo"));
+    watch.arg("--store").arg(&laptop).args([
+        "watch",
+        "--relay",
+        &relay.url(),
+        "--token",
+        &laptop_token,
+    ]);
+    let mut watcher = syncline_testkit::Child::spawn(watch).expect("spawn watch");
+    let id = stdout(&todo(&phone, &["add", "Water the plants"]))
+        .trim()
+        .to_owned();
+    let phone_token = relay
+        .token("alice", &device_id(&phone), "todos", "todos", 600)
+        .expect("token");
+    stdout(&todo(
+        &phone,
+        &["sync", "--relay", &relay.url(), "--token", &phone_token],
+    ));
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        match watcher.next_line().expect("read") {
+            Some(line) if line.contains(&id) => {
+                assert!(line.contains("Water the plants"), "{line}");
+                return;
+            }
+            Some(line) => seen.push(line),
+            None => break,
+        }
+    }
+    panic!("watch never printed the change: {seen:?}");
+}

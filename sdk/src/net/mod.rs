@@ -297,12 +297,14 @@ impl SyncClient {
         }
     }
 
-    /// Blocks until the status is [`Status::Synced`] and nothing is pending locally, or fails
-    /// at once on a refused token, or gives up after `timeout`. With `fail_unreachable`, a
-    /// relay that cannot be reached fails at once instead of being retried.
+    /// Blocks until the status is [`Status::Synced`] and nothing is pending locally, fails at
+    /// once when the sync reports an error (a refused token, a refused change, a protocol
+    /// error), or gives up after `timeout`. With `fail_unreachable`, a relay that cannot be
+    /// reached fails at once instead of being retried.
     ///
     /// # Errors
-    /// [`SyncError::Unauthorized`], [`SyncError::Unreachable`], [`SyncError::Timeout`].
+    /// [`SyncError::Unauthorized`], [`SyncError::Unreachable`], [`SyncError::Failed`],
+    /// [`SyncError::Timeout`].
     pub fn wait_synced(
         &self,
         timeout: Duration,
@@ -311,30 +313,24 @@ impl SyncClient {
         let started = Instant::now();
         let mut observed = self.inner.observed();
         loop {
-            if let Status::Synced { .. } = observed.status
-                && self
-                    .store
-                    .pending_documents()
-                    .map(|p| p.is_empty())
-                    .unwrap_or(false)
-            {
-                return Ok(observed.stats);
-            }
-            match &observed.last_disconnect {
-                Some(Disconnect::Unauthorized(reason)) => {
+            match (&observed.status, &observed.last_disconnect) {
+                (Status::Synced { .. }, _)
+                    if self
+                        .store
+                        .pending_documents()
+                        .map(|p| p.is_empty())
+                        .unwrap_or(false) =>
+                {
+                    return Ok(observed.stats);
+                }
+                (_, Some(Disconnect::Unauthorized(reason))) => {
                     return Err(SyncError::Unauthorized(reason.clone()));
                 }
-                Some(Disconnect::Failed(reason)) if fail_unreachable => {
+                (_, Some(Disconnect::Failed(reason))) if fail_unreachable => {
                     return Err(SyncError::Unreachable(reason.clone()));
                 }
+                (Status::Error { reason }, _) => return Err(SyncError::Failed(reason.clone())),
                 _ => {}
-            }
-            if let Status::Error { reason } = &observed.status
-                && observed.last_disconnect.is_none()
-                && !matches!(observed.status, Status::Synced { .. })
-                && reason.starts_with("the relay refused")
-            {
-                return Err(SyncError::Failed(reason.clone()));
             }
             let waited = started.elapsed();
             if waited >= timeout {
