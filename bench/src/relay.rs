@@ -93,7 +93,8 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(relay: &Relay, device: u32) -> anyhow::Result<Self> {
+    /// Connects as `device`, subscribed to `collection`.
+    async fn connect(relay: &Relay, device: u32, collection: &str) -> anyhow::Result<Self> {
         let mut request = format!("ws://{}/v1/sync", relay.addr).into_client_request()?;
         request.headers_mut().insert(
             "Authorization",
@@ -114,7 +115,7 @@ impl Client {
         client
             .send(&Message::Subscribe(Subscribe {
                 collections: vec![CollectionSubscription {
-                    collection: Collection::new("bench")?,
+                    collection: Collection::new(collection)?,
                     priority: Priority::Normal,
                     mode: SyncMode::Eager,
                 }],
@@ -157,7 +158,7 @@ pub async fn connections(count: u32) -> anyhow::Result<serde_json::Value> {
             .iter()
             .map(|&d| {
                 let relay = Arc::clone(&relay);
-                tokio::spawn(async move { Client::connect(&relay, d).await })
+                tokio::spawn(async move { Client::connect(&relay, d, "bench").await })
             })
             .collect();
         for task in tasks {
@@ -186,11 +187,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(n: u32) -> anyhow::Result<Self> {
+    fn new(n: u32, collection: &str) -> anyhow::Result<Self> {
         Ok(Self {
             doc: Automerge::new(),
             state: State::new(),
-            id: format!("bench/d{n}").parse()?,
+            id: format!("{collection}/d{n}").parse()?,
         })
     }
 
@@ -221,8 +222,11 @@ pub async fn throughput(devices: u32, seconds: f64) -> anyhow::Result<serde_json
         .map(|d| {
             let relay = Arc::clone(&relay);
             tokio::spawn(async move {
-                let mut client = Client::connect(&relay, d).await?;
-                let mut writer = Writer::new(d)?;
+                // Each device writes its own collection: the scenario measures acknowledged
+                // writes, not fan-out (measured by `relay-fanout`).
+                let collection = format!("w{d}");
+                let mut client = Client::connect(&relay, d, &collection).await?;
+                let mut writer = Writer::new(d, &collection)?;
                 let mut acked = 0u64;
                 while Instant::now() < deadline {
                     let Some(message) = writer.change(acked) else {
@@ -315,8 +319,8 @@ pub async fn throughput(devices: u32, seconds: f64) -> anyhow::Result<serde_json
 pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::Value> {
     let relay = Arc::new(Relay::start()?);
     let doc_id: DocId = "bench/shared".parse()?;
-    let mut writer_client = Client::connect(&relay, 0).await?;
-    let mut writer = Writer::new(0)?;
+    let mut writer_client = Client::connect(&relay, 0, "bench").await?;
+    let mut writer = Writer::new(0, "bench")?;
     writer.id = doc_id.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, u64, Instant)>();
     let mut handles = Vec::new();
@@ -324,9 +328,9 @@ pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::V
         let relay = Arc::clone(&relay);
         let tx = tx.clone();
         let doc_id = doc_id.clone();
-        let mut client = Client::connect(&relay, r).await?;
+        let mut client = Client::connect(&relay, r, "bench").await?;
         handles.push(tokio::spawn(async move {
-            let mut w = Writer::new(r)?;
+            let mut w = Writer::new(r, "bench")?;
             w.id = doc_id;
             let mut seen = 0u64;
             while seen < u64::from(writes) {

@@ -42,6 +42,16 @@ pub struct Delivery {
     pub message: Message,
 }
 
+/// What [`Hub::sync_group`] produced.
+#[derive(Debug, Default)]
+pub struct SyncGroup {
+    /// Messages to route, in order.
+    pub deliveries: Vec<Delivery>,
+    /// Sessions whose frame was not (wholly) committed, and why (for the log); `deliveries`
+    /// already holds the `INTERNAL` error each is sent.
+    pub failed: Vec<(SessionId, HubError)>,
+}
+
 /// Why the hub failed an action. The session gets an `INTERNAL` error and may retry; nothing
 /// was acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +59,9 @@ pub enum HubError {
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A group commit failed for this session (see [`Hub::sync_group`]).
+    #[error("{0}")]
+    Failed(String),
     /// A stored document does not load.
     #[error("stored document {doc} does not load: {reason}")]
     Corrupt {
@@ -141,6 +154,13 @@ impl<S: Storage> Hub<S> {
                 .touch_device(&peer.tenant, &device, synced, true)?;
         }
         Ok(())
+    }
+
+    /// Drops every document from memory, so each is reloaded from storage on next use. After a
+    /// panic mid-action, memory may hold changes storage does not: this restores the rule that
+    /// memory never runs ahead of storage.
+    pub fn forget_documents(&mut self) {
+        self.docs.clear();
     }
 
     /// Sessions currently connected.
@@ -327,62 +347,147 @@ impl<S: Storage> Hub<S> {
     }
 
     /// Applies a session's sync messages, appends what changed in one durable transaction,
-    /// acknowledges, replies, and fans the changes out.
-    ///
-    /// Memory never runs ahead of storage: every document changed in memory is either in the
-    /// committed batch or evicted (to be reloaded from storage). Nothing after the commit can
-    /// abort the acknowledgements, replies and fan-out of what was committed.
+    /// acknowledges, replies, and fans the changes out. [`Hub::sync_group`] of one.
     fn sync(
         &mut self,
         id: SessionId,
         items: Vec<SyncItem>,
         now_ms: u64,
     ) -> Result<Vec<Delivery>, HubError> {
-        let tenant = self.peers[&id].tenant.clone();
-        let mut out = Vec::new();
-        // Each document's heads before this frame's first item for it, in first-seen order.
-        let mut before: Vec<(DocId, Vec<ChangeHash>)> = Vec::new();
-        // Documents whose items carried changes: they are acknowledged, even when the changes
-        // were already here (a resend after a cut).
-        let mut carried: Vec<DocId> = Vec::new();
-        if let Err(e) = self.apply_items(id, &tenant, items, &mut before, &mut carried, &mut out) {
-            self.evict(&tenant, before.iter().map(|(doc, _)| doc));
-            return Err(e);
+        let group = self.sync_group(vec![(id, items)], now_ms);
+        for (session, e) in &group.failed {
+            tracing::error!(session, error = %e, "a sync frame was not committed");
         }
-        let mut appends = Vec::new();
-        for (doc_id, heads_before) in &before {
-            let doc = &self.docs[&(tenant.clone(), doc_id.clone())];
-            let after = doc.get_heads();
-            if &after != heads_before {
-                appends.push(Append {
-                    doc: doc_id.clone(),
-                    chunk: doc.save_after(heads_before),
-                    heads: wire_heads(&after),
-                });
-            }
-        }
-        // A round trip that stored nothing costs no transaction.
-        let seqs = if appends.is_empty() {
-            Vec::new()
-        } else {
-            match self.storage.append(&tenant, &appends) {
-                Ok(seqs) => seqs,
-                Err(e) => {
-                    self.evict(&tenant, before.iter().map(|(doc, _)| doc));
-                    return Err(e.into());
+        Ok(group.deliveries)
+    }
+
+    /// Group commit across sessions: applies the `Sync` frames of several sessions, appends
+    /// everything they changed in one storage transaction per tenant, then sends each session
+    /// its replies and acknowledgements and fans the changes out. Concurrent writers then share
+    /// an fsync instead of queueing for one each.
+    ///
+    /// Memory never runs ahead of storage: every document changed in memory is either in a
+    /// committed batch or evicted (to be reloaded from storage). Nothing after a commit can
+    /// abort the acknowledgements, replies and fan-out of what was committed. A session whose
+    /// tenant's commit failed, or one of whose documents had to be evicted, is in
+    /// [`SyncGroup::failed`] and is sent an `INTERNAL` error instead of (a complete)
+    /// acknowledgement, so its client reconnects and resends.
+    pub fn sync_group(
+        &mut self,
+        frames: Vec<(SessionId, Vec<SyncItem>)>,
+        now_ms: u64,
+    ) -> SyncGroup {
+        let mut group = SyncGroup::default();
+        // Per tenant, each document's heads before the group first touched it.
+        let mut before: BTreeMap<String, Vec<(DocId, Vec<ChangeHash>)>> = BTreeMap::new();
+        // Per session: its tenant, the documents it touched, those whose items carried
+        // changes (acknowledged even when already stored: a resend after a cut).
+        let mut sessions: Vec<(SessionId, String, Vec<DocId>, Vec<DocId>)> = Vec::new();
+        let mut broken: BTreeMap<String, String> = BTreeMap::new();
+        for (id, items) in frames {
+            let Some(peer) = self.peers.get(&id) else {
+                continue;
+            };
+            let tenant = peer.tenant.clone();
+            let mut first_seen = Vec::new();
+            let mut carried = Vec::new();
+            let applied = self.apply_items(
+                id,
+                &tenant,
+                items,
+                &mut first_seen,
+                &mut carried,
+                &mut group.deliveries,
+            );
+            let seen = before.entry(tenant.clone()).or_default();
+            let touched: Vec<DocId> = first_seen.iter().map(|(doc, _)| doc.clone()).collect();
+            for (doc, heads) in first_seen {
+                if !seen.iter().any(|(d, _)| *d == doc) {
+                    seen.push((doc, heads));
                 }
             }
-        };
-        // Replies go before the acknowledgement: a client that has its Ack has also had
-        // everything the relay answered to that frame.
-        let touched: Vec<DocId> = before.iter().map(|(doc, _)| doc.clone()).collect();
-        let replies = self.outgoing_logged(id, &touched);
-        push_batches(&mut out, id, replies);
-        carried.retain(|doc| before.iter().any(|(d, _)| d == doc));
-        if !carried.is_empty() {
-            let seq_of: HashMap<&DocId, u64> = appends.iter().map(|a| &a.doc).zip(seqs).collect();
-            let acks = self.acks(&tenant, &carried, &seq_of);
-            out.push(Delivery {
+            if let Err(e) = applied {
+                // A storage read failed: nothing of this tenant's group is committed.
+                broken
+                    .entry(tenant.clone())
+                    .or_insert_with(|| e.to_string());
+            }
+            sessions.push((id, tenant, touched, carried));
+        }
+        let mut changed: BTreeMap<String, Vec<DocId>> = BTreeMap::new();
+        let mut seqs: HashMap<(String, DocId), u64> = HashMap::new();
+        for (tenant, docs) in &before {
+            if broken.contains_key(tenant) {
+                self.evict(tenant, docs.iter().map(|(doc, _)| doc));
+                continue;
+            }
+            let mut appends = Vec::new();
+            for (doc_id, heads_before) in docs {
+                // Absent: evicted after a failed item; its durable state is what counts.
+                let Some(doc) = self.docs.get(&(tenant.clone(), doc_id.clone())) else {
+                    continue;
+                };
+                let after = doc.get_heads();
+                if &after != heads_before {
+                    appends.push(Append {
+                        doc: doc_id.clone(),
+                        chunk: doc.save_after(heads_before),
+                        heads: wire_heads(&after),
+                    });
+                }
+            }
+            // A round trip that stored nothing costs no transaction.
+            if appends.is_empty() {
+                continue;
+            }
+            match self.storage.append(tenant, &appends) {
+                Ok(stored) => {
+                    for (append, seq) in appends.iter().zip(stored) {
+                        seqs.insert((tenant.clone(), append.doc.clone()), seq);
+                    }
+                    changed.insert(tenant.clone(), appends.into_iter().map(|a| a.doc).collect());
+                }
+                Err(e) => {
+                    self.evict(tenant, docs.iter().map(|(doc, _)| doc));
+                    broken.insert(tenant.clone(), e.to_string());
+                }
+            }
+        }
+        let mut senders: HashMap<(String, DocId), Vec<SessionId>> = HashMap::new();
+        for (id, tenant, touched, carried) in sessions {
+            if let Some(reason) = broken.get(&tenant) {
+                group.failed.push((id, HubError::Failed(reason.clone())));
+                group.deliveries.push(internal(id));
+                continue;
+            }
+            for doc in &touched {
+                senders
+                    .entry((tenant.clone(), doc.clone()))
+                    .or_default()
+                    .push(id);
+            }
+            // Replies go before the acknowledgement: a client that has its Ack has also had
+            // everything the relay answered to that frame.
+            let replies = self.outgoing_logged(id, &touched);
+            push_batches(&mut group.deliveries, id, replies);
+            let carried: Vec<DocId> = carried
+                .into_iter()
+                .filter(|doc| touched.contains(doc))
+                .collect();
+            if carried.is_empty() {
+                continue;
+            }
+            let acks = self.acks(&tenant, &carried, &seqs);
+            if acks.len() < carried.len() {
+                // A document this session changed was evicted (another session's item for it
+                // failed): its changes may not be stored, so nothing of the frame is acked.
+                group.failed.push((
+                    id,
+                    HubError::Failed("a document of the frame was reloaded".into()),
+                ));
+                group.deliveries.push(internal(id));
+            }
+            group.deliveries.push(Delivery {
                 to: id,
                 message: Message::Ack(Ack { items: acks }),
             });
@@ -390,18 +495,27 @@ impl<S: Storage> Hub<S> {
             // dominate the cost of syncing.
             self.peer_mut(id).last_sync_ms = Some(now_ms);
         }
-        let changed: Vec<DocId> = appends.into_iter().map(|a| a.doc).collect();
-        let others: Vec<SessionId> = self.peers.keys().copied().filter(|p| *p != id).collect();
-        for other in others {
-            let receives: Vec<DocId> = changed
-                .iter()
-                .filter(|d| self.peers[&other].receives(&tenant, d))
-                .cloned()
-                .collect();
-            let items = self.outgoing_logged(other, &receives);
-            push_batches(&mut out, other, items);
+        let peers: Vec<SessionId> = self.peers.keys().copied().collect();
+        for (tenant, docs) in changed {
+            for &other in &peers {
+                let receives: Vec<DocId> = docs
+                    .iter()
+                    .filter(|d| {
+                        // The senders had their replies above.
+                        !senders
+                            .get(&(tenant.clone(), (*d).clone()))
+                            .is_some_and(|s| s.contains(&other))
+                            && self.peers[&other].receives(&tenant, d)
+                    })
+                    .cloned()
+                    .collect();
+                if !receives.is_empty() {
+                    let items = self.outgoing_logged(other, &receives);
+                    push_batches(&mut group.deliveries, other, items);
+                }
+            }
         }
-        Ok(out)
+        group
     }
 
     /// Applies each item to its in-memory document, recording the heads each document had
@@ -458,15 +572,22 @@ impl<S: Storage> Hub<S> {
         Ok(())
     }
 
-    /// Acknowledgements for the documents of a frame, with the heads now durable.
-    fn acks(&self, tenant: &str, docs: &[DocId], seq_of: &HashMap<&DocId, u64>) -> Vec<AckItem> {
+    /// Acknowledgements for the documents of a frame, with the heads now durable; none for
+    /// a document no longer in memory.
+    fn acks(
+        &self,
+        tenant: &str,
+        docs: &[DocId],
+        seqs: &HashMap<(String, DocId), u64>,
+    ) -> Vec<AckItem> {
         docs.iter()
             .filter_map(|doc| {
-                let loaded = self.docs.get(&(tenant.to_owned(), doc.clone()))?;
+                let key = (tenant.to_owned(), doc.clone());
+                let loaded = self.docs.get(&key)?;
                 Some(AckItem {
                     doc: doc.clone(),
                     heads: wire_heads(&loaded.get_heads()),
-                    seq: seq_of.get(doc).copied(),
+                    seq: seqs.get(&key).copied(),
                 })
             })
             .collect()
@@ -591,6 +712,19 @@ fn push_batches(out: &mut Vec<Delivery>, to: SessionId, items: Vec<SyncItem>) {
             to,
             message: Message::Sync(Sync { items: batch }),
         });
+    }
+}
+
+/// The relay failed this session's request: it should reconnect and retry.
+fn internal(to: SessionId) -> Delivery {
+    Delivery {
+        to,
+        message: Message::Error(Error {
+            code: ErrorCode::INTERNAL,
+            message: "the relay could not store this; reconnect and resend".into(),
+            retry_after_ms: Some(1000),
+            doc: None,
+        }),
     }
 }
 

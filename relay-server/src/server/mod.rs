@@ -72,6 +72,9 @@ enum HubCommand {
     Shutdown,
 }
 
+/// Most `Sync` frames committed together by the hub.
+const SYNC_GROUP: usize = 512;
+
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -458,7 +461,15 @@ fn run_hub<S: Storage>(
     metrics: &Metrics,
 ) {
     let mut routes: HashMap<SessionId, mpsc::Sender<Message>> = HashMap::new();
-    while let Some(command) = commands.blocking_recv() {
+    let mut next: Option<HubCommand> = None;
+    loop {
+        let command = match next.take() {
+            Some(command) => command,
+            None => match commands.blocking_recv() {
+                Some(command) => command,
+                None => break,
+            },
+        };
         match command {
             HubCommand::Shutdown => break,
             HubCommand::Connect {
@@ -476,6 +487,55 @@ fn run_hub<S: Storage>(
                     tracing::error!(session = id, error = %e, "could not save sync state on disconnect");
                 }
             }
+            HubCommand::Action {
+                id,
+                action: Action::Sync(items),
+                now_ms,
+            } => {
+                // Group commit: every Sync frame already queued joins this one, so concurrent
+                // writers share one storage transaction. Order per session is kept: the first
+                // other command ends the group and runs next.
+                let mut frames = vec![(id, items)];
+                while frames.len() < SYNC_GROUP {
+                    match commands.try_recv() {
+                        Ok(HubCommand::Action {
+                            id,
+                            action: Action::Sync(items),
+                            ..
+                        }) => frames.push((id, items)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let sessions: Vec<SessionId> = frames.iter().map(|(id, _)| *id).collect();
+                let started = Instant::now();
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    hub.sync_group(frames, now_ms)
+                }));
+                let deliveries = match outcome {
+                    Ok(group) => {
+                        for (session, e) in &group.failed {
+                            tracing::error!(session, error = %e, "a sync frame was not committed");
+                        }
+                        group.deliveries
+                    }
+                    Err(_) => {
+                        tracing::error!(
+                            ?sessions,
+                            "a sync group panicked; its sessions get an error"
+                        );
+                        hub.forget_documents();
+                        sessions.into_iter().map(internal_error).collect()
+                    }
+                };
+                metrics
+                    .sync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                route(&mut routes, deliveries, metrics);
+            }
             HubCommand::Action { id, action, now_ms } => {
                 let started = Instant::now();
                 let is_sync = matches!(action, Action::Sync(_));
@@ -490,6 +550,7 @@ fn run_hub<S: Storage>(
                     }
                     Err(_) => {
                         tracing::error!(session = id, "action panicked; the session gets an error");
+                        hub.forget_documents();
                         vec![internal_error(id)]
                     }
                 };

@@ -1,0 +1,185 @@
+//! Group commit across sessions (`Hub::sync_group`): one storage transaction per tenant for the
+//! frames of many sessions, and a failed commit that acknowledges nothing and leaves memory no
+//! further ahead than storage.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use automerge::sync::SyncDoc;
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ROOT};
+use syncline_protocol::messages::{ErrorCode, SyncItem};
+use syncline_protocol::{Collection, DeviceId, DocId, Heads, Message};
+use syncline_relay::auth::{CollectionSet, Grants, Identity};
+use syncline_relay::hub::{Delivery, Hub};
+use syncline_relay::storage::{
+    Append, DeviceRecord, DocumentSummary, MemoryStorage, Storage, StorageError, StoredDocument,
+};
+
+/// Memory storage that counts appends and fails them on demand.
+#[derive(Default)]
+struct Counting {
+    inner: MemoryStorage,
+    appends: AtomicUsize,
+    fail: AtomicBool,
+}
+
+impl Storage for Counting {
+    fn append(&self, tenant: &str, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(StorageError::Corrupt {
+                table: "documents",
+                reason: "disk full (simulated)".into(),
+            });
+        }
+        self.inner.append(tenant, batch)
+    }
+    fn compact(&self, t: &str, d: &DocId, s: &[u8], h: &Heads) -> Result<(), StorageError> {
+        self.inner.compact(t, d, s, h)
+    }
+    fn load(&self, t: &str, d: &DocId) -> Result<Option<StoredDocument>, StorageError> {
+        self.inner.load(t, d)
+    }
+    fn changed_since(
+        &self,
+        t: &str,
+        c: &Collection,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DocumentSummary>, StorageError> {
+        self.inner.changed_since(t, c, after, limit)
+    }
+    fn register_device(&self, t: &str, r: &DeviceRecord) -> Result<(), StorageError> {
+        self.inner.register_device(t, r)
+    }
+    fn touch_device(&self, t: &str, d: &DeviceId, at: u64, s: bool) -> Result<(), StorageError> {
+        self.inner.touch_device(t, d, at, s)
+    }
+    fn devices(&self, t: Option<&str>) -> Result<Vec<(String, DeviceRecord)>, StorageError> {
+        self.inner.devices(t)
+    }
+    fn set_cursor(
+        &self,
+        t: &str,
+        d: &DeviceId,
+        c: &Collection,
+        s: u64,
+    ) -> Result<(), StorageError> {
+        self.inner.set_cursor(t, d, c, s)
+    }
+    fn cursors(&self, t: &str, d: &DeviceId) -> Result<Vec<(Collection, u64)>, StorageError> {
+        self.inner.cursors(t, d)
+    }
+    fn save_sync_states(
+        &self,
+        t: &str,
+        d: &DeviceId,
+        s: &[(DocId, Vec<u8>)],
+    ) -> Result<(), StorageError> {
+        self.inner.save_sync_states(t, d, s)
+    }
+    fn load_sync_state(
+        &self,
+        t: &str,
+        d: &DeviceId,
+        doc: &DocId,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.load_sync_state(t, d, doc)
+    }
+}
+
+fn writer(n: u8) -> (Identity, Grants) {
+    let all = CollectionSet::Only(BTreeSet::from([Collection::new("notes").expect("valid")]));
+    (
+        Identity {
+            user: format!("u{n}"),
+            device: DeviceId::from_bytes([n; 16]),
+            tenant: "t".into(),
+        },
+        Grants {
+            read: all.clone(),
+            write: all,
+        },
+    )
+}
+
+/// A first sync message for a new document holding one change (primed: it carries it).
+fn item(n: u8) -> SyncItem {
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "n", i64::from(n)).expect("put");
+    tx.commit();
+    let mut state = syncline_protocol::sync_state::primed(Vec::new());
+    let message = doc.generate_sync_message(&mut state).expect("a message");
+    assert!(!message.changes.is_empty());
+    SyncItem {
+        doc: format!("notes/d{n}").parse().expect("valid"),
+        message: message.encode(),
+    }
+}
+
+fn acks_for(deliveries: &[Delivery], session: u64) -> Vec<u64> {
+    deliveries
+        .iter()
+        .filter(|d| d.to == session)
+        .filter_map(|d| match &d.message {
+            Message::Ack(ack) => Some(ack.items.iter().filter_map(|i| i.seq).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn frames_of_many_sessions_share_one_append() {
+    let storage = Arc::new(Counting::default());
+    let mut hub = Hub::new(Arc::clone(&storage));
+    for n in 1..=5u8 {
+        let (identity, grants) = writer(n);
+        hub.connect(u64::from(n), identity, grants, 0);
+    }
+    let frames = (1..=5u8).map(|n| (u64::from(n), vec![item(n)])).collect();
+    let group = hub.sync_group(frames, 1);
+    assert!(group.failed.is_empty());
+    assert_eq!(storage.appends.load(Ordering::SeqCst), 1, "one transaction");
+    let mut seqs: Vec<u64> = (1..=5)
+        .flat_map(|s| acks_for(&group.deliveries, s))
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4, 5],
+        "each session acked with its sequence"
+    );
+}
+
+#[test]
+fn a_failed_group_commit_acknowledges_nothing_and_memory_follows_storage() {
+    let storage = Arc::new(Counting::default());
+    let mut hub = Hub::new(Arc::clone(&storage));
+    for n in 1..=2u8 {
+        let (identity, grants) = writer(n);
+        hub.connect(u64::from(n), identity, grants, 0);
+    }
+    storage.fail.store(true, Ordering::SeqCst);
+    let group = hub.sync_group(vec![(1, vec![item(1)]), (2, vec![item(2)])], 1);
+    assert_eq!(group.failed.len(), 2);
+    for session in [1, 2] {
+        assert!(acks_for(&group.deliveries, session).is_empty());
+        assert!(group.deliveries.iter().any(|d| d.to == session
+            && matches!(&d.message, Message::Error(e) if e.code == ErrorCode::INTERNAL)));
+    }
+    // Retried once storage works: stored and acknowledged, nothing stale in memory.
+    storage.fail.store(false, Ordering::SeqCst);
+    let group = hub.sync_group(vec![(1, vec![item(1)]), (2, vec![item(2)])], 2);
+    assert!(group.failed.is_empty());
+    assert_eq!(acks_for(&group.deliveries, 1).len(), 1);
+    assert_eq!(acks_for(&group.deliveries, 2).len(), 1);
+    let stored = storage
+        .load("t", &"notes/d1".parse().expect("valid"))
+        .expect("load")
+        .expect("stored");
+    assert!(!stored.heads.as_slice().is_empty());
+}
