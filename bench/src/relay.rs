@@ -188,8 +188,11 @@ struct Writer {
 
 impl Writer {
     fn new(n: u32, collection: &str) -> anyhow::Result<Self> {
+        // The device id of `Relay::token(n)`, as the actor: the relay refuses changes by
+        // other actors.
+        let actor = automerge::ActorId::from(u128::from(n).to_be_bytes().as_slice());
         Ok(Self {
-            doc: Automerge::new(),
+            doc: Automerge::new().with_actor(actor),
             state: State::new(),
             id: format!("{collection}/d{n}").parse()?,
         })

@@ -63,6 +63,11 @@ pub struct RelayConfig {
     pub leeway_secs: u64,
     /// Seconds a draining relay waits for connections to close. Default 10.
     pub drain_secs: u64,
+    /// Accept changes written by another device (another Automerge actor) that the relay does
+    /// not hold yet. Off by default: a device can then only add changes under its own id, so
+    /// history's "who wrote what" cannot be forged. Turn it on to let devices repair a relay
+    /// restored from an old backup, or to relay between independent relays.
+    pub allow_foreign_changes: bool,
 }
 
 impl Default for RelayConfig {
@@ -79,6 +84,7 @@ impl Default for RelayConfig {
             issuer: None,
             leeway_secs: 30,
             drain_secs: 10,
+            allow_foreign_changes: false,
         }
     }
 }

@@ -59,7 +59,13 @@ impl EmbeddedRelay {
         let addr = listener.local_addr()?;
         let state = {
             let _guard = runtime.enter();
-            AppState::start(storage, auth, limits, Arc::new(Metrics::new()))?
+            AppState::start(
+                storage,
+                auth,
+                limits,
+                Arc::new(Metrics::new()),
+                cfg.allow_foreign_changes,
+            )?
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()

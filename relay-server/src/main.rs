@@ -143,7 +143,13 @@ fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let state = AppState::start(storage, auth, limits, Arc::new(Metrics::new()))?;
+        let state = AppState::start(
+            storage,
+            auth,
+            limits,
+            Arc::new(Metrics::new()),
+            cfg.allow_foreign_changes,
+        )?;
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         println!("{}", server::listening_line(addr));

@@ -103,16 +103,19 @@ async fn connect(
 /// A protocol client with its own Automerge documents.
 struct Device {
     socket: Socket,
+    /// The device id as its Automerge actor: the relay refuses changes by other actors.
+    actor: automerge::ActorId,
     docs: HashMap<DocId, Automerge>,
     states: HashMap<DocId, State>,
     received: Vec<Message>,
 }
 
 impl Device {
-    async fn join(addr: &str, token: &str) -> Self {
+    async fn join(addr: &str, token: &str, device: u8) -> Self {
         let socket = connect(addr, Some(token), None).await.expect("connect");
         let mut d = Self {
             socket,
+            actor: automerge::ActorId::from([device; 16].as_slice()),
             docs: HashMap::new(),
             states: HashMap::new(),
             received: Vec::new(),
@@ -154,7 +157,9 @@ impl Device {
     }
 
     fn put(&mut self, d: &DocId, key: &str, value: i64) {
-        let mut tx = self.docs.entry(d.clone()).or_default().transaction();
+        let doc = self.docs.entry(d.clone()).or_default();
+        doc.set_actor(self.actor.clone());
+        let mut tx = doc.transaction();
         tx.put(ROOT, key, value).expect("put");
         tx.commit();
     }
@@ -246,9 +251,19 @@ async fn three_devices_fan_out_and_acknowledged_changes_survive_sigkill() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut relay = start(dir.path());
     let x: DocId = "todos/x".parse().expect("id");
-    let mut a = Device::join(&relay.addr, &token(dir.path(), 1, &["todos"], &["todos"])).await;
-    let mut b = Device::join(&relay.addr, &token(dir.path(), 2, &["todos"], &["todos"])).await;
-    let mut c = Device::join(&relay.addr, &token(dir.path(), 3, &["todos"], &[])).await;
+    let mut a = Device::join(
+        &relay.addr,
+        &token(dir.path(), 1, &["todos"], &["todos"]),
+        1,
+    )
+    .await;
+    let mut b = Device::join(
+        &relay.addr,
+        &token(dir.path(), 2, &["todos"], &["todos"]),
+        2,
+    )
+    .await;
+    let mut c = Device::join(&relay.addr, &token(dir.path(), 3, &["todos"], &[]), 3).await;
     a.put(&x, "n", 42);
     a.push(&x).await;
     let x2 = x.clone();
@@ -266,7 +281,7 @@ async fn three_devices_fan_out_and_acknowledged_changes_survive_sigkill() {
     relay.child.kill().expect("SIGKILL");
     drop((a, b, c));
     let relay = start(dir.path());
-    let mut d = Device::join(&relay.addr, &token(dir.path(), 4, &["todos"], &[])).await;
+    let mut d = Device::join(&relay.addr, &token(dir.path(), 4, &["todos"], &[]), 4).await;
     d.send(Message::Reconcile(Reconcile {
         cursors: vec![],
         changed: vec![],
@@ -285,7 +300,12 @@ async fn three_devices_fan_out_and_acknowledged_changes_survive_sigkill() {
 async fn sigterm_closes_connections_with_going_away_and_exits_zero() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut relay = start(dir.path());
-    let mut a = Device::join(&relay.addr, &token(dir.path(), 1, &["todos"], &["todos"])).await;
+    let mut a = Device::join(
+        &relay.addr,
+        &token(dir.path(), 1, &["todos"], &["todos"]),
+        1,
+    )
+    .await;
     let x: DocId = "todos/x".parse().expect("id");
     a.put(&x, "n", 1);
     a.push(&x).await;
@@ -317,8 +337,18 @@ async fn sigterm_closes_connections_with_going_away_and_exits_zero() {
 async fn garbage_gets_errors_then_a_close_and_harms_no_one_else() {
     let dir = tempfile::tempdir().expect("temp dir");
     let relay = start(dir.path());
-    let mut good = Device::join(&relay.addr, &token(dir.path(), 1, &["todos"], &["todos"])).await;
-    let mut bad = Device::join(&relay.addr, &token(dir.path(), 2, &["todos"], &["todos"])).await;
+    let mut good = Device::join(
+        &relay.addr,
+        &token(dir.path(), 1, &["todos"], &["todos"]),
+        1,
+    )
+    .await;
+    let mut bad = Device::join(
+        &relay.addr,
+        &token(dir.path(), 2, &["todos"], &["todos"]),
+        2,
+    )
+    .await;
     let mut closed = None;
     for i in 0..20u8 {
         if bad
@@ -370,7 +400,7 @@ async fn oversize_frames_get_a_typed_error_and_huge_ones_are_refused_unbuffered(
     let mut child = Child::spawn(cmd).expect("spawn relay");
     let line = child.next_line().expect("read").expect("address");
     let addr = line.rsplit(' ').next().expect("address").to_owned();
-    let mut d = Device::join(&addr, &token(dir.path(), 1, &["todos"], &["todos"])).await;
+    let mut d = Device::join(&addr, &token(dir.path(), 1, &["todos"], &["todos"]), 1).await;
     d.socket
         .send(Ws::Binary(vec![0u8; 5000].into()))
         .await

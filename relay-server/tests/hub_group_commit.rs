@@ -107,7 +107,7 @@ fn writer(n: u8) -> (Identity, Grants) {
 
 /// A first sync message for a new document holding one change (primed: it carries it).
 fn item(n: u8) -> SyncItem {
-    let mut doc = Automerge::new();
+    let mut doc = Automerge::new().with_actor(automerge::ActorId::from([n; 16].as_slice()));
     let mut tx = doc.transaction();
     tx.put(ROOT, "n", i64::from(n)).expect("put");
     tx.commit();
@@ -182,4 +182,30 @@ fn a_failed_group_commit_acknowledges_nothing_and_memory_follows_storage() {
         .expect("load")
         .expect("stored");
     assert!(!stored.heads.as_slice().is_empty());
+}
+
+#[test]
+fn changes_by_another_device_are_refused_unless_allowed() {
+    let forged = || {
+        // Session 1 sends a change written by device 2's actor.
+        let mut item = item(2);
+        item.doc = "notes/forged".parse().expect("valid");
+        item
+    };
+    let storage = Arc::new(Counting::default());
+    let mut hub = Hub::new(Arc::clone(&storage));
+    let (identity, grants) = writer(1);
+    hub.connect(1, identity, grants, 0);
+    let group = hub.sync_group(vec![(1, vec![forged()])], 1);
+    assert!(group.deliveries.iter().any(|d| matches!(&d.message,
+        Message::Error(e) if e.code == ErrorCode::FORBIDDEN && e.doc.is_some())));
+    assert!(acks_for(&group.deliveries, 1).is_empty());
+    assert_eq!(storage.appends.load(Ordering::SeqCst), 0, "nothing stored");
+
+    // An operator repairing a relay from devices turns the check off.
+    let mut hub = Hub::new(Arc::clone(&storage)).allow_foreign_changes(true);
+    let (identity, grants) = writer(1);
+    hub.connect(1, identity, grants, 0);
+    let group = hub.sync_group(vec![(1, vec![forged()])], 1);
+    assert_eq!(acks_for(&group.deliveries, 1).len(), 1);
 }

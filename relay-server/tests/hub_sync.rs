@@ -33,6 +33,8 @@ fn grants(read: &[&str], write: &[&str]) -> Grants {
 
 #[derive(Default)]
 struct Client {
+    /// The device id as Automerge actor (the relay refuses changes by other actors).
+    actor: Option<automerge::ActorId>,
     docs: HashMap<DocId, Automerge>,
     states: HashMap<DocId, State>,
     inbox: Vec<Message>,
@@ -41,6 +43,9 @@ struct Client {
 impl Client {
     fn put(&mut self, d: &DocId, key: &str, value: i64) {
         let doc = self.docs.entry(d.clone()).or_default();
+        if let Some(actor) = &self.actor {
+            doc.set_actor(actor.clone());
+        }
         let mut tx = doc.transaction();
         tx.put(ROOT, key, value).expect("put");
         tx.commit();
@@ -136,7 +141,15 @@ impl World {
             tenant: tenant.into(),
         };
         self.hub.connect(id, identity, g, 1);
-        self.clients.insert(id, Client::default());
+        self.clients.insert(
+            id,
+            Client {
+                actor: Some(automerge::ActorId::from(
+                    [u8::try_from(id).expect("small"); 16].as_slice(),
+                )),
+                ..Client::default()
+            },
+        );
         let profile = syncline_testkit::profile(DeviceClass::Desktop);
         self.run(vec![
             (id, Action::Register(profile)),
@@ -464,8 +477,9 @@ fn a_failing_item_leaves_no_unstored_change_behind() {
     w.join(1, "acme", grants(&["todos"], &["todos"]));
     w.join(2, "acme", grants(&["todos"], &[]));
     let x = doc("todos/x");
-    // Two different changes with the same actor and sequence number: the second cannot apply.
-    let actor = automerge::ActorId::from(vec![7u8; 16]);
+    // Two different changes with the same actor (the sender's) and sequence number: the second
+    // cannot apply.
+    let actor = automerge::ActorId::from(vec![1u8; 16]);
     let make = |v: i64| {
         let mut d = Automerge::new().with_actor(actor.clone());
         let mut tx = d.transaction();

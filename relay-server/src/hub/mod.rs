@@ -18,7 +18,7 @@ use syncline_protocol::messages::{
     Profile, Reconcile, Sync, SyncItem,
 };
 use syncline_protocol::sync_state;
-use syncline_protocol::{Collection, DocId, Hash, Heads, Message, Priority};
+use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Message, Priority};
 
 use crate::auth::{Grants, Identity};
 use crate::session::Action;
@@ -103,6 +103,7 @@ pub struct Hub<S> {
     storage: Arc<S>,
     peers: HashMap<SessionId, Peer>,
     docs: HashMap<(String, DocId), Automerge>,
+    allow_foreign_changes: bool,
 }
 
 impl<S: Storage> Hub<S> {
@@ -112,7 +113,15 @@ impl<S: Storage> Hub<S> {
             storage,
             peers: HashMap::new(),
             docs: HashMap::new(),
+            allow_foreign_changes: false,
         }
+    }
+
+    /// Whether a device may send changes by another actor that the relay does not hold (see
+    /// `RelayConfig::allow_foreign_changes`). Off by default.
+    pub fn allow_foreign_changes(mut self, allow: bool) -> Self {
+        self.allow_foreign_changes = allow;
+        self
     }
 
     /// Adds an authenticated session.
@@ -539,6 +548,21 @@ impl<S: Storage> Hub<S> {
             }
             self.ensure_state(id, &item.doc)?;
             let heads = self.doc(tenant, &item.doc)?.get_heads();
+            if !self.allow_foreign_changes {
+                let device = self.peers[&id].identity.device;
+                let doc = &self.docs[&(tenant.to_owned(), item.doc.clone())];
+                if let Some(actor) = foreign_change(doc, &message, &device) {
+                    out.push(error(
+                        id,
+                        ErrorCode::FORBIDDEN,
+                        &item.doc,
+                        &format!(
+                            "a change by another device ({actor}) that the relay does not hold"
+                        ),
+                    ));
+                    continue;
+                }
+            }
             if !before.iter().any(|(doc, _)| *doc == item.doc) {
                 before.push((item.doc.clone(), heads));
             }
@@ -698,6 +722,31 @@ impl<S: Storage> Hub<S> {
         }
         Ok(self.docs.get_mut(&key).expect("inserted above"))
     }
+}
+
+/// The actor of the first change in `message` that was not written by `device` and is not
+/// already in `doc`, if any. A chunk that is neither a change nor a document is left to the
+/// apply step, which refuses it as a bad document.
+fn foreign_change(doc: &Automerge, message: &SyncMessage, device: &DeviceId) -> Option<String> {
+    let own = |actor: &automerge::ActorId| actor.to_bytes() == device.as_bytes().as_slice();
+    for chunk in message.changes.iter() {
+        let chunk: &[u8] = chunk;
+        let changes = match automerge::Change::from_bytes(chunk.to_vec()) {
+            Ok(change) => vec![change],
+            Err(_) => match Automerge::load(chunk) {
+                Ok(loaded) => loaded.get_changes(&[]),
+                Err(_) => continue,
+            },
+        };
+        for change in changes {
+            if !own(change.actor_id())
+                && automerge::ReadDoc::get_change_by_hash(doc, &change.hash()).is_none()
+            {
+                return Some(change.actor_id().to_hex_string());
+            }
+        }
+    }
+    None
 }
 
 fn wire_heads(heads: &[ChangeHash]) -> Heads {

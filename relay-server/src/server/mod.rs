@@ -99,12 +99,16 @@ impl AppState {
         auth: Authenticator,
         limits: Limits,
         metrics: Arc<Metrics>,
+        allow_foreign_changes: bool,
     ) -> std::io::Result<Self> {
         let (hub, commands) = mpsc::channel(HUB_QUEUE);
         let hub_metrics = Arc::clone(&metrics);
         let hub_thread = std::thread::Builder::new()
             .name("syncline-hub".into())
-            .spawn(move || run_hub(Hub::new(storage), commands, &hub_metrics))?;
+            .spawn(move || {
+                let hub = Hub::new(storage).allow_foreign_changes(allow_foreign_changes);
+                run_hub(hub, commands, &hub_metrics);
+            })?;
         Ok(Self {
             auth: Arc::new(auth),
             hub,

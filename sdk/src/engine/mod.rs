@@ -217,6 +217,48 @@ struct Connection {
     received_since_send: bool,
     last_frame_ms: u64,
     synced: bool,
+    /// Paces local-change frames below the relay's frame rate (set from `Welcome`).
+    pacer: Option<Pacer>,
+    /// When paced local changes are to be sent.
+    flush_due: Option<u64>,
+}
+
+/// A token bucket for the frames the engine sends of its own accord (local changes), at half
+/// the relay's frame rate so that replies and pings always fit: a burst of writes becomes a
+/// few frames of many documents instead of a rate-limit error.
+#[derive(Debug)]
+struct Pacer {
+    per_ms: f64,
+    burst: f64,
+    tokens: f64,
+    last_ms: u64,
+}
+
+impl Pacer {
+    fn new(frames_per_s: u32, now_ms: u64) -> Self {
+        let per_s = f64::from(frames_per_s.max(2)) / 2.0;
+        let burst = per_s.clamp(1.0, 32.0);
+        Self {
+            per_ms: per_s / 1000.0,
+            burst,
+            tokens: burst,
+            last_ms: now_ms,
+        }
+    }
+
+    /// Takes one frame's token, or says when one will be there.
+    fn take(&mut self, now_ms: u64) -> Result<(), u64> {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
+        self.tokens = (self.tokens + elapsed * self.per_ms).min(self.burst);
+        self.last_ms = now_ms.max(self.last_ms);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = ((1.0 - self.tokens) / self.per_ms).ceil() as u64;
+            Err(now_ms + wait.max(1))
+        }
+    }
 }
 
 /// The sans-IO sync engine of one store and one relay; see the module documentation.
@@ -306,7 +348,7 @@ impl Engine {
                     .collect();
                 self.dirty.extend(docs);
                 if self.phase == Phase::Open {
-                    self.flush_dirty(&mut out);
+                    self.flush_paced(&mut out, now_ms);
                 }
             }
             Event::Tick => self.on_tick(&mut out, now_ms),
@@ -463,6 +505,10 @@ impl Engine {
     }
 
     fn on_tick(&mut self, out: &mut Out, now_ms: u64) {
+        if self.phase == Phase::Open && self.conn.flush_due.is_some_and(|at| at <= now_ms) {
+            self.conn.flush_due = None;
+            self.flush_paced(out, now_ms);
+        }
         match self.phase {
             Phase::Waiting(at) if now_ms >= at => self.connect_if_allowed(out),
             Phase::Open
@@ -512,6 +558,7 @@ impl Engine {
         };
         match message {
             Message::Welcome(welcome) => {
+                self.conn.pacer = Some(Pacer::new(welcome.limits.max_frames_per_s, now_ms));
                 if welcome.version != PROTOCOL_VERSION {
                     self.protocol_failure(
                         out,
@@ -534,7 +581,7 @@ impl Engine {
                 );
             }
         }
-        self.flush_dirty(out);
+        self.flush_paced(out, now_ms);
         self.finish_plan_if_done();
     }
 
@@ -684,6 +731,20 @@ impl Engine {
         out.effects.push(Effect::Disconnect);
         self.conn = Connection::default();
         self.schedule_reconnect(out, now_ms);
+    }
+
+    /// Sends the dirty documents now if the pacer allows, else at the time it names.
+    fn flush_paced(&mut self, out: &mut Out, now_ms: u64) {
+        if self.phase != Phase::Open || self.dirty.is_empty() || self.conn.flush_due.is_some() {
+            return;
+        }
+        if let Some(pacer) = self.conn.pacer.as_mut()
+            && let Err(at) = pacer.take(now_ms)
+        {
+            self.conn.flush_due = Some(at);
+            return;
+        }
+        self.flush_dirty(out);
     }
 
     /// Sends the messages of every dirty document.
@@ -843,10 +904,13 @@ impl Engine {
                 effects.push(Effect::Send(f.bytes));
             }
         }
-        if self.phase == Phase::Open && self.outstanding() {
-            effects.push(Effect::WakeAt(
-                self.conn.last_frame_ms.max(now_ms) + self.config.stall_timeout_ms,
-            ));
+        if self.phase == Phase::Open {
+            let stall = self
+                .outstanding()
+                .then(|| self.conn.last_frame_ms.max(now_ms) + self.config.stall_timeout_ms);
+            if let Some(at) = [stall, self.conn.flush_due].into_iter().flatten().min() {
+                effects.push(Effect::WakeAt(at));
+            }
         }
         // Sends belong to the connection: keep them before a disconnect in the same batch.
         effects.sort_by_key(|e| match e {

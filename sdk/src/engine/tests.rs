@@ -289,3 +289,45 @@ fn garbage_from_the_relay_is_a_protocol_error_and_a_reconnect() {
         matches!(f.engine.status(), Status::Error { reason } if reason.contains("protocol error"))
     );
 }
+
+#[test]
+fn a_burst_of_local_writes_is_paced_into_few_frames_below_the_relay_rate() {
+    let mut f = fixture();
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 1);
+    // The relay allows 4 frames/s: the engine keeps to 2 a second for local changes.
+    let slow = frame::encode(&Message::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        compression: 0,
+        session: "s".into(),
+        server_time_ms: 0,
+        limits: Limits {
+            max_frame_bytes: 1 << 20,
+            max_frames_per_s: 4,
+            max_bytes_per_s: 1 << 20,
+            max_docs_per_subscription: 1000,
+            idle_timeout_ms: 60_000,
+        },
+    }));
+    f.engine.handle(Event::Frame(slow), 2);
+    f.engine.handle(Event::Frame(empty_plan(0)), 3);
+    let mut frames = 0;
+    let mut wake = None;
+    for i in 0..50u64 {
+        let doc = f.store.create(&todos()).expect("create");
+        let effects = f
+            .engine
+            .handle(Event::LocalChanges(vec![doc.id().clone()]), 10 + i);
+        frames += sent(&effects).len();
+        wake = wake_at(&effects).or(wake);
+    }
+    assert!(frames <= 2, "{frames} frames for a burst of 50 writes");
+    let at = wake.expect("the rest is scheduled");
+    let effects = f.engine.handle(Event::Tick, at);
+    let rest = sent(&effects);
+    assert_eq!(rest.len(), 1, "the rest goes in one frame");
+    let Message::Sync(sync) = &rest[0] else {
+        unreachable!("a sync frame")
+    };
+    assert!(sync.items.len() >= 48);
+}
