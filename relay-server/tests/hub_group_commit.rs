@@ -209,3 +209,40 @@ fn changes_by_another_device_are_refused_unless_allowed() {
     let group = hub.sync_group(vec![(1, vec![forged()])], 1);
     assert_eq!(acks_for(&group.deliveries, 1).len(), 1);
 }
+
+#[test]
+fn a_device_that_lost_its_data_gets_unchanged_documents_back() {
+    use syncline_protocol::messages::{CollectionSubscription, Reconcile, SyncMode};
+    use syncline_relay::session::Action;
+    let storage = Arc::new(Counting::default());
+    let mut hub = Hub::new(Arc::clone(&storage));
+    let (identity, grants) = writer(1);
+    hub.connect(1, identity.clone(), grants.clone(), 0);
+    hub.sync_group(vec![(1, vec![item(1)])], 1);
+    // The sync state saved here says the device holds the document...
+    hub.disconnect(1, 2).expect("disconnect");
+    // ...but the device comes back empty (reinstalled with the same identity).
+    hub.connect(2, identity, grants, 3);
+    let subscribe = Action::Subscribe(vec![CollectionSubscription {
+        collection: Collection::new("notes").expect("valid"),
+        priority: syncline_protocol::Priority::Normal,
+        mode: SyncMode::Eager,
+    }]);
+    hub.handle(2, subscribe, 4).expect("subscribe");
+    let out = hub
+        .handle(
+            2,
+            Action::Reconcile(Reconcile {
+                cursors: Vec::new(),
+                changed: Vec::new(),
+            }),
+            5,
+        )
+        .expect("reconcile");
+    let d1: DocId = "notes/d1".parse().expect("valid");
+    assert!(
+        out.iter().any(|d| matches!(&d.message,
+            Message::Sync(s) if s.items.iter().any(|i| i.doc == d1))),
+        "the relay must not assume the device still holds what it held: {out:?}"
+    );
+}

@@ -79,6 +79,9 @@ struct Peer {
     profile: Option<Profile>,
     subscriptions: Vec<CollectionSubscription>,
     states: HashMap<DocId, SyncState>,
+    /// Documents this session sent a message for: their heads in the state are what the
+    /// device said, not what the relay assumed when priming.
+    confirmed: std::collections::HashSet<DocId>,
     first_seen_ms: u64,
     /// The last acknowledged sync, persisted at disconnect.
     last_sync_ms: Option<u64>,
@@ -133,6 +136,7 @@ impl<S: Storage> Hub<S> {
             profile: None,
             subscriptions: Vec::new(),
             states: HashMap::new(),
+            confirmed: std::collections::HashSet::new(),
             first_seen_ms: now_ms,
             last_sync_ms: None,
         };
@@ -591,6 +595,8 @@ impl<S: Storage> Hub<S> {
                     &item.doc,
                     "changes do not apply",
                 ));
+            } else if let Some(peer) = self.peers.get_mut(&id) {
+                peer.confirmed.insert(item.doc.clone());
             }
         }
         Ok(())
@@ -667,14 +673,14 @@ impl<S: Storage> Hub<S> {
             self.ensure_state(id, doc_id)?;
             self.doc(&tenant, doc_id)?;
             let doc = &self.docs[&(tenant.clone(), doc_id.clone())];
-            let state = self
-                .peers
-                .get_mut(&id)
-                .expect("checked")
-                .states
-                .get_mut(doc_id)
-                .expect("ensured");
-            sync_state::settle(state, &doc.get_heads());
+            let peer = self.peers.get_mut(&id).expect("checked");
+            let confirmed = peer.confirmed.contains(doc_id);
+            let state = peer.states.get_mut(doc_id).expect("ensured");
+            // Only heads the device stated this session prove it has them; primed heads are an
+            // assumption (the device may have lost data), so those get at least our heads.
+            if confirmed {
+                sync_state::settle(state, &doc.get_heads());
+            }
             if let Some(message) = doc.generate_sync_message(state) {
                 items.push(SyncItem {
                     doc: doc_id.clone(),

@@ -400,12 +400,15 @@ impl Session {
 
     /// Answers a violation with an error frame, and closes after too many.
     /// Refuses one `Sync` item: the error names the document, so the client stops waiting
-    /// for its acknowledgement; the rest of the frame goes on.
+    /// for its acknowledgement; the rest of the frame goes on. No strike: a device whose write
+    /// grant was revoked resends its pending documents on every connection, and must not be
+    /// disconnected for it (rates bound what it can send).
     fn refuse_item(&mut self, out: &mut Output, code: ErrorCode, message: &str, doc: DocId) {
-        self.refuse(out, code, message, None);
-        if let Some(Message::Error(e)) = out.send.last_mut() {
+        let mut error = error(code, message, None);
+        if let Message::Error(e) = &mut error {
             e.doc = Some(doc);
         }
+        out.send.push(error);
     }
 
     fn refuse(

@@ -38,6 +38,10 @@ pub const SYNC_BATCH: usize = 256;
 /// The frame size the engine keeps to before the relay's `Welcome` states its limit.
 const DEFAULT_FRAME_BUDGET: usize = 1 << 20;
 
+/// The frame limit the engine assumes before the relay's `Welcome` states it (the relay's
+/// default).
+const ASSUMED_MAX_FRAME: usize = 16 << 20;
+
 /// The largest frame the engine accepts from a relay.
 const MAX_INCOMING_FRAME: usize = 64 << 20;
 
@@ -208,8 +212,9 @@ struct Connection {
     welcome: Option<Welcome>,
     plan: Option<PlanState>,
     states: HashMap<DocId, State>,
-    /// Documents sent with changes and not yet acknowledged (nor refused).
-    awaiting_ack: HashSet<DocId>,
+    /// Documents sent with changes and not yet acknowledged (nor refused), with how many of
+    /// their items await an `Ack` (the relay acknowledges each item that carried changes).
+    awaiting_ack: HashMap<DocId, u32>,
     /// Documents whose last message asked the relay for changes.
     awaiting_data: HashSet<DocId>,
     /// Documents the relay refused on this connection; not sent again until reconnect.
@@ -630,7 +635,7 @@ impl Engine {
                     }
                     if let Some(reply) = received.reply {
                         if reply.changes {
-                            self.conn.awaiting_ack.insert(doc.clone());
+                            *self.conn.awaiting_ack.entry(doc.clone()).or_default() += 1;
                             self.stats.docs_sent += 1;
                         }
                         if reply.needs {
@@ -670,13 +675,20 @@ impl Engine {
             .map(|item| (item.doc.clone(), to_heads(&item.heads)))
             .collect();
         for (doc, _) in &acks {
-            self.conn.awaiting_ack.remove(doc);
+            if let Some(count) = self.conn.awaiting_ack.get_mut(doc) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.conn.awaiting_ack.remove(doc);
+                }
+            }
         }
         match self.store.sync_acknowledge(&self.config.relay, &acks) {
             Ok(current) => {
-                for ((doc, acked), (_, now)) in acks.iter().zip(current.iter()) {
+                let current: HashMap<DocId, Heads> = current.into_iter().collect();
+                for (doc, acked) in &acks {
                     // The relay holds exactly what we hold: start the next exchange from there.
-                    if acked == now
+                    if current.get(doc) == Some(acked)
+                        && !self.conn.awaiting_ack.contains_key(doc)
                         && let Some(state) = self.conn.states.get_mut(doc)
                     {
                         acknowledged(state, acked);
@@ -766,7 +778,7 @@ impl Engine {
             match result {
                 Ok(Some(message)) => {
                     if message.changes {
-                        self.conn.awaiting_ack.insert(doc.clone());
+                        *self.conn.awaiting_ack.entry(doc.clone()).or_default() += 1;
                         self.stats.docs_sent += 1;
                     }
                     if message.needs {
@@ -797,10 +809,27 @@ impl Engine {
             .map_or(DEFAULT_FRAME_BUDGET, |w| {
                 usize::try_from(w.limits.max_frame_bytes / 2).unwrap_or(DEFAULT_FRAME_BUDGET)
             });
+        let limit = self.conn.welcome.as_ref().map_or(ASSUMED_MAX_FRAME, |w| {
+            usize::try_from(w.limits.max_frame_bytes).unwrap_or(usize::MAX)
+        });
         let mut batch = Vec::new();
         let mut size = 0;
         for item in items {
             let item_size = item.message.len() + 160;
+            if item_size > limit {
+                // The relay would refuse the whole frame, again on every connection: keep the
+                // document pending here and say why, instead of looping.
+                let reason = format!(
+                    "{} needs a {item_size}-byte message, over the relay's frame limit of {limit}",
+                    item.doc
+                );
+                tracing::error!(%reason, "not sending a document");
+                self.conn.awaiting_ack.remove(&item.doc);
+                self.conn.awaiting_data.remove(&item.doc);
+                self.conn.refused.insert(item.doc, reason.clone());
+                self.last_error = Some(format!("the relay refused a change: {reason}"));
+                continue;
+            }
             if !batch.is_empty() && (batch.len() >= SYNC_BATCH || size + item_size > budget) {
                 out.send(&Message::Sync(Sync {
                     items: std::mem::take(&mut batch),
@@ -903,6 +932,11 @@ impl Engine {
                 self.stats.bytes_sent += f.bytes.len() as u64;
                 effects.push(Effect::Send(f.bytes));
             }
+        }
+        if let Phase::Waiting(at) = self.phase {
+            // Re-armed on every turn: a timer the shell lost (or that fired early) never
+            // strands the reconnect.
+            effects.push(Effect::WakeAt(at));
         }
         if self.phase == Phase::Open {
             let stall = self

@@ -31,6 +31,9 @@ use crate::engine::{Backoff, Disconnect, Effect, Engine, EngineConfig, Event, St
 /// How often the client pings the relay (well inside the relay's idle timeout).
 const PING_EVERY: Duration = Duration::from_secs(15);
 
+/// How long opening a connection (token, TCP, TLS, upgrade) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The largest frame accepted from the relay.
 const MAX_FRAME: usize = 64 << 20;
 
@@ -176,6 +179,8 @@ pub struct SyncClient {
     thread: Option<JoinHandle<()>>,
     store: Store,
     hook: u64,
+    relay: String,
+    collections: Vec<Collection>,
 }
 
 /// Keeps a status listener registered; dropping it unregisters.
@@ -243,7 +248,8 @@ impl SyncClient {
         }));
         let shell = Shell {
             engine,
-            runtime,
+            runtime: Some(runtime),
+            clock: Clock::start(),
             inner: Arc::clone(&inner),
             commands: tx,
             url,
@@ -262,6 +268,12 @@ impl SyncClient {
             thread: Some(thread),
             store: store.clone(),
             hook,
+            relay: options.relay_url.clone(),
+            collections: options
+                .subscriptions
+                .iter()
+                .map(|s| s.collection.clone())
+                .collect(),
         })
     }
 
@@ -314,13 +326,7 @@ impl SyncClient {
         let mut observed = self.inner.observed();
         loop {
             match (&observed.status, &observed.last_disconnect) {
-                (Status::Synced { .. }, _)
-                    if self
-                        .store
-                        .pending_documents()
-                        .map(|p| p.is_empty())
-                        .unwrap_or(false) =>
-                {
+                (Status::Synced { .. }, _) if self.nothing_unacknowledged() => {
                     return Ok(observed.stats);
                 }
                 (_, Some(Disconnect::Unauthorized(reason))) => {
@@ -347,6 +353,15 @@ impl SyncClient {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// True when this relay has acknowledged every document of the synced collections.
+    fn nothing_unacknowledged(&self) -> bool {
+        self.collections.iter().all(|c| {
+            self.store
+                .sync_unacknowledged(&self.relay, c)
+                .is_ok_and(|docs| docs.is_empty())
+        })
     }
 
     /// Disconnects and stays offline until [`SyncClient::resume`].
@@ -384,7 +399,11 @@ impl SyncClient {
         self.store.shared().remove_local_hook(self.hook);
         self.inner.send(Command::Stop);
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            // Stopped from a status listener, which runs on the sync thread: it finishes on
+            // its own once the listener returns.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -406,7 +425,8 @@ impl std::fmt::Debug for SyncClient {
 /// The sync thread: the engine and the connection tasks' runtime.
 struct Shell {
     engine: Engine,
-    runtime: tokio::runtime::Runtime,
+    runtime: Option<tokio::runtime::Runtime>,
+    clock: Clock,
     inner: Arc<Inner>,
     commands: mpsc::Sender<Command>,
     url: String,
@@ -423,20 +443,30 @@ struct Transport {
 
 impl Shell {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
+        // A command taken off the channel while coalescing local changes, handled next.
+        let mut held: Option<Command> = None;
         loop {
-            let command = match self.wake_at {
-                Some(at) => {
-                    let wait = at.saturating_sub(now_ms());
-                    match rx.recv_timeout(Duration::from_millis(wait)) {
-                        Ok(command) => Some(command),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
+            // A due timer goes first, so that a steady stream of commands cannot starve it.
+            let due = self.wake_at.is_some_and(|at| at <= self.clock.now_ms());
+            let command = if due {
+                None
+            } else if let Some(command) = held.take() {
+                Some(command)
+            } else {
+                match self.wake_at {
+                    Some(at) => {
+                        let wait = at.saturating_sub(self.clock.now_ms());
+                        match rx.recv_timeout(Duration::from_millis(wait)) {
+                            Ok(command) => Some(command),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
                     }
+                    None => match rx.recv() {
+                        Ok(command) => Some(command),
+                        Err(_) => break,
+                    },
                 }
-                None => match rx.recv() {
-                    Ok(command) => Some(command),
-                    Err(_) => break,
-                },
             };
             let event = match command {
                 None => {
@@ -445,9 +475,16 @@ impl Shell {
                 }
                 Some(Command::Stop) => break,
                 Some(Command::Event(Event::LocalChanges(mut docs))) => {
-                    // Coalesce a burst of local writes into one batch.
-                    while let Ok(Command::Event(Event::LocalChanges(more))) = rx.try_recv() {
-                        docs.extend(more);
+                    // Coalesce a burst of local writes into one batch; any other command
+                    // met on the way is kept for the next turn.
+                    while let Ok(next) = rx.try_recv() {
+                        match next {
+                            Command::Event(Event::LocalChanges(more)) => docs.extend(more),
+                            other => {
+                                held = Some(other);
+                                break;
+                            }
+                        }
                     }
                     Some(Event::LocalChanges(docs))
                 }
@@ -457,12 +494,17 @@ impl Shell {
                 }
             };
             if let Some(event) = event {
-                let effects = self.engine.handle(event, now_ms());
+                let effects = self.engine.handle(event, self.clock.now_ms());
                 self.apply(effects);
             }
         }
         self.close_transport();
         self.publish_stats();
+        // Never wait for a connection task or a token provider still running: the app may
+        // be stopping sync from the very thread such a provider waits on.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 
     fn transport_event(&mut self, generation: u64, event: TransportEvent) -> Option<Event> {
@@ -541,30 +583,56 @@ impl Shell {
     fn connect(&mut self) {
         self.close_transport();
         self.generation += 1;
-        let generation = self.generation;
-        let commands = self.commands.clone();
+        let reporter = Reporter {
+            commands: Mutex::new(self.commands.clone()),
+            generation: self.generation,
+        };
         let url = self.url.clone();
         let tokens = Arc::clone(&self.tokens);
-        let task = self.runtime.spawn(async move {
-            let report = |event| {
-                let _ = commands.send(Command::Transport(generation, event));
-            };
-            let why = run_connection(&url, tokens, &report).await;
-            report(TransportEvent::Closed(why));
+        let Some(runtime) = self.runtime.as_ref() else {
+            return;
+        };
+        let task = runtime.spawn(async move {
+            let reporter = Arc::new(reporter);
+            let why = run_connection(&url, tokens, &reporter).await;
+            reporter.report(TransportEvent::Closed(why));
         });
         self.transport = Some(Transport { frames: None, task });
     }
 }
 
+/// Reports a connection's events to the sync thread, tagged with its number.
+struct Reporter {
+    commands: Mutex<mpsc::Sender<Command>>,
+    generation: u64,
+}
+
+impl Reporter {
+    fn report(&self, event: TransportEvent) {
+        let commands = self.commands.lock().unwrap_or_else(|e| e.into_inner());
+        // The sync thread is gone only after stop: nothing left to tell.
+        let _ = commands.send(Command::Transport(self.generation, event));
+    }
+}
+
 /// One connection: token, upgrade, then frames both ways until it ends; returns why it ended.
+///
+/// Reading never waits on writing: a writer task owns the socket's sending half (frames and
+/// pings) and a refresher task fetches new tokens, so a large flight in both directions cannot
+/// fill both TCP windows and stall.
 async fn run_connection(
     url: &str,
     tokens: Arc<dyn TokenProvider>,
-    report: &(dyn Fn(TransportEvent) + Sync),
+    reporter: &Arc<Reporter>,
 ) -> Disconnect {
-    let token = match fetch_token(&tokens).await {
-        Ok(token) => token,
-        Err(reason) => return Disconnect::Unauthorized(format!("no token: {reason}")),
+    let token = match tokio::time::timeout(CONNECT_TIMEOUT, fetch_token(&tokens)).await {
+        Ok(Ok(token)) => token,
+        Ok(Err(reason)) => return Disconnect::Unauthorized(format!("no token: {reason}")),
+        Err(_) => {
+            return Disconnect::Failed(format!(
+                "the token provider did not answer within {CONNECT_TIMEOUT:?}"
+            ));
+        }
     };
     let mut request = match url.into_client_request() {
         Ok(request) => request,
@@ -579,48 +647,74 @@ async fn run_connection(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
-    let socket =
-        match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
-            Ok((socket, _)) => socket,
-            Err(tungstenite::Error::Http(response)) if response.status().as_u16() == 401 => {
-                let body = response
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).trim().to_owned())
-                    .unwrap_or_default();
-                return Disconnect::Unauthorized(if body.is_empty() {
-                    "HTTP 401".into()
-                } else {
-                    body
-                });
-            }
-            Err(e) => return Disconnect::Failed(e.to_string()),
-        };
-    let (mut sink, mut stream) = socket.split();
-    let (frames_tx, mut frames_rx) = tokio_mpsc::unbounded_channel::<Vec<u8>>();
-    report(TransportEvent::Open(frames_tx));
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
-    let mut refresh = Box::pin(tokio::time::sleep(token::refresh_in(&token, now_ms())));
-    loop {
+    let upgrade = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let socket = match tokio::time::timeout(CONNECT_TIMEOUT, upgrade).await {
+        Err(_) => return Disconnect::Failed(format!("no answer within {CONNECT_TIMEOUT:?}")),
+        Ok(Ok((socket, _))) => socket,
+        Ok(Err(tungstenite::Error::Http(response))) if response.status().as_u16() == 401 => {
+            let body = response
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                .unwrap_or_default();
+            return Disconnect::Unauthorized(if body.is_empty() {
+                "HTTP 401".into()
+            } else {
+                body
+            });
+        }
+        Ok(Err(e)) => return Disconnect::Failed(e.to_string()),
+    };
+    let (sink, mut stream) = socket.split();
+    let (frames_tx, frames_rx) = tokio_mpsc::unbounded_channel::<Vec<u8>>();
+    reporter.report(TransportEvent::Open(frames_tx));
+    let mut writer = tokio::spawn(write_frames(sink, frames_rx));
+    let refresher = tokio::spawn(refresh_tokens(token, tokens, Arc::clone(reporter)));
+    let why = loop {
         tokio::select! {
             incoming = stream.next() => match incoming {
-                Some(Ok(WsMessage::Binary(bytes))) => report(TransportEvent::Frame(bytes.to_vec())),
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    reporter.report(TransportEvent::Frame(bytes.to_vec()));
+                }
                 Some(Ok(WsMessage::Close(frame))) => {
                     let (code, reason) = frame
                         .map(|f| (u16::from(f.code), f.reason.to_string()))
                         .unwrap_or((1005, String::new()));
-                    return if code == 4001 {
+                    break if code == 4001 {
                         Disconnect::Unauthorized(reason)
                     } else {
                         Disconnect::Closed { code, reason }
                     };
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Disconnect::Failed(e.to_string()),
-                None => return Disconnect::Failed("the relay closed the connection".into()),
+                Some(Err(e)) => break Disconnect::Failed(e.to_string()),
+                None => break Disconnect::Failed("the relay closed the connection".into()),
             },
-            outgoing = frames_rx.recv() => match outgoing {
+            written = &mut writer => {
+                break written.unwrap_or_else(|e| Disconnect::Failed(format!("writer: {e}")));
+            }
+        }
+    };
+    writer.abort();
+    refresher.abort();
+    why
+}
+
+type Sink = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    WsMessage,
+>;
+
+/// Writes the engine's frames and a ping every [`PING_EVERY`]; returns why it stopped.
+async fn write_frames(
+    mut sink: Sink,
+    mut frames: tokio_mpsc::UnboundedReceiver<Vec<u8>>,
+) -> Disconnect {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            outgoing = frames.recv() => match outgoing {
                 Some(bytes) => {
                     if let Err(e) = sink.send(WsMessage::Binary(bytes.into())).await {
                         return Disconnect::Failed(e.to_string());
@@ -628,7 +722,10 @@ async fn run_connection(
                 }
                 None => {
                     let _ = sink.close().await;
-                    return Disconnect::Closed { code: 1000, reason: "closed by the client".into() };
+                    return Disconnect::Closed {
+                        code: 1000,
+                        reason: "closed by the client".into(),
+                    };
                 }
             },
             _ = ping.tick() => {
@@ -636,17 +733,27 @@ async fn run_connection(
                     return Disconnect::Failed(e.to_string());
                 }
             }
-            () = &mut refresh => {
-                match fetch_token(&tokens).await {
-                    Ok(token) => {
-                        refresh.set(tokio::time::sleep(token::refresh_in(&token, now_ms())));
-                        report(TransportEvent::Token(token));
-                    }
-                    Err(reason) => {
-                        tracing::warn!(%reason, "the token provider failed; retrying in 10 s");
-                        refresh.set(tokio::time::sleep(Duration::from_secs(10)));
-                    }
-                }
+        }
+    }
+}
+
+/// Asks the provider for a new token before the current one expires, for as long as the
+/// connection lives.
+async fn refresh_tokens(
+    mut token: String,
+    tokens: Arc<dyn TokenProvider>,
+    reporter: Arc<Reporter>,
+) {
+    loop {
+        tokio::time::sleep(token::refresh_in(&token, now_ms())).await;
+        match fetch_token(&tokens).await {
+            Ok(fresh) => {
+                token.clone_from(&fresh);
+                reporter.report(TransportEvent::Token(fresh));
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "the token provider failed; retrying in 10 s");
+                tokio::time::sleep(Duration::from_secs(10)).await;
             }
         }
     }
@@ -674,6 +781,27 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The engine's time: the wall clock when the client started, advanced by a monotonic clock,
+/// so that a wall clock stepped back (NTP, the user, a resumed VM) cannot strand a timer.
+struct Clock {
+    origin_ms: u64,
+    started: Instant,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            origin_ms: now_ms(),
+            started: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin_ms
+            .saturating_add(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 #[cfg(test)]

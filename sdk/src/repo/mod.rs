@@ -419,10 +419,15 @@ impl Store {
             .map(|bytes| Change::from_bytes(bytes.clone()))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::InvalidChange(e.to_string()))?;
-        match self.shared.apply_remote(id, changes.clone()) {
+        let applied = match self.shared.apply_remote(id, changes.clone()) {
             Err(Error::NotFound(_)) => self.create_from_remote(id, changes),
             other => other,
+        };
+        if applied.is_ok() {
+            // No relay has acknowledged these yet: the sync engine must hear of them.
+            self.shared.local_changed(id);
         }
+        applied
     }
 
     fn create_from_remote(&self, id: &DocId, changes: Vec<Change>) -> Result<Heads> {

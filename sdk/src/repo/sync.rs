@@ -271,6 +271,7 @@ impl Store {
                     release(shared, &doc, pending.slot, pending.guard);
                     done.push((doc, Err(Error::CommitFailed(message.clone()))));
                 }
+                drop(_inside);
                 shared.listeners.deliver();
                 return done;
             }
