@@ -552,21 +552,7 @@ impl<S: Storage> Hub<S> {
             }
             self.ensure_state(id, &item.doc)?;
             let heads = self.doc(tenant, &item.doc)?.get_heads();
-            if !self.allow_foreign_changes {
-                let device = self.peers[&id].identity.device;
-                let doc = &self.docs[&(tenant.to_owned(), item.doc.clone())];
-                if let Some(actor) = foreign_change(doc, &message, &device) {
-                    out.push(error(
-                        id,
-                        ErrorCode::FORBIDDEN,
-                        &item.doc,
-                        &format!(
-                            "a change by another device ({actor}) that the relay does not hold"
-                        ),
-                    ));
-                    continue;
-                }
-            }
+            let heads_before_item = heads.clone();
             if !before.iter().any(|(doc, _)| *doc == item.doc) {
                 before.push((item.doc.clone(), heads));
             }
@@ -584,6 +570,30 @@ impl<S: Storage> Hub<S> {
             let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 doc.receive_sync_message(state, message)
             }));
+            let foreign = match applied {
+                Ok(Ok(())) if !self.allow_foreign_changes => {
+                    let device = self.peers[&id].identity.device;
+                    foreign_change(
+                        &self.docs[&(tenant.to_owned(), item.doc.clone())],
+                        &heads_before_item,
+                        &device,
+                    )
+                }
+                _ => None,
+            };
+            if let Some(actor) = foreign {
+                // Applied in memory only: reload the durable state, store and ack nothing of it.
+                self.evict(tenant, std::iter::once(&item.doc));
+                before.retain(|(doc, _)| *doc != item.doc);
+                out.push(error(
+                    id,
+                    ErrorCode::FORBIDDEN,
+                    &item.doc,
+                    &format!("a change by another device ({actor}) that the relay does not hold"),
+                ));
+                continue;
+            }
+
             if !matches!(applied, Ok(Ok(()))) {
                 // The document may be half changed, and earlier items of this frame for it are
                 // not stored: reload it from storage, and neither store nor acknowledge it.
@@ -730,29 +740,13 @@ impl<S: Storage> Hub<S> {
     }
 }
 
-/// The actor of the first change in `message` that was not written by `device` and is not
-/// already in `doc`, if any. A chunk that is neither a change nor a document is left to the
-/// apply step, which refuses it as a bad document.
-fn foreign_change(doc: &Automerge, message: &SyncMessage, device: &DeviceId) -> Option<String> {
-    let own = |actor: &automerge::ActorId| actor.to_bytes() == device.as_bytes().as_slice();
-    for chunk in message.changes.iter() {
-        let chunk: &[u8] = chunk;
-        let changes = match automerge::Change::from_bytes(chunk.to_vec()) {
-            Ok(change) => vec![change],
-            Err(_) => match Automerge::load(chunk) {
-                Ok(loaded) => loaded.get_changes(&[]),
-                Err(_) => continue,
-            },
-        };
-        for change in changes {
-            if !own(change.actor_id())
-                && automerge::ReadDoc::get_change_by_hash(doc, &change.hash()).is_none()
-            {
-                return Some(change.actor_id().to_hex_string());
-            }
-        }
-    }
-    None
+/// The actor of the first change `doc` gained since `before` that `device` did not write.
+/// The changes are already parsed and hashed by the apply: nothing is decoded twice.
+fn foreign_change(doc: &Automerge, before: &[ChangeHash], device: &DeviceId) -> Option<String> {
+    doc.get_changes(before)
+        .into_iter()
+        .find(|change| change.actor_id().to_bytes() != device.as_bytes().as_slice())
+        .map(|change| change.actor_id().to_hex_string())
 }
 
 fn wire_heads(heads: &[ChangeHash]) -> Heads {
