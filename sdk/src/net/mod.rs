@@ -59,7 +59,8 @@ where
 /// How a [`SyncClient`] connects and what it syncs.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
-    /// The relay, as `ws://host:port` (the path `/v1/sync` is added when absent).
+    /// The relay, as `ws://host:port` or `wss://host` (TLS with the Mozilla root
+    /// certificates; the path `/v1/sync` is added when absent).
     pub relay_url: String,
     /// The device's capability profile.
     pub profile: Profile,
@@ -807,6 +808,42 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wss_urls_go_through_tls() {
+        // A plain TCP server: a TLS client fails its handshake (without TLS support the
+        // error would be about the URL scheme instead).
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            if let Ok((mut socket, _)) = listener.accept() {
+                use std::io::Write;
+                let _ = socket.write_all(b"HTTP/1.1 400 Not TLS\r\n\r\n");
+            }
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let reporter = Arc::new(Reporter {
+            commands: Mutex::new(mpsc::channel().0),
+            generation: 1,
+        });
+        let tokens: Arc<dyn TokenProvider> = Arc::new(|| Ok("t".to_owned()));
+        let url = format!("wss://{addr}/v1/sync");
+        let why = runtime.block_on(run_connection(&url, tokens, &reporter));
+        let _ = server.join();
+        match why {
+            Disconnect::Failed(reason) => {
+                let lower = reason.to_lowercase();
+                assert!(!lower.contains("scheme"), "{reason}");
+                assert!(!lower.contains("not supported"), "{reason}");
+                assert!(!lower.contains("not compiled"), "{reason}");
+                eprintln!("TLS handshake failed as expected: {reason}");
+            }
+            other => panic!("expected a failed TLS handshake, got {other:?}"),
+        }
+    }
 
     #[test]
     fn the_sync_path_is_added_only_when_missing() {
