@@ -246,3 +246,30 @@ fn a_device_that_lost_its_data_gets_unchanged_documents_back() {
         "the relay must not assume the device still holds what it held: {out:?}"
     );
 }
+
+#[test]
+fn the_document_cache_is_bounded_and_evicted_documents_reload() {
+    let storage = Arc::new(Counting::default());
+    let mut hub = Hub::new(Arc::clone(&storage)).cache_docs(2);
+    for n in 1..=5u8 {
+        let (identity, grants) = writer(n);
+        hub.connect(u64::from(n), identity, grants, 0);
+    }
+    let frames = (1..=5u8).map(|n| (u64::from(n), vec![item(n)])).collect();
+    let group = hub.sync_group(frames, 1);
+    assert!(group.failed.is_empty());
+    assert!(hub.cached_documents() <= 2, "{}", hub.cached_documents());
+    // An evicted document reloads from storage: a resend is recognised as already stored.
+    let group = hub.sync_group(vec![(1, vec![item(1)])], 2);
+    assert!(group.failed.is_empty());
+    assert_eq!(
+        acks_for(&group.deliveries, 1),
+        Vec::<u64>::new(),
+        "no new sequence"
+    );
+    assert_eq!(
+        storage.appends.load(Ordering::SeqCst),
+        1,
+        "nothing stored twice"
+    );
+}

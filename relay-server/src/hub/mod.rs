@@ -105,9 +105,15 @@ impl Peer {
 pub struct Hub<S> {
     storage: Arc<S>,
     peers: HashMap<SessionId, Peer>,
-    docs: HashMap<(String, DocId), Automerge>,
+    /// Documents in memory, least recently used first out past `cache_docs` (trimmed between
+    /// actions, never during one: outside an action memory equals storage, so any may go).
+    docs: lru::LruCache<(String, DocId), Automerge>,
+    cache_docs: usize,
     allow_foreign_changes: bool,
 }
+
+/// Documents a hub keeps in memory by default.
+pub const CACHE_DOCS: usize = 10_000;
 
 impl<S: Storage> Hub<S> {
     /// A hub over `storage`.
@@ -115,8 +121,26 @@ impl<S: Storage> Hub<S> {
         Self {
             storage,
             peers: HashMap::new(),
-            docs: HashMap::new(),
+            docs: lru::LruCache::unbounded(),
+            cache_docs: CACHE_DOCS,
             allow_foreign_changes: false,
+        }
+    }
+
+    /// How many documents to keep in memory between actions (at least one).
+    pub fn cache_docs(mut self, docs: usize) -> Self {
+        self.cache_docs = docs.max(1);
+        self
+    }
+
+    /// Documents in memory now.
+    pub fn cached_documents(&self) -> usize {
+        self.docs.len()
+    }
+
+    fn trim(&mut self) {
+        while self.docs.len() > self.cache_docs {
+            self.docs.pop_lru();
         }
     }
 
@@ -194,6 +218,17 @@ impl<S: Storage> Hub<S> {
         if !self.peers.contains_key(&id) {
             return Ok(Vec::new());
         }
+        let result = self.act(id, action, now_ms);
+        self.trim();
+        result
+    }
+
+    fn act(
+        &mut self,
+        id: SessionId,
+        action: Action,
+        now_ms: u64,
+    ) -> Result<Vec<Delivery>, HubError> {
         match action {
             Action::Register(profile) | Action::UpdateProfile(profile) => {
                 self.peer_mut(id).profile = Some(profile);
@@ -214,8 +249,7 @@ impl<S: Storage> Hub<S> {
                 let mut held = Vec::with_capacity(docs.len());
                 for doc in docs {
                     let key = (tenant.clone(), doc);
-                    if self.docs.contains_key(&key) || self.storage.load(&tenant, &key.1)?.is_some()
-                    {
+                    if self.docs.contains(&key) || self.storage.load(&tenant, &key.1)?.is_some() {
                         held.push(key.1);
                     }
                 }
@@ -437,7 +471,7 @@ impl<S: Storage> Hub<S> {
             let mut appends = Vec::new();
             for (doc_id, heads_before) in docs {
                 // Absent: evicted after a failed item; its durable state is what counts.
-                let Some(doc) = self.docs.get(&(tenant.clone(), doc_id.clone())) else {
+                let Some(doc) = self.docs.peek(&(tenant.clone(), doc_id.clone())) else {
                     continue;
                 };
                 let after = doc.get_heads();
@@ -528,6 +562,7 @@ impl<S: Storage> Hub<S> {
                 }
             }
         }
+        self.trim();
         group
     }
 
@@ -574,7 +609,9 @@ impl<S: Storage> Hub<S> {
                 Ok(Ok(())) if !self.allow_foreign_changes => {
                     let device = self.peers[&id].identity.device;
                     foreign_change(
-                        &self.docs[&(tenant.to_owned(), item.doc.clone())],
+                        self.docs
+                            .peek(&(tenant.to_owned(), item.doc.clone()))
+                            .expect("applied just above"),
                         &heads_before_item,
                         &device,
                     )
@@ -623,7 +660,7 @@ impl<S: Storage> Hub<S> {
         docs.iter()
             .filter_map(|doc| {
                 let key = (tenant.to_owned(), doc.clone());
-                let loaded = self.docs.get(&key)?;
+                let loaded = self.docs.peek(&key)?;
                 Some(AckItem {
                     doc: doc.clone(),
                     heads: wire_heads(&loaded.get_heads()),
@@ -636,7 +673,7 @@ impl<S: Storage> Hub<S> {
     /// Drops documents from memory, so the next use reloads the durable state.
     fn evict<'a>(&mut self, tenant: &str, docs: impl Iterator<Item = &'a DocId>) {
         for doc in docs {
-            self.docs.remove(&(tenant.to_owned(), doc.clone()));
+            self.docs.pop(&(tenant.to_owned(), doc.clone()));
         }
     }
 
@@ -682,7 +719,10 @@ impl<S: Storage> Hub<S> {
             }
             self.ensure_state(id, doc_id)?;
             self.doc(&tenant, doc_id)?;
-            let doc = &self.docs[&(tenant.clone(), doc_id.clone())];
+            let doc = self
+                .docs
+                .peek(&(tenant.clone(), doc_id.clone()))
+                .expect("loaded above");
             let peer = self.peers.get_mut(&id).expect("checked");
             let confirmed = peer.confirmed.contains(doc_id);
             let state = peer.states.get_mut(doc_id).expect("ensured");
@@ -724,7 +764,7 @@ impl<S: Storage> Hub<S> {
     /// The in-memory copy of a document, loaded from storage (or empty if it is new).
     fn doc(&mut self, tenant: &str, doc_id: &DocId) -> Result<&mut Automerge, HubError> {
         let key = (tenant.to_owned(), doc_id.clone());
-        if !self.docs.contains_key(&key) {
+        if !self.docs.contains(&key) {
             let mut doc = Automerge::new();
             if let Some(stored) = self.storage.load(tenant, doc_id)? {
                 for chunk in &stored.chunks {
@@ -734,7 +774,7 @@ impl<S: Storage> Hub<S> {
                     })?;
                 }
             }
-            self.docs.insert(key.clone(), doc);
+            self.docs.put(key.clone(), doc);
         }
         Ok(self.docs.get_mut(&key).expect("inserted above"))
     }
