@@ -68,6 +68,9 @@ pub struct RelayConfig {
     /// history's "who wrote what" cannot be forged. Turn it on to let devices repair a relay
     /// restored from an old backup, or to relay between independent relays.
     pub allow_foreign_changes: bool,
+    /// Bytes a connection's outbox may hold before the relay closes it as a slow consumer
+    /// (close code 4009; it resyncs from storage on reconnect). Default 64 MiB.
+    pub outbox_bytes: usize,
 }
 
 impl Default for RelayConfig {
@@ -85,6 +88,7 @@ impl Default for RelayConfig {
             leeway_secs: 30,
             drain_secs: 10,
             allow_foreign_changes: false,
+            outbox_bytes: 64 << 20,
         }
     }
 }

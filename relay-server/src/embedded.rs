@@ -64,7 +64,10 @@ impl EmbeddedRelay {
                 auth,
                 limits,
                 Arc::new(Metrics::new()),
-                cfg.allow_foreign_changes,
+                server::ServerOptions {
+                    allow_foreign_changes: cfg.allow_foreign_changes,
+                    outbox_bytes: cfg.outbox_bytes,
+                },
             )?
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

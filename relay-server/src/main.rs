@@ -148,7 +148,10 @@ fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
             auth,
             limits,
             Arc::new(Metrics::new()),
-            cfg.allow_foreign_changes,
+            server::ServerOptions {
+                allow_foreign_changes: cfg.allow_foreign_changes,
+                outbox_bytes: cfg.outbox_bytes,
+            },
         )?;
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;

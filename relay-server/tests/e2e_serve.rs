@@ -29,10 +29,24 @@ struct Relay {
 }
 
 fn start(data: &Path) -> Relay {
+    start_with(data, None)
+}
+
+/// [`start`] with a TOML configuration.
+fn start_with(data: &Path, toml: Option<&str>) -> Relay {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncline-relay"));
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
-        .env("RUST_LOG", "warn,automerge=off");
+        .env(
+            "RUST_LOG",
+            std::env::var("RELAY_LOG").unwrap_or_else(|_| "warn,automerge=off".into()),
+        );
+    if let Some(toml) = toml {
+        let path = data.join("relay.toml");
+        std::fs::create_dir_all(data).expect("data dir");
+        std::fs::write(&path, toml).expect("write config");
+        cmd.arg("--config").arg(path);
+    }
     let mut child = Child::spawn(cmd).expect("spawn relay");
     let line = child
         .next_line()
@@ -113,6 +127,35 @@ struct Device {
 impl Device {
     async fn join(addr: &str, token: &str, device: u8) -> Self {
         let socket = connect(addr, Some(token), None).await.expect("connect");
+        Self::joined(socket, device).await
+    }
+
+    /// [`Device::join`] over a socket with a tiny receive buffer, so that the relay's writes
+    /// to it block as soon as it stops reading.
+    async fn join_slow(addr: &str, token: &str, device: u8) -> Self {
+        let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+        tcp.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = tcp
+            .connect(addr.parse().expect("address"))
+            .await
+            .expect("connect");
+        let mut request = format!("ws://{addr}/v1/sync")
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (socket, _) = tokio_tungstenite::client_async(
+            request,
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("upgrade");
+        Self::joined(socket, device).await
+    }
+
+    async fn joined(socket: Socket, device: u8) -> Self {
         let mut d = Self {
             socket,
             actor: automerge::ActorId::from([device; 16].as_slice()),
@@ -419,4 +462,146 @@ async fn oversize_frames_get_a_typed_error_and_huge_ones_are_refused_unbuffered(
     .await;
     assert!(ended.is_ok(), "the connection ends");
     assert_eq!(http_get(&addr, "/healthz").0, 200, "the relay lives on");
+}
+
+/// A device that stops reading is closed with SLOW_CONSUMER (4009) once its outbox holds more
+/// bytes than allowed, instead of the relay buffering without bound (fan-out batches many
+/// documents per message, so a bound in messages alone would not do); it then resyncs from
+/// storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_closed_and_resyncs_from_storage() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A 1 MiB outbox: the 7 MB the writer sends cannot all wait for the slow device.
+    let relay = start_with(dir.path(), Some("outbox_bytes = 1048576\n"));
+    let mut slow = Device::join_slow(
+        &relay.addr,
+        &token(dir.path(), 1, &["todos"], &["todos"]),
+        1,
+    )
+    .await;
+    let mut writer = Device::join(
+        &relay.addr,
+        &token(dir.path(), 2, &["todos"], &["todos"]),
+        2,
+    )
+    .await;
+    // One frame per change (each fans out as one message to the slow device), paced under the
+    // relay's frame rate; 8 KB each, so the socket buffers fill and the outbox behind them.
+    // Incompressible (Automerge deflates its columns): pseudo-random hex, ~8 KB deflated.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let payload: String = (0..16 << 10)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b"0123456789abcdef"[(seed % 16) as usize])
+        })
+        .collect();
+    let docs: Vec<DocId> = (0..900)
+        .map(|i| format!("todos/d{i}").parse().expect("valid"))
+        .collect();
+    for (i, d) in docs.iter().enumerate() {
+        let doc = writer.docs.entry(d.clone()).or_default();
+        doc.set_actor(writer.actor.clone());
+        let mut tx = doc.transaction();
+        tx.put(ROOT, "text", payload.as_str()).expect("put");
+        tx.commit();
+        // Primed: the first message carries the change, so no reply is needed to store it.
+        writer
+            .states
+            .insert(d.clone(), syncline_protocol::sync_state::primed(Vec::new()));
+        writer.push(d).await;
+        if i % 200 == 199 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    // The writer's own frames were all acknowledged (the relay kept up with it).
+    let last = docs.last().expect("docs").clone();
+    for _ in 0..10_000 {
+        if writer.acked(&last) {
+            break;
+        }
+        match tokio::time::timeout(WAIT, writer.socket.next()).await {
+            Ok(Some(Ok(Ws::Binary(bytes)))) => {
+                let m = frame::decode(&bytes, 1 << 24).expect("valid frame");
+                writer.received.push(m);
+            }
+            Ok(Some(Ok(_))) => {}
+            other => {
+                let acks = writer
+                    .received
+                    .iter()
+                    .filter(|m| matches!(m, Message::Ack(_)))
+                    .count();
+                let errors: Vec<_> = writer
+                    .received
+                    .iter()
+                    .filter(|m| matches!(m, Message::Error(_)))
+                    .take(3)
+                    .collect();
+                panic!("writer stopped hearing after {acks} acks: {other:?}, errors {errors:?}");
+            }
+        }
+    }
+    assert!(
+        writer.acked(&last),
+        "the writer's changes were acknowledged"
+    );
+    // The slow device finds its connection closed once it reads again: with 4009 when the
+    // close frame still fit, or reset when the socket stayed full past the send timeout.
+    let mut ended = None;
+    for _ in 0..20_000 {
+        match tokio::time::timeout(WAIT, slow.socket.next()).await {
+            Ok(Some(Ok(Ws::Close(frame)))) => {
+                ended = Some(frame.map(|f| u16::from(f.code)));
+                break;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_)) | None) => {
+                ended = Some(None);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    match ended {
+        Some(Some(code)) => assert_eq!(code, syncline_relay::server::SLOW_CONSUMER),
+        Some(None) => {}
+        None => panic!("the slow consumer's connection stayed open"),
+    }
+    // Reconnected, it gets everything from storage.
+    let mut again = Device::join(
+        &relay.addr,
+        &token(dir.path(), 1, &["todos"], &["todos"]),
+        1,
+    )
+    .await;
+    again
+        .send(Message::Reconcile(Reconcile {
+            cursors: Vec::new(),
+            changed: Vec::new(),
+        }))
+        .await;
+    // Everything arrives from storage, whole documents batched many to a frame.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..1000 {
+        if seen.len() == docs.len() {
+            break;
+        }
+        if let Message::Sync(sync) = again.next().await {
+            for item in sync.items {
+                let doc = again.docs.entry(item.doc.clone()).or_default();
+                let m = automerge::sync::Message::decode(&item.message).expect("sync message");
+                doc.receive_sync_message(&mut State::new(), m)
+                    .expect("apply");
+                assert_eq!(doc.get(ROOT, "text").expect("read").is_some(), true);
+                seen.insert(item.doc);
+            }
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        docs.len(),
+        "the reconnected device got every document"
+    );
 }

@@ -43,6 +43,47 @@ pub use metrics::Metrics;
 
 /// Messages buffered for one connection before it counts as a slow consumer.
 pub const OUTBOX: usize = 1024;
+
+/// Bytes (approximately) a connection's outbox may hold by default; see
+/// `RelayConfig::outbox_bytes`. A message larger than this is still queued when the outbox is
+/// empty.
+pub const OUTBOX_BYTES: usize = 64 << 20;
+
+/// How the server runs, beyond storage, keys and limits.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// See `RelayConfig::allow_foreign_changes`.
+    pub allow_foreign_changes: bool,
+    /// Bytes a connection's outbox may hold before the connection is closed as a slow consumer.
+    pub outbox_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            allow_foreign_changes: false,
+            outbox_bytes: OUTBOX_BYTES,
+        }
+    }
+}
+
+/// A connection's outbox as the hub thread sees it: bounded in messages by the channel and in
+/// bytes by `queued`, which the connection lowers as it takes messages out.
+struct Route {
+    sender: mpsc::Sender<Message>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The approximate size of a message on the wire, for the outbox's byte bound.
+fn approx_size(message: &Message) -> usize {
+    match message {
+        Message::Sync(sync) => sync.items.iter().map(|i| i.message.len() + 64).sum(),
+        Message::Plan(plan) => 64 + 64 * (plan.send.len() + plan.deferred.len()),
+        Message::Ack(ack) => 16 + 96 * ack.items.len(),
+        Message::Ephemeral(e) => 96 + e.payload.len(),
+        _ => 128,
+    }
+}
 /// Commands buffered for the hub before connections wait.
 pub const HUB_QUEUE: usize = 4096;
 /// Close code for a client that could not keep up; it should reconnect and reconcile.
@@ -57,6 +98,7 @@ enum HubCommand {
         id: SessionId,
         verified: Verified,
         outbox: mpsc::Sender<Message>,
+        queued: Arc<std::sync::atomic::AtomicUsize>,
         now_ms: u64,
     },
     Action {
@@ -99,15 +141,15 @@ impl AppState {
         auth: Authenticator,
         limits: Limits,
         metrics: Arc<Metrics>,
-        allow_foreign_changes: bool,
+        options: ServerOptions,
     ) -> std::io::Result<Self> {
         let (hub, commands) = mpsc::channel(HUB_QUEUE);
         let hub_metrics = Arc::clone(&metrics);
         let hub_thread = std::thread::Builder::new()
             .name("syncline-hub".into())
             .spawn(move || {
-                let hub = Hub::new(storage).allow_foreign_changes(allow_foreign_changes);
-                run_hub(hub, commands, &hub_metrics);
+                let hub = Hub::new(storage).allow_foreign_changes(options.allow_foreign_changes);
+                run_hub(hub, commands, &hub_metrics, options.outbox_bytes);
             })?;
         Ok(Self {
             auth: Arc::new(auth),
@@ -262,6 +304,7 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
     let span = tracing::info_span!("connection", session = id, device = %verified.identity.device, tenant = %verified.identity.tenant);
     let _enter = span.enter();
     let (outbox, mut inbox) = mpsc::channel(OUTBOX);
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut session = Session::new(
         format!("s-{id}"),
         verified.clone(),
@@ -274,6 +317,7 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
             id,
             verified,
             outbox,
+            queued: Arc::clone(&queued),
             now_ms: now_ms(),
         })
         .await
@@ -311,10 +355,13 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
             },
             delivered = inbox.recv() => match delivered {
                 // The hub may have queued this before it learned of narrower grants.
-                Some(message) => Output {
-                    send: visible(message, session.grants()).into_iter().collect(),
-                    ..Output::default()
-                },
+                Some(message) => {
+                    queued.fetch_sub(approx_size(&message), Ordering::Relaxed);
+                    Output {
+                        send: visible(message, session.grants()).into_iter().collect(),
+                        ..Output::default()
+                    }
+                }
                 None => break Some(Close { code: SLOW_CONSUMER, reason: "too slow: reconnect to resync".into() }),
             },
             () = tokio::time::sleep_until(deadline) => session.handle_tick(now_ms()),
@@ -463,8 +510,9 @@ fn run_hub<S: Storage>(
     mut hub: Hub<S>,
     mut commands: mpsc::Receiver<HubCommand>,
     metrics: &Metrics,
+    outbox_bytes: usize,
 ) {
-    let mut routes: HashMap<SessionId, mpsc::Sender<Message>> = HashMap::new();
+    let mut routes: HashMap<SessionId, Route> = HashMap::new();
     let mut next: Option<HubCommand> = None;
     loop {
         let command = match next.take() {
@@ -480,10 +528,17 @@ fn run_hub<S: Storage>(
                 id,
                 verified,
                 outbox,
+                queued,
                 now_ms,
             } => {
                 hub.connect(id, verified.identity, verified.grants, now_ms);
-                routes.insert(id, outbox);
+                routes.insert(
+                    id,
+                    Route {
+                        sender: outbox,
+                        queued,
+                    },
+                );
             }
             HubCommand::Disconnect { id, now_ms } => {
                 routes.remove(&id);
@@ -515,6 +570,7 @@ fn run_hub<S: Storage>(
                     }
                 }
                 let sessions: Vec<SessionId> = frames.iter().map(|(id, _)| *id).collect();
+                let requesters = sessions.clone();
                 let started = Instant::now();
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     hub.sync_group(frames, now_ms)
@@ -538,7 +594,7 @@ fn run_hub<S: Storage>(
                 metrics
                     .sync_seconds
                     .observe(started.elapsed().as_secs_f64());
-                route(&mut routes, deliveries, metrics);
+                route(&mut routes, deliveries, metrics, outbox_bytes, &requesters);
             }
             HubCommand::Action { id, action, now_ms } => {
                 let started = Instant::now();
@@ -563,16 +619,23 @@ fn run_hub<S: Storage>(
                         .sync_seconds
                         .observe(started.elapsed().as_secs_f64());
                 }
-                route(&mut routes, deliveries, metrics);
+                route(&mut routes, deliveries, metrics, outbox_bytes, &[id]);
             }
         }
     }
 }
 
+/// Queues deliveries on their connections' outboxes. The byte bound applies to what others
+/// caused (fan-out): a connection that cannot keep up with it is closed to resync from storage.
+/// Answers to a session's own requests (`requesters`: its plan, its replies) are bounded by
+/// what it asked for and are not counted against it, or a large initial sync could never
+/// complete.
 fn route(
-    routes: &mut HashMap<SessionId, mpsc::Sender<Message>>,
+    routes: &mut HashMap<SessionId, Route>,
     deliveries: Vec<Delivery>,
     metrics: &Metrics,
+    outbox_bytes: usize,
+    requesters: &[SessionId],
 ) {
     for Delivery { to, message } in deliveries {
         if let Message::Ack(ack) = &message {
@@ -583,10 +646,25 @@ fn route(
         let Some(outbox) = routes.get(&to) else {
             continue;
         };
-        if let Err(e) = outbox.try_send(message) {
-            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+        let size = approx_size(&message);
+        let queued = outbox.queued.load(Ordering::Relaxed);
+        let over_bytes = !requesters.contains(&to) && queued > 0 && queued + size > outbox_bytes;
+        let sent = if over_bytes {
+            Err(true)
+        } else {
+            match outbox.sender.try_send(message) {
+                Ok(()) => {
+                    outbox.queued.fetch_add(size, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(e) => Err(matches!(e, mpsc::error::TrySendError::Full(_))),
+            }
+        };
+        if let Err(full) = sent {
+            if full {
                 tracing::warn!(
                     session = to,
+                    queued_bytes = queued,
                     "slow consumer: closing it so it resyncs from storage"
                 );
             }
