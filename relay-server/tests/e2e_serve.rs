@@ -594,7 +594,7 @@ async fn a_slow_consumer_is_closed_and_resyncs_from_storage() {
                 let m = automerge::sync::Message::decode(&item.message).expect("sync message");
                 doc.receive_sync_message(&mut State::new(), m)
                     .expect("apply");
-                assert_eq!(doc.get(ROOT, "text").expect("read").is_some(), true);
+                assert!(doc.get(ROOT, "text").expect("read").is_some());
                 seen.insert(item.doc);
             }
         }
