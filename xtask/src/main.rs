@@ -3,18 +3,25 @@
 //!
 //! - `cargo xtask test` runs every test suite of every language, then prints one closing line
 //!   per suite and a total, in the form `total: N passed, N failed, N skipped`.
-//! - `cargo xtask test rust` runs one suite.
+//! - `cargo xtask test rust` (or `python`) runs one suite.
+//! - `cargo xtask bindings` builds `syncline-ffi` and generates its Kotlin, Swift and Python
+//!   bindings into `target/bindings/<language>` with the in-workspace `uniffi-bindgen`.
 //!
-//! Today the only suite is `rust` (the whole Cargo workspace, doc tests included). The
-//! Kotlin, Python and Swift suites arrive with the bindings.
+//! Suites: `rust` (the whole Cargo workspace, doc tests included) and `python` (pytest over
+//! the generated module, against a real `syncline-relay`; the interpreter is `$SYNCLINE_PYTHON`,
+//! else `.venv/bin/python`, else `python3`). The Kotlin and Swift suites are not built yet.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, bail};
 
 /// The suites `cargo xtask test` knows, in the order it runs them.
-const SUITES: &[&str] = &["rust"];
+const SUITES: &[&str] = &["rust", "python"];
+
+/// The languages `cargo xtask bindings` generates.
+const LANGUAGES: &[&str] = &["python", "kotlin", "swift"];
 
 #[derive(Default, Clone, Copy)]
 struct Tally {
@@ -40,7 +47,14 @@ fn run() -> anyhow::Result<bool> {
         ["test"] => test(SUITES),
         ["test", suite] if SUITES.contains(&suite) => test(&[suite]),
         ["test", suite] => bail!("unknown suite {suite:?}; known: {}", SUITES.join(", ")),
-        _ => bail!("usage: cargo xtask test [{}]", SUITES.join("|")),
+        ["bindings"] => {
+            bindings(LANGUAGES)?;
+            Ok(true)
+        }
+        _ => bail!(
+            "usage: cargo xtask test [{}] | cargo xtask bindings",
+            SUITES.join("|")
+        ),
     }
 }
 
@@ -49,6 +63,7 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
     for &suite in suites {
         let (ok, tally) = match suite {
             "rust" => rust_suite()?,
+            "python" => python_suite()?,
             other => bail!("no runner for suite {other}"),
         };
         results.push((suite, ok, tally));
@@ -76,8 +91,7 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
 
 /// `cargo test --workspace`, streaming its output and summing its `test result:` lines.
 fn rust_suite() -> anyhow::Result<(bool, Tally)> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut child = Command::new(cargo)
+    let mut child = cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .stdout(Stdio::piped())
         .spawn()
@@ -95,6 +109,129 @@ fn rust_suite() -> anyhow::Result<(bool, Tally)> {
     }
     let status = child.wait().context("waiting for cargo test")?;
     Ok((status.success(), tally))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn run_cargo(args: &[&str]) -> anyhow::Result<()> {
+    let status = cargo().args(args).status().context("cannot start cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from)
+}
+
+/// The built `syncline-ffi` library of this platform.
+fn ffi_library() -> PathBuf {
+    let name = if cfg!(target_os = "macos") {
+        "libsyncline_ffi.dylib"
+    } else {
+        "libsyncline_ffi.so"
+    };
+    target_dir().join("debug").join(name)
+}
+
+/// Builds the library and the bindgen, and generates `languages` into `target/bindings`.
+fn bindings(languages: &[&str]) -> anyhow::Result<()> {
+    run_cargo(&["build", "-q", "-p", "syncline-ffi", "--lib"])?;
+    run_cargo(&[
+        "build",
+        "-q",
+        "-p",
+        "syncline-ffi",
+        "--features",
+        "cli",
+        "--bin",
+        "uniffi-bindgen",
+    ])?;
+    let library = ffi_library();
+    let bindgen = target_dir().join("debug").join("uniffi-bindgen");
+    for language in languages {
+        let out = target_dir().join("bindings").join(language);
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let status = Command::new(&bindgen)
+            .arg("generate")
+            .arg("--library")
+            .arg(&library)
+            .args(["--language", language, "--out-dir"])
+            .arg(&out)
+            .status()
+            .context("cannot start uniffi-bindgen")?;
+        if !status.success() {
+            bail!("generating the {language} bindings failed");
+        }
+        if *language == "python" {
+            // The generated module loads the library from its own directory.
+            let name = library.file_name().context("library name")?;
+            std::fs::copy(&library, out.join(name)).context("copying the library")?;
+        }
+        println!("bindings: {language} in {}", out.display());
+    }
+    Ok(())
+}
+
+/// pytest over `bindings/python/tests`, with the generated module and a relay binary.
+fn python_suite() -> anyhow::Result<(bool, Tally)> {
+    bindings(&["python"])?;
+    run_cargo(&[
+        "build",
+        "-q",
+        "-p",
+        "syncline-relay",
+        "--bin",
+        "syncline-relay",
+    ])?;
+    let python = std::env::var("SYNCLINE_PYTHON").unwrap_or_else(|_| {
+        if Path::new(".venv/bin/python").exists() {
+            ".venv/bin/python".to_owned()
+        } else {
+            "python3".to_owned()
+        }
+    });
+    let relay = std::fs::canonicalize(target_dir().join("debug").join("syncline-relay"))
+        .context("the relay binary")?;
+    let module = std::fs::canonicalize(target_dir().join("bindings").join("python"))
+        .context("the generated module")?;
+    let mut child = Command::new(&python)
+        .args(["-m", "pytest", "-q", "bindings/python/tests"])
+        .env("PYTHONPATH", &module)
+        .env("SYNCLINE_RELAY_BIN", &relay)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {python} (set SYNCLINE_PYTHON, or run .ci/run)"))?;
+    let stdout = child.stdout.take().context("pytest stdout")?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading pytest output")?;
+        println!("{line}");
+        // pytest's last line: "3 passed, 1 failed, 2 skipped in 0.52s".
+        if line.contains(" in ") && (line.contains("passed") || line.contains("failed")) {
+            let summary = line.split(" in ").next().unwrap_or("");
+            tally.passed += pytest_count(summary, "passed");
+            tally.failed += pytest_count(summary, "failed") + pytest_count(summary, "error");
+            tally.skipped += pytest_count(summary, "skipped");
+        }
+    }
+    let status = child.wait().context("waiting for pytest")?;
+    Ok((status.success(), tally))
+}
+
+/// The number before `label` in a pytest summary such as `3 passed, 1 failed`.
+fn pytest_count(summary: &str, label: &str) -> u64 {
+    summary
+        .split(',')
+        .find_map(|part| {
+            let mut words = part.split_whitespace();
+            let n = words.next()?.parse().ok()?;
+            words.next()?.starts_with(label).then_some(n)
+        })
+        .unwrap_or(0)
 }
 
 /// The number before `label` in a cargo `test result:` line, e.g. `ok. 3 passed; 0 failed`.
@@ -125,5 +262,15 @@ mod tests {
         assert_eq!(count(line, " failed"), 1);
         assert_eq!(count(line, " ignored"), 3);
         assert_eq!(count("FAILED. 2 passed; 5 failed; 0 ignored", " failed"), 5);
+    }
+
+    #[test]
+    fn parses_pytest_summaries() {
+        use super::pytest_count;
+        assert_eq!(pytest_count("3 passed, 1 failed, 2 skipped", "passed"), 3);
+        assert_eq!(pytest_count("3 passed, 1 failed, 2 skipped", "failed"), 1);
+        assert_eq!(pytest_count("3 passed, 1 failed, 2 skipped", "skipped"), 2);
+        assert_eq!(pytest_count("5 passed", "failed"), 0);
+        assert_eq!(pytest_count("1 error", "error"), 1);
     }
 }
