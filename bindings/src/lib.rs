@@ -334,7 +334,9 @@ impl FfiSubscription {
 /// Syncs a store with a relay in the background for as long as it is kept.
 #[derive(uniffi::Object)]
 pub struct FfiSyncClient {
-    client: Arc<Mutex<Option<SyncClient>>>,
+    /// Shared with a `wait_synced` in progress, so that waiting never blocks `status`,
+    /// `pause` or `stop` from other threads.
+    client: Mutex<Option<Arc<SyncClient>>>,
 }
 
 #[uniffi::export]
@@ -360,7 +362,7 @@ impl FfiSyncClient {
             tokens.token().map_err(|e| e.to_string())
         })?;
         Ok(Arc::new(Self {
-            client: Arc::new(Mutex::new(Some(client))),
+            client: Mutex::new(Some(Arc::new(client))),
         }))
     }
 
@@ -385,13 +387,10 @@ impl FfiSyncClient {
     /// [`FfiError::Unauthorized`], [`FfiError::Unreachable`], [`FfiError::Sync`],
     /// [`FfiError::Timeout`].
     pub async fn wait_synced(&self, timeout_ms: u64) -> Result<FfiSyncStats, FfiError> {
-        let client = Arc::clone(&self.client);
+        let client = self.current();
         let (done, result) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
-            let guard = client
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let outcome = match guard.as_ref() {
+            let outcome = match client {
                 Some(c) => c
                     .wait_synced(Duration::from_millis(timeout_ms), true)
                     .map_err(FfiError::from),
@@ -425,7 +424,8 @@ impl FfiSyncClient {
         self.with(|c| c.set_network_available(available));
     }
 
-    /// Stops syncing (also on drop); what is pending stays in the store.
+    /// Stops syncing (also on drop); what is pending stays in the store. A `wait_synced` in
+    /// progress returns at once with an error.
     pub fn stop(&self) {
         let taken = self
             .client
@@ -433,18 +433,23 @@ impl FfiSyncClient {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(client) = taken {
-            client.stop();
+            client.close();
+            // The sync thread is joined when the last holder (maybe a waiting thread) lets go.
+            drop(client);
         }
     }
 }
 
 impl FfiSyncClient {
-    fn with<R>(&self, f: impl FnOnce(&SyncClient) -> R) -> Option<R> {
+    fn current(&self) -> Option<Arc<SyncClient>> {
         self.client
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .map(f)
+            .clone()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&SyncClient) -> R) -> Option<R> {
+        self.current().map(|c| f(&c))
     }
 }
 

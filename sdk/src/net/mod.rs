@@ -148,6 +148,8 @@ struct Observed {
     stats: SyncStats,
     last_disconnect: Option<Disconnect>,
     listeners: Vec<(u64, StatusListener)>,
+    /// Set once the sync thread has finished.
+    stopped: bool,
 }
 
 struct Inner {
@@ -217,6 +219,7 @@ impl SyncClient {
                 stats: SyncStats::default(),
                 last_disconnect: None,
                 listeners: Vec::new(),
+                stopped: false,
             }),
             changed: Condvar::new(),
             next_listener: AtomicU64::new(0),
@@ -337,6 +340,9 @@ impl SyncClient {
                     return Err(SyncError::Unreachable(reason.clone()));
                 }
                 (Status::Error { reason }, _) => return Err(SyncError::Failed(reason.clone())),
+                _ if observed.stopped => {
+                    return Err(SyncError::Failed("the sync client was stopped".into()));
+                }
                 _ => {}
             }
             let waited = started.elapsed();
@@ -396,9 +402,15 @@ impl SyncClient {
         self.shutdown();
     }
 
-    fn shutdown(&mut self) {
+    /// Asks the sync thread to stop without waiting for it (what `stop` and drop do first);
+    /// a `wait_synced` in progress on another thread then returns at once.
+    pub fn close(&self) {
         self.store.shared().remove_local_hook(self.hook);
         self.inner.send(Command::Stop);
+    }
+
+    fn shutdown(&mut self) {
+        self.close();
         if let Some(thread) = self.thread.take() {
             // Stopped from a status listener, which runs on the sync thread: it finishes on
             // its own once the listener returns.
@@ -501,6 +513,8 @@ impl Shell {
         }
         self.close_transport();
         self.publish_stats();
+        self.inner.observed().stopped = true;
+        self.inner.changed.notify_all();
         // Never wait for a connection task or a token provider still running: the app may
         // be stopping sync from the very thread such a provider waits on.
         if let Some(runtime) = self.runtime.take() {
