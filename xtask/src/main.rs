@@ -7,9 +7,11 @@
 //! - `cargo xtask bindings` builds `syncline-ffi` and generates its Kotlin, Swift and Python
 //!   bindings into `target/bindings/<language>` with the in-workspace `uniffi-bindgen`.
 //!
-//! Suites: `rust` (the whole Cargo workspace, doc tests included) and `python` (pytest over
+//! Suites: `rust` (the whole Cargo workspace, doc tests included), `python` (pytest over
 //! the generated module, against a real `syncline-relay`; the interpreter is `$SYNCLINE_PYTHON`,
-//! else `.venv/bin/python`, else `python3`). The Kotlin and Swift suites are not built yet.
+//! else `.venv/bin/python`, else `python3`) and `kotlin` (the Maven project in
+//! `bindings/kotlin`: JUnit over the generated sources, against a real relay). The Swift suite
+//! is not built yet.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,7 +20,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context, bail};
 
 /// The suites `cargo xtask test` knows, in the order it runs them.
-const SUITES: &[&str] = &["rust", "python"];
+const SUITES: &[&str] = &["rust", "python", "kotlin"];
 
 /// The languages `cargo xtask bindings` generates.
 const LANGUAGES: &[&str] = &["python", "kotlin", "swift"];
@@ -64,6 +66,7 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
         let (ok, tally) = match suite {
             "rust" => rust_suite()?,
             "python" => python_suite()?,
+            "kotlin" => kotlin_suite()?,
             other => bail!("no runner for suite {other}"),
         };
         results.push((suite, ok, tally));
@@ -219,6 +222,63 @@ fn python_suite() -> anyhow::Result<(bool, Tally)> {
         }
     }
     let status = child.wait().context("waiting for pytest")?;
+    Ok((status.success(), tally))
+}
+
+/// `mvn test` in `bindings/kotlin`, over the generated sources and the built library.
+fn kotlin_suite() -> anyhow::Result<(bool, Tally)> {
+    bindings(&["kotlin"])?;
+    run_cargo(&[
+        "build",
+        "-q",
+        "-p",
+        "syncline-relay",
+        "--bin",
+        "syncline-relay",
+    ])?;
+    let mvn = std::env::var("SYNCLINE_MVN").unwrap_or_else(|_| "mvn".to_owned());
+    let mut child = Command::new(&mvn)
+        .args([
+            "-B",
+            "--no-transfer-progress",
+            "test",
+            "-f",
+            "bindings/kotlin/pom.xml",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {mvn} (install Maven and a JDK, or run .ci/run)"))?;
+    let stdout = child.stdout.take().context("mvn stdout")?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading mvn output")?;
+        println!("{line}");
+        // Surefire's totals: "Tests run: 5, Failures: 0, Errors: 0, Skipped: 0" (per-class
+        // lines end with " -- in <class>").
+        if let Some(totals) = line
+            .split("Tests run: ")
+            .nth(1)
+            .filter(|t| !t.contains(" -- in "))
+        {
+            let field = |name: &str| -> u64 {
+                totals
+                    .split(", ")
+                    .find_map(|part| part.strip_prefix(name)?.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let run = totals
+                .split(',')
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+            let failed = field("Failures: ") + field("Errors: ");
+            let skipped = field("Skipped: ");
+            tally.passed += run - failed.min(run) - skipped.min(run);
+            tally.failed += failed;
+            tally.skipped += skipped;
+        }
+    }
+    let status = child.wait().context("waiting for mvn")?;
     Ok((status.success(), tally))
 }
 
