@@ -208,10 +208,17 @@ impl FfiStore {
     ) -> Result<Arc<FfiSubscription>, FfiError> {
         let collection = Collection::new(collection)?;
         let subscription = self.store.watch_collection(&collection, move |event| {
-            listener.on_change(
-                event.doc_id.to_string(),
-                event.origin == syncline::ChangeOrigin::Remote,
-            );
+            // A foreign exception in the listener surfaces as a panic here: contain it, so it
+            // can neither fail a committed write nor stop the sync thread.
+            let call = std::panic::AssertUnwindSafe(|| {
+                listener.on_change(
+                    event.doc_id.to_string(),
+                    event.origin == syncline::ChangeOrigin::Remote,
+                );
+            });
+            if std::panic::catch_unwind(call).is_err() {
+                eprintln!("syncline: a change listener threw; the change is committed");
+            }
         });
         Ok(FfiSubscription::new(Box::new(subscription)))
     }
@@ -437,6 +444,13 @@ impl FfiSyncClient {
             // The sync thread is joined when the last holder (maybe a waiting thread) lets go.
             drop(client);
         }
+    }
+}
+
+impl Drop for FfiSyncClient {
+    /// Dropped on the foreign side: stop syncing, and end a wait in progress.
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

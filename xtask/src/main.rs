@@ -64,11 +64,16 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
     let mut results = Vec::new();
     for &suite in suites {
         let (ok, tally) = match suite {
-            "rust" => rust_suite()?,
-            "python" => python_suite()?,
-            "kotlin" => kotlin_suite()?,
+            "rust" => rust_suite(),
+            "python" => python_suite(),
+            "kotlin" => kotlin_suite(),
             other => bail!("no runner for suite {other}"),
-        };
+        }
+        // A suite that cannot even start counts as failed; the others still run.
+        .unwrap_or_else(|e| {
+            eprintln!("xtask: the {suite} suite could not run: {e:#}");
+            (false, Tally::default())
+        });
         results.push((suite, ok, tally));
     }
     println!();
@@ -214,7 +219,9 @@ fn python_suite() -> anyhow::Result<(bool, Tally)> {
         let line = line.context("reading pytest output")?;
         println!("{line}");
         // pytest's last line: "3 passed, 1 failed, 2 skipped in 0.52s".
-        if line.contains(" in ") && (line.contains("passed") || line.contains("failed")) {
+        if line.contains(" in ")
+            && (line.contains("passed") || line.contains("failed") || line.contains("error"))
+        {
             let summary = line.split(" in ").next().unwrap_or("");
             tally.passed += pytest_count(summary, "passed");
             tally.failed += pytest_count(summary, "failed") + pytest_count(summary, "error");
@@ -237,6 +244,12 @@ fn kotlin_suite() -> anyhow::Result<(bool, Tally)> {
         "syncline-relay",
     ])?;
     let mvn = std::env::var("SYNCLINE_MVN").unwrap_or_else(|_| "mvn".to_owned());
+    let absolute =
+        |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
+    // The generated sources, the library and the relay, wherever the target directory is.
+    let sources = absolute(target_dir().join("bindings").join("kotlin"))?;
+    let native = absolute(target_dir().join("debug"))?;
+    let relay = absolute(target_dir().join("debug").join("syncline-relay"))?;
     let mut child = Command::new(&mvn)
         .args([
             "-B",
@@ -245,6 +258,9 @@ fn kotlin_suite() -> anyhow::Result<(bool, Tally)> {
             "-f",
             "bindings/kotlin/pom.xml",
         ])
+        .arg(format!("-Dgenerated.sources={}", sources.display()))
+        .arg(format!("-Dnative.dir={}", native.display()))
+        .arg(format!("-Drelay.bin={}", relay.display()))
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot start {mvn} (install Maven and a JDK, or run .ci/run)"))?;

@@ -265,6 +265,8 @@ impl<S: Storage> Hub<S> {
                     .retain(|s| grants.can_read(&s.collection));
                 peer.states
                     .retain(|doc, _| grants.can_read(doc.collection()));
+                peer.confirmed
+                    .retain(|doc| grants.can_read(doc.collection()));
                 peer.grants = grants;
                 Ok(Vec::new())
             }
@@ -689,6 +691,7 @@ impl<S: Storage> Hub<S> {
                     if let Some(peer) = self.peers.get_mut(&id) {
                         // Start this document's sync afresh next time rather than stall.
                         peer.states.remove(doc);
+                        peer.confirmed.remove(doc);
                     }
                 }
             }

@@ -70,7 +70,9 @@ impl Default for ServerOptions {
 /// A connection's outbox as the hub thread sees it: bounded in messages by the channel and in
 /// bytes by `queued`, which the connection lowers as it takes messages out.
 struct Route {
-    sender: mpsc::Sender<Message>,
+    /// Each message with the bytes it counts against the bound (0 for an answer to the
+    /// session's own request), which the connection gives back when it takes it.
+    sender: mpsc::Sender<(Message, usize)>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -97,7 +99,7 @@ enum HubCommand {
     Connect {
         id: SessionId,
         verified: Verified,
-        outbox: mpsc::Sender<Message>,
+        outbox: mpsc::Sender<(Message, usize)>,
         queued: Arc<std::sync::atomic::AtomicUsize>,
         now_ms: u64,
     },
@@ -355,8 +357,8 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
             },
             delivered = inbox.recv() => match delivered {
                 // The hub may have queued this before it learned of narrower grants.
-                Some(message) => {
-                    queued.fetch_sub(approx_size(&message), Ordering::Relaxed);
+                Some((message, counted)) => {
+                    queued.fetch_sub(counted, Ordering::Relaxed);
                     Output {
                         send: visible(message, session.grants()).into_iter().collect(),
                         ..Output::default()
@@ -646,13 +648,14 @@ fn route(
         let Some(outbox) = routes.get(&to) else {
             continue;
         };
-        let size = approx_size(&message);
+        let own = requesters.contains(&to);
+        let size = if own { 0 } else { approx_size(&message) };
         let queued = outbox.queued.load(Ordering::Relaxed);
-        let over_bytes = !requesters.contains(&to) && queued > 0 && queued + size > outbox_bytes;
+        let over_bytes = !own && queued > 0 && queued + size > outbox_bytes;
         let sent = if over_bytes {
             Err(true)
         } else {
-            match outbox.sender.try_send(message) {
+            match outbox.sender.try_send((message, size)) {
                 Ok(()) => {
                     outbox.queued.fetch_add(size, Ordering::Relaxed);
                     Ok(())

@@ -456,6 +456,8 @@ struct Transport {
 
 impl Shell {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
+        // However the loop ends (even by a panic in a listener), waiters learn it.
+        let _stopped = Stopped(Arc::clone(&self.inner));
         // A command taken off the channel while coalescing local changes, handled next.
         let mut held: Option<Command> = None;
         loop {
@@ -796,6 +798,26 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Marks the client stopped when the sync thread ends, normally or by unwinding.
+struct Stopped(Arc<Inner>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.observed().stopped = true;
+        self.0.changed.notify_all();
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        // Never wait for a connection task or a token provider still running (also when
+        // the thread unwinds).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// The engine's time: the wall clock when the client started, advanced by a monotonic clock,
