@@ -22,7 +22,7 @@ use syncline::{
     Collection, CollectionSubscription, DeviceClass, DocId, Priority, Store, StoreOptions,
     SyncMode, Value,
 };
-use syncline_protocol::messages::{Limits, Profile};
+use syncline_protocol::messages::Limits;
 use syncline_protocol::{Message, frame};
 use syncline_relay::auth::{CollectionSet, Grants, Identity, Verified};
 use syncline_relay::hub::{Hub, SessionId};
@@ -171,9 +171,7 @@ impl World {
         schedule.sort_by_key(|(at, _)| *at);
         let mut schedule: VecDeque<(u64, Chaos)> = schedule.into();
         for i in 0..self.devices.len() {
-            let now = self.now;
-            let effects = self.engine(i).handle(Event::Start, now);
-            self.apply(i, effects);
+            self.handle(i, Event::Start);
         }
         let deadline = chaos_end + self.config.heal_ms;
         let mut steps = 0u64;
@@ -249,17 +247,13 @@ impl World {
                     break;
                 };
                 self.observe_acks(&bytes);
-                let now = self.now;
-                let effects = self.engine(device).handle(Event::Frame(bytes), now);
-                self.apply(device, effects);
+                self.handle(device, Event::Frame(bytes));
             }
         }
         for i in 0..self.devices.len() {
             if self.devices[i].wake_at.is_some_and(|at| at <= self.now) {
                 self.devices[i].wake_at = None;
-                let now = self.now;
-                let effects = self.engine(i).handle(Event::Tick, now);
-                self.apply(i, effects);
+                self.handle(i, Event::Tick);
             }
         }
         Ok(())
@@ -278,6 +272,13 @@ impl World {
         } else {
             None
         }
+    }
+
+    /// Hands `event` to device `i`'s engine now and carries out its effects.
+    fn handle(&mut self, i: usize, event: Event) {
+        let now = self.now;
+        let effects = self.engine(i).handle(event, now);
+        self.apply(i, effects);
     }
 
     fn engine(&mut self, i: usize) -> &mut Engine {
@@ -398,12 +399,10 @@ impl World {
         self.report.cuts += 1;
         self.drop_link(link, true);
         self.devices[device].link = None;
-        let now = self.now;
-        let effects = self.engine(device).handle(
+        self.handle(
+            device,
             Event::Disconnected(Disconnect::Failed("connection reset".into())),
-            now,
         );
-        self.apply(device, effects);
     }
 
     fn deliver_to_relay(&mut self, link: u64, bytes: &[u8]) -> Result<(), String> {
@@ -491,12 +490,10 @@ impl World {
                     let device = self.links[&link].device;
                     self.drop_link(link, false);
                     self.devices[device].link = None;
-                    let now = self.now;
-                    let effects = self.engine(device).handle(
+                    self.handle(
+                        device,
                         Event::Disconnected(Disconnect::Failed("relay gone".into())),
-                        now,
                     );
-                    self.apply(device, effects);
                 }
                 self.relay.hub = Hub::new(std::sync::Arc::new(self.relay.storage.clone()));
                 self.relay.sessions.clear();
@@ -515,9 +512,7 @@ impl World {
                 reopened.written = written;
                 reopened.partitioned_until = partitioned_until;
                 self.devices[i] = reopened;
-                let now = self.now;
-                let effects = self.engine(i).handle(Event::Start, now);
-                self.apply(i, effects);
+                self.handle(i, Event::Start);
             }
         }
     }
@@ -583,11 +578,7 @@ impl World {
             .entry(doc.id().clone())
             .or_default()
             .extend(heads.as_slice().iter().copied());
-        let now = self.now;
-        let effects = self
-            .engine(i)
-            .handle(Event::LocalChanges(vec![doc.id().clone()]), now);
-        self.apply(i, effects);
+        self.handle(i, Event::LocalChanges(vec![doc.id().clone()]));
     }
 
     /// The relay's documents, loaded from storage.
@@ -721,14 +712,7 @@ impl Device {
         .expect("open the device store");
         let config = EngineConfig {
             relay: "sim".into(),
-            profile: Profile {
-                class: DeviceClass::Phone,
-                storage_budget_bytes: None,
-                download_bytes_per_s: None,
-                upload_bytes_per_s: None,
-                metered: false,
-                realtime: true,
-            },
+            profile: crate::profile(DeviceClass::Phone),
             subscriptions: vec![CollectionSubscription {
                 collection: Collection::new(COLLECTION).expect("valid"),
                 priority: Priority::Normal,

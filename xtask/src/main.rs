@@ -99,24 +99,15 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
 
 /// `cargo test --workspace`, streaming its output and summing its `test result:` lines.
 fn rust_suite() -> anyhow::Result<(bool, Tally)> {
-    let mut child = cargo()
-        .args(["test", "--workspace", "--no-fail-fast"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("cannot start cargo test")?;
-    let stdout = child.stdout.take().context("cargo test stdout")?;
-    let mut tally = Tally::default();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading cargo test output")?;
-        println!("{line}");
+    let mut command = cargo();
+    command.args(["test", "--workspace", "--no-fail-fast"]);
+    stream(command, "cargo test", |line, tally| {
         if let Some(result) = line.strip_prefix("test result: ") {
             tally.passed += count(result, " passed");
             tally.failed += count(result, " failed");
             tally.skipped += count(result, " ignored");
         }
-    }
-    let status = child.wait().context("waiting for cargo test")?;
-    Ok((status.success(), tally))
+    })
 }
 
 fn cargo() -> Command {
@@ -206,18 +197,13 @@ fn python_suite() -> anyhow::Result<(bool, Tally)> {
         .context("the relay binary")?;
     let module = std::fs::canonicalize(target_dir().join("bindings").join("python"))
         .context("the generated module")?;
-    let mut child = Command::new(&python)
+    let mut command = Command::new(&python);
+    command
         .args(["-m", "pytest", "-q", "bindings/python/tests"])
         .env("PYTHONPATH", &module)
-        .env("SYNCLINE_RELAY_BIN", &relay)
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {python} (set SYNCLINE_PYTHON, or run .ci/run)"))?;
-    let stdout = child.stdout.take().context("pytest stdout")?;
-    let mut tally = Tally::default();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading pytest output")?;
-        println!("{line}");
+        .env("SYNCLINE_RELAY_BIN", &relay);
+    let what = format!("{python} (set SYNCLINE_PYTHON, or run .ci/run)");
+    stream(command, &what, |line, tally| {
         // pytest's last line: "3 passed, 1 failed, 2 skipped in 0.52s".
         if line.contains(" in ")
             && (line.contains("passed") || line.contains("failed") || line.contains("error"))
@@ -227,9 +213,7 @@ fn python_suite() -> anyhow::Result<(bool, Tally)> {
             tally.failed += pytest_count(summary, "failed") + pytest_count(summary, "error");
             tally.skipped += pytest_count(summary, "skipped");
         }
-    }
-    let status = child.wait().context("waiting for pytest")?;
-    Ok((status.success(), tally))
+    })
 }
 
 /// `mvn test` in `bindings/kotlin`, over the generated sources and the built library.
@@ -250,7 +234,8 @@ fn kotlin_suite() -> anyhow::Result<(bool, Tally)> {
     let sources = absolute(target_dir().join("bindings").join("kotlin"))?;
     let native = absolute(target_dir().join("debug"))?;
     let relay = absolute(target_dir().join("debug").join("syncline-relay"))?;
-    let mut child = Command::new(&mvn)
+    let mut command = Command::new(&mvn);
+    command
         .args([
             "-B",
             "--no-transfer-progress",
@@ -260,15 +245,9 @@ fn kotlin_suite() -> anyhow::Result<(bool, Tally)> {
         ])
         .arg(format!("-Dgenerated.sources={}", sources.display()))
         .arg(format!("-Dnative.dir={}", native.display()))
-        .arg(format!("-Drelay.bin={}", relay.display()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {mvn} (install Maven and a JDK, or run .ci/run)"))?;
-    let stdout = child.stdout.take().context("mvn stdout")?;
-    let mut tally = Tally::default();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading mvn output")?;
-        println!("{line}");
+        .arg(format!("-Drelay.bin={}", relay.display()));
+    let what = format!("{mvn} (install Maven and a JDK, or run .ci/run)");
+    stream(command, &what, |line, tally| {
         // Surefire's totals: "Tests run: 5, Failures: 0, Errors: 0, Skipped: 0" (per-class
         // lines end with " -- in <class>").
         if let Some(totals) = line
@@ -293,8 +272,30 @@ fn kotlin_suite() -> anyhow::Result<(bool, Tally)> {
             tally.failed += failed;
             tally.skipped += skipped;
         }
+    })
+}
+
+/// Runs `command`, printing its output as it comes and letting `parse` count each line;
+/// returns whether it succeeded and the tally.
+fn stream(
+    mut command: Command,
+    what: &str,
+    mut parse: impl FnMut(&str, &mut Tally),
+) -> anyhow::Result<(bool, Tally)> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {what}"))?;
+    let stdout = child.stdout.take().context("the child's stdout")?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.with_context(|| format!("reading the output of {what}"))?;
+        println!("{line}");
+        parse(&line, &mut tally);
     }
-    let status = child.wait().context("waiting for mvn")?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {what}"))?;
     Ok((status.success(), tally))
 }
 
