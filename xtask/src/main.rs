@@ -3,15 +3,20 @@
 //!
 //! - `cargo xtask test` runs every test suite of every language, then prints one closing line
 //!   per suite and a total, in the form `total: N passed, N failed, N skipped`.
-//! - `cargo xtask test rust` (or `python`) runs one suite.
+//! - `cargo xtask test rust` (or `python`, `kotlin`, `swift`) runs one suite.
 //! - `cargo xtask bindings` builds `syncline-ffi` and generates its Kotlin, Swift and Python
 //!   bindings into `target/bindings/<language>` with the in-workspace `uniffi-bindgen`.
 //!
-//! Suites: `rust` (the whole Cargo workspace, doc tests included), `python` (pytest over
-//! the generated module, against a real `syncline-relay`; the interpreter is `$SYNCLINE_PYTHON`,
-//! else `.venv/bin/python`, else `python3`) and `kotlin` (the Maven project in
-//! `bindings/kotlin`: JUnit over the generated sources, against a real relay). The Swift suite
-//! is not built yet.
+//! Suites, in this order:
+//! - `rust`: the whole Cargo workspace, doc tests included.
+//! - `python`: `maturin develop` of the package in `bindings/python` into the interpreter's
+//!   virtualenv, then pytest against a real `syncline-relay`. The interpreter is
+//!   `$SYNCLINE_PYTHON`, else `.venv/bin/python`, else `python3`; without maturin (or outside a
+//!   virtualenv) the suite tests the generated module directly and says so.
+//! - `kotlin`: `mvn install` of `bindings/kotlin` (JUnit over the generated sources, the native
+//!   library packaged in the jar, against a real relay), then the `examples/kotlin` app.
+//! - `swift`: `swift test` of the SwiftPM package in `bindings/swift`, then the
+//!   `examples/swift` app, wherever `swift` is on PATH; elsewhere it reports itself skipped.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -20,7 +25,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context, bail};
 
 /// The suites `cargo xtask test` knows, in the order it runs them.
-const SUITES: &[&str] = &["rust", "python", "kotlin"];
+const SUITES: &[&str] = &["rust", "python", "kotlin", "swift"];
 
 /// The languages `cargo xtask bindings` generates.
 const LANGUAGES: &[&str] = &["python", "kotlin", "swift"];
@@ -67,6 +72,7 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
             "rust" => rust_suite(),
             "python" => python_suite(),
             "kotlin" => kotlin_suite(),
+            "swift" => swift_suite(),
             other => bail!("no runner for suite {other}"),
         }
         // A suite that cannot even start counts as failed; the others still run.
@@ -170,14 +176,43 @@ fn bindings(languages: &[&str]) -> anyhow::Result<()> {
             let name = library.file_name().context("library name")?;
             std::fs::copy(&library, out.join(name)).context("copying the library")?;
         }
+        if *language == "swift" {
+            install_swift_sources(&out)?;
+        }
         println!("bindings: {language} in {}", out.display());
     }
     Ok(())
 }
 
-/// pytest over `bindings/python/tests`, with the generated module and a relay binary.
-fn python_suite() -> anyhow::Result<(bool, Tally)> {
-    bindings(&["python"])?;
+/// Copies the generated Swift sources, header and module map into the SwiftPM package in
+/// `bindings/swift` (where they are ignored by git: they are build output).
+fn install_swift_sources(generated: &Path) -> anyhow::Result<()> {
+    let package = Path::new("bindings/swift/Sources");
+    let copies = [
+        (
+            "syncline_ffi.swift",
+            package.join("Syncline/syncline_ffi.swift"),
+        ),
+        (
+            "syncline_ffiFFI.h",
+            package.join("SynclineFFI/include/syncline_ffiFFI.h"),
+        ),
+        (
+            "syncline_ffiFFI.modulemap",
+            package.join("SynclineFFI/include/module.modulemap"),
+        ),
+    ];
+    for (name, to) in copies {
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::copy(generated.join(name), &to)
+            .with_context(|| format!("copying {name} to {}", to.display()))?;
+    }
+    Ok(())
+}
+
+fn build_relay() -> anyhow::Result<PathBuf> {
     run_cargo(&[
         "build",
         "-q",
@@ -186,24 +221,85 @@ fn python_suite() -> anyhow::Result<(bool, Tally)> {
         "--bin",
         "syncline-relay",
     ])?;
-    let python = std::env::var("SYNCLINE_PYTHON").unwrap_or_else(|_| {
+    std::fs::canonicalize(target_dir().join("debug").join("syncline-relay"))
+        .context("the relay binary")
+}
+
+/// True if `program args` runs and exits successfully (its output discarded).
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The package in `bindings/python`, installed with `maturin develop`, under pytest.
+fn python_suite() -> anyhow::Result<(bool, Tally)> {
+    let relay = build_relay()?;
+    let mut python = std::env::var("SYNCLINE_PYTHON").unwrap_or_else(|_| {
         if Path::new(".venv/bin/python").exists() {
             ".venv/bin/python".to_owned()
         } else {
             "python3".to_owned()
         }
     });
-    let relay = std::fs::canonicalize(target_dir().join("debug").join("syncline-relay"))
-        .context("the relay binary")?;
-    let module = std::fs::canonicalize(target_dir().join("bindings").join("python"))
-        .context("the generated module")?;
-    let mut command = Command::new(&python);
-    command
+    if python.contains('/') {
+        // maturin runs in bindings/python: a relative interpreter path must not move with it.
+        // (The venv's `python` is a symlink: keep it, absolute, rather than resolve it.)
+        python = std::path::absolute(&python)
+            .with_context(|| format!("the interpreter {python}"))?
+            .to_string_lossy()
+            .into_owned();
+    }
+    let mut pytest = Command::new(&python);
+    pytest
         .args(["-m", "pytest", "-q", "bindings/python/tests"])
-        .env("PYTHONPATH", &module)
         .env("SYNCLINE_RELAY_BIN", &relay);
+    let in_virtualenv = succeeds(
+        &python,
+        &["-c", "import sys; assert sys.prefix != sys.base_prefix"],
+    );
+    if in_virtualenv && succeeds(&python, &["-m", "maturin", "--version"]) {
+        let prefix = Command::new(&python)
+            .args(["-c", "import sys; print(sys.prefix)"])
+            .output()
+            .context("asking the interpreter for its virtualenv")?;
+        let venv = String::from_utf8_lossy(&prefix.stdout).trim().to_owned();
+        let status = Command::new(&python)
+            .args(["-m", "maturin", "develop", "--quiet"])
+            .current_dir("bindings/python")
+            .env("VIRTUAL_ENV", &venv)
+            .status()
+            .context("cannot start maturin")?;
+        if !status.success() {
+            bail!("maturin develop failed");
+        }
+    } else {
+        println!(
+            "xtask: no maturin in a virtualenv for {python}: testing the generated module \
+             without packaging it (.ci/run installs maturin into .venv)"
+        );
+        bindings(&["python"])?;
+        let module = std::fs::canonicalize(target_dir().join("bindings").join("python"))
+            .context("the generated module")?;
+        // The tests import the package `syncline`; outside maturin it is the bare module.
+        let package = module.join("package").join("syncline");
+        std::fs::create_dir_all(&package).context("creating the package directory")?;
+        for entry in std::fs::read_dir(&module).context("reading the generated module")? {
+            let path = entry?.path();
+            if path.is_file() {
+                std::fs::copy(&path, package.join(path.file_name().context("file name")?))
+                    .context("copying the generated module")?;
+            }
+        }
+        std::fs::write(package.join("__init__.py"), "from .syncline_ffi import *\n")
+            .context("writing the package")?;
+        pytest.env("PYTHONPATH", module.join("package"));
+    }
     let what = format!("{python} (set SYNCLINE_PYTHON, or run .ci/run)");
-    stream(command, &what, |line, tally| {
+    stream(pytest, &what, |line, tally| {
         // pytest's last line: "3 passed, 1 failed, 2 skipped in 0.52s".
         if line.contains(" in ")
             && (line.contains("passed") || line.contains("failed") || line.contains("error"))
@@ -216,30 +312,23 @@ fn python_suite() -> anyhow::Result<(bool, Tally)> {
     })
 }
 
-/// `mvn test` in `bindings/kotlin`, over the generated sources and the built library.
+/// `mvn install` in `bindings/kotlin` (its JUnit suite over the generated sources and the
+/// built library, packaged into the jar), then the `examples/kotlin` app on that jar.
 fn kotlin_suite() -> anyhow::Result<(bool, Tally)> {
     bindings(&["kotlin"])?;
-    run_cargo(&[
-        "build",
-        "-q",
-        "-p",
-        "syncline-relay",
-        "--bin",
-        "syncline-relay",
-    ])?;
+    let relay = build_relay()?;
     let mvn = std::env::var("SYNCLINE_MVN").unwrap_or_else(|_| "mvn".to_owned());
     let absolute =
         |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
     // The generated sources, the library and the relay, wherever the target directory is.
     let sources = absolute(target_dir().join("bindings").join("kotlin"))?;
     let native = absolute(target_dir().join("debug"))?;
-    let relay = absolute(target_dir().join("debug").join("syncline-relay"))?;
     let mut command = Command::new(&mvn);
     command
         .args([
             "-B",
             "--no-transfer-progress",
-            "test",
+            "install",
             "-f",
             "bindings/kotlin/pom.xml",
         ])
@@ -247,7 +336,7 @@ fn kotlin_suite() -> anyhow::Result<(bool, Tally)> {
         .arg(format!("-Dnative.dir={}", native.display()))
         .arg(format!("-Drelay.bin={}", relay.display()));
     let what = format!("{mvn} (install Maven and a JDK, or run .ci/run)");
-    stream(command, &what, |line, tally| {
+    let (ok, mut tally) = stream(command, &what, |line, tally| {
         // Surefire's totals: "Tests run: 5, Failures: 0, Errors: 0, Skipped: 0" (per-class
         // lines end with " -- in <class>").
         if let Some(totals) = line
@@ -272,7 +361,80 @@ fn kotlin_suite() -> anyhow::Result<(bool, Tally)> {
             tally.failed += failed;
             tally.skipped += skipped;
         }
-    })
+    })?;
+    if !ok {
+        return Ok((false, tally));
+    }
+    let mut example = Command::new(&mvn);
+    example
+        .args([
+            "-B",
+            "-q",
+            "--no-transfer-progress",
+            "package",
+            "exec:exec",
+            "-f",
+            "examples/kotlin/pom.xml",
+        ])
+        .arg(format!("-Drelay.bin={}", relay.display()));
+    let example_ok = run_example(example, "examples/kotlin", &mut tally)?;
+    Ok((example_ok, tally))
+}
+
+/// Runs an example app as one more test of its suite: passed if it exits successfully.
+fn run_example(command: Command, name: &str, tally: &mut Tally) -> anyhow::Result<bool> {
+    println!("example: {name}");
+    let (ok, _) = stream(command, name, |_, _| {})?;
+    println!("example: {name} {}", if ok { "passed" } else { "FAILED" });
+    if ok {
+        tally.passed += 1;
+    } else {
+        tally.failed += 1;
+    }
+    Ok(ok)
+}
+
+/// `swift test` of the SwiftPM package in `bindings/swift`, then the `examples/swift` app,
+/// where a Swift toolchain is on PATH; elsewhere, one skipped test and a line saying why.
+fn swift_suite() -> anyhow::Result<(bool, Tally)> {
+    if !succeeds("swift", &["--version"]) {
+        println!(
+            "swift: SKIPPED: no Swift toolchain on PATH here. The XCTest suite in \
+             bindings/swift and the examples/swift app run wherever `swift` is installed."
+        );
+        return Ok((
+            true,
+            Tally {
+                skipped: 1,
+                ..Tally::default()
+            },
+        ));
+    }
+    bindings(&["swift"])?;
+    let relay = build_relay()?;
+    let library_dir =
+        std::fs::canonicalize(target_dir().join("debug")).context("the library directory")?;
+    let mut command = Command::new("swift");
+    command
+        .args(["test", "--package-path", "bindings/swift"])
+        .env("SYNCLINE_RELAY_BIN", &relay)
+        .env("SYNCLINE_LIB_DIR", &library_dir);
+    let (ok, mut tally) = stream(command, "swift test", |line, tally| {
+        // The last "Executed ..." line is the whole run's (earlier ones are per suite).
+        if let Some(totals) = xctest_totals(line) {
+            *tally = totals;
+        }
+    })?;
+    if !ok {
+        return Ok((false, tally));
+    }
+    let mut example = Command::new("swift");
+    example
+        .args(["run", "--package-path", "examples/swift"])
+        .env("SYNCLINE_RELAY_BIN", &relay)
+        .env("SYNCLINE_LIB_DIR", &library_dir);
+    let example_ok = run_example(example, "examples/swift", &mut tally)?;
+    Ok((example_ok, tally))
 }
 
 /// Runs `command`, printing its output as it comes and letting `parse` count each line;
@@ -297,6 +459,25 @@ fn stream(
         .wait()
         .with_context(|| format!("waiting for {what}"))?;
     Ok((status.success(), tally))
+}
+
+/// The totals of an XCTest summary line: "Executed 8 tests, with 1 failure (0 unexpected) in
+/// 2.1 (2.1) seconds", or with skips "Executed 8 tests, with 1 test skipped and 0 failures
+/// (0 unexpected) in ...".
+fn xctest_totals(line: &str) -> Option<Tally> {
+    let rest = line.trim().strip_prefix("Executed ")?;
+    let number = |s: &str| s.split_whitespace().next()?.parse::<u64>().ok();
+    let run = number(rest)?;
+    let counts = rest.split("with ").nth(1)?;
+    let (skipped, failed) = match counts.split_once(" skipped and ") {
+        Some((skipped, failed)) => (number(skipped)?, number(failed)?),
+        None => (0, number(counts)?),
+    };
+    Some(Tally {
+        passed: run.saturating_sub(failed + skipped),
+        failed,
+        skipped,
+    })
 }
 
 /// The number before `label` in a pytest summary such as `3 passed, 1 failed`.
@@ -329,7 +510,22 @@ fn count(result: &str, label: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::count;
+    use super::{count, xctest_totals};
+
+    #[test]
+    fn reads_xctest_totals() {
+        let t = xctest_totals(
+            "Executed 8 tests, with 1 failure (0 unexpected) in 2.104 (2.105) seconds",
+        )
+        .expect("totals");
+        assert_eq!((t.passed, t.failed, t.skipped), (7, 1, 0));
+        let t = xctest_totals(
+            "\tExecuted 9 tests, with 2 tests skipped and 0 failures (0 unexpected) in 1.0 (1.0) seconds",
+        )
+        .expect("totals");
+        assert_eq!((t.passed, t.failed, t.skipped), (7, 0, 2));
+        assert!(xctest_totals("Test Suite 'All tests' passed").is_none());
+    }
 
     #[test]
     fn parses_cargo_result_lines() {

@@ -6,14 +6,22 @@ import java.nio.file.Files
 import java.util.concurrent.CountDownLatch
 import java.util.concurrent.CopyOnWriteArrayList
 import java.util.concurrent.TimeUnit
+import kotlinx.coroutines.delay
+import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
 import org.junit.jupiter.api.AfterEach
 import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertFalse
+import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.BeforeEach
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
+import uniffi.syncline_ffi.FfiChangeEvent
 import uniffi.syncline_ffi.FfiChangeListener
+import uniffi.syncline_ffi.FfiPatchAction
+import uniffi.syncline_ffi.FfiValue
+import uniffi.syncline_ffi.FfiWriteOp
 import uniffi.syncline_ffi.FfiException
 import uniffi.syncline_ffi.FfiStatus
 import uniffi.syncline_ffi.FfiStatusListener
@@ -96,9 +104,11 @@ class SynclineTest {
         val laptop = open("laptop")
         val doc = phone.createJson("todos", """{"title":"Walk the dog"}""")
         val heard = CountDownLatch(1)
+        val events = CopyOnWriteArrayList<FfiChangeEvent>()
         val subscription = laptop.watchCollection("todos", object : FfiChangeListener {
-            override fun onChange(doc: String, remote: Boolean) {
-                if (remote) heard.countDown()
+            override fun onChange(event: FfiChangeEvent) {
+                events.add(event)
+                if (event.remote) heard.countDown()
             }
         })
         val statuses = CopyOnWriteArrayList<FfiStatus>()
@@ -115,6 +125,17 @@ class SynclineTest {
         }
         assertTrue(heard.await(20, TimeUnit.SECONDS))
         assertEquals("""{"title":"Walk the dog"}""", laptop.getJson(doc))
+        // The remote event names the document and carries the patch that set the title.
+        val remote = events.first { it.remote }
+        assertEquals(doc, remote.doc)
+        assertTrue(
+            remote.patches.any {
+                val action = it.action
+                action is FfiPatchAction.PutMap && action.key == "title" &&
+                    action.value == FfiValue.Str("Walk the dog")
+            },
+            remote.patches.toString(),
+        )
         assertTrue(statuses.any { it is FfiStatus.Synced }, statuses.toString())
         statusSubscription.cancel()
         subscription.cancel()
@@ -151,5 +172,108 @@ class SynclineTest {
         val store = open("phone")
         assertThrows<FfiException.NotFound> { store.getJson("todos/nothing") }
         assertThrows<FfiException.InvalidInput> { store.list("Not A Collection") }
+    }
+
+    @Test
+    fun typedValuesRoundTripWithHistoryAndTimeTravel() {
+        val store = open("phone")
+        val doc = store.create("todos", FfiValue.Object(mapOf("title" to FfiValue.Str("Draft"))))
+        val first = doc.heads()
+        doc.apply(
+            listOf(
+                FfiWriteOp.Put("/notes", FfiValue.Text("hello")),
+                FfiWriteOp.Put("/tags", FfiValue.Array(listOf(FfiValue.Str("home")))),
+                FfiWriteOp.Put("/votes", FfiValue.Counter(0)),
+                FfiWriteOp.Put("/blob", FfiValue.Bytes(byteArrayOf(0, -1))),
+            ),
+            "fill in",
+        )
+        doc.spliceText("/notes", 5uL, 0uL, " world")
+        doc.increment("/votes", 3)
+        doc.apply(listOf(FfiWriteOp.Push("/tags", FfiValue.Str("errands"))), null)
+        assertEquals(FfiValue.Text("hello world"), doc.get("/notes"))
+        assertEquals(FfiValue.Counter(3), doc.get("/votes"))
+        assertEquals(FfiValue.Array(listOf(FfiValue.Str("home"), FfiValue.Str("errands"))), doc.get("/tags"))
+        val blob = doc.get("/blob") as FfiValue.Bytes
+        assertTrue(blob.value.contentEquals(byteArrayOf(0, -1)))
+        assertNull(doc.get("/missing"))
+        val history = doc.history()
+        assertEquals(5, history.size)
+        assertEquals("fill in", history[1].message)
+        assertEquals(store.deviceId(), history[1].device)
+        val then = doc.viewAt(first)
+        assertEquals(FfiValue.Str("Draft"), then.get("/title"))
+        assertNull(then.get("/notes"))
+        assertTrue(doc.diff(first, doc.heads()).isNotEmpty())
+        assertThrows<FfiException.InvalidInput> { doc.get("/title/deeper") }
+    }
+
+    @Test
+    fun openingAndClosingManyStoresGrowsNeitherFilesNorMemory() {
+        fun openFiles() = File("/proc/self/fd").list()!!.size
+        fun cycle(rounds: Int) {
+            repeat(rounds) { i ->
+                FfiStore.open(File(dir, "churn-${i % 8}.db").path).use { store ->
+                    store.createJson("todos", """{"n":$i}""")
+                }
+            }
+        }
+        fun residentKib(): Long {
+            System.gc()
+            return File("/proc/self/status").readLines()
+                .first { it.startsWith("VmRSS:") }
+                .split(Regex("\\s+"))[1].toLong()
+        }
+        cycle(50) // warm up: the JVM's and SQLite's one-time allocations
+        val memoryBefore = residentKib()
+        val filesBefore = openFiles()
+        cycle(400)
+        // Each store holds four descriptors (database, WAL, shared memory, lock); 400 leaked
+        // stores would hold 1,600. The slack covers descriptors of the JVM's own.
+        val filesAfter = openFiles()
+        assertTrue(filesAfter <= filesBefore + 8, "file handles grew from $filesBefore to $filesAfter")
+        // A store that stayed open would hold megabytes (SQLite's caches, the document cache):
+        // 400 of them would be hundreds of MiB. The bound leaves room for the JVM's own noise.
+        val grownKib = residentKib() - memoryBefore
+        assertTrue(grownKib < 64 * 1024, "resident memory grew by $grownKib KiB")
+        // Closing released each store's lock: the file opens again at once, with every write
+        // (7 in the warm-up and 50 after it went to churn-0).
+        FfiStore.open(File(dir, "churn-0.db").path).use { assertEquals(57, it.list("todos").size) }
+    }
+
+    @Test
+    fun aHostBlockingInsideTheTokenProviderBlocksNothingElse() {
+        val store = open("phone")
+        val doc = store.createJson("todos", """{"title":"Blocked"}""")
+        val entered = CountDownLatch(1)
+        val release = CountDownLatch(1)
+        val token = relay.token(store.deviceId())
+        val provider = object : FfiTokenProvider {
+            override fun token(): String {
+                entered.countDown()
+                // The host blocks (say, a refresh over its own network stack) until released.
+                check(release.await(60, TimeUnit.SECONDS)) { "never released" }
+                return token
+            }
+        }
+        val client = FfiSyncClient.start(store, relay.url, listOf("todos"), provider)
+        assertTrue(entered.await(20, TimeUnit.SECONDS))
+        // While the provider blocks, the host's calls return: none of them waits on it.
+        assertFalse(client.status() is FfiStatus.Synced)
+        store.putJson(doc, "done", "true")
+        client.pause()
+        client.resume()
+        assertEquals(1L, release.count)
+        runBlocking {
+            // The coroutine waiting for the sync suspends instead of blocking its thread: the
+            // release below runs on this same (single) thread while the wait is in progress.
+            launch {
+                delay(200)
+                release.countDown()
+            }
+            client.waitSynced(20_000u)
+        }
+        assertEquals(emptyList<String>(), store.pendingDocuments())
+        client.stop()
     }
 }

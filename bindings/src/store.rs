@@ -1,0 +1,483 @@
+//! [`FfiStore`], [`FfiDocument`] and [`FfiDocumentView`]: the SDK's `Store`, `Document` and
+//! `DocumentView`, with values as [`FfiValue`] or JSON text and ids as `collection/id` strings.
+
+use std::sync::Arc;
+
+use syncline::{Collection, DocId, Document, DocumentView, Priority, Store, Value, WriteOp};
+
+use crate::subscription::FfiSubscription;
+use crate::value::{FfiChange, FfiChangeEvent, FfiPatch, FfiValue, FfiWriteOp};
+use crate::value::{heads_from_strings, heads_to_strings, to_usize};
+use crate::{FfiChangeListener, FfiError};
+
+/// A document's sync priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum FfiPriority {
+    /// Synced last; deferred on metered networks.
+    Low,
+    /// The default.
+    Normal,
+    /// Synced before normal documents.
+    High,
+    /// Synced before everything else.
+    Critical,
+}
+
+impl From<Priority> for FfiPriority {
+    fn from(p: Priority) -> Self {
+        match p {
+            Priority::Low => Self::Low,
+            Priority::Normal => Self::Normal,
+            Priority::High => Self::High,
+            Priority::Critical => Self::Critical,
+        }
+    }
+}
+
+impl From<FfiPriority> for Priority {
+    fn from(p: FfiPriority) -> Self {
+        match p {
+            FfiPriority::Low => Self::Low,
+            FfiPriority::Normal => Self::Normal,
+            FfiPriority::High => Self::High,
+            FfiPriority::Critical => Self::Critical,
+        }
+    }
+}
+
+/// What the store knows of a document without loading it.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiDocumentInfo {
+    /// `collection/id`.
+    pub id: String,
+    /// Its sync priority.
+    pub priority: FfiPriority,
+    /// True once deleted (the tombstone syncs).
+    pub deleted: bool,
+    /// Bytes stored for it.
+    pub stored_bytes: u64,
+    /// Created here at, in milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+}
+
+impl From<syncline::DocumentInfo> for FfiDocumentInfo {
+    fn from(info: syncline::DocumentInfo) -> Self {
+        Self {
+            id: info.id.to_string(),
+            priority: info.priority.into(),
+            deleted: info.deleted,
+            stored_bytes: info.stored_bytes,
+            created_at_ms: info.created_at,
+        }
+    }
+}
+
+/// Hands SDK change events to a foreign listener. A foreign exception surfaces as a panic here:
+/// it is contained, so it can neither fail a committed write nor stop the sync thread.
+pub(crate) fn forward_events(
+    listener: Arc<dyn FfiChangeListener>,
+) -> impl Fn(&syncline::ChangeEvent) + Send + Sync + 'static {
+    move |event| {
+        let call = std::panic::AssertUnwindSafe(|| listener.on_change(FfiChangeEvent::from(event)));
+        if std::panic::catch_unwind(call).is_err() {
+            eprintln!("syncline: a change listener threw; the change is committed");
+        }
+    }
+}
+
+fn parse_json(json: &str) -> Result<Value, FfiError> {
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| FfiError::InvalidInput(format!("invalid JSON: {e}")))?;
+    Ok(Value::from_json(&value))
+}
+
+/// A store, as foreign code holds it. Safe to share between threads; the file is closed when
+/// the last reference (including documents and sync clients made from it) is dropped.
+#[derive(uniffi::Object)]
+pub struct FfiStore {
+    pub(crate) store: Store,
+}
+
+#[uniffi::export]
+impl FfiStore {
+    /// Opens (or creates) the store file at `path`.
+    ///
+    /// # Errors
+    /// [`FfiError::Storage`] when the file cannot be opened as a store (or another process
+    /// has it open).
+    #[uniffi::constructor]
+    pub fn open(path: String) -> Result<Arc<Self>, FfiError> {
+        Ok(Arc::new(Self {
+            store: Store::open(path)?,
+        }))
+    }
+
+    /// This device's id, in hex.
+    pub fn device_id(&self) -> String {
+        self.store.device_id().to_string()
+    }
+
+    /// Creates a document in `collection` with `initial` (a map) as its content.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad collection or an `initial` that is not a map.
+    pub fn create(
+        &self,
+        collection: String,
+        initial: FfiValue,
+    ) -> Result<Arc<FfiDocument>, FfiError> {
+        let collection = Collection::new(collection)?;
+        let doc = self
+            .store
+            .create_with(&collection, initial.into(), Priority::Normal)?;
+        Ok(FfiDocument::wrap(doc))
+    }
+
+    /// Creates a document in `collection` from a JSON object; returns its `collection/id`.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad collection or JSON that is not an object.
+    pub fn create_json(&self, collection: String, json: String) -> Result<String, FfiError> {
+        let collection = Collection::new(collection)?;
+        let doc = self
+            .store
+            .create_with(&collection, parse_json(&json)?, Priority::Normal)?;
+        Ok(doc.id().to_string())
+    }
+
+    /// The document `doc_id` (`collection/id`).
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] if there is none (or it is deleted), [`FfiError::InvalidInput`].
+    pub fn document(&self, doc_id: String) -> Result<Arc<FfiDocument>, FfiError> {
+        let id: DocId = doc_id.parse()?;
+        Ok(FfiDocument::wrap(self.store.document(&id)?))
+    }
+
+    /// Sets the value at `path` of document `doc_id` from JSON text, durably.
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] or [`FfiError::InvalidInput`].
+    pub fn put_json(&self, doc_id: String, path: String, json: String) -> Result<(), FfiError> {
+        let id: DocId = doc_id.parse()?;
+        self.store
+            .document(&id)?
+            .transact(None, |tx| tx.put_json(path.as_str(), &json))?;
+        Ok(())
+    }
+
+    /// The whole document as JSON text.
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] or [`FfiError::Storage`].
+    pub fn get_json(&self, doc_id: String) -> Result<String, FfiError> {
+        let id: DocId = doc_id.parse()?;
+        Ok(self.store.document(&id)?.to_json()?.to_string())
+    }
+
+    /// Deletes the document: a tombstone that syncs to other devices.
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] or [`FfiError::InvalidInput`].
+    pub fn delete(&self, doc_id: String) -> Result<(), FfiError> {
+        let id: DocId = doc_id.parse()?;
+        Ok(self.store.delete(&id)?)
+    }
+
+    /// The `collection/id` of every live document in `collection`, oldest first.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad collection name.
+    pub fn list(&self, collection: String) -> Result<Vec<String>, FfiError> {
+        Ok(self
+            .list_info(collection)?
+            .into_iter()
+            .map(|i| i.id)
+            .collect())
+    }
+
+    /// Every live document of `collection` with its metadata, oldest first; loads none.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad collection name.
+    pub fn list_info(&self, collection: String) -> Result<Vec<FfiDocumentInfo>, FfiError> {
+        let collection = Collection::new(collection)?;
+        Ok(self
+            .store
+            .list(&collection)?
+            .into_iter()
+            .map(FfiDocumentInfo::from)
+            .collect())
+    }
+
+    /// The `collection/id` of every document the relay has not acknowledged yet, highest
+    /// priority first.
+    ///
+    /// # Errors
+    /// [`FfiError::Storage`].
+    pub fn pending_documents(&self) -> Result<Vec<String>, FfiError> {
+        Ok(self
+            .store
+            .pending_documents()?
+            .into_iter()
+            .map(|id| id.to_string())
+            .collect())
+    }
+
+    /// The concurrent values at `path` (JSON text each), when devices wrote it concurrently.
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] or [`FfiError::InvalidInput`].
+    pub fn conflicts_json(&self, doc_id: String, path: String) -> Result<Vec<String>, FfiError> {
+        let id: DocId = doc_id.parse()?;
+        Ok(self
+            .store
+            .document(&id)?
+            .conflicts(path.as_str())?
+            .iter()
+            .map(|v| v.to_json().to_string())
+            .collect())
+    }
+
+    /// Settles the value at `path` (JSON text), ending a conflict there.
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] or [`FfiError::InvalidInput`].
+    pub fn resolve_json(&self, doc_id: String, path: String, json: String) -> Result<(), FfiError> {
+        let id: DocId = doc_id.parse()?;
+        self.store
+            .document(&id)?
+            .resolve(path.as_str(), parse_json(&json)?)?;
+        Ok(())
+    }
+
+    /// Calls `listener` with every change to a document of `collection`, local or remote,
+    /// for as long as the returned subscription is kept.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad collection name.
+    pub fn watch_collection(
+        &self,
+        collection: String,
+        listener: Arc<dyn FfiChangeListener>,
+    ) -> Result<Arc<FfiSubscription>, FfiError> {
+        let collection = Collection::new(collection)?;
+        let subscription = self
+            .store
+            .watch_collection(&collection, forward_events(listener));
+        Ok(FfiSubscription::new(Box::new(subscription)))
+    }
+}
+
+/// One document of a store. Every write is durable when the call returns.
+#[derive(uniffi::Object)]
+pub struct FfiDocument {
+    doc: Document,
+}
+
+impl FfiDocument {
+    fn wrap(doc: Document) -> Arc<Self> {
+        Arc::new(Self { doc })
+    }
+}
+
+#[uniffi::export]
+impl FfiDocument {
+    /// The document's `collection/id`.
+    pub fn id(&self) -> String {
+        self.doc.id().to_string()
+    }
+
+    /// The value at `path` (a JSON Pointer; `""` for the whole document), or null if nothing
+    /// is there.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] if the path cannot be followed, [`FfiError::NotFound`].
+    pub fn get(&self, path: String) -> Result<Option<FfiValue>, FfiError> {
+        Ok(self.doc.get(path.as_str())?.map(FfiValue::from))
+    }
+
+    /// The whole document as JSON text.
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] or [`FfiError::Storage`].
+    pub fn to_json(&self) -> Result<String, FfiError> {
+        Ok(self.doc.to_json()?.to_string())
+    }
+
+    /// Sets the value at `path`.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
+    pub fn put(&self, path: String, value: FfiValue) -> Result<(), FfiError> {
+        Ok(self.doc.put(path.as_str(), Value::from(value))?)
+    }
+
+    /// Sets the value at `path` from JSON text.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
+    pub fn put_json(&self, path: String, json: String) -> Result<(), FfiError> {
+        Ok(self.doc.put(path.as_str(), parse_json(&json)?)?)
+    }
+
+    /// Removes the value at `path`.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
+    pub fn delete(&self, path: String) -> Result<(), FfiError> {
+        Ok(self.doc.delete(path.as_str())?)
+    }
+
+    /// Edits the text object at `path`: removes `delete` code points at `index`, then inserts
+    /// `insert` there.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
+    pub fn splice_text(
+        &self,
+        path: String,
+        index: u64,
+        delete: u64,
+        insert: String,
+    ) -> Result<(), FfiError> {
+        Ok(self
+            .doc
+            .splice_text(path.as_str(), to_usize(index)?, to_usize(delete)?, &insert)?)
+    }
+
+    /// Adds `by` to the counter at `path`.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
+    pub fn increment(&self, path: String, by: i64) -> Result<(), FfiError> {
+        Ok(self.doc.increment(path.as_str(), by)?)
+    }
+
+    /// Applies `ops` as one change, with an optional commit message: all of them, or (on an
+    /// error) none.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
+    pub fn apply(&self, ops: Vec<FfiWriteOp>, message: Option<String>) -> Result<(), FfiError> {
+        let ops = ops
+            .into_iter()
+            .map(WriteOp::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.doc.apply(&ops, message.as_deref())?)
+    }
+
+    /// The current heads (hex change hashes).
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] or [`FfiError::Storage`].
+    pub fn heads(&self) -> Result<Vec<String>, FfiError> {
+        Ok(heads_to_strings(&self.doc.heads()?))
+    }
+
+    /// Every change, oldest first: who (which device) wrote what, when, with which message.
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] or [`FfiError::Storage`].
+    pub fn history(&self) -> Result<Vec<FfiChange>, FfiError> {
+        Ok(self
+            .doc
+            .history()?
+            .into_iter()
+            .map(FfiChange::from)
+            .collect())
+    }
+
+    /// A read-only view of the document as it was at `heads`.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for heads that are not hashes or not in the document.
+    pub fn view_at(&self, heads: Vec<String>) -> Result<Arc<FfiDocumentView>, FfiError> {
+        let view = self.doc.view_at(&heads_from_strings(&heads)?)?;
+        Ok(Arc::new(FfiDocumentView { view }))
+    }
+
+    /// The patches that turn the document at `from` into the document at `to`.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for heads that are not hashes or not in the document.
+    pub fn diff(&self, from: Vec<String>, to: Vec<String>) -> Result<Vec<FfiPatch>, FfiError> {
+        let patches = self
+            .doc
+            .diff(&heads_from_strings(&from)?, &heads_from_strings(&to)?)?;
+        Ok(patches.iter().map(FfiPatch::from).collect())
+    }
+
+    /// The concurrent values at `path` (more than one while devices' writes conflict).
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
+    pub fn conflicts(&self, path: String) -> Result<Vec<FfiValue>, FfiError> {
+        Ok(self
+            .doc
+            .conflicts(path.as_str())?
+            .into_iter()
+            .map(FfiValue::from)
+            .collect())
+    }
+
+    /// Settles the value at `path`, ending a conflict there.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
+    pub fn resolve(&self, path: String, value: FfiValue) -> Result<(), FfiError> {
+        Ok(self.doc.resolve(path.as_str(), Value::from(value))?)
+    }
+
+    /// The document's sync priority.
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] or [`FfiError::Storage`].
+    pub fn priority(&self) -> Result<FfiPriority, FfiError> {
+        Ok(self.doc.priority()?.into())
+    }
+
+    /// Sets the document's sync priority.
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] or [`FfiError::Storage`].
+    pub fn set_priority(&self, priority: FfiPriority) -> Result<(), FfiError> {
+        Ok(self.doc.set_priority(priority.into())?)
+    }
+
+    /// Calls `listener` after every durable change to this document, local or remote, for as
+    /// long as the returned subscription is kept.
+    pub fn watch(&self, listener: Arc<dyn FfiChangeListener>) -> Arc<FfiSubscription> {
+        FfiSubscription::new(Box::new(self.doc.watch(forward_events(listener))))
+    }
+}
+
+/// A read-only view of a document at given heads.
+#[derive(uniffi::Object)]
+pub struct FfiDocumentView {
+    view: DocumentView,
+}
+
+#[uniffi::export]
+impl FfiDocumentView {
+    /// The heads this view shows.
+    pub fn heads(&self) -> Vec<String> {
+        heads_to_strings(self.view.heads())
+    }
+
+    /// The value at `path` then, or null.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] if the path cannot be followed.
+    pub fn get(&self, path: String) -> Result<Option<FfiValue>, FfiError> {
+        Ok(self.view.get(path.as_str())?.map(FfiValue::from))
+    }
+
+    /// The whole document then, as JSON text.
+    ///
+    /// # Errors
+    /// [`FfiError::Storage`].
+    pub fn to_json(&self) -> Result<String, FfiError> {
+        Ok(self.view.to_json()?.to_string())
+    }
+}

@@ -1,0 +1,362 @@
+//! [`FfiSyncClient`]: the SDK's `SyncClient` with a foreign token provider and status listener,
+//! its options ([`FfiSyncOptions`], [`FfiProfile`]) and what it reports ([`FfiStatus`],
+//! [`FfiSyncStats`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use syncline::{
+    Collection, CollectionSubscription, DeviceClass, Profile, SyncClient, SyncMode, SyncOptions,
+};
+
+use crate::store::{FfiPriority, FfiStore};
+use crate::subscription::FfiSubscription;
+use crate::{FfiError, FfiStatusListener, FfiTokenProvider};
+
+/// The sync status (the SDK's `Status`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum FfiStatus {
+    /// Not connected.
+    Offline,
+    /// Opening a connection.
+    Connecting,
+    /// Exchanging changes.
+    Syncing {
+        /// Planned documents arrived.
+        docs_done: u64,
+        /// Planned documents.
+        docs_total: u64,
+        /// Planned bytes arrived (approximate).
+        bytes_done: u64,
+        /// Planned bytes (approximate).
+        bytes_total: u64,
+    },
+    /// Both sides have everything, since this time (milliseconds since the Unix epoch).
+    Synced {
+        /// When.
+        at_ms: u64,
+    },
+    /// Something is wrong.
+    Error {
+        /// What.
+        reason: String,
+    },
+}
+
+impl From<syncline::Status> for FfiStatus {
+    fn from(status: syncline::Status) -> Self {
+        match status {
+            syncline::Status::Offline => Self::Offline,
+            syncline::Status::Connecting => Self::Connecting,
+            syncline::Status::Syncing { progress } => Self::Syncing {
+                docs_done: progress.docs_done,
+                docs_total: progress.docs_total,
+                bytes_done: progress.bytes_done,
+                bytes_total: progress.bytes_total,
+            },
+            syncline::Status::Synced { at_ms } => Self::Synced { at_ms },
+            syncline::Status::Error { reason } => Self::Error { reason },
+        }
+    }
+}
+
+/// What a sync moved (the SDK's `SyncStats`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiSyncStats {
+    /// Documents sent with changes.
+    pub docs_sent: u64,
+    /// Documents changed by what was received.
+    pub docs_received: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Flights of frames sent.
+    pub round_trips: u64,
+}
+
+impl From<syncline::SyncStats> for FfiSyncStats {
+    fn from(s: syncline::SyncStats) -> Self {
+        Self {
+            docs_sent: s.docs_sent,
+            docs_received: s.docs_received,
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+            round_trips: s.round_trips,
+        }
+    }
+}
+
+/// The kind of device (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum FfiDeviceClass {
+    /// A phone.
+    Phone,
+    /// A tablet.
+    Tablet,
+    /// A desktop or laptop.
+    Desktop,
+    /// A server taking part as a device.
+    Server,
+}
+
+impl From<FfiDeviceClass> for DeviceClass {
+    fn from(class: FfiDeviceClass) -> Self {
+        match class {
+            FfiDeviceClass::Phone => Self::Phone,
+            FfiDeviceClass::Tablet => Self::Tablet,
+            FfiDeviceClass::Desktop => Self::Desktop,
+            FfiDeviceClass::Server => Self::Server,
+        }
+    }
+}
+
+/// The device's declared capabilities; the relay plans what and how fast to sync from them.
+/// Absent bandwidths mean unknown.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiProfile {
+    /// The device class.
+    pub class: FfiDeviceClass,
+    /// Bytes the device may use for synced content.
+    pub storage_budget_bytes: Option<u64>,
+    /// Download bandwidth, bytes per second.
+    pub download_bytes_per_s: Option<u64>,
+    /// Upload bandwidth, bytes per second.
+    pub upload_bytes_per_s: Option<u64>,
+    /// True on a metered network.
+    pub metered: bool,
+    /// True to receive changes as they happen, false for periodic sync.
+    pub realtime: bool,
+}
+
+impl From<FfiProfile> for Profile {
+    fn from(p: FfiProfile) -> Self {
+        Self {
+            class: p.class.into(),
+            storage_budget_bytes: p.storage_budget_bytes,
+            download_bytes_per_s: p.download_bytes_per_s,
+            upload_bytes_per_s: p.upload_bytes_per_s,
+            metered: p.metered,
+            realtime: p.realtime,
+        }
+    }
+}
+
+/// One collection to sync, with its priority and whether its documents' content is kept
+/// local eagerly or fetched when opened.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiCollectionSync {
+    /// The collection.
+    pub collection: String,
+    /// Its sync priority.
+    pub priority: FfiPriority,
+    /// True to keep only the list and metadata local (content fetched on demand).
+    pub on_demand: bool,
+}
+
+/// Everything [`FfiSyncClient::start_with`] needs besides the store and the token provider.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiSyncOptions {
+    /// The relay, as `ws://host:port` or `wss://host`.
+    pub relay_url: String,
+    /// The collections to sync.
+    pub collections: Vec<FfiCollectionSync>,
+    /// The device's capability profile.
+    pub profile: FfiProfile,
+}
+
+impl TryFrom<FfiSyncOptions> for SyncOptions {
+    type Error = FfiError;
+
+    fn try_from(o: FfiSyncOptions) -> Result<Self, FfiError> {
+        let mut options = SyncOptions::new(o.relay_url, &[]);
+        options.profile = o.profile.into();
+        options.subscriptions = o
+            .collections
+            .into_iter()
+            .map(|c| {
+                Ok(CollectionSubscription {
+                    collection: Collection::new(c.collection)?,
+                    priority: c.priority.into(),
+                    mode: if c.on_demand {
+                        SyncMode::OnDemand
+                    } else {
+                        SyncMode::Eager
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, FfiError>>()?;
+        Ok(options)
+    }
+}
+
+/// Syncs a store with a relay in the background for as long as it is kept. No call blocks on
+/// the network: waiting is `wait_synced`, which suspends (a coroutine, a task) instead.
+#[derive(uniffi::Object)]
+pub struct FfiSyncClient {
+    /// Shared with a `wait_synced` in progress, so that waiting never blocks `status`,
+    /// `pause` or `stop` from other threads.
+    client: Mutex<Option<Arc<SyncClient>>>,
+}
+
+#[uniffi::export]
+impl FfiSyncClient {
+    /// Starts syncing `store`'s `collections` with the relay at `relay_url` (eagerly, normal
+    /// priority, as a desktop on an unmetered network), with tokens from `tokens`.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad collection, [`FfiError::Sync`] if it cannot start.
+    #[uniffi::constructor]
+    pub fn start(
+        store: Arc<FfiStore>,
+        relay_url: String,
+        collections: Vec<String>,
+        tokens: Arc<dyn FfiTokenProvider>,
+    ) -> Result<Arc<Self>, FfiError> {
+        let collections = collections
+            .into_iter()
+            .map(Collection::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::start_options(&store, SyncOptions::new(relay_url, &collections), tokens)
+    }
+
+    /// Starts syncing with every option given: per-collection priority and mode, and the
+    /// device's profile.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad collection, [`FfiError::Sync`] if it cannot start.
+    #[uniffi::constructor]
+    pub fn start_with(
+        store: Arc<FfiStore>,
+        options: FfiSyncOptions,
+        tokens: Arc<dyn FfiTokenProvider>,
+    ) -> Result<Arc<Self>, FfiError> {
+        Self::start_options(&store, options.try_into()?, tokens)
+    }
+
+    /// The current status.
+    pub fn status(&self) -> FfiStatus {
+        self.with(|c| c.status().into())
+            .unwrap_or(FfiStatus::Offline)
+    }
+
+    /// What the current (or last) sync moved.
+    pub fn stats(&self) -> FfiSyncStats {
+        self.with(|c| c.stats().into()).unwrap_or(FfiSyncStats {
+            docs_sent: 0,
+            docs_received: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            round_trips: 0,
+        })
+    }
+
+    /// Calls `listener` with every new status, for as long as the subscription is kept.
+    pub fn watch_status(&self, listener: Arc<dyn FfiStatusListener>) -> Arc<FfiSubscription> {
+        let subscription = self.with(|c| {
+            c.watch_status(move |s| {
+                let call = std::panic::AssertUnwindSafe(|| listener.on_status(s.clone().into()));
+                if std::panic::catch_unwind(call).is_err() {
+                    eprintln!("syncline: a status listener threw");
+                }
+            })
+        });
+        FfiSubscription::new(Box::new(subscription))
+    }
+
+    /// Waits until synced with nothing pending (or fails: refused token, unreachable relay,
+    /// refused change, timeout). Suspends the caller's coroutine / task, never a thread of
+    /// the host: the wait runs on a thread of its own.
+    ///
+    /// # Errors
+    /// [`FfiError::Unauthorized`], [`FfiError::Unreachable`], [`FfiError::Sync`],
+    /// [`FfiError::Timeout`].
+    pub async fn wait_synced(&self, timeout_ms: u64) -> Result<FfiSyncStats, FfiError> {
+        let client = self.current();
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let outcome = match client {
+                Some(c) => c
+                    .wait_synced(Duration::from_millis(timeout_ms), true)
+                    .map(FfiSyncStats::from)
+                    .map_err(FfiError::from),
+                None => Err(FfiError::Sync("the client was stopped".into())),
+            };
+            let _ = done.send(outcome);
+        });
+        result
+            .await
+            .map_err(|_| FfiError::Sync("the wait ended unexpectedly".into()))?
+    }
+
+    /// Declares a new capability profile (say, the network became metered) on the live
+    /// connection.
+    pub fn set_profile(&self, profile: FfiProfile) {
+        self.with(|c| c.set_profile(profile.into()));
+    }
+
+    /// Disconnects and stays offline until `resume`.
+    pub fn pause(&self) {
+        self.with(SyncClient::pause);
+    }
+
+    /// Connects again after `pause`.
+    pub fn resume(&self) {
+        self.with(SyncClient::resume);
+    }
+
+    /// The network is (un)available: stop retrying, or connect at once.
+    pub fn set_network_available(&self, available: bool) {
+        self.with(|c| c.set_network_available(available));
+    }
+
+    /// Stops syncing (also on drop); what is pending stays in the store. A `wait_synced` in
+    /// progress returns at once with an error.
+    pub fn stop(&self) {
+        let taken = self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(client) = taken {
+            client.close();
+            // The sync thread is joined when the last holder (maybe a waiting thread) lets go.
+            drop(client);
+        }
+    }
+}
+
+impl Drop for FfiSyncClient {
+    /// Dropped on the foreign side: stop syncing, and end a wait in progress.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl FfiSyncClient {
+    fn start_options(
+        store: &FfiStore,
+        options: SyncOptions,
+        tokens: Arc<dyn FfiTokenProvider>,
+    ) -> Result<Arc<Self>, FfiError> {
+        // The SDK calls the provider on a blocking thread of its own runtime, so the host may
+        // block in it (a network refresh, a UI prompt) without stalling anything else.
+        let client = SyncClient::start(&store.store, options, move || {
+            tokens.token().map_err(|e| e.to_string())
+        })?;
+        Ok(Arc::new(Self {
+            client: Mutex::new(Some(Arc::new(client))),
+        }))
+    }
+
+    fn current(&self) -> Option<Arc<SyncClient>> {
+        self.client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&SyncClient) -> R) -> Option<R> {
+        self.current().map(|c| f(&c))
+    }
+}
