@@ -3,10 +3,17 @@
 //! ```text
 //! frame = flags:u8  cbor-array(2)[ type:uint, body:map ]
 //! ```
-//! `flags` is 0 in protocol version 1 (its bits are reserved for negotiated compression).
+//! `flags` bit 0 ([`FLAG_ZSTD`]) set means everything after the flags byte is one zstd frame
+//! holding the CBOR; the other bits are reserved and must be 0. A sender compresses only after
+//! `Hello` → `Welcome` chose [`Compression::Zstd`], never `Hello` or `Welcome` themselves, only
+//! bodies of at least [`COMPRESS_FROM`] bytes, and only when that saves bytes.
+//!
 //! Decoding is total: any byte string gives a message or a [`FrameError`], never a panic; a
-//! frame longer than the caller's limit is refused before any of it is parsed, and nothing is
-//! allocated from a length the input claims but does not contain.
+//! frame longer than the caller's limit is refused before any of it is parsed, a compressed
+//! body is inflated only up to that same limit (no decompression bomb gets further), and
+//! nothing is allocated from a length the input claims but does not contain.
+
+use std::io::Read;
 
 use minicbor::{Decoder, Encoder};
 
@@ -29,6 +36,9 @@ pub enum FrameError {
     /// Reserved flag bits set.
     #[error("unsupported frame flags {0:#04x}")]
     Flags(u8),
+    /// A compressed body that does not inflate.
+    #[error("corrupt compressed frame: {0}")]
+    Compression(String),
     /// A message type this receiver does not know (from a newer peer).
     #[error("unknown message type {0}")]
     UnknownType(u64),
@@ -37,8 +47,84 @@ pub enum FrameError {
     Malformed(String),
 }
 
-/// Encodes `message` as a frame.
+/// Flag bit: the body is compressed with zstd.
+pub const FLAG_ZSTD: u8 = 0x01;
+
+/// Bodies shorter than this are sent as they are: compressing them saves too little.
+pub const COMPRESS_FROM: usize = 256;
+
+/// zstd's level for frames: fast, and most of the ratio on this kind of data.
+const ZSTD_LEVEL: i32 = 3;
+
+/// A frame compression, with its code in `Hello.compression` and `Welcome.compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Code 0: bodies as they are.
+    #[default]
+    None,
+    /// Code 1: zstd, for bodies where it saves bytes.
+    Zstd,
+}
+
+impl Compression {
+    /// Every compression this crate implements, preferred first.
+    pub const SUPPORTED: [Compression; 2] = [Self::Zstd, Self::None];
+
+    /// The code on the wire.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::None => 0,
+            Self::Zstd => 1,
+        }
+    }
+
+    /// The compression of a code, if this crate implements it.
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            0 => Some(Self::None),
+            1 => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+
+    /// What a receiver of `offered` (codes, preferred first) picks: the first it implements
+    /// among those it `accepts`, else none.
+    pub fn negotiate(offered: &[u32], accepts: &[Compression]) -> Self {
+        offered
+            .iter()
+            .filter_map(|&code| Self::from_code(code))
+            .find(|c| accepts.contains(c))
+            .unwrap_or(Self::None)
+    }
+}
+
+/// Encodes `message` as an uncompressed frame.
 pub fn encode(message: &Message) -> Vec<u8> {
+    encode_with(message, Compression::None)
+}
+
+/// Encodes `message` as a frame compressed with `compression` where that applies: not for
+/// `Hello` or `Welcome`, not for bodies under [`COMPRESS_FROM`] bytes, and not when the
+/// compressed body would be no smaller.
+pub fn encode_with(message: &Message, compression: Compression) -> Vec<u8> {
+    let plain = encode_plain(message);
+    // The body is everything after the flags byte.
+    let eligible =
+        !matches!(message, Message::Hello(_) | Message::Welcome(_)) && plain.len() > COMPRESS_FROM;
+    if compression == Compression::Zstd
+        && eligible
+        && let Ok(body) = zstd::bulk::compress(&plain[1..], ZSTD_LEVEL)
+        && body.len() + 1 < plain.len()
+    {
+        let mut out = Vec::with_capacity(body.len() + 1);
+        out.push(FLAG_ZSTD);
+        out.extend_from_slice(&body);
+        return out;
+    }
+    plain
+}
+
+fn encode_plain(message: &Message) -> Vec<u8> {
     let mut out = vec![0u8];
     let mut e = Encoder::new(&mut out);
     let body = e.array(2).and_then(|e| e.u32(message.type_code()));
@@ -61,6 +147,22 @@ pub fn encode(message: &Message) -> Vec<u8> {
     out
 }
 
+/// Inflates a zstd body, refusing to produce more than `max_len` bytes.
+fn inflate(body: &[u8], max_len: usize) -> Result<Vec<u8>, FrameError> {
+    let corrupt = |e: std::io::Error| FrameError::Compression(e.to_string());
+    let decoder = zstd::stream::read::Decoder::new(body).map_err(corrupt)?;
+    let limit = u64::try_from(max_len).unwrap_or(u64::MAX).saturating_add(1);
+    let mut out = Vec::new();
+    decoder.take(limit).read_to_end(&mut out).map_err(corrupt)?;
+    if out.len() > max_len {
+        return Err(FrameError::TooLarge {
+            len: out.len(),
+            max: max_len,
+        });
+    }
+    Ok(out)
+}
+
 /// Decodes one frame of at most `max_len` bytes.
 ///
 /// # Errors
@@ -72,10 +174,16 @@ pub fn decode(bytes: &[u8], max_len: usize) -> Result<Message, FrameError> {
             max: max_len,
         });
     }
-    let (&flags, cbor) = bytes.split_first().ok_or(FrameError::Empty)?;
-    if flags != 0 {
-        return Err(FrameError::Flags(flags));
-    }
+    let (&flags, body) = bytes.split_first().ok_or(FrameError::Empty)?;
+    let inflated;
+    let cbor = match flags {
+        0 => body,
+        FLAG_ZSTD => {
+            inflated = inflate(body, max_len)?;
+            &inflated[..]
+        }
+        other => return Err(FrameError::Flags(other)),
+    };
     let malformed = |e: minicbor::decode::Error| FrameError::Malformed(e.to_string());
     let mut d = Decoder::new(cbor);
     if d.array().map_err(malformed)? != Some(2) {

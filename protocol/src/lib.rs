@@ -64,7 +64,7 @@ mod priority;
 #[cfg(feature = "automerge")]
 pub mod sync_state;
 
-pub use frame::FrameError;
+pub use frame::{Compression, FrameError};
 pub use heads::{Hash, Heads};
 pub use ids::{Collection, DeviceId, DocId, IdError};
 pub use messages::{Message, PROTOCOL_VERSION};

@@ -3,7 +3,7 @@
 mod common;
 
 use proptest::prelude::*;
-use syncline_protocol::frame::{self, FrameError};
+use syncline_protocol::frame::{self, COMPRESS_FROM, Compression, FLAG_ZSTD, FrameError};
 use syncline_protocol::{Message, messages};
 
 const MAX: usize = 1 << 20;
@@ -15,6 +15,20 @@ proptest! {
     fn every_message_round_trips(message in common::message()) {
         let bytes = frame::encode(&message);
         prop_assert_eq!(frame::decode(&bytes, MAX), Ok(message));
+    }
+
+    #[test]
+    fn every_message_round_trips_compressed(message in common::message()) {
+        let bytes = frame::encode_with(&message, Compression::Zstd);
+        prop_assert!(bytes.len() <= frame::encode(&message).len(), "compression never adds bytes");
+        prop_assert_eq!(frame::decode(&bytes, MAX), Ok(message));
+    }
+
+    #[test]
+    fn arbitrary_compressed_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let mut bytes = vec![FLAG_ZSTD];
+        bytes.extend(body);
+        let _ = frame::decode(&bytes, MAX);
     }
 
     #[test]
@@ -42,7 +56,11 @@ fn oversize_frames_are_refused_before_parsing() {
         Err(FrameError::TooLarge { len: 100, max: 99 })
     );
     assert_eq!(frame::decode(&[], MAX), Err(FrameError::Empty));
-    assert_eq!(frame::decode(&[1, 0x80], MAX), Err(FrameError::Flags(1)));
+    assert_eq!(frame::decode(&[2, 0x80], MAX), Err(FrameError::Flags(2)));
+    assert!(matches!(
+        frame::decode(&[FLAG_ZSTD, 0x80], MAX),
+        Err(FrameError::Compression(_))
+    ));
 }
 
 #[test]
@@ -96,4 +114,76 @@ fn invalid_identifiers_are_malformed_frames() {
         frame::decode(&bytes, MAX),
         Err(FrameError::Malformed(_))
     ));
+}
+
+/// A `Sync` of `items` documents with repetitive content, as real batches are.
+fn big_sync(items: usize) -> Message {
+    Message::Sync(messages::Sync {
+        items: (0..items)
+            .map(|i| messages::SyncItem {
+                doc: format!("todos/{i:032x}").parse().expect("doc id"),
+                message: vec![0x42; 64],
+            })
+            .collect(),
+    })
+}
+
+#[test]
+fn compression_applies_where_it_saves_bytes() {
+    let sync = big_sync(50);
+    let plain = frame::encode(&sync);
+    let compressed = frame::encode_with(&sync, Compression::Zstd);
+    assert_eq!(compressed[0], FLAG_ZSTD);
+    assert!(
+        compressed.len() * 4 < plain.len(),
+        "{} vs {}",
+        compressed.len(),
+        plain.len()
+    );
+    assert_eq!(frame::decode(&compressed, MAX), Ok(sync));
+
+    // Hello and Welcome never are (the peer does not know the choice yet), nor small bodies.
+    let samples = common::samples();
+    let hello = &samples
+        .iter()
+        .find(|(n, _)| *n == "hello")
+        .expect("hello")
+        .1;
+    assert_eq!(
+        frame::encode_with(hello, Compression::Zstd),
+        frame::encode(hello)
+    );
+    let small = big_sync(1);
+    assert!(frame::encode(&small).len() - 1 < COMPRESS_FROM);
+    assert_eq!(frame::encode_with(&small, Compression::Zstd)[0], 0);
+}
+
+#[test]
+fn a_decompression_bomb_stops_at_the_frame_limit() {
+    // 16 MiB of zeros compress to a few hundred bytes; the receiver's limit is 64 KiB.
+    let body = zstd::bulk::compress(&vec![0u8; 16 << 20], 3).expect("compress");
+    assert!(body.len() < 4096);
+    let mut bytes = vec![FLAG_ZSTD];
+    bytes.extend(body);
+    assert_eq!(
+        frame::decode(&bytes, 64 << 10),
+        Err(FrameError::TooLarge {
+            len: (64 << 10) + 1,
+            max: 64 << 10
+        })
+    );
+}
+
+#[test]
+fn negotiation_picks_the_first_offered_compression_the_receiver_implements() {
+    let all = Compression::SUPPORTED;
+    assert_eq!(Compression::negotiate(&[1, 0], &all), Compression::Zstd);
+    assert_eq!(Compression::negotiate(&[0, 1], &all), Compression::None);
+    assert_eq!(Compression::negotiate(&[9, 1], &all), Compression::Zstd);
+    assert_eq!(Compression::negotiate(&[9], &all), Compression::None);
+    assert_eq!(Compression::negotiate(&[], &all), Compression::None);
+    assert_eq!(
+        Compression::negotiate(&[1, 0], &[Compression::None]),
+        Compression::None
+    );
 }

@@ -47,3 +47,33 @@ fn encodings_match_the_golden_vectors() {
         );
     }
 }
+
+/// A zstd-compressed frame, pinned for decoding: the compressed bytes may differ between zstd
+/// versions, but every receiver must read this frame as this message.
+#[test]
+fn a_compressed_frame_decodes_as_pinned() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test_data/sync_zstd.hex");
+    let (_, message) = common::samples()
+        .into_iter()
+        .find(|(name, _)| *name == "sync")
+        .expect("the sync sample");
+    let message = match message {
+        syncline_protocol::Message::Sync(mut sync) => {
+            // Enough items for compression to apply.
+            let item = sync.items[0].clone();
+            sync.items = vec![item; 32];
+            syncline_protocol::Message::Sync(sync)
+        }
+        other => panic!("not a sync: {other:?}"),
+    };
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let encoded = frame::encode_with(&message, frame::Compression::Zstd);
+        assert_eq!(encoded[0], frame::FLAG_ZSTD, "the sample must compress");
+        std::fs::write(&path, hex(&encoded) + "\n").expect("write golden vector");
+        return;
+    }
+    let golden = std::fs::read_to_string(&path).expect("sync_zstd.hex");
+    let bytes = unhex(&golden);
+    assert_eq!(bytes[0], frame::FLAG_ZSTD);
+    assert_eq!(frame::decode(&bytes, 1 << 20), Ok(message));
+}

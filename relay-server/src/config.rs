@@ -71,6 +71,9 @@ pub struct RelayConfig {
     /// Bytes a connection's outbox may hold before the relay closes it as a slow consumer
     /// (close code 4009; it resyncs from storage on reconnect). Default 64 MiB.
     pub outbox_bytes: usize,
+    /// Compress frames with zstd for clients that offer it, where that saves bytes. On by
+    /// default; turn it off to spend no CPU on it (clients then get uncompressed frames).
+    pub compression: bool,
 }
 
 impl Default for RelayConfig {
@@ -89,6 +92,7 @@ impl Default for RelayConfig {
             drain_secs: 10,
             allow_foreign_changes: false,
             outbox_bytes: 64 << 20,
+            compression: true,
         }
     }
 }
@@ -111,7 +115,8 @@ impl RelayConfig {
 
     /// Applies `SYNCLINE_LISTEN`, `SYNCLINE_DATA_DIR`, `SYNCLINE_MAX_FRAME_BYTES`,
     /// `SYNCLINE_IDLE_TIMEOUT_SECS`, `SYNCLINE_JWKS_FILE`, `SYNCLINE_AUDIENCE` and
-    /// `SYNCLINE_ISSUER` from `vars` (pass `std::env::vars()`).
+    /// `SYNCLINE_ISSUER` and `SYNCLINE_COMPRESSION` (`true`/`false`) from `vars` (pass
+    /// `std::env::vars()`).
     ///
     /// # Errors
     /// [`ConfigError::Env`] for a value that does not parse.
@@ -132,6 +137,9 @@ impl RelayConfig {
                 "SYNCLINE_JWKS_FILE" => self.jwks_file = Some(PathBuf::from(value)),
                 "SYNCLINE_AUDIENCE" => self.audience = Some(value),
                 "SYNCLINE_ISSUER" => self.issuer = Some(value),
+                "SYNCLINE_COMPRESSION" => {
+                    self.compression = parse("SYNCLINE_COMPRESSION", &value)?;
+                }
                 _ => {}
             }
         }
@@ -165,13 +173,22 @@ mod tests {
     fn file_then_environment_override_defaults() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("relay.toml");
-        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\nidle_timeout_secs = 5\n").expect("write");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\nidle_timeout_secs = 5\ncompression = false\n",
+        )
+        .expect("write");
         let c = RelayConfig::from_file(&path)
             .and_then(|c| c.with_env([("SYNCLINE_IDLE_TIMEOUT_SECS".into(), "7".into())]))
             .expect("config");
         assert_eq!(c.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(c.idle_timeout_secs, 7);
         assert_eq!(c.max_frame_bytes, 16 << 20);
+        assert!(!c.compression);
+        let c = c
+            .with_env([("SYNCLINE_COMPRESSION".into(), "true".into())])
+            .expect("config");
+        assert!(c.compression);
     }
 
     #[test]

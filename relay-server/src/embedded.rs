@@ -67,6 +67,7 @@ impl EmbeddedRelay {
                 server::ServerOptions {
                     allow_foreign_changes: cfg.allow_foreign_changes,
                     outbox_bytes: cfg.outbox_bytes,
+                    compression: cfg.compression,
                 },
             )?
         };

@@ -151,6 +151,7 @@ fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
             server::ServerOptions {
                 allow_foreign_changes: cfg.allow_foreign_changes,
                 outbox_bytes: cfg.outbox_bytes,
+                compression: cfg.compression,
             },
         )?;
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;

@@ -6,7 +6,7 @@ use automerge::sync::SyncDoc;
 use automerge::transaction::Transactable;
 use proptest::prelude::*;
 use syncline_protocol::messages::*;
-use syncline_protocol::{Collection, DeviceId, DocId, Message, frame};
+use syncline_protocol::{Collection, Compression, DeviceId, DocId, Message, Priority, frame};
 use syncline_relay::auth::claims::CollectionSet;
 use syncline_relay::auth::{AuthError, Grants, Identity, Verified};
 use syncline_relay::session::{Action, MAX_STRIKES, Output, Session, close_code};
@@ -141,6 +141,52 @@ fn hello_is_answered_with_welcome_and_registers_the_profile() {
     assert_eq!(w.limits, limits());
     assert!(matches!(&out.actions[..], [Action::Register(p)] if p.class == DeviceClass::Phone));
     assert_eq!(out.close, None);
+}
+
+#[test]
+fn compression_is_negotiated_and_then_used_both_ways() {
+    let offer = |accepts: Option<&'static [Compression]>| {
+        let mut s = Session::new(
+            "s".into(),
+            verified(&["todos"], &["todos"], T0 / 1000 + 60),
+            limits(),
+            T0,
+        );
+        if let Some(accepts) = accepts {
+            s.accept_compressions(accepts);
+        }
+        let mut hello = hello(vec![1]);
+        if let Message::Hello(h) = &mut hello {
+            h.compression = vec![1, 0];
+        }
+        let out = s.handle_frame(&frame::encode(&hello), T0);
+        let [Message::Welcome(w)] = &out.send[..] else {
+            panic!("{out:?}")
+        };
+        (w.compression, s)
+    };
+    let (code, mut s) = offer(None);
+    assert_eq!((code, s.compression()), (1, Compression::Zstd));
+    // A compressed frame from the client decodes; a corrupt one is a typed refusal.
+    let subscribe = Message::Subscribe(Subscribe {
+        collections: (0..60)
+            .map(|_| CollectionSubscription {
+                collection: "todos".parse().expect("collection"),
+                priority: Priority::Normal,
+                mode: SyncMode::Eager,
+            })
+            .collect(),
+    });
+    let compressed = frame::encode_with(&subscribe, Compression::Zstd);
+    assert_eq!(compressed[0], frame::FLAG_ZSTD);
+    let out = s.handle_frame(&compressed, T0 + 1);
+    assert!(error_codes(&out).is_empty(), "{out:?}");
+    let out = s.handle_frame(&[frame::FLAG_ZSTD, 1, 2, 3], T0 + 2);
+    assert_eq!(error_codes(&out), vec![ErrorCode::BAD_FRAME.0]);
+
+    // A relay configured without compression answers 0, and so does one offered nothing.
+    let (code, s) = offer(Some(&[Compression::None]));
+    assert_eq!((code, s.compression()), (0, Compression::None));
 }
 
 #[test]

@@ -414,8 +414,10 @@ impl World {
             return Ok(());
         };
         let out = session.handle_frame(bytes, now);
+        // Frames are compressed as the real relay does, once the session has negotiated it.
+        let compression = session.compression();
         for message in out.send {
-            self.enqueue(link, false, frame::encode(&message));
+            self.enqueue(link, false, frame::encode_with(&message, compression));
         }
         for action in out.actions {
             if matches!(action, Action::VerifyToken(_) | Action::ClientError(_)) {
@@ -429,7 +431,13 @@ impl World {
             for delivery in deliveries {
                 // Session ids are link ids.
                 if self.links.contains_key(&delivery.to) {
-                    self.enqueue(delivery.to, false, frame::encode(&delivery.message));
+                    let compression = self
+                        .relay
+                        .sessions
+                        .get(&delivery.to)
+                        .map_or_else(Default::default, |(s, _)| s.compression());
+                    let bytes = frame::encode_with(&delivery.message, compression);
+                    self.enqueue(delivery.to, false, bytes);
                 }
             }
         }

@@ -30,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use syncline_protocol::messages::{Error as ErrorMessage, ErrorCode, Limits};
-use syncline_protocol::{Message, frame};
+use syncline_protocol::{Compression, Message, frame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -56,6 +56,8 @@ pub struct ServerOptions {
     pub allow_foreign_changes: bool,
     /// Bytes a connection's outbox may hold before the connection is closed as a slow consumer.
     pub outbox_bytes: usize,
+    /// See `RelayConfig::compression`.
+    pub compression: bool,
 }
 
 impl Default for ServerOptions {
@@ -63,6 +65,7 @@ impl Default for ServerOptions {
         Self {
             allow_foreign_changes: false,
             outbox_bytes: OUTBOX_BYTES,
+            compression: true,
         }
     }
 }
@@ -126,6 +129,8 @@ pub struct AppState {
     hub: mpsc::Sender<HubCommand>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    /// The frame compressions connections may negotiate.
+    compressions: &'static [Compression],
     next_id: Arc<AtomicU64>,
     shutdown: CancellationToken,
     connections: TaskTracker,
@@ -147,6 +152,11 @@ impl AppState {
     ) -> std::io::Result<Self> {
         let (hub, commands) = mpsc::channel(HUB_QUEUE);
         let hub_metrics = Arc::clone(&metrics);
+        let compressions: &'static [Compression] = if options.compression {
+            &Compression::SUPPORTED
+        } else {
+            &[Compression::None]
+        };
         let hub_thread = std::thread::Builder::new()
             .name("syncline-hub".into())
             .spawn(move || {
@@ -158,6 +168,7 @@ impl AppState {
             hub,
             metrics,
             limits,
+            compressions,
             next_id: Arc::new(AtomicU64::new(1)),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
@@ -313,6 +324,7 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
         state.limits.clone(),
         now_ms(),
     );
+    session.accept_compressions(state.compressions);
     if state
         .hub
         .send(HubCommand::Connect {
@@ -427,7 +439,7 @@ where
 {
     loop {
         for message in output.send.drain(..) {
-            let bytes = frame::encode(&message);
+            let bytes = frame::encode_with(&message, session.compression());
             state.metrics.frames_out.inc();
             state.metrics.bytes_out.inc_by(bytes.len() as u64);
             // A client that stops reading must not pin this task: give up after SEND_TIMEOUT.

@@ -17,7 +17,7 @@ use syncline_protocol::messages::{
     CollectionSubscription, Ephemeral, Error, ErrorCode, Limits, Profile, Reconcile, SyncItem,
     Welcome,
 };
-use syncline_protocol::{Collection, DocId, Message, PROTOCOL_VERSION};
+use syncline_protocol::{Collection, Compression, DocId, Message, PROTOCOL_VERSION};
 
 use crate::auth::{AuthError, Grants, Identity, Verified};
 use bucket::TokenBucket;
@@ -106,6 +106,10 @@ pub struct Session {
     bytes: TokenBucket,
     last_activity_ms: u64,
     strikes: u32,
+    /// The compressions this relay lets the client choose from.
+    accepts: &'static [Compression],
+    /// The compression `Hello` → `Welcome` settled on (none until then).
+    compression: Compression,
 }
 
 impl Session {
@@ -122,7 +126,20 @@ impl Session {
             phase: Phase::AwaitingHello,
             last_activity_ms: now_ms,
             strikes: 0,
+            accepts: &Compression::SUPPORTED,
+            compression: Compression::None,
         }
+    }
+
+    /// Limits the frame compressions the client may choose (every one this relay implements
+    /// by default). Call before the client's `Hello`.
+    pub fn accept_compressions(&mut self, accepts: &'static [Compression]) {
+        self.accepts = accepts;
+    }
+
+    /// The compression to encode this session's frames with (see [`frame::encode_with`]).
+    pub fn compression(&self) -> Compression {
+        self.compression
     }
 
     /// Who is connected.
@@ -211,9 +228,10 @@ impl Session {
                     return out;
                 }
                 self.phase = Phase::Open;
+                self.compression = Compression::negotiate(&hello.compression, self.accepts);
                 out.send.push(Message::Welcome(Welcome {
                     version: PROTOCOL_VERSION,
-                    compression: 0,
+                    compression: self.compression.code(),
                     session: self.id.clone(),
                     server_time_ms: now_ms,
                     limits: self.limits.clone(),

@@ -27,7 +27,7 @@ use syncline_protocol::messages::{
     Ack, CollectionSubscription, Cursor, Error as ErrorMessage, ErrorCode, Hello, Plan, Profile,
     Reconcile, RefreshToken, Subscribe, Sync, SyncItem, UpdateProfile, Welcome,
 };
-use syncline_protocol::{Collection, DocId, Hash, Message, PROTOCOL_VERSION};
+use syncline_protocol::{Collection, Compression, DocId, Hash, Message, PROTOCOL_VERSION};
 
 use crate::{Heads, Store};
 pub use backoff::Backoff;
@@ -226,6 +226,8 @@ struct Connection {
     pacer: Option<Pacer>,
     /// When paced local changes are to be sent.
     flush_due: Option<u64>,
+    /// The frame compression the relay chose in `Welcome` (none before it).
+    compression: Compression,
 }
 
 /// A token bucket for the frames the engine sends of its own accord (local changes), at half
@@ -337,7 +339,10 @@ impl Engine {
     /// Handles one event at `now_ms` (milliseconds since the Unix epoch, or any monotonic
     /// origin the caller keeps) and returns what to do.
     pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Effect> {
-        let mut out = Out::default();
+        let mut out = Out {
+            compression: self.conn.compression,
+            ..Out::default()
+        };
         match event {
             Event::Start => {
                 self.started = true;
@@ -430,7 +435,8 @@ impl Engine {
         };
         out.send(&Message::Hello(Hello {
             versions: vec![PROTOCOL_VERSION],
-            compression: vec![0],
+            // Every compression the SDK implements, preferred first; the relay picks.
+            compression: Compression::SUPPORTED.iter().map(|c| c.code()).collect(),
             profile: self.config.profile.clone(),
             client: self.config.client.clone(),
         }));
@@ -572,6 +578,14 @@ impl Engine {
                     );
                     return;
                 }
+                let Some(compression) = Compression::from_code(welcome.compression) else {
+                    let reason = format!("the relay chose compression {}", welcome.compression);
+                    self.protocol_failure(out, reason, now_ms);
+                    return;
+                };
+                // Frames after the Welcome (not those already in flight) use it.
+                self.conn.compression = compression;
+                out.compression = compression;
                 self.conn.welcome = Some(welcome);
             }
             Message::Plan(plan) => self.on_plan(plan),
@@ -918,6 +932,7 @@ impl Engine {
         let Out {
             mut effects,
             frames,
+            ..
         } = out;
         if !frames.is_empty() {
             if self.conn.received_since_send
@@ -961,6 +976,8 @@ impl Engine {
 struct Out {
     effects: Vec<Effect>,
     frames: Vec<OutFrame>,
+    /// How frames are encoded: the connection's negotiated compression.
+    compression: Compression,
 }
 
 struct OutFrame {
@@ -971,7 +988,7 @@ struct OutFrame {
 impl Out {
     fn send(&mut self, message: &Message) {
         self.frames.push(OutFrame {
-            bytes: frame::encode(message),
+            bytes: frame::encode_with(message, self.compression),
             first_of_connection: matches!(message, Message::Hello(_)),
         });
     }
