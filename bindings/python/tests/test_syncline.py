@@ -275,3 +275,26 @@ def test_a_host_blocking_inside_the_token_provider_blocks_nothing_else(tmp_path,
     asyncio.run(wait_while_the_loop_runs())
     assert store.pending_documents() == []
     client.stop()
+
+
+def test_one_store_is_shared_by_many_host_threads(tmp_path):
+    store = open_store(tmp_path, "phone")
+    shared = store.create("todos", sl.FfiValue.OBJECT({"votes": sl.FfiValue.COUNTER(0)}))
+    errors = []
+
+    def work(n):
+        try:
+            for i in range(25):
+                store.create_json("todos", json.dumps({"thread": n, "i": i}))
+                shared.increment("/votes", 1)
+        except Exception as e:  # reported below, with the thread's number
+            errors.append((n, e))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert len(store.list("todos")) == 1 + 4 * 25
+    assert shared.get("/votes") == sl.FfiValue.COUNTER(100)

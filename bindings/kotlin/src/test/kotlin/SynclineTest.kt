@@ -276,4 +276,27 @@ class SynclineTest {
         assertEquals(emptyList<String>(), store.pendingDocuments())
         client.stop()
     }
+
+    @Test
+    fun oneStoreIsSharedByManyHostThreads() {
+        val store = open("phone")
+        val shared = store.create("todos", FfiValue.Object(mapOf("votes" to FfiValue.Counter(0))))
+        val failures = CopyOnWriteArrayList<Throwable>()
+        val threads = (0 until 4).map { n ->
+            Thread {
+                try {
+                    repeat(25) { i ->
+                        store.createJson("todos", """{"thread":$n,"i":$i}""")
+                        shared.increment("/votes", 1)
+                    }
+                } catch (e: Throwable) {
+                    failures.add(e)
+                }
+            }.apply { start() }
+        }
+        threads.forEach { it.join(60_000) }
+        assertEquals(emptyList<Throwable>(), failures)
+        assertEquals(1 + 4 * 25, store.list("todos").size)
+        assertEquals(FfiValue.Counter(100), shared.get("/votes"))
+    }
 }
