@@ -103,7 +103,10 @@ pub trait FfiTokenProvider: Send + Sync {
     /// A JWT for the relay.
     ///
     /// # Errors
-    /// Any [`FfiError`]: the connection attempt then fails with its message.
+    /// [`FfiError::Unauthorized`] when the app cannot authenticate at all (signed out): the
+    /// client stops and reports `Unauthorized`. Any other variant means no token right now
+    /// (the app's auth service is unreachable, say): the client retries with backoff, and a
+    /// `wait_synced` in progress fails with [`FfiError::Unreachable`].
     fn token(&self) -> Result<String, FfiError>;
 }
 

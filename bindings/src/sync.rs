@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use syncline::{
     Collection, CollectionSubscription, DeviceClass, Profile, SyncClient, SyncMode, SyncOptions,
+    TokenError,
 };
 
 use crate::store::{FfiPriority, FfiStore};
@@ -342,7 +343,10 @@ impl FfiSyncClient {
         // The SDK calls the provider on a blocking thread of its own runtime, so the host may
         // block in it (a network refresh, a UI prompt) without stalling anything else.
         let client = SyncClient::start(&store.store, options, move || {
-            tokens.token().map_err(|e| e.to_string())
+            tokens.token().map_err(|e| match e {
+                FfiError::Unauthorized(_) => TokenError::Denied(e.to_string()),
+                other => TokenError::Unavailable(other.to_string()),
+            })
         })?;
         Ok(Arc::new(Self {
             client: Mutex::new(Some(Arc::new(client))),

@@ -41,7 +41,7 @@ mod value;
 pub use engine::{Progress, Status, SyncStats};
 pub use error::{Error, Result};
 pub use heads::{ChangeHash, Heads};
-pub use net::{SyncClient, SyncError, SyncOptions, TokenProvider};
+pub use net::{SyncClient, SyncError, SyncOptions, TokenError, TokenProvider};
 pub use path::{IntoPath, Path, Segment};
 pub use repo::{
     ChangeEvent, ChangeInfo, ChangeOrigin, Document, DocumentInfo, DocumentView, Patch,

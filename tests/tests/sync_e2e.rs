@@ -322,7 +322,7 @@ fn a_refreshed_token_keeps_the_connection_and_a_revoked_grant_stops_writes() {
                 "todos"
             };
             syncline_testkit::relay::token(&data_dir, "alice", &device, "todos", write, 3)
-                .map_err(|e| e.to_string())
+                .map_err(|e| syncline::TokenError::Unavailable(e.to_string()))
         }
     };
     let client_a = a.connect_with(&relay.url(), provider);
@@ -406,4 +406,57 @@ fn a_reconnect_with_ten_changed_out_of_ten_thousand_sends_little() {
         "{stats:?}"
     );
     assert!(stats.round_trips <= 2, "{stats:?}");
+}
+
+#[test]
+fn a_provider_without_a_token_yet_is_retried_and_a_denying_one_stops() {
+    let data = temp_dir();
+    let relay = Relay::start(data.path()).expect("relay");
+    let device = Device::new();
+    device
+        .store
+        .create(&todos())
+        .and_then(|d| d.put("title", "later"))
+        .expect("create");
+    // Unavailable twice (the app's auth service is down), then a token: the client retries.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (data_dir, id) = (data.path().to_owned(), device.device());
+    let provider = {
+        let calls = calls.clone();
+        move || {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                return Err(syncline::TokenError::Unavailable(
+                    "auth service down".into(),
+                ));
+            }
+            syncline_testkit::relay::token(&data_dir, "alice", &id, "todos", "todos", 600)
+                .map_err(|e| syncline::TokenError::Unavailable(e.to_string()))
+        }
+    };
+    let client = device.connect_with(&relay.url(), provider);
+    client
+        .wait_synced(WAIT, false)
+        .expect("synced after the retries");
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    client.stop();
+
+    // Denied: the client reports Unauthorized at once and the write stays pending.
+    let denied = device.connect_with(&relay.url(), || {
+        Err(syncline::TokenError::Denied("signed out".into()))
+    });
+    let doc = device.store.create(&todos()).expect("create");
+    doc.put("title", "offline").expect("put");
+    match denied.wait_synced(WAIT, false) {
+        Err(syncline::SyncError::Unauthorized(reason)) => {
+            assert!(reason.contains("signed out"), "{reason}")
+        }
+        other => panic!("expected Unauthorized, got {other:?}"),
+    }
+    assert!(
+        device
+            .store
+            .pending_documents()
+            .expect("pending")
+            .contains(doc.id())
+    );
 }

@@ -43,17 +43,32 @@ pub trait TokenProvider: Send + Sync + 'static {
     /// A token (a JWT) for the relay, or why there is none.
     ///
     /// # Errors
-    /// A message for the status when no token can be had.
-    fn token(&self) -> std::result::Result<String, String>;
+    /// [`TokenError::Denied`] when the app cannot authenticate at all (syncing then reports
+    /// `Unauthorized`), [`TokenError::Unavailable`] when it cannot get a token right now (the
+    /// connection is retried with backoff).
+    fn token(&self) -> std::result::Result<String, TokenError>;
 }
 
 impl<F> TokenProvider for F
 where
-    F: Fn() -> std::result::Result<String, String> + Send + Sync + 'static,
+    F: Fn() -> std::result::Result<String, TokenError> + Send + Sync + 'static,
 {
-    fn token(&self) -> std::result::Result<String, String> {
+    fn token(&self) -> std::result::Result<String, TokenError> {
         self()
     }
+}
+
+/// Why a [`TokenProvider`] has no token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The app cannot authenticate (signed out, access revoked): the client stops connecting
+    /// and reports `Unauthorized`, as for a token the relay refuses.
+    #[error("{0}")]
+    Denied(String),
+    /// No token right now (the app's own auth service is unreachable, say): the client
+    /// retries the connection with backoff, as for an unreachable relay.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// How a [`SyncClient`] connects and what it syncs.
@@ -644,7 +659,12 @@ async fn run_connection(
 ) -> Disconnect {
     let token = match tokio::time::timeout(CONNECT_TIMEOUT, fetch_token(&tokens)).await {
         Ok(Ok(token)) => token,
-        Ok(Err(reason)) => return Disconnect::Unauthorized(format!("no token: {reason}")),
+        Ok(Err(TokenError::Denied(reason))) => {
+            return Disconnect::Unauthorized(format!("no token: {reason}"));
+        }
+        Ok(Err(TokenError::Unavailable(reason))) => {
+            return Disconnect::Failed(format!("no token yet: {reason}"));
+        }
         Err(_) => {
             return Disconnect::Failed(format!(
                 "the token provider did not answer within {CONNECT_TIMEOUT:?}"
@@ -776,11 +796,12 @@ async fn refresh_tokens(
     }
 }
 
-async fn fetch_token(tokens: &Arc<dyn TokenProvider>) -> Result<String, String> {
+async fn fetch_token(tokens: &Arc<dyn TokenProvider>) -> Result<String, TokenError> {
     let tokens = Arc::clone(tokens);
     tokio::task::spawn_blocking(move || tokens.token())
         .await
-        .map_err(|e| format!("the token provider panicked: {e}"))?
+        // A panic is the provider's bug; retrying with backoff is the least surprising answer.
+        .map_err(|e| TokenError::Unavailable(format!("the token provider panicked: {e}")))?
 }
 
 /// The relay's sync endpoint: `/v1/sync` unless the URL names a path.
