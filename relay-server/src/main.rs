@@ -81,6 +81,11 @@ enum Command {
     },
 }
 
+/// mimalloc instead of the system allocator: the hub allocates and frees many small buffers per
+/// change, and glibc's trimming (madvise, TLB shootdowns) showed in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
