@@ -103,11 +103,49 @@ pub trait FfiTokenProvider: Send + Sync {
     /// A JWT for the relay.
     ///
     /// # Errors
-    /// [`FfiError::Unauthorized`] when the app cannot authenticate at all (signed out): the
-    /// client stops and reports `Unauthorized`. Any other variant means no token right now
-    /// (the app's auth service is unreachable, say): the client retries with backoff, and a
+    /// [`FfiTokenError::SignedOut`] when the app cannot authenticate at all: the client stops
+    /// and reports `Unauthorized`. [`FfiTokenError::Unavailable`] (or any other exception the
+    /// host throws) when there is no token right now: the client retries with backoff, and a
     /// `wait_synced` in progress fails with [`FfiError::Unreachable`].
-    fn token(&self) -> Result<String, FfiError>;
+    fn token(&self) -> Result<String, FfiTokenError>;
+}
+
+/// Why a [`FfiTokenProvider`] has no token: what the host's provider throws.
+///
+/// Not flat, unlike [`FfiError`]: uniffi lifts only non-flat errors back from foreign code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+pub enum FfiTokenError {
+    /// The app cannot authenticate (signed out, access revoked): the client stops connecting
+    /// and reports `Unauthorized`, as for a token the relay refuses.
+    #[error("signed out: {reason}")]
+    SignedOut {
+        /// Why, for the status and the logs.
+        reason: String,
+    },
+    /// No token right now (the app's own auth service is unreachable, say): the client retries
+    /// with backoff, as for an unreachable relay.
+    #[error("no token now: {reason}")]
+    Unavailable {
+        /// Why, for the status and the logs.
+        reason: String,
+    },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for FfiTokenError {
+    /// Any other exception the host's provider throws means no token right now: retried,
+    /// never fatal, never a panic on the SDK's thread.
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        Self::Unavailable { reason: e.reason }
+    }
+}
+
+impl From<FfiTokenError> for syncline::TokenError {
+    fn from(e: FfiTokenError) -> Self {
+        match e {
+            FfiTokenError::SignedOut { reason } => Self::Denied(reason),
+            FfiTokenError::Unavailable { reason } => Self::Unavailable(reason),
+        }
+    }
 }
 
 /// Told of every status change of a [`FfiSyncClient`].

@@ -343,10 +343,7 @@ impl FfiSyncClient {
         // The SDK calls the provider on a blocking thread of its own runtime, so the host may
         // block in it (a network refresh, a UI prompt) without stalling anything else.
         let client = SyncClient::start(&store.store, options, move || {
-            tokens.token().map_err(|e| match e {
-                FfiError::Unauthorized(_) => TokenError::Denied(e.to_string()),
-                other => TokenError::Unavailable(other.to_string()),
-            })
+            tokens.token().map_err(TokenError::from)
         })?;
         Ok(Arc::new(Self {
             client: Mutex::new(Some(Arc::new(client))),

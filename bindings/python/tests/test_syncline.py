@@ -9,6 +9,7 @@ import os
 import subprocess
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -147,6 +148,57 @@ def test_a_refused_token_is_a_typed_exception(tmp_path, relay):
     client = sl.FfiSyncClient.start(store, relay.url, ["todos"], Tokens("not-a-jwt"))
     with pytest.raises(sl.FfiError.Unauthorized):
         asyncio.run(client.wait_synced(20_000))
+    client.stop()
+
+
+def test_a_provider_that_throws_signed_out_is_unauthorized(tmp_path, relay):
+    store = open_store(tmp_path, "phone")
+
+    class SignedOut(sl.FfiTokenProvider):
+        def token(self):
+            raise sl.FfiTokenError.SignedOut("the user signed out")
+
+    client = sl.FfiSyncClient.start(store, relay.url, ["todos"], SignedOut())
+    with pytest.raises(sl.FfiError.Unauthorized, match="the user signed out"):
+        asyncio.run(client.wait_synced(20_000))
+    client.stop()
+
+
+def test_a_provider_that_throws_anything_else_is_retried_until_it_answers(tmp_path, relay):
+    store = open_store(tmp_path, "phone")
+    doc = store.create_json("todos", json.dumps({"title": "Later"}))
+    token = relay.token(store.device_id())
+
+    class Flaky(sl.FfiTokenProvider):
+        def __init__(self):
+            self.calls = 0
+
+        def token(self):
+            self.calls += 1
+            if self.calls == 1:
+                raise sl.FfiTokenError.Unavailable("the auth service is down")
+            if self.calls == 2:
+                raise RuntimeError("a bug in the host's provider")
+            return token
+
+    flaky = Flaky()
+    client = sl.FfiSyncClient.start(store, relay.url, ["todos"], flaky)
+    # The first failure ends this wait as Unreachable (no token now), not as a crash...
+    with pytest.raises(sl.FfiError.Unreachable, match="the auth service is down"):
+        asyncio.run(client.wait_synced(20_000))
+    # ...and the client keeps retrying with backoff until the provider answers (a wait fails
+    # fast while the last attempt's error stands, so wait again, up to 60 s).
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            asyncio.run(client.wait_synced(20_000))
+            break
+        except sl.FfiError.Unreachable:
+            assert time.monotonic() < deadline, "never retried"
+            time.sleep(0.1)
+    assert flaky.calls >= 3
+    assert store.pending_documents() == []
+    assert doc in store.list("todos")
     client.stop()
 
 

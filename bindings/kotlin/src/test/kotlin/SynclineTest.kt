@@ -6,6 +6,7 @@ import java.nio.file.Files
 import java.util.concurrent.CountDownLatch
 import java.util.concurrent.CopyOnWriteArrayList
 import java.util.concurrent.TimeUnit
+import java.util.concurrent.atomic.AtomicInteger
 import kotlinx.coroutines.delay
 import kotlinx.coroutines.launch
 import kotlinx.coroutines.runBlocking
@@ -27,6 +28,7 @@ import uniffi.syncline_ffi.FfiStatus
 import uniffi.syncline_ffi.FfiStatusListener
 import uniffi.syncline_ffi.FfiStore
 import uniffi.syncline_ffi.FfiSyncClient
+import uniffi.syncline_ffi.FfiTokenException
 import uniffi.syncline_ffi.FfiTokenProvider
 
 /** A syncline-relay on 127.0.0.1 with a temporary data directory. */
@@ -148,6 +150,53 @@ class SynclineTest {
         val store = open("phone")
         val client = FfiSyncClient.start(store, relay.url, listOf("todos"), Tokens("not-a-jwt"))
         assertThrows<FfiException.Unauthorized> { runBlocking { client.waitSynced(20_000u) } }
+        client.stop()
+    }
+
+    @Test
+    fun aProviderThatThrowsSignedOutIsUnauthorized() {
+        val store = open("phone")
+        val provider = object : FfiTokenProvider {
+            override fun token(): String = throw FfiTokenException.SignedOut("the user signed out")
+        }
+        val client = FfiSyncClient.start(store, relay.url, listOf("todos"), provider)
+        val error = assertThrows<FfiException.Unauthorized> { runBlocking { client.waitSynced(20_000u) } }
+        assertTrue(error.message!!.contains("the user signed out"), error.message)
+        client.stop()
+    }
+
+    @Test
+    fun aProviderThatThrowsAnythingElseIsRetriedUntilItAnswers() {
+        val store = open("phone")
+        val doc = store.createJson("todos", """{"title":"Later"}""")
+        val token = relay.token(store.deviceId())
+        val calls = AtomicInteger()
+        val provider = object : FfiTokenProvider {
+            override fun token(): String = when (calls.incrementAndGet()) {
+                1 -> throw FfiTokenException.Unavailable("the auth service is down")
+                2 -> throw IllegalStateException("a bug in the host's provider")
+                else -> token
+            }
+        }
+        val client = FfiSyncClient.start(store, relay.url, listOf("todos"), provider)
+        // The first failure ends this wait as Unreachable (no token now), not as a crash...
+        val error = assertThrows<FfiException.Unreachable> { runBlocking { client.waitSynced(20_000u) } }
+        assertTrue(error.message!!.contains("the auth service is down"), error.message)
+        // ...and the client keeps retrying with backoff until the provider answers (a wait fails
+        // fast while the last attempt's error stands, so wait again, up to 60 s).
+        val deadline = System.nanoTime() + 60_000_000_000L
+        while (true) {
+            try {
+                runBlocking { client.waitSynced(20_000u) }
+                break
+            } catch (e: FfiException.Unreachable) {
+                assertTrue(System.nanoTime() < deadline, "never retried")
+                Thread.sleep(100)
+            }
+        }
+        assertTrue(calls.get() >= 3, calls.toString())
+        assertEquals(emptyList<String>(), store.pendingDocuments())
+        assertTrue(store.list("todos").contains(doc))
         client.stop()
     }
 
