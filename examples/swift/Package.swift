@@ -1,0 +1,24 @@
+// swift-tools-version:5.9
+// Syncline from Swift: a command-line app on the `Syncline` library of bindings/swift.
+//
+// The dependency goes through the symbolic link `syncline-bindings` (-> ../../bindings/swift)
+// rather than the path ../../bindings/swift itself: SwiftPM names a local package after its
+// directory, and both this package and that one live in a directory called `swift`. With the
+// same identity, SwiftPM takes the dependency for this root package and cannot resolve it.
+
+import PackageDescription
+
+let package = Package(
+    name: "SynclineExample",
+    platforms: [.macOS(.v12)],
+    dependencies: [
+        .package(path: "syncline-bindings"),
+    ],
+    targets: [
+        .executableTarget(
+            name: "SynclineExample",
+            dependencies: [.product(name: "Syncline", package: "syncline-bindings")],
+            path: "Sources/SynclineExample"
+        ),
+    ]
+)
