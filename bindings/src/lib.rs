@@ -14,13 +14,18 @@ mod subscription;
 mod sync;
 mod value;
 
-pub use store::{FfiDocument, FfiDocumentInfo, FfiDocumentView, FfiPriority, FfiStore};
+pub use store::{
+    FfiDocument, FfiDocumentInfo, FfiDocumentView, FfiDurability, FfiPriority, FfiStore,
+    FfiStoreOptions,
+};
 pub use subscription::FfiSubscription;
 pub use sync::{
-    FfiCollectionSync, FfiDeviceClass, FfiProfile, FfiStatus, FfiSyncClient, FfiSyncOptions,
-    FfiSyncStats,
+    FfiCollectionSync, FfiDeviceClass, FfiDisconnect, FfiProfile, FfiStatus, FfiSyncClient,
+    FfiSyncOptions, FfiSyncStats,
 };
-pub use value::{FfiChange, FfiChangeEvent, FfiPatch, FfiPatchAction, FfiValue, FfiWriteOp};
+pub use value::{
+    FfiChange, FfiChangeEvent, FfiPatch, FfiPatchAction, FfiPendingChange, FfiValue, FfiWriteOp,
+};
 
 uniffi::setup_scaffolding!();
 

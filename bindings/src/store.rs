@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
-use syncline::{Collection, DocId, Document, DocumentView, Priority, Store, Value, WriteOp};
+use syncline::{
+    Collection, DocId, Document, DocumentView, Durability, Priority, Store, StoreOptions, Value,
+    WriteOp,
+};
 
 use crate::subscription::FfiSubscription;
-use crate::value::{FfiChange, FfiChangeEvent, FfiPatch, FfiValue, FfiWriteOp};
+use crate::value::{FfiChange, FfiChangeEvent, FfiPatch, FfiPendingChange, FfiValue, FfiWriteOp};
 use crate::value::{heads_from_strings, heads_to_strings, to_usize};
 use crate::{FfiChangeListener, FfiError};
 
@@ -45,6 +48,38 @@ impl From<FfiPriority> for Priority {
     }
 }
 
+/// How hard a commit works to survive a power cut (the SDK's `Durability`). Either way a write
+/// whose call returned survives the app being killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum FfiDurability {
+    /// Every commit reaches the disk before the write returns (also survives a power cut).
+    Full,
+    /// Commits reach the disk at checkpoints: a power cut can lose the last moments' writes.
+    Normal,
+}
+
+/// Tuning for [`FfiStore::open_with`] (the SDK's `StoreOptions`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiStoreOptions {
+    /// Upper bound, in estimated bytes, of the documents kept loaded in memory.
+    pub cache_bytes: u64,
+    /// How commits survive power loss.
+    pub durability: FfiDurability,
+}
+
+impl From<FfiStoreOptions> for StoreOptions {
+    fn from(o: FfiStoreOptions) -> Self {
+        Self {
+            cache_bytes: usize::try_from(o.cache_bytes).unwrap_or(usize::MAX),
+            durability: match o.durability {
+                FfiDurability::Full => Durability::Full,
+                FfiDurability::Normal => Durability::Normal,
+            },
+            ..Self::default()
+        }
+    }
+}
+
 /// What the store knows of a document without loading it.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct FfiDocumentInfo {
@@ -58,6 +93,10 @@ pub struct FfiDocumentInfo {
     pub stored_bytes: u64,
     /// Created here at, in milliseconds since the Unix epoch.
     pub created_at_ms: i64,
+    /// Last local change, in milliseconds since the Unix epoch.
+    pub local_change_at_ms: Option<i64>,
+    /// Last change received from elsewhere, in milliseconds since the Unix epoch.
+    pub remote_change_at_ms: Option<i64>,
 }
 
 impl From<syncline::DocumentInfo> for FfiDocumentInfo {
@@ -68,6 +107,8 @@ impl From<syncline::DocumentInfo> for FfiDocumentInfo {
             deleted: info.deleted,
             stored_bytes: info.stored_bytes,
             created_at_ms: info.created_at,
+            local_change_at_ms: info.local_change_at,
+            remote_change_at_ms: info.remote_change_at,
         }
     }
 }
@@ -112,6 +153,17 @@ impl FfiStore {
         }))
     }
 
+    /// Opens (or creates) the store file at `path` with `options`.
+    ///
+    /// # Errors
+    /// As [`FfiStore::open`].
+    #[uniffi::constructor]
+    pub fn open_with(path: String, options: FfiStoreOptions) -> Result<Arc<Self>, FfiError> {
+        Ok(Arc::new(Self {
+            store: Store::open_with(path, options.into())?,
+        }))
+    }
+
     /// This device's id, in hex.
     pub fn device_id(&self) -> String {
         self.store.device_id().to_string()
@@ -130,6 +182,23 @@ impl FfiStore {
         let doc = self
             .store
             .create_with(&collection, initial.into(), Priority::Normal)?;
+        Ok(FfiDocument::wrap(doc))
+    }
+
+    /// Creates the document `doc_id` (`collection/id`, an id the app chooses) with `initial` (a
+    /// map) as its content and the given priority.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad id, an `initial` that is not a map, or an id
+    /// already taken (even by a deleted document).
+    pub fn create_at(
+        &self,
+        doc_id: String,
+        initial: FfiValue,
+        priority: FfiPriority,
+    ) -> Result<Arc<FfiDocument>, FfiError> {
+        let id: DocId = doc_id.parse()?;
+        let doc = self.store.create_at(id, initial.into(), priority.into())?;
         Ok(FfiDocument::wrap(doc))
     }
 
@@ -152,6 +221,15 @@ impl FfiStore {
     pub fn document(&self, doc_id: String) -> Result<Arc<FfiDocument>, FfiError> {
         let id: DocId = doc_id.parse()?;
         Ok(FfiDocument::wrap(self.store.document(&id)?))
+    }
+
+    /// What the store knows of document `doc_id` without loading it (also once deleted).
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] if there is none, [`FfiError::InvalidInput`] for a bad id.
+    pub fn info(&self, doc_id: String) -> Result<FfiDocumentInfo, FfiError> {
+        let id: DocId = doc_id.parse()?;
+        Ok(self.store.info(&id)?.into())
     }
 
     /// Sets the value at `path` of document `doc_id` from JSON text, durably.
@@ -221,6 +299,19 @@ impl FfiStore {
             .pending_documents()?
             .into_iter()
             .map(|id| id.to_string())
+            .collect())
+    }
+
+    /// Every change no relay has acknowledged yet, with the document it belongs to.
+    ///
+    /// # Errors
+    /// [`FfiError::Storage`], also for a pending document that cannot load.
+    pub fn pending_changes(&self) -> Result<Vec<FfiPendingChange>, FfiError> {
+        Ok(self
+            .store
+            .pending_changes()?
+            .into_iter()
+            .map(FfiPendingChange::from)
             .collect())
     }
 

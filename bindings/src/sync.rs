@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use syncline::engine::Disconnect;
 use syncline::{
     Collection, CollectionSubscription, DeviceClass, Profile, SyncClient, SyncMode, SyncOptions,
     TokenError,
@@ -57,6 +58,38 @@ impl From<syncline::Status> for FfiStatus {
             },
             syncline::Status::Synced { at_ms } => Self::Synced { at_ms },
             syncline::Status::Error { reason } => Self::Error { reason },
+        }
+    }
+}
+
+/// Why a connection ended (the SDK's `Disconnect`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum FfiDisconnect {
+    /// The relay refused the token, or the token provider said the app is signed out.
+    Unauthorized {
+        /// Why.
+        reason: String,
+    },
+    /// The relay could not be reached, the connection broke, or there was no token yet.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// The relay closed the connection with this WebSocket close code.
+    Closed {
+        /// The close code.
+        code: u16,
+        /// The reason the relay gave.
+        reason: String,
+    },
+}
+
+impl From<Disconnect> for FfiDisconnect {
+    fn from(d: Disconnect) -> Self {
+        match d {
+            Disconnect::Unauthorized(reason) => Self::Unauthorized { reason },
+            Disconnect::Failed(reason) => Self::Failed { reason },
+            Disconnect::Closed { code, reason } => Self::Closed { code, reason },
         }
     }
 }
@@ -250,6 +283,12 @@ impl FfiSyncClient {
             bytes_received: 0,
             round_trips: 0,
         })
+    }
+
+    /// Why the last connection ended, if one did (and the client is not stopped).
+    pub fn last_disconnect(&self) -> Option<FfiDisconnect> {
+        self.with(|c| c.last_disconnect().map(FfiDisconnect::from))
+            .flatten()
     }
 
     /// Calls `listener` with every new status, for as long as the subscription is kept.

@@ -395,6 +395,24 @@ impl From<ChangeInfo> for FfiChange {
     }
 }
 
+/// A change no relay has acknowledged yet (the SDK's `PendingChange`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiPendingChange {
+    /// The document it belongs to (`collection/id`).
+    pub doc: String,
+    /// The change.
+    pub change: FfiChange,
+}
+
+impl From<syncline::PendingChange> for FfiPendingChange {
+    fn from(p: syncline::PendingChange) -> Self {
+        Self {
+            doc: p.doc_id.to_string(),
+            change: p.change.into(),
+        }
+    }
+}
+
 /// Heads as hex strings, in the SDK's canonical order.
 pub(crate) fn heads_to_strings(heads: &Heads) -> Vec<String> {
     heads.as_slice().iter().map(ToString::to_string).collect()
