@@ -49,6 +49,21 @@ pub fn settle(state: &mut State, ours: &[ChangeHash]) {
     }
 }
 
+/// Marks `state` as synced at `heads` after the peer durably acknowledged exactly the heads we
+/// hold (a Syncline `Ack`): it holds them, nothing sent is in flight, and the next exchange
+/// starts from there (so neither side walks the history before `heads` again).
+pub fn acknowledged(state: &mut State, heads: Vec<ChangeHash>) {
+    state.shared_heads.clone_from(&heads);
+    state.their_heads = Some(heads.clone());
+    state.their_need = Some(Vec::new());
+    state.their_have = Some(vec![Have {
+        last_sync: heads,
+        bloom: BloomFilter::default(),
+    }]);
+    state.sent_hashes.clear();
+    state.in_flight = false;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,13 +21,13 @@ mod backoff;
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::sync::{Have, Message as SyncMessage, State};
-use syncline_protocol::frame;
+use automerge::sync::{Message as SyncMessage, State};
 use syncline_protocol::messages::{
     Ack, CollectionSubscription, Cursor, Error as ErrorMessage, ErrorCode, Hello, Plan, Profile,
     Reconcile, RefreshToken, Subscribe, Sync, SyncItem, UpdateProfile, Welcome,
 };
 use syncline_protocol::{Collection, Compression, DocId, Hash, Message, PROTOCOL_VERSION};
+use syncline_protocol::{frame, sync_state};
 
 use crate::{Heads, Store};
 pub use backoff::Backoff;
@@ -1008,16 +1008,7 @@ pub(crate) struct Outgoing {
 /// After the relay acknowledged exactly our heads: it holds them, and nothing sent is in
 /// flight any more.
 fn acknowledged(state: &mut State, heads: &Heads) {
-    let heads = heads.as_slice().to_vec();
-    state.shared_heads.clone_from(&heads);
-    state.their_heads = Some(heads.clone());
-    state.their_need = Some(Vec::new());
-    state.their_have = Some(vec![Have {
-        last_sync: heads,
-        bloom: automerge::sync::BloomFilter::default(),
-    }]);
-    state.sent_hashes.clear();
-    state.in_flight = false;
+    sync_state::acknowledged(state, heads.as_slice().to_vec());
 }
 
 fn to_heads(heads: &syncline_protocol::Heads) -> Heads {
