@@ -273,3 +273,37 @@ fn the_document_cache_is_bounded_and_evicted_documents_reload() {
         "nothing stored twice"
     );
 }
+
+#[test]
+fn the_document_cache_is_bounded_in_bytes_too() {
+    let storage = Arc::new(Counting::default());
+    // Each of these one-change documents is estimated at a few hundred bytes.
+    let mut hub = Hub::new(Arc::clone(&storage)).cache_bytes(600);
+    for n in 1..=5u8 {
+        let (identity, grants) = writer(n);
+        hub.connect(u64::from(n), identity, grants, 0);
+    }
+    let frames = (1..=5u8).map(|n| (u64::from(n), vec![item(n)])).collect();
+    let group = hub.sync_group(frames, 1);
+    assert!(group.failed.is_empty());
+    assert!(
+        (1..5).contains(&hub.cached_documents()),
+        "{} cached",
+        hub.cached_documents()
+    );
+    assert!(
+        hub.cached_bytes() <= 600,
+        "{} bytes cached",
+        hub.cached_bytes()
+    );
+    // Evicted documents reload: a resend of each is recognised as already stored.
+    for n in 1..=5u8 {
+        let group = hub.sync_group(vec![(u64::from(n), vec![item(n)])], 2);
+        assert!(group.failed.is_empty());
+    }
+    assert_eq!(
+        storage.appends.load(Ordering::SeqCst),
+        1,
+        "nothing stored twice"
+    );
+}

@@ -348,9 +348,11 @@ fn a_bad_change_is_refused_and_harms_nothing() {
             message: b"garbage".to_vec(),
         }]),
     )]);
+    // Both are refused with an error: the chunk that is not a change (which Automerge's own
+    // loading would have dropped without a word) and the message that does not decode.
     assert_eq!(
         w.clients[&1].errors(),
-        vec![ErrorCode::BAD_DOCUMENT.0],
+        vec![ErrorCode::BAD_DOCUMENT.0, ErrorCode::BAD_DOCUMENT.0],
         "undecodable: refused"
     );
     w.clients.get_mut(&1).expect("a").put(&x, "n", 2);
@@ -470,7 +472,9 @@ fn a_second_change_reaches_others_when_the_writer_reads_lazily() {
 }
 
 /// Review finding: a frame whose second item for a document fails must leave nothing of that
-/// document unstored in memory, acknowledged, or fanned out.
+/// document unstored in memory, acknowledged, or fanned out. Items are refused whole (the
+/// relay's change graph takes all of an item's changes or none), so the first item's change is
+/// stored, acknowledged and fanned out, and the second's is none of these.
 #[test]
 fn a_failing_item_leaves_no_unstored_change_behind() {
     let mut w = World::new();
@@ -512,12 +516,32 @@ fn a_failing_item_leaves_no_unstored_change_behind() {
         w.clients.get_mut(&d.to).expect("client").receive(d.message);
     }
     assert!(w.clients[&1].errors().contains(&ErrorCode::BAD_DOCUMENT.0));
-    assert!(w.clients[&1].acked(&x).is_none(), "nothing acknowledged");
-    assert!(
-        w.storage.load("acme", &x).expect("load").is_none(),
-        "nothing stored"
+    let first = automerge::sync::Message::decode(&make(1))
+        .expect("decodes")
+        .heads;
+    let acked = w.clients[&1]
+        .acked(&x)
+        .expect("the first item is acknowledged");
+    assert_eq!(
+        acked
+            .heads
+            .as_slice()
+            .iter()
+            .map(|h| h.0)
+            .collect::<Vec<_>>(),
+        vec![first[0].0]
     );
-    assert_eq!(w.clients[&2].get(&x, "n"), None, "nothing fanned out");
+    let stored = w.storage.load("acme", &x).expect("load").expect("stored");
+    let mut check = Automerge::new();
+    for chunk in &stored.chunks {
+        check.load_incremental(chunk).expect("loads");
+    }
+    assert_eq!(
+        check.get_heads(),
+        first,
+        "exactly the first item's change is stored"
+    );
+    assert_eq!(w.clients[&2].get(&x, "n"), Some(1), "and fanned out");
 
     // A correct write afterwards (from another device) stores exactly its own change: memory
     // was not left ahead of storage.

@@ -7,18 +7,28 @@
 //! [`Delivery`]s to the sessions' connections. It reaches storage only through the
 //! [`Storage`] trait. A document changes in memory only together with a durable append: when
 //! an append fails, the changed documents are dropped from memory and reloaded from storage.
+//!
+//! The hub never materialises a document: it holds each one as its change graph
+//! ([`graph::DocGraph`]) and answers Automerge's sync protocol from it ([`responder`]), so a
+//! change costs the same to accept whatever the document's history.
+
+mod graph;
+pub mod responder;
+mod watchers;
+
+pub use graph::{DocGraph, GraphError, parse_changes};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use automerge::sync::{Message as SyncMessage, State as SyncState, SyncDoc};
-use automerge::{Automerge, ChangeHash};
+use automerge::ChangeHash;
+use automerge::sync::{Message as SyncMessage, State as SyncState};
 use syncline_protocol::messages::{
     Ack, AckItem, CollectionSubscription, Cursor, Ephemeral, Error, ErrorCode, Plan, PlanEntry,
     Profile, Reconcile, Sync, SyncItem,
 };
 use syncline_protocol::sync_state;
-use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Message, Priority};
+use syncline_protocol::{Collection, DocId, Hash, Heads, Message, Priority};
 
 use crate::auth::{Grants, Identity};
 use crate::session::Action;
@@ -105,15 +115,25 @@ impl Peer {
 pub struct Hub<S> {
     storage: Arc<S>,
     peers: HashMap<SessionId, Peer>,
-    /// Documents in memory, least recently used first out past `cache_docs` (trimmed between
-    /// actions, never during one: outside an action memory equals storage, so any may go).
-    docs: lru::LruCache<(String, DocId), Automerge>,
+    /// Documents in memory, least recently used first out past `cache_docs` or `cache_bytes`
+    /// (trimmed between actions, never during one: outside an action memory equals storage, so
+    /// any may go).
+    docs: lru::LruCache<(String, DocId), DocGraph>,
+    /// The documents' estimated bytes in memory ([`DocGraph::estimated_bytes`] summed).
+    docs_bytes: usize,
+    /// Who may want each document's changes (fan-out candidates).
+    watchers: watchers::Watchers,
     cache_docs: usize,
+    cache_bytes: usize,
     allow_foreign_changes: bool,
 }
 
 /// Documents a hub keeps in memory by default.
 pub const CACHE_DOCS: usize = 10_000;
+
+/// Estimated bytes of documents a hub keeps in memory by default (each holds its changes'
+/// raw bytes plus about 160 bytes per change).
+pub const CACHE_BYTES: usize = 256 << 20;
 
 impl<S: Storage> Hub<S> {
     /// A hub over `storage`.
@@ -122,7 +142,10 @@ impl<S: Storage> Hub<S> {
             storage,
             peers: HashMap::new(),
             docs: lru::LruCache::unbounded(),
+            docs_bytes: 0,
+            watchers: watchers::Watchers::default(),
             cache_docs: CACHE_DOCS,
+            cache_bytes: CACHE_BYTES,
             allow_foreign_changes: false,
         }
     }
@@ -133,14 +156,31 @@ impl<S: Storage> Hub<S> {
         self
     }
 
+    /// How many estimated bytes of documents to keep in memory between actions (the most
+    /// recently used document stays even when it alone is larger).
+    pub fn cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
     /// Documents in memory now.
     pub fn cached_documents(&self) -> usize {
         self.docs.len()
     }
 
+    /// Estimated bytes of the documents in memory now.
+    pub fn cached_bytes(&self) -> usize {
+        self.docs_bytes
+    }
+
     fn trim(&mut self) {
-        while self.docs.len() > self.cache_docs {
-            self.docs.pop_lru();
+        while self.docs.len() > self.cache_docs
+            || (self.docs_bytes > self.cache_bytes && self.docs.len() > 1)
+        {
+            let Some((_, doc)) = self.docs.pop_lru() else {
+                break;
+            };
+            self.docs_bytes = self.docs_bytes.saturating_sub(doc.estimated_bytes());
         }
     }
 
@@ -176,6 +216,8 @@ impl<S: Storage> Hub<S> {
         let Some(peer) = self.peers.remove(&id) else {
             return Ok(());
         };
+        self.watchers
+            .forget(&peer.tenant, id, &peer.subscriptions, peer.states.keys());
         let device = peer.identity.device;
         let states: Vec<(DocId, Vec<u8>)> = peer
             .states
@@ -198,6 +240,7 @@ impl<S: Storage> Hub<S> {
     /// memory never runs ahead of storage.
     pub fn forget_documents(&mut self) {
         self.docs.clear();
+        self.docs_bytes = 0;
     }
 
     /// Sessions currently connected.
@@ -236,7 +279,10 @@ impl<S: Storage> Hub<S> {
                 Ok(Vec::new())
             }
             Action::Subscribe(collections) => {
-                self.peer_mut(id).subscriptions = collections;
+                let peer = self.peers.get_mut(&id).expect("checked by handle");
+                self.watchers
+                    .subscribe(&peer.tenant, id, &peer.subscriptions, &collections);
+                peer.subscriptions = collections;
                 self.register(id, now_ms)?;
                 Ok(Vec::new())
             }
@@ -260,13 +306,26 @@ impl<S: Storage> Hub<S> {
             }
             Action::Ephemeral(e) => Ok(self.ephemeral(id, e)),
             Action::GrantsChanged(grants) => {
-                let peer = self.peer_mut(id);
-                peer.subscriptions
-                    .retain(|s| grants.can_read(&s.collection));
-                peer.states
-                    .retain(|doc, _| grants.can_read(doc.collection()));
-                peer.confirmed
-                    .retain(|doc| grants.can_read(doc.collection()));
+                let peer = self.peers.get_mut(&id).expect("checked by handle");
+                let old = std::mem::take(&mut peer.subscriptions);
+                peer.subscriptions = old
+                    .iter()
+                    .filter(|s| grants.can_read(&s.collection))
+                    .cloned()
+                    .collect();
+                self.watchers
+                    .subscribe(&peer.tenant, id, &old, &peer.subscriptions);
+                let dropped: Vec<DocId> = peer
+                    .states
+                    .keys()
+                    .filter(|doc| !grants.can_read(doc.collection()))
+                    .cloned()
+                    .collect();
+                for doc in &dropped {
+                    peer.states.remove(doc);
+                    peer.confirmed.remove(doc);
+                    self.watchers.unwatch_doc(&peer.tenant, id, doc);
+                }
                 peer.grants = grants;
                 Ok(Vec::new())
             }
@@ -427,8 +486,8 @@ impl<S: Storage> Hub<S> {
         now_ms: u64,
     ) -> SyncGroup {
         let mut group = SyncGroup::default();
-        // Per tenant, each document's heads before the group first touched it.
-        let mut before: BTreeMap<String, Vec<(DocId, Vec<ChangeHash>)>> = BTreeMap::new();
+        // Per tenant, each document's change count before the group first touched it.
+        let mut before: BTreeMap<String, Vec<(DocId, usize)>> = BTreeMap::new();
         // Per session: its tenant, the documents it touched, those whose items carried
         // changes (acknowledged even when already stored: a resend after a cut).
         let mut sessions: Vec<(SessionId, String, Vec<DocId>, Vec<DocId>)> = Vec::new();
@@ -450,9 +509,9 @@ impl<S: Storage> Hub<S> {
             );
             let seen = before.entry(tenant.clone()).or_default();
             let touched: Vec<DocId> = first_seen.iter().map(|(doc, _)| doc.clone()).collect();
-            for (doc, heads) in first_seen {
+            for (doc, len) in first_seen {
                 if !seen.iter().any(|(d, _)| *d == doc) {
-                    seen.push((doc, heads));
+                    seen.push((doc, len));
                 }
             }
             if let Err(e) = applied {
@@ -471,17 +530,16 @@ impl<S: Storage> Hub<S> {
                 continue;
             }
             let mut appends = Vec::new();
-            for (doc_id, heads_before) in docs {
-                // Absent: evicted after a failed item; its durable state is what counts.
+            for (doc_id, len_before) in docs {
+                // Absent: evicted after a failed read; its durable state is what counts.
                 let Some(doc) = self.docs.peek(&(tenant.clone(), doc_id.clone())) else {
                     continue;
                 };
-                let after = doc.get_heads();
-                if &after != heads_before {
+                if doc.len() != *len_before {
                     appends.push(Append {
                         doc: doc_id.clone(),
-                        chunk: doc.save_after(heads_before),
-                        heads: wire_heads(&after),
+                        chunk: doc.raw_since(*len_before),
+                        heads: wire_heads(&doc.heads()),
                     });
                 }
             }
@@ -502,18 +560,17 @@ impl<S: Storage> Hub<S> {
                 }
             }
         }
-        let mut senders: HashMap<(String, DocId), Vec<SessionId>> = HashMap::new();
+        // Per tenant and document, the sessions whose frames touched it (they had replies).
+        let mut senders: HashMap<String, HashMap<DocId, Vec<SessionId>>> = HashMap::new();
         for (id, tenant, touched, carried) in sessions {
             if let Some(reason) = broken.get(&tenant) {
                 group.failed.push((id, HubError::Failed(reason.clone())));
                 group.deliveries.push(internal(id));
                 continue;
             }
+            let touched_by = senders.entry(tenant.clone()).or_default();
             for doc in &touched {
-                senders
-                    .entry((tenant.clone(), doc.clone()))
-                    .or_default()
-                    .push(id);
+                touched_by.entry(doc.clone()).or_default().push(id);
             }
             // Replies go before the acknowledgement: a client that has its Ack has also had
             // everything the relay answered to that frame.
@@ -544,20 +601,29 @@ impl<S: Storage> Hub<S> {
             // dominate the cost of syncing.
             self.peer_mut(id).last_sync_ms = Some(now_ms);
         }
-        let peers: Vec<SessionId> = self.peers.keys().copied().collect();
         for (tenant, docs) in changed {
-            for &other in &peers {
-                let receives: Vec<DocId> = docs
-                    .iter()
-                    .filter(|d| {
-                        // The senders had their replies above.
-                        !senders
-                            .get(&(tenant.clone(), (*d).clone()))
-                            .is_some_and(|s| s.contains(&other))
-                            && self.peers[&other].receives(&tenant, d)
-                    })
-                    .cloned()
-                    .collect();
+            let no_senders = HashMap::new();
+            let touched_by = senders.get(&tenant).unwrap_or(&no_senders);
+            let mut receivers: BTreeMap<SessionId, Vec<DocId>> = BTreeMap::new();
+            for doc in &docs {
+                let sent = touched_by.get(doc);
+                for other in self.watchers.candidates(&tenant, doc) {
+                    // The senders had their replies above.
+                    if sent.is_some_and(|s| s.contains(&other)) {
+                        continue;
+                    }
+                    let list = receivers.entry(other).or_default();
+                    if list.last() != Some(doc)
+                        && self
+                            .peers
+                            .get(&other)
+                            .is_some_and(|p| p.receives(&tenant, doc))
+                    {
+                        list.push(doc.clone());
+                    }
+                }
+            }
+            for (other, receives) in receivers {
                 if !receives.is_empty() {
                     let items = self.outgoing_logged(other, &receives);
                     push_batches(&mut group.deliveries, other, items);
@@ -568,17 +634,19 @@ impl<S: Storage> Hub<S> {
         group
     }
 
-    /// Applies each item to its in-memory document, recording the heads each document had
-    /// before this frame. A document whose item fails is evicted and dropped from `before`.
+    /// Applies each item to its in-memory document, recording the change count each document
+    /// had before this frame. An item that is refused changes nothing and gets an error.
     fn apply_items(
         &mut self,
         id: SessionId,
         tenant: &str,
         items: Vec<SyncItem>,
-        before: &mut Vec<(DocId, Vec<ChangeHash>)>,
+        before: &mut Vec<(DocId, usize)>,
         carried: &mut Vec<DocId>,
         out: &mut Vec<Delivery>,
     ) -> Result<(), HubError> {
+        let device = self.peers[&id].identity.device;
+        let author = (!self.allow_foreign_changes).then_some(device.as_bytes().as_slice());
         for item in items {
             let Ok(message) = SyncMessage::decode(&item.message) else {
                 out.push(error(id, ErrorCode::BAD_DOCUMENT, &item.doc, "undecodable"));
@@ -588,64 +656,34 @@ impl<S: Storage> Hub<S> {
                 carried.push(item.doc.clone());
             }
             self.ensure_state(id, &item.doc)?;
-            let heads = self.doc(tenant, &item.doc)?.get_heads();
-            let heads_before_item = heads.clone();
+            let len = self.doc(tenant, &item.doc)?.len();
             if !before.iter().any(|(doc, _)| *doc == item.doc) {
-                before.push((item.doc.clone(), heads));
+                before.push((item.doc.clone(), len));
             }
-            let state = self
-                .peers
-                .get_mut(&id)
-                .expect("checked")
-                .states
-                .get_mut(&item.doc)
-                .expect("ensured");
-            let doc = self
+            let peer = self.peers.get_mut(&id).expect("checked");
+            let state = peer.states.get_mut(&item.doc).expect("ensured");
+            let graph = self
                 .docs
                 .get_mut(&(tenant.to_owned(), item.doc.clone()))
                 .expect("loaded");
-            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                doc.receive_sync_message(state, message)
-            }));
-            let foreign = match applied {
-                Ok(Ok(())) if !self.allow_foreign_changes => {
-                    let device = self.peers[&id].identity.device;
-                    foreign_change(
-                        self.docs
-                            .peek(&(tenant.to_owned(), item.doc.clone()))
-                            .expect("applied just above"),
-                        &heads_before_item,
-                        &device,
-                    )
+            let bytes_before = graph.estimated_bytes();
+            let received = responder::receive_sync_message(graph, state, message, author);
+            self.docs_bytes =
+                (self.docs_bytes + graph.estimated_bytes()).saturating_sub(bytes_before);
+            match received {
+                Ok(_) => {
+                    peer.confirmed.insert(item.doc.clone());
                 }
-                _ => None,
-            };
-            if let Some(actor) = foreign {
-                // Applied in memory only: reload the durable state, store and ack nothing of it.
-                self.evict(tenant, std::iter::once(&item.doc));
-                before.retain(|(doc, _)| *doc != item.doc);
-                out.push(error(
-                    id,
-                    ErrorCode::FORBIDDEN,
-                    &item.doc,
-                    &format!("a change by another device ({actor}) that the relay does not hold"),
-                ));
-                continue;
-            }
-
-            if !matches!(applied, Ok(Ok(()))) {
-                // The document may be half changed, and earlier items of this frame for it are
-                // not stored: reload it from storage, and neither store nor acknowledge it.
-                self.evict(tenant, std::iter::once(&item.doc));
-                before.retain(|(doc, _)| *doc != item.doc);
-                out.push(error(
-                    id,
-                    ErrorCode::BAD_DOCUMENT,
-                    &item.doc,
-                    "changes do not apply",
-                ));
-            } else if let Some(peer) = self.peers.get_mut(&id) {
-                peer.confirmed.insert(item.doc.clone());
+                Err(refused) => {
+                    let code = match refused {
+                        GraphError::Foreign { .. } => ErrorCode::FORBIDDEN,
+                        GraphError::QueueFull => ErrorCode::LIMIT_EXCEEDED,
+                        GraphError::Undecodable(_) | GraphError::BadSequence { .. } => {
+                            ErrorCode::BAD_DOCUMENT
+                        }
+                    };
+                    out.push(error(id, code, &item.doc, &refused.to_string()));
+                }
             }
         }
         Ok(())
@@ -665,7 +703,7 @@ impl<S: Storage> Hub<S> {
                 let loaded = self.docs.peek(&key)?;
                 Some(AckItem {
                     doc: doc.clone(),
-                    heads: wire_heads(&loaded.get_heads()),
+                    heads: wire_heads(&loaded.heads()),
                     seq: seqs.get(&key).copied(),
                 })
             })
@@ -675,7 +713,9 @@ impl<S: Storage> Hub<S> {
     /// Drops documents from memory, so the next use reloads the durable state.
     fn evict<'a>(&mut self, tenant: &str, docs: impl Iterator<Item = &'a DocId>) {
         for doc in docs {
-            self.docs.pop(&(tenant.to_owned(), doc.clone()));
+            if let Some(graph) = self.docs.pop(&(tenant.to_owned(), doc.clone())) {
+                self.docs_bytes = self.docs_bytes.saturating_sub(graph.estimated_bytes());
+            }
         }
     }
 
@@ -692,6 +732,7 @@ impl<S: Storage> Hub<S> {
                         // Start this document's sync afresh next time rather than stall.
                         peer.states.remove(doc);
                         peer.confirmed.remove(doc);
+                        self.watchers.unwatch_doc(&peer.tenant, id, doc);
                     }
                 }
             }
@@ -732,9 +773,9 @@ impl<S: Storage> Hub<S> {
             // Only heads the device stated this session prove it has them; primed heads are an
             // assumption (the device may have lost data), so those get at least our heads.
             if confirmed {
-                sync_state::settle(state, &doc.get_heads());
+                sync_state::settle(state, &doc.heads());
             }
-            if let Some(message) = doc.generate_sync_message(state) {
+            if let Some(message) = responder::generate_sync_message(doc, state) {
                 items.push(SyncItem {
                     doc: doc_id.clone(),
                     message: message.encode(),
@@ -760,36 +801,29 @@ impl<S: Storage> Hub<S> {
             let shared = saved.map(|s| s.shared_heads).unwrap_or_default();
             let state = sync_state::primed(shared);
             peer.states.insert(doc.clone(), state);
+            self.watchers.watch_doc(&peer.tenant, id, doc);
         }
         Ok(())
     }
 
-    /// The in-memory copy of a document, loaded from storage (or empty if it is new).
-    fn doc(&mut self, tenant: &str, doc_id: &DocId) -> Result<&mut Automerge, HubError> {
+    /// The in-memory change graph of a document, loaded from storage (or empty if it is new).
+    fn doc(&mut self, tenant: &str, doc_id: &DocId) -> Result<&mut DocGraph, HubError> {
         let key = (tenant.to_owned(), doc_id.clone());
         if !self.docs.contains(&key) {
-            let mut doc = Automerge::new();
-            if let Some(stored) = self.storage.load(tenant, doc_id)? {
-                for chunk in &stored.chunks {
-                    doc.load_incremental(chunk).map_err(|e| HubError::Corrupt {
-                        doc: doc_id.clone(),
-                        reason: e.to_string(),
-                    })?;
-                }
-            }
+            let doc =
+                match self.storage.load(tenant, doc_id)? {
+                    Some(stored) => DocGraph::load(stored.chunks.iter().map(Vec::as_slice))
+                        .map_err(|e| HubError::Corrupt {
+                            doc: doc_id.clone(),
+                            reason: e.to_string(),
+                        })?,
+                    None => DocGraph::new(),
+                };
+            self.docs_bytes += doc.estimated_bytes();
             self.docs.put(key.clone(), doc);
         }
         Ok(self.docs.get_mut(&key).expect("inserted above"))
     }
-}
-
-/// The actor of the first change `doc` gained since `before` that `device` did not write.
-/// The changes are already parsed and hashed by the apply: nothing is decoded twice.
-fn foreign_change(doc: &Automerge, before: &[ChangeHash], device: &DeviceId) -> Option<String> {
-    doc.get_changes(before)
-        .into_iter()
-        .find(|change| change.actor_id().to_bytes() != device.as_bytes().as_slice())
-        .map(|change| change.actor_id().to_hex_string())
 }
 
 fn wire_heads(heads: &[ChangeHash]) -> Heads {

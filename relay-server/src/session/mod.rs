@@ -11,7 +11,6 @@
 mod bucket;
 
 use automerge::sync::Message as SyncMessage;
-use automerge::{Automerge, AutomergeError, LoadOptions, OnPartialLoad};
 use syncline_protocol::frame::{self, FrameError};
 use syncline_protocol::messages::{
     CollectionSubscription, Ephemeral, Error, ErrorCode, Limits, Profile, Reconcile, SyncItem,
@@ -457,20 +456,13 @@ impl Session {
     }
 }
 
-/// True if an Automerge chunk (changes, or a bundle or document) decodes completely.
+/// True if an Automerge chunk (changes, or a bundle or document) decodes completely: header,
+/// checksum and every operation ([`crate::hub::parse_changes`], which the hub applies too).
 /// Automerge's own incremental loading skips undecodable data silently, so without this check
-/// a client would never learn that its changes were dropped. Loaded alone, a change whose
-/// dependencies are elsewhere reports them missing: that is well-formed (the sync protocol
-/// supplies dependencies), so only decoding failures count.
+/// a client would never learn that its changes were dropped. Dependencies are not checked here:
+/// the sync protocol supplies them.
 fn decodes(chunk: &[u8]) -> bool {
-    let strict = LoadOptions::new().on_partial_load(OnPartialLoad::Error);
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        matches!(
-            Automerge::load_with_options(chunk, strict),
-            Ok(_) | Err(AutomergeError::MissingDeps)
-        )
-    }))
-    .unwrap_or(false)
+    crate::hub::parse_changes(chunk).is_ok()
 }
 
 fn error(code: ErrorCode, message: &str, retry_after_ms: Option<u64>) -> Message {

@@ -1,0 +1,117 @@
+//! Which sessions may want a document's changes, indexed so that fanning a change out costs in
+//! proportion to its receivers, not to every connected session.
+//!
+//! Per tenant: the sessions subscribed to each collection, and the sessions holding a sync
+//! state for each document (a device gets a document it fetched or wrote even outside its
+//! subscriptions). The index may name more sessions than receive (grants narrowed by a refreshed
+//! token, say): the hub's own check of each candidate decides. It never names fewer.
+
+use std::collections::HashMap;
+
+use syncline_protocol::messages::CollectionSubscription;
+use syncline_protocol::{Collection, DocId};
+
+use super::SessionId;
+
+/// The index; see the module documentation.
+#[derive(Debug, Default)]
+pub(super) struct Watchers {
+    tenants: HashMap<String, Tenant>,
+}
+
+#[derive(Debug, Default)]
+struct Tenant {
+    by_collection: HashMap<Collection, Vec<SessionId>>,
+    by_doc: HashMap<DocId, Vec<SessionId>>,
+}
+
+impl Watchers {
+    /// Session `id` replaced its subscriptions `old` by `new`.
+    pub(super) fn subscribe(
+        &mut self,
+        tenant: &str,
+        id: SessionId,
+        old: &[CollectionSubscription],
+        new: &[CollectionSubscription],
+    ) {
+        let entry = self.tenants.entry(tenant.to_owned()).or_default();
+        for sub in old {
+            remove(&mut entry.by_collection, &sub.collection, id);
+        }
+        for sub in new {
+            add(&mut entry.by_collection, &sub.collection, id);
+        }
+    }
+
+    /// Session `id` now holds a sync state for `doc`.
+    pub(super) fn watch_doc(&mut self, tenant: &str, id: SessionId, doc: &DocId) {
+        let entry = self.tenants.entry(tenant.to_owned()).or_default();
+        add(&mut entry.by_doc, doc, id);
+    }
+
+    /// Session `id` no longer holds a sync state for `doc`.
+    pub(super) fn unwatch_doc(&mut self, tenant: &str, id: SessionId, doc: &DocId) {
+        if let Some(entry) = self.tenants.get_mut(tenant) {
+            remove(&mut entry.by_doc, doc, id);
+        }
+    }
+
+    /// Session `id` ended: forget it under its subscriptions and documents.
+    pub(super) fn forget<'a>(
+        &mut self,
+        tenant: &str,
+        id: SessionId,
+        subscriptions: &[CollectionSubscription],
+        docs: impl Iterator<Item = &'a DocId>,
+    ) {
+        let Some(entry) = self.tenants.get_mut(tenant) else {
+            return;
+        };
+        for sub in subscriptions {
+            remove(&mut entry.by_collection, &sub.collection, id);
+        }
+        for doc in docs {
+            remove(&mut entry.by_doc, doc, id);
+        }
+        if entry.by_collection.is_empty() && entry.by_doc.is_empty() {
+            self.tenants.remove(tenant);
+        }
+    }
+
+    /// The sessions that may want `doc`'s changes (each once at most per source: a session
+    /// both subscribed and holding a state appears twice).
+    pub(super) fn candidates<'a>(
+        &'a self,
+        tenant: &str,
+        doc: &DocId,
+    ) -> impl Iterator<Item = SessionId> + 'a {
+        let entry = self.tenants.get(tenant);
+        let subscribed = entry.and_then(|e| e.by_collection.get(doc.collection()));
+        let holding = entry.and_then(|e| e.by_doc.get(doc));
+        subscribed
+            .into_iter()
+            .flatten()
+            .chain(holding.into_iter().flatten())
+            .copied()
+    }
+}
+
+fn add<K: std::hash::Hash + Eq + Clone>(
+    map: &mut HashMap<K, Vec<SessionId>>,
+    key: &K,
+    id: SessionId,
+) {
+    let ids = map.entry(key.clone()).or_default();
+    if !ids.contains(&id) {
+        ids.push(id);
+    }
+}
+
+fn remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<SessionId>>, key: &K, id: SessionId) {
+    if let Some(ids) = map.get_mut(key) {
+        ids.retain(|&other| other != id);
+        if ids.is_empty() {
+            map.remove(key);
+        }
+    }
+}
