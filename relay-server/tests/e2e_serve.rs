@@ -605,3 +605,98 @@ async fn a_slow_consumer_is_closed_and_resyncs_from_storage() {
         "the reconnected device got every document"
     );
 }
+
+/// The frame rate and the idle timeout, over real sockets: a device that floods gets
+/// `RATE_LIMITED` with a retry delay, then a close with `LIMITS` if it keeps on; a silent one
+/// is closed with `IDLE`; one that only sends WebSocket pings (heartbeats) stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_and_the_idle_timeout_are_enforced_over_real_sockets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relay = start_with(
+        dir.path(),
+        Some("idle_timeout_secs = 2\nmax_frames_per_s = 20\n"),
+    );
+    let tok = |n| token(dir.path(), n, &["todos"], &["todos"]);
+    let mut flooder = Device::join(&relay.addr, &tok(1), 1).await;
+    let mut silent = Device::join(&relay.addr, &tok(2), 2).await;
+    let silent_since = std::time::Instant::now();
+    let mut beating = Device::join(&relay.addr, &tok(3), 3).await;
+
+    // Flood: far more frames at once than 20 per second allow.
+    let presence = Message::Ephemeral(Ephemeral {
+        doc: "todos/x".parse().expect("id"),
+        payload: b"cursor".to_vec(),
+        from: None,
+    });
+    let mut rate_limited = None;
+    let mut closed = None;
+    for _ in 0..200 {
+        if flooder
+            .socket
+            .send(Ws::Binary(frame::encode(&presence).into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    while closed.is_none() {
+        match tokio::time::timeout(WAIT, flooder.socket.next())
+            .await
+            .expect("timely")
+        {
+            Some(Ok(Ws::Binary(bytes))) => {
+                if let Ok(Message::Error(e)) = frame::decode(&bytes, 1 << 20)
+                    && e.code == ErrorCode::RATE_LIMITED
+                {
+                    rate_limited.get_or_insert(e.retry_after_ms);
+                }
+            }
+            Some(Ok(Ws::Close(frame))) => closed = Some(frame.map(|f| u16::from(f.code))),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    assert!(
+        matches!(rate_limited, Some(Some(ms)) if ms > 0),
+        "RATE_LIMITED with a retry delay: {rate_limited:?}"
+    );
+    assert_eq!(closed, Some(Some(4008)), "closed for persisting");
+
+    // Idle: the silent device is closed after about 2 s; heartbeats keep the other open.
+    let started = std::time::Instant::now();
+    let mut silent_closed = None;
+    // (The flood's presence messages reach both devices first; they do not count as the
+    // silent device's activity.)
+    while started.elapsed() < Duration::from_secs(8) {
+        beating
+            .socket
+            .send(Ws::Ping(Vec::new().into()))
+            .await
+            .expect("the heartbeating device stays connected");
+        match tokio::time::timeout(Duration::from_millis(400), silent.socket.next()).await {
+            Ok(Some(Ok(Ws::Close(frame)))) => {
+                silent_closed = Some(frame.map(|f| u16::from(f.code)));
+                break;
+            }
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(other) => panic!("silent: {other:?} after {:?}", started.elapsed()),
+        }
+    }
+    assert_eq!(
+        silent_closed,
+        Some(Some(4002)),
+        "the silent device closed as idle"
+    );
+    assert!(
+        silent_since.elapsed() >= Duration::from_millis(1500),
+        "not before its time"
+    );
+    // Still open after more than the idle timeout, thanks to its pings: it still gets answers.
+    beating.send(presence.clone()).await;
+    let x: DocId = "todos/heartbeat".parse().expect("id");
+    beating.put(&x, "n", 1);
+    beating.push(&x).await;
+    let x2 = x.clone();
+    beating.until(|d| d.acked(&x2)).await;
+}
