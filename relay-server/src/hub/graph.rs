@@ -8,13 +8,16 @@
 //! raw bytes, in causal order, plus the heads. Adding a change costs a parse and a few hash-map
 //! operations whatever the history.
 //!
-//! What the relay checks of a change (everything Automerge's own loading would, short of
-//! interpreting the operations against the document): the chunk decodes completely (header,
-//! checksum, every operation), its dependencies are known (or it waits, like Automerge's
-//! queue, for them to arrive), its sequence number is the next of its actor's, and, when an
-//! author is given, its actor is that device's unless the relay already holds it.
+//! What the relay checks of a change (what Automerge's own loading and applying would refuse,
+//! short of interpreting the operations against the document): the chunk decodes completely
+//! (header, checksum, every operation) and its operations name only actors the change lists;
+//! its dependencies are known (or it waits, like Automerge's queue, for them to arrive, within
+//! bounds); its sequence number is the next of its actor's; an authored change is its actor's
+//! first; and, when an author is given, its actor is that device's unless the relay already
+//! holds it. A change that waits is checked against what the graph holds when it arrives, and
+//! dropped (with what depends on it) if it no longer fits when its dependencies come.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::{Automerge, Change, ChangeHash, LoadOptions, OnPartialLoad};
 
@@ -25,6 +28,10 @@ pub const MAX_QUEUED: usize = 10_000;
 
 /// Bytes of changes waiting for their dependencies, at most, per document.
 pub const MAX_QUEUED_BYTES: usize = 16 << 20;
+
+/// Changes of one actor waiting for their dependencies, at most, per document: one device
+/// cannot fill a document's queue for everyone.
+pub const MAX_QUEUED_PER_ACTOR: usize = 1_000;
 
 /// Why changes were refused. The graph is unchanged when this is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +55,12 @@ pub enum GraphError {
     Foreign {
         /// The actor, in hex.
         actor: String,
+    },
+    /// An authored change that is not its actor's first.
+    #[error("change {hash} names an author but is not its actor's first change")]
+    LateAuthor {
+        /// The change.
+        hash: ChangeHash,
     },
     /// Too many changes (or bytes of them) would wait for dependencies.
     #[error(
@@ -181,6 +194,9 @@ impl DocGraph {
                     actor: change.actor_id().to_hex_string(),
                 });
             }
+            if change.author().is_some() && change.seq() != 1 {
+                return Err(GraphError::LateAuthor { hash });
+            }
             pending.insert(hash, change);
         }
         if pending.is_empty() {
@@ -195,7 +211,7 @@ impl DocGraph {
             candidates.iter().map(|(h, c)| (**h, *c)).collect();
         let mut missing: HashMap<ChangeHash, usize> = HashMap::new();
         let mut dependents: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
-        let mut ready: std::collections::VecDeque<ChangeHash> = std::collections::VecDeque::new();
+        let mut ready: VecDeque<ChangeHash> = VecDeque::new();
         for (hash, change) in &candidates {
             let lacking: Vec<&ChangeHash> = change
                 .deps()
@@ -212,6 +228,9 @@ impl DocGraph {
             }
         }
         let mut joined: Vec<ChangeHash> = Vec::new();
+        // Queued changes that no longer fit (their actor's sequence moved past them): dropped,
+        // with whatever waits on them, instead of failing the message that completed them.
+        let mut dropped: HashSet<ChangeHash> = HashSet::new();
         // Sequence numbers taken per actor by the changes planned so far.
         let mut taken: HashMap<&[u8], u64> = HashMap::new();
         while let Some(hash) = ready.pop_front() {
@@ -220,13 +239,17 @@ impl DocGraph {
             let have = taken
                 .get(actor)
                 .copied()
-                .unwrap_or_else(|| self.seqs.get(actor).copied().unwrap_or(0));
+                .unwrap_or_else(|| self.actor_seq(actor));
             if change.seq() != have + 1 {
-                return Err(GraphError::BadSequence {
-                    hash,
-                    seq: change.seq(),
-                    have,
-                });
+                if pending.contains_key(&hash) {
+                    return Err(GraphError::BadSequence {
+                        hash,
+                        seq: change.seq(),
+                        have,
+                    });
+                }
+                dropped.insert(hash);
+                continue;
             }
             taken.insert(actor, change.seq());
             joined.push(hash);
@@ -240,16 +263,61 @@ impl DocGraph {
                 }
             }
         }
-        // Queued and pending changes are distinct, and every joined one is one of them.
-        let waiting = self.queue.len() + pending.len() - joined.len();
+        // What is left waits. A new change must be able to fit when its dependencies come: a
+        // sequence number its actor has already used (or another waiting change has) never will.
+        let joined_set: HashSet<&ChangeHash> = joined.iter().collect();
+        let mut waiting_slots: HashMap<(&[u8], u64), ChangeHash> = HashMap::new();
+        let mut per_actor: HashMap<&[u8], usize> = HashMap::new();
+        let mut stale: Vec<ChangeHash> = Vec::new();
+        for (hash, change) in self.queue.iter().chain(pending.iter()) {
+            if joined_set.contains(hash) || dropped.contains(hash) {
+                continue;
+            }
+            let actor = change.actor_id().to_bytes();
+            let have = taken
+                .get(actor)
+                .copied()
+                .unwrap_or_else(|| self.actor_seq(actor));
+            let slot = (actor, change.seq());
+            let fits =
+                change.seq() > have && waiting_slots.get(&slot).is_none_or(|other| other == hash);
+            if !fits {
+                if pending.contains_key(hash) {
+                    return Err(GraphError::BadSequence {
+                        hash: *hash,
+                        seq: change.seq(),
+                        have,
+                    });
+                }
+                stale.push(*hash);
+                continue;
+            }
+            let fresh = pending.contains_key(hash);
+            waiting_slots.insert(slot, *hash);
+            let count = per_actor.entry(actor).or_default();
+            *count += 1;
+            if fresh && *count > MAX_QUEUED_PER_ACTOR {
+                return Err(GraphError::QueueFull);
+            }
+        }
+        dropped.extend(stale);
+        // Dropping a queued change drops what waits on it.
+        let mut stack: Vec<ChangeHash> = dropped.iter().copied().collect();
+        while let Some(hash) = stack.pop() {
+            for dependent in dependents.get(&hash).into_iter().flatten() {
+                if self.queue.contains_key(dependent) && dropped.insert(*dependent) {
+                    stack.push(*dependent);
+                }
+            }
+        }
+        let waiting = self.queue.len() + pending.len() - joined.len() - dropped.len();
         let waiting_bytes: usize = if waiting == 0 {
             0
         } else {
-            let joined_set: std::collections::HashSet<&ChangeHash> = joined.iter().collect();
             pending
                 .iter()
                 .chain(self.queue.iter())
-                .filter(|(hash, _)| !joined_set.contains(hash))
+                .filter(|(hash, _)| !joined_set.contains(hash) && !dropped.contains(hash))
                 .map(|(_, change)| change.raw_bytes().len())
                 .sum()
         };
@@ -258,6 +326,9 @@ impl DocGraph {
         }
         // Commit the plan.
         let count = joined.len();
+        for hash in &dropped {
+            self.queue.remove(hash);
+        }
         for hash in joined {
             let change = match pending.remove(&hash) {
                 Some(change) => change,
@@ -271,6 +342,11 @@ impl DocGraph {
         self.queue.extend(pending);
         self.queued_bytes = waiting_bytes;
         Ok(count)
+    }
+
+    /// How many changes of `actor` the graph holds (its last sequence number).
+    fn actor_seq(&self, actor: &[u8]) -> u64 {
+        self.seqs.get(actor).copied().unwrap_or(0)
     }
 
     /// Every held change that is not an ancestor of (or one of) `heads`, in causal order.
@@ -385,6 +461,19 @@ pub fn parse_changes(bytes: &[u8]) -> Result<Vec<Change>, GraphError> {
             let change = std::panic::catch_unwind(|| Change::try_from(chunk))
                 .map_err(|_| GraphError::Undecodable("Automerge panicked parsing it".into()))?
                 .map_err(|e| GraphError::Undecodable(e.to_string()))?;
+            // `Change::try_from` computes the hash but does not compare the header's checksum
+            // (its first four bytes) with it, as loading does; a compressed chunk carries the
+            // checksum of the change inside.
+            if chunk[4..8] != change.hash().0[..4] {
+                return Err(GraphError::Undecodable("checksum mismatch".into()));
+            }
+            // Operations that name an actor the change does not list decode, but no peer can
+            // apply them; expanding the operations (cheap) finds them.
+            if std::panic::catch_unwind(|| change.decode()).is_err() {
+                return Err(GraphError::Undecodable(
+                    "an operation names an actor the change does not list".into(),
+                ));
+            }
             changes.push(change);
         } else {
             changes.extend(load_whole(chunk)?);
@@ -581,5 +670,75 @@ mod tests {
         assert!(graph.estimated_bytes() <= MAX_QUEUED_BYTES + (64 << 10));
         // Once the dependency arrives, what waited joins.
         assert_eq!(graph.add(parsed(&first), None), Ok(at + 1));
+    }
+
+    #[test]
+    fn a_chunk_whose_checksum_does_not_match_is_refused() {
+        let mut doc = Automerge::new();
+        let mut bytes = change(&mut doc, 1);
+        bytes[4] ^= 0xff;
+        assert_eq!(
+            parse_changes(&bytes).map(|c| c.len()),
+            Err(GraphError::Undecodable("checksum mismatch".into()))
+        );
+    }
+
+    #[test]
+    fn a_waiting_change_must_still_be_able_to_fit() {
+        let actor = ActorId::from(b"dev1".as_slice());
+        let mut doc = Automerge::new().with_actor(actor.clone());
+        let one = change(&mut doc, 1);
+        let mut fork = doc.fork().with_actor(actor.clone());
+        let two = change(&mut doc, 2);
+        let three = change(&mut doc, 3);
+        // A different second change by the same actor: it and `two` cannot both join.
+        let other_two = change(&mut fork, 20);
+        let other_three = change(&mut fork, 30);
+        let mut graph = DocGraph::new();
+        graph.add(parsed(&one), None).expect("first");
+        // `three` waits for `two`; a different change claiming the same (actor, 3) is refused
+        // at once rather than left to fail whoever later sends `two`.
+        assert_eq!(graph.add(parsed(&three), None), Ok(0));
+        assert!(matches!(
+            graph.add(parsed(&other_three), None),
+            Err(GraphError::BadSequence { seq: 3, .. })
+        ));
+        // `other_two` joins; `two` is then a clash, refused rather than queued.
+        assert_eq!(graph.add(parsed(&other_two), None), Ok(1));
+        assert!(matches!(
+            graph.add(parsed(&two), None),
+            Err(GraphError::BadSequence {
+                seq: 2,
+                have: 2,
+                ..
+            })
+        ));
+        assert_eq!(graph.queue.len(), 1, "`three` still waits for `two`");
+        // Once `other_three` joins, `three` can never fit: it is dropped, not left to fail
+        // whoever comes next.
+        assert_eq!(graph.add(parsed(&other_three), None), Ok(1));
+        assert_eq!(graph.queue.len(), 0, "the stale waiting change was dropped");
+        assert_eq!(graph.heads(), fork.get_heads());
+    }
+
+    #[test]
+    fn one_actor_cannot_fill_a_documents_queue() {
+        let mut doc = Automerge::new().with_actor(ActorId::from(b"dev1".as_slice()));
+        let first = change(&mut doc, 0);
+        let waiting: Vec<Vec<u8>> = (0..=MAX_QUEUED_PER_ACTOR)
+            .map(|i| change(&mut doc, 1_000 + i64::try_from(i).expect("small")))
+            .collect();
+        let mut graph = DocGraph::new();
+        for bytes in &waiting[..MAX_QUEUED_PER_ACTOR] {
+            assert_eq!(graph.add(parsed(bytes), None), Ok(0));
+        }
+        assert_eq!(
+            graph.add(parsed(&waiting[MAX_QUEUED_PER_ACTOR]), None),
+            Err(GraphError::QueueFull)
+        );
+        assert_eq!(
+            graph.add(parsed(&first), None),
+            Ok(MAX_QUEUED_PER_ACTOR + 1)
+        );
     }
 }

@@ -17,6 +17,7 @@ pub mod responder;
 mod watchers;
 
 pub use graph::{DocGraph, GraphError, parse_changes};
+pub use responder::check_message;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -678,9 +679,9 @@ impl<S: Storage> Hub<S> {
                     let code = match refused {
                         GraphError::Foreign { .. } => ErrorCode::FORBIDDEN,
                         GraphError::QueueFull => ErrorCode::LIMIT_EXCEEDED,
-                        GraphError::Undecodable(_) | GraphError::BadSequence { .. } => {
-                            ErrorCode::BAD_DOCUMENT
-                        }
+                        GraphError::Undecodable(_)
+                        | GraphError::BadSequence { .. }
+                        | GraphError::LateAuthor { .. } => ErrorCode::BAD_DOCUMENT,
                     };
                     out.push(error(id, code, &item.doc, &refused.to_string()));
                 }

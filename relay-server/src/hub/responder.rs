@@ -19,6 +19,74 @@ use automerge::sync::{
 
 use super::graph::{DocGraph, GraphError, parse_changes};
 
+/// Most `have` entries a message may carry (Automerge sends none or one).
+pub const MAX_HAVES: usize = 4;
+
+/// Most hashes a message may `need` (Automerge asks for the peer's heads it lacks, and the
+/// dependencies of changes it holds waiting).
+pub const MAX_NEEDS: usize = 16_384;
+
+/// Most probes per hash a Bloom filter may ask for (Automerge uses 7).
+const MAX_BLOOM_PROBES: u64 = 64;
+
+/// Checks what Automerge itself trusts in a peer's message: at most [`MAX_HAVES`] Bloom
+/// filters, each well formed (with bits to probe and a sane number of probes: Automerge would
+/// divide by zero on a filter with no bits, or allocate without bound for a huge probe count),
+/// and at most [`MAX_NEEDS`] needed hashes.
+///
+/// # Errors
+/// [`GraphError::Undecodable`] naming what is wrong.
+pub fn check_message(message: &Message) -> Result<(), GraphError> {
+    let bad = |why: String| Err(GraphError::Undecodable(why));
+    if message.have.len() > MAX_HAVES {
+        return bad(format!(
+            "{} Bloom filters (at most {MAX_HAVES})",
+            message.have.len()
+        ));
+    }
+    if message.need.len() > MAX_NEEDS {
+        return bad(format!(
+            "{} needed hashes (at most {MAX_NEEDS})",
+            message.need.len()
+        ));
+    }
+    for have in &message.have {
+        if !bloom_is_sane(&have.bloom.to_bytes()) {
+            return bad("a malformed Bloom filter".into());
+        }
+    }
+    Ok(())
+}
+
+/// A Bloom filter's encoding (`BloomFilter::to_bytes`: empty, or entries, bits per entry,
+/// probes as LEB128, then the bits) describes one that can be probed safely.
+fn bloom_is_sane(bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    let mut rest = bytes;
+    let mut fields = [0u64; 3];
+    for field in &mut fields {
+        let mut shift = 0;
+        loop {
+            let Some((&byte, tail)) = rest.split_first() else {
+                return false;
+            };
+            rest = tail;
+            if shift > 35 {
+                return false;
+            }
+            *field |= u64::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+    }
+    let [entries, _bits_per_entry, probes] = fields;
+    entries > 0 && !rest.is_empty() && (1..=MAX_BLOOM_PROBES).contains(&probes)
+}
+
 /// The next message for the peer of `state`, or `None` when there is nothing to say (the
 /// peer is up to date, or a message is in flight).
 pub fn generate_sync_message(graph: &DocGraph, state: &mut State) -> Option<Message> {
@@ -97,6 +165,7 @@ pub fn receive_sync_message(
     message: Message,
     author: Option<&[u8]>,
 ) -> Result<usize, GraphError> {
+    check_message(&message)?;
     let before: Vec<ChangeHash> = graph.heads();
     let mut joined = 0;
     let changes_is_empty = message.changes.is_empty();
@@ -170,9 +239,10 @@ pub fn receive_sync_message(
 /// `last_sync`) and asks for `need`: those its filters do not contain, everything that depends
 /// on them, and what it asked for, in causal order (Automerge's `get_hashes_to_send`).
 fn hashes_to_send(graph: &DocGraph, have: &[Have], need: &[ChangeHash]) -> Vec<ChangeHash> {
+    let mut seen = HashSet::new();
     let need: Vec<ChangeHash> = need
         .iter()
-        .filter(|hash| graph.has_change(hash))
+        .filter(|hash| graph.has_change(hash) && seen.insert(**hash))
         .copied()
         .collect();
     if have.is_empty() {
@@ -382,5 +452,60 @@ mod tests {
             Ok(1)
         );
         assert_eq!(graph.heads(), device.get_heads());
+    }
+
+    /// Replaces the encoding of `bloom` (length-prefixed) inside an encoded message.
+    fn with_bloom_bytes(message: &[u8], bloom: &[u8], replacement: &[u8]) -> Vec<u8> {
+        let mut needle = vec![u8::try_from(bloom.len()).expect("short")];
+        needle.extend_from_slice(bloom);
+        let at = message
+            .windows(needle.len())
+            .position(|w| w == needle.as_slice())
+            .expect("the filter is in the message");
+        let mut out = message[..at].to_vec();
+        out.push(u8::try_from(replacement.len()).expect("short"));
+        out.extend_from_slice(replacement);
+        out.extend_from_slice(&message[at + needle.len()..]);
+        out
+    }
+
+    #[test]
+    fn malformed_bloom_filters_and_oversized_lists_are_refused() {
+        let mut device = Automerge::new();
+        put(&mut device, "a", 1);
+        let bloom = BloomFilter::from_hashes(device.get_heads().iter());
+        let message = Message {
+            heads: device.get_heads(),
+            need: Vec::new(),
+            have: vec![Have {
+                last_sync: Vec::new(),
+                bloom: bloom.clone(),
+            }],
+            changes: ChunkList::empty(),
+            flags: None,
+            version: MessageVersion::V1,
+        };
+        assert_eq!(check_message(&message), Ok(()));
+        let encoded = message.clone().encode();
+        // No bits to probe (Automerge would divide by zero), and four billion probes (it would
+        // allocate for all of them).
+        for replacement in [
+            vec![1, 0, 1],
+            vec![1, 10, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0],
+        ] {
+            let crafted = with_bloom_bytes(&encoded, &bloom.to_bytes(), &replacement);
+            let decoded = Message::decode(&crafted).expect("Automerge decodes it");
+            assert!(check_message(&decoded).is_err(), "{replacement:?}");
+            let mut graph = DocGraph::new();
+            let mut state = State::new();
+            assert!(receive_sync_message(&mut graph, &mut state, decoded, None).is_err());
+            assert_eq!(state, State::new());
+        }
+        let mut many = message.clone();
+        many.have = vec![Have::default(); MAX_HAVES + 1];
+        assert!(check_message(&many).is_err());
+        let mut needy = message;
+        needy.need = vec![device.get_heads()[0]; MAX_NEEDS + 1];
+        assert!(check_message(&needy).is_err());
     }
 }

@@ -356,6 +356,17 @@ impl Session {
                                 ErrorCode::BAD_DOCUMENT,
                                 format!("{}: a change does not decode", item.doc),
                             )),
+                            Ok(m) if crate::hub::check_message(&m).is_err() => Some((
+                                ErrorCode::BAD_DOCUMENT,
+                                format!(
+                                    "{}: {}",
+                                    item.doc,
+                                    crate::hub::check_message(&m)
+                                        .err()
+                                        .map(|e| e.to_string())
+                                        .unwrap_or_default()
+                                ),
+                            )),
                             Ok(_) => None,
                         }
                     };
