@@ -247,10 +247,8 @@ fn a_device_that_lost_its_data_gets_unchanged_documents_back() {
     );
 }
 
-#[test]
-fn the_document_cache_is_bounded_and_evicted_documents_reload() {
-    let storage = Arc::new(Counting::default());
-    let mut hub = Hub::new(Arc::clone(&storage)).cache_docs(2);
+/// Sessions 1 to 5 connect, and each stores a new document in one group commit.
+fn five_writers_store_a_document_each(hub: &mut Hub<Counting>) {
     for n in 1..=5u8 {
         let (identity, grants) = writer(n);
         hub.connect(u64::from(n), identity, grants, 0);
@@ -258,6 +256,13 @@ fn the_document_cache_is_bounded_and_evicted_documents_reload() {
     let frames = (1..=5u8).map(|n| (u64::from(n), vec![item(n)])).collect();
     let group = hub.sync_group(frames, 1);
     assert!(group.failed.is_empty());
+}
+
+#[test]
+fn the_document_cache_is_bounded_and_evicted_documents_reload() {
+    let storage = Arc::new(Counting::default());
+    let mut hub = Hub::new(Arc::clone(&storage)).cache_docs(2);
+    five_writers_store_a_document_each(&mut hub);
     assert!(hub.cached_documents() <= 2, "{}", hub.cached_documents());
     // An evicted document reloads from storage: a resend is recognised as already stored.
     let group = hub.sync_group(vec![(1, vec![item(1)])], 2);
@@ -279,13 +284,7 @@ fn the_document_cache_is_bounded_in_bytes_too() {
     let storage = Arc::new(Counting::default());
     // Each of these one-change documents is estimated at a few hundred bytes.
     let mut hub = Hub::new(Arc::clone(&storage)).cache_bytes(600);
-    for n in 1..=5u8 {
-        let (identity, grants) = writer(n);
-        hub.connect(u64::from(n), identity, grants, 0);
-    }
-    let frames = (1..=5u8).map(|n| (u64::from(n), vec![item(n)])).collect();
-    let group = hub.sync_group(frames, 1);
-    assert!(group.failed.is_empty());
+    five_writers_store_a_document_each(&mut hub);
     assert!(
         (1..5).contains(&hub.cached_documents()),
         "{} cached",
