@@ -350,8 +350,9 @@ impl DocGraph {
     }
 
     /// Every held change that is not an ancestor of (or one of) `heads`, in causal order.
-    /// Hashes in `heads` the graph does not hold are ignored. Costs in proportion to the changes
-    /// returned and those concurrent with them, not to the document's history.
+    /// Hashes in `heads` the graph does not hold are ignored. Walks the changes newer than the
+    /// oldest one it returns (with a log factor): when `heads` are recent, a handful, whatever
+    /// the document's history.
     pub fn hashes_since(&self, heads: &[ChangeHash]) -> Vec<ChangeHash> {
         const SINCE: u8 = 1;
         const STALE: u8 = 2;
