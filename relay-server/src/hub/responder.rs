@@ -346,69 +346,49 @@ mod tests {
         panic!("the sync did not settle");
     }
 
+    /// A device, its sync state, and the relay's state for it.
+    struct Device {
+        doc: Automerge,
+        state: State,
+        at_relay: State,
+    }
+
+    impl Device {
+        fn new() -> Self {
+            Self {
+                doc: Automerge::new(),
+                state: State::new(),
+                at_relay: State::new(),
+            }
+        }
+
+        fn sync(&mut self, graph: &mut DocGraph) -> usize {
+            exchange(&mut self.doc, &mut self.state, graph, &mut self.at_relay)
+        }
+    }
+
     #[test]
     fn two_devices_converge_through_the_graph() {
-        let mut phone = Automerge::new();
-        let mut laptop = Automerge::new();
-        put(&mut phone, "a", 1);
-        put(&mut phone, "b", 2);
-        put(&mut laptop, "c", 3);
+        let (mut phone, mut laptop) = (Device::new(), Device::new());
+        put(&mut phone.doc, "a", 1);
+        put(&mut phone.doc, "b", 2);
+        put(&mut laptop.doc, "c", 3);
         let mut graph = DocGraph::new();
-        let (mut phone_state, mut phone_at_relay) = (State::new(), State::new());
-        let (mut laptop_state, mut laptop_at_relay) = (State::new(), State::new());
-        exchange(
-            &mut phone,
-            &mut phone_state,
-            &mut graph,
-            &mut phone_at_relay,
-        );
-        exchange(
-            &mut laptop,
-            &mut laptop_state,
-            &mut graph,
-            &mut laptop_at_relay,
-        );
-        exchange(
-            &mut phone,
-            &mut phone_state,
-            &mut graph,
-            &mut phone_at_relay,
-        );
-        assert_eq!(phone.get_heads(), laptop.get_heads());
-        assert_eq!(graph.heads(), phone.get_heads());
+        phone.sync(&mut graph);
+        laptop.sync(&mut graph);
+        phone.sync(&mut graph);
+        assert_eq!(phone.doc.get_heads(), laptop.doc.get_heads());
+        assert_eq!(graph.heads(), phone.doc.get_heads());
         // Concurrent edits on both, then again.
-        put(&mut phone, "a", 10);
-        put(&mut laptop, "a", 20);
-        exchange(
-            &mut laptop,
-            &mut laptop_state,
-            &mut graph,
-            &mut laptop_at_relay,
-        );
-        exchange(
-            &mut phone,
-            &mut phone_state,
-            &mut graph,
-            &mut phone_at_relay,
-        );
-        exchange(
-            &mut laptop,
-            &mut laptop_state,
-            &mut graph,
-            &mut laptop_at_relay,
-        );
-        assert_eq!(phone.get_heads(), laptop.get_heads());
-        assert_eq!(graph.heads(), phone.get_heads());
+        put(&mut phone.doc, "a", 10);
+        put(&mut laptop.doc, "a", 20);
+        laptop.sync(&mut graph);
+        phone.sync(&mut graph);
+        laptop.sync(&mut graph);
+        assert_eq!(phone.doc.get_heads(), laptop.doc.get_heads());
+        assert_eq!(graph.heads(), phone.doc.get_heads());
         // Nothing more to say once in sync.
-        assert_eq!(
-            exchange(
-                &mut phone,
-                &mut phone_state,
-                &mut graph,
-                &mut phone_at_relay
-            ),
-            0
-        );
+        assert_eq!(phone.sync(&mut graph), 0);
     }
 
     #[test]
