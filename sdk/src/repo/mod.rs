@@ -620,11 +620,13 @@ impl Shared {
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R>,
     ) -> Result<R> {
         let observed = self.listeners.wants(id);
-        let announcement = self.db.announce_write();
         let result = self.with_doc(id, |loaded| {
             if loaded.row.deleted {
                 return Err(Error::Deleted(id.clone()));
             }
+            // Announced only now that the document is locked: a writer still waiting for the
+            // lock cannot join the group commit in progress, which must not wait for it.
+            let _announcement = self.db.announce_write();
             let tx = if observed {
                 loaded
                     .doc
@@ -662,7 +664,6 @@ impl Shared {
             }
             Ok(result)
         })?;
-        drop(announcement);
         self.listeners.deliver();
         Ok(result)
     }
@@ -670,8 +671,9 @@ impl Shared {
     /// Merges remote changes into an existing document and makes them durable.
     fn apply_remote(&self, id: &DocId, changes: Vec<Change>) -> Result<Heads> {
         let observed = self.listeners.wants(id);
-        let announcement = self.db.announce_write();
         let heads = self.with_doc(id, |loaded| {
+            // See `write_local` for why only now.
+            let _announcement = self.db.announce_write();
             let before = loaded.doc.get_heads();
             let mut patch_log = if observed {
                 PatchLog::active()
@@ -701,7 +703,6 @@ impl Shared {
             }
             Ok(heads)
         })?;
-        drop(announcement);
         self.listeners.deliver();
         Ok(heads)
     }

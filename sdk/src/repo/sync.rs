@@ -79,7 +79,8 @@ impl Store {
         for (doc, message) in items {
             grouped.entry(doc).or_default().push(message);
         }
-        let announcement = shared.db.announce_write();
+        // Not announced to the group commit: this batch takes document locks one by one, and a
+        // commit waiting for it could be waiting for a writer that holds one of them.
         let mut done: Vec<(DocId, Result<Received>)> = Vec::new();
         let mut batch: Vec<Pending> = Vec::new();
         let mut writes: Vec<BatchWrite> = Vec::new();
@@ -257,7 +258,6 @@ impl Store {
         } else {
             shared.db.commit_batch(writes)
         };
-        drop(announcement);
         let mut inserted = match committed {
             Ok(keys) => keys.into_iter(),
             Err(e) => {

@@ -108,7 +108,6 @@ pub(crate) struct NewDoc {
     pub at: i64,
 }
 
-/// Options for [`Database::open`].
 /// The document a [`BatchWrite::Ack`] is for.
 pub(crate) enum AckTarget {
     /// A stored document.
@@ -129,6 +128,7 @@ pub(crate) enum BatchWrite {
     Cursor(String, Collection, u64),
 }
 
+/// Options for [`Database::open`].
 pub(crate) struct DbOptions {
     pub durability: Durability,
 }
@@ -178,7 +178,9 @@ impl Database {
     }
 
     /// Announces a write about to be prepared, so that a concurrent group commit waits for it
-    /// (briefly) instead of committing without it. Hold it until the write returns.
+    /// (briefly) instead of committing without it. Take it once nothing but preparing the
+    /// write stands between the caller and [`Database::update_document`] (in particular, with
+    /// the document's lock held), and hold it until the write returns.
     pub(crate) fn announce_write(&self) -> Announcement<'_> {
         self.writer.announce()
     }
