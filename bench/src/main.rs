@@ -8,6 +8,7 @@
 //! syncline-bench group  [--seconds S] [--threads 4] [--durability full|normal]
 //!                                               N threads vs 1 thread, writes per second
 //! syncline-bench open   [--docs N]              open a store holding N documents
+//! syncline-bench load   [--changes N] [--chunks C]  first read of a long-history document
 //! syncline-bench memory [--docs N] [--cache-mb M]  RSS after reading N documents
 //! syncline-bench relay-connections [--count N]  idle connections held, bytes each
 //! syncline-bench relay-throughput [--devices N] [--seconds S]  acknowledged changes/s
@@ -92,6 +93,14 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         docs: usize,
     },
+    /// First read, after reopening the store, of a document with N changes stored as a
+    /// snapshot plus C incremental chunks.
+    Load {
+        #[arg(long, default_value_t = 10_000)]
+        changes: usize,
+        #[arg(long, default_value_t = 64)]
+        chunks: i64,
+    },
     /// Resident memory after reading N documents with a bounded cache.
     Memory {
         #[arg(long, default_value_t = 10_000)]
@@ -121,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             group(Duration::from_secs_f64(seconds), durability, threads)?
         }
         Scenario::Open { docs } => open(docs)?,
+        Scenario::Load { changes, chunks } => load(changes, chunks)?,
         Scenario::Memory {
             docs,
             cache_mb,
@@ -331,6 +341,75 @@ fn open(docs: usize) -> anyhow::Result<serde_json::Value> {
         "median_ms": ms(times[times.len() / 2]),
         "max_ms": ms(times[times.len() - 1]),
         "floor_median_ms": ms(floor[floor.len() / 2]),
+    }))
+}
+
+fn load(changes: usize, chunks: i64) -> anyhow::Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench.db");
+    let options = StoreOptions {
+        durability: Durability::Normal,
+        ..Default::default()
+    };
+    let store = Store::open_with(&path, options.clone())?;
+    let doc = store.create(&todos())?;
+    let id = doc.id().clone();
+    for n in 0..changes {
+        doc.put("n", i64::try_from(n)?)?;
+    }
+    // Then until the document carries `chunks` chunks on its snapshot (a compaction on the way
+    // starts the count again).
+    let sql = rusqlite::Connection::open(&path)?;
+    let stored = || -> rusqlite::Result<(i64, i64)> {
+        sql.query_row(
+            "SELECT chunk_count, snapshot_bytes FROM documents",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    };
+    let mut written = changes;
+    while stored()?.0 < chunks {
+        anyhow::ensure!(written < changes + 100_000, "the chunks never accumulate");
+        doc.put("n", i64::try_from(written)?)?;
+        written += 1;
+    }
+    let (chunk_count, snapshot_bytes) = stored()?;
+    drop((doc, store));
+    // Floor: the same document loaded in memory from one snapshot, no storage.
+    let whole = {
+        let content: Vec<Vec<u8>> = {
+            let mut stmt = sql.prepare(
+                "SELECT data FROM snapshots UNION ALL SELECT data FROM \
+                 (SELECT data FROM chunks ORDER BY seq)",
+            )?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        automerge::Automerge::load(&content.concat())?.save()
+    };
+    let (mut times, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        let store = Store::open_with(&path, options.clone())?;
+        let start = Instant::now();
+        let value = store.document(&id)?.get_i64("n")?;
+        times.push(start.elapsed());
+        anyhow::ensure!(value == Some(i64::try_from(written - 1)?), "wrong value");
+        let start = Instant::now();
+        drop(automerge::Automerge::load(&whole)?);
+        floor.push(start.elapsed());
+    }
+    times.sort();
+    floor.sort();
+    let (median, floor_median) = (times[times.len() / 2], floor[floor.len() / 2]);
+    Ok(serde_json::json!({
+        "scenario": "load",
+        "changes": written,
+        "chunks": chunk_count,
+        "snapshot_bytes": snapshot_bytes,
+        "median_ms": ms(median),
+        "max_ms": ms(times[times.len() - 1]),
+        "floor_median_ms": ms(floor_median),
+        "ratio": (median.as_secs_f64() / floor_median.as_secs_f64() * 100.0).round() / 100.0,
     }))
 }
 
