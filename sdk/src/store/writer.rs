@@ -12,19 +12,27 @@
 //!    which then holds nothing else.
 //! 2. **Commit.** A caller commits the open transaction; the connection's `synchronous`
 //!    setting decides whether that `COMMIT` fsyncs the WAL. The commit waits until the
-//!    transaction holds a job from every announced writer ([`Writer::announce`]: a caller is
-//!    announced from before it prepares its write until the write returns), at most
-//!    [`GATHER_WINDOW`] after the transaction's first job ran (PostgreSQL's `commit_delay` with
-//!    `commit_siblings`), so one commit and one fsync cover all the concurrent writers. A lone
-//!    writer never waits.
+//!    transaction holds as many jobs as there are announced writers ([`Writer::announce`]: a
+//!    caller is announced from just before it prepares its write until the write returns), at
+//!    most [`GATHER_WINDOW`] after the transaction's first job started running (PostgreSQL's
+//!    `commit_delay` with `commit_siblings`), so one commit and one fsync cover all the
+//!    concurrent writers. A lone writer never waits.
 //!
 //! Running each job as it arrives overlaps the connection's work with the other callers
 //! preparing theirs, so all that is left once the last one has run is the `COMMIT`.
 //!
-//! A caller returns once its job's transaction has committed. The run role is handed to the
-//! owner of the first queued job, and the commit is taken by an owner of a job in the open
-//! transaction, so a caller that must take a role cannot return before taking it; every other
-//! caller sleeps until its result is ready.
+//! A caller returns once its job's transaction has committed. Any caller whose write is not
+//! done may take a free role. Who is woken for what:
+//! - a caller that leaves, or starts committing, hands the run role to the first queued job's
+//!   owner (which cannot return before its job has run);
+//! - the owner of the open transaction's first job keeps the gathering deadline (it sleeps
+//!   with a timeout; it is woken to do so when another caller began its transaction), and
+//!   whoever completes the gathering (the last job's runner, or a withdrawn announcement) commits
+//!   or wakes it;
+//! - every other caller sleeps until its result is ready.
+//!
+//! A panic in the writer's own code (jobs' panics are caught) fails the jobs it held, rolls the
+//! open transaction back and frees the role, so the other callers carry on.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -40,7 +48,7 @@ use crate::{Error, Result};
 const MAX_RUN: usize = 512;
 
 /// Longest a transaction waits for announced writers before it commits, counted from when its
-/// first job ran.
+/// first job started running.
 pub(crate) const GATHER_WINDOW: Duration = Duration::from_micros(200);
 
 /// A queued unit of work: runs inside the open transaction, then learns how the commit went.
@@ -92,10 +100,27 @@ where
     }
 }
 
-/// A job and the thread waiting for it.
+/// A job and the thread waiting for it. Dropping an entry wakes its owner: after its job
+/// completed, or, if the writer panicked while holding it, to find its reply channel closed.
 struct Entry {
-    job: Box<dyn Job>,
+    job: Option<Box<dyn Job>>,
     owner: Thread,
+}
+
+impl Entry {
+    fn owner_id(&self) -> ThreadId {
+        self.owner.id()
+    }
+
+    fn execute(&mut self, conn: &Connection) -> bool {
+        self.job.as_mut().is_some_and(|job| job.execute(conn))
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.owner.unpark();
+    }
 }
 
 /// The write connection and the jobs on their way through it.
@@ -126,7 +151,7 @@ impl Drop for Announcement<'_> {
             .gathered(announced)
             .then(|| state.open[0].owner.clone());
         drop(state);
-        wake_all(wake.into_iter().collect());
+        wake_all(wake);
     }
 }
 
@@ -138,9 +163,10 @@ struct State {
     running: bool,
     /// The caller the run role was handed to, until it takes it.
     run_handed: Option<ThreadId>,
-    /// Jobs that ran in the open transaction, waiting for its commit.
+    /// Jobs that ran in the open transaction, waiting for its commit. Non-empty exactly when
+    /// the connection has a transaction open (outside a run or a commit).
     open: Vec<Entry>,
-    /// When the open transaction's first job ran.
+    /// When the open transaction's first job started running.
     open_since: Option<Instant>,
     /// True while a caller commits the open transaction.
     committing: bool,
@@ -155,8 +181,8 @@ enum Role {
 }
 
 impl State {
-    /// Whether the open transaction can commit without waiting: every announced writer's job
-    /// has run in it (or the writer returned), and no other job is queued or running.
+    /// Whether the open transaction can commit without waiting: it holds as many jobs as there
+    /// are announced writers, and no other job is queued or running.
     fn gathered(&self, announced: usize) -> bool {
         !self.committing
             && !self.running
@@ -165,41 +191,49 @@ impl State {
             && self.open.len() >= announced
     }
 
+    /// Whether the open transaction must commit now: gathered, or past its deadline.
+    fn commit_due(&self, announced: usize, gather: Duration, now: Instant) -> bool {
+        !self.committing
+            && !self.running
+            && !self.open.is_empty()
+            && (self.gathered(announced) || self.open_since.is_none_or(|t| now >= t + gather))
+    }
+
     /// What the caller `me` does next, with `announced` callers between [`Writer::announce`]
     /// and the end of their write.
     fn role_for(&self, me: ThreadId, announced: usize, gather: Duration, now: Instant) -> Role {
-        let mut until = None;
-        if !self.committing && !self.open.is_empty() {
-            let deadline = self.open_since.map(|t| t + gather);
-            if !self.running && (self.gathered(announced) || deadline.is_none_or(|d| now >= d)) {
-                return Role::Commit;
-            }
-            // One caller keeps the deadline: the owner of the transaction's first job. (A timer
-            // for each would wake them all, for nothing, while the commit's fsync runs.)
-            if self.open[0].owner.id() == me {
-                until = deadline;
-            }
+        if self.commit_due(announced, gather, now) {
+            return Role::Commit;
         }
         if !self.queue.is_empty() && !self.running && self.run_handed.is_none_or(|t| t == me) {
             return Role::Run;
         }
-        Role::Wait(until)
+        // The owner of the transaction's first job keeps the deadline. Not while a run goes on
+        // (its runner commits or hands on when it is done), nor for the other owners: a timer
+        // each would wake them all, for nothing, while the commit's fsync runs.
+        let keeps_deadline = !self.committing
+            && !self.running
+            && self.open.first().is_some_and(|e| e.owner_id() == me);
+        Role::Wait(
+            keeps_deadline
+                .then_some(self.open_since)
+                .flatten()
+                .map(|t| t + gather),
+        )
     }
 
-    /// Hands the run role to the first queued job's owner if no caller runs or has been handed
-    /// it, and, with `commit_wake`, wakes an owner of a job in the open transaction (to commit,
-    /// or to sleep until the gathering deadline). Returns the callers to wake. A caller's job
-    /// is not done before someone takes the role it needs, so a caller woken for a role always
-    /// takes it or finds it taken.
-    fn hand_out(&mut self, commit_wake: bool) -> Vec<Thread> {
+    /// Hands the run role to the first queued job's owner if no caller runs or has been
+    /// handed it, and wakes the open transaction's first owner if its commit is due. Returns
+    /// the callers to wake.
+    fn hand_out(&mut self, announced: usize, gather: Duration) -> Vec<Thread> {
         let mut wake = Vec::new();
         if !self.queue.is_empty() && !self.running && self.run_handed.is_none() {
             let owner = &self.queue[0].owner;
             self.run_handed = Some(owner.id());
             wake.push(owner.clone());
         }
-        if commit_wake && !self.committing {
-            wake.extend(self.open.first().map(|e| e.owner.clone()));
+        if self.commit_due(announced, gather, Instant::now()) {
+            wake.push(self.open[0].owner.clone());
         }
         wake
     }
@@ -214,6 +248,32 @@ struct RunOutcome {
     /// Set when the open transaction itself failed and was rolled back: every job in it
     /// (including earlier turns') fails with this.
     broken: Option<String>,
+}
+
+/// Frees a role if the writer panics while holding it: fails the open transaction's jobs and
+/// wakes the callers that can carry on. The transaction is left to the next run, which finds
+/// it stale (no jobs wait in it) and rolls it back.
+struct RoleGuard<'a> {
+    writer: &'a Writer,
+}
+
+impl Drop for RoleGuard<'_> {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            return;
+        }
+        let writer = self.writer;
+        let mut state = writer.state.lock();
+        state.running = false;
+        state.committing = false;
+        state.open_since = None;
+        let lost = std::mem::take(&mut state.open);
+        let wake = state.hand_out(writer.announced.load(Ordering::Relaxed), writer.gather);
+        drop(state);
+        // Their reply channels close with them: their callers get an error.
+        drop(lost);
+        wake_all(wake);
+    }
 }
 
 impl Writer {
@@ -253,22 +313,29 @@ impl Writer {
         let me = thread::current();
         let mut state = self.state.lock();
         state.queue.push(Entry {
-            job: Box::new(TypedJob {
+            job: Some(Box::new(TypedJob {
                 work: Some(work),
                 outcome: None,
                 reply,
-            }),
+            })),
             owner: me.clone(),
         });
         loop {
-            if let Ok(result) = answer.try_recv() {
+            let result = match answer.try_recv() {
+                Ok(result) => Some(result),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => Some(Err(Error::CommitFailed(
+                    "the store's writer failed while holding this write; it was rolled back".into(),
+                ))),
+            };
+            let announced = self.announced.load(Ordering::Relaxed);
+            if let Some(result) = result {
                 // Leaving: hand on what this caller will no longer do.
-                let wake = state.hand_out(true);
+                let wake = state.hand_out(announced, self.gather);
                 drop(state);
                 wake_all(wake);
                 return result;
             }
-            let announced = self.announced.load(Ordering::Relaxed);
             match state.role_for(me.id(), announced, self.gather, Instant::now()) {
                 Role::Run => state = self.run_queued(state),
                 Role::Commit => state = self.commit(state),
@@ -292,14 +359,21 @@ impl Writer {
     fn run_queued<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         let take = state.queue.len().min(MAX_RUN);
         let entries: Vec<Entry> = state.queue.drain(..take).collect();
+        let in_transaction = !state.open.is_empty();
+        if !in_transaction {
+            state.open_since = Some(Instant::now());
+        }
         state.running = true;
         state.run_handed = None;
         drop(state);
+        // Created with the state unlocked, as its drop locks it.
+        let guard = RoleGuard { writer: self };
 
-        let outcome = run_jobs(&self.conn.lock(), entries);
+        let outcome = run_jobs(&self.conn.lock(), entries, in_transaction);
 
         let mut state = self.state.lock();
         state.running = false;
+        drop(guard);
         let RunOutcome {
             ran,
             failed,
@@ -307,19 +381,26 @@ impl Writer {
         } = outcome;
         let lost = if let Some(error) = broken {
             tracing::error!(error, "a write transaction failed and was rolled back");
-            state.open_since = None;
             let mut lost = std::mem::take(&mut state.open);
             lost.extend(ran);
             Some((lost, error))
         } else {
-            if !ran.is_empty() {
-                state.open_since.get_or_insert_with(Instant::now);
-            }
             state.open.extend(ran);
             None
         };
-        // This caller stays awake: it goes on to commit, or to run what was queued meanwhile.
+        if state.open.is_empty() {
+            state.open_since = None;
+        }
+        // When another caller's job began the transaction, its owner keeps the deadline: it
+        // may be asleep without a timeout, so wake it to take it.
+        let me = thread::current().id();
+        let wake = (!in_transaction)
+            .then(|| state.open.first())
+            .flatten()
+            .filter(|first| first.owner_id() != me)
+            .map(|first| first.owner.clone());
         drop(state);
+        wake_all(wake);
         complete(failed, None);
         if let Some((lost, error)) = lost {
             complete(lost, Some(&error));
@@ -336,39 +417,48 @@ impl Writer {
         // its entries were taken; it is free, as no caller is running jobs.
         let conn = self.conn.lock();
         // Whatever is queued runs next, in the next transaction, by another caller.
-        let wake = state.hand_out(false);
+        let wake = state.hand_out(self.announced.load(Ordering::Relaxed), self.gather);
         drop(state);
+        // Created with the state unlocked, as its drop locks it.
+        let guard = RoleGuard { writer: self };
         wake_all(wake);
 
-        let committed = commit_open(&conn);
-        if committed.is_err() {
-            // Leaves no transaction open; an error here means none was.
+        let committed = if conn.is_autocommit() {
+            // SQLite rolled the transaction back by itself (after an I/O error, say).
+            Err("the write transaction was rolled back before its commit".to_owned())
+        } else {
+            sql(&conn, "COMMIT").map_err(|e| e.to_string())
+        };
+        if committed.is_err() && !conn.is_autocommit() {
+            // If this fails too, the next run finds the stale transaction and rolls it back.
             let _ = conn.execute_batch("ROLLBACK");
         }
         drop(conn);
         #[cfg(test)]
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        let error = committed.err().map(|e| {
+        if committed.is_ok() {
+            self.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        let error = committed.err().inspect(|e| {
             tracing::error!(error = %e, jobs = entries.len(), "commit failed");
-            e.to_string()
         });
 
         self.state.lock().committing = false;
-        // Among them this caller's own job: it leaves next, handing on the roles.
+        drop(guard);
         complete(entries, error.as_deref());
         self.state.lock()
     }
 }
 
-/// Tells each job's caller its outcome and wakes it.
+/// Tells each job's caller its outcome; dropping the entry wakes it.
 fn complete(entries: Vec<Entry>, error: Option<&str>) {
-    for Entry { job, owner } in entries {
-        job.complete(error);
-        owner.unpark();
+    for mut entry in entries {
+        if let Some(job) = entry.job.take() {
+            job.complete(error);
+        }
     }
 }
 
-fn wake_all(threads: Vec<Thread>) {
+fn wake_all(threads: impl IntoIterator<Item = Thread>) {
     for thread in threads {
         thread.unpark();
     }
@@ -380,41 +470,66 @@ fn sql(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(statement)?.execute([]).map(drop)
 }
 
-/// Runs `entries` in the open transaction, beginning it if none is open.
-fn run_jobs(conn: &Connection, entries: Vec<Entry>) -> RunOutcome {
+/// Runs `entries` in the open transaction (`in_transaction`: jobs of earlier turns wait in
+/// it), beginning one if none is open.
+fn run_jobs(conn: &Connection, entries: Vec<Entry>, in_transaction: bool) -> RunOutcome {
     let mut outcome = RunOutcome {
         ran: Vec::with_capacity(entries.len()),
         failed: Vec::new(),
         broken: None,
     };
+    let mut in_transaction = in_transaction;
     let mut entries = entries.into_iter();
     while let Some(mut entry) = entries.next() {
-        let step = if conn.is_autocommit() {
+        let step = if in_transaction {
+            if conn.is_autocommit() {
+                // SQLite rolled the open transaction back by itself (an I/O error, say): the
+                // jobs waiting in it are lost.
+                Err("the write transaction was rolled back by SQLite".to_owned())
+            } else {
+                sql(conn, "SAVEPOINT job")
+                    .and_then(|()| {
+                        let ok = entry.execute(conn);
+                        if !ok {
+                            sql(conn, "ROLLBACK TO job")?;
+                        }
+                        sql(conn, "RELEASE job").map(|()| ok)
+                    })
+                    .map_err(|e| format!("write transaction failed: {e}"))
+            }
+        } else {
+            // A transaction left open by a failed ROLLBACK holds work whose callers were told
+            // it failed: it must not be committed with the next jobs.
+            let stale = if conn.is_autocommit() {
+                Ok(())
+            } else {
+                sql(conn, "ROLLBACK")
+            };
             // The transaction's first job needs no savepoint: if it fails, rolling the whole
             // transaction back loses nothing else.
-            sql(conn, "BEGIN IMMEDIATE").and_then(|()| {
-                if entry.job.execute(conn) {
-                    Ok(true)
-                } else {
-                    sql(conn, "ROLLBACK").map(|()| false)
-                }
-            })
-        } else {
-            sql(conn, "SAVEPOINT job").and_then(|()| {
-                let ok = entry.job.execute(conn);
-                if !ok {
-                    sql(conn, "ROLLBACK TO job")?;
-                }
-                sql(conn, "RELEASE job").map(|()| ok)
-            })
+            stale
+                .and_then(|()| sql(conn, "BEGIN IMMEDIATE"))
+                .and_then(|()| {
+                    if entry.execute(conn) {
+                        Ok(true)
+                    } else {
+                        sql(conn, "ROLLBACK").map(|()| false)
+                    }
+                })
+                .map_err(|e| format!("write transaction failed: {e}"))
         };
         match step {
-            Ok(true) => outcome.ran.push(entry),
+            Ok(true) => {
+                in_transaction = true;
+                outcome.ran.push(entry);
+            }
             Ok(false) => outcome.failed.push(entry),
-            Err(e) => {
+            Err(error) => {
                 // The transaction is in an unknown state: roll it back with everything in it.
-                let _ = conn.execute_batch("ROLLBACK");
-                outcome.broken = Some(format!("write transaction failed: {e}"));
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                outcome.broken = Some(error);
                 outcome.ran.push(entry);
                 outcome.ran.extend(entries);
                 break;
@@ -424,28 +539,27 @@ fn run_jobs(conn: &Connection, entries: Vec<Entry>) -> RunOutcome {
     outcome
 }
 
-/// Commits the open transaction, if there is one.
-fn commit_open(conn: &Connection) -> rusqlite::Result<()> {
-    if conn.is_autocommit() {
-        // Every job of the transaction failed alone and the first one rolled it back.
-        return Ok(());
-    }
-    sql(conn, "COMMIT")
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
     use std::sync::{Arc, Barrier};
 
     use super::*;
 
     type TestJob = Box<dyn FnOnce(&Connection) -> Result<()> + Send>;
 
-    /// A writer over a fresh file with one table, `rows(id)`, and a deferred foreign key that
-    /// only `COMMIT` checks.
-    fn writer(gather: Duration) -> (tempfile::TempDir, Arc<Writer>) {
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        writer: Arc<Writer>,
+    }
+
+    /// A writer over a fresh file with one table, `rows(id)`, whose deferred foreign key only
+    /// `COMMIT` checks.
+    fn fixture(gather: Duration) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = Connection::open(dir.path().join("w.db")).expect("open");
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).expect("open");
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;
              CREATE TABLE parents (id INTEGER PRIMARY KEY);
@@ -453,7 +567,12 @@ mod tests {
                  REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED);",
         )
         .expect("schema");
-        (dir, Arc::new(Writer::with_gather_window(conn, gather)))
+        let writer = Arc::new(Writer::with_gather_window(conn, gather));
+        Fixture {
+            _dir: dir,
+            path,
+            writer,
+        }
     }
 
     fn insert(id: i64) -> impl FnOnce(&Connection) -> Result<()> + Send + 'static {
@@ -463,8 +582,9 @@ mod tests {
         }
     }
 
-    fn rows(writer: &Writer) -> Vec<i64> {
-        let conn = writer.conn.lock();
+    /// The committed rows, read through a connection of their own.
+    fn committed(path: &Path) -> Vec<i64> {
+        let conn = Connection::open(path).expect("open");
         let mut stmt = conn
             .prepare("SELECT id FROM rows ORDER BY id")
             .expect("query");
@@ -474,21 +594,39 @@ mod tests {
             .expect("rows")
     }
 
-    /// Runs `jobs` from one thread each, all announced before any starts, so (with a long
-    /// gathering window) they share one transaction.
-    fn run_together(writer: &Arc<Writer>, jobs: Vec<TestJob>) -> Vec<Result<()>> {
-        let barrier = Arc::new(Barrier::new(jobs.len()));
-        let handles: Vec<_> = jobs
-            .into_iter()
-            .map(|job| {
-                let (writer, barrier) = (writer.clone(), barrier.clone());
-                thread::spawn(move || {
-                    let _announced = writer.announce();
-                    barrier.wait();
-                    writer.run(job)
+    /// Runs `first` and then `rest` from one thread each, all announced before any starts,
+    /// so (with a long gathering window) they share one transaction. `first` runs before the
+    /// others start, so it is the transaction's first job and the others run in savepoints.
+    fn run_together(writer: &Arc<Writer>, first: TestJob, rest: Vec<TestJob>) -> Vec<Result<()>> {
+        let announced = Arc::new(Barrier::new(rest.len() + 2));
+        let (first_ran, wait_first) = mpsc::channel::<()>();
+        let wait_first = Arc::new(Mutex::new(wait_first));
+        let mut handles = Vec::new();
+        {
+            let (writer, announced) = (writer.clone(), announced.clone());
+            handles.push(thread::spawn(move || {
+                let _announced = writer.announce();
+                announced.wait();
+                writer.run(move |conn| {
+                    let result = first(conn);
+                    let _ = first_ran.send(());
+                    result
                 })
-            })
-            .collect();
+            }));
+        }
+        for job in rest {
+            let (writer, announced, wait_first) =
+                (writer.clone(), announced.clone(), wait_first.clone());
+            handles.push(thread::spawn(move || {
+                let _announced = writer.announce();
+                announced.wait();
+                // Returns once the first job has run: with its message, or, for the others,
+                // when the job (and the sender in it) is dropped after running.
+                let _ = wait_first.lock().recv();
+                writer.run(job)
+            }));
+        }
+        announced.wait();
         handles
             .into_iter()
             .map(|h| h.join().expect("writer thread"))
@@ -497,11 +635,11 @@ mod tests {
 
     #[test]
     fn announced_writers_share_one_commit_and_a_failing_job_is_rolled_back_alone() {
-        let (_dir, writer) = writer(Duration::from_secs(60));
+        let fx = fixture(Duration::from_secs(60));
         let outcomes = run_together(
-            &writer,
+            &fx.writer,
+            Box::new(insert(1)),
             vec![
-                Box::new(insert(1)),
                 Box::new(|conn: &Connection| -> Result<()> {
                     insert(2)(conn)?;
                     Err(Error::InvalidChange("refused after writing".into()))
@@ -516,35 +654,34 @@ mod tests {
         assert!(outcomes[0].is_ok() && outcomes[3].is_ok(), "{outcomes:?}");
         assert!(matches!(outcomes[1], Err(Error::InvalidChange(_))));
         assert!(matches!(outcomes[2], Err(Error::CommitFailed(_))));
-        assert_eq!(rows(&writer), vec![1, 4]);
-        assert_eq!(writer.commits.load(Ordering::Relaxed), 1);
+        assert_eq!(committed(&fx.path), vec![1, 4]);
+        assert_eq!(fx.writer.commits.load(Ordering::Relaxed), 1);
     }
 
     #[test]
-    fn a_failing_first_job_takes_nothing_else_down() {
-        let (_dir, writer) = writer(Duration::from_secs(60));
-        let failed = writer.run(|conn| -> Result<()> {
+    fn a_failing_first_job_leaves_no_transaction_behind() {
+        let fx = fixture(Duration::from_secs(60));
+        let failed = fx.writer.run(|conn| -> Result<()> {
             insert(1)(conn)?;
             Err(Error::InvalidChange("refused".into()))
         });
         assert!(matches!(failed, Err(Error::InvalidChange(_))));
-        writer.run(insert(2)).expect("the next transaction");
-        assert_eq!(rows(&writer), vec![2]);
+        assert!(fx.writer.conn.lock().is_autocommit());
+        fx.writer.run(insert(2)).expect("the next transaction");
+        assert_eq!(committed(&fx.path), vec![2]);
     }
 
     #[test]
     fn a_failed_commit_fails_every_job_of_its_transaction_and_the_next_one_commits() {
-        let (_dir, writer) = writer(Duration::from_secs(60));
+        let fx = fixture(Duration::from_secs(60));
         let outcomes = run_together(
-            &writer,
-            vec![
-                Box::new(insert(1)),
-                // Valid until COMMIT checks the deferred foreign key.
-                Box::new(|conn: &Connection| -> Result<()> {
-                    conn.execute("INSERT INTO rows (id, parent) VALUES (2, 99)", [])?;
-                    Ok(())
-                }),
-            ],
+            &fx.writer,
+            Box::new(insert(1)),
+            // Valid until COMMIT checks the deferred foreign key.
+            vec![Box::new(|conn: &Connection| -> Result<()> {
+                conn.execute("INSERT INTO rows (id, parent) VALUES (2, 99)", [])?;
+                Ok(())
+            })],
         );
         assert!(
             outcomes
@@ -552,31 +689,61 @@ mod tests {
                 .all(|o| matches!(o, Err(Error::CommitFailed(_)))),
             "{outcomes:?}"
         );
-        assert_eq!(rows(&writer), Vec::<i64>::new());
-        writer.run(insert(3)).expect("the writer goes on");
-        assert_eq!(rows(&writer), vec![3]);
+        assert_eq!(committed(&fx.path), Vec::<i64>::new());
+        fx.writer.run(insert(3)).expect("the writer goes on");
+        assert_eq!(committed(&fx.path), vec![3]);
+    }
+
+    /// SQLite rolls a transaction back by itself after some errors (a full disk, an I/O
+    /// error); a job ending it here stands in for that.
+    #[test]
+    fn a_transaction_rolled_back_under_the_writer_fails_every_job_in_it() {
+        let fx = fixture(Duration::from_secs(60));
+        let ends_it = || -> TestJob {
+            Box::new(|conn: &Connection| -> Result<()> {
+                insert(2)(conn)?;
+                conn.execute_batch("ROLLBACK")?;
+                Ok(())
+            })
+        };
+        // In the middle of a transaction: the savepoint's RELEASE finds no transaction.
+        let outcomes = run_together(&fx.writer, Box::new(insert(1)), vec![ends_it()]);
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Err(Error::CommitFailed(_)))),
+            "{outcomes:?}"
+        );
+        // As a transaction's only job: the commit finds no transaction.
+        let alone = fx.writer.run(ends_it());
+        assert!(matches!(alone, Err(Error::CommitFailed(_))), "{alone:?}");
+        assert_eq!(committed(&fx.path), Vec::<i64>::new());
+        fx.writer.run(insert(3)).expect("the writer goes on");
+        assert_eq!(committed(&fx.path), vec![3]);
     }
 
     #[test]
     fn a_lone_or_unannounced_writer_does_not_wait_for_the_window() {
         let window = Duration::from_secs(60);
-        let (_dir, writer) = writer(window);
+        let fx = fixture(window);
         let start = Instant::now();
-        writer.run(insert(1)).expect("unannounced");
+        fx.writer.run(insert(1)).expect("unannounced");
         {
-            let _announced = writer.announce();
-            writer.run(insert(2)).expect("announced, alone");
+            let _announced = fx.writer.announce();
+            fx.writer.run(insert(2)).expect("announced, alone");
         }
         assert!(start.elapsed() < window / 2, "a lone writer waited");
-        assert_eq!(rows(&writer), vec![1, 2]);
+        assert_eq!(committed(&fx.path), vec![1, 2]);
     }
 
     #[test]
-    fn a_writer_that_never_arrives_delays_a_commit_by_the_window_at_most() {
-        let (_dir, writer) = writer(Duration::from_millis(50));
+    fn a_writer_that_never_arrives_delays_a_commit_by_the_window() {
+        let window = Duration::from_millis(50);
+        let fx = fixture(window);
         let (announced, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
         let absent = {
-            let (writer, announced, release) = (writer.clone(), announced.clone(), release.clone());
+            let (writer, announced, release) =
+                (fx.writer.clone(), announced.clone(), release.clone());
             thread::spawn(move || {
                 let _never = writer.announce();
                 announced.wait();
@@ -584,13 +751,18 @@ mod tests {
             })
         };
         announced.wait();
-        let _mine = writer.announce();
         let start = Instant::now();
-        writer
-            .run(insert(1))
-            .expect("commits without the absent writer");
-        assert!(start.elapsed() >= Duration::from_millis(50));
-        assert_eq!(rows(&writer), vec![1]);
+        {
+            let _mine = fx.writer.announce();
+            fx.writer
+                .run(insert(1))
+                .expect("commits without the absent writer");
+        }
+        let waited = start.elapsed();
+        assert!(waited >= window, "did not wait for the announced writer");
+        // Bounded: a scheduling hiccup may add milliseconds, not the seconds of a lost timer.
+        assert!(waited < window * 40, "waited {waited:?}");
+        assert_eq!(committed(&fx.path), vec![1]);
         release.wait();
         absent.join().expect("absent writer");
     }
@@ -598,10 +770,10 @@ mod tests {
     #[test]
     fn a_withdrawn_announcement_ends_the_wait_for_it() {
         let window = Duration::from_secs(60);
-        let (_dir, writer) = writer(window);
+        let fx = fixture(window);
         let announced = Arc::new(Barrier::new(2));
         let gives_up = {
-            let (writer, announced) = (writer.clone(), announced.clone());
+            let (writer, announced) = (fx.writer.clone(), announced.clone());
             thread::spawn(move || {
                 let _announced = writer.announce();
                 announced.wait();
@@ -611,26 +783,26 @@ mod tests {
         announced.wait();
         let start = Instant::now();
         {
-            let _mine = writer.announce();
-            writer.run(insert(1)).expect("write");
+            let _mine = fx.writer.announce();
+            fx.writer.run(insert(1)).expect("write");
         }
         assert!(
             start.elapsed() < window / 2,
             "waited for a withdrawn writer"
         );
         gives_up.join().expect("thread");
-        assert_eq!(rows(&writer), vec![1]);
+        assert_eq!(committed(&fx.path), vec![1]);
     }
 
     #[test]
     fn many_writers_lose_nothing() {
         const THREADS: i64 = 4;
         const WRITES: i64 = 50;
-        let (_dir, writer) = writer(Duration::from_secs(60));
-        let barrier = Arc::new(Barrier::new(4));
+        let fx = fixture(Duration::from_secs(60));
+        let barrier = Arc::new(Barrier::new(usize::try_from(THREADS).expect("small")));
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
-                let (writer, barrier) = (writer.clone(), barrier.clone());
+                let (writer, barrier) = (fx.writer.clone(), barrier.clone());
                 thread::spawn(move || {
                     barrier.wait();
                     for i in 0..WRITES {
@@ -645,6 +817,9 @@ mod tests {
         }
         // How the writes grouped depends on scheduling; the grouping itself is checked by
         // `announced_writers_share_one_commit_and_a_failing_job_is_rolled_back_alone`.
-        assert_eq!(rows(&writer), (0..THREADS * WRITES).collect::<Vec<_>>());
+        assert_eq!(
+            committed(&fx.path),
+            (0..THREADS * WRITES).collect::<Vec<_>>()
+        );
     }
 }
