@@ -23,16 +23,18 @@
 //!
 //! A caller returns once its job's transaction has committed. Any caller whose write is not
 //! done may take a free role. Who is woken for what:
-//! - a caller that leaves, or starts committing, hands the run role to the first queued job's
+//! - a caller that leaves, or starts a commit, hands the run role to the first queued job's
 //!   owner (which cannot return before its job has run);
-//! - the owner of the open transaction's first job keeps the gathering deadline (it sleeps
-//!   with a timeout; it is woken to do so when another caller began its transaction), and
-//!   whoever completes the gathering (the last job's runner, or a withdrawn announcement) commits
-//!   or wakes it;
+//! - the owner of the open transaction's first job keeps the gathering deadline: it sleeps with
+//!   a timer until then (woken to set it when another caller began its transaction); once the
+//!   deadline has passed, a caller still running or committing commits or hands on when done;
+//! - whoever completes the gathering (the last job's runner, or a withdrawn announcement)
+//!   commits or wakes that owner;
 //! - every other caller sleeps until its result is ready.
 //!
-//! A panic in the writer's own code (jobs' panics are caught) fails the jobs it held, rolls the
-//! open transaction back and frees the role, so the other callers carry on.
+//! A panic in the writer's own code (jobs' panics are caught) fails the jobs it held and frees
+//! its role, so the other callers carry on; a transaction it leaves open holds no waiting job,
+//! and the next run rolls it back as stale before beginning its own.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -163,10 +165,11 @@ struct State {
     running: bool,
     /// The caller the run role was handed to, until it takes it.
     run_handed: Option<ThreadId>,
-    /// Jobs that ran in the open transaction, waiting for its commit. Non-empty exactly when
-    /// the connection has a transaction open (outside a run or a commit).
+    /// Jobs that ran in the open transaction, waiting for its commit. Outside a run or a
+    /// commit, the connection has a transaction open whenever this is non-empty; one open
+    /// while it is empty is stale (a failed `ROLLBACK`, a panic) and the next run rolls it back.
     open: Vec<Entry>,
-    /// When the open transaction's first job started running.
+    /// When the open transaction's first run got the connection.
     open_since: Option<Instant>,
     /// True while a caller commits the open transaction.
     committing: bool,
@@ -208,18 +211,18 @@ impl State {
         if !self.queue.is_empty() && !self.running && self.run_handed.is_none_or(|t| t == me) {
             return Role::Run;
         }
-        // The owner of the transaction's first job keeps the deadline. Not while a run goes on
-        // (its runner commits or hands on when it is done), nor for the other owners: a timer
-        // each would wake them all, for nothing, while the commit's fsync runs.
-        let keeps_deadline = !self.committing
-            && !self.running
-            && self.open.first().is_some_and(|e| e.owner_id() == me);
-        Role::Wait(
-            keeps_deadline
-                .then_some(self.open_since)
-                .flatten()
-                .map(|t| t + gather),
-        )
+        // The owner of the transaction's first job keeps the deadline, asleep with a timer
+        // until it (whatever else goes on meanwhile). Once it has passed, a caller that is
+        // running or committing is awake and commits, or hands on, when it is done. The other
+        // owners keep no timer: one each would wake them all, for nothing, during the fsync.
+        let deadline = self
+            .open
+            .first()
+            .filter(|first| first.owner_id() == me)
+            .and(self.open_since)
+            .map(|t| t + gather)
+            .filter(|deadline| *deadline > now);
+        Role::Wait(deadline)
     }
 
     /// Hands the run role to the first queued job's owner if no caller runs or has been
@@ -250,24 +253,55 @@ struct RunOutcome {
     broken: Option<String>,
 }
 
-/// Frees a role if the writer panics while holding it: fails the open transaction's jobs and
-/// wakes the callers that can carry on. The transaction is left to the next run, which finds
-/// it stale (no jobs wait in it) and rolls it back.
+/// The role a [`RoleGuard`] frees.
+#[derive(Clone, Copy)]
+enum Held {
+    Run,
+    Commit,
+}
+
+/// Frees a role if the writer's own code panics while holding it (a job's panic is caught)
+/// and wakes the callers that can carry on. A panicking run also fails the jobs of the
+/// transaction it was adding to and leaves the transaction to the next run, which finds it
+/// stale (no jobs wait in it) and rolls it back; a panicking commit's jobs fail as its local
+/// list of them is dropped.
 struct RoleGuard<'a> {
     writer: &'a Writer,
+    held: Held,
+    /// False when created on a thread already unwinding (a store write from a `Drop`): the
+    /// guard then has nothing of its own to clean up.
+    armed: bool,
+}
+
+impl<'a> RoleGuard<'a> {
+    /// Create it with the state unlocked: its drop locks it.
+    fn new(writer: &'a Writer, held: Held) -> Self {
+        Self {
+            writer,
+            held,
+            armed: !thread::panicking(),
+        }
+    }
 }
 
 impl Drop for RoleGuard<'_> {
     fn drop(&mut self) {
-        if !thread::panicking() {
+        if !self.armed || !thread::panicking() {
             return;
         }
         let writer = self.writer;
         let mut state = writer.state.lock();
-        state.running = false;
-        state.committing = false;
-        state.open_since = None;
-        let lost = std::mem::take(&mut state.open);
+        let lost = match self.held {
+            Held::Run => {
+                state.running = false;
+                state.open_since = None;
+                std::mem::take(&mut state.open)
+            }
+            Held::Commit => {
+                state.committing = false;
+                Vec::new()
+            }
+        };
         let wake = state.hand_out(writer.announced.load(Ordering::Relaxed), writer.gather);
         drop(state);
         // Their reply channels close with them: their callers get an error.
@@ -360,20 +394,22 @@ impl Writer {
         let take = state.queue.len().min(MAX_RUN);
         let entries: Vec<Entry> = state.queue.drain(..take).collect();
         let in_transaction = !state.open.is_empty();
-        if !in_transaction {
-            state.open_since = Some(Instant::now());
-        }
         state.running = true;
         state.run_handed = None;
         drop(state);
-        // Created with the state unlocked, as its drop locks it.
-        let guard = RoleGuard { writer: self };
 
-        let outcome = run_jobs(&self.conn.lock(), entries, in_transaction);
+        let guard = RoleGuard::new(self, Held::Run);
+        let (outcome, started) = {
+            let conn = self.conn.lock();
+            // A new transaction's window starts now, not while this caller waited for the
+            // connection (behind a commit's fsync, say).
+            let started = Instant::now();
+            (run_jobs(&conn, entries, in_transaction), started)
+        };
+        drop(guard);
 
         let mut state = self.state.lock();
         state.running = false;
-        drop(guard);
         let RunOutcome {
             ran,
             failed,
@@ -390,9 +426,11 @@ impl Writer {
         };
         if state.open.is_empty() {
             state.open_since = None;
+        } else if !in_transaction {
+            state.open_since = Some(started);
         }
         // When another caller's job began the transaction, its owner keeps the deadline: it
-        // may be asleep without a timeout, so wake it to take it.
+        // may be asleep without a timer, so wake it to set one.
         let me = thread::current().id();
         let wake = (!in_transaction)
             .then(|| state.open.first())
@@ -419,8 +457,7 @@ impl Writer {
         // Whatever is queued runs next, in the next transaction, by another caller.
         let wake = state.hand_out(self.announced.load(Ordering::Relaxed), self.gather);
         drop(state);
-        // Created with the state unlocked, as its drop locks it.
-        let guard = RoleGuard { writer: self };
+        let guard = RoleGuard::new(self, Held::Commit);
         wake_all(wake);
 
         let committed = if conn.is_autocommit() {
@@ -442,8 +479,8 @@ impl Writer {
             tracing::error!(error = %e, jobs = entries.len(), "commit failed");
         });
 
-        self.state.lock().committing = false;
         drop(guard);
+        self.state.lock().committing = false;
         complete(entries, error.as_deref());
         self.state.lock()
     }
@@ -760,7 +797,7 @@ mod tests {
         }
         let waited = start.elapsed();
         assert!(waited >= window, "did not wait for the announced writer");
-        // Bounded: a scheduling hiccup may add milliseconds, not the seconds of a lost timer.
+        // Bounded by the window (a scheduling hiccup may add milliseconds).
         assert!(waited < window * 40, "waited {waited:?}");
         assert_eq!(committed(&fx.path), vec![1]);
         release.wait();
@@ -772,19 +809,28 @@ mod tests {
         let window = Duration::from_secs(60);
         let fx = fixture(window);
         let announced = Arc::new(Barrier::new(2));
+        let (mine_ran, wait_mine) = mpsc::channel::<()>();
         let gives_up = {
             let (writer, announced) = (fx.writer.clone(), announced.clone());
             thread::spawn(move || {
                 let _announced = writer.announce();
                 announced.wait();
-                thread::sleep(Duration::from_millis(20));
+                // Withdrawn only once the other write waits for it.
+                wait_mine.recv().expect("the other write ran");
+                thread::sleep(Duration::from_millis(10));
             })
         };
         announced.wait();
         let start = Instant::now();
         {
             let _mine = fx.writer.announce();
-            fx.writer.run(insert(1)).expect("write");
+            fx.writer
+                .run(move |conn| {
+                    insert(1)(conn)?;
+                    mine_ran.send(()).expect("the other thread waits");
+                    Ok(())
+                })
+                .expect("write");
         }
         assert!(
             start.elapsed() < window / 2,
@@ -792,6 +838,83 @@ mod tests {
         );
         gives_up.join().expect("thread");
         assert_eq!(committed(&fx.path), vec![1]);
+    }
+
+    /// The deadline keeper (the first job's owner) is woken while another caller runs a job
+    /// into its transaction; the commit must still come at the deadline, though an announced
+    /// writer never arrives and the other runner goes to sleep.
+    #[test]
+    fn the_deadline_holds_when_another_caller_runs_into_the_transaction() {
+        let window = Duration::from_millis(300);
+        let fx = fixture(window);
+        let all_announced = Arc::new(Barrier::new(4));
+        let (release_absent, absent_released) = mpsc::channel::<()>();
+        let absent = {
+            let (writer, all_announced) = (fx.writer.clone(), all_announced.clone());
+            thread::spawn(move || {
+                let _never = writer.announce();
+                all_announced.wait();
+                let _ = absent_released.recv();
+            })
+        };
+        let (first_ran, wait_first) = mpsc::channel::<()>();
+        let (done, finished) = mpsc::channel::<&'static str>();
+        let keeper = {
+            let (writer, all_announced, done) =
+                (fx.writer.clone(), all_announced.clone(), done.clone());
+            thread::spawn(move || {
+                let _announced = writer.announce();
+                all_announced.wait();
+                writer
+                    .run(move |conn| {
+                        insert(1)(conn)?;
+                        first_ran.send(()).expect("test waits");
+                        Ok(())
+                    })
+                    .expect("first write");
+                done.send("keeper").expect("test waits");
+            })
+        };
+        let (second_started, wait_second) = mpsc::channel::<()>();
+        let hold_second = Arc::new(Barrier::new(2));
+        let runner = {
+            let (writer, all_announced, hold) = (
+                fx.writer.clone(),
+                all_announced.clone(),
+                hold_second.clone(),
+            );
+            thread::spawn(move || {
+                let _announced = writer.announce();
+                all_announced.wait();
+                wait_first.recv().expect("first job ran");
+                writer
+                    .run(move |conn| {
+                        second_started.send(()).expect("test waits");
+                        hold.wait();
+                        insert(2)(conn)
+                    })
+                    .expect("second write");
+                done.send("runner").expect("test waits");
+            })
+        };
+        all_announced.wait();
+        wait_second.recv().expect("second job started");
+        // A stray wake-up while the second job runs: the keeper looks again, mid-run.
+        keeper.thread().unpark();
+        thread::sleep(Duration::from_millis(10));
+        hold_second.wait();
+        let start = Instant::now();
+        for _ in 0..2 {
+            finished
+                .recv_timeout(window * 50)
+                .expect("the commit waited past its deadline");
+        }
+        assert!(start.elapsed() < window * 50);
+        assert_eq!(committed(&fx.path), vec![1, 2]);
+        release_absent.send(()).expect("absent writer waits");
+        for handle in [absent, keeper, runner] {
+            handle.join().expect("thread");
+        }
     }
 
     #[test]
