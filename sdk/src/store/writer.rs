@@ -875,7 +875,7 @@ mod tests {
                 done.send("keeper").expect("test waits");
             })
         };
-        let (second_started, wait_second) = mpsc::channel::<()>();
+        let (second_started, wait_second) = mpsc::channel::<ThreadId>();
         let hold_second = Arc::new(Barrier::new(2));
         let runner = {
             let (writer, all_announced, hold) = (
@@ -887,9 +887,13 @@ mod tests {
                 let _announced = writer.announce();
                 all_announced.wait();
                 wait_first.recv().expect("first job ran");
+                // Time for the keeper to finish its run and go to sleep, well inside the window.
+                thread::sleep(Duration::from_millis(50));
                 writer
                     .run(move |conn| {
-                        second_started.send(()).expect("test waits");
+                        second_started
+                            .send(thread::current().id())
+                            .expect("test waits");
                         hold.wait();
                         insert(2)(conn)
                     })
@@ -898,10 +902,15 @@ mod tests {
             })
         };
         all_announced.wait();
-        wait_second.recv().expect("second job started");
+        let ran_by = wait_second.recv().expect("second job started");
+        assert_eq!(
+            ran_by,
+            runner.thread().id(),
+            "the second job must run on its own caller's thread, into the keeper's transaction"
+        );
         // A stray wake-up while the second job runs: the keeper looks again, mid-run.
         keeper.thread().unpark();
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(Duration::from_millis(50));
         hold_second.wait();
         let start = Instant::now();
         for _ in 0..2 {
