@@ -631,6 +631,31 @@ mod tests {
             .expect("rows")
     }
 
+    /// A writer that announces itself (then meets `announced`) and never writes, until
+    /// withdrawn.
+    struct AbsentWriter {
+        withdraw: mpsc::Sender<()>,
+        thread: thread::JoinHandle<()>,
+    }
+
+    impl AbsentWriter {
+        fn announce(writer: &Arc<Writer>, announced: &Arc<Barrier>) -> Self {
+            let (withdraw, withdrawn) = mpsc::channel();
+            let (writer, announced) = (writer.clone(), announced.clone());
+            let thread = thread::spawn(move || {
+                let _never = writer.announce();
+                announced.wait();
+                let _ = withdrawn.recv();
+            });
+            Self { withdraw, thread }
+        }
+
+        fn withdraw(self) {
+            let _ = self.withdraw.send(());
+            self.thread.join().expect("absent writer");
+        }
+    }
+
     /// Runs `first` and then `rest` from one thread each, all announced before any starts,
     /// so (with a long gathering window) they share one transaction. `first` runs before the
     /// others start, so it is the transaction's first job and the others run in savepoints.
@@ -777,16 +802,8 @@ mod tests {
     fn a_writer_that_never_arrives_delays_a_commit_by_the_window() {
         let window = Duration::from_millis(50);
         let fx = fixture(window);
-        let (announced, release) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
-        let absent = {
-            let (writer, announced, release) =
-                (fx.writer.clone(), announced.clone(), release.clone());
-            thread::spawn(move || {
-                let _never = writer.announce();
-                announced.wait();
-                release.wait();
-            })
-        };
+        let announced = Arc::new(Barrier::new(2));
+        let absent = AbsentWriter::announce(&fx.writer, &announced);
         announced.wait();
         let start = Instant::now();
         {
@@ -800,8 +817,7 @@ mod tests {
         // Bounded by the window (a scheduling hiccup may add milliseconds).
         assert!(waited < window * 40, "waited {waited:?}");
         assert_eq!(committed(&fx.path), vec![1]);
-        release.wait();
-        absent.join().expect("absent writer");
+        absent.withdraw();
     }
 
     #[test]
@@ -848,15 +864,7 @@ mod tests {
         let window = Duration::from_millis(300);
         let fx = fixture(window);
         let all_announced = Arc::new(Barrier::new(4));
-        let (release_absent, absent_released) = mpsc::channel::<()>();
-        let absent = {
-            let (writer, all_announced) = (fx.writer.clone(), all_announced.clone());
-            thread::spawn(move || {
-                let _never = writer.announce();
-                all_announced.wait();
-                let _ = absent_released.recv();
-            })
-        };
+        let absent = AbsentWriter::announce(&fx.writer, &all_announced);
         let (first_ran, wait_first) = mpsc::channel::<()>();
         let (done, finished) = mpsc::channel::<&'static str>();
         let keeper = {
@@ -920,8 +928,8 @@ mod tests {
         }
         assert!(start.elapsed() < window * 50);
         assert_eq!(committed(&fx.path), vec![1, 2]);
-        release_absent.send(()).expect("absent writer waits");
-        for handle in [absent, keeper, runner] {
+        absent.withdraw();
+        for handle in [keeper, runner] {
             handle.join().expect("thread");
         }
     }
