@@ -310,6 +310,44 @@ impl Drop for RoleGuard<'_> {
     }
 }
 
+/// Takes a caller's job out of the queue when a panic in the writer's own code unwinds
+/// through its [`Writer::run`] (it may have been committing others' jobs): nobody would be told
+/// the job's outcome, and nobody would keep the deadline of a transaction it began.
+struct WithdrawOnPanic<'a> {
+    writer: &'a Writer,
+    armed: bool,
+}
+
+impl<'a> WithdrawOnPanic<'a> {
+    fn new(writer: &'a Writer) -> Self {
+        Self {
+            writer,
+            armed: !thread::panicking(),
+        }
+    }
+}
+
+impl Drop for WithdrawOnPanic<'_> {
+    fn drop(&mut self) {
+        if !self.armed || !thread::panicking() {
+            return;
+        }
+        let me = thread::current().id();
+        let mut state = self.writer.state.lock();
+        let mine: Vec<Entry> = state.queue.extract_if(.., |e| e.owner_id() == me).collect();
+        if state.run_handed == Some(me) {
+            state.run_handed = None;
+        }
+        let wake = state.hand_out(
+            self.writer.announced.load(Ordering::Relaxed),
+            self.writer.gather,
+        );
+        drop(state);
+        drop(mine);
+        wake_all(wake);
+    }
+}
+
 impl Writer {
     /// Wraps the write connection.
     pub(crate) fn new(conn: Connection) -> Self {
@@ -345,6 +383,8 @@ impl Writer {
     ) -> Result<R> {
         let (reply, answer) = mpsc::sync_channel(1);
         let me = thread::current();
+        // Declared before `state`, so an unwinding `state` is unlocked before it runs.
+        let _withdraw = WithdrawOnPanic::new(self);
         let mut state = self.state.lock();
         state.queue.push(Entry {
             job: Some(Box::new(TypedJob {
@@ -932,6 +972,58 @@ mod tests {
         for handle in [keeper, runner] {
             handle.join().expect("thread");
         }
+    }
+
+    /// A subscriber whose every event panics: the writer's own `tracing::error!` on a failed
+    /// commit then panics inside the writer, outside any job.
+    struct PanickingSubscriber;
+
+    impl tracing::Subscriber for PanickingSubscriber {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {
+            panic!("a subscriber that panics");
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn a_panic_in_the_writer_fails_its_write_and_the_others_carry_on() {
+        let fx = fixture(Duration::from_secs(60));
+        let writer = fx.writer.clone();
+        let panicked = thread::spawn(move || {
+            tracing::subscriber::with_default(PanickingSubscriber, || {
+                // Fails at COMMIT (the deferred foreign key), which logs, which panics.
+                writer.run(|conn| -> Result<()> {
+                    conn.execute("INSERT INTO rows (id, parent) VALUES (1, 99)", [])?;
+                    Ok(())
+                })
+            })
+        })
+        .join();
+        assert!(
+            panicked.is_err(),
+            "the subscriber's panic reached the caller"
+        );
+        // The role it held is free again (a stuck writer would hang: bounded here) and nothing
+        // of its write was committed.
+        let (done, result) = mpsc::channel();
+        let writer = fx.writer.clone();
+        thread::spawn(move || done.send(writer.run(insert(2))));
+        result
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the writer is stuck after the panic")
+            .expect("the writer goes on");
+        let outcomes = run_together(&fx.writer, Box::new(insert(3)), vec![Box::new(insert(4))]);
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(committed(&fx.path), vec![2, 3, 4]);
     }
 
     #[test]
