@@ -32,9 +32,10 @@
 //!   commits or wakes that owner;
 //! - every other caller sleeps until its result is ready.
 //!
-//! A panic in the writer's own code (jobs' panics are caught) fails the jobs it held and frees
-//! its role, so the other callers carry on; a transaction it leaves open holds no waiting job,
-//! and the next run rolls it back as stale before beginning its own.
+//! A panic in the writer's own code (jobs' panics are caught) fails the jobs it held, frees
+//! its role and withdraws the panicking caller's own job if still queued, so the other callers
+//! carry on; a transaction it leaves open holds no waiting job, and the next run rolls it back
+//! as stale before beginning its own.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
