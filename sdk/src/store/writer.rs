@@ -14,9 +14,9 @@
 //!    setting decides whether that `COMMIT` fsyncs the WAL. The commit waits until the
 //!    transaction holds as many jobs as there are announced writers ([`Writer::announce`]: a
 //!    caller is announced from just before it prepares its write until the write returns), at
-//!    most [`GATHER_WINDOW`] after the transaction's first job started running (PostgreSQL's
-//!    `commit_delay` with `commit_siblings`), so one commit and one fsync cover all the
-//!    concurrent writers. A lone writer never waits.
+//!    most [`GATHER_WINDOW`] after the run that began the transaction got the connection
+//!    (PostgreSQL's `commit_delay` with `commit_siblings`), so one commit and one fsync cover
+//!    all the concurrent writers. A lone writer never waits.
 //!
 //! Running each job as it arrives overlaps the connection's work with the other callers
 //! preparing theirs, so all that is left once the last one has run is the `COMMIT`.
@@ -50,8 +50,8 @@ use crate::{Error, Result};
 /// Most jobs one caller runs in one turn; bounds how long the others wait for the connection.
 const MAX_RUN: usize = 512;
 
-/// Longest a transaction waits for announced writers before it commits, counted from when its
-/// first job started running.
+/// Longest a transaction waits for announced writers before it commits, counted from when the
+/// run that began it got the connection.
 pub(crate) const GATHER_WINDOW: Duration = Duration::from_micros(200);
 
 /// A queued unit of work: runs inside the open transaction, then learns how the commit went.
