@@ -254,19 +254,23 @@ struct RunOutcome {
     broken: Option<String>,
 }
 
-/// The role a [`RoleGuard`] frees.
+/// What a [`PanicGuard`] cleans up.
 #[derive(Clone, Copy)]
 enum Held {
+    /// The run role: the transaction it was adding to is failed and left to the next run,
+    /// which finds it stale (no jobs wait in it) and rolls it back.
     Run,
+    /// The commit role: its jobs fail as its local list of them is dropped.
     Commit,
+    /// A caller's place in [`Writer::run`]: its job, if still queued, is taken out (it may
+    /// have been committing others' jobs); nobody would be told the job's outcome, and nobody
+    /// would keep the deadline of a transaction it began.
+    Caller(ThreadId),
 }
 
-/// Frees a role if the writer's own code panics while holding it (a job's panic is caught)
-/// and wakes the callers that can carry on. A panicking run also fails the jobs of the
-/// transaction it was adding to and leaves the transaction to the next run, which finds it
-/// stale (no jobs wait in it) and rolls it back; a panicking commit's jobs fail as its local
-/// list of them is dropped.
-struct RoleGuard<'a> {
+/// Frees what a caller held if the writer's own code panics (a job's panic is caught), and
+/// wakes the callers that can carry on.
+struct PanicGuard<'a> {
     writer: &'a Writer,
     held: Held,
     /// False when created on a thread already unwinding (a store write from a `Drop`): the
@@ -274,7 +278,7 @@ struct RoleGuard<'a> {
     armed: bool,
 }
 
-impl<'a> RoleGuard<'a> {
+impl<'a> PanicGuard<'a> {
     /// Create it with the state unlocked: its drop locks it.
     fn new(writer: &'a Writer, held: Held) -> Self {
         Self {
@@ -285,14 +289,14 @@ impl<'a> RoleGuard<'a> {
     }
 }
 
-impl Drop for RoleGuard<'_> {
+impl Drop for PanicGuard<'_> {
     fn drop(&mut self) {
         if !self.armed || !thread::panicking() {
             return;
         }
         let writer = self.writer;
         let mut state = writer.state.lock();
-        let lost = match self.held {
+        let lost: Vec<Entry> = match self.held {
             Held::Run => {
                 state.running = false;
                 state.open_since = None;
@@ -302,49 +306,17 @@ impl Drop for RoleGuard<'_> {
                 state.committing = false;
                 Vec::new()
             }
+            Held::Caller(me) => {
+                if state.run_handed == Some(me) {
+                    state.run_handed = None;
+                }
+                state.queue.extract_if(.., |e| e.owner_id() == me).collect()
+            }
         };
         let wake = state.hand_out(writer.announced.load(Ordering::Relaxed), writer.gather);
         drop(state);
         // Their reply channels close with them: their callers get an error.
         drop(lost);
-        wake_all(wake);
-    }
-}
-
-/// Takes a caller's job out of the queue when a panic in the writer's own code unwinds
-/// through its [`Writer::run`] (it may have been committing others' jobs): nobody would be told
-/// the job's outcome, and nobody would keep the deadline of a transaction it began.
-struct WithdrawOnPanic<'a> {
-    writer: &'a Writer,
-    armed: bool,
-}
-
-impl<'a> WithdrawOnPanic<'a> {
-    fn new(writer: &'a Writer) -> Self {
-        Self {
-            writer,
-            armed: !thread::panicking(),
-        }
-    }
-}
-
-impl Drop for WithdrawOnPanic<'_> {
-    fn drop(&mut self) {
-        if !self.armed || !thread::panicking() {
-            return;
-        }
-        let me = thread::current().id();
-        let mut state = self.writer.state.lock();
-        let mine: Vec<Entry> = state.queue.extract_if(.., |e| e.owner_id() == me).collect();
-        if state.run_handed == Some(me) {
-            state.run_handed = None;
-        }
-        let wake = state.hand_out(
-            self.writer.announced.load(Ordering::Relaxed),
-            self.writer.gather,
-        );
-        drop(state);
-        drop(mine);
         wake_all(wake);
     }
 }
@@ -385,7 +357,7 @@ impl Writer {
         let (reply, answer) = mpsc::sync_channel(1);
         let me = thread::current();
         // Declared before `state`, so an unwinding `state` is unlocked before it runs.
-        let _withdraw = WithdrawOnPanic::new(self);
+        let _withdraw = PanicGuard::new(self, Held::Caller(me.id()));
         let mut state = self.state.lock();
         state.queue.push(Entry {
             job: Some(Box::new(TypedJob {
@@ -439,7 +411,7 @@ impl Writer {
         state.run_handed = None;
         drop(state);
 
-        let guard = RoleGuard::new(self, Held::Run);
+        let guard = PanicGuard::new(self, Held::Run);
         let (outcome, started) = {
             let conn = self.conn.lock();
             // A new transaction's window starts now, not while this caller waited for the
@@ -498,7 +470,7 @@ impl Writer {
         // Whatever is queued runs next, in the next transaction, by another caller.
         let wake = state.hand_out(self.announced.load(Ordering::Relaxed), self.gather);
         drop(state);
-        let guard = RoleGuard::new(self, Held::Commit);
+        let guard = PanicGuard::new(self, Held::Commit);
         wake_all(wake);
 
         let committed = if conn.is_autocommit() {
