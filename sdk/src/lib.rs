@@ -46,6 +46,7 @@ pub use path::{IntoPath, Path, Segment};
 pub use repo::{
     ChangeEvent, ChangeInfo, ChangeOrigin, Document, DocumentInfo, DocumentView, Patch,
     PatchAction, PendingChange, Store, StoreOptions, Subscription, Transaction, WriteOp,
+    WriteStats,
 };
 pub use store::Durability;
 pub use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};

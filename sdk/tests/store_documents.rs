@@ -204,6 +204,18 @@ fn create_at_priority_and_write_ops() {
 }
 
 #[test]
+fn one_thread_commits_each_write_alone() {
+    let fx = Fixture::new();
+    let doc = fx.store.create(&todos()).expect("create");
+    for i in 0..10 {
+        doc.put("n", i).expect("write");
+    }
+    // A lone writer never waits for a group: each write is its own commit.
+    let stats = fx.store.write_stats();
+    assert_eq!((stats.commits, stats.writes), (11, 11));
+}
+
+#[test]
 fn writes_from_many_threads_all_land() {
     let fx = Fixture::new();
     let shared = fx.store.create(&todos()).expect("create");
@@ -222,6 +234,10 @@ fn writes_from_many_threads_all_land() {
             });
         }
     });
+    // Every write was committed once: 5 creates and 200 puts, in at most as many commits.
+    let stats = fx.store.write_stats();
+    assert_eq!(stats.writes, 205, "{stats:?}");
+    assert!((1..=205).contains(&stats.commits), "{stats:?}");
     let shared_doc = shared;
     let shared = shared_doc.id().clone();
     drop(shared_doc);

@@ -91,6 +91,17 @@ impl From<&DocRow> for DocumentInfo {
     }
 }
 
+/// How the store's writes were grouped into commits since it was opened: see
+/// [`Store::write_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteStats {
+    /// Transactions committed (under [`Durability::Full`], one fsync each).
+    pub commits: u64,
+    /// Writes those transactions carried: local writes, merges of remote changes and sync
+    /// batches, one each.
+    pub writes: u64,
+}
+
 /// An open, offline-first document store: one SQLite file per account.
 ///
 /// Cheap to clone (all clones share one store) and safe to use from many threads; concurrent
@@ -462,6 +473,13 @@ impl Store {
             Err(e) => Err(e),
             Ok(()) => Ok(heads),
         }
+    }
+
+    /// Writes committed since the store was opened, and the commits that carried them: more
+    /// writes than commits means concurrent writers shared commits (and fsyncs).
+    pub fn write_stats(&self) -> WriteStats {
+        let (commits, writes) = self.shared.db.commit_counts();
+        WriteStats { commits, writes }
     }
 
     /// Estimated bytes of the documents currently loaded in memory.

@@ -185,6 +185,11 @@ impl Database {
         self.writer.announce()
     }
 
+    /// Transactions committed since the store was opened, and the writes they carried.
+    pub(crate) fn commit_counts(&self) -> (u64, u64) {
+        self.writer.commit_counts()
+    }
+
     /// This device's identity, created on first open.
     pub(crate) fn device_id(&self) -> DeviceId {
         self.device_id

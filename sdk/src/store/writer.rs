@@ -37,7 +37,7 @@
 //! carry on; a transaction it leaves open holds no waiting job, and the next run rolls it back
 //! as stale before beginning its own.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, Thread, ThreadId};
 use std::time::{Duration, Instant};
@@ -134,9 +134,9 @@ pub(crate) struct Writer {
     announced: AtomicUsize,
     /// How long a transaction waits for announced writers: [`GATHER_WINDOW`] but in tests.
     gather: Duration,
-    /// Transactions committed, for tests to see how jobs were grouped.
-    #[cfg(test)]
-    commits: AtomicUsize,
+    /// Transactions committed, and the jobs they carried: how writes were grouped.
+    commits: AtomicU64,
+    committed_jobs: AtomicU64,
 }
 
 /// A write in preparation; see [`Writer::announce`]. Dropping it withdraws the announcement.
@@ -333,9 +333,17 @@ impl Writer {
             state: Mutex::default(),
             announced: AtomicUsize::new(0),
             gather,
-            #[cfg(test)]
-            commits: AtomicUsize::new(0),
+            commits: AtomicU64::new(0),
+            committed_jobs: AtomicU64::new(0),
         }
+    }
+
+    /// Transactions committed so far, and the jobs they carried.
+    pub(crate) fn commit_counts(&self) -> (u64, u64) {
+        (
+            self.commits.load(Ordering::Relaxed),
+            self.committed_jobs.load(Ordering::Relaxed),
+        )
     }
 
     /// Tells the writer a job is being prepared, so the open transaction may wait for it and
@@ -484,9 +492,10 @@ impl Writer {
             let _ = conn.execute_batch("ROLLBACK");
         }
         drop(conn);
-        #[cfg(test)]
         if committed.is_ok() {
             self.commits.fetch_add(1, Ordering::Relaxed);
+            let jobs = u64::try_from(entries.len()).unwrap_or(u64::MAX);
+            self.committed_jobs.fetch_add(jobs, Ordering::Relaxed);
         }
         let error = committed.err().inspect(|e| {
             tracing::error!(error = %e, jobs = entries.len(), "commit failed");
@@ -730,7 +739,8 @@ mod tests {
         assert!(matches!(outcomes[1], Err(Error::InvalidChange(_))));
         assert!(matches!(outcomes[2], Err(Error::CommitFailed(_))));
         assert_eq!(committed(&fx.path), vec![1, 4]);
-        assert_eq!(fx.writer.commits.load(Ordering::Relaxed), 1);
+        // One transaction, holding the two jobs that did not fail.
+        assert_eq!(fx.writer.commit_counts(), (1, 2));
     }
 
     #[test]
