@@ -224,31 +224,77 @@ fn group(
     durability: Durability,
     threads: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    let one = writes_per_second(1, duration, durability)?;
-    let many = writes_per_second(threads, duration, durability)?;
+    let one = concurrent_writes(1, duration, durability)?;
+    let many = concurrent_writes(threads, duration, durability)?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (floor_one, floor_all) = raw_group_commits(threads, duration, durability)?;
+    let bound = speedup_bound(&one, floor_one, floor_all, threads, threads.min(cores));
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    let as_us = |d: Duration| round2(d.as_secs_f64() * 1e6);
     Ok(serde_json::json!({
         "scenario": "group",
         "seconds": duration.as_secs_f64(),
         "durability": format!("{durability:?}"),
         "threads": threads,
-        "writes_per_s_1_thread": one.round(),
-        "writes_per_s_n_threads": many.round(),
-        "speedup": (many / one * 100.0).round() / 100.0,
-        "floor_raw_commits_per_s": raw_commits_per_second(duration)?.round(),
+        "cores": cores,
+        "writes_per_s_1_thread": one.per_second.round(),
+        "writes_per_s_n_threads": many.per_second.round(),
+        "speedup": round2(many.per_second / one.per_second),
+        "speedup_bound": round2(bound),
+        "writes_per_commit_n_threads": round2(many.writes_per_commit),
+        "cpu_us_per_write_1_thread": as_us(one.cpu_per_write),
+        "cpu_us_per_write_n_threads": as_us(many.cpu_per_write),
+        "floor_commit_us_1_write": as_us(floor_one),
+        "floor_commit_us_n_writes": as_us(floor_all),
     }))
 }
 
-fn writes_per_second(
+/// What a run of [`concurrent_writes`] measured.
+struct WriteRun {
+    per_second: f64,
+    /// The process's CPU time (user and system) per write.
+    cpu_per_write: Duration,
+    /// Writes the store committed per transaction (and fsync).
+    writes_per_commit: f64,
+}
+
+/// The most `writers` threads could gain over `one` (a lone writer) if every commit carried
+/// one write of each and the cores were perfectly scheduled: a ceiling for any writer design
+/// on this machine, from the raw-commit floors `floor_one` and `floor_all` (shaped like one
+/// write and like `writers` writes to as many documents: see [`raw_group_commits`]).
+///
+/// A lone write takes its commit (at least `floor_one`) plus its own work `w` (preparing the
+/// change, running its statements): `w ≤ alone − floor_one`. In a group, every writer waits
+/// for the commit, so the commit overlaps none of their work, and their work, spread over
+/// `parallel` cores, takes at least `writers × w / parallel` (and at least `w`). So a group of
+/// `writers` writes takes at least `floor_all + max(writers × w / parallel, w)`.
+fn speedup_bound(
+    one: &WriteRun,
+    floor_one: Duration,
+    floor_all: Duration,
+    writers: usize,
+    parallel: usize,
+) -> f64 {
+    let alone = 1.0 / one.per_second;
+    let work = (alone - floor_one.as_secs_f64()).max(0.0);
+    let writers = writers as f64;
+    let group_time = floor_all.as_secs_f64() + (writers * work / parallel.max(1) as f64).max(work);
+    writers / group_time * alone
+}
+
+/// `threads` threads, each writing to its own document for `duration`.
+fn concurrent_writes(
     threads: usize,
     duration: Duration,
     durability: Durability,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<WriteRun> {
     let dir = tempfile::tempdir()?;
     let options = StoreOptions {
         durability,
         ..Default::default()
     };
     let store = Store::open_with(dir.path().join("bench.db"), options)?;
+    let cpu = cpu_time::ProcessTime::now();
     let start = Instant::now();
     let total: usize = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -270,25 +316,115 @@ fn writes_per_second(
             .map(|h| h.join().expect("bench thread").unwrap_or(0))
             .sum()
     });
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    let elapsed = start.elapsed();
+    let cpu = cpu.elapsed();
+    let stats = store.write_stats();
+    let writes = total.max(1);
+    Ok(WriteRun {
+        per_second: total as f64 / elapsed.as_secs_f64(),
+        cpu_per_write: cpu / u32::try_from(writes).unwrap_or(u32::MAX),
+        writes_per_commit: stats.writes as f64 / stats.commits.max(1) as f64,
+    })
 }
 
-fn raw_commits_per_second(duration: Duration) -> anyhow::Result<f64> {
+/// Mean times of raw SQLite commits (WAL, `durability`'s `synchronous`) shaped like one
+/// Syncline write and like `writes` writes to as many documents: per document, a 120-byte
+/// chunk row inserted (different documents' chunks lie on different pages) and its metadata
+/// row updated (all on one page). Two files, measured in alternating blocks over about
+/// `duration` so that both see the same disk.
+fn raw_group_commits(
+    writes: usize,
+    duration: Duration,
+    durability: Durability,
+) -> anyhow::Result<(Duration, Duration)> {
     let dir = tempfile::tempdir()?;
+    let mut one = RawGroupCommit::new(&dir.path().join("one.db"), 1, durability)?;
+    let mut all = RawGroupCommit::new(&dir.path().join("all.db"), writes, durability)?;
     let start = Instant::now();
-    let mut n = 0u64;
-    let h = raw_commits(&dir.path().join("floor.db"), 1, 120)?;
-    drop(h);
-    let conn = rusqlite::Connection::open(dir.path().join("floor.db"))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
     while start.elapsed() < duration {
-        conn.execute(
-            "INSERT INTO chunks (doc, data) VALUES (1, zeroblob(120))",
-            [],
-        )?;
-        n += 1;
+        for floor in [&mut one, &mut all] {
+            for _ in 0..50 {
+                floor.commit()?;
+            }
+        }
     }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    Ok((one.mean(), all.mean()))
+}
+
+/// One file of [`raw_group_commits`].
+struct RawGroupCommit {
+    conn: rusqlite::Connection,
+    docs: i64,
+    seq: i64,
+    commits: u32,
+    spent: Duration,
+}
+
+impl RawGroupCommit {
+    fn new(path: &Path, docs: usize, durability: Durability) -> anyhow::Result<Self> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let synchronous = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        conn.execute_batch(
+            "CREATE TABLE documents (doc INTEGER PRIMARY KEY, heads BLOB, chunk_count INTEGER);
+             CREATE TABLE chunks (doc INTEGER, seq INTEGER, data BLOB, PRIMARY KEY (doc, seq))
+             WITHOUT ROWID",
+        )?;
+        let docs = i64::try_from(docs)?;
+        // Two pages' worth of rows per document keeps each document's newest chunks on a page
+        // of their own.
+        let seq = 60;
+        conn.execute_batch("BEGIN")?;
+        for doc in 0..docs {
+            conn.execute(
+                "INSERT INTO documents VALUES (?1, zeroblob(32), ?2)",
+                [doc, seq],
+            )?;
+            for s in 0..seq {
+                conn.execute(
+                    "INSERT INTO chunks VALUES (?1, ?2, zeroblob(120))",
+                    [doc, s],
+                )?;
+            }
+        }
+        conn.execute_batch("COMMIT")?;
+        Ok(Self {
+            conn,
+            docs,
+            seq,
+            commits: 0,
+            spent: Duration::ZERO,
+        })
+    }
+
+    fn commit(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        for doc in 0..self.docs {
+            self.conn
+                .prepare_cached("INSERT INTO chunks VALUES (?1, ?2, zeroblob(120))")?
+                .execute([doc, self.seq])?;
+            self.conn
+                .prepare_cached(
+                    "UPDATE documents SET heads = zeroblob(32), chunk_count = chunk_count + 1 \
+                     WHERE doc = ?1",
+                )?
+                .execute([doc])?;
+        }
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.spent += start.elapsed();
+        self.seq += 1;
+        self.commits += 1;
+        Ok(())
+    }
+
+    fn mean(&self) -> Duration {
+        self.spent / self.commits.max(1)
+    }
 }
 
 /// Builds a store with `docs` small documents (each a todo with a title and a flag).
