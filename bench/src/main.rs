@@ -1,6 +1,6 @@
 //! `syncline-bench`: scenario benchmarks for Syncline. Each scenario prints, in the same run,
-//! its floor: the same work with no Syncline in the way (for the store, a raw SQLite commit of
-//! a row of the same size, with the same journal and `synchronous` settings), so a figure is
+//! its floor: the same work with no Syncline in the way (for the store, raw SQLite commits
+//! shaped like Syncline's, with the same journal and `synchronous` settings), so a figure is
 //! read as a ratio to the floor rather than as an absolute time on a noisy machine.
 //!
 //! ```text
@@ -224,11 +224,29 @@ fn group(
     durability: Durability,
     threads: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    let one = concurrent_writes(1, duration, durability)?;
-    let many = concurrent_writes(threads, duration, durability)?;
+    anyhow::ensure!(threads > 0, "--threads must be at least 1");
+    // The lone writer, the concurrent writers and the floors take turns in short slices, so
+    // that all three see the same disk (whose speed drifts) and their ratios are comparable.
+    let one = Writers::new(1, durability)?;
+    let many = Writers::new(threads, durability)?;
+    let mut floors = RawGroupCommits::new(threads, durability)?;
+    let start = Instant::now();
+    let (mut one_run, mut many_run) = (WriteRun::default(), WriteRun::default());
+    while start.elapsed() < duration {
+        one_run += one.run(SLICE)?;
+        many_run += many.run(SLICE)?;
+        floors.run(SLICE)?;
+    }
+    let (one, many) = (one_run.summary(&one)?, many_run.summary(&many)?);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let (floor_one, floor_all) = raw_group_commits(threads, duration, durability)?;
-    let bound = speedup_bound(&one, floor_one, floor_all, threads, threads.min(cores));
+    let ideal = IdealWriter {
+        alone: one.per_write,
+        alone_commit: one.per_commit,
+        group: many.writes_per_commit,
+        group_commit: many.per_commit,
+        parallel: threads.min(cores),
+    };
+    let (bound, best_group) = ideal.best_speedup(threads);
     let round2 = |x: f64| (x * 100.0).round() / 100.0;
     let as_us = |d: Duration| round2(d.as_secs_f64() * 1e6);
     Ok(serde_json::json!({
@@ -237,121 +255,222 @@ fn group(
         "durability": format!("{durability:?}"),
         "threads": threads,
         "cores": cores,
-        "writes_per_s_1_thread": one.per_second.round(),
-        "writes_per_s_n_threads": many.per_second.round(),
-        "speedup": round2(many.per_second / one.per_second),
+        "writes_per_s_1_thread": (1.0 / one.per_write.as_secs_f64()).round(),
+        "writes_per_s_n_threads": (1.0 / many.per_write.as_secs_f64()).round(),
+        "speedup": round2(one.per_write.as_secs_f64() / many.per_write.as_secs_f64()),
         "speedup_bound": round2(bound),
+        "speedup_bound_group": best_group,
         "writes_per_commit_n_threads": round2(many.writes_per_commit),
         "cpu_us_per_write_1_thread": as_us(one.cpu_per_write),
         "cpu_us_per_write_n_threads": as_us(many.cpu_per_write),
-        "floor_commit_us_1_write": as_us(floor_one),
-        "floor_commit_us_n_writes": as_us(floor_all),
+        "commit_us_1_thread": as_us(one.per_commit),
+        "commit_us_n_threads": as_us(many.per_commit),
+        "floor_txn_us_1_write": as_us(floors.one.mean()),
+        "floor_txn_us_n_writes": as_us(floors.all.mean()),
     }))
 }
 
-/// What a run of [`concurrent_writes`] measured.
+/// How long each of [`group`]'s runs goes on before the next takes its turn.
+const SLICE: Duration = Duration::from_millis(250);
+
+/// What runs of [`Writers::run`] measured, summed.
+#[derive(Default)]
 struct WriteRun {
-    per_second: f64,
+    writes: u32,
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+impl std::ops::AddAssign for WriteRun {
+    fn add_assign(&mut self, other: Self) {
+        self.writes += other.writes;
+        self.elapsed += other.elapsed;
+        self.cpu += other.cpu;
+    }
+}
+
+impl WriteRun {
+    fn summary(&self, writers: &Writers) -> anyhow::Result<WriteSummary> {
+        anyhow::ensure!(self.writes > 0, "no write completed");
+        let stats = writers.store.write_stats();
+        let commits = u32::try_from(stats.commits.max(1))?;
+        Ok(WriteSummary {
+            per_write: self.elapsed / self.writes,
+            cpu_per_write: self.cpu / self.writes,
+            writes_per_commit: stats.writes as f64 / f64::from(commits),
+            per_commit: stats.commit_time / commits,
+        })
+    }
+}
+
+/// Per-write figures of a [`WriteRun`].
+struct WriteSummary {
+    /// Wall time per write, all threads together.
+    per_write: Duration,
     /// The process's CPU time (user and system) per write.
     cpu_per_write: Duration,
     /// Writes the store committed per transaction (and fsync).
     writes_per_commit: f64,
+    /// Mean time of the store's `COMMIT`s (the fsync included).
+    per_commit: Duration,
 }
 
-/// The most `writers` threads could gain over `one` (a lone writer) if every commit carried
-/// one write of each and the cores were perfectly scheduled: a ceiling for any writer design
-/// on this machine, from the raw-commit floors `floor_one` and `floor_all` (shaped like one
-/// write and like `writers` writes to as many documents: see [`raw_group_commits`]).
-///
-/// A lone write takes its commit (at least `floor_one`) plus its own work `w` (preparing the
-/// change, running its statements): `w ≤ alone − floor_one`. In a group, every writer waits
-/// for the commit, so the commit overlaps none of their work, and their work, spread over
-/// `parallel` cores, takes at least `writers × w / parallel` (and at least `w`). So a group of
-/// `writers` writes takes at least `floor_all + max(writers × w / parallel, w)`.
-fn speedup_bound(
-    one: &WriteRun,
-    floor_one: Duration,
-    floor_all: Duration,
-    writers: usize,
-    parallel: usize,
-) -> f64 {
-    let alone = 1.0 / one.per_second;
-    let work = (alone - floor_one.as_secs_f64()).max(0.0);
-    let writers = writers as f64;
-    let group_time = floor_all.as_secs_f64() + (writers * work / parallel.max(1) as f64).max(work);
-    writers / group_time * alone
+/// A store and one document per writer thread.
+struct Writers {
+    store: Store,
+    docs: Vec<syncline::Document>,
+    _dir: tempfile::TempDir,
 }
 
-/// `threads` threads, each writing to its own document for `duration`.
-fn concurrent_writes(
-    threads: usize,
-    duration: Duration,
-    durability: Durability,
-) -> anyhow::Result<WriteRun> {
-    let dir = tempfile::tempdir()?;
-    let options = StoreOptions {
-        durability,
-        ..Default::default()
-    };
-    let store = Store::open_with(dir.path().join("bench.db"), options)?;
-    let cpu = cpu_time::ProcessTime::now();
-    let start = Instant::now();
-    let total: usize = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let store = store.clone();
-                s.spawn(move || -> anyhow::Result<usize> {
-                    let doc = store.create(&todos())?;
-                    let mut n = 0usize;
-                    while start.elapsed() < duration {
-                        doc.put("n", i64::try_from(n)?)?;
-                        n += 1;
-                    }
-                    Ok(n)
+impl Writers {
+    fn new(threads: usize, durability: Durability) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let options = StoreOptions {
+            durability,
+            ..Default::default()
+        };
+        let store = Store::open_with(dir.path().join("bench.db"), options)?;
+        let docs = (0..threads)
+            .map(|_| store.create(&todos()))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            store,
+            docs,
+            _dir: dir,
+        })
+    }
+
+    /// One thread per document, each writing to it for `duration`.
+    fn run(&self, duration: Duration) -> anyhow::Result<WriteRun> {
+        let cpu = cpu_time::ProcessTime::now();
+        let start = Instant::now();
+        let per_thread: Vec<u32> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .docs
+                .iter()
+                .map(|doc| {
+                    s.spawn(move || -> anyhow::Result<u32> {
+                        let mut n = 0u32;
+                        while start.elapsed() < duration {
+                            doc.put("n", i64::from(n))?;
+                            n += 1;
+                        }
+                        Ok(n)
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("bench thread").unwrap_or(0))
-            .sum()
-    });
-    let elapsed = start.elapsed();
-    let cpu = cpu.elapsed();
-    let stats = store.write_stats();
-    let writes = total.max(1);
-    Ok(WriteRun {
-        per_second: total as f64 / elapsed.as_secs_f64(),
-        cpu_per_write: cpu / u32::try_from(writes).unwrap_or(u32::MAX),
-        writes_per_commit: stats.writes as f64 / stats.commits.max(1) as f64,
-    })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("bench thread"))
+                .collect::<anyhow::Result<_>>()
+        })?;
+        Ok(WriteRun {
+            writes: per_thread.iter().sum(),
+            elapsed: start.elapsed(),
+            cpu: cpu.elapsed(),
+        })
+    }
 }
 
-/// Mean times of raw SQLite commits (WAL, `durability`'s `synchronous`) shaped like one
-/// Syncline write and like `writes` writes to as many documents: per document, a 120-byte
-/// chunk row inserted (different documents' chunks lie on different pages) and its metadata
-/// row updated (all on one page). Two files, measured in alternating blocks over about
-/// `duration` so that both see the same disk.
-fn raw_group_commits(
-    writes: usize,
-    duration: Duration,
-    durability: Durability,
-) -> anyhow::Result<(Duration, Duration)> {
-    let dir = tempfile::tempdir()?;
-    let mut one = RawGroupCommit::new(&dir.path().join("one.db"), 1, durability)?;
-    let mut all = RawGroupCommit::new(&dir.path().join("all.db"), writes, durability)?;
-    let start = Instant::now();
-    while start.elapsed() < duration {
-        for floor in [&mut one, &mut all] {
-            for _ in 0..50 {
-                floor.commit()?;
+/// An ideal group-committing writer on this machine, to bound what a real one can reach:
+/// commits are serialized (SQLite's WAL write lock, held through the fsync) and cost what the
+/// store's own `COMMIT`s cost, the cores are perfectly shared, and nobody waits to be woken.
+struct IdealWriter {
+    /// A lone writer's time per write: its commit plus its own work.
+    alone: Duration,
+    /// A lone writer's mean `COMMIT`.
+    alone_commit: Duration,
+    /// Writes per commit in the concurrent run, and its mean `COMMIT`.
+    group: f64,
+    group_commit: Duration,
+    /// Cores the writers can use at once.
+    parallel: usize,
+}
+
+impl IdealWriter {
+    /// The mean `COMMIT` of `g` writes: linear between the two measured sizes.
+    fn commit(&self, g: usize) -> f64 {
+        let alone = self.alone_commit.as_secs_f64();
+        if self.group <= 1.0 {
+            return alone;
+        }
+        let per_write = (self.group_commit.as_secs_f64() - alone) / (self.group - 1.0);
+        (alone + (g as f64 - 1.0) * per_write).max(0.0)
+    }
+
+    /// The best speedup of `writers` threads over one, over every group size, and the group
+    /// size that gives it.
+    ///
+    /// A write's own work `w` (preparing the change, running its statements: all of a lone
+    /// write but its `COMMIT`) is `alone - alone_commit`. With groups of `g` following each
+    /// other back to back, commit `k + 1` can take only `writers - g` threads that were not in
+    /// commit `k`; the other `r = 2g - writers` are released by commit `k`'s end and must do
+    /// their work first, which takes at least `max(r × w / parallel, w)`. So a group takes at
+    /// least its `COMMIT` plus that, and also at least the time the threads need to fill it
+    /// (each one's cycle is at least `w` plus its commit) and the cores need to do its work.
+    fn best_speedup(&self, writers: usize) -> (f64, usize) {
+        let alone = self.alone.as_secs_f64();
+        let work = (alone - self.alone_commit.as_secs_f64()).max(0.0);
+        let parallel = self.parallel.max(1) as f64;
+        let n = writers as f64;
+        (1..=writers)
+            .map(|g| {
+                let commit = self.commit(g);
+                let g_f = g as f64;
+                let rejoining = (2.0 * g_f - n).max(0.0);
+                let refill = if rejoining > 0.0 {
+                    (rejoining * work / parallel).max(work)
+                } else {
+                    0.0
+                };
+                let period = (commit + refill)
+                    .max(g_f * (work + commit) / n)
+                    .max(g_f * work / parallel);
+                (g_f * alone / period, g)
+            })
+            .fold(
+                (0.0, 1),
+                |best, this| if this.0 > best.0 { this } else { best },
+            )
+    }
+}
+
+/// The floors: raw SQLite transactions (WAL, the same `synchronous`) shaped like one Syncline
+/// write and like `docs` writes to as many documents: per document, a 120-byte chunk row
+/// inserted (different documents' chunks lie on different pages) and its metadata row updated
+/// (all on one page). Two files, measured in alternating blocks. Means, not medians: they
+/// include the checkpoints, as a writer's rate does.
+struct RawGroupCommits {
+    one: RawGroupCommit,
+    all: RawGroupCommit,
+    _dir: tempfile::TempDir,
+}
+
+impl RawGroupCommits {
+    fn new(docs: usize, durability: Durability) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        Ok(Self {
+            one: RawGroupCommit::new(&dir.path().join("one.db"), 1, durability)?,
+            all: RawGroupCommit::new(&dir.path().join("all.db"), docs, durability)?,
+            _dir: dir,
+        })
+    }
+
+    /// Commits in both files in turn, in blocks, for about `duration`.
+    fn run(&mut self, duration: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            for floor in [&mut self.one, &mut self.all] {
+                for _ in 0..25 {
+                    floor.commit()?;
+                }
             }
         }
+        Ok(())
     }
-    Ok((one.mean(), all.mean()))
 }
 
-/// One file of [`raw_group_commits`].
+/// One file of [`RawGroupCommits`].
 struct RawGroupCommit {
     conn: rusqlite::Connection,
     docs: i64,

@@ -213,6 +213,7 @@ fn one_thread_commits_each_write_alone() {
     // A lone writer never waits for a group: each write is its own commit.
     let stats = fx.store.write_stats();
     assert_eq!((stats.commits, stats.writes), (11, 11));
+    assert!(stats.commit_time > std::time::Duration::ZERO);
 }
 
 #[test]

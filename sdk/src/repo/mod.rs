@@ -100,6 +100,9 @@ pub struct WriteStats {
     /// Writes those transactions carried: local writes, merges of remote changes and sync
     /// batches, one each.
     pub writes: u64,
+    /// Time spent in those transactions' `COMMIT`s: writing the WAL, and under
+    /// [`Durability::Full`] the fsync.
+    pub commit_time: std::time::Duration,
 }
 
 /// An open, offline-first document store: one SQLite file per account.
@@ -478,8 +481,12 @@ impl Store {
     /// Writes committed since the store was opened, and the commits that carried them: more
     /// writes than commits means concurrent writers shared commits (and fsyncs).
     pub fn write_stats(&self) -> WriteStats {
-        let (commits, writes) = self.shared.db.commit_counts();
-        WriteStats { commits, writes }
+        let counts = self.shared.db.commit_counts();
+        WriteStats {
+            commits: counts.commits,
+            writes: counts.jobs,
+            commit_time: counts.commit_time,
+        }
     }
 
     /// Estimated bytes of the documents currently loaded in memory.

@@ -22,6 +22,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use syncline_protocol::{Collection, DeviceId, DocId, Priority};
 
 use crate::{Error, Heads, Result};
+pub(crate) use writer::CommitCounts;
 use writer::{Announcement, Writer};
 
 #[cfg(test)]
@@ -185,8 +186,8 @@ impl Database {
         self.writer.announce()
     }
 
-    /// Transactions committed since the store was opened, and the writes they carried.
-    pub(crate) fn commit_counts(&self) -> (u64, u64) {
+    /// What has been committed since the store was opened.
+    pub(crate) fn commit_counts(&self) -> CommitCounts {
         self.writer.commit_counts()
     }
 

@@ -134,9 +134,21 @@ pub(crate) struct Writer {
     announced: AtomicUsize,
     /// How long a transaction waits for announced writers: [`GATHER_WINDOW`] but in tests.
     gather: Duration,
-    /// Transactions committed, and the jobs they carried: how writes were grouped.
+    /// Transactions committed, the jobs they carried and the time their `COMMIT`s took.
     commits: AtomicU64,
     committed_jobs: AtomicU64,
+    commit_nanos: AtomicU64,
+}
+
+/// What the writer has committed; see [`Writer::commit_counts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CommitCounts {
+    /// Transactions committed.
+    pub(crate) commits: u64,
+    /// Jobs those transactions carried.
+    pub(crate) jobs: u64,
+    /// Time spent in their `COMMIT` statements (writing the WAL, and the fsync if any).
+    pub(crate) commit_time: Duration,
 }
 
 /// A write in preparation; see [`Writer::announce`]. Dropping it withdraws the announcement.
@@ -335,15 +347,17 @@ impl Writer {
             gather,
             commits: AtomicU64::new(0),
             committed_jobs: AtomicU64::new(0),
+            commit_nanos: AtomicU64::new(0),
         }
     }
 
-    /// Transactions committed so far, and the jobs they carried.
-    pub(crate) fn commit_counts(&self) -> (u64, u64) {
-        (
-            self.commits.load(Ordering::Relaxed),
-            self.committed_jobs.load(Ordering::Relaxed),
-        )
+    /// What has been committed so far.
+    pub(crate) fn commit_counts(&self) -> CommitCounts {
+        CommitCounts {
+            commits: self.commits.load(Ordering::Relaxed),
+            jobs: self.committed_jobs.load(Ordering::Relaxed),
+            commit_time: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
+        }
     }
 
     /// Tells the writer a job is being prepared, so the open transaction may wait for it and
@@ -485,7 +499,11 @@ impl Writer {
             // SQLite rolled the transaction back by itself (after an I/O error, say).
             Err("the write transaction was rolled back before its commit".to_owned())
         } else {
-            sql(&conn, "COMMIT").map_err(|e| e.to_string())
+            let started = Instant::now();
+            let committed = sql(&conn, "COMMIT").map_err(|e| e.to_string());
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
+            committed
         };
         if committed.is_err() && !conn.is_autocommit() {
             // If this fails too, the next run finds the stale transaction and rolls it back.
@@ -740,7 +758,8 @@ mod tests {
         assert!(matches!(outcomes[2], Err(Error::CommitFailed(_))));
         assert_eq!(committed(&fx.path), vec![1, 4]);
         // One transaction, holding the two jobs that did not fail.
-        assert_eq!(fx.writer.commit_counts(), (1, 2));
+        let counts = fx.writer.commit_counts();
+        assert_eq!((counts.commits, counts.jobs), (1, 2));
     }
 
     #[test]
