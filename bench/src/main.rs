@@ -242,7 +242,7 @@ fn group(
     let ideal = IdealWriter {
         alone: one.per_write,
         alone_commit: one.per_commit,
-        group: many.writes_per_commit,
+        group_size: many.writes_per_commit,
         group_commit: many.per_commit,
         parallel: threads.min(cores),
     };
@@ -292,13 +292,13 @@ impl std::ops::AddAssign for WriteRun {
 impl WriteRun {
     fn summary(&self, writers: &Writers) -> anyhow::Result<WriteSummary> {
         anyhow::ensure!(self.writes > 0, "no write completed");
-        let stats = writers.store.write_stats();
-        let commits = u32::try_from(stats.commits.max(1))?;
+        let (now, before) = (writers.store.write_stats(), writers.before);
+        let commits = u32::try_from((now.commits - before.commits).max(1))?;
         Ok(WriteSummary {
             per_write: self.elapsed / self.writes,
             cpu_per_write: self.cpu / self.writes,
-            writes_per_commit: stats.writes as f64 / f64::from(commits),
-            per_commit: stats.commit_time / commits,
+            writes_per_commit: (now.writes - before.writes) as f64 / f64::from(commits),
+            per_commit: (now.commit_time - before.commit_time) / commits,
         })
     }
 }
@@ -319,6 +319,8 @@ struct WriteSummary {
 struct Writers {
     store: Store,
     docs: Vec<syncline::Document>,
+    /// The store's write statistics before the runs (after creating the documents).
+    before: syncline::WriteStats,
     _dir: tempfile::TempDir,
 }
 
@@ -334,6 +336,7 @@ impl Writers {
             .map(|_| store.create(&todos()))
             .collect::<Result<_, _>>()?;
         Ok(Self {
+            before: store.write_stats(),
             store,
             docs,
             _dir: dir,
@@ -372,37 +375,45 @@ impl Writers {
     }
 }
 
-/// An ideal group-committing writer on this machine, to bound what a real one can reach:
-/// commits are serialized (SQLite's WAL write lock, held through the fsync) and cost what the
-/// store's own `COMMIT`s cost, the cores are perfectly shared, and nobody waits to be woken.
+/// An ideal group-committing writer on this machine, to bound what a real one with the same
+/// costs can reach. Optimistic on purpose:
+/// - commits are serialized (SQLite's WAL write lock is held through the fsync) and cost what
+///   the store's own `COMMIT`s cost (checkpoints included), but use no core;
+/// - a write's own work is spread perfectly over the cores (in the store, the statements run
+///   one at a time on the connection);
+/// - nobody waits to be woken.
+///
+/// It bounds designs that keep these costs: one file, one `COMMIT` per group, the same work
+/// per write. Cutting that work, or fsyncing several files at once, could go beyond it.
 struct IdealWriter {
     /// A lone writer's time per write: its commit plus its own work.
     alone: Duration,
     /// A lone writer's mean `COMMIT`.
     alone_commit: Duration,
-    /// Writes per commit in the concurrent run, and its mean `COMMIT`.
-    group: f64,
+    /// Writes per commit in the concurrent run.
+    group_size: f64,
+    /// The concurrent run's mean `COMMIT`.
     group_commit: Duration,
     /// Cores the writers can use at once.
     parallel: usize,
 }
 
 impl IdealWriter {
-    /// The mean `COMMIT` of `g` writes: linear between the two measured sizes.
-    fn commit(&self, g: usize) -> f64 {
+    /// The mean `COMMIT` of `g` writes, in seconds: linear between the two measured sizes.
+    fn commit_secs(&self, g: usize) -> f64 {
         let alone = self.alone_commit.as_secs_f64();
-        if self.group <= 1.0 {
+        if self.group_size <= 1.0 {
             return alone;
         }
-        let per_write = (self.group_commit.as_secs_f64() - alone) / (self.group - 1.0);
+        let per_write = (self.group_commit.as_secs_f64() - alone) / (self.group_size - 1.0);
         (alone + (g as f64 - 1.0) * per_write).max(0.0)
     }
 
     /// The best speedup of `writers` threads over one, over every group size, and the group
     /// size that gives it.
     ///
-    /// A write's own work `w` (preparing the change, running its statements: all of a lone
-    /// write but its `COMMIT`) is `alone - alone_commit`. With groups of `g` following each
+    /// A write's own work `w` (preparing the change, running its statements, compacting now
+    /// and then: all of a lone write but its `COMMIT`) is `alone - alone_commit`. With groups of `g` following each
     /// other back to back, commit `k + 1` can take only `writers - g` threads that were not in
     /// commit `k`; the other `r = 2g - writers` are released by commit `k`'s end and must do
     /// their work first, which takes at least `max(r × w / parallel, w)`. So a group takes at
@@ -415,7 +426,7 @@ impl IdealWriter {
         let n = writers as f64;
         (1..=writers)
             .map(|g| {
-                let commit = self.commit(g);
+                let commit = self.commit_secs(g);
                 let g_f = g as f64;
                 let rejoining = (2.0 * g_f - n).max(0.0);
                 let refill = if rejoining > 0.0 {

@@ -100,8 +100,8 @@ pub struct WriteStats {
     /// Writes those transactions carried: local writes, merges of remote changes and sync
     /// batches, one each.
     pub writes: u64,
-    /// Time spent in those transactions' `COMMIT`s: writing the WAL, and under
-    /// [`Durability::Full`] the fsync.
+    /// Time spent in those transactions' `COMMIT`s: writing the WAL, under
+    /// [`Durability::Full`] the fsync, and the WAL checkpoints SQLite runs after some commits.
     pub commit_time: std::time::Duration,
 }
 
@@ -479,7 +479,8 @@ impl Store {
     }
 
     /// Writes committed since the store was opened, and the commits that carried them: more
-    /// writes than commits means concurrent writers shared commits (and fsyncs).
+    /// writes than commits means concurrent writers shared commits (and fsyncs). Read while
+    /// writes are under way, the fields may be a commit apart.
     pub fn write_stats(&self) -> WriteStats {
         let counts = self.shared.db.commit_counts();
         WriteStats {

@@ -147,7 +147,8 @@ pub(crate) struct CommitCounts {
     pub(crate) commits: u64,
     /// Jobs those transactions carried.
     pub(crate) jobs: u64,
-    /// Time spent in their `COMMIT` statements (writing the WAL, and the fsync if any).
+    /// Time spent in their `COMMIT` statements: writing the WAL, the fsync if any, and the
+    /// WAL checkpoints SQLite runs at the end of some commits.
     pub(crate) commit_time: Duration,
 }
 
@@ -351,7 +352,8 @@ impl Writer {
         }
     }
 
-    /// What has been committed so far.
+    /// What has been committed so far (read field by field: a snapshot only when no commit is
+    /// under way).
     pub(crate) fn commit_counts(&self) -> CommitCounts {
         CommitCounts {
             commits: self.commits.load(Ordering::Relaxed),
@@ -495,16 +497,14 @@ impl Writer {
         let guard = PanicGuard::new(self, Held::Commit);
         wake_all(wake);
 
+        let started = Instant::now();
         let committed = if conn.is_autocommit() {
             // SQLite rolled the transaction back by itself (after an I/O error, say).
             Err("the write transaction was rolled back before its commit".to_owned())
         } else {
-            let started = Instant::now();
-            let committed = sql(&conn, "COMMIT").map_err(|e| e.to_string());
-            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
-            committed
+            sql(&conn, "COMMIT").map_err(|e| e.to_string())
         };
+        let took = started.elapsed();
         if committed.is_err() && !conn.is_autocommit() {
             // If this fails too, the next run finds the stale transaction and rolls it back.
             let _ = conn.execute_batch("ROLLBACK");
@@ -514,6 +514,8 @@ impl Writer {
             self.commits.fetch_add(1, Ordering::Relaxed);
             let jobs = u64::try_from(entries.len()).unwrap_or(u64::MAX);
             self.committed_jobs.fetch_add(jobs, Ordering::Relaxed);
+            let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+            self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
         }
         let error = committed.err().inspect(|e| {
             tracing::error!(error = %e, jobs = entries.len(), "commit failed");
