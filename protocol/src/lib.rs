@@ -56,6 +56,7 @@
 //! ```
 
 mod cbor_ids;
+pub mod close_code;
 pub mod frame;
 mod heads;
 mod ids;

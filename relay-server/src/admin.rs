@@ -8,6 +8,7 @@ use syncline_protocol::DocId;
 
 use crate::auth::{self, Claims, dev_key};
 use crate::storage::{DeviceRecord, SqliteStorage, Storage, StorageError};
+use crate::tenant::Tenant;
 
 /// The embedded database's file name inside the data directory.
 pub const DATABASE_FILE: &str = "relay.db";
@@ -31,7 +32,7 @@ pub enum AdminError {
     Claims(String),
     /// No such document.
     #[error("document {0} not found in tenant {1}")]
-    NotFound(DocId, String),
+    NotFound(DocId, Tenant),
     /// The stored document does not load.
     #[error("document {doc} does not load: {reason}")]
     Corrupt {
@@ -77,8 +78,8 @@ pub fn issue_token(data_dir: &Path, claims: Claims) -> Result<String, AdminError
 /// [`AdminError::Storage`].
 pub fn devices(
     data_dir: &Path,
-    tenant: Option<&str>,
-) -> Result<Vec<(String, DeviceRecord)>, AdminError> {
+    tenant: Option<&Tenant>,
+) -> Result<Vec<(Tenant, DeviceRecord)>, AdminError> {
     Ok(open_storage(data_dir)?.devices(tenant)?)
 }
 
@@ -88,12 +89,12 @@ pub fn devices(
 /// [`AdminError::NotFound`], [`AdminError::Corrupt`], or [`AdminError::Storage`].
 pub fn document_json(
     data_dir: &Path,
-    tenant: &str,
+    tenant: &Tenant,
     doc: &DocId,
 ) -> Result<serde_json::Value, AdminError> {
     let stored = open_storage(data_dir)?
         .load(tenant, doc)?
-        .ok_or_else(|| AdminError::NotFound(doc.clone(), tenant.to_owned()))?;
+        .ok_or_else(|| AdminError::NotFound(doc.clone(), tenant.clone()))?;
     let corrupt = |reason: String| AdminError::Corrupt {
         doc: doc.clone(),
         reason,
@@ -108,10 +109,10 @@ pub fn document_json(
 }
 
 /// A device as JSON, for `devices --json`.
-pub fn device_json(tenant: &str, d: &DeviceRecord) -> serde_json::Value {
+pub fn device_json(tenant: &Tenant, d: &DeviceRecord) -> serde_json::Value {
     let p = &d.profile;
     serde_json::json!({
-        "tenant": tenant,
+        "tenant": tenant.as_str(),
         "device": d.device.to_string(),
         "user": d.user,
         "profile": {

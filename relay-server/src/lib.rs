@@ -16,5 +16,7 @@ pub mod hub;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod tenant;
 
 pub use config::{ConfigError, RelayConfig};
+pub use tenant::{Tenant, TenantError};

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use syncline_protocol::DocId;
-use syncline_relay::admin;
+use syncline_relay::{Tenant, admin};
 use syncline_relay::auth::Claims;
 
 /// The Syncline relay.
@@ -63,7 +63,7 @@ enum Command {
         data_dir: PathBuf,
         /// Only this tenant's devices.
         #[arg(long)]
-        tenant: Option<String>,
+        tenant: Option<Tenant>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -75,7 +75,7 @@ enum Command {
         data_dir: PathBuf,
         /// The tenant.
         #[arg(long, default_value = "default")]
-        tenant: String,
+        tenant: Tenant,
         /// The document, as COLLECTION/ID.
         doc: String,
     },
@@ -244,7 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tenant,
             json,
         } => {
-            let devices = admin::devices(&data_dir, tenant.as_deref())?;
+            let devices = admin::devices(&data_dir, tenant.as_ref())?;
             if json {
                 let list: Vec<_> = devices
                     .iter()

@@ -8,6 +8,12 @@ use syncline_protocol::messages::{DeviceClass, Profile};
 use syncline_protocol::{DeviceId, Hash, Heads};
 use syncline_relay::auth::{Authenticator, dev_key};
 use syncline_relay::storage::{Append, DeviceRecord, SqliteStorage, Storage};
+use syncline_relay::Tenant;
+
+/// A tenant by name (test names are valid).
+fn tenant(name: &str) -> Tenant {
+    Tenant::new(name).expect("a valid tenant")
+}
 
 fn relay(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_syncline-relay"))
@@ -120,7 +126,7 @@ fn devices_lists_the_registry() {
         last_sync_ms: Some(2),
     };
     storage(dir.path())
-        .register_device("acme", &record)
+        .register_device(&tenant("acme"), &record)
         .expect("register");
     let data = dir.path().to_str().expect("utf-8 path");
     let json: serde_json::Value =
@@ -154,8 +160,7 @@ fn doc_prints_a_stored_document() {
     doc.put(automerge::ROOT, "done", false).expect("put");
     let heads = Heads::new(doc.get_heads().into_iter().map(|h| Hash(h.0)).collect());
     storage(dir.path())
-        .append(
-            "default",
+        .append(&tenant("default"),
             &[Append {
                 doc: "todos/milk".parse().expect("id"),
                 chunk: doc.save(),

@@ -17,6 +17,12 @@ use syncline_relay::admin;
 use syncline_relay::auth::Claims;
 use syncline_testkit::Child;
 use tokio_tungstenite::tungstenite::{self, Message as Ws, client::IntoClientRequest};
+use syncline_relay::Tenant;
+
+/// A tenant by name (test names are valid).
+fn tenant(name: &str) -> Tenant {
+    Tenant::new(name).expect("a valid tenant")
+}
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -369,7 +375,7 @@ async fn sigterm_closes_connections_with_going_away_and_exits_zero() {
     let status = relay.child.wait_for(WAIT).expect("exits");
     assert!(status.success(), "{status:?}");
     // The drain let the hub record the session's end (its last sync) before exiting.
-    let devices = admin::devices(dir.path(), Some("acme")).expect("devices");
+    let devices = admin::devices(dir.path(), Some(&tenant("acme"))).expect("devices");
     assert!(
         devices.iter().any(|(_, d)| d.last_sync_ms.is_some()),
         "{devices:?}"
@@ -565,7 +571,7 @@ async fn a_slow_consumer_is_closed_and_resyncs_from_storage() {
         }
     }
     match ended {
-        Some(Some(code)) => assert_eq!(code, syncline_relay::server::SLOW_CONSUMER),
+        Some(Some(code)) => assert_eq!(code, syncline_protocol::close_code::SLOW_CONSUMER),
         Some(None) => {}
         None => panic!("the slow consumer's connection stayed open"),
     }

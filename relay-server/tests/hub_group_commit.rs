@@ -16,6 +16,12 @@ use syncline_relay::hub::{Delivery, Hub};
 use syncline_relay::storage::{
     Append, DeviceRecord, DocumentSummary, MemoryStorage, Storage, StorageError, StoredDocument,
 };
+use syncline_relay::Tenant;
+
+/// A tenant by name (test names are valid).
+fn tenant(name: &str) -> Tenant {
+    Tenant::new(name).expect("a valid tenant")
+}
 
 /// Memory storage that counts appends and fails them on demand.
 #[derive(Default)]
@@ -26,7 +32,7 @@ struct Counting {
 }
 
 impl Storage for Counting {
-    fn append(&self, tenant: &str, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
+    fn append(&self, tenant: &Tenant, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
         self.appends.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
             return Err(StorageError::Corrupt {
@@ -36,45 +42,45 @@ impl Storage for Counting {
         }
         self.inner.append(tenant, batch)
     }
-    fn compact(&self, t: &str, d: &DocId, s: &[u8], h: &Heads) -> Result<(), StorageError> {
+    fn compact(&self, t: &Tenant, d: &DocId, s: &[u8], h: &Heads) -> Result<(), StorageError> {
         self.inner.compact(t, d, s, h)
     }
-    fn load(&self, t: &str, d: &DocId) -> Result<Option<StoredDocument>, StorageError> {
+    fn load(&self, t: &Tenant, d: &DocId) -> Result<Option<StoredDocument>, StorageError> {
         self.inner.load(t, d)
     }
     fn changed_since(
         &self,
-        t: &str,
+        t: &Tenant,
         c: &Collection,
         after: u64,
         limit: usize,
     ) -> Result<Vec<DocumentSummary>, StorageError> {
         self.inner.changed_since(t, c, after, limit)
     }
-    fn register_device(&self, t: &str, r: &DeviceRecord) -> Result<(), StorageError> {
+    fn register_device(&self, t: &Tenant, r: &DeviceRecord) -> Result<(), StorageError> {
         self.inner.register_device(t, r)
     }
-    fn touch_device(&self, t: &str, d: &DeviceId, at: u64, s: bool) -> Result<(), StorageError> {
+    fn touch_device(&self, t: &Tenant, d: &DeviceId, at: u64, s: bool) -> Result<(), StorageError> {
         self.inner.touch_device(t, d, at, s)
     }
-    fn devices(&self, t: Option<&str>) -> Result<Vec<(String, DeviceRecord)>, StorageError> {
+    fn devices(&self, t: Option<&Tenant>) -> Result<Vec<(Tenant, DeviceRecord)>, StorageError> {
         self.inner.devices(t)
     }
     fn set_cursor(
         &self,
-        t: &str,
+        t: &Tenant,
         d: &DeviceId,
         c: &Collection,
         s: u64,
     ) -> Result<(), StorageError> {
         self.inner.set_cursor(t, d, c, s)
     }
-    fn cursors(&self, t: &str, d: &DeviceId) -> Result<Vec<(Collection, u64)>, StorageError> {
+    fn cursors(&self, t: &Tenant, d: &DeviceId) -> Result<Vec<(Collection, u64)>, StorageError> {
         self.inner.cursors(t, d)
     }
     fn save_sync_states(
         &self,
-        t: &str,
+        t: &Tenant,
         d: &DeviceId,
         s: &[(DocId, Vec<u8>)],
     ) -> Result<(), StorageError> {
@@ -82,7 +88,7 @@ impl Storage for Counting {
     }
     fn load_sync_state(
         &self,
-        t: &str,
+        t: &Tenant,
         d: &DeviceId,
         doc: &DocId,
     ) -> Result<Option<Vec<u8>>, StorageError> {
@@ -96,7 +102,7 @@ fn writer(n: u8) -> (Identity, Grants) {
         Identity {
             user: format!("u{n}"),
             device: DeviceId::from_bytes([n; 16]),
-            tenant: "t".into(),
+            tenant: tenant("t"),
         },
         Grants {
             read: all.clone(),
@@ -178,7 +184,7 @@ fn a_failed_group_commit_acknowledges_nothing_and_memory_follows_storage() {
     assert_eq!(acks_for(&group.deliveries, 1).len(), 1);
     assert_eq!(acks_for(&group.deliveries, 2).len(), 1);
     let stored = storage
-        .load("t", &"notes/d1".parse().expect("valid"))
+        .load(&tenant("t"), &"notes/d1".parse().expect("valid"))
         .expect("load")
         .expect("stored");
     assert!(!stored.heads.as_slice().is_empty());

@@ -13,6 +13,12 @@ use syncline_relay::auth::{Grants, Identity};
 use syncline_relay::hub::{Hub, SessionId};
 use syncline_relay::session::Action;
 use syncline_relay::storage::{SqliteStorage, Storage};
+use syncline_relay::Tenant;
+
+/// A tenant by name (test names are valid).
+fn tenant(name: &str) -> Tenant {
+    Tenant::new(name).expect("a valid tenant")
+}
 
 fn col(s: &str) -> Collection {
     Collection::new(s).expect("valid")
@@ -138,7 +144,7 @@ impl World {
         let identity = Identity {
             user: format!("user{id}"),
             device: DeviceId::from_bytes([u8::try_from(id).expect("small"); 16]),
-            tenant: tenant.into(),
+            tenant: self::tenant(tenant),
         };
         self.hub.connect(id, identity, g, 1);
         self.clients.insert(
@@ -198,7 +204,7 @@ fn changes_are_stored_acknowledged_and_fanned_out() {
     w.push(1, std::slice::from_ref(&x));
 
     assert!(
-        w.storage.load("acme", &x).expect("load").is_some(),
+        w.storage.load(&tenant("acme"), &x).expect("load").is_some(),
         "durable on the relay"
     );
     let a = &w.clients[&1];
@@ -302,7 +308,7 @@ fn tenants_and_grants_bound_the_fan_out() {
         }),
     )]);
     assert_eq!(w.clients[&4].get(&x, "n"), None);
-    assert!(w.storage.load("globex", &x).expect("load").is_none());
+    assert!(w.storage.load(&tenant("globex"), &x).expect("load").is_none());
 
     // Revoking B's read grant stops the fan-out to B at once.
     w.run(vec![(2, Action::GrantsChanged(grants(&[], &[])))]);
@@ -318,7 +324,7 @@ fn a_bad_change_is_refused_and_harms_nothing() {
     let x = doc("todos/x");
     w.clients.get_mut(&1).expect("a").put(&x, "n", 1);
     w.push(1, std::slice::from_ref(&x));
-    let before = w.storage.load("acme", &x).expect("load");
+    let before = w.storage.load(&tenant("acme"), &x).expect("load");
     let bogus = automerge::sync::Message {
         heads: vec![],
         need: vec![],
@@ -337,7 +343,7 @@ fn a_bad_change_is_refused_and_harms_nothing() {
         }]),
     )]);
     assert_eq!(
-        w.storage.load("acme", &x).expect("load"),
+        w.storage.load(&tenant("acme"), &x).expect("load"),
         before,
         "storage untouched"
     );
@@ -358,7 +364,7 @@ fn a_bad_change_is_refused_and_harms_nothing() {
     w.clients.get_mut(&1).expect("a").put(&x, "n", 2);
     w.push(1, std::slice::from_ref(&x));
     assert_eq!(
-        w.storage.load("acme", &x).expect("load").expect("doc").seq,
+        w.storage.load(&tenant("acme"), &x).expect("load").expect("doc").seq,
         2,
         "the document still takes changes"
     );
@@ -403,11 +409,11 @@ fn a_restarted_relay_serves_what_it_stored_and_remembers_sync_state() {
     let device = DeviceId::from_bytes([1; 16]);
     assert!(
         w.storage
-            .load_sync_state("acme", &device, &x)
+            .load_sync_state(&tenant("acme"), &device, &x)
             .expect("load")
             .is_some()
     );
-    let devices = w.storage.devices(Some("acme")).expect("devices");
+    let devices = w.storage.devices(Some(&tenant("acme"))).expect("devices");
     assert!(
         devices
             .iter()
@@ -531,7 +537,7 @@ fn a_failing_item_leaves_no_unstored_change_behind() {
             .collect::<Vec<_>>(),
         vec![first[0].0]
     );
-    let stored = w.storage.load("acme", &x).expect("load").expect("stored");
+    let stored = w.storage.load(&tenant("acme"), &x).expect("load").expect("stored");
     let mut check = Automerge::new();
     for chunk in &stored.chunks {
         check.load_incremental(chunk).expect("loads");
@@ -549,7 +555,7 @@ fn a_failing_item_leaves_no_unstored_change_behind() {
     w.clients.get_mut(&3).expect("c").put(&x, "n", 5);
     w.push(3, std::slice::from_ref(&x));
     assert_eq!(w.clients[&2].get(&x, "n"), Some(5));
-    let stored = w.storage.load("acme", &x).expect("load").expect("stored");
+    let stored = w.storage.load(&tenant("acme"), &x).expect("load").expect("stored");
     let mut check = Automerge::new();
     for chunk in &stored.chunks {
         check.load_incremental(chunk).expect("loads");
@@ -575,7 +581,7 @@ fn fetching_unknown_documents_creates_nothing() {
     let device = DeviceId::from_bytes([1; 16]);
     for d in &made_up {
         assert_eq!(
-            w.storage.load_sync_state("acme", &device, d).expect("load"),
+            w.storage.load_sync_state(&tenant("acme"), &device, d).expect("load"),
             None
         );
     }

@@ -26,7 +26,7 @@ fn verified(read: &[&str], write: &[&str], expires_secs: u64) -> Verified {
         identity: Identity {
             user: "alice".into(),
             device: DeviceId::from_bytes([1; 16]),
-            tenant: "acme".into(),
+            tenant: syncline_relay::Tenant::new("acme").expect("valid"),
         },
         grants: Grants {
             read: only(read),

@@ -7,6 +7,12 @@ use std::path::Path;
 use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
 use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
 use syncline_relay::storage::{Append, DeviceRecord, MemoryStorage, SqliteStorage, Storage};
+use syncline_relay::Tenant;
+
+/// A tenant by name (test names are valid).
+fn tenant(name: &str) -> Tenant {
+    Tenant::new(name).expect("a valid tenant")
+}
 
 fn doc(s: &str) -> DocId {
     s.parse().expect("valid doc id")
@@ -64,31 +70,30 @@ fn record(n: u8, seen: u64) -> DeviceRecord {
 
 fn sequences_and_loading<S: Storage>(s: &S) {
     assert_eq!(
-        s.append(
-            "t",
+        s.append(&tenant("t"),
             &[append("todos/a", b"a1", 1), append("todos/b", b"b1", 2)]
         )
         .expect("append"),
         vec![1, 2]
     );
     assert_eq!(
-        s.append("t", &[append("notes/x", b"x1", 3)])
+        s.append(&tenant("t"), &[append("notes/x", b"x1", 3)])
             .expect("append"),
         vec![1],
         "per-collection sequence"
     );
     assert_eq!(
-        s.append("t", &[append("todos/a", b"a2", 4)])
+        s.append(&tenant("t"), &[append("todos/a", b"a2", 4)])
             .expect("append"),
         vec![3]
     );
-    let a = s.load("t", &doc("todos/a")).expect("load").expect("exists");
+    let a = s.load(&tenant("t"), &doc("todos/a")).expect("load").expect("exists");
     assert_eq!(a.chunks, vec![b"a1".to_vec(), b"a2".to_vec()]);
     assert_eq!((a.heads, a.seq), (heads(4), 3));
-    assert_eq!(s.load("t", &doc("todos/none")).expect("load"), None);
+    assert_eq!(s.load(&tenant("t"), &doc("todos/none")).expect("load"), None);
 
     let changed = s
-        .changed_since("t", &col("todos"), 0, 100)
+        .changed_since(&tenant("t"), &col("todos"), 0, 100)
         .expect("changed");
     let listed: Vec<(String, u64)> = changed.iter().map(|c| (c.doc.to_string(), c.seq)).collect();
     assert_eq!(
@@ -98,101 +103,101 @@ fn sequences_and_loading<S: Storage>(s: &S) {
     );
     assert_eq!(changed[1].stored_bytes, 4);
     assert_eq!(
-        s.changed_since("t", &col("todos"), 2, 100)
+        s.changed_since(&tenant("t"), &col("todos"), 2, 100)
             .expect("changed")
             .len(),
         1
     );
     assert_eq!(
-        s.changed_since("t", &col("todos"), 0, 1)
+        s.changed_since(&tenant("t"), &col("todos"), 0, 1)
             .expect("changed")
             .len(),
         1,
         "limit"
     );
     assert!(
-        s.changed_since("t", &col("todos"), 3, 100)
+        s.changed_since(&tenant("t"), &col("todos"), 3, 100)
             .expect("changed")
             .is_empty()
     );
 }
 
 fn tenants_are_isolated<S: Storage>(s: &S) {
-    s.append("acme", &[append("todos/a", b"acme", 1)])
+    s.append(&tenant("acme"), &[append("todos/a", b"acme", 1)])
         .expect("append");
-    s.append("globex", &[append("todos/a", b"globex", 2)])
+    s.append(&tenant("globex"), &[append("todos/a", b"globex", 2)])
         .expect("append");
     assert_eq!(
-        s.load("acme", &doc("todos/a"))
+        s.load(&tenant("acme"), &doc("todos/a"))
             .expect("load")
             .expect("exists")
             .chunks,
         vec![b"acme".to_vec()]
     );
     assert_eq!(
-        s.load("globex", &doc("todos/a"))
+        s.load(&tenant("globex"), &doc("todos/a"))
             .expect("load")
             .expect("exists")
             .chunks,
         vec![b"globex".to_vec()]
     );
-    assert_eq!(s.load("initech", &doc("todos/a")).expect("load"), None);
+    assert_eq!(s.load(&tenant("initech"), &doc("todos/a")).expect("load"), None);
     assert_eq!(
-        s.changed_since("acme", &col("todos"), 0, 10)
+        s.changed_since(&tenant("acme"), &col("todos"), 0, 10)
             .expect("changed")
             .len(),
         1
     );
-    s.register_device("acme", &record(1, 10)).expect("register");
-    assert!(s.devices(Some("globex")).expect("devices").is_empty());
-    s.set_cursor("acme", &device(1), &col("todos"), 5)
+    s.register_device(&tenant("acme"), &record(1, 10)).expect("register");
+    assert!(s.devices(Some(&tenant("globex"))).expect("devices").is_empty());
+    s.set_cursor(&tenant("acme"), &device(1), &col("todos"), 5)
         .expect("cursor");
-    assert!(s.cursors("globex", &device(1)).expect("cursors").is_empty());
-    s.save_sync_states("acme", &device(1), &[(doc("todos/a"), b"state".to_vec())])
+    assert!(s.cursors(&tenant("globex"), &device(1)).expect("cursors").is_empty());
+    s.save_sync_states(&tenant("acme"), &device(1), &[(doc("todos/a"), b"state".to_vec())])
         .expect("save");
     assert_eq!(
-        s.load_sync_state("globex", &device(1), &doc("todos/a"))
+        s.load_sync_state(&tenant("globex"), &device(1), &doc("todos/a"))
             .expect("load"),
         None
     );
 }
 
 fn compaction_keeps_the_sequence<S: Storage>(s: &S) {
-    s.append("t", &[append("todos/a", b"1", 1)])
+    s.append(&tenant("t"), &[append("todos/a", b"1", 1)])
         .expect("append");
-    s.append("t", &[append("todos/a", b"2", 2)])
+    s.append(&tenant("t"), &[append("todos/a", b"2", 2)])
         .expect("append");
-    s.compact("t", &doc("todos/a"), b"snapshot", &heads(2))
+    s.compact(&tenant("t"), &doc("todos/a"), b"snapshot", &heads(2))
         .expect("compact");
-    let a = s.load("t", &doc("todos/a")).expect("load").expect("exists");
+    let a = s.load(&tenant("t"), &doc("todos/a")).expect("load").expect("exists");
     assert_eq!(
         (a.chunks, a.heads, a.seq),
         (vec![b"snapshot".to_vec()], heads(2), 2)
     );
-    s.append("t", &[append("todos/a", b"3", 3)])
+    s.append(&tenant("t"), &[append("todos/a", b"3", 3)])
         .expect("append after compaction");
     assert_eq!(
-        s.load("t", &doc("todos/a"))
+        s.load(&tenant("t"), &doc("todos/a"))
             .expect("load")
             .expect("exists")
             .chunks
             .len(),
         2
     );
-    s.compact("t", &doc("todos/none"), b"x", &heads(9))
+    s.compact(&tenant("t"), &doc("todos/none"), b"x", &heads(9))
         .expect("compacting a missing document");
-    assert_eq!(s.load("t", &doc("todos/none")).expect("load"), None);
+    assert_eq!(s.load(&tenant("t"), &doc("todos/none")).expect("load"), None);
 }
 
 fn registry_cursors_and_sync_state<S: Storage>(s: &S) {
-    s.register_device("t", &record(1, 100)).expect("register");
-    s.touch_device("t", &device(1), 150, true).expect("touch");
+    s.register_device(&tenant("t"), &record(1, 100)).expect("register");
+    s.touch_device(&tenant("t"), &device(1), 150, true).expect("touch");
     let mut updated = record(1, 200);
     updated.profile.metered = false;
     updated.subscriptions.truncate(1);
-    s.register_device("t", &updated).expect("re-register");
-    s.register_device("t", &record(2, 300)).expect("second");
-    let devices = s.devices(Some("t")).expect("devices");
+    s.register_device(&tenant("t"), &updated).expect("re-register");
+    s.register_device(&tenant("t"), &record(2, 300)).expect("second");
+    let devices = s.devices(Some(&tenant("t"))).expect("devices");
     assert_eq!(devices.len(), 2);
     let one = &devices
         .iter()
@@ -212,27 +217,27 @@ fn registry_cursors_and_sync_state<S: Storage>(s: &S) {
     assert_eq!(*two, record(2, 300));
     assert_eq!(s.devices(None).expect("all").len(), 2);
 
-    s.set_cursor("t", &device(1), &col("todos"), 3)
+    s.set_cursor(&tenant("t"), &device(1), &col("todos"), 3)
         .expect("cursor");
-    s.set_cursor("t", &device(1), &col("todos"), 7)
+    s.set_cursor(&tenant("t"), &device(1), &col("todos"), 7)
         .expect("cursor");
-    s.set_cursor("t", &device(1), &col("notes"), 1)
+    s.set_cursor(&tenant("t"), &device(1), &col("notes"), 1)
         .expect("cursor");
     assert_eq!(
-        s.cursors("t", &device(1)).expect("cursors"),
+        s.cursors(&tenant("t"), &device(1)).expect("cursors"),
         vec![(col("notes"), 1), (col("todos"), 7)]
     );
-    s.save_sync_states("t", &device(1), &[(doc("todos/a"), b"one".to_vec())])
+    s.save_sync_states(&tenant("t"), &device(1), &[(doc("todos/a"), b"one".to_vec())])
         .expect("save");
-    s.save_sync_states("t", &device(1), &[(doc("todos/a"), b"two".to_vec())])
+    s.save_sync_states(&tenant("t"), &device(1), &[(doc("todos/a"), b"two".to_vec())])
         .expect("save");
     assert_eq!(
-        s.load_sync_state("t", &device(1), &doc("todos/a"))
+        s.load_sync_state(&tenant("t"), &device(1), &doc("todos/a"))
             .expect("load"),
         Some(b"two".to_vec())
     );
     assert_eq!(
-        s.load_sync_state("t", &device(2), &doc("todos/a"))
+        s.load_sync_state(&tenant("t"), &device(2), &doc("todos/a"))
             .expect("load"),
         None
     );
@@ -246,7 +251,7 @@ fn concurrent_appends_get_distinct_sequences<S: Storage>(s: &S) {
                     (0..25)
                         .flat_map(|i| {
                             let d = format!("todos/t{t}-{i}");
-                            s.append("t", &[append(&d, b"x", 1)]).expect("append")
+                            s.append(&tenant("t"), &[append(&d, b"x", 1)]).expect("append")
                         })
                         .collect::<Vec<_>>()
                 })
@@ -266,27 +271,27 @@ fn concurrent_appends_get_distinct_sequences<S: Storage>(s: &S) {
 fn everything_survives_reopening<S: Storage>(open: &dyn Fn(&Path) -> S, dir: &Path) {
     {
         let s = open(dir);
-        s.append("t", &[append("todos/a", b"a1", 1)])
+        s.append(&tenant("t"), &[append("todos/a", b"a1", 1)])
             .expect("append");
-        s.register_device("t", &record(1, 10)).expect("register");
-        s.set_cursor("t", &device(1), &col("todos"), 1)
+        s.register_device(&tenant("t"), &record(1, 10)).expect("register");
+        s.set_cursor(&tenant("t"), &device(1), &col("todos"), 1)
             .expect("cursor");
     }
     let s = open(dir);
     assert_eq!(
-        s.load("t", &doc("todos/a"))
+        s.load(&tenant("t"), &doc("todos/a"))
             .expect("load")
             .expect("exists")
             .seq,
         1
     );
-    assert_eq!(s.devices(Some("t")).expect("devices").len(), 1);
+    assert_eq!(s.devices(Some(&tenant("t"))).expect("devices").len(), 1);
     assert_eq!(
-        s.cursors("t", &device(1)).expect("cursors"),
+        s.cursors(&tenant("t"), &device(1)).expect("cursors"),
         vec![(col("todos"), 1)]
     );
     assert_eq!(
-        s.append("t", &[append("todos/b", b"b", 2)])
+        s.append(&tenant("t"), &[append("todos/b", b"b", 2)])
             .expect("append"),
         vec![2],
         "sequence continues"

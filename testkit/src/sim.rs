@@ -28,6 +28,7 @@ use syncline_relay::auth::{CollectionSet, Grants, Identity, Verified};
 use syncline_relay::hub::{Hub, SessionId};
 use syncline_relay::session::{Action, Session};
 use syncline_relay::storage::{MemoryStorage, Storage};
+use syncline_relay::Tenant;
 
 /// The collection every simulated document lives in.
 const COLLECTION: &str = "notes";
@@ -350,7 +351,7 @@ impl World {
         let identity = Identity {
             user: "sim".into(),
             device,
-            tenant: "default".into(),
+            tenant: Tenant::default_tenant(),
         };
         let all = Grants {
             read: CollectionSet::All,
@@ -596,13 +597,13 @@ impl World {
         for summary in self
             .relay
             .storage
-            .changed_since("default", &collection, 0, usize::MAX)
+            .changed_since(&Tenant::default_tenant(), &collection, 0, usize::MAX)
             .map_err(|e| e.to_string())?
         {
             let stored = self
                 .relay
                 .storage
-                .load("default", &summary.doc)
+                .load(&Tenant::default_tenant(), &summary.doc)
                 .map_err(|e| e.to_string())?
                 .ok_or("listed but not stored")?;
             let mut doc = Automerge::new();

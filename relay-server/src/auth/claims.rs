@@ -4,6 +4,8 @@ use std::collections::BTreeSet;
 
 use syncline_protocol::{Collection, DeviceId};
 
+use crate::tenant::Tenant;
+
 /// The claims of a Syncline token, as JSON.
 ///
 /// ```json
@@ -51,7 +53,7 @@ pub struct Identity {
     /// The device (`dev`).
     pub device: DeviceId,
     /// The tenant (`ten`); tenants never see each other's data.
-    pub tenant: String,
+    pub tenant: Tenant,
 }
 
 /// A set of collections, or all of them.
@@ -105,7 +107,7 @@ impl Grants {
     }
 }
 
-/// Longest accepted user or tenant name, in bytes.
+/// Longest accepted user name, in bytes.
 const MAX_NAME: usize = 128;
 
 impl Claims {
@@ -118,14 +120,10 @@ impl Claims {
             return Err("sub must be 1-128 bytes".into());
         }
         let device: DeviceId = self.dev.parse().map_err(|e| format!("dev: {e}"))?;
-        let tenant = self.ten.unwrap_or_else(|| "default".into());
-        let tenant_ok = (1..=MAX_NAME).contains(&tenant.len())
-            && tenant
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if !tenant_ok {
-            return Err("ten must be 1-128 of A-Z a-z 0-9 _ - .".into());
-        }
+        let tenant = match self.ten {
+            Some(ten) => Tenant::new(ten).map_err(|e| format!("ten: {e}"))?,
+            None => Tenant::default_tenant(),
+        };
         let grants = Grants {
             read: CollectionSet::parse(&self.read).map_err(|e| format!("read: {e}"))?,
             write: CollectionSet::parse(&self.write).map_err(|e| format!("write: {e}"))?,

@@ -34,6 +34,7 @@ use syncline_protocol::{Collection, DocId, Hash, Heads, Message, Priority};
 use crate::auth::{Grants, Identity};
 use crate::session::Action;
 use crate::storage::{Append, DeviceRecord, Storage, StorageError};
+use crate::tenant::Tenant;
 
 /// Identifies a session within one relay process.
 pub type SessionId = u64;
@@ -84,7 +85,7 @@ pub enum HubError {
 }
 
 struct Peer {
-    tenant: String,
+    tenant: Tenant,
     identity: Identity,
     grants: Grants,
     profile: Option<Profile>,
@@ -105,8 +106,8 @@ impl Peer {
             .find(|s| &s.collection == collection)
     }
 
-    fn receives(&self, tenant: &str, doc: &DocId) -> bool {
-        self.tenant == tenant
+    fn receives(&self, tenant: &Tenant, doc: &DocId) -> bool {
+        self.tenant == *tenant
             && self.grants.can_read(doc.collection())
             && (self.subscription(doc.collection()).is_some() || self.states.contains_key(doc))
     }
@@ -119,7 +120,7 @@ pub struct Hub<S> {
     /// Documents in memory, least recently used first out past `cache_docs` or `cache_bytes`
     /// (trimmed between actions, never during one: outside an action memory equals storage, so
     /// any may go).
-    docs: lru::LruCache<(String, DocId), DocGraph>,
+    docs: lru::LruCache<(Tenant, DocId), DocGraph>,
     /// The documents' estimated bytes in memory ([`DocGraph::estimated_bytes`] summed).
     docs_bytes: usize,
     /// Who may want each document's changes (fan-out candidates).
@@ -488,11 +489,11 @@ impl<S: Storage> Hub<S> {
     ) -> SyncGroup {
         let mut group = SyncGroup::default();
         // Per tenant, each document's change count before the group first touched it.
-        let mut before: BTreeMap<String, Vec<(DocId, usize)>> = BTreeMap::new();
+        let mut before: BTreeMap<Tenant, Vec<(DocId, usize)>> = BTreeMap::new();
         // Per session: its tenant, the documents it touched, those whose items carried
         // changes (acknowledged even when already stored: a resend after a cut).
-        let mut sessions: Vec<(SessionId, String, Vec<DocId>, Vec<DocId>)> = Vec::new();
-        let mut broken: BTreeMap<String, String> = BTreeMap::new();
+        let mut sessions: Vec<(SessionId, Tenant, Vec<DocId>, Vec<DocId>)> = Vec::new();
+        let mut broken: BTreeMap<Tenant, String> = BTreeMap::new();
         for (id, items) in frames {
             let Some(peer) = self.peers.get(&id) else {
                 continue;
@@ -523,8 +524,8 @@ impl<S: Storage> Hub<S> {
             }
             sessions.push((id, tenant, touched, carried));
         }
-        let mut changed: BTreeMap<String, Vec<DocId>> = BTreeMap::new();
-        let mut seqs: HashMap<(String, DocId), u64> = HashMap::new();
+        let mut changed: BTreeMap<Tenant, Vec<DocId>> = BTreeMap::new();
+        let mut seqs: HashMap<(Tenant, DocId), u64> = HashMap::new();
         for (tenant, docs) in &before {
             if broken.contains_key(tenant) {
                 self.evict(tenant, docs.iter().map(|(doc, _)| doc));
@@ -562,7 +563,7 @@ impl<S: Storage> Hub<S> {
             }
         }
         // Per tenant and document, the sessions whose frames touched it (they had replies).
-        let mut senders: HashMap<String, HashMap<DocId, Vec<SessionId>>> = HashMap::new();
+        let mut senders: HashMap<Tenant, HashMap<DocId, Vec<SessionId>>> = HashMap::new();
         for (id, tenant, touched, carried) in sessions {
             if let Some(reason) = broken.get(&tenant) {
                 group.failed.push((id, HubError::Failed(reason.clone())));
@@ -640,7 +641,7 @@ impl<S: Storage> Hub<S> {
     fn apply_items(
         &mut self,
         id: SessionId,
-        tenant: &str,
+        tenant: &Tenant,
         items: Vec<SyncItem>,
         before: &mut Vec<(DocId, usize)>,
         carried: &mut Vec<DocId>,
@@ -665,7 +666,7 @@ impl<S: Storage> Hub<S> {
             let state = peer.states.get_mut(&item.doc).expect("ensured");
             let graph = self
                 .docs
-                .get_mut(&(tenant.to_owned(), item.doc.clone()))
+                .get_mut(&(tenant.clone(), item.doc.clone()))
                 .expect("loaded");
             let bytes_before = graph.estimated_bytes();
             let received = responder::receive_sync_message(graph, state, message, author);
@@ -694,13 +695,13 @@ impl<S: Storage> Hub<S> {
     /// a document no longer in memory.
     fn acks(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         docs: &[DocId],
-        seqs: &HashMap<(String, DocId), u64>,
+        seqs: &HashMap<(Tenant, DocId), u64>,
     ) -> Vec<AckItem> {
         docs.iter()
             .filter_map(|doc| {
-                let key = (tenant.to_owned(), doc.clone());
+                let key = (tenant.clone(), doc.clone());
                 let loaded = self.docs.peek(&key)?;
                 Some(AckItem {
                     doc: doc.clone(),
@@ -712,9 +713,9 @@ impl<S: Storage> Hub<S> {
     }
 
     /// Drops documents from memory, so the next use reloads the durable state.
-    fn evict<'a>(&mut self, tenant: &str, docs: impl Iterator<Item = &'a DocId>) {
+    fn evict<'a>(&mut self, tenant: &Tenant, docs: impl Iterator<Item = &'a DocId>) {
         for doc in docs {
-            if let Some(graph) = self.docs.pop(&(tenant.to_owned(), doc.clone())) {
+            if let Some(graph) = self.docs.pop(&(tenant.clone(), doc.clone())) {
                 self.docs_bytes = self.docs_bytes.saturating_sub(graph.estimated_bytes());
             }
         }
@@ -808,8 +809,8 @@ impl<S: Storage> Hub<S> {
     }
 
     /// The in-memory change graph of a document, loaded from storage (or empty if it is new).
-    fn doc(&mut self, tenant: &str, doc_id: &DocId) -> Result<&mut DocGraph, HubError> {
-        let key = (tenant.to_owned(), doc_id.clone());
+    fn doc(&mut self, tenant: &Tenant, doc_id: &DocId) -> Result<&mut DocGraph, HubError> {
+        let key = (tenant.clone(), doc_id.clone());
         if !self.docs.contains(&key) {
             let doc =
                 match self.storage.load(tenant, doc_id)? {

@@ -12,15 +12,16 @@ use syncline_protocol::messages::CollectionSubscription;
 use syncline_protocol::{Collection, DocId};
 
 use super::SessionId;
+use crate::tenant::Tenant;
 
 /// The index; see the module documentation.
 #[derive(Debug, Default)]
 pub(super) struct Watchers {
-    tenants: HashMap<String, Tenant>,
+    tenants: HashMap<Tenant, TenantWatchers>,
 }
 
 #[derive(Debug, Default)]
-struct Tenant {
+struct TenantWatchers {
     by_collection: HashMap<Collection, Vec<SessionId>>,
     by_doc: HashMap<DocId, Vec<SessionId>>,
 }
@@ -29,12 +30,12 @@ impl Watchers {
     /// Session `id` replaced its subscriptions `old` by `new`.
     pub(super) fn subscribe(
         &mut self,
-        tenant: &str,
+        tenant: &Tenant,
         id: SessionId,
         old: &[CollectionSubscription],
         new: &[CollectionSubscription],
     ) {
-        let entry = self.tenants.entry(tenant.to_owned()).or_default();
+        let entry = self.tenants.entry(tenant.clone()).or_default();
         for sub in old {
             remove(&mut entry.by_collection, &sub.collection, id);
         }
@@ -44,13 +45,13 @@ impl Watchers {
     }
 
     /// Session `id` now holds a sync state for `doc`.
-    pub(super) fn watch_doc(&mut self, tenant: &str, id: SessionId, doc: &DocId) {
-        let entry = self.tenants.entry(tenant.to_owned()).or_default();
+    pub(super) fn watch_doc(&mut self, tenant: &Tenant, id: SessionId, doc: &DocId) {
+        let entry = self.tenants.entry(tenant.clone()).or_default();
         add(&mut entry.by_doc, doc, id);
     }
 
     /// Session `id` no longer holds a sync state for `doc`.
-    pub(super) fn unwatch_doc(&mut self, tenant: &str, id: SessionId, doc: &DocId) {
+    pub(super) fn unwatch_doc(&mut self, tenant: &Tenant, id: SessionId, doc: &DocId) {
         if let Some(entry) = self.tenants.get_mut(tenant) {
             remove(&mut entry.by_doc, doc, id);
         }
@@ -59,7 +60,7 @@ impl Watchers {
     /// Session `id` ended: forget it under its subscriptions and documents.
     pub(super) fn forget<'a>(
         &mut self,
-        tenant: &str,
+        tenant: &Tenant,
         id: SessionId,
         subscriptions: &[CollectionSubscription],
         docs: impl Iterator<Item = &'a DocId>,
@@ -82,7 +83,7 @@ impl Watchers {
     /// both subscribed and holding a state appears twice).
     pub(super) fn candidates<'a>(
         &'a self,
-        tenant: &str,
+        tenant: &Tenant,
         doc: &DocId,
     ) -> impl Iterator<Item = SessionId> + 'a {
         let entry = self.tenants.get(tenant);

@@ -6,7 +6,7 @@
 //!   `/healthz`, `/readyz`, `/metrics`.
 //! - One task per connection moves frames between the socket and its `Session`, forwards the
 //!   session's actions to the hub and the hub's messages to the socket. Its outbox is bounded:
-//!   a client that cannot keep up is closed with [`SLOW_CONSUMER`] and resyncs from storage
+//!   a client that cannot keep up is closed with [`close_code::SLOW_CONSUMER`] and resyncs from storage
 //!   when it reconnects, instead of being buffered without bound.
 //! - The hub runs on its own thread (it calls storage, which blocks), fed by a bounded
 //!   channel; a panic while handling one action is caught, logged and answered with an
@@ -91,8 +91,6 @@ fn approx_size(message: &Message) -> usize {
 }
 /// Commands buffered for the hub before connections wait.
 pub const HUB_QUEUE: usize = 4096;
-/// Close code for a client that could not keep up; it should reconnect and reconcile.
-pub const SLOW_CONSUMER: u16 = 4009;
 /// How long one write to a client may take before the connection is dropped.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The WebSocket subprotocol of version 1.
@@ -376,7 +374,7 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
                         ..Output::default()
                     }
                 }
-                None => break Some(Close { code: SLOW_CONSUMER, reason: "too slow: reconnect to resync".into() }),
+                None => break Some(Close { code: close_code::SLOW_CONSUMER, reason: "too slow: reconnect to resync".into() }),
             },
             () = tokio::time::sleep_until(deadline) => session.handle_tick(now_ms()),
         };

@@ -24,21 +24,8 @@ use bucket::TokenBucket;
 /// Protocol violations tolerated before the session is closed.
 pub const MAX_STRIKES: u32 = 8;
 
-/// WebSocket close codes the relay uses.
-pub mod close_code {
-    /// The relay is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// The peer does not speak the protocol (no common version, too many bad frames).
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// The token expired and no fresh one came.
-    pub const TOKEN_EXPIRED: u16 = 4001;
-    /// Nothing arrived for longer than the idle timeout.
-    pub const IDLE: u16 = 4002;
-    /// A refreshed token names another identity.
-    pub const IDENTITY_CHANGED: u16 = 4003;
-    /// Limits were breached repeatedly.
-    pub const LIMITS: u16 = 4008;
-}
+/// The WebSocket close codes (defined by the protocol, shared with the SDK).
+pub use syncline_protocol::close_code;
 
 /// Why and how the connection must close.
 #[derive(Debug, Clone, PartialEq, Eq)]

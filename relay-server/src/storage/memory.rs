@@ -9,6 +9,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use syncline_protocol::{Collection, DeviceId, DocId, Heads};
 
+use crate::tenant::Tenant;
+
 use super::{Append, DeviceRecord, DocumentSummary, Storage, StorageError, StoredDocument};
 
 #[derive(Default)]
@@ -20,7 +22,7 @@ struct Doc {
 }
 
 #[derive(Default)]
-struct Tenant {
+struct TenantData {
     seqs: HashMap<Collection, u64>,
     docs: HashMap<DocId, Doc>,
     /// Per collection, sequence number to document.
@@ -34,7 +36,7 @@ struct Tenant {
 /// "restarted" over a clone finds everything its predecessor stored).
 #[derive(Default, Clone)]
 pub struct MemoryStorage {
-    tenants: Arc<Mutex<HashMap<String, Tenant>>>,
+    tenants: Arc<Mutex<HashMap<Tenant, TenantData>>>,
 }
 
 impl MemoryStorage {
@@ -45,9 +47,9 @@ impl MemoryStorage {
 }
 
 impl Storage for MemoryStorage {
-    fn append(&self, tenant: &str, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
+    fn append(&self, tenant: &Tenant, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
         let mut tenants = self.tenants.lock();
-        let t = tenants.entry(tenant.to_owned()).or_default();
+        let t = tenants.entry(tenant.clone()).or_default();
         let mut seqs = Vec::with_capacity(batch.len());
         for a in batch {
             let collection = a.doc.collection().clone();
@@ -69,7 +71,7 @@ impl Storage for MemoryStorage {
 
     fn compact(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         doc: &DocId,
         snapshot: &[u8],
         heads: &Heads,
@@ -83,7 +85,7 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    fn load(&self, tenant: &str, doc: &DocId) -> Result<Option<StoredDocument>, StorageError> {
+    fn load(&self, tenant: &Tenant, doc: &DocId) -> Result<Option<StoredDocument>, StorageError> {
         let tenants = self.tenants.lock();
         Ok(tenants
             .get(tenant)
@@ -97,7 +99,7 @@ impl Storage for MemoryStorage {
 
     fn changed_since(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         collection: &Collection,
         after: u64,
         limit: usize,
@@ -124,9 +126,9 @@ impl Storage for MemoryStorage {
             .collect())
     }
 
-    fn register_device(&self, tenant: &str, record: &DeviceRecord) -> Result<(), StorageError> {
+    fn register_device(&self, tenant: &Tenant, record: &DeviceRecord) -> Result<(), StorageError> {
         let mut tenants = self.tenants.lock();
-        let t = tenants.entry(tenant.to_owned()).or_default();
+        let t = tenants.entry(tenant.clone()).or_default();
         match t.devices.get_mut(&record.device) {
             Some(existing) => {
                 existing.user.clone_from(&record.user);
@@ -143,7 +145,7 @@ impl Storage for MemoryStorage {
 
     fn touch_device(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         at_ms: u64,
         synced: bool,
@@ -161,11 +163,11 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    fn devices(&self, tenant: Option<&str>) -> Result<Vec<(String, DeviceRecord)>, StorageError> {
+    fn devices(&self, tenant: Option<&Tenant>) -> Result<Vec<(Tenant, DeviceRecord)>, StorageError> {
         let tenants = self.tenants.lock();
-        let mut out: Vec<(String, DeviceRecord)> = tenants
+        let mut out: Vec<(Tenant, DeviceRecord)> = tenants
             .iter()
-            .filter(|(name, _)| tenant.is_none_or(|t| t == name.as_str()))
+            .filter(|(name, _)| tenant.is_none_or(|t| t == *name))
             .flat_map(|(name, t)| t.devices.values().map(|d| (name.clone(), d.clone())))
             .collect();
         out.sort_by(|(ta, a), (tb, b)| ta.cmp(tb).then(b.last_seen_ms.cmp(&a.last_seen_ms)));
@@ -174,20 +176,20 @@ impl Storage for MemoryStorage {
 
     fn set_cursor(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         collection: &Collection,
         seq: u64,
     ) -> Result<(), StorageError> {
         let mut tenants = self.tenants.lock();
-        let t = tenants.entry(tenant.to_owned()).or_default();
+        let t = tenants.entry(tenant.clone()).or_default();
         t.cursors.insert((*device, collection.clone()), seq);
         Ok(())
     }
 
     fn cursors(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
     ) -> Result<Vec<(Collection, u64)>, StorageError> {
         let tenants = self.tenants.lock();
@@ -205,12 +207,12 @@ impl Storage for MemoryStorage {
 
     fn save_sync_states(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         states: &[(DocId, Vec<u8>)],
     ) -> Result<(), StorageError> {
         let mut tenants = self.tenants.lock();
-        let t = tenants.entry(tenant.to_owned()).or_default();
+        let t = tenants.entry(tenant.clone()).or_default();
         for (doc, state) in states {
             t.states.insert((*device, doc.clone()), state.clone());
         }
@@ -219,7 +221,7 @@ impl Storage for MemoryStorage {
 
     fn load_sync_state(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         doc: &DocId,
     ) -> Result<Option<Vec<u8>>, StorageError> {

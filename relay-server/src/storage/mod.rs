@@ -14,15 +14,24 @@ mod sqlite;
 use syncline_protocol::messages::{CollectionSubscription, Profile};
 use syncline_protocol::{Collection, DeviceId, DocId, Heads};
 
+use crate::tenant::Tenant;
+
 pub use memory::MemoryStorage;
 pub use sqlite::SqliteStorage;
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// The database failed.
-    #[error("database: {0}")]
-    Database(#[from] rusqlite::Error),
+    /// The backend failed (I/O, a constraint, a lost connection); the source names the
+    /// backend's own error, which no caller needs to know the type of.
+    #[error("{backend} storage: {source}")]
+    Backend {
+        /// The backend: `"sqlite"`, `"memory"`, later `"postgres"`.
+        backend: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A stored row does not decode (names the table and key).
     #[error("corrupt row in {table}: {reason}")]
     Corrupt {
@@ -103,7 +112,7 @@ pub trait Storage: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`StorageError`]; then nothing of the batch is stored.
-    fn append(&self, tenant: &str, batch: &[Append]) -> Result<Vec<u64>, StorageError>;
+    fn append(&self, tenant: &Tenant, batch: &[Append]) -> Result<Vec<u64>, StorageError>;
 
     /// Replaces a document's chunks by one snapshot with the given heads (compaction). The
     /// sequence number does not change. Does nothing if the document does not exist.
@@ -112,7 +121,7 @@ pub trait Storage: Send + Sync + 'static {
     /// A [`StorageError`].
     fn compact(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         doc: &DocId,
         snapshot: &[u8],
         heads: &Heads,
@@ -122,7 +131,7 @@ pub trait Storage: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`StorageError`].
-    fn load(&self, tenant: &str, doc: &DocId) -> Result<Option<StoredDocument>, StorageError>;
+    fn load(&self, tenant: &Tenant, doc: &DocId) -> Result<Option<StoredDocument>, StorageError>;
 
     /// The documents of `collection` with a sequence number above `after`, lowest first, at
     /// most `limit` of them.
@@ -131,7 +140,7 @@ pub trait Storage: Send + Sync + 'static {
     /// A [`StorageError`].
     fn changed_since(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         collection: &Collection,
         after: u64,
         limit: usize,
@@ -142,7 +151,7 @@ pub trait Storage: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`StorageError`].
-    fn register_device(&self, tenant: &str, record: &DeviceRecord) -> Result<(), StorageError>;
+    fn register_device(&self, tenant: &Tenant, record: &DeviceRecord) -> Result<(), StorageError>;
 
     /// Records activity of a device (and a completed sync, if `synced`).
     ///
@@ -150,7 +159,7 @@ pub trait Storage: Send + Sync + 'static {
     /// A [`StorageError`].
     fn touch_device(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         at_ms: u64,
         synced: bool,
@@ -160,7 +169,7 @@ pub trait Storage: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`StorageError`].
-    fn devices(&self, tenant: Option<&str>) -> Result<Vec<(String, DeviceRecord)>, StorageError>;
+    fn devices(&self, tenant: Option<&Tenant>) -> Result<Vec<(Tenant, DeviceRecord)>, StorageError>;
 
     /// Stores a device's cursor in a collection.
     ///
@@ -168,7 +177,7 @@ pub trait Storage: Send + Sync + 'static {
     /// A [`StorageError`].
     fn set_cursor(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         collection: &Collection,
         seq: u64,
@@ -180,7 +189,7 @@ pub trait Storage: Send + Sync + 'static {
     /// A [`StorageError`].
     fn cursors(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
     ) -> Result<Vec<(Collection, u64)>, StorageError>;
 
@@ -190,7 +199,7 @@ pub trait Storage: Send + Sync + 'static {
     /// A [`StorageError`]; then none of them is stored.
     fn save_sync_states(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         states: &[(DocId, Vec<u8>)],
     ) -> Result<(), StorageError>;
@@ -201,7 +210,7 @@ pub trait Storage: Send + Sync + 'static {
     /// A [`StorageError`].
     fn load_sync_state(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         doc: &DocId,
     ) -> Result<Option<Vec<u8>>, StorageError>;

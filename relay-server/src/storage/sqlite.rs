@@ -11,6 +11,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
 use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
 
+use crate::tenant::Tenant;
+
 use super::{Append, DeviceRecord, DocumentSummary, Storage, StorageError, StoredDocument};
 
 /// `PRAGMA application_id` of a relay database: "SYNR".
@@ -121,6 +123,17 @@ fn heads_from_bytes(bytes: &[u8]) -> Result<Heads, StorageError> {
     ))
 }
 
+/// Every SQLite failure becomes the backend-neutral [`StorageError::Backend`], so no caller
+/// (nor the trait) sees a `rusqlite` type.
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError::Backend {
+            backend: "sqlite",
+            source: Box::new(e),
+        }
+    }
+}
+
 fn corrupt(table: &'static str, reason: String) -> StorageError {
     StorageError::Corrupt { table, reason }
 }
@@ -153,7 +166,8 @@ fn class_from(code: i64) -> Result<DeviceClass, StorageError> {
 }
 
 impl Storage for SqliteStorage {
-    fn append(&self, tenant: &str, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
+    fn append(&self, tenant: &Tenant, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
+        let tenant = tenant.as_str();
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut seqs = Vec::with_capacity(batch.len());
@@ -196,11 +210,12 @@ impl Storage for SqliteStorage {
 
     fn compact(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         doc: &DocId,
         snapshot: &[u8],
         heads: &Heads,
     ) -> Result<(), StorageError> {
+        let tenant = tenant.as_str();
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (collection, id) = (doc.collection().as_str(), doc.id());
@@ -230,7 +245,8 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    fn load(&self, tenant: &str, doc: &DocId) -> Result<Option<StoredDocument>, StorageError> {
+    fn load(&self, tenant: &Tenant, doc: &DocId) -> Result<Option<StoredDocument>, StorageError> {
+        let tenant = tenant.as_str();
         let conn = self.conn.lock();
         let (collection, id) = (doc.collection().as_str(), doc.id());
         let Some((seq, heads)) = conn
@@ -259,11 +275,12 @@ impl Storage for SqliteStorage {
 
     fn changed_since(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         collection: &Collection,
         after: u64,
         limit: usize,
     ) -> Result<Vec<DocumentSummary>, StorageError> {
+        let tenant = tenant.as_str();
         let conn = self.conn.lock();
         let rows = conn
             .prepare_cached(
@@ -300,7 +317,8 @@ impl Storage for SqliteStorage {
             .collect()
     }
 
-    fn register_device(&self, tenant: &str, record: &DeviceRecord) -> Result<(), StorageError> {
+    fn register_device(&self, tenant: &Tenant, record: &DeviceRecord) -> Result<(), StorageError> {
+        let tenant = tenant.as_str();
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let device = record.device.as_bytes().as_slice();
@@ -350,11 +368,12 @@ impl Storage for SqliteStorage {
 
     fn touch_device(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         at_ms: u64,
         synced: bool,
     ) -> Result<(), StorageError> {
+        let tenant = tenant.as_str();
         self.conn
             .lock()
             .prepare_cached(
@@ -371,7 +390,8 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    fn devices(&self, tenant: Option<&str>) -> Result<Vec<(String, DeviceRecord)>, StorageError> {
+    fn devices(&self, tenant: Option<&Tenant>) -> Result<Vec<(Tenant, DeviceRecord)>, StorageError> {
+        let tenant = tenant.map(Tenant::as_str);
         let conn = self.conn.lock();
         type Row = (
             String,
@@ -448,7 +468,7 @@ impl Storage for SqliteStorage {
                 })
                 .collect::<Result<Vec<_>, StorageError>>()?;
             out.push((
-                ten,
+                Tenant::new(&ten).map_err(|e| corrupt("devices", e.to_string()))?,
                 DeviceRecord {
                     device,
                     user,
@@ -472,11 +492,12 @@ impl Storage for SqliteStorage {
 
     fn set_cursor(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         collection: &Collection,
         seq: u64,
     ) -> Result<(), StorageError> {
+        let tenant = tenant.as_str();
         self.conn
             .lock()
             .prepare_cached(
@@ -494,9 +515,10 @@ impl Storage for SqliteStorage {
 
     fn cursors(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
     ) -> Result<Vec<(Collection, u64)>, StorageError> {
+        let tenant = tenant.as_str();
         let conn = self.conn.lock();
         let rows = conn
             .prepare_cached(
@@ -518,10 +540,11 @@ impl Storage for SqliteStorage {
 
     fn save_sync_states(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         states: &[(DocId, Vec<u8>)],
     ) -> Result<(), StorageError> {
+        let tenant = tenant.as_str();
         if states.is_empty() {
             return Ok(());
         }
@@ -549,10 +572,11 @@ impl Storage for SqliteStorage {
 
     fn load_sync_state(
         &self,
-        tenant: &str,
+        tenant: &Tenant,
         device: &DeviceId,
         doc: &DocId,
     ) -> Result<Option<Vec<u8>>, StorageError> {
+        let tenant = tenant.as_str();
         Ok(self
             .conn
             .lock()

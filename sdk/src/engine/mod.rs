@@ -27,7 +27,7 @@ use syncline_protocol::messages::{
     Reconcile, RefreshToken, Subscribe, Sync, SyncItem, UpdateProfile, Welcome,
 };
 use syncline_protocol::{Collection, Compression, DocId, Hash, Message, PROTOCOL_VERSION};
-use syncline_protocol::{frame, sync_state};
+use syncline_protocol::{close_code, frame, sync_state};
 
 use crate::{Heads, Store};
 pub use backoff::Backoff;
@@ -490,13 +490,13 @@ impl Engine {
         tracing::info!(relay = %self.config.relay, %reason, "disconnected");
         // A refused token is an error the app must see; a broken connection is being offline.
         if matches!(why, Disconnect::Unauthorized(_))
-            || matches!(why, Disconnect::Closed { code, .. } if code == 4001 || code == 4003 || code == 1002)
+            || matches!(why, Disconnect::Closed { code, .. } if close_code::needs_attention(code))
         {
             self.last_error = Some(reason);
         } else if !matches!(
             why,
             Disconnect::Closed {
-                code: 1001 | 1000,
+                code: close_code::GOING_AWAY | close_code::NORMAL,
                 ..
             }
         ) {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
-use syncline_protocol::{Collection, DocId, Priority};
+use syncline_protocol::{Collection, DocId, Priority, close_code};
 use tokio::sync::mpsc as tokio_mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -716,8 +716,8 @@ async fn run_connection(
                 Some(Ok(WsMessage::Close(frame))) => {
                     let (code, reason) = frame
                         .map(|f| (u16::from(f.code), f.reason.to_string()))
-                        .unwrap_or((1005, String::new()));
-                    break if code == 4001 {
+                        .unwrap_or((close_code::NO_STATUS, String::new()));
+                    break if code == close_code::TOKEN_EXPIRED {
                         Disconnect::Unauthorized(reason)
                     } else {
                         Disconnect::Closed { code, reason }
