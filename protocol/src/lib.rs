@@ -55,6 +55,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod bucket;
 mod cbor_ids;
 pub mod close_code;
 pub mod frame;
@@ -65,6 +66,7 @@ mod priority;
 #[cfg(feature = "automerge")]
 pub mod sync_state;
 
+pub use bucket::TokenBucket;
 pub use frame::{Compression, FrameError};
 pub use heads::{Hash, Heads};
 pub use ids::{Collection, DeviceId, DocId, IdError};

@@ -8,18 +8,15 @@
 //! requests into [`Action`]s. Every breach is answered with a typed `Error` frame; repeated
 //! breaches ([`MAX_STRIKES`]) close the connection. It never panics on what a client sends.
 
-mod bucket;
-
 use automerge::sync::Message as SyncMessage;
 use syncline_protocol::frame::{self, FrameError};
 use syncline_protocol::messages::{
     CollectionSubscription, Ephemeral, Error, ErrorCode, Limits, Profile, Reconcile, SyncItem,
     Welcome,
 };
-use syncline_protocol::{Collection, Compression, DocId, Message, PROTOCOL_VERSION};
+use syncline_protocol::{Collection, Compression, DocId, Message, PROTOCOL_VERSION, TokenBucket};
 
 use crate::auth::{AuthError, Grants, Identity, Verified};
-use bucket::TokenBucket;
 
 /// Protocol violations tolerated before the session is closed.
 pub const MAX_STRIKES: u32 = 8;

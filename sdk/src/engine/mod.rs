@@ -26,7 +26,9 @@ use syncline_protocol::messages::{
     Ack, CollectionSubscription, Cursor, Error as ErrorMessage, ErrorCode, Hello, Plan, Profile,
     Reconcile, RefreshToken, Subscribe, Sync, SyncItem, UpdateProfile, Welcome,
 };
-use syncline_protocol::{Collection, Compression, DocId, Hash, Message, PROTOCOL_VERSION};
+use syncline_protocol::{
+    Collection, Compression, DocId, Hash, Message, PROTOCOL_VERSION, TokenBucket,
+};
 use syncline_protocol::{close_code, frame, sync_state};
 
 use crate::{Heads, Store};
@@ -230,41 +232,24 @@ struct Connection {
     compression: Compression,
 }
 
-/// A token bucket for the frames the engine sends of its own accord (local changes), at half
-/// the relay's frame rate so that replies and pings always fit: a burst of writes becomes a
-/// few frames of many documents instead of a rate-limit error.
+/// Paces the frames the engine sends of its own accord (local changes) at half the relay's
+/// frame rate, so that replies and pings always fit: a burst of writes becomes a few frames of
+/// many documents instead of a rate-limit error. The shared [`TokenBucket`] counts in half
+/// frames (two tokens a frame), so half of an odd rate is kept exactly.
 #[derive(Debug)]
-struct Pacer {
-    per_ms: f64,
-    burst: f64,
-    tokens: f64,
-    last_ms: u64,
-}
+struct Pacer(TokenBucket);
 
 impl Pacer {
     fn new(frames_per_s: u32, now_ms: u64) -> Self {
-        let per_s = f64::from(frames_per_s.max(2)) / 2.0;
-        let burst = per_s.clamp(1.0, 32.0);
-        Self {
-            per_ms: per_s / 1000.0,
-            burst,
-            tokens: burst,
-            last_ms: now_ms,
-        }
+        let half_frames_per_s = u64::from(frames_per_s.max(2));
+        // A burst of one second's frames at the paced rate, between 1 and 32 frames.
+        let burst = half_frames_per_s.clamp(2, 64);
+        Self(TokenBucket::with_burst(half_frames_per_s, burst, now_ms))
     }
 
-    /// Takes one frame's token, or says when one will be there.
+    /// Takes one frame's tokens, or says when they will be there.
     fn take(&mut self, now_ms: u64) -> Result<(), u64> {
-        let elapsed = now_ms.saturating_sub(self.last_ms) as f64;
-        self.tokens = (self.tokens + elapsed * self.per_ms).min(self.burst);
-        self.last_ms = now_ms.max(self.last_ms);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = ((1.0 - self.tokens) / self.per_ms).ceil() as u64;
-            Err(now_ms + wait.max(1))
-        }
+        self.0.take(2, now_ms).map_err(|wait| now_ms + wait)
     }
 }
 
