@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use syncline_protocol::DocId;
-use syncline_relay::{Tenant, admin};
 use syncline_relay::auth::Claims;
+use syncline_relay::{Tenant, admin};
 
 /// The Syncline relay.
 #[derive(Parser)]

@@ -86,7 +86,10 @@ mod tests {
 
     #[test]
     fn names_are_validated() {
-        assert_eq!(Tenant::new("acme-1.eu_west").unwrap().as_str(), "acme-1.eu_west");
+        assert_eq!(
+            Tenant::new("acme-1.eu_west").unwrap().as_str(),
+            "acme-1.eu_west"
+        );
         assert!(Tenant::new("").is_err());
         assert!(Tenant::new("a b").is_err());
         assert!(Tenant::new("é").is_err());

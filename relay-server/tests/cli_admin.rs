@@ -6,9 +6,9 @@ use std::process::{Command, Output};
 use automerge::transaction::Transactable;
 use syncline_protocol::messages::{DeviceClass, Profile};
 use syncline_protocol::{DeviceId, Hash, Heads};
+use syncline_relay::Tenant;
 use syncline_relay::auth::{Authenticator, dev_key};
 use syncline_relay::storage::{Append, DeviceRecord, SqliteStorage, Storage};
-use syncline_relay::Tenant;
 
 /// A tenant by name (test names are valid).
 fn tenant(name: &str) -> Tenant {
@@ -160,7 +160,8 @@ fn doc_prints_a_stored_document() {
     doc.put(automerge::ROOT, "done", false).expect("put");
     let heads = Heads::new(doc.get_heads().into_iter().map(|h| Hash(h.0)).collect());
     storage(dir.path())
-        .append(&tenant("default"),
+        .append(
+            &tenant("default"),
             &[Append {
                 doc: "todos/milk".parse().expect("id"),
                 chunk: doc.save(),

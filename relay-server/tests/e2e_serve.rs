@@ -13,11 +13,11 @@ use automerge::{Automerge, ROOT, ReadDoc};
 use futures_util::{SinkExt, StreamExt};
 use syncline_protocol::messages::*;
 use syncline_protocol::{Collection, DocId, Message, Priority, frame};
+use syncline_relay::Tenant;
 use syncline_relay::admin;
 use syncline_relay::auth::Claims;
 use syncline_testkit::Child;
 use tokio_tungstenite::tungstenite::{self, Message as Ws, client::IntoClientRequest};
-use syncline_relay::Tenant;
 
 /// A tenant by name (test names are valid).
 fn tenant(name: &str) -> Tenant {

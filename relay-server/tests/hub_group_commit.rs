@@ -11,12 +11,12 @@ use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT};
 use syncline_protocol::messages::{ErrorCode, SyncItem};
 use syncline_protocol::{Collection, DeviceId, DocId, Heads, Message};
+use syncline_relay::Tenant;
 use syncline_relay::auth::{CollectionSet, Grants, Identity};
 use syncline_relay::hub::{Delivery, Hub};
 use syncline_relay::storage::{
     Append, DeviceRecord, DocumentSummary, MemoryStorage, Storage, StorageError, StoredDocument,
 };
-use syncline_relay::Tenant;
 
 /// A tenant by name (test names are valid).
 fn tenant(name: &str) -> Tenant {

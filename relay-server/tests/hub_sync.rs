@@ -8,12 +8,12 @@ use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT, ReadDoc};
 use syncline_protocol::messages::*;
 use syncline_protocol::{Collection, DeviceId, DocId, Message, Priority};
+use syncline_relay::Tenant;
 use syncline_relay::auth::claims::CollectionSet;
 use syncline_relay::auth::{Grants, Identity};
 use syncline_relay::hub::{Hub, SessionId};
 use syncline_relay::session::Action;
 use syncline_relay::storage::{SqliteStorage, Storage};
-use syncline_relay::Tenant;
 
 /// A tenant by name (test names are valid).
 fn tenant(name: &str) -> Tenant {
@@ -308,7 +308,12 @@ fn tenants_and_grants_bound_the_fan_out() {
         }),
     )]);
     assert_eq!(w.clients[&4].get(&x, "n"), None);
-    assert!(w.storage.load(&tenant("globex"), &x).expect("load").is_none());
+    assert!(
+        w.storage
+            .load(&tenant("globex"), &x)
+            .expect("load")
+            .is_none()
+    );
 
     // Revoking B's read grant stops the fan-out to B at once.
     w.run(vec![(2, Action::GrantsChanged(grants(&[], &[])))]);
@@ -364,7 +369,11 @@ fn a_bad_change_is_refused_and_harms_nothing() {
     w.clients.get_mut(&1).expect("a").put(&x, "n", 2);
     w.push(1, std::slice::from_ref(&x));
     assert_eq!(
-        w.storage.load(&tenant("acme"), &x).expect("load").expect("doc").seq,
+        w.storage
+            .load(&tenant("acme"), &x)
+            .expect("load")
+            .expect("doc")
+            .seq,
         2,
         "the document still takes changes"
     );
@@ -537,7 +546,11 @@ fn a_failing_item_leaves_no_unstored_change_behind() {
             .collect::<Vec<_>>(),
         vec![first[0].0]
     );
-    let stored = w.storage.load(&tenant("acme"), &x).expect("load").expect("stored");
+    let stored = w
+        .storage
+        .load(&tenant("acme"), &x)
+        .expect("load")
+        .expect("stored");
     let mut check = Automerge::new();
     for chunk in &stored.chunks {
         check.load_incremental(chunk).expect("loads");
@@ -555,7 +568,11 @@ fn a_failing_item_leaves_no_unstored_change_behind() {
     w.clients.get_mut(&3).expect("c").put(&x, "n", 5);
     w.push(3, std::slice::from_ref(&x));
     assert_eq!(w.clients[&2].get(&x, "n"), Some(5));
-    let stored = w.storage.load(&tenant("acme"), &x).expect("load").expect("stored");
+    let stored = w
+        .storage
+        .load(&tenant("acme"), &x)
+        .expect("load")
+        .expect("stored");
     let mut check = Automerge::new();
     for chunk in &stored.chunks {
         check.load_incremental(chunk).expect("loads");
@@ -581,7 +598,9 @@ fn fetching_unknown_documents_creates_nothing() {
     let device = DeviceId::from_bytes([1; 16]);
     for d in &made_up {
         assert_eq!(
-            w.storage.load_sync_state(&tenant("acme"), &device, d).expect("load"),
+            w.storage
+                .load_sync_state(&tenant("acme"), &device, d)
+                .expect("load"),
             None
         );
     }

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
 use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
-use syncline_relay::storage::{Append, DeviceRecord, MemoryStorage, SqliteStorage, Storage};
 use syncline_relay::Tenant;
+use syncline_relay::storage::{Append, DeviceRecord, MemoryStorage, SqliteStorage, Storage};
 
 /// A tenant by name (test names are valid).
 fn tenant(name: &str) -> Tenant {
@@ -70,7 +70,8 @@ fn record(n: u8, seen: u64) -> DeviceRecord {
 
 fn sequences_and_loading<S: Storage>(s: &S) {
     assert_eq!(
-        s.append(&tenant("t"),
+        s.append(
+            &tenant("t"),
             &[append("todos/a", b"a1", 1), append("todos/b", b"b1", 2)]
         )
         .expect("append"),
@@ -87,10 +88,16 @@ fn sequences_and_loading<S: Storage>(s: &S) {
             .expect("append"),
         vec![3]
     );
-    let a = s.load(&tenant("t"), &doc("todos/a")).expect("load").expect("exists");
+    let a = s
+        .load(&tenant("t"), &doc("todos/a"))
+        .expect("load")
+        .expect("exists");
     assert_eq!(a.chunks, vec![b"a1".to_vec(), b"a2".to_vec()]);
     assert_eq!((a.heads, a.seq), (heads(4), 3));
-    assert_eq!(s.load(&tenant("t"), &doc("todos/none")).expect("load"), None);
+    assert_eq!(
+        s.load(&tenant("t"), &doc("todos/none")).expect("load"),
+        None
+    );
 
     let changed = s
         .changed_since(&tenant("t"), &col("todos"), 0, 100)
@@ -141,20 +148,36 @@ fn tenants_are_isolated<S: Storage>(s: &S) {
             .chunks,
         vec![b"globex".to_vec()]
     );
-    assert_eq!(s.load(&tenant("initech"), &doc("todos/a")).expect("load"), None);
+    assert_eq!(
+        s.load(&tenant("initech"), &doc("todos/a")).expect("load"),
+        None
+    );
     assert_eq!(
         s.changed_since(&tenant("acme"), &col("todos"), 0, 10)
             .expect("changed")
             .len(),
         1
     );
-    s.register_device(&tenant("acme"), &record(1, 10)).expect("register");
-    assert!(s.devices(Some(&tenant("globex"))).expect("devices").is_empty());
+    s.register_device(&tenant("acme"), &record(1, 10))
+        .expect("register");
+    assert!(
+        s.devices(Some(&tenant("globex")))
+            .expect("devices")
+            .is_empty()
+    );
     s.set_cursor(&tenant("acme"), &device(1), &col("todos"), 5)
         .expect("cursor");
-    assert!(s.cursors(&tenant("globex"), &device(1)).expect("cursors").is_empty());
-    s.save_sync_states(&tenant("acme"), &device(1), &[(doc("todos/a"), b"state".to_vec())])
-        .expect("save");
+    assert!(
+        s.cursors(&tenant("globex"), &device(1))
+            .expect("cursors")
+            .is_empty()
+    );
+    s.save_sync_states(
+        &tenant("acme"),
+        &device(1),
+        &[(doc("todos/a"), b"state".to_vec())],
+    )
+    .expect("save");
     assert_eq!(
         s.load_sync_state(&tenant("globex"), &device(1), &doc("todos/a"))
             .expect("load"),
@@ -169,7 +192,10 @@ fn compaction_keeps_the_sequence<S: Storage>(s: &S) {
         .expect("append");
     s.compact(&tenant("t"), &doc("todos/a"), b"snapshot", &heads(2))
         .expect("compact");
-    let a = s.load(&tenant("t"), &doc("todos/a")).expect("load").expect("exists");
+    let a = s
+        .load(&tenant("t"), &doc("todos/a"))
+        .expect("load")
+        .expect("exists");
     assert_eq!(
         (a.chunks, a.heads, a.seq),
         (vec![b"snapshot".to_vec()], heads(2), 2)
@@ -186,17 +212,24 @@ fn compaction_keeps_the_sequence<S: Storage>(s: &S) {
     );
     s.compact(&tenant("t"), &doc("todos/none"), b"x", &heads(9))
         .expect("compacting a missing document");
-    assert_eq!(s.load(&tenant("t"), &doc("todos/none")).expect("load"), None);
+    assert_eq!(
+        s.load(&tenant("t"), &doc("todos/none")).expect("load"),
+        None
+    );
 }
 
 fn registry_cursors_and_sync_state<S: Storage>(s: &S) {
-    s.register_device(&tenant("t"), &record(1, 100)).expect("register");
-    s.touch_device(&tenant("t"), &device(1), 150, true).expect("touch");
+    s.register_device(&tenant("t"), &record(1, 100))
+        .expect("register");
+    s.touch_device(&tenant("t"), &device(1), 150, true)
+        .expect("touch");
     let mut updated = record(1, 200);
     updated.profile.metered = false;
     updated.subscriptions.truncate(1);
-    s.register_device(&tenant("t"), &updated).expect("re-register");
-    s.register_device(&tenant("t"), &record(2, 300)).expect("second");
+    s.register_device(&tenant("t"), &updated)
+        .expect("re-register");
+    s.register_device(&tenant("t"), &record(2, 300))
+        .expect("second");
     let devices = s.devices(Some(&tenant("t"))).expect("devices");
     assert_eq!(devices.len(), 2);
     let one = &devices
@@ -227,10 +260,18 @@ fn registry_cursors_and_sync_state<S: Storage>(s: &S) {
         s.cursors(&tenant("t"), &device(1)).expect("cursors"),
         vec![(col("notes"), 1), (col("todos"), 7)]
     );
-    s.save_sync_states(&tenant("t"), &device(1), &[(doc("todos/a"), b"one".to_vec())])
-        .expect("save");
-    s.save_sync_states(&tenant("t"), &device(1), &[(doc("todos/a"), b"two".to_vec())])
-        .expect("save");
+    s.save_sync_states(
+        &tenant("t"),
+        &device(1),
+        &[(doc("todos/a"), b"one".to_vec())],
+    )
+    .expect("save");
+    s.save_sync_states(
+        &tenant("t"),
+        &device(1),
+        &[(doc("todos/a"), b"two".to_vec())],
+    )
+    .expect("save");
     assert_eq!(
         s.load_sync_state(&tenant("t"), &device(1), &doc("todos/a"))
             .expect("load"),
@@ -251,7 +292,8 @@ fn concurrent_appends_get_distinct_sequences<S: Storage>(s: &S) {
                     (0..25)
                         .flat_map(|i| {
                             let d = format!("todos/t{t}-{i}");
-                            s.append(&tenant("t"), &[append(&d, b"x", 1)]).expect("append")
+                            s.append(&tenant("t"), &[append(&d, b"x", 1)])
+                                .expect("append")
                         })
                         .collect::<Vec<_>>()
                 })
@@ -273,7 +315,8 @@ fn everything_survives_reopening<S: Storage>(open: &dyn Fn(&Path) -> S, dir: &Pa
         let s = open(dir);
         s.append(&tenant("t"), &[append("todos/a", b"a1", 1)])
             .expect("append");
-        s.register_device(&tenant("t"), &record(1, 10)).expect("register");
+        s.register_device(&tenant("t"), &record(1, 10))
+            .expect("register");
         s.set_cursor(&tenant("t"), &device(1), &col("todos"), 1)
             .expect("cursor");
     }

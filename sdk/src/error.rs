@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use syncline_protocol::{DocId, IdError};
+use syncline_protocol::{DeviceId, DocId, IdError};
 
 /// Everything that can go wrong in the SDK. Causes from dependencies are wrapped, not
 /// flattened into strings, except where one failure must be reported to several callers (a
@@ -31,6 +31,15 @@ pub enum Error {
     Locked {
         /// The store file.
         path: PathBuf,
+    },
+    /// The store was opened with [`crate::StoreOptions::device_id`] naming another device
+    /// than the one it belongs to.
+    #[error("the store belongs to device {stored}, not {requested}")]
+    DeviceMismatch {
+        /// The device id the store holds.
+        stored: DeviceId,
+        /// The device id the options asked for.
+        requested: DeviceId,
     },
     /// No document with this id exists in the store.
     #[error("document {0} not found")]

@@ -28,7 +28,7 @@
 //! `repo` holds [`Store`] and [`Document`] on top of it, with the document cache, listeners
 //! and the Automerge model; [`Value`], [`Path`] and [`Heads`] are the vocabulary.
 
-mod clock;
+pub mod clock;
 pub mod engine;
 mod error;
 mod heads;
@@ -38,6 +38,7 @@ mod repo;
 pub mod store;
 mod value;
 
+pub use clock::{Clock, SystemClock};
 pub use engine::{Progress, Status, SyncStats};
 pub use error::{Error, Result};
 pub use heads::{ChangeHash, Heads};

@@ -15,20 +15,22 @@
 //! acknowledged is still there.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use automerge::{Automerge, ChangeHash, ReadDoc};
 use syncline::engine::{Backoff, Disconnect, Effect, Engine, EngineConfig, Event, Status};
 use syncline::{
-    Collection, CollectionSubscription, DeviceClass, DocId, Priority, Store, StoreOptions,
-    SyncMode, Value,
+    Collection, CollectionSubscription, DeviceClass, DeviceId, DocId, Priority, Store,
+    StoreOptions, SyncMode, Value,
 };
 use syncline_protocol::messages::Limits;
 use syncline_protocol::{Message, frame};
+use syncline_relay::Tenant;
 use syncline_relay::auth::{CollectionSet, Grants, Identity, Verified};
 use syncline_relay::hub::{Hub, SessionId};
 use syncline_relay::session::{Action, Session};
 use syncline_relay::storage::{MemoryStorage, Storage};
-use syncline_relay::Tenant;
 
 /// The collection every simulated document lives in.
 const COLLECTION: &str = "notes";
@@ -76,6 +78,10 @@ pub struct SimReport {
     pub frames: usize,
     /// Virtual milliseconds until every device converged.
     pub converged_at_ms: u64,
+    /// A digest of everything that happened: every frame delivered (when, on which link, in
+    /// which direction, its bytes) and the relay's final heads. The same seed gives the same
+    /// digest, bit for bit; it is how a replay is checked.
+    pub trace_digest: u64,
 }
 
 struct Link {
@@ -86,6 +92,7 @@ struct Link {
 }
 
 struct Device {
+    id: DeviceId,
     dir: tempfile::TempDir,
     store: Option<Store>,
     engine: Option<Engine>,
@@ -107,6 +114,8 @@ struct Relay {
 struct World {
     rng: fastrand::Rng,
     now: u64,
+    /// `now`, shared with the devices' store clocks (Automerge stamps changes with it).
+    clock: Arc<AtomicU64>,
     config: SimConfig,
     devices: Vec<Device>,
     relay: Relay,
@@ -116,6 +125,27 @@ struct World {
     acked: HashMap<DocId, HashSet<ChangeHash>>,
     report: SimReport,
     faults: bool,
+    trace: Trace,
+}
+
+/// FNV-1a over the run's events: stable across builds and platforms, unlike `DefaultHasher`.
+struct Trace(u64);
+
+impl Trace {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn frame(&mut self, at: u64, link: u64, to_relay: bool, bytes: &[u8]) {
+        self.write(&at.to_le_bytes());
+        self.write(&link.to_le_bytes());
+        self.write(&[u8::from(to_relay)]);
+        self.write(&(bytes.len() as u64).to_le_bytes());
+        self.write(bytes);
+    }
 }
 
 /// Runs the simulation of `seed`.
@@ -131,10 +161,19 @@ pub fn run(seed: u64) -> Result<SimReport, String> {
 impl World {
     fn new(seed: u64, config: SimConfig) -> Self {
         let storage = MemoryStorage::new();
-        let devices = (0..config.devices).map(|_| Device::open(None)).collect();
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let now = 1_000_000;
+        let clock = Arc::new(AtomicU64::new(now));
+        let devices = (0..config.devices)
+            .map(|_| {
+                let id = DeviceId::from_bytes(rng.u128(..).to_le_bytes());
+                Device::open(None, id, &clock)
+            })
+            .collect();
         Self {
-            rng: fastrand::Rng::with_seed(seed),
-            now: 1_000_000,
+            rng,
+            now,
+            clock,
             devices,
             relay: Relay {
                 hub: Hub::new(std::sync::Arc::new(storage.clone())),
@@ -147,6 +186,7 @@ impl World {
             acked: HashMap::new(),
             report: SimReport::default(),
             faults: true,
+            trace: Trace(0xcbf2_9ce4_8422_2325),
         }
     }
 
@@ -189,7 +229,15 @@ impl World {
             }
             if !self.faults && self.converged()? {
                 self.report.converged_at_ms = self.now - start;
-                self.report.documents = self.relay_docs()?.len();
+                let docs = self.relay_docs()?;
+                self.report.documents = docs.len();
+                for (id, doc) in &docs {
+                    self.trace.write(id.to_string().as_bytes());
+                    for head in doc.get_heads() {
+                        self.trace.write(&head.0);
+                    }
+                }
+                self.report.trace_digest = self.trace.0;
                 return Ok(self.report.clone());
             }
             let next = self.next_time(schedule.front().map(|(at, _)| *at));
@@ -203,6 +251,7 @@ impl World {
                 return Err(format!("not converged in time: {}", self.describe()));
             }
             self.now = self.now.max(next);
+            self.clock.store(self.now, Ordering::Relaxed);
             while schedule.front().is_some_and(|(at, _)| *at <= self.now) {
                 let (_, chaos) = schedule.pop_front().expect("checked");
                 self.chaos(chaos);
@@ -240,10 +289,12 @@ impl World {
         for id in ids {
             while let Some(bytes) = self.pop_due(id, true) {
                 self.report.frames += 1;
+                self.trace.frame(self.now, id, true, &bytes);
                 self.deliver_to_relay(id, &bytes)?;
             }
             while let Some(bytes) = self.pop_due(id, false) {
                 self.report.frames += 1;
+                self.trace.frame(self.now, id, false, &bytes);
                 let Some(device) = self.links.get(&id).map(|l| l.device) else {
                     break;
                 };
@@ -279,6 +330,8 @@ impl World {
     fn handle(&mut self, i: usize, event: Event) {
         let now = self.now;
         let effects = self.engine(i).handle(event, now);
+        // As every shell must: app listeners run after `handle` returned.
+        self.engine(i).store().deliver_events();
         self.apply(i, effects);
     }
 
@@ -516,8 +569,9 @@ impl World {
                 let old = std::mem::replace(&mut self.devices[i], Device::placeholder());
                 let written = old.written.clone();
                 let partitioned_until = old.partitioned_until;
+                let id = old.id;
                 let dir = old.close();
-                let mut reopened = Device::open(Some(dir));
+                let mut reopened = Device::open(Some(dir), id, &self.clock);
                 reopened.written = written;
                 reopened.partitioned_until = partitioned_until;
                 self.devices[i] = reopened;
@@ -536,7 +590,9 @@ impl World {
         let value = self.rng.i64(0..1000);
         let doc = if docs.is_empty() || kind == 0 {
             let initial = Value::from_json(&serde_json::json!({"list": [], "count": 0}));
-            match store.create_with(&collection, initial, Priority::Normal) {
+            let id = DocId::new(collection.clone(), format!("d{:016x}", self.rng.u64(..)))
+                .expect("a valid id");
+            match store.create_at(id, initial, Priority::Normal) {
                 Ok(doc) => {
                     let _ = doc.transact(None, |tx| {
                         tx.put("text", Value::Text(String::new()))?;
@@ -709,12 +765,16 @@ enum Chaos {
 }
 
 impl Device {
-    fn open(dir: Option<tempfile::TempDir>) -> Self {
+    /// Opens (or reopens, after a crash) device `id`'s store in `dir`, on the world's clock.
+    fn open(dir: Option<tempfile::TempDir>, id: DeviceId, clock: &Arc<AtomicU64>) -> Self {
         let dir = dir.unwrap_or_else(crate::temp_dir);
+        let clock = Arc::clone(clock);
         let store = Store::open_with(
             dir.path().join("store.db"),
             StoreOptions {
                 durability: syncline::Durability::Normal,
+                clock: Arc::new(move || i64::try_from(clock.load(Ordering::Relaxed)).unwrap_or(0)),
+                device_id: Some(id),
                 ..StoreOptions::default()
             },
         )
@@ -740,6 +800,7 @@ impl Device {
                 .expect("16 bytes"),
         );
         Self {
+            id,
             engine: Some(Engine::new(store.clone(), config, seed)),
             store: Some(store),
             dir,
@@ -754,6 +815,7 @@ impl Device {
 
     fn placeholder() -> Self {
         Self {
+            id: DeviceId::from_bytes([0; 16]),
             dir: crate::temp_dir(),
             store: None,
             engine: None,

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng};
 use syncline::{DocId, Store};
 use syncline_testkit::Child;
 
@@ -21,7 +20,7 @@ fn writes_that_returned_survive_sigkill() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(7);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     // Highest write reported per document, across all cycles.
     let mut acknowledged: HashMap<String, i64> = HashMap::new();
     for cycle in 0..CYCLES {
@@ -29,7 +28,7 @@ fn writes_that_returned_survive_sigkill() {
         cmd.arg(&path).arg(THREADS.to_string());
         let mut child = Child::spawn(cmd).expect("spawn crash-writer");
         // Kill after a random number of reported writes (0 = possibly during start-up).
-        let kill_after = rng.random_range(0..200usize);
+        let kill_after = rng.usize(0..200);
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = 0;
         while seen < kill_after && Instant::now() < deadline {

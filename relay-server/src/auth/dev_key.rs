@@ -5,8 +5,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rand::TryRngCore;
-
 /// The file name of the development secret inside the data directory.
 pub const FILE_NAME: &str = "dev-hs256.key";
 
@@ -33,9 +31,7 @@ pub fn load_or_create(data_dir: &Path) -> std::io::Result<(Vec<u8>, bool)> {
     }
     std::fs::create_dir_all(data_dir)?;
     let mut secret = vec![0u8; SECRET_LEN];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut secret)
-        .map_err(std::io::Error::other)?;
+    getrandom::fill(&mut secret).map_err(std::io::Error::other)?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -163,7 +163,10 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
-    fn devices(&self, tenant: Option<&Tenant>) -> Result<Vec<(Tenant, DeviceRecord)>, StorageError> {
+    fn devices(
+        &self,
+        tenant: Option<&Tenant>,
+    ) -> Result<Vec<(Tenant, DeviceRecord)>, StorageError> {
         let tenants = self.tenants.lock();
         let mut out: Vec<(Tenant, DeviceRecord)> = tenants
             .iter()

@@ -169,7 +169,8 @@ pub trait Storage: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`StorageError`].
-    fn devices(&self, tenant: Option<&Tenant>) -> Result<Vec<(Tenant, DeviceRecord)>, StorageError>;
+    fn devices(&self, tenant: Option<&Tenant>)
+    -> Result<Vec<(Tenant, DeviceRecord)>, StorageError>;
 
     /// Stores a device's cursor in a collection.
     ///

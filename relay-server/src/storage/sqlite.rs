@@ -390,7 +390,10 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
-    fn devices(&self, tenant: Option<&Tenant>) -> Result<Vec<(Tenant, DeviceRecord)>, StorageError> {
+    fn devices(
+        &self,
+        tenant: Option<&Tenant>,
+    ) -> Result<Vec<(Tenant, DeviceRecord)>, StorageError> {
         let tenant = tenant.map(Tenant::as_str);
         let conn = self.conn.lock();
         type Row = (

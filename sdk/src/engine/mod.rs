@@ -18,6 +18,7 @@
 //! acknowledged and no answer is outstanding; the cursors are stored only then.
 
 mod backoff;
+mod port;
 
 use std::collections::{HashMap, HashSet};
 
@@ -33,6 +34,7 @@ use syncline_protocol::{close_code, frame, sync_state};
 
 use crate::{Heads, Store};
 pub use backoff::Backoff;
+pub use port::{Outgoing, Received, SyncStore, holds_their_heads, next_message};
 
 /// Most documents per `Sync` frame the engine sends.
 pub const SYNC_BATCH: usize = 256;
@@ -254,8 +256,8 @@ impl Pacer {
 }
 
 /// The sans-IO sync engine of one store and one relay; see the module documentation.
-pub struct Engine {
-    store: Store,
+pub struct Engine<S: SyncStore = Store> {
+    store: S,
     config: EngineConfig,
     phase: Phase,
     paused: bool,
@@ -270,7 +272,7 @@ pub struct Engine {
     last_error: Option<String>,
 }
 
-impl std::fmt::Debug for Engine {
+impl<S: SyncStore> std::fmt::Debug for Engine<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("relay", &self.config.relay)
@@ -280,10 +282,10 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-impl Engine {
+impl<S: SyncStore> Engine<S> {
     /// An engine for `store`, idle until [`Event::Start`]. `seed` drives the reconnect jitter
     /// (give each device its own).
-    pub fn new(store: Store, config: EngineConfig, seed: u64) -> Self {
+    pub fn new(store: S, config: EngineConfig, seed: u64) -> Self {
         let backoff = backoff::Schedule::new(config.backoff, seed);
         Self {
             store,
@@ -317,7 +319,7 @@ impl Engine {
     }
 
     /// The store this engine syncs.
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &S {
         &self.store
     }
 
@@ -433,7 +435,7 @@ impl Engine {
         for sub in &self.config.subscriptions {
             match self
                 .store
-                .sync_unacknowledged(&self.config.relay, &sub.collection)
+                .unacknowledged(&self.config.relay, &sub.collection)
             {
                 Ok(docs) => self.dirty.extend(docs),
                 Err(e) => {
@@ -443,7 +445,7 @@ impl Engine {
             }
         }
         self.flush_dirty(out);
-        let cursors = match self.store.sync_cursors(&self.config.relay) {
+        let cursors = match self.store.cursors(&self.config.relay) {
             Ok(cursors) => cursors,
             Err(e) => {
                 tracing::error!(error = %e, "could not read sync cursors; reconciling from the start");
@@ -574,7 +576,7 @@ impl Engine {
                 self.conn.welcome = Some(welcome);
             }
             Message::Plan(plan) => self.on_plan(plan),
-            Message::Sync(sync) => self.on_sync(out, sync),
+            Message::Sync(sync) => self.on_sync(out, sync, now_ms),
             Message::Ack(ack) => self.on_ack(ack),
             Message::Error(error) => self.on_error(out, error, now_ms),
             Message::Ephemeral(_) => {}
@@ -602,7 +604,7 @@ impl Engine {
         self.conn.plan = Some(state);
     }
 
-    fn on_sync(&mut self, out: &mut Out, sync: Sync) {
+    fn on_sync(&mut self, out: &mut Out, sync: Sync, now_ms: u64) {
         let mut items = Vec::with_capacity(sync.items.len());
         for item in sync.items {
             match SyncMessage::decode(&item.message) {
@@ -615,7 +617,7 @@ impl Engine {
         }
         let results = self
             .store
-            .sync_receive(&self.config.relay, items, &mut self.conn.states);
+            .receive(&self.config.relay, items, &mut self.conn.states, now_ms);
         let mut replies = Vec::new();
         for (doc, result) in results {
             match result {
@@ -681,7 +683,7 @@ impl Engine {
                 }
             }
         }
-        match self.store.sync_acknowledge(&self.config.relay, &acks) {
+        match self.store.acknowledge(&self.config.relay, &acks) {
             Ok(current) => {
                 let current: HashMap<DocId, Heads> = current.into_iter().collect();
                 for (doc, acked) in &acks {
@@ -770,9 +772,9 @@ impl Engine {
             .collect();
         docs.sort();
         let mut items = Vec::new();
-        for (doc, result) in
-            self.store
-                .sync_generate(&self.config.relay, &docs, &mut self.conn.states)
+        for (doc, result) in self
+            .store
+            .generate(&self.config.relay, &docs, &mut self.conn.states)
         {
             match result {
                 Ok(Some(message)) => {
@@ -857,7 +859,7 @@ impl Engine {
         if plan.failed {
             return;
         }
-        if let Err(e) = self.store.sync_set_cursors(&self.config.relay, &cursors) {
+        if let Err(e) = self.store.set_cursors(&self.config.relay, &cursors) {
             // The next connection plans from the older cursors: more work, nothing lost.
             tracing::error!(error = %e, "could not store sync cursors");
         }
@@ -977,17 +979,6 @@ impl Out {
             first_of_connection: matches!(message, Message::Hello(_)),
         });
     }
-}
-
-/// A message ready to send, and what it asks of the relay.
-#[derive(Debug)]
-pub(crate) struct Outgoing {
-    /// The encoded Automerge sync message.
-    pub bytes: Vec<u8>,
-    /// It carries changes (the relay will acknowledge them).
-    pub changes: bool,
-    /// It asks for changes (the relay will send them).
-    pub needs: bool,
 }
 
 /// After the relay acknowledged exactly our heads: it holds them, and nothing sent is in

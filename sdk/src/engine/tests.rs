@@ -149,7 +149,7 @@ fn synced_only_after_the_plan_and_every_ack_and_then_nothing_is_pending() {
     assert!(effects.contains(&Effect::Status(Status::Synced { at_ms: 13 })));
     assert!(f.store.pending_documents().expect("pending").is_empty());
     assert_eq!(
-        f.store.sync_cursors("ws://relay").expect("cursors"),
+        f.store.cursors("ws://relay").expect("cursors"),
         vec![(todos(), 5)]
     );
 }

@@ -26,7 +26,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use crate::Store;
-use crate::engine::{Backoff, Disconnect, Effect, Engine, EngineConfig, Event, Status, SyncStats};
+use crate::engine::{
+    Backoff, Disconnect, Effect, Engine, EngineConfig, Event, Status, SyncStats, SyncStore,
+};
 
 /// How often the client pings the relay (well inside the relay's idle timeout).
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -381,7 +383,7 @@ impl SyncClient {
     fn nothing_unacknowledged(&self) -> bool {
         self.collections.iter().all(|c| {
             self.store
-                .sync_unacknowledged(&self.relay, c)
+                .unacknowledged(&self.relay, c)
                 .is_ok_and(|docs| docs.is_empty())
         })
     }
@@ -525,6 +527,9 @@ impl Shell {
             };
             if let Some(event) = event {
                 let effects = self.engine.handle(event, self.clock.now_ms());
+                // App listeners run here, after the engine returned and holds nothing: a slow
+                // callback delays the next event, never a commit or a reconnect decision.
+                self.engine.store().deliver_events();
                 self.apply(effects);
             }
         }

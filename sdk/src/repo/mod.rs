@@ -23,7 +23,7 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, Automerge, Change, ChangeHash, PatchLog, ROOT};
 use syncline_protocol::{Collection, DeviceId, DocId, Priority};
 
-use crate::clock::{now_millis, now_secs};
+use crate::clock::{Clock, SystemClock};
 use crate::store::{
     ContentWrite, Database, DbOptions, DocRow, DocUpdate, Durability, NewDoc, Origin,
 };
@@ -46,6 +46,13 @@ pub struct StoreOptions {
     /// A document's incremental chunks are compacted into a new snapshot once there are this
     /// many, or once they weigh half as much as the snapshot (and at least 4 KiB). Default 256.
     pub compact_after_chunks: u64,
+    /// The wall clock the store stamps metadata and Automerge changes with. Default
+    /// [`SystemClock`]; a simulation passes a virtual one so that a seed replays exactly.
+    pub clock: Arc<dyn Clock>,
+    /// The device id of a store created by this open (a simulation or a migration from another
+    /// install chooses it); `None` draws a random one. Opening an existing store with a
+    /// different id is [`Error::DeviceMismatch`].
+    pub device_id: Option<DeviceId>,
 }
 
 impl Default for StoreOptions {
@@ -54,6 +61,8 @@ impl Default for StoreOptions {
             cache_bytes: 64 << 20,
             durability: Durability::Full,
             compact_after_chunks: 256,
+            clock: Arc::new(SystemClock),
+            device_id: None,
         }
     }
 }
@@ -146,6 +155,8 @@ impl Store {
             &path,
             &DbOptions {
                 durability: options.durability,
+                device_id: options.device_id,
+                now_ms: options.clock.now_ms(),
             },
         )?;
         let actor = ActorId::from(db.device_id().as_bytes().as_slice());
@@ -218,7 +229,7 @@ impl Store {
         let options = || {
             CommitOptions::default()
                 .with_message("create")
-                .with_time(now_secs())
+                .with_time(self.shared.now_secs())
         };
         if tx.commit_with(options()).0.is_none() {
             // Automerge records nothing for an empty transaction, but the document's existence
@@ -240,7 +251,7 @@ impl Store {
             heads,
             deleted: false,
             origin: Origin::Local,
-            at: now_millis(),
+            at: self.shared.now_ms(),
         };
         self.shared.insert_new(new, doc, event)?;
         self.shared.local_changed(&id);
@@ -467,7 +478,7 @@ impl Store {
             heads: heads.clone(),
             deleted,
             origin: Origin::Remote,
-            at: now_millis(),
+            at: self.shared.now_ms(),
         };
         let all_changes = doc.get_changes(&[]);
         match self.shared.insert_new(new, doc, event) {
@@ -515,6 +526,16 @@ impl std::fmt::Debug for Store {
 }
 
 impl Shared {
+    /// The store clock's time, in milliseconds since the Unix epoch.
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.options.clock.now_ms()
+    }
+
+    /// The store clock's time in seconds, the unit of Automerge change timestamps.
+    fn now_secs(&self) -> i64 {
+        self.now_ms().div_euclid(1000)
+    }
+
     /// Runs `f` on the loaded document `id`, loading it first if needed. The document stays
     /// locked during `f`; if `f` panics the cached copy is dropped (it may be half changed) and
     /// the panic continues.
@@ -676,7 +697,7 @@ impl Shared {
             let mut wrapper = Transaction::new(tx);
             let result = f(&mut wrapper)?;
             let tx = wrapper.into_inner();
-            let mut options = CommitOptions::default().with_time(now_secs());
+            let mut options = CommitOptions::default().with_time(self.now_secs());
             if let Some(message) = message {
                 options.set_message(message);
             }
@@ -748,7 +769,7 @@ impl Shared {
     /// Writes the document's new state: one more chunk, or a compacted snapshot. On failure
     /// the cached copy is poisoned, so it is reloaded from the durable state.
     fn persist(&self, loaded: &mut LoadedDoc, chunk: Vec<u8>, origin: Origin) -> Result<()> {
-        let prepared = self.prepare_update(loaded, chunk, origin);
+        let prepared = self.prepare_update(loaded, chunk, origin, self.now_ms());
         if let Err(e) = self.db.update_document(loaded.row.key, prepared.update) {
             loaded.poisoned = true;
             return Err(e);
@@ -764,6 +785,7 @@ impl Shared {
         loaded: &LoadedDoc,
         chunk: Vec<u8>,
         origin: Origin,
+        at: i64,
     ) -> PreparedUpdate {
         let chunk_len = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
         // Compacting rewrites the whole document, so it waits until the chunks weigh half the
@@ -778,7 +800,6 @@ impl Shared {
             ContentWrite::Append(chunk)
         };
         let deleted = model::is_tombstoned(&loaded.doc);
-        let at = now_millis();
         let written = match &content {
             ContentWrite::Append(c) | ContentWrite::Compact(c) => {
                 u64::try_from(c.len()).unwrap_or(u64::MAX)

@@ -21,21 +21,9 @@ use syncline_protocol::{Collection, DocId, Priority};
 use super::cache::LoadedDoc;
 use super::listeners::{self, ChangeEvent, ChangeOrigin};
 use super::{InsideDocument, Store, UpdateOutcome, model};
-use crate::clock::now_millis;
-use crate::engine::Outgoing;
+use crate::engine::{Outgoing, Received, SyncStore, holds_their_heads, next_message};
 use crate::store::{AckTarget, BatchWrite, DocRow, NewDoc, Origin};
 use crate::{Error, Heads, Result};
-
-/// What applying one document's messages did.
-#[derive(Debug)]
-pub(crate) struct Received {
-    /// True if the messages changed the document.
-    pub changed: bool,
-    /// True once this device holds every head the relay announced for the document.
-    pub complete: bool,
-    /// The sync message to answer with, if any.
-    pub reply: Option<Outgoing>,
-}
 
 type SlotGuard = ArcMutexGuard<RawMutex, Option<LoadedDoc>>;
 
@@ -55,16 +43,25 @@ struct Pending {
 }
 
 impl Store {
-    /// Applies the sync messages `items` from `relay`, with one state per document in `states`
-    /// (created from the relay's acknowledged heads when missing), commits every change and
-    /// the acknowledgements the relay's heads imply in one transaction, and returns, per
-    /// document in `DocId` order, what happened and the reply to send.
-    pub(crate) fn sync_receive(
+    /// Runs the change listeners for the events that sync queued ([`SyncStore::receive`]
+    /// never runs them, so that no app callback runs inside [`crate::engine::Engine::handle`]).
+    /// The engine's shell calls this after each `handle`; a custom shell must too. Listeners
+    /// run on the calling thread with no store lock held.
+    pub fn deliver_events(&self) {
+        self.shared().listeners.deliver();
+    }
+}
+
+/// The SQLite store as the engine's port: every batch is one transaction.
+impl SyncStore for Store {
+    fn receive(
         &self,
         relay: &str,
         items: Vec<(DocId, SyncMessage)>,
         states: &mut HashMap<DocId, State>,
+        now_ms: u64,
     ) -> Vec<(DocId, Result<Received>)> {
+        let at = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let _inside = match InsideDocument::enter() {
             Ok(inside) => inside,
             Err(_) => {
@@ -180,7 +177,7 @@ impl Store {
                 match (pending.guard.as_mut(), fresh) {
                     (Some(loaded), _) => {
                         let chunk = loaded.doc.save_after(&pending.before);
-                        let prepared = shared.prepare_update(loaded, chunk, Origin::Remote);
+                        let prepared = shared.prepare_update(loaded, chunk, Origin::Remote, at);
                         writes.push(BatchWrite::Update(loaded.row.key, prepared.update));
                         pending.outcome = Some(prepared.outcome);
                         if observed {
@@ -206,7 +203,7 @@ impl Store {
                             heads: heads.clone(),
                             deleted,
                             origin: Origin::Remote,
-                            at: now_millis(),
+                            at,
                         }));
                         if observed {
                             pending.event = Some(ChangeEvent {
@@ -271,8 +268,6 @@ impl Store {
                     release(shared, &doc, pending.slot, pending.guard);
                     done.push((doc, Err(Error::CommitFailed(message.clone()))));
                 }
-                drop(_inside);
-                shared.listeners.deliver();
                 return done;
             }
         };
@@ -286,7 +281,6 @@ impl Store {
             if let Some(fresh) = pending.fresh.take() {
                 if fresh.get_heads() != pending.before {
                     let key = inserted.next().expect("one key per insert");
-                    let at = now_millis();
                     let deleted = model::is_tombstoned(&fresh);
                     *pending.guard = Some(LoadedDoc {
                         row: DocRow {
@@ -306,8 +300,8 @@ impl Store {
                     });
                 } else {
                     // Nothing of it arrived yet: answer from the empty document, keep nothing.
-                    let reply = generate(&fresh, state, pending.carried_changes);
-                    let complete = their_heads_known(&fresh, state);
+                    let reply = next_message(&fresh, state, pending.carried_changes);
+                    let complete = holds_their_heads(&fresh, state);
                     release(shared, &doc, pending.slot, pending.guard);
                     done.push((
                         doc,
@@ -326,8 +320,8 @@ impl Store {
             let loaded = pending.guard.as_ref().expect("loaded or inserted");
             let heads = Heads::new(loaded.doc.get_heads());
             let changed = heads.as_slice() != pending.before.as_slice();
-            let reply = generate(&loaded.doc, state, pending.carried_changes);
-            let complete = their_heads_known(&loaded.doc, state);
+            let reply = next_message(&loaded.doc, state, pending.carried_changes);
+            let complete = holds_their_heads(&loaded.doc, state);
             release(shared, &doc, pending.slot, pending.guard);
             done.push((
                 doc,
@@ -338,16 +332,10 @@ impl Store {
                 }),
             ));
         }
-        drop(_inside);
-        shared.listeners.deliver();
         done
     }
 
-    /// The next sync message to `relay` for each of `docs`, with one state per document in
-    /// `states` (created, when missing, primed with the heads the relay has acknowledged so
-    /// that the first message already carries the changes it lacks). `None` when the relay is
-    /// known to have everything.
-    pub(crate) fn sync_generate(
+    fn generate(
         &self,
         relay: &str,
         docs: &[DocId],
@@ -362,21 +350,14 @@ impl Store {
                         states.insert(doc.clone(), sync_state::primed(acked));
                     }
                     let state = states.get_mut(doc).expect("inserted above");
-                    Ok(generate(&loaded.doc, state, false))
+                    Ok(next_message(&loaded.doc, state, false))
                 });
                 (doc.clone(), result)
             })
             .collect()
     }
 
-    /// Records that `relay` has durably acknowledged each document's heads, in one
-    /// transaction. Returns each document's current heads (those of the acknowledged documents
-    /// that exist here).
-    pub(crate) fn sync_acknowledge(
-        &self,
-        relay: &str,
-        acks: &[(DocId, Heads)],
-    ) -> Result<Vec<(DocId, Heads)>> {
+    fn acknowledge(&self, relay: &str, acks: &[(DocId, Heads)]) -> Result<Vec<(DocId, Heads)>> {
         let shared = self.shared();
         let mut writes = Vec::new();
         let mut current = Vec::new();
@@ -406,12 +387,7 @@ impl Store {
         Ok(current)
     }
 
-    /// Records the change sequence each collection of `relay` has been synced to.
-    pub(crate) fn sync_set_cursors(
-        &self,
-        relay: &str,
-        cursors: &[(Collection, u64)],
-    ) -> Result<()> {
+    fn set_cursors(&self, relay: &str, cursors: &[(Collection, u64)]) -> Result<()> {
         if cursors.is_empty() {
             return Ok(());
         }
@@ -422,17 +398,11 @@ impl Store {
         self.shared().db.commit_batch(writes).map(|_| ())
     }
 
-    /// The change sequence each collection of `relay` has been synced to.
-    pub(crate) fn sync_cursors(&self, relay: &str) -> Result<Vec<(Collection, u64)>> {
+    fn cursors(&self, relay: &str) -> Result<Vec<(Collection, u64)>> {
         self.shared().db.cursors(relay)
     }
 
-    /// Documents of `collection` whose current heads `relay` has not acknowledged.
-    pub(crate) fn sync_unacknowledged(
-        &self,
-        relay: &str,
-        collection: &Collection,
-    ) -> Result<Vec<DocId>> {
+    fn unacknowledged(&self, relay: &str, collection: &Collection) -> Result<Vec<DocId>> {
         Ok(self
             .shared()
             .db
@@ -461,28 +431,6 @@ fn fresh_ack(doc: &Automerge, relay_heads: &[ChangeHash]) -> Option<Heads> {
     ours.iter()
         .all(|h| relay_heads.contains(h))
         .then(|| Heads::new(ours))
-}
-
-/// The next message for a peer. After a message that carried changes the reply is sent even
-/// with equal heads (it tells the relay what this device now holds); otherwise equal heads
-/// need no answer.
-fn generate(doc: &Automerge, state: &mut State, received_changes: bool) -> Option<Outgoing> {
-    if !received_changes {
-        sync_state::settle(state, &doc.get_heads());
-    }
-    doc.generate_sync_message(state).map(|message| Outgoing {
-        changes: !message.changes.is_empty(),
-        needs: !message.need.is_empty(),
-        bytes: message.encode(),
-    })
-}
-
-fn their_heads_known(doc: &Automerge, state: &State) -> bool {
-    state.their_heads.as_ref().is_none_or(|heads| {
-        heads
-            .iter()
-            .all(|h| doc.get_change_meta_by_hash(h).is_some())
-    })
 }
 
 fn release(

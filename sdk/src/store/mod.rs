@@ -132,6 +132,10 @@ pub(crate) enum BatchWrite {
 /// Options for [`Database::open`].
 pub(crate) struct DbOptions {
     pub durability: Durability,
+    /// The device id for a store this open creates (random when `None`).
+    pub device_id: Option<DeviceId>,
+    /// When this open happens (the store's clock), stamped on a new device row.
+    pub now_ms: i64,
 }
 
 /// An open store file: a read connection, the group-commit writer, the lock and the device
@@ -164,7 +168,7 @@ impl Database {
         conn.busy_timeout(Duration::from_secs(10))?;
         schema::prepare(&mut conn, path)?;
         configure(&conn, options)?;
-        let device_id = load_or_create_device(&conn)?;
+        let device_id = load_or_create_device(&conn, options.device_id, options.now_ms)?;
         let reader = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -558,7 +562,11 @@ fn configure(conn: &Connection, options: &DbOptions) -> Result<()> {
     Ok(())
 }
 
-fn load_or_create_device(conn: &Connection) -> Result<DeviceId> {
+fn load_or_create_device(
+    conn: &Connection,
+    requested: Option<DeviceId>,
+    now_ms: i64,
+) -> Result<DeviceId> {
     let existing: Option<Vec<u8>> = conn
         .query_row(
             "SELECT device_id FROM device WHERE singleton = 1",
@@ -567,12 +575,18 @@ fn load_or_create_device(conn: &Connection) -> Result<DeviceId> {
         )
         .optional()?;
     if let Some(bytes) = existing {
-        return Ok(DeviceId::try_from_slice(&bytes)?);
+        let stored = DeviceId::try_from_slice(&bytes)?;
+        return match requested {
+            Some(requested) if requested != stored => {
+                Err(Error::DeviceMismatch { stored, requested })
+            }
+            _ => Ok(stored),
+        };
     }
-    let id = DeviceId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+    let id = requested.unwrap_or_else(|| DeviceId::from_bytes(*uuid::Uuid::new_v4().as_bytes()));
     conn.execute(
         "INSERT INTO device (singleton, device_id, created_at) VALUES (1, ?1, ?2)",
-        params![id.as_bytes().as_slice(), crate::clock::now_millis()],
+        params![id.as_bytes().as_slice(), now_ms],
     )?;
     tracing::info!(device = %id, "created device identity");
     Ok(id)

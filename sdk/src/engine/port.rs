@@ -1,0 +1,126 @@
+//! `SyncStore`: the port through which the engine reads and writes the device's documents.
+//!
+//! The engine owns no I/O: it asks this port to apply a relay's Automerge sync messages, to
+//! generate the next message for each document, and to record acknowledgements and cursors.
+//! [`crate::Store`] implements it over SQLite; `syncline_testkit::memory::MemorySyncStore`
+//! implements it in memory. Every call is synchronous and local; its effects are durable when
+//! it returns (for the real store), so the engine may build its next message on what it did.
+//!
+//! Contract, for every implementation:
+//! - `receive` applies each document's messages with that document's `State` (created from the
+//!   heads the relay acknowledged when missing), keeps every change it applied, records that
+//!   the relay holds the heads its message announced, and answers per document in `DocId`
+//!   order. It stamps metadata with `now_ms`, never with a clock of its own. It does not run
+//!   app listeners: the shell delivers them after [`super::Engine::handle`] returns.
+//! - `generate` primes a missing state with the heads the relay acknowledged, so the first
+//!   message already carries what the relay lacks, and answers `None` when the relay is known
+//!   to hold everything.
+//! - `acknowledge` never moves an acknowledgement backwards and ignores unknown documents.
+
+use std::collections::HashMap;
+
+use automerge::Automerge;
+use automerge::sync::{Message as SyncMessage, State, SyncDoc};
+use syncline_protocol::sync_state;
+use syncline_protocol::{Collection, DocId};
+
+use crate::{Heads, Result};
+
+/// What applying one document's messages did.
+#[derive(Debug)]
+pub struct Received {
+    /// True if the messages changed the document.
+    pub changed: bool,
+    /// True once this device holds every head the relay announced for the document.
+    pub complete: bool,
+    /// The sync message to answer with, if any.
+    pub reply: Option<Outgoing>,
+}
+
+/// A message ready to send, and what it asks of the relay.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The encoded Automerge sync message.
+    pub bytes: Vec<u8>,
+    /// It carries changes (the relay will acknowledge them).
+    pub changes: bool,
+    /// It asks for changes (the relay will send them).
+    pub needs: bool,
+}
+
+/// The documents the engine syncs; see the module documentation for the contract.
+pub trait SyncStore {
+    /// Applies the sync messages `items` from `relay` with one state per document in `states`,
+    /// keeps every change and the acknowledgements the relay's heads imply (one commit for
+    /// the whole batch in the real store), and returns, per document in `DocId` order, what
+    /// happened and the reply to send. Metadata is stamped with `now_ms`.
+    fn receive(
+        &self,
+        relay: &str,
+        items: Vec<(DocId, SyncMessage)>,
+        states: &mut HashMap<DocId, State>,
+        now_ms: u64,
+    ) -> Vec<(DocId, Result<Received>)>;
+
+    /// The next sync message to `relay` for each of `docs` (`None` when the relay is known to
+    /// have everything). Unknown documents answer [`crate::Error::NotFound`].
+    fn generate(
+        &self,
+        relay: &str,
+        docs: &[DocId],
+        states: &mut HashMap<DocId, State>,
+    ) -> Vec<(DocId, Result<Option<Outgoing>>)>;
+
+    /// Records that `relay` has durably acknowledged each document's heads, and returns the
+    /// current heads of the acknowledged documents that exist here.
+    ///
+    /// # Errors
+    /// The store could not record them; they stay pending and are acknowledged next time.
+    fn acknowledge(&self, relay: &str, acks: &[(DocId, Heads)]) -> Result<Vec<(DocId, Heads)>>;
+
+    /// Records the change sequence each collection of `relay` has been synced to.
+    ///
+    /// # Errors
+    /// The store could not record them; the next connection plans from the older cursors.
+    fn set_cursors(&self, relay: &str, cursors: &[(Collection, u64)]) -> Result<()>;
+
+    /// The change sequence each collection of `relay` has been synced to.
+    ///
+    /// # Errors
+    /// The store could not read them.
+    fn cursors(&self, relay: &str) -> Result<Vec<(Collection, u64)>>;
+
+    /// Documents of `collection` whose current heads `relay` has not acknowledged.
+    ///
+    /// # Errors
+    /// The store could not read them.
+    fn unacknowledged(&self, relay: &str, collection: &Collection) -> Result<Vec<DocId>>;
+}
+
+/// The next sync message for the relay from `doc` with `state`, as every [`SyncStore`] makes
+/// it. After a message that carried changes (`received_changes`) the reply is sent even with
+/// equal heads: it tells the relay what this device now holds. Otherwise equal heads are
+/// settled and need no answer.
+pub fn next_message(
+    doc: &Automerge,
+    state: &mut State,
+    received_changes: bool,
+) -> Option<Outgoing> {
+    if !received_changes {
+        sync_state::settle(state, &doc.get_heads());
+    }
+    doc.generate_sync_message(state).map(|message| Outgoing {
+        changes: !message.changes.is_empty(),
+        needs: !message.need.is_empty(),
+        bytes: message.encode(),
+    })
+}
+
+/// True once `doc` holds every head the relay announced in `state` ([`Received::complete`]).
+pub fn holds_their_heads(doc: &Automerge, state: &State) -> bool {
+    state.their_heads.as_ref().is_none_or(|heads| {
+        heads
+            .iter()
+            .all(|h| doc.get_change_meta_by_hash(h).is_some())
+    })
+}

@@ -1,0 +1,290 @@
+//! `MemorySyncStore`: the sync engine's port ([`SyncStore`]) in memory, with no SQLite and no
+//! files, so the engine can be driven against the relay core by tests that need neither.
+//!
+//! It keeps one Automerge document per `DocId`, the heads each relay acknowledged and the
+//! cursors, and follows the port's contract the way the SQLite store does: states are primed
+//! or resumed from the acknowledged heads, an acknowledgement never moves backwards, a
+//! document that does not apply is restored to what it was and answers
+//! [`Error::InvalidChange`], and a document first heard of is kept only once something of it
+//! arrived. The app side is `put` (one change setting a string key) and the read helpers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use automerge::sync::{Message as SyncMessage, State, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, ChangeHash, ReadDoc, ScalarValue, Value};
+use syncline::engine::{Outgoing, Received, SyncStore, holds_their_heads, next_message};
+use syncline::{Collection, DeviceId, DocId, Error, Heads, Result};
+use syncline_protocol::sync_state;
+
+/// The engine's port in memory; see the module documentation.
+#[derive(Debug)]
+pub struct MemorySyncStore {
+    device: DeviceId,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    docs: BTreeMap<DocId, Automerge>,
+    /// Per relay and document, the heads the relay acknowledged.
+    acks: HashMap<(String, DocId), Vec<ChangeHash>>,
+    cursors: HashMap<String, BTreeMap<Collection, u64>>,
+    /// Per document, the `now_ms` of the last batch that changed it.
+    received_at: HashMap<DocId, u64>,
+}
+
+impl MemorySyncStore {
+    /// An empty store of `device` (its Automerge actor id).
+    pub fn new(device: DeviceId) -> Self {
+        Self {
+            device,
+            inner: Mutex::default(),
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets `key` to `value` in `doc` (created if missing) as one change by this device, at
+    /// `time_s` (Automerge's change time, seconds). Returns the new heads.
+    ///
+    /// # Errors
+    /// Automerge refused the write.
+    pub fn put(&self, doc: &DocId, key: &str, value: &str, time_s: i64) -> Result<Heads> {
+        let mut inner = self.inner();
+        let actor = ActorId::from(self.device.as_bytes().as_slice());
+        let automerge = inner
+            .docs
+            .entry(doc.clone())
+            .or_insert_with(|| Automerge::new().with_actor(actor));
+        let mut tx = automerge.transaction();
+        tx.put(automerge::ROOT, key, value)?;
+        tx.commit_with(automerge::transaction::CommitOptions::default().with_time(time_s));
+        Ok(Heads::new(automerge.get_heads()))
+    }
+
+    /// The string at `key` of `doc`, if both exist.
+    pub fn get(&self, doc: &DocId, key: &str) -> Option<String> {
+        let inner = self.inner();
+        let automerge = inner.docs.get(doc)?;
+        match automerge.get(automerge::ROOT, key).ok()?? {
+            (Value::Scalar(s), _) => match s.as_ref() {
+                ScalarValue::Str(s) => Some(s.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The heads of `doc` (empty when it is unknown).
+    pub fn heads(&self, doc: &DocId) -> Heads {
+        Heads::new(
+            self.inner()
+                .docs
+                .get(doc)
+                .map(Automerge::get_heads)
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Every document held.
+    pub fn documents(&self) -> Vec<DocId> {
+        self.inner().docs.keys().cloned().collect()
+    }
+
+    /// The `now_ms` stamped when sync last changed `doc`.
+    pub fn received_at(&self, doc: &DocId) -> Option<u64> {
+        self.inner().received_at.get(doc).copied()
+    }
+}
+
+impl Inner {
+    fn acked(&self, relay: &str, doc: &DocId) -> Vec<ChangeHash> {
+        self.acks
+            .get(&(relay.to_owned(), doc.clone()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Records that `relay` holds `heads` of `doc`, never moving backwards: what the previous
+    /// acknowledgement covered and the new one does not stays covered.
+    fn record_ack(&mut self, relay: &str, doc: &DocId, heads: &[ChangeHash]) {
+        let Some(automerge) = self.docs.get(doc) else {
+            return;
+        };
+        let known = |hashes: &[ChangeHash]| -> Vec<ChangeHash> {
+            hashes
+                .iter()
+                .copied()
+                .filter(|h| automerge.get_change_meta_by_hash(h).is_some())
+                .collect()
+        };
+        let given = known(heads);
+        let uncovered: HashSet<ChangeHash> = automerge
+            .get_changes_meta(&given)
+            .iter()
+            .map(|m| m.hash)
+            .collect();
+        let mut merged = given;
+        let previous = self.acked(relay, doc);
+        merged.extend(
+            known(&previous)
+                .into_iter()
+                .filter(|h| uncovered.contains(h)),
+        );
+        let record = if automerge.get_changes_meta(&merged).is_empty() {
+            automerge.get_heads()
+        } else {
+            merged.sort();
+            merged.dedup();
+            merged
+        };
+        self.acks.insert((relay.to_owned(), doc.clone()), record);
+    }
+}
+
+impl SyncStore for MemorySyncStore {
+    fn receive(
+        &self,
+        relay: &str,
+        items: Vec<(DocId, SyncMessage)>,
+        states: &mut HashMap<DocId, State>,
+        now_ms: u64,
+    ) -> Vec<(DocId, Result<Received>)> {
+        let mut grouped: BTreeMap<DocId, Vec<SyncMessage>> = BTreeMap::new();
+        for (doc, message) in items {
+            grouped.entry(doc).or_default().push(message);
+        }
+        let mut inner = self.inner();
+        let actor = ActorId::from(self.device.as_bytes().as_slice());
+        let mut done = Vec::new();
+        for (doc, messages) in grouped {
+            let known = inner.docs.contains_key(&doc);
+            let acked = inner.acked(relay, &doc);
+            let state = states
+                .entry(doc.clone())
+                .or_insert_with(|| sync_state::resumed(acked));
+            let mut automerge = inner
+                .docs
+                .get(&doc)
+                .cloned()
+                .unwrap_or_else(|| Automerge::new().with_actor(actor.clone()));
+            let before = automerge.get_heads();
+            let mut carried = false;
+            let mut last_heads = None;
+            let mut failed = None;
+            for message in messages {
+                carried |= !message.changes.is_empty();
+                last_heads = Some(message.heads.clone());
+                if let Err(e) = automerge.receive_sync_message(state, message) {
+                    failed = Some(Error::InvalidChange(e.to_string()));
+                    break;
+                }
+            }
+            if let Some(e) = failed {
+                // The copy is dropped: the stored document is what it was.
+                states.remove(&doc);
+                done.push((doc, Err(e)));
+                continue;
+            }
+            let changed = automerge.get_heads() != before;
+            if changed {
+                inner.received_at.insert(doc.clone(), now_ms);
+            }
+            let reply = next_message(&automerge, state, carried);
+            let complete = holds_their_heads(&automerge, state);
+            if known || changed {
+                inner.docs.insert(doc.clone(), automerge);
+                if let Some(heads) = last_heads {
+                    inner.record_ack(relay, &doc, &heads);
+                }
+            }
+            done.push((
+                doc,
+                Ok(Received {
+                    changed,
+                    complete,
+                    reply,
+                }),
+            ));
+        }
+        done
+    }
+
+    fn generate(
+        &self,
+        relay: &str,
+        docs: &[DocId],
+        states: &mut HashMap<DocId, State>,
+    ) -> Vec<(DocId, Result<Option<Outgoing>>)> {
+        let inner = self.inner();
+        docs.iter()
+            .map(|doc| {
+                let Some(automerge) = inner.docs.get(doc) else {
+                    return (doc.clone(), Err(Error::NotFound(doc.clone())));
+                };
+                let state = states
+                    .entry(doc.clone())
+                    .or_insert_with(|| sync_state::primed(inner.acked(relay, doc)));
+                (doc.clone(), Ok(next_message(automerge, state, false)))
+            })
+            .collect()
+    }
+
+    fn acknowledge(&self, relay: &str, acks: &[(DocId, Heads)]) -> Result<Vec<(DocId, Heads)>> {
+        let mut inner = self.inner();
+        let mut current = Vec::new();
+        for (doc, heads) in acks {
+            if !inner.docs.contains_key(doc) {
+                continue;
+            }
+            inner.record_ack(relay, doc, heads.as_slice());
+            let now = inner
+                .docs
+                .get(doc)
+                .map(Automerge::get_heads)
+                .unwrap_or_default();
+            current.push((doc.clone(), Heads::new(now)));
+        }
+        Ok(current)
+    }
+
+    fn set_cursors(&self, relay: &str, cursors: &[(Collection, u64)]) -> Result<()> {
+        let mut inner = self.inner();
+        let stored = inner.cursors.entry(relay.to_owned()).or_default();
+        for (collection, seq) in cursors {
+            stored.insert(collection.clone(), *seq);
+        }
+        Ok(())
+    }
+
+    fn cursors(&self, relay: &str) -> Result<Vec<(Collection, u64)>> {
+        Ok(self
+            .inner()
+            .cursors
+            .get(relay)
+            .map(|c| c.iter().map(|(c, s)| (c.clone(), *s)).collect())
+            .unwrap_or_default())
+    }
+
+    fn unacknowledged(&self, relay: &str, collection: &Collection) -> Result<Vec<DocId>> {
+        let inner = self.inner();
+        Ok(inner
+            .docs
+            .iter()
+            .filter(|(doc, automerge)| {
+                doc.collection() == collection && {
+                    let mut acked = inner.acked(relay, doc);
+                    let mut heads = automerge.get_heads();
+                    acked.sort();
+                    heads.sort();
+                    acked != heads
+                }
+            })
+            .map(|(doc, _)| doc.clone())
+            .collect())
+    }
+}
