@@ -1,0 +1,113 @@
+//! Tidy check: the sans-IO cores stay sans I/O. The SDK's sync engine (`sdk/src/engine`), the
+//! relay's per-connection logic (`relay-server/src/session`), its document layer and planner
+//! (`relay-server/src/hub`) and the wire protocol (`protocol/src`) import no async runtime, no
+//! SQLite, no clock, no thread and no randomness that a seed does not drive: time and seeds
+//! come in as arguments, so the simulation can replay them.
+
+use std::path::{Path, PathBuf};
+
+/// The directories that must stay sans I/O, from the workspace root.
+const CORES: &[&str] = &[
+    "sdk/src/engine",
+    "relay-server/src/session",
+    "relay-server/src/hub",
+    "protocol/src",
+];
+
+/// What a core must not name, and why.
+const FORBIDDEN: &[(&str, &str)] = &[
+    ("tokio", "an async runtime belongs in the shell"),
+    ("rusqlite", "SQL belongs behind the storage port"),
+    ("Instant", "time comes in as `now`"),
+    ("SystemTime", "time comes in as `now`"),
+    ("std::thread", "threads belong in the shell"),
+    ("thread::", "threads belong in the shell"),
+    ("thread_rng", "randomness comes from a seed"),
+    ("rand::", "randomness comes from a seed"),
+    ("getrandom", "randomness comes from a seed"),
+    ("uuid::", "ids come from the caller"),
+    ("fastrand::Rng::new", "a fastrand generator must be seeded (`with_seed`)"),
+    ("fastrand::u", "fastrand's free functions use a thread-local generator"),
+    ("fastrand::i", "fastrand's free functions use a thread-local generator"),
+    ("fastrand::f", "fastrand's free functions use a thread-local generator"),
+    ("fastrand::bool", "fastrand's free functions use a thread-local generator"),
+    ("fastrand::shuffle", "fastrand's free functions use a thread-local generator"),
+];
+
+/// The forbidden names `source` uses outside comments, with their line numbers.
+fn violations(source: &str) -> Vec<(usize, &'static str, &'static str)> {
+    let mut found = Vec::new();
+    for (n, line) in source.lines().enumerate() {
+        let code = match line.find("//") {
+            Some(at) => &line[..at],
+            None => line,
+        };
+        for (name, why) in FORBIDDEN {
+            if names(code, name) {
+                found.push((n + 1, *name, *why));
+            }
+        }
+    }
+    found
+}
+
+/// True if `code` names `name` as a path or word of its own: `rand::` is not in `fastrand::`.
+fn names(code: &str, name: &str) -> bool {
+    code.match_indices(name).any(|(at, _)| {
+        !code[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn the_sans_io_cores_import_no_runtime_clock_thread_sql_or_unseeded_randomness() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let mut report = Vec::new();
+    let mut checked = 0;
+    for core in CORES {
+        let mut files = Vec::new();
+        rust_files(&root.join(core), &mut files);
+        assert!(!files.is_empty(), "{core} has no Rust files: was it moved?");
+        for file in files {
+            checked += 1;
+            let text = std::fs::read_to_string(&file).expect("readable source");
+            for (line, name, why) in violations(&text) {
+                let shown = file.strip_prefix(root).unwrap_or(&file).display().to_string();
+                report.push(format!("{shown}:{line}: `{name}`: {why}"));
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} files checked");
+    assert!(report.is_empty(), "sans-IO boundary crossed:\n{}", report.join("\n"));
+}
+
+#[test]
+fn the_check_sees_what_it_forbids() {
+    assert_eq!(violations("use tokio::sync::mpsc;").len(), 1);
+    assert_eq!(violations("let t = std::time::Instant::now();").len(), 1);
+    assert_eq!(violations("rusqlite::Connection::open(p)").len(), 1);
+    assert_eq!(violations("std::thread::spawn(f)").len(), 2, "both thread patterns");
+    assert_eq!(violations("let r = fastrand::u64(..);").len(), 1);
+    assert!(violations("let r = fastrand::Rng::with_seed(seed);").is_empty());
+    assert_eq!(violations("let r = rand::random::<u8>();").len(), 1);
+    assert!(violations("// tokio is fine in a comment").is_empty());
+    assert!(violations("let now_ms = 3; // not an Instant").is_empty());
+}
