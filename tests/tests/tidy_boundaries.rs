@@ -26,12 +26,30 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("rand::", "randomness comes from a seed"),
     ("getrandom", "randomness comes from a seed"),
     ("uuid::", "ids come from the caller"),
-    ("fastrand::Rng::new", "a fastrand generator must be seeded (`with_seed`)"),
-    ("fastrand::u", "fastrand's free functions use a thread-local generator"),
-    ("fastrand::i", "fastrand's free functions use a thread-local generator"),
-    ("fastrand::f", "fastrand's free functions use a thread-local generator"),
-    ("fastrand::bool", "fastrand's free functions use a thread-local generator"),
-    ("fastrand::shuffle", "fastrand's free functions use a thread-local generator"),
+    (
+        "fastrand::Rng::new",
+        "a fastrand generator must be seeded (`with_seed`)",
+    ),
+    (
+        "fastrand::u",
+        "fastrand's free functions use a thread-local generator",
+    ),
+    (
+        "fastrand::i",
+        "fastrand's free functions use a thread-local generator",
+    ),
+    (
+        "fastrand::f",
+        "fastrand's free functions use a thread-local generator",
+    ),
+    (
+        "fastrand::bool",
+        "fastrand's free functions use a thread-local generator",
+    ),
+    (
+        "fastrand::shuffle",
+        "fastrand's free functions use a thread-local generator",
+    ),
 ];
 
 /// The forbidden names `source` uses outside comments, with their line numbers.
@@ -90,13 +108,21 @@ fn the_sans_io_cores_import_no_runtime_clock_thread_sql_or_unseeded_randomness()
             checked += 1;
             let text = std::fs::read_to_string(&file).expect("readable source");
             for (line, name, why) in violations(&text) {
-                let shown = file.strip_prefix(root).unwrap_or(&file).display().to_string();
+                let shown = file
+                    .strip_prefix(root)
+                    .unwrap_or(&file)
+                    .display()
+                    .to_string();
                 report.push(format!("{shown}:{line}: `{name}`: {why}"));
             }
         }
     }
     assert!(checked >= 10, "only {checked} files checked");
-    assert!(report.is_empty(), "sans-IO boundary crossed:\n{}", report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "sans-IO boundary crossed:\n{}",
+        report.join("\n")
+    );
 }
 
 #[test]
@@ -104,7 +130,11 @@ fn the_check_sees_what_it_forbids() {
     assert_eq!(violations("use tokio::sync::mpsc;").len(), 1);
     assert_eq!(violations("let t = std::time::Instant::now();").len(), 1);
     assert_eq!(violations("rusqlite::Connection::open(p)").len(), 1);
-    assert_eq!(violations("std::thread::spawn(f)").len(), 2, "both thread patterns");
+    assert_eq!(
+        violations("std::thread::spawn(f)").len(),
+        2,
+        "both thread patterns"
+    );
     assert_eq!(violations("let r = fastrand::u64(..);").len(), 1);
     assert!(violations("let r = fastrand::Rng::with_seed(seed);").is_empty());
     assert_eq!(violations("let r = rand::random::<u8>();").len(), 1);

@@ -34,6 +34,7 @@ use syncline_protocol::{Compression, Message, frame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::auth::{Authenticator, Verified};
 use crate::hub::{Delivery, Hub, SessionId};
@@ -77,6 +78,15 @@ struct Route {
     /// session's own request), which the connection gives back when it takes it.
     sender: mpsc::Sender<(Message, usize)>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// The connection's span (session, device, tenant): the hub thread logs under it.
+    span: tracing::Span,
+}
+
+/// The span of session `id`'s connection, for what the hub thread logs about it.
+fn span_of(routes: &HashMap<SessionId, Route>, id: SessionId) -> tracing::Span {
+    routes
+        .get(&id)
+        .map_or_else(tracing::Span::none, |r| r.span.clone())
 }
 
 /// The approximate size of a message on the wire, for the outbox's byte bound.
@@ -102,6 +112,7 @@ enum HubCommand {
         verified: Verified,
         outbox: mpsc::Sender<(Message, usize)>,
         queued: Arc<std::sync::atomic::AtomicUsize>,
+        span: tracing::Span,
         now_ms: u64,
     },
     Action {
@@ -306,18 +317,32 @@ async fn sync_endpoint(
         .protocols([SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(connection(socket, state, verified)))
+        .on_upgrade(move |socket| {
+            let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+            // Every line the connection logs, on whichever worker polls it, carries the session
+            // (as the device sees it in `Welcome`), the device and the tenant.
+            let span = tracing::info_span!(
+                "connection",
+                session = %session_name(id),
+                device = %verified.identity.device,
+                tenant = %verified.identity.tenant
+            );
+            tracker.track_future(connection(socket, state, verified, id).instrument(span))
+        })
 }
 
-/// One connection: socket ⇄ session ⇄ hub, until either side closes.
-async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
-    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("connection", session = id, device = %verified.identity.device, tenant = %verified.identity.tenant);
-    let _enter = span.enter();
+/// The session's name on the wire (`Welcome.session`) and in the logs.
+fn session_name(id: SessionId) -> String {
+    format!("s-{id}")
+}
+
+/// One connection: socket ⇄ session ⇄ hub, until either side closes. Runs inside its
+/// connection span (`Instrument`), never holding a span guard across an `.await`.
+async fn connection(socket: WebSocket, state: AppState, verified: Verified, id: SessionId) {
     let (outbox, mut inbox) = mpsc::channel(OUTBOX);
     let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut session = Session::new(
-        format!("s-{id}"),
+        session_name(id),
         verified.clone(),
         state.limits.clone(),
         now_ms(),
@@ -330,6 +355,7 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified) {
             verified,
             outbox,
             queued: Arc::clone(&queued),
+            span: tracing::Span::current(),
             now_ms: now_ms(),
         })
         .await
@@ -505,14 +531,17 @@ impl Drop for Leave {
             );
             let hub = self.hub.clone();
             let id = self.id;
-            tokio::spawn(async move {
-                let _ = hub
-                    .send(HubCommand::Disconnect {
-                        id,
-                        now_ms: now_ms(),
-                    })
-                    .await;
-            });
+            tokio::spawn(
+                async move {
+                    let _ = hub
+                        .send(HubCommand::Disconnect {
+                            id,
+                            now_ms: now_ms(),
+                        })
+                        .await;
+                }
+                .in_current_span(),
+            );
         }
     }
 }
@@ -541,6 +570,7 @@ fn run_hub<S: Storage>(
                 verified,
                 outbox,
                 queued,
+                span,
                 now_ms,
             } => {
                 hub.connect(id, verified.identity, verified.grants, now_ms);
@@ -549,13 +579,16 @@ fn run_hub<S: Storage>(
                     Route {
                         sender: outbox,
                         queued,
+                        span,
                     },
                 );
             }
             HubCommand::Disconnect { id, now_ms } => {
+                let span = span_of(&routes, id);
                 routes.remove(&id);
+                let _in_span = span.enter();
                 if let Err(e) = hub.disconnect(id, now_ms) {
-                    tracing::error!(session = id, error = %e, "could not save sync state on disconnect");
+                    tracing::error!(error = %e, "could not save sync state on disconnect");
                 }
             }
             HubCommand::Action {
@@ -590,7 +623,7 @@ fn run_hub<S: Storage>(
                 let deliveries = match outcome {
                     Ok(group) => {
                         for (session, e) in &group.failed {
-                            tracing::error!(session, error = %e, "a sync frame was not committed");
+                            tracing::error!(parent: &span_of(&routes, *session), error = %e, "a sync frame was not committed");
                         }
                         group.deliveries
                     }
@@ -611,17 +644,21 @@ fn run_hub<S: Storage>(
             HubCommand::Action { id, action, now_ms } => {
                 let started = Instant::now();
                 let is_sync = matches!(action, Action::Sync(_));
+                // The hub's own logs about this action carry the connection's fields (this
+                // thread never awaits, so holding the guard is sound).
+                let span = span_of(&routes, id);
+                let _in_span = span.enter();
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     hub.handle(id, action, now_ms)
                 }));
                 let deliveries = match outcome {
                     Ok(Ok(deliveries)) => deliveries,
                     Ok(Err(e)) => {
-                        tracing::error!(session = id, error = %e, "action failed");
+                        tracing::error!(error = %e, "action failed");
                         vec![internal_error(id)]
                     }
                     Err(_) => {
-                        tracing::error!(session = id, "action panicked; the session gets an error");
+                        tracing::error!("action panicked; the session gets an error");
                         hub.forget_documents();
                         vec![internal_error(id)]
                     }
@@ -676,7 +713,7 @@ fn route(
         if let Err(full) = sent {
             if full {
                 tracing::warn!(
-                    session = to,
+                    parent: &outbox.span,
                     queued_bytes = queued,
                     "slow consumer: closing it so it resyncs from storage"
                 );

@@ -556,6 +556,8 @@ impl<S: SyncStore> Engine<S> {
         };
         match message {
             Message::Welcome(welcome) => {
+                // The relay's name for this session: its logs carry the same `session`.
+                tracing::info!(session = %welcome.session, compression = ?welcome.compression, "welcomed");
                 self.conn.pacer = Some(Pacer::new(welcome.limits.max_frames_per_s, now_ms));
                 if welcome.version != PROTOCOL_VERSION {
                     self.protocol_failure(

@@ -24,6 +24,7 @@ use tokio::sync::mpsc as tokio_mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tracing::Instrument;
 
 use crate::Store;
 use crate::engine::{
@@ -268,6 +269,12 @@ impl SyncClient {
             let _ = sender.send(Command::Event(Event::LocalChanges(vec![doc.clone()])));
         }));
         let shell = Shell {
+            // Every line the sync thread and its connections log names the device and relay.
+            span: tracing::info_span!(
+                "sync",
+                device = %store.device_id(),
+                relay = %options.relay_url
+            ),
             engine,
             runtime: Some(runtime),
             clock: Clock::start(),
@@ -454,6 +461,7 @@ impl std::fmt::Debug for SyncClient {
 
 /// The sync thread: the engine and the connection tasks' runtime.
 struct Shell {
+    span: tracing::Span,
     engine: Engine,
     runtime: Option<tokio::runtime::Runtime>,
     clock: Clock,
@@ -473,6 +481,8 @@ struct Transport {
 
 impl Shell {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
+        // A plain thread that never awaits: holding the guard for its whole life is sound.
+        let _in_span = self.span.clone().entered();
         // However the loop ends (even by a panic in a listener), waiters learn it.
         let _stopped = Stopped(Arc::clone(&self.inner));
         // A command taken off the channel while coalescing local changes, handled next.
@@ -629,11 +639,15 @@ impl Shell {
         let Some(runtime) = self.runtime.as_ref() else {
             return;
         };
-        let task = runtime.spawn(async move {
-            let reporter = Arc::new(reporter);
-            let why = run_connection(&url, tokens, &reporter).await;
-            reporter.report(TransportEvent::Closed(why));
-        });
+        let span = tracing::info_span!(parent: &self.span, "connection", conn = self.generation);
+        let task = runtime.spawn(
+            async move {
+                let reporter = Arc::new(reporter);
+                let why = run_connection(&url, tokens, &reporter).await;
+                reporter.report(TransportEvent::Closed(why));
+            }
+            .instrument(span),
+        );
         self.transport = Some(Transport { frames: None, task });
     }
 }
@@ -710,8 +724,9 @@ async fn run_connection(
     let (sink, mut stream) = socket.split();
     let (frames_tx, frames_rx) = tokio_mpsc::unbounded_channel::<Vec<u8>>();
     reporter.report(TransportEvent::Open(frames_tx));
-    let mut writer = tokio::spawn(write_frames(sink, frames_rx));
-    let refresher = tokio::spawn(refresh_tokens(token, tokens, Arc::clone(reporter)));
+    let mut writer = tokio::spawn(write_frames(sink, frames_rx).in_current_span());
+    let refresher =
+        tokio::spawn(refresh_tokens(token, tokens, Arc::clone(reporter)).in_current_span());
     let why = loop {
         tokio::select! {
             incoming = stream.next() => match incoming {
@@ -803,7 +818,8 @@ async fn refresh_tokens(
 
 async fn fetch_token(tokens: &Arc<dyn TokenProvider>) -> Result<String, TokenError> {
     let tokens = Arc::clone(tokens);
-    tokio::task::spawn_blocking(move || tokens.token())
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| tokens.token()))
         .await
         // A panic is the provider's bug; retrying with backoff is the least surprising answer.
         .map_err(|e| TokenError::Unavailable(format!("the token provider panicked: {e}")))?
