@@ -87,7 +87,7 @@ mod tests {
     #[test]
     fn names_are_validated() {
         assert_eq!(
-            Tenant::new("acme-1.eu_west").unwrap().as_str(),
+            Tenant::new("acme-1.eu_west").expect("valid").as_str(),
             "acme-1.eu_west"
         );
         assert!(Tenant::new("").is_err());

@@ -24,32 +24,34 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Module map: [`store`](crate::store) is the SQLite layer (the only code that knows SQL);
-//! `repo` holds [`Store`] and [`Document`] on top of it, with the document cache, listeners
-//! and the Automerge model; [`Value`], [`Path`] and [`Heads`] are the vocabulary.
+//! Module map: `db` is the SQLite layer (`Database`, the group-commit writer, the schema: the
+//! only code that knows SQL); `store` holds [`Store`] and [`Document`] on top of it, with the
+//! document cache, listeners and the Automerge model; [`engine`] is the sans-IO sync engine
+//! and [`net`] its tokio shell; [`clock`] is the wall-clock port; [`Value`], [`Path`] and
+//! [`Heads`] are the vocabulary.
 
 pub mod clock;
+mod db;
 pub mod engine;
 mod error;
 mod heads;
 pub mod net;
 mod path;
-mod repo;
-pub mod store;
+mod store;
 mod value;
 
 pub use clock::{Clock, SystemClock};
+pub use db::Durability;
 pub use engine::{Progress, Status, SyncStats};
 pub use error::{Error, Result};
 pub use heads::{ChangeHash, Heads};
 pub use net::{SyncClient, SyncError, SyncOptions, TokenError, TokenProvider};
 pub use path::{IntoPath, Path, Segment};
-pub use repo::{
+pub use store::{
     ChangeEvent, ChangeInfo, ChangeOrigin, Document, DocumentInfo, DocumentView, Patch,
     PatchAction, PendingChange, Store, StoreOptions, Subscription, Transaction, WriteOp,
     WriteStats,
 };
-pub use store::Durability;
 pub use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
 pub use syncline_protocol::{Collection, DeviceId, DocId, IdError, Priority};
 pub use value::Value;

@@ -1,7 +1,8 @@
 //! The engine without sockets: events and hand-made relay frames in, effects checked.
 
 use syncline_protocol::messages::{
-    Ack, AckItem, DeviceClass, Error as ErrorMessage, ErrorCode, Limits, Plan, SyncMode,
+    Ack, AckItem, CollectionSubscription, DeviceClass, Error as ErrorMessage, ErrorCode, Limits,
+    Plan, Profile, SyncMode,
 };
 use syncline_protocol::{Heads as WireHeads, Priority};
 

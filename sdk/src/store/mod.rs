@@ -1,611 +1,514 @@
-//! The SQLite layer: the only module that knows SQL.
+//! The document repository: [`Store`], the app's entry point, and the per-document handle
+//! [`Document`].
 //!
-//! One file per account, in WAL mode. Each document is a row in `documents` (metadata, current
-//! heads, sizes), an optional compacted Automerge snapshot in `snapshots`, and the incremental
-//! change chunks written since that snapshot in `chunks`. `acks` holds, per relay, the heads that
-//! relay has durably acknowledged; a document is pending while no relay has acknowledged its
-//! current heads, which SQL can answer without loading any document.
-//!
-//! Reads go through a read-only connection; every write goes through the group-commit
-//! [`writer`], and returns only once its transaction is committed with the configured
-//! [`Durability`].
+//! A write runs an Automerge transaction on the cached document while holding its slot, hands
+//! the change to the group-commit writer and returns once it is durable; if the commit fails
+//! the cached copy is dropped, so memory never keeps a change the file does not have.
+//! Listeners fire after the commit, with no lock held.
 
-mod schema;
-mod writer;
+mod cache;
+mod document;
+mod history;
+mod listeners;
+mod model;
+mod shared;
+mod sync;
+mod transaction;
 
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path as FsPath;
+use std::sync::Arc;
 
-use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, Automerge, Change, ChangeHash, PatchLog, ROOT};
 use syncline_protocol::{Collection, DeviceId, DocId, Priority};
 
-use crate::{Error, Heads, Result};
-pub(crate) use writer::CommitCounts;
-use writer::{Announcement, Writer};
+use crate::clock::{Clock, SystemClock};
+use crate::db::{Database, DbOptions, DocRow, Durability, NewDoc, Origin};
+use crate::{Error, Heads, Result, Value};
+use cache::DocCache;
+use listeners::Scope;
+pub(crate) use shared::{InsideDocument, Shared, UpdateOutcome};
+use shared::{apply_untrusted, new_doc_id};
 
-#[cfg(test)]
-mod tests;
+pub use document::{Document, DocumentView};
+pub use history::{ChangeInfo, PendingChange};
+pub use listeners::{ChangeEvent, ChangeOrigin, Patch, PatchAction, Subscription};
+pub use transaction::{Transaction, WriteOp};
 
-/// How hard a commit works to survive a power cut. Either way, a write whose call returned
-/// survives the process being killed: the commit is in the WAL, in the operating system's cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// `synchronous = FULL`: every group commit fsyncs the WAL before the writes return, so a
-    /// power cut or kernel crash loses nothing whose call returned. The default.
-    #[default]
-    Full,
-    /// `synchronous = NORMAL`: the WAL is fsynced only at checkpoints. A power cut can lose the
-    /// writes of the last moments (never corrupting the file); a killed process loses nothing.
-    Normal,
+/// Tuning for [`Store::open_with`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Upper bound, in estimated bytes, of the documents kept loaded in memory. Default 64 MiB.
+    pub cache_bytes: usize,
+    /// How commits survive power loss. Default [`Durability::Full`].
+    pub durability: Durability,
+    /// A document's incremental chunks are compacted into a new snapshot once there are this
+    /// many, or once they weigh half as much as the snapshot (and at least 4 KiB). Default 256.
+    pub compact_after_chunks: u64,
+    /// The wall clock the store stamps metadata and Automerge changes with. Default
+    /// [`SystemClock`]; a simulation passes a virtual one so that a seed replays exactly.
+    pub clock: Arc<dyn Clock>,
+    /// The device id of a store created by this open (a simulation or a migration from another
+    /// install chooses it); `None` draws a random one. Opening an existing store with a
+    /// different id is [`Error::DeviceMismatch`].
+    pub device_id: Option<DeviceId>,
 }
 
-impl Durability {
-    fn pragma(self) -> &'static str {
-        match self {
-            Self::Full => "FULL",
-            Self::Normal => "NORMAL",
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 << 20,
+            durability: Durability::Full,
+            compact_after_chunks: 256,
+            clock: Arc::new(SystemClock),
+            device_id: None,
         }
     }
 }
 
-/// A document's row id in `documents`.
-pub(crate) type DocKey = i64;
-
-/// Which side a change came from, for the `*_change_at` timestamps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Origin {
-    Local,
-    Remote,
-}
-
-/// A document's metadata row.
-#[derive(Debug, Clone)]
-pub(crate) struct DocRow {
-    pub key: DocKey,
+/// Metadata of a stored document, read without loading its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentInfo {
+    /// The document's address.
     pub id: DocId,
+    /// Its sync priority.
     pub priority: Priority,
+    /// True once deleted (the tombstone is kept so the deletion syncs).
     pub deleted: bool,
-    pub snapshot_bytes: u64,
-    pub chunk_count: u64,
-    pub chunk_bytes: u64,
+    /// Bytes stored for it (snapshot plus chunks).
+    pub stored_bytes: u64,
+    /// When it was created here, in milliseconds since the Unix epoch.
     pub created_at: i64,
+    /// Last local change, in milliseconds since the Unix epoch.
     pub local_change_at: Option<i64>,
+    /// Last change received from elsewhere, in milliseconds since the Unix epoch.
     pub remote_change_at: Option<i64>,
 }
 
-/// A document's stored content: the snapshot, then the chunks in the order written.
-pub(crate) struct DocContent {
-    pub snapshot: Option<Vec<u8>>,
-    pub chunks: Vec<Vec<u8>>,
+impl From<&DocRow> for DocumentInfo {
+    fn from(row: &DocRow) -> Self {
+        Self {
+            id: row.id.clone(),
+            priority: row.priority,
+            deleted: row.deleted,
+            stored_bytes: row.snapshot_bytes + row.chunk_bytes,
+            created_at: row.created_at,
+            local_change_at: row.local_change_at,
+            remote_change_at: row.remote_change_at,
+        }
+    }
 }
 
-/// How a write changes a document's stored content.
-pub(crate) enum ContentWrite {
-    /// Append one incremental chunk.
-    Append(Vec<u8>),
-    /// Replace the snapshot and drop every chunk (compaction).
-    Compact(Vec<u8>),
+/// How the store's writes were grouped into commits since it was opened: see
+/// [`Store::write_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteStats {
+    /// Transactions committed (under [`Durability::Full`], one fsync each).
+    pub commits: u64,
+    /// Writes those transactions carried: local writes, merges of remote changes and sync
+    /// batches, one each.
+    pub writes: u64,
+    /// Time spent in those transactions' `COMMIT`s: writing the WAL, under
+    /// [`Durability::Full`] the fsync, and the WAL checkpoints SQLite runs after some commits.
+    pub commit_time: std::time::Duration,
 }
 
-/// One durable change to an existing document.
-pub(crate) struct DocUpdate {
-    pub content: ContentWrite,
-    pub heads: Heads,
-    pub deleted: bool,
-    pub origin: Origin,
-    pub at: i64,
+/// An open, offline-first document store: one SQLite file per account.
+///
+/// Cheap to clone (all clones share one store) and safe to use from many threads; concurrent
+/// writes are group-committed. Only one `Store` may have a file open at a time.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
 }
 
-/// A document to insert, with its first chunk.
-pub(crate) struct NewDoc {
-    pub id: DocId,
-    pub priority: Priority,
-    pub chunk: Vec<u8>,
-    pub heads: Heads,
-    pub deleted: bool,
-    pub origin: Origin,
-    pub at: i64,
-}
-
-/// The document a [`BatchWrite::Ack`] is for.
-pub(crate) enum AckTarget {
-    /// A stored document.
-    Key(DocKey),
-    /// The document of the latest [`BatchWrite::Insert`] before it in the same batch.
-    LastInserted,
-}
-
-/// One write of a [`Database::commit_batch`].
-pub(crate) enum BatchWrite {
-    /// A new document.
-    Insert(NewDoc),
-    /// New content for an existing document.
-    Update(DocKey, DocUpdate),
-    /// The heads a relay has acknowledged for a document.
-    Ack(AckTarget, String, Heads),
-    /// The change sequence a relay's collection has been synced to (never moves back).
-    Cursor(String, Collection, u64),
-}
-
-/// Options for [`Database::open`].
-pub(crate) struct DbOptions {
-    pub durability: Durability,
-    /// The device id for a store this open creates (random when `None`).
-    pub device_id: Option<DeviceId>,
-    /// When this open happens (the store's clock), stamped on a new device row.
-    pub now_ms: i64,
-}
-
-/// An open store file: a read connection, the group-commit writer, the lock and the device
-/// identity.
-pub(crate) struct Database {
-    reader: Mutex<Connection>,
-    writer: Writer,
-    device_id: DeviceId,
-    // Held for the lifetime of the store: the advisory lock that keeps a second process out.
-    _lock: File,
-}
-
-const DOC_COLUMNS: &str = "doc_key, collection, doc_id, priority, deleted, snapshot_bytes, \
-                           chunk_count, chunk_bytes, created_at, local_change_at, remote_change_at";
-
-impl Database {
-    /// Opens (creating if needed) the store at `path`.
+impl Store {
+    /// Opens the store file at `path`, creating it (and this device's identity) if it does not
+    /// exist. Reads no document.
     ///
     /// # Errors
-    /// [`Error::Locked`] if another process has it open, [`Error::NotAStore`],
-    /// [`Error::SchemaTooNew`], or the underlying SQLite or I/O error.
-    pub(crate) fn open(path: &Path, options: &DbOptions) -> Result<Self> {
-        let lock = lock_store(path)?;
-        let mut conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    /// [`Error::NotAStore`], [`Error::SchemaTooNew`], [`Error::Locked`], or the SQLite / I/O
+    /// error that prevented opening.
+    pub fn open(path: impl AsRef<FsPath>) -> Result<Self> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with explicit options.
+    ///
+    /// # Errors
+    /// As [`Store::open`].
+    pub fn open_with(path: impl AsRef<FsPath>, options: StoreOptions) -> Result<Self> {
+        let path = path.as_ref().to_owned();
+        let db = Database::open(
+            &path,
+            &DbOptions {
+                durability: options.durability,
+                device_id: options.device_id,
+                now_ms: options.clock.now_ms(),
+            },
         )?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        schema::prepare(&mut conn, path)?;
-        configure(&conn, options)?;
-        let device_id = load_or_create_device(&conn, options.device_id, options.now_ms)?;
-        let reader = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        reader.busy_timeout(Duration::from_secs(10))?;
+        let actor = ActorId::from(db.device_id().as_bytes().as_slice());
         Ok(Self {
-            reader: Mutex::new(reader),
-            writer: Writer::new(conn),
-            device_id,
-            _lock: lock,
+            shared: Arc::new(Shared {
+                db,
+                cache: DocCache::new(options.cache_bytes),
+                listeners: Arc::default(),
+                actor,
+                path,
+                options,
+                hooks: parking_lot::RwLock::default(),
+            }),
         })
     }
 
-    /// Announces a write about to be prepared, so that a concurrent group commit waits for it
-    /// (briefly) instead of committing without it. Take it once nothing but preparing the
-    /// write stands between the caller and [`Database::update_document`] (in particular, with
-    /// the document's lock held), and hold it until the write returns.
-    pub(crate) fn announce_write(&self) -> Announcement<'_> {
-        self.writer.announce()
+    /// The store file's path.
+    pub fn path(&self) -> &FsPath {
+        &self.shared.path
     }
 
-    /// What has been committed since the store was opened.
-    pub(crate) fn commit_counts(&self) -> CommitCounts {
-        self.writer.commit_counts()
+    /// This device's identity (also its Automerge actor id).
+    pub fn device_id(&self) -> DeviceId {
+        self.shared.db.device_id()
     }
 
-    /// This device's identity, created on first open.
-    pub(crate) fn device_id(&self) -> DeviceId {
-        self.device_id
-    }
-
-    /// The metadata row of `id`, if the document exists (deleted or not).
-    pub(crate) fn lookup(&self, id: &DocId) -> Result<Option<DocRow>> {
-        let conn = self.reader.lock();
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {DOC_COLUMNS} FROM documents WHERE collection = ?1 AND doc_id = ?2"
-        ))?;
-        stmt.query_row(params![id.collection().as_str(), id.id()], read_doc_row)
-            .optional()?
-            .transpose()
-    }
-
-    /// The stored heads of a document.
-    pub(crate) fn heads(&self, key: DocKey) -> Result<Heads> {
-        let conn = self.reader.lock();
-        let bytes: Vec<u8> = conn
-            .prepare_cached("SELECT heads FROM documents WHERE doc_key = ?1")?
-            .query_row([key], |r| r.get(0))?;
-        Heads::from_bytes(&bytes)
-    }
-
-    /// The snapshot and chunks of a document.
-    pub(crate) fn load_content(&self, key: DocKey) -> Result<DocContent> {
-        let conn = self.reader.lock();
-        let snapshot = conn
-            .prepare_cached("SELECT data FROM snapshots WHERE doc_key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?;
-        let chunks = conn
-            .prepare_cached("SELECT data FROM chunks WHERE doc_key = ?1 ORDER BY seq")?
-            .query_map([key], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
-        Ok(DocContent { snapshot, chunks })
-    }
-
-    /// Every document of `collection`, deleted ones included, ordered by creation. A row whose
-    /// identifiers do not validate is skipped with a warning, so one bad row never hides the
-    /// rest.
-    pub(crate) fn list(&self, collection: &Collection) -> Result<Vec<DocRow>> {
-        self.query_docs(
-            &format!(
-                "SELECT {DOC_COLUMNS} FROM documents WHERE collection = ?1 \
-                 ORDER BY created_at, doc_key"
-            ),
-            params![collection.as_str()],
-        )
-    }
-
-    /// Every document whose current heads no relay has acknowledged.
-    pub(crate) fn pending(&self) -> Result<Vec<DocRow>> {
-        self.query_docs(
-            &format!(
-                "SELECT {DOC_COLUMNS} FROM documents d WHERE NOT EXISTS \
-                 (SELECT 1 FROM acks a WHERE a.doc_key = d.doc_key AND a.heads = d.heads) \
-                 ORDER BY priority DESC, doc_key"
-            ),
-            [],
-        )
-    }
-
-    /// The heads each relay has acknowledged for a document.
-    pub(crate) fn acked_heads(&self, key: DocKey) -> Result<Vec<(String, Heads)>> {
-        let conn = self.reader.lock();
-        let rows = conn
-            .prepare_cached("SELECT relay, heads FROM acks WHERE doc_key = ?1 ORDER BY relay")?
-            .query_map([key], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(relay, bytes)| Ok((relay, Heads::from_bytes(&bytes)?)))
-            .collect()
-    }
-
-    /// Inserts a new document with its first chunk; returns its key.
+    /// Creates an empty document with a new unique id in `collection`.
     ///
     /// # Errors
-    /// [`Error::AlreadyExists`] if the id is taken.
-    pub(crate) fn insert_document(&self, doc: NewDoc) -> Result<DocKey> {
-        self.writer.run(move |conn| insert_document(conn, doc))
+    /// A storage error; the document then does not exist.
+    pub fn create(&self, collection: &Collection) -> Result<Document> {
+        self.create_with(collection, Value::Map(Default::default()), Priority::Normal)
     }
 
-    pub(crate) fn update_document(&self, key: DocKey, update: DocUpdate) -> Result<()> {
-        self.writer
-            .run(move |conn| update_document(conn, key, &update))
-    }
-
-    /// Commits several writes in one transaction (the sync engine's batches): every write
-    /// lands, or none. Returns the new key of each [`BatchWrite::Insert`], in order.
-    pub(crate) fn commit_batch(&self, writes: Vec<BatchWrite>) -> Result<Vec<DocKey>> {
-        self.writer.run(move |conn| {
-            let mut keys = Vec::new();
-            for write in writes {
-                match write {
-                    BatchWrite::Insert(doc) => keys.push(insert_document(conn, doc)?),
-                    BatchWrite::Update(key, update) => update_document(conn, key, &update)?,
-                    BatchWrite::Ack(target, relay, heads) => {
-                        let key = match target {
-                            AckTarget::Key(key) => key,
-                            AckTarget::LastInserted => *keys.last().ok_or_else(|| {
-                                Error::CommitFailed(
-                                    "an ack for an insert that is not in the batch".into(),
-                                )
-                            })?,
-                        };
-                        record_ack(conn, key, &relay, &heads)?;
-                    }
-                    BatchWrite::Cursor(relay, collection, seq) => {
-                        conn.prepare_cached(
-                            "INSERT INTO sync_cursors (relay, collection, seq) VALUES (?1, ?2, ?3) \
-                             ON CONFLICT (relay, collection) DO UPDATE SET \
-                             seq = max(seq, excluded.seq)",
-                        )?
-                        .execute(params![
-                            relay,
-                            collection.as_str(),
-                            i64::try_from(seq).unwrap_or(i64::MAX)
-                        ])?;
-                    }
-                }
-            }
-            Ok(keys)
-        })
-    }
-
-    /// The cursors recorded for `relay`.
-    pub(crate) fn cursors(&self, relay: &str) -> Result<Vec<(Collection, u64)>> {
-        let conn = self.reader.lock();
-        let rows = conn
-            .prepare_cached("SELECT collection, seq FROM sync_cursors WHERE relay = ?1")?
-            .query_map([relay], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut cursors = Vec::with_capacity(rows.len());
-        for (collection, seq) in rows {
-            match Collection::new(collection) {
-                Ok(c) => cursors.push((c, u64::try_from(seq).unwrap_or(0))),
-                Err(e) => tracing::warn!(error = %e, "skipping a corrupt cursor row"),
-            }
-        }
-        Ok(cursors)
-    }
-
-    /// Documents of `collection` whose current heads `relay` has not acknowledged, with the
-    /// heads it has (empty if none), highest priority first.
-    pub(crate) fn unacknowledged(
+    /// Creates a document with a new unique id in `collection`, holding `initial` (a
+    /// [`Value::Map`]) and the given priority, in one durable change.
+    ///
+    /// # Errors
+    /// [`Error::TypeMismatch`] if `initial` is not a map, or a storage error.
+    pub fn create_with(
         &self,
-        relay: &str,
         collection: &Collection,
-    ) -> Result<Vec<(DocId, Heads)>> {
-        let conn = self.reader.lock();
-        let rows = conn
-            .prepare_cached(
-                "SELECT d.collection, d.doc_id, a.heads FROM documents d \
-                 LEFT JOIN acks a ON a.doc_key = d.doc_key AND a.relay = ?1 \
-                 WHERE d.collection = ?2 AND (a.heads IS NULL OR a.heads != d.heads) \
-                 ORDER BY d.priority DESC, d.doc_key",
-            )?
-            .query_map(params![relay, collection.as_str()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<Vec<u8>>>(2)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut docs = Vec::with_capacity(rows.len());
-        for (collection, id, heads) in rows {
-            let parsed = Collection::new(collection)
-                .and_then(|c| DocId::new(c, id))
-                .map_err(Error::from)
-                .and_then(|doc| {
-                    let heads = heads.map_or(Ok(Heads::default()), |b| Heads::from_bytes(&b))?;
-                    Ok((doc, heads))
-                });
-            match parsed {
-                Ok(row) => docs.push(row),
-                Err(e) => tracing::warn!(error = %e, "skipping a corrupt document row"),
-            }
-        }
-        Ok(docs)
+        initial: Value,
+        priority: Priority,
+    ) -> Result<Document> {
+        let id = DocId::new(collection.clone(), new_doc_id())?;
+        self.create_at(id, initial, priority)
     }
 
-    pub(crate) fn set_priority(&self, key: DocKey, priority: Priority) -> Result<()> {
-        self.writer.run(move |conn| {
-            conn.prepare_cached("UPDATE documents SET priority = ?2 WHERE doc_key = ?1")?
-                .execute(params![key, priority.code()])?;
+    /// Creates a document at a chosen id.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] if the id is taken (even by a deleted document),
+    /// [`Error::TypeMismatch`] if `initial` is not a map, or a storage error.
+    pub fn create_at(&self, id: DocId, initial: Value, priority: Priority) -> Result<Document> {
+        let Value::Map(entries) = initial else {
+            return Err(Error::TypeMismatch {
+                path: "/".into(),
+                expected: "map",
+                found: initial.type_name(),
+            });
+        };
+        let mut doc = Automerge::new().with_actor(self.shared.actor.clone());
+        let mut tx = doc.transaction();
+        for (key, value) in &entries {
+            let path = crate::Path::root().key(key.clone());
+            let (obj, prop) = model::locate_for_write(&mut tx, &path)?;
+            model::write_value(&mut tx, &obj, prop, value, false)?;
+        }
+        let options = || {
+            CommitOptions::default()
+                .with_message("create")
+                .with_time(self.shared.now_secs())
+        };
+        if tx.commit_with(options()).0.is_none() {
+            // Automerge records nothing for an empty transaction, but the document's existence
+            // must be a change so that it syncs: commit an empty one.
+            doc.empty_commit(options());
+        }
+        let heads = Heads::new(doc.get_heads());
+        let event = self.shared.listeners.wants(&id).then(|| ChangeEvent {
+            doc_id: id.clone(),
+            origin: ChangeOrigin::Local,
+            heads: heads.clone(),
+            deleted: false,
+            patches: listeners::convert_patches(doc.diff(&[], heads.as_slice())),
+        });
+        let new = NewDoc {
+            id: id.clone(),
+            priority,
+            chunk: doc.save(),
+            heads,
+            deleted: false,
+            origin: Origin::Local,
+            at: self.shared.now_ms(),
+        };
+        self.shared.insert_new(new, doc, event)?;
+        self.shared.local_changed(&id);
+        Ok(Document::new(self.clone(), id))
+    }
+
+    /// A handle to an existing, not deleted document.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Deleted`], or a storage error.
+    pub fn document(&self, id: &DocId) -> Result<Document> {
+        let info = self.info(id)?;
+        if info.deleted {
+            return Err(Error::Deleted(id.clone()));
+        }
+        Ok(Document::new(self.clone(), id.clone()))
+    }
+
+    /// The metadata of a document (deleted or not), read without loading it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a storage error.
+    pub fn info(&self, id: &DocId) -> Result<DocumentInfo> {
+        let row = self
+            .shared
+            .db
+            .lookup(id)?
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        Ok(DocumentInfo::from(&row))
+    }
+
+    /// The documents of `collection` that are not deleted, oldest first. Reads metadata only.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn list(&self, collection: &Collection) -> Result<Vec<DocumentInfo>> {
+        Ok(self
+            .shared
+            .db
+            .list(collection)?
+            .iter()
+            .filter(|row| !row.deleted)
+            .map(DocumentInfo::from)
+            .collect())
+    }
+
+    /// Deletes a document: a durable tombstone change that syncs like any other, so every
+    /// device learns of the deletion. Deleting a deleted document does nothing.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::CorruptDocument`], or a storage error.
+    pub fn delete(&self, id: &DocId) -> Result<()> {
+        match self.shared.write_local(id, Some("delete"), |tx| {
+            tx.inner().put(ROOT, model::TOMBSTONE_KEY, true)?;
+            Ok(())
+        }) {
+            Err(Error::Deleted(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Sets a document's sync priority.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a storage error.
+    pub fn set_priority(&self, id: &DocId, priority: Priority) -> Result<()> {
+        self.shared.with_doc(id, |loaded| {
+            self.shared.db.set_priority(loaded.row.key, priority)?;
+            loaded.row.priority = priority;
             Ok(())
         })
     }
 
-    /// Records the heads `relay` has durably acknowledged for a document.
-    pub(crate) fn record_ack(&self, key: DocKey, relay: String, heads: Heads) -> Result<()> {
-        self.writer
-            .run(move |conn| record_ack(conn, key, &relay, &heads))
+    /// Calls `listener` after every durable change to any document of `collection`, local or
+    /// remote, including creations and deletions. The listener stays until the returned
+    /// [`Subscription`] is dropped.
+    pub fn watch_collection(
+        &self,
+        collection: &Collection,
+        listener: impl Fn(&ChangeEvent) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.shared
+            .listeners
+            .subscribe(Scope::Collection(collection.clone()), listener)
     }
 
-    fn query_docs(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<DocRow>> {
-        let conn = self.reader.lock();
-        let mut stmt = conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params, read_doc_row)?;
-        let mut docs = Vec::new();
-        for row in rows {
-            match row? {
-                Ok(doc) => docs.push(doc),
-                Err(e) => tracing::warn!(error = %e, "skipping a corrupt document row"),
+    /// Calls `listener` after every durable change to the document `id`.
+    pub fn watch_document(
+        &self,
+        id: &DocId,
+        listener: impl Fn(&ChangeEvent) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.shared
+            .listeners
+            .subscribe(Scope::Document(id.clone()), listener)
+    }
+
+    /// The documents holding changes that no relay has acknowledged yet, highest priority
+    /// first. Answered from the store's metadata, without loading documents.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn pending_documents(&self) -> Result<Vec<DocId>> {
+        Ok(self
+            .shared
+            .db
+            .pending()?
+            .into_iter()
+            .map(|row| row.id)
+            .collect())
+    }
+
+    /// Every change that no relay has acknowledged yet, per pending document.
+    ///
+    /// # Errors
+    /// A storage error, or [`Error::CorruptDocument`] for a pending document that cannot load.
+    pub fn pending_changes(&self) -> Result<Vec<PendingChange>> {
+        let mut pending = Vec::new();
+        for row in self.shared.db.pending()? {
+            let acked: Vec<ChangeHash> = self
+                .shared
+                .db
+                .acked_heads(row.key)?
+                .into_iter()
+                .flat_map(|(_, heads)| heads.as_slice().to_vec())
+                .collect();
+            self.shared.with_doc(&row.id, |loaded| {
+                let known: Vec<ChangeHash> = acked
+                    .iter()
+                    .copied()
+                    .filter(|h| loaded.doc.get_change_meta_by_hash(h).is_some())
+                    .collect();
+                pending.extend(loaded.doc.get_changes_meta(&known).iter().map(|meta| {
+                    PendingChange {
+                        doc_id: row.id.clone(),
+                        change: ChangeInfo::from_meta(meta),
+                    }
+                }));
+                Ok(())
+            })?;
+        }
+        Ok(pending)
+    }
+
+    /// Records that `relay` has durably stored the document up to `heads`. Hashes this store
+    /// does not know are ignored. Used by the sync engine when a relay acknowledges.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a storage error.
+    pub fn mark_acknowledged(&self, id: &DocId, relay: &str, heads: &Heads) -> Result<()> {
+        self.shared.with_doc(id, |loaded| {
+            match self.shared.ack_record(loaded, relay, heads)? {
+                Some(record) => self
+                    .shared
+                    .db
+                    .record_ack(loaded.row.key, relay.to_owned(), record),
+                None => Ok(()),
             }
-        }
-        Ok(docs)
+        })
     }
-}
 
-/// Reads a `documents` row. The outer result is SQLite's; the inner one says whether the
-/// row's contents validate.
-fn insert_document(conn: &Connection, doc: NewDoc) -> Result<DocKey> {
-    let (local_at, remote_at) = stamps(doc.origin, doc.at);
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO documents (collection, doc_id, priority, deleted, heads, \
-             chunk_count, chunk_bytes, created_at, local_change_at, remote_change_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8, ?9) \
-             ON CONFLICT (collection, doc_id) DO NOTHING",
-        )?
-        .execute(params![
-            doc.id.collection().as_str(),
-            doc.id.id(),
-            doc.priority.code(),
-            doc.deleted,
-            doc.heads.to_bytes(),
-            byte_len(&doc.chunk),
-            doc.at,
-            local_at,
-            remote_at,
-        ])?;
-    if inserted == 0 {
-        return Err(Error::AlreadyExists(doc.id));
+    /// The changes of a document that are not ancestors of `since`, as encoded Automerge
+    /// changes, oldest first: what another replica at `since` is missing.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::CorruptDocument`], or a storage error.
+    pub fn changes_since(&self, id: &DocId, since: &Heads) -> Result<Vec<Vec<u8>>> {
+        self.shared.with_doc(id, |loaded| {
+            Ok(loaded
+                .doc
+                .get_changes(since.as_slice())
+                .into_iter()
+                .map(|c| c.raw_bytes().to_vec())
+                .collect())
+        })
     }
-    let key = conn.last_insert_rowid();
-    conn.prepare_cached("INSERT INTO chunks (doc_key, seq, data) VALUES (?1, 0, ?2)")?
-        .execute(params![key, doc.chunk])?;
-    Ok(key)
-}
 
-fn update_document(conn: &Connection, key: DocKey, update: &DocUpdate) -> Result<()> {
-    let (local_at, remote_at) = stamps(update.origin, update.at);
-    match &update.content {
-        ContentWrite::Append(chunk) => {
-            // The chunk's sequence number is the count of chunks before it.
-            conn.prepare_cached(
-                "INSERT INTO chunks (doc_key, seq, data) \
-                 SELECT doc_key, chunk_count, ?2 FROM documents WHERE doc_key = ?1",
-            )?
-            .execute(params![key, chunk])?;
-            conn.prepare_cached(
-                "UPDATE documents SET heads = ?2, deleted = ?3, \
-                 chunk_count = chunk_count + 1, chunk_bytes = chunk_bytes + ?4, \
-                 local_change_at = coalesce(?5, local_change_at), \
-                 remote_change_at = coalesce(?6, remote_change_at) WHERE doc_key = ?1",
-            )?
-            .execute(params![
-                key,
-                update.heads.to_bytes(),
-                update.deleted,
-                byte_len(chunk),
-                local_at,
-                remote_at
-            ])?;
-        }
-        ContentWrite::Compact(snapshot) => {
-            conn.prepare_cached("DELETE FROM chunks WHERE doc_key = ?1")?
-                .execute([key])?;
-            conn.prepare_cached(
-                "INSERT INTO snapshots (doc_key, data) VALUES (?1, ?2) \
-                 ON CONFLICT (doc_key) DO UPDATE SET data = excluded.data",
-            )?
-            .execute(params![key, snapshot])?;
-            conn.prepare_cached(
-                "UPDATE documents SET heads = ?2, deleted = ?3, snapshot_bytes = ?4, \
-                 chunk_count = 0, chunk_bytes = 0, \
-                 local_change_at = coalesce(?5, local_change_at), \
-                 remote_change_at = coalesce(?6, remote_change_at) WHERE doc_key = ?1",
-            )?
-            .execute(params![
-                key,
-                update.heads.to_bytes(),
-                update.deleted,
-                byte_len(snapshot),
-                local_at,
-                remote_at
-            ])?;
-        }
-    }
-    Ok(())
-}
-
-fn record_ack(conn: &Connection, key: DocKey, relay: &str, heads: &Heads) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO acks (doc_key, relay, heads) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (doc_key, relay) DO UPDATE SET heads = excluded.heads",
-    )?
-    .execute(params![key, relay, heads.to_bytes()])?;
-    Ok(())
-}
-
-fn read_doc_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<DocRow>> {
-    let key: DocKey = r.get(0)?;
-    let collection: String = r.get(1)?;
-    let doc_id: String = r.get(2)?;
-    let priority: i64 = r.get(3)?;
-    let id = match Collection::new(collection).and_then(|c| DocId::new(c, doc_id)) {
-        Ok(id) => id,
-        Err(e) => return Ok(Err(e.into())),
-    };
-    let Some(priority) = u8::try_from(priority).ok().and_then(Priority::from_code) else {
-        return Ok(Err(Error::CorruptDocument {
-            doc: id,
-            reason: format!("priority code {priority}"),
-        }));
-    };
-    Ok(Ok(DocRow {
-        key,
-        id,
-        priority,
-        deleted: r.get(4)?,
-        snapshot_bytes: get_count(r, 5)?,
-        chunk_count: get_count(r, 6)?,
-        chunk_bytes: get_count(r, 7)?,
-        created_at: r.get(8)?,
-        local_change_at: r.get(9)?,
-        remote_change_at: r.get(10)?,
-    }))
-}
-
-/// Reads a non-negative count; SQLite integers are signed, and a negative one reads as 0.
-fn get_count(r: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<u64> {
-    Ok(u64::try_from(r.get::<_, i64>(index)?).unwrap_or(0))
-}
-
-fn stamps(origin: Origin, at: i64) -> (Option<i64>, Option<i64>) {
-    match origin {
-        Origin::Local => (Some(at), None),
-        Origin::Remote => (None, Some(at)),
-    }
-}
-
-fn byte_len(bytes: &[u8]) -> i64 {
-    i64::try_from(bytes.len()).expect("a chunk is far smaller than i64::MAX bytes")
-}
-
-fn configure(conn: &Connection, options: &DbOptions) -> Result<()> {
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(
-            mode,
-            "WAL journal mode is unavailable; using the reported mode"
-        );
-    }
-    conn.pragma_update(None, "synchronous", options.durability.pragma())?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    Ok(())
-}
-
-fn load_or_create_device(
-    conn: &Connection,
-    requested: Option<DeviceId>,
-    now_ms: i64,
-) -> Result<DeviceId> {
-    let existing: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT device_id FROM device WHERE singleton = 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(bytes) = existing {
-        let stored = DeviceId::try_from_slice(&bytes)?;
-        return match requested {
-            Some(requested) if requested != stored => {
-                Err(Error::DeviceMismatch { stored, requested })
-            }
-            _ => Ok(stored),
+    /// Merges encoded Automerge changes received from another replica into document `id`,
+    /// creating it if this store has never seen it. Durable before it returns; listeners see
+    /// a [`ChangeOrigin::Remote`] event. Returns the document's heads afterwards: a change whose
+    /// dependencies are missing is not applied (nor stored) and its hash is not in them; it
+    /// must be sent again with its dependencies, which the sync protocol does.
+    ///
+    /// # Errors
+    /// [`Error::InvalidChange`] if any change does not decode or cannot be applied (then
+    /// nothing is applied), [`Error::NestedAccess`], or a storage error.
+    pub fn apply_changes(&self, id: &DocId, changes: &[Vec<u8>]) -> Result<Heads> {
+        let changes = changes
+            .iter()
+            .map(|bytes| Change::from_bytes(bytes.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::InvalidChange(e.to_string()))?;
+        let applied = match self.shared.apply_remote(id, changes.clone()) {
+            Err(Error::NotFound(_)) => self.create_from_remote(id, changes),
+            other => other,
         };
+        if applied.is_ok() {
+            // No relay has acknowledged these yet: the sync engine must hear of them.
+            self.shared.local_changed(id);
+        }
+        applied
     }
-    let id = requested.unwrap_or_else(|| DeviceId::from_bytes(*uuid::Uuid::new_v4().as_bytes()));
-    conn.execute(
-        "INSERT INTO device (singleton, device_id, created_at) VALUES (1, ?1, ?2)",
-        params![id.as_bytes().as_slice(), now_ms],
-    )?;
-    tracing::info!(device = %id, "created device identity");
-    Ok(id)
+
+    fn create_from_remote(&self, id: &DocId, changes: Vec<Change>) -> Result<Heads> {
+        let mut doc = Automerge::new().with_actor(self.shared.actor.clone());
+        apply_untrusted(&mut doc, changes, &mut PatchLog::inactive())?;
+        let heads = Heads::new(doc.get_heads());
+        if heads.is_empty() {
+            // Nothing applicable (every change waits for a dependency): nothing to store.
+            return Ok(heads);
+        }
+        let deleted = model::is_tombstoned(&doc);
+        let event = self.shared.listeners.wants(id).then(|| ChangeEvent {
+            doc_id: id.clone(),
+            origin: ChangeOrigin::Remote,
+            heads: heads.clone(),
+            deleted,
+            patches: listeners::convert_patches(doc.diff(&[], heads.as_slice())),
+        });
+        let new = NewDoc {
+            id: id.clone(),
+            priority: Priority::Normal,
+            chunk: doc.save(),
+            heads: heads.clone(),
+            deleted,
+            origin: Origin::Remote,
+            at: self.shared.now_ms(),
+        };
+        let all_changes = doc.get_changes(&[]);
+        match self.shared.insert_new(new, doc, event) {
+            // Created concurrently by another thread: merge into that one instead.
+            Err(Error::AlreadyExists(_)) => self.shared.apply_remote(id, all_changes),
+            Err(e) => Err(e),
+            Ok(()) => Ok(heads),
+        }
+    }
+
+    /// Writes committed since the store was opened, and the commits that carried them: more
+    /// writes than commits means concurrent writers shared commits (and fsyncs). Read while
+    /// writes are under way, the fields may be a commit apart.
+    pub fn write_stats(&self) -> WriteStats {
+        let counts = self.shared.db.commit_counts();
+        WriteStats {
+            commits: counts.commits,
+            writes: counts.jobs,
+            commit_time: counts.commit_time,
+        }
+    }
+
+    /// Estimated bytes of the documents currently loaded in memory.
+    pub fn cache_used_bytes(&self) -> usize {
+        self.shared.cache.used_bytes()
+    }
+
+    /// Number of documents currently loaded (or being loaded) in memory.
+    pub fn cached_documents(&self) -> usize {
+        self.shared.cache.len()
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
 }
 
-/// Takes the advisory lock that keeps two processes from writing with the same actor id.
-fn lock_store(path: &Path) -> Result<File> {
-    let mut lock_path = PathBuf::from(path).into_os_string();
-    lock_path.push(".lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
-            path: path.to_owned(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.shared.path)
+            .field("device_id", &self.device_id())
+            .finish_non_exhaustive()
     }
 }

@@ -21,8 +21,8 @@ use syncline_protocol::{Collection, DocId, Priority};
 use super::cache::LoadedDoc;
 use super::listeners::{self, ChangeEvent, ChangeOrigin};
 use super::{InsideDocument, Store, UpdateOutcome, model};
+use crate::db::{AckTarget, BatchWrite, DocRow, NewDoc, Origin};
 use crate::engine::{Outgoing, Received, SyncStore, holds_their_heads, next_message};
-use crate::store::{AckTarget, BatchWrite, DocRow, NewDoc, Origin};
 use crate::{Error, Heads, Result};
 
 type SlotGuard = ArcMutexGuard<RawMutex, Option<LoadedDoc>>;

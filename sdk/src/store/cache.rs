@@ -12,7 +12,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use syncline_protocol::DocId;
 
-use crate::store::DocRow;
+use crate::db::DocRow;
 
 /// A loaded document with its metadata row as last written.
 pub(crate) struct LoadedDoc {

@@ -7,7 +7,7 @@ use syncline_protocol::{DocId, Priority};
 use super::model;
 use super::{ChangeEvent, ChangeInfo, Patch, Store, Subscription, Transaction, WriteOp};
 use crate::path::IntoPath;
-use crate::repo::listeners::convert_patches;
+use crate::store::listeners::convert_patches;
 use crate::{Error, Heads, Path, Result, Value};
 
 /// A handle to one document. Cheap to clone; every call reads or writes the store's single

@@ -1,0 +1,148 @@
+//! The engine's public vocabulary: how it is set up ([`EngineConfig`]), what the shell tells it
+//! ([`Event`], [`Disconnect`]), what it asks of the shell ([`Effect`]) and what the app
+//! observes ([`Status`], [`Progress`], [`SyncStats`]).
+
+use syncline_protocol::DocId;
+use syncline_protocol::messages::{CollectionSubscription, Profile};
+
+use super::Backoff;
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The relay's name in the store: acknowledgements and cursors are kept per relay (the
+    /// shell uses the relay's URL).
+    pub relay: String,
+    /// The device's capability profile, sent in `Hello`.
+    pub profile: Profile,
+    /// The collections to sync, with their priority and mode.
+    pub subscriptions: Vec<CollectionSubscription>,
+    /// The client's name and version, sent in `Hello`.
+    pub client: String,
+    /// Reconnect delays: capped exponential backoff with full jitter.
+    pub backoff: Backoff,
+    /// With something outstanding and no frame for this long, the connection is presumed dead
+    /// and replaced.
+    pub stall_timeout_ms: u64,
+}
+
+/// Why a transport closed, as the shell saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The relay refused the token (HTTP 401, or closed with "token expired").
+    Unauthorized(String),
+    /// The relay could not be reached or the connection broke.
+    Failed(String),
+    /// The relay closed the connection with this WebSocket close code.
+    Closed {
+        /// The close code.
+        code: u16,
+        /// The reason the relay gave.
+        reason: String,
+    },
+}
+
+/// Something that happened, for [`Engine::handle`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Start syncing (connect as soon as allowed).
+    Start,
+    /// The transport the engine asked for is open and authenticated.
+    Connected,
+    /// A binary frame arrived.
+    Frame(Vec<u8>),
+    /// The transport closed or could not be opened.
+    Disconnected(Disconnect),
+    /// These documents changed locally.
+    LocalChanges(Vec<DocId>),
+    /// A timer the engine asked for ([`Effect::WakeAt`]) fired.
+    Tick,
+    /// The app says the network is down: disconnect and stop retrying.
+    NetworkDown,
+    /// The app says the network is up: connect now.
+    NetworkUp,
+    /// The app pauses sync: disconnect, stay offline.
+    Pause,
+    /// The app resumes sync: connect now.
+    Resume,
+    /// The device's profile changed (class, metered, bandwidth, ...).
+    Profile(Profile),
+    /// A new token for the live connection.
+    Token(String),
+}
+
+/// Something the shell must do, returned by [`Engine::handle`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Open a transport to the relay (with a fresh token from the app's provider), then
+    /// report [`Event::Connected`] or [`Event::Disconnected`].
+    Connect,
+    /// Send this binary frame.
+    Send(Vec<u8>),
+    /// Close the transport (no [`Event::Disconnected`] is expected after it).
+    Disconnect,
+    /// The status changed.
+    Status(Status),
+    /// Call [`Event::Tick`] at this time (milliseconds); a later `WakeAt` replaces it.
+    WakeAt(u64),
+}
+
+/// Progress of a sync in documents and bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Documents the relay planned to send that have arrived.
+    pub docs_done: u64,
+    /// Documents the relay planned to send.
+    pub docs_total: u64,
+    /// Bytes of planned documents that have arrived (approximate, the relay's estimate).
+    pub bytes_done: u64,
+    /// Bytes the relay planned to send (approximate).
+    pub bytes_total: u64,
+    /// Local documents sent and not yet acknowledged.
+    pub docs_unacknowledged: u64,
+}
+
+/// The sync status the app observes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Not connected (not started, paused, network down, or waiting to reconnect).
+    Offline,
+    /// Opening a connection.
+    Connecting,
+    /// Connected and exchanging changes.
+    Syncing {
+        /// How far along.
+        progress: Progress,
+    },
+    /// Connected, and both sides have everything (milliseconds since the Unix epoch).
+    Synced {
+        /// When the device became synced.
+        at_ms: u64,
+    },
+    /// Something is wrong; the engine retries where retrying can help.
+    Error {
+        /// What, for people.
+        reason: String,
+    },
+}
+
+/// Counters of what the engine moved, since it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncStats {
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Frames received.
+    pub frames_received: u64,
+    /// Bytes sent (whole frames).
+    pub bytes_sent: u64,
+    /// Bytes received (whole frames).
+    pub bytes_received: u64,
+    /// Documents sent with changes.
+    pub docs_sent: u64,
+    /// Documents changed by what was received.
+    pub docs_received: u64,
+    /// Flights of frames sent: the first of a connection, and each sent after receiving.
+    pub round_trips: u64,
+    /// Connections opened.
+    pub connections: u64,
+}

@@ -1,0 +1,255 @@
+//! The sync thread: it owns the [`Engine`], feeds it the app's commands and the connection
+//! tasks' events with the time, carries out its effects (open or close a connection, send a
+//! frame, publish a status, arm the timer) and delivers the store's change listeners after each
+//! `handle` returns. Its clock is the wall clock at start advanced by a monotonic one.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc as tokio_mpsc;
+use tracing::Instrument;
+
+use super::transport::{Reporter, run_connection};
+use super::{Command, Inner, StatusListener, TokenProvider, TransportEvent};
+use crate::engine::{Effect, Engine, Event, Status};
+
+/// The sync thread: the engine and the connection tasks' runtime.
+pub(super) struct Shell {
+    pub(super) span: tracing::Span,
+    pub(super) engine: Engine,
+    pub(super) runtime: Option<tokio::runtime::Runtime>,
+    pub(super) clock: Clock,
+    pub(super) inner: Arc<Inner>,
+    pub(super) commands: mpsc::Sender<Command>,
+    pub(super) url: String,
+    pub(super) tokens: Arc<dyn TokenProvider>,
+    pub(super) generation: u64,
+    pub(super) transport: Option<Transport>,
+    pub(super) wake_at: Option<u64>,
+}
+
+pub(super) struct Transport {
+    pub(super) frames: Option<tokio_mpsc::UnboundedSender<Vec<u8>>>,
+    pub(super) task: tokio::task::JoinHandle<()>,
+}
+
+impl Shell {
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Command>) {
+        // A plain thread that never awaits: holding the guard for its whole life is sound.
+        let _in_span = self.span.clone().entered();
+        // However the loop ends (even by a panic in a listener), waiters learn it.
+        let _stopped = Stopped(Arc::clone(&self.inner));
+        // A command taken off the channel while coalescing local changes, handled next.
+        let mut held: Option<Command> = None;
+        loop {
+            // A due timer goes first, so that a steady stream of commands cannot starve it.
+            let due = self.wake_at.is_some_and(|at| at <= self.clock.now_ms());
+            let command = if due {
+                None
+            } else if let Some(command) = held.take() {
+                Some(command)
+            } else {
+                match self.wake_at {
+                    Some(at) => {
+                        let wait = at.saturating_sub(self.clock.now_ms());
+                        match rx.recv_timeout(Duration::from_millis(wait)) {
+                            Ok(command) => Some(command),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                    None => match rx.recv() {
+                        Ok(command) => Some(command),
+                        Err(_) => break,
+                    },
+                }
+            };
+            let event = match command {
+                None => {
+                    self.wake_at = None;
+                    Some(Event::Tick)
+                }
+                Some(Command::Stop) => break,
+                Some(Command::Event(Event::LocalChanges(mut docs))) => {
+                    // Coalesce a burst of local writes into one batch; any other command
+                    // met on the way is kept for the next turn.
+                    while let Ok(next) = rx.try_recv() {
+                        match next {
+                            Command::Event(Event::LocalChanges(more)) => docs.extend(more),
+                            other => {
+                                held = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    Some(Event::LocalChanges(docs))
+                }
+                Some(Command::Event(event)) => Some(event),
+                Some(Command::Transport(generation, event)) => {
+                    self.transport_event(generation, event)
+                }
+            };
+            if let Some(event) = event {
+                let effects = self.engine.handle(event, self.clock.now_ms());
+                // App listeners run here, after the engine returned and holds nothing: a slow
+                // callback delays the next event, never a commit or a reconnect decision.
+                self.engine.store().deliver_events();
+                self.apply(effects);
+            }
+        }
+        self.close_transport();
+        self.publish_stats();
+        self.inner.observed().stopped = true;
+        self.inner.changed.notify_all();
+        // Never wait for a connection task or a token provider still running: the app may
+        // be stopping sync from the very thread such a provider waits on.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    fn transport_event(&mut self, generation: u64, event: TransportEvent) -> Option<Event> {
+        if generation != self.generation || self.transport.is_none() {
+            return None;
+        }
+        match event {
+            TransportEvent::Open(frames) => {
+                if let Some(t) = self.transport.as_mut() {
+                    t.frames = Some(frames);
+                }
+                Some(Event::Connected)
+            }
+            TransportEvent::Frame(bytes) => Some(Event::Frame(bytes)),
+            TransportEvent::Token(token) => Some(Event::Token(token)),
+            TransportEvent::Closed(why) => {
+                self.inner.observed().last_disconnect = Some(why.clone());
+                self.close_transport();
+                Some(Event::Disconnected(why))
+            }
+        }
+    }
+
+    fn apply(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Connect => self.connect(),
+                Effect::Send(bytes) => {
+                    if let Some(frames) = self.transport.as_ref().and_then(|t| t.frames.as_ref()) {
+                        let _ = frames.send(bytes);
+                    }
+                }
+                Effect::Disconnect => self.close_transport(),
+                Effect::Status(status) => {
+                    let listeners: Vec<StatusListener> = {
+                        let mut observed = self.inner.observed();
+                        observed.status = status.clone();
+                        observed.stats = self.engine.stats();
+                        if matches!(status, Status::Synced { .. } | Status::Syncing { .. }) {
+                            observed.last_disconnect = None;
+                        }
+                        observed
+                            .listeners
+                            .iter()
+                            .map(|(_, l)| Arc::clone(l))
+                            .collect()
+                    };
+                    self.inner.changed.notify_all();
+                    for listener in listeners {
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            listener(&status)
+                        }))
+                        .is_err()
+                        {
+                            tracing::error!("a status listener panicked");
+                        }
+                    }
+                }
+                Effect::WakeAt(at) => self.wake_at = Some(at),
+            }
+        }
+        self.publish_stats();
+    }
+
+    fn publish_stats(&self) {
+        self.inner.observed().stats = self.engine.stats();
+        self.inner.changed.notify_all();
+    }
+
+    fn close_transport(&mut self) {
+        if let Some(transport) = self.transport.take() {
+            transport.task.abort();
+        }
+    }
+
+    fn connect(&mut self) {
+        self.close_transport();
+        self.generation += 1;
+        let reporter = Reporter {
+            commands: Mutex::new(self.commands.clone()),
+            generation: self.generation,
+        };
+        let url = self.url.clone();
+        let tokens = Arc::clone(&self.tokens);
+        let Some(runtime) = self.runtime.as_ref() else {
+            return;
+        };
+        let span = tracing::info_span!(parent: &self.span, "connection", conn = self.generation);
+        let task = runtime.spawn(
+            async move {
+                let reporter = Arc::new(reporter);
+                let why = run_connection(&url, tokens, &reporter).await;
+                reporter.report(TransportEvent::Closed(why));
+            }
+            .instrument(span),
+        );
+        self.transport = Some(Transport { frames: None, task });
+    }
+}
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Marks the client stopped when the sync thread ends, normally or by unwinding.
+pub(super) struct Stopped(Arc<Inner>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.observed().stopped = true;
+        self.0.changed.notify_all();
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        // Never wait for a connection task or a token provider still running (also when
+        // the thread unwinds).
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The engine's time: the wall clock when the client started, advanced by a monotonic clock,
+/// so that a wall clock stepped back (NTP, the user, a resumed VM) cannot strand a timer.
+pub(super) struct Clock {
+    pub(super) origin_ms: u64,
+    pub(super) started: Instant,
+}
+
+impl Clock {
+    pub(super) fn start() -> Self {
+        Self {
+            origin_ms: now_ms(),
+            started: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin_ms
+            .saturating_add(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
