@@ -13,27 +13,29 @@
 //! change costs the same to accept whatever the document's history.
 
 mod graph;
+mod group_commit;
+mod planner;
+mod registry;
 pub mod responder;
 mod watchers;
 
 pub use graph::{DocGraph, GraphError, parse_changes};
 pub use responder::check_message;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use automerge::ChangeHash;
-use automerge::sync::{Message as SyncMessage, State as SyncState};
+use automerge::sync::State as SyncState;
 use syncline_protocol::messages::{
-    Ack, AckItem, CollectionSubscription, Cursor, Ephemeral, Error, ErrorCode, Plan, PlanEntry,
-    Profile, Reconcile, Sync, SyncItem,
+    CollectionSubscription, Ephemeral, Error, ErrorCode, Profile, Sync, SyncItem,
 };
 use syncline_protocol::sync_state;
-use syncline_protocol::{Collection, DocId, Hash, Heads, Message, Priority};
+use syncline_protocol::{Collection, DocId, Hash, Heads, Message};
 
 use crate::auth::{Grants, Identity};
 use crate::session::Action;
-use crate::storage::{Append, DeviceRecord, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
 use crate::tenant::Tenant;
 
 /// Identifies a session within one relay process.
@@ -41,9 +43,6 @@ pub type SessionId = u64;
 
 /// Most documents per `Sync` frame the hub sends.
 pub const SYNC_BATCH: usize = 256;
-
-/// Documents listed per storage query while planning.
-const PLAN_PAGE: usize = 1000;
 
 /// A message for one session.
 #[derive(Debug, Clone, PartialEq)]
@@ -228,13 +227,7 @@ impl<S: Storage> Hub<S> {
             .collect();
         self.storage
             .save_sync_states(&peer.tenant, &device, &states)?;
-        self.storage
-            .touch_device(&peer.tenant, &device, now_ms, false)?;
-        if let Some(synced) = peer.last_sync_ms {
-            self.storage
-                .touch_device(&peer.tenant, &device, synced, true)?;
-        }
-        Ok(())
+        self.record_activity(&peer, now_ms)
     }
 
     /// Drops every document from memory, so each is reloaded from storage on next use. After a
@@ -340,122 +333,6 @@ impl<S: Storage> Hub<S> {
         self.peers.get_mut(&id).expect("checked by handle")
     }
 
-    fn register(&mut self, id: SessionId, now_ms: u64) -> Result<(), HubError> {
-        let peer = &self.peers[&id];
-        let Some(profile) = peer.profile.clone() else {
-            return Ok(());
-        };
-        let record = DeviceRecord {
-            device: peer.identity.device,
-            user: peer.identity.user.clone(),
-            profile,
-            subscriptions: peer.subscriptions.clone(),
-            first_seen_ms: peer.first_seen_ms,
-            last_seen_ms: now_ms,
-            last_sync_ms: None,
-        };
-        self.storage.register_device(&peer.tenant, &record)?;
-        Ok(())
-    }
-
-    /// Plans a reconnect: every document of the subscribed collections changed after the
-    /// client's cursor, plus the documents the client changed; highest priority first, then
-    /// most recent. Sends the plan, then the first sync message of each document.
-    fn reconcile(
-        &mut self,
-        id: SessionId,
-        reconcile: Reconcile,
-    ) -> Result<Vec<Delivery>, HubError> {
-        let peer = &self.peers[&id];
-        let tenant = peer.tenant.clone();
-        let cursors: BTreeMap<Collection, u64> = reconcile
-            .cursors
-            .into_iter()
-            .map(|c| (c.collection, c.seq))
-            .collect();
-        // Each entry with its collection sequence, for ordering by recency.
-        let mut entries: BTreeMap<DocId, (PlanEntry, u64)> = BTreeMap::new();
-        let mut reached = Vec::new();
-        for sub in peer
-            .subscriptions
-            .iter()
-            .filter(|s| peer.grants.can_read(&s.collection))
-        {
-            let mut after = cursors.get(&sub.collection).copied().unwrap_or(0);
-            loop {
-                let page =
-                    self.storage
-                        .changed_since(&tenant, &sub.collection, after, PLAN_PAGE)?;
-                for summary in &page {
-                    let entry = PlanEntry {
-                        doc: summary.doc.clone(),
-                        priority: sub.priority,
-                        bytes: summary.stored_bytes,
-                        reason: None,
-                    };
-                    entries.insert(summary.doc.clone(), (entry, summary.seq));
-                    after = after.max(summary.seq);
-                }
-                if page.len() < PLAN_PAGE {
-                    break;
-                }
-            }
-            reached.push(Cursor {
-                collection: sub.collection.clone(),
-                seq: after,
-            });
-        }
-        for changed in reconcile
-            .changed
-            .into_iter()
-            .filter(|c| peer.grants.can_read(c.doc.collection()))
-        {
-            let priority = peer
-                .subscription(changed.doc.collection())
-                .map_or(Priority::Normal, |s| s.priority);
-            // The client's own changes are the most recent of all.
-            let entry = PlanEntry {
-                doc: changed.doc.clone(),
-                priority,
-                bytes: 0,
-                reason: None,
-            };
-            entries.entry(changed.doc).or_insert((entry, u64::MAX)).1 = u64::MAX;
-        }
-        let mut ordered: Vec<(PlanEntry, u64)> = entries.into_values().collect();
-        ordered
-            .sort_by(|(a, a_seq), (b, b_seq)| b.priority.cmp(&a.priority).then(b_seq.cmp(a_seq)));
-        let send: Vec<PlanEntry> = ordered.into_iter().map(|(entry, _)| entry).collect();
-        for cursor in &reached {
-            self.storage.set_cursor(
-                &tenant,
-                &peer.identity.device,
-                &cursor.collection,
-                cursor.seq,
-            )?;
-        }
-        let mut items = Vec::new();
-        let mut planned = Vec::new();
-        for entry in send {
-            let mut item = self.outgoing(id, std::slice::from_ref(&entry.doc))?;
-            // A document the session already has in full needs no message and no plan entry.
-            if !item.is_empty() {
-                planned.push(entry);
-                items.append(&mut item);
-            }
-        }
-        let mut out = vec![Delivery {
-            to: id,
-            message: Message::Plan(Plan {
-                send: planned,
-                deferred: Vec::new(),
-                cursors: reached,
-            }),
-        }];
-        push_batches(&mut out, id, items);
-        Ok(out)
-    }
-
     /// Applies a session's sync messages, appends what changed in one durable transaction,
     /// acknowledges, replies, and fans the changes out. [`Hub::sync_group`] of one.
     fn sync(
@@ -469,247 +346,6 @@ impl<S: Storage> Hub<S> {
             tracing::error!(session, error = %e, "a sync frame was not committed");
         }
         Ok(group.deliveries)
-    }
-
-    /// Group commit across sessions: applies the `Sync` frames of several sessions, appends
-    /// everything they changed in one storage transaction per tenant, then sends each session
-    /// its replies and acknowledgements and fans the changes out. Concurrent writers then share
-    /// an fsync instead of queueing for one each.
-    ///
-    /// Memory never runs ahead of storage: every document changed in memory is either in a
-    /// committed batch or evicted (to be reloaded from storage). Nothing after a commit can
-    /// abort the acknowledgements, replies and fan-out of what was committed. A session whose
-    /// tenant's commit failed, or one of whose documents had to be evicted, is in
-    /// [`SyncGroup::failed`] and is sent an `INTERNAL` error instead of (a complete)
-    /// acknowledgement, so its client reconnects and resends.
-    pub fn sync_group(
-        &mut self,
-        frames: Vec<(SessionId, Vec<SyncItem>)>,
-        now_ms: u64,
-    ) -> SyncGroup {
-        let mut group = SyncGroup::default();
-        // Per tenant, each document's change count before the group first touched it.
-        let mut before: BTreeMap<Tenant, Vec<(DocId, usize)>> = BTreeMap::new();
-        // Per session: its tenant, the documents it touched, those whose items carried
-        // changes (acknowledged even when already stored: a resend after a cut).
-        let mut sessions: Vec<(SessionId, Tenant, Vec<DocId>, Vec<DocId>)> = Vec::new();
-        let mut broken: BTreeMap<Tenant, String> = BTreeMap::new();
-        for (id, items) in frames {
-            let Some(peer) = self.peers.get(&id) else {
-                continue;
-            };
-            let tenant = peer.tenant.clone();
-            let mut first_seen = Vec::new();
-            let mut carried = Vec::new();
-            let applied = self.apply_items(
-                id,
-                &tenant,
-                items,
-                &mut first_seen,
-                &mut carried,
-                &mut group.deliveries,
-            );
-            let seen = before.entry(tenant.clone()).or_default();
-            let touched: Vec<DocId> = first_seen.iter().map(|(doc, _)| doc.clone()).collect();
-            for (doc, len) in first_seen {
-                if !seen.iter().any(|(d, _)| *d == doc) {
-                    seen.push((doc, len));
-                }
-            }
-            if let Err(e) = applied {
-                // A storage read failed: nothing of this tenant's group is committed.
-                broken
-                    .entry(tenant.clone())
-                    .or_insert_with(|| e.to_string());
-            }
-            sessions.push((id, tenant, touched, carried));
-        }
-        let mut changed: BTreeMap<Tenant, Vec<DocId>> = BTreeMap::new();
-        let mut seqs: HashMap<(Tenant, DocId), u64> = HashMap::new();
-        for (tenant, docs) in &before {
-            if broken.contains_key(tenant) {
-                self.evict(tenant, docs.iter().map(|(doc, _)| doc));
-                continue;
-            }
-            let mut appends = Vec::new();
-            for (doc_id, len_before) in docs {
-                // Absent: evicted after a failed read; its durable state is what counts.
-                let Some(doc) = self.docs.peek(&(tenant.clone(), doc_id.clone())) else {
-                    continue;
-                };
-                if doc.len() != *len_before {
-                    appends.push(Append {
-                        doc: doc_id.clone(),
-                        chunk: doc.raw_since(*len_before),
-                        heads: wire_heads(&doc.heads()),
-                    });
-                }
-            }
-            // A round trip that stored nothing costs no transaction.
-            if appends.is_empty() {
-                continue;
-            }
-            match self.storage.append(tenant, &appends) {
-                Ok(stored) => {
-                    for (append, seq) in appends.iter().zip(stored) {
-                        seqs.insert((tenant.clone(), append.doc.clone()), seq);
-                    }
-                    changed.insert(tenant.clone(), appends.into_iter().map(|a| a.doc).collect());
-                }
-                Err(e) => {
-                    self.evict(tenant, docs.iter().map(|(doc, _)| doc));
-                    broken.insert(tenant.clone(), e.to_string());
-                }
-            }
-        }
-        // Per tenant and document, the sessions whose frames touched it (they had replies).
-        let mut senders: HashMap<Tenant, HashMap<DocId, Vec<SessionId>>> = HashMap::new();
-        for (id, tenant, touched, carried) in sessions {
-            if let Some(reason) = broken.get(&tenant) {
-                group.failed.push((id, HubError::Failed(reason.clone())));
-                group.deliveries.push(internal(id));
-                continue;
-            }
-            let touched_by = senders.entry(tenant.clone()).or_default();
-            for doc in &touched {
-                touched_by.entry(doc.clone()).or_default().push(id);
-            }
-            // Replies go before the acknowledgement: a client that has its Ack has also had
-            // everything the relay answered to that frame.
-            let replies = self.outgoing_logged(id, &touched);
-            push_batches(&mut group.deliveries, id, replies);
-            let carried: Vec<DocId> = carried
-                .into_iter()
-                .filter(|doc| touched.contains(doc))
-                .collect();
-            if carried.is_empty() {
-                continue;
-            }
-            let acks = self.acks(&tenant, &carried, &seqs);
-            if acks.len() < carried.len() {
-                // A document this session changed was evicted (another session's item for it
-                // failed): its changes may not be stored, so nothing of the frame is acked.
-                group.failed.push((
-                    id,
-                    HubError::Failed("a document of the frame was reloaded".into()),
-                ));
-                group.deliveries.push(internal(id));
-            }
-            group.deliveries.push(Delivery {
-                to: id,
-                message: Message::Ack(Ack { items: acks }),
-            });
-            // Kept in memory and written at disconnect: an fsync per round trip would
-            // dominate the cost of syncing.
-            self.peer_mut(id).last_sync_ms = Some(now_ms);
-        }
-        for (tenant, docs) in changed {
-            let no_senders = HashMap::new();
-            let touched_by = senders.get(&tenant).unwrap_or(&no_senders);
-            let mut receivers: BTreeMap<SessionId, Vec<DocId>> = BTreeMap::new();
-            for doc in &docs {
-                let sent = touched_by.get(doc);
-                for other in self.watchers.candidates(&tenant, doc) {
-                    // The senders had their replies above.
-                    if sent.is_some_and(|s| s.contains(&other)) {
-                        continue;
-                    }
-                    let list = receivers.entry(other).or_default();
-                    if list.last() != Some(doc)
-                        && self
-                            .peers
-                            .get(&other)
-                            .is_some_and(|p| p.receives(&tenant, doc))
-                    {
-                        list.push(doc.clone());
-                    }
-                }
-            }
-            for (other, receives) in receivers {
-                if !receives.is_empty() {
-                    let items = self.outgoing_logged(other, &receives);
-                    push_batches(&mut group.deliveries, other, items);
-                }
-            }
-        }
-        self.trim();
-        group
-    }
-
-    /// Applies each item to its in-memory document, recording the change count each document
-    /// had before this frame. An item that is refused changes nothing and gets an error.
-    fn apply_items(
-        &mut self,
-        id: SessionId,
-        tenant: &Tenant,
-        items: Vec<SyncItem>,
-        before: &mut Vec<(DocId, usize)>,
-        carried: &mut Vec<DocId>,
-        out: &mut Vec<Delivery>,
-    ) -> Result<(), HubError> {
-        let device = self.peers[&id].identity.device;
-        let author = (!self.allow_foreign_changes).then_some(device.as_bytes().as_slice());
-        for item in items {
-            let Ok(message) = SyncMessage::decode(&item.message) else {
-                out.push(error(id, ErrorCode::BAD_DOCUMENT, &item.doc, "undecodable"));
-                continue;
-            };
-            if !message.changes.is_empty() && !carried.contains(&item.doc) {
-                carried.push(item.doc.clone());
-            }
-            self.ensure_state(id, &item.doc)?;
-            let len = self.doc(tenant, &item.doc)?.len();
-            if !before.iter().any(|(doc, _)| *doc == item.doc) {
-                before.push((item.doc.clone(), len));
-            }
-            let peer = self.peers.get_mut(&id).expect("checked");
-            let state = peer.states.get_mut(&item.doc).expect("ensured");
-            let graph = self
-                .docs
-                .get_mut(&(tenant.clone(), item.doc.clone()))
-                .expect("loaded");
-            let bytes_before = graph.estimated_bytes();
-            let received = responder::receive_sync_message(graph, state, message, author);
-            self.docs_bytes =
-                (self.docs_bytes + graph.estimated_bytes()).saturating_sub(bytes_before);
-            match received {
-                Ok(_) => {
-                    peer.confirmed.insert(item.doc.clone());
-                }
-                Err(refused) => {
-                    let code = match refused {
-                        GraphError::Foreign { .. } => ErrorCode::FORBIDDEN,
-                        GraphError::QueueFull => ErrorCode::LIMIT_EXCEEDED,
-                        GraphError::Undecodable(_)
-                        | GraphError::BadSequence { .. }
-                        | GraphError::LateAuthor { .. } => ErrorCode::BAD_DOCUMENT,
-                    };
-                    out.push(error(id, code, &item.doc, &refused.to_string()));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Acknowledgements for the documents of a frame, with the heads now durable; none for
-    /// a document no longer in memory.
-    fn acks(
-        &self,
-        tenant: &Tenant,
-        docs: &[DocId],
-        seqs: &HashMap<(Tenant, DocId), u64>,
-    ) -> Vec<AckItem> {
-        docs.iter()
-            .filter_map(|doc| {
-                let key = (tenant.clone(), doc.clone());
-                let loaded = self.docs.peek(&key)?;
-                Some(AckItem {
-                    doc: doc.clone(),
-                    heads: wire_heads(&loaded.heads()),
-                    seq: seqs.get(&key).copied(),
-                })
-            })
-            .collect()
     }
 
     /// Drops documents from memory, so the next use reloads the durable state.

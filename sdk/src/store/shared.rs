@@ -3,6 +3,66 @@
 //! checked against the stored heads), remote changes (`apply_remote`), compaction
 //! (`prepare_update`), acknowledgement records and the local-change hooks the sync shell
 //! listens to. `Store` (in `mod.rs`) is the public API on top of it.
+//!
+//! # Write path (`Document::transact` -> `Shared::write_local`)
+//!
+//! 1. The caller takes the document's slot from `DocCache` and locks it (loading the document if
+//!    the slot is empty), then announces the write (`Database::announce_write`). A thread-local
+//!    guard refuses a document operation nested inside another (`Error::NestedAccess`) instead of
+//!    risking a deadlock.
+//! 2. The closure runs as one Automerge transaction on the cached document, with a patch log only
+//!    if a listener wants this document. An `Err` or an empty change writes nothing.
+//! 3. `persist` builds a `DocUpdate` (the change's bytes as a new chunk, or a compaction) and
+//!    calls `Database::update_document`, which hands a job to `Writer::run` and blocks.
+//! 4. Group commit on the callers' own threads (there is no writer thread), in an *open
+//!    transaction*: a caller whose write is not done and finds the connection free runs every
+//!    queued job (up to 512) at once, beginning the transaction if none is open (and rolling back
+//!    a stale one left by a failed `ROLLBACK`); each job but the transaction's first gets its own
+//!    `SAVEPOINT`, so a failing or panicking job is rolled back alone and its caller told at once
+//!    (a failing first job rolls back the transaction, which holds nothing else). The transaction
+//!    commits once it holds as many jobs as there are announced writers (`Writer::announce`,
+//!    taken in `write_local` once the document is locked, held until the write returns), or
+//!    `GATHER_WINDOW` (200 µs) after the run that began it got the connection; `COMMIT` with
+//!    `synchronous=FULL` fsyncs the WAL. Jobs thus run while the other callers are still
+//!    preparing theirs, and only the `COMMIT` remains once the last arrives. Callers sleep with
+//!    `thread::park` and are woken with `unpark`: a caller that leaves, or starts a commit, hands
+//!    the run role to the first queued job's owner; the owner of the transaction's first job keeps
+//!    the deadline (woken to do so if someone else began its transaction); whoever completes the
+//!    gathering (the last runner, or a dropped announcement) commits or wakes it. If the commit
+//!    fails, or SQLite rolled the transaction back under it, every job of the transaction gets
+//!    `Error::CommitFailed`; a panic in the writer's own code fails the jobs it held and frees the
+//!    role. Sync batches (`sync_receive`) are not announced: they take document locks one by one,
+//!    and a commit waiting for them could be waiting for a writer that holds one. The writer
+//!    counts its commits, the jobs they carried and the time spent in `COMMIT`
+//!    (`Writer::commit_counts`), which `Store::write_stats` returns as `WriteStats`.
+//! 5. If persisting failed, the cached copy is marked poisoned and dropped when the slot is
+//!    released, so memory never keeps a change the file lacks. On success a `ChangeEvent` is
+//!    queued with `Registry::publish` while the slot is still locked (commit order).
+//! 6. The slot is released and the cache resized (evicting if over budget); then
+//!    `Registry::deliver` calls the listeners with no lock of the store held.
+//!
+//! Remote changes (`Store::apply_changes`) take the same path through `Shared::apply_remote`:
+//! untrusted changes are applied with Automerge panics turned into `Error::InvalidChange` (the
+//! half-changed copy is poisoned), and the stored chunk is `save_after(previous heads)`. An unknown
+//! document is created from the remote changes.
+//!
+//! # Load path (`Shared::load`)
+//!
+//! `Database::lookup` (`Error::NotFound`), then `load_content`
+//! returns the snapshot (if any) and the chunks in write order; `Automerge::load` the snapshot, then
+//! one `load_incremental` of all the chunks concatenated (Automerge applies each call as a batch
+//! costing in proportion to the document, so chunk by chunk was 6–17× slower; on failure the chunks
+//! are replayed one by one on a fresh copy only to name the corrupt one). The resulting heads must equal the heads stored in `documents`.
+//! Any decoding failure or heads mismatch is `Error::CorruptDocument` for that document only; its
+//! rows are left untouched, and the empty slot is discarded.
+//!
+//! # Compaction (in `persist`)
+//!
+//! when the chunk count reaches
+//! `StoreOptions::compact_after_chunks`, or the chunks weigh at least 4 KiB and at least half the
+//! snapshot, the write stores `doc.save()` as the new snapshot and deletes the document's chunks,
+//! in the same transaction as the change (`ContentWrite::Compact`). Waiting for half the snapshot
+//! keeps the cost per write proportional to the change; the count cap bounds load work.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;

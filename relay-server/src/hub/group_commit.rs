@@ -1,0 +1,261 @@
+//! Group commit on the relay: the `Sync` frames of many sessions that were queued together are
+//! applied to the change graphs and appended in **one** storage transaction per tenant
+//! ([`Hub::sync_group`]); only then are acknowledgements, replies and fan-out produced. A
+//! tenant whose commit failed acknowledges nothing, and its changed documents are dropped from
+//! memory (`SyncGroup::failed`), so memory never runs ahead of storage.
+
+use std::collections::{BTreeMap, HashMap};
+
+use automerge::sync::Message as SyncMessage;
+use syncline_protocol::messages::{Ack, AckItem, ErrorCode, SyncItem};
+use syncline_protocol::{DocId, Message};
+
+use super::{
+    Delivery, GraphError, Hub, HubError, SessionId, SyncGroup, error, internal, push_batches,
+    responder, wire_heads,
+};
+use crate::storage::{Append, Storage};
+use crate::tenant::Tenant;
+
+impl<S: Storage> Hub<S> {
+    /// Group commit across sessions: applies the `Sync` frames of several sessions, appends
+    /// everything they changed in one storage transaction per tenant, then sends each session
+    /// its replies and acknowledgements and fans the changes out. Concurrent writers then share
+    /// an fsync instead of queueing for one each.
+    ///
+    /// Memory never runs ahead of storage: every document changed in memory is either in a
+    /// committed batch or evicted (to be reloaded from storage). Nothing after a commit can
+    /// abort the acknowledgements, replies and fan-out of what was committed. A session whose
+    /// tenant's commit failed, or one of whose documents had to be evicted, is in
+    /// [`SyncGroup::failed`] and is sent an `INTERNAL` error instead of (a complete)
+    /// acknowledgement, so its client reconnects and resends.
+    pub fn sync_group(
+        &mut self,
+        frames: Vec<(SessionId, Vec<SyncItem>)>,
+        now_ms: u64,
+    ) -> SyncGroup {
+        let mut group = SyncGroup::default();
+        // Per tenant, each document's change count before the group first touched it.
+        let mut before: BTreeMap<Tenant, Vec<(DocId, usize)>> = BTreeMap::new();
+        // Per session: its tenant, the documents it touched, those whose items carried
+        // changes (acknowledged even when already stored: a resend after a cut).
+        let mut sessions: Vec<(SessionId, Tenant, Vec<DocId>, Vec<DocId>)> = Vec::new();
+        let mut broken: BTreeMap<Tenant, String> = BTreeMap::new();
+        for (id, items) in frames {
+            let Some(peer) = self.peers.get(&id) else {
+                continue;
+            };
+            let tenant = peer.tenant.clone();
+            let mut first_seen = Vec::new();
+            let mut carried = Vec::new();
+            let applied = self.apply_items(
+                id,
+                &tenant,
+                items,
+                &mut first_seen,
+                &mut carried,
+                &mut group.deliveries,
+            );
+            let seen = before.entry(tenant.clone()).or_default();
+            let touched: Vec<DocId> = first_seen.iter().map(|(doc, _)| doc.clone()).collect();
+            for (doc, len) in first_seen {
+                if !seen.iter().any(|(d, _)| *d == doc) {
+                    seen.push((doc, len));
+                }
+            }
+            if let Err(e) = applied {
+                // A storage read failed: nothing of this tenant's group is committed.
+                broken
+                    .entry(tenant.clone())
+                    .or_insert_with(|| e.to_string());
+            }
+            sessions.push((id, tenant, touched, carried));
+        }
+        let mut changed: BTreeMap<Tenant, Vec<DocId>> = BTreeMap::new();
+        let mut seqs: HashMap<(Tenant, DocId), u64> = HashMap::new();
+        for (tenant, docs) in &before {
+            if broken.contains_key(tenant) {
+                self.evict(tenant, docs.iter().map(|(doc, _)| doc));
+                continue;
+            }
+            let mut appends = Vec::new();
+            for (doc_id, len_before) in docs {
+                // Absent: evicted after a failed read; its durable state is what counts.
+                let Some(doc) = self.docs.peek(&(tenant.clone(), doc_id.clone())) else {
+                    continue;
+                };
+                if doc.len() != *len_before {
+                    appends.push(Append {
+                        doc: doc_id.clone(),
+                        chunk: doc.raw_since(*len_before),
+                        heads: wire_heads(&doc.heads()),
+                    });
+                }
+            }
+            // A round trip that stored nothing costs no transaction.
+            if appends.is_empty() {
+                continue;
+            }
+            match self.storage.append(tenant, &appends) {
+                Ok(stored) => {
+                    for (append, seq) in appends.iter().zip(stored) {
+                        seqs.insert((tenant.clone(), append.doc.clone()), seq);
+                    }
+                    changed.insert(tenant.clone(), appends.into_iter().map(|a| a.doc).collect());
+                }
+                Err(e) => {
+                    self.evict(tenant, docs.iter().map(|(doc, _)| doc));
+                    broken.insert(tenant.clone(), e.to_string());
+                }
+            }
+        }
+        // Per tenant and document, the sessions whose frames touched it (they had replies).
+        let mut senders: HashMap<Tenant, HashMap<DocId, Vec<SessionId>>> = HashMap::new();
+        for (id, tenant, touched, carried) in sessions {
+            if let Some(reason) = broken.get(&tenant) {
+                group.failed.push((id, HubError::Failed(reason.clone())));
+                group.deliveries.push(internal(id));
+                continue;
+            }
+            let touched_by = senders.entry(tenant.clone()).or_default();
+            for doc in &touched {
+                touched_by.entry(doc.clone()).or_default().push(id);
+            }
+            // Replies go before the acknowledgement: a client that has its Ack has also had
+            // everything the relay answered to that frame.
+            let replies = self.outgoing_logged(id, &touched);
+            push_batches(&mut group.deliveries, id, replies);
+            let carried: Vec<DocId> = carried
+                .into_iter()
+                .filter(|doc| touched.contains(doc))
+                .collect();
+            if carried.is_empty() {
+                continue;
+            }
+            let acks = self.acks(&tenant, &carried, &seqs);
+            if acks.len() < carried.len() {
+                // A document this session changed was evicted (another session's item for it
+                // failed): its changes may not be stored, so nothing of the frame is acked.
+                group.failed.push((
+                    id,
+                    HubError::Failed("a document of the frame was reloaded".into()),
+                ));
+                group.deliveries.push(internal(id));
+            }
+            group.deliveries.push(Delivery {
+                to: id,
+                message: Message::Ack(Ack { items: acks }),
+            });
+            // Kept in memory and written at disconnect: an fsync per round trip would
+            // dominate the cost of syncing.
+            self.peer_mut(id).last_sync_ms = Some(now_ms);
+        }
+        for (tenant, docs) in changed {
+            let no_senders = HashMap::new();
+            let touched_by = senders.get(&tenant).unwrap_or(&no_senders);
+            let mut receivers: BTreeMap<SessionId, Vec<DocId>> = BTreeMap::new();
+            for doc in &docs {
+                let sent = touched_by.get(doc);
+                for other in self.watchers.candidates(&tenant, doc) {
+                    // The senders had their replies above.
+                    if sent.is_some_and(|s| s.contains(&other)) {
+                        continue;
+                    }
+                    let list = receivers.entry(other).or_default();
+                    if list.last() != Some(doc)
+                        && self
+                            .peers
+                            .get(&other)
+                            .is_some_and(|p| p.receives(&tenant, doc))
+                    {
+                        list.push(doc.clone());
+                    }
+                }
+            }
+            for (other, receives) in receivers {
+                if !receives.is_empty() {
+                    let items = self.outgoing_logged(other, &receives);
+                    push_batches(&mut group.deliveries, other, items);
+                }
+            }
+        }
+        self.trim();
+        group
+    }
+
+    /// Applies each item to its in-memory document, recording the change count each document
+    /// had before this frame. An item that is refused changes nothing and gets an error.
+    pub(super) fn apply_items(
+        &mut self,
+        id: SessionId,
+        tenant: &Tenant,
+        items: Vec<SyncItem>,
+        before: &mut Vec<(DocId, usize)>,
+        carried: &mut Vec<DocId>,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), HubError> {
+        let device = self.peers[&id].identity.device;
+        let author = (!self.allow_foreign_changes).then_some(device.as_bytes().as_slice());
+        for item in items {
+            let Ok(message) = SyncMessage::decode(&item.message) else {
+                out.push(error(id, ErrorCode::BAD_DOCUMENT, &item.doc, "undecodable"));
+                continue;
+            };
+            if !message.changes.is_empty() && !carried.contains(&item.doc) {
+                carried.push(item.doc.clone());
+            }
+            self.ensure_state(id, &item.doc)?;
+            let len = self.doc(tenant, &item.doc)?.len();
+            if !before.iter().any(|(doc, _)| *doc == item.doc) {
+                before.push((item.doc.clone(), len));
+            }
+            let peer = self.peers.get_mut(&id).expect("checked");
+            let state = peer.states.get_mut(&item.doc).expect("ensured");
+            let graph = self
+                .docs
+                .get_mut(&(tenant.clone(), item.doc.clone()))
+                .expect("loaded");
+            let bytes_before = graph.estimated_bytes();
+            let received = responder::receive_sync_message(graph, state, message, author);
+            self.docs_bytes =
+                (self.docs_bytes + graph.estimated_bytes()).saturating_sub(bytes_before);
+            match received {
+                Ok(_) => {
+                    peer.confirmed.insert(item.doc.clone());
+                }
+                Err(refused) => {
+                    let code = match refused {
+                        GraphError::Foreign { .. } => ErrorCode::FORBIDDEN,
+                        GraphError::QueueFull => ErrorCode::LIMIT_EXCEEDED,
+                        GraphError::Undecodable(_)
+                        | GraphError::BadSequence { .. }
+                        | GraphError::LateAuthor { .. } => ErrorCode::BAD_DOCUMENT,
+                    };
+                    out.push(error(id, code, &item.doc, &refused.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Acknowledgements for the documents of a frame, with the heads now durable; none for
+    /// a document no longer in memory.
+    pub(super) fn acks(
+        &self,
+        tenant: &Tenant,
+        docs: &[DocId],
+        seqs: &HashMap<(Tenant, DocId), u64>,
+    ) -> Vec<AckItem> {
+        docs.iter()
+            .filter_map(|doc| {
+                let key = (tenant.clone(), doc.clone());
+                let loaded = self.docs.peek(&key)?;
+                Some(AckItem {
+                    doc: doc.clone(),
+                    heads: wire_heads(&loaded.heads()),
+                    seq: seqs.get(&key).copied(),
+                })
+            })
+            .collect()
+    }
+}

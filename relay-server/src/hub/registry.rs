@@ -1,0 +1,38 @@
+//! The device registry: each session's device is registered with its capability profile and
+//! subscription (`register`, on `Hello` and on every change of either), and its activity (last
+//! seen, last sync) is written once, when it disconnects, rather than fsynced per round trip.
+
+use super::{Hub, HubError, Peer, SessionId};
+use crate::storage::{DeviceRecord, Storage};
+
+impl<S: Storage> Hub<S> {
+    pub(super) fn register(&mut self, id: SessionId, now_ms: u64) -> Result<(), HubError> {
+        let peer = &self.peers[&id];
+        let Some(profile) = peer.profile.clone() else {
+            return Ok(());
+        };
+        let record = DeviceRecord {
+            device: peer.identity.device,
+            user: peer.identity.user.clone(),
+            profile,
+            subscriptions: peer.subscriptions.clone(),
+            first_seen_ms: peer.first_seen_ms,
+            last_seen_ms: now_ms,
+            last_sync_ms: None,
+        };
+        self.storage.register_device(&peer.tenant, &record)?;
+        Ok(())
+    }
+
+    /// Records a departing device's activity: last seen now, and its last complete sync.
+    pub(super) fn record_activity(&self, peer: &Peer, now_ms: u64) -> Result<(), HubError> {
+        let device = peer.identity.device;
+        self.storage
+            .touch_device(&peer.tenant, &device, now_ms, false)?;
+        if let Some(synced) = peer.last_sync_ms {
+            self.storage
+                .touch_device(&peer.tenant, &device, synced, true)?;
+        }
+        Ok(())
+    }
+}
