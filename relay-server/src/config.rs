@@ -47,9 +47,9 @@ pub struct RelayConfig {
     pub max_frame_bytes: usize,
     /// Seconds without any frame before a connection is closed. Default 60.
     pub idle_timeout_secs: u64,
-    /// Frames per second one connection may send. Default 1000.
+    /// Frames per second one connection may send (0: unlimited). Default 1000.
     pub max_frames_per_s: u32,
-    /// Bytes per second one connection may send. Default 64 MiB.
+    /// Bytes per second one connection may send (0: unlimited). Default 64 MiB.
     pub max_bytes_per_s: u64,
     /// A JWKS file of RS256 / ES256 / EdDSA public keys, re-read when it changes. Without one,
     /// the relay signs and accepts HS256 tokens with a development key kept in the data

@@ -329,10 +329,12 @@ fn a_refreshed_token_keeps_the_connection_and_a_revoked_grant_stops_writes() {
     client_a.wait_synced(WAIT, true).expect("a synced");
     let client_b = b.connect(&relay);
     client_b.wait_synced(WAIT, true).expect("b synced");
-    // Outlive the first token twice over; refreshed tokens keep the same connection.
-    std::thread::sleep(Duration::from_secs(7));
+    // Outlive the first token: refreshes come at least a second apart, so five tokens fetched
+    // means more than the first token's 3 s have passed. Refreshed tokens keep the connection.
+    eventually("the first token is outlived", || {
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= 5
+    });
     assert_eq!(client_a.stats().connections, 1, "the connection was kept");
-    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 3);
     let doc = a.store.create(&todos()).expect("create");
     doc.put("title", "after refresh").expect("put");
     eventually("b gets a's write over the refreshed connection", || {
@@ -340,8 +342,12 @@ fn a_refreshed_token_keeps_the_connection_and_a_revoked_grant_stops_writes() {
     });
     // The grant is revoked at the next refresh: writes are refused with a clear error, and
     // nothing is lost locally.
+    let fetched = calls.load(std::sync::atomic::Ordering::SeqCst);
     revoked.store(true, std::sync::atomic::Ordering::SeqCst);
-    std::thread::sleep(Duration::from_secs(2));
+    // The second revoked token is fetched a refresh interval after the first was sent.
+    eventually("a revoked token is in force", || {
+        calls.load(std::sync::atomic::Ordering::SeqCst) >= fetched + 2
+    });
     doc.put("title", "after revocation")
         .expect("the local write works");
     eventually(

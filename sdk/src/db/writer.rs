@@ -242,14 +242,14 @@ impl State {
     /// Hands the run role to the first queued job's owner if no caller runs or has been
     /// handed it, and wakes the open transaction's first owner if its commit is due. Returns
     /// the callers to wake.
-    fn hand_out(&mut self, announced: usize, gather: Duration) -> Vec<Thread> {
+    fn hand_out(&mut self, announced: usize, gather: Duration, now: Instant) -> Vec<Thread> {
         let mut wake = Vec::new();
         if !self.queue.is_empty() && !self.running && self.run_handed.is_none() {
             let owner = &self.queue[0].owner;
             self.run_handed = Some(owner.id());
             wake.push(owner.clone());
         }
-        if self.commit_due(announced, gather, Instant::now()) {
+        if self.commit_due(announced, gather, now) {
             wake.push(self.open[0].owner.clone());
         }
         wake
@@ -326,7 +326,11 @@ impl Drop for PanicGuard<'_> {
                 state.queue.extract_if(.., |e| e.owner_id() == me).collect()
             }
         };
-        let wake = state.hand_out(writer.announced.load(Ordering::Relaxed), writer.gather);
+        let wake = state.hand_out(
+            writer.announced.load(Ordering::Relaxed),
+            writer.gather,
+            Instant::now(),
+        );
         drop(state);
         // Their reply channels close with them: their callers get an error.
         drop(lost);
@@ -402,7 +406,7 @@ impl Writer {
             let announced = self.announced.load(Ordering::Relaxed);
             if let Some(result) = result {
                 // Leaving: hand on what this caller will no longer do.
-                let wake = state.hand_out(announced, self.gather);
+                let wake = state.hand_out(announced, self.gather, Instant::now());
                 drop(state);
                 wake_all(wake);
                 return result;
@@ -492,7 +496,11 @@ impl Writer {
         // its entries were taken; it is free, as no caller is running jobs.
         let conn = self.conn.lock();
         // Whatever is queued runs next, in the next transaction, by another caller.
-        let wake = state.hand_out(self.announced.load(Ordering::Relaxed), self.gather);
+        let wake = state.hand_out(
+            self.announced.load(Ordering::Relaxed),
+            self.gather,
+            Instant::now(),
+        );
         drop(state);
         let guard = PanicGuard::new(self, Held::Commit);
         wake_all(wake);
@@ -635,6 +643,107 @@ mod tests {
 
     /// A writer over a fresh file with one table, `rows(id)`, whose deferred foreign key only
     /// `COMMIT` checks.
+    /// Waits (bounded) until `condition` holds.
+    fn wait_until(condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !condition() {
+            assert!(Instant::now() < deadline, "the condition never held");
+            thread::yield_now();
+        }
+    }
+
+    /// An entry of `owner`'s, as the writer's state holds it (the job itself is not needed by
+    /// the decisions tested in virtual time).
+    fn entry(owner: &Thread) -> Entry {
+        Entry {
+            job: None,
+            owner: owner.clone(),
+        }
+    }
+
+    #[test]
+    fn an_open_transaction_commits_when_gathered_or_at_its_deadline() {
+        let gather = Duration::from_millis(50);
+        let t0 = Instant::now();
+        let me = thread::current();
+        let mut state = State {
+            open: vec![entry(&me)],
+            open_since: Some(t0),
+            ..State::default()
+        };
+        // Two writers announced, one job in: gather until the deadline, not a moment less.
+        assert!(!state.commit_due(2, gather, t0));
+        assert!(!state.commit_due(2, gather, t0 + Duration::from_millis(49)));
+        assert!(state.commit_due(2, gather, t0 + gather));
+        // Everyone announced is in: commit at once.
+        assert!(state.commit_due(1, gather, t0));
+        // Never while a run or a commit is under way.
+        state.running = true;
+        assert!(!state.commit_due(1, gather, t0 + gather * 10));
+        state.running = false;
+        state.committing = true;
+        assert!(!state.commit_due(1, gather, t0 + gather * 10));
+    }
+
+    #[test]
+    fn a_keeper_woken_mid_run_keeps_its_deadline() {
+        let gather = Duration::from_millis(300);
+        let t0 = Instant::now();
+        let keeper = thread::current();
+        let other = thread::spawn(|| {}).thread().clone();
+        // The keeper's job is in the open transaction; another caller is running its own.
+        let state = State {
+            open: vec![entry(&keeper)],
+            open_since: Some(t0),
+            running: true,
+            ..State::default()
+        };
+        // Woken early (a stray unpark), the keeper sleeps again with the same deadline.
+        match state.role_for(keeper.id(), 3, gather, t0 + Duration::from_millis(10)) {
+            Role::Wait(Some(deadline)) => assert_eq!(deadline, t0 + gather),
+            _ => panic!("the keeper must wait for its deadline"),
+        }
+        // Another owner keeps no timer; past the deadline, the running caller commits.
+        assert!(matches!(
+            state.role_for(other.id(), 3, gather, t0 + Duration::from_millis(10)),
+            Role::Wait(None)
+        ));
+        assert!(matches!(
+            state.role_for(keeper.id(), 3, gather, t0 + gather * 2),
+            Role::Wait(None)
+        ));
+        // With the run over and the deadline past, the keeper commits.
+        let done = State {
+            running: false,
+            ..state
+        };
+        assert!(matches!(
+            done.role_for(keeper.id(), 3, gather, t0 + gather),
+            Role::Commit
+        ));
+    }
+
+    #[test]
+    fn the_run_role_goes_to_the_first_queued_owner() {
+        let gather = Duration::from_millis(50);
+        let t0 = Instant::now();
+        let first = thread::current();
+        let mut state = State {
+            queue: vec![entry(&first)],
+            ..State::default()
+        };
+        let wake = state.hand_out(1, gather, t0);
+        assert_eq!(wake.len(), 1);
+        assert_eq!(wake[0].id(), first.id());
+        assert_eq!(state.run_handed, Some(first.id()));
+        assert!(matches!(
+            state.role_for(first.id(), 1, gather, t0),
+            Role::Run
+        ));
+        // Handed once: a second hand-out wakes nobody.
+        assert!(state.hand_out(1, gather, t0).is_empty());
+    }
+
     fn fixture(gather: Duration) -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("w.db");
@@ -875,9 +984,12 @@ mod tests {
             thread::spawn(move || {
                 let _announced = writer.announce();
                 announced.wait();
-                // Withdrawn only once the other write waits for it.
+                // Withdrawn only once the other write ran and waits in the open transaction.
                 wait_mine.recv().expect("the other write ran");
-                thread::sleep(Duration::from_millis(10));
+                wait_until(|| {
+                    let state = writer.state.lock();
+                    !state.running && !state.open.is_empty()
+                });
             })
         };
         announced.wait();
@@ -939,8 +1051,11 @@ mod tests {
                 let _announced = writer.announce();
                 all_announced.wait();
                 wait_first.recv().expect("first job ran");
-                // Time for the keeper to finish its run and go to sleep, well inside the window.
-                thread::sleep(Duration::from_millis(50));
+                // The keeper has finished its run: its job waits in the open transaction.
+                wait_until(|| {
+                    let state = writer.state.lock();
+                    !state.running && state.open.len() == 1
+                });
                 writer
                     .run(move |conn| {
                         second_started
@@ -960,7 +1075,9 @@ mod tests {
             runner.thread().id(),
             "the second job must run on its own caller's thread, into the keeper's transaction"
         );
-        // A stray wake-up while the second job runs: the keeper looks again, mid-run.
+        // A stray wake-up while the second job runs: the keeper looks again, mid-run. Nothing
+        // observable marks that it has looked, so it is given a moment; the decision it takes
+        // is tested in virtual time by `a_keeper_woken_mid_run_keeps_its_deadline`.
         keeper.thread().unpark();
         thread::sleep(Duration::from_millis(50));
         hold_second.wait();
