@@ -29,6 +29,9 @@ use syncline_protocol::{Message, frame};
 use syncline_relay::Tenant;
 use syncline_relay::auth::{CollectionSet, Grants, Identity, Verified};
 use syncline_relay::hub::{Hub, SessionId};
+use syncline_relay::relay_core::{
+    Backlog, CoreStats, Input, OutboxLimits, Output as CoreOutput, Queued, RelayCore,
+};
 use syncline_relay::session::{Action, Session};
 use syncline_relay::storage::{MemoryStorage, Storage};
 
@@ -46,6 +49,8 @@ pub struct SimConfig {
     pub chaos_ms: u64,
     /// Give up converging after this much virtual time past the chaos phase.
     pub heal_ms: u64,
+    /// The relay's slow-consumer bounds: small, so that fan-out bursts close connections.
+    pub outbox: OutboxLimits,
 }
 
 impl SimConfig {
@@ -57,6 +62,10 @@ impl SimConfig {
             ops: rng.usize(5..=40),
             chaos_ms: rng.u64(500..=5_000),
             heal_ms: 120_000,
+            outbox: OutboxLimits {
+                messages: rng.usize(8..=64),
+                bytes: 1 << rng.u32(10..=17),
+            },
         }
     }
 }
@@ -82,13 +91,20 @@ pub struct SimReport {
     /// which direction, its bytes) and the relay's final heads. The same seed gives the same
     /// digest, bit for bit; it is how a replay is checked.
     pub trace_digest: u64,
+    /// Group commits of the relay core that carried frames of several sessions.
+    pub shared_group_commits: u64,
+    /// Connections the relay core closed as slow consumers.
+    pub slow_consumers: u64,
 }
 
 struct Link {
     device: usize,
     session: SessionId,
     to_relay: VecDeque<(u64, Vec<u8>)>,
-    to_device: VecDeque<(u64, Vec<u8>)>,
+    /// Frames for the device, with the bytes the relay core counted for each.
+    to_device: VecDeque<(u64, Vec<u8>, usize)>,
+    /// What the relay core queued on this link and the device has not received yet.
+    backlog: Queued,
 }
 
 struct Device {
@@ -107,8 +123,37 @@ struct Device {
 
 struct Relay {
     storage: MemoryStorage,
-    hub: Hub<MemoryStorage>,
+    core: RelayCore<MemoryStorage>,
     sessions: HashMap<SessionId, (Session, u64)>,
+    /// The core's statistics before its last crash.
+    crashed_stats: CoreStats,
+}
+
+impl Relay {
+    fn core(storage: &MemoryStorage, limits: OutboxLimits) -> RelayCore<MemoryStorage> {
+        RelayCore::new(Hub::new(Arc::new(storage.clone())), limits)
+    }
+
+    fn stats(&self) -> CoreStats {
+        let (a, b) = (self.crashed_stats, self.core.stats());
+        CoreStats {
+            groups: a.groups + b.groups,
+            grouped_frames: a.grouped_frames + b.grouped_frames,
+            shared_groups: a.shared_groups + b.shared_groups,
+            slow_consumers: a.slow_consumers + b.slow_consumers,
+            filtered: a.filtered + b.filtered,
+        }
+    }
+}
+
+/// The links' backlogs as the relay core reads them.
+struct Backlogs<'a>(&'a BTreeMap<u64, Link>);
+
+impl Backlog for Backlogs<'_> {
+    fn queued(&self, id: SessionId) -> Queued {
+        // Session ids are link ids.
+        self.0.get(&id).map_or_else(Queued::default, |l| l.backlog)
+    }
 }
 
 struct World {
@@ -176,8 +221,9 @@ impl World {
             clock,
             devices,
             relay: Relay {
-                hub: Hub::new(std::sync::Arc::new(storage.clone())),
+                core: Relay::core(&storage, config.outbox),
                 storage,
+                crashed_stats: CoreStats::default(),
                 sessions: HashMap::new(),
             },
             config,
@@ -238,6 +284,9 @@ impl World {
                     }
                 }
                 self.report.trace_digest = self.trace.0;
+                let stats = self.relay.stats();
+                self.report.shared_group_commits = stats.shared_groups;
+                self.report.slow_consumers = stats.slow_consumers;
                 return Ok(self.report.clone());
             }
             let next = self.next_time(schedule.front().map(|(at, _)| *at));
@@ -264,7 +313,7 @@ impl World {
         let mut times: Vec<u64> = scheduled.into_iter().collect();
         for link in self.links.values() {
             times.extend(link.to_relay.front().map(|(at, _)| *at));
-            times.extend(link.to_device.front().map(|(at, _)| *at));
+            times.extend(link.to_device.front().map(|(at, _, _)| *at));
         }
         for d in &self.devices {
             times.extend(d.wake_at);
@@ -273,6 +322,10 @@ impl World {
         if self.faults {
             // The end of the chaos phase is itself an event.
             times.push(self.now + 1);
+        }
+        if !self.relay.core.is_idle() {
+            // The relay core has inputs for its next turn.
+            times.push(self.now);
         }
         times.into_iter().min()
     }
@@ -286,12 +339,17 @@ impl World {
             }
         }
         let ids: Vec<u64> = self.links.keys().copied().collect();
-        for id in ids {
+        // Every frame due at the relay first, then one turn of the relay core: frames of
+        // several devices arriving together are committed as one group, as on the server.
+        for &id in &ids {
             while let Some(bytes) = self.pop_due(id, true) {
                 self.report.frames += 1;
                 self.trace.frame(self.now, id, true, &bytes);
-                self.deliver_to_relay(id, &bytes)?;
+                self.deliver_to_relay(id, &bytes);
             }
+        }
+        self.poll_relay()?;
+        for id in ids {
             while let Some(bytes) = self.pop_due(id, false) {
                 self.report.frames += 1;
                 self.trace.frame(self.now, id, false, &bytes);
@@ -314,16 +372,19 @@ impl World {
     fn pop_due(&mut self, link: u64, to_relay: bool) -> Option<Vec<u8>> {
         let now = self.now;
         let l = self.links.get_mut(&link)?;
-        let queue = if to_relay {
-            &mut l.to_relay
-        } else {
-            &mut l.to_device
-        };
-        if queue.front().is_some_and(|(at, _)| *at <= now) {
-            queue.pop_front().map(|(_, b)| b)
-        } else {
-            None
+        if to_relay {
+            if l.to_relay.front().is_some_and(|(at, _)| *at <= now) {
+                return l.to_relay.pop_front().map(|(_, b)| b);
+            }
+            return None;
         }
+        if l.to_device.front().is_none_or(|(at, _, _)| *at > now) {
+            return None;
+        }
+        let (_, bytes, counted) = l.to_device.pop_front()?;
+        l.backlog.messages = l.backlog.messages.saturating_sub(1);
+        l.backlog.bytes = l.backlog.bytes.saturating_sub(counted);
+        Some(bytes)
     }
 
     /// Hands `event` to device `i`'s engine now and carries out its effects.
@@ -346,24 +407,47 @@ impl World {
     /// Queues a frame on a link, in order after what is already queued; data frames are
     /// sometimes duplicated during the chaos phase.
     fn enqueue(&mut self, link: u64, to_relay: bool, bytes: Vec<u8>) {
+        self.enqueue_counted(link, to_relay, bytes, None);
+    }
+
+    /// [`World::enqueue`] of a frame the relay core counted (`Some(bytes)` against the link's
+    /// backlog until the device receives it).
+    fn enqueue_counted(
+        &mut self,
+        link: u64,
+        to_relay: bool,
+        bytes: Vec<u8>,
+        counted: Option<usize>,
+    ) {
         let delay = self.latency();
         let duplicate = self.faults && is_data(&bytes) && self.rng.u8(0..20) == 0;
         let now = self.now;
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
-        let queue = if to_relay {
-            &mut l.to_relay
-        } else {
-            &mut l.to_device
-        };
-        let at = queue
-            .back()
-            .map_or(now + delay, |(last, _)| (*last).max(now + delay));
-        if duplicate {
-            queue.push_back((at, bytes.clone()));
+        if to_relay {
+            let at = l
+                .to_relay
+                .back()
+                .map_or(now + delay, |(last, _)| (*last).max(now + delay));
+            if duplicate {
+                l.to_relay.push_back((at, bytes.clone()));
+            }
+            l.to_relay.push_back((at, bytes));
+            return;
         }
-        queue.push_back((at, bytes));
+        let at = l
+            .to_device
+            .back()
+            .map_or(now + delay, |(last, _, _)| (*last).max(now + delay));
+        if duplicate {
+            l.to_device.push_back((at, bytes.clone(), 0));
+        }
+        if let Some(counted) = counted {
+            l.backlog.messages += 1;
+            l.backlog.bytes += counted;
+        }
+        l.to_device.push_back((at, bytes, counted.unwrap_or(0)));
     }
 
     fn apply(&mut self, i: usize, effects: Vec<Effect>) {
@@ -419,7 +503,14 @@ impl World {
         let id = self.next_link;
         self.next_link += 1;
         let session = Session::new(format!("s{id}"), verified, limits(), now);
-        self.relay.hub.connect(id, identity, all, now);
+        self.relay.core.push(
+            Input::Connect {
+                id,
+                identity,
+                grants: all,
+            },
+            now,
+        );
         self.relay.sessions.insert(id, (session, id));
         self.links.insert(
             id,
@@ -428,6 +519,7 @@ impl World {
                 session: id,
                 to_relay: VecDeque::new(),
                 to_device: VecDeque::new(),
+                backlog: Queued::default(),
             },
         );
         self.devices[i].link = Some(id);
@@ -440,7 +532,9 @@ impl World {
         if let Some(l) = self.links.remove(&link) {
             self.relay.sessions.remove(&l.session);
             if save {
-                let _ = self.relay.hub.disconnect(l.session, self.now);
+                self.relay
+                    .core
+                    .push(Input::Disconnect { id: l.session }, self.now);
             }
         }
     }
@@ -459,13 +553,15 @@ impl World {
         );
     }
 
-    fn deliver_to_relay(&mut self, link: u64, bytes: &[u8]) -> Result<(), String> {
+    /// A frame reaches the relay: its session handles it at once (as the connection task
+    /// does), and its actions join the relay core's queue for the next turn.
+    fn deliver_to_relay(&mut self, link: u64, bytes: &[u8]) {
         let now = self.now;
         let Some(session_id) = self.links.get(&link).map(|l| l.session) else {
-            return Ok(());
+            return;
         };
         let Some((session, _)) = self.relay.sessions.get_mut(&session_id) else {
-            return Ok(());
+            return;
         };
         let out = session.handle_frame(bytes, now);
         // Frames are compressed as the real relay does, once the session has negotiated it.
@@ -477,37 +573,57 @@ impl World {
             if matches!(action, Action::VerifyToken(_) | Action::ClientError(_)) {
                 continue;
             }
-            let deliveries = self
-                .relay
-                .hub
-                .handle(session_id, action, now)
-                .map_err(|e| format!("hub failed: {e}"))?;
-            for delivery in deliveries {
-                // Session ids are link ids.
-                if self.links.contains_key(&delivery.to) {
-                    let compression = self
-                        .relay
-                        .sessions
-                        .get(&delivery.to)
-                        .map_or_else(Default::default, |(s, _)| s.compression());
-                    let bytes = frame::encode_with(&delivery.message, compression);
-                    self.enqueue(delivery.to, false, bytes);
-                }
-            }
+            self.relay.core.push(
+                Input::Action {
+                    id: session_id,
+                    action,
+                },
+                now,
+            );
         }
         if let Some(close) = out.close {
-            let device = self.links.get(&link).map(|l| l.device);
-            self.drop_link(link, true);
-            if let Some(device) = device {
-                self.devices[device].link = None;
-                let effects = self.engine(device).handle(
-                    Event::Disconnected(Disconnect::Closed {
-                        code: close.code,
-                        reason: close.reason,
-                    }),
-                    now,
-                );
-                self.apply(device, effects);
+            self.close_link(link, close.code, close.reason);
+        }
+    }
+
+    /// The relay closes a link with `code`: the device sees the close.
+    fn close_link(&mut self, link: u64, code: u16, reason: String) {
+        let device = self.links.get(&link).map(|l| l.device);
+        self.drop_link(link, true);
+        if let Some(device) = device {
+            self.devices[device].link = None;
+            self.handle(
+                device,
+                Event::Disconnected(Disconnect::Closed { code, reason }),
+            );
+        }
+    }
+
+    /// One turn of the relay core: everything queued since the last turn, its outputs carried
+    /// out as the server's hub thread does.
+    fn poll_relay(&mut self) -> Result<(), String> {
+        if self.relay.core.is_idle() {
+            return Ok(());
+        }
+        let outputs = self.relay.core.poll(&Backlogs(&self.links));
+        for output in outputs {
+            match output {
+                CoreOutput::Send {
+                    to,
+                    message,
+                    counted,
+                } => {
+                    // Frames are compressed as the real relay does, once negotiated.
+                    let Some((session, _)) = self.relay.sessions.get(&to) else {
+                        continue;
+                    };
+                    let bytes = frame::encode_with(&message, session.compression());
+                    self.enqueue_counted(to, false, bytes, Some(counted));
+                }
+                CoreOutput::Close { to, code, reason } => self.close_link(to, code, reason),
+                CoreOutput::Failed { session, reason } => {
+                    return Err(format!("the relay failed for session {session}: {reason}"));
+                }
             }
         }
         Ok(())
@@ -557,7 +673,8 @@ impl World {
                         Event::Disconnected(Disconnect::Failed("relay gone".into())),
                     );
                 }
-                self.relay.hub = Hub::new(std::sync::Arc::new(self.relay.storage.clone()));
+                self.relay.crashed_stats = self.relay.stats();
+                self.relay.core = Relay::core(&self.relay.storage, self.config.outbox);
                 self.relay.sessions.clear();
             }
             Chaos::DeviceCrash => {

@@ -30,6 +30,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
                         totals.relay_crashes += report.relay_crashes;
                         totals.device_crashes += report.device_crashes;
                         totals.frames += report.frames;
+                        totals.shared_group_commits += report.shared_group_commits;
+                        totals.slow_consumers += report.slow_consumers;
                     }
                     Ok(Err(e)) => failures.push(e),
                     Err(_) => failures.push(format!("seed {seed}: panicked")),
@@ -40,12 +42,22 @@ fn devices_converge_and_lose_nothing_under_faults() {
     };
     let handles = [run(first), run(second)];
     let mut failures = Vec::new();
+    let (mut shared_groups, mut slow_consumers) = (0, 0);
     for handle in handles {
         let (mut f, totals) = handle.join().expect("the runner thread");
         eprintln!(
-            "simulated {} writes, {} cuts, {} relay crashes, {} device crashes, {} frames",
-            totals.writes, totals.cuts, totals.relay_crashes, totals.device_crashes, totals.frames
+            "simulated {} writes, {} cuts, {} relay crashes, {} device crashes, {} frames, \
+             {} group commits shared by several devices, {} slow consumers closed",
+            totals.writes,
+            totals.cuts,
+            totals.relay_crashes,
+            totals.device_crashes,
+            totals.frames,
+            totals.shared_group_commits,
+            totals.slow_consumers
         );
+        shared_groups += totals.shared_group_commits;
+        slow_consumers += totals.slow_consumers;
         failures.append(&mut f);
     }
     assert!(
@@ -55,6 +67,15 @@ fn devices_converge_and_lose_nothing_under_faults() {
         seeds.len(),
         failures.join("\n")
     );
+    // The relay core's group commit and slow-consumer closes happen under faults, not only in
+    // their own tests (over enough seeds for both to come up).
+    if seeds.len() >= 200 {
+        assert!(
+            shared_groups > 0,
+            "no group commit carried several devices' frames"
+        );
+        assert!(slow_consumers > 0, "no slow consumer was closed");
+    }
 }
 
 /// Every source of nondeterminism (device and document ids, Automerge's change times, backoff

@@ -1,6 +1,7 @@
 //! Tidy check: the sans-IO cores stay sans I/O. The SDK's sync engine (`sdk/src/engine`), the
 //! relay's per-connection logic (`relay-server/src/session`), its document layer and planner
-//! (`relay-server/src/hub`) and the wire protocol (`protocol/src`) import no async runtime, no
+//! (`relay-server/src/hub`), its core (`relay-server/src/relay_core`: group commit, routing,
+//! grant filtering, slow consumers) and the wire protocol (`protocol/src`) import no async runtime, no
 //! SQLite, no clock, no thread and no randomness that a seed does not drive: time and seeds
 //! come in as arguments, so the simulation can replay them.
 
@@ -11,6 +12,7 @@ const CORES: &[&str] = &[
     "sdk/src/engine",
     "relay-server/src/session",
     "relay-server/src/hub",
+    "relay-server/src/relay_core",
     "protocol/src",
 ];
 

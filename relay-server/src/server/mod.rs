@@ -29,7 +29,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
-use syncline_protocol::messages::{Error as ErrorMessage, ErrorCode, Limits};
+use syncline_protocol::messages::Limits;
 use syncline_protocol::{Compression, Message, frame};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::{Authenticator, Verified};
-use crate::hub::{Delivery, Hub, SessionId};
+use crate::hub::{Hub, SessionId};
+use crate::relay_core::{
+    self, Backlog, Input, OutboxLimits, Output as CoreOutput, Queued, RelayCore,
+};
 use crate::session::{Action, Close, Output, Session, close_code};
 use crate::storage::Storage;
 pub use metrics::Metrics;
@@ -80,6 +83,8 @@ struct Route {
     queued: Arc<std::sync::atomic::AtomicUsize>,
     /// The connection's span (session, device, tenant): the hub thread logs under it.
     span: tracing::Span,
+    /// Its `Disconnect` arrived: removed once the turn's outputs are carried out.
+    gone: bool,
 }
 
 /// The span of session `id`'s connection, for what the hub thread logs about it.
@@ -89,16 +94,6 @@ fn span_of(routes: &HashMap<SessionId, Route>, id: SessionId) -> tracing::Span {
         .map_or_else(tracing::Span::none, |r| r.span.clone())
 }
 
-/// The approximate size of a message on the wire, for the outbox's byte bound.
-fn approx_size(message: &Message) -> usize {
-    match message {
-        Message::Sync(sync) => sync.items.iter().map(|i| i.message.len() + 64).sum(),
-        Message::Plan(plan) => 64 + 64 * (plan.send.len() + plan.deferred.len()),
-        Message::Ack(ack) => 16 + 96 * ack.items.len(),
-        Message::Ephemeral(e) => 96 + e.payload.len(),
-        _ => 128,
-    }
-}
 /// Commands buffered for the hub before connections wait.
 pub const HUB_QUEUE: usize = 4096;
 /// How long one write to a client may take before the connection is dropped.
@@ -127,9 +122,6 @@ enum HubCommand {
     /// Finish the queued commands, then stop.
     Shutdown,
 }
-
-/// Most `Sync` frames committed together by the hub.
-const SYNC_GROUP: usize = 512;
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -170,7 +162,11 @@ impl AppState {
             .name("syncline-hub".into())
             .spawn(move || {
                 let hub = Hub::new(storage).allow_foreign_changes(options.allow_foreign_changes);
-                run_hub(hub, commands, &hub_metrics, options.outbox_bytes);
+                let limits = OutboxLimits {
+                    messages: OUTBOX,
+                    bytes: options.outbox_bytes,
+                };
+                run_hub(RelayCore::new(hub, limits), commands, &hub_metrics);
             })?;
         Ok(Self {
             auth: Arc::new(auth),
@@ -396,7 +392,9 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified, id: 
                 Some((message, counted)) => {
                     queued.fetch_sub(counted, Ordering::Relaxed);
                     Output {
-                        send: visible(message, session.grants()).into_iter().collect(),
+                        send: relay_core::visible(message, session.grants())
+                            .into_iter()
+                            .collect(),
                         ..Output::default()
                     }
                 }
@@ -417,36 +415,6 @@ async fn connection(socket: WebSocket, state: AppState, verified: Verified, id: 
             reason: close.reason.into(),
         };
         let _ = sink.send(WsMessage::Close(Some(frame))).await;
-    }
-}
-
-/// What of a message the session may still see under its current grants.
-fn visible(message: Message, grants: &crate::auth::Grants) -> Option<Message> {
-    use syncline_protocol::messages::{Ack, Plan, Sync};
-    let readable = |doc: &syncline_protocol::DocId| grants.can_read(doc.collection());
-    match message {
-        Message::Sync(Sync { items }) => {
-            let items: Vec<_> = items.into_iter().filter(|i| readable(&i.doc)).collect();
-            (!items.is_empty()).then_some(Message::Sync(Sync { items }))
-        }
-        Message::Ack(Ack { items }) => {
-            let items: Vec<_> = items.into_iter().filter(|i| readable(&i.doc)).collect();
-            (!items.is_empty()).then_some(Message::Ack(Ack { items }))
-        }
-        Message::Plan(Plan {
-            send,
-            deferred,
-            cursors,
-        }) => Some(Message::Plan(Plan {
-            send: send.into_iter().filter(|e| readable(&e.doc)).collect(),
-            deferred: deferred.into_iter().filter(|e| readable(&e.doc)).collect(),
-            cursors: cursors
-                .into_iter()
-                .filter(|c| grants.can_read(&c.collection))
-                .collect(),
-        })),
-        Message::Ephemeral(e) => readable(&e.doc).then_some(Message::Ephemeral(e)),
-        other => Some(other),
     }
 }
 
@@ -546,193 +514,148 @@ impl Drop for Leave {
     }
 }
 
-/// The hub thread: executes commands in order and routes the resulting messages.
+/// The hub thread: moves commands from the connections into the [`RelayCore`] and its outputs
+/// into the connections' outboxes. Every command already queued joins one `poll`, so the core
+/// can commit concurrent `Sync` frames together; the decisions (grouping, routing, grant
+/// filtering, slow consumers) are the core's.
 fn run_hub<S: Storage>(
-    mut hub: Hub<S>,
+    mut core: RelayCore<S>,
     mut commands: mpsc::Receiver<HubCommand>,
     metrics: &Metrics,
-    outbox_bytes: usize,
 ) {
     let mut routes: HashMap<SessionId, Route> = HashMap::new();
-    let mut next: Option<HubCommand> = None;
-    loop {
-        let command = match next.take() {
-            Some(command) => command,
-            None => match commands.blocking_recv() {
-                Some(command) => command,
-                None => break,
-            },
+    let mut stopping = false;
+    while !stopping {
+        let Some(first) = commands.blocking_recv() else {
+            break;
         };
-        match command {
-            HubCommand::Shutdown => break,
-            HubCommand::Connect {
-                id,
-                verified,
-                outbox,
-                queued,
-                span,
-                now_ms,
-            } => {
-                hub.connect(id, verified.identity, verified.grants, now_ms);
-                routes.insert(
+        let mut carries_sync = false;
+        let mut next = Some(first);
+        // A turn takes what is queued, at most what a full queue holds.
+        let mut taken = 0;
+        while let Some(command) = next.take() {
+            taken += 1;
+            match command {
+                HubCommand::Shutdown => {
+                    stopping = true;
+                    break;
+                }
+                HubCommand::Connect {
                     id,
-                    Route {
-                        sender: outbox,
-                        queued,
-                        span,
-                    },
-                );
-            }
-            HubCommand::Disconnect { id, now_ms } => {
-                let span = span_of(&routes, id);
-                routes.remove(&id);
-                let _in_span = span.enter();
-                if let Err(e) = hub.disconnect(id, now_ms) {
-                    tracing::error!(error = %e, "could not save sync state on disconnect");
-                }
-            }
-            HubCommand::Action {
-                id,
-                action: Action::Sync(items),
-                now_ms,
-            } => {
-                // Group commit: every Sync frame already queued joins this one, so concurrent
-                // writers share one storage transaction. Order per session is kept: the first
-                // other command ends the group and runs next.
-                let mut frames = vec![(id, items)];
-                while frames.len() < SYNC_GROUP {
-                    match commands.try_recv() {
-                        Ok(HubCommand::Action {
+                    verified,
+                    outbox,
+                    queued,
+                    span,
+                    now_ms,
+                } => {
+                    routes.insert(
+                        id,
+                        Route {
+                            sender: outbox,
+                            queued,
+                            span,
+                            gone: false,
+                        },
+                    );
+                    core.push(
+                        Input::Connect {
                             id,
-                            action: Action::Sync(items),
-                            ..
-                        }) => frames.push((id, items)),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
+                            identity: verified.identity,
+                            grants: verified.grants,
+                        },
+                        now_ms,
+                    );
                 }
-                let sessions: Vec<SessionId> = frames.iter().map(|(id, _)| *id).collect();
-                let requesters = sessions.clone();
-                let started = Instant::now();
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    hub.sync_group(frames, now_ms)
-                }));
-                let deliveries = match outcome {
-                    Ok(group) => {
-                        for (session, e) in &group.failed {
-                            tracing::error!(parent: &span_of(&routes, *session), error = %e, "a sync frame was not committed");
-                        }
-                        group.deliveries
+                HubCommand::Disconnect { id, now_ms } => {
+                    // Its span stays for the log of what the core reports of it.
+                    if let Some(route) = routes.get_mut(&id) {
+                        route.gone = true;
                     }
-                    Err(_) => {
-                        tracing::error!(
-                            ?sessions,
-                            "a sync group panicked; its sessions get an error"
-                        );
-                        hub.forget_documents();
-                        sessions.into_iter().map(internal_error).collect()
-                    }
-                };
-                metrics
-                    .sync_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                route(&mut routes, deliveries, metrics, outbox_bytes, &requesters);
+                    core.push(Input::Disconnect { id }, now_ms);
+                }
+                HubCommand::Action { id, action, now_ms } => {
+                    carries_sync |= matches!(action, Action::Sync(_));
+                    core.push(Input::Action { id, action }, now_ms);
+                }
             }
-            HubCommand::Action { id, action, now_ms } => {
-                let started = Instant::now();
-                let is_sync = matches!(action, Action::Sync(_));
-                // The hub's own logs about this action carry the connection's fields (this
-                // thread never awaits, so holding the guard is sound).
-                let span = span_of(&routes, id);
-                let _in_span = span.enter();
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    hub.handle(id, action, now_ms)
-                }));
-                let deliveries = match outcome {
-                    Ok(Ok(deliveries)) => deliveries,
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "action failed");
-                        vec![internal_error(id)]
-                    }
-                    Err(_) => {
-                        tracing::error!("action panicked; the session gets an error");
-                        hub.forget_documents();
-                        vec![internal_error(id)]
-                    }
-                };
-                if is_sync {
-                    metrics
-                        .sync_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                }
-                route(&mut routes, deliveries, metrics, outbox_bytes, &[id]);
+            if taken < HUB_QUEUE {
+                next = commands.try_recv().ok();
             }
         }
-    }
-}
-
-/// Queues deliveries on their connections' outboxes. The byte bound applies to what others
-/// caused (fan-out): a connection that cannot keep up with it is closed to resync from storage.
-/// Answers to a session's own requests (`requesters`: its plan, its replies) are bounded by
-/// what it asked for and are not counted against it, or a large initial sync could never
-/// complete.
-fn route(
-    routes: &mut HashMap<SessionId, Route>,
-    deliveries: Vec<Delivery>,
-    metrics: &Metrics,
-    outbox_bytes: usize,
-    requesters: &[SessionId],
-) {
-    for Delivery { to, message } in deliveries {
-        if let Message::Ack(ack) = &message {
+        let started = Instant::now();
+        let outputs = core.poll(&Outboxes(&routes));
+        if carries_sync {
             metrics
-                .changes_stored
-                .inc_by(ack.items.iter().filter(|i| i.seq.is_some()).count() as u64);
+                .sync_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
-        let Some(outbox) = routes.get(&to) else {
-            continue;
-        };
-        let own = requesters.contains(&to);
-        let size = if own { 0 } else { approx_size(&message) };
-        let queued = outbox.queued.load(Ordering::Relaxed);
-        let over_bytes = !own && queued > 0 && queued + size > outbox_bytes;
-        let sent = if over_bytes {
-            Err(true)
-        } else {
-            match outbox.sender.try_send((message, size)) {
-                Ok(()) => {
-                    outbox.queued.fetch_add(size, Ordering::Relaxed);
-                    Ok(())
-                }
-                Err(e) => Err(matches!(e, mpsc::error::TrySendError::Full(_))),
-            }
-        };
-        if let Err(full) = sent {
-            if full {
-                tracing::warn!(
-                    parent: &outbox.span,
-                    queued_bytes = queued,
-                    "slow consumer: closing it so it resyncs from storage"
-                );
-            }
-            // Dropping the sender ends the connection's inbox, which closes it.
-            routes.remove(&to);
-        }
+        apply_outputs(&mut routes, outputs, metrics);
+        routes.retain(|_, route| !route.gone);
     }
 }
 
-fn internal_error(to: SessionId) -> Delivery {
-    Delivery {
-        to,
-        message: Message::Error(ErrorMessage {
-            code: ErrorCode::INTERNAL,
-            message: "the relay could not complete this request".into(),
-            retry_after_ms: Some(1000),
-            doc: None,
-        }),
+/// The connections' backlogs as the core reads them: messages in each outbox channel, and the
+/// bytes counted for them that the connection has not taken yet.
+struct Outboxes<'a>(&'a HashMap<SessionId, Route>);
+
+impl Backlog for Outboxes<'_> {
+    fn queued(&self, id: SessionId) -> Queued {
+        self.0
+            .get(&id)
+            .map_or_else(Queued::default, |route| Queued {
+                messages: route.sender.max_capacity() - route.sender.capacity(),
+                bytes: route.queued.load(Ordering::Relaxed),
+            })
+    }
+}
+
+/// Carries out the core's outputs: queue messages, close slow consumers (dropping the sender
+/// ends the connection's inbox, which closes it with `SLOW_CONSUMER`), log failures under the
+/// session's span.
+fn apply_outputs(
+    routes: &mut HashMap<SessionId, Route>,
+    outputs: Vec<CoreOutput>,
+    metrics: &Metrics,
+) {
+    for output in outputs {
+        match output {
+            CoreOutput::Send {
+                to,
+                message,
+                counted,
+            } => {
+                if let Message::Ack(ack) = &message {
+                    metrics
+                        .changes_stored
+                        .inc_by(ack.items.iter().filter(|i| i.seq.is_some()).count() as u64);
+                }
+                let Some(route) = routes.get(&to) else {
+                    continue;
+                };
+                match route.sender.try_send((message, counted)) {
+                    Ok(()) => {
+                        route.queued.fetch_add(counted, Ordering::Relaxed);
+                    }
+                    // The core admits a message only with room for it; a gone connection
+                    // needs nothing more.
+                    Err(_) => {
+                        routes.remove(&to);
+                    }
+                }
+            }
+            CoreOutput::Close { to, .. } => {
+                if let Some(route) = routes.remove(&to) {
+                    tracing::warn!(
+                        parent: &route.span,
+                        queued_bytes = route.queued.load(Ordering::Relaxed),
+                        "slow consumer: closing it so it resyncs from storage"
+                    );
+                }
+            }
+            CoreOutput::Failed { session, reason } => {
+                tracing::error!(parent: &span_of(routes, session), %reason, "hub failure");
+            }
+        }
     }
 }
 
@@ -746,47 +669,4 @@ fn now_ms() -> u64 {
 /// The address the relay is listening on, formatted for its start-up line.
 pub fn listening_line(addr: SocketAddr) -> String {
     format!("syncline-relay listening on {addr}")
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use syncline_protocol::messages::{Ephemeral, Sync, SyncItem};
-    use syncline_protocol::{Collection, Message};
-
-    use super::visible;
-    use crate::auth::Grants;
-    use crate::auth::claims::CollectionSet;
-
-    #[test]
-    fn outbound_messages_are_filtered_by_the_current_grants() {
-        let todos = Collection::new("todos").expect("valid");
-        let grants = Grants {
-            read: CollectionSet::Only(BTreeSet::from([todos])),
-            write: CollectionSet::Only(BTreeSet::new()),
-        };
-        let item = |d: &str| SyncItem {
-            doc: d.parse().expect("id"),
-            message: vec![1],
-        };
-        let sync = Message::Sync(Sync {
-            items: vec![item("todos/a"), item("secret/b")],
-        });
-        let Some(Message::Sync(kept)) = visible(sync, &grants) else {
-            panic!("kept")
-        };
-        assert_eq!(kept.items.len(), 1);
-        assert_eq!(kept.items[0].doc.to_string(), "todos/a");
-        let only_secret = Message::Sync(Sync {
-            items: vec![item("secret/b")],
-        });
-        assert_eq!(visible(only_secret, &grants), None);
-        let presence = Message::Ephemeral(Ephemeral {
-            doc: "secret/b".parse().expect("id"),
-            payload: vec![],
-            from: None,
-        });
-        assert_eq!(visible(presence, &grants), None);
-    }
 }

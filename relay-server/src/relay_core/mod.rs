@@ -1,0 +1,349 @@
+//! The relay core, sans I/O: what the relay does between its connections' sessions and its
+//! document hub, driven the same way by the server and by the simulation.
+//!
+//! The shell pushes [`Input`]s (a session connected, a session's authorized [`Action`], a
+//! session left) with the time, then calls [`RelayCore::poll`] with the connections' backlog;
+//! it gets back [`Output`]s: a message to queue on a connection, a connection to close, a
+//! failure to log. The core owns:
+//! - **group commit across sessions**: consecutive `Sync` actions in the queue (up to
+//!   [`SYNC_GROUP`], stopping at the first other input so each session's order holds) run as
+//!   one [`Hub::sync_group`], one storage transaction per tenant;
+//! - **routing** of the hub's deliveries to sessions, with **grant filtering** ([`visible`])
+//!   against each session's current grants;
+//! - **slow consumers** ([`backlog`]): a connection whose backlog would pass the
+//!   [`OutboxLimits`] is closed with `SLOW_CONSUMER` (it resyncs from storage on reconnect);
+//! - **panic containment**: a panic in the hub while handling one action is answered with
+//!   `INTERNAL` to the sessions involved, and the hub forgets its in-memory documents.
+//!
+//! It reads no clock and touches no socket, thread or channel; the per-connection protocol
+//! logic stays in each connection's [`crate::session::Session`].
+
+mod backlog;
+mod visibility;
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+
+use syncline_protocol::Message;
+use syncline_protocol::close_code;
+use syncline_protocol::messages::{Error as ErrorMessage, ErrorCode, SyncItem};
+
+use crate::auth::{Grants, Identity};
+use crate::hub::{Delivery, Hub, SessionId};
+use crate::session::Action;
+use crate::storage::Storage;
+pub use backlog::{Backlog, OutboxLimits, Queued, approx_size};
+pub use visibility::visible;
+
+/// Most `Sync` frames committed together.
+pub const SYNC_GROUP: usize = 512;
+
+/// Something a connection tells the core.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A session opened, authenticated as `identity` with `grants`.
+    Connect {
+        /// The session.
+        id: SessionId,
+        /// Who it is.
+        identity: Identity,
+        /// What it may read and write.
+        grants: Grants,
+    },
+    /// An authorized action of a session ([`crate::session::Output::actions`]).
+    Action {
+        /// The session.
+        id: SessionId,
+        /// The action.
+        action: Action,
+    },
+    /// A session's connection ended, however it ended.
+    Disconnect {
+        /// The session.
+        id: SessionId,
+    },
+}
+
+/// Something the shell must do, returned by [`RelayCore::poll`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Queue `message` on session `to`'s connection. `counted` bytes count against its backlog
+    /// until the connection takes the message.
+    Send {
+        /// The session.
+        to: SessionId,
+        /// The message, already filtered by the session's grants.
+        message: Message,
+        /// The bytes it counts against the session's backlog (0 for answers to its own
+        /// requests).
+        counted: usize,
+    },
+    /// Close session `to`'s connection with `code` (it could not keep up): send it nothing
+    /// more. Its `Disconnect` is still expected.
+    Close {
+        /// The session.
+        to: SessionId,
+        /// The WebSocket close code.
+        code: u16,
+        /// Why, for the device.
+        reason: String,
+    },
+    /// Something failed for `session` (it was answered with an `INTERNAL` error where it
+    /// asked for something); for the shell's log.
+    Failed {
+        /// The session.
+        session: SessionId,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// What the core has done since it was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CoreStats {
+    /// Group commits run.
+    pub groups: u64,
+    /// `Sync` frames they carried.
+    pub grouped_frames: u64,
+    /// Groups that carried frames of more than one session.
+    pub shared_groups: u64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: u64,
+    /// Messages narrowed or dropped by grant filtering.
+    pub filtered: u64,
+}
+
+/// The relay core; see the module documentation.
+pub struct RelayCore<S> {
+    hub: Hub<S>,
+    /// Each connected session's current grants; a session closed as a slow consumer is gone
+    /// from here (nothing more is sent to it) until its `Disconnect` reaches the hub.
+    grants: HashMap<SessionId, Grants>,
+    queue: VecDeque<(Input, u64)>,
+    limits: OutboxLimits,
+    stats: CoreStats,
+}
+
+impl<S: Storage> RelayCore<S> {
+    /// A core over `hub`, closing connections whose backlog would pass `limits`.
+    pub fn new(hub: Hub<S>, limits: OutboxLimits) -> Self {
+        Self {
+            hub,
+            grants: HashMap::new(),
+            queue: VecDeque::new(),
+            limits,
+            stats: CoreStats::default(),
+        }
+    }
+
+    /// Queues `input`, which happened at `now_ms`; [`RelayCore::poll`] handles it.
+    pub fn push(&mut self, input: Input, now_ms: u64) {
+        self.queue.push_back((input, now_ms));
+    }
+
+    /// True when no input waits for [`RelayCore::poll`].
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The hub (its caches and sessions, for inspection).
+    pub fn hub(&self) -> &Hub<S> {
+        &self.hub
+    }
+
+    /// What the core has done so far.
+    pub fn stats(&self) -> CoreStats {
+        self.stats
+    }
+
+    /// Handles every queued input in order and returns what the shell must do, in order.
+    /// `backlog` reports what each connection has queued and not taken before this call; the
+    /// core adds what this call queues.
+    pub fn poll(&mut self, backlog: &impl Backlog) -> Vec<Output> {
+        let mut out = Vec::new();
+        let mut admission = backlog::Admission::default();
+        while let Some((input, now_ms)) = self.queue.pop_front() {
+            match input {
+                Input::Connect {
+                    id,
+                    identity,
+                    grants,
+                } => {
+                    self.grants.insert(id, grants.clone());
+                    self.hub.connect(id, identity, grants, now_ms);
+                }
+                Input::Disconnect { id } => {
+                    self.grants.remove(&id);
+                    if let Err(e) = self.hub.disconnect(id, now_ms) {
+                        out.push(Output::Failed {
+                            session: id,
+                            reason: format!("could not save sync state on disconnect: {e}"),
+                        });
+                    }
+                }
+                Input::Action {
+                    id,
+                    action: Action::Sync(items),
+                } => {
+                    let frames = self.gather(id, items);
+                    self.sync_group(frames, now_ms, &mut out, &mut admission, backlog);
+                }
+                Input::Action { id, action } => {
+                    if let Action::GrantsChanged(grants) = &action
+                        && let Some(current) = self.grants.get_mut(&id)
+                    {
+                        current.clone_from(grants);
+                    }
+                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        self.hub.handle(id, action, now_ms)
+                    }));
+                    let deliveries = match outcome {
+                        Ok(Ok(deliveries)) => deliveries,
+                        Ok(Err(e)) => {
+                            out.push(Output::Failed {
+                                session: id,
+                                reason: format!("action failed: {e}"),
+                            });
+                            vec![internal_error(id)]
+                        }
+                        Err(_) => {
+                            out.push(Output::Failed {
+                                session: id,
+                                reason: "action panicked; the session gets an error".into(),
+                            });
+                            self.hub.forget_documents();
+                            vec![internal_error(id)]
+                        }
+                    };
+                    self.route(deliveries, &[id], &mut out, &mut admission, backlog);
+                }
+            }
+        }
+        out
+    }
+
+    /// The `Sync` frame of session `id` and every `Sync` frame queued right after it (up to
+    /// [`SYNC_GROUP`]): the first other input ends the group, so each session's order holds.
+    fn gather(&mut self, id: SessionId, items: Vec<SyncItem>) -> Vec<(SessionId, Vec<SyncItem>)> {
+        let mut frames = vec![(id, items)];
+        while frames.len() < SYNC_GROUP
+            && matches!(
+                self.queue.front(),
+                Some((
+                    Input::Action {
+                        action: Action::Sync(_),
+                        ..
+                    },
+                    _
+                ))
+            )
+        {
+            if let Some((
+                Input::Action {
+                    id,
+                    action: Action::Sync(items),
+                },
+                _,
+            )) = self.queue.pop_front()
+            {
+                frames.push((id, items));
+            }
+        }
+        frames
+    }
+
+    fn sync_group(
+        &mut self,
+        frames: Vec<(SessionId, Vec<SyncItem>)>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+        admission: &mut backlog::Admission,
+        backlog: &impl Backlog,
+    ) {
+        let sessions: Vec<SessionId> = frames.iter().map(|(id, _)| *id).collect();
+        self.stats.groups += 1;
+        self.stats.grouped_frames += sessions.len() as u64;
+        if sessions.iter().any(|s| *s != sessions[0]) {
+            self.stats.shared_groups += 1;
+        }
+        let outcome =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.hub.sync_group(frames, now_ms)));
+        let deliveries = match outcome {
+            Ok(group) => {
+                for (session, e) in group.failed {
+                    out.push(Output::Failed {
+                        session,
+                        reason: format!("a sync frame was not committed: {e}"),
+                    });
+                }
+                group.deliveries
+            }
+            Err(_) => {
+                for session in &sessions {
+                    out.push(Output::Failed {
+                        session: *session,
+                        reason: "a sync group panicked; its sessions get an error".into(),
+                    });
+                }
+                self.hub.forget_documents();
+                sessions.iter().copied().map(internal_error).collect()
+            }
+        };
+        self.route(deliveries, &sessions, out, admission, backlog);
+    }
+
+    /// Routes deliveries to the sessions still connected: filtered by their grants, admitted
+    /// against their backlog, or their connection closed as a slow consumer. `requesters` are
+    /// the sessions whose requests these deliveries answer.
+    fn route(
+        &mut self,
+        deliveries: Vec<Delivery>,
+        requesters: &[SessionId],
+        out: &mut Vec<Output>,
+        admission: &mut backlog::Admission,
+        backlog: &impl Backlog,
+    ) {
+        for Delivery { to, message } in deliveries {
+            let Some(grants) = self.grants.get(&to) else {
+                continue;
+            };
+            let before = approx_size(&message);
+            let Some(message) = visible(message, grants) else {
+                self.stats.filtered += 1;
+                continue;
+            };
+            if approx_size(&message) != before {
+                self.stats.filtered += 1;
+            }
+            let own = requesters.contains(&to);
+            match admission.admit(to, &message, own, backlog, self.limits) {
+                Some(counted) => out.push(Output::Send {
+                    to,
+                    message,
+                    counted,
+                }),
+                None => {
+                    self.grants.remove(&to);
+                    self.stats.slow_consumers += 1;
+                    out.push(Output::Close {
+                        to,
+                        code: close_code::SLOW_CONSUMER,
+                        reason: "too slow: reconnect to resync".into(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn internal_error(to: SessionId) -> Delivery {
+    Delivery {
+        to,
+        message: Message::Error(ErrorMessage {
+            code: ErrorCode::INTERNAL,
+            message: "the relay could not complete this request".into(),
+            retry_after_ms: Some(1000),
+            doc: None,
+        }),
+    }
+}

@@ -1,0 +1,81 @@
+//! Grant filtering of outgoing messages: what of a message a session may see under its
+//! current grants. The core applies it when it routes a message; the shell applies it again
+//! when it sends one, since a refreshed, narrower token must apply even to what was queued.
+
+use syncline_protocol::messages::{Ack, Plan, Sync};
+use syncline_protocol::{DocId, Message};
+
+use crate::auth::Grants;
+
+/// `message` with everything `grants` does not let the session read removed; `None` when
+/// nothing of it is left to send.
+pub fn visible(message: Message, grants: &Grants) -> Option<Message> {
+    let readable = |doc: &DocId| grants.can_read(doc.collection());
+    match message {
+        Message::Sync(Sync { items }) => {
+            let items: Vec<_> = items.into_iter().filter(|i| readable(&i.doc)).collect();
+            (!items.is_empty()).then_some(Message::Sync(Sync { items }))
+        }
+        Message::Ack(Ack { items }) => {
+            let items: Vec<_> = items.into_iter().filter(|i| readable(&i.doc)).collect();
+            (!items.is_empty()).then_some(Message::Ack(Ack { items }))
+        }
+        Message::Plan(Plan {
+            send,
+            deferred,
+            cursors,
+        }) => Some(Message::Plan(Plan {
+            send: send.into_iter().filter(|e| readable(&e.doc)).collect(),
+            deferred: deferred.into_iter().filter(|e| readable(&e.doc)).collect(),
+            cursors: cursors
+                .into_iter()
+                .filter(|c| grants.can_read(&c.collection))
+                .collect(),
+        })),
+        Message::Ephemeral(e) => readable(&e.doc).then_some(Message::Ephemeral(e)),
+        other => Some(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use syncline_protocol::messages::{Ephemeral, Sync, SyncItem};
+    use syncline_protocol::{Collection, Message};
+
+    use super::visible;
+    use crate::auth::Grants;
+    use crate::auth::claims::CollectionSet;
+
+    #[test]
+    fn outbound_messages_are_filtered_by_the_current_grants() {
+        let todos = Collection::new("todos").expect("valid");
+        let grants = Grants {
+            read: CollectionSet::Only(BTreeSet::from([todos])),
+            write: CollectionSet::Only(BTreeSet::new()),
+        };
+        let item = |d: &str| SyncItem {
+            doc: d.parse().expect("id"),
+            message: vec![1],
+        };
+        let sync = Message::Sync(Sync {
+            items: vec![item("todos/a"), item("secret/b")],
+        });
+        let Some(Message::Sync(kept)) = visible(sync, &grants) else {
+            panic!("kept")
+        };
+        assert_eq!(kept.items.len(), 1);
+        assert_eq!(kept.items[0].doc.to_string(), "todos/a");
+        let only_secret = Message::Sync(Sync {
+            items: vec![item("secret/b")],
+        });
+        assert_eq!(visible(only_secret, &grants), None);
+        let presence = Message::Ephemeral(Ephemeral {
+            doc: "secret/b".parse().expect("id"),
+            payload: vec![],
+            from: None,
+        });
+        assert_eq!(visible(presence, &grants), None);
+    }
+}
