@@ -10,7 +10,7 @@
 //!   one [`Hub::sync_group`], one storage transaction per tenant;
 //! - **routing** of the hub's deliveries to sessions, with **grant filtering** ([`visible`])
 //!   against each session's current grants;
-//! - **slow consumers** ([`backlog`]): a connection whose backlog would pass the
+//! - **slow consumers** ([`Backlog`], [`OutboxLimits`]): a connection whose backlog would pass the
 //!   [`OutboxLimits`] is closed with `SLOW_CONSUMER` (it resyncs from storage on reconnect);
 //! - **panic containment**: a panic in the hub while handling one action is answered with
 //!   `INTERNAL` to the sessions involved, and the hub forgets its in-memory documents.

@@ -42,7 +42,7 @@ pub enum Disconnect {
     },
 }
 
-/// Something that happened, for [`Engine::handle`].
+/// Something that happened, for [`Engine::handle`](super::Engine::handle).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Start syncing (connect as soon as allowed).
@@ -71,7 +71,7 @@ pub enum Event {
     Token(String),
 }
 
-/// Something the shell must do, returned by [`Engine::handle`].
+/// Something the shell must do, returned by [`Engine::handle`](super::Engine::handle).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Open a transport to the relay (with a fresh token from the app's provider), then
