@@ -4,9 +4,11 @@
 //! It keeps one Automerge document per `DocId`, the heads each relay acknowledged and the
 //! cursors, and follows the port's contract the way the SQLite store does: states are primed
 //! or resumed from the acknowledged heads, an acknowledgement never moves backwards, a
-//! document that does not apply is restored to what it was and answers
-//! [`Error::InvalidChange`], and a document first heard of is kept only once something of it
-//! arrived. The app side is `put` (one change setting a string key) and the read helpers.
+//! document that does not apply (an error or a panic in Automerge) is restored to what it was
+//! and answers [`Error::InvalidChange`], and a document first heard of is kept only once
+//! something of it arrived. Unlike the SQLite store it keeps each relay's acknowledgements
+//! apart (it never records a document's heads as acknowledged because several relays
+//! together cover them). The app side is `put` (one change setting a string key) and the read helpers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -179,9 +181,22 @@ impl SyncStore for MemorySyncStore {
             for message in messages {
                 carried |= !message.changes.is_empty();
                 last_heads = Some(message.heads.clone());
-                if let Err(e) = automerge.receive_sync_message(state, message) {
-                    failed = Some(Error::InvalidChange(e.to_string()));
-                    break;
+                // Automerge may panic on a hostile message: that is this document's error.
+                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    automerge.receive_sync_message(state, message)
+                }));
+                match applied {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        failed = Some(Error::InvalidChange(e.to_string()));
+                        break;
+                    }
+                    Err(_) => {
+                        failed = Some(Error::InvalidChange(
+                            "the sync message does not apply to this document".into(),
+                        ));
+                        break;
+                    }
                 }
             }
             if let Some(e) = failed {
@@ -197,8 +212,18 @@ impl SyncStore for MemorySyncStore {
             let reply = next_message(&automerge, state, carried);
             let complete = holds_their_heads(&automerge, state);
             if known || changed {
+                // A document first heard of is acknowledged only once the relay holds all of
+                // it, as the SQLite store does.
+                let covered = last_heads.as_ref().is_some_and(|relay_heads| {
+                    automerge
+                        .get_heads()
+                        .iter()
+                        .all(|h| relay_heads.contains(h))
+                });
                 inner.docs.insert(doc.clone(), automerge);
-                if let Some(heads) = last_heads {
+                if let Some(heads) = last_heads
+                    && (known || covered)
+                {
                     inner.record_ack(relay, &doc, &heads);
                 }
             }

@@ -142,6 +142,7 @@ impl Relay {
             shared_groups: a.shared_groups + b.shared_groups,
             slow_consumers: a.slow_consumers + b.slow_consumers,
             filtered: a.filtered + b.filtered,
+            changes_stored: a.changes_stored + b.changes_stored,
         }
     }
 }
@@ -477,11 +478,10 @@ impl World {
     fn complete_connect(&mut self, i: usize) {
         let now = self.now;
         if self.devices[i].partitioned_until > now {
-            let effects = self.engine(i).handle(
+            self.handle(
+                i,
                 Event::Disconnected(Disconnect::Failed("partitioned".into())),
-                now,
             );
-            self.apply(i, effects);
             return;
         }
         let device = self.devices[i].store.as_ref().expect("running").device_id();
@@ -523,8 +523,7 @@ impl World {
             },
         );
         self.devices[i].link = Some(id);
-        let effects = self.engine(i).handle(Event::Connected, now);
-        self.apply(i, effects);
+        self.handle(i, Event::Connected);
     }
 
     /// Removes a link; the relay's side disconnects (saving its sync states).

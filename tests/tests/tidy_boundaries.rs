@@ -19,6 +19,7 @@ const CORES: &[&str] = &[
 /// What a core must not name, and why.
 const FORBIDDEN: &[(&str, &str)] = &[
     ("tokio", "an async runtime belongs in the shell"),
+    ("tokio_util", "an async runtime belongs in the shell"),
     ("rusqlite", "SQL belongs behind the storage port"),
     ("Instant", "time comes in as `now`"),
     ("SystemTime", "time comes in as `now`"),
@@ -71,13 +72,16 @@ fn violations(source: &str) -> Vec<(usize, &'static str, &'static str)> {
     found
 }
 
-/// True if `code` names `name` as a path or word of its own: `rand::` is not in `fastrand::`.
+/// True if `code` names `name` as a path or word of its own: `rand::` is not in `fastrand::`,
+/// and `Instant` is not in `Instantiate`. A name with `::` is a path prefix (`fastrand::u`
+/// covers `fastrand::u64`), so only its start must be a word boundary.
 fn names(code: &str, name: &str) -> bool {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
     code.match_indices(name).any(|(at, _)| {
-        !code[..at]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+        let starts = !code[..at].chars().next_back().is_some_and(ident);
+        let ends =
+            name.contains("::") || !code[at + name.len()..].chars().next().is_some_and(ident);
+        starts && ends
     })
 }
 
@@ -140,6 +144,11 @@ fn the_check_sees_what_it_forbids() {
     assert_eq!(violations("let r = fastrand::u64(..);").len(), 1);
     assert!(violations("let r = fastrand::Rng::with_seed(seed);").is_empty());
     assert_eq!(violations("let r = rand::random::<u8>();").len(), 1);
+    assert!(violations("fn instantiate(x: Instantiated) {}").is_empty());
+    assert_eq!(
+        violations("use tokio_util::sync::CancellationToken;").len(),
+        1
+    );
     assert!(violations("// tokio is fine in a comment").is_empty());
     assert!(violations("let now_ms = 3; // not an Instant").is_empty());
 }

@@ -111,6 +111,8 @@ pub struct CoreStats {
     pub slow_consumers: u64,
     /// Messages narrowed or dropped by grant filtering.
     pub filtered: u64,
+    /// Changes durably stored and acknowledged (acknowledged items with a sequence number).
+    pub changes_stored: u64,
 }
 
 /// The relay core; see the module documentation.
@@ -304,6 +306,10 @@ impl<S: Storage> RelayCore<S> {
         backlog: &impl Backlog,
     ) {
         for Delivery { to, message } in deliveries {
+            if let Message::Ack(ack) = &message {
+                self.stats.changes_stored +=
+                    ack.items.iter().filter(|i| i.seq.is_some()).count() as u64;
+            }
             let Some(grants) = self.grants.get(&to) else {
                 continue;
             };

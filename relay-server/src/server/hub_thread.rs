@@ -10,9 +10,9 @@ use std::time::Instant;
 use syncline_protocol::Message;
 use tokio::sync::mpsc;
 
-use super::{HUB_QUEUE, HubCommand, Metrics};
+use super::{HubCommand, Metrics};
 use crate::hub::SessionId;
-use crate::relay_core::{Backlog, Input, Output as CoreOutput, Queued, RelayCore};
+use crate::relay_core::{Backlog, Input, Output as CoreOutput, Queued, RelayCore, SYNC_GROUP};
 use crate::session::Action;
 use crate::storage::Storage;
 
@@ -37,81 +37,106 @@ fn span_of(routes: &HashMap<SessionId, Route>, id: SessionId) -> tracing::Span {
 }
 
 /// The hub thread: moves commands from the connections into the [`RelayCore`] and its outputs
-/// into the connections' outboxes. Every command already queued joins one `poll`, so the core
-/// can commit concurrent `Sync` frames together; the decisions (grouping, routing, grant
-/// filtering, slow consumers) are the core's.
+/// into the connections' outboxes, one turn at a time. A turn is one command, or a `Sync`
+/// frame with every `Sync` frame queued right behind it (up to [`SYNC_GROUP`]), which the core
+/// commits together; its outputs go out before the next turn, so an acknowledgement never
+/// waits for later work and the connections drain while the hub works on. The decisions
+/// (grouping, routing, grant filtering, slow consumers) are the core's.
 pub(super) fn run_hub<S: Storage>(
     mut core: RelayCore<S>,
     mut commands: mpsc::Receiver<HubCommand>,
     metrics: &Metrics,
 ) {
     let mut routes: HashMap<SessionId, Route> = HashMap::new();
-    let mut stopping = false;
-    while !stopping {
-        let Some(first) = commands.blocking_recv() else {
-            break;
+    // A command taken while gathering a group that belongs to the next turn.
+    let mut carried: Option<HubCommand> = None;
+    loop {
+        let command = match carried.take() {
+            Some(command) => command,
+            None => match commands.blocking_recv() {
+                Some(command) => command,
+                None => break,
+            },
         };
-        let mut carries_sync = false;
-        let mut next = Some(first);
-        // A turn takes what is queued, at most what a full queue holds.
-        let mut taken = 0;
-        while let Some(command) = next.take() {
-            taken += 1;
-            match command {
-                HubCommand::Shutdown => {
-                    stopping = true;
-                    break;
-                }
-                HubCommand::Connect {
+        let mut syncs = 0;
+        match command {
+            HubCommand::Shutdown => break,
+            HubCommand::Connect {
+                id,
+                verified,
+                outbox,
+                queued,
+                span,
+                now_ms,
+            } => {
+                routes.insert(
                     id,
-                    verified,
-                    outbox,
-                    queued,
-                    span,
-                    now_ms,
-                } => {
-                    routes.insert(
+                    Route {
+                        sender: outbox,
+                        queued,
+                        span,
+                        gone: false,
+                    },
+                );
+                core.push(
+                    Input::Connect {
                         id,
-                        Route {
-                            sender: outbox,
-                            queued,
-                            span,
-                            gone: false,
-                        },
-                    );
-                    core.push(
-                        Input::Connect {
+                        identity: verified.identity,
+                        grants: verified.grants,
+                    },
+                    now_ms,
+                );
+            }
+            HubCommand::Disconnect { id, now_ms } => {
+                // Its span stays for the log of what the core reports of it.
+                if let Some(route) = routes.get_mut(&id) {
+                    route.gone = true;
+                }
+                core.push(Input::Disconnect { id }, now_ms);
+            }
+            HubCommand::Action {
+                id,
+                action: action @ Action::Sync(_),
+                now_ms,
+            } => {
+                core.push(Input::Action { id, action }, now_ms);
+                syncs = 1;
+                // Group commit: every Sync frame already queued joins this one; the first
+                // other command ends the group and starts the next turn.
+                while syncs < SYNC_GROUP {
+                    match commands.try_recv() {
+                        Ok(HubCommand::Action {
                             id,
-                            identity: verified.identity,
-                            grants: verified.grants,
-                        },
-                        now_ms,
-                    );
-                }
-                HubCommand::Disconnect { id, now_ms } => {
-                    // Its span stays for the log of what the core reports of it.
-                    if let Some(route) = routes.get_mut(&id) {
-                        route.gone = true;
+                            action: action @ Action::Sync(_),
+                            now_ms,
+                        }) => {
+                            core.push(Input::Action { id, action }, now_ms);
+                            syncs += 1;
+                        }
+                        Ok(other) => {
+                            carried = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
                     }
-                    core.push(Input::Disconnect { id }, now_ms);
-                }
-                HubCommand::Action { id, action, now_ms } => {
-                    carries_sync |= matches!(action, Action::Sync(_));
-                    core.push(Input::Action { id, action }, now_ms);
                 }
             }
-            if taken < HUB_QUEUE {
-                next = commands.try_recv().ok();
+            HubCommand::Action { id, action, now_ms } => {
+                core.push(Input::Action { id, action }, now_ms);
             }
         }
+        let stored_before = core.stats().changes_stored;
         let started = Instant::now();
         let outputs = core.poll(&Outboxes(&routes));
-        if carries_sync {
+        if syncs > 0 {
             metrics
                 .sync_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        apply_outputs(&mut routes, outputs, metrics);
+        metrics
+            .changes_stored
+            .inc_by(core.stats().changes_stored - stored_before);
+        apply_outputs(&mut routes, outputs);
         routes.retain(|_, route| !route.gone);
     }
 }
@@ -134,11 +159,7 @@ impl Backlog for Outboxes<'_> {
 /// Carries out the core's outputs: queue messages, close slow consumers (dropping the sender
 /// ends the connection's inbox, which closes it with `SLOW_CONSUMER`), log failures under the
 /// session's span.
-fn apply_outputs(
-    routes: &mut HashMap<SessionId, Route>,
-    outputs: Vec<CoreOutput>,
-    metrics: &Metrics,
-) {
+fn apply_outputs(routes: &mut HashMap<SessionId, Route>, outputs: Vec<CoreOutput>) {
     for output in outputs {
         match output {
             CoreOutput::Send {
@@ -146,11 +167,6 @@ fn apply_outputs(
                 message,
                 counted,
             } => {
-                if let Message::Ack(ack) = &message {
-                    metrics
-                        .changes_stored
-                        .inc_by(ack.items.iter().filter(|i| i.seq.is_some()).count() as u64);
-                }
                 let Some(route) = routes.get(&to) else {
                     continue;
                 };
@@ -158,9 +174,18 @@ fn apply_outputs(
                     Ok(()) => {
                         route.queued.fetch_add(counted, Ordering::Relaxed);
                     }
-                    // The core admits a message only with room for it; a gone connection
-                    // needs nothing more.
-                    Err(_) => {
+                    // A gone connection needs nothing more.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        routes.remove(&to);
+                    }
+                    // The core admits a message only with room for it (its message bound is
+                    // the channel's capacity): a full channel is a bug, handled as a close.
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::error!(
+                            parent: &route.span,
+                            "outbox full although the core admitted a message: closing"
+                        );
+                        debug_assert!(false, "the core's message bound exceeds the outbox");
                         routes.remove(&to);
                     }
                 }

@@ -9,8 +9,9 @@
 //! Contract, for every implementation:
 //! - `receive` applies each document's messages with that document's `State` (created from the
 //!   heads the relay acknowledged when missing), keeps every change it applied, records that
-//!   the relay holds the heads its message announced, and answers per document in `DocId`
-//!   order. It stamps metadata with `now_ms`, never with a clock of its own. It does not run
+//!   the relay holds the heads its message announced, and answers once per document (in no
+//!   order the engine relies on). A panic inside Automerge on a peer's message is that
+//!   document's error, never the caller's. It stamps metadata with `now_ms`, never with a clock of its own. It does not run
 //!   app listeners: the shell delivers them after [`super::Engine::handle`] returns.
 //! - `generate` primes a missing state with the heads the relay acknowledged, so the first
 //!   message already carries what the relay lacks, and answers `None` when the relay is known
@@ -52,8 +53,8 @@ pub struct Outgoing {
 pub trait SyncStore {
     /// Applies the sync messages `items` from `relay` with one state per document in `states`,
     /// keeps every change and the acknowledgements the relay's heads imply (one commit for
-    /// the whole batch in the real store), and returns, per document in `DocId` order, what
-    /// happened and the reply to send. Metadata is stamped with `now_ms`.
+    /// the whole batch in the real store), and returns, once per document, what happened and
+    /// the reply to send. Metadata is stamped with `now_ms`.
     fn receive(
         &self,
         relay: &str,

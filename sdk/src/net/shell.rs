@@ -1,7 +1,7 @@
 //! The sync thread: it owns the [`Engine`], feeds it the app's commands and the connection
 //! tasks' events with the time, carries out its effects (open or close a connection, send a
 //! frame, publish a status, arm the timer) and delivers the store's change listeners after each
-//! `handle` returns. Its clock is the wall clock at start advanced by a monotonic one.
+//! `handle` returns. Its clock is a monotonic clock anchored to the wall clock (`Clock`).
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -233,23 +233,65 @@ impl Drop for Shell {
     }
 }
 
-/// The engine's time: the wall clock when the client started, advanced by a monotonic clock,
-/// so that a wall clock stepped back (NTP, the user, a resumed VM) cannot strand a timer.
+/// The engine's time, in milliseconds since the Unix epoch: a monotonic clock anchored to the
+/// wall clock. A wall clock stepped back (NTP, the user) cannot strand a timer: the engine's
+/// time keeps advancing with the monotonic clock. A wall clock ahead of it (after a suspend,
+/// which the monotonic clock does not count on Linux and macOS, or a step forward)
+/// re-anchors it, so the metadata the engine stamps stays close to the wall clock. It never
+/// goes back.
 pub(super) struct Clock {
-    pub(super) origin_ms: u64,
-    pub(super) started: Instant,
+    origin_ms: std::cell::Cell<u64>,
+    started: Instant,
 }
 
 impl Clock {
     pub(super) fn start() -> Self {
         Self {
-            origin_ms: now_ms(),
+            origin_ms: std::cell::Cell::new(now_ms()),
             started: Instant::now(),
         }
     }
 
     fn now_ms(&self) -> u64 {
-        self.origin_ms
-            .saturating_add(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
+        let elapsed = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        reanchored(&self.origin_ms, elapsed, now_ms())
+    }
+}
+
+/// The time `elapsed` ms after `origin`, moved forward to `wall` (and `origin` with it) when
+/// the wall clock is ahead.
+fn reanchored(origin: &std::cell::Cell<u64>, elapsed: u64, wall: u64) -> u64 {
+    let monotonic = origin.get().saturating_add(elapsed);
+    if wall > monotonic {
+        origin.set(wall.saturating_sub(elapsed));
+        wall
+    } else {
+        monotonic
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::reanchored;
+
+    #[test]
+    fn the_engine_clock_follows_a_suspend_and_ignores_a_step_back() {
+        let origin = Cell::new(1_000_000);
+        assert_eq!(
+            reanchored(&origin, 500, 1_000_400),
+            1_000_500,
+            "wall slightly behind"
+        );
+        // A suspend: the monotonic clock says 1 s passed, the wall clock an hour.
+        assert_eq!(reanchored(&origin, 1_000, 4_601_000), 4_601_000);
+        // Then the wall clock steps back a minute: time keeps going with the monotonic clock.
+        assert_eq!(reanchored(&origin, 2_000, 4_542_000), 4_602_000);
+        assert_eq!(
+            reanchored(&origin, 3_000, 4_543_000),
+            4_603_000,
+            "never back"
+        );
     }
 }
