@@ -10,13 +10,15 @@
 //! apart (it never records a document's heads as acknowledged because several relays
 //! together cover them). The app side is `put` (one change setting a string key) and the read helpers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use automerge::sync::{Message as SyncMessage, State, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ChangeHash, ReadDoc, ScalarValue, Value};
-use syncline::engine::{Outgoing, Received, SyncStore, holds_their_heads, next_message};
+use syncline::engine::{
+    Outgoing, Received, SyncStore, acknowledgement, holds_their_heads, next_message,
+};
 use syncline::{Collection, DeviceId, DocId, Error, Heads, Result};
 use syncline_protocol::sync_state;
 
@@ -111,40 +113,17 @@ impl Inner {
             .unwrap_or_default()
     }
 
-    /// Records that `relay` holds `heads` of `doc`, never moving backwards: what the previous
-    /// acknowledgement covered and the new one does not stays covered.
+    /// Records that `relay` holds `heads` of `doc`, by the rule every store follows
+    /// ([`acknowledgement`]); this store keeps each relay's record apart.
     fn record_ack(&mut self, relay: &str, doc: &DocId, heads: &[ChangeHash]) {
         let Some(automerge) = self.docs.get(doc) else {
             return;
         };
-        let known = |hashes: &[ChangeHash]| -> Vec<ChangeHash> {
-            hashes
-                .iter()
-                .copied()
-                .filter(|h| automerge.get_change_meta_by_hash(h).is_some())
-                .collect()
-        };
-        let given = known(heads);
-        let uncovered: HashSet<ChangeHash> = automerge
-            .get_changes_meta(&given)
-            .iter()
-            .map(|m| m.hash)
-            .collect();
-        let mut merged = given;
-        let previous = self.acked(relay, doc);
-        merged.extend(
-            known(&previous)
-                .into_iter()
-                .filter(|h| uncovered.contains(h)),
-        );
-        let record = if automerge.get_changes_meta(&merged).is_empty() {
-            automerge.get_heads()
-        } else {
-            merged.sort();
-            merged.dedup();
-            merged
-        };
-        self.acks.insert((relay.to_owned(), doc.clone()), record);
+        let key = (relay.to_owned(), doc.clone());
+        let previous = self.acks.get(&key).map(Vec::as_slice);
+        if let Some(record) = acknowledgement(automerge, heads, previous, []) {
+            self.acks.insert(key, record.as_slice().to_vec());
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use syncline_relay::hub::{Hub, SessionId};
 use syncline_relay::relay_core::{
     Backlog, CoreStats, Input, OutboxLimits, Output as CoreOutput, Queued, RelayCore,
 };
-use syncline_relay::session::{Action, Session};
+use syncline_relay::session::{Action, Output as SessionOutput, Session};
 use syncline_relay::storage::{MemoryStorage, Storage};
 
 /// The collection every simulated document lives in.
@@ -95,6 +95,10 @@ pub struct SimReport {
     pub shared_group_commits: u64,
     /// Connections the relay core closed as slow consumers.
     pub slow_consumers: u64,
+    /// Refreshed tokens that narrowed a connected device's grants.
+    pub grant_changes: u64,
+    /// Messages the relay core narrowed or dropped by grant filtering.
+    pub filtered: u64,
 }
 
 struct Link {
@@ -174,6 +178,15 @@ struct World {
     trace: Trace,
 }
 
+/// Who a simulated device is to the relay.
+fn sim_identity(device: DeviceId) -> Identity {
+    Identity {
+        user: "sim".into(),
+        device,
+        tenant: Tenant::default_tenant(),
+    }
+}
+
 /// FNV-1a over the run's events: stable across builds and platforms, unlike `DefaultHasher`.
 struct Trace(u64);
 
@@ -248,11 +261,17 @@ impl World {
         let faults = self.rng.usize(0..=8);
         for _ in 0..faults {
             let at = start + self.rng.u64(0..self.config.chaos_ms);
-            let fault = match self.rng.u8(0..10) {
+            let fault = match self.rng.u8(0..11) {
                 0..=3 => Chaos::Cut,
                 4..=6 => Chaos::Partition(self.rng.u64(100..=3_000)),
                 7 => Chaos::RelayCrash,
-                _ => Chaos::DeviceCrash,
+                8 | 9 => Chaos::DeviceCrash,
+                _ => {
+                    let device = self.rng.usize(0..self.devices.len());
+                    let until = at + self.rng.u64(100..=3_000);
+                    schedule.push((until, Chaos::Restore(device)));
+                    Chaos::Narrow(device)
+                }
             };
             schedule.push((at, fault));
         }
@@ -288,6 +307,7 @@ impl World {
                 let stats = self.relay.stats();
                 self.report.shared_group_commits = stats.shared_groups;
                 self.report.slow_consumers = stats.slow_consumers;
+                self.report.filtered = stats.filtered;
                 return Ok(self.report.clone());
             }
             let next = self.next_time(schedule.front().map(|(at, _)| *at));
@@ -485,11 +505,7 @@ impl World {
             return;
         }
         let device = self.devices[i].store.as_ref().expect("running").device_id();
-        let identity = Identity {
-            user: "sim".into(),
-            device,
-            tenant: Tenant::default_tenant(),
-        };
+        let identity = sim_identity(device);
         let all = Grants {
             read: CollectionSet::All,
             write: CollectionSet::All,
@@ -563,6 +579,39 @@ impl World {
             return;
         };
         let out = session.handle_frame(bytes, now);
+        self.session_output(link, session_id, out);
+    }
+
+    /// Device `i`'s connection gets a refreshed token with `grants` (same identity). False
+    /// when it has no connection (a new one starts with every grant).
+    fn refresh_grants(&mut self, i: usize, grants: Grants) -> bool {
+        let Some(link) = self.devices[i].link else {
+            return false;
+        };
+        let Some(device) = self.devices[i].store.as_ref().map(Store::device_id) else {
+            return false;
+        };
+        let Some((session, _)) = self.relay.sessions.get_mut(&link) else {
+            return false;
+        };
+        let verified = Verified {
+            identity: sim_identity(device),
+            grants,
+            expires_at: u64::MAX / 2000,
+            valid_until: u64::MAX / 2000,
+        };
+        let out = session.handle_token_verified(Ok(verified));
+        self.session_output(link, link, out);
+        true
+    }
+
+    /// Carries out what a session's input produced: its messages go on the link, its actions
+    /// into the relay core's queue, its close to the device.
+    fn session_output(&mut self, link: u64, session_id: SessionId, out: SessionOutput) {
+        let now = self.now;
+        let Some((session, _)) = self.relay.sessions.get(&session_id) else {
+            return;
+        };
         // Frames are compressed as the real relay does, once the session has negotiated it.
         let compression = session.compression();
         for message in out.send {
@@ -675,6 +724,30 @@ impl World {
                 self.relay.crashed_stats = self.relay.stats();
                 self.relay.core = Relay::core(&self.relay.storage, self.config.outbox);
                 self.relay.sessions.clear();
+            }
+            Chaos::Narrow(i) => {
+                let archive = Collection::new("archive").expect("valid");
+                let narrow = CollectionSet::Only(std::collections::BTreeSet::from([archive]));
+                if self.refresh_grants(
+                    i,
+                    Grants {
+                        read: narrow.clone(),
+                        write: narrow,
+                    },
+                ) {
+                    self.report.grant_changes += 1;
+                }
+            }
+            Chaos::Restore(i) => {
+                let all = Grants {
+                    read: CollectionSet::All,
+                    write: CollectionSet::All,
+                };
+                if self.refresh_grants(i, all)
+                    && let Some(link) = self.devices[i].link
+                {
+                    self.cut(link);
+                }
             }
             Chaos::DeviceCrash => {
                 self.report.device_crashes += 1;
@@ -878,6 +951,12 @@ enum Chaos {
     Partition(u64),
     RelayCrash,
     DeviceCrash,
+    /// A refreshed token narrows device `i`'s grants to a collection it does not use: its
+    /// writes are refused and nothing of `notes` reaches it, until `Restore`.
+    Narrow(usize),
+    /// A refreshed token gives device `i` its grants back, and the device reconnects (as an
+    /// app does after a refused write) so that what was refused is sent again.
+    Restore(usize),
 }
 
 impl Device {

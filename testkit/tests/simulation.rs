@@ -32,6 +32,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
                         totals.frames += report.frames;
                         totals.shared_group_commits += report.shared_group_commits;
                         totals.slow_consumers += report.slow_consumers;
+                        totals.grant_changes += report.grant_changes;
+                        totals.filtered += report.filtered;
                     }
                     Ok(Err(e)) => failures.push(e),
                     Err(_) => failures.push(format!("seed {seed}: panicked")),
@@ -42,22 +44,26 @@ fn devices_converge_and_lose_nothing_under_faults() {
     };
     let handles = [run(first), run(second)];
     let mut failures = Vec::new();
-    let (mut shared_groups, mut slow_consumers) = (0, 0);
+    let (mut shared_groups, mut slow_consumers, mut grant_changes) = (0, 0, 0);
     for handle in handles {
         let (mut f, totals) = handle.join().expect("the runner thread");
         eprintln!(
             "simulated {} writes, {} cuts, {} relay crashes, {} device crashes, {} frames, \
-             {} group commits shared by several devices, {} slow consumers closed",
+             {} group commits shared by several devices, {} slow consumers closed, \
+             {} grants narrowed, {} messages filtered at routing",
             totals.writes,
             totals.cuts,
             totals.relay_crashes,
             totals.device_crashes,
             totals.frames,
             totals.shared_group_commits,
-            totals.slow_consumers
+            totals.slow_consumers,
+            totals.grant_changes,
+            totals.filtered
         );
         shared_groups += totals.shared_group_commits;
         slow_consumers += totals.slow_consumers;
+        grant_changes += totals.grant_changes;
         failures.append(&mut f);
     }
     assert!(
@@ -67,14 +73,15 @@ fn devices_converge_and_lose_nothing_under_faults() {
         seeds.len(),
         failures.join("\n")
     );
-    // The relay core's group commit and slow-consumer closes happen under faults, not only in
-    // their own tests (over enough seeds for both to come up).
+    // The relay core's group commit, slow-consumer closes and grant changes happen under
+    // faults, not only in their own tests (over enough seeds for each to come up).
     if seeds.len() >= 200 {
         assert!(
             shared_groups > 0,
             "no group commit carried several devices' frames"
         );
         assert!(slow_consumers > 0, "no slow consumer was closed");
+        assert!(grant_changes > 0, "no connection had its grants narrowed");
     }
 }
 

@@ -35,7 +35,7 @@ use syncline_protocol::{close_code, frame, sync_state};
 
 use crate::{Heads, Store};
 pub use backoff::Backoff;
-pub use port::{Outgoing, Received, SyncStore, holds_their_heads, next_message};
+pub use port::{Outgoing, Received, SyncStore, acknowledgement, holds_their_heads, next_message};
 pub use vocabulary::{Disconnect, Effect, EngineConfig, Event, Progress, Status, SyncStats};
 
 /// Most documents per `Sync` frame the engine sends.

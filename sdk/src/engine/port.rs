@@ -18,10 +18,10 @@
 //!   to hold everything.
 //! - `acknowledge` never moves an acknowledgement backwards and ignores unknown documents.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use automerge::Automerge;
 use automerge::sync::{Message as SyncMessage, State, SyncDoc};
+use automerge::{Automerge, ChangeHash};
 use syncline_protocol::sync_state;
 use syncline_protocol::{Collection, DocId};
 
@@ -124,4 +124,52 @@ pub fn holds_their_heads(doc: &Automerge, state: &State) -> bool {
             .iter()
             .all(|h| doc.get_change_meta_by_hash(h).is_some())
     })
+}
+
+/// What a [`SyncStore`] records as a relay's acknowledgement of `doc`, given the heads the
+/// relay says it durably holds (`given`), what this relay's record held before (`previous`)
+/// and the other relays' records (`others`); `None` when the record would not change. Every
+/// store follows this one rule:
+/// - hashes `doc` does not hold are ignored;
+/// - an acknowledgement never goes backwards: what `previous` covered and `given` does not
+///   stays covered (acknowledgements can arrive out of order);
+/// - once the relays together cover every change, the record is the document's exact heads,
+///   so that "pending" is a plain equality of heads.
+pub fn acknowledgement<'a>(
+    doc: &Automerge,
+    given: &[ChangeHash],
+    previous: Option<&[ChangeHash]>,
+    others: impl IntoIterator<Item = &'a [ChangeHash]>,
+) -> Option<Heads> {
+    let known = |hashes: &[ChangeHash]| -> Vec<ChangeHash> {
+        hashes
+            .iter()
+            .copied()
+            .filter(|h| doc.get_change_meta_by_hash(h).is_some())
+            .collect()
+    };
+    let given = known(given);
+    let uncovered: HashSet<ChangeHash> = doc
+        .get_changes_meta(&given)
+        .iter()
+        .map(|m| m.hash)
+        .collect();
+    let mut merged = given;
+    if let Some(previous) = previous {
+        merged.extend(
+            known(previous)
+                .into_iter()
+                .filter(|h| uncovered.contains(h)),
+        );
+    }
+    let mut everyone = merged.clone();
+    for other in others {
+        everyone.extend(known(other));
+    }
+    let record = if doc.get_changes_meta(&everyone).is_empty() {
+        Heads::new(doc.get_heads())
+    } else {
+        Heads::new(merged)
+    };
+    (previous != Some(record.as_slice())).then_some(record)
 }

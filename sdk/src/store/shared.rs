@@ -64,13 +64,12 @@
 //! in the same transaction as the change (`ContentWrite::Compact`). Waiting for half the snapshot
 //! keeps the cost per write proportional to the change; the count cap bounds load work.
 
-use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use automerge::transaction::CommitOptions;
-use automerge::{ActorId, Automerge, Change, ChangeHash, PatchLog};
+use automerge::{ActorId, Automerge, Change, PatchLog};
 use syncline_protocol::DocId;
 
 use super::StoreOptions;
@@ -79,6 +78,7 @@ use super::listeners::{self, ChangeEvent, ChangeOrigin, Registry};
 use super::model;
 use super::transaction::Transaction;
 use crate::db::{ContentWrite, Database, DocRow, DocUpdate, NewDoc, Origin};
+use crate::engine::acknowledgement;
 use crate::{Error, Heads, Result};
 
 /// What every handle of one open store shares.
@@ -414,41 +414,21 @@ impl Shared {
         relay: &str,
         heads: &Heads,
     ) -> Result<Option<Heads>> {
-        let doc = &loaded.doc;
-        let known = |hashes: &[ChangeHash]| -> Vec<ChangeHash> {
-            hashes
-                .iter()
-                .copied()
-                .filter(|h| doc.get_change_meta_by_hash(h).is_some())
-                .collect()
-        };
         let acks = self.db.acked_heads(loaded.row.key)?;
-        let given = known(heads.as_slice());
-        let uncovered: HashSet<ChangeHash> = doc
-            .get_changes_meta(&given)
+        let previous = acks
             .iter()
-            .map(|m| m.hash)
-            .collect();
-        let mut merged = given;
-        let mut previous_record = None;
-        for (_, previous) in acks.iter().filter(|(r, _)| r == relay) {
-            previous_record = Some(previous.clone());
-            merged.extend(
-                known(previous.as_slice())
-                    .into_iter()
-                    .filter(|h| uncovered.contains(h)),
-            );
-        }
-        let mut everyone = merged.clone();
-        for (_, other) in acks.iter().filter(|(r, _)| r != relay) {
-            everyone.extend(known(other.as_slice()));
-        }
-        let record = if doc.get_changes_meta(&everyone).is_empty() {
-            Heads::new(doc.get_heads())
-        } else {
-            Heads::new(merged)
-        };
-        Ok((previous_record.as_ref() != Some(&record)).then_some(record))
+            .find(|(r, _)| r == relay)
+            .map(|(_, h)| h.as_slice());
+        let others = acks
+            .iter()
+            .filter(|(r, _)| r != relay)
+            .map(|(_, h)| h.as_slice());
+        Ok(acknowledgement(
+            &loaded.doc,
+            heads.as_slice(),
+            previous,
+            others,
+        ))
     }
 
     /// Registers `hook`, called with the id of every document changed by a local write, after
