@@ -63,8 +63,8 @@ impl SimConfig {
             chaos_ms: rng.u64(500..=5_000),
             heal_ms: 120_000,
             outbox: OutboxLimits {
-                messages: rng.usize(8..=64),
-                bytes: 1 << rng.u32(10..=17),
+                messages: rng.usize(4..=32),
+                bytes: 1 << rng.u32(9..=15),
             },
         }
     }
