@@ -109,6 +109,9 @@ struct Link {
     to_device: VecDeque<(u64, Vec<u8>, usize)>,
     /// What the relay core queued on this link and the device has not received yet.
     backlog: Queued,
+    /// The relay closes this link (a slow consumer) once the device has what was queued, as
+    /// the server's connection sends its outbox before the close frame.
+    closing: Option<(u16, String)>,
 }
 
 struct Device {
@@ -380,6 +383,7 @@ impl World {
                 self.observe_acks(&bytes);
                 self.handle(device, Event::Frame(bytes));
             }
+            self.finish_closing(id);
         }
         for i in 0..self.devices.len() {
             if self.devices[i].wake_at.is_some_and(|at| at <= self.now) {
@@ -536,6 +540,7 @@ impl World {
                 to_relay: VecDeque::new(),
                 to_device: VecDeque::new(),
                 backlog: Queued::default(),
+                closing: None,
             },
         );
         self.devices[i].link = Some(id);
@@ -634,6 +639,18 @@ impl World {
         }
     }
 
+    /// Closes a closing link once the device has received everything queued on it.
+    fn finish_closing(&mut self, link: u64) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        if l.to_device.is_empty()
+            && let Some((code, reason)) = l.closing.take()
+        {
+            self.close_link(link, code, reason);
+        }
+    }
+
     /// The relay closes a link with `code`: the device sees the close.
     fn close_link(&mut self, link: u64, code: u16, reason: String) {
         let device = self.links.get(&link).map(|l| l.device);
@@ -668,7 +685,12 @@ impl World {
                     let bytes = frame::encode_with(&message, session.compression());
                     self.enqueue_counted(to, false, bytes, Some(counted));
                 }
-                CoreOutput::Close { to, code, reason } => self.close_link(to, code, reason),
+                CoreOutput::Close { to, code, reason } => {
+                    if let Some(link) = self.links.get_mut(&to) {
+                        link.closing = Some((code, reason));
+                    }
+                    self.finish_closing(to);
+                }
                 CoreOutput::Failed { session, reason } => {
                     return Err(format!("the relay failed for session {session}: {reason}"));
                 }
