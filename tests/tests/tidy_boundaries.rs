@@ -21,6 +21,10 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("tokio", "an async runtime belongs in the shell"),
     ("tokio_util", "an async runtime belongs in the shell"),
     ("rusqlite", "SQL belongs behind the storage port"),
+    ("std::fs", "files belong behind a port"),
+    ("std::net", "sockets belong in the shell"),
+    ("std::process", "processes belong in the shell"),
+    ("std::env", "configuration comes in as arguments"),
     ("Instant", "time comes in as `now`"),
     ("SystemTime", "time comes in as `now`"),
     ("std::thread", "threads belong in the shell"),
@@ -145,6 +149,9 @@ fn the_check_sees_what_it_forbids() {
     assert!(violations("let r = fastrand::Rng::with_seed(seed);").is_empty());
     assert_eq!(violations("let r = rand::random::<u8>();").len(), 1);
     assert!(violations("fn instantiate(x: Instantiated) {}").is_empty());
+    assert_eq!(violations("let f = std::fs::read(path)?;").len(), 1);
+    // In-memory readers (zstd's decoder over a slice) are fine: `std::io::Read` is allowed.
+    assert!(violations("use std::io::Read;").is_empty());
     assert_eq!(
         violations("use tokio_util::sync::CancellationToken;").len(),
         1
