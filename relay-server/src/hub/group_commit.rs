@@ -11,8 +11,8 @@ use syncline_protocol::messages::{Ack, AckItem, ErrorCode, SyncItem};
 use syncline_protocol::{DocId, Message};
 
 use super::{
-    Delivery, GraphError, Hub, HubError, SessionId, SyncGroup, error, internal, push_batches,
-    responder, wire_heads,
+    Delivery, GraphError, Hub, HubError, SessionId, SyncGroup, error, push_batches, responder,
+    wire_heads,
 };
 use crate::storage::{Append, Storage};
 use crate::tenant::Tenant;
@@ -114,7 +114,10 @@ impl<S: Storage> Hub<S> {
         for (id, tenant, touched, carried) in sessions {
             if let Some(reason) = broken.get(&tenant) {
                 group.failed.push((id, HubError::Failed(reason.clone())));
-                group.deliveries.push(internal(id));
+                group.deliveries.push(Delivery::internal(
+                    id,
+                    "the relay could not store this; reconnect and resend",
+                ));
                 continue;
             }
             let touched_by = senders.entry(tenant.clone()).or_default();
@@ -140,7 +143,10 @@ impl<S: Storage> Hub<S> {
                     id,
                     HubError::Failed("a document of the frame was reloaded".into()),
                 ));
-                group.deliveries.push(internal(id));
+                group.deliveries.push(Delivery::internal(
+                    id,
+                    "the relay could not store this; reconnect and resend",
+                ));
             }
             group.deliveries.push(Delivery {
                 to: id,

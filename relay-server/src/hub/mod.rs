@@ -479,16 +479,19 @@ fn push_batches(out: &mut Vec<Delivery>, to: SessionId, items: Vec<SyncItem>) {
     }
 }
 
-/// The relay failed this session's request: it should reconnect and retry.
-fn internal(to: SessionId) -> Delivery {
-    Delivery {
-        to,
-        message: Message::Error(Error {
-            code: ErrorCode::INTERNAL,
-            message: "the relay could not store this; reconnect and resend".into(),
-            retry_after_ms: Some(1000),
-            doc: None,
-        }),
+impl Delivery {
+    /// An `INTERNAL` error for session `to`: the relay failed its request, which it should
+    /// retry after a second (the SDK reconnects and resends).
+    pub fn internal(to: SessionId, message: &str) -> Self {
+        Self {
+            to,
+            message: Message::Error(Error {
+                code: ErrorCode::INTERNAL,
+                message: message.into(),
+                retry_after_ms: Some(1000),
+                doc: None,
+            }),
+        }
     }
 }
 

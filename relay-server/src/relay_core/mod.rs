@@ -26,7 +26,7 @@ use std::panic::AssertUnwindSafe;
 
 use syncline_protocol::Message;
 use syncline_protocol::close_code;
-use syncline_protocol::messages::{Error as ErrorMessage, ErrorCode, SyncItem};
+use syncline_protocol::messages::SyncItem;
 
 use crate::auth::{Grants, Identity};
 use crate::hub::{Delivery, Hub, SessionId};
@@ -34,6 +34,9 @@ use crate::session::Action;
 use crate::storage::Storage;
 pub use backlog::{Backlog, OutboxLimits, Queued, approx_size};
 pub use visibility::visible;
+
+/// What a session is told when the relay failed its request.
+const REQUEST_FAILED: &str = "the relay could not complete this request";
 
 /// Most `Sync` frames committed together.
 pub const SYNC_GROUP: usize = 512;
@@ -206,7 +209,7 @@ impl<S: Storage> RelayCore<S> {
                                 session: id,
                                 reason: format!("action failed: {e}"),
                             });
-                            vec![internal_error(id)]
+                            vec![Delivery::internal(id, REQUEST_FAILED)]
                         }
                         Err(_) => {
                             out.push(Output::Failed {
@@ -214,7 +217,7 @@ impl<S: Storage> RelayCore<S> {
                                 reason: "action panicked; the session gets an error".into(),
                             });
                             self.hub.forget_documents();
-                            vec![internal_error(id)]
+                            vec![Delivery::internal(id, REQUEST_FAILED)]
                         }
                     };
                     self.route(deliveries, &[id], &mut out, &mut admission, backlog);
@@ -288,7 +291,10 @@ impl<S: Storage> RelayCore<S> {
                     });
                 }
                 self.hub.forget_documents();
-                sessions.iter().copied().map(internal_error).collect()
+                sessions
+                    .iter()
+                    .map(|s| Delivery::internal(*s, REQUEST_FAILED))
+                    .collect()
             }
         };
         self.route(deliveries, &sessions, out, admission, backlog);
@@ -339,17 +345,5 @@ impl<S: Storage> RelayCore<S> {
                 }
             }
         }
-    }
-}
-
-fn internal_error(to: SessionId) -> Delivery {
-    Delivery {
-        to,
-        message: Message::Error(ErrorMessage {
-            code: ErrorCode::INTERNAL,
-            message: "the relay could not complete this request".into(),
-            retry_after_ms: Some(1000),
-            doc: None,
-        }),
     }
 }
