@@ -510,19 +510,11 @@ impl World {
         }
         let device = self.devices[i].store.as_ref().expect("running").device_id();
         let identity = sim_identity(device);
-        let all = Grants {
-            read: CollectionSet::All,
-            write: CollectionSet::All,
-        };
-        let verified = Verified {
-            identity: identity.clone(),
-            grants: all.clone(),
-            expires_at: u64::MAX / 2000,
-            valid_until: u64::MAX / 2000,
-        };
+        let all = all_grants();
+        let verified = verified(identity.clone(), all.clone());
         let id = self.next_link;
         self.next_link += 1;
-        let session = Session::new(format!("s{id}"), verified, limits(), now);
+        let session = Session::new(format!("s{id}"), verified, relaxed_limits(), now);
         self.relay.core.push(
             Input::Connect {
                 id,
@@ -599,13 +591,7 @@ impl World {
         let Some((session, _)) = self.relay.sessions.get_mut(&link) else {
             return false;
         };
-        let verified = Verified {
-            identity: sim_identity(device),
-            grants,
-            expires_at: u64::MAX / 2000,
-            valid_until: u64::MAX / 2000,
-        };
-        let out = session.handle_token_verified(Ok(verified));
+        let out = session.handle_token_verified(Ok(verified(sim_identity(device), grants)));
         self.session_output(link, link, out);
         true
     }
@@ -761,11 +747,7 @@ impl World {
                 }
             }
             Chaos::Restore(i) => {
-                let all = Grants {
-                    read: CollectionSet::All,
-                    write: CollectionSet::All,
-                };
-                if self.refresh_grants(i, all)
+                if self.refresh_grants(i, all_grants())
                     && let Some(link) = self.devices[i].link
                 {
                     self.cut(link);
@@ -1054,7 +1036,26 @@ impl Device {
 }
 
 /// Relay limits that stay out of the simulation's way.
-fn limits() -> Limits {
+/// Every collection, to read and to write.
+pub fn all_grants() -> Grants {
+    Grants {
+        read: CollectionSet::All,
+        write: CollectionSet::All,
+    }
+}
+
+/// A verified token for `identity` with `grants` that does not expire within a run.
+pub fn verified(identity: Identity, grants: Grants) -> Verified {
+    Verified {
+        identity,
+        grants,
+        expires_at: u64::MAX / 2000,
+        valid_until: u64::MAX / 2000,
+    }
+}
+
+/// Relay limits no simulated device reaches: the faults are the network's, not the limits'.
+pub fn relaxed_limits() -> Limits {
     Limits {
         max_frame_bytes: 16 << 20,
         max_frames_per_s: 1_000_000,

@@ -9,13 +9,13 @@ use syncline::{
     Collection, CollectionSubscription, DeviceClass, DeviceId, DocId, Priority, SyncMode,
 };
 use syncline_protocol::frame;
-use syncline_protocol::messages::Limits;
 use syncline_relay::Tenant;
-use syncline_relay::auth::{CollectionSet, Grants, Identity, Verified};
+use syncline_relay::auth::Identity;
 use syncline_relay::hub::Hub;
 use syncline_relay::session::{Action, Session};
 use syncline_relay::storage::MemoryStorage;
 use syncline_testkit::memory::MemorySyncStore;
+use syncline_testkit::sim;
 
 const RELAY: &str = "memory-relay";
 
@@ -99,24 +99,14 @@ impl World {
             device: device_id(u8::try_from(i + 1).expect("few devices")),
             tenant: Tenant::default_tenant(),
         };
-        let grants = Grants {
-            read: CollectionSet::All,
-            write: CollectionSet::All,
-        };
-        let verified = Verified {
-            identity: identity.clone(),
-            grants: grants.clone(),
-            expires_at: u64::MAX / 2000,
-            valid_until: u64::MAX / 2000,
-        };
-        let limits = Limits {
-            max_frame_bytes: 16 << 20,
-            max_frames_per_s: 1_000_000,
-            max_bytes_per_s: 1 << 40,
-            max_docs_per_subscription: 100_000,
-            idle_timeout_ms: 3_600_000,
-        };
-        self.devices[i].session = Some(Session::new(format!("s{i}"), verified, limits, self.now));
+        let grants = sim::all_grants();
+        let verified = sim::verified(identity.clone(), grants.clone());
+        self.devices[i].session = Some(Session::new(
+            format!("s{i}"),
+            verified,
+            sim::relaxed_limits(),
+            self.now,
+        ));
         self.hub.connect(i as u64, identity, grants, self.now);
         // Connected is handled once this call's effects are applied: queue it as a frame-less
         // step by handling it right away (Connect is the engine's only effect here).

@@ -5,7 +5,9 @@
 //! SQLite, no clock, no thread and no randomness that a seed does not drive: time and seeds
 //! come in as arguments, so the simulation can replay them.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{root, rust_files};
 
 /// The directories that must stay sans I/O, from the workspace root.
 const CORES: &[&str] = &[
@@ -89,30 +91,13 @@ fn names(code: &str, name: &str) -> bool {
     })
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn the_sans_io_cores_import_no_runtime_clock_thread_sql_or_unseeded_randomness() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root");
+    let root = root();
     let mut report = Vec::new();
     let mut checked = 0;
     for core in CORES {
-        let mut files = Vec::new();
-        rust_files(&root.join(core), &mut files);
+        let files = rust_files(&root.join(core));
         assert!(!files.is_empty(), "{core} has no Rust files: was it moved?");
         for file in files {
             checked += 1;

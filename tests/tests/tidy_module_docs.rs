@@ -1,33 +1,14 @@
 //! Tidy check: every Rust source file of the workspace opens with a `//!` line saying what it
 //! is for (integration tests and benches included), so each module states its one job.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        if name == "target" || name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
+use common::{root, rust_files};
 
 #[test]
 fn every_module_has_a_doc_header() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root");
-    let mut files = Vec::new();
-    rust_files(root, &mut files);
+    let root = root();
+    let files = rust_files(root);
     assert!(
         files.len() > 20,
         "found only {} files under {}",
