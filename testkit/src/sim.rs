@@ -97,7 +97,7 @@ pub struct SimReport {
     pub slow_consumers: u64,
     /// Refreshed tokens that narrowed a connected device's grants.
     pub grant_changes: u64,
-    /// Messages the relay core narrowed or dropped by grant filtering.
+    /// Messages the relay core dropped whole by grant filtering.
     pub filtered: u64,
 }
 

@@ -50,7 +50,7 @@ fn devices_converge_and_lose_nothing_under_faults() {
         eprintln!(
             "simulated {} writes, {} cuts, {} relay crashes, {} device crashes, {} frames, \
              {} group commits shared by several devices, {} slow consumers closed, \
-             {} grants narrowed, {} messages filtered at routing",
+             {} grants narrowed, {} messages dropped by grant filtering at routing",
             totals.writes,
             totals.cuts,
             totals.relay_crashes,

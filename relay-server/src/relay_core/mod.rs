@@ -112,7 +112,7 @@ pub struct CoreStats {
     pub shared_groups: u64,
     /// Connections closed as slow consumers.
     pub slow_consumers: u64,
-    /// Messages narrowed or dropped by grant filtering.
+    /// Messages dropped whole by grant filtering (nothing of them was readable).
     pub filtered: u64,
     /// Changes durably stored and acknowledged (acknowledged items with a sequence number).
     pub changes_stored: u64,
@@ -319,14 +319,10 @@ impl<S: Storage> RelayCore<S> {
             let Some(grants) = self.grants.get(&to) else {
                 continue;
             };
-            let before = approx_size(&message);
             let Some(message) = visible(message, grants) else {
                 self.stats.filtered += 1;
                 continue;
             };
-            if approx_size(&message) != before {
-                self.stats.filtered += 1;
-            }
             let own = requesters.contains(&to);
             match admission.admit(to, &message, own, backlog, self.limits) {
                 Some(counted) => out.push(Output::Send {
