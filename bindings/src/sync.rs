@@ -161,6 +161,9 @@ pub struct FfiProfile {
     pub metered: bool,
     /// True to receive changes as they happen, false for periodic sync.
     pub realtime: bool,
+    /// On a metered network, documents whose transfer is larger than this are deferred (none:
+    /// the relay's threshold, 64 KiB by default).
+    pub metered_max_doc_bytes: Option<u64>,
 }
 
 impl From<FfiProfile> for Profile {
@@ -172,6 +175,7 @@ impl From<FfiProfile> for Profile {
             upload_bytes_per_s: p.upload_bytes_per_s,
             metered: p.metered,
             realtime: p.realtime,
+            metered_max_doc_bytes: p.metered_max_doc_bytes,
         }
     }
 }

@@ -1,8 +1,13 @@
-//! A token bucket on a caller-supplied clock: the one rate limiter of both ends (the relay's
-//! per-connection frame and byte rates, the SDK's pacing of what it sends of its own accord).
+//! Token buckets on a caller-supplied clock: the rate limiters and pacers of both ends.
 //!
-//! It reads no clock: every call takes the current time in milliseconds, so the sans-IO cores
-//! and the simulation drive it in virtual time.
+//! - [`TokenBucket`] refuses what does not fit (the relay's per-connection frame and byte
+//!   limits, the SDK's frame pacing below the relay's frame rate).
+//! - [`Pacer`] lets a frame go whenever it is not in debt and charges its bytes after, so a
+//!   stream of frames of any size leaves at the declared rate (the relay's downloads to a
+//!   device, the device's uploads, both to the bandwidth its profile declares).
+//!
+//! Neither reads a clock: every call takes the current time in milliseconds, so the sans-IO
+//! cores and the simulation drive them in virtual time.
 
 /// Holds up to `burst` tokens and refills continuously at `per_second`.
 #[derive(Debug, Clone)]
@@ -57,9 +62,121 @@ impl TokenBucket {
     }
 }
 
+/// A byte budget refilled at a declared rate that may go into debt by one frame: a frame may
+/// go whenever the budget is not in debt, and its bytes are then taken from it. Over a
+/// transfer the rate is the declared one whatever the frame sizes; after an idle spell at most
+/// `burst` bytes go at once. Without a rate it never holds anything back.
+#[derive(Debug, Clone, Default)]
+pub struct Pacer {
+    /// Bytes per second (none: unpaced).
+    rate: Option<u64>,
+    /// The budget in thousandths of a byte; negative is debt.
+    milli_budget: i128,
+    /// When the budget was last refilled.
+    refilled_ms: u64,
+}
+
+impl Pacer {
+    /// Paces to `rate` bytes per second from `now_ms` (none or 0: no pacing). A change takes
+    /// effect with the next frame; a debt already run up is kept.
+    pub fn set_rate(&mut self, rate: Option<u64>, now_ms: u64) {
+        let rate = rate.filter(|r| *r > 0);
+        if rate == self.rate {
+            return;
+        }
+        self.refill(now_ms);
+        if self.rate.is_none() {
+            // Starting to pace: one burst's worth may go at once.
+            self.milli_budget = i128::from(Self::burst(rate.unwrap_or(0))) * 1000;
+            self.refilled_ms = now_ms;
+        }
+        self.rate = rate;
+        self.milli_budget = self.milli_budget.min(self.capacity());
+    }
+
+    /// The declared rate, if paced.
+    pub fn rate(&self) -> Option<u64> {
+        self.rate
+    }
+
+    /// True if a frame may go at `now_ms`.
+    pub fn ready(&mut self, now_ms: u64) -> bool {
+        self.refill(now_ms);
+        self.rate.is_none() || self.milli_budget >= 0
+    }
+
+    /// Charges `bytes` that went at `now_ms`.
+    pub fn spend(&mut self, bytes: u64, now_ms: u64) {
+        self.refill(now_ms);
+        if self.rate.is_some() {
+            self.milli_budget -= i128::from(bytes) * 1000;
+        }
+    }
+
+    /// When the next frame may go (now if it may already), or none when unpaced.
+    pub fn ready_at(&self) -> Option<u64> {
+        let rate = self.rate?;
+        if self.milli_budget >= 0 {
+            return Some(self.refilled_ms);
+        }
+        let missing = u128::try_from(-self.milli_budget).unwrap_or(u128::MAX);
+        let wait = missing.div_ceil(u128::from(rate));
+        Some(
+            self.refilled_ms
+                .saturating_add(u64::try_from(wait).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// What may go at once after an idle spell at `rate`: a tenth of a second, at least
+    /// 16 KiB.
+    pub fn burst(rate: u64) -> u64 {
+        (rate / 10).max(16 << 10)
+    }
+
+    fn capacity(&self) -> i128 {
+        i128::from(self.rate.map_or(0, Self::burst)) * 1000
+    }
+
+    fn refill(&mut self, now_ms: u64) {
+        let elapsed = now_ms.saturating_sub(self.refilled_ms);
+        self.refilled_ms = self.refilled_ms.max(now_ms);
+        if let Some(rate) = self.rate {
+            // rate bytes per 1000 ms = rate milli-bytes per ms.
+            let added = i128::from(elapsed) * i128::from(rate);
+            self.milli_budget = (self.milli_budget + added).min(self.capacity());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::TokenBucket;
+    use super::{Pacer, TokenBucket};
+
+    #[test]
+    fn a_pacer_keeps_the_rate_over_frames_of_any_size() {
+        let mut p = Pacer::default();
+        assert!(p.ready(0), "unpaced");
+        p.set_rate(Some(10_000), 0);
+        let burst = Pacer::burst(10_000);
+        let mut now = 0;
+        let mut sent = 0;
+        // 100 frames of 3,000 bytes: 300,000 bytes at 10,000 per second.
+        for _ in 0..100 {
+            while !p.ready(now) {
+                now = p.ready_at().expect("paced").max(now + 1);
+            }
+            p.spend(3000, now);
+            sent += 3000;
+        }
+        // The last frame went when the budget had paid for all but it and the first burst.
+        let ideal = (sent - 3000 - burst) * 1000 / 10_000;
+        assert!(
+            now.abs_diff(ideal) <= 2,
+            "last frame at {now} ms, ideal {ideal}"
+        );
+        p.set_rate(None, now);
+        assert!(p.ready(now), "no longer paced");
+    }
 
     #[test]
     fn refills_over_time_and_reports_the_wait() {

@@ -20,6 +20,7 @@
 //!     upload_bytes_per_s: None,
 //!     metered: true,
 //!     realtime: true,
+//!     metered_max_doc_bytes: None,
 //! };
 //! let hello = Message::Hello(Hello {
 //!     versions: vec![PROTOCOL_VERSION],
@@ -66,7 +67,7 @@ mod priority;
 #[cfg(feature = "automerge")]
 pub mod sync_state;
 
-pub use bucket::TokenBucket;
+pub use bucket::{Pacer, TokenBucket};
 pub use frame::{Compression, FrameError};
 pub use heads::{Hash, Heads};
 pub use ids::{Collection, DeviceId, DocId, IdError};

@@ -63,6 +63,15 @@ pub struct Profile {
     /// True for realtime push, false for periodic sync.
     #[n(5)]
     pub realtime: bool,
+    /// On a metered network, documents whose transfer is larger than this are announced and
+    /// deferred (absent: the relay's threshold, 64 KiB unless configured).
+    #[n(6)]
+    pub metered_max_doc_bytes: Option<u64>,
+}
+
+impl Profile {
+    /// The metered-network size threshold when neither the device nor the relay sets one.
+    pub const DEFAULT_METERED_MAX_DOC_BYTES: u64 = 64 << 10;
 }
 
 /// One collection a device subscribes to.
@@ -185,6 +194,10 @@ pub struct Reconcile {
     /// Documents changed locally, with their heads.
     #[n(1)]
     pub changed: Vec<DocHeads>,
+    /// Documents of on-demand collections whose content the device holds: the relay keeps
+    /// them in sync like eager ones. Absent or empty: none.
+    #[n(2)]
+    pub fetched: Option<Vec<DocId>>,
 }
 
 /// Why the relay defers a document.
@@ -223,7 +236,11 @@ pub struct PlanEntry {
     pub reason: Option<DeferReason>,
 }
 
-/// Relay → client, answer to [`Reconcile`]: what will be sent, in order, and what is deferred.
+/// Relay → client: what will be sent, in order, and what is deferred. The answer to each
+/// [`Reconcile`] (with the cursors reached), and sent again, without cursors, whenever the
+/// relay's plan for the device changes on the live connection (a profile or subscription
+/// change, a fetch, a deferred change pushed). Plans add up: `send` entries are on their way
+/// (and no longer deferred), `deferred` entries are announced and held back.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]
 pub struct Plan {

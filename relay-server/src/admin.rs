@@ -122,6 +122,7 @@ pub fn device_json(tenant: &Tenant, d: &DeviceRecord) -> serde_json::Value {
             "upload_bytes_per_s": p.upload_bytes_per_s,
             "metered": p.metered,
             "realtime": p.realtime,
+            "metered_max_doc_bytes": p.metered_max_doc_bytes,
         },
         "subscriptions": d.subscriptions.iter().map(|s| serde_json::json!({
             "collection": s.collection.as_str(),
@@ -131,5 +132,6 @@ pub fn device_json(tenant: &Tenant, d: &DeviceRecord) -> serde_json::Value {
         "first_seen_ms": d.first_seen_ms,
         "last_seen_ms": d.last_seen_ms,
         "last_sync_ms": d.last_sync_ms,
+        "deferred": { "docs": d.deferred.docs, "bytes": d.deferred.bytes },
     })
 }

@@ -8,7 +8,7 @@ use syncline_protocol::messages::{DeviceClass, Profile};
 use syncline_protocol::{DeviceId, Hash, Heads};
 use syncline_relay::Tenant;
 use syncline_relay::auth::{Authenticator, dev_key};
-use syncline_relay::storage::{Append, DeviceRecord, SqliteStorage, Storage};
+use syncline_relay::storage::{Append, Deferred, DeviceRecord, SqliteStorage, Storage};
 
 /// A tenant by name (test names are valid).
 fn tenant(name: &str) -> Tenant {
@@ -119,11 +119,16 @@ fn devices_lists_the_registry() {
             upload_bytes_per_s: None,
             metered: true,
             realtime: true,
+            metered_max_doc_bytes: None,
         },
         subscriptions: vec![],
         first_seen_ms: 1,
         last_seen_ms: 2,
         last_sync_ms: Some(2),
+        deferred: Deferred {
+            docs: 3,
+            bytes: 300_000,
+        },
     };
     storage(dir.path())
         .register_device(&tenant("acme"), &record)
@@ -137,6 +142,8 @@ fn devices_lists_the_registry() {
     assert_eq!(json[0]["profile"]["class"], "tablet");
     assert_eq!(json[0]["profile"]["metered"], true);
     assert_eq!(json[0]["last_sync_ms"], 2);
+    assert_eq!(json[0]["deferred"]["docs"], 3);
+    assert_eq!(json[0]["deferred"]["bytes"], 300_000);
     let text = ok(&relay(&["devices", "--data-dir", data]));
     assert_eq!(text.lines().count(), 1);
     assert!(text.contains("bob") && text.contains("metered"));

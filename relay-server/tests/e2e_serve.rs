@@ -334,6 +334,7 @@ async fn three_devices_fan_out_and_acknowledged_changes_survive_sigkill() {
     d.send(Message::Reconcile(Reconcile {
         cursors: vec![],
         changed: vec![],
+        fetched: None,
     }))
     .await;
     let x5 = x.clone();
@@ -587,6 +588,7 @@ async fn a_slow_consumer_is_closed_and_resyncs_from_storage() {
         .send(Message::Reconcile(Reconcile {
             cursors: Vec::new(),
             changed: Vec::new(),
+            fetched: None,
         }))
         .await;
     // Everything arrives from storage, whole documents batched many to a frame.

@@ -241,6 +241,7 @@ fn a_device_that_lost_its_data_gets_unchanged_documents_back() {
             Action::Reconcile(Reconcile {
                 cursors: Vec::new(),
                 changed: Vec::new(),
+                fetched: None,
             }),
             5,
         )

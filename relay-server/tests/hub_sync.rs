@@ -1,198 +1,18 @@
 //! The document hub with simulated clients (plain Automerge documents) in one thread.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+mod common;
+
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use automerge::sync::{State, SyncDoc};
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ROOT, ReadDoc};
+use automerge::{Automerge, ROOT};
+use common::{World, col, doc, grants, tenant};
 use syncline_protocol::messages::*;
-use syncline_protocol::{Collection, DeviceId, DocId, Message, Priority};
-use syncline_relay::Tenant;
-use syncline_relay::auth::claims::CollectionSet;
-use syncline_relay::auth::{Grants, Identity};
+use syncline_protocol::{DeviceId, DocId, Message};
 use syncline_relay::hub::{Hub, SessionId};
 use syncline_relay::session::Action;
-use syncline_relay::storage::{SqliteStorage, Storage};
-
-/// A tenant by name (test names are valid).
-fn tenant(name: &str) -> Tenant {
-    Tenant::new(name).expect("a valid tenant")
-}
-
-fn col(s: &str) -> Collection {
-    Collection::new(s).expect("valid")
-}
-
-fn doc(s: &str) -> DocId {
-    s.parse().expect("valid")
-}
-
-fn grants(read: &[&str], write: &[&str]) -> Grants {
-    let set =
-        |names: &[&str]| CollectionSet::Only(names.iter().map(|n| col(n)).collect::<BTreeSet<_>>());
-    Grants {
-        read: set(read),
-        write: set(write),
-    }
-}
-
-#[derive(Default)]
-struct Client {
-    /// The device id as Automerge actor (the relay refuses changes by other actors).
-    actor: Option<automerge::ActorId>,
-    docs: HashMap<DocId, Automerge>,
-    states: HashMap<DocId, State>,
-    inbox: Vec<Message>,
-}
-
-impl Client {
-    fn put(&mut self, d: &DocId, key: &str, value: i64) {
-        let doc = self.docs.entry(d.clone()).or_default();
-        if let Some(actor) = &self.actor {
-            doc.set_actor(actor.clone());
-        }
-        let mut tx = doc.transaction();
-        tx.put(ROOT, key, value).expect("put");
-        tx.commit();
-    }
-
-    fn get(&self, d: &DocId, key: &str) -> Option<i64> {
-        let (value, _) = self.docs.get(d)?.get(ROOT, key).ok()??;
-        value.as_i64()
-    }
-
-    fn outgoing(&mut self, docs: &[DocId]) -> Vec<SyncItem> {
-        docs.iter()
-            .filter_map(|d| {
-                let doc = self.docs.entry(d.clone()).or_default();
-                let state = self.states.entry(d.clone()).or_default();
-                doc.generate_sync_message(state).map(|m| SyncItem {
-                    doc: d.clone(),
-                    message: m.encode(),
-                })
-            })
-            .collect()
-    }
-
-    /// Takes a message from the relay; returns the sync replies it calls for.
-    fn receive(&mut self, message: Message) -> Vec<SyncItem> {
-        let mut touched = Vec::new();
-        if let Message::Sync(sync) = &message {
-            for item in &sync.items {
-                let doc = self.docs.entry(item.doc.clone()).or_default();
-                let state = self.states.entry(item.doc.clone()).or_default();
-                let m = automerge::sync::Message::decode(&item.message)
-                    .expect("relay sends valid messages");
-                doc.receive_sync_message(state, m).expect("applies");
-                touched.push(item.doc.clone());
-            }
-        }
-        self.inbox.push(message);
-        self.outgoing(&touched)
-    }
-
-    /// The latest acknowledgement of a stored change (an `Ack` without a sequence number only
-    /// says the relay had nothing new to store).
-    fn acked(&self, d: &DocId) -> Option<AckItem> {
-        self.inbox.iter().rev().find_map(|m| match m {
-            Message::Ack(a) => a
-                .items
-                .iter()
-                .rev()
-                .find(|i| &i.doc == d && i.seq.is_some())
-                .cloned(),
-            _ => None,
-        })
-    }
-
-    fn errors(&self) -> Vec<u16> {
-        self.inbox
-            .iter()
-            .filter_map(|m| {
-                if let Message::Error(e) = m {
-                    Some(e.code.0)
-                } else {
-                    None
-                }
-            })
-            .collect()
-    }
-}
-
-struct World {
-    hub: Hub<SqliteStorage>,
-    storage: Arc<SqliteStorage>,
-    clients: HashMap<SessionId, Client>,
-    _dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let storage = Arc::new(SqliteStorage::open(&dir.path().join("relay.db")).expect("storage"));
-        Self {
-            hub: Hub::new(Arc::clone(&storage)),
-            storage,
-            clients: HashMap::new(),
-            _dir: dir,
-        }
-    }
-
-    /// Connects session `id` for `tenant`, subscribed to todos, and says hello.
-    fn join(&mut self, id: SessionId, tenant: &str, g: Grants) {
-        let identity = Identity {
-            user: format!("user{id}"),
-            device: DeviceId::from_bytes([u8::try_from(id).expect("small"); 16]),
-            tenant: self::tenant(tenant),
-        };
-        self.hub.connect(id, identity, g, 1);
-        self.clients.insert(
-            id,
-            Client {
-                actor: Some(automerge::ActorId::from(
-                    [u8::try_from(id).expect("small"); 16].as_slice(),
-                )),
-                ..Client::default()
-            },
-        );
-        let profile = syncline_testkit::profile(DeviceClass::Desktop);
-        self.run(vec![
-            (id, Action::Register(profile)),
-            (
-                id,
-                Action::Subscribe(vec![CollectionSubscription {
-                    collection: col("todos"),
-                    priority: Priority::Normal,
-                    mode: SyncMode::Eager,
-                }]),
-            ),
-        ]);
-    }
-
-    fn push(&mut self, id: SessionId, docs: &[DocId]) {
-        let items = self.clients.get_mut(&id).expect("client").outgoing(docs);
-        self.run(vec![(id, Action::Sync(items))]);
-    }
-
-    /// Runs actions and every reply they cause until nothing moves (bounded).
-    fn run(&mut self, actions: Vec<(SessionId, Action)>) {
-        let mut queue: VecDeque<(SessionId, Action)> = actions.into();
-        for step in 0.. {
-            assert!(step < 10_000, "did not settle");
-            let Some((id, action)) = queue.pop_front() else {
-                break;
-            };
-            for delivery in self.hub.handle(id, action, 10 + step).expect("hub") {
-                let client = self.clients.get_mut(&delivery.to).expect("client");
-                let replies = client.receive(delivery.message);
-                if !replies.is_empty() {
-                    queue.push_back((delivery.to, Action::Sync(replies)));
-                }
-            }
-        }
-    }
-}
+use syncline_relay::storage::Storage;
 
 #[test]
 fn changes_are_stored_acknowledged_and_fanned_out() {
@@ -246,6 +66,7 @@ fn a_new_device_reconciles_from_its_cursor() {
         Action::Reconcile(Reconcile {
             cursors: vec![],
             changed: vec![],
+            fetched: None,
         }),
     )]);
     let c = &w.clients[&3];
@@ -276,6 +97,7 @@ fn a_new_device_reconciles_from_its_cursor() {
         Action::Reconcile(Reconcile {
             cursors: cursor,
             changed: vec![],
+            fetched: None,
         }),
     )]);
     let inbox = &w.clients[&3].inbox;
@@ -305,6 +127,7 @@ fn tenants_and_grants_bound_the_fan_out() {
         Action::Reconcile(Reconcile {
             cursors: vec![],
             changed: vec![],
+            fetched: None,
         }),
     )]);
     assert_eq!(w.clients[&4].get(&x, "n"), None);
@@ -437,6 +260,7 @@ fn a_restarted_relay_serves_what_it_stored_and_remembers_sync_state() {
         Action::Reconcile(Reconcile {
             cursors: vec![],
             changed: vec![],
+            fetched: None,
         }),
     )]);
     assert_eq!(w.clients[&5].get(&x, "n"), Some(9));

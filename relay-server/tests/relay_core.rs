@@ -146,6 +146,7 @@ fn sync_frames_queued_together_are_one_group_commit_and_fan_out() {
             to,
             message,
             counted,
+            ..
         } = output
         {
             match (to, message) {

@@ -264,10 +264,12 @@ fn every_message_type_is_authorized() {
         Reconcile {
             cursors: vec![cursor("secret")],
             changed: vec![],
+            fetched: None,
         },
         Reconcile {
             cursors: vec![cursor("todos")],
             changed: vec![changed("secret/x")],
+            fetched: None,
         },
     ] {
         let out = send(&mut s, Message::Reconcile(bad));
@@ -276,6 +278,7 @@ fn every_message_type_is_authorized() {
     let ok = Reconcile {
         cursors: vec![cursor("todos")],
         changed: vec![changed("notes/n")],
+        fetched: None,
     };
     assert!(matches!(
         &send(&mut s, Message::Reconcile(ok)).actions[..],

@@ -7,7 +7,9 @@ use std::path::Path;
 use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
 use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
 use syncline_relay::Tenant;
-use syncline_relay::storage::{Append, DeviceRecord, MemoryStorage, SqliteStorage, Storage};
+use syncline_relay::storage::{
+    Append, Deferred, DeviceRecord, MemoryStorage, SqliteStorage, Storage,
+};
 
 /// A tenant by name (test names are valid).
 fn tenant(name: &str) -> Tenant {
@@ -49,6 +51,7 @@ fn record(n: u8, seen: u64) -> DeviceRecord {
             upload_bytes_per_s: None,
             metered: true,
             realtime: false,
+            metered_max_doc_bytes: None,
         },
         subscriptions: vec![
             CollectionSubscription {
@@ -65,6 +68,7 @@ fn record(n: u8, seen: u64) -> DeviceRecord {
         first_seen_ms: seen,
         last_seen_ms: seen,
         last_sync_ms: None,
+        deferred: Deferred::default(),
     }
 }
 
@@ -225,6 +229,11 @@ fn registry_cursors_and_sync_state<S: Storage>(s: &S) {
         .expect("touch");
     let mut updated = record(1, 200);
     updated.profile.metered = false;
+    updated.profile.metered_max_doc_bytes = Some(1 << 20);
+    updated.deferred = Deferred {
+        docs: 2,
+        bytes: 9000,
+    };
     updated.subscriptions.truncate(1);
     s.register_device(&tenant("t"), &updated)
         .expect("re-register");
@@ -241,6 +250,14 @@ fn registry_cursors_and_sync_state<S: Storage>(s: &S) {
     assert_eq!(one.last_seen_ms, 200);
     assert_eq!(one.last_sync_ms, Some(150), "last sync is kept");
     assert!(!one.profile.metered);
+    assert_eq!(one.profile.metered_max_doc_bytes, Some(1 << 20));
+    assert_eq!(
+        one.deferred,
+        Deferred {
+            docs: 2,
+            bytes: 9000
+        }
+    );
     assert_eq!(one.subscriptions.len(), 1);
     let two = &devices
         .iter()

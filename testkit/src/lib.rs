@@ -119,6 +119,7 @@ pub fn profile(class: DeviceClass) -> Profile {
         upload_bytes_per_s: None,
         metered: false,
         realtime: true,
+        metered_max_doc_bytes: None,
     }
 }
 

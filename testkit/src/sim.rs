@@ -351,6 +351,13 @@ impl World {
             // The relay core has inputs for its next turn.
             times.push(self.now);
         }
+        // Paced frames waiting in the sessions' downlinks.
+        times.extend(
+            self.relay
+                .sessions
+                .values()
+                .filter_map(|(session, _)| session.downlink().next_release_ms()),
+        );
         times.into_iter().min()
     }
 
@@ -373,6 +380,7 @@ impl World {
             }
         }
         self.poll_relay()?;
+        self.release_paced(&ids);
         for id in ids {
             while let Some(bytes) = self.pop_due(id, false) {
                 self.report.frames += 1;
@@ -625,6 +633,26 @@ impl World {
         }
     }
 
+    /// Puts on the links the paced frames whose time has come, link by link in order.
+    fn release_paced(&mut self, links: &[u64]) {
+        let now = self.now;
+        for &link in links {
+            let Some((session, _)) = self.relay.sessions.get_mut(&link) else {
+                continue;
+            };
+            if session
+                .downlink()
+                .next_release_ms()
+                .is_none_or(|at| at > now)
+            {
+                continue;
+            }
+            for frame in session.release(now) {
+                self.enqueue_counted(link, false, frame.bytes, Some(frame.counted));
+            }
+        }
+    }
+
     /// Closes a closing link once the device has received everything queued on it.
     fn finish_closing(&mut self, link: u64) {
         let Some(l) = self.links.get_mut(&link) else {
@@ -663,13 +691,17 @@ impl World {
                     to,
                     message,
                     counted,
+                    lane,
                 } => {
-                    // Frames are compressed as the real relay does, once negotiated.
-                    let Some((session, _)) = self.relay.sessions.get(&to) else {
+                    // The session encodes (compressed once negotiated) and paces, as on the
+                    // server.
+                    let now = self.now;
+                    let Some((session, _)) = self.relay.sessions.get_mut(&to) else {
                         continue;
                     };
-                    let bytes = frame::encode_with(&message, session.compression());
-                    self.enqueue_counted(to, false, bytes, Some(counted));
+                    for frame in session.deliver(message, lane, counted, now) {
+                        self.enqueue_counted(to, false, frame.bytes, Some(frame.counted));
+                    }
                 }
                 CoreOutput::Close { to, code, reason } => {
                     if let Some(link) = self.links.get_mut(&to) {

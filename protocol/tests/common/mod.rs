@@ -34,15 +34,19 @@ fn profile() -> impl Strategy<Value = Profile> {
         any::<Option<u64>>(),
         any::<bool>(),
         any::<bool>(),
+        any::<Option<u64>>(),
     )
-        .prop_map(|(class, storage, down, up, metered, realtime)| Profile {
-            class,
-            storage_budget_bytes: storage,
-            download_bytes_per_s: down,
-            upload_bytes_per_s: up,
-            metered,
-            realtime,
-        })
+        .prop_map(
+            |(class, storage, down, up, metered, realtime, threshold)| Profile {
+                class,
+                storage_budget_bytes: storage,
+                download_bytes_per_s: down,
+                upload_bytes_per_s: up,
+                metered,
+                realtime,
+                metered_max_doc_bytes: threshold,
+            },
+        )
 }
 
 fn subscription() -> impl Strategy<Value = CollectionSubscription> {
@@ -125,9 +129,14 @@ pub fn message() -> impl Strategy<Value = Message> {
         vec(subscription()).prop_map(|collections| Message::Subscribe(Subscribe { collections })),
         (
             vec(cursor()),
-            vec((doc_id(), heads()).prop_map(|(doc, heads)| DocHeads { doc, heads }))
+            vec((doc_id(), heads()).prop_map(|(doc, heads)| DocHeads { doc, heads })),
+            proptest::option::of(vec(doc_id())),
         )
-            .prop_map(|(cursors, changed)| Message::Reconcile(Reconcile { cursors, changed })),
+            .prop_map(|(cursors, changed, fetched)| Message::Reconcile(Reconcile {
+                cursors,
+                changed,
+                fetched
+            })),
         (vec(plan_entry()), vec(plan_entry()), vec(cursor())).prop_map(
             |(send, deferred, cursors)| Message::Plan(Plan {
                 send,
@@ -187,6 +196,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
         upload_bytes_per_s: None,
         metered: true,
         realtime: true,
+        metered_max_doc_bytes: None,
     };
     let entry = PlanEntry {
         doc: doc.clone(),
@@ -241,6 +251,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                     doc: doc.clone(),
                     heads: heads.clone(),
                 }],
+                fetched: Some(vec![doc.clone()]),
             }),
         ),
         (

@@ -11,8 +11,8 @@ use syncline_protocol::messages::{Ack, AckItem, ErrorCode, SyncItem};
 use syncline_protocol::{DocId, Message};
 
 use super::{
-    Delivery, GraphError, Hub, HubError, SessionId, SyncGroup, error, push_batches, responder,
-    wire_heads,
+    Delivery, GraphError, Hub, HubError, Lane, SessionId, SyncGroup, error, push_batches,
+    responder, wire_heads,
 };
 use crate::storage::{Append, Storage};
 use crate::tenant::Tenant;
@@ -127,7 +127,7 @@ impl<S: Storage> Hub<S> {
             // Replies go before the acknowledgement: a client that has its Ack has also had
             // everything the relay answered to that frame.
             let replies = self.outgoing_logged(id, &touched);
-            push_batches(&mut group.deliveries, id, replies);
+            push_batches(&mut group.deliveries, id, replies, Lane::Live);
             let carried: Vec<DocId> = carried
                 .into_iter()
                 .filter(|doc| touched.contains(doc))
@@ -148,10 +148,9 @@ impl<S: Storage> Hub<S> {
                     "the relay could not store this; reconnect and resend",
                 ));
             }
-            group.deliveries.push(Delivery {
-                to: id,
-                message: Message::Ack(Ack { items: acks }),
-            });
+            group
+                .deliveries
+                .push(Delivery::live(id, Message::Ack(Ack { items: acks })));
             // Kept in memory and written at disconnect: an fsync per round trip would
             // dominate the cost of syncing.
             self.peer_mut(id).last_sync_ms = Some(now_ms);
@@ -180,8 +179,7 @@ impl<S: Storage> Hub<S> {
             }
             for (other, receives) in receivers {
                 if !receives.is_empty() {
-                    let items = self.outgoing_logged(other, &receives);
-                    push_batches(&mut group.deliveries, other, items);
+                    self.push(other, &receives, &mut group.deliveries);
                 }
             }
         }

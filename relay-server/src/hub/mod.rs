@@ -15,6 +15,7 @@
 mod graph;
 mod group_commit;
 mod planner;
+mod policy;
 mod registry;
 pub mod responder;
 mod watchers;
@@ -22,13 +23,13 @@ mod watchers;
 pub use graph::{DocGraph, GraphError, parse_changes};
 pub use responder::check_message;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use automerge::ChangeHash;
 use automerge::sync::State as SyncState;
 use syncline_protocol::messages::{
-    CollectionSubscription, Ephemeral, Error, ErrorCode, Profile, Sync, SyncItem,
+    CollectionSubscription, Ephemeral, Error, ErrorCode, PlanEntry, Profile, Sync, SyncItem,
 };
 use syncline_protocol::sync_state;
 use syncline_protocol::{Collection, DocId, Hash, Heads, Message};
@@ -51,6 +52,19 @@ pub struct Delivery {
     pub to: SessionId,
     /// The message.
     pub message: Message,
+    /// Which of the connection's lanes it takes when the connection is paced.
+    pub lane: Lane,
+}
+
+/// How a message shares a paced connection (see [`crate::session::Session::deliver`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lane {
+    /// Answers, acknowledgements, plans and changes pushed as they happen: sent before
+    /// anything in the bulk lane, so a live change never waits behind a catch-up.
+    #[default]
+    Live,
+    /// Catch-up: the documents of a plan (a reconnect, a fetch, a replan).
+    Bulk,
 }
 
 /// What [`Hub::sync_group`] produced.
@@ -92,10 +106,17 @@ struct Peer {
     states: HashMap<DocId, SyncState>,
     /// Documents this session sent a message for: their heads in the state are what the
     /// device said, not what the relay assumed when priming.
-    confirmed: std::collections::HashSet<DocId>,
+    confirmed: HashSet<DocId>,
     first_seen_ms: u64,
     /// The last acknowledged sync, persisted at disconnect.
     last_sync_ms: Option<u64>,
+    /// Documents of on-demand collections whose content the device holds (it said so in
+    /// `Reconcile.fetched`, or fetched them on this connection): kept in sync like eager ones.
+    held: HashSet<DocId>,
+    /// Documents announced to the device on this connection and held back, with their entry.
+    deferred: BTreeMap<DocId, PlanEntry>,
+    /// True once the connection's first `Reconcile` was planned.
+    reconciled: bool,
 }
 
 impl Peer {
@@ -127,6 +148,8 @@ pub struct Hub<S> {
     cache_docs: usize,
     cache_bytes: usize,
     allow_foreign_changes: bool,
+    /// Documents larger than this wait for an unmetered network (unless a device sets its own).
+    metered_threshold: u64,
 }
 
 /// Documents a hub keeps in memory by default.
@@ -148,7 +171,16 @@ impl<S: Storage> Hub<S> {
             cache_docs: CACHE_DOCS,
             cache_bytes: CACHE_BYTES,
             allow_foreign_changes: false,
+            metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
         }
+    }
+
+    /// On a metered network, documents whose transfer is larger than `bytes` are announced
+    /// and deferred, for devices whose profile sets no threshold of their own (default
+    /// [`Profile::DEFAULT_METERED_MAX_DOC_BYTES`]).
+    pub fn metered_threshold(mut self, bytes: u64) -> Self {
+        self.metered_threshold = bytes;
+        self
     }
 
     /// How many documents to keep in memory between actions (at least one).
@@ -201,9 +233,12 @@ impl<S: Storage> Hub<S> {
             profile: None,
             subscriptions: Vec::new(),
             states: HashMap::new(),
-            confirmed: std::collections::HashSet::new(),
+            confirmed: HashSet::new(),
             first_seen_ms: now_ms,
             last_sync_ms: None,
+            held: HashSet::new(),
+            deferred: BTreeMap::new(),
+            reconciled: false,
         };
         self.peers.insert(id, peer);
     }
@@ -268,37 +303,24 @@ impl<S: Storage> Hub<S> {
         now_ms: u64,
     ) -> Result<Vec<Delivery>, HubError> {
         match action {
-            Action::Register(profile) | Action::UpdateProfile(profile) => {
+            Action::Register(profile) => {
                 self.peer_mut(id).profile = Some(profile);
                 self.register(id, now_ms)?;
                 Ok(Vec::new())
             }
+            Action::UpdateProfile(profile) => {
+                self.peer_mut(id).profile = Some(profile);
+                self.register(id, now_ms)?;
+                self.replan(id)
+            }
             Action::Subscribe(collections) => {
-                let peer = self.peers.get_mut(&id).expect("checked by handle");
-                self.watchers
-                    .subscribe(&peer.tenant, id, &peer.subscriptions, &collections);
-                peer.subscriptions = collections;
+                self.resubscribe(id, collections);
                 self.register(id, now_ms)?;
                 Ok(Vec::new())
             }
             Action::Reconcile(reconcile) => self.reconcile(id, reconcile),
             Action::Sync(items) => self.sync(id, items, now_ms),
-            Action::Fetch(docs) => {
-                // Only documents the relay holds: fetching made-up ids must not create empty
-                // documents and sync states.
-                let tenant = self.peers[&id].tenant.clone();
-                let mut held = Vec::with_capacity(docs.len());
-                for doc in docs {
-                    let key = (tenant.clone(), doc);
-                    if self.docs.contains(&key) || self.storage.load(&tenant, &key.1)?.is_some() {
-                        held.push(key.1);
-                    }
-                }
-                let mut out = Vec::new();
-                let items = self.outgoing(id, &held)?;
-                push_batches(&mut out, id, items);
-                Ok(out)
-            }
+            Action::Fetch(docs) => self.fetch(id, docs),
             Action::Ephemeral(e) => Ok(self.ephemeral(id, e)),
             Action::GrantsChanged(grants) => {
                 let peer = self.peers.get_mut(&id).expect("checked by handle");
@@ -366,12 +388,8 @@ impl<S: Storage> Hub<S> {
                 Ok(mut more) => items.append(&mut more),
                 Err(e) => {
                     tracing::error!(session = id, doc = %doc, error = %e, "could not prepare a sync message");
-                    if let Some(peer) = self.peers.get_mut(&id) {
-                        // Start this document's sync afresh next time rather than stall.
-                        peer.states.remove(doc);
-                        peer.confirmed.remove(doc);
-                        self.watchers.unwatch_doc(&peer.tenant, id, doc);
-                    }
+                    // Start this document's sync afresh next time rather than stall.
+                    self.forget_doc(id, doc);
                 }
             }
         }
@@ -383,10 +401,7 @@ impl<S: Storage> Hub<S> {
         self.peers
             .iter()
             .filter(|(other, peer)| **other != id && peer.receives(tenant, &e.doc))
-            .map(|(other, _)| Delivery {
-                to: *other,
-                message: Message::Ephemeral(e.clone()),
-            })
+            .map(|(other, _)| Delivery::live(*other, Message::Ephemeral(e.clone())))
             .collect()
     }
 
@@ -468,41 +483,51 @@ fn wire_heads(heads: &[ChangeHash]) -> Heads {
     Heads::new(heads.iter().map(|h| Hash(h.0)).collect())
 }
 
-fn push_batches(out: &mut Vec<Delivery>, to: SessionId, items: Vec<SyncItem>) {
+fn push_batches(out: &mut Vec<Delivery>, to: SessionId, items: Vec<SyncItem>, lane: Lane) {
     let mut items = items.into_iter().peekable();
     while items.peek().is_some() {
         let batch: Vec<SyncItem> = items.by_ref().take(SYNC_BATCH).collect();
         out.push(Delivery {
             to,
             message: Message::Sync(Sync { items: batch }),
+            lane,
         });
     }
 }
 
 impl Delivery {
+    /// `message` for session `to`, in the live lane.
+    pub fn live(to: SessionId, message: Message) -> Self {
+        Self {
+            to,
+            message,
+            lane: Lane::Live,
+        }
+    }
+
     /// An `INTERNAL` error for session `to`: the relay failed its request, which it should
     /// retry after a second (the SDK reconnects and resends).
     pub fn internal(to: SessionId, message: &str) -> Self {
-        Self {
+        Self::live(
             to,
-            message: Message::Error(Error {
+            Message::Error(Error {
                 code: ErrorCode::INTERNAL,
                 message: message.into(),
                 retry_after_ms: Some(1000),
                 doc: None,
             }),
-        }
+        )
     }
 }
 
 fn error(to: SessionId, code: ErrorCode, doc: &DocId, message: &str) -> Delivery {
-    Delivery {
+    Delivery::live(
         to,
-        message: Message::Error(Error {
+        Message::Error(Error {
             code,
             message: format!("{doc}: {message}"),
             retry_after_ms: None,
             doc: Some(doc.clone()),
         }),
-    }
+    )
 }

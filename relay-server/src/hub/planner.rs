@@ -1,57 +1,133 @@
-//! The planner: what a reconnecting device gets and in what order. From the device's cursors
-//! it lists every document of its subscribed collections changed since (paged through
-//! [`Storage::changed_since`]), adds the documents the device says it changed, orders them by
-//! priority then recency, sends a `Plan` and then each document's first sync message in
-//! batches of [`SYNC_BATCH`]. Capability-driven planning (modes, deferral, pacing) grows here.
+//! The planner: what a device gets, in what order, and what is announced but held back.
+//!
+//! - **Reconcile.** From the device's cursors it lists every document of the named subscribed
+//!   collections changed since (paged through [`Storage::changed_since`]); the connection's
+//!   first `Reconcile` also plans every other subscribed collection from the start. It adds
+//!   the documents the device says it changed, orders everything by priority then recency,
+//!   and offers each document to the capability policy ([`super::policy`]): a document goes
+//!   now (its first sync message, in the bulk lane) or is announced as deferred, with its size
+//!   and reason. The `Plan` (sent first) lists both.
+//! - **Replan.** A new profile on the live connection releases what the policy now allows
+//!   (the device left a metered network), at once, as a `Plan` and its messages.
+//! - **Subscription change.** Removing a collection stops its traffic: the session forgets its
+//!   documents' sync states and deferrals. An added collection is planned when the device
+//!   names it in a `Reconcile`.
+//! - **Fetch.** The named documents go now, whatever the policy, and an on-demand document
+//!   fetched is kept in sync from then on.
+//! - **Push.** A change fanned out to a device passes the same policy: held back documents
+//!   are announced in a `Plan` instead, and a periodic device gets no push at all.
 
 use std::collections::BTreeMap;
 
-use syncline_protocol::messages::{Cursor, Plan, PlanEntry, Reconcile};
+use syncline_protocol::messages::{
+    CollectionSubscription, Cursor, Plan, PlanEntry, Reconcile, SyncItem,
+};
 use syncline_protocol::{Collection, DocId, Message, Priority};
 
-use super::{Delivery, Hub, HubError, SessionId, push_batches};
+use super::{Delivery, Hub, HubError, Lane, SessionId, policy, push_batches};
 use crate::storage::Storage;
 
 /// Documents listed per storage query while planning.
 const PLAN_PAGE: usize = 1000;
 
+/// What the policy made of one document for one session.
+enum Offer {
+    /// Send this message now; the entry describes it.
+    Send(PlanEntry, SyncItem),
+    /// Announce and hold back.
+    Defer(PlanEntry),
+    /// The session already has everything of it.
+    Nothing,
+}
+
+/// The deliveries of a plan: the `Plan`, then the messages in `lane`.
+struct Planned {
+    send: Vec<PlanEntry>,
+    items: Vec<SyncItem>,
+    deferred: Vec<PlanEntry>,
+}
+
+impl Planned {
+    fn new() -> Self {
+        Self {
+            send: Vec::new(),
+            items: Vec::new(),
+            deferred: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, offer: Offer) {
+        match offer {
+            Offer::Send(entry, item) => {
+                self.send.push(entry);
+                self.items.push(item);
+            }
+            Offer::Defer(entry) => self.deferred.push(entry),
+            Offer::Nothing => {}
+        }
+    }
+
+    fn deliver(self, id: SessionId, cursors: Vec<Cursor>, lane: Lane, out: &mut Vec<Delivery>) {
+        if self.send.is_empty() && self.deferred.is_empty() && cursors.is_empty() {
+            return;
+        }
+        out.push(Delivery::live(
+            id,
+            Message::Plan(Plan {
+                send: self.send,
+                deferred: self.deferred,
+                cursors,
+            }),
+        ));
+        push_batches(out, id, self.items, lane);
+    }
+}
+
 impl<S: Storage> Hub<S> {
-    /// Plans a reconnect: every document of the subscribed collections changed after the
-    /// client's cursor, plus the documents the client changed; highest priority first, then
-    /// most recent. Sends the plan, then the first sync message of each document.
+    /// Plans a reconnect (see the module documentation): sends the plan, then the first sync
+    /// message of each document that goes now.
     pub(super) fn reconcile(
         &mut self,
         id: SessionId,
         reconcile: Reconcile,
     ) -> Result<Vec<Delivery>, HubError> {
-        let peer = &self.peers[&id];
+        let peer = self.peers.get_mut(&id).expect("checked by handle");
         let tenant = peer.tenant.clone();
-        let cursors: BTreeMap<Collection, u64> = reconcile
+        let first = !peer.reconciled;
+        peer.reconciled = true;
+        for doc in reconcile.fetched.unwrap_or_default() {
+            if peer.grants.can_read(doc.collection()) {
+                peer.held.insert(doc);
+            }
+        }
+        let peer = &self.peers[&id];
+        let named: BTreeMap<Collection, u64> = reconcile
             .cursors
             .into_iter()
             .map(|c| (c.collection, c.seq))
             .collect();
-        // Each entry with its collection sequence, for ordering by recency.
-        let mut entries: BTreeMap<DocId, (PlanEntry, u64)> = BTreeMap::new();
+        // Each document with its priority and collection sequence, for ordering by recency.
+        let mut entries: BTreeMap<DocId, (Priority, u64, u64)> = BTreeMap::new();
         let mut reached = Vec::new();
         for sub in peer
             .subscriptions
             .iter()
             .filter(|s| peer.grants.can_read(&s.collection))
         {
-            let mut after = cursors.get(&sub.collection).copied().unwrap_or(0);
+            let mut after = match named.get(&sub.collection) {
+                Some(seq) => *seq,
+                None if first => 0,
+                None => continue,
+            };
             loop {
                 let page =
                     self.storage
                         .changed_since(&tenant, &sub.collection, after, PLAN_PAGE)?;
                 for summary in &page {
-                    let entry = PlanEntry {
-                        doc: summary.doc.clone(),
-                        priority: sub.priority,
-                        bytes: summary.stored_bytes,
-                        reason: None,
-                    };
-                    entries.insert(summary.doc.clone(), (entry, summary.seq));
+                    entries.insert(
+                        summary.doc.clone(),
+                        (sub.priority, summary.seq, summary.stored_bytes),
+                    );
                     after = after.max(summary.seq);
                 }
                 if page.len() < PLAN_PAGE {
@@ -63,6 +139,7 @@ impl<S: Storage> Hub<S> {
                 seq: after,
             });
         }
+        // The device's own changes are the most recent of all.
         for changed in reconcile
             .changed
             .into_iter()
@@ -71,19 +148,10 @@ impl<S: Storage> Hub<S> {
             let priority = peer
                 .subscription(changed.doc.collection())
                 .map_or(Priority::Normal, |s| s.priority);
-            // The client's own changes are the most recent of all.
-            let entry = PlanEntry {
-                doc: changed.doc.clone(),
-                priority,
-                bytes: 0,
-                reason: None,
-            };
-            entries.entry(changed.doc).or_insert((entry, u64::MAX)).1 = u64::MAX;
+            entries.entry(changed.doc).or_insert((priority, 0, 0)).1 = u64::MAX;
         }
-        let mut ordered: Vec<(PlanEntry, u64)> = entries.into_values().collect();
-        ordered
-            .sort_by(|(a, a_seq), (b, b_seq)| b.priority.cmp(&a.priority).then(b_seq.cmp(a_seq)));
-        let send: Vec<PlanEntry> = ordered.into_iter().map(|(entry, _)| entry).collect();
+        let mut ordered: Vec<(DocId, (Priority, u64, u64))> = entries.into_iter().collect();
+        ordered.sort_by(|(_, (a, a_seq, _)), (_, (b, b_seq, _))| b.cmp(a).then(b_seq.cmp(a_seq)));
         for cursor in &reached {
             self.storage.set_cursor(
                 &tenant,
@@ -92,25 +160,222 @@ impl<S: Storage> Hub<S> {
                 cursor.seq,
             )?;
         }
-        let mut items = Vec::new();
-        let mut planned = Vec::new();
-        for entry in send {
-            let mut item = self.outgoing(id, std::slice::from_ref(&entry.doc))?;
-            // A document the session already has in full needs no message and no plan entry.
-            if !item.is_empty() {
-                planned.push(entry);
-                items.append(&mut item);
+        let mut planned = Planned::new();
+        for (doc, (priority, _, stored_bytes)) in ordered {
+            planned.add(self.offer(id, &doc, priority, stored_bytes)?);
+        }
+        let mut out = Vec::new();
+        self.note_deferred(id, &planned);
+        planned.deliver(id, reached, Lane::Bulk, &mut out);
+        Ok(out)
+    }
+
+    /// The profile changed on the live connection: sends at once what the policy no longer
+    /// holds back, highest priority first.
+    pub(super) fn replan(&mut self, id: SessionId) -> Result<Vec<Delivery>, HubError> {
+        let device = self.policy_device(id);
+        let mut released: Vec<PlanEntry> = self.peers[&id]
+            .deferred
+            .values()
+            .filter(|entry| device.releases(entry.reason))
+            .cloned()
+            .collect();
+        released.sort_by_key(|e| std::cmp::Reverse(e.priority));
+        let mut planned = Planned::new();
+        for entry in released {
+            self.peer_mut(id).deferred.remove(&entry.doc);
+            planned.add(self.offer(id, &entry.doc, entry.priority, entry.bytes)?);
+        }
+        self.note_deferred(id, &planned);
+        let mut out = Vec::new();
+        planned.deliver(id, Vec::new(), Lane::Bulk, &mut out);
+        Ok(out)
+    }
+
+    /// Replaces the session's subscription; the documents of a removed collection get no
+    /// more traffic on this connection.
+    pub(super) fn resubscribe(&mut self, id: SessionId, collections: Vec<CollectionSubscription>) {
+        let peer = self.peers.get_mut(&id).expect("checked by handle");
+        self.watchers
+            .subscribe(&peer.tenant, id, &peer.subscriptions, &collections);
+        let kept = |c: &Collection| collections.iter().any(|s| &s.collection == c);
+        let dropped: Vec<DocId> = peer
+            .states
+            .keys()
+            .chain(peer.held.iter())
+            .chain(peer.deferred.keys())
+            .filter(|doc| !kept(doc.collection()))
+            .cloned()
+            .collect();
+        for doc in &dropped {
+            peer.states.remove(doc);
+            peer.confirmed.remove(doc);
+            peer.held.remove(doc);
+            peer.deferred.remove(doc);
+            self.watchers.unwatch_doc(&peer.tenant, id, doc);
+        }
+        peer.subscriptions = collections;
+    }
+
+    /// Sends the named documents the relay holds, whatever the policy; an on-demand document
+    /// fetched stays in sync from then on.
+    pub(super) fn fetch(
+        &mut self,
+        id: SessionId,
+        docs: Vec<DocId>,
+    ) -> Result<Vec<Delivery>, HubError> {
+        // Only documents the relay holds: fetching made-up ids must not create empty
+        // documents and sync states.
+        let tenant = self.peers[&id].tenant.clone();
+        let mut planned = Planned::new();
+        for doc in docs {
+            let key = (tenant.clone(), doc);
+            if !self.docs.contains(&key) && self.storage.load(&tenant, &key.1)?.is_none() {
+                continue;
+            }
+            let doc = key.1;
+            let peer = self.peer_mut(id);
+            peer.held.insert(doc.clone());
+            let deferred = peer.deferred.remove(&doc);
+            let priority = deferred.as_ref().map_or_else(
+                || {
+                    peer.subscription(doc.collection())
+                        .map_or(Priority::Normal, |s| s.priority)
+                },
+                |entry| entry.priority,
+            );
+            for item in self.outgoing(id, std::slice::from_ref(&doc))? {
+                let entry = PlanEntry {
+                    doc: doc.clone(),
+                    priority,
+                    bytes: item.message.len() as u64,
+                    reason: None,
+                };
+                planned.add(Offer::Send(entry, item));
             }
         }
-        let mut out = vec![Delivery {
-            to: id,
-            message: Message::Plan(Plan {
-                send: planned,
-                deferred: Vec::new(),
-                cursors: reached,
-            }),
-        }];
-        push_batches(&mut out, id, items);
+        let mut out = Vec::new();
+        planned.deliver(id, Vec::new(), Lane::Bulk, &mut out);
         Ok(out)
+    }
+
+    /// Pushes changed documents to session `id` as they happen, through the policy: what it
+    /// holds back is announced in a `Plan`; a periodic device gets nothing (it learns of the
+    /// changes from its next plan). A failure is logged and skips that document.
+    pub(super) fn push(&mut self, id: SessionId, docs: &[DocId], out: &mut Vec<Delivery>) {
+        if !self.policy_device(id).realtime() {
+            return;
+        }
+        let mut planned = Planned::new();
+        for doc in docs {
+            let sub = self.peers[&id].subscription(doc.collection());
+            let priority = sub.map_or(Priority::Normal, |s| s.priority);
+            let bytes = self.estimated_bytes(id, doc);
+            match self.offer(id, doc, priority, bytes) {
+                Ok(offer) => planned.add(offer),
+                Err(e) => {
+                    tracing::error!(session = id, doc = %doc, error = %e, "could not prepare a sync message");
+                    self.forget_doc(id, doc);
+                }
+            }
+        }
+        self.note_deferred(id, &planned);
+        // Changes go without a plan entry; what is held back is announced.
+        let Planned {
+            items, deferred, ..
+        } = planned;
+        if !deferred.is_empty() {
+            out.push(Delivery::live(
+                id,
+                Message::Plan(Plan {
+                    send: Vec::new(),
+                    deferred,
+                    cursors: Vec::new(),
+                }),
+            ));
+        }
+        push_batches(out, id, items, Lane::Live);
+    }
+
+    /// The policy's view of session `id`'s device.
+    fn policy_device(&self, id: SessionId) -> policy::Device<'_> {
+        policy::Device {
+            profile: self.peers[&id].profile.as_ref(),
+            relay_threshold: self.metered_threshold,
+        }
+    }
+
+    /// Bytes of a document in memory (for announcing one held back without its message).
+    fn estimated_bytes(&self, id: SessionId, doc: &DocId) -> u64 {
+        let key = (self.peers[&id].tenant.clone(), doc.clone());
+        self.docs
+            .peek(&key)
+            .map_or(0, |graph| graph.estimated_bytes() as u64)
+    }
+
+    /// Offers one document to session `id` through the policy. A message made and then held
+    /// back (too large for a metered network) leaves the session's sync state as it was.
+    fn offer(
+        &mut self,
+        id: SessionId,
+        doc: &DocId,
+        priority: Priority,
+        bytes: u64,
+    ) -> Result<Offer, HubError> {
+        let peer = &self.peers[&id];
+        let device = self.policy_device(id);
+        let entry = |bytes, reason| PlanEntry {
+            doc: doc.clone(),
+            priority,
+            bytes,
+            reason,
+        };
+        let held = peer.held.contains(doc) || peer.states.contains_key(doc);
+        if let Some(reason) = device.hold_back(peer.subscription(doc.collection()), held) {
+            return Ok(Offer::Defer(entry(bytes, Some(reason))));
+        }
+        let threshold = device.metered_threshold();
+        // Only a metered device can have a message held back: keep its state to restore.
+        let before = threshold.map(|_| peer.states.get(doc).cloned());
+        let Some(item) = self.outgoing(id, std::slice::from_ref(doc))?.pop() else {
+            return Ok(Offer::Nothing);
+        };
+        let size = item.message.len() as u64;
+        if let Some(reason) = self.policy_device(id).hold_back_bytes(size) {
+            let tenant = self.peers[&id].tenant.clone();
+            let peer = self.peer_mut(id);
+            match before.flatten() {
+                Some(state) => {
+                    peer.states.insert(doc.clone(), state);
+                }
+                None => {
+                    peer.states.remove(doc);
+                    peer.confirmed.remove(doc);
+                    self.watchers.unwatch_doc(&tenant, id, doc);
+                }
+            }
+            return Ok(Offer::Defer(entry(size, Some(reason))));
+        }
+        Ok(Offer::Send(entry(size, None), item))
+    }
+
+    /// Records what a plan announced and held back, and forgets what it sends.
+    fn note_deferred(&mut self, id: SessionId, planned: &Planned) {
+        let peer = self.peer_mut(id);
+        for entry in &planned.send {
+            peer.deferred.remove(&entry.doc);
+        }
+        for entry in &planned.deferred {
+            peer.deferred.insert(entry.doc.clone(), entry.clone());
+        }
+    }
+
+    /// Drops session `id`'s sync state for `doc`, so its sync starts afresh next time.
+    pub(super) fn forget_doc(&mut self, id: SessionId, doc: &DocId) {
+        if let Some(peer) = self.peers.get_mut(&id) {
+            peer.states.remove(doc);
+            peer.confirmed.remove(doc);
+            self.watchers.unwatch_doc(&peer.tenant, id, doc);
+        }
     }
 }

@@ -1,13 +1,18 @@
 //! The device registry: each session's device is registered with its capability profile and
 //! subscription (`register`, on `Hello` and on every change of either), and its activity (last
-//! seen, last sync) is written once, when it disconnects, rather than fsynced per round trip.
+//! seen, last sync, what is deferred for it) is written once, when it disconnects, rather than
+//! fsynced per round trip.
 
 use super::{Hub, HubError, Peer, SessionId};
-use crate::storage::{DeviceRecord, Storage};
+use crate::storage::{Deferred, DeviceRecord, Storage};
 
 impl<S: Storage> Hub<S> {
     pub(super) fn register(&mut self, id: SessionId, now_ms: u64) -> Result<(), HubError> {
-        let peer = &self.peers[&id];
+        self.register_peer(&self.peers[&id], now_ms)
+    }
+
+    /// Writes a device's registry record: profile, subscription, what is deferred for it.
+    fn register_peer(&self, peer: &Peer, now_ms: u64) -> Result<(), HubError> {
         let Some(profile) = peer.profile.clone() else {
             return Ok(());
         };
@@ -19,13 +24,19 @@ impl<S: Storage> Hub<S> {
             first_seen_ms: peer.first_seen_ms,
             last_seen_ms: now_ms,
             last_sync_ms: None,
+            deferred: Deferred {
+                docs: peer.deferred.len() as u64,
+                bytes: peer.deferred.values().map(|e| e.bytes).sum(),
+            },
         };
         self.storage.register_device(&peer.tenant, &record)?;
         Ok(())
     }
 
-    /// Records a departing device's activity: last seen now, and its last complete sync.
+    /// Records a departing device's activity: last seen now, what stays deferred for it, and
+    /// its last complete sync.
     pub(super) fn record_activity(&self, peer: &Peer, now_ms: u64) -> Result<(), HubError> {
+        self.register_peer(peer, now_ms)?;
         let device = peer.identity.device;
         self.storage
             .touch_device(&peer.tenant, &device, now_ms, false)?;

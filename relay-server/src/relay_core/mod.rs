@@ -29,7 +29,7 @@ use syncline_protocol::close_code;
 use syncline_protocol::messages::SyncItem;
 
 use crate::auth::{Grants, Identity};
-use crate::hub::{Delivery, Hub, SessionId};
+use crate::hub::{Delivery, Hub, Lane, SessionId};
 use crate::session::Action;
 use crate::storage::Storage;
 pub use backlog::{Backlog, OutboxLimits, Queued, approx_size};
@@ -80,6 +80,8 @@ pub enum Output {
         /// The bytes it counts against the session's backlog (0 for answers to its own
         /// requests).
         counted: usize,
+        /// The connection's lane it takes when paced.
+        lane: Lane,
     },
     /// Close session `to`'s connection with `code` (it could not keep up): send it nothing
     /// more. Its `Disconnect` is still expected.
@@ -311,7 +313,7 @@ impl<S: Storage> RelayCore<S> {
         admission: &mut backlog::Admission,
         backlog: &impl Backlog,
     ) {
-        for Delivery { to, message } in deliveries {
+        for Delivery { to, message, lane } in deliveries {
             if let Message::Ack(ack) = &message {
                 self.stats.changes_stored +=
                     ack.items.iter().filter(|i| i.seq.is_some()).count() as u64;
@@ -329,6 +331,7 @@ impl<S: Storage> RelayCore<S> {
                     to,
                     message,
                     counted,
+                    lane,
                 }),
                 None => {
                     self.grants.remove(&to);

@@ -17,7 +17,7 @@ use super::{AppState, HubCommand, Metrics, OUTBOX, SEND_TIMEOUT, now_ms};
 use crate::auth::Verified;
 use crate::hub::SessionId;
 use crate::relay_core::{self};
-use crate::session::{Action, Close, Output, Session, close_code};
+use crate::session::{Action, Close, Frame, Output, Session, close_code};
 
 /// The session's name on the wire (`Welcome.session`) and in the logs.
 pub(super) fn session_name(id: SessionId) -> String {
@@ -66,7 +66,7 @@ pub(super) async fn connection(
     let close = loop {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(session.deadline_ms().saturating_sub(now_ms()));
-        let output = tokio::select! {
+        let (output, frames) = tokio::select! {
             () = state.shutdown.cancelled() => {
                 break Some(Close { code: close_code::GOING_AWAY, reason: "relay shutting down".into() });
             }
@@ -74,10 +74,10 @@ pub(super) async fn connection(
                 Some(Ok(WsMessage::Binary(bytes))) => {
                     state.metrics.frames_in.inc();
                     state.metrics.bytes_in.inc_by(bytes.len() as u64);
-                    session.handle_frame(&bytes, now_ms())
+                    (session.handle_frame(&bytes, now_ms()), Vec::new())
                 }
                 // Text frames are not part of the protocol: an empty frame is a bad frame.
-                Some(Ok(WsMessage::Text(_))) => session.handle_frame(&[], now_ms()),
+                Some(Ok(WsMessage::Text(_))) => (session.handle_frame(&[], now_ms()), Vec::new()),
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
                     session.handle_heartbeat(now_ms());
                     continue;
@@ -86,19 +86,31 @@ pub(super) async fn connection(
             },
             delivered = inbox.recv() => match delivered {
                 // The hub may have queued this before it learned of narrower grants.
-                Some((message, counted)) => {
-                    queued.fetch_sub(counted, Ordering::Relaxed);
-                    Output {
-                        send: relay_core::visible(message, session.grants())
-                            .into_iter()
-                            .collect(),
-                        ..Output::default()
+                Some((message, counted, lane)) => {
+                    match relay_core::visible(message, session.grants()) {
+                        Some(message) => {
+                            (Output::default(), session.deliver(message, lane, counted, now_ms()))
+                        }
+                        None => {
+                            queued.fetch_sub(counted, Ordering::Relaxed);
+                            continue;
+                        }
                     }
                 }
                 None => break Some(Close { code: close_code::SLOW_CONSUMER, reason: "too slow: reconnect to resync".into() }),
             },
-            () = tokio::time::sleep_until(deadline) => session.handle_tick(now_ms()),
+            () = tokio::time::sleep_until(deadline) => {
+                let now = now_ms();
+                (session.handle_tick(now), session.release(now))
+            }
         };
+        // Paced frames first: they were routed before anything this input produced.
+        if send_frames(&state, &queued, frames, &mut sink)
+            .await
+            .is_err()
+        {
+            break None;
+        }
         match apply(&state, &mut session, id, output, &mut sink).await {
             Ok(Some(close)) => break Some(close),
             Ok(None) => {}
@@ -115,6 +127,37 @@ pub(super) async fn connection(
     }
 }
 
+/// Sends the downlink's frames, giving their counted bytes back to the backlog.
+async fn send_frames<W>(
+    state: &AppState,
+    queued: &std::sync::atomic::AtomicUsize,
+    frames: Vec<Frame>,
+    sink: &mut W,
+) -> Result<(), ()>
+where
+    W: futures_util::Sink<WsMessage> + Unpin,
+{
+    for frame in frames {
+        queued.fetch_sub(frame.counted, Ordering::Relaxed);
+        send(state, frame.bytes, sink).await?;
+    }
+    Ok(())
+}
+
+/// Sends one frame; a client that stops reading must not pin the task: gives up after
+/// `SEND_TIMEOUT`.
+async fn send<W>(state: &AppState, bytes: Vec<u8>, sink: &mut W) -> Result<(), ()>
+where
+    W: futures_util::Sink<WsMessage> + Unpin,
+{
+    state.metrics.frames_out.inc();
+    state.metrics.bytes_out.inc_by(bytes.len() as u64);
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(WsMessage::Binary(bytes.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(()),
+    }
+}
+
 /// Sends a session output's messages, runs its actions, and reports a close.
 pub(super) async fn apply<W>(
     state: &AppState,
@@ -128,16 +171,12 @@ where
 {
     loop {
         for message in output.send.drain(..) {
-            let bytes = frame::encode_with(&message, session.compression());
-            state.metrics.frames_out.inc();
-            state.metrics.bytes_out.inc_by(bytes.len() as u64);
-            // A client that stops reading must not pin this task: give up after SEND_TIMEOUT.
-            match tokio::time::timeout(SEND_TIMEOUT, sink.send(WsMessage::Binary(bytes.into())))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return Err(()),
-            }
+            send(
+                state,
+                frame::encode_with(&message, session.compression()),
+                sink,
+            )
+            .await?;
         }
         let mut follow_up = None;
         for action in output.actions.drain(..) {

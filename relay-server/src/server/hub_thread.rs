@@ -11,7 +11,7 @@ use syncline_protocol::Message;
 use tokio::sync::mpsc;
 
 use super::{HubCommand, Metrics};
-use crate::hub::SessionId;
+use crate::hub::{Lane, SessionId};
 use crate::relay_core::{Backlog, Input, Output as CoreOutput, Queued, RelayCore, SYNC_GROUP};
 use crate::session::Action;
 use crate::storage::Storage;
@@ -21,7 +21,7 @@ use crate::storage::Storage;
 struct Route {
     /// Each message with the bytes it counts against the bound (0 for an answer to the
     /// session's own request), which the connection gives back when it takes it.
-    sender: mpsc::Sender<(Message, usize)>,
+    sender: mpsc::Sender<(Message, usize, Lane)>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
     /// The connection's span (session, device, tenant): the hub thread logs under it.
     span: tracing::Span,
@@ -166,11 +166,12 @@ fn apply_outputs(routes: &mut HashMap<SessionId, Route>, outputs: Vec<CoreOutput
                 to,
                 message,
                 counted,
+                lane,
             } => {
                 let Some(route) = routes.get(&to) else {
                     continue;
                 };
-                match route.sender.try_send((message, counted)) {
+                match route.sender.try_send((message, counted, lane)) {
                     Ok(()) => {
                         route.queued.fetch_add(counted, Ordering::Relaxed);
                     }

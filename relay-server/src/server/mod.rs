@@ -79,7 +79,7 @@ enum HubCommand {
     Connect {
         id: SessionId,
         verified: Verified,
-        outbox: mpsc::Sender<(Message, usize)>,
+        outbox: mpsc::Sender<(Message, usize, crate::hub::Lane)>,
         queued: Arc<std::sync::atomic::AtomicUsize>,
         span: tracing::Span,
         now_ms: u64,

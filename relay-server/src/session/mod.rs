@@ -17,6 +17,11 @@ use syncline_protocol::messages::{
 use syncline_protocol::{Collection, Compression, DocId, Message, PROTOCOL_VERSION, TokenBucket};
 
 use crate::auth::{AuthError, Grants, Identity, Verified};
+use crate::hub::Lane;
+
+mod downlink;
+
+pub use downlink::{Downlink, Frame};
 
 /// Protocol violations tolerated before the session is closed.
 pub const MAX_STRIKES: u32 = 8;
@@ -93,6 +98,8 @@ pub struct Session {
     accepts: &'static [Compression],
     /// The compression `Hello` → `Welcome` settled on (none until then).
     compression: Compression,
+    /// What the relay sends this device, paced to its declared download rate.
+    downlink: Downlink,
 }
 
 impl Session {
@@ -111,6 +118,7 @@ impl Session {
             strikes: 0,
             accepts: &Compression::SUPPORTED,
             compression: Compression::None,
+            downlink: Downlink::default(),
         }
     }
 
@@ -135,12 +143,50 @@ impl Session {
         &self.grants
     }
 
-    /// The latest time at which [`Session::handle_tick`] must be called.
+    /// The latest time at which [`Session::handle_tick`] (and [`Session::release`], when
+    /// paced frames wait) must be called.
     pub fn deadline_ms(&self) -> u64 {
-        self.expires_at_ms.min(
+        let limits = self.expires_at_ms.min(
             self.last_activity_ms
                 .saturating_add(self.limits.idle_timeout_ms),
-        )
+        );
+        self.downlink
+            .next_release_ms()
+            .map_or(limits, |at| at.min(limits))
+    }
+
+    /// Takes a message the relay core routed to this connection at `now_ms` (the shell filters
+    /// it again by [`Session::grants`] first: they may have narrowed since the core routed
+    /// it): encoded with the negotiated compression and paced in `lane` to the device's
+    /// declared download rate. Returns the frames that may go now; the rest come from
+    /// [`Session::release`] at [`Session::deadline_ms`]. `counted` backlog bytes come back with
+    /// the message's (last) frame.
+    pub fn deliver(
+        &mut self,
+        message: Message,
+        lane: Lane,
+        counted: usize,
+        now_ms: u64,
+    ) -> Vec<Frame> {
+        if self.phase == Phase::Closed {
+            return Vec::new();
+        }
+        self.downlink
+            .queue(&message, lane, counted, self.compression);
+        self.downlink.release(now_ms)
+    }
+
+    /// The paced frames that may go at `now_ms`.
+    pub fn release(&mut self, now_ms: u64) -> Vec<Frame> {
+        if self.phase == Phase::Closed {
+            return Vec::new();
+        }
+        self.downlink.release(now_ms)
+    }
+
+    /// The paced downlink (its rate and what it has sent, for inspection).
+    pub fn downlink(&self) -> &Downlink {
+        &self.downlink
     }
 
     /// Records a heartbeat (a WebSocket ping or pong) at `now_ms`: activity for the idle
@@ -219,6 +265,8 @@ impl Session {
                     server_time_ms: now_ms,
                     limits: self.limits.clone(),
                 }));
+                self.downlink
+                    .set_rate(hello.profile.download_bytes_per_s, now_ms);
                 out.actions.push(Action::Register(hello.profile));
             }
             (Phase::AwaitingHello, other) => {
@@ -228,7 +276,7 @@ impl Session {
             (_, Message::Hello(_)) => {
                 self.refuse(&mut out, ErrorCode::OUT_OF_ORDER, "second hello", None)
             }
-            (_, message) => self.handle_open(message, &mut out),
+            (_, message) => self.handle_open(message, &mut out, now_ms),
         }
         out
     }
@@ -287,7 +335,7 @@ impl Session {
         out
     }
 
-    fn handle_open(&mut self, message: Message, out: &mut Output) {
+    fn handle_open(&mut self, message: Message, out: &mut Output, now_ms: u64) {
         match message {
             Message::Subscribe(s) => {
                 match s
@@ -394,7 +442,12 @@ impl Session {
                     self.forbid(out, &c);
                 }
             }
-            Message::UpdateProfile(p) => out.actions.push(Action::UpdateProfile(p.profile)),
+            Message::UpdateProfile(p) => {
+                // A new bandwidth takes effect with the next frame, before the hub replans.
+                self.downlink
+                    .set_rate(p.profile.download_bytes_per_s, now_ms);
+                out.actions.push(Action::UpdateProfile(p.profile));
+            }
             Message::RefreshToken(t) => out.actions.push(Action::VerifyToken(t.token)),
             Message::Error(e) => out.actions.push(Action::ClientError(e)),
             Message::Hello(_) | Message::Welcome(_) | Message::Plan(_) | Message::Ack(_) => {

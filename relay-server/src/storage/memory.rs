@@ -135,6 +135,7 @@ impl Storage for MemoryStorage {
                 existing.profile = record.profile.clone();
                 existing.subscriptions = record.subscriptions.clone();
                 existing.last_seen_ms = record.last_seen_ms;
+                existing.deferred = record.deferred;
             }
             None => {
                 t.devices.insert(record.device, record.clone());

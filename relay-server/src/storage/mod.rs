@@ -102,6 +102,18 @@ pub struct DeviceRecord {
     pub last_seen_ms: u64,
     /// Last completed sync, milliseconds since the Unix epoch.
     pub last_sync_ms: Option<u64>,
+    /// What the relay holds back for the device (announced, not sent), as of its last
+    /// registration or disconnect.
+    pub deferred: Deferred,
+}
+
+/// Documents announced to a device and held back (metered network, low priority, on demand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deferred {
+    /// How many.
+    pub docs: u64,
+    /// Their approximate bytes.
+    pub bytes: u64,
 }
 
 /// What the relay needs from a database. Implementations are shared by every connection.
@@ -146,8 +158,8 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DocumentSummary>, StorageError>;
 
-    /// Registers a device or updates its user, profile, subscription and `last_seen_ms`
-    /// (keeping its first-seen time and last sync).
+    /// Registers a device or updates its user, profile, subscription, deferred documents and
+    /// `last_seen_ms` (keeping its first-seen time and last sync).
     ///
     /// # Errors
     /// A [`StorageError`].

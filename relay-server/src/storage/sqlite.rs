@@ -13,12 +13,15 @@ use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
 
 use crate::tenant::Tenant;
 
-use super::{Append, DeviceRecord, DocumentSummary, Storage, StorageError, StoredDocument};
+use super::{
+    Append, Deferred, DeviceRecord, DocumentSummary, Storage, StorageError, StoredDocument,
+};
 
 /// `PRAGMA application_id` of a relay database: "SYNR".
 const APPLICATION_ID: i32 = 0x5359_4E52;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE collections (
         tenant TEXT NOT NULL, collection TEXT NOT NULL, seq INTEGER NOT NULL,
         PRIMARY KEY (tenant, collection)
@@ -57,7 +60,13 @@ const MIGRATIONS: &[&str] = &[r#"
         doc_id TEXT NOT NULL, state BLOB NOT NULL,
         PRIMARY KEY (tenant, device_id, collection, doc_id)
     ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+    ALTER TABLE devices ADD COLUMN metered_max_doc_bytes INTEGER;
+    ALTER TABLE devices ADD COLUMN deferred_docs INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN deferred_bytes INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 /// The relay's embedded SQLite storage.
 pub struct SqliteStorage {
@@ -325,12 +334,15 @@ impl Storage for SqliteStorage {
         let p = &record.profile;
         tx.prepare_cached(
             "INSERT INTO devices (tenant, device_id, user, class, storage_budget, download, upload, \
-             metered, realtime, first_seen, last_seen, last_sync) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             metered, realtime, first_seen, last_seen, last_sync, metered_max_doc_bytes, \
+             deferred_docs, deferred_bytes) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
              ON CONFLICT (tenant, device_id) DO UPDATE SET user = excluded.user, \
              class = excluded.class, storage_budget = excluded.storage_budget, \
              download = excluded.download, upload = excluded.upload, metered = excluded.metered, \
-             realtime = excluded.realtime, last_seen = excluded.last_seen",
+             realtime = excluded.realtime, last_seen = excluded.last_seen, \
+             metered_max_doc_bytes = excluded.metered_max_doc_bytes, \
+             deferred_docs = excluded.deferred_docs, deferred_bytes = excluded.deferred_bytes",
         )?
         .execute(params![
             tenant,
@@ -345,6 +357,9 @@ impl Storage for SqliteStorage {
             to_i64(record.first_seen_ms),
             to_i64(record.last_seen_ms),
             record.last_sync_ms.map(to_i64),
+            p.metered_max_doc_bytes.map(to_i64),
+            to_i64(record.deferred.docs),
+            to_i64(record.deferred.bytes),
         ])?;
         tx.prepare_cached("DELETE FROM device_subscriptions WHERE tenant = ?1 AND device_id = ?2")?
             .execute(params![tenant, device])?;
@@ -409,11 +424,15 @@ impl Storage for SqliteStorage {
             i64,
             i64,
             Option<i64>,
+            Option<i64>,
+            i64,
+            i64,
         );
         let rows: Vec<Row> = conn
             .prepare_cached(
                 "SELECT tenant, device_id, user, class, storage_budget, download, upload, metered, \
-                 realtime, first_seen, last_seen, last_sync FROM devices \
+                 realtime, first_seen, last_seen, last_sync, metered_max_doc_bytes, deferred_docs, \
+                 deferred_bytes FROM devices \
                  WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, last_seen DESC",
             )?
             .query_map(params![tenant], |r| {
@@ -430,12 +449,19 @@ impl Storage for SqliteStorage {
                     r.get(9)?,
                     r.get(10)?,
                     r.get(11)?,
+                    r.get(12)?,
+                    r.get(13)?,
+                    r.get(14)?,
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
         let mut out = Vec::with_capacity(rows.len());
-        for (ten, dev, user, class, budget, down, up, metered, realtime, first, last, sync) in rows
-        {
+        for row in rows {
+            let (ten, dev, user, class, budget, down, up, metered, realtime, first, last, sync) = (
+                row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10,
+                row.11,
+            );
+            let (threshold, deferred_docs, deferred_bytes) = (row.12, row.13, row.14);
             let device =
                 DeviceId::try_from_slice(&dev).map_err(|e| corrupt("devices", e.to_string()))?;
             let subs = conn
@@ -482,8 +508,13 @@ impl Storage for SqliteStorage {
                         upload_bytes_per_s: up.map(to_u64),
                         metered,
                         realtime,
+                        metered_max_doc_bytes: threshold.map(to_u64),
                     },
                     subscriptions: subs,
+                    deferred: Deferred {
+                        docs: to_u64(deferred_docs),
+                        bytes: to_u64(deferred_bytes),
+                    },
                     first_seen_ms: to_u64(first),
                     last_seen_ms: to_u64(last),
                     last_sync_ms: sync.map(to_u64),

@@ -321,6 +321,7 @@ impl<S: SyncStore> Engine<S> {
                 .map(|(collection, seq)| Cursor { collection, seq })
                 .collect(),
             changed: Vec::new(),
+            fetched: None,
         }));
     }
 

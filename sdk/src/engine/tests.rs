@@ -38,6 +38,7 @@ fn fixture() -> Fixture {
             upload_bytes_per_s: None,
             metered: false,
             realtime: true,
+            metered_max_doc_bytes: None,
         },
         subscriptions: vec![CollectionSubscription {
             collection: todos(),

@@ -96,6 +96,7 @@ impl SyncOptions {
                 upload_bytes_per_s: None,
                 metered: false,
                 realtime: true,
+                metered_max_doc_bytes: None,
             },
             subscriptions: collections
                 .iter()
