@@ -20,8 +20,8 @@ pub use store::{
 };
 pub use subscription::FfiSubscription;
 pub use sync::{
-    FfiCollectionSync, FfiDeviceClass, FfiDisconnect, FfiProfile, FfiStatus, FfiSyncClient,
-    FfiSyncOptions, FfiSyncStats,
+    FfiCollectionSync, FfiDeferReason, FfiDeferredDoc, FfiDeviceClass, FfiDisconnect, FfiProfile,
+    FfiProgress, FfiStatus, FfiSyncClient, FfiSyncOptions, FfiSyncStats, FfiTransfer,
 };
 pub use value::{
     FfiChange, FfiChangeEvent, FfiPatch, FfiPatchAction, FfiPendingChange, FfiValue, FfiWriteOp,
@@ -65,6 +65,8 @@ impl From<syncline::SyncError> for FfiError {
             E::Unauthorized(_) => Self::Unauthorized(message),
             E::Unreachable(_) => Self::Unreachable(message),
             E::Timeout { .. } => Self::Timeout(message),
+            E::Offline { .. } => Self::Unreachable(message),
+            E::Store(e) => e.into(),
             E::Failed(_) | E::Start(_) => Self::Sync(message),
         }
     }

@@ -24,14 +24,8 @@ pub enum FfiStatus {
     Connecting,
     /// Exchanging changes.
     Syncing {
-        /// Planned documents arrived.
-        docs_done: u64,
-        /// Planned documents.
-        docs_total: u64,
-        /// Planned bytes arrived (approximate).
-        bytes_done: u64,
-        /// Planned bytes (approximate).
-        bytes_total: u64,
+        /// How far along, per direction and priority.
+        progress: FfiProgress,
     },
     /// Both sides have everything, since this time (milliseconds since the Unix epoch).
     Synced {
@@ -51,13 +45,112 @@ impl From<syncline::Status> for FfiStatus {
             syncline::Status::Offline => Self::Offline,
             syncline::Status::Connecting => Self::Connecting,
             syncline::Status::Syncing { progress } => Self::Syncing {
-                docs_done: progress.docs_done,
-                docs_total: progress.docs_total,
-                bytes_done: progress.bytes_done,
-                bytes_total: progress.bytes_total,
+                progress: progress.into(),
             },
             syncline::Status::Synced { at_ms } => Self::Synced { at_ms },
             syncline::Status::Error { reason } => Self::Error { reason },
+        }
+    }
+}
+
+/// Documents and bytes of one part of a sync (the SDK's `Transfer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct FfiTransfer {
+    /// Documents done.
+    pub docs_done: u64,
+    /// Documents to do.
+    pub docs_total: u64,
+    /// Bytes done, counted on the wire.
+    pub bytes_done: u64,
+    /// Bytes to do.
+    pub bytes_total: u64,
+}
+
+impl From<syncline::engine::Transfer> for FfiTransfer {
+    fn from(t: syncline::engine::Transfer) -> Self {
+        Self {
+            docs_done: t.docs_done,
+            docs_total: t.docs_total,
+            bytes_done: t.bytes_done,
+            bytes_total: t.bytes_total,
+        }
+    }
+}
+
+/// Progress of a sync (the SDK's `Progress`): the download, per priority too, the upload, what
+/// is deferred, and the time left.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiProgress {
+    /// The planned download.
+    pub download: FfiTransfer,
+    /// The download per priority: low, normal, high, critical.
+    pub download_by_priority: Vec<FfiTransfer>,
+    /// The upload.
+    pub upload: FfiTransfer,
+    /// Local documents sent and not yet acknowledged.
+    pub docs_unacknowledged: u64,
+    /// Documents the relay announced and holds back.
+    pub deferred: u64,
+    /// Milliseconds until done, if it can be told.
+    pub eta_ms: Option<u64>,
+}
+
+impl From<syncline::Progress> for FfiProgress {
+    fn from(p: syncline::Progress) -> Self {
+        Self {
+            download: FfiTransfer {
+                docs_done: p.docs_done,
+                docs_total: p.docs_total,
+                bytes_done: p.bytes_done,
+                bytes_total: p.bytes_total,
+            },
+            download_by_priority: p.download_by_priority.iter().map(|t| (*t).into()).collect(),
+            upload: p.upload.into(),
+            docs_unacknowledged: p.docs_unacknowledged,
+            deferred: p.deferred,
+            eta_ms: p.eta_ms,
+        }
+    }
+}
+
+/// Why a document is held back (the SDK's `DeferReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum FfiDeferReason {
+    /// Too large for a metered network.
+    Metered,
+    /// A low-priority collection on a metered network.
+    LowPriority,
+    /// An on-demand collection: fetched when opened.
+    OnDemand,
+    /// Over the device's storage budget.
+    StorageBudget,
+}
+
+/// A document the relay announced and holds back (the SDK's `DeferredDoc`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiDeferredDoc {
+    /// The document id (`collection/id`).
+    pub doc_id: String,
+    /// Its priority.
+    pub priority: FfiPriority,
+    /// Its approximate size on the wire.
+    pub bytes: u64,
+    /// Why it is held back.
+    pub reason: FfiDeferReason,
+}
+
+impl From<syncline::DeferredDoc> for FfiDeferredDoc {
+    fn from(d: syncline::DeferredDoc) -> Self {
+        Self {
+            doc_id: d.doc.to_string(),
+            priority: d.priority.into(),
+            bytes: d.bytes,
+            reason: match d.reason {
+                syncline::DeferReason::Metered => FfiDeferReason::Metered,
+                syncline::DeferReason::LowPriority => FfiDeferReason::LowPriority,
+                syncline::DeferReason::OnDemand => FfiDeferReason::OnDemand,
+                syncline::DeferReason::StorageBudget => FfiDeferReason::StorageBudget,
+            },
         }
     }
 }
@@ -201,6 +294,23 @@ pub struct FfiSyncOptions {
     pub collections: Vec<FfiCollectionSync>,
     /// The device's capability profile.
     pub profile: FfiProfile,
+    /// For a periodic device (`profile.realtime == false`), milliseconds between syncs (null:
+    /// 15 minutes).
+    pub sync_interval_ms: Option<u64>,
+}
+
+impl FfiCollectionSync {
+    fn into_subscription(self) -> Result<CollectionSubscription, FfiError> {
+        Ok(CollectionSubscription {
+            collection: Collection::new(self.collection)?,
+            priority: self.priority.into(),
+            mode: if self.on_demand {
+                SyncMode::OnDemand
+            } else {
+                SyncMode::Eager
+            },
+        })
+    }
 }
 
 impl TryFrom<FfiSyncOptions> for SyncOptions {
@@ -209,20 +319,13 @@ impl TryFrom<FfiSyncOptions> for SyncOptions {
     fn try_from(o: FfiSyncOptions) -> Result<Self, FfiError> {
         let mut options = SyncOptions::new(o.relay_url, &[]);
         options.profile = o.profile.into();
+        if let Some(ms) = o.sync_interval_ms {
+            options.sync_interval = Duration::from_millis(ms);
+        }
         options.subscriptions = o
             .collections
             .into_iter()
-            .map(|c| {
-                Ok(CollectionSubscription {
-                    collection: Collection::new(c.collection)?,
-                    priority: c.priority.into(),
-                    mode: if c.on_demand {
-                        SyncMode::OnDemand
-                    } else {
-                        SyncMode::Eager
-                    },
-                })
-            })
+            .map(FfiCollectionSync::into_subscription)
             .collect::<Result<Vec<_>, FfiError>>()?;
         Ok(options)
     }
@@ -337,6 +440,59 @@ impl FfiSyncClient {
     /// connection.
     pub fn set_profile(&self, profile: FfiProfile) {
         self.with(|c| c.set_profile(profile.into()));
+    }
+
+    /// The network changed: metered or not, and its bandwidths in bytes per second (null:
+    /// unknown). The relay replans on the live connection.
+    pub fn set_network(
+        &self,
+        metered: bool,
+        download_bytes_per_s: Option<u64>,
+        upload_bytes_per_s: Option<u64>,
+    ) {
+        self.with(|c| c.set_network(metered, download_bytes_per_s, upload_bytes_per_s));
+    }
+
+    /// Replaces the subscription: removed collections stop, added ones sync at once.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad collection name.
+    pub fn set_subscriptions(&self, collections: Vec<FfiCollectionSync>) -> Result<(), FfiError> {
+        let subscriptions = collections
+            .into_iter()
+            .map(FfiCollectionSync::into_subscription)
+            .collect::<Result<Vec<_>, FfiError>>()?;
+        self.with(|c| c.set_subscriptions(subscriptions));
+        Ok(())
+    }
+
+    /// The documents the relay announced and holds back, highest priority first.
+    ///
+    /// # Errors
+    /// [`FfiError::Storage`] when the store fails.
+    pub fn deferred(&self) -> Result<Vec<FfiDeferredDoc>, FfiError> {
+        match self.current() {
+            Some(c) => Ok(c.deferred()?.into_iter().map(Into::into).collect()),
+            None => Err(FfiError::Sync("the client was stopped".into())),
+        }
+    }
+
+    /// Asks the relay for these documents now (deferred or on demand); returns at once.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad document id.
+    pub fn fetch(&self, doc_ids: Vec<String>) -> Result<(), FfiError> {
+        let docs = doc_ids
+            .iter()
+            .map(|d| d.parse::<syncline::DocId>())
+            .collect::<Result<Vec<_>, _>>()?;
+        self.with(|c| c.fetch(&docs));
+        Ok(())
+    }
+
+    /// Syncs now (a periodic device between its scheduled syncs).
+    pub fn sync_now(&self) {
+        self.with(SyncClient::sync_now);
     }
 
     /// Disconnects and stays offline until `resume`.

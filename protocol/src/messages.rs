@@ -253,6 +253,15 @@ pub struct Plan {
     /// The cursors the client reaches once the plan is done.
     #[n(2)]
     pub cursors: Vec<Cursor>,
+    /// True for a plan the relay sent of its own accord on the live connection (its plan for
+    /// the device changed); false for the answer to a `Reconcile`, of which there is exactly
+    /// one per `Reconcile`, in order.
+    #[cbor(n(3), default, skip_if = "is_false")]
+    pub update: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One document's Automerge sync message.

@@ -216,6 +216,7 @@ fn messages_out_of_order_are_refused() {
             send: vec![],
             deferred: vec![],
             cursors: vec![],
+            update: false,
         }),
     ] {
         let out = send(&mut s, relay_only);

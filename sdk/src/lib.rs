@@ -41,7 +41,7 @@ mod store;
 mod value;
 
 pub use clock::{Clock, SystemClock};
-pub use db::Durability;
+pub use db::{DeferredDoc, Durability};
 pub use engine::{Progress, Status, SyncStats};
 pub use error::{Error, Result};
 pub use heads::{ChangeHash, Heads};
@@ -52,7 +52,9 @@ pub use store::{
     PatchAction, PendingChange, Store, StoreOptions, Subscription, Transaction, WriteOp,
     WriteStats,
 };
-pub use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
+pub use syncline_protocol::messages::{
+    CollectionSubscription, DeferReason, DeviceClass, Profile, SyncMode,
+};
 pub use syncline_protocol::{Collection, DeviceId, DocId, IdError, Priority};
 pub use value::Value;
 

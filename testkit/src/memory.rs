@@ -19,7 +19,7 @@ use automerge::{ActorId, Automerge, ChangeHash, ReadDoc, ScalarValue, Value};
 use syncline::engine::{
     Outgoing, Received, SyncStore, acknowledgement, holds_their_heads, next_message,
 };
-use syncline::{Collection, DeviceId, DocId, Error, Heads, Result};
+use syncline::{Collection, DeferredDoc, DeviceId, DocId, Error, Heads, Priority, Result};
 use syncline_protocol::sync_state;
 
 /// The engine's port in memory; see the module documentation.
@@ -37,6 +37,8 @@ struct Inner {
     cursors: HashMap<String, BTreeMap<Collection, u64>>,
     /// Per document, the `now_ms` of the last batch that changed it.
     received_at: HashMap<DocId, u64>,
+    /// Per relay, the documents it announced and held back.
+    deferred: HashMap<String, BTreeMap<DocId, DeferredDoc>>,
 }
 
 impl MemorySyncStore {
@@ -290,5 +292,52 @@ impl SyncStore for MemorySyncStore {
             })
             .map(|(doc, _)| doc.clone())
             .collect())
+    }
+
+    fn held(&self, collection: &Collection) -> Result<Vec<DocId>> {
+        Ok(self
+            .inner()
+            .docs
+            .keys()
+            .filter(|doc| doc.collection() == collection)
+            .cloned()
+            .collect())
+    }
+
+    fn priority(&self, _doc: &DocId) -> Priority {
+        Priority::Normal
+    }
+
+    fn defer(&self, relay: &str, entries: &[DeferredDoc]) -> Result<()> {
+        let mut inner = self.inner();
+        let deferred = inner.deferred.entry(relay.to_owned()).or_default();
+        for entry in entries {
+            deferred.insert(entry.doc.clone(), entry.clone());
+        }
+        Ok(())
+    }
+
+    fn undefer(&self, relay: &str, docs: &[DocId]) -> Result<()> {
+        if let Some(deferred) = self.inner().deferred.get_mut(relay) {
+            for doc in docs {
+                deferred.remove(doc);
+            }
+        }
+        Ok(())
+    }
+
+    fn deferred(&self, relay: &str) -> Result<Vec<DeferredDoc>> {
+        let mut out: Vec<DeferredDoc> = self
+            .inner()
+            .deferred
+            .get(relay)
+            .map(|d| d.values().cloned().collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(b.announced_at_ms.cmp(&a.announced_at_ms))
+        });
+        Ok(out)
     }
 }

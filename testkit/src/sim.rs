@@ -1024,6 +1024,7 @@ impl Device {
                 max_ms: 2_000,
             },
             stall_timeout_ms: 5_000,
+            sync_interval_ms: 60_000,
         };
         let seed = u64::from_le_bytes(
             store.device_id().as_bytes()[..8]

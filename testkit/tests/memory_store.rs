@@ -60,6 +60,7 @@ impl World {
                         max_ms: 100,
                     },
                     stall_timeout_ms: 5_000,
+                    sync_interval_ms: 60_000,
                 };
                 Device {
                     engine: Engine::new(MemorySyncStore::new(device_id(n)), config, u64::from(n)),

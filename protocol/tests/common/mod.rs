@@ -137,13 +137,18 @@ pub fn message() -> impl Strategy<Value = Message> {
                 changed,
                 fetched
             })),
-        (vec(plan_entry()), vec(plan_entry()), vec(cursor())).prop_map(
-            |(send, deferred, cursors)| Message::Plan(Plan {
+        (
+            vec(plan_entry()),
+            vec(plan_entry()),
+            vec(cursor()),
+            any::<bool>()
+        )
+            .prop_map(|(send, deferred, cursors, update)| Message::Plan(Plan {
                 send,
                 deferred,
-                cursors
-            })
-        ),
+                cursors,
+                update
+            })),
         vec((doc_id(), bytes()).prop_map(|(doc, message)| SyncItem { doc, message }))
             .prop_map(|items| Message::Sync(Sync { items })),
         vec(
@@ -266,6 +271,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                     collection: todos,
                     seq: 43,
                 }],
+                update: false,
             }),
         ),
         (

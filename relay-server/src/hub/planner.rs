@@ -67,8 +67,17 @@ impl Planned {
         }
     }
 
-    fn deliver(self, id: SessionId, cursors: Vec<Cursor>, lane: Lane, out: &mut Vec<Delivery>) {
-        if self.send.is_empty() && self.deferred.is_empty() && cursors.is_empty() {
+    /// Delivers the plan and its messages: the answer to a `Reconcile` (with the cursors
+    /// reached) always, an update only when it says something.
+    fn deliver(
+        self,
+        id: SessionId,
+        answer: Option<Vec<Cursor>>,
+        lane: Lane,
+        out: &mut Vec<Delivery>,
+    ) {
+        let update = answer.is_none();
+        if update && self.send.is_empty() && self.deferred.is_empty() {
             return;
         }
         out.push(Delivery::live(
@@ -76,7 +85,8 @@ impl Planned {
             Message::Plan(Plan {
                 send: self.send,
                 deferred: self.deferred,
-                cursors,
+                cursors: answer.unwrap_or_default(),
+                update,
             }),
         ));
         push_batches(out, id, self.items, lane);
@@ -166,7 +176,7 @@ impl<S: Storage> Hub<S> {
         }
         let mut out = Vec::new();
         self.note_deferred(id, &planned);
-        planned.deliver(id, reached, Lane::Bulk, &mut out);
+        planned.deliver(id, Some(reached), Lane::Bulk, &mut out);
         Ok(out)
     }
 
@@ -188,7 +198,7 @@ impl<S: Storage> Hub<S> {
         }
         self.note_deferred(id, &planned);
         let mut out = Vec::new();
-        planned.deliver(id, Vec::new(), Lane::Bulk, &mut out);
+        planned.deliver(id, None, Lane::Bulk, &mut out);
         Ok(out)
     }
 
@@ -255,7 +265,7 @@ impl<S: Storage> Hub<S> {
             }
         }
         let mut out = Vec::new();
-        planned.deliver(id, Vec::new(), Lane::Bulk, &mut out);
+        planned.deliver(id, None, Lane::Bulk, &mut out);
         Ok(out)
     }
 
@@ -291,6 +301,7 @@ impl<S: Storage> Hub<S> {
                     send: Vec::new(),
                     deferred,
                     cursors: Vec::new(),
+                    update: true,
                 }),
             ));
         }

@@ -24,14 +24,23 @@ pub fn visible(message: Message, grants: &Grants) -> Option<Message> {
             send,
             deferred,
             cursors,
-        }) => Some(Message::Plan(Plan {
-            send: send.into_iter().filter(|e| readable(&e.doc)).collect(),
-            deferred: deferred.into_iter().filter(|e| readable(&e.doc)).collect(),
-            cursors: cursors
-                .into_iter()
-                .filter(|c| grants.can_read(&c.collection))
-                .collect(),
-        })),
+            update,
+        }) => {
+            let send: Vec<_> = send.into_iter().filter(|e| readable(&e.doc)).collect();
+            let deferred: Vec<_> = deferred.into_iter().filter(|e| readable(&e.doc)).collect();
+            // An answer to a Reconcile always arrives; an update with nothing left need not.
+            (!update || !send.is_empty() || !deferred.is_empty()).then(|| {
+                Message::Plan(Plan {
+                    send,
+                    deferred,
+                    cursors: cursors
+                        .into_iter()
+                        .filter(|c| grants.can_read(&c.collection))
+                        .collect(),
+                    update,
+                })
+            })
+        }
         Message::Ephemeral(e) => readable(&e.doc).then_some(Message::Ephemeral(e)),
         other => Some(other),
     }

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use syncline_protocol::messages::DeferReason;
 use syncline_protocol::{Collection, DeviceId, DocId, Priority};
 
 use crate::{Error, Heads, Result};
@@ -127,6 +128,25 @@ pub(crate) enum BatchWrite {
     Ack(AckTarget, String, Heads),
     /// The change sequence a relay's collection has been synced to (never moves back).
     Cursor(String, Collection, u64),
+    /// A relay announced a document and held it back (replaces an earlier announcement).
+    Defer(String, DeferredDoc),
+    /// A relay's held back document arrived, or is no longer wanted.
+    Undefer(String, DocId),
+}
+
+/// A document a relay announced and held back; see [`crate::Store::deferred`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredDoc {
+    /// The document.
+    pub doc: DocId,
+    /// Its sync priority on the relay's plan.
+    pub priority: Priority,
+    /// Its approximate size on the wire.
+    pub bytes: u64,
+    /// Why it was held back.
+    pub reason: DeferReason,
+    /// When it was (last) announced, on the store's clock.
+    pub announced_at_ms: u64,
 }
 
 /// Options for [`Database::open`].
@@ -146,6 +166,26 @@ pub(crate) struct Database {
     device_id: DeviceId,
     // Held for the lifetime of the store: the advisory lock that keeps a second process out.
     _lock: File,
+}
+
+/// The stored code of a deferral reason (the wire's codes).
+fn reason_code(reason: DeferReason) -> i64 {
+    match reason {
+        DeferReason::Metered => 0,
+        DeferReason::LowPriority => 1,
+        DeferReason::OnDemand => 2,
+        DeferReason::StorageBudget => 3,
+    }
+}
+
+fn reason_from(code: i64) -> Option<DeferReason> {
+    match code {
+        0 => Some(DeferReason::Metered),
+        1 => Some(DeferReason::LowPriority),
+        2 => Some(DeferReason::OnDemand),
+        3 => Some(DeferReason::StorageBudget),
+        _ => None,
+    }
 }
 
 const DOC_COLUMNS: &str = "doc_key, collection, doc_id, priority, deleted, snapshot_bytes, \
@@ -306,6 +346,29 @@ impl Database {
                         };
                         record_ack(conn, key, &relay, &heads)?;
                     }
+                    BatchWrite::Defer(relay, d) => {
+                        conn.prepare_cached(
+                            "INSERT INTO deferred (relay, doc_id, priority, bytes, reason, \
+                             announced_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                             ON CONFLICT (relay, doc_id) DO UPDATE SET priority = \
+                             excluded.priority, bytes = excluded.bytes, reason = excluded.reason, \
+                             announced_at = excluded.announced_at",
+                        )?
+                        .execute(params![
+                            relay,
+                            d.doc.to_string(),
+                            d.priority.code(),
+                            i64::try_from(d.bytes).unwrap_or(i64::MAX),
+                            reason_code(d.reason),
+                            i64::try_from(d.announced_at_ms).unwrap_or(i64::MAX),
+                        ])?;
+                    }
+                    BatchWrite::Undefer(relay, doc) => {
+                        conn.prepare_cached(
+                            "DELETE FROM deferred WHERE relay = ?1 AND doc_id = ?2",
+                        )?
+                        .execute(params![relay, doc.to_string()])?;
+                    }
                     BatchWrite::Cursor(relay, collection, seq) => {
                         conn.prepare_cached(
                             "INSERT INTO sync_cursors (relay, collection, seq) VALUES (?1, ?2, ?3) \
@@ -322,6 +385,53 @@ impl Database {
             }
             Ok(keys)
         })
+    }
+
+    /// The documents relays announced and held back (`relay`'s, or every relay's), highest
+    /// priority first, then the most recently announced. A corrupt row is skipped and logged.
+    pub(crate) fn deferred(&self, relay: Option<&str>) -> Result<Vec<DeferredDoc>> {
+        let conn = self.reader.lock();
+        let rows = conn
+            .prepare_cached(
+                "SELECT doc_id, priority, bytes, reason, announced_at FROM deferred \
+                 WHERE ?1 IS NULL OR relay = ?1 ORDER BY priority DESC, announced_at DESC, doc_id",
+            )?
+            .query_map([relay], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (doc, priority, bytes, reason, at) in rows {
+            let parsed = doc.parse::<DocId>().ok().zip(
+                u8::try_from(priority)
+                    .ok()
+                    .and_then(Priority::from_code)
+                    .zip(reason_from(reason)),
+            );
+            match parsed {
+                Some((doc, (priority, reason))) => {
+                    // One document announced by several relays is listed once.
+                    if out.iter().any(|d: &DeferredDoc| d.doc == doc) {
+                        continue;
+                    }
+                    out.push(DeferredDoc {
+                        doc,
+                        priority,
+                        bytes: u64::try_from(bytes).unwrap_or(0),
+                        reason,
+                        announced_at_ms: u64::try_from(at).unwrap_or(0),
+                    });
+                }
+                None => tracing::warn!(%doc, "skipping a corrupt deferred row"),
+            }
+        }
+        Ok(out)
     }
 
     /// The cursors recorded for `relay`.

@@ -64,6 +64,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (relay, collection)
     ) WITHOUT ROWID;
     "#,
+    // 3: per relay, the documents it announced and held back (metered network, low priority,
+    // on demand), with their size and reason: the app lists and fetches them.
+    r#"
+    CREATE TABLE deferred (
+        relay      TEXT    NOT NULL,
+        doc_id     TEXT    NOT NULL,
+        priority   INTEGER NOT NULL,
+        bytes      INTEGER NOT NULL,
+        reason     INTEGER NOT NULL,
+        announced_at INTEGER NOT NULL,
+        PRIMARY KEY (relay, doc_id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this code writes.

@@ -21,22 +21,25 @@ mod backoff;
 mod port;
 mod vocabulary;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::sync::{Message as SyncMessage, State};
 use syncline_protocol::messages::{
-    Ack, Cursor, Error as ErrorMessage, ErrorCode, Hello, Plan, Reconcile, RefreshToken, Subscribe,
-    Sync, SyncItem, UpdateProfile, Welcome,
+    Ack, CollectionSubscription, Cursor, DeferReason, Error as ErrorMessage, ErrorCode, Fetch,
+    Hello, Plan, Reconcile, RefreshToken, Subscribe, Sync, SyncItem, SyncMode, UpdateProfile,
+    Welcome,
 };
 use syncline_protocol::{
-    Collection, Compression, DocId, Hash, Message, PROTOCOL_VERSION, TokenBucket,
+    Collection, Compression, DocId, Hash, Message, PROTOCOL_VERSION, Pacer, Priority, TokenBucket,
 };
 use syncline_protocol::{close_code, frame, sync_state};
 
-use crate::{Heads, Store};
+use crate::{DeferredDoc, Heads, Store};
 pub use backoff::Backoff;
 pub use port::{Outgoing, Received, SyncStore, acknowledgement, holds_their_heads, next_message};
-pub use vocabulary::{Disconnect, Effect, EngineConfig, Event, Progress, Status, SyncStats};
+pub use vocabulary::{
+    Disconnect, Effect, EngineConfig, Event, Progress, Status, SyncStats, Transfer,
+};
 
 /// Most documents per `Sync` frame the engine sends.
 pub const SYNC_BATCH: usize = 256;
@@ -51,6 +54,12 @@ const ASSUMED_MAX_FRAME: usize = 16 << 20;
 /// The largest frame the engine accepts from a relay.
 const MAX_INCOMING_FRAME: usize = 64 << 20;
 
+/// Most documents per `Fetch` (the relay's default limit per request is far above).
+const FETCH_BATCH: usize = 1000;
+
+/// The smallest frame paced uploads are split into.
+const MIN_PACED_FRAME: usize = 4 << 10;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Not started, paused or network down: no connection, no retry.
@@ -63,13 +72,28 @@ enum Phase {
     Open,
 }
 
-/// The plan the relay announced on this connection.
+/// The plans the relay announced on this connection, added up.
 #[derive(Debug, Default)]
 struct PlanState {
-    remaining: HashMap<DocId, u64>,
+    /// Planned documents not arrived yet: their priority and the bytes still expected.
+    remaining: HashMap<DocId, (Priority, u64)>,
     cursors: Vec<Cursor>,
     progress: Progress,
     failed: bool,
+}
+
+/// The uploads of one connection: local-change frames paced to the declared upload rate.
+#[derive(Debug, Default)]
+struct Uplink {
+    pacer: Pacer,
+    queue: VecDeque<Vec<u8>>,
+    /// Bytes of local-change frames queued on this connection (sent or not).
+    bytes_total: u64,
+    /// Of which on the wire.
+    bytes_done: u64,
+    /// Documents sent with changes on this connection, and how many of them were acknowledged.
+    docs_total: u64,
+    docs_done: u64,
 }
 
 /// What the engine knows of the current connection.
@@ -89,21 +113,51 @@ struct Connection {
     last_frame_ms: u64,
     synced: bool,
     /// Paces local-change frames below the relay's frame rate (set from `Welcome`).
-    pacer: Option<Pacer>,
+    pacer: Option<FramePacer>,
     /// When paced local changes are to be sent.
     flush_due: Option<u64>,
     /// The frame compression the relay chose in `Welcome` (none before it).
     compression: Compression,
+    /// Answers to `Reconcile` still to come (each is a `Plan` that is not an update).
+    reconciles_awaited: u32,
+    /// Paced uploads.
+    uplink: Uplink,
+    /// Documents the relay announced as held back on this connection.
+    announced: HashSet<DocId>,
+    /// When the connection opened, and the bytes received since (the observed rate).
+    opened_ms: u64,
+    bytes_received: u64,
+}
+
+impl PlanState {
+    /// Counts `bytes` of `doc` that arrived on the wire, and the document itself once
+    /// `complete` (its planned bytes are then all counted).
+    fn count_arrival(&mut self, doc: &DocId, bytes: u64, complete: bool) {
+        let Some((priority, left)) = self.remaining.get_mut(doc) else {
+            return;
+        };
+        let by = &mut self.progress.download_by_priority[usize::from(priority.code())];
+        let counted = if complete { *left } else { bytes.min(*left) };
+        *left -= counted;
+        self.progress.bytes_done += counted;
+        by.bytes_done += counted;
+        if complete {
+            self.progress.docs_done += 1;
+            by.docs_done += 1;
+            self.remaining.remove(doc);
+        }
+    }
 }
 
 /// Paces the frames the engine sends of its own accord (local changes) at half the relay's
 /// frame rate, so that replies and pings always fit: a burst of writes becomes a few frames of
 /// many documents instead of a rate-limit error. The shared [`TokenBucket`] counts in half
-/// frames (two tokens a frame), so half of an odd rate is kept exactly.
+/// frames (two tokens a frame), so half of an odd rate is kept exactly. (Bytes are paced to
+/// the declared upload rate by the [`Uplink`]'s [`Pacer`].)
 #[derive(Debug)]
-struct Pacer(TokenBucket);
+struct FramePacer(TokenBucket);
 
-impl Pacer {
+impl FramePacer {
     fn new(frames_per_s: u32, now_ms: u64) -> Self {
         let half_frames_per_s = u64::from(frames_per_s.max(2));
         // A burst of one second's frames at the paced rate, between 1 and 32 frames.
@@ -132,6 +186,12 @@ pub struct Engine<S: SyncStore = Store> {
     /// Local changes not yet sent.
     dirty: HashSet<DocId>,
     last_error: Option<String>,
+    /// Documents the app asked for, until their content arrives.
+    wanted: BTreeSet<DocId>,
+    /// Documents this relay holds back for the device, as recorded in the store, with why.
+    deferred: HashMap<DocId, DeferReason>,
+    /// A periodic device that caught up: when, until its next scheduled sync.
+    caught_up_at: Option<u64>,
 }
 
 impl<S: SyncStore> std::fmt::Debug for Engine<S> {
@@ -162,7 +222,18 @@ impl<S: SyncStore> Engine<S> {
             stats: SyncStats::default(),
             dirty: HashSet::new(),
             last_error: None,
+            wanted: BTreeSet::new(),
+            deferred: HashMap::new(),
+            caught_up_at: None,
         }
+    }
+
+    fn realtime(&self) -> bool {
+        self.config.profile.realtime
+    }
+
+    fn metered(&self) -> bool {
+        self.config.profile.metered
     }
 
     /// The current status.
@@ -229,12 +300,20 @@ impl<S: SyncStore> Engine<S> {
                 self.backoff.reset();
                 self.connect_if_allowed(&mut out);
             }
-            Event::Profile(profile) => {
-                self.config.profile = profile.clone();
+            Event::Profile(profile) => self.on_profile(&mut out, profile, now_ms),
+            Event::Fetch(docs) => {
+                self.wanted.extend(docs.iter().cloned());
                 if self.phase == Phase::Open {
-                    out.send(&Message::UpdateProfile(UpdateProfile { profile }));
+                    send_fetch(&mut out, docs);
+                } else if !self.realtime() {
+                    // A periodic device connects for what the app asks for.
+                    self.sync_now(&mut out);
                 }
             }
+            Event::Subscriptions(subscriptions) => {
+                self.on_subscriptions(&mut out, subscriptions);
+            }
+            Event::SyncNow => self.sync_now(&mut out),
             Event::Token(token) => {
                 if self.phase == Phase::Open {
                     out.send(&Message::RefreshToken(RefreshToken { token }));
@@ -243,6 +322,123 @@ impl<S: SyncStore> Engine<S> {
         }
         self.update_status(&mut out, now_ms);
         self.finish(out, now_ms)
+    }
+
+    /// A new profile: the relay replans on the live connection; leaving a metered network
+    /// fetches what was held back for it on earlier connections (the relay releases this
+    /// connection's own deferrals itself); the upload pacer takes the new rate.
+    fn on_profile(
+        &mut self,
+        out: &mut Out,
+        profile: syncline_protocol::messages::Profile,
+        now_ms: u64,
+    ) {
+        let left_metered = self.metered() && !profile.metered;
+        let was_periodic = !self.realtime();
+        self.config.profile = profile.clone();
+        self.conn
+            .uplink
+            .pacer
+            .set_rate(profile.upload_bytes_per_s, now_ms);
+        if self.phase == Phase::Open {
+            out.send(&Message::UpdateProfile(UpdateProfile { profile }));
+            if left_metered {
+                let earlier: Vec<DocId> = self
+                    .deferred
+                    .iter()
+                    .filter(|(doc, reason)| {
+                        released_when_unmetered(**reason) && !self.conn.announced.contains(*doc)
+                    })
+                    .map(|(doc, _)| doc.clone())
+                    .collect();
+                send_fetch(out, earlier);
+            }
+        } else if was_periodic && self.realtime() {
+            // Now realtime: connect instead of waiting for the schedule.
+            self.sync_now(out);
+        }
+    }
+
+    /// A new subscription: removed collections stop (their deferrals are forgotten); added
+    /// ones are planned at once on the live connection.
+    fn on_subscriptions(&mut self, out: &mut Out, subscriptions: Vec<CollectionSubscription>) {
+        let old = std::mem::replace(&mut self.config.subscriptions, subscriptions);
+        let removed: Vec<DocId> = self
+            .deferred
+            .keys()
+            .filter(|doc| !self.subscribed(doc.collection()))
+            .cloned()
+            .collect();
+        if !removed.is_empty() {
+            for doc in &removed {
+                self.deferred.remove(doc);
+            }
+            if let Err(e) = self.store.undefer(&self.config.relay, &removed) {
+                tracing::error!(error = %e, "could not forget deferred documents");
+            }
+        }
+        if self.phase != Phase::Open {
+            return;
+        }
+        out.send(&Message::Subscribe(Subscribe {
+            collections: self.config.subscriptions.clone(),
+        }));
+        let added: Vec<CollectionSubscription> = self
+            .config
+            .subscriptions
+            .iter()
+            .filter(|s| !old.iter().any(|o| o.collection == s.collection))
+            .cloned()
+            .collect();
+        if !added.is_empty() {
+            let stored: HashMap<Collection, u64> = self
+                .store
+                .cursors(&self.config.relay)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let cursors = added
+                .iter()
+                .map(|s| Cursor {
+                    collection: s.collection.clone(),
+                    seq: stored.get(&s.collection).copied().unwrap_or(0),
+                })
+                .collect();
+            let reconcile = Reconcile {
+                cursors,
+                changed: Vec::new(),
+                fetched: self.fetched(&added),
+            };
+            self.conn.reconciles_awaited += 1;
+            out.send(&Message::Reconcile(reconcile));
+        }
+    }
+
+    /// Connects now if waiting (a periodic device between syncs, or a reconnect delay).
+    fn sync_now(&mut self, out: &mut Out) {
+        if matches!(self.phase, Phase::Waiting(_)) {
+            self.caught_up_at = None;
+            self.backoff.reset();
+            self.phase = Phase::Idle;
+            self.connect_if_allowed(out);
+        }
+    }
+
+    /// The documents of the on-demand collections among `subscriptions` whose content is here.
+    fn fetched(&self, subscriptions: &[CollectionSubscription]) -> Option<Vec<DocId>> {
+        let mut held = Vec::new();
+        for sub in subscriptions
+            .iter()
+            .filter(|s| s.mode == SyncMode::OnDemand)
+        {
+            match self.store.held(&sub.collection) {
+                Ok(docs) => held.extend(docs),
+                Err(e) => {
+                    tracing::error!(collection = %sub.collection, error = %e, "could not list local documents")
+                }
+            }
+        }
+        (!held.is_empty()).then_some(held)
     }
 
     fn subscribed(&self, collection: &Collection) -> bool {
@@ -277,10 +473,23 @@ impl<S: SyncStore> Engine<S> {
             return;
         }
         self.phase = Phase::Open;
+        self.caught_up_at = None;
         self.stats.connections += 1;
         self.conn = Connection {
             last_frame_ms: now_ms,
+            opened_ms: now_ms,
             ..Connection::default()
+        };
+        self.conn
+            .uplink
+            .pacer
+            .set_rate(self.config.profile.upload_bytes_per_s, now_ms);
+        self.deferred = match self.store.deferred(&self.config.relay) {
+            Ok(deferred) => deferred.into_iter().map(|d| (d.doc, d.reason)).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the deferred documents");
+                HashMap::new()
+            }
         };
         out.send(&Message::Hello(Hello {
             versions: vec![PROTOCOL_VERSION],
@@ -306,7 +515,7 @@ impl<S: SyncStore> Engine<S> {
                 }
             }
         }
-        self.flush_dirty(out);
+        self.flush_dirty(out, now_ms);
         let cursors = match self.store.cursors(&self.config.relay) {
             Ok(cursors) => cursors,
             Err(e) => {
@@ -314,6 +523,7 @@ impl<S: SyncStore> Engine<S> {
                 Vec::new()
             }
         };
+        self.conn.reconciles_awaited = 1;
         out.send(&Message::Reconcile(Reconcile {
             cursors: cursors
                 .into_iter()
@@ -321,8 +531,19 @@ impl<S: SyncStore> Engine<S> {
                 .map(|(collection, seq)| Cursor { collection, seq })
                 .collect(),
             changed: Vec::new(),
-            fetched: None,
+            fetched: self.fetched(&self.config.subscriptions),
         }));
+        // What the app asked for, and, off a metered network, what was held back for one.
+        let mut fetch: BTreeSet<DocId> = self.wanted.clone();
+        if !self.metered() {
+            fetch.extend(
+                self.deferred
+                    .iter()
+                    .filter(|(_, reason)| released_when_unmetered(**reason))
+                    .map(|(doc, _)| doc.clone()),
+            );
+        }
+        send_fetch(out, fetch.into_iter().collect());
     }
 
     fn on_disconnected(&mut self, out: &mut Out, why: Disconnect, now_ms: u64) {
@@ -389,13 +610,15 @@ impl<S: SyncStore> Engine<S> {
     /// True while the engine waits for something from the relay.
     fn outstanding(&self) -> bool {
         self.conn.welcome.is_none()
+            || self.conn.reconciles_awaited > 0
             || self
                 .conn
                 .plan
                 .as_ref()
-                .is_none_or(|p| !p.remaining.is_empty())
+                .is_some_and(|p| !p.remaining.is_empty())
             || !self.conn.awaiting_ack.is_empty()
             || !self.conn.awaiting_data.is_empty()
+            || !self.conn.uplink.queue.is_empty()
     }
 
     fn on_frame(&mut self, out: &mut Out, bytes: &[u8], now_ms: u64) {
@@ -404,6 +627,7 @@ impl<S: SyncStore> Engine<S> {
         }
         self.stats.frames_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
+        self.conn.bytes_received += bytes.len() as u64;
         self.conn.last_frame_ms = now_ms;
         self.conn.received_since_send = true;
         let message = match frame::decode(bytes, MAX_INCOMING_FRAME) {
@@ -421,7 +645,7 @@ impl<S: SyncStore> Engine<S> {
             Message::Welcome(welcome) => {
                 // The relay's name for this session: its logs carry the same `session`.
                 tracing::info!(session = %welcome.session, compression = ?welcome.compression, "welcomed");
-                self.conn.pacer = Some(Pacer::new(welcome.limits.max_frames_per_s, now_ms));
+                self.conn.pacer = Some(FramePacer::new(welcome.limits.max_frames_per_s, now_ms));
                 if welcome.version != PROTOCOL_VERSION {
                     self.protocol_failure(
                         out,
@@ -440,7 +664,7 @@ impl<S: SyncStore> Engine<S> {
                 out.compression = compression;
                 self.conn.welcome = Some(welcome);
             }
-            Message::Plan(plan) => self.on_plan(plan),
+            Message::Plan(plan) => self.on_plan(plan, now_ms),
             Message::Sync(sync) => self.on_sync(out, sync, now_ms),
             Message::Ack(ack) => self.on_ack(ack),
             Message::Error(error) => self.on_error(out, error, now_ms),
@@ -456,22 +680,58 @@ impl<S: SyncStore> Engine<S> {
         self.finish_plan_if_done();
     }
 
-    fn on_plan(&mut self, plan: Plan) {
-        let mut state = PlanState {
-            cursors: plan.cursors,
-            ..PlanState::default()
-        };
-        for entry in plan.send {
-            state.progress.docs_total += 1;
-            state.progress.bytes_total += entry.bytes;
-            state.remaining.insert(entry.doc, entry.bytes);
+    /// Adds a plan to the connection's: its documents are on their way, its deferred ones are
+    /// recorded (durably, for `Store::deferred`).
+    fn on_plan(&mut self, plan: Plan, now_ms: u64) {
+        if !plan.update {
+            self.conn.reconciles_awaited = self.conn.reconciles_awaited.saturating_sub(1);
         }
-        self.conn.plan = Some(state);
+        let state = self.conn.plan.get_or_insert_with(PlanState::default);
+        state.cursors.extend(plan.cursors);
+        for entry in plan.send {
+            if state.remaining.contains_key(&entry.doc) {
+                continue;
+            }
+            let progress = &mut state.progress;
+            progress.docs_total += 1;
+            progress.bytes_total += entry.bytes;
+            let by = &mut progress.download_by_priority[usize::from(entry.priority.code())];
+            by.docs_total += 1;
+            by.bytes_total += entry.bytes;
+            state
+                .remaining
+                .insert(entry.doc, (entry.priority, entry.bytes));
+        }
+        let deferred: Vec<DeferredDoc> = plan
+            .deferred
+            .into_iter()
+            .filter_map(|entry| {
+                // A reason from a newer relay this SDK does not know: not listed.
+                let reason = entry.reason?;
+                Some(DeferredDoc {
+                    doc: entry.doc,
+                    priority: entry.priority,
+                    bytes: entry.bytes,
+                    reason,
+                    announced_at_ms: now_ms,
+                })
+            })
+            .collect();
+        for d in &deferred {
+            self.conn.announced.insert(d.doc.clone());
+            self.deferred.insert(d.doc.clone(), d.reason);
+        }
+        if let Err(e) = self.store.defer(&self.config.relay, &deferred) {
+            tracing::error!(error = %e, "could not record deferred documents");
+        }
     }
 
     fn on_sync(&mut self, out: &mut Out, sync: Sync, now_ms: u64) {
         let mut items = Vec::with_capacity(sync.items.len());
+        // Bytes per document on the wire, for progress.
+        let mut wire: HashMap<DocId, u64> = HashMap::new();
         for item in sync.items {
+            *wire.entry(item.doc.clone()).or_default() += item.message.len() as u64;
             match SyncMessage::decode(&item.message) {
                 Ok(message) => items.push((item.doc, message)),
                 Err(e) => {
@@ -484,25 +744,30 @@ impl<S: SyncStore> Engine<S> {
             .store
             .receive(&self.config.relay, items, &mut self.conn.states, now_ms);
         let mut replies = Vec::new();
+        let mut arrived = Vec::new();
         for (doc, result) in results {
             match result {
                 Ok(received) => {
                     if received.changed {
                         self.stats.docs_received += 1;
                     }
+                    if let Some(plan) = self.conn.plan.as_mut() {
+                        plan.count_arrival(
+                            &doc,
+                            wire.get(&doc).copied().unwrap_or(0),
+                            received.complete,
+                        );
+                    }
                     if received.complete {
                         self.conn.awaiting_data.remove(&doc);
-                        if let Some(plan) = self.conn.plan.as_mut()
-                            && let Some(bytes) = plan.remaining.remove(&doc)
-                        {
-                            plan.progress.docs_done += 1;
-                            plan.progress.bytes_done += bytes;
+                        self.wanted.remove(&doc);
+                        if self.deferred.remove(&doc).is_some() {
+                            arrived.push(doc.clone());
                         }
                     }
                     if let Some(reply) = received.reply {
                         if reply.changes {
-                            *self.conn.awaiting_ack.entry(doc.clone()).or_default() += 1;
-                            self.stats.docs_sent += 1;
+                            self.awaiting_ack(&doc);
                         }
                         if reply.needs {
                             self.conn.awaiting_data.insert(doc.clone());
@@ -520,7 +785,10 @@ impl<S: SyncStore> Engine<S> {
                 }
             }
         }
-        self.send_items(out, replies);
+        if let Err(e) = self.store.undefer(&self.config.relay, &arrived) {
+            tracing::error!(error = %e, "could not forget deferred documents that arrived");
+        }
+        self.send_items(out, replies, None);
     }
 
     /// A planned document that cannot complete: the plan finishes without it and its cursors
@@ -545,6 +813,7 @@ impl<S: SyncStore> Engine<S> {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
                     self.conn.awaiting_ack.remove(doc);
+                    self.conn.uplink.docs_done += 1;
                 }
             }
         }
@@ -611,9 +880,15 @@ impl<S: SyncStore> Engine<S> {
         self.schedule_reconnect(out, now_ms);
     }
 
-    /// Sends the dirty documents now if the pacer allows, else at the time it names.
+    /// Sends the dirty documents now if the frame pacer allows, else at the time it names;
+    /// then whatever the upload pacer lets go.
     fn flush_paced(&mut self, out: &mut Out, now_ms: u64) {
+        self.release_uplink(out, now_ms);
         if self.phase != Phase::Open || self.dirty.is_empty() || self.conn.flush_due.is_some() {
+            return;
+        }
+        // While paced uploads wait, new changes join the next flush (fewer, fuller frames).
+        if !self.conn.uplink.queue.is_empty() {
             return;
         }
         if let Some(pacer) = self.conn.pacer.as_mut()
@@ -622,20 +897,23 @@ impl<S: SyncStore> Engine<S> {
             self.conn.flush_due = Some(at);
             return;
         }
-        self.flush_dirty(out);
+        self.flush_dirty(out, now_ms);
     }
 
-    /// Sends the messages of every dirty document.
-    fn flush_dirty(&mut self, out: &mut Out) {
+    /// Sends the messages of every dirty document, highest priority first, through the upload
+    /// pacer.
+    fn flush_dirty(&mut self, out: &mut Out, now_ms: u64) {
         if self.phase != Phase::Open || self.dirty.is_empty() {
             return;
         }
-        let mut docs: Vec<DocId> = self
+        let mut docs: Vec<(Priority, DocId)> = self
             .dirty
             .drain()
             .filter(|d| !self.conn.refused.contains_key(d))
+            .map(|d| (self.store.priority(&d), d))
             .collect();
-        docs.sort();
+        docs.sort_by(|(pa, a), (pb, b)| pb.cmp(pa).then(a.cmp(b)));
+        let docs: Vec<DocId> = docs.into_iter().map(|(_, d)| d).collect();
         let mut items = Vec::new();
         for (doc, result) in self
             .store
@@ -644,8 +922,7 @@ impl<S: SyncStore> Engine<S> {
             match result {
                 Ok(Some(message)) => {
                     if message.changes {
-                        *self.conn.awaiting_ack.entry(doc.clone()).or_default() += 1;
-                        self.stats.docs_sent += 1;
+                        self.awaiting_ack(&doc);
                     }
                     if message.needs {
                         self.conn.awaiting_data.insert(doc.clone());
@@ -663,21 +940,57 @@ impl<S: SyncStore> Engine<S> {
                 }
             }
         }
-        self.send_items(out, items);
+        self.send_items(out, items, Some(now_ms));
     }
 
-    /// Sends items in frames of at most [`SYNC_BATCH`] items and the frame budget.
-    fn send_items(&mut self, out: &mut Out, items: Vec<SyncItem>) {
-        let budget = self
+    /// A document sent with changes: the relay will acknowledge it.
+    fn awaiting_ack(&mut self, doc: &DocId) {
+        let count = self.conn.awaiting_ack.entry(doc.clone()).or_default();
+        if *count == 0 {
+            self.conn.uplink.docs_total += 1;
+        }
+        *count += 1;
+        self.stats.docs_sent += 1;
+    }
+
+    /// Sends what the upload pacer lets go now, and asks to be woken for the rest.
+    fn release_uplink(&mut self, out: &mut Out, now_ms: u64) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        let uplink = &mut self.conn.uplink;
+        while !uplink.queue.is_empty() && uplink.pacer.ready(now_ms) {
+            let bytes = uplink.queue.pop_front().expect("not empty");
+            uplink.pacer.spend(bytes.len() as u64, now_ms);
+            uplink.bytes_done += bytes.len() as u64;
+            out.push_frame(bytes);
+        }
+        if !uplink.queue.is_empty() {
+            let at = uplink.pacer.ready_at().unwrap_or(now_ms).max(now_ms + 1);
+            self.conn.flush_due = Some(self.conn.flush_due.map_or(at, |due| due.min(at)));
+        }
+    }
+
+    /// Sends items in frames of at most [`SYNC_BATCH`] items and the frame budget. Local
+    /// changes (`paced_at`) are queued for the upload pacer, in frames of about an eighth of a
+    /// second at the declared rate; replies go at once.
+    fn send_items(&mut self, out: &mut Out, items: Vec<SyncItem>, paced_at: Option<u64>) {
+        let mut budget = self
             .conn
             .welcome
             .as_ref()
             .map_or(DEFAULT_FRAME_BUDGET, |w| {
                 usize::try_from(w.limits.max_frame_bytes / 2).unwrap_or(DEFAULT_FRAME_BUDGET)
             });
+        let rate = self.conn.uplink.pacer.rate();
+        if let (Some(_), Some(rate)) = (paced_at, rate) {
+            let eighth = usize::try_from(rate / 8).unwrap_or(usize::MAX);
+            budget = budget.min(eighth.max(MIN_PACED_FRAME));
+        }
         let limit = self.conn.welcome.as_ref().map_or(ASSUMED_MAX_FRAME, |w| {
             usize::try_from(w.limits.max_frame_bytes).unwrap_or(usize::MAX)
         });
+        let mut frames: Vec<Sync> = Vec::new();
         let mut batch = Vec::new();
         let mut size = 0;
         for item in items {
@@ -697,16 +1010,31 @@ impl<S: SyncStore> Engine<S> {
                 continue;
             }
             if !batch.is_empty() && (batch.len() >= SYNC_BATCH || size + item_size > budget) {
-                out.send(&Message::Sync(Sync {
+                frames.push(Sync {
                     items: std::mem::take(&mut batch),
-                }));
+                });
                 size = 0;
             }
             size += item_size;
             batch.push(item);
         }
         if !batch.is_empty() {
-            out.send(&Message::Sync(Sync { items: batch }));
+            frames.push(Sync { items: batch });
+        }
+        match paced_at {
+            Some(now_ms) => {
+                for sync in frames {
+                    let bytes = frame::encode_with(&Message::Sync(sync), self.conn.compression);
+                    self.conn.uplink.bytes_total += bytes.len() as u64;
+                    self.conn.uplink.queue.push_back(bytes);
+                }
+                self.release_uplink(out, now_ms);
+            }
+            None => {
+                for sync in frames {
+                    out.send(&Message::Sync(sync));
+                }
+            }
         }
     }
 
@@ -732,6 +1060,11 @@ impl<S: SyncStore> Engine<S> {
 
     fn update_status(&mut self, out: &mut Out, now_ms: u64) {
         let status = match self.phase {
+            Phase::Waiting(_) if self.caught_up_at.is_some() && self.last_error.is_none() => {
+                Status::Synced {
+                    at_ms: self.caught_up_at.unwrap_or(now_ms),
+                }
+            }
             Phase::Idle | Phase::Waiting(_) => match &self.last_error {
                 Some(reason) if self.started => Status::Error {
                     reason: reason.clone(),
@@ -758,19 +1091,24 @@ impl<S: SyncStore> Engine<S> {
                         self.backoff.reset();
                         self.last_error = None;
                     }
+                    if !self.realtime() {
+                        // A periodic device caught up: close, to save radio time and battery,
+                        // and come back on schedule.
+                        tracing::info!(relay = %self.config.relay, "caught up; closing until the next periodic sync");
+                        out.effects.push(Effect::Disconnect);
+                        self.conn = Connection::default();
+                        let at = now_ms.saturating_add(self.config.sync_interval_ms);
+                        self.phase = Phase::Waiting(at);
+                        self.caught_up_at = Some(now_ms);
+                    }
                     match self.status {
                         Status::Synced { at_ms } => Status::Synced { at_ms },
                         _ => Status::Synced { at_ms: now_ms },
                     }
                 } else {
-                    let mut progress = self
-                        .conn
-                        .plan
-                        .as_ref()
-                        .map(|p| p.progress)
-                        .unwrap_or_default();
-                    progress.docs_unacknowledged = self.conn.awaiting_ack.len() as u64;
-                    Status::Syncing { progress }
+                    Status::Syncing {
+                        progress: self.progress(now_ms),
+                    }
                 }
             }
         };
@@ -778,6 +1116,52 @@ impl<S: SyncStore> Engine<S> {
             self.status = status.clone();
             out.effects.push(Effect::Status(status));
         }
+    }
+
+    /// The progress of the current connection.
+    fn progress(&self, now_ms: u64) -> Progress {
+        let mut progress = self
+            .conn
+            .plan
+            .as_ref()
+            .map(|p| p.progress)
+            .unwrap_or_default();
+        progress.docs_unacknowledged = self.conn.awaiting_ack.len() as u64;
+        let uplink = &self.conn.uplink;
+        progress.upload = Transfer {
+            docs_done: uplink.docs_done,
+            docs_total: uplink.docs_total,
+            bytes_done: uplink.bytes_done,
+            bytes_total: uplink.bytes_total,
+        };
+        progress.deferred = self.deferred.len() as u64;
+        let elapsed = now_ms.saturating_sub(self.conn.opened_ms);
+        // The declared rate, else the one observed on this connection (after a moment).
+        let rate = |declared: Option<u64>, moved: u64| {
+            declared
+                .filter(|r| *r > 0)
+                .or_else(|| (elapsed >= 200 && moved > 0).then(|| moved * 1000 / elapsed))
+        };
+        let down_left = progress.bytes_total.saturating_sub(progress.bytes_done);
+        let up_left = uplink.bytes_total.saturating_sub(uplink.bytes_done);
+        let eta = |left: u64, rate: Option<u64>| match (left, rate) {
+            (0, _) => Some(0),
+            (left, Some(rate)) if rate > 0 => Some(left.saturating_mul(1000) / rate),
+            _ => None,
+        };
+        let down = eta(
+            down_left,
+            rate(
+                self.config.profile.download_bytes_per_s,
+                self.conn.bytes_received,
+            ),
+        );
+        let up = eta(
+            up_left,
+            rate(self.config.profile.upload_bytes_per_s, uplink.bytes_done),
+        );
+        progress.eta_ms = down.zip(up).map(|(d, u)| d.max(u));
+        progress
     }
 
     fn finish(&mut self, out: Out, now_ms: u64) -> Vec<Effect> {
@@ -797,6 +1181,10 @@ impl<S: SyncStore> Engine<S> {
             for f in frames {
                 self.stats.frames_sent += 1;
                 self.stats.bytes_sent += f.bytes.len() as u64;
+                if !f.paced {
+                    // Answers go at once, but their bytes count against the upload rate.
+                    self.conn.uplink.pacer.spend(f.bytes.len() as u64, now_ms);
+                }
                 effects.push(Effect::Send(f.bytes));
             }
         }
@@ -835,6 +1223,8 @@ struct Out {
 struct OutFrame {
     bytes: Vec<u8>,
     first_of_connection: bool,
+    /// Already charged to the upload pacer (a paced local-change frame).
+    paced: bool,
 }
 
 impl Out {
@@ -842,8 +1232,32 @@ impl Out {
         self.frames.push(OutFrame {
             bytes: frame::encode_with(message, self.compression),
             first_of_connection: matches!(message, Message::Hello(_)),
+            paced: false,
         });
     }
+
+    /// A frame the upload pacer let go.
+    fn push_frame(&mut self, bytes: Vec<u8>) {
+        self.frames.push(OutFrame {
+            bytes,
+            first_of_connection: false,
+            paced: true,
+        });
+    }
+}
+
+/// Asks the relay for `docs` now, in requests of at most [`FETCH_BATCH`].
+fn send_fetch(out: &mut Out, docs: Vec<DocId>) {
+    for chunk in docs.chunks(FETCH_BATCH) {
+        out.send(&Message::Fetch(Fetch {
+            docs: chunk.to_vec(),
+        }));
+    }
+}
+
+/// True for deferrals that end when the device leaves its metered network.
+fn released_when_unmetered(reason: DeferReason) -> bool {
+    matches!(reason, DeferReason::Metered | DeferReason::LowPriority)
 }
 
 /// After the relay acknowledged exactly our heads: it holds them, and nothing sent is in

@@ -23,9 +23,9 @@ use std::collections::{HashMap, HashSet};
 use automerge::sync::{Message as SyncMessage, State, SyncDoc};
 use automerge::{Automerge, ChangeHash};
 use syncline_protocol::sync_state;
-use syncline_protocol::{Collection, DocId};
+use syncline_protocol::{Collection, DocId, Priority};
 
-use crate::{Heads, Result};
+use crate::{DeferredDoc, Heads, Result};
 
 /// What applying one document's messages did.
 #[derive(Debug)]
@@ -96,6 +96,35 @@ pub trait SyncStore {
     /// # Errors
     /// The store could not read them.
     fn unacknowledged(&self, relay: &str, collection: &Collection) -> Result<Vec<DocId>>;
+
+    /// Documents of `collection` whose content is here (for `Reconcile.fetched`).
+    ///
+    /// # Errors
+    /// The store could not read them.
+    fn held(&self, collection: &Collection) -> Result<Vec<DocId>>;
+
+    /// A document's sync priority (uploads leave in priority order); `Normal` when unknown.
+    fn priority(&self, doc: &DocId) -> Priority;
+
+    /// Records documents `relay` announced and held back (replacing earlier announcements of
+    /// the same documents), stamped `now_ms`.
+    ///
+    /// # Errors
+    /// The store could not record them; the app does not see them in its deferred list.
+    fn defer(&self, relay: &str, entries: &[DeferredDoc]) -> Result<()>;
+
+    /// Forgets `relay`'s deferrals of `docs` (their content arrived, or they are no longer
+    /// subscribed).
+    ///
+    /// # Errors
+    /// The store could not forget them.
+    fn undefer(&self, relay: &str, docs: &[DocId]) -> Result<()>;
+
+    /// The documents `relay` announced and held back, highest priority first.
+    ///
+    /// # Errors
+    /// The store could not read them.
+    fn deferred(&self, relay: &str) -> Result<Vec<DeferredDoc>>;
 }
 
 /// The next sync message for the relay from `doc` with `state`, as every [`SyncStore`] makes

@@ -51,6 +51,7 @@ fn fixture() -> Fixture {
             max_ms: 1_000,
         },
         stall_timeout_ms: 5_000,
+        sync_interval_ms: 60_000,
     };
     Fixture {
         engine: Engine::new(store.clone(), config, 7),
@@ -100,6 +101,7 @@ fn empty_plan(seq: u64) -> Vec<u8> {
             collection: todos(),
             seq,
         }],
+        update: false,
     }))
 }
 

@@ -24,6 +24,9 @@ pub struct EngineConfig {
     /// With something outstanding and no frame for this long, the connection is presumed dead
     /// and replaced.
     pub stall_timeout_ms: u64,
+    /// For a periodic device (`profile.realtime == false`): how long after a complete sync it
+    /// connects again. It closes the connection as soon as it is caught up.
+    pub sync_interval_ms: u64,
 }
 
 /// Why a transport closed, as the shell saw it.
@@ -65,8 +68,15 @@ pub enum Event {
     Pause,
     /// The app resumes sync: connect now.
     Resume,
-    /// The device's profile changed (class, metered, bandwidth, ...).
+    /// The device's profile changed (class, metered, bandwidth, ...): the relay replans on the
+    /// live connection, and leaving a metered network fetches what was held back for it.
     Profile(Profile),
+    /// The app asks for these documents now (deferred, on demand, or evicted).
+    Fetch(Vec<DocId>),
+    /// The subscription changed: removed collections stop, added ones are planned at once.
+    Subscriptions(Vec<CollectionSubscription>),
+    /// Sync now (a periodic device between its scheduled syncs; a no-op while connected).
+    SyncNow,
     /// A new token for the live connection.
     Token(String),
 }
@@ -87,19 +97,45 @@ pub enum Effect {
     WakeAt(u64),
 }
 
-/// Progress of a sync in documents and bytes.
+/// Documents and bytes of one part of a sync (a direction, or a priority of the download).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transfer {
+    /// Documents done.
+    pub docs_done: u64,
+    /// Documents to do.
+    pub docs_total: u64,
+    /// Bytes done, counted on the wire.
+    pub bytes_done: u64,
+    /// Bytes to do: for the download, the relay's plan (its messages' sizes); for the upload,
+    /// the frames queued.
+    pub bytes_total: u64,
+}
+
+/// Progress of a sync on the current connection, in documents and bytes, per direction and
+/// per priority, with an estimate of the time left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Progress {
-    /// Documents the relay planned to send that have arrived.
+    /// Downloaded documents the relay planned to send that have arrived.
     pub docs_done: u64,
     /// Documents the relay planned to send.
     pub docs_total: u64,
-    /// Bytes of planned documents that have arrived (approximate, the relay's estimate).
+    /// Bytes of planned documents that have arrived, counted on the wire.
     pub bytes_done: u64,
-    /// Bytes the relay planned to send (approximate).
+    /// Bytes the relay planned to send.
     pub bytes_total: u64,
     /// Local documents sent and not yet acknowledged.
     pub docs_unacknowledged: u64,
+    /// The download per priority, indexed by [`syncline_protocol::Priority::code`] (low
+    /// first).
+    pub download_by_priority: [Transfer; 4],
+    /// The upload: local documents with changes sent on this connection (done once
+    /// acknowledged), and the bytes of their frames (done once on the wire).
+    pub upload: Transfer,
+    /// Documents the relay announced and holds back (see `Store::deferred`).
+    pub deferred: u64,
+    /// Milliseconds until both directions are done, from the declared bandwidth (or the rate
+    /// observed on this connection when none is declared); none before anything can be said.
+    pub eta_ms: Option<u64>,
 }
 
 /// The sync status the app observes.

@@ -82,6 +82,9 @@ pub struct SyncOptions {
     pub stall_timeout: Duration,
     /// The client's name, sent to the relay.
     pub client: String,
+    /// For a periodic device (`profile.realtime == false`): how long after a complete sync it
+    /// syncs again ([`SyncClient::sync_now`] syncs at once). It disconnects once caught up.
+    pub sync_interval: Duration,
 }
 
 impl SyncOptions {
@@ -109,6 +112,7 @@ impl SyncOptions {
             backoff: Backoff::default(),
             stall_timeout: Duration::from_secs(30),
             client: format!("syncline/{}", env!("CARGO_PKG_VERSION")),
+            sync_interval: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -128,7 +132,7 @@ pub enum SyncError {
         /// How long it waited.
         waited: Duration,
         /// The status when it gave up.
-        status: Status,
+        status: Box<Status>,
     },
     /// The sync stopped with an error the app must look at.
     #[error("sync failed: {0}")]
@@ -136,6 +140,15 @@ pub enum SyncError {
     /// The client could not start.
     #[error("could not start the sync client: {0}")]
     Start(String),
+    /// Not connected to the relay, so a document that is not here cannot be fetched now.
+    #[error("offline: {doc} is not on this device and the relay is not connected")]
+    Offline {
+        /// The document.
+        doc: DocId,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::Error),
 }
 
 enum Command {
@@ -194,7 +207,9 @@ pub struct SyncClient {
     store: Store,
     hook: u64,
     relay: String,
-    collections: Vec<Collection>,
+    /// The subscription and profile as last set (for `set_network` and `wait_synced`).
+    subscriptions: Mutex<Vec<CollectionSubscription>>,
+    profile: Mutex<Profile>,
 }
 
 /// Keeps a status listener registered; dropping it unregisters.
@@ -249,6 +264,7 @@ impl SyncClient {
             client: options.client.clone(),
             backoff: options.backoff,
             stall_timeout_ms: u64::try_from(options.stall_timeout.as_millis()).unwrap_or(u64::MAX),
+            sync_interval_ms: u64::try_from(options.sync_interval.as_millis()).unwrap_or(u64::MAX),
         };
         let seed = u64::from_le_bytes(
             store.device_id().as_bytes()[..8]
@@ -290,11 +306,8 @@ impl SyncClient {
             store: store.clone(),
             hook,
             relay: options.relay_url.clone(),
-            collections: options
-                .subscriptions
-                .iter()
-                .map(|s| s.collection.clone())
-                .collect(),
+            subscriptions: Mutex::new(options.subscriptions.clone()),
+            profile: Mutex::new(options.profile.clone()),
         })
     }
 
@@ -366,7 +379,7 @@ impl SyncClient {
             if waited >= timeout {
                 return Err(SyncError::Timeout {
                     waited,
-                    status: observed.status.clone(),
+                    status: Box::new(observed.status.clone()),
                 });
             }
             let left = (timeout - waited).min(Duration::from_millis(100));
@@ -381,9 +394,10 @@ impl SyncClient {
 
     /// True when this relay has acknowledged every document of the synced collections.
     fn nothing_unacknowledged(&self) -> bool {
-        self.collections.iter().all(|c| {
+        let subscriptions = lock(&self.subscriptions).clone();
+        subscriptions.iter().all(|s| {
             self.store
-                .unacknowledged(&self.relay, c)
+                .unacknowledged(&self.relay, &s.collection)
                 .is_ok_and(|docs| docs.is_empty())
         })
     }
@@ -408,10 +422,106 @@ impl SyncClient {
         }));
     }
 
-    /// Declares a new capability profile (metered, bandwidth, ...); sent to the relay at once
-    /// on a live connection.
+    /// Declares a new capability profile (class, storage budget, bandwidth, metered, realtime
+    /// or periodic); the relay replans at once on the live connection (mid-transfer included).
     pub fn set_profile(&self, profile: Profile) {
+        *lock(&self.profile) = profile.clone();
         self.inner.send(Command::Event(Event::Profile(profile)));
+    }
+
+    /// The network changed (the phone left Wi-Fi): metered or not, and its bandwidth in bytes
+    /// per second (none: unknown). On a metered network large documents and low-priority
+    /// collections are announced and deferred; leaving it sends them on the same connection.
+    /// Downloads and uploads are paced to the bandwidths.
+    pub fn set_network(
+        &self,
+        metered: bool,
+        download_bytes_per_s: Option<u64>,
+        upload_bytes_per_s: Option<u64>,
+    ) {
+        let profile = {
+            let mut profile = lock(&self.profile);
+            profile.metered = metered;
+            profile.download_bytes_per_s = download_bytes_per_s;
+            profile.upload_bytes_per_s = upload_bytes_per_s;
+            profile.clone()
+        };
+        self.inner.send(Command::Event(Event::Profile(profile)));
+    }
+
+    /// Replaces the subscription: removed collections stop syncing at once, added ones are
+    /// planned at once on the live connection.
+    pub fn set_subscriptions(&self, subscriptions: Vec<CollectionSubscription>) {
+        *lock(&self.subscriptions) = subscriptions.clone();
+        self.inner
+            .send(Command::Event(Event::Subscriptions(subscriptions)));
+    }
+
+    /// The documents the relay announced and holds back for this device (too large for a
+    /// metered network, low priority on one, on demand), with size and reason; see
+    /// [`Store::deferred`].
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn deferred(&self) -> Result<Vec<crate::DeferredDoc>, SyncError> {
+        Ok(self.store.deferred()?)
+    }
+
+    /// Asks the relay for these documents now, whatever held them back (a metered network,
+    /// an on-demand collection, an eviction); returns at once. A fetched on-demand document
+    /// stays in sync from then on.
+    pub fn fetch(&self, docs: &[DocId]) {
+        self.inner.send(Command::Event(Event::Fetch(docs.to_vec())));
+    }
+
+    /// Opens a document, fetching its content from the relay first when it is not on this
+    /// device (on demand, deferred or evicted), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`SyncError::Offline`] at once when the document is not here and the relay is not
+    /// connected; [`SyncError::Timeout`] when it did not arrive in time (the relay may not
+    /// hold it); [`SyncError::Store`] when the store fails.
+    pub fn open(&self, doc: &DocId, timeout: Duration) -> Result<crate::Document, SyncError> {
+        if let Some(document) = here(&self.store, doc)? {
+            return Ok(document);
+        }
+        if !matches!(
+            self.status(),
+            Status::Syncing { .. } | Status::Synced { .. }
+        ) {
+            return Err(SyncError::Offline { doc: doc.clone() });
+        }
+        self.fetch(std::slice::from_ref(doc));
+        let started = Instant::now();
+        let mut observed = self.inner.observed();
+        loop {
+            drop(observed);
+            if let Some(document) = here(&self.store, doc)? {
+                return Ok(document);
+            }
+            observed = self.inner.observed();
+            let waited = started.elapsed();
+            if waited >= timeout {
+                return Err(SyncError::Timeout {
+                    waited,
+                    status: Box::new(observed.status.clone()),
+                });
+            }
+            // Woken by any status change; checks at least every 20 ms.
+            let left = (timeout - waited).min(Duration::from_millis(20));
+            observed = self
+                .inner
+                .changed
+                .wait_timeout(observed, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Syncs now: a periodic device connects before its next scheduled sync (a no-op while
+    /// connected).
+    pub fn sync_now(&self) {
+        self.inner.send(Command::Event(Event::SyncNow));
     }
 
     /// Stops syncing and waits for the sync thread to finish.
@@ -436,6 +546,20 @@ impl SyncClient {
             }
         }
     }
+}
+
+/// The document, if its content is on this device.
+fn here(store: &Store, doc: &DocId) -> Result<Option<crate::Document>, crate::Error> {
+    match store.document(doc) {
+        Ok(document) => Ok(Some(document)),
+        Err(crate::Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Locks a mutex, taking over a poisoned one (a panicked listener must not stop sync).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Drop for SyncClient {

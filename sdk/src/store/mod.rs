@@ -337,6 +337,18 @@ impl Store {
             .subscribe(Scope::Document(id.clone()), listener)
     }
 
+    /// The documents a relay announced and held back, highest priority first, then the most
+    /// recently announced: too large for a metered network, in a low-priority collection on a
+    /// metered network, or in an on-demand collection and not fetched. Each lists its size and
+    /// reason; `SyncClient::fetch` asks for one. Recorded durably, so the list survives
+    /// restarts and works offline.
+    ///
+    /// # Errors
+    /// A storage error.
+    pub fn deferred(&self) -> Result<Vec<crate::DeferredDoc>> {
+        self.shared.db.deferred(None)
+    }
+
     /// The documents holding changes that no relay has acknowledged yet, highest priority
     /// first. Answered from the store's metadata, without loading documents.
     ///

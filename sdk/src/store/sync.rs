@@ -23,7 +23,7 @@ use super::listeners::{self, ChangeEvent, ChangeOrigin};
 use super::{InsideDocument, Store, UpdateOutcome, model};
 use crate::db::{AckTarget, BatchWrite, DocRow, NewDoc, Origin};
 use crate::engine::{Outgoing, Received, SyncStore, holds_their_heads, next_message};
-use crate::{Error, Heads, Result};
+use crate::{DeferredDoc, Error, Heads, Result};
 
 type SlotGuard = ArcMutexGuard<RawMutex, Option<LoadedDoc>>;
 
@@ -410,6 +410,47 @@ impl SyncStore for Store {
             .into_iter()
             .map(|(doc, _)| doc)
             .collect())
+    }
+
+    fn held(&self, collection: &Collection) -> Result<Vec<DocId>> {
+        Ok(self
+            .shared()
+            .db
+            .list(collection)?
+            .into_iter()
+            .map(|row| row.id)
+            .collect())
+    }
+
+    fn priority(&self, doc: &DocId) -> Priority {
+        self.info(doc)
+            .map_or(Priority::Normal, |info| info.priority)
+    }
+
+    fn defer(&self, relay: &str, entries: &[DeferredDoc]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let writes = entries
+            .iter()
+            .map(|d| BatchWrite::Defer(relay.to_owned(), d.clone()))
+            .collect();
+        self.shared().db.commit_batch(writes).map(|_| ())
+    }
+
+    fn undefer(&self, relay: &str, docs: &[DocId]) -> Result<()> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let writes = docs
+            .iter()
+            .map(|d| BatchWrite::Undefer(relay.to_owned(), d.clone()))
+            .collect();
+        self.shared().db.commit_batch(writes).map(|_| ())
+    }
+
+    fn deferred(&self, relay: &str) -> Result<Vec<DeferredDoc>> {
+        self.shared().db.deferred(Some(relay))
     }
 }
 
