@@ -2,17 +2,23 @@
 //! one document per todo in the collection `todos`, that works with no network at all.
 //!
 //! ```text
-//! syncline-todo --store DIR add "Buy milk"     # prints the new id
+//! syncline-todo --store DIR add "Buy milk" [--priority high] [--note-file F]  # prints the id
 //! syncline-todo --store DIR done ID            # an unambiguous id prefix is enough
 //! syncline-todo --store DIR list [--json]
 //! syncline-todo --store DIR history ID
-//! syncline-todo --store DIR sync --relay URL --token TOKEN [--timeout SECS] [--device-class CLASS]
-//!               [--metered] [--bandwidth BYTES_PER_SEC]
-//! syncline-todo --store DIR watch --relay URL --token TOKEN
+//! syncline-todo --store DIR deferred [--json]   # todos the relay holds back, and why
+//! syncline-todo --store DIR sync --relay URL --token TOKEN [--timeout SECS] [CAPABILITIES]
+//! syncline-todo --store DIR fetch ID... --relay URL --token TOKEN [CAPABILITIES]
+//! syncline-todo --store DIR watch --relay URL --token TOKEN [CAPABILITIES]
 //! syncline-todo demo                            # a relay and two devices, offline and back
+//!
+//! CAPABILITIES: [--device-class CLASS] [--metered] [--metered-max-doc-bytes N]
+//!               [--bandwidth B] [--download B] [--upload B] (bytes per second)
+//!               [--on-demand] [--periodic] [--priority P]
 //! ```
 
 mod demo;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,7 +28,8 @@ use clap::{Parser, Subcommand};
 use std::time::{Duration, Instant};
 
 use syncline::{
-    ChangeOrigin, Collection, DeviceClass, DocId, Store, SyncClient, SyncOptions, SyncStats, Value,
+    ChangeOrigin, Collection, CollectionSubscription, DeviceClass, DocId, Priority, Store,
+    SyncClient, SyncMode, SyncOptions, SyncStats, Value,
 };
 
 /// A todo list that works offline, stored with Syncline.
@@ -43,6 +50,12 @@ enum Command {
     Add {
         /// What to do.
         title: String,
+        /// Its sync priority: low, normal, high or critical (uploads leave in this order).
+        #[arg(long, default_value = "normal")]
+        priority: Priority,
+        /// A file whose text becomes the todo's note (a long note makes a large document).
+        #[arg(long)]
+        note_file: Option<PathBuf>,
     },
     /// Mark a todo done.
     Done {
@@ -59,6 +72,23 @@ enum Command {
     History {
         /// The todo's id (or an unambiguous prefix of it).
         id: String,
+    },
+    /// List the todos the relay announced but holds back (a metered network, on demand), with
+    /// their size and why; `fetch` gets them.
+    Deferred {
+        /// Print a JSON array of {"id", "bytes", "priority", "reason"} instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect, fetch these todos now (whatever held them back), print each and exit.
+    Fetch {
+        /// The todos' ids (as `deferred` lists them).
+        ids: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Connect to a relay, exchange changes until nothing is pending either way, print a
     /// summary and exit.
@@ -91,12 +121,32 @@ struct Connection {
     /// phone, tablet, desktop or server.
     #[arg(long, default_value = "desktop")]
     device_class: String,
-    /// The device is on a metered network.
+    /// The device is on a metered network: large todos wait (see `deferred`).
     #[arg(long)]
     metered: bool,
-    /// The device's bandwidth, bytes per second (both ways).
+    /// On a metered network, todos larger than this many bytes wait (default: the relay's,
+    /// 64 KiB).
+    #[arg(long)]
+    metered_max_doc_bytes: Option<u64>,
+    /// The device's bandwidth, bytes per second, both ways: the relay paces what it sends to
+    /// it, the device paces what it sends.
     #[arg(long)]
     bandwidth: Option<u64>,
+    /// The download bandwidth, bytes per second (overrides --bandwidth).
+    #[arg(long)]
+    download: Option<u64>,
+    /// The upload bandwidth, bytes per second (overrides --bandwidth).
+    #[arg(long)]
+    upload: Option<u64>,
+    /// Keep only the list of todos; fetch a todo's content when asked (`fetch`).
+    #[arg(long)]
+    on_demand: bool,
+    /// A periodic device: no pushes, and the connection closes once caught up.
+    #[arg(long)]
+    periodic: bool,
+    /// The priority of the todos collection: low, normal, high or critical.
+    #[arg(long, default_value = "normal")]
+    priority: Priority,
 }
 
 impl Connection {
@@ -110,8 +160,19 @@ impl Connection {
             other => bail!("unknown device class {other:?} (phone, tablet, desktop or server)"),
         };
         options.profile.metered = self.metered;
-        options.profile.download_bytes_per_s = self.bandwidth;
-        options.profile.upload_bytes_per_s = self.bandwidth;
+        options.profile.metered_max_doc_bytes = self.metered_max_doc_bytes;
+        options.profile.download_bytes_per_s = self.download.or(self.bandwidth);
+        options.profile.upload_bytes_per_s = self.upload.or(self.bandwidth);
+        options.profile.realtime = !self.periodic;
+        options.subscriptions = vec![CollectionSubscription {
+            collection: todos.clone(),
+            priority: self.priority,
+            mode: if self.on_demand {
+                SyncMode::OnDemand
+            } else {
+                SyncMode::Eager
+            },
+        }];
         options.client = format!("syncline-todo/{}", env!("CARGO_PKG_VERSION"));
         Ok(options)
     }
@@ -137,13 +198,76 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let store = open_store(&dir)?;
     let todos = Collection::new("todos")?;
     match cli.command {
-        Command::Add { title } => {
+        Command::Add {
+            title,
+            priority,
+            note_file,
+        } => {
             if title.trim().is_empty() {
                 bail!("a todo needs a title");
             }
-            let initial = Value::from_json(&serde_json::json!({"title": title, "done": false}));
-            let doc = store.create_with(&todos, initial, Default::default())?;
+            let mut todo = serde_json::json!({"title": title, "done": false});
+            if let Some(file) = note_file {
+                let note = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                todo["note"] = serde_json::Value::String(note);
+            }
+            let doc = store.create_with(&todos, Value::from_json(&todo), priority)?;
             println!("{}", doc.id().id());
+        }
+        Command::Deferred { json } => {
+            let deferred: Vec<serde_json::Value> = store
+                .deferred()?
+                .into_iter()
+                .filter(|d| d.doc.collection() == &todos)
+                .map(|d| {
+                    serde_json::json!({
+                        "id": d.doc.id(),
+                        "bytes": d.bytes,
+                        "priority": d.priority.as_str(),
+                        "reason": reason(d.reason),
+                    })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::Value::Array(deferred));
+            } else {
+                for d in deferred {
+                    println!(
+                        "{}  {} bytes  {}  ({})",
+                        d["id"].as_str().unwrap_or(""),
+                        d["bytes"],
+                        d["priority"].as_str().unwrap_or(""),
+                        d["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Command::Fetch {
+            ids,
+            connection,
+            timeout,
+        } => {
+            let docs = ids
+                .iter()
+                .map(|id| DocId::new(todos.clone(), id.as_str()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let token = connection.token.clone();
+            let client = SyncClient::start(&store, connection.options(&todos)?, move || {
+                Ok(token.clone())
+            })?;
+            // Connected first: `open` fails at once while offline.
+            client
+                .wait_synced(Duration::from_secs(timeout), true)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for doc in &docs {
+                let opened = client
+                    .open(doc, Duration::from_secs(timeout))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let title = opened.get_str("title")?.unwrap_or_default();
+                println!("fetched {}: {title}", doc.id());
+            }
+            client.stop();
         }
         Command::Done { id } => {
             let id = resolve(&store, &todos, &id)?;
@@ -186,11 +310,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(token.clone())
             })?;
             let started = Instant::now();
-            let stats = client
-                .wait_synced(Duration::from_secs(timeout), true)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let progress = progress::Reporter::new();
+            let _drawing = {
+                let progress = progress.clone();
+                client.watch_status(move |status| progress.status(status))
+            };
+            let waited = client.wait_synced(Duration::from_secs(timeout), true);
+            progress.finish();
+            let stats = waited.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let deferred = client.deferred()?.len();
             client.stop();
             println!("{}", summary(&stats, started.elapsed()));
+            if deferred > 0 {
+                println!("{deferred} todos deferred (see `deferred`, get them with `fetch`)");
+            }
         }
         Command::Watch { connection } => {
             let token = connection.token.clone();
@@ -225,6 +358,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// The word `deferred` prints for a reason.
+fn reason(reason: syncline::DeferReason) -> &'static str {
+    match reason {
+        syncline::DeferReason::Metered => "metered network",
+        syncline::DeferReason::LowPriority => "low priority on a metered network",
+        syncline::DeferReason::OnDemand => "on demand",
+        syncline::DeferReason::StorageBudget => "over the storage budget",
+    }
 }
 
 /// Opens (creating if missing) the store in `dir`.

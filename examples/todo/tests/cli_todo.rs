@@ -212,3 +212,132 @@ fn watch_prints_changes_as_they_arrive() {
     }
     panic!("watch never printed the change: {seen:?}");
 }
+
+/// Text that does not compress away (Automerge deflates large columns).
+fn noise(n: usize) -> String {
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + u8::try_from(x % 26).expect("letter"))
+        })
+        .collect()
+}
+
+/// `sync` with the device's capabilities, through `relay`: its stdout, and how long it took.
+fn sync_as(
+    relay: &syncline_testkit::relay::Relay,
+    store: &std::path::Path,
+    capabilities: &[&str],
+) -> (String, std::time::Duration) {
+    let token = relay
+        .token("alice", &device_id(store), "todos", "todos", 600)
+        .expect("token");
+    let started = std::time::Instant::now();
+    let url = relay.url();
+    let mut args = vec!["sync", "--relay", &url, "--token", &token];
+    args.extend_from_slice(capabilities);
+    let out = stdout(&todo(store, &args));
+    (out, started.elapsed())
+}
+
+fn ids(json: &str) -> Vec<String> {
+    let items: serde_json::Value = serde_json::from_str(json).expect("json");
+    items
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|i| i["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+#[test]
+fn capabilities_decide_what_a_sync_gets_and_fetch_gets_the_rest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = tempfile::tempdir().expect("temp dir");
+    let relay = syncline_testkit::relay::Relay::start(data.path()).expect("relay");
+    let laptop = dir.path().join("laptop");
+    let note = dir.path().join("note.txt");
+    std::fs::write(&note, noise(200_000)).expect("note");
+    let small = stdout(&todo(&laptop, &["add", "Buy milk"]))
+        .trim()
+        .to_owned();
+    let big = stdout(&todo(
+        &laptop,
+        &[
+            "add",
+            "Read the manual",
+            "--note-file",
+            note.to_str().expect("utf-8"),
+        ],
+    ))
+    .trim()
+    .to_owned();
+    sync_as(&relay, &laptop, &[]);
+
+    // A phone on a metered network gets the small todo; the large one is announced.
+    let phone = dir.path().join("phone");
+    let (out, _) = sync_as(&relay, &phone, &["--metered", "--device-class", "phone"]);
+    assert!(out.contains("1 todos deferred"), "{out}");
+    assert_eq!(
+        ids(&stdout(&todo(&phone, &["list", "--json"]))),
+        vec![small.clone()]
+    );
+    let deferred: serde_json::Value =
+        serde_json::from_str(&stdout(&todo(&phone, &["deferred", "--json"]))).expect("json");
+    assert_eq!(deferred[0]["id"], big.as_str());
+    assert_eq!(deferred[0]["reason"], "metered network");
+    assert!(deferred[0]["bytes"].as_u64().expect("bytes") > 100_000);
+    // Fetched on purpose, still metered.
+    let token = relay
+        .token("alice", &device_id(&phone), "todos", "todos", 600)
+        .expect("token");
+    let out = stdout(&todo(
+        &phone,
+        &[
+            "fetch",
+            &big,
+            "--relay",
+            &relay.url(),
+            "--token",
+            &token,
+            "--metered",
+        ],
+    ));
+    assert_eq!(out.trim(), format!("fetched {big}: Read the manual"));
+    assert_eq!(ids(&stdout(&todo(&phone, &["list", "--json"]))).len(), 2);
+    assert_eq!(stdout(&todo(&phone, &["deferred"])), "");
+
+    // A tablet keeping todos on demand gets the list only.
+    let tablet = dir.path().join("tablet");
+    sync_as(&relay, &tablet, &["--on-demand"]);
+    assert_eq!(stdout(&todo(&tablet, &["list"])), "");
+    let deferred = ids(&stdout(&todo(&tablet, &["deferred", "--json"])));
+    assert_eq!(deferred.len(), 2);
+    assert!(stdout(&todo(&tablet, &["deferred"])).contains("on demand"));
+
+    // A slow device is paced: the transfer takes at least what its bandwidth implies.
+    let slow = dir.path().join("slow");
+    let rate = 50_000;
+    let (out, took) = sync_as(&relay, &slow, &["--download", &rate.to_string()]);
+    assert!(
+        out.contains("progress: "),
+        "plain progress lines off a terminal: {out}"
+    );
+    let received: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("synced: "))
+        .and_then(|l| l.split("received ").nth(1))
+        .and_then(|l| l.split('(').nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("bytes received in the summary");
+    // The first 16 KiB may go at once.
+    let floor = std::time::Duration::from_millis((received - (16 << 10)) * 1000 / rate);
+    assert!(
+        took >= floor,
+        "{received} bytes at {rate} B/s in {took:?}, floor {floor:?}"
+    );
+}

@@ -94,6 +94,9 @@ struct Uplink {
     /// Documents sent with changes on this connection, and how many of them were acknowledged.
     docs_total: u64,
     docs_done: u64,
+    /// When the pacer last let a frame go: a live relay acknowledges each, so the stall
+    /// timeout counts from there too.
+    last_sent_ms: u64,
 }
 
 /// What the engine knows of the current connection.
@@ -595,8 +598,9 @@ impl<S: SyncStore> Engine<S> {
             Phase::Waiting(at) if now_ms >= at => self.connect_if_allowed(out),
             Phase::Open
                 if self.outstanding()
-                    && now_ms.saturating_sub(self.conn.last_frame_ms)
-                        >= self.config.stall_timeout_ms =>
+                    && now_ms.saturating_sub(
+                        self.conn.last_frame_ms.max(self.conn.uplink.last_sent_ms),
+                    ) >= self.config.stall_timeout_ms =>
             {
                 tracing::warn!(relay = %self.config.relay, "no answer from the relay; reconnecting");
                 out.effects.push(Effect::Disconnect);
@@ -963,6 +967,7 @@ impl<S: SyncStore> Engine<S> {
             let bytes = uplink.queue.pop_front().expect("not empty");
             uplink.pacer.spend(bytes.len() as u64, now_ms);
             uplink.bytes_done += bytes.len() as u64;
+            uplink.last_sent_ms = now_ms;
             out.push_frame(bytes);
         }
         if !uplink.queue.is_empty() {

@@ -20,6 +20,11 @@ fn todos() -> Collection {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(|_| {})
+}
+
+/// A fixture whose engine configuration `adjust` changes first.
+fn fixture_with(adjust: impl FnOnce(&mut EngineConfig)) -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open_with(
         dir.path().join("s.db"),
@@ -53,6 +58,8 @@ fn fixture() -> Fixture {
         stall_timeout_ms: 5_000,
         sync_interval_ms: 60_000,
     };
+    let mut config = config;
+    adjust(&mut config);
     Fixture {
         engine: Engine::new(store.clone(), config, 7),
         store,
@@ -334,4 +341,320 @@ fn a_burst_of_local_writes_is_paced_into_few_frames_below_the_relay_rate() {
         unreachable!("a sync frame")
     };
     assert!(sync.items.len() >= 48);
+}
+
+/// Connects, welcomes and plans nothing: a connection at rest at `t + 3`.
+fn connect(f: &mut Fixture, t: u64) -> Vec<Effect> {
+    f.engine.handle(Event::Start, t);
+    let mut effects = f.engine.handle(Event::Connected, t + 1);
+    effects.extend(f.engine.handle(Event::Frame(welcome()), t + 2));
+    effects.extend(f.engine.handle(Event::Frame(empty_plan(0)), t + 3));
+    effects
+}
+
+/// Drives the engine's timers in virtual time for at most `until` ms: every frame sent, with
+/// its time.
+fn run_timers(
+    f: &mut Fixture,
+    mut effects: Vec<Effect>,
+    mut now: u64,
+    until: u64,
+) -> Vec<(u64, Vec<u8>)> {
+    let mut frames = Vec::new();
+    for _ in 0..100_000 {
+        for e in &effects {
+            if let Effect::Send(bytes) = e {
+                frames.push((now, bytes.clone()));
+            }
+        }
+        match wake_at(&effects) {
+            Some(at) if at <= until => {
+                now = at.max(now);
+                effects = f.engine.handle(Event::Tick, now);
+            }
+            _ => break,
+        }
+    }
+    frames
+}
+
+fn profile_with(adjust: impl FnOnce(&mut Profile)) -> impl FnOnce(&mut EngineConfig) {
+    move |config| adjust(&mut config.profile)
+}
+
+/// Text that does not compress away (Automerge deflates large columns).
+fn noise(n: usize) -> String {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + u8::try_from(x % 26).expect("letter"))
+        })
+        .collect()
+}
+
+#[test]
+fn uploads_are_paced_to_the_declared_rate() {
+    let rate = 50_000;
+    let mut f = fixture_with(|c| {
+        c.profile.upload_bytes_per_s = Some(rate);
+        c.stall_timeout_ms = 120_000;
+    });
+    for _ in 0..60 {
+        let doc = f.store.create(&todos()).expect("create");
+        doc.put("body", noise(8000)).expect("put");
+    }
+    // Everything pending goes out on connect, paced.
+    let effects = connect(&mut f, 0);
+    let frames = run_timers(&mut f, effects, 3, 60_000);
+    let syncs: Vec<&(u64, Vec<u8>)> = frames
+        .iter()
+        .filter(|(_, b)| matches!(frame::decode(b, usize::MAX), Ok(Message::Sync(_))))
+        .collect();
+    let total: u64 = frames.iter().map(|(_, b)| b.len() as u64).sum();
+    assert!(total > 200_000, "{total} bytes");
+    assert!(syncs.len() > 10, "split into many frames: {}", syncs.len());
+    let last = syncs.last().expect("frames").0;
+    // The first burst goes at once; the last frame goes once the rest is paid for.
+    let last_len = syncs.last().expect("frames").1.len() as u64;
+    let ideal = (total - last_len - Pacer::burst(rate)) * 1000 / rate;
+    let error = last.abs_diff(ideal) as f64 / ideal as f64;
+    assert!(error < 0.15, "took {last} ms, the rate implies {ideal} ms");
+    match f.engine.status() {
+        Status::Syncing { progress } => {
+            assert_eq!(progress.upload.docs_total, 60);
+            assert_eq!(progress.upload.bytes_done, progress.upload.bytes_total);
+        }
+        other => panic!("acks are due: {other:?}"),
+    }
+}
+
+#[test]
+fn uploads_leave_highest_priority_first() {
+    let mut f = fixture();
+    let mut expected = Vec::new();
+    for priority in [
+        Priority::Low,
+        Priority::Critical,
+        Priority::Normal,
+        Priority::High,
+    ] {
+        let doc = f
+            .store
+            .create_with(&todos(), Value::Map(Default::default()), priority)
+            .expect("create");
+        doc.put("x", 1).expect("put");
+        expected.push((priority, doc.id().clone()));
+    }
+    expected.sort_by_key(|e| std::cmp::Reverse(e.0));
+    f.engine.handle(Event::Start, 0);
+    let effects = f.engine.handle(Event::Connected, 1);
+    let order: Vec<DocId> = sent(&effects)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Sync(s) => Some(s.items.into_iter().map(|i| i.doc)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(
+        order,
+        expected.into_iter().map(|(_, d)| d).collect::<Vec<_>>()
+    );
+}
+
+fn doc_id(s: &str) -> DocId {
+    s.parse().expect("valid")
+}
+
+fn deferred_entry(doc: &str, reason: DeferReason) -> syncline_protocol::messages::PlanEntry {
+    syncline_protocol::messages::PlanEntry {
+        doc: doc_id(doc),
+        priority: Priority::Normal,
+        bytes: 100_000,
+        reason: Some(reason),
+    }
+}
+
+#[test]
+fn deferred_documents_are_recorded_and_fetched_once_off_the_metered_network() {
+    let mut f = fixture_with(profile_with(|p| p.metered = true));
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 1);
+    f.engine.handle(Event::Frame(welcome()), 2);
+    let plan = frame::encode(&Message::Plan(Plan {
+        send: Vec::new(),
+        deferred: vec![
+            deferred_entry("todos/big", DeferReason::Metered),
+            deferred_entry("todos/photo", DeferReason::OnDemand),
+        ],
+        cursors: vec![Cursor {
+            collection: todos(),
+            seq: 9,
+        }],
+        update: false,
+    }));
+    f.engine.handle(Event::Frame(plan), 3);
+    let listed: Vec<DocId> = f
+        .store
+        .deferred()
+        .expect("deferred")
+        .into_iter()
+        .map(|d| d.doc)
+        .collect();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        matches!(f.engine.status(), Status::Synced { .. }),
+        "deferred is not pending"
+    );
+
+    // Leaving the metered network on this connection: the relay releases its own deferrals.
+    let unmetered = Profile {
+        metered: false,
+        ..f.engine.config.profile.clone()
+    };
+    let effects = f.engine.handle(Event::Profile(unmetered.clone()), 4);
+    let names: Vec<&str> = sent(&effects).iter().map(Message::name).collect();
+    assert_eq!(names, ["update_profile"]);
+
+    // On a later connection, what is still deferred for a metered network is fetched.
+    f.engine
+        .handle(Event::Disconnected(Disconnect::Failed("cut".into())), 5);
+    let wake = f.engine.handle(Event::Tick, 10_000);
+    assert!(wake.contains(&Effect::Connect));
+    let effects = f.engine.handle(Event::Connected, 10_001);
+    let fetch = sent(&effects)
+        .into_iter()
+        .find_map(|m| match m {
+            Message::Fetch(fetch) => Some(fetch.docs),
+            _ => None,
+        })
+        .expect("a fetch");
+    assert_eq!(fetch, vec![doc_id("todos/big")], "not the on-demand one");
+
+    // Its content arriving takes it off the list.
+    let writer =
+        Store::open_with(f._dir.path().join("w.db"), StoreOptions::default()).expect("writer");
+    let big = writer
+        .create_at(
+            doc_id("todos/big"),
+            Value::Map(Default::default()),
+            Priority::Normal,
+        )
+        .expect("create");
+    big.put("body", "content").expect("put");
+    let changes = writer
+        .changes_since(&doc_id("todos/big"), &Heads::default())
+        .expect("changes");
+    let mut am = automerge::Automerge::new();
+    for c in changes {
+        am.load_incremental(&c).expect("load");
+    }
+    // A message that carries the changes: what the relay sends once it knows the device
+    // lacks them (learned here from an empty peer).
+    use automerge::sync::SyncDoc as _;
+    let (mut state, mut peer, mut peer_state) = (
+        automerge::sync::State::new(),
+        automerge::Automerge::new(),
+        automerge::sync::State::new(),
+    );
+    let first = am.generate_sync_message(&mut state).expect("first");
+    peer.receive_sync_message(&mut peer_state, first)
+        .expect("receive");
+    let reply = peer.generate_sync_message(&mut peer_state).expect("reply");
+    am.receive_sync_message(&mut state, reply).expect("receive");
+    let message = am.generate_sync_message(&mut state).expect("message");
+    assert!(!message.changes.is_empty());
+    f.engine.handle(Event::Frame(welcome()), 10_002);
+    let sync = frame::encode(&Message::Sync(Sync {
+        items: vec![SyncItem {
+            doc: doc_id("todos/big"),
+            message: message.encode(),
+        }],
+    }));
+    f.engine.handle(Event::Frame(sync), 10_003);
+    let listed: Vec<DocId> = f
+        .store
+        .deferred()
+        .expect("deferred")
+        .into_iter()
+        .map(|d| d.doc)
+        .collect();
+    assert_eq!(listed, vec![doc_id("todos/photo")]);
+}
+
+#[test]
+fn a_periodic_device_closes_once_caught_up_and_comes_back_on_schedule() {
+    let mut f = fixture_with(profile_with(|p| p.realtime = false));
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 1);
+    f.engine.handle(Event::Frame(welcome()), 2);
+    let effects = f.engine.handle(Event::Frame(empty_plan(0)), 3);
+    assert!(
+        effects.contains(&Effect::Disconnect),
+        "closes when caught up"
+    );
+    assert_eq!(wake_at(&effects), Some(3 + 60_000));
+    assert_eq!(f.engine.status(), &Status::Synced { at_ms: 3 });
+    assert!(!f.engine.is_connected());
+    // A local change waits for the schedule...
+    let doc = f.store.create(&todos()).expect("create");
+    let effects = f
+        .engine
+        .handle(Event::LocalChanges(vec![doc.id().clone()]), 100);
+    assert!(!effects.contains(&Effect::Connect));
+    // ... unless the app asks.
+    let effects = f.engine.handle(Event::SyncNow, 200);
+    assert!(effects.contains(&Effect::Connect));
+    let effects = f.engine.handle(Event::Connected, 201);
+    assert!(sent(&effects).iter().any(|m| matches!(m, Message::Sync(_))));
+}
+
+#[test]
+fn an_added_collection_is_planned_at_once_and_a_removed_one_forgotten() {
+    let mut f = fixture();
+    connect(&mut f, 0);
+    let notes = Collection::new("notes").expect("valid");
+    let mut subs = f.engine.config.subscriptions.clone();
+    subs.push(CollectionSubscription {
+        collection: notes.clone(),
+        priority: Priority::High,
+        mode: SyncMode::OnDemand,
+    });
+    let effects = f.engine.handle(Event::Subscriptions(subs), 10);
+    let messages = sent(&effects);
+    assert!(matches!(&messages[0], Message::Subscribe(s) if s.collections.len() == 2));
+    let Message::Reconcile(r) = &messages[1] else {
+        panic!("a reconcile: {messages:?}")
+    };
+    assert_eq!(r.cursors.len(), 1, "only the added collection");
+    assert_eq!(r.cursors[0].collection, notes);
+    assert!(
+        matches!(f.engine.status(), Status::Syncing { .. }),
+        "its plan is due"
+    );
+    let plan = frame::encode(&Message::Plan(Plan {
+        send: Vec::new(),
+        deferred: vec![deferred_entry("notes/n", DeferReason::OnDemand)],
+        cursors: vec![Cursor {
+            collection: notes.clone(),
+            seq: 1,
+        }],
+        update: false,
+    }));
+    f.engine.handle(Event::Frame(plan), 11);
+    assert!(matches!(f.engine.status(), Status::Synced { .. }));
+    assert_eq!(f.store.deferred().expect("deferred").len(), 1);
+    // Removing it forgets what was deferred in it.
+    f.engine.handle(
+        Event::Subscriptions(vec![CollectionSubscription {
+            collection: todos(),
+            priority: Priority::Normal,
+            mode: SyncMode::Eager,
+        }]),
+        12,
+    );
+    assert!(f.store.deferred().expect("deferred").is_empty());
 }
