@@ -406,3 +406,42 @@ fn removing_a_collection_stops_its_traffic_and_adding_one_plans_it() {
         "a later Reconcile plans only what it names"
     );
 }
+
+#[test]
+fn a_periodic_device_turning_realtime_gets_what_it_was_not_pushed() {
+    let mut w = world_with_writer();
+    w.join_with(
+        READER,
+        "acme",
+        all(),
+        profile(false, false),
+        vec![sub("todos", Priority::Normal, SyncMode::Eager)],
+    );
+    reconcile(&mut w, READER, None);
+    write(&mut w, &["todos/while-periodic"], 100);
+    assert!(received(&w, READER).is_empty());
+    w.run(vec![(READER, Action::UpdateProfile(profile(false, true)))]);
+    assert_eq!(received(&w, READER), vec![doc("todos/while-periodic")]);
+}
+
+#[test]
+fn an_on_demand_collection_made_eager_sends_what_was_only_listed() {
+    let mut w = world_with_writer();
+    write(&mut w, &["photos/a", "photos/b"], 1000);
+    w.join_with(
+        READER,
+        "acme",
+        all(),
+        profile(false, true),
+        vec![sub("photos", Priority::Normal, SyncMode::OnDemand)],
+    );
+    reconcile(&mut w, READER, None);
+    assert!(received(&w, READER).is_empty());
+    w.run(vec![(
+        READER,
+        Action::Subscribe(vec![sub("photos", Priority::Normal, SyncMode::Eager)]),
+    )]);
+    let mut got = received(&w, READER);
+    got.sort();
+    assert_eq!(got, vec![doc("photos/a"), doc("photos/b")]);
+}

@@ -99,6 +99,12 @@ pub struct SimReport {
     pub grant_changes: u64,
     /// Messages the relay core dropped whole by grant filtering.
     pub filtered: u64,
+    /// Random capability profiles declared on the fly (metered, bandwidths, periodic).
+    pub profile_changes: u64,
+    /// Random subscription changes (eager and on demand, priorities).
+    pub subscription_changes: u64,
+    /// Documents the relay announced to a device and held back.
+    pub deferred: u64,
 }
 
 struct Link {
@@ -261,10 +267,12 @@ impl World {
         for _ in 0..self.config.ops {
             schedule.push((start + self.rng.u64(0..self.config.chaos_ms), Chaos::Write));
         }
-        let faults = self.rng.usize(0..=8);
+        let faults = self.rng.usize(0..=10);
         for _ in 0..faults {
             let at = start + self.rng.u64(0..self.config.chaos_ms);
-            let fault = match self.rng.u8(0..11) {
+            let fault = match self.rng.u8(0..15) {
+                11 | 12 => Chaos::Profile(self.rng.usize(0..self.devices.len())),
+                13 | 14 => Chaos::Subscribe(self.rng.usize(0..self.devices.len())),
                 0..=3 => Chaos::Cut,
                 4..=6 => Chaos::Partition(self.rng.u64(100..=3_000)),
                 7 => Chaos::RelayCrash,
@@ -294,6 +302,14 @@ impl World {
                 self.faults = false;
                 for d in &mut self.devices {
                     d.partitioned_until = 0;
+                }
+                // Every device back to a realtime, unmetered, eager profile: it must then get
+                // everything that was held back for it.
+                for i in 0..self.devices.len() {
+                    if self.devices[i].engine.is_some() {
+                        self.handle(i, Event::Profile(crate::profile(DeviceClass::Phone)));
+                        self.handle(i, Event::Subscriptions(vec![sim_subscription()]));
+                    }
                 }
             }
             if !self.faults && self.converged()? {
@@ -718,13 +734,17 @@ impl World {
     }
 
     fn observe_acks(&mut self, bytes: &[u8]) {
-        if let Ok(Message::Ack(ack)) = frame::decode(bytes, usize::MAX) {
-            for item in ack.items {
-                self.acked
-                    .entry(item.doc)
-                    .or_default()
-                    .extend(item.heads.as_slice().iter().map(|h| ChangeHash(h.0)));
+        match frame::decode(bytes, usize::MAX) {
+            Ok(Message::Ack(ack)) => {
+                for item in ack.items {
+                    self.acked
+                        .entry(item.doc)
+                        .or_default()
+                        .extend(item.heads.as_slice().iter().map(|h| ChangeHash(h.0)));
+                }
             }
+            Ok(Message::Plan(plan)) => self.report.deferred += plan.deferred.len() as u64,
+            _ => {}
         }
     }
 
@@ -776,6 +796,37 @@ impl World {
                     },
                 ) {
                     self.report.grant_changes += 1;
+                }
+            }
+            Chaos::Profile(i) => {
+                if self.devices[i].engine.is_some() {
+                    let bandwidth =
+                        |rng: &mut fastrand::Rng| rng.bool().then(|| rng.u64(2_000..=200_000));
+                    let profile = syncline::Profile {
+                        metered: self.rng.bool(),
+                        download_bytes_per_s: bandwidth(&mut self.rng),
+                        upload_bytes_per_s: bandwidth(&mut self.rng),
+                        realtime: self.rng.u8(0..4) != 0,
+                        metered_max_doc_bytes: self.rng.bool().then(|| self.rng.u64(50..=2_000)),
+                        ..crate::profile(DeviceClass::Phone)
+                    };
+                    self.report.profile_changes += 1;
+                    self.handle(i, Event::Profile(profile));
+                }
+            }
+            Chaos::Subscribe(i) => {
+                if self.devices[i].engine.is_some() {
+                    let subscription = CollectionSubscription {
+                        priority: Priority::ALL[self.rng.usize(0..4)],
+                        mode: if self.rng.bool() {
+                            SyncMode::OnDemand
+                        } else {
+                            SyncMode::Eager
+                        },
+                        ..sim_subscription()
+                    };
+                    self.report.subscription_changes += 1;
+                    self.handle(i, Event::Subscriptions(vec![subscription]));
                 }
             }
             Chaos::Restore(i) => {
@@ -973,10 +1024,40 @@ impl World {
             .iter()
             .map(|d| format!("{:?}", d.status))
             .collect();
+        // What each device lacks or differs in, against the relay.
+        let relay = self.relay_docs().unwrap_or_default();
+        let collection = Collection::new(COLLECTION).expect("valid");
+        let mut differences = Vec::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let Some(store) = d.store.as_ref() else {
+                continue;
+            };
+            for (id, doc) in &relay {
+                let here = store.document(id).and_then(|d| d.heads());
+                match here {
+                    Ok(heads) if heads.as_slice() == doc.get_heads().as_slice() => {}
+                    Ok(_) => differences.push(format!("device {i}: {id} differs")),
+                    Err(_) => differences.push(format!("device {i}: {id} missing")),
+                }
+            }
+            let deferred = store.deferred().unwrap_or_default();
+            for d in &deferred {
+                differences.push(format!("device {i}: {} deferred ({:?})", d.doc, d.reason));
+            }
+            let deferred = deferred.len();
+            let listed = store.list(&collection).map(|l| l.len()).unwrap_or(0);
+            if listed != relay.len() || deferred > 0 {
+                differences.push(format!(
+                    "device {i}: {listed} documents of {}, {deferred} deferred",
+                    relay.len()
+                ));
+            }
+        }
         format!(
-            "t={} ms, statuses {statuses:?}, links {}",
+            "t={} ms, statuses {statuses:?}, links {}, {}",
             self.now - 1_000_000,
-            self.links.len()
+            self.links.len(),
+            differences.join("; ")
         )
     }
 }
@@ -993,6 +1074,20 @@ enum Chaos {
     /// A refreshed token gives device `i` its grants back, and the device reconnects (as an
     /// app does after a refused write) so that what was refused is sent again.
     Restore(usize),
+    /// Device `i` declares a random profile: metered or not, bandwidths (paced both ways),
+    /// periodic or realtime, its own metered threshold.
+    Profile(usize),
+    /// Device `i` subscribes to the collection eagerly or on demand, at a random priority.
+    Subscribe(usize),
+}
+
+/// The subscription every simulated device starts with (and returns to when the chaos ends).
+fn sim_subscription() -> CollectionSubscription {
+    CollectionSubscription {
+        collection: Collection::new(COLLECTION).expect("valid"),
+        priority: Priority::Normal,
+        mode: SyncMode::Eager,
+    }
 }
 
 impl Device {
@@ -1013,11 +1108,7 @@ impl Device {
         let config = EngineConfig {
             relay: "sim".into(),
             profile: crate::profile(DeviceClass::Phone),
-            subscriptions: vec![CollectionSubscription {
-                collection: Collection::new(COLLECTION).expect("valid"),
-                priority: Priority::Normal,
-                mode: SyncMode::Eager,
-            }],
+            subscriptions: vec![sim_subscription()],
             client: "sim".into(),
             backoff: Backoff {
                 min_ms: 50,

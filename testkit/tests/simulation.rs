@@ -34,6 +34,9 @@ fn devices_converge_and_lose_nothing_under_faults() {
                         totals.slow_consumers += report.slow_consumers;
                         totals.grant_changes += report.grant_changes;
                         totals.filtered += report.filtered;
+                        totals.profile_changes += report.profile_changes;
+                        totals.subscription_changes += report.subscription_changes;
+                        totals.deferred += report.deferred;
                     }
                     Ok(Err(e)) => failures.push(e),
                     Err(_) => failures.push(format!("seed {seed}: panicked")),
@@ -45,12 +48,14 @@ fn devices_converge_and_lose_nothing_under_faults() {
     let handles = [run(first), run(second)];
     let mut failures = Vec::new();
     let (mut shared_groups, mut slow_consumers, mut grant_changes) = (0, 0, 0);
+    let (mut profile_changes, mut subscription_changes, mut deferred) = (0, 0, 0);
     for handle in handles {
         let (mut f, totals) = handle.join().expect("the runner thread");
         eprintln!(
             "simulated {} writes, {} cuts, {} relay crashes, {} device crashes, {} frames, \
              {} group commits shared by several devices, {} slow consumers closed, \
-             {} grants narrowed, {} messages dropped by grant filtering at routing",
+             {} grants narrowed, {} messages dropped by grant filtering at routing, \
+             {} profiles and {} subscriptions changed, {} documents deferred",
             totals.writes,
             totals.cuts,
             totals.relay_crashes,
@@ -59,8 +64,14 @@ fn devices_converge_and_lose_nothing_under_faults() {
             totals.shared_group_commits,
             totals.slow_consumers,
             totals.grant_changes,
-            totals.filtered
+            totals.filtered,
+            totals.profile_changes,
+            totals.subscription_changes,
+            totals.deferred
         );
+        profile_changes += totals.profile_changes;
+        subscription_changes += totals.subscription_changes;
+        deferred += totals.deferred;
         shared_groups += totals.shared_group_commits;
         slow_consumers += totals.slow_consumers;
         grant_changes += totals.grant_changes;
@@ -82,6 +93,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
         );
         assert!(slow_consumers > 0, "no slow consumer was closed");
         assert!(grant_changes > 0, "no connection had its grants narrowed");
+        assert!(profile_changes > 0 && subscription_changes > 0);
+        assert!(deferred > 0, "no document was held back");
     }
 }
 

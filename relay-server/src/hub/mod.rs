@@ -23,7 +23,7 @@ mod watchers;
 pub use graph::{DocGraph, GraphError, parse_changes};
 pub use responder::check_message;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use automerge::ChangeHash;
@@ -117,6 +117,9 @@ struct Peer {
     deferred: BTreeMap<DocId, PlanEntry>,
     /// True once the connection's first `Reconcile` was planned.
     reconciled: bool,
+    /// Documents changed while the device was periodic (no pushes): pushed if it turns
+    /// realtime on this connection.
+    skipped: BTreeSet<DocId>,
 }
 
 impl Peer {
@@ -239,6 +242,7 @@ impl<S: Storage> Hub<S> {
             held: HashSet::new(),
             deferred: BTreeMap::new(),
             reconciled: false,
+            skipped: BTreeSet::new(),
         };
         self.peers.insert(id, peer);
     }
@@ -314,9 +318,9 @@ impl<S: Storage> Hub<S> {
                 self.replan(id)
             }
             Action::Subscribe(collections) => {
-                self.resubscribe(id, collections);
+                let out = self.resubscribe(id, collections)?;
                 self.register(id, now_ms)?;
-                Ok(Vec::new())
+                Ok(out)
             }
             Action::Reconcile(reconcile) => self.reconcile(id, reconcile),
             Action::Sync(items) => self.sync(id, items, now_ms),

@@ -181,8 +181,18 @@ impl<S: Storage> Hub<S> {
     }
 
     /// The profile changed on the live connection: sends at once what the policy no longer
-    /// holds back, highest priority first.
+    /// holds back, highest priority first; a device that turned realtime gets what changed
+    /// while it was periodic.
     pub(super) fn replan(&mut self, id: SessionId) -> Result<Vec<Delivery>, HubError> {
+        let mut out = Vec::new();
+        if self.policy_device(id).realtime() {
+            let skipped: Vec<DocId> = std::mem::take(&mut self.peer_mut(id).skipped)
+                .into_iter()
+                .collect();
+            if !skipped.is_empty() {
+                self.push(id, &skipped, &mut out);
+            }
+        }
         let device = self.policy_device(id);
         let mut released: Vec<PlanEntry> = self.peers[&id]
             .deferred
@@ -197,14 +207,18 @@ impl<S: Storage> Hub<S> {
             planned.add(self.offer(id, &entry.doc, entry.priority, entry.bytes)?);
         }
         self.note_deferred(id, &planned);
-        let mut out = Vec::new();
         planned.deliver(id, None, Lane::Bulk, &mut out);
         Ok(out)
     }
 
     /// Replaces the session's subscription; the documents of a removed collection get no
-    /// more traffic on this connection.
-    pub(super) fn resubscribe(&mut self, id: SessionId, collections: Vec<CollectionSubscription>) {
+    /// more traffic on this connection, and those only listed in a collection now kept eagerly
+    /// are sent.
+    pub(super) fn resubscribe(
+        &mut self,
+        id: SessionId,
+        collections: Vec<CollectionSubscription>,
+    ) -> Result<Vec<Delivery>, HubError> {
         let peer = self.peers.get_mut(&id).expect("checked by handle");
         self.watchers
             .subscribe(&peer.tenant, id, &peer.subscriptions, &collections);
@@ -224,7 +238,28 @@ impl<S: Storage> Hub<S> {
             peer.deferred.remove(doc);
             self.watchers.unwatch_doc(&peer.tenant, id, doc);
         }
+        peer.skipped.retain(|doc| kept(doc.collection()));
         peer.subscriptions = collections;
+        let listed: Vec<PlanEntry> = peer
+            .deferred
+            .values()
+            .filter(|e| {
+                e.reason == Some(syncline_protocol::messages::DeferReason::OnDemand)
+                    && peer
+                        .subscription(e.doc.collection())
+                        .is_some_and(|s| s.mode == syncline_protocol::messages::SyncMode::Eager)
+            })
+            .cloned()
+            .collect();
+        let mut planned = Planned::new();
+        for entry in listed {
+            self.peer_mut(id).deferred.remove(&entry.doc);
+            planned.add(self.offer(id, &entry.doc, entry.priority, entry.bytes)?);
+        }
+        self.note_deferred(id, &planned);
+        let mut out = Vec::new();
+        planned.deliver(id, None, Lane::Bulk, &mut out);
+        Ok(out)
     }
 
     /// Sends the named documents the relay holds, whatever the policy; an on-demand document
@@ -274,6 +309,7 @@ impl<S: Storage> Hub<S> {
     /// changes from its next plan). A failure is logged and skips that document.
     pub(super) fn push(&mut self, id: SessionId, docs: &[DocId], out: &mut Vec<Delivery>) {
         if !self.policy_device(id).realtime() {
+            self.peer_mut(id).skipped.extend(docs.iter().cloned());
             return;
         }
         let mut planned = Planned::new();

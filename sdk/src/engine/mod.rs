@@ -21,7 +21,7 @@ mod backoff;
 mod port;
 mod vocabulary;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::sync::{Message as SyncMessage, State};
 use syncline_protocol::messages::{
@@ -192,7 +192,7 @@ pub struct Engine<S: SyncStore = Store> {
     /// Documents the app asked for, until their content arrives.
     wanted: BTreeSet<DocId>,
     /// Documents this relay holds back for the device, as recorded in the store, with why.
-    deferred: HashMap<DocId, DeferReason>,
+    deferred: BTreeMap<DocId, DeferReason>,
     /// A periodic device that caught up: when, until its next scheduled sync.
     caught_up_at: Option<u64>,
 }
@@ -226,7 +226,7 @@ impl<S: SyncStore> Engine<S> {
             dirty: HashSet::new(),
             last_error: None,
             wanted: BTreeSet::new(),
-            deferred: HashMap::new(),
+            deferred: BTreeMap::new(),
             caught_up_at: None,
         }
     }
@@ -350,7 +350,9 @@ impl<S: SyncStore> Engine<S> {
                     .deferred
                     .iter()
                     .filter(|(doc, reason)| {
-                        released_when_unmetered(**reason) && !self.conn.announced.contains(*doc)
+                        matches!(reason, DeferReason::Metered | DeferReason::LowPriority)
+                            && self.wanted_now(doc, **reason)
+                            && !self.conn.announced.contains(*doc)
                     })
                     .map(|(doc, _)| doc.clone())
                     .collect();
@@ -386,6 +388,18 @@ impl<S: SyncStore> Engine<S> {
         out.send(&Message::Subscribe(Subscribe {
             collections: self.config.subscriptions.clone(),
         }));
+        // Collections now kept eagerly get what was only listed on earlier connections.
+        let listed: Vec<DocId> = self
+            .deferred
+            .iter()
+            .filter(|(doc, reason)| {
+                // The relay releases what it listed on this connection itself.
+                **reason == DeferReason::OnDemand
+                    && self.wanted_now(doc, **reason)
+                    && !self.conn.announced.contains(*doc)
+            })
+            .map(|(doc, _)| doc.clone())
+            .collect();
         let added: Vec<CollectionSubscription> = self
             .config
             .subscriptions
@@ -414,6 +428,25 @@ impl<S: SyncStore> Engine<S> {
             };
             self.conn.reconciles_awaited += 1;
             out.send(&Message::Reconcile(reconcile));
+        }
+        send_fetch(out, listed);
+    }
+
+    /// True if a document held back for `reason` is wanted now: off a metered network for
+    /// what waited for one, in a collection now subscribed eagerly for what was on demand.
+    fn wanted_now(&self, doc: &DocId, reason: DeferReason) -> bool {
+        let Some(sub) = self
+            .config
+            .subscriptions
+            .iter()
+            .find(|s| &s.collection == doc.collection())
+        else {
+            return false;
+        };
+        match reason {
+            DeferReason::Metered | DeferReason::LowPriority => !self.metered(),
+            DeferReason::OnDemand => sub.mode == SyncMode::Eager,
+            DeferReason::StorageBudget => false,
         }
     }
 
@@ -491,7 +524,7 @@ impl<S: SyncStore> Engine<S> {
             Ok(deferred) => deferred.into_iter().map(|d| (d.doc, d.reason)).collect(),
             Err(e) => {
                 tracing::error!(error = %e, "could not read the deferred documents");
-                HashMap::new()
+                BTreeMap::new()
             }
         };
         out.send(&Message::Hello(Hello {
@@ -536,16 +569,14 @@ impl<S: SyncStore> Engine<S> {
             changed: Vec::new(),
             fetched: self.fetched(&self.config.subscriptions),
         }));
-        // What the app asked for, and, off a metered network, what was held back for one.
+        // What the app asked for, and what was held back for reasons that no longer hold.
         let mut fetch: BTreeSet<DocId> = self.wanted.clone();
-        if !self.metered() {
-            fetch.extend(
-                self.deferred
-                    .iter()
-                    .filter(|(_, reason)| released_when_unmetered(**reason))
-                    .map(|(doc, _)| doc.clone()),
-            );
-        }
+        fetch.extend(
+            self.deferred
+                .iter()
+                .filter(|(doc, reason)| self.wanted_now(doc, **reason))
+                .map(|(doc, _)| doc.clone()),
+        );
         send_fetch(out, fetch.into_iter().collect());
     }
 
@@ -1258,11 +1289,6 @@ fn send_fetch(out: &mut Out, docs: Vec<DocId>) {
             docs: chunk.to_vec(),
         }));
     }
-}
-
-/// True for deferrals that end when the device leaves its metered network.
-fn released_when_unmetered(reason: DeferReason) -> bool {
-    matches!(reason, DeferReason::Metered | DeferReason::LowPriority)
 }
 
 /// After the relay acknowledged exactly our heads: it holds them, and nothing sent is in

@@ -480,7 +480,14 @@ fn deferred_entry(doc: &str, reason: DeferReason) -> syncline_protocol::messages
 
 #[test]
 fn deferred_documents_are_recorded_and_fetched_once_off_the_metered_network() {
-    let mut f = fixture_with(profile_with(|p| p.metered = true));
+    let mut f = fixture_with(|c| {
+        c.profile.metered = true;
+        c.subscriptions.push(CollectionSubscription {
+            collection: Collection::new("photos").expect("valid"),
+            priority: Priority::Low,
+            mode: SyncMode::OnDemand,
+        });
+    });
     f.engine.handle(Event::Start, 0);
     f.engine.handle(Event::Connected, 1);
     f.engine.handle(Event::Frame(welcome()), 2);
@@ -488,7 +495,7 @@ fn deferred_documents_are_recorded_and_fetched_once_off_the_metered_network() {
         send: Vec::new(),
         deferred: vec![
             deferred_entry("todos/big", DeferReason::Metered),
-            deferred_entry("todos/photo", DeferReason::OnDemand),
+            deferred_entry("photos/p", DeferReason::OnDemand),
         ],
         cursors: vec![Cursor {
             collection: todos(),
@@ -582,7 +589,7 @@ fn deferred_documents_are_recorded_and_fetched_once_off_the_metered_network() {
         .into_iter()
         .map(|d| d.doc)
         .collect();
-    assert_eq!(listed, vec![doc_id("todos/photo")]);
+    assert_eq!(listed, vec![doc_id("photos/p")]);
 }
 
 #[test]
