@@ -254,6 +254,7 @@ pub async fn throughput(devices: u32, seconds: f64) -> anyhow::Result<serde_json
                     let item = SyncItem {
                         doc: writer.id.clone(),
                         message,
+                        priority: None,
                     };
                     client
                         .send(&Message::Sync(Sync { items: vec![item] }))
@@ -283,6 +284,7 @@ pub async fn throughput(devices: u32, seconds: f64) -> anyhow::Result<serde_json
                                     let item = SyncItem {
                                         doc: writer.id.clone(),
                                         message: reply.encode(),
+                                        priority: None,
                                     };
                                     client
                                         .send(&Message::Sync(Sync { items: vec![item] }))
@@ -374,6 +376,7 @@ pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::V
                         let item = SyncItem {
                             doc: w.id.clone(),
                             message: reply.encode(),
+                            priority: None,
                         };
                         client
                             .send(&Message::Sync(Sync { items: vec![item] }))
@@ -404,6 +407,7 @@ pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::V
         let item = SyncItem {
             doc: doc_id.clone(),
             message,
+            priority: None,
         };
         writer_client
             .send(&Message::Sync(Sync { items: vec![item] }))
@@ -427,7 +431,7 @@ pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::V
                             writer.receive(item)?;
                         }
                         if let Some(reply) = writer.doc.generate_sync_message(&mut writer.state) {
-                            let item = SyncItem { doc: doc_id.clone(), message: reply.encode() };
+                            let item = SyncItem { doc: doc_id.clone(), message: reply.encode(), priority: None };
                             writer_client.send(&Message::Sync(Sync { items: vec![item] })).await?;
                         }
                     }

@@ -274,6 +274,11 @@ pub struct SyncItem {
     /// An encoded Automerge sync message.
     #[cbor(n(1), with = "minicbor::bytes")]
     pub message: Vec<u8>,
+    /// The document's priority as its app set it, sent by a device with the changes it
+    /// writes; the relay keeps it and plans by it (absent: unchanged, `normal` for a new
+    /// document). A relay sends none.
+    #[n(2)]
+    pub priority: Option<Priority>,
 }
 
 /// Either way: a batch of Automerge sync messages, many documents per frame.

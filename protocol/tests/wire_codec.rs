@@ -123,6 +123,7 @@ fn big_sync(items: usize) -> Message {
             .map(|i| messages::SyncItem {
                 doc: format!("todos/{i:032x}").parse().expect("doc id"),
                 message: vec![0x42; 64],
+                priority: None,
             })
             .collect(),
     })

@@ -173,6 +173,7 @@ fn doc_prints_a_stored_document() {
                 doc: "todos/milk".parse().expect("id"),
                 chunk: doc.save(),
                 heads,
+                priority: None,
             }],
         )
         .expect("append");

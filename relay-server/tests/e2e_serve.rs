@@ -225,6 +225,7 @@ impl Device {
                 items: vec![SyncItem {
                     doc: d.clone(),
                     message: m.encode(),
+                    priority: None,
                 }],
             }))
             .await;

@@ -327,6 +327,46 @@ fn plans_go_by_priority_then_recency() {
 }
 
 #[test]
+fn a_documents_own_priority_raises_it_in_the_plan() {
+    let mut w = world_with_writer();
+    write(&mut w, &["norm/1", "low/plain"], 100);
+    // The app marks one low-collection document high: its priority travels with its changes.
+    let urgent = doc("low/urgent");
+    let client = w.clients.get_mut(&WRITER).expect("writer");
+    client.put(&urgent, "n", 1);
+    // As the SDK does: the first message already carries the changes the relay lacks.
+    client.states.insert(
+        urgent.clone(),
+        syncline_protocol::sync_state::primed(Vec::new()),
+    );
+    let items: Vec<SyncItem> = client
+        .outgoing(std::slice::from_ref(&urgent))
+        .into_iter()
+        .map(|item| SyncItem {
+            priority: Some(Priority::High),
+            ..item
+        })
+        .collect();
+    w.run(vec![(WRITER, Action::Sync(items))]);
+    assert_eq!(w.storage_priority(&urgent), Some(Priority::High));
+    w.join_with(
+        READER,
+        "acme",
+        all(),
+        profile(false, true),
+        vec![
+            sub("low", Priority::Low, SyncMode::Eager),
+            sub("norm", Priority::Normal, SyncMode::Eager),
+        ],
+    );
+    reconcile(&mut w, READER, None);
+    let (send, _) = plans(&w, READER);
+    let order: Vec<DocId> = send.iter().map(|e| e.doc.clone()).collect();
+    assert_eq!(order, vec![urgent, doc("norm/1"), doc("low/plain")]);
+    assert_eq!(send[0].priority, Priority::High);
+}
+
+#[test]
 fn a_periodic_device_gets_no_push_and_learns_from_its_plan() {
     let mut w = world_with_writer();
     w.join_with(

@@ -123,6 +123,7 @@ fn item(n: u8) -> SyncItem {
     SyncItem {
         doc: format!("notes/d{n}").parse().expect("valid"),
         message: message.encode(),
+        priority: None,
     }
 }
 

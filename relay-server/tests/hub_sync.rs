@@ -168,6 +168,7 @@ fn a_bad_change_is_refused_and_harms_nothing() {
         Action::Sync(vec![SyncItem {
             doc: x.clone(),
             message: bogus.encode(),
+            priority: None,
         }]),
     )]);
     assert_eq!(
@@ -180,6 +181,7 @@ fn a_bad_change_is_refused_and_harms_nothing() {
         Action::Sync(vec![SyncItem {
             doc: x.clone(),
             message: b"garbage".to_vec(),
+            priority: None,
         }]),
     )]);
     // Both are refused with an error: the chunk that is not a change (which Automerge's own
@@ -343,10 +345,12 @@ fn a_failing_item_leaves_no_unstored_change_behind() {
         SyncItem {
             doc: x.clone(),
             message: make(1),
+            priority: None,
         },
         SyncItem {
             doc: x.clone(),
             message: make(2),
+            priority: None,
         },
     ];
     // One frame, handled once: the injected messages claim heads no real client holds, so

@@ -48,6 +48,7 @@ fn item(n: u8, doc: u8) -> SyncItem {
     SyncItem {
         doc: format!("notes/d{doc}").parse().expect("valid"),
         message: message.encode(),
+        priority: None,
     }
 }
 

@@ -289,6 +289,7 @@ fn every_message_type_is_authorized() {
     let item = |d: &str, m: &[u8]| SyncItem {
         doc: doc(d),
         message: m.to_vec(),
+        priority: None,
     };
     let out = send(
         &mut s,
@@ -360,10 +361,12 @@ fn a_malformed_automerge_message_is_refused_alone() {
                 SyncItem {
                     doc: doc("todos/bad"),
                     message: b"not automerge".to_vec(),
+                    priority: None,
                 },
                 SyncItem {
                     doc: doc("todos/good"),
                     message: write,
+                    priority: None,
                 },
             ],
         }),
@@ -386,6 +389,7 @@ fn a_malformed_automerge_message_is_refused_alone() {
     let item = SyncItem {
         doc: doc("todos/bad"),
         message: bogus.encode(),
+        priority: None,
     };
     let out = send(&mut s, Message::Sync(Sync { items: vec![item] }));
     assert_eq!(error_codes(&out), vec![ErrorCode::BAD_DOCUMENT.0]);
@@ -529,6 +533,7 @@ fn refreshed_tokens_extend_revoke_or_close() {
             items: vec![SyncItem {
                 doc: doc("todos/a"),
                 message: write,
+                priority: None,
             }],
         })),
         T0 + 3_600_000 + 2,
@@ -583,6 +588,7 @@ fn changes_with_dependencies_are_accepted() {
             let item = SyncItem {
                 doc: doc_id("todos/a"),
                 message: m.clone().encode(),
+                priority: None,
             };
             let out = send(&mut s, Message::Sync(Sync { items: vec![item] }));
             assert!(error_codes(&out).is_empty(), "change {i}: {out:?}");

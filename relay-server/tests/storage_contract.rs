@@ -33,6 +33,7 @@ fn append(d: &str, chunk: &[u8], h: u8) -> Append {
         doc: doc(d),
         chunk: chunk.to_vec(),
         heads: heads(h),
+        priority: None,
     }
 }
 
@@ -358,6 +359,30 @@ fn everything_survives_reopening<S: Storage>(open: &dyn Fn(&Path) -> S, dir: &Pa
     );
 }
 
+fn a_documents_priority_is_kept_until_another_is_sent<S: Storage>(s: &S) {
+    let t = tenant("t");
+    s.append(&t, &[append("todos/a", b"a1", 1)])
+        .expect("append");
+    let listed = |s: &S| s.changed_since(&t, &col("todos"), 0, 10).expect("changed")[0].priority;
+    assert_eq!(listed(s), None, "never set");
+    let with = |p| Append {
+        priority: Some(p),
+        ..append("todos/a", b"a2", 2)
+    };
+    s.append(&t, &[with(Priority::Critical)]).expect("append");
+    assert_eq!(listed(s), Some(Priority::Critical));
+    s.append(&t, &[append("todos/a", b"a3", 3)])
+        .expect("append");
+    assert_eq!(
+        listed(s),
+        Some(Priority::Critical),
+        "an append without one keeps it"
+    );
+    s.append(&t, &[with(Priority::Low)]).expect("append");
+    let loaded = s.load(&t, &doc("todos/a")).expect("load").expect("exists");
+    assert_eq!(loaded.priority, Some(Priority::Low));
+}
+
 macro_rules! contract_tests {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -384,6 +409,10 @@ macro_rules! contract_tests {
             #[test]
             fn registry_cursors_and_sync_state() {
                 super::registry_cursors_and_sync_state(&fresh().1);
+            }
+            #[test]
+            fn a_documents_priority_is_kept_until_another_is_sent() {
+                super::a_documents_priority_is_kept_until_another_is_sent(&fresh().1);
             }
             #[test]
             fn concurrent_appends_get_distinct_sequences() {

@@ -149,8 +149,12 @@ pub fn message() -> impl Strategy<Value = Message> {
                 cursors,
                 update
             })),
-        vec((doc_id(), bytes()).prop_map(|(doc, message)| SyncItem { doc, message }))
-            .prop_map(|items| Message::Sync(Sync { items })),
+        vec((doc_id(), bytes()).prop_map(|(doc, message)| SyncItem {
+            doc,
+            message,
+            priority: None
+        }))
+        .prop_map(|items| Message::Sync(Sync { items })),
         vec(
             (doc_id(), heads(), any::<Option<u64>>()).prop_map(|(doc, heads, seq)| AckItem {
                 doc,
@@ -280,6 +284,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                 items: vec![SyncItem {
                     doc: doc.clone(),
                     message: vec![0x42, 0x00, 0x01],
+                    priority: None,
                 }],
             }),
         ),

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::{Automerge, Change, ChangeHash, LoadOptions, OnPartialLoad};
+use syncline_protocol::Priority;
 
 /// Changes waiting for their dependencies, at most, per document; past it (or past
 /// [`MAX_QUEUED_BYTES`]), a message whose changes cannot be placed is refused: a client cannot
@@ -92,6 +93,9 @@ pub struct DocGraph {
     queued_bytes: usize,
     /// Estimated bytes in memory of the changes in the graph (queued ones not counted).
     bytes: usize,
+    /// The document's priority as its app set it (kept with the document, stored with its
+    /// next append).
+    priority: Option<Priority>,
 }
 
 /// Memory a node costs beyond its raw bytes (hash, index entries, vectors, dependencies).
@@ -113,6 +117,18 @@ impl DocGraph {
             graph.add(parse_changes(chunk)?, None)?;
         }
         Ok(graph)
+    }
+
+    /// The document's priority as its app set it, if one was ever sent.
+    pub fn priority(&self) -> Option<Priority> {
+        self.priority
+    }
+
+    /// Records the priority the app set.
+    pub fn set_priority(&mut self, priority: Option<Priority>) {
+        if priority.is_some() {
+            self.priority = priority;
+        }
     }
 
     /// The heads, sorted (as Automerge's `get_heads`).

@@ -89,6 +89,7 @@ impl<S: Storage> Hub<S> {
                         doc: doc_id.clone(),
                         chunk: doc.raw_since(*len_before),
                         heads: wire_heads(&doc.heads()),
+                        priority: doc.priority(),
                     });
                 }
             }
@@ -205,7 +206,8 @@ impl<S: Storage> Hub<S> {
                 out.push(error(id, ErrorCode::BAD_DOCUMENT, &item.doc, "undecodable"));
                 continue;
             };
-            if !message.changes.is_empty() && !carried.contains(&item.doc) {
+            let has_changes = !message.changes.is_empty();
+            if has_changes && !carried.contains(&item.doc) {
                 carried.push(item.doc.clone());
             }
             self.ensure_state(id, &item.doc)?;
@@ -226,6 +228,10 @@ impl<S: Storage> Hub<S> {
             match received {
                 Ok(_) => {
                     peer.confirmed.insert(item.doc.clone());
+                    // The app's priority comes with the changes its device writes.
+                    if has_changes {
+                        graph.set_priority(item.priority);
+                    }
                 }
                 Err(refused) => {
                     let code = match refused {

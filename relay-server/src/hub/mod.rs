@@ -436,6 +436,7 @@ impl<S: Storage> Hub<S> {
                 items.push(SyncItem {
                     doc: doc_id.clone(),
                     message: message.encode(),
+                    priority: None,
                 });
             }
         }
@@ -467,15 +468,18 @@ impl<S: Storage> Hub<S> {
     fn doc(&mut self, tenant: &Tenant, doc_id: &DocId) -> Result<&mut DocGraph, HubError> {
         let key = (tenant.clone(), doc_id.clone());
         if !self.docs.contains(&key) {
-            let doc =
-                match self.storage.load(tenant, doc_id)? {
-                    Some(stored) => DocGraph::load(stored.chunks.iter().map(Vec::as_slice))
+            let doc = match self.storage.load(tenant, doc_id)? {
+                Some(stored) => {
+                    let mut graph = DocGraph::load(stored.chunks.iter().map(Vec::as_slice))
                         .map_err(|e| HubError::Corrupt {
                             doc: doc_id.clone(),
                             reason: e.to_string(),
-                        })?,
-                    None => DocGraph::new(),
-                };
+                        })?;
+                    graph.set_priority(stored.priority);
+                    graph
+                }
+                None => DocGraph::new(),
+            };
             self.docs_bytes += doc.estimated_bytes();
             self.docs.put(key.clone(), doc);
         }

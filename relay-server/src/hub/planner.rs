@@ -3,7 +3,8 @@
 //! - **Reconcile.** From the device's cursors it lists every document of the named subscribed
 //!   collections changed since (paged through [`Storage::changed_since`]); the connection's
 //!   first `Reconcile` also plans every other subscribed collection from the start. It adds
-//!   the documents the device says it changed, orders everything by priority then recency,
+//!   the documents the device says it changed, orders everything by priority (the
+//!   collection's, raised by the document's own when its app set a higher one) then recency,
 //!   and offers each document to the capability policy ([`super::policy`]): a document goes
 //!   now (its first sync message, in the bulk lane) or is announced as deferred, with its size
 //!   and reason. The `Plan` (sent first) lists both.
@@ -24,7 +25,7 @@ use syncline_protocol::messages::{
 };
 use syncline_protocol::{Collection, DocId, Message, Priority};
 
-use super::{Delivery, Hub, HubError, Lane, SessionId, policy, push_batches};
+use super::{Delivery, DocGraph, Hub, HubError, Lane, SessionId, policy, push_batches};
 use crate::storage::Storage;
 
 /// Documents listed per storage query while planning.
@@ -134,9 +135,13 @@ impl<S: Storage> Hub<S> {
                     self.storage
                         .changed_since(&tenant, &sub.collection, after, PLAN_PAGE)?;
                 for summary in &page {
+                    // A document's own priority raises it above its collection's.
+                    let priority = summary
+                        .priority
+                        .map_or(sub.priority, |p| p.max(sub.priority));
                     entries.insert(
                         summary.doc.clone(),
-                        (sub.priority, summary.seq, summary.stored_bytes),
+                        (priority, summary.seq, summary.stored_bytes),
                     );
                     after = after.max(summary.seq);
                 }
@@ -315,7 +320,11 @@ impl<S: Storage> Hub<S> {
         let mut planned = Planned::new();
         for doc in docs {
             let sub = self.peers[&id].subscription(doc.collection());
-            let priority = sub.map_or(Priority::Normal, |s| s.priority);
+            let mut priority = sub.map_or(Priority::Normal, |s| s.priority);
+            let key = (self.peers[&id].tenant.clone(), doc.clone());
+            if let Some(own) = self.docs.peek(&key).and_then(DocGraph::priority) {
+                priority = priority.max(own);
+            }
             let bytes = self.estimated_bytes(id, doc);
             match self.offer(id, doc, priority, bytes) {
                 Ok(offer) => planned.add(offer),

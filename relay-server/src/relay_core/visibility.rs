@@ -67,6 +67,7 @@ mod tests {
         let item = |d: &str| SyncItem {
             doc: d.parse().expect("id"),
             message: vec![1],
+            priority: None,
         };
         let sync = Message::Sync(Sync {
             items: vec![item("todos/a"), item("secret/b")],

@@ -161,6 +161,7 @@ mod tests {
                 .map(|i| SyncItem {
                     doc: format!("c/d{i}").parse::<DocId>().expect("valid"),
                     message: vec![u8::try_from(i % 251).expect("small"); bytes],
+                    priority: None,
                 })
                 .collect(),
         })

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use syncline_protocol::{Collection, DeviceId, DocId, Heads};
+use syncline_protocol::{Collection, DeviceId, DocId, Heads, Priority};
 
 use crate::tenant::Tenant;
 
@@ -19,6 +19,7 @@ struct Doc {
     heads: Heads,
     seq: u64,
     stored_bytes: u64,
+    priority: Option<Priority>,
 }
 
 #[derive(Default)]
@@ -64,6 +65,7 @@ impl Storage for MemoryStorage {
             doc.heads = a.heads.clone();
             doc.seq = seq;
             doc.stored_bytes += a.chunk.len() as u64;
+            doc.priority = a.priority.or(doc.priority);
             seqs.push(seq);
         }
         Ok(seqs)
@@ -94,6 +96,7 @@ impl Storage for MemoryStorage {
                 chunks: d.chunks.clone(),
                 heads: d.heads.clone(),
                 seq: d.seq,
+                priority: d.priority,
             }))
     }
 
@@ -121,6 +124,7 @@ impl Storage for MemoryStorage {
                     seq: *seq,
                     heads: d.heads.clone(),
                     stored_bytes: d.stored_bytes,
+                    priority: d.priority,
                 }
             })
             .collect())

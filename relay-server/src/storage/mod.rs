@@ -12,7 +12,7 @@ mod memory;
 mod sqlite;
 
 use syncline_protocol::messages::{CollectionSubscription, Profile};
-use syncline_protocol::{Collection, DeviceId, DocId, Heads};
+use syncline_protocol::{Collection, DeviceId, DocId, Heads, Priority};
 
 use crate::tenant::Tenant;
 
@@ -59,6 +59,8 @@ pub struct Append {
     pub chunk: Vec<u8>,
     /// The document's heads once the chunk is applied.
     pub heads: Heads,
+    /// The document's priority as its app set it (none: keep the stored one).
+    pub priority: Option<Priority>,
 }
 
 /// A document's stored content.
@@ -70,6 +72,8 @@ pub struct StoredDocument {
     pub heads: Heads,
     /// The document's sequence number in its collection.
     pub seq: u64,
+    /// Its priority as its app set it, if one was ever sent.
+    pub priority: Option<Priority>,
 }
 
 /// A changed document, as listed by [`Storage::changed_since`].
@@ -83,6 +87,8 @@ pub struct DocumentSummary {
     pub heads: Heads,
     /// Bytes stored for it.
     pub stored_bytes: u64,
+    /// Its priority as its app set it, if one was ever sent.
+    pub priority: Option<Priority>,
 }
 
 /// A registered device.

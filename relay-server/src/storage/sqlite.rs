@@ -65,6 +65,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN metered_max_doc_bytes INTEGER;
     ALTER TABLE devices ADD COLUMN deferred_docs INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN deferred_bytes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE documents ADD COLUMN priority INTEGER;
 "#,
 ];
 
@@ -111,6 +112,17 @@ impl SqliteStorage {
             conn: Mutex::new(conn),
         })
     }
+}
+
+/// A stored priority code (none: never set).
+fn priority_from(code: Option<i64>) -> Result<Option<Priority>, StorageError> {
+    code.map(|c| {
+        u8::try_from(c)
+            .ok()
+            .and_then(Priority::from_code)
+            .ok_or_else(|| corrupt("documents", format!("priority {c}")))
+    })
+    .transpose()
 }
 
 fn heads_to_bytes(heads: &Heads) -> Vec<u8> {
@@ -191,10 +203,11 @@ impl Storage for SqliteStorage {
             let count: i64 = tx
                 .prepare_cached(
                     "INSERT INTO documents (tenant, collection, doc_id, seq, heads, stored_bytes, \
-                     chunk_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1) \
+                     chunk_count, priority) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7) \
                      ON CONFLICT (tenant, collection, doc_id) DO UPDATE SET seq = excluded.seq, \
                      heads = excluded.heads, stored_bytes = stored_bytes + excluded.stored_bytes, \
-                     chunk_count = chunk_count + 1 RETURNING chunk_count",
+                     chunk_count = chunk_count + 1, \
+                     priority = coalesce(excluded.priority, priority) RETURNING chunk_count",
                 )?
                 .query_row(
                     params![
@@ -203,7 +216,8 @@ impl Storage for SqliteStorage {
                         id,
                         seq,
                         heads_to_bytes(&a.heads),
-                        to_i64(a.chunk.len() as u64)
+                        to_i64(a.chunk.len() as u64),
+                        a.priority.map(Priority::code),
                     ],
                     |r| r.get(0),
                 )?;
@@ -258,12 +272,17 @@ impl Storage for SqliteStorage {
         let tenant = tenant.as_str();
         let conn = self.conn.lock();
         let (collection, id) = (doc.collection().as_str(), doc.id());
-        let Some((seq, heads)) = conn
+        let Some((seq, heads, priority)) = conn
             .prepare_cached(
-                "SELECT seq, heads FROM documents WHERE tenant = ?1 AND collection = ?2 AND doc_id = ?3",
+                "SELECT seq, heads, priority FROM documents \
+                 WHERE tenant = ?1 AND collection = ?2 AND doc_id = ?3",
             )?
             .query_row(params![tenant, collection, id], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
             })
             .optional()?
         else {
@@ -279,6 +298,7 @@ impl Storage for SqliteStorage {
             chunks,
             heads: heads_from_bytes(&heads)?,
             seq: to_u64(seq),
+            priority: priority_from(priority)?,
         }))
     }
 
@@ -293,7 +313,7 @@ impl Storage for SqliteStorage {
         let conn = self.conn.lock();
         let rows = conn
             .prepare_cached(
-                "SELECT doc_id, seq, heads, stored_bytes FROM documents \
+                "SELECT doc_id, seq, heads, stored_bytes, priority FROM documents \
                  WHERE tenant = ?1 AND collection = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
             )?
             .query_map(
@@ -309,18 +329,20 @@ impl Storage for SqliteStorage {
                         r.get::<_, i64>(1)?,
                         r.get::<_, Vec<u8>>(2)?,
                         r.get::<_, i64>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
                     ))
                 },
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
-            .map(|(id, seq, heads, bytes)| {
+            .map(|(id, seq, heads, bytes, priority)| {
                 Ok(DocumentSummary {
                     doc: DocId::new(collection.clone(), id)
                         .map_err(|e| corrupt("documents", e.to_string()))?,
                     seq: to_u64(seq),
                     heads: heads_from_bytes(&heads)?,
                     stored_bytes: to_u64(bytes),
+                    priority: priority_from(priority)?,
                 })
             })
             .collect()

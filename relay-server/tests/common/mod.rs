@@ -73,6 +73,7 @@ impl Client {
                 doc.generate_sync_message(state).map(|m| SyncItem {
                     doc: d.clone(),
                     message: m.encode(),
+                    priority: None,
                 })
             })
             .collect()
@@ -181,6 +182,15 @@ impl World {
             (id, Action::Register(profile)),
             (id, Action::Subscribe(subscriptions)),
         ]);
+    }
+
+    /// A document's priority as storage keeps it.
+    pub fn storage_priority(&self, d: &DocId) -> Option<Priority> {
+        use syncline_relay::storage::Storage;
+        self.storage
+            .load(&tenant("acme"), d)
+            .expect("load")
+            .and_then(|stored| stored.priority)
     }
 
     pub fn push(&mut self, id: SessionId, docs: &[DocId]) {

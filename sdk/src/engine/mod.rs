@@ -810,6 +810,7 @@ impl<S: SyncStore> Engine<S> {
                         replies.push(SyncItem {
                             doc,
                             message: reply.bytes,
+                            priority: None,
                         });
                     }
                 }
@@ -948,6 +949,8 @@ impl<S: SyncStore> Engine<S> {
             .map(|d| (self.store.priority(&d), d))
             .collect();
         docs.sort_by(|(pa, a), (pb, b)| pb.cmp(pa).then(a.cmp(b)));
+        let priorities: HashMap<DocId, Priority> =
+            docs.iter().map(|(p, d)| (d.clone(), *p)).collect();
         let docs: Vec<DocId> = docs.into_iter().map(|(_, d)| d).collect();
         let mut items = Vec::new();
         for (doc, result) in self
@@ -962,9 +965,15 @@ impl<S: SyncStore> Engine<S> {
                     if message.needs {
                         self.conn.awaiting_data.insert(doc.clone());
                     }
+                    // The app's priority travels with the changes it wrote.
+                    let priority = message
+                        .changes
+                        .then(|| priorities.get(&doc).copied())
+                        .flatten();
                     items.push(SyncItem {
                         doc,
                         message: message.bytes,
+                        priority,
                     });
                 }
                 Ok(None) => {}

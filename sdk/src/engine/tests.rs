@@ -579,6 +579,7 @@ fn deferred_documents_are_recorded_and_fetched_once_off_the_metered_network() {
         items: vec![SyncItem {
             doc: doc_id("todos/big"),
             message: message.encode(),
+            priority: None,
         }],
     }));
     f.engine.handle(Event::Frame(sync), 10_003);
