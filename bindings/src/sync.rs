@@ -31,6 +31,8 @@ pub enum FfiStatus {
     Synced {
         /// When.
         at_ms: u64,
+        /// How far the store is over its storage budget with everything evictable evicted.
+        over_budget_bytes: u64,
     },
     /// Something is wrong.
     Error {
@@ -45,9 +47,15 @@ impl From<syncline::Status> for FfiStatus {
             syncline::Status::Offline => Self::Offline,
             syncline::Status::Connecting => Self::Connecting,
             syncline::Status::Syncing { progress } => Self::Syncing {
-                progress: progress.into(),
+                progress: (*progress).into(),
             },
-            syncline::Status::Synced { at_ms } => Self::Synced { at_ms },
+            syncline::Status::Synced {
+                at_ms,
+                over_budget_bytes,
+            } => Self::Synced {
+                at_ms,
+                over_budget_bytes,
+            },
             syncline::Status::Error { reason } => Self::Error { reason },
         }
     }
@@ -93,6 +101,8 @@ pub struct FfiProgress {
     pub deferred: u64,
     /// Milliseconds until done, if it can be told.
     pub eta_ms: Option<u64>,
+    /// How far the store is over its storage budget.
+    pub over_budget_bytes: u64,
 }
 
 impl From<syncline::Progress> for FfiProgress {
@@ -109,6 +119,7 @@ impl From<syncline::Progress> for FfiProgress {
             docs_unacknowledged: p.docs_unacknowledged,
             deferred: p.deferred,
             eta_ms: p.eta_ms,
+            over_budget_bytes: p.over_budget_bytes,
         }
     }
 }

@@ -47,6 +47,10 @@ pub enum Error {
     /// The document exists but has been deleted (its tombstone will sync).
     #[error("document {0} has been deleted")]
     Deleted(DocId),
+    /// The document's content was evicted to keep the store within its storage budget; its
+    /// metadata is still listed. `SyncClient::open` fetches it again.
+    #[error("document {0} was evicted to stay within the storage budget; fetch it to open it")]
+    Evicted(DocId),
     /// A document with this id already exists.
     #[error("document {0} already exists")]
     AlreadyExists(DocId),

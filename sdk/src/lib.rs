@@ -48,8 +48,8 @@ pub use heads::{ChangeHash, Heads};
 pub use net::{SyncClient, SyncError, SyncOptions, TokenError, TokenProvider};
 pub use path::{IntoPath, Path, Segment};
 pub use store::{
-    ChangeEvent, ChangeInfo, ChangeOrigin, Document, DocumentInfo, DocumentView, Patch,
-    PatchAction, PendingChange, Store, StoreOptions, Subscription, Transaction, WriteOp,
+    BudgetOutcome, ChangeEvent, ChangeInfo, ChangeOrigin, Document, DocumentInfo, DocumentView,
+    Patch, PatchAction, PendingChange, Store, StoreOptions, Subscription, Transaction, WriteOp,
     WriteStats,
 };
 pub use syncline_protocol::messages::{

@@ -19,7 +19,9 @@ use automerge::{ActorId, Automerge, ChangeHash, ReadDoc, ScalarValue, Value};
 use syncline::engine::{
     Outgoing, Received, SyncStore, acknowledgement, holds_their_heads, next_message,
 };
-use syncline::{Collection, DeferredDoc, DeviceId, DocId, Error, Heads, Priority, Result};
+use syncline::{
+    BudgetOutcome, Collection, DeferredDoc, DeviceId, DocId, Error, Heads, Priority, Result,
+};
 use syncline_protocol::sync_state;
 
 /// The engine's port in memory; see the module documentation.
@@ -324,6 +326,61 @@ impl SyncStore for MemorySyncStore {
             }
         }
         Ok(())
+    }
+
+    fn enforce_budget(
+        &self,
+        relay: &str,
+        budget: u64,
+        evictable: &[Collection],
+        now_ms: u64,
+    ) -> Result<BudgetOutcome> {
+        let mut inner = self.inner();
+        let size = |doc: &Automerge| doc.save().len() as u64;
+        let mut content: u64 = inner.docs.values().map(size).sum();
+        let mut candidates: Vec<(u64, DocId)> = inner
+            .docs
+            .iter()
+            .filter(|(id, doc)| {
+                evictable.contains(id.collection()) && {
+                    let mut acked = inner.acked(relay, id);
+                    let mut heads = doc.get_heads();
+                    acked.sort();
+                    heads.sort();
+                    acked == heads
+                }
+            })
+            .map(|(id, _)| (inner.received_at.get(id).copied().unwrap_or(0), id.clone()))
+            .collect();
+        // Least recently changed first.
+        candidates.sort();
+        let mut outcome = BudgetOutcome::default();
+        for (_, id) in candidates {
+            if content <= budget {
+                break;
+            }
+            let Some(doc) = inner.docs.remove(&id) else {
+                continue;
+            };
+            let bytes = size(&doc);
+            content = content.saturating_sub(bytes);
+            let deferred = DeferredDoc {
+                doc: id.clone(),
+                priority: Priority::Normal,
+                bytes,
+                reason: syncline::DeferReason::StorageBudget,
+                announced_at_ms: now_ms,
+            };
+            inner
+                .deferred
+                .entry(relay.to_owned())
+                .or_default()
+                .insert(id, deferred.clone());
+            outcome.evicted.push(deferred);
+        }
+        outcome.content_bytes = content;
+        outcome.over_budget_bytes = content.saturating_sub(budget);
+        Ok(outcome)
     }
 
     fn deferred(&self, relay: &str) -> Result<Vec<DeferredDoc>> {

@@ -105,6 +105,8 @@ pub struct SimReport {
     pub subscription_changes: u64,
     /// Documents the relay announced to a device and held back.
     pub deferred: u64,
+    /// Documents whose content was evicted (over a storage budget) when the chaos ended.
+    pub evicted: u64,
 }
 
 struct Link {
@@ -303,8 +305,15 @@ impl World {
                 for d in &mut self.devices {
                     d.partitioned_until = 0;
                 }
-                // Every device back to a realtime, unmetered, eager profile: it must then get
-                // everything that was held back for it.
+                // Every device back to a realtime, unmetered, eager profile with no budget: it
+                // must then get everything that was held back for it or evicted.
+                let notes = Collection::new(COLLECTION).expect("valid");
+                for d in &self.devices {
+                    if let Some(store) = &d.store {
+                        let listed = store.list(&notes).unwrap_or_default();
+                        self.report.evicted += listed.iter().filter(|i| i.evicted).count() as u64;
+                    }
+                }
                 for i in 0..self.devices.len() {
                     if self.devices[i].engine.is_some() {
                         self.handle(i, Event::Profile(crate::profile(DeviceClass::Phone)));
@@ -808,6 +817,7 @@ impl World {
                         upload_bytes_per_s: bandwidth(&mut self.rng),
                         realtime: self.rng.u8(0..4) != 0,
                         metered_max_doc_bytes: self.rng.bool().then(|| self.rng.u64(50..=2_000)),
+                        storage_budget_bytes: self.rng.bool().then(|| self.rng.u64(0..=4_000)),
                         ..crate::profile(DeviceClass::Phone)
                     };
                     self.report.profile_changes += 1;
@@ -861,7 +871,13 @@ impl World {
     fn write(&mut self, i: usize) {
         let collection = Collection::new(COLLECTION).expect("valid");
         let store = self.devices[i].store.clone().expect("running");
-        let docs = store.list(&collection).unwrap_or_default();
+        // An app writes to documents whose content is here (an evicted one is fetched first).
+        let docs: Vec<_> = store
+            .list(&collection)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|info| !info.evicted)
+            .collect();
         let kind = self.rng.u8(0..5);
         let value = self.rng.i64(0..1000);
         let doc = if docs.is_empty() || kind == 0 {
@@ -1022,7 +1038,12 @@ impl World {
         let statuses: Vec<String> = self
             .devices
             .iter()
-            .map(|d| format!("{:?}", d.status))
+            .map(|d| {
+                format!(
+                    "{:?} {:?} link {:?} wake {:?} connect {:?}",
+                    d.status, d.engine, d.link, d.wake_at, d.connect_at
+                )
+            })
             .collect();
         // What each device lacks or differs in, against the relay.
         let relay = self.relay_docs().unwrap_or_default();

@@ -37,6 +37,7 @@ fn devices_converge_and_lose_nothing_under_faults() {
                         totals.profile_changes += report.profile_changes;
                         totals.subscription_changes += report.subscription_changes;
                         totals.deferred += report.deferred;
+                        totals.evicted += report.evicted;
                     }
                     Ok(Err(e)) => failures.push(e),
                     Err(_) => failures.push(format!("seed {seed}: panicked")),
@@ -49,13 +50,14 @@ fn devices_converge_and_lose_nothing_under_faults() {
     let mut failures = Vec::new();
     let (mut shared_groups, mut slow_consumers, mut grant_changes) = (0, 0, 0);
     let (mut profile_changes, mut subscription_changes, mut deferred) = (0, 0, 0);
+    let mut evicted = 0;
     for handle in handles {
         let (mut f, totals) = handle.join().expect("the runner thread");
         eprintln!(
             "simulated {} writes, {} cuts, {} relay crashes, {} device crashes, {} frames, \
              {} group commits shared by several devices, {} slow consumers closed, \
              {} grants narrowed, {} messages dropped by grant filtering at routing, \
-             {} profiles and {} subscriptions changed, {} documents deferred",
+             {} profiles and {} subscriptions changed, {} documents deferred, {} evicted",
             totals.writes,
             totals.cuts,
             totals.relay_crashes,
@@ -67,8 +69,10 @@ fn devices_converge_and_lose_nothing_under_faults() {
             totals.filtered,
             totals.profile_changes,
             totals.subscription_changes,
-            totals.deferred
+            totals.deferred,
+            totals.evicted
         );
+        evicted += totals.evicted;
         profile_changes += totals.profile_changes;
         subscription_changes += totals.subscription_changes;
         deferred += totals.deferred;
@@ -95,6 +99,7 @@ fn devices_converge_and_lose_nothing_under_faults() {
         assert!(grant_changes > 0, "no connection had its grants narrowed");
         assert!(profile_changes > 0 && subscription_changes > 0);
         assert!(deferred > 0, "no document was held back");
+        assert!(evicted > 0, "no document was evicted");
     }
 }
 

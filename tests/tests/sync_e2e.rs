@@ -466,3 +466,112 @@ fn a_provider_without_a_token_yet_is_retried_and_a_denying_one_stops() {
             .contains(doc.id())
     );
 }
+
+fn photos() -> Collection {
+    Collection::new("photos").expect("valid")
+}
+
+/// Text that does not compress away (Automerge deflates large columns).
+fn noise(n: usize, seed: u64) -> String {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + u8::try_from(x % 26).expect("letter"))
+        })
+        .collect()
+}
+
+/// A client syncing `photos` with `mode`, as `profile` says.
+fn photos_client(
+    relay: &Relay,
+    device: &Device,
+    mode: syncline::SyncMode,
+    profile: impl FnOnce(&mut syncline::Profile),
+) -> SyncClient {
+    let token = relay
+        .token("alice", &device.device(), "photos", "photos", 3600)
+        .expect("token");
+    let mut options = SyncOptions::new(relay.url(), &[photos()]);
+    options.subscriptions[0].mode = mode;
+    profile(&mut options.profile);
+    SyncClient::start(&device.store, options, move || Ok(token.clone())).expect("start")
+}
+
+#[test]
+fn on_demand_documents_are_listed_fetched_evicted_over_budget_and_fetched_again() {
+    let data = temp_dir();
+    let relay = Relay::start(data.path()).expect("relay");
+    let camera = Device::new();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let photo = camera.store.create(&photos()).expect("create");
+        photo.put("body", noise(30_000, i + 1)).expect("put");
+        ids.push(photo.id().clone());
+    }
+    let uploader = photos_client(&relay, &camera, syncline::SyncMode::Eager, |_| {});
+    uploader.wait_synced(WAIT, true).expect("uploaded");
+    let one_photo = camera.store.info(&ids[0]).expect("info").stored_bytes;
+
+    // The phone keeps photos on demand, within a budget of about one and a half photos.
+    let phone = Device::new();
+    let client = photos_client(&relay, &phone, syncline::SyncMode::OnDemand, |p| {
+        p.storage_budget_bytes = Some(one_photo * 3 / 2);
+    });
+    client.wait_synced(WAIT, true).expect("synced");
+    let listed = client.deferred().expect("deferred");
+    assert_eq!(listed.len(), 3, "the list, not the content: {listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|d| d.reason == syncline::DeferReason::OnDemand)
+    );
+    assert!(phone.store.list(&photos()).expect("list").is_empty());
+
+    // Opening fetches; a second one takes the store over its budget: the first is evicted.
+    let first = client.open(&ids[0], WAIT).expect("open");
+    assert_eq!(
+        first.get_str("body").expect("read").map(|b| b.len()),
+        Some(30_000)
+    );
+    drop(first);
+    client.open(&ids[1], WAIT).expect("open");
+    let evicted = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        matches!(
+            phone.store.document(&ids[0]),
+            Err(syncline::Error::Evicted(_))
+        )
+    });
+    assert!(
+        evicted,
+        "the least recently changed fetched photo is evicted"
+    );
+    let info = phone.store.info(&ids[0]).expect("metadata stays");
+    assert!(info.evicted);
+    assert!(
+        client
+            .deferred()
+            .expect("deferred")
+            .iter()
+            .any(|d| d.doc == ids[0] && d.reason == syncline::DeferReason::StorageBudget)
+    );
+
+    // Opened again, it comes back whole from the relay.
+    let again = client.open(&ids[0], WAIT).expect("fetched again");
+    assert_eq!(
+        again.get_str("body").expect("read").map(|b| b.len()),
+        Some(30_000)
+    );
+    assert_eq!(
+        again.heads().expect("heads"),
+        camera
+            .store
+            .document(&ids[0])
+            .expect("doc")
+            .heads()
+            .expect("heads")
+    );
+}

@@ -13,8 +13,8 @@
 //! - **Subscription change.** Removing a collection stops its traffic: the session forgets its
 //!   documents' sync states and deferrals. An added collection is planned when the device
 //!   names it in a `Reconcile`.
-//! - **Fetch.** The named documents go now, whatever the policy, and an on-demand document
-//!   fetched is kept in sync from then on.
+//! - **Fetch.** The named documents go now, whole (the device may have evicted what it had),
+//!   whatever the policy, and an on-demand document fetched is kept in sync from then on.
 //! - **Push.** A change fanned out to a device passes the same policy: held back documents
 //!   are announced in a `Plan` instead, and a periodic device gets no push at all.
 
@@ -284,8 +284,20 @@ impl<S: Storage> Hub<S> {
                 continue;
             }
             let doc = key.1;
+            let tenant = tenant.clone();
             let peer = self.peer_mut(id);
             peer.held.insert(doc.clone());
+            // From scratch: the device may have evicted what it once had, so it gets the
+            // whole document.
+            if peer.grants.can_read(doc.collection()) {
+                peer.states.insert(
+                    doc.clone(),
+                    syncline_protocol::sync_state::primed(Vec::new()),
+                );
+                peer.confirmed.remove(&doc);
+                self.watchers.watch_doc(&tenant, id, &doc);
+            }
+            let peer = self.peer_mut(id);
             let deferred = peer.deferred.remove(&doc);
             let priority = deferred.as_ref().map_or_else(
                 || {

@@ -74,6 +74,8 @@ pub(crate) struct DocRow {
     pub created_at: i64,
     pub local_change_at: Option<i64>,
     pub remote_change_at: Option<i64>,
+    /// Its content was evicted (the row stays; the content is fetched again when opened).
+    pub evicted: bool,
 }
 
 /// A document's stored content: the snapshot, then the chunks in the order written.
@@ -132,6 +134,8 @@ pub(crate) enum BatchWrite {
     Defer(String, DeferredDoc),
     /// A relay's held back document arrived, or is no longer wanted.
     Undefer(String, DocId),
+    /// Drops a document's content, keeping its row and acknowledgements.
+    Evict(DocKey),
 }
 
 /// A document a relay announced and held back; see [`crate::Store::deferred`].
@@ -189,7 +193,8 @@ fn reason_from(code: i64) -> Option<DeferReason> {
 }
 
 const DOC_COLUMNS: &str = "doc_key, collection, doc_id, priority, deleted, snapshot_bytes, \
-                           chunk_count, chunk_bytes, created_at, local_change_at, remote_change_at";
+                           chunk_count, chunk_bytes, created_at, local_change_at, remote_change_at, \
+                           evicted";
 
 impl Database {
     /// Opens (creating if needed) the store at `path`.
@@ -363,6 +368,17 @@ impl Database {
                             i64::try_from(d.announced_at_ms).unwrap_or(i64::MAX),
                         ])?;
                     }
+                    BatchWrite::Evict(key) => {
+                        // Acknowledgements stay: what relays hold of it is unchanged.
+                        for sql in [
+                            "DELETE FROM snapshots WHERE doc_key = ?1",
+                            "DELETE FROM chunks WHERE doc_key = ?1",
+                            "UPDATE documents SET evicted = 1, snapshot_bytes = 0, \
+                             chunk_count = 0, chunk_bytes = 0 WHERE doc_key = ?1",
+                        ] {
+                            conn.prepare_cached(sql)?.execute([key])?;
+                        }
+                    }
                     BatchWrite::Undefer(relay, doc) => {
                         conn.prepare_cached(
                             "DELETE FROM deferred WHERE relay = ?1 AND doc_id = ?2",
@@ -432,6 +448,49 @@ impl Database {
             }
         }
         Ok(out)
+    }
+
+    /// Documents of `collections` whose content may be evicted: present, and with their
+    /// current heads acknowledged by `relay`; least recently changed first.
+    pub(crate) fn evictable(&self, relay: &str, collections: &[Collection]) -> Result<Vec<DocRow>> {
+        let mut rows = Vec::new();
+        for collection in collections {
+            rows.extend(self.query_docs(
+                &format!(
+                    "SELECT {} FROM documents d JOIN acks a ON a.doc_key = d.doc_key \
+                     AND a.relay = ?2 AND a.heads = d.heads \
+                     WHERE d.collection = ?1 AND d.evicted = 0",
+                    DOC_COLUMNS
+                        .split(", ")
+                        .map(|c| format!("d.{}", c.trim()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                params![collection.as_str(), relay],
+            )?);
+        }
+        rows.sort_by_key(|r| {
+            r.created_at
+                .max(r.local_change_at.unwrap_or(0))
+                .max(r.remote_change_at.unwrap_or(0))
+        });
+        Ok(rows)
+    }
+
+    /// Bytes of document content in the store (snapshots plus chunks), and per collection.
+    pub(crate) fn content_bytes(&self) -> Result<Vec<(String, u64)>> {
+        let conn = self.reader.lock();
+        let rows = conn
+            .prepare_cached(
+                "SELECT collection, sum(snapshot_bytes + chunk_bytes) FROM documents \
+                 GROUP BY collection",
+            )?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|(c, b)| (c, u64::try_from(b).unwrap_or(0)))
+            .collect())
     }
 
     /// The cursors recorded for `relay`.
@@ -586,9 +645,10 @@ fn update_document(conn: &Connection, key: DocKey, update: &DocUpdate) -> Result
                  ON CONFLICT (doc_key) DO UPDATE SET data = excluded.data",
             )?
             .execute(params![key, snapshot])?;
+            // A whole snapshot also restores an evicted document's content.
             conn.prepare_cached(
                 "UPDATE documents SET heads = ?2, deleted = ?3, snapshot_bytes = ?4, \
-                 chunk_count = 0, chunk_bytes = 0, \
+                 chunk_count = 0, chunk_bytes = 0, evicted = 0, \
                  local_change_at = coalesce(?5, local_change_at), \
                  remote_change_at = coalesce(?6, remote_change_at) WHERE doc_key = ?1",
             )?
@@ -640,6 +700,7 @@ fn read_doc_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<DocRow>> {
         created_at: r.get(8)?,
         local_change_at: r.get(9)?,
         remote_change_at: r.get(10)?,
+        evicted: r.get(11)?,
     }))
 }
 

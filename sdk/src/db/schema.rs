@@ -77,6 +77,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (relay, doc_id)
     ) WITHOUT ROWID;
     "#,
+    // 4: a document whose content was evicted to keep the store within its budget keeps its
+    // metadata row; its content is fetched again when opened.
+    r#"
+    ALTER TABLE documents ADD COLUMN evicted INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this code writes.

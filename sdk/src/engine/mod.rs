@@ -195,6 +195,8 @@ pub struct Engine<S: SyncStore = Store> {
     deferred: BTreeMap<DocId, DeferReason>,
     /// A periodic device that caught up: when, until its next scheduled sync.
     caught_up_at: Option<u64>,
+    /// How far the store is over its storage budget after evicting what may be evicted.
+    over_budget_bytes: u64,
 }
 
 impl<S: SyncStore> std::fmt::Debug for Engine<S> {
@@ -228,6 +230,36 @@ impl<S: SyncStore> Engine<S> {
             wanted: BTreeSet::new(),
             deferred: BTreeMap::new(),
             caught_up_at: None,
+            over_budget_bytes: 0,
+        }
+    }
+
+    /// Keeps the store within the declared storage budget: evicts the content of fully synced
+    /// documents of on-demand collections (they become deferred, fetched again when opened).
+    fn enforce_budget(&mut self, now_ms: u64) {
+        let Some(budget) = self.config.profile.storage_budget_bytes else {
+            self.over_budget_bytes = 0;
+            return;
+        };
+        let evictable: Vec<Collection> = self
+            .config
+            .subscriptions
+            .iter()
+            .filter(|s| s.mode == SyncMode::OnDemand)
+            .map(|s| s.collection.clone())
+            .collect();
+        match self
+            .store
+            .enforce_budget(&self.config.relay, budget, &evictable, now_ms)
+        {
+            Ok(outcome) => {
+                for d in outcome.evicted {
+                    tracing::debug!(doc = %d.doc, bytes = d.bytes, "evicted to stay within the storage budget");
+                    self.deferred.insert(d.doc, d.reason);
+                }
+                self.over_budget_bytes = outcome.over_budget_bytes;
+            }
+            Err(e) => tracing::error!(error = %e, "could not enforce the storage budget"),
         }
     }
 
@@ -394,9 +426,9 @@ impl<S: SyncStore> Engine<S> {
             .iter()
             .filter(|(doc, reason)| {
                 // The relay releases what it listed on this connection itself.
-                **reason == DeferReason::OnDemand
+                (**reason == DeferReason::StorageBudget
+                    || (**reason == DeferReason::OnDemand && !self.conn.announced.contains(*doc)))
                     && self.wanted_now(doc, **reason)
-                    && !self.conn.announced.contains(*doc)
             })
             .map(|(doc, _)| doc.clone())
             .collect();
@@ -433,7 +465,8 @@ impl<S: SyncStore> Engine<S> {
     }
 
     /// True if a document held back for `reason` is wanted now: off a metered network for
-    /// what waited for one, in a collection now subscribed eagerly for what was on demand.
+    /// what waited for one, in a collection now subscribed eagerly for what was on demand or
+    /// evicted.
     fn wanted_now(&self, doc: &DocId, reason: DeferReason) -> bool {
         let Some(sub) = self
             .config
@@ -445,8 +478,8 @@ impl<S: SyncStore> Engine<S> {
         };
         match reason {
             DeferReason::Metered | DeferReason::LowPriority => !self.metered(),
-            DeferReason::OnDemand => sub.mode == SyncMode::Eager,
-            DeferReason::StorageBudget => false,
+            // An eager collection keeps every document local (and is never evicted).
+            DeferReason::OnDemand | DeferReason::StorageBudget => sub.mode == SyncMode::Eager,
         }
     }
 
@@ -520,6 +553,7 @@ impl<S: SyncStore> Engine<S> {
             .uplink
             .pacer
             .set_rate(self.config.profile.upload_bytes_per_s, now_ms);
+        self.enforce_budget(now_ms);
         self.deferred = match self.store.deferred(&self.config.relay) {
             Ok(deferred) => deferred.into_iter().map(|d| (d.doc, d.reason)).collect(),
             Err(e) => {
@@ -762,11 +796,25 @@ impl<S: SyncStore> Engine<S> {
     }
 
     fn on_sync(&mut self, out: &mut Out, sync: Sync, now_ms: u64) {
+        let received_before = self.stats.docs_received;
         let mut items = Vec::with_capacity(sync.items.len());
         // Bytes per document on the wire, for progress.
         let mut wire: HashMap<DocId, u64> = HashMap::new();
         for item in sync.items {
             *wire.entry(item.doc.clone()).or_default() += item.message.len() as u64;
+            // Evicted to stay within the budget: not taken back from a push, only when asked
+            // for (by the app, or because its collection is now kept eagerly) or planned.
+            if self.deferred.get(&item.doc) == Some(&DeferReason::StorageBudget)
+                && !self.wanted.contains(&item.doc)
+                && !self.wanted_now(&item.doc, DeferReason::StorageBudget)
+                && !self
+                    .conn
+                    .plan
+                    .as_ref()
+                    .is_some_and(|p| p.remaining.contains_key(&item.doc))
+            {
+                continue;
+            }
             match SyncMessage::decode(&item.message) {
                 Ok(message) => items.push((item.doc, message)),
                 Err(e) => {
@@ -823,6 +871,9 @@ impl<S: SyncStore> Engine<S> {
         }
         if let Err(e) = self.store.undefer(&self.config.relay, &arrived) {
             tracing::error!(error = %e, "could not forget deferred documents that arrived");
+        }
+        if self.stats.docs_received > received_before {
+            self.enforce_budget(now_ms);
         }
         self.send_items(out, replies, None);
     }
@@ -1108,6 +1159,7 @@ impl<S: SyncStore> Engine<S> {
             Phase::Waiting(_) if self.caught_up_at.is_some() && self.last_error.is_none() => {
                 Status::Synced {
                     at_ms: self.caught_up_at.unwrap_or(now_ms),
+                    over_budget_bytes: self.over_budget_bytes,
                 }
             }
             Phase::Idle | Phase::Waiting(_) => match &self.last_error {
@@ -1146,13 +1198,17 @@ impl<S: SyncStore> Engine<S> {
                         self.phase = Phase::Waiting(at);
                         self.caught_up_at = Some(now_ms);
                     }
-                    match self.status {
-                        Status::Synced { at_ms } => Status::Synced { at_ms },
-                        _ => Status::Synced { at_ms: now_ms },
+                    let at_ms = match self.status {
+                        Status::Synced { at_ms, .. } => at_ms,
+                        _ => now_ms,
+                    };
+                    Status::Synced {
+                        at_ms,
+                        over_budget_bytes: self.over_budget_bytes,
                     }
                 } else {
                     Status::Syncing {
-                        progress: self.progress(now_ms),
+                        progress: Box::new(self.progress(now_ms)),
                     }
                 }
             }
@@ -1180,6 +1236,7 @@ impl<S: SyncStore> Engine<S> {
             bytes_total: uplink.bytes_total,
         };
         progress.deferred = self.deferred.len() as u64;
+        progress.over_budget_bytes = self.over_budget_bytes;
         let elapsed = now_ms.saturating_sub(self.conn.opened_ms);
         // The declared rate, else the one observed on this connection (after a moment).
         let rate = |declared: Option<u64>, moved: u64| {

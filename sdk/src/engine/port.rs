@@ -25,7 +25,7 @@ use automerge::{Automerge, ChangeHash};
 use syncline_protocol::sync_state;
 use syncline_protocol::{Collection, DocId, Priority};
 
-use crate::{DeferredDoc, Heads, Result};
+use crate::{BudgetOutcome, DeferredDoc, Heads, Result};
 
 /// What applying one document's messages did.
 #[derive(Debug)]
@@ -119,6 +119,20 @@ pub trait SyncStore {
     /// # Errors
     /// The store could not forget them.
     fn undefer(&self, relay: &str, docs: &[DocId]) -> Result<()>;
+
+    /// Keeps the content within `budget` bytes by evicting fully synced documents of the
+    /// `evictable` collections, least recently used first, recording them as deferred by
+    /// `relay` (see [`crate::Store::enforce_budget`]).
+    ///
+    /// # Errors
+    /// The store could not evict; nothing is lost, the budget is merely exceeded.
+    fn enforce_budget(
+        &self,
+        relay: &str,
+        budget: u64,
+        evictable: &[Collection],
+        now_ms: u64,
+    ) -> Result<BudgetOutcome>;
 
     /// The documents `relay` announced and held back, highest priority first.
     ///

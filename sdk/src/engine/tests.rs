@@ -157,7 +157,10 @@ fn synced_only_after_the_plan_and_every_ack_and_then_nothing_is_pending() {
         }],
     }));
     let effects = f.engine.handle(Event::Frame(ack), 13);
-    assert!(effects.contains(&Effect::Status(Status::Synced { at_ms: 13 })));
+    assert!(effects.contains(&Effect::Status(Status::Synced {
+        at_ms: 13,
+        over_budget_bytes: 0
+    })));
     assert!(f.store.pending_documents().expect("pending").is_empty());
     assert_eq!(
         f.store.cursors("ws://relay").expect("cursors"),
@@ -605,7 +608,13 @@ fn a_periodic_device_closes_once_caught_up_and_comes_back_on_schedule() {
         "closes when caught up"
     );
     assert_eq!(wake_at(&effects), Some(3 + 60_000));
-    assert_eq!(f.engine.status(), &Status::Synced { at_ms: 3 });
+    assert_eq!(
+        f.engine.status(),
+        &Status::Synced {
+            at_ms: 3,
+            over_budget_bytes: 0
+        }
+    );
     assert!(!f.engine.is_connected());
     // A local change waits for the schedule...
     let doc = f.store.create(&todos()).expect("create");

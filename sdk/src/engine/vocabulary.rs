@@ -136,6 +136,9 @@ pub struct Progress {
     /// Milliseconds until both directions are done, from the declared bandwidth (or the rate
     /// observed on this connection when none is declared); none before anything can be said.
     pub eta_ms: Option<u64>,
+    /// How far the store's content is over the declared storage budget (see
+    /// [`Status::Synced`]).
+    pub over_budget_bytes: u64,
 }
 
 /// The sync status the app observes.
@@ -147,13 +150,18 @@ pub enum Status {
     Connecting,
     /// Connected and exchanging changes.
     Syncing {
-        /// How far along.
-        progress: Progress,
+        /// How far along (boxed: it is the largest status by far).
+        progress: Box<Progress>,
     },
-    /// Connected, and both sides have everything (milliseconds since the Unix epoch).
+    /// Connected, and both sides have everything (milliseconds since the Unix epoch); for a
+    /// periodic device, also between its syncs after a complete one.
     Synced {
         /// When the device became synced.
         at_ms: u64,
+        /// How far the store's content is over the declared storage budget once everything
+        /// evictable was evicted (eager collections and unacknowledged changes are never
+        /// evicted); 0 within it.
+        over_budget_bytes: u64,
     },
     /// Something is wrong; the engine retries where retrying can help.
     Error {

@@ -552,7 +552,7 @@ impl SyncClient {
 fn here(store: &Store, doc: &DocId) -> Result<Option<crate::Document>, crate::Error> {
     match store.document(doc) {
         Ok(document) => Ok(Some(document)),
-        Err(crate::Error::NotFound(_)) => Ok(None),
+        Err(crate::Error::NotFound(_) | crate::Error::Evicted(_)) => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -132,6 +132,11 @@ impl DocCache {
         }
     }
 
+    /// True if `id` has a slot (loaded, or in use): it was used recently.
+    pub(crate) fn contains(&self, id: &DocId) -> bool {
+        self.inner.lock().entries.contains(id)
+    }
+
     /// Estimated bytes of the loaded documents.
     pub(crate) fn used_bytes(&self) -> usize {
         self.inner.lock().used

@@ -6,6 +6,7 @@
 //! the cached copy is dropped, so memory never keeps a change the file does not have.
 //! Listeners fire after the commit, with no lock held.
 
+mod budget;
 mod cache;
 mod document;
 mod history;
@@ -30,6 +31,7 @@ use listeners::Scope;
 pub(crate) use shared::{InsideDocument, Shared, UpdateOutcome};
 use shared::{apply_untrusted, new_doc_id};
 
+pub use budget::BudgetOutcome;
 pub use document::{Document, DocumentView};
 pub use history::{ChangeInfo, PendingChange};
 pub use listeners::{ChangeEvent, ChangeOrigin, Patch, PatchAction, Subscription};
@@ -83,6 +85,9 @@ pub struct DocumentInfo {
     pub local_change_at: Option<i64>,
     /// Last change received from elsewhere, in milliseconds since the Unix epoch.
     pub remote_change_at: Option<i64>,
+    /// Its content was evicted to stay within the storage budget (`SyncClient::open` fetches
+    /// it again); the metadata stays.
+    pub evicted: bool,
 }
 
 impl From<&DocRow> for DocumentInfo {
@@ -95,6 +100,7 @@ impl From<&DocRow> for DocumentInfo {
             created_at: row.created_at,
             local_change_at: row.local_change_at,
             remote_change_at: row.remote_change_at,
+            evicted: row.evicted,
         }
     }
 }
@@ -246,14 +252,17 @@ impl Store {
         Ok(Document::new(self.clone(), id))
     }
 
-    /// A handle to an existing, not deleted document.
+    /// A handle to an existing, not deleted document whose content is here.
     ///
     /// # Errors
-    /// [`Error::NotFound`], [`Error::Deleted`], or a storage error.
+    /// [`Error::NotFound`], [`Error::Deleted`], [`Error::Evicted`], or a storage error.
     pub fn document(&self, id: &DocId) -> Result<Document> {
         let info = self.info(id)?;
         if info.deleted {
             return Err(Error::Deleted(id.clone()));
+        }
+        if info.evicted {
+            return Err(Error::Evicted(id.clone()));
         }
         Ok(Document::new(self.clone(), id.clone()))
     }
@@ -271,7 +280,8 @@ impl Store {
         Ok(DocumentInfo::from(&row))
     }
 
-    /// The documents of `collection` that are not deleted, oldest first. Reads metadata only.
+    /// The documents of `collection` that are not deleted, oldest first, evicted ones included
+    /// (see [`DocumentInfo::evicted`]). Reads metadata only.
     ///
     /// # Errors
     /// A storage error.

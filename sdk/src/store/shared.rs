@@ -173,6 +173,7 @@ impl Shared {
             created_at: new.at,
             local_change_at: (new.origin == Origin::Local).then_some(new.at),
             remote_change_at: (new.origin == Origin::Remote).then_some(new.at),
+            evicted: false,
         };
         match self.db.insert_document(new) {
             Ok(key) => row.key = key,
@@ -204,6 +205,9 @@ impl Shared {
             .db
             .lookup(id)?
             .ok_or_else(|| Error::NotFound(id.clone()))?;
+        if row.evicted {
+            return Err(Error::Evicted(id.clone()));
+        }
         let content = self.db.load_content(row.key)?;
         let corrupt = |reason: String| Error::CorruptDocument {
             doc: id.clone(),

@@ -21,7 +21,7 @@ use syncline_protocol::{Collection, DocId, Priority};
 use super::cache::LoadedDoc;
 use super::listeners::{self, ChangeEvent, ChangeOrigin};
 use super::{InsideDocument, Store, UpdateOutcome, model};
-use crate::db::{AckTarget, BatchWrite, DocRow, NewDoc, Origin};
+use crate::db::{AckTarget, BatchWrite, ContentWrite, DocRow, DocUpdate, NewDoc, Origin};
 use crate::engine::{Outgoing, Received, SyncStore, holds_their_heads, next_message};
 use crate::{DeferredDoc, Error, Heads, Result};
 
@@ -40,6 +40,8 @@ struct Pending {
     carried_changes: bool,
     /// Bytes of the inserted chunk of a fresh document.
     inserted_bytes: u64,
+    /// The row of an evicted document whose content this batch brings back (in `fresh`).
+    restoring: Option<DocRow>,
 }
 
 impl Store {
@@ -86,10 +88,16 @@ impl SyncStore for Store {
             let slot = shared.cache.slot(&doc);
             let mut guard = slot.lock_arc();
             let mut fresh = None;
+            let mut restoring = None;
             if guard.is_none() {
                 match shared.load(&doc) {
                     Ok(loaded) => *guard = Some(loaded),
                     Err(Error::NotFound(_)) => {
+                        fresh = Some(Automerge::new().with_actor(shared.actor.clone()))
+                    }
+                    // Evicted: the content comes back whole, as for a document not here.
+                    Err(Error::Evicted(_)) => {
+                        restoring = shared.db.lookup(&doc).ok().flatten();
                         fresh = Some(Automerge::new().with_actor(shared.actor.clone()))
                     }
                     Err(e) => {
@@ -171,6 +179,7 @@ impl SyncStore for Store {
                 event: None,
                 carried_changes,
                 inserted_bytes: 0,
+                restoring,
             };
             if changed {
                 let heads = Heads::new(after.clone());
@@ -196,15 +205,28 @@ impl SyncStore for Store {
                         let deleted = model::is_tombstoned(&fresh);
                         let chunk = fresh.save();
                         pending.inserted_bytes = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
-                        writes.push(BatchWrite::Insert(NewDoc {
-                            id: doc.clone(),
-                            priority: Priority::Normal,
-                            chunk,
-                            heads: heads.clone(),
-                            deleted,
-                            origin: Origin::Remote,
-                            at,
-                        }));
+                        match &pending.restoring {
+                            // The whole document as a snapshot clears its eviction.
+                            Some(row) => writes.push(BatchWrite::Update(
+                                row.key,
+                                DocUpdate {
+                                    content: ContentWrite::Compact(chunk),
+                                    heads: heads.clone(),
+                                    deleted,
+                                    origin: Origin::Remote,
+                                    at,
+                                },
+                            )),
+                            None => writes.push(BatchWrite::Insert(NewDoc {
+                                id: doc.clone(),
+                                priority: Priority::Normal,
+                                chunk,
+                                heads: heads.clone(),
+                                deleted,
+                                origin: Origin::Remote,
+                                at,
+                            })),
+                        }
                         if observed {
                             pending.event = Some(ChangeEvent {
                                 doc_id: doc.clone(),
@@ -226,7 +248,10 @@ impl SyncStore for Store {
             // The relay only ever sends heads it has made durable: they acknowledge.
             if let Some(relay_said) = last_heads {
                 let target = match (pending.guard.as_ref(), changed && pending.fresh.is_some()) {
-                    (_, true) => Some(AckTarget::LastInserted),
+                    (_, true) => Some(match &pending.restoring {
+                        Some(row) => AckTarget::Key(row.key),
+                        None => AckTarget::LastInserted,
+                    }),
                     (Some(loaded), false) => Some(AckTarget::Key(loaded.row.key)),
                     (None, false) => None,
                 };
@@ -280,11 +305,19 @@ impl SyncStore for Store {
             }
             if let Some(fresh) = pending.fresh.take() {
                 if fresh.get_heads() != pending.before {
-                    let key = inserted.next().expect("one key per insert");
                     let deleted = model::is_tombstoned(&fresh);
-                    *pending.guard = Some(LoadedDoc {
-                        row: DocRow {
-                            key,
+                    let row = match pending.restoring.take() {
+                        Some(row) => DocRow {
+                            deleted,
+                            snapshot_bytes: pending.inserted_bytes,
+                            chunk_count: 0,
+                            chunk_bytes: 0,
+                            remote_change_at: Some(at),
+                            evicted: false,
+                            ..row
+                        },
+                        None => DocRow {
+                            key: inserted.next().expect("one key per insert"),
                             id: doc.clone(),
                             priority: Priority::Normal,
                             deleted,
@@ -294,7 +327,11 @@ impl SyncStore for Store {
                             created_at: at,
                             local_change_at: None,
                             remote_change_at: Some(at),
+                            evicted: false,
                         },
+                    };
+                    *pending.guard = Some(LoadedDoc {
+                        row,
                         doc: fresh,
                         poisoned: false,
                     });
@@ -452,6 +489,16 @@ impl SyncStore for Store {
     fn deferred(&self, relay: &str) -> Result<Vec<DeferredDoc>> {
         self.shared().db.deferred(Some(relay))
     }
+
+    fn enforce_budget(
+        &self,
+        relay: &str,
+        budget: u64,
+        evictable: &[Collection],
+        now_ms: u64,
+    ) -> Result<super::BudgetOutcome> {
+        Store::enforce_budget(self, relay, budget, evictable, now_ms)
+    }
 }
 
 /// The heads `relay` has acknowledged for a loaded document (empty if none).
@@ -474,7 +521,7 @@ fn fresh_ack(doc: &Automerge, relay_heads: &[ChangeHash]) -> Option<Heads> {
         .then(|| Heads::new(ours))
 }
 
-fn release(
+pub(super) fn release(
     shared: &super::Shared,
     doc: &DocId,
     slot: Arc<Mutex<Option<LoadedDoc>>>,
