@@ -74,6 +74,9 @@ pub struct RelayConfig {
     /// Compress frames with zstd for clients that offer it, where that saves bytes. On by
     /// default; turn it off to spend no CPU on it (clients then get uncompressed frames).
     pub compression: bool,
+    /// On a metered network, documents whose transfer is larger than this many bytes are
+    /// announced and deferred, for devices whose profile sets no threshold. Default 64 KiB.
+    pub metered_max_doc_bytes: u64,
 }
 
 impl Default for RelayConfig {
@@ -93,6 +96,8 @@ impl Default for RelayConfig {
             allow_foreign_changes: false,
             outbox_bytes: 64 << 20,
             compression: true,
+            metered_max_doc_bytes:
+                syncline_protocol::messages::Profile::DEFAULT_METERED_MAX_DOC_BYTES,
         }
     }
 }
@@ -115,8 +120,8 @@ impl RelayConfig {
 
     /// Applies `SYNCLINE_LISTEN`, `SYNCLINE_DATA_DIR`, `SYNCLINE_MAX_FRAME_BYTES`,
     /// `SYNCLINE_IDLE_TIMEOUT_SECS`, `SYNCLINE_JWKS_FILE`, `SYNCLINE_AUDIENCE` and
-    /// `SYNCLINE_ISSUER` and `SYNCLINE_COMPRESSION` (`true`/`false`) from `vars` (pass
-    /// `std::env::vars()`).
+    /// `SYNCLINE_ISSUER`, `SYNCLINE_COMPRESSION` (`true`/`false`) and
+    /// `SYNCLINE_METERED_MAX_DOC_BYTES` from `vars` (pass `std::env::vars()`).
     ///
     /// # Errors
     /// [`ConfigError::Env`] for a value that does not parse.
@@ -139,6 +144,9 @@ impl RelayConfig {
                 "SYNCLINE_ISSUER" => self.issuer = Some(value),
                 "SYNCLINE_COMPRESSION" => {
                     self.compression = parse("SYNCLINE_COMPRESSION", &value)?;
+                }
+                "SYNCLINE_METERED_MAX_DOC_BYTES" => {
+                    self.metered_max_doc_bytes = parse("SYNCLINE_METERED_MAX_DOC_BYTES", &value)?;
                 }
                 _ => {}
             }

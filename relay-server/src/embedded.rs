@@ -68,6 +68,7 @@ impl EmbeddedRelay {
                     allow_foreign_changes: cfg.allow_foreign_changes,
                     outbox_bytes: cfg.outbox_bytes,
                     compression: cfg.compression,
+                    metered_max_doc_bytes: cfg.metered_max_doc_bytes,
                 },
             )?
         };

@@ -159,6 +159,7 @@ fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
                 allow_foreign_changes: cfg.allow_foreign_changes,
                 outbox_bytes: cfg.outbox_bytes,
                 compression: cfg.compression,
+                metered_max_doc_bytes: cfg.metered_max_doc_bytes,
             },
         )?;
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;

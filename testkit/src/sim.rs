@@ -673,7 +673,9 @@ impl World {
                 continue;
             }
             for frame in session.release(now) {
-                self.enqueue_counted(link, false, frame.bytes, Some(frame.counted));
+                if !frame.bytes.is_empty() {
+                    self.enqueue_counted(link, false, frame.bytes, Some(frame.counted));
+                }
             }
         }
     }
@@ -725,7 +727,10 @@ impl World {
                         continue;
                     };
                     for frame in session.deliver(message, lane, counted, now) {
-                        self.enqueue_counted(to, false, frame.bytes, Some(frame.counted));
+                        // A frame with no bytes only gives its counted bytes back.
+                        if !frame.bytes.is_empty() {
+                            self.enqueue_counted(to, false, frame.bytes, Some(frame.counted));
+                        }
                     }
                 }
                 CoreOutput::Close { to, code, reason } => {

@@ -15,7 +15,7 @@
 mod graph;
 mod group_commit;
 mod planner;
-mod policy;
+pub(crate) mod policy;
 mod registry;
 pub mod responder;
 mod watchers;
@@ -325,6 +325,7 @@ impl<S: Storage> Hub<S> {
             Action::Reconcile(reconcile) => self.reconcile(id, reconcile),
             Action::Sync(items) => self.sync(id, items, now_ms),
             Action::Fetch(docs) => self.fetch(id, docs),
+            Action::Unsent(docs) => Ok(self.unsent(id, docs)),
             Action::Ephemeral(e) => Ok(self.ephemeral(id, e)),
             Action::GrantsChanged(grants) => {
                 let peer = self.peers.get_mut(&id).expect("checked by handle");

@@ -321,6 +321,34 @@ impl<S: Storage> Hub<S> {
         Ok(out)
     }
 
+    /// The connection took back queued messages before they went (the device turned
+    /// metered): the session forgets what it assumed sent, and the documents are announced as
+    /// deferred, released when the device leaves the metered network or fetches them.
+    pub(super) fn unsent(&mut self, id: SessionId, docs: Vec<(DocId, u64)>) -> Vec<Delivery> {
+        let mut deferred = Vec::new();
+        for (doc, bytes) in docs {
+            self.forget_doc(id, &doc);
+            let priority = self.peers[&id]
+                .subscription(doc.collection())
+                .map_or(Priority::Normal, |s| s.priority);
+            deferred.push(PlanEntry {
+                doc,
+                priority,
+                bytes,
+                reason: Some(syncline_protocol::messages::DeferReason::Metered),
+            });
+        }
+        let planned = Planned {
+            send: Vec::new(),
+            items: Vec::new(),
+            deferred,
+        };
+        self.note_deferred(id, &planned);
+        let mut out = Vec::new();
+        planned.deliver(id, None, Lane::Live, &mut out);
+        out
+    }
+
     /// Pushes changed documents to session `id` as they happen, through the policy: what it
     /// holds back is announced in a `Plan`; a periodic device gets nothing (it learns of the
     /// changes from its next plan). A failure is logged and skips that document.

@@ -16,7 +16,7 @@ use syncline_protocol::messages::{CollectionSubscription, DeferReason, Profile, 
 
 /// What the policy needs to know of a device.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Device<'a> {
+pub(crate) struct Device<'a> {
     /// Its profile (none before `Hello`: nothing is held back).
     pub profile: Option<&'a Profile>,
     /// The relay's metered-network threshold, used when the profile sets none.

@@ -41,6 +41,7 @@ pub(super) async fn connection(
         now_ms(),
     );
     session.accept_compressions(state.compressions);
+    session.set_metered_threshold(state.metered_max_doc_bytes);
     if state
         .hub
         .send(HubCommand::Connect {
@@ -139,7 +140,10 @@ where
 {
     for frame in frames {
         queued.fetch_sub(frame.counted, Ordering::Relaxed);
-        send(state, frame.bytes, sink).await?;
+        // A frame with no bytes only gives its counted bytes back.
+        if !frame.bytes.is_empty() {
+            send(state, frame.bytes, sink).await?;
+        }
     }
     Ok(())
 }

@@ -56,6 +56,8 @@ pub struct ServerOptions {
     pub outbox_bytes: usize,
     /// See `RelayConfig::compression`.
     pub compression: bool,
+    /// See `RelayConfig::metered_max_doc_bytes`.
+    pub metered_max_doc_bytes: u64,
 }
 
 impl Default for ServerOptions {
@@ -64,6 +66,8 @@ impl Default for ServerOptions {
             allow_foreign_changes: false,
             outbox_bytes: OUTBOX_BYTES,
             compression: true,
+            metered_max_doc_bytes:
+                syncline_protocol::messages::Profile::DEFAULT_METERED_MAX_DOC_BYTES,
         }
     }
 }
@@ -106,6 +110,8 @@ pub struct AppState {
     limits: Limits,
     /// The frame compressions connections may negotiate.
     compressions: &'static [Compression],
+    /// See `RelayConfig::metered_max_doc_bytes`.
+    metered_max_doc_bytes: u64,
     next_id: Arc<AtomicU64>,
     shutdown: CancellationToken,
     connections: TaskTracker,
@@ -132,10 +138,13 @@ impl AppState {
         } else {
             &[Compression::None]
         };
+        let metered_max_doc_bytes = options.metered_max_doc_bytes;
         let hub_thread = std::thread::Builder::new()
             .name("syncline-hub".into())
             .spawn(move || {
-                let hub = Hub::new(storage).allow_foreign_changes(options.allow_foreign_changes);
+                let hub = Hub::new(storage)
+                    .allow_foreign_changes(options.allow_foreign_changes)
+                    .metered_threshold(options.metered_max_doc_bytes);
                 let limits = OutboxLimits {
                     messages: OUTBOX,
                     bytes: options.outbox_bytes,
@@ -148,6 +157,7 @@ impl AppState {
             metrics,
             limits,
             compressions,
+            metered_max_doc_bytes,
             next_id: Arc::new(AtomicU64::new(1)),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),

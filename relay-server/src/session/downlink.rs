@@ -9,6 +9,9 @@
 //!   at most for the frame already on the wire.
 //! - **Frame size.** While paced, a bulk `Sync` is split into frames of about an eighth of a
 //!   second at the declared rate, so that nothing live waits longer than that.
+//! - **Replanning mid-transfer.** Bulk messages stay structured until they go, so a change of
+//!   plan (a collection unsubscribed, a metered network) takes out what is no longer wanted
+//!   ([`Downlink::prune`]).
 //!
 //! Without a declared rate every frame goes at once, as before pacing existed.
 
@@ -39,7 +42,10 @@ pub struct Frame {
 pub struct Downlink {
     pacer: Pacer,
     live: VecDeque<Frame>,
-    bulk: VecDeque<Frame>,
+    /// Bulk `Sync` messages with their counted bytes, encoded when they go.
+    bulk: VecDeque<(Sync, usize)>,
+    /// The compression frames are encoded with (the session's, once negotiated).
+    compression: Compression,
     /// Bytes sent since the connection opened (after compression).
     sent_bytes: u64,
 }
@@ -75,32 +81,73 @@ impl Downlink {
         counted: usize,
         compression: Compression,
     ) {
-        let frames = match (message, lane, self.pacer.rate()) {
-            (Message::Sync(sync), Lane::Bulk, Some(rate)) => split(sync, frame_target(rate))
-                .into_iter()
-                .map(|part| frame::encode_with(&Message::Sync(part), compression))
-                .collect(),
-            _ => vec![frame::encode_with(message, compression)],
-        };
-        let last = frames.len().saturating_sub(1);
-        let queue = match lane {
-            Lane::Live => &mut self.live,
-            Lane::Bulk => &mut self.bulk,
-        };
-        for (i, bytes) in frames.into_iter().enumerate() {
-            queue.push_back(Frame {
-                bytes,
-                counted: if i == last { counted } else { 0 },
-            });
+        self.compression = compression;
+        match (message, lane) {
+            (Message::Sync(sync), Lane::Bulk) => {
+                let parts = match self.pacer.rate() {
+                    Some(rate) => split(sync, frame_target(rate)),
+                    None => vec![sync.clone()],
+                };
+                let last = parts.len().saturating_sub(1);
+                for (i, part) in parts.into_iter().enumerate() {
+                    self.bulk
+                        .push_back((part, if i == last { counted } else { 0 }));
+                }
+            }
+            // Only catch-up `Sync`s are bulk; anything else goes live.
+            _ => self.live.push_back(Frame {
+                bytes: frame::encode_with(message, compression),
+                counted,
+            }),
         }
     }
 
-    /// The frames that may go at `now_ms`, live lane first.
+    /// Takes out of the bulk lane every item `keep` refuses (the plan changed), and returns
+    /// them. Their counted bytes stay with what remains of their message (or go with the next
+    /// release, for a message emptied).
+    pub fn prune(&mut self, keep: impl Fn(&SyncItem) -> bool) -> Vec<SyncItem> {
+        let mut removed = Vec::new();
+        let mut freed = 0;
+        self.bulk.retain_mut(|(sync, counted)| {
+            let (kept, gone): (Vec<SyncItem>, Vec<SyncItem>) =
+                std::mem::take(&mut sync.items).into_iter().partition(&keep);
+            sync.items = kept;
+            removed.extend(gone);
+            if sync.items.is_empty() {
+                freed += *counted;
+                false
+            } else {
+                true
+            }
+        });
+        if freed > 0 {
+            // Nothing to send for them, but the backlog bytes must come back.
+            if let Some((_, counted)) = self.bulk.front_mut() {
+                *counted += freed;
+            } else {
+                self.live.push_back(Frame {
+                    bytes: Vec::new(),
+                    counted: freed,
+                });
+            }
+        }
+        removed
+    }
+
+    /// The frames that may go at `now_ms`, live lane first. A frame with no bytes only gives
+    /// its counted bytes back: there is nothing to send for it.
     pub fn release(&mut self, now_ms: u64) -> Vec<Frame> {
         let mut out = Vec::new();
         while self.pacer.ready(now_ms) {
-            let Some(frame) = self.live.pop_front().or_else(|| self.bulk.pop_front()) else {
-                break;
+            let frame = match self.live.pop_front() {
+                Some(frame) => frame,
+                None => match self.bulk.pop_front() {
+                    Some((sync, counted)) => Frame {
+                        bytes: frame::encode_with(&Message::Sync(sync), self.compression),
+                        counted,
+                    },
+                    None => break,
+                },
             };
             let len = frame.bytes.len() as u64;
             self.sent_bytes += len;

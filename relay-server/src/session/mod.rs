@@ -53,6 +53,9 @@ pub enum Action {
     Sync(Vec<SyncItem>),
     /// Send these documents now.
     Fetch(Vec<DocId>),
+    /// These documents' queued messages (with their sizes) were taken back before they were
+    /// sent, the device having turned metered: forget what was assumed sent, and defer them.
+    Unsent(Vec<(DocId, u64)>),
     /// Forward this presence message to the other devices on the document.
     Ephemeral(Ephemeral),
     /// Verify this refreshed token, then call [`Session::handle_token_verified`].
@@ -100,6 +103,10 @@ pub struct Session {
     compression: Compression,
     /// What the relay sends this device, paced to its declared download rate.
     downlink: Downlink,
+    /// The device's current profile (after `Hello`).
+    profile: Option<Profile>,
+    /// The relay's metered-network threshold (for devices that set none).
+    metered_threshold: u64,
 }
 
 impl Session {
@@ -119,7 +126,15 @@ impl Session {
             accepts: &Compression::SUPPORTED,
             compression: Compression::None,
             downlink: Downlink::default(),
+            profile: None,
+            metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
         }
+    }
+
+    /// The relay's metered-network threshold (`RelayConfig::metered_max_doc_bytes`), for what
+    /// is already queued when a device turns metered.
+    pub fn set_metered_threshold(&mut self, bytes: u64) {
+        self.metered_threshold = bytes;
     }
 
     /// Limits the frame compressions the client may choose (every one this relay implements
@@ -267,6 +282,7 @@ impl Session {
                 }));
                 self.downlink
                     .set_rate(hello.profile.download_bytes_per_s, now_ms);
+                self.profile = Some(hello.profile.clone());
                 out.actions.push(Action::Register(hello.profile));
             }
             (Phase::AwaitingHello, other) => {
@@ -344,7 +360,15 @@ impl Session {
                     .find(|c| !self.grants.can_read(&c.collection))
                 {
                     Some(c) => self.forbid(out, &c.collection),
-                    None => out.actions.push(Action::Subscribe(s.collections)),
+                    None => {
+                        // What is queued for a collection no longer subscribed stops here.
+                        self.downlink.prune(|item| {
+                            s.collections
+                                .iter()
+                                .any(|c| &c.collection == item.doc.collection())
+                        });
+                        out.actions.push(Action::Subscribe(s.collections));
+                    }
                 }
             }
             Message::Reconcile(r) => {
@@ -446,7 +470,22 @@ impl Session {
                 // A new bandwidth takes effect with the next frame, before the hub replans.
                 self.downlink
                     .set_rate(p.profile.download_bytes_per_s, now_ms);
+                // Turned metered mid-transfer: what is queued and now too large stays here.
+                let device = crate::hub::policy::Device {
+                    profile: Some(&p.profile),
+                    relay_threshold: self.metered_threshold,
+                };
+                let unsent: Vec<(DocId, u64)> = self
+                    .downlink
+                    .prune(|item| device.hold_back_bytes(item.message.len() as u64).is_none())
+                    .into_iter()
+                    .map(|item| (item.doc, item.message.len() as u64))
+                    .collect();
+                self.profile = Some(p.profile.clone());
                 out.actions.push(Action::UpdateProfile(p.profile));
+                if !unsent.is_empty() {
+                    out.actions.push(Action::Unsent(unsent));
+                }
             }
             Message::RefreshToken(t) => out.actions.push(Action::VerifyToken(t.token)),
             Message::Error(e) => out.actions.push(Action::ClientError(e)),

@@ -133,6 +133,20 @@ struct Connection {
 }
 
 impl PlanState {
+    /// Takes a planned document out of the plan (the relay held it back after all): the
+    /// plan's totals no longer count it.
+    fn withdraw(&mut self, doc: &DocId) {
+        let Some((priority, left)) = self.remaining.remove(doc) else {
+            return;
+        };
+        let by = &mut self.progress.download_by_priority[usize::from(priority.code())];
+        self.progress.docs_total = self.progress.docs_total.saturating_sub(1);
+        by.docs_total = by.docs_total.saturating_sub(1);
+        // What already arrived of it stays counted as done; what did not, as to do.
+        self.progress.bytes_total = self.progress.bytes_total.saturating_sub(left);
+        by.bytes_total = by.bytes_total.saturating_sub(left);
+    }
+
     /// Counts `bytes` of `doc` that arrived on the wire, and the document itself once
     /// `complete` (its planned bytes are then all counted).
     fn count_arrival(&mut self, doc: &DocId, bytes: u64, complete: bool) {
@@ -789,6 +803,11 @@ impl<S: SyncStore> Engine<S> {
         for d in &deferred {
             self.conn.announced.insert(d.doc.clone());
             self.deferred.insert(d.doc.clone(), d.reason);
+            // Planned, then held back after all (the device turned metered mid-transfer).
+            if let Some(plan) = self.conn.plan.as_mut() {
+                plan.withdraw(&d.doc);
+            }
+            self.conn.awaiting_data.remove(&d.doc);
         }
         if let Err(e) = self.store.defer(&self.config.relay, &deferred) {
             tracing::error!(error = %e, "could not record deferred documents");
