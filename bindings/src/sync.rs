@@ -103,6 +103,8 @@ pub struct FfiProgress {
     pub eta_ms: Option<u64>,
     /// How far the store is over its storage budget.
     pub over_budget_bytes: u64,
+    /// Local documents whose upload waits for an unmetered network.
+    pub uploads_deferred: u64,
 }
 
 impl From<syncline::Progress> for FfiProgress {
@@ -120,6 +122,7 @@ impl From<syncline::Progress> for FfiProgress {
             deferred: p.deferred,
             eta_ms: p.eta_ms,
             over_budget_bytes: p.over_budget_bytes,
+            uploads_deferred: p.uploads_deferred,
         }
     }
 }
@@ -308,6 +311,8 @@ pub struct FfiSyncOptions {
     /// For a periodic device (`profile.realtime == false`), milliseconds between syncs (null:
     /// 15 minutes).
     pub sync_interval_ms: Option<u64>,
+    /// On a metered network, hold back large uploads until it is unmetered (null: yes).
+    pub defer_metered_uploads: Option<bool>,
 }
 
 impl FfiCollectionSync {
@@ -332,6 +337,9 @@ impl TryFrom<FfiSyncOptions> for SyncOptions {
         options.profile = o.profile.into();
         if let Some(ms) = o.sync_interval_ms {
             options.sync_interval = Duration::from_millis(ms);
+        }
+        if let Some(defer) = o.defer_metered_uploads {
+            options.defer_metered_uploads = defer;
         }
         options.subscriptions = o
             .collections
@@ -499,6 +507,17 @@ impl FfiSyncClient {
             .collect::<Result<Vec<_>, _>>()?;
         self.with(|c| c.fetch(&docs));
         Ok(())
+    }
+
+    /// Local documents whose upload waits for an unmetered network (ids `collection/id`).
+    pub fn deferred_uploads(&self) -> Vec<String> {
+        self.with(|c| {
+            c.deferred_uploads()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Syncs now (a periodic device between its scheduled syncs).

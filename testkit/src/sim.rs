@@ -1142,6 +1142,7 @@ impl Device {
             },
             stall_timeout_ms: 5_000,
             sync_interval_ms: 60_000,
+            defer_metered_uploads: true,
         };
         let seed = u64::from_le_bytes(
             store.device_id().as_bytes()[..8]

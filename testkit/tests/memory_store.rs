@@ -61,6 +61,7 @@ impl World {
                     },
                     stall_timeout_ms: 5_000,
                     sync_interval_ms: 60_000,
+                    defer_metered_uploads: true,
                 };
                 Device {
                     engine: Engine::new(MemorySyncStore::new(device_id(n)), config, u64::from(n)),

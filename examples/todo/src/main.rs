@@ -14,7 +14,7 @@
 //!
 //! CAPABILITIES: [--device-class CLASS] [--metered] [--metered-max-doc-bytes N]
 //!               [--bandwidth B] [--download B] [--upload B] (bytes per second)
-//!               [--on-demand] [--periodic] [--priority P]
+//!               [--on-demand] [--periodic] [--priority P] [--allow-metered-uploads]
 //! ```
 
 mod demo;
@@ -147,6 +147,9 @@ struct Connection {
     /// The priority of the todos collection: low, normal, high or critical.
     #[arg(long, default_value = "normal")]
     priority: Priority,
+    /// On a metered network, upload large todos anyway (by default they wait).
+    #[arg(long)]
+    allow_metered_uploads: bool,
 }
 
 impl Connection {
@@ -164,6 +167,7 @@ impl Connection {
         options.profile.download_bytes_per_s = self.download.or(self.bandwidth);
         options.profile.upload_bytes_per_s = self.upload.or(self.bandwidth);
         options.profile.realtime = !self.periodic;
+        options.defer_metered_uploads = !self.allow_metered_uploads;
         options.subscriptions = vec![CollectionSubscription {
             collection: todos.clone(),
             priority: self.priority,

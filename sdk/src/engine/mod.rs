@@ -211,6 +211,8 @@ pub struct Engine<S: SyncStore = Store> {
     caught_up_at: Option<u64>,
     /// How far the store is over its storage budget after evicting what may be evicted.
     over_budget_bytes: u64,
+    /// Local documents whose (large) upload waits for an unmetered network.
+    held_uploads: BTreeSet<DocId>,
 }
 
 impl<S: SyncStore> std::fmt::Debug for Engine<S> {
@@ -245,6 +247,7 @@ impl<S: SyncStore> Engine<S> {
             deferred: BTreeMap::new(),
             caught_up_at: None,
             over_budget_bytes: 0,
+            held_uploads: BTreeSet::new(),
         }
     }
 
@@ -389,8 +392,13 @@ impl<S: SyncStore> Engine<S> {
             .uplink
             .pacer
             .set_rate(profile.upload_bytes_per_s, now_ms);
+        if self.upload_threshold().is_none() {
+            // Off the metered network (or allowed): held uploads go.
+            self.dirty.extend(std::mem::take(&mut self.held_uploads));
+        }
         if self.phase == Phase::Open {
             out.send(&Message::UpdateProfile(UpdateProfile { profile }));
+            self.flush_paced(out, now_ms);
             if left_metered {
                 let earlier: Vec<DocId> = self
                     .deferred
@@ -1022,12 +1030,33 @@ impl<S: SyncStore> Engine<S> {
         let priorities: HashMap<DocId, Priority> =
             docs.iter().map(|(p, d)| (d.clone(), *p)).collect();
         let docs: Vec<DocId> = docs.into_iter().map(|(_, d)| d).collect();
+        // On a metered network, large uploads wait (unless the app allows them): their sync
+        // states are kept to be restored if their message is held back.
+        let threshold = self.upload_threshold();
+        let before: HashMap<DocId, Option<State>> = match threshold {
+            Some(_) => docs
+                .iter()
+                .map(|d| (d.clone(), self.conn.states.get(d).cloned()))
+                .collect(),
+            None => HashMap::new(),
+        };
         let mut items = Vec::new();
         for (doc, result) in self
             .store
             .generate(&self.config.relay, &docs, &mut self.conn.states)
         {
             match result {
+                Ok(Some(message))
+                    if message.changes
+                        && threshold.is_some_and(|t| message.bytes.len() as u64 > t) =>
+                {
+                    match before.get(&doc).cloned().flatten() {
+                        Some(state) => self.conn.states.insert(doc.clone(), state),
+                        None => self.conn.states.remove(&doc),
+                    };
+                    tracing::debug!(doc = %doc, bytes = message.bytes.len(), "upload deferred on a metered network");
+                    self.held_uploads.insert(doc);
+                }
                 Ok(Some(message)) => {
                     if message.changes {
                         self.awaiting_ack(&doc);
@@ -1055,6 +1084,21 @@ impl<S: SyncStore> Engine<S> {
             }
         }
         self.send_items(out, items, Some(now_ms));
+    }
+
+    /// The size above which uploads wait for an unmetered network, if they do now.
+    fn upload_threshold(&self) -> Option<u64> {
+        (self.metered() && self.config.defer_metered_uploads).then(|| {
+            self.config
+                .profile
+                .metered_max_doc_bytes
+                .unwrap_or(syncline_protocol::messages::Profile::DEFAULT_METERED_MAX_DOC_BYTES)
+        })
+    }
+
+    /// Local documents whose upload waits for an unmetered network.
+    pub fn deferred_uploads(&self) -> Vec<DocId> {
+        self.held_uploads.iter().cloned().collect()
     }
 
     /// A document sent with changes: the relay will acknowledge it.
@@ -1255,6 +1299,7 @@ impl<S: SyncStore> Engine<S> {
             bytes_total: uplink.bytes_total,
         };
         progress.deferred = self.deferred.len() as u64;
+        progress.uploads_deferred = self.held_uploads.len() as u64;
         progress.over_budget_bytes = self.over_budget_bytes;
         let elapsed = now_ms.saturating_sub(self.conn.opened_ms);
         // The declared rate, else the one observed on this connection (after a moment).

@@ -57,6 +57,7 @@ fn fixture_with(adjust: impl FnOnce(&mut EngineConfig)) -> Fixture {
         },
         stall_timeout_ms: 5_000,
         sync_interval_ms: 60_000,
+        defer_metered_uploads: true,
     };
     let mut config = config;
     adjust(&mut config);
@@ -674,4 +675,42 @@ fn an_added_collection_is_planned_at_once_and_a_removed_one_forgotten() {
         12,
     );
     assert!(f.store.deferred().expect("deferred").is_empty());
+}
+
+#[test]
+fn a_large_upload_waits_for_an_unmetered_network() {
+    let mut f = fixture_with(profile_with(|p| p.metered = true));
+    let big = f.store.create(&todos()).expect("create");
+    big.put("body", noise(200_000)).expect("put");
+    let small = f.store.create(&todos()).expect("create");
+    small.put("title", "milk").expect("put");
+    f.engine.handle(Event::Start, 0);
+    let effects = f.engine.handle(Event::Connected, 1);
+    let uploaded: Vec<DocId> = sent(&effects)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Sync(s) => Some(s.items.into_iter().map(|i| i.doc)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(uploaded, vec![small.id().clone()], "only the small one");
+    assert_eq!(f.engine.deferred_uploads(), vec![big.id().clone()]);
+    // Leaving the metered network sends it on the same connection.
+    f.engine.handle(Event::Frame(welcome()), 2);
+    let unmetered = Profile {
+        metered: false,
+        ..f.engine.config.profile.clone()
+    };
+    let effects = f.engine.handle(Event::Profile(unmetered), 3);
+    let uploaded: Vec<DocId> = sent(&effects)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Sync(s) => Some(s.items.into_iter().map(|i| i.doc)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(uploaded, vec![big.id().clone()]);
+    assert!(f.engine.deferred_uploads().is_empty());
 }

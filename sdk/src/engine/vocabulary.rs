@@ -27,6 +27,9 @@ pub struct EngineConfig {
     /// For a periodic device (`profile.realtime == false`): how long after a complete sync it
     /// connects again. It closes the connection as soon as it is caught up.
     pub sync_interval_ms: u64,
+    /// On a metered network, hold back uploads of documents whose changes are larger than the
+    /// profile's metered threshold (64 KiB by default) until the network is unmetered.
+    pub defer_metered_uploads: bool,
 }
 
 /// Why a transport closed, as the shell saw it.
@@ -139,6 +142,9 @@ pub struct Progress {
     /// How far the store's content is over the declared storage budget (see
     /// [`Status::Synced`]).
     pub over_budget_bytes: u64,
+    /// Local documents whose upload waits for an unmetered network (too large for a metered
+    /// one; see `EngineConfig::defer_metered_uploads`).
+    pub uploads_deferred: u64,
 }
 
 /// The sync status the app observes.

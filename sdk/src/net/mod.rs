@@ -85,6 +85,9 @@ pub struct SyncOptions {
     /// For a periodic device (`profile.realtime == false`): how long after a complete sync it
     /// syncs again ([`SyncClient::sync_now`] syncs at once). It disconnects once caught up.
     pub sync_interval: Duration,
+    /// On a metered network, hold back uploads of documents whose changes are larger than the
+    /// profile's metered threshold (64 KiB by default) until it is unmetered. On by default.
+    pub defer_metered_uploads: bool,
 }
 
 impl SyncOptions {
@@ -113,6 +116,7 @@ impl SyncOptions {
             stall_timeout: Duration::from_secs(30),
             client: format!("syncline/{}", env!("CARGO_PKG_VERSION")),
             sync_interval: Duration::from_secs(15 * 60),
+            defer_metered_uploads: true,
         }
     }
 }
@@ -174,6 +178,8 @@ struct Observed {
     listeners: Vec<(u64, StatusListener)>,
     /// Set once the sync thread has finished.
     stopped: bool,
+    /// Local documents whose upload waits for an unmetered network.
+    deferred_uploads: Vec<DocId>,
 }
 
 struct Inner {
@@ -246,6 +252,7 @@ impl SyncClient {
                 last_disconnect: None,
                 listeners: Vec::new(),
                 stopped: false,
+                deferred_uploads: Vec::new(),
             }),
             changed: Condvar::new(),
             next_listener: AtomicU64::new(0),
@@ -265,6 +272,7 @@ impl SyncClient {
             backoff: options.backoff,
             stall_timeout_ms: u64::try_from(options.stall_timeout.as_millis()).unwrap_or(u64::MAX),
             sync_interval_ms: u64::try_from(options.sync_interval.as_millis()).unwrap_or(u64::MAX),
+            defer_metered_uploads: options.defer_metered_uploads,
         };
         let seed = u64::from_le_bytes(
             store.device_id().as_bytes()[..8]
@@ -360,7 +368,9 @@ impl SyncClient {
         let mut observed = self.inner.observed();
         loop {
             match (&observed.status, &observed.last_disconnect) {
-                (Status::Synced { .. }, _) if self.nothing_unacknowledged() => {
+                (Status::Synced { .. }, _)
+                    if self.nothing_unacknowledged(&observed.deferred_uploads) =>
+                {
                     return Ok(observed.stats);
                 }
                 (_, Some(Disconnect::Unauthorized(reason))) => {
@@ -393,13 +403,20 @@ impl SyncClient {
     }
 
     /// True when this relay has acknowledged every document of the synced collections.
-    fn nothing_unacknowledged(&self) -> bool {
+    /// (Uploads deferred on a metered network do not count: they wait by the app's choice.)
+    fn nothing_unacknowledged(&self, deferred: &[DocId]) -> bool {
         let subscriptions = lock(&self.subscriptions).clone();
         subscriptions.iter().all(|s| {
             self.store
                 .unacknowledged(&self.relay, &s.collection)
-                .is_ok_and(|docs| docs.is_empty())
+                .is_ok_and(|docs| docs.iter().all(|d| deferred.contains(d)))
         })
+    }
+
+    /// Local documents whose upload waits for an unmetered network (too large for a metered
+    /// one; see [`SyncOptions::defer_metered_uploads`]).
+    pub fn deferred_uploads(&self) -> Vec<DocId> {
+        self.inner.observed().deferred_uploads.clone()
     }
 
     /// Disconnects and stays offline until [`SyncClient::resume`].

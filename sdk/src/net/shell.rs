@@ -172,7 +172,10 @@ impl Shell {
     }
 
     fn publish_stats(&self) {
-        self.inner.observed().stats = self.engine.stats();
+        let mut observed = self.inner.observed();
+        observed.stats = self.engine.stats();
+        observed.deferred_uploads = self.engine.deferred_uploads();
+        drop(observed);
         self.inner.changed.notify_all();
     }
 
