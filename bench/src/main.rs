@@ -18,6 +18,7 @@
 //! `cargo build --release -p syncline-relay -p syncline-bench`.
 //! Add `--json` for one JSON object per scenario.
 
+mod capabilities;
 mod relay;
 mod sync;
 
@@ -93,6 +94,31 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         docs: usize,
     },
+    /// Time until a phone on a throttled 1 Mbit/s metered link has its critical collection,
+    /// with priorities and in one stream.
+    FirstScreen {
+        #[arg(long, default_value_t = 50)]
+        account_mb: usize,
+        #[arg(long, default_value_t = 500)]
+        critical_kb: usize,
+        #[arg(long, default_value_t = 10)]
+        doc_kb: usize,
+        /// Give up on a run after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        cap_secs: u64,
+    },
+    /// Achieved rate against a declared bandwidth, each way.
+    Pacing {
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 5_000)]
+        total_kb: usize,
+    },
+    /// Bytes a new device receives with and without compression, text and numbers.
+    WireBytes {
+        #[arg(long, default_value_t = 1_000)]
+        docs: usize,
+    },
     /// First read, after reopening the store, of a document with N changes stored as a
     /// snapshot plus C incremental chunks.
     Load {
@@ -150,6 +176,19 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Reconnect { docs, changed } => sync::reconnect(docs, changed)?,
         Scenario::Initial { docs } => sync::initial(docs)?,
+        Scenario::FirstScreen {
+            account_mb,
+            critical_kb,
+            doc_kb,
+            cap_secs,
+        } => capabilities::first_screen(
+            account_mb,
+            critical_kb,
+            doc_kb,
+            Duration::from_secs(cap_secs),
+        )?,
+        Scenario::Pacing { rate, total_kb } => capabilities::pacing(rate, total_kb)?,
+        Scenario::WireBytes { docs } => capabilities::wire_bytes(docs)?,
     };
     if cli.json {
         println!("{report}");

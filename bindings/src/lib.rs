@@ -37,6 +37,10 @@ pub enum FfiError {
     /// Not found, or deleted.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The document's content was evicted to stay within the storage budget (its metadata is
+    /// still listed); the sync client's `open` fetches it again.
+    #[error("evicted: {0}")]
+    Evicted(String),
     /// An id, path, JSON text or value of the wrong shape or type.
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -78,6 +82,7 @@ impl From<syncline::Error> for FfiError {
         let message = e.to_string();
         match e {
             E::NotFound(_) | E::Deleted(_) => Self::NotFound(message),
+            E::Evicted(_) => Self::Evicted(message),
             E::InvalidId(_)
             | E::InvalidPath { .. }
             | E::TypeMismatch { .. }

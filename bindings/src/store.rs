@@ -97,6 +97,9 @@ pub struct FfiDocumentInfo {
     pub local_change_at_ms: Option<i64>,
     /// Last change received from elsewhere, in milliseconds since the Unix epoch.
     pub remote_change_at_ms: Option<i64>,
+    /// Its content was evicted to stay within the storage budget (the sync client's `open`
+    /// fetches it again).
+    pub evicted: bool,
 }
 
 impl From<syncline::DocumentInfo> for FfiDocumentInfo {
@@ -109,6 +112,7 @@ impl From<syncline::DocumentInfo> for FfiDocumentInfo {
             created_at_ms: info.created_at,
             local_change_at_ms: info.local_change_at,
             remote_change_at_ms: info.remote_change_at,
+            evicted: info.evicted,
         }
     }
 }
@@ -367,7 +371,7 @@ pub struct FfiDocument {
 }
 
 impl FfiDocument {
-    fn wrap(doc: Document) -> Arc<Self> {
+    pub(crate) fn wrap(doc: Document) -> Arc<Self> {
         Arc::new(Self { doc })
     }
 }

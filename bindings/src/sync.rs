@@ -520,6 +520,36 @@ impl FfiSyncClient {
         .unwrap_or_default()
     }
 
+    /// Opens a document, fetching its content from the relay first when it is not here (on
+    /// demand, deferred or evicted), waiting at most `timeout_ms`. Suspends the caller's
+    /// coroutine / task, never a host thread.
+    ///
+    /// # Errors
+    /// [`FfiError::Unreachable`] at once when it is not here and the relay is not connected,
+    /// [`FfiError::Timeout`], [`FfiError::InvalidInput`] for a bad id.
+    pub async fn open(
+        &self,
+        doc_id: String,
+        timeout_ms: u64,
+    ) -> Result<Arc<crate::store::FfiDocument>, FfiError> {
+        let doc: syncline::DocId = doc_id.parse()?;
+        let client = self.current();
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let outcome = match client {
+                Some(c) => c
+                    .open(&doc, Duration::from_millis(timeout_ms))
+                    .map(crate::store::FfiDocument::wrap)
+                    .map_err(FfiError::from),
+                None => Err(FfiError::Sync("the client was stopped".into())),
+            };
+            let _ = done.send(outcome);
+        });
+        result
+            .await
+            .map_err(|_| FfiError::Sync("the wait ended unexpectedly".into()))?
+    }
+
     /// Syncs now (a periodic device between its scheduled syncs).
     pub fn sync_now(&self) {
         self.with(SyncClient::sync_now);

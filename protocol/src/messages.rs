@@ -258,6 +258,10 @@ pub struct Plan {
     /// one per `Reconcile`, in order.
     #[cbor(n(3), default, skip_if = "is_false")]
     pub update: bool,
+    /// True for the answer to a `Fetch`: exactly one per `Fetch`, in order, listing in `send`
+    /// the requested documents the relay holds (the others it does not).
+    #[cbor(n(4), default, skip_if = "is_false")]
+    pub fetch: bool,
 }
 
 fn is_false(b: &bool) -> bool {

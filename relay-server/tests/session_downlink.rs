@@ -108,6 +108,7 @@ fn a_declared_download_rate_paces_the_transfer_within_fifteen_percent() {
     let mut s = session(phone(Some(rate), false));
     let mut frames: Vec<(u64, Frame)> = s
         .deliver(catch_up("todos", 100, 10_000), Lane::Bulk, 0, T0)
+        .frames
         .into_iter()
         .map(|f| (T0, f))
         .collect();
@@ -138,7 +139,7 @@ fn a_live_change_overtakes_a_catch_up_within_one_frame() {
     let _ = s.release(now);
     let ack = Message::Ack(Ack { items: Vec::new() });
     let queued_at = now;
-    let mut sent = s.deliver(ack, Lane::Live, 42, now);
+    let mut sent = s.deliver(ack, Lane::Live, 42, now).frames;
     for _ in 0..1_000 {
         if sent.iter().any(|f| f.counted == 42) {
             break;
@@ -169,7 +170,9 @@ fn turning_metered_mid_transfer_takes_back_what_is_too_large() {
             priority: None,
         });
     }
-    let sent_at_once = s.deliver(Message::Sync(Sync { items }), Lane::Bulk, 0, T0);
+    let sent_at_once = s
+        .deliver(Message::Sync(Sync { items }), Lane::Bulk, 0, T0)
+        .frames;
     let went = docs_in(
         &sent_at_once
             .into_iter()
@@ -180,7 +183,7 @@ fn turning_metered_mid_transfer_takes_back_what_is_too_large() {
         profile: phone(Some(20_000), true),
     });
     let out = s.handle_frame(&frame::encode(&update), T0 + 10);
-    let unsent: Vec<(DocId, u64)> = out
+    let unsent: Vec<(DocId, u64, DeferReason)> = out
         .actions
         .iter()
         .find_map(|a| match a {
@@ -189,9 +192,13 @@ fn turning_metered_mid_transfer_takes_back_what_is_too_large() {
         })
         .expect("the large ones are taken back");
     assert!(!unsent.is_empty());
-    assert!(unsent.iter().all(|(_, bytes)| *bytes == 80_000));
+    assert!(
+        unsent
+            .iter()
+            .all(|(_, bytes, why)| *bytes == 80_000 && *why == DeferReason::Metered)
+    );
     let rest = docs_in(&drain(&mut s, T0 + 10));
-    for (doc, _) in &unsent {
+    for (doc, _, _) in &unsent {
         assert!(
             !rest.contains(doc) && !went.contains(doc),
             "{doc} was sent anyway"
@@ -210,16 +217,10 @@ fn turning_metered_mid_transfer_takes_back_what_is_too_large() {
 #[test]
 fn unsubscribing_mid_transfer_drops_what_is_queued_for_that_collection() {
     let mut s = session(phone(Some(20_000), false));
+    subscribe(&mut s, &["photos", "todos"]);
     s.deliver(catch_up("photos", 20, 5_000), Lane::Bulk, 0, T0);
     s.deliver(catch_up("todos", 5, 5_000), Lane::Bulk, 0, T0);
-    let subscribe = Message::Subscribe(Subscribe {
-        collections: vec![CollectionSubscription {
-            collection: col("todos"),
-            priority: Priority::Normal,
-            mode: SyncMode::Eager,
-        }],
-    });
-    let out = s.handle_frame(&frame::encode(&subscribe), T0 + 1);
+    let out = subscribe(&mut s, &["todos"]);
     assert!(matches!(&out.actions[..], [Action::Subscribe(_)]));
     let rest = docs_in(&drain(&mut s, T0 + 1));
     assert_eq!(
@@ -234,5 +235,95 @@ fn unsubscribing_mid_transfer_drops_what_is_queued_for_that_collection() {
             .filter(|d| d.collection() == &col("photos"))
             .count(),
         0
+    );
+}
+
+fn subscribe(s: &mut Session, collections: &[&str]) -> syncline_relay::session::Output {
+    let subscribe = Message::Subscribe(Subscribe {
+        collections: collections
+            .iter()
+            .map(|c| CollectionSubscription {
+                collection: col(c),
+                priority: Priority::Normal,
+                mode: SyncMode::Eager,
+            })
+            .collect(),
+    });
+    s.handle_frame(&frame::encode(&subscribe), T0 + 1)
+}
+
+#[test]
+fn catch_up_planned_before_the_device_turned_metered_is_taken_back_when_it_arrives() {
+    let mut s = session(phone(Some(20_000), false));
+    let update = Message::UpdateProfile(UpdateProfile {
+        profile: phone(Some(20_000), true),
+    });
+    s.handle_frame(&frame::encode(&update), T0 + 1);
+    // The hub planned this before it learned of the metered network.
+    let delivered = s.deliver(catch_up("todos", 3, 80_000), Lane::Bulk, 0, T0 + 2);
+    let unsent = delivered
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Unsent(docs) => Some(docs.len()),
+            _ => None,
+        })
+        .expect("taken back on arrival");
+    assert_eq!(unsent, 3);
+    assert!(docs_in(&drain(&mut s, T0 + 2)).is_empty());
+    // What the device asked for goes, metered or not.
+    let mut frames: Vec<(u64, Frame)> = s
+        .deliver(catch_up("todos", 1, 80_000), Lane::Asked, 0, T0 + 3)
+        .frames
+        .into_iter()
+        .map(|f| (T0 + 3, f))
+        .collect();
+    frames.extend(drain(&mut s, T0 + 3));
+    assert_eq!(docs_in(&frames).len(), 1);
+}
+
+#[test]
+fn a_fetch_of_a_document_already_on_its_way_is_not_queued_twice() {
+    let mut s = session(phone(Some(1_000), false));
+    // The first goes at once; the second waits for the budget.
+    s.deliver(catch_up("todos", 2, 80_000), Lane::Asked, 0, T0);
+    let fetch = Message::Fetch(Fetch {
+        docs: vec![
+            "todos/d1".parse().expect("valid"),
+            "todos/other".parse().expect("valid"),
+        ],
+    });
+    let out = s.handle_frame(&frame::encode(&fetch), T0 + 1);
+    assert!(
+        matches!(&out.actions[..], [Action::Fetch(docs)] if docs.len() == 1 && docs[0].id() == "other"),
+        "{:?}",
+        out.actions
+    );
+}
+
+#[test]
+fn queued_messages_are_filtered_by_the_grants_current_when_they_go() {
+    let mut s = session(phone(Some(20_000), false));
+    s.deliver(catch_up("photos", 20, 5_000), Lane::Bulk, 0, T0);
+    // A refreshed token narrows the grants to todos.
+    let todos = CollectionSet::Only([col("todos")].into_iter().collect::<BTreeSet<_>>());
+    let narrowed = Verified {
+        identity: Identity {
+            user: "alice".into(),
+            device: DeviceId::from_bytes([1; 16]),
+            tenant: syncline_relay::Tenant::new("acme").expect("valid"),
+        },
+        grants: Grants {
+            read: todos.clone(),
+            write: todos,
+        },
+        expires_at: T0 / 1000 + 3600,
+        valid_until: T0 / 1000 + 3600,
+    };
+    s.handle_token_verified(Ok(narrowed));
+    let rest = docs_in(&drain(&mut s, T0 + 1));
+    assert!(
+        rest.is_empty(),
+        "photos left after the grants narrowed: {rest:?}"
     );
 }

@@ -217,6 +217,7 @@ fn messages_out_of_order_are_refused() {
             deferred: vec![],
             cursors: vec![],
             update: false,
+            fetch: false,
         }),
     ] {
         let out = send(&mut s, relay_only);

@@ -333,6 +333,7 @@ impl SyncStore for MemorySyncStore {
         relay: &str,
         budget: u64,
         evictable: &[Collection],
+        keep: &std::collections::HashSet<DocId>,
         now_ms: u64,
     ) -> Result<BudgetOutcome> {
         let mut inner = self.inner();
@@ -342,7 +343,7 @@ impl SyncStore for MemorySyncStore {
             .docs
             .iter()
             .filter(|(id, doc)| {
-                evictable.contains(id.collection()) && {
+                evictable.contains(id.collection()) && !keep.contains(*id) && {
                     let mut acked = inner.acked(relay, id);
                     let mut heads = doc.get_heads();
                     acked.sort();

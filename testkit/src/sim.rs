@@ -726,7 +726,11 @@ impl World {
                     let Some((session, _)) = self.relay.sessions.get_mut(&to) else {
                         continue;
                     };
-                    for frame in session.deliver(message, lane, counted, now) {
+                    let delivered = session.deliver(message, lane, counted, now);
+                    for action in delivered.actions {
+                        self.relay.core.push(Input::Action { id: to, action }, now);
+                    }
+                    for frame in delivered.frames {
                         // A frame with no bytes only gives its counted bytes back.
                         if !frame.bytes.is_empty() {
                             self.enqueue_counted(to, false, frame.bytes, Some(frame.counted));

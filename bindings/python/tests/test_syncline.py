@@ -34,10 +34,10 @@ class Relay:
         assert line.startswith("syncline-relay listening on "), line
         self.url = "ws://" + line.rsplit(" ", 1)[1].strip()
 
-    def token(self, device, write="todos"):
+    def token(self, device, write="todos", read="todos"):
         out = subprocess.run(
             [RELAY, "token", "--data-dir", self.dir.name, "--user", "alice",
-             "--device", device, "--read", "todos", "--write", write, "--ttl", "600"],
+             "--device", device, "--read", read, "--write", write, "--ttl", "600"],
             check=True, capture_output=True, text=True,
         )
         return out.stdout.strip()
@@ -372,3 +372,72 @@ def test_one_store_is_shared_by_many_host_threads(tmp_path):
     assert errors == []
     assert len(store.list("todos")) == 1 + 4 * 25
     assert shared.get("/votes") == sl.FfiValue.COUNTER(100)
+
+
+def phone_profile(metered=False, download_bytes_per_s=None):
+    # Positional: the first field is named `class` in Rust.
+    return sl.FfiProfile(
+        sl.FfiDeviceClass.PHONE, None, download_bytes_per_s, None, metered, True, None
+    )
+
+
+def test_on_demand_deferred_fetch_open_and_progress_cross_the_binding(tmp_path, relay):
+    camera, phone = open_store(tmp_path, "camera"), open_store(tmp_path, "phone")
+    docs = [camera.create_json("photos", json.dumps({"title": f"photo {i}"})) for i in range(3)]
+    camera_client = sl.FfiSyncClient.start_with(
+        camera,
+        sl.FfiSyncOptions(
+            relay_url=relay.url,
+            collections=[sl.FfiCollectionSync(collection="photos", priority=sl.FfiPriority.NORMAL,
+                                              on_demand=False)],
+            profile=phone_profile(),
+            sync_interval_ms=None,
+            defer_metered_uploads=None,
+        ),
+        Tokens(relay.token(camera.device_id(), write="photos", read="photos")),
+    )
+    asyncio.run(camera_client.wait_synced(20_000))
+    camera_client.stop()
+
+    statuses = Statuses()
+    client = sl.FfiSyncClient.start_with(
+        phone,
+        sl.FfiSyncOptions(
+            relay_url=relay.url,
+            collections=[sl.FfiCollectionSync(collection="photos", priority=sl.FfiPriority.HIGH,
+                                              on_demand=True)],
+            profile=phone_profile(metered=True, download_bytes_per_s=125_000),
+            sync_interval_ms=None,
+            defer_metered_uploads=True,
+        ),
+        Tokens(relay.token(phone.device_id(), write="photos", read="photos")),
+    )
+    watching = client.watch_status(statuses)
+    asyncio.run(client.wait_synced(20_000))
+    # Only the list: each document with its size, priority and why it waits.
+    deferred = client.deferred()
+    assert sorted(d.doc_id for d in deferred) == sorted(docs)
+    assert all(d.reason == sl.FfiDeferReason.ON_DEMAND for d in deferred)
+    assert all(d.priority == sl.FfiPriority.HIGH and d.bytes > 0 for d in deferred)
+    assert phone.list("photos") == []
+    # Opening one fetches it; asking for another fetches it in the background.
+    opened = asyncio.run(client.open(docs[0], 20_000))
+    assert json.loads(opened.to_json()) == {"title": "photo 0"}
+    client.fetch([docs[1]])
+    deadline = time.time() + 20
+    while docs[1] not in phone.list("photos") and time.time() < deadline:
+        time.sleep(0.05)
+    assert docs[1] in phone.list("photos")
+    assert [d.doc_id for d in client.deferred()] == [docs[2]]
+    # The network changes on the live connection; nothing is held back on the way up.
+    client.set_network(False, None, None)
+    assert client.deferred_uploads() == []
+    with pytest.raises(sl.FfiError.InvalidInput):
+        client.fetch(["not an id"])
+    synced = [s for s in statuses.seen if isinstance(s, sl.FfiStatus.SYNCED)]
+    assert synced and synced[-1].over_budget_bytes == 0
+    for s in statuses.seen:
+        if isinstance(s, sl.FfiStatus.SYNCING):
+            assert len(s.progress.download_by_priority) == 4
+    watching.cancel()
+    client.stop()

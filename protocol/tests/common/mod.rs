@@ -147,7 +147,8 @@ pub fn message() -> impl Strategy<Value = Message> {
                 send,
                 deferred,
                 cursors,
-                update
+                update,
+                fetch: false
             })),
         vec((doc_id(), bytes()).prop_map(|(doc, message)| SyncItem {
             doc,
@@ -276,6 +277,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                     seq: 43,
                 }],
                 update: false,
+                fetch: false,
             }),
         ),
         (

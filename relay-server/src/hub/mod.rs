@@ -63,8 +63,11 @@ pub enum Lane {
     /// anything in the bulk lane, so a live change never waits behind a catch-up.
     #[default]
     Live,
-    /// Catch-up: the documents of a plan (a reconnect, a fetch, a replan).
+    /// Catch-up: the documents of a plan (a reconnect, a replan).
     Bulk,
+    /// Catch-up the device asked for (`Fetch`): paced like bulk, never taken back when the
+    /// plan changes.
+    Asked,
 }
 
 /// What [`Hub::sync_group`] produced.

@@ -68,17 +68,15 @@ impl Planned {
         }
     }
 
-    /// Delivers the plan and its messages: the answer to a `Reconcile` (with the cursors
-    /// reached) always, an update only when it says something.
-    fn deliver(
-        self,
-        id: SessionId,
-        answer: Option<Vec<Cursor>>,
-        lane: Lane,
-        out: &mut Vec<Delivery>,
-    ) {
-        let update = answer.is_none();
-        if update && self.send.is_empty() && self.deferred.is_empty() {
+    /// Delivers the plan and its messages: the answer to a `Reconcile` or a `Fetch` always
+    /// (the client counts them), an update only when it says something.
+    fn deliver(self, id: SessionId, kind: PlanKind, lane: Lane, out: &mut Vec<Delivery>) {
+        let (cursors, update, fetch) = match kind {
+            PlanKind::Reconcile(cursors) => (cursors, false, false),
+            PlanKind::Fetch => (Vec::new(), true, true),
+            PlanKind::Update => (Vec::new(), true, false),
+        };
+        if kind_is_quiet(update, fetch) && self.send.is_empty() && self.deferred.is_empty() {
             return;
         }
         out.push(Delivery::live(
@@ -86,12 +84,28 @@ impl Planned {
             Message::Plan(Plan {
                 send: self.send,
                 deferred: self.deferred,
-                cursors: answer.unwrap_or_default(),
+                cursors,
                 update,
+                fetch,
             }),
         ));
         push_batches(out, id, self.items, lane);
     }
+}
+
+/// Which plan a [`Planned`] is.
+enum PlanKind {
+    /// The answer to a `Reconcile`, with the cursors reached.
+    Reconcile(Vec<Cursor>),
+    /// The answer to a `Fetch`.
+    Fetch,
+    /// The relay's own update.
+    Update,
+}
+
+/// True for a plan that need not be sent when it says nothing (an update, not an answer).
+fn kind_is_quiet(update: bool, fetch: bool) -> bool {
+    update && !fetch
 }
 
 impl<S: Storage> Hub<S> {
@@ -154,7 +168,15 @@ impl<S: Storage> Hub<S> {
                 seq: after,
             });
         }
-        // The device's own changes are the most recent of all.
+        // The device's own changes are the most recent of all (and the device holds them).
+        let changed: Vec<DocId> = reconcile
+            .changed
+            .iter()
+            .filter(|c| peer.grants.can_read(c.doc.collection()))
+            .map(|c| c.doc.clone())
+            .collect();
+        self.peer_mut(id).held.extend(changed.iter().cloned());
+        let peer = &self.peers[&id];
         for changed in reconcile
             .changed
             .into_iter()
@@ -181,7 +203,7 @@ impl<S: Storage> Hub<S> {
         }
         let mut out = Vec::new();
         self.note_deferred(id, &planned);
-        planned.deliver(id, Some(reached), Lane::Bulk, &mut out);
+        planned.deliver(id, PlanKind::Reconcile(reached), Lane::Bulk, &mut out);
         Ok(out)
     }
 
@@ -212,7 +234,7 @@ impl<S: Storage> Hub<S> {
             planned.add(self.offer(id, &entry.doc, entry.priority, entry.bytes)?);
         }
         self.note_deferred(id, &planned);
-        planned.deliver(id, None, Lane::Bulk, &mut out);
+        planned.deliver(id, PlanKind::Update, Lane::Bulk, &mut out);
         Ok(out)
     }
 
@@ -227,7 +249,15 @@ impl<S: Storage> Hub<S> {
         let peer = self.peers.get_mut(&id).expect("checked by handle");
         self.watchers
             .subscribe(&peer.tenant, id, &peer.subscriptions, &collections);
-        let kept = |c: &Collection| collections.iter().any(|s| &s.collection == c);
+        // Only collections unsubscribed now stop: a document fetched from a collection never
+        // subscribed stays in sync.
+        let removed: Vec<Collection> = peer
+            .subscriptions
+            .iter()
+            .map(|s| s.collection.clone())
+            .filter(|c| !collections.iter().any(|s| &s.collection == c))
+            .collect();
+        let kept = |c: &Collection| !removed.contains(c);
         let dropped: Vec<DocId> = peer
             .states
             .keys()
@@ -263,7 +293,7 @@ impl<S: Storage> Hub<S> {
         }
         self.note_deferred(id, &planned);
         let mut out = Vec::new();
-        planned.deliver(id, None, Lane::Bulk, &mut out);
+        planned.deliver(id, PlanKind::Update, Lane::Bulk, &mut out);
         Ok(out)
     }
 
@@ -317,25 +347,33 @@ impl<S: Storage> Hub<S> {
             }
         }
         let mut out = Vec::new();
-        planned.deliver(id, None, Lane::Bulk, &mut out);
+        planned.deliver(id, PlanKind::Fetch, Lane::Asked, &mut out);
         Ok(out)
     }
 
     /// The connection took back queued messages before they went (the device turned
     /// metered): the session forgets what it assumed sent, and the documents are announced as
     /// deferred, released when the device leaves the metered network or fetches them.
-    pub(super) fn unsent(&mut self, id: SessionId, docs: Vec<(DocId, u64)>) -> Vec<Delivery> {
+    pub(super) fn unsent(
+        &mut self,
+        id: SessionId,
+        docs: Vec<(DocId, u64, syncline_protocol::messages::DeferReason)>,
+    ) -> Vec<Delivery> {
         let mut deferred = Vec::new();
-        for (doc, bytes) in docs {
+        for (doc, bytes, reason) in docs {
             self.forget_doc(id, &doc);
-            let priority = self.peers[&id]
+            let mut priority = self.peers[&id]
                 .subscription(doc.collection())
                 .map_or(Priority::Normal, |s| s.priority);
+            let key = (self.peers[&id].tenant.clone(), doc.clone());
+            if let Some(own) = self.docs.peek(&key).and_then(DocGraph::priority) {
+                priority = priority.max(own);
+            }
             deferred.push(PlanEntry {
                 doc,
                 priority,
                 bytes,
-                reason: Some(syncline_protocol::messages::DeferReason::Metered),
+                reason: Some(reason),
             });
         }
         let planned = Planned {
@@ -345,7 +383,7 @@ impl<S: Storage> Hub<S> {
         };
         self.note_deferred(id, &planned);
         let mut out = Vec::new();
-        planned.deliver(id, None, Lane::Live, &mut out);
+        planned.deliver(id, PlanKind::Update, Lane::Live, &mut out);
         out
     }
 
@@ -387,6 +425,7 @@ impl<S: Storage> Hub<S> {
                     deferred,
                     cursors: Vec::new(),
                     update: true,
+                    fetch: false,
                 }),
             ));
         }

@@ -25,11 +25,13 @@ pub fn visible(message: Message, grants: &Grants) -> Option<Message> {
             deferred,
             cursors,
             update,
+            fetch,
         }) => {
             let send: Vec<_> = send.into_iter().filter(|e| readable(&e.doc)).collect();
             let deferred: Vec<_> = deferred.into_iter().filter(|e| readable(&e.doc)).collect();
-            // An answer to a Reconcile always arrives; an update with nothing left need not.
-            (!update || !send.is_empty() || !deferred.is_empty()).then(|| {
+            // An answer (to a Reconcile or a Fetch) always arrives; an update with nothing
+            // left need not.
+            (!update || fetch || !send.is_empty() || !deferred.is_empty()).then(|| {
                 Message::Plan(Plan {
                     send,
                     deferred,
@@ -38,6 +40,7 @@ pub fn visible(message: Message, grants: &Grants) -> Option<Message> {
                         .filter(|c| grants.can_read(&c.collection))
                         .collect(),
                     update,
+                    fetch,
                 })
             })
         }

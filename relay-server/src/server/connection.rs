@@ -90,7 +90,9 @@ pub(super) async fn connection(
                 Some((message, counted, lane)) => {
                     match relay_core::visible(message, session.grants()) {
                         Some(message) => {
-                            (Output::default(), session.deliver(message, lane, counted, now_ms()))
+                            let delivered = session.deliver(message, lane, counted, now_ms());
+                            let output = Output { actions: delivered.actions, ..Output::default() };
+                            (output, delivered.frames)
                         }
                         None => {
                             queued.fetch_sub(counted, Ordering::Relaxed);

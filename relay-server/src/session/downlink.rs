@@ -15,10 +15,10 @@
 //!
 //! Without a declared rate every frame goes at once, as before pacing existed.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use syncline_protocol::messages::{Sync, SyncItem};
-use syncline_protocol::{Compression, Message, Pacer, frame};
+use syncline_protocol::{Compression, DocId, Message, Pacer, frame};
 
 use crate::hub::Lane;
 
@@ -37,13 +37,25 @@ pub struct Frame {
     pub counted: usize,
 }
 
+/// A queued bulk `Sync` part.
+#[derive(Debug)]
+struct Bulk {
+    sync: Sync,
+    counted: usize,
+    /// Documents the device asked for (`Fetch`): never taken back by a change of plan.
+    asked: bool,
+}
+
 /// The paced downlink; see the module documentation.
 #[derive(Debug, Default)]
 pub struct Downlink {
     pacer: Pacer,
-    live: VecDeque<Frame>,
-    /// Bulk `Sync` messages with their counted bytes, encoded when they go.
-    bulk: VecDeque<(Sync, usize)>,
+    /// Live messages with their counted bytes, encoded when they go.
+    live: VecDeque<(Message, usize)>,
+    /// Bulk `Sync` parts, encoded when they go.
+    bulk: VecDeque<Bulk>,
+    /// How many queued bulk items each document has.
+    queued_docs: HashMap<DocId, u32>,
     /// The compression frames are encoded with (the session's, once negotiated).
     compression: Compression,
     /// Bytes sent since the connection opened (after compression).
@@ -72,87 +84,112 @@ impl Downlink {
         self.live.len() + self.bulk.len()
     }
 
-    /// Queues `message` in `lane`, encoded with `compression`; `counted` bytes are given back
-    /// when its (last) frame is sent.
+    /// True if a bulk message for `doc` waits to go.
+    pub fn has_queued(&self, doc: &DocId) -> bool {
+        self.queued_docs.contains_key(doc)
+    }
+
+    /// Queues `message` in `lane` (encoded with `compression` when it goes); `counted` bytes
+    /// are given back when its (last) frame is sent.
     pub fn queue(
         &mut self,
-        message: &Message,
+        message: Message,
         lane: Lane,
         counted: usize,
         compression: Compression,
     ) {
         self.compression = compression;
         match (message, lane) {
-            (Message::Sync(sync), Lane::Bulk) => {
+            (Message::Sync(sync), Lane::Bulk | Lane::Asked) => {
                 let parts = match self.pacer.rate() {
-                    Some(rate) => split(sync, frame_target(rate)),
-                    None => vec![sync.clone()],
+                    Some(rate) => split(&sync, frame_target(rate)),
+                    None => vec![sync],
                 };
                 let last = parts.len().saturating_sub(1);
                 for (i, part) in parts.into_iter().enumerate() {
-                    self.bulk
-                        .push_back((part, if i == last { counted } else { 0 }));
+                    for item in &part.items {
+                        *self.queued_docs.entry(item.doc.clone()).or_default() += 1;
+                    }
+                    self.bulk.push_back(Bulk {
+                        sync: part,
+                        counted: if i == last { counted } else { 0 },
+                        asked: lane == Lane::Asked,
+                    });
                 }
             }
             // Only catch-up `Sync`s are bulk; anything else goes live.
-            _ => self.live.push_back(Frame {
-                bytes: frame::encode_with(message, compression),
-                counted,
-            }),
+            (message, _) => self.live.push_back((message, counted)),
         }
     }
 
     /// Takes out of the bulk lane every item `keep` refuses (the plan changed), and returns
-    /// them. Their counted bytes stay with what remains of their message (or go with the next
-    /// release, for a message emptied).
+    /// them; what the device asked for stays. Their counted bytes stay with what remains of
+    /// their message (or go with the next release, for a message emptied).
     pub fn prune(&mut self, keep: impl Fn(&SyncItem) -> bool) -> Vec<SyncItem> {
         let mut removed = Vec::new();
         let mut freed = 0;
-        self.bulk.retain_mut(|(sync, counted)| {
-            let (kept, gone): (Vec<SyncItem>, Vec<SyncItem>) =
-                std::mem::take(&mut sync.items).into_iter().partition(&keep);
-            sync.items = kept;
+        self.bulk.retain_mut(|part| {
+            if part.asked {
+                return true;
+            }
+            let (kept, gone): (Vec<SyncItem>, Vec<SyncItem>) = std::mem::take(&mut part.sync.items)
+                .into_iter()
+                .partition(&keep);
+            part.sync.items = kept;
             removed.extend(gone);
-            if sync.items.is_empty() {
-                freed += *counted;
+            if part.sync.items.is_empty() {
+                freed += part.counted;
                 false
             } else {
                 true
             }
         });
+        for item in &removed {
+            self.forget_queued(&item.doc);
+        }
         if freed > 0 {
             // Nothing to send for them, but the backlog bytes must come back.
-            if let Some((_, counted)) = self.bulk.front_mut() {
-                *counted += freed;
-            } else {
-                self.live.push_back(Frame {
-                    bytes: Vec::new(),
-                    counted: freed,
-                });
+            match self.bulk.front_mut() {
+                Some(part) => part.counted += freed,
+                None => self
+                    .live
+                    .push_back((Message::Sync(Sync { items: Vec::new() }), freed)),
             }
         }
         removed
     }
 
-    /// The frames that may go at `now_ms`, live lane first. A frame with no bytes only gives
-    /// its counted bytes back: there is nothing to send for it.
-    pub fn release(&mut self, now_ms: u64) -> Vec<Frame> {
+    /// The frames that may go at `now_ms`, live lane first, each message passed through
+    /// `filter` as it goes (the grants then current). A frame with no bytes only gives its
+    /// counted bytes back: there is nothing to send for it.
+    pub fn release(
+        &mut self,
+        now_ms: u64,
+        filter: impl Fn(Message) -> Option<Message>,
+    ) -> Vec<Frame> {
         let mut out = Vec::new();
         while self.pacer.ready(now_ms) {
-            let frame = match self.live.pop_front() {
-                Some(frame) => frame,
+            let (message, counted) = match self.live.pop_front() {
+                Some(live) => live,
                 None => match self.bulk.pop_front() {
-                    Some((sync, counted)) => Frame {
-                        bytes: frame::encode_with(&Message::Sync(sync), self.compression),
-                        counted,
-                    },
+                    Some(part) => {
+                        for item in &part.sync.items {
+                            self.forget_queued(&item.doc);
+                        }
+                        (Message::Sync(part.sync), part.counted)
+                    }
                     None => break,
                 },
             };
-            let len = frame.bytes.len() as u64;
+            let empty = matches!(&message, Message::Sync(s) if s.items.is_empty());
+            let bytes = match filter(message) {
+                Some(message) if !empty => frame::encode_with(&message, self.compression),
+                _ => Vec::new(),
+            };
+            let len = bytes.len() as u64;
             self.sent_bytes += len;
             self.pacer.spend(len, now_ms);
-            out.push(frame);
+            out.push(Frame { bytes, counted });
         }
         out
     }
@@ -163,6 +200,15 @@ impl Downlink {
             return None;
         }
         self.pacer.ready_at()
+    }
+
+    fn forget_queued(&mut self, doc: &DocId) {
+        if let Some(count) = self.queued_docs.get_mut(doc) {
+            *count -= 1;
+            if *count == 0 {
+                self.queued_docs.remove(doc);
+            }
+        }
     }
 }
 
@@ -219,7 +265,7 @@ mod tests {
     fn drain(link: &mut Downlink, mut now: u64) -> (u64, u64) {
         let mut last = now;
         for _ in 0..1_000_000 {
-            let frames = link.release(now);
+            let frames = link.release(now, Some);
             if !frames.is_empty() {
                 last = now;
             }
@@ -234,8 +280,8 @@ mod tests {
     #[test]
     fn unpaced_sends_everything_at_once() {
         let mut link = Downlink::default();
-        link.queue(&sync_of(100, 1000), Lane::Bulk, 0, Compression::None);
-        assert_eq!(link.release(0).len(), 1, "one frame, not split");
+        link.queue(sync_of(100, 1000), Lane::Bulk, 0, Compression::None);
+        assert_eq!(link.release(0, Some).len(), 1, "one frame, not split");
         assert_eq!(link.next_release_ms(), None);
     }
 
@@ -246,7 +292,7 @@ mod tests {
         link.set_rate(Some(rate), 0);
         // 2 MB in 256-item frames of 8 KB items.
         for _ in 0..1 {
-            link.queue(&sync_of(256, 8000), Lane::Bulk, 0, Compression::None);
+            link.queue(sync_of(256, 8000), Lane::Bulk, 0, Compression::None);
         }
         let (last, sent) = drain(&mut link, 0);
         // The first burst goes at once; the rest at the rate.
@@ -261,22 +307,22 @@ mod tests {
         let rate = 100_000;
         let mut link = Downlink::default();
         link.set_rate(Some(rate), 0);
-        link.queue(&sync_of(256, 8000), Lane::Bulk, 0, Compression::None);
+        link.queue(sync_of(256, 8000), Lane::Bulk, 0, Compression::None);
         let mut now = 0;
         let mut largest = 0;
         // Let a second of catch-up go.
         while now < 1000 {
-            for f in link.release(now) {
+            for f in link.release(now, Some) {
                 largest = largest.max(f.bytes.len() as u64);
             }
             now = link.next_release_ms().expect("more to send").max(now + 1);
         }
         let ack = Message::Ack(Ack { items: Vec::new() });
-        link.queue(&ack, Lane::Live, 7, Compression::None);
+        link.queue(ack, Lane::Live, 7, Compression::None);
         let queued_at = now;
         let mut sent_at = None;
         for _ in 0..10_000 {
-            let frames = link.release(now);
+            let frames = link.release(now, Some);
             if let Some(f) = frames.iter().find(|f| f.counted == 7) {
                 assert_eq!(frames[0], *f, "the live frame goes first");
                 sent_at = Some(now);
@@ -300,10 +346,10 @@ mod tests {
     fn a_rate_change_takes_effect_mid_transfer() {
         let mut link = Downlink::default();
         link.set_rate(Some(50_000), 0);
-        link.queue(&sync_of(200, 5000), Lane::Bulk, 0, Compression::None);
+        link.queue(sync_of(200, 5000), Lane::Bulk, 0, Compression::None);
         let mut now = 0;
         while link.sent_bytes() < 300_000 {
-            link.release(now);
+            link.release(now, Some);
             now = link.next_release_ms().expect("more").max(now + 1);
         }
         let (half_time, half_bytes) = (now, link.sent_bytes());

@@ -11,8 +11,8 @@
 use automerge::sync::Message as SyncMessage;
 use syncline_protocol::frame::{self, FrameError};
 use syncline_protocol::messages::{
-    CollectionSubscription, Ephemeral, Error, ErrorCode, Limits, Profile, Reconcile, SyncItem,
-    Welcome,
+    CollectionSubscription, DeferReason, Ephemeral, Error, ErrorCode, Limits, Profile, Reconcile,
+    SyncItem, Welcome,
 };
 use syncline_protocol::{Collection, Compression, DocId, Message, PROTOCOL_VERSION, TokenBucket};
 
@@ -54,8 +54,9 @@ pub enum Action {
     /// Send these documents now.
     Fetch(Vec<DocId>),
     /// These documents' queued messages (with their sizes) were taken back before they were
-    /// sent, the device having turned metered: forget what was assumed sent, and defer them.
-    Unsent(Vec<(DocId, u64)>),
+    /// sent, the device having turned metered: forget what was assumed sent, and defer them
+    /// for the reason given.
+    Unsent(Vec<(DocId, u64, DeferReason)>),
     /// Forward this presence message to the other devices on the document.
     Ephemeral(Ephemeral),
     /// Verify this refreshed token, then call [`Session::handle_token_verified`].
@@ -64,6 +65,15 @@ pub enum Action {
     GrantsChanged(Grants),
     /// The client reported an error; log it.
     ClientError(Error),
+}
+
+/// What [`Session::deliver`] produced: frames for the socket, work for the hub.
+#[derive(Debug, Default, PartialEq)]
+pub struct Delivered {
+    /// Frames to send, in order.
+    pub frames: Vec<Frame>,
+    /// Work for the document layer.
+    pub actions: Vec<Action>,
 }
 
 /// What one input produced.
@@ -105,6 +115,11 @@ pub struct Session {
     downlink: Downlink,
     /// The device's current profile (after `Hello`).
     profile: Option<Profile>,
+    /// The device's current subscription.
+    subscriptions: Vec<CollectionSubscription>,
+    /// Documents the device said it holds in `Reconcile.fetched`, over the connection
+    /// (bounded by `max_docs_per_subscription`).
+    fetched_ids: u64,
     /// The relay's metered-network threshold (for devices that set none).
     metered_threshold: u64,
 }
@@ -127,6 +142,8 @@ impl Session {
             compression: Compression::None,
             downlink: Downlink::default(),
             profile: None,
+            subscriptions: Vec::new(),
+            fetched_ids: 0,
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
         }
     }
@@ -170,33 +187,75 @@ impl Session {
             .map_or(limits, |at| at.min(limits))
     }
 
-    /// Takes a message the relay core routed to this connection at `now_ms` (the shell filters
-    /// it again by [`Session::grants`] first: they may have narrowed since the core routed
-    /// it): encoded with the negotiated compression and paced in `lane` to the device's
-    /// declared download rate. Returns the frames that may go now; the rest come from
-    /// [`Session::release`] at [`Session::deadline_ms`]. `counted` backlog bytes come back with
-    /// the message's (last) frame.
+    /// Takes a message the relay core routed to this connection at `now_ms`: paced in `lane`
+    /// to the device's declared download rate, encoded with the negotiated compression and
+    /// filtered by the grants then current when it goes. Returns the frames that may go now
+    /// (the rest come from [`Session::release`] at [`Session::deadline_ms`]), and, for catch-up
+    /// the device's profile no longer allows (it turned metered since the hub planned it),
+    /// an [`Action::Unsent`] for the hub. `counted` backlog bytes come back with the
+    /// message's (last) frame.
     pub fn deliver(
         &mut self,
         message: Message,
         lane: Lane,
         counted: usize,
         now_ms: u64,
-    ) -> Vec<Frame> {
+    ) -> Delivered {
+        let mut delivered = Delivered::default();
         if self.phase == Phase::Closed {
-            return Vec::new();
+            return delivered;
         }
         self.downlink
-            .queue(&message, lane, counted, self.compression);
-        self.downlink.release(now_ms)
+            .queue(message, lane, counted, self.compression);
+        if lane == Lane::Bulk {
+            let unsent = self.take_back();
+            if !unsent.is_empty() {
+                delivered.actions.push(Action::Unsent(unsent));
+            }
+        }
+        delivered.frames = self.release(now_ms);
+        delivered
     }
 
-    /// The paced frames that may go at `now_ms`.
+    /// The paced frames that may go at `now_ms`, filtered by the current grants.
     pub fn release(&mut self, now_ms: u64) -> Vec<Frame> {
         if self.phase == Phase::Closed {
             return Vec::new();
         }
-        self.downlink.release(now_ms)
+        let grants = &self.grants;
+        self.downlink.release(now_ms, |message| {
+            crate::relay_core::visible(message, grants)
+        })
+    }
+
+    /// Takes back the queued catch-up the device's profile holds back now (too large for a
+    /// metered network, or a low-priority collection on one), for an [`Action::Unsent`].
+    fn take_back(&mut self) -> Vec<(DocId, u64, DeferReason)> {
+        let Some(profile) = self.profile.as_ref().filter(|p| p.metered) else {
+            return Vec::new();
+        };
+        let device = crate::hub::policy::Device {
+            profile: Some(profile),
+            relay_threshold: self.metered_threshold,
+        };
+        let subscriptions = &self.subscriptions;
+        let reason = |item: &SyncItem| {
+            let sub = subscriptions
+                .iter()
+                .find(|s| &s.collection == item.doc.collection());
+            // On demand does not apply here: what is queued, the device holds or asked for.
+            device
+                .hold_back(sub, true)
+                .or_else(|| device.hold_back_bytes(item.message.len() as u64))
+        };
+        self.downlink
+            .prune(|item| reason(item).is_none())
+            .into_iter()
+            .map(|item| {
+                let why = reason(&item).unwrap_or(DeferReason::Metered);
+                (item.doc, item.message.len() as u64, why)
+            })
+            .collect()
     }
 
     /// The paced downlink (its rate and what it has sent, for inspection).
@@ -361,12 +420,18 @@ impl Session {
                 {
                     Some(c) => self.forbid(out, &c.collection),
                     None => {
-                        // What is queued for a collection no longer subscribed stops here.
-                        self.downlink.prune(|item| {
-                            s.collections
-                                .iter()
-                                .any(|c| &c.collection == item.doc.collection())
-                        });
+                        // What is queued for a collection unsubscribed now stops here.
+                        let removed: Vec<Collection> = self
+                            .subscriptions
+                            .iter()
+                            .map(|c| c.collection.clone())
+                            .filter(|c| !s.collections.iter().any(|n| &n.collection == c))
+                            .collect();
+                        if !removed.is_empty() {
+                            self.downlink
+                                .prune(|item| !removed.contains(item.doc.collection()));
+                        }
+                        self.subscriptions.clone_from(&s.collections);
                         out.actions.push(Action::Subscribe(s.collections));
                     }
                 }
@@ -377,12 +442,29 @@ impl Session {
                     .iter()
                     .map(|c| &c.collection)
                     .chain(r.changed.iter().map(|d| d.doc.collection()));
-                match collections.clone().find(|c| !self.grants.can_read(c)) {
+                let fetched = r.fetched.as_ref().map_or(0, Vec::len) as u64;
+                let limit = u64::from(self.limits.max_docs_per_subscription);
+                if r.changed.len() as u64 > limit || self.fetched_ids + fetched > limit {
+                    let msg = format!(
+                        "at most {limit} documents changed, and held on demand, per connection"
+                    );
+                    self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
+                    return;
+                }
+                let named_in_fetched = r.fetched.iter().flatten().map(|d| d.collection());
+                match collections
+                    .clone()
+                    .chain(named_in_fetched)
+                    .find(|c| !self.grants.can_read(c))
+                {
                     Some(c) => {
                         let c = c.clone();
                         self.forbid(out, &c);
                     }
-                    None => out.actions.push(Action::Reconcile(r)),
+                    None => {
+                        self.fetched_ids += fetched;
+                        out.actions.push(Action::Reconcile(r));
+                    }
                 }
             }
             Message::Sync(s) => {
@@ -455,7 +537,16 @@ impl Session {
                     let c = d.collection().clone();
                     self.forbid(out, &c);
                 }
-                None => out.actions.push(Action::Fetch(f.docs)),
+                None => {
+                    // A document already on its way is not queued twice.
+                    let docs: Vec<DocId> = f
+                        .docs
+                        .into_iter()
+                        .filter(|d| !self.downlink.has_queued(d))
+                        .collect();
+                    // Answered even when empty: the device counts the answers.
+                    out.actions.push(Action::Fetch(docs));
+                }
             },
             Message::Ephemeral(mut e) => {
                 if self.grants.can_read(e.doc.collection()) {
@@ -470,19 +561,10 @@ impl Session {
                 // A new bandwidth takes effect with the next frame, before the hub replans.
                 self.downlink
                     .set_rate(p.profile.download_bytes_per_s, now_ms);
-                // Turned metered mid-transfer: what is queued and now too large stays here.
-                let device = crate::hub::policy::Device {
-                    profile: Some(&p.profile),
-                    relay_threshold: self.metered_threshold,
-                };
-                let unsent: Vec<(DocId, u64)> = self
-                    .downlink
-                    .prune(|item| device.hold_back_bytes(item.message.len() as u64).is_none())
-                    .into_iter()
-                    .map(|item| (item.doc, item.message.len() as u64))
-                    .collect();
                 self.profile = Some(p.profile.clone());
                 out.actions.push(Action::UpdateProfile(p.profile));
+                // Turned metered mid-transfer: what is queued and now held back stays here.
+                let unsent = self.take_back();
                 if !unsent.is_empty() {
                     out.actions.push(Action::Unsent(unsent));
                 }

@@ -123,6 +123,8 @@ struct Connection {
     compression: Compression,
     /// Answers to `Reconcile` still to come (each is a `Plan` that is not an update).
     reconciles_awaited: u32,
+    /// Answers to `Fetch` still to come (each is a `Plan` marked `fetch`).
+    fetches_awaited: u32,
     /// Paced uploads.
     uplink: Uplink,
     /// Documents the relay announced as held back on this connection.
@@ -253,7 +255,7 @@ impl<S: SyncStore> Engine<S> {
 
     /// Keeps the store within the declared storage budget: evicts the content of fully synced
     /// documents of on-demand collections (they become deferred, fetched again when opened).
-    fn enforce_budget(&mut self, now_ms: u64) {
+    fn enforce_budget(&mut self, just_arrived: &[DocId], now_ms: u64) {
         let Some(budget) = self.config.profile.storage_budget_bytes else {
             self.over_budget_bytes = 0;
             return;
@@ -265,13 +267,23 @@ impl<S: SyncStore> Engine<S> {
             .filter(|s| s.mode == SyncMode::OnDemand)
             .map(|s| s.collection.clone())
             .collect();
+        // What the engine waits on or just got stays.
+        let mut keep: HashSet<DocId> = self.wanted.iter().cloned().collect();
+        keep.extend(self.conn.awaiting_data.iter().cloned());
+        keep.extend(self.conn.awaiting_ack.keys().cloned());
+        keep.extend(just_arrived.iter().cloned());
+        if let Some(plan) = &self.conn.plan {
+            keep.extend(plan.remaining.keys().cloned());
+        }
         match self
             .store
-            .enforce_budget(&self.config.relay, budget, &evictable, now_ms)
+            .enforce_budget(&self.config.relay, budget, &evictable, &keep, now_ms)
         {
             Ok(outcome) => {
                 for d in outcome.evicted {
                     tracing::debug!(doc = %d.doc, bytes = d.bytes, "evicted to stay within the storage budget");
+                    // A later fetch starts its sync afresh.
+                    self.conn.states.remove(&d.doc);
                     self.deferred.insert(d.doc, d.reason);
                 }
                 self.over_budget_bytes = outcome.over_budget_bytes;
@@ -356,7 +368,7 @@ impl<S: SyncStore> Engine<S> {
             Event::Fetch(docs) => {
                 self.wanted.extend(docs.iter().cloned());
                 if self.phase == Phase::Open {
-                    send_fetch(&mut out, docs);
+                    self.conn.fetches_awaited += send_fetch(&mut out, docs);
                 } else if !self.realtime() {
                     // A periodic device connects for what the app asks for.
                     self.sync_now(&mut out);
@@ -410,7 +422,7 @@ impl<S: SyncStore> Engine<S> {
                     })
                     .map(|(doc, _)| doc.clone())
                     .collect();
-                send_fetch(out, earlier);
+                self.conn.fetches_awaited += send_fetch(out, earlier);
             }
         } else if was_periodic && self.realtime() {
             // Now realtime: connect instead of waiting for the schedule.
@@ -422,20 +434,8 @@ impl<S: SyncStore> Engine<S> {
     /// ones are planned at once on the live connection.
     fn on_subscriptions(&mut self, out: &mut Out, subscriptions: Vec<CollectionSubscription>) {
         let old = std::mem::replace(&mut self.config.subscriptions, subscriptions);
-        let removed: Vec<DocId> = self
-            .deferred
-            .keys()
-            .filter(|doc| !self.subscribed(doc.collection()))
-            .cloned()
-            .collect();
-        if !removed.is_empty() {
-            for doc in &removed {
-                self.deferred.remove(doc);
-            }
-            if let Err(e) = self.store.undefer(&self.config.relay, &removed) {
-                tracing::error!(error = %e, "could not forget deferred documents");
-            }
-        }
+        // What was deferred in a collection unsubscribed now stays recorded (not wanted while
+        // unsubscribed): its cursor moved past it, so subscribing again still finds it.
         if self.phase != Phase::Open {
             return;
         }
@@ -483,7 +483,7 @@ impl<S: SyncStore> Engine<S> {
             self.conn.reconciles_awaited += 1;
             out.send(&Message::Reconcile(reconcile));
         }
-        send_fetch(out, listed);
+        self.conn.fetches_awaited += send_fetch(out, listed);
     }
 
     /// True if a document held back for `reason` is wanted now: off a metered network for
@@ -545,6 +545,8 @@ impl<S: SyncStore> Engine<S> {
         }
         if matches!(self.phase, Phase::Idle | Phase::Waiting(_)) {
             self.phase = Phase::Connecting;
+            // A new attempt: what a periodic sync caught up no longer describes the status.
+            self.caught_up_at = None;
             out.effects.push(Effect::Connect);
         }
     }
@@ -575,7 +577,7 @@ impl<S: SyncStore> Engine<S> {
             .uplink
             .pacer
             .set_rate(self.config.profile.upload_bytes_per_s, now_ms);
-        self.enforce_budget(now_ms);
+        self.enforce_budget(&[], now_ms);
         self.deferred = match self.store.deferred(&self.config.relay) {
             Ok(deferred) => deferred.into_iter().map(|d| (d.doc, d.reason)).collect(),
             Err(e) => {
@@ -633,7 +635,7 @@ impl<S: SyncStore> Engine<S> {
                 .filter(|(doc, reason)| self.wanted_now(doc, **reason))
                 .map(|(doc, _)| doc.clone()),
         );
-        send_fetch(out, fetch.into_iter().collect());
+        self.conn.fetches_awaited += send_fetch(out, fetch.into_iter().collect());
     }
 
     fn on_disconnected(&mut self, out: &mut Out, why: Disconnect, now_ms: u64) {
@@ -685,9 +687,8 @@ impl<S: SyncStore> Engine<S> {
             Phase::Waiting(at) if now_ms >= at => self.connect_if_allowed(out),
             Phase::Open
                 if self.outstanding()
-                    && now_ms.saturating_sub(
-                        self.conn.last_frame_ms.max(self.conn.uplink.last_sent_ms),
-                    ) >= self.config.stall_timeout_ms =>
+                    && now_ms.saturating_sub(self.last_activity_ms())
+                        >= self.config.stall_timeout_ms =>
             {
                 tracing::warn!(relay = %self.config.relay, "no answer from the relay; reconnecting");
                 out.effects.push(Effect::Disconnect);
@@ -698,10 +699,27 @@ impl<S: SyncStore> Engine<S> {
         }
     }
 
+    /// When the connection last showed life: a frame received, or the end of what the upload
+    /// pacer let go (a live relay acknowledges each frame once it has it all).
+    fn last_activity_ms(&self) -> u64 {
+        let uplink = &self.conn.uplink;
+        let sending_until = if uplink.queue.is_empty() {
+            uplink.pacer.ready_at().unwrap_or(0)
+        } else {
+            // Our own frames still wait for the pacer: nothing is due from the relay yet.
+            u64::MAX
+        };
+        self.conn
+            .last_frame_ms
+            .max(uplink.last_sent_ms)
+            .max(sending_until)
+    }
+
     /// True while the engine waits for something from the relay.
     fn outstanding(&self) -> bool {
         self.conn.welcome.is_none()
             || self.conn.reconciles_awaited > 0
+            || self.conn.fetches_awaited > 0
             || self
                 .conn
                 .plan
@@ -777,6 +795,9 @@ impl<S: SyncStore> Engine<S> {
         if !plan.update {
             self.conn.reconciles_awaited = self.conn.reconciles_awaited.saturating_sub(1);
         }
+        if plan.fetch {
+            self.conn.fetches_awaited = self.conn.fetches_awaited.saturating_sub(1);
+        }
         let state = self.conn.plan.get_or_insert_with(PlanState::default);
         state.cursors.extend(plan.cursors);
         for entry in plan.send {
@@ -840,6 +861,7 @@ impl<S: SyncStore> Engine<S> {
                     .as_ref()
                     .is_some_and(|p| p.remaining.contains_key(&item.doc))
             {
+                self.conn.awaiting_data.remove(&item.doc);
                 continue;
             }
             match SyncMessage::decode(&item.message) {
@@ -878,6 +900,8 @@ impl<S: SyncStore> Engine<S> {
                     if let Some(reply) = received.reply {
                         if reply.changes {
                             self.awaiting_ack(&doc);
+                            // The relay asked for it: it goes, held back or not.
+                            self.held_uploads.remove(&doc);
                         }
                         if reply.needs {
                             self.conn.awaiting_data.insert(doc.clone());
@@ -900,7 +924,8 @@ impl<S: SyncStore> Engine<S> {
             tracing::error!(error = %e, "could not forget deferred documents that arrived");
         }
         if self.stats.docs_received > received_before {
-            self.enforce_budget(now_ms);
+            let arrived: Vec<DocId> = wire.keys().cloned().collect();
+            self.enforce_budget(&arrived, now_ms);
         }
         self.send_items(out, replies, None);
     }
@@ -955,7 +980,9 @@ impl<S: SyncStore> Engine<S> {
         tracing::warn!(code = error.code.0, message = %error.message, doc = ?error.doc, "the relay reported an error");
         if let Some(doc) = error.doc {
             // One item refused; the rest of its frame went on.
-            self.conn.awaiting_ack.remove(&doc);
+            if self.conn.awaiting_ack.remove(&doc).is_some() {
+                self.conn.uplink.docs_done += 1;
+            }
             self.conn.awaiting_data.remove(&doc);
             self.fail_planned(&doc);
             self.dirty.remove(&doc);
@@ -1076,7 +1103,7 @@ impl<S: SyncStore> Engine<S> {
                     });
                 }
                 Ok(None) => {}
-                Err(crate::Error::NotFound(_)) => {}
+                Err(crate::Error::NotFound(_) | crate::Error::Evicted(_)) => {}
                 Err(e) => {
                     tracing::error!(doc = %doc, error = %e, "could not prepare a sync message");
                     self.last_error = Some(format!("could not sync {doc}: {e}"));
@@ -1162,7 +1189,9 @@ impl<S: SyncStore> Engine<S> {
                     item.doc
                 );
                 tracing::error!(%reason, "not sending a document");
-                self.conn.awaiting_ack.remove(&item.doc);
+                if self.conn.awaiting_ack.remove(&item.doc).is_some() {
+                    self.conn.uplink.docs_done += 1;
+                }
                 self.conn.awaiting_data.remove(&item.doc);
                 self.conn.refused.insert(item.doc, reason.clone());
                 self.last_error = Some(format!("the relay refused a change: {reason}"));
@@ -1219,7 +1248,11 @@ impl<S: SyncStore> Engine<S> {
 
     fn update_status(&mut self, out: &mut Out, now_ms: u64) {
         let status = match self.phase {
-            Phase::Waiting(_) if self.caught_up_at.is_some() && self.last_error.is_none() => {
+            Phase::Waiting(_)
+                if self.caught_up_at.is_some()
+                    && self.last_error.is_none()
+                    && self.dirty.is_empty() =>
+            {
                 Status::Synced {
                     at_ms: self.caught_up_at.unwrap_or(now_ms),
                     over_budget_bytes: self.over_budget_bytes,
@@ -1298,7 +1331,11 @@ impl<S: SyncStore> Engine<S> {
             bytes_done: uplink.bytes_done,
             bytes_total: uplink.bytes_total,
         };
-        progress.deferred = self.deferred.len() as u64;
+        progress.deferred = self
+            .deferred
+            .keys()
+            .filter(|d| self.subscribed(d.collection()))
+            .count() as u64;
         progress.uploads_deferred = self.held_uploads.len() as u64;
         progress.over_budget_bytes = self.over_budget_bytes;
         let elapsed = now_ms.saturating_sub(self.conn.opened_ms);
@@ -1412,13 +1449,17 @@ impl Out {
     }
 }
 
-/// Asks the relay for `docs` now, in requests of at most [`FETCH_BATCH`].
-fn send_fetch(out: &mut Out, docs: Vec<DocId>) {
+/// Asks the relay for `docs` now, in requests of at most [`FETCH_BATCH`]; returns how many
+/// requests went (each is answered by one `Plan` marked `fetch`).
+fn send_fetch(out: &mut Out, docs: Vec<DocId>) -> u32 {
+    let mut sent = 0;
     for chunk in docs.chunks(FETCH_BATCH) {
         out.send(&Message::Fetch(Fetch {
             docs: chunk.to_vec(),
         }));
+        sent += 1;
     }
+    sent
 }
 
 /// After the relay acknowledged exactly our heads: it holds them, and nothing sent is in

@@ -121,8 +121,8 @@ pub trait SyncStore {
     fn undefer(&self, relay: &str, docs: &[DocId]) -> Result<()>;
 
     /// Keeps the content within `budget` bytes by evicting fully synced documents of the
-    /// `evictable` collections, least recently used first, recording them as deferred by
-    /// `relay` (see [`crate::Store::enforce_budget`]).
+    /// `evictable` collections but `keep`, least recently used first, recording them as
+    /// deferred by `relay` (see [`crate::Store::enforce_budget`]).
     ///
     /// # Errors
     /// The store could not evict; nothing is lost, the budget is merely exceeded.
@@ -131,6 +131,7 @@ pub trait SyncStore {
         relay: &str,
         budget: u64,
         evictable: &[Collection],
+        keep: &HashSet<DocId>,
         now_ms: u64,
     ) -> Result<BudgetOutcome>;
 

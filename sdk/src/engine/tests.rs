@@ -110,6 +110,7 @@ fn empty_plan(seq: u64) -> Vec<u8> {
             seq,
         }],
         update: false,
+        fetch: false,
     }))
 }
 
@@ -506,6 +507,7 @@ fn deferred_documents_are_recorded_and_fetched_once_off_the_metered_network() {
             seq: 9,
         }],
         update: false,
+        fetch: false,
     }));
     f.engine.handle(Event::Frame(plan), 3);
     let listed: Vec<DocId> = f
@@ -631,7 +633,7 @@ fn a_periodic_device_closes_once_caught_up_and_comes_back_on_schedule() {
 }
 
 #[test]
-fn an_added_collection_is_planned_at_once_and_a_removed_one_forgotten() {
+fn an_added_collection_is_planned_at_once_and_a_removed_one_stops() {
     let mut f = fixture();
     connect(&mut f, 0);
     let notes = Collection::new("notes").expect("valid");
@@ -661,12 +663,14 @@ fn an_added_collection_is_planned_at_once_and_a_removed_one_forgotten() {
             seq: 1,
         }],
         update: false,
+        fetch: false,
     }));
     f.engine.handle(Event::Frame(plan), 11);
     assert!(matches!(f.engine.status(), Status::Synced { .. }));
     assert_eq!(f.store.deferred().expect("deferred").len(), 1);
-    // Removing it forgets what was deferred in it.
-    f.engine.handle(
+    // Removing it stops it; what was deferred in it stays recorded (its cursor moved past it,
+    // so subscribing again must still find it) but is not asked for.
+    let effects = f.engine.handle(
         Event::Subscriptions(vec![CollectionSubscription {
             collection: todos(),
             priority: Priority::Normal,
@@ -674,7 +678,12 @@ fn an_added_collection_is_planned_at_once_and_a_removed_one_forgotten() {
         }]),
         12,
     );
-    assert!(f.store.deferred().expect("deferred").is_empty());
+    assert!(
+        !sent(&effects)
+            .iter()
+            .any(|m| matches!(m, Message::Fetch(_)))
+    );
+    assert_eq!(f.store.deferred().expect("deferred").len(), 1);
 }
 
 #[test]

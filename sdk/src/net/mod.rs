@@ -474,14 +474,24 @@ impl SyncClient {
             .send(Command::Event(Event::Subscriptions(subscriptions)));
     }
 
-    /// The documents the relay announced and holds back for this device (too large for a
-    /// metered network, low priority on one, on demand), with size and reason; see
-    /// [`Store::deferred`].
+    /// The documents the relay announced and holds back for this device in the collections it
+    /// subscribes to now (too large for a metered network, low priority on one, on demand,
+    /// evicted), with size and reason; see [`Store::deferred`].
     ///
     /// # Errors
     /// A storage error.
     pub fn deferred(&self) -> Result<Vec<crate::DeferredDoc>, SyncError> {
-        Ok(self.store.deferred()?)
+        let subscriptions = lock(&self.subscriptions).clone();
+        Ok(self
+            .store
+            .deferred()?
+            .into_iter()
+            .filter(|d| {
+                subscriptions
+                    .iter()
+                    .any(|s| &s.collection == d.doc.collection())
+            })
+            .collect())
     }
 
     /// Asks the relay for these documents now, whatever held them back (a metered network,

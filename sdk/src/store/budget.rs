@@ -11,8 +11,10 @@
 //! - Eager collections are never evicted; when their content alone is over the budget, the
 //!   outcome says by how much.
 
-use syncline_protocol::Collection;
+use std::collections::HashSet;
+
 use syncline_protocol::messages::DeferReason;
+use syncline_protocol::{Collection, DocId};
 
 use super::Store;
 use super::sync::release;
@@ -33,9 +35,11 @@ pub struct BudgetOutcome {
 
 impl Store {
     /// Evicts the content of fully synced documents of `evictable` (on-demand) collections,
-    /// least recently used first, until the store's content is within `budget` bytes; see the
-    /// module documentation. "Fully synced" is against `relay`, which records them as deferred.
-    /// Stamps the deferral with `now_ms`.
+    /// but not those in `keep` (the sync engine is waiting on them, or just got them), least
+    /// recently used first, until the store's content is within `budget` bytes; see the
+    /// module documentation. "Fully synced" is against `relay` alone: a document some other
+    /// relay also acknowledged is not evicted, since only `relay` is asked for it again. The
+    /// deferral is stamped `now_ms`.
     ///
     /// # Errors
     /// A storage error; what was evicted before it stays evicted.
@@ -44,6 +48,7 @@ impl Store {
         relay: &str,
         budget: u64,
         evictable: &[Collection],
+        keep: &HashSet<DocId>,
         now_ms: u64,
     ) -> Result<BudgetOutcome> {
         let shared = self.shared();
@@ -51,6 +56,7 @@ impl Store {
         let mut outcome = BudgetOutcome::default();
         if content > budget {
             let mut candidates = shared.db.evictable(relay, evictable)?;
+            candidates.retain(|row| !keep.contains(&row.id));
             // Not open in this process first; the sort is stable, so by last change within.
             candidates.sort_by_key(|row| shared.cache.contains(&row.id));
             for candidate in candidates {
@@ -66,11 +72,9 @@ impl Store {
                     continue;
                 };
                 let heads = shared.db.heads(row.key)?;
-                let acked = shared
-                    .db
-                    .acked_heads(row.key)?
-                    .into_iter()
-                    .any(|(r, h)| r == relay && h == heads);
+                let records = shared.db.acked_heads(row.key)?;
+                let acked =
+                    !records.is_empty() && records.iter().all(|(r, h)| r == relay && *h == heads);
                 if row.evicted || !acked {
                     release(shared, &doc, slot, guard);
                     continue;

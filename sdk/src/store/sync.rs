@@ -8,7 +8,7 @@
 //! listeners told. Memory is never ahead of the file: a failed commit poisons every document
 //! of the batch, which is then reloaded from its durable state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -414,7 +414,7 @@ impl SyncStore for Store {
                     }
                     current.push((doc.clone(), now));
                 }
-                Err(Error::NotFound(_)) => {}
+                Err(Error::NotFound(_) | Error::Evicted(_)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -455,6 +455,7 @@ impl SyncStore for Store {
             .db
             .list(collection)?
             .into_iter()
+            .filter(|row| !row.evicted)
             .map(|row| row.id)
             .collect())
     }
@@ -495,9 +496,10 @@ impl SyncStore for Store {
         relay: &str,
         budget: u64,
         evictable: &[Collection],
+        keep: &HashSet<DocId>,
         now_ms: u64,
     ) -> Result<super::BudgetOutcome> {
-        Store::enforce_budget(self, relay, budget, evictable, now_ms)
+        Store::enforce_budget(self, relay, budget, evictable, keep, now_ms)
     }
 }
 

@@ -290,6 +290,7 @@ func kind(of error: Error) -> String {
     }
     switch error {
     case .NotFound: return "NotFound"
+    case .Evicted: return "Evicted"
     case .InvalidInput: return "InvalidInput"
     case .Storage: return "Storage"
     case .Unauthorized: return "Unauthorized"
@@ -514,6 +515,66 @@ final class SynclineTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(provider.calls, 3)
         XCTAssertEqual(try store.pendingDocuments(), [])
         XCTAssertTrue(try store.list(collection: "todos").contains(doc))
+        client.stop()
+    }
+
+    func testOnDemandDeferredFetchOpenAndProgressCrossTheBinding() async throws {
+        let relay = try startRelay()
+        let camera = try openStore("camera")
+        let phone = try openStore("phone")
+        var docs: [String] = []
+        for i in 0..<3 {
+            docs.append(try camera.createJson(collection: "todos", json: #"{"title":"photo \#(i)"}"#))
+        }
+        try await sync(camera, through: relay)
+        let statuses = Statuses()
+        let options = FfiSyncOptions(
+            relayUrl: relay.url,
+            collections: [FfiCollectionSync(collection: "todos", priority: .high, onDemand: true)],
+            profile: FfiProfile(
+                class: .phone, storageBudgetBytes: nil, downloadBytesPerS: 125_000,
+                uploadBytesPerS: nil, metered: true, realtime: true, meteredMaxDocBytes: nil),
+            syncIntervalMs: nil,
+            deferMeteredUploads: true)
+        let client = try FfiSyncClient.startWith(
+            store: phone, options: options,
+            tokens: Tokens(relay.token(device: phone.deviceId())))
+        let watching = client.watchStatus(listener: statuses)
+        _ = try await client.waitSynced(timeoutMs: 20_000)
+        // Only the list: each document with its size, priority and why it waits.
+        let deferred = try client.deferred()
+        XCTAssertEqual(deferred.map { $0.docId }.sorted(), docs.sorted())
+        XCTAssertTrue(
+            deferred.allSatisfy { $0.reason == .onDemand && $0.priority == .high && $0.bytes > 0 })
+        XCTAssertEqual(try phone.list(collection: "todos"), [])
+        // Opening one fetches it; asking for another fetches it in the background.
+        let opened = try await client.open(docId: docs[0], timeoutMs: 20_000)
+        XCTAssertEqual(try opened.toJson(), #"{"title":"photo 0"}"#)
+        try client.fetch(docIds: [docs[1]])
+        let deadline = Date().addingTimeInterval(20)
+        while try !phone.list(collection: "todos").contains(docs[1]) && Date() < deadline {
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
+        XCTAssertTrue(try phone.list(collection: "todos").contains(docs[1]))
+        XCTAssertEqual(try client.deferred().map { $0.docId }, [docs[2]])
+        client.setNetwork(metered: false, downloadBytesPerS: nil, uploadBytesPerS: nil)
+        XCTAssertEqual(client.deferredUploads(), [])
+        XCTAssertThrowsError(try client.fetch(docIds: ["not an id"])) { error in
+            XCTAssertEqual(kind(of: error), "InvalidInput")
+        }
+        var lastSynced: UInt64?
+        for status in statuses.seen.all {
+            switch status {
+            case let .synced(_, overBudgetBytes):
+                lastSynced = overBudgetBytes
+            case let .syncing(progress):
+                XCTAssertEqual(progress.downloadByPriority.count, 4)
+            default:
+                break
+            }
+        }
+        XCTAssertEqual(lastSynced, 0, "\(statuses.seen.all)")
+        watching.cancel()
         client.stop()
     }
 

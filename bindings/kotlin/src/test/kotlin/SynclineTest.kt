@@ -19,6 +19,11 @@ import org.junit.jupiter.api.BeforeEach
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
 import uniffi.syncline_ffi.FfiChangeEvent
+import uniffi.syncline_ffi.FfiCollectionSync
+import uniffi.syncline_ffi.FfiDeferReason
+import uniffi.syncline_ffi.FfiDeviceClass
+import uniffi.syncline_ffi.FfiProfile
+import uniffi.syncline_ffi.FfiSyncOptions
 import uniffi.syncline_ffi.FfiChangeListener
 import uniffi.syncline_ffi.FfiPatchAction
 import uniffi.syncline_ffi.FfiValue
@@ -379,5 +384,54 @@ class SynclineTest {
         assertEquals(emptyList<Throwable>(), failures)
         assertEquals(1 + 4 * 25, store.list("todos").size)
         assertEquals(FfiValue.Counter(100), shared.get("/votes"))
+    }
+
+    @Test
+    fun onDemandDeferredFetchOpenAndProgressCrossTheBinding() {
+        val camera = open("camera")
+        val phone = open("phone")
+        val docs = (0 until 3).map { camera.createJson("todos", """{"title":"photo $it"}""") }
+        sync(camera)
+        val statuses = CopyOnWriteArrayList<FfiStatus>()
+        val options = FfiSyncOptions(
+            relay.url,
+            listOf(FfiCollectionSync("todos", FfiPriority.HIGH, true)),
+            // Positional: the first field is named `class` in Rust.
+            FfiProfile(FfiDeviceClass.PHONE, null, 125_000uL, null, true, true, null),
+            null,
+            true,
+        )
+        val client = FfiSyncClient.startWith(phone, options, Tokens(relay.token(phone.deviceId())))
+        val watching = client.watchStatus(object : FfiStatusListener {
+            override fun onStatus(status: FfiStatus) {
+                statuses.add(status)
+            }
+        })
+        runBlocking { client.waitSynced(20_000u) }
+        // Only the list: each document with its size, priority and why it waits.
+        val deferred = client.deferred()
+        assertEquals(docs.sorted(), deferred.map { it.docId }.sorted())
+        assertTrue(deferred.all { it.reason == FfiDeferReason.ON_DEMAND && it.priority == FfiPriority.HIGH && it.bytes > 0uL })
+        assertEquals(emptyList<String>(), phone.list("todos"))
+        // Opening one fetches it; asking for another fetches it in the background.
+        val opened = runBlocking { client.open(docs[0], 20_000u) }
+        assertEquals("""{"title":"photo 0"}""", opened.toJson())
+        client.fetch(listOf(docs[1]))
+        val deadline = System.currentTimeMillis() + 20_000
+        while (docs[1] !in phone.list("todos") && System.currentTimeMillis() < deadline) {
+            Thread.sleep(50)
+        }
+        assertTrue(docs[1] in phone.list("todos"))
+        assertEquals(listOf(docs[2]), client.deferred().map { it.docId })
+        client.setNetwork(false, null, null)
+        assertEquals(emptyList<String>(), client.deferredUploads())
+        assertThrows<FfiException.InvalidInput> { client.fetch(listOf("not an id")) }
+        val synced = statuses.filterIsInstance<FfiStatus.Synced>()
+        assertTrue(synced.isNotEmpty() && synced.last().overBudgetBytes == 0uL, statuses.toString())
+        statuses.filterIsInstance<FfiStatus.Syncing>().forEach {
+            assertEquals(4, it.progress.downloadByPriority.size)
+        }
+        watching.cancel()
+        client.stop()
     }
 }
