@@ -375,9 +375,11 @@ def test_one_store_is_shared_by_many_host_threads(tmp_path):
 
 
 def phone_profile(metered=False, download_bytes_per_s=None):
-    # Positional: the first field is named `class` in Rust.
+    # uniffi names the field `class` `_class` in Python.
     return sl.FfiProfile(
-        sl.FfiDeviceClass.PHONE, None, download_bytes_per_s, None, metered, True, None
+        _class=sl.FfiDeviceClass.PHONE, storage_budget_bytes=None,
+        download_bytes_per_s=download_bytes_per_s, upload_bytes_per_s=None, metered=metered,
+        realtime=True, metered_max_doc_bytes=None,
     )
 
 
