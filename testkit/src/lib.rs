@@ -110,6 +110,13 @@ impl Drop for Child {
     }
 }
 
+/// `n` random lowercase letters from `seed`: text that does not compress away (Automerge
+/// deflates large columns, and frames are compressed), for tests whose sizes must hold.
+pub fn noise(n: usize, seed: u64) -> String {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| char::from(b'a' + rng.u8(0..26))).collect()
+}
+
 /// A capability profile of `class`: unmetered, realtime, no declared budget or bandwidth.
 pub fn profile(class: DeviceClass) -> Profile {
     Profile {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use syncline::{Collection, Store, SyncClient, SyncOptions, Value};
 use syncline_testkit::relay::Relay;
-use syncline_testkit::temp_dir;
+use syncline_testkit::{noise, temp_dir};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -469,19 +469,6 @@ fn a_provider_without_a_token_yet_is_retried_and_a_denying_one_stops() {
 
 fn photos() -> Collection {
     Collection::new("photos").expect("valid")
-}
-
-/// Text that does not compress away (Automerge deflates large columns).
-fn noise(n: usize, seed: u64) -> String {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + u8::try_from(x % 26).expect("letter"))
-        })
-        .collect()
 }
 
 /// A client syncing `photos` with `mode`, as `profile` says.

@@ -213,19 +213,6 @@ fn watch_prints_changes_as_they_arrive() {
     panic!("watch never printed the change: {seen:?}");
 }
 
-/// Text that does not compress away (Automerge deflates large columns).
-fn noise(n: usize) -> String {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + u8::try_from(x % 26).expect("letter"))
-        })
-        .collect()
-}
-
 /// `sync` with the device's capabilities, through `relay`: its stdout, and how long it took.
 fn sync_as(
     relay: &syncline_testkit::relay::Relay,
@@ -260,7 +247,7 @@ fn capabilities_decide_what_a_sync_gets_and_fetch_gets_the_rest() {
     let relay = syncline_testkit::relay::Relay::start(data.path()).expect("relay");
     let laptop = dir.path().join("laptop");
     let note = dir.path().join("note.txt");
-    std::fs::write(&note, noise(200_000)).expect("note");
+    std::fs::write(&note, syncline_testkit::noise(200_000, 1)).expect("note");
     let small = stdout(&todo(&laptop, &["add", "Buy milk"]))
         .trim()
         .to_owned();

@@ -78,6 +78,18 @@ fn sent(effects: &[Effect]) -> Vec<Message> {
         .collect()
 }
 
+/// The documents of the `Sync` frames sent, in order.
+fn synced_docs(effects: &[Effect]) -> Vec<DocId> {
+    sent(effects)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Sync(s) => Some(s.items.into_iter().map(|i| i.doc)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 fn wake_at(effects: &[Effect]) -> Option<u64> {
     effects.iter().find_map(|e| match e {
         Effect::WakeAt(at) => Some(*at),
@@ -456,14 +468,7 @@ fn uploads_leave_highest_priority_first() {
     expected.sort_by_key(|e| std::cmp::Reverse(e.0));
     f.engine.handle(Event::Start, 0);
     let effects = f.engine.handle(Event::Connected, 1);
-    let order: Vec<DocId> = sent(&effects)
-        .into_iter()
-        .filter_map(|m| match m {
-            Message::Sync(s) => Some(s.items.into_iter().map(|i| i.doc)),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let order = synced_docs(&effects);
     assert_eq!(
         order,
         expected.into_iter().map(|(_, d)| d).collect::<Vec<_>>()
@@ -695,14 +700,7 @@ fn a_large_upload_waits_for_an_unmetered_network() {
     small.put("title", "milk").expect("put");
     f.engine.handle(Event::Start, 0);
     let effects = f.engine.handle(Event::Connected, 1);
-    let uploaded: Vec<DocId> = sent(&effects)
-        .into_iter()
-        .filter_map(|m| match m {
-            Message::Sync(s) => Some(s.items.into_iter().map(|i| i.doc)),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let uploaded = synced_docs(&effects);
     assert_eq!(uploaded, vec![small.id().clone()], "only the small one");
     assert_eq!(f.engine.deferred_uploads(), vec![big.id().clone()]);
     // Leaving the metered network sends it on the same connection.
@@ -712,14 +710,7 @@ fn a_large_upload_waits_for_an_unmetered_network() {
         ..f.engine.config.profile.clone()
     };
     let effects = f.engine.handle(Event::Profile(unmetered), 3);
-    let uploaded: Vec<DocId> = sent(&effects)
-        .into_iter()
-        .filter_map(|m| match m {
-            Message::Sync(s) => Some(s.items.into_iter().map(|i| i.doc)),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let uploaded = synced_docs(&effects);
     assert_eq!(uploaded, vec![big.id().clone()]);
     assert!(f.engine.deferred_uploads().is_empty());
 }

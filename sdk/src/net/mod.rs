@@ -364,26 +364,42 @@ impl SyncClient {
         timeout: Duration,
         fail_unreachable: bool,
     ) -> Result<SyncStats, SyncError> {
-        let started = Instant::now();
-        let mut observed = self.inner.observed();
-        loop {
+        self.wait_until(timeout, Duration::from_millis(100), |observed| {
             match (&observed.status, &observed.last_disconnect) {
                 (Status::Synced { .. }, _)
                     if self.nothing_unacknowledged(&observed.deferred_uploads) =>
                 {
-                    return Ok(observed.stats);
+                    Some(Ok(observed.stats))
                 }
                 (_, Some(Disconnect::Unauthorized(reason))) => {
-                    return Err(SyncError::Unauthorized(reason.clone()));
+                    Some(Err(SyncError::Unauthorized(reason.clone())))
                 }
                 (_, Some(Disconnect::Failed(reason))) if fail_unreachable => {
-                    return Err(SyncError::Unreachable(reason.clone()));
+                    Some(Err(SyncError::Unreachable(reason.clone())))
                 }
-                (Status::Error { reason }, _) => return Err(SyncError::Failed(reason.clone())),
+                (Status::Error { reason }, _) => Some(Err(SyncError::Failed(reason.clone()))),
                 _ if observed.stopped => {
-                    return Err(SyncError::Failed("the sync client was stopped".into()));
+                    Some(Err(SyncError::Failed("the sync client was stopped".into())))
                 }
-                _ => {}
+                _ => None,
+            }
+        })
+    }
+
+    /// Waits until `check` answers, looking again at every status change and at least every
+    /// `poll`; gives up after `timeout` with [`SyncError::Timeout`]. `check` runs with the
+    /// observed state locked.
+    fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        poll: Duration,
+        mut check: impl FnMut(&Observed) -> Option<Result<T, SyncError>>,
+    ) -> Result<T, SyncError> {
+        let started = Instant::now();
+        let mut observed = self.inner.observed();
+        loop {
+            if let Some(answer) = check(&observed) {
+                return answer;
             }
             let waited = started.elapsed();
             if waited >= timeout {
@@ -392,11 +408,10 @@ impl SyncClient {
                     status: Box::new(observed.status.clone()),
                 });
             }
-            let left = (timeout - waited).min(Duration::from_millis(100));
             observed = self
                 .inner
                 .changed
-                .wait_timeout(observed, left)
+                .wait_timeout(observed, (timeout - waited).min(poll))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -519,30 +534,10 @@ impl SyncClient {
             return Err(SyncError::Offline { doc: doc.clone() });
         }
         self.fetch(std::slice::from_ref(doc));
-        let started = Instant::now();
-        let mut observed = self.inner.observed();
-        loop {
-            drop(observed);
-            if let Some(document) = here(&self.store, doc)? {
-                return Ok(document);
-            }
-            observed = self.inner.observed();
-            let waited = started.elapsed();
-            if waited >= timeout {
-                return Err(SyncError::Timeout {
-                    waited,
-                    status: Box::new(observed.status.clone()),
-                });
-            }
-            // Woken by any status change; checks at least every 20 ms.
-            let left = (timeout - waited).min(Duration::from_millis(20));
-            observed = self
-                .inner
-                .changed
-                .wait_timeout(observed, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        // Woken by any status change; looks at least every 20 ms.
+        self.wait_until(timeout, Duration::from_millis(20), |_| {
+            here(&self.store, doc).map_err(SyncError::from).transpose()
+        })
     }
 
     /// Syncs now: a periodic device connects before its next scheduled sync (a no-op while
