@@ -11,8 +11,11 @@
 //! - **Replan.** A new profile on the live connection releases what the policy now allows
 //!   (the device left a metered network), at once, as a `Plan` and its messages.
 //! - **Subscription change.** Removing a collection stops its traffic: the session forgets its
-//!   documents' sync states and deferrals. An added collection is planned when the device
-//!   names it in a `Reconcile`.
+//!   documents' sync states and deferrals (a document fetched from a collection never
+//!   subscribed stays). A collection made eager gets what was only listed; an added one is
+//!   planned when the device names it in a `Reconcile`.
+//! - **Taken back.** Catch-up the session took back before it went (the device turned
+//!   metered) is forgotten as sent and announced as deferred (`unsent`).
 //! - **Fetch.** The named documents go now, whole (the device may have evicted what it had),
 //!   whatever the policy, and an on-demand document fetched is kept in sync from then on.
 //! - **Push.** A change fanned out to a device passes the same policy: held back documents
@@ -71,12 +74,13 @@ impl Planned {
     /// Delivers the plan and its messages: the answer to a `Reconcile` or a `Fetch` always
     /// (the client counts them), an update only when it says something.
     fn deliver(self, id: SessionId, kind: PlanKind, lane: Lane, out: &mut Vec<Delivery>) {
+        let quiet = matches!(kind, PlanKind::Update);
         let (cursors, update, fetch) = match kind {
             PlanKind::Reconcile(cursors) => (cursors, false, false),
             PlanKind::Fetch => (Vec::new(), true, true),
             PlanKind::Update => (Vec::new(), true, false),
         };
-        if kind_is_quiet(update, fetch) && self.send.is_empty() && self.deferred.is_empty() {
+        if quiet && self.send.is_empty() && self.deferred.is_empty() {
             return;
         }
         out.push(Delivery::live(
@@ -101,11 +105,6 @@ enum PlanKind {
     Fetch,
     /// The relay's own update.
     Update,
-}
-
-/// True for a plan that need not be sent when it says nothing (an update, not an answer).
-fn kind_is_quiet(update: bool, fetch: bool) -> bool {
-    update && !fetch
 }
 
 impl<S: Storage> Hub<S> {
