@@ -95,6 +95,8 @@ pub struct FfiProgress {
     pub download_by_priority: Vec<FfiTransfer>,
     /// The upload.
     pub upload: FfiTransfer,
+    /// The upload per priority: low, normal, high, critical.
+    pub upload_by_priority: Vec<FfiTransfer>,
     /// Local documents sent and not yet acknowledged.
     pub docs_unacknowledged: u64,
     /// Documents the relay announced and holds back.
@@ -118,6 +120,7 @@ impl From<syncline::Progress> for FfiProgress {
             },
             download_by_priority: p.download_by_priority.iter().map(|t| (*t).into()).collect(),
             upload: p.upload.into(),
+            upload_by_priority: p.upload_by_priority.iter().map(|t| (*t).into()).collect(),
             docs_unacknowledged: p.docs_unacknowledged,
             deferred: p.deferred,
             eta_ms: p.eta_ms,
@@ -151,6 +154,8 @@ pub struct FfiDeferredDoc {
     pub bytes: u64,
     /// Why it is held back.
     pub reason: FfiDeferReason,
+    /// When the relay last stored a change to it, milliseconds since the Unix epoch.
+    pub changed_ms: Option<u64>,
 }
 
 impl From<syncline::DeferredDoc> for FfiDeferredDoc {
@@ -165,6 +170,7 @@ impl From<syncline::DeferredDoc> for FfiDeferredDoc {
                 syncline::DeferReason::OnDemand => FfiDeferReason::OnDemand,
                 syncline::DeferReason::StorageBudget => FfiDeferReason::StorageBudget,
             },
+            changed_ms: d.changed_ms,
         }
     }
 }

@@ -234,6 +234,10 @@ pub struct PlanEntry {
     /// For a deferred document, why (absent for unknown reasons from newer relays).
     #[n(3)]
     pub reason: Option<DeferReason>,
+    /// When the relay last stored a change to it, milliseconds since the Unix epoch (the
+    /// relay's clock), if known.
+    #[n(4)]
+    pub changed_ms: Option<u64>,
 }
 
 /// Relay → client: what will be sent, in order, and what is deferred. The answer to each

@@ -174,6 +174,7 @@ fn doc_prints_a_stored_document() {
                 chunk: doc.save(),
                 heads,
                 priority: None,
+                at_ms: 0,
             }],
         )
         .expect("append");

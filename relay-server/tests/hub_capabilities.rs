@@ -147,6 +147,7 @@ fn on_demand_documents_are_listed_then_fetched_and_then_kept_in_sync() {
             "its size is announced: {}",
             entry.bytes
         );
+        assert!(entry.changed_ms.is_some(), "and when it last changed");
     }
     assert!(received(&w, READER).is_empty());
 

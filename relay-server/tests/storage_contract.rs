@@ -34,6 +34,7 @@ fn append(d: &str, chunk: &[u8], h: u8) -> Append {
         chunk: chunk.to_vec(),
         heads: heads(h),
         priority: None,
+        at_ms: 0,
     }
 }
 

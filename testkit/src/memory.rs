@@ -371,6 +371,7 @@ impl SyncStore for MemorySyncStore {
                 bytes,
                 reason: syncline::DeferReason::StorageBudget,
                 announced_at_ms: now_ms,
+                changed_ms: None,
             };
             inner
                 .deferred

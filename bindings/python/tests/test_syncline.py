@@ -421,6 +421,7 @@ def test_on_demand_deferred_fetch_open_and_progress_cross_the_binding(tmp_path, 
     assert sorted(d.doc_id for d in deferred) == sorted(docs)
     assert all(d.reason == sl.FfiDeferReason.ON_DEMAND for d in deferred)
     assert all(d.priority == sl.FfiPriority.HIGH and d.bytes > 0 for d in deferred)
+    assert all(d.changed_ms is not None for d in deferred)
     assert phone.list("photos") == []
     # Opening one fetches it; asking for another fetches it in the background.
     opened = asyncio.run(client.open(docs[0], 20_000))
@@ -441,5 +442,6 @@ def test_on_demand_deferred_fetch_open_and_progress_cross_the_binding(tmp_path, 
     for s in statuses.seen:
         if isinstance(s, sl.FfiStatus.SYNCING):
             assert len(s.progress.download_by_priority) == 4
+            assert len(s.progress.upload_by_priority) == 4
     watching.cancel()
     client.stop()

@@ -230,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "bytes": d.bytes,
                         "priority": d.priority.as_str(),
                         "reason": reason(d.reason),
+                        "changed_ms": d.changed_ms,
                     })
                 })
                 .collect();

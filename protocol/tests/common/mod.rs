@@ -80,6 +80,7 @@ fn plan_entry() -> impl Strategy<Value = PlanEntry> {
             priority,
             bytes,
             reason,
+            changed_ms: None,
         }
     })
 }
@@ -213,6 +214,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
         priority: Priority::High,
         bytes: 512,
         reason: None,
+        changed_ms: None,
     };
     vec![
         (

@@ -90,6 +90,7 @@ impl<S: Storage> Hub<S> {
                         chunk: doc.raw_since(*len_before),
                         heads: wire_heads(&doc.heads()),
                         priority: doc.priority(),
+                        at_ms: now_ms,
                     });
                 }
             }
@@ -180,7 +181,7 @@ impl<S: Storage> Hub<S> {
             }
             for (other, receives) in receivers {
                 if !receives.is_empty() {
-                    self.push(other, &receives, &mut group.deliveries);
+                    self.push(other, &receives, now_ms, &mut group.deliveries);
                 }
             }
         }

@@ -318,7 +318,7 @@ impl<S: Storage> Hub<S> {
             Action::UpdateProfile(profile) => {
                 self.peer_mut(id).profile = Some(profile);
                 self.register(id, now_ms)?;
-                self.replan(id)
+                self.replan(id, now_ms)
             }
             Action::Subscribe(collections) => {
                 let out = self.resubscribe(id, collections)?;

@@ -131,7 +131,7 @@ impl<S: Storage> Hub<S> {
             .map(|c| (c.collection, c.seq))
             .collect();
         // Each document with its priority and collection sequence, for ordering by recency.
-        let mut entries: BTreeMap<DocId, (Priority, u64, u64)> = BTreeMap::new();
+        let mut entries: BTreeMap<DocId, (Priority, u64, u64, Option<u64>)> = BTreeMap::new();
         let mut reached = Vec::new();
         for sub in peer
             .subscriptions
@@ -154,7 +154,12 @@ impl<S: Storage> Hub<S> {
                         .map_or(sub.priority, |p| p.max(sub.priority));
                     entries.insert(
                         summary.doc.clone(),
-                        (priority, summary.seq, summary.stored_bytes),
+                        (
+                            priority,
+                            summary.seq,
+                            summary.stored_bytes,
+                            summary.changed_ms,
+                        ),
                     );
                     after = after.max(summary.seq);
                 }
@@ -184,10 +189,16 @@ impl<S: Storage> Hub<S> {
             let priority = peer
                 .subscription(changed.doc.collection())
                 .map_or(Priority::Normal, |s| s.priority);
-            entries.entry(changed.doc).or_insert((priority, 0, 0)).1 = u64::MAX;
+            entries
+                .entry(changed.doc)
+                .or_insert((priority, 0, 0, None))
+                .1 = u64::MAX;
         }
-        let mut ordered: Vec<(DocId, (Priority, u64, u64))> = entries.into_iter().collect();
-        ordered.sort_by(|(_, (a, a_seq, _)), (_, (b, b_seq, _))| b.cmp(a).then(b_seq.cmp(a_seq)));
+        let mut ordered: Vec<(DocId, (Priority, u64, u64, Option<u64>))> =
+            entries.into_iter().collect();
+        ordered.sort_by(|(_, (a, a_seq, _, _)), (_, (b, b_seq, _, _))| {
+            b.cmp(a).then(b_seq.cmp(a_seq))
+        });
         for cursor in &reached {
             self.storage.set_cursor(
                 &tenant,
@@ -197,8 +208,8 @@ impl<S: Storage> Hub<S> {
             )?;
         }
         let mut planned = Planned::new();
-        for (doc, (priority, _, stored_bytes)) in ordered {
-            planned.add(self.offer(id, &doc, priority, stored_bytes)?);
+        for (doc, (priority, _, stored_bytes, changed_ms)) in ordered {
+            planned.add(self.offer(id, &doc, priority, stored_bytes, changed_ms)?);
         }
         let mut out = Vec::new();
         self.note_deferred(id, &planned);
@@ -209,14 +220,14 @@ impl<S: Storage> Hub<S> {
     /// The profile changed on the live connection: sends at once what the policy no longer
     /// holds back, highest priority first; a device that turned realtime gets what changed
     /// while it was periodic.
-    pub(super) fn replan(&mut self, id: SessionId) -> Result<Vec<Delivery>, HubError> {
+    pub(super) fn replan(&mut self, id: SessionId, now_ms: u64) -> Result<Vec<Delivery>, HubError> {
         let mut out = Vec::new();
         if self.policy_device(id).realtime() {
             let skipped: Vec<DocId> = std::mem::take(&mut self.peer_mut(id).skipped)
                 .into_iter()
                 .collect();
             if !skipped.is_empty() {
-                self.push(id, &skipped, &mut out);
+                self.push(id, &skipped, now_ms, &mut out);
             }
         }
         let device = self.policy_device(id);
@@ -230,7 +241,13 @@ impl<S: Storage> Hub<S> {
         let mut planned = Planned::new();
         for entry in released {
             self.peer_mut(id).deferred.remove(&entry.doc);
-            planned.add(self.offer(id, &entry.doc, entry.priority, entry.bytes)?);
+            planned.add(self.offer(
+                id,
+                &entry.doc,
+                entry.priority,
+                entry.bytes,
+                entry.changed_ms,
+            )?);
         }
         self.note_deferred(id, &planned);
         planned.deliver(id, PlanKind::Update, Lane::Bulk, &mut out);
@@ -288,7 +305,13 @@ impl<S: Storage> Hub<S> {
         let mut planned = Planned::new();
         for entry in listed {
             self.peer_mut(id).deferred.remove(&entry.doc);
-            planned.add(self.offer(id, &entry.doc, entry.priority, entry.bytes)?);
+            planned.add(self.offer(
+                id,
+                &entry.doc,
+                entry.priority,
+                entry.bytes,
+                entry.changed_ms,
+            )?);
         }
         self.note_deferred(id, &planned);
         let mut out = Vec::new();
@@ -341,6 +364,7 @@ impl<S: Storage> Hub<S> {
                     priority,
                     bytes: item.message.len() as u64,
                     reason: None,
+                    changed_ms: None,
                 };
                 planned.add(Offer::Send(entry, item));
             }
@@ -373,6 +397,7 @@ impl<S: Storage> Hub<S> {
                 priority,
                 bytes,
                 reason: Some(reason),
+                changed_ms: None,
             });
         }
         let planned = Planned {
@@ -389,7 +414,13 @@ impl<S: Storage> Hub<S> {
     /// Pushes changed documents to session `id` as they happen, through the policy: what it
     /// holds back is announced in a `Plan`; a periodic device gets nothing (it learns of the
     /// changes from its next plan). A failure is logged and skips that document.
-    pub(super) fn push(&mut self, id: SessionId, docs: &[DocId], out: &mut Vec<Delivery>) {
+    pub(super) fn push(
+        &mut self,
+        id: SessionId,
+        docs: &[DocId],
+        now_ms: u64,
+        out: &mut Vec<Delivery>,
+    ) {
         if !self.policy_device(id).realtime() {
             self.peer_mut(id).skipped.extend(docs.iter().cloned());
             return;
@@ -403,7 +434,7 @@ impl<S: Storage> Hub<S> {
                 priority = priority.max(own);
             }
             let bytes = self.estimated_bytes(id, doc);
-            match self.offer(id, doc, priority, bytes) {
+            match self.offer(id, doc, priority, bytes, Some(now_ms)) {
                 Ok(offer) => planned.add(offer),
                 Err(e) => {
                     tracing::error!(session = id, doc = %doc, error = %e, "could not prepare a sync message");
@@ -455,10 +486,12 @@ impl<S: Storage> Hub<S> {
         doc: &DocId,
         priority: Priority,
         bytes: u64,
+        changed_ms: Option<u64>,
     ) -> Result<Offer, HubError> {
         let peer = &self.peers[&id];
         let device = self.policy_device(id);
         let entry = |bytes, reason| PlanEntry {
+            changed_ms,
             doc: doc.clone(),
             priority,
             bytes,

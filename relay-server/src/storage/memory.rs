@@ -20,6 +20,7 @@ struct Doc {
     seq: u64,
     stored_bytes: u64,
     priority: Option<Priority>,
+    changed_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -66,6 +67,7 @@ impl Storage for MemoryStorage {
             doc.seq = seq;
             doc.stored_bytes += a.chunk.len() as u64;
             doc.priority = a.priority.or(doc.priority);
+            doc.changed_ms = Some(a.at_ms);
             seqs.push(seq);
         }
         Ok(seqs)
@@ -125,6 +127,7 @@ impl Storage for MemoryStorage {
                     heads: d.heads.clone(),
                     stored_bytes: d.stored_bytes,
                     priority: d.priority,
+                    changed_ms: d.changed_ms,
                 }
             })
             .collect())

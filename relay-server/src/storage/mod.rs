@@ -61,6 +61,9 @@ pub struct Append {
     pub heads: Heads,
     /// The document's priority as its app set it (none: keep the stored one).
     pub priority: Option<Priority>,
+    /// When the relay stores it, milliseconds since the Unix epoch (the document's last
+    /// change, for plans).
+    pub at_ms: u64,
 }
 
 /// A document's stored content.
@@ -89,6 +92,8 @@ pub struct DocumentSummary {
     pub stored_bytes: u64,
     /// Its priority as its app set it, if one was ever sent.
     pub priority: Option<Priority>,
+    /// When its last change was stored, milliseconds since the Unix epoch, if known.
+    pub changed_ms: Option<u64>,
 }
 
 /// A registered device.

@@ -66,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN deferred_docs INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN deferred_bytes INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE documents ADD COLUMN priority INTEGER;
+    ALTER TABLE documents ADD COLUMN changed_ms INTEGER;
 "#,
 ];
 
@@ -203,11 +204,12 @@ impl Storage for SqliteStorage {
             let count: i64 = tx
                 .prepare_cached(
                     "INSERT INTO documents (tenant, collection, doc_id, seq, heads, stored_bytes, \
-                     chunk_count, priority) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7) \
+                     chunk_count, priority, changed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8) \
                      ON CONFLICT (tenant, collection, doc_id) DO UPDATE SET seq = excluded.seq, \
                      heads = excluded.heads, stored_bytes = stored_bytes + excluded.stored_bytes, \
                      chunk_count = chunk_count + 1, \
-                     priority = coalesce(excluded.priority, priority) RETURNING chunk_count",
+                     priority = coalesce(excluded.priority, priority), \
+                     changed_ms = excluded.changed_ms RETURNING chunk_count",
                 )?
                 .query_row(
                     params![
@@ -218,6 +220,7 @@ impl Storage for SqliteStorage {
                         heads_to_bytes(&a.heads),
                         to_i64(a.chunk.len() as u64),
                         a.priority.map(Priority::code),
+                        to_i64(a.at_ms),
                     ],
                     |r| r.get(0),
                 )?;
@@ -313,7 +316,7 @@ impl Storage for SqliteStorage {
         let conn = self.conn.lock();
         let rows = conn
             .prepare_cached(
-                "SELECT doc_id, seq, heads, stored_bytes, priority FROM documents \
+                "SELECT doc_id, seq, heads, stored_bytes, priority, changed_ms FROM documents \
                  WHERE tenant = ?1 AND collection = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
             )?
             .query_map(
@@ -330,12 +333,13 @@ impl Storage for SqliteStorage {
                         r.get::<_, Vec<u8>>(2)?,
                         r.get::<_, i64>(3)?,
                         r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
                     ))
                 },
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
-            .map(|(id, seq, heads, bytes, priority)| {
+            .map(|(id, seq, heads, bytes, priority, changed)| {
                 Ok(DocumentSummary {
                     doc: DocId::new(collection.clone(), id)
                         .map_err(|e| corrupt("documents", e.to_string()))?,
@@ -343,6 +347,7 @@ impl Storage for SqliteStorage {
                     heads: heads_from_bytes(&heads)?,
                     stored_bytes: to_u64(bytes),
                     priority: priority_from(priority)?,
+                    changed_ms: changed.map(to_u64),
                 })
             })
             .collect()

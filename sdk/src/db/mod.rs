@@ -151,6 +151,8 @@ pub struct DeferredDoc {
     pub reason: DeferReason,
     /// When it was (last) announced, on the store's clock.
     pub announced_at_ms: u64,
+    /// When the relay last stored a change to it (the relay's clock), if it said.
+    pub changed_ms: Option<u64>,
 }
 
 /// Options for [`Database::open`].
@@ -354,10 +356,11 @@ impl Database {
                     BatchWrite::Defer(relay, d) => {
                         conn.prepare_cached(
                             "INSERT INTO deferred (relay, doc_id, priority, bytes, reason, \
-                             announced_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                             announced_at, changed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
                              ON CONFLICT (relay, doc_id) DO UPDATE SET priority = \
                              excluded.priority, bytes = excluded.bytes, reason = excluded.reason, \
-                             announced_at = excluded.announced_at",
+                             announced_at = excluded.announced_at, \
+                             changed_ms = coalesce(excluded.changed_ms, changed_ms)",
                         )?
                         .execute(params![
                             relay,
@@ -366,6 +369,7 @@ impl Database {
                             i64::try_from(d.bytes).unwrap_or(i64::MAX),
                             reason_code(d.reason),
                             i64::try_from(d.announced_at_ms).unwrap_or(i64::MAX),
+                            d.changed_ms.map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
                         ])?;
                     }
                     BatchWrite::Evict(key) => {
@@ -409,7 +413,7 @@ impl Database {
         let conn = self.reader.lock();
         let rows = conn
             .prepare_cached(
-                "SELECT doc_id, priority, bytes, reason, announced_at FROM deferred \
+                "SELECT doc_id, priority, bytes, reason, announced_at, changed_ms FROM deferred \
                  WHERE ?1 IS NULL OR relay = ?1 ORDER BY priority DESC, announced_at DESC, doc_id",
             )?
             .query_map([relay], |r| {
@@ -419,11 +423,12 @@ impl Database {
                     r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(rows.len());
-        for (doc, priority, bytes, reason, at) in rows {
+        for (doc, priority, bytes, reason, at, changed) in rows {
             let parsed = doc.parse::<DocId>().ok().zip(
                 u8::try_from(priority)
                     .ok()
@@ -442,6 +447,7 @@ impl Database {
                         bytes: u64::try_from(bytes).unwrap_or(0),
                         reason,
                         announced_at_ms: u64::try_from(at).unwrap_or(0),
+                        changed_ms: changed.and_then(|c| u64::try_from(c).ok()),
                     });
                 }
                 None => tracing::warn!(%doc, "skipping a corrupt deferred row"),

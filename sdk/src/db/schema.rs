@@ -74,6 +74,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         bytes      INTEGER NOT NULL,
         reason     INTEGER NOT NULL,
         announced_at INTEGER NOT NULL,
+        changed_ms INTEGER,
         PRIMARY KEY (relay, doc_id)
     ) WITHOUT ROWID;
     "#,

@@ -86,7 +86,12 @@ struct PlanState {
 #[derive(Debug, Default)]
 struct Uplink {
     pacer: Pacer,
-    queue: VecDeque<Vec<u8>>,
+    /// Encoded frames, each with its bytes per priority (split by its documents' messages).
+    queue: VecDeque<(Vec<u8>, [u64; 4])>,
+    /// The upload per priority, indexed by `Priority::code`.
+    by_priority: [Transfer; 4],
+    /// The priority each document awaiting an acknowledgement was sent with.
+    priorities: HashMap<DocId, Priority>,
     /// Bytes of local-change frames queued on this connection (sent or not).
     bytes_total: u64,
     /// Of which on the wire.
@@ -826,6 +831,7 @@ impl<S: SyncStore> Engine<S> {
                     bytes: entry.bytes,
                     reason,
                     announced_at_ms: now_ms,
+                    changed_ms: entry.changed_ms,
                 })
             })
             .collect();
@@ -899,7 +905,8 @@ impl<S: SyncStore> Engine<S> {
                     }
                     if let Some(reply) = received.reply {
                         if reply.changes {
-                            self.awaiting_ack(&doc);
+                            let priority = self.store.priority(&doc);
+                            self.awaiting_ack(&doc, priority);
                             // The relay asked for it: it goes, held back or not.
                             self.held_uploads.remove(&doc);
                         }
@@ -951,8 +958,7 @@ impl<S: SyncStore> Engine<S> {
             if let Some(count) = self.conn.awaiting_ack.get_mut(doc) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
-                    self.conn.awaiting_ack.remove(doc);
-                    self.conn.uplink.docs_done += 1;
+                    self.upload_done(doc);
                 }
             }
         }
@@ -980,9 +986,7 @@ impl<S: SyncStore> Engine<S> {
         tracing::warn!(code = error.code.0, message = %error.message, doc = ?error.doc, "the relay reported an error");
         if let Some(doc) = error.doc {
             // One item refused; the rest of its frame went on.
-            if self.conn.awaiting_ack.remove(&doc).is_some() {
-                self.conn.uplink.docs_done += 1;
-            }
+            self.upload_done(&doc);
             self.conn.awaiting_data.remove(&doc);
             self.fail_planned(&doc);
             self.dirty.remove(&doc);
@@ -1086,7 +1090,8 @@ impl<S: SyncStore> Engine<S> {
                 }
                 Ok(Some(message)) => {
                     if message.changes {
-                        self.awaiting_ack(&doc);
+                        let priority = priorities.get(&doc).copied().unwrap_or_default();
+                        self.awaiting_ack(&doc, priority);
                     }
                     if message.needs {
                         self.conn.awaiting_data.insert(doc.clone());
@@ -1128,14 +1133,28 @@ impl<S: SyncStore> Engine<S> {
         self.held_uploads.iter().cloned().collect()
     }
 
-    /// A document sent with changes: the relay will acknowledge it.
-    fn awaiting_ack(&mut self, doc: &DocId) {
+    /// A document sent with changes at `priority`: the relay will acknowledge it.
+    fn awaiting_ack(&mut self, doc: &DocId, priority: Priority) {
         let count = self.conn.awaiting_ack.entry(doc.clone()).or_default();
         if *count == 0 {
-            self.conn.uplink.docs_total += 1;
+            let uplink = &mut self.conn.uplink;
+            uplink.docs_total += 1;
+            uplink.by_priority[usize::from(priority.code())].docs_total += 1;
+            uplink.priorities.insert(doc.clone(), priority);
         }
         *count += 1;
         self.stats.docs_sent += 1;
+    }
+
+    /// A document awaiting an acknowledgement is done with: acknowledged, or refused.
+    fn upload_done(&mut self, doc: &DocId) {
+        if self.conn.awaiting_ack.remove(doc).is_some() {
+            let uplink = &mut self.conn.uplink;
+            uplink.docs_done += 1;
+            if let Some(priority) = uplink.priorities.remove(doc) {
+                uplink.by_priority[usize::from(priority.code())].docs_done += 1;
+            }
+        }
     }
 
     /// Sends what the upload pacer lets go now, and asks to be woken for the rest.
@@ -1145,9 +1164,12 @@ impl<S: SyncStore> Engine<S> {
         }
         let uplink = &mut self.conn.uplink;
         while !uplink.queue.is_empty() && uplink.pacer.ready(now_ms) {
-            let bytes = uplink.queue.pop_front().expect("not empty");
+            let (bytes, per_priority) = uplink.queue.pop_front().expect("not empty");
             uplink.pacer.spend(bytes.len() as u64, now_ms);
             uplink.bytes_done += bytes.len() as u64;
+            for (by, sent) in uplink.by_priority.iter_mut().zip(per_priority) {
+                by.bytes_done += sent;
+            }
             uplink.last_sent_ms = now_ms;
             out.push_frame(bytes);
         }
@@ -1189,9 +1211,7 @@ impl<S: SyncStore> Engine<S> {
                     item.doc
                 );
                 tracing::error!(%reason, "not sending a document");
-                if self.conn.awaiting_ack.remove(&item.doc).is_some() {
-                    self.conn.uplink.docs_done += 1;
-                }
+                self.upload_done(&item.doc);
                 self.conn.awaiting_data.remove(&item.doc);
                 self.conn.refused.insert(item.doc, reason.clone());
                 self.last_error = Some(format!("the relay refused a change: {reason}"));
@@ -1212,9 +1232,15 @@ impl<S: SyncStore> Engine<S> {
         match paced_at {
             Some(now_ms) => {
                 for sync in frames {
+                    let weights = priority_weights(&sync);
                     let bytes = frame::encode_with(&Message::Sync(sync), self.conn.compression);
-                    self.conn.uplink.bytes_total += bytes.len() as u64;
-                    self.conn.uplink.queue.push_back(bytes);
+                    let per_priority = split_by(bytes.len() as u64, weights);
+                    let uplink = &mut self.conn.uplink;
+                    uplink.bytes_total += bytes.len() as u64;
+                    for (by, share) in uplink.by_priority.iter_mut().zip(per_priority) {
+                        by.bytes_total += share;
+                    }
+                    uplink.queue.push_back((bytes, per_priority));
                 }
                 self.release_uplink(out, now_ms);
             }
@@ -1331,6 +1357,7 @@ impl<S: SyncStore> Engine<S> {
             bytes_done: uplink.bytes_done,
             bytes_total: uplink.bytes_total,
         };
+        progress.upload_by_priority = uplink.by_priority;
         progress.deferred = self
             .deferred
             .keys()
@@ -1447,6 +1474,31 @@ impl Out {
             paced: true,
         });
     }
+}
+
+/// The bytes of a frame's messages per priority (local changes carry theirs; `normal` for
+/// the rest).
+fn priority_weights(sync: &Sync) -> [u64; 4] {
+    let mut weights = [0u64; 4];
+    for item in &sync.items {
+        let priority = item.priority.unwrap_or_default();
+        weights[usize::from(priority.code())] += item.message.len() as u64;
+    }
+    weights
+}
+
+/// Splits `total` bytes in proportion to `weights` (the remainder to the heaviest).
+fn split_by(total: u64, weights: [u64; 4]) -> [u64; 4] {
+    let sum: u64 = weights.iter().sum();
+    if sum == 0 {
+        return [0, total, 0, 0];
+    }
+    let mut shares = weights.map(|w| {
+        u64::try_from(u128::from(total) * u128::from(w) / u128::from(sum)).unwrap_or(0)
+    });
+    let heaviest = (0..4).max_by_key(|i| weights[*i]).unwrap_or(1);
+    shares[heaviest] += total - shares.iter().sum::<u64>();
+    shares
 }
 
 /// Asks the relay for `docs` now, in requests of at most [`FETCH_BATCH`]; returns how many

@@ -443,6 +443,11 @@ fn uploads_are_paced_to_the_declared_rate() {
         Status::Syncing { progress } => {
             assert_eq!(progress.upload.docs_total, 60);
             assert_eq!(progress.upload.bytes_done, progress.upload.bytes_total);
+            // All of them normal: the per-priority figures add up to the whole.
+            let normal = progress.upload_by_priority[usize::from(Priority::Normal.code())];
+            assert_eq!(normal.docs_total, 60);
+            assert_eq!(normal.bytes_total, progress.upload.bytes_total);
+            assert_eq!(normal.bytes_done, progress.upload.bytes_done);
         }
         other => panic!("acks are due: {other:?}"),
     }
@@ -473,6 +478,15 @@ fn uploads_leave_highest_priority_first() {
         order,
         expected.into_iter().map(|(_, d)| d).collect::<Vec<_>>()
     );
+    let Status::Syncing { progress } = f.engine.status() else {
+        panic!("acks are due")
+    };
+    for by in progress.upload_by_priority {
+        assert_eq!(by.docs_total, 1, "one document of each priority");
+        assert!(by.bytes_total > 0 && by.bytes_done == by.bytes_total);
+    }
+    let split: u64 = progress.upload_by_priority.iter().map(|t| t.bytes_total).sum();
+    assert_eq!(split, progress.upload.bytes_total, "the frame's bytes, split");
 }
 
 fn doc_id(s: &str) -> DocId {
@@ -485,6 +499,7 @@ fn deferred_entry(doc: &str, reason: DeferReason) -> syncline_protocol::messages
         priority: Priority::Normal,
         bytes: 100_000,
         reason: Some(reason),
+        changed_ms: Some(7),
     }
 }
 
@@ -515,13 +530,12 @@ fn deferred_documents_are_recorded_and_fetched_once_off_the_metered_network() {
         fetch: false,
     }));
     f.engine.handle(Event::Frame(plan), 3);
-    let listed: Vec<DocId> = f
-        .store
-        .deferred()
-        .expect("deferred")
-        .into_iter()
-        .map(|d| d.doc)
-        .collect();
+    let deferred = f.store.deferred().expect("deferred");
+    assert!(
+        deferred.iter().all(|d| d.changed_ms == Some(7)),
+        "the last change is kept"
+    );
+    let listed: Vec<DocId> = deferred.into_iter().map(|d| d.doc).collect();
     assert_eq!(listed.len(), 2);
     assert!(
         matches!(f.engine.status(), Status::Synced { .. }),

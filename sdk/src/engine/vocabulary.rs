@@ -134,6 +134,9 @@ pub struct Progress {
     /// The upload: local documents with changes sent on this connection (done once
     /// acknowledged), and the bytes of their frames (done once on the wire).
     pub upload: Transfer,
+    /// The upload per priority, indexed like `download_by_priority` (a frame's bytes split
+    /// in proportion to its documents' messages).
+    pub upload_by_priority: [Transfer; 4],
     /// Documents the relay announced and holds back (see `Store::deferred`).
     pub deferred: u64,
     /// Milliseconds until both directions are done, from the declared bandwidth (or the rate

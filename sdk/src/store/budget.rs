@@ -86,6 +86,7 @@ impl Store {
                     bytes,
                     reason: DeferReason::StorageBudget,
                     announced_at_ms: now_ms,
+                    changed_ms: None,
                 };
                 shared.db.commit_batch(vec![
                     BatchWrite::Evict(row.key),

@@ -546,6 +546,7 @@ final class SynclineTests: XCTestCase {
         XCTAssertEqual(deferred.map { $0.docId }.sorted(), docs.sorted())
         XCTAssertTrue(
             deferred.allSatisfy { $0.reason == .onDemand && $0.priority == .high && $0.bytes > 0 })
+        XCTAssertTrue(deferred.allSatisfy { $0.changedMs != nil })
         XCTAssertEqual(try phone.list(collection: "todos"), [])
         // Opening one fetches it; asking for another fetches it in the background.
         let opened = try await client.open(docId: docs[0], timeoutMs: 20_000)

@@ -412,6 +412,7 @@ class SynclineTest {
         val deferred = client.deferred()
         assertEquals(docs.sorted(), deferred.map { it.docId }.sorted())
         assertTrue(deferred.all { it.reason == FfiDeferReason.ON_DEMAND && it.priority == FfiPriority.HIGH && it.bytes > 0uL })
+        assertTrue(deferred.all { it.changedMs != null })
         assertEquals(emptyList<String>(), phone.list("todos"))
         // Opening one fetches it; asking for another fetches it in the background.
         val opened = runBlocking { client.open(docs[0], 20_000u) }
