@@ -132,6 +132,15 @@ pub fn device_json(tenant: &Tenant, d: &DeviceRecord) -> serde_json::Value {
         "first_seen_ms": d.first_seen_ms,
         "last_seen_ms": d.last_seen_ms,
         "last_sync_ms": d.last_sync_ms,
-        "deferred": { "docs": d.deferred.docs, "bytes": d.deferred.bytes },
+        "deferred": {
+            "docs": d.deferred.docs,
+            "bytes": d.deferred.bytes,
+            "list": d.deferred.list.iter().map(|e| serde_json::json!({
+                "doc": e.doc.to_string(),
+                "priority": e.priority.as_str(),
+                "bytes": e.bytes,
+                "reason": format!("{:?}", e.reason).to_lowercase(),
+            })).collect::<Vec<_>>(),
+        },
     })
 }

@@ -8,7 +8,9 @@ use syncline_protocol::messages::{DeviceClass, Profile};
 use syncline_protocol::{DeviceId, Hash, Heads};
 use syncline_relay::Tenant;
 use syncline_relay::auth::{Authenticator, dev_key};
-use syncline_relay::storage::{Append, Deferred, DeviceRecord, SqliteStorage, Storage};
+use syncline_relay::storage::{
+    Append, Deferred, DeferredEntry, DeviceRecord, SqliteStorage, Storage,
+};
 
 /// A tenant by name (test names are valid).
 fn tenant(name: &str) -> Tenant {
@@ -128,6 +130,12 @@ fn devices_lists_the_registry() {
         deferred: Deferred {
             docs: 3,
             bytes: 300_000,
+            list: vec![DeferredEntry {
+                doc: "todos/big".parse().expect("id"),
+                priority: syncline_protocol::Priority::High,
+                bytes: 100_000,
+                reason: syncline_protocol::messages::DeferReason::Metered,
+            }],
         },
     };
     storage(dir.path())
@@ -144,6 +152,9 @@ fn devices_lists_the_registry() {
     assert_eq!(json[0]["last_sync_ms"], 2);
     assert_eq!(json[0]["deferred"]["docs"], 3);
     assert_eq!(json[0]["deferred"]["bytes"], 300_000);
+    assert_eq!(json[0]["deferred"]["list"][0]["doc"], "todos/big");
+    assert_eq!(json[0]["deferred"]["list"][0]["reason"], "metered");
+    assert_eq!(json[0]["deferred"]["list"][0]["priority"], "high");
     let text = ok(&relay(&["devices", "--data-dir", data]));
     assert_eq!(text.lines().count(), 1);
     assert!(text.contains("bob") && text.contains("metered"));

@@ -168,6 +168,20 @@ fn on_demand_documents_are_listed_then_fetched_and_then_kept_in_sync() {
     // On its next connection the device says what it holds, and that stays in sync.
     let mut w2 = w;
     w2.hub.disconnect(READER, 100).expect("disconnect");
+    // The registry says what is deferred for it.
+    let registry = syncline_relay::storage::Storage::devices(
+        w2.storage.as_ref(),
+        Some(&common::tenant("acme")),
+    )
+    .expect("devices");
+    let reader = &registry
+        .iter()
+        .find(|(_, d)| d.device == reader_identity().device)
+        .expect("registered")
+        .1;
+    assert_eq!(reader.deferred.docs, 1);
+    assert_eq!(reader.deferred.list[0].doc, doc("photos/p2"));
+    assert_eq!(reader.deferred.list[0].reason, DeferReason::OnDemand);
     write(&mut w2, &["photos/p1", "photos/p2"], 200);
     let reader = w2.clients.get_mut(&READER).expect("reader");
     reader.inbox.clear();

@@ -4,11 +4,13 @@
 
 use std::path::Path;
 
-use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
+use syncline_protocol::messages::{
+    CollectionSubscription, DeferReason, DeviceClass, Profile, SyncMode,
+};
 use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
 use syncline_relay::Tenant;
 use syncline_relay::storage::{
-    Append, Deferred, DeviceRecord, MemoryStorage, SqliteStorage, Storage,
+    Append, Deferred, DeferredEntry, DeviceRecord, MemoryStorage, SqliteStorage, Storage,
 };
 
 /// A tenant by name (test names are valid).
@@ -232,9 +234,19 @@ fn registry_cursors_and_sync_state<S: Storage>(s: &S) {
     let mut updated = record(1, 200);
     updated.profile.metered = false;
     updated.profile.metered_max_doc_bytes = Some(1 << 20);
+    let listed = |d: &str, priority, reason| DeferredEntry {
+        doc: doc(d),
+        priority,
+        bytes: 4500,
+        reason,
+    };
     updated.deferred = Deferred {
         docs: 2,
         bytes: 9000,
+        list: vec![
+            listed("photos/p", Priority::Low, DeferReason::OnDemand),
+            listed("todos/big", Priority::High, DeferReason::Metered),
+        ],
     };
     updated.subscriptions.truncate(1);
     s.register_device(&tenant("t"), &updated)
@@ -253,12 +265,18 @@ fn registry_cursors_and_sync_state<S: Storage>(s: &S) {
     assert_eq!(one.last_sync_ms, Some(150), "last sync is kept");
     assert!(!one.profile.metered);
     assert_eq!(one.profile.metered_max_doc_bytes, Some(1 << 20));
+    assert_eq!((one.deferred.docs, one.deferred.bytes), (2, 9000));
     assert_eq!(
-        one.deferred,
-        Deferred {
-            docs: 2,
-            bytes: 9000
-        }
+        one.deferred
+            .list
+            .iter()
+            .map(|e| (e.doc.to_string(), e.reason))
+            .collect::<Vec<_>>(),
+        vec![
+            ("todos/big".to_owned(), DeferReason::Metered),
+            ("photos/p".to_owned(), DeferReason::OnDemand),
+        ],
+        "highest priority first"
     );
     assert_eq!(one.subscriptions.len(), 1);
     let two = &devices

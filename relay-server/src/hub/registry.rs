@@ -4,7 +4,7 @@
 //! fsynced per round trip.
 
 use super::{Hub, HubError, Peer, SessionId};
-use crate::storage::{Deferred, DeviceRecord, Storage};
+use crate::storage::{DEFERRED_LISTED, Deferred, DeferredEntry, DeviceRecord, Storage};
 
 impl<S: Storage> Hub<S> {
     pub(super) fn register(&mut self, id: SessionId, now_ms: u64) -> Result<(), HubError> {
@@ -27,6 +27,7 @@ impl<S: Storage> Hub<S> {
             deferred: Deferred {
                 docs: peer.deferred.len() as u64,
                 bytes: peer.deferred.values().map(|e| e.bytes).sum(),
+                list: listed(peer),
             },
         };
         self.storage.register_device(&peer.tenant, &record)?;
@@ -46,4 +47,24 @@ impl<S: Storage> Hub<S> {
         }
         Ok(())
     }
+}
+
+/// What is deferred for a device, for the registry: highest priority first, at most
+/// [`DEFERRED_LISTED`]; documents held back for a reason the protocol does not name are left out.
+fn listed(peer: &Peer) -> Vec<DeferredEntry> {
+    let mut list: Vec<DeferredEntry> = peer
+        .deferred
+        .values()
+        .filter_map(|e| {
+            Some(DeferredEntry {
+                doc: e.doc.clone(),
+                priority: e.priority,
+                bytes: e.bytes,
+                reason: e.reason?,
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.doc.cmp(&b.doc)));
+    list.truncate(DEFERRED_LISTED);
+    list
 }

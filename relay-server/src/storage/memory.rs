@@ -134,6 +134,13 @@ impl Storage for MemoryStorage {
     }
 
     fn register_device(&self, tenant: &Tenant, record: &DeviceRecord) -> Result<(), StorageError> {
+        let mut record = record.clone();
+        // As every backend lists them: highest priority first, at most DEFERRED_LISTED.
+        record
+            .deferred
+            .list
+            .sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.doc.cmp(&b.doc)));
+        record.deferred.list.truncate(super::DEFERRED_LISTED);
         let mut tenants = self.tenants.lock();
         let t = tenants.entry(tenant.clone()).or_default();
         match t.devices.get_mut(&record.device) {
@@ -142,10 +149,10 @@ impl Storage for MemoryStorage {
                 existing.profile = record.profile.clone();
                 existing.subscriptions = record.subscriptions.clone();
                 existing.last_seen_ms = record.last_seen_ms;
-                existing.deferred = record.deferred;
+                existing.deferred.clone_from(&record.deferred);
             }
             None => {
-                t.devices.insert(record.device, record.clone());
+                t.devices.insert(record.device, record);
             }
         }
         Ok(())

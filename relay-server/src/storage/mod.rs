@@ -11,7 +11,7 @@
 mod memory;
 mod sqlite;
 
-use syncline_protocol::messages::{CollectionSubscription, Profile};
+use syncline_protocol::messages::{CollectionSubscription, DeferReason, Profile};
 use syncline_protocol::{Collection, DeviceId, DocId, Heads, Priority};
 
 use crate::tenant::Tenant;
@@ -119,12 +119,30 @@ pub struct DeviceRecord {
 }
 
 /// Documents announced to a device and held back (metered network, low priority, on demand).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Deferred {
     /// How many.
     pub docs: u64,
     /// Their approximate bytes.
     pub bytes: u64,
+    /// Which, highest priority first, at most [`DEFERRED_LISTED`] of them.
+    pub list: Vec<DeferredEntry>,
+}
+
+/// Most deferred documents the registry lists per device (the totals count them all).
+pub const DEFERRED_LISTED: usize = 1000;
+
+/// One document held back for a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferredEntry {
+    /// The document.
+    pub doc: DocId,
+    /// Its priority for the device.
+    pub priority: Priority,
+    /// Its approximate bytes.
+    pub bytes: u64,
+    /// Why it is held back.
+    pub reason: DeferReason,
 }
 
 /// What the relay needs from a database. Implementations are shared by every connection.

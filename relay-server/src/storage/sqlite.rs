@@ -8,13 +8,16 @@ use std::path::Path;
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
+use syncline_protocol::messages::{
+    CollectionSubscription, DeferReason, DeviceClass, Profile, SyncMode,
+};
 use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
 
 use crate::tenant::Tenant;
 
 use super::{
-    Append, Deferred, DeviceRecord, DocumentSummary, Storage, StorageError, StoredDocument,
+    Append, DEFERRED_LISTED, Deferred, DeferredEntry, DeviceRecord, DocumentSummary, Storage,
+    StorageError, StoredDocument,
 };
 
 /// `PRAGMA application_id` of a relay database: "SYNR".
@@ -67,6 +70,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN deferred_bytes INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE documents ADD COLUMN priority INTEGER;
     ALTER TABLE documents ADD COLUMN changed_ms INTEGER;
+    CREATE TABLE device_deferred (
+        tenant TEXT NOT NULL, device_id BLOB NOT NULL, doc_id TEXT NOT NULL,
+        priority INTEGER NOT NULL, bytes INTEGER NOT NULL, reason INTEGER NOT NULL,
+        PRIMARY KEY (tenant, device_id, doc_id)
+    ) WITHOUT ROWID;
 "#,
 ];
 
@@ -112,6 +120,26 @@ impl SqliteStorage {
         Ok(Self {
             conn: Mutex::new(conn),
         })
+    }
+}
+
+/// The stored code of a deferral reason (the wire's codes).
+fn reason_code(reason: DeferReason) -> i64 {
+    match reason {
+        DeferReason::Metered => 0,
+        DeferReason::LowPriority => 1,
+        DeferReason::OnDemand => 2,
+        DeferReason::StorageBudget => 3,
+    }
+}
+
+fn reason_from(code: i64) -> Option<DeferReason> {
+    match code {
+        0 => Some(DeferReason::Metered),
+        1 => Some(DeferReason::LowPriority),
+        2 => Some(DeferReason::OnDemand),
+        3 => Some(DeferReason::StorageBudget),
+        _ => None,
     }
 }
 
@@ -404,6 +432,22 @@ impl Storage for SqliteStorage {
                 i64::from(sub.mode == SyncMode::OnDemand),
             ])?;
         }
+        tx.prepare_cached("DELETE FROM device_deferred WHERE tenant = ?1 AND device_id = ?2")?
+            .execute(params![tenant, device])?;
+        for entry in record.deferred.list.iter().take(DEFERRED_LISTED) {
+            tx.prepare_cached(
+                "INSERT INTO device_deferred (tenant, device_id, doc_id, priority, bytes, reason) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![
+                tenant,
+                device,
+                entry.doc.to_string(),
+                entry.priority.code(),
+                to_i64(entry.bytes),
+                reason_code(entry.reason),
+            ])?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -523,6 +567,37 @@ impl Storage for SqliteStorage {
                     })
                 })
                 .collect::<Result<Vec<_>, StorageError>>()?;
+            let list = conn
+                .prepare_cached(
+                    "SELECT doc_id, priority, bytes, reason FROM device_deferred \
+                     WHERE tenant = ?1 AND device_id = ?2 ORDER BY priority DESC, doc_id",
+                )?
+                .query_map(params![ten, dev], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .map(|(doc, priority, bytes, reason)| {
+                    let bad = |what: String| corrupt("device_deferred", what);
+                    Ok(DeferredEntry {
+                        doc: doc
+                            .parse()
+                            .map_err(|e: syncline_protocol::IdError| bad(e.to_string()))?,
+                        priority: u8::try_from(priority)
+                            .ok()
+                            .and_then(Priority::from_code)
+                            .ok_or_else(|| bad(format!("priority {priority}")))?,
+                        bytes: to_u64(bytes),
+                        reason: reason_from(reason)
+                            .ok_or_else(|| bad(format!("reason {reason}")))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StorageError>>()?;
             out.push((
                 Tenant::new(&ten).map_err(|e| corrupt("devices", e.to_string()))?,
                 DeviceRecord {
@@ -541,6 +616,7 @@ impl Storage for SqliteStorage {
                     deferred: Deferred {
                         docs: to_u64(deferred_docs),
                         bytes: to_u64(deferred_bytes),
+                        list,
                     },
                     first_seen_ms: to_u64(first),
                     last_seen_ms: to_u64(last),

@@ -1493,9 +1493,8 @@ fn split_by(total: u64, weights: [u64; 4]) -> [u64; 4] {
     if sum == 0 {
         return [0, total, 0, 0];
     }
-    let mut shares = weights.map(|w| {
-        u64::try_from(u128::from(total) * u128::from(w) / u128::from(sum)).unwrap_or(0)
-    });
+    let mut shares = weights
+        .map(|w| u64::try_from(u128::from(total) * u128::from(w) / u128::from(sum)).unwrap_or(0));
     let heaviest = (0..4).max_by_key(|i| weights[*i]).unwrap_or(1);
     shares[heaviest] += total - shares.iter().sum::<u64>();
     shares

@@ -485,8 +485,15 @@ fn uploads_leave_highest_priority_first() {
         assert_eq!(by.docs_total, 1, "one document of each priority");
         assert!(by.bytes_total > 0 && by.bytes_done == by.bytes_total);
     }
-    let split: u64 = progress.upload_by_priority.iter().map(|t| t.bytes_total).sum();
-    assert_eq!(split, progress.upload.bytes_total, "the frame's bytes, split");
+    let split: u64 = progress
+        .upload_by_priority
+        .iter()
+        .map(|t| t.bytes_total)
+        .sum();
+    assert_eq!(
+        split, progress.upload.bytes_total,
+        "the frame's bytes, split"
+    );
 }
 
 fn doc_id(s: &str) -> DocId {
