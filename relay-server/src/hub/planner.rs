@@ -97,6 +97,15 @@ impl Planned {
     }
 }
 
+/// A document a reconcile may plan: its priority, collection sequence (recency), stored
+/// bytes and last change.
+struct Candidate {
+    priority: Priority,
+    seq: u64,
+    bytes: u64,
+    changed_ms: Option<u64>,
+}
+
 /// Which plan a [`Planned`] is.
 enum PlanKind {
     /// The answer to a `Reconcile`, with the cursors reached.
@@ -131,7 +140,7 @@ impl<S: Storage> Hub<S> {
             .map(|c| (c.collection, c.seq))
             .collect();
         // Each document with its priority and collection sequence, for ordering by recency.
-        let mut entries: BTreeMap<DocId, (Priority, u64, u64, Option<u64>)> = BTreeMap::new();
+        let mut entries: BTreeMap<DocId, Candidate> = BTreeMap::new();
         let mut reached = Vec::new();
         for sub in peer
             .subscriptions
@@ -154,12 +163,12 @@ impl<S: Storage> Hub<S> {
                         .map_or(sub.priority, |p| p.max(sub.priority));
                     entries.insert(
                         summary.doc.clone(),
-                        (
+                        Candidate {
                             priority,
-                            summary.seq,
-                            summary.stored_bytes,
-                            summary.changed_ms,
-                        ),
+                            seq: summary.seq,
+                            bytes: summary.stored_bytes,
+                            changed_ms: summary.changed_ms,
+                        },
                     );
                     after = after.max(summary.seq);
                 }
@@ -191,14 +200,16 @@ impl<S: Storage> Hub<S> {
                 .map_or(Priority::Normal, |s| s.priority);
             entries
                 .entry(changed.doc)
-                .or_insert((priority, 0, 0, None))
-                .1 = u64::MAX;
+                .or_insert(Candidate {
+                    priority,
+                    seq: 0,
+                    bytes: 0,
+                    changed_ms: None,
+                })
+                .seq = u64::MAX;
         }
-        let mut ordered: Vec<(DocId, (Priority, u64, u64, Option<u64>))> =
-            entries.into_iter().collect();
-        ordered.sort_by(|(_, (a, a_seq, _, _)), (_, (b, b_seq, _, _))| {
-            b.cmp(a).then(b_seq.cmp(a_seq))
-        });
+        let mut ordered: Vec<(DocId, Candidate)> = entries.into_iter().collect();
+        ordered.sort_by(|(_, a), (_, b)| b.priority.cmp(&a.priority).then(b.seq.cmp(&a.seq)));
         for cursor in &reached {
             self.storage.set_cursor(
                 &tenant,
@@ -208,8 +219,8 @@ impl<S: Storage> Hub<S> {
             )?;
         }
         let mut planned = Planned::new();
-        for (doc, (priority, _, stored_bytes, changed_ms)) in ordered {
-            planned.add(self.offer(id, &doc, priority, stored_bytes, changed_ms)?);
+        for (doc, c) in ordered {
+            planned.add(self.offer(id, &doc, c.priority, c.bytes, c.changed_ms)?);
         }
         let mut out = Vec::new();
         self.note_deferred(id, &planned);
