@@ -218,6 +218,30 @@ pub enum DeferReason {
     StorageBudget,
 }
 
+impl DeferReason {
+    /// The stable numeric code used on the wire and in storage (0 metered, 1 low priority,
+    /// 2 on demand, 3 storage budget).
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::Metered => 0,
+            Self::LowPriority => 1,
+            Self::OnDemand => 2,
+            Self::StorageBudget => 3,
+        }
+    }
+
+    /// The reason for a numeric code, if it is one.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Self::Metered),
+            1 => Some(Self::LowPriority),
+            2 => Some(Self::OnDemand),
+            3 => Some(Self::StorageBudget),
+            _ => None,
+        }
+    }
+}
+
 /// One document in a [`Plan`].
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 #[cbor(map)]

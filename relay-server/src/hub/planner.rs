@@ -249,8 +249,18 @@ impl<S: Storage> Hub<S> {
             .cloned()
             .collect();
         released.sort_by_key(|e| std::cmp::Reverse(e.priority));
+        out.extend(self.release(id, released)?);
+        Ok(out)
+    }
+
+    /// Offers again documents that were held back, as the relay's own plan update.
+    fn release(
+        &mut self,
+        id: SessionId,
+        entries: Vec<PlanEntry>,
+    ) -> Result<Vec<Delivery>, HubError> {
         let mut planned = Planned::new();
-        for entry in released {
+        for entry in entries {
             self.peer_mut(id).deferred.remove(&entry.doc);
             planned.add(self.offer(
                 id,
@@ -261,6 +271,7 @@ impl<S: Storage> Hub<S> {
             )?);
         }
         self.note_deferred(id, &planned);
+        let mut out = Vec::new();
         planned.deliver(id, PlanKind::Update, Lane::Bulk, &mut out);
         Ok(out)
     }
@@ -313,21 +324,7 @@ impl<S: Storage> Hub<S> {
             })
             .cloned()
             .collect();
-        let mut planned = Planned::new();
-        for entry in listed {
-            self.peer_mut(id).deferred.remove(&entry.doc);
-            planned.add(self.offer(
-                id,
-                &entry.doc,
-                entry.priority,
-                entry.bytes,
-                entry.changed_ms,
-            )?);
-        }
-        self.note_deferred(id, &planned);
-        let mut out = Vec::new();
-        planned.deliver(id, PlanKind::Update, Lane::Bulk, &mut out);
-        Ok(out)
+        self.release(id, listed)
     }
 
     /// Sends the named documents the relay holds, whatever the policy; an on-demand document

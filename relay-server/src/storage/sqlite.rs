@@ -123,26 +123,6 @@ impl SqliteStorage {
     }
 }
 
-/// The stored code of a deferral reason (the wire's codes).
-fn reason_code(reason: DeferReason) -> i64 {
-    match reason {
-        DeferReason::Metered => 0,
-        DeferReason::LowPriority => 1,
-        DeferReason::OnDemand => 2,
-        DeferReason::StorageBudget => 3,
-    }
-}
-
-fn reason_from(code: i64) -> Option<DeferReason> {
-    match code {
-        0 => Some(DeferReason::Metered),
-        1 => Some(DeferReason::LowPriority),
-        2 => Some(DeferReason::OnDemand),
-        3 => Some(DeferReason::StorageBudget),
-        _ => None,
-    }
-}
-
 /// A stored priority code (none: never set).
 fn priority_from(code: Option<i64>) -> Result<Option<Priority>, StorageError> {
     code.map(|c| {
@@ -445,7 +425,7 @@ impl Storage for SqliteStorage {
                 entry.doc.to_string(),
                 entry.priority.code(),
                 to_i64(entry.bytes),
-                reason_code(entry.reason),
+                i64::from(entry.reason.code()),
             ])?;
         }
         tx.commit()?;
@@ -593,7 +573,9 @@ impl Storage for SqliteStorage {
                             .and_then(Priority::from_code)
                             .ok_or_else(|| bad(format!("priority {priority}")))?,
                         bytes: to_u64(bytes),
-                        reason: reason_from(reason)
+                        reason: u8::try_from(reason)
+                            .ok()
+                            .and_then(DeferReason::from_code)
                             .ok_or_else(|| bad(format!("reason {reason}")))?,
                     })
                 })

@@ -174,26 +174,6 @@ pub(crate) struct Database {
     _lock: File,
 }
 
-/// The stored code of a deferral reason (the wire's codes).
-fn reason_code(reason: DeferReason) -> i64 {
-    match reason {
-        DeferReason::Metered => 0,
-        DeferReason::LowPriority => 1,
-        DeferReason::OnDemand => 2,
-        DeferReason::StorageBudget => 3,
-    }
-}
-
-fn reason_from(code: i64) -> Option<DeferReason> {
-    match code {
-        0 => Some(DeferReason::Metered),
-        1 => Some(DeferReason::LowPriority),
-        2 => Some(DeferReason::OnDemand),
-        3 => Some(DeferReason::StorageBudget),
-        _ => None,
-    }
-}
-
 const DOC_COLUMNS: &str = "doc_key, collection, doc_id, priority, deleted, snapshot_bytes, \
                            chunk_count, chunk_bytes, created_at, local_change_at, remote_change_at, \
                            evicted";
@@ -367,7 +347,7 @@ impl Database {
                             d.doc.to_string(),
                             d.priority.code(),
                             i64::try_from(d.bytes).unwrap_or(i64::MAX),
-                            reason_code(d.reason),
+                            i64::from(d.reason.code()),
                             i64::try_from(d.announced_at_ms).unwrap_or(i64::MAX),
                             d.changed_ms.map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
                         ])?;
@@ -433,7 +413,7 @@ impl Database {
                 u8::try_from(priority)
                     .ok()
                     .and_then(Priority::from_code)
-                    .zip(reason_from(reason)),
+                    .zip(u8::try_from(reason).ok().and_then(DeferReason::from_code)),
             );
             match parsed {
                 Some((doc, (priority, reason))) => {
