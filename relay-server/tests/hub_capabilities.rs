@@ -77,6 +77,26 @@ fn reconcile(w: &mut World, id: SessionId, fetched: Option<Vec<DocId>>) {
     )]);
 }
 
+/// Connects the reader with `profile`, subscribed to `subscriptions`.
+fn join_reader(w: &mut World, profile: Profile, subscriptions: Vec<CollectionSubscription>) {
+    w.join_with(READER, "acme", all(), profile, subscriptions);
+}
+
+/// A later `Reconcile` naming only `collection`, from its start.
+fn reconcile_named(w: &mut World, id: SessionId, collection: &str) {
+    w.run(vec![(
+        id,
+        Action::Reconcile(Reconcile {
+            cursors: vec![Cursor {
+                collection: col(collection),
+                seq: 0,
+            }],
+            changed: vec![],
+            fetched: None,
+        }),
+    )]);
+}
+
 /// Every plan the session received, merged in order: (sent, deferred) entries.
 fn plans(w: &World, id: SessionId) -> (Vec<PlanEntry>, Vec<PlanEntry>) {
     let mut send = Vec::new();
@@ -125,10 +145,8 @@ fn reason_of(entries: &[PlanEntry], d: &str) -> Option<DeferReason> {
 fn on_demand_documents_are_listed_then_fetched_and_then_kept_in_sync() {
     let mut w = world_with_writer();
     write(&mut w, &["photos/p1", "photos/p2"], 5000);
-    w.join_with(
-        READER,
-        "acme",
-        all(),
+    join_reader(
+        &mut w,
         profile(false, true),
         vec![sub("photos", Priority::High, SyncMode::OnDemand)],
     );
@@ -218,10 +236,8 @@ fn a_metered_device_gets_large_and_low_priority_documents_only_once_unmetered() 
     write(&mut w, &["todos/big"], 100_000);
     write(&mut w, &["todos/small"], 1000);
     write(&mut w, &["notes/n"], 10);
-    w.join_with(
-        READER,
-        "acme",
-        all(),
+    join_reader(
+        &mut w,
         profile(true, true),
         vec![
             sub("todos", Priority::Normal, SyncMode::Eager),
@@ -289,10 +305,8 @@ fn a_metered_device_gets_large_and_low_priority_documents_only_once_unmetered() 
 fn a_device_threshold_overrides_the_relays() {
     let mut w = world_with_writer();
     write(&mut w, &["todos/a"], 2000);
-    w.join_with(
-        READER,
-        "acme",
-        all(),
+    join_reader(
+        &mut w,
         Profile {
             metered_max_doc_bytes: Some(500),
             ..profile(true, true)
@@ -313,10 +327,8 @@ fn plans_go_by_priority_then_recency() {
     for name in ["low/1", "norm/1", "crit/1", "low/2", "norm/2", "crit/2"] {
         write(&mut w, &[name], 100);
     }
-    w.join_with(
-        READER,
-        "acme",
-        all(),
+    join_reader(
+        &mut w,
         profile(false, true),
         vec![
             sub("low", Priority::Low, SyncMode::Eager),
@@ -364,10 +376,8 @@ fn a_documents_own_priority_raises_it_in_the_plan() {
         .collect();
     w.run(vec![(WRITER, Action::Sync(items))]);
     assert_eq!(w.storage_priority(&urgent), Some(Priority::High));
-    w.join_with(
-        READER,
-        "acme",
-        all(),
+    join_reader(
+        &mut w,
         profile(false, true),
         vec![
             sub("low", Priority::Low, SyncMode::Eager),
@@ -384,27 +394,15 @@ fn a_documents_own_priority_raises_it_in_the_plan() {
 #[test]
 fn a_periodic_device_gets_no_push_and_learns_from_its_plan() {
     let mut w = world_with_writer();
-    w.join_with(
-        READER,
-        "acme",
-        all(),
+    join_reader(
+        &mut w,
         profile(false, false),
         vec![sub("todos", Priority::Normal, SyncMode::Eager)],
     );
     reconcile(&mut w, READER, None);
     write(&mut w, &["todos/x"], 100);
     assert!(received(&w, READER).is_empty(), "no push");
-    w.run(vec![(
-        READER,
-        Action::Reconcile(Reconcile {
-            cursors: vec![Cursor {
-                collection: col("todos"),
-                seq: 0,
-            }],
-            changed: vec![],
-            fetched: None,
-        }),
-    )]);
+    reconcile_named(&mut w, READER, "todos");
     assert_eq!(received(&w, READER), vec![doc("todos/x")]);
 }
 
@@ -412,10 +410,8 @@ fn a_periodic_device_gets_no_push_and_learns_from_its_plan() {
 fn removing_a_collection_stops_its_traffic_and_adding_one_plans_it() {
     let mut w = world_with_writer();
     write(&mut w, &["notes/old"], 100);
-    w.join_with(
-        READER,
-        "acme",
-        all(),
+    join_reader(
+        &mut w,
         profile(false, true),
         vec![
             sub("todos", Priority::Normal, SyncMode::Eager),
@@ -443,17 +439,7 @@ fn removing_a_collection_stops_its_traffic_and_adding_one_plans_it() {
         ]),
     )]);
     w.clients.get_mut(&READER).expect("reader").inbox.clear();
-    w.run(vec![(
-        READER,
-        Action::Reconcile(Reconcile {
-            cursors: vec![Cursor {
-                collection: col("photos"),
-                seq: 0,
-            }],
-            changed: vec![],
-            fetched: None,
-        }),
-    )]);
+    reconcile_named(&mut w, READER, "photos");
     let (send, _) = plans(&w, READER);
     assert_eq!(
         send.iter().map(|e| e.doc.clone()).collect::<Vec<_>>(),
@@ -465,10 +451,8 @@ fn removing_a_collection_stops_its_traffic_and_adding_one_plans_it() {
 #[test]
 fn a_periodic_device_turning_realtime_gets_what_it_was_not_pushed() {
     let mut w = world_with_writer();
-    w.join_with(
-        READER,
-        "acme",
-        all(),
+    join_reader(
+        &mut w,
         profile(false, false),
         vec![sub("todos", Priority::Normal, SyncMode::Eager)],
     );
@@ -483,10 +467,8 @@ fn a_periodic_device_turning_realtime_gets_what_it_was_not_pushed() {
 fn an_on_demand_collection_made_eager_sends_what_was_only_listed() {
     let mut w = world_with_writer();
     write(&mut w, &["photos/a", "photos/b"], 1000);
-    w.join_with(
-        READER,
-        "acme",
-        all(),
+    join_reader(
+        &mut w,
         profile(false, true),
         vec![sub("photos", Priority::Normal, SyncMode::OnDemand)],
     );
