@@ -327,7 +327,15 @@ pub async fn throughput(devices: u32, seconds: f64) -> anyhow::Result<serde_json
             };
             let author = writer.doc.get_actor().to_bytes().to_vec();
             let message = automerge::sync::Message::decode(&message)?;
-            responder::receive_sync_message(graph, state, message, Some(&author))?;
+            responder::receive_sync_message(
+                graph,
+                state,
+                message,
+                Some(&author),
+                &mut syncline_protocol::payload::Budget::new(
+                    syncline_protocol::PayloadLimits::DEFAULT,
+                ),
+            )?;
             sync_state::settle(state, &graph.heads());
             if let Some(reply) = responder::generate_sync_message(graph, state) {
                 writer.doc.receive_sync_message(&mut writer.state, reply)?;

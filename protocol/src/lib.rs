@@ -63,6 +63,7 @@ pub mod frame;
 mod heads;
 mod ids;
 pub mod messages;
+pub mod payload;
 mod priority;
 #[cfg(feature = "automerge")]
 pub mod sync_state;
@@ -72,4 +73,5 @@ pub use frame::{Compression, FrameError};
 pub use heads::{Hash, Heads};
 pub use ids::{Collection, DeviceId, DocId, IdError};
 pub use messages::{Message, PROTOCOL_VERSION};
+pub use payload::{PayloadError, PayloadLimits};
 pub use priority::{ParsePriorityError, Priority};

@@ -11,6 +11,10 @@ use crate::{Collection, DeviceId, DocId, Heads, Priority};
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Most items one `Sync` frame may carry (both ends batch at most 256): a frame of many tiny
+/// items cannot make its receiver keep state for each without bound.
+pub const MAX_SYNC_ITEMS: usize = 1024;
+
 /// What kind of device a client is; the relay plans its sync from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 #[cbor(index_only)]

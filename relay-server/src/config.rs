@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use syncline_protocol::PayloadLimits;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -77,6 +79,12 @@ pub struct RelayConfig {
     /// On a metered network, documents whose transfer is larger than this many bytes are
     /// announced and deferred, for devices whose profile sets no threshold. Default 64 KiB.
     pub metered_max_doc_bytes: u64,
+    /// Bytes the compressed Automerge chunks and columns of one frame may inflate to, in all
+    /// (checked before Automerge inflates them). Default 32 MiB, at most 256 MiB.
+    pub max_inflated_bytes: usize,
+    /// Operations (values of any column) the Automerge payloads of one frame may declare, in
+    /// all (checked before Automerge walks them). Default 2,000,000, at most 64,000,000.
+    pub max_ops_per_frame: u64,
 }
 
 impl Default for RelayConfig {
@@ -98,11 +106,22 @@ impl Default for RelayConfig {
             compression: true,
             metered_max_doc_bytes:
                 syncline_protocol::messages::Profile::DEFAULT_METERED_MAX_DOC_BYTES,
+            max_inflated_bytes: PayloadLimits::DEFAULT.max_inflated_bytes,
+            max_ops_per_frame: PayloadLimits::DEFAULT.max_ops,
         }
     }
 }
 
 impl RelayConfig {
+    /// What one frame's Automerge payloads may cost, capped where stored chunks are too
+    /// (`DocGraph::load`): a relay cannot be configured to accept what it could not reload.
+    pub fn payload_limits(&self) -> PayloadLimits {
+        PayloadLimits {
+            max_inflated_bytes: self.max_inflated_bytes.min(256 << 20),
+            max_ops: self.max_ops_per_frame.min(64_000_000),
+        }
+    }
+
     /// Reads a TOML file; keys it leaves out keep their defaults.
     ///
     /// # Errors
@@ -121,7 +140,8 @@ impl RelayConfig {
     /// Applies `SYNCLINE_LISTEN`, `SYNCLINE_DATA_DIR`, `SYNCLINE_MAX_FRAME_BYTES`,
     /// `SYNCLINE_IDLE_TIMEOUT_SECS`, `SYNCLINE_JWKS_FILE`, `SYNCLINE_AUDIENCE` and
     /// `SYNCLINE_ISSUER`, `SYNCLINE_COMPRESSION` (`true`/`false`) and
-    /// `SYNCLINE_METERED_MAX_DOC_BYTES` from `vars` (pass `std::env::vars()`).
+    /// `SYNCLINE_METERED_MAX_DOC_BYTES`, `SYNCLINE_MAX_INFLATED_BYTES` and
+    /// `SYNCLINE_MAX_OPS_PER_FRAME` from `vars` (pass `std::env::vars()`).
     ///
     /// # Errors
     /// [`ConfigError::Env`] for a value that does not parse.
@@ -147,6 +167,12 @@ impl RelayConfig {
                 }
                 "SYNCLINE_METERED_MAX_DOC_BYTES" => {
                     self.metered_max_doc_bytes = parse("SYNCLINE_METERED_MAX_DOC_BYTES", &value)?;
+                }
+                "SYNCLINE_MAX_INFLATED_BYTES" => {
+                    self.max_inflated_bytes = parse("SYNCLINE_MAX_INFLATED_BYTES", &value)?;
+                }
+                "SYNCLINE_MAX_OPS_PER_FRAME" => {
+                    self.max_ops_per_frame = parse("SYNCLINE_MAX_OPS_PER_FRAME", &value)?;
                 }
                 _ => {}
             }

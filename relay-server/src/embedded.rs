@@ -64,12 +64,7 @@ impl EmbeddedRelay {
                 auth,
                 limits,
                 Arc::new(Metrics::new()),
-                server::ServerOptions {
-                    allow_foreign_changes: cfg.allow_foreign_changes,
-                    outbox_bytes: cfg.outbox_bytes,
-                    compression: cfg.compression,
-                    metered_max_doc_bytes: cfg.metered_max_doc_bytes,
-                },
+                server::ServerOptions::from(&cfg),
             )?
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

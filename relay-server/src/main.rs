@@ -155,12 +155,7 @@ fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
             auth,
             limits,
             Arc::new(Metrics::new()),
-            server::ServerOptions {
-                allow_foreign_changes: cfg.allow_foreign_changes,
-                outbox_bytes: cfg.outbox_bytes,
-                compression: cfg.compression,
-                metered_max_doc_bytes: cfg.metered_max_doc_bytes,
-            },
+            server::ServerOptions::from(&cfg),
         )?;
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;

@@ -27,6 +27,10 @@ struct Write {
     value: u32,
 }
 
+fn budget() -> syncline_protocol::payload::Budget {
+    syncline_protocol::payload::Budget::new(syncline_protocol::PayloadLimits::DEFAULT)
+}
+
 fn write() -> impl Strategy<Value = Write> {
     (0u8..3, 0u8..4, any::<u32>()).prop_map(|(actor, key, value)| Write { actor, key, value })
 }
@@ -142,7 +146,7 @@ fn differential(shared: &[Write], device_only: &[Write], relay_only: &[Write]) -
             "round {round}: the two devices diverged"
         );
         if let (Some(m), Some(t)) = (from_device.clone(), from_twin_device.clone()) {
-            responder::receive_sync_message(&mut graph, &mut relay_state, m, None)
+            responder::receive_sync_message(&mut graph, &mut relay_state, m, None, &mut budget())
                 .expect("the responder takes the device's message");
             twin_relay
                 .receive_sync_message(&mut twin_relay_state, as_v1_peer(t))

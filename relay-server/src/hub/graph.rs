@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::{Automerge, Change, ChangeHash, LoadOptions, OnPartialLoad};
 use syncline_protocol::Priority;
+use syncline_protocol::payload::{Budget, PayloadLimits};
 
 /// Changes waiting for their dependencies, at most, per document; past it (or past
 /// [`MAX_QUEUED_BYTES`]), a message whose changes cannot be placed is refused: a client cannot
@@ -33,6 +34,10 @@ pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 /// Changes of one actor waiting for their dependencies, at most, per document: one device
 /// cannot fill a document's queue for everyone.
 pub const MAX_QUEUED_PER_ACTOR: usize = 1_000;
+
+/// Bytes of changes one document may hold: a client cannot grow one document (which the relay
+/// holds in memory while it is in use) past it.
+pub const MAX_DOCUMENT_BYTES: usize = 256 << 20;
 
 /// Why changes were refused. The graph is unchanged when this is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +68,10 @@ pub enum GraphError {
         /// The change.
         hash: ChangeHash,
     },
+    /// The payload would cost more to decode than the relay's limits allow (it inflates too
+    /// far or declares too many operations); refused before Automerge parses it.
+    #[error("{0}")]
+    OverLimit(String),
     /// Too many changes (or bytes of them) would wait for dependencies.
     #[error(
         "more than {MAX_QUEUED} changes or {MAX_QUEUED_BYTES} bytes would wait for missing dependencies"
@@ -114,7 +123,10 @@ impl DocGraph {
     pub fn load<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Result<Self, GraphError> {
         let mut graph = Self::new();
         for chunk in chunks {
-            graph.add(parse_changes(chunk)?, None)?;
+            // Each stored chunk was one frame's payload when it was received; a corrupt row
+            // still costs no more than a frame's bound (of the largest frames accepted).
+            let mut budget = Budget::new(STORED_CHUNK_LIMITS);
+            graph.add(parse_changes(chunk, &mut budget)?, None)?;
         }
         Ok(graph)
     }
@@ -340,6 +352,15 @@ impl DocGraph {
         if waiting > MAX_QUEUED || waiting_bytes > MAX_QUEUED_BYTES {
             return Err(GraphError::QueueFull);
         }
+        let joining_bytes: usize = joined
+            .iter()
+            .map(|hash| by_hash[hash].raw_bytes().len())
+            .sum();
+        if self.bytes + joining_bytes > MAX_DOCUMENT_BYTES {
+            return Err(GraphError::OverLimit(format!(
+                "the document would pass {MAX_DOCUMENT_BYTES} bytes of changes"
+            )));
+        }
         // Commit the plan.
         let count = joined.len();
         for hash in &dropped {
@@ -458,14 +479,48 @@ const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 const CHUNK_CHANGE: u8 = 1;
 const CHUNK_COMPRESSED: u8 = 2;
 
-/// Decodes `bytes` (one or more concatenated Automerge chunks: changes, compressed changes,
-/// saved documents or bundles) into changes. Change chunks are parsed on their own; other
+/// What one stored chunk may cost to decode: the most a frame's payload may be configured to
+/// cost (stored chunks were each checked against the relay's limits when received).
+const STORED_CHUNK_LIMITS: PayloadLimits = PayloadLimits {
+    max_inflated_bytes: 256 << 20,
+    max_ops: 64_000_000,
+};
+
+/// Decodes `bytes` (one or more concatenated Automerge chunks: changes, compressed changes or
+/// saved documents), spending from `budget` (checked before Automerge sees the bytes), into
+/// changes. Change chunks are parsed on their own; other
 /// chunks are loaded with Automerge (strictly) and their changes taken out, which costs in
 /// proportion to the document, so devices normally send changes.
 ///
 /// # Errors
 /// [`GraphError::Undecodable`] when any part does not decode completely.
-pub fn parse_changes(bytes: &[u8]) -> Result<Vec<Change>, GraphError> {
+pub fn parse_changes(bytes: &[u8], budget: &mut Budget) -> Result<Vec<Change>, GraphError> {
+    check_payload(bytes, budget)?;
+    parse_checked(bytes)
+}
+
+/// Checks what decoding `bytes` would cost, spending from `budget`, without decoding them:
+/// Automerge inflates and walks whatever a chunk claims, so a frame's chunks are all checked
+/// before any is parsed.
+///
+/// # Errors
+/// [`GraphError::OverLimit`] past the budget, [`GraphError::Undecodable`] for bytes that are
+/// not well-formed chunks.
+pub fn check_payload(bytes: &[u8], budget: &mut Budget) -> Result<(), GraphError> {
+    budget.check(bytes).map(drop).map_err(|e| {
+        if e.is_limit() {
+            GraphError::OverLimit(e.to_string())
+        } else {
+            GraphError::Undecodable(e.to_string())
+        }
+    })
+}
+
+/// [`parse_changes`] of bytes [`check_payload`] accepted.
+///
+/// # Errors
+/// [`GraphError::Undecodable`] when any part does not decode completely.
+pub fn parse_checked(bytes: &[u8]) -> Result<Vec<Change>, GraphError> {
     let mut changes = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -559,7 +614,7 @@ mod tests {
     }
 
     fn parsed(bytes: &[u8]) -> Vec<Change> {
-        parse_changes(bytes).expect("decodes")
+        parse_changes(bytes, &mut Budget::new(PayloadLimits::DEFAULT)).expect("decodes")
     }
 
     #[test]
@@ -633,11 +688,11 @@ mod tests {
         let mut truncated = two.clone();
         truncated.pop();
         assert!(matches!(
-            parse_changes(&truncated),
+            parse_changes(&truncated, &mut Budget::new(PayloadLimits::DEFAULT)),
             Err(GraphError::Undecodable(_))
         ));
         assert!(matches!(
-            parse_changes(b"garbage!!!"),
+            parse_changes(b"garbage!!!", &mut Budget::new(PayloadLimits::DEFAULT)),
             Err(GraphError::Undecodable(_))
         ));
     }
@@ -695,7 +750,7 @@ mod tests {
         let mut bytes = change(&mut doc, 1);
         bytes[4] ^= 0xff;
         assert_eq!(
-            parse_changes(&bytes).map(|c| c.len()),
+            parse_changes(&bytes, &mut Budget::new(PayloadLimits::DEFAULT)).map(|c| c.len()),
             Err(GraphError::Undecodable("checksum mismatch".into()))
         );
     }

@@ -8,11 +8,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use automerge::sync::Message as SyncMessage;
 use syncline_protocol::messages::{Ack, AckItem, ErrorCode, SyncItem};
+use syncline_protocol::payload::Budget;
 use syncline_protocol::{DocId, Message};
 
 use super::{
-    Delivery, GraphError, Hub, HubError, Lane, SessionId, SyncGroup, error, push_batches,
-    responder, wire_heads,
+    Delivery, GraphError, Hub, HubError, Lane, MAX_SESSION_STATE_BYTES, SessionId, SyncGroup,
+    error, push_batches, responder, wire_heads,
 };
 use crate::storage::{Append, Storage};
 use crate::tenant::Tenant;
@@ -202,12 +203,41 @@ impl<S: Storage> Hub<S> {
     ) -> Result<(), HubError> {
         let device = self.peers[&id].identity.device;
         let author = (!self.allow_foreign_changes).then_some(device.as_bytes().as_slice());
+        // One frame's payloads share one budget (what decoding them may cost).
+        let mut budget = Budget::new(self.payload_limits);
         for item in items {
             let Ok(message) = SyncMessage::decode(&item.message) else {
                 out.push(error(id, ErrorCode::BAD_DOCUMENT, &item.doc, "undecodable"));
                 continue;
             };
             let has_changes = !message.changes.is_empty();
+            // A message without changes names a document the relay holds, or (Automerge's
+            // opening message) one the device holds and may write: made-up ids from a reader
+            // must not create documents, sync states or saved rows.
+            let peer = &self.peers[&id];
+            let may_create =
+                !message.heads.is_empty() && peer.grants.can_write(item.doc.collection());
+            if !has_changes
+                && !may_create
+                && !peer.states.contains_key(&item.doc)
+                && !self.holds(tenant, &item.doc)?
+            {
+                out.push(error(
+                    id,
+                    ErrorCode::BAD_DOCUMENT,
+                    &item.doc,
+                    "unknown document (a sync without changes names a document the relay holds)",
+                ));
+                continue;
+            }
+            let cost = state_cost(&message);
+            if !self.peer_mut(id).charge(&item.doc, cost) {
+                let why = format!(
+                    "the session's sync states would keep more than {MAX_SESSION_STATE_BYTES} bytes"
+                );
+                out.push(error(id, ErrorCode::LIMIT_EXCEEDED, &item.doc, &why));
+                continue;
+            }
             if has_changes && !carried.contains(&item.doc) {
                 carried.push(item.doc.clone());
             }
@@ -223,7 +253,8 @@ impl<S: Storage> Hub<S> {
                 .get_mut(&(tenant.clone(), item.doc.clone()))
                 .expect("loaded");
             let bytes_before = graph.estimated_bytes();
-            let received = responder::receive_sync_message(graph, state, message, author);
+            let received =
+                responder::receive_sync_message(graph, state, message, author, &mut budget);
             self.docs_bytes =
                 (self.docs_bytes + graph.estimated_bytes()).saturating_sub(bytes_before);
             match received {
@@ -237,7 +268,9 @@ impl<S: Storage> Hub<S> {
                 Err(refused) => {
                     let code = match refused {
                         GraphError::Foreign { .. } => ErrorCode::FORBIDDEN,
-                        GraphError::QueueFull => ErrorCode::LIMIT_EXCEEDED,
+                        GraphError::QueueFull | GraphError::OverLimit(_) => {
+                            ErrorCode::LIMIT_EXCEEDED
+                        }
                         GraphError::Undecodable(_)
                         | GraphError::BadSequence { .. }
                         | GraphError::LateAuthor { .. } => ErrorCode::BAD_DOCUMENT,
@@ -269,4 +302,15 @@ impl<S: Storage> Hub<S> {
             })
             .collect()
     }
+}
+
+/// Bytes a sync state keeps of `message`: its heads, needs and Bloom filters.
+fn state_cost(message: &SyncMessage) -> usize {
+    let hashes = message.heads.len() + message.need.len();
+    let filters: usize = message
+        .have
+        .iter()
+        .map(|h| h.bloom.to_bytes().len() + 32 * h.last_sync.len())
+        .sum();
+    64 + 32 * hashes + filters
 }

@@ -20,7 +20,7 @@ mod registry;
 pub mod responder;
 mod watchers;
 
-pub use graph::{DocGraph, GraphError, parse_changes};
+pub use graph::{DocGraph, GraphError, check_payload, parse_changes, parse_checked};
 pub use responder::check_message;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -32,7 +32,7 @@ use syncline_protocol::messages::{
     CollectionSubscription, Ephemeral, Error, ErrorCode, PlanEntry, Profile, Sync, SyncItem,
 };
 use syncline_protocol::sync_state;
-use syncline_protocol::{Collection, DocId, Hash, Heads, Message};
+use syncline_protocol::{Collection, DocId, Hash, Heads, Message, PayloadLimits};
 
 use crate::auth::{Grants, Identity};
 use crate::session::Action;
@@ -123,9 +123,33 @@ struct Peer {
     /// Documents changed while the device was periodic (no pushes): pushed if it turns
     /// realtime on this connection.
     skipped: BTreeSet<DocId>,
+    /// What each sync state keeps of the device's messages (heads, needs, Bloom filters), in
+    /// bytes, and their total: bounded by [`MAX_SESSION_STATE_BYTES`].
+    state_costs: HashMap<DocId, usize>,
+    state_bytes: usize,
 }
 
 impl Peer {
+    /// Records that `doc`'s state now keeps `cost` bytes of the device's message, unless the
+    /// session's states would then keep more than [`MAX_SESSION_STATE_BYTES`].
+    fn charge(&mut self, doc: &DocId, cost: usize) -> bool {
+        let old = self.state_costs.get(doc).copied().unwrap_or(0);
+        let total = self.state_bytes - old + cost;
+        if cost > old && total > MAX_SESSION_STATE_BYTES {
+            return false;
+        }
+        self.state_bytes = total;
+        self.state_costs.insert(doc.clone(), cost);
+        true
+    }
+
+    /// Forgets what `doc`'s (dropped) state kept.
+    fn uncharge(&mut self, doc: &DocId) {
+        if let Some(old) = self.state_costs.remove(doc) {
+            self.state_bytes -= old;
+        }
+    }
+
     fn subscription(&self, collection: &Collection) -> Option<&CollectionSubscription> {
         self.subscriptions
             .iter()
@@ -138,6 +162,11 @@ impl Peer {
             && (self.subscription(doc.collection()).is_some() || self.states.contains_key(doc))
     }
 }
+
+/// Bytes of the device's sync messages (heads, needs, Bloom filters) one session's sync states
+/// may keep in all: a device syncing 100,000 documents keeps a few megabytes; a client cannot
+/// make the relay keep more by sending large filters or need lists for many documents.
+pub const MAX_SESSION_STATE_BYTES: usize = 32 << 20;
 
 /// The relay's documents and the sessions syncing them.
 pub struct Hub<S> {
@@ -154,6 +183,8 @@ pub struct Hub<S> {
     cache_docs: usize,
     cache_bytes: usize,
     allow_foreign_changes: bool,
+    /// What one frame's Automerge payloads may cost to decode.
+    payload_limits: PayloadLimits,
     /// Documents larger than this wait for an unmetered network (unless a device sets its own).
     metered_threshold: u64,
 }
@@ -177,6 +208,7 @@ impl<S: Storage> Hub<S> {
             cache_docs: CACHE_DOCS,
             cache_bytes: CACHE_BYTES,
             allow_foreign_changes: false,
+            payload_limits: PayloadLimits::DEFAULT,
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
         }
     }
@@ -230,6 +262,13 @@ impl<S: Storage> Hub<S> {
         self
     }
 
+    /// What one frame's Automerge payloads may cost to decode (`RelayConfig::max_inflated_bytes`
+    /// and `max_ops_per_frame`). [`PayloadLimits::DEFAULT`] unless set.
+    pub fn payload_limits(mut self, limits: PayloadLimits) -> Self {
+        self.payload_limits = limits;
+        self
+    }
+
     /// Adds an authenticated session.
     pub fn connect(&mut self, id: SessionId, identity: Identity, grants: Grants, now_ms: u64) {
         let peer = Peer {
@@ -246,6 +285,8 @@ impl<S: Storage> Hub<S> {
             deferred: BTreeMap::new(),
             reconciled: false,
             skipped: BTreeSet::new(),
+            state_costs: HashMap::new(),
+            state_bytes: 0,
         };
         self.peers.insert(id, peer);
     }
@@ -262,9 +303,16 @@ impl<S: Storage> Hub<S> {
         self.watchers
             .forget(&peer.tenant, id, &peer.subscriptions, peer.states.keys());
         let device = peer.identity.device;
+        // Not for a document that never got content (an opening message that went nowhere):
+        // no saved row for what the relay does not hold.
         let states: Vec<(DocId, Vec<u8>)> = peer
             .states
             .iter()
+            .filter(|(doc, _)| {
+                self.docs
+                    .peek(&(peer.tenant.clone(), (*doc).clone()))
+                    .is_none_or(|graph| !graph.is_empty())
+            })
             .map(|(doc, state)| (doc.clone(), state.encode()))
             .collect();
         self.storage
@@ -348,6 +396,7 @@ impl<S: Storage> Hub<S> {
                     .collect();
                 for doc in &dropped {
                     peer.states.remove(doc);
+                    peer.uncharge(doc);
                     peer.confirmed.remove(doc);
                     self.watchers.unwatch_doc(&peer.tenant, id, doc);
                 }
@@ -466,6 +515,22 @@ impl<S: Storage> Hub<S> {
             self.watchers.watch_doc(&peer.tenant, id, doc);
         }
         Ok(())
+    }
+
+    /// Whether the relay holds `doc` (in memory or stored), without keeping an empty graph for
+    /// a document it does not.
+    fn holds(&mut self, tenant: &Tenant, doc: &DocId) -> Result<bool, HubError> {
+        let key = (tenant.clone(), doc.clone());
+        if self.docs.contains(&key) {
+            return Ok(true);
+        }
+        if !self.doc(tenant, doc)?.is_empty() {
+            return Ok(true);
+        }
+        if let Some(empty) = self.docs.pop(&key) {
+            self.docs_bytes = self.docs_bytes.saturating_sub(empty.estimated_bytes());
+        }
+        Ok(false)
     }
 
     /// The in-memory change graph of a document, loaded from storage (or empty if it is new).

@@ -306,6 +306,7 @@ impl<S: Storage> Hub<S> {
             .collect();
         for doc in &dropped {
             peer.states.remove(doc);
+            peer.uncharge(doc);
             peer.confirmed.remove(doc);
             peer.held.remove(doc);
             peer.deferred.remove(doc);
@@ -525,6 +526,7 @@ impl<S: Storage> Hub<S> {
                 }
                 None => {
                     peer.states.remove(doc);
+                    peer.uncharge(doc);
                     peer.confirmed.remove(doc);
                     self.watchers.unwatch_doc(&tenant, id, doc);
                 }
@@ -549,6 +551,7 @@ impl<S: Storage> Hub<S> {
     pub(super) fn forget_doc(&mut self, id: SessionId, doc: &DocId) {
         if let Some(peer) = self.peers.get_mut(&id) {
             peer.states.remove(doc);
+            peer.uncharge(doc);
             peer.confirmed.remove(doc);
             self.watchers.unwatch_doc(&peer.tenant, id, doc);
         }

@@ -17,74 +17,18 @@ use automerge::sync::{
     BloomFilter, Capability, ChunkList, Have, Message, MessageFlags, MessageVersion, State,
 };
 
-use super::graph::{DocGraph, GraphError, parse_changes};
+use syncline_protocol::payload::Budget;
 
-/// Most `have` entries a message may carry (Automerge sends none or one).
-pub const MAX_HAVES: usize = 4;
+use super::graph::{DocGraph, GraphError, check_payload, parse_checked};
 
-/// Most hashes a message may `need` (Automerge asks for the peer's heads it lacks, and the
-/// dependencies of changes it holds waiting).
-pub const MAX_NEEDS: usize = 16_384;
-
-/// Most probes per hash a Bloom filter may ask for (Automerge uses 7).
-const MAX_BLOOM_PROBES: u64 = 64;
-
-/// Checks what Automerge itself trusts in a peer's message: at most [`MAX_HAVES`] Bloom
-/// filters, each well formed (with bits to probe and a sane number of probes: Automerge would
-/// divide by zero on a filter with no bits, or allocate without bound for a huge probe count),
-/// and at most [`MAX_NEEDS`] needed hashes.
+/// Checks what Automerge itself trusts in a peer's message
+/// ([`syncline_protocol::payload::check_sync_message`]).
 ///
 /// # Errors
 /// [`GraphError::Undecodable`] naming what is wrong.
 pub fn check_message(message: &Message) -> Result<(), GraphError> {
-    let bad = |why: String| Err(GraphError::Undecodable(why));
-    if message.have.len() > MAX_HAVES {
-        return bad(format!(
-            "{} Bloom filters (at most {MAX_HAVES})",
-            message.have.len()
-        ));
-    }
-    if message.need.len() > MAX_NEEDS {
-        return bad(format!(
-            "{} needed hashes (at most {MAX_NEEDS})",
-            message.need.len()
-        ));
-    }
-    for have in &message.have {
-        if !bloom_is_sane(&have.bloom.to_bytes()) {
-            return bad("a malformed Bloom filter".into());
-        }
-    }
-    Ok(())
-}
-
-/// A Bloom filter's encoding (`BloomFilter::to_bytes`: empty, or entries, bits per entry,
-/// probes as LEB128, then the bits) describes one that can be probed safely.
-fn bloom_is_sane(bytes: &[u8]) -> bool {
-    if bytes.is_empty() {
-        return true;
-    }
-    let mut rest = bytes;
-    let mut fields = [0u64; 3];
-    for field in &mut fields {
-        let mut shift = 0;
-        loop {
-            let Some((&byte, tail)) = rest.split_first() else {
-                return false;
-            };
-            rest = tail;
-            if shift > 35 {
-                return false;
-            }
-            *field |= u64::from(byte & 0x7f) << shift;
-            shift += 7;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-    }
-    let [entries, _bits_per_entry, probes] = fields;
-    entries > 0 && !rest.is_empty() && (1..=MAX_BLOOM_PROBES).contains(&probes)
+    syncline_protocol::payload::check_sync_message(message)
+        .map_err(|e| GraphError::Undecodable(e.to_string()))
 }
 
 /// The next message for the peer of `state`, or `None` when there is nothing to say (the
@@ -154,7 +98,8 @@ pub fn generate_sync_message(graph: &DocGraph, state: &mut State) -> Option<Mess
 
 /// Applies a message from the peer of `state`: its changes join the graph (by `author` only,
 /// when given, or changes the graph already holds), and the state learns the peer's heads,
-/// needs and Bloom filter. Returns how many changes joined the graph.
+/// needs and Bloom filter. Its payload spends from `budget` (checked before it is decoded).
+/// Returns how many changes joined the graph.
 ///
 /// # Errors
 /// [`GraphError`] when the message's changes are refused; then neither the graph nor `state`
@@ -164,15 +109,19 @@ pub fn receive_sync_message(
     state: &mut State,
     message: Message,
     author: Option<&[u8]>,
+    budget: &mut Budget,
 ) -> Result<usize, GraphError> {
     check_message(&message)?;
     let before: Vec<ChangeHash> = graph.heads();
     let mut joined = 0;
     let changes_is_empty = message.changes.is_empty();
     if !changes_is_empty && !state.read_only {
+        for chunk in message.changes.iter() {
+            check_payload(chunk, budget)?;
+        }
         let mut changes = Vec::new();
         for chunk in message.changes.iter() {
-            changes.extend(parse_changes(chunk)?);
+            changes.extend(parse_checked(chunk)?);
         }
         joined = graph.add(changes, author)?;
     }
@@ -309,6 +258,12 @@ mod tests {
     use automerge::transaction::Transactable;
     use automerge::{Automerge, ROOT};
 
+    use syncline_protocol::payload::{MAX_HAVES, MAX_NEEDS};
+
+    fn budget() -> Budget {
+        Budget::new(syncline_protocol::PayloadLimits::DEFAULT)
+    }
+
     fn put(doc: &mut Automerge, key: &str, value: i64) {
         let mut tx = doc.transaction();
         tx.put(ROOT, key, value).expect("put");
@@ -327,7 +282,7 @@ mod tests {
             let mut quiet = true;
             if let Some(m) = device.generate_sync_message(device_state) {
                 let m = Message::decode(&m.encode()).expect("round trip");
-                receive_sync_message(graph, state, m, None).expect("relay applies");
+                receive_sync_message(graph, state, m, None, &mut budget()).expect("relay applies");
                 quiet = false;
                 messages += 1;
             }
@@ -418,7 +373,13 @@ mod tests {
         assert!(!message.changes.is_empty());
         let mut graph = DocGraph::new();
         let mut state = State::new();
-        let refused = receive_sync_message(&mut graph, &mut state, message, Some(b"someone else"));
+        let refused = receive_sync_message(
+            &mut graph,
+            &mut state,
+            message,
+            Some(b"someone else"),
+            &mut budget(),
+        );
         assert!(matches!(refused, Err(GraphError::Foreign { .. })));
         assert!(graph.is_empty());
         assert_eq!(state, State::new());
@@ -428,7 +389,13 @@ mod tests {
             .generate_sync_message(&mut syncline_protocol::sync_state::primed(Vec::new()))
             .expect("message");
         assert_eq!(
-            receive_sync_message(&mut graph, &mut state, message, Some(&author)),
+            receive_sync_message(
+                &mut graph,
+                &mut state,
+                message,
+                Some(&author),
+                &mut budget()
+            ),
             Ok(1)
         );
         assert_eq!(graph.heads(), device.get_heads());
@@ -478,7 +445,9 @@ mod tests {
             assert!(check_message(&decoded).is_err(), "{replacement:?}");
             let mut graph = DocGraph::new();
             let mut state = State::new();
-            assert!(receive_sync_message(&mut graph, &mut state, decoded, None).is_err());
+            assert!(
+                receive_sync_message(&mut graph, &mut state, decoded, None, &mut budget()).is_err()
+            );
             assert_eq!(state, State::new());
         }
         let mut many = message.clone();

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use syncline_protocol::messages::Limits;
-use syncline_protocol::{Compression, Message};
+use syncline_protocol::{Compression, Message, PayloadLimits};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,16 +58,24 @@ pub struct ServerOptions {
     pub compression: bool,
     /// See `RelayConfig::metered_max_doc_bytes`.
     pub metered_max_doc_bytes: u64,
+    /// See `RelayConfig::max_inflated_bytes` and `RelayConfig::max_ops_per_frame`.
+    pub payload: PayloadLimits,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
+        Self::from(&crate::config::RelayConfig::default())
+    }
+}
+
+impl From<&crate::config::RelayConfig> for ServerOptions {
+    fn from(cfg: &crate::config::RelayConfig) -> Self {
         Self {
-            allow_foreign_changes: false,
-            outbox_bytes: OUTBOX_BYTES,
-            compression: true,
-            metered_max_doc_bytes:
-                syncline_protocol::messages::Profile::DEFAULT_METERED_MAX_DOC_BYTES,
+            allow_foreign_changes: cfg.allow_foreign_changes,
+            outbox_bytes: cfg.outbox_bytes,
+            compression: cfg.compression,
+            metered_max_doc_bytes: cfg.metered_max_doc_bytes,
+            payload: cfg.payload_limits(),
         }
     }
 }
@@ -112,6 +120,8 @@ pub struct AppState {
     compressions: &'static [Compression],
     /// See `RelayConfig::metered_max_doc_bytes`.
     metered_max_doc_bytes: u64,
+    /// See `ServerOptions::payload`.
+    payload: PayloadLimits,
     next_id: Arc<AtomicU64>,
     shutdown: CancellationToken,
     connections: TaskTracker,
@@ -139,12 +149,14 @@ impl AppState {
             &[Compression::None]
         };
         let metered_max_doc_bytes = options.metered_max_doc_bytes;
+        let payload = options.payload;
         let hub_thread = std::thread::Builder::new()
             .name("syncline-hub".into())
             .spawn(move || {
                 let hub = Hub::new(storage)
                     .allow_foreign_changes(options.allow_foreign_changes)
-                    .metered_threshold(options.metered_max_doc_bytes);
+                    .metered_threshold(options.metered_max_doc_bytes)
+                    .payload_limits(options.payload);
                 let limits = OutboxLimits {
                     messages: OUTBOX,
                     bytes: options.outbox_bytes,
@@ -158,6 +170,7 @@ impl AppState {
             limits,
             compressions,
             metered_max_doc_bytes,
+            payload,
             next_id: Arc::new(AtomicU64::new(1)),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),

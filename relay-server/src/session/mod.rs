@@ -11,13 +11,16 @@
 use automerge::sync::Message as SyncMessage;
 use syncline_protocol::frame::{self, FrameError};
 use syncline_protocol::messages::{
-    CollectionSubscription, DeferReason, Ephemeral, Error, ErrorCode, Limits, Profile, Reconcile,
-    SyncItem, Welcome,
+    CollectionSubscription, DeferReason, Ephemeral, Error, ErrorCode, Limits, MAX_SYNC_ITEMS,
+    Profile, Reconcile, SyncItem, Welcome,
 };
-use syncline_protocol::{Collection, Compression, DocId, Message, PROTOCOL_VERSION, TokenBucket};
+use syncline_protocol::payload::Budget;
+use syncline_protocol::{
+    Collection, Compression, DocId, Message, PROTOCOL_VERSION, PayloadLimits, TokenBucket,
+};
 
 use crate::auth::{AuthError, Grants, Identity, Verified};
-use crate::hub::Lane;
+use crate::hub::{GraphError, Lane};
 
 mod downlink;
 
@@ -122,6 +125,8 @@ pub struct Session {
     fetched_ids: u64,
     /// The relay's metered-network threshold (for devices that set none).
     metered_threshold: u64,
+    /// What one frame's Automerge payloads may cost to decode.
+    payload_limits: PayloadLimits,
 }
 
 impl Session {
@@ -145,7 +150,14 @@ impl Session {
             subscriptions: Vec::new(),
             fetched_ids: 0,
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
+            payload_limits: PayloadLimits::DEFAULT,
         }
+    }
+
+    /// What one frame's Automerge payloads may cost to decode (the relay's configuration;
+    /// [`PayloadLimits::DEFAULT`] unless set).
+    pub fn set_payload_limits(&mut self, limits: PayloadLimits) {
+        self.payload_limits = limits;
     }
 
     /// The relay's metered-network threshold (`RelayConfig::metered_max_doc_bytes`), for what
@@ -467,8 +479,15 @@ impl Session {
                     }
                 }
             }
+            Message::Sync(s) if s.items.len() > MAX_SYNC_ITEMS => {
+                let msg = format!("at most {MAX_SYNC_ITEMS} items per Sync frame");
+                self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
+            }
             Message::Sync(s) => {
                 let mut accepted = Vec::with_capacity(s.items.len());
+                // The frame's payloads share one budget: checked here, before Automerge
+                // decodes them (here, and again in the hub).
+                let mut budget = Budget::new(self.payload_limits);
                 for item in s.items {
                     let collection = item.doc.collection();
                     let refusal = if !self.grants.can_read(collection) {
@@ -490,22 +509,9 @@ impl Session {
                                     format!("no write grant for collection {collection}"),
                                 ))
                             }
-                            Ok(m) if !m.changes.iter().all(decodes) => Some((
-                                ErrorCode::BAD_DOCUMENT,
-                                format!("{}: a change does not decode", item.doc),
-                            )),
-                            Ok(m) if crate::hub::check_message(&m).is_err() => Some((
-                                ErrorCode::BAD_DOCUMENT,
-                                format!(
-                                    "{}: {}",
-                                    item.doc,
-                                    crate::hub::check_message(&m)
-                                        .err()
-                                        .map(|e| e.to_string())
-                                        .unwrap_or_default()
-                                ),
-                            )),
-                            Ok(_) => None,
+                            Ok(m) => check_sync(&m, &mut budget)
+                                .err()
+                                .map(|(code, why)| (code, format!("{}: {why}", item.doc))),
                         }
                     };
                     match refusal {
@@ -630,8 +636,22 @@ impl Session {
 /// Automerge's own incremental loading skips undecodable data silently, so without this check
 /// a client would never learn that its changes were dropped. Dependencies are not checked here:
 /// the sync protocol supplies them.
-fn decodes(chunk: &[u8]) -> bool {
-    crate::hub::parse_changes(chunk).is_ok()
+/// Refuses a sync message the hub would refuse for what it is (not for how it fits the
+/// document): a Bloom filter or need list out of bounds, a payload over `budget`, a change that
+/// does not decode.
+fn check_sync(message: &SyncMessage, budget: &mut Budget) -> Result<(), (ErrorCode, String)> {
+    crate::hub::check_message(message).map_err(|e| (ErrorCode::BAD_DOCUMENT, e.to_string()))?;
+    let typed = |e: GraphError| match e {
+        GraphError::OverLimit(why) => (ErrorCode::LIMIT_EXCEEDED, why),
+        other => (ErrorCode::BAD_DOCUMENT, other.to_string()),
+    };
+    for chunk in message.changes.iter() {
+        crate::hub::check_payload(chunk, budget).map_err(typed)?;
+    }
+    for chunk in message.changes.iter() {
+        crate::hub::parse_checked(chunk).map_err(typed)?;
+    }
+    Ok(())
 }
 
 fn error(code: ErrorCode, message: &str, retry_after_ms: Option<u64>) -> Message {

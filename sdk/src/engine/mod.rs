@@ -29,6 +29,7 @@ use syncline_protocol::messages::{
     Hello, Plan, Reconcile, RefreshToken, Subscribe, Sync, SyncItem, SyncMode, UpdateProfile,
     Welcome,
 };
+use syncline_protocol::payload::{self, Budget, PayloadLimits};
 use syncline_protocol::{
     Collection, Compression, DocId, Hash, Message, PROTOCOL_VERSION, Pacer, Priority, TokenBucket,
 };
@@ -855,6 +856,10 @@ impl<S: SyncStore> Engine<S> {
         // Bytes per document on the wire, for progress.
         let mut wire: HashMap<DocId, u64> = HashMap::new();
         for item in sync.items {
+            // A relay's payloads are checked as strictly as the relay checks a device's:
+            // before Automerge inflates or walks them. Per document, since a relay's frame
+            // batches what several devices' frames brought.
+            let mut budget = Budget::new(RELAY_PAYLOAD_LIMITS);
             *wire.entry(item.doc.clone()).or_default() += item.message.len() as u64;
             // Evicted to stay within the budget: not taken back from a push, only when asked
             // for (by the app, or because its collection is now kept eagerly) or planned.
@@ -870,10 +875,18 @@ impl<S: SyncStore> Engine<S> {
                 self.conn.awaiting_data.remove(&item.doc);
                 continue;
             }
-            match SyncMessage::decode(&item.message) {
+            match SyncMessage::decode(&item.message)
+                .map_err(|e| e.to_string())
+                .and_then(|m| check_relay_message(&m, &mut budget).map(|()| m))
+            {
                 Ok(message) => items.push((item.doc, message)),
                 Err(e) => {
-                    tracing::warn!(doc = %item.doc, error = %e, "the relay sent an undecodable sync message");
+                    // Kept apart like a refused upload: the rest goes on, and the status ends
+                    // in an error naming the document instead of "synced".
+                    tracing::warn!(doc = %item.doc, error = %e, "the relay sent a sync message refused unread");
+                    let reason = format!("the relay sent {} refused unread: {e}", item.doc);
+                    self.last_error = Some(reason.clone());
+                    self.conn.refused.insert(item.doc.clone(), reason);
                     self.fail_planned(&item.doc);
                 }
             }
@@ -1527,6 +1540,24 @@ fn to_heads(heads: &syncline_protocol::Heads) -> Heads {
             .map(|Hash(bytes)| automerge::ChangeHash(*bytes))
             .collect(),
     )
+}
+
+/// What one document's sync message from the relay may cost to decode: well over what a relay
+/// accepts from a device per frame ([`PayloadLimits::DEFAULT`]), since a relay's message can
+/// carry several devices' changes at once.
+const RELAY_PAYLOAD_LIMITS: PayloadLimits = PayloadLimits {
+    max_inflated_bytes: 128 << 20,
+    max_ops: 16_000_000,
+};
+
+/// Checks a relay's sync message before Automerge receives it: its own fields, then its
+/// changes against `budget`.
+fn check_relay_message(message: &SyncMessage, budget: &mut Budget) -> Result<(), String> {
+    payload::check_sync_message(message).map_err(|e| e.to_string())?;
+    for chunk in message.changes.iter() {
+        budget.check(chunk).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -735,3 +735,62 @@ fn a_large_upload_waits_for_an_unmetered_network() {
     assert_eq!(uploaded, vec![big.id().clone()]);
     assert!(f.engine.deferred_uploads().is_empty());
 }
+
+/// A change chunk whose action column is one run claiming 2^60 operations (a few bytes).
+fn claiming_ops() -> Vec<u8> {
+    // deps, actor, seq, start op, time, message, other actors; one column: id 4 (action),
+    // type 2 (unsigned RLE), 10 bytes: a run of 2^60 copies of action 1.
+    let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 21];
+    chunk.extend([0, 1, 0xaa, 1, 1, 0, 0, 0, 1, 0x42, 10]);
+    chunk.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10, 1]);
+    chunk
+}
+
+#[test]
+fn a_relay_payload_claiming_endless_operations_is_refused_and_loses_nothing() {
+    let mut f = fixture();
+    let doc = f.store.create(&todos()).expect("create");
+    doc.put("title", "mine").expect("put");
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 1);
+    f.engine.handle(Event::Frame(welcome()), 2);
+    f.engine.handle(Event::Frame(empty_plan(0)), 3);
+    let message = automerge::sync::Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: automerge::sync::ChunkList::from(vec![claiming_ops()]),
+        flags: None,
+        version: automerge::sync::MessageVersion::V1,
+    };
+    let theirs = doc_id("todos/theirs");
+    let sync = frame::encode(&Message::Sync(Sync {
+        items: vec![SyncItem {
+            doc: theirs.clone(),
+            message: message.encode(),
+            priority: None,
+        }],
+    }));
+    f.engine.handle(Event::Frame(sync), 4);
+    // The device's own write still syncs: the relay acknowledges it.
+    let ack = frame::encode(&Message::Ack(Ack {
+        items: vec![AckItem {
+            doc: doc.id().clone(),
+            heads: wire(&doc.heads().expect("heads")),
+            seq: Some(1),
+        }],
+    }));
+    f.engine.handle(Event::Frame(ack), 5);
+    assert!(
+        matches!(f.engine.status(), Status::Error { reason } if reason.contains("todos/theirs") && reason.contains("operations")),
+        "{:?}",
+        f.engine.status()
+    );
+    assert!(f.store.pending_documents().expect("pending").is_empty());
+    let reopened = f.store.document(doc.id()).expect("open");
+    assert_eq!(
+        reopened.get("title").expect("read"),
+        Some(crate::Value::Str("mine".into()))
+    );
+    assert!(f.store.document(&theirs).is_err(), "nothing was applied");
+}

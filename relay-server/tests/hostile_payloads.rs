@@ -1,0 +1,302 @@
+//! Automerge payloads built to cost the relay more than their bytes (issue 15, classes 1–2):
+//! each is refused with a typed error before Automerge inflates or walks it, and the session
+//! goes on serving the device.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use automerge::sync::{ChunkList, Message as SyncMessage, MessageVersion};
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ROOT};
+use syncline_protocol::messages::*;
+use syncline_protocol::{Collection, DeviceId, DocId, Message, frame};
+use syncline_relay::auth::claims::CollectionSet;
+use syncline_relay::auth::{Grants, Identity, Verified};
+use syncline_relay::hub::DocGraph;
+use syncline_relay::session::{Action, Output, Session};
+
+const T0: u64 = 1_800_000_000_000;
+
+fn session() -> Session {
+    let todos: BTreeSet<Collection> = [Collection::new("todos").expect("valid")].into();
+    let verified = Verified {
+        identity: Identity {
+            user: "mallory".into(),
+            device: DeviceId::from_bytes([7; 16]),
+            tenant: syncline_relay::Tenant::new("acme").expect("valid"),
+        },
+        grants: Grants {
+            read: CollectionSet::Only(todos.clone()),
+            write: CollectionSet::Only(todos),
+        },
+        expires_at: T0 / 1000 + 3600,
+        valid_until: T0 / 1000 + 3600,
+    };
+    let limits = Limits {
+        max_frame_bytes: 1 << 20,
+        max_frames_per_s: 100,
+        max_bytes_per_s: 64 << 20,
+        max_docs_per_subscription: 1000,
+        idle_timeout_ms: 60_000,
+    };
+    let mut s = Session::new("s-1".into(), verified, limits, T0);
+    let hello = Message::Hello(Hello {
+        versions: vec![1],
+        compression: vec![0],
+        profile: syncline_testkit::profile(DeviceClass::Phone),
+        client: "mallory".into(),
+    });
+    let out = s.handle_frame(&frame::encode(&hello), T0);
+    assert!(matches!(&out.send[..], [Message::Welcome(_)]), "{out:?}");
+    s
+}
+
+/// A Sync frame for one todo whose sync message carries `chunks`.
+fn sync_frame(chunks: Vec<Vec<u8>>) -> Vec<u8> {
+    let message = SyncMessage {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: ChunkList::from(chunks),
+        flags: None,
+        version: MessageVersion::V1,
+    };
+    frame::encode(&Message::Sync(Sync {
+        items: vec![SyncItem {
+            doc: "todos/1".parse::<DocId>().expect("valid"),
+            message: message.encode(),
+            priority: None,
+        }],
+    }))
+}
+
+fn errors(out: &Output) -> Vec<(u16, String)> {
+    out.send
+        .iter()
+        .filter_map(|m| match m {
+            Message::Error(e) => Some((e.code.0, e.message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn forwarded(out: &Output) -> bool {
+    out.actions.iter().any(|a| matches!(a, Action::Sync(_)))
+}
+
+/// A real, valid change whose one string value is 48 MiB of one letter: Automerge deflates it
+/// to about 50 KB, far under the frame limit.
+fn inflating_change() -> Vec<u8> {
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "title", "a".repeat(48 << 20)).expect("put");
+    tx.commit();
+    let mut change = doc.get_last_local_change().expect("a change").clone();
+    change.bytes().into_owned()
+}
+
+#[test]
+fn a_change_that_inflates_past_the_budget_is_refused_before_it_is_inflated() {
+    let bomb = inflating_change();
+    assert!(bomb.len() < 256 << 10, "{} bytes", bomb.len());
+    let mut s = session();
+    let out = s.handle_frame(&sync_frame(vec![bomb]), T0 + 1);
+    let refused = errors(&out);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(refused[0].0, ErrorCode::LIMIT_EXCEEDED.0, "{refused:?}");
+    assert!(refused[0].1.contains("inflates past"), "{refused:?}");
+    assert!(!forwarded(&out));
+
+    // The same document, written reasonably, still goes through on the same connection.
+    let mut doc = Automerge::new();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "title", "a".repeat(1 << 20)).expect("put");
+    tx.commit();
+    let mut fine = doc.get_last_local_change().expect("a change").clone();
+    let out = s.handle_frame(&sync_frame(vec![fine.bytes().into_owned()]), T0 + 2);
+    assert!(errors(&out).is_empty(), "{out:?}");
+    assert!(forwarded(&out));
+}
+
+/// A change chunk whose action column is one run claiming `ops` operations (in a few bytes).
+fn claiming_ops(ops: u64) -> Vec<u8> {
+    fn uleb(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    // The run length is a signed LEB128: a positive count keeps bit 6 of its last byte clear.
+    let mut run = Vec::new();
+    uleb(ops, &mut run);
+    if run.last().is_some_and(|b| b & 0x40 != 0) {
+        *run.last_mut().expect("a byte") |= 0x80;
+        run.push(0);
+    }
+    let mut action = run;
+    action.push(1); // the repeated action: "set"
+    // deps, actor, seq, start op, time, message, other actors
+    let mut body = vec![0, 1, 0xaa, 1, 1, 0, 0, 0];
+    body.push(1); // one column: id 4 (action), type 2 (unsigned RLE)
+    uleb(4 << 4 | 2, &mut body);
+    uleb(action.len() as u64, &mut body);
+    body.extend(action);
+    let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1];
+    uleb(body.len() as u64, &mut chunk);
+    chunk.extend(body);
+    chunk
+}
+
+#[test]
+fn a_change_claiming_two_to_the_sixty_operations_is_refused_without_walking_them() {
+    let mut s = session();
+    let out = s.handle_frame(&sync_frame(vec![claiming_ops(1 << 60)]), T0 + 1);
+    let refused = errors(&out);
+    assert_eq!(refused.len(), 1, "{out:?}");
+    assert_eq!(refused[0].0, ErrorCode::LIMIT_EXCEEDED.0, "{refused:?}");
+    assert!(refused[0].1.contains("operations"), "{refused:?}");
+    assert!(!forwarded(&out));
+}
+
+#[test]
+fn many_chunks_share_one_frames_budget() {
+    // Each chunk alone is under the default 2,000,000 operations; together they are not.
+    let chunks = vec![claiming_ops(1_500_000), claiming_ops(1_500_000)];
+    let mut s = session();
+    let out = s.handle_frame(&sync_frame(chunks), T0 + 1);
+    assert_eq!(
+        errors(&out).first().map(|e| e.0),
+        Some(ErrorCode::LIMIT_EXCEEDED.0),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_stored_chunk_that_would_cost_without_bound_fails_to_load_with_an_error() {
+    let refused = DocGraph::load([claiming_ops(1 << 60).as_slice()]);
+    assert!(
+        matches!(refused, Err(syncline_relay::hub::GraphError::OverLimit(_))),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn real_documents_with_compressed_columns_pass_the_checks() {
+    let mut doc = Automerge::new();
+    for i in 0..2_000 {
+        let mut tx = doc.transaction();
+        tx.put(ROOT, format!("k{}", i % 50), i64::from(i))
+            .expect("put");
+        tx.commit();
+    }
+    let saved = doc.save();
+    let graph = DocGraph::load([saved.as_slice()]).expect("a saved document loads");
+    assert_eq!(graph.len(), 2_000);
+    let mut s = session();
+    let out = s.handle_frame(&sync_frame(vec![saved]), T0 + 1);
+    assert!(errors(&out).is_empty(), "{out:?}");
+    assert!(forwarded(&out));
+}
+
+mod hub {
+    //! Per-session state (issue 15, class 3): what a client's sync messages may make the hub
+    //! keep.
+
+    use super::common::{World, doc, grants, tenant};
+    use syncline_protocol::messages::{ErrorCode, SyncItem};
+    use syncline_relay::session::Action;
+    use syncline_relay::storage::Storage;
+
+    /// An Automerge opening message (heads, no changes) for a document nobody wrote.
+    fn opening(heads: Vec<automerge::ChangeHash>) -> Vec<u8> {
+        automerge::sync::Message {
+            heads,
+            need: Vec::new(),
+            have: vec![automerge::sync::Have::default()],
+            changes: automerge::sync::ChunkList::empty(),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn a_reader_naming_made_up_documents_creates_no_state_and_no_row() {
+        let mut w = World::new();
+        w.join(1, "acme", grants(&["todos"], &[]));
+        let items: Vec<SyncItem> = (0..200)
+            .map(|i| SyncItem {
+                doc: doc(&format!("todos/made-up-{i}")),
+                message: opening(vec![automerge::ChangeHash([i as u8; 32])]),
+                priority: None,
+            })
+            .collect();
+        w.run(vec![(1, Action::Sync(items))]);
+        let errors = w.clients[&1].errors();
+        assert_eq!(errors.len(), 200, "{errors:?}");
+        assert!(errors.iter().all(|&c| c == ErrorCode::BAD_DOCUMENT.0));
+        w.hub.disconnect(1, 100).expect("disconnect");
+        let device = syncline_protocol::DeviceId::from_bytes([1; 16]);
+        for i in [0, 199] {
+            let saved = w
+                .storage
+                .load_sync_state(
+                    &tenant("acme"),
+                    &device,
+                    &doc(&format!("todos/made-up-{i}")),
+                )
+                .expect("load");
+            assert!(saved.is_none(), "no saved state for a made-up document");
+        }
+        assert!(
+            w.storage
+                .load(&tenant("acme"), &doc("todos/made-up-0"))
+                .expect("load")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_writer_may_open_a_new_document_but_states_are_bounded_per_session() {
+        let mut w = World::new();
+        w.join(1, "acme", grants(&["todos"], &["todos"]));
+        // Each opening message carries 1,024 heads (32 KiB the state would keep): a thousand
+        // of them would be 32 MiB; the session's budget refuses the rest.
+        let heads: Vec<automerge::ChangeHash> = (0..1024u32)
+            .map(|i| {
+                let mut hash = [0; 32];
+                hash[..4].copy_from_slice(&i.to_be_bytes());
+                automerge::ChangeHash(hash)
+            })
+            .collect();
+        let mut refused = 0;
+        for batch in 0..8 {
+            let items: Vec<SyncItem> = (0..256)
+                .map(|i| SyncItem {
+                    doc: doc(&format!("todos/new-{batch}-{i}")),
+                    message: opening(heads.clone()),
+                    priority: None,
+                })
+                .collect();
+            // A hostile client: it never answers, so its states keep what it said.
+            let deliveries = w.hub.handle(1, Action::Sync(items), 10).expect("hub");
+            refused += deliveries
+                .iter()
+                .filter(|d| {
+                    matches!(&d.message, syncline_protocol::Message::Error(e) if e.code == ErrorCode::LIMIT_EXCEEDED)
+                })
+                .count();
+        }
+        assert!(refused > 900, "{refused} refused");
+        assert!(
+            refused < 2048 - 900,
+            "{refused} refused: the first ones fit"
+        );
+    }
+}
