@@ -103,6 +103,7 @@ pub const MAX_HAVES: usize = 4;
 pub const MAX_NEEDS: usize = 4096;
 
 /// Most probes per hash a Bloom filter may ask for (Automerge uses 7).
+#[cfg(feature = "automerge")]
 const MAX_BLOOM_PROBES: u64 = 64;
 
 /// Checks what Automerge itself trusts in a peer's sync message, before it is received (the
