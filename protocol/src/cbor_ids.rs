@@ -77,3 +77,24 @@ impl<'b, C> Decode<'b, C> for Priority {
             .ok_or_else(|| decode::Error::message("unknown priority").at(at))
     }
 }
+
+/// A CBOR byte string shared, not copied, by every clone of its message (an ephemeral payload
+/// fanned out to many devices): `#[cbor(with = "crate::cbor_ids::shared_bytes")]`.
+pub(crate) mod shared_bytes {
+    use std::sync::Arc;
+
+    use minicbor::decode::{self, Decoder};
+    use minicbor::encode::{self, Encoder, Write};
+
+    pub(crate) fn encode<C, W: Write>(
+        bytes: &Arc<[u8]>,
+        e: &mut Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), encode::Error<W::Error>> {
+        e.bytes(bytes)?.ok()
+    }
+
+    pub(crate) fn decode<C>(d: &mut Decoder<'_>, _: &mut C) -> Result<Arc<[u8]>, decode::Error> {
+        Ok(Arc::from(d.bytes()?))
+    }
+}

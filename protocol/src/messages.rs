@@ -15,6 +15,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// items cannot make its receiver keep state for each without bound.
 pub const MAX_SYNC_ITEMS: usize = 1024;
 
+/// Largest ephemeral payload (presence, cursors) a relay forwards.
+pub const MAX_EPHEMERAL_BYTES: usize = 4096;
+
 /// What kind of device a client is; the relay plans its sync from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 #[cbor(index_only)]
@@ -384,9 +387,10 @@ pub struct Ephemeral {
     /// The document it concerns.
     #[n(0)]
     pub doc: DocId,
-    /// The app's payload.
-    #[cbor(n(1), with = "minicbor::bytes")]
-    pub payload: Vec<u8>,
+    /// The app's payload (at most [`MAX_EPHEMERAL_BYTES`]), shared by every copy of the
+    /// message a relay fans out.
+    #[cbor(n(1), with = "crate::cbor_ids::shared_bytes")]
+    pub payload: std::sync::Arc<[u8]>,
     /// The sending device (set by the relay when it forwards).
     #[n(2)]
     pub from: Option<DeviceId>,

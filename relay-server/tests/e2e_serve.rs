@@ -635,7 +635,7 @@ async fn rates_and_the_idle_timeout_are_enforced_over_real_sockets() {
     // Flood: far more frames at once than 20 per second allow.
     let presence = Message::Ephemeral(Ephemeral {
         doc: "todos/x".parse().expect("id"),
-        payload: b"cursor".to_vec(),
+        payload: b"cursor".as_slice().into(),
         from: None,
     });
     let mut rate_limited = None;

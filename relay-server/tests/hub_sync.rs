@@ -212,7 +212,7 @@ fn presence_reaches_subscribed_devices_of_the_tenant_only() {
     w.join(4, "globex", grants(&["todos"], &[]));
     let e = Ephemeral {
         doc: doc("todos/x"),
-        payload: b"cursor".to_vec(),
+        payload: b"cursor".as_slice().into(),
         from: Some(DeviceId::from_bytes([1; 16])),
     };
     w.run(vec![(1, Action::Ephemeral(e.clone()))]);

@@ -289,3 +289,52 @@ fn the_byte_bound_counts_what_this_turn_adds() {
         "{outputs:?}"
     );
 }
+
+#[test]
+fn ephemerals_are_shared_and_never_push_a_backlogged_connection_over_its_limit() {
+    use syncline_protocol::messages::Ephemeral;
+    let limits = OutboxLimits {
+        messages: 64,
+        bytes: 64 << 10,
+    };
+    let mut core = core(limits, 3);
+    let mut backlog = Backlogs::default();
+    core.poll(&backlog);
+    // Session 3 is slow: most of its outbox is already queued.
+    backlog.0.insert(
+        SessionId::from(3u8),
+        Queued {
+            messages: 40,
+            bytes: 48 << 10,
+        },
+    );
+    let payload: Arc<[u8]> = vec![7u8; 4096].into();
+    for _ in 0..200 {
+        core.push(
+            Input::Action {
+                id: SessionId::from(1u8),
+                action: Action::Ephemeral(Ephemeral {
+                    doc: "notes/d1".parse().expect("valid"),
+                    payload: Arc::clone(&payload),
+                    from: Some(DeviceId::from_bytes([1; 16])),
+                }),
+            },
+            1,
+        );
+    }
+    let outputs = core.poll(&backlog);
+    assert!(
+        !outputs.iter().any(|o| matches!(o, Output::Close { .. })),
+        "nobody is closed for another device's presence"
+    );
+    assert!(sends_to(&outputs, SessionId::from(3u8)).is_empty());
+    let to_two = sends_to(&outputs, SessionId::from(2u8));
+    assert!(!to_two.is_empty() && to_two.len() < 200, "{}", to_two.len());
+    // One payload in memory however many receive it.
+    assert!(
+        to_two
+            .iter()
+            .all(|m| matches!(m, Message::Ephemeral(e) if Arc::ptr_eq(&e.payload, &payload)))
+    );
+    assert!(core.stats().ephemerals_dropped >= 200);
+}

@@ -336,7 +336,7 @@ fn every_message_type_is_authorized() {
     let eph = |d: &str| {
         Message::Ephemeral(Ephemeral {
             doc: doc(d),
-            payload: b"hi".to_vec(),
+            payload: b"hi".as_slice().into(),
             from: Some(DeviceId::from_bytes([9; 16])),
         })
     };

@@ -158,6 +158,7 @@ impl Relay {
             slow_consumers: a.slow_consumers + b.slow_consumers,
             filtered: a.filtered + b.filtered,
             changes_stored: a.changes_stored + b.changes_stored,
+            ephemerals_dropped: a.ephemerals_dropped + b.ephemerals_dropped,
         }
     }
 }

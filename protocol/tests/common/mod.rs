@@ -175,7 +175,7 @@ pub fn message() -> impl Strategy<Value = Message> {
         )
             .prop_map(|(doc, payload, from)| Message::Ephemeral(Ephemeral {
                 doc,
-                payload,
+                payload: payload.into(),
                 from
             })),
         (
@@ -327,7 +327,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
             "ephemeral",
             Message::Ephemeral(Ephemeral {
                 doc,
-                payload: b"cursor:3".to_vec(),
+                payload: b"cursor:3".as_slice().into(),
                 from: Some(DeviceId::from_bytes([7; 16])),
             }),
         ),

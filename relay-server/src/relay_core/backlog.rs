@@ -57,6 +57,19 @@ pub(super) struct Admission {
 }
 
 impl Admission {
+    /// Whether session `to` has more than a quarter of its limits queued.
+    pub(super) fn backlogged(
+        &self,
+        to: SessionId,
+        backlog: &impl Backlog,
+        limits: OutboxLimits,
+    ) -> bool {
+        let before = backlog.queued(to);
+        let added = self.added.get(&to).copied().unwrap_or_default();
+        (before.messages + added.messages) * 4 > limits.messages
+            || (before.bytes + added.bytes) * 4 > limits.bytes
+    }
+
     /// Whether `message` may join session `to`'s queue (and counts it), or the session is a
     /// slow consumer. `own` marks an answer to the session's own request.
     pub(super) fn admit(

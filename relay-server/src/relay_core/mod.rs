@@ -118,6 +118,8 @@ pub struct CoreStats {
     pub filtered: u64,
     /// Changes durably stored and acknowledged (acknowledged items with a sequence number).
     pub changes_stored: u64,
+    /// Ephemeral messages not forwarded to a connection that already had a backlog.
+    pub ephemerals_dropped: u64,
 }
 
 /// The relay core; see the module documentation.
@@ -325,6 +327,14 @@ impl<S: Storage> RelayCore<S> {
                 self.stats.filtered += 1;
                 continue;
             };
+            // Presence is worth nothing late: it never adds to a backlog, so another device's
+            // ephemerals cannot push a connection over its slow-consumer limit.
+            if matches!(message, Message::Ephemeral(_))
+                && admission.backlogged(to, backlog, self.limits)
+            {
+                self.stats.ephemerals_dropped += 1;
+                continue;
+            }
             let own = requesters.contains(&to);
             match admission.admit(to, &message, own, backlog, self.limits) {
                 Some(counted) => out.push(Output::Send {

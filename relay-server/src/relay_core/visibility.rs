@@ -86,7 +86,7 @@ mod tests {
         assert_eq!(visible(only_secret, &grants), None);
         let presence = Message::Ephemeral(Ephemeral {
             doc: "secret/b".parse().expect("id"),
-            payload: vec![],
+            payload: Vec::new().into(),
             from: None,
         });
         assert_eq!(visible(presence, &grants), None);

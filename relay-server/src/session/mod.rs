@@ -11,8 +11,8 @@
 use automerge::sync::Message as SyncMessage;
 use syncline_protocol::frame::{self, FrameError};
 use syncline_protocol::messages::{
-    CollectionSubscription, DeferReason, Ephemeral, Error, ErrorCode, Limits, MAX_SYNC_ITEMS,
-    Profile, Reconcile, SyncItem, Welcome,
+    CollectionSubscription, DeferReason, Ephemeral, Error, ErrorCode, Limits, MAX_EPHEMERAL_BYTES,
+    MAX_SYNC_ITEMS, Profile, Reconcile, SyncItem, Welcome,
 };
 use syncline_protocol::payload::Budget;
 use syncline_protocol::{
@@ -127,7 +127,12 @@ pub struct Session {
     metered_threshold: u64,
     /// What one frame's Automerge payloads may cost to decode.
     payload_limits: PayloadLimits,
+    /// Ephemeral messages the device may send (each is fanned out to every reader).
+    ephemerals: TokenBucket,
 }
+
+/// Ephemeral messages per second one connection may send (with a burst of twice as many).
+pub const EPHEMERALS_PER_S: u64 = 30;
 
 impl Session {
     /// A session for an authenticated connection, opened at `now_ms`.
@@ -151,6 +156,7 @@ impl Session {
             fetched_ids: 0,
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
             payload_limits: PayloadLimits::DEFAULT,
+            ephemerals: TokenBucket::with_burst(EPHEMERALS_PER_S, 2 * EPHEMERALS_PER_S, now_ms),
         }
     }
 
@@ -554,13 +560,27 @@ impl Session {
                     out.actions.push(Action::Fetch(docs));
                 }
             },
+            Message::Ephemeral(e) if !self.grants.can_read(e.doc.collection()) => {
+                self.forbid(out, e.doc.collection());
+            }
+            Message::Ephemeral(e) if e.payload.len() > MAX_EPHEMERAL_BYTES => {
+                let msg = format!("ephemeral payloads are at most {MAX_EPHEMERAL_BYTES} bytes");
+                self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
+            }
             Message::Ephemeral(mut e) => {
-                if self.grants.can_read(e.doc.collection()) {
-                    e.from = Some(self.identity.device);
-                    out.actions.push(Action::Ephemeral(e));
-                } else {
-                    let c = e.doc.collection().clone();
-                    self.forbid(out, &c);
+                // Fanned out to every device of the document: its rate is bounded per sender,
+                // below the frame rate (presence and cursors need a few per second).
+                match self.ephemerals.take(1, now_ms) {
+                    Ok(()) => {
+                        e.from = Some(self.identity.device);
+                        out.actions.push(Action::Ephemeral(e));
+                    }
+                    Err(retry_after_ms) => self.refuse(
+                        out,
+                        ErrorCode::RATE_LIMITED,
+                        "ephemeral rate limit exceeded",
+                        Some(retry_after_ms),
+                    ),
                 }
             }
             Message::UpdateProfile(p) => {

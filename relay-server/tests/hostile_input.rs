@@ -1,6 +1,7 @@
-//! Automerge payloads built to cost the relay more than their bytes (issue 15, classes 1–2):
-//! each is refused with a typed error before Automerge inflates or walks it, and the session
-//! goes on serving the device.
+//! Input built to cost the relay more than its bytes (issue 15): Automerge payloads (classes
+//! 1–2) are refused with a typed error before Automerge inflates or walks them, and the
+//! session goes on serving the device; per-session state (class 3) and ephemeral fan-out
+//! (class 5) are bounded.
 
 mod common;
 
@@ -202,6 +203,49 @@ fn real_documents_with_compressed_columns_pass_the_checks() {
     let out = s.handle_frame(&sync_frame(vec![saved]), T0 + 1);
     assert!(errors(&out).is_empty(), "{out:?}");
     assert!(forwarded(&out));
+}
+
+#[test]
+fn ephemerals_are_bounded_in_size_and_rate_per_sender() {
+    let mut s = session();
+    let ephemeral = |len: usize| {
+        frame::encode(&Message::Ephemeral(Ephemeral {
+            doc: "todos/1".parse::<DocId>().expect("valid"),
+            payload: vec![1u8; len].into(),
+            from: None,
+        }))
+    };
+    let out = s.handle_frame(&ephemeral(MAX_EPHEMERAL_BYTES + 1), T0 + 1);
+    assert_eq!(
+        errors(&out).first().map(|e| e.0),
+        Some(ErrorCode::LIMIT_EXCEEDED.0)
+    );
+    let (mut forwarded, mut limited) = (0, 0);
+    let mut closed = false;
+    for i in 0..90 {
+        let out = s.handle_frame(&ephemeral(64), T0 + 2 + i);
+        if out
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Ephemeral(_)))
+        {
+            forwarded += 1;
+        }
+        if errors(&out)
+            .iter()
+            .any(|e| e.0 == ErrorCode::RATE_LIMITED.0)
+        {
+            limited += 1;
+        }
+        if out.close.is_some() {
+            closed = true;
+            break;
+        }
+    }
+    // A burst of twice the rate goes; past it, each is refused with a retry delay, and a
+    // sender that keeps on is closed like any other abuser.
+    assert!((60..=64).contains(&forwarded), "{forwarded} forwarded");
+    assert!(limited > 0 && closed, "{limited} refused, closed: {closed}");
 }
 
 mod hub {
