@@ -85,6 +85,15 @@ pub struct RelayConfig {
     /// Operations (values of any column) the Automerge payloads of one frame may declare, in
     /// all (checked before Automerge walks them). Default 2,000,000, at most 64,000,000.
     pub max_ops_per_frame: u64,
+    /// Sockets open at once, in all (counted from accept, before any byte is read); past it,
+    /// new sockets are closed at once. Default 10,000.
+    pub max_connections: usize,
+    /// WebSocket connections one device may hold open at once (HTTP 429 past it). Default 4.
+    pub max_connections_per_device: usize,
+    /// WebSocket connections one tenant may hold open at once (HTTP 429 past it). Default 5,000.
+    pub max_connections_per_tenant: usize,
+    /// Seconds a new socket may take to send its HTTP request headers. Default 10.
+    pub header_timeout_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -108,6 +117,10 @@ impl Default for RelayConfig {
                 syncline_protocol::messages::Profile::DEFAULT_METERED_MAX_DOC_BYTES,
             max_inflated_bytes: PayloadLimits::DEFAULT.max_inflated_bytes,
             max_ops_per_frame: PayloadLimits::DEFAULT.max_ops,
+            max_connections: 10_000,
+            max_connections_per_device: 4,
+            max_connections_per_tenant: 5_000,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -140,8 +153,9 @@ impl RelayConfig {
     /// Applies `SYNCLINE_LISTEN`, `SYNCLINE_DATA_DIR`, `SYNCLINE_MAX_FRAME_BYTES`,
     /// `SYNCLINE_IDLE_TIMEOUT_SECS`, `SYNCLINE_JWKS_FILE`, `SYNCLINE_AUDIENCE` and
     /// `SYNCLINE_ISSUER`, `SYNCLINE_COMPRESSION` (`true`/`false`) and
-    /// `SYNCLINE_METERED_MAX_DOC_BYTES`, `SYNCLINE_MAX_INFLATED_BYTES` and
-    /// `SYNCLINE_MAX_OPS_PER_FRAME` from `vars` (pass `std::env::vars()`).
+    /// `SYNCLINE_METERED_MAX_DOC_BYTES`, `SYNCLINE_MAX_INFLATED_BYTES`,
+    /// `SYNCLINE_MAX_OPS_PER_FRAME` and `SYNCLINE_MAX_CONNECTIONS` (and `_PER_DEVICE`,
+    /// `_PER_TENANT`) from `vars` (pass `std::env::vars()`).
     ///
     /// # Errors
     /// [`ConfigError::Env`] for a value that does not parse.
@@ -173,6 +187,17 @@ impl RelayConfig {
                 }
                 "SYNCLINE_MAX_OPS_PER_FRAME" => {
                     self.max_ops_per_frame = parse("SYNCLINE_MAX_OPS_PER_FRAME", &value)?;
+                }
+                "SYNCLINE_MAX_CONNECTIONS" => {
+                    self.max_connections = parse("SYNCLINE_MAX_CONNECTIONS", &value)?;
+                }
+                "SYNCLINE_MAX_CONNECTIONS_PER_DEVICE" => {
+                    self.max_connections_per_device =
+                        parse("SYNCLINE_MAX_CONNECTIONS_PER_DEVICE", &value)?;
+                }
+                "SYNCLINE_MAX_CONNECTIONS_PER_TENANT" => {
+                    self.max_connections_per_tenant =
+                        parse("SYNCLINE_MAX_CONNECTIONS_PER_TENANT", &value)?;
                 }
                 _ => {}
             }

@@ -439,7 +439,9 @@ async fn garbage_gets_errors_then_a_close_and_harms_no_one_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversize_frames_get_a_typed_error_and_huge_ones_are_refused_unbuffered() {
+async fn oversize_messages_close_the_connection_however_fragmented_and_harm_no_one() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("relay.toml"), "max_frame_bytes = 4096\n").expect("config");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_syncline-relay"));
@@ -451,25 +453,37 @@ async fn oversize_frames_get_a_typed_error_and_huge_ones_are_refused_unbuffered(
     let mut child = Child::spawn(cmd).expect("spawn relay");
     let line = child.next_line().expect("read").expect("address");
     let addr = line.rsplit(' ').next().expect("address").to_owned();
-    let mut d = Device::join(&addr, &token(dir.path(), 1, &["todos"], &["todos"]), 1).await;
-    d.socket
-        .send(Ws::Binary(vec![0u8; 5000].into()))
-        .await
-        .expect("send");
-    assert!(matches!(d.next().await, Message::Error(e) if e.code == ErrorCode::FRAME_TOO_LARGE));
-    // Over twice the limit, the WebSocket layer refuses it before buffering: the connection ends.
-    let _ = d.socket.send(Ws::Binary(vec![0u8; 10_000].into())).await;
-    let ended = tokio::time::timeout(WAIT, async {
-        loop {
-            match d.socket.next().await {
-                None | Some(Err(_)) | Some(Ok(Ws::Close(_))) => break,
-                Some(Ok(_)) => {}
+    async fn ends(d: &mut Device) -> bool {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match d.socket.next().await {
+                    None | Some(Err(_)) | Some(Ok(Ws::Close(_))) => break,
+                    Some(Ok(_)) => {}
+                }
             }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the connection ends");
+        })
+        .await
+        .is_ok()
+    }
+    // Over the limit in one message: the WebSocket layer refuses it before buffering it.
+    let mut d = Device::join(&addr, &token(dir.path(), 1, &["todos"], &["todos"]), 1).await;
+    let _ = d.socket.send(Ws::Binary(vec![0u8; 5000].into())).await;
+    assert!(ends(&mut d).await, "the connection ends");
+    // Over the limit in fragments, each under it: the same bound holds for what is buffered.
+    let mut d = Device::join(&addr, &token(dir.path(), 2, &["todos"], &["todos"]), 2).await;
+    let first = Frame::message(vec![0u8; 3000], OpCode::Data(Data::Binary), false);
+    let rest = Frame::message(vec![0u8; 3000], OpCode::Data(Data::Continue), false);
+    let _ = d.socket.send(Ws::Frame(first)).await;
+    let _ = d.socket.send(Ws::Frame(rest)).await;
+    assert!(ends(&mut d).await, "the connection ends");
     assert_eq!(http_get(&addr, "/healthz").0, 200, "the relay lives on");
+    // Another device syncs as before.
+    let mut ok = Device::join(&addr, &token(dir.path(), 3, &["todos"], &["todos"]), 3).await;
+    let x: DocId = "todos/fine".parse().expect("id");
+    ok.put(&x, "n", 1);
+    ok.push(&x).await;
+    let x2 = x.clone();
+    ok.until(|d| d.acked(&x2)).await;
 }
 
 /// A device that stops reading is closed with SLOW_CONSUMER (4009) once its outbox holds more
@@ -709,4 +723,60 @@ async fn rates_and_the_idle_timeout_are_enforced_over_real_sockets() {
     beating.push(&x).await;
     let x2 = x.clone();
     beating.until(|d| d.acked(&x2)).await;
+}
+
+/// Sockets that send nothing (or trickle headers) are closed after the header timeout; past
+/// the socket cap new sockets are closed at once; past the per-device cap a device's extra
+/// WebSocket gets HTTP 429. None of it stops an honest device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_time_out_and_connections_are_capped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relay = start_with(
+        dir.path(),
+        Some("header_timeout_secs = 1\nmax_connections = 3\nmax_connections_per_device = 1\n"),
+    );
+    let silent: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(&relay.addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // A fourth socket is over the cap: closed before anything is read.
+    let mut over = TcpStream::connect(&relay.addr).expect("connect");
+    over.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(over.read(&mut buf), Ok(0) | Err(_)),
+        "closed at once"
+    );
+    // The silent ones are closed after the header timeout (1 s), trickling or not.
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = s.write_all(b"GET /healthz HT");
+        let started = std::time::Instant::now();
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+        assert!(started.elapsed() < Duration::from_secs(4));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut first = Device::join(
+        &relay.addr,
+        &token(dir.path(), 1, &["todos"], &["todos"]),
+        1,
+    )
+    .await;
+    let again = connect(
+        &relay.addr,
+        Some(&token(dir.path(), 1, &["todos"], &["todos"])),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(&again, Err(tungstenite::Error::Http(r)) if r.status() == 429),
+        "{again:?}"
+    );
+    let x: DocId = "todos/capped".parse().expect("id");
+    first.put(&x, "n", 1);
+    first.push(&x).await;
+    let x2 = x.clone();
+    first.until(|d| d.acked(&x2)).await;
 }

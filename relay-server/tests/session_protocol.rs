@@ -482,15 +482,30 @@ fn idle_sessions_and_expired_tokens_close() {
         Some(close_code::IDLE)
     );
 
+    // A frame (an empty Sync: the SDK's keepalive) keeps a session alive.
     let mut s = open_session();
-    s.handle_heartbeat(T0 + 50_000);
-    assert_eq!(
-        s.handle_tick(T0 + 60_001),
-        Output::default(),
-        "heartbeats keep a session alive"
-    );
+    let keepalive = frame::encode(&Message::Sync(Sync { items: Vec::new() }));
+    assert_eq!(s.handle_frame(&keepalive, T0 + 50_000), Output::default());
+    assert_eq!(s.handle_tick(T0 + 60_001), Output::default());
     assert_eq!(
         s.handle_tick(T0 + 110_000).close.map(|c| c.code),
+        Some(close_code::IDLE)
+    );
+
+    // A connection that never says Hello is closed after HELLO_TIMEOUT_MS.
+    let mut s = Session::new(
+        "s".into(),
+        verified(&["todos"], &[], T0 / 1000 + 3600),
+        limits(),
+        T0,
+    );
+    assert_eq!(
+        s.deadline_ms(),
+        T0 + syncline_relay::session::HELLO_TIMEOUT_MS
+    );
+    assert_eq!(s.handle_tick(T0 + 9_999), Output::default());
+    assert_eq!(
+        s.handle_tick(T0 + 10_000).close.map(|c| c.code),
         Some(close_code::IDLE)
     );
 

@@ -80,10 +80,8 @@ pub(super) async fn connection(
                 }
                 // Text frames are not part of the protocol: an empty frame is a bad frame.
                 Some(Ok(WsMessage::Text(_))) => (session.handle_frame(&[], now_ms()), Vec::new()),
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {
-                    session.handle_heartbeat(now_ms());
-                    continue;
-                }
+                // Not activity for the idle timeout: only protocol frames are.
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break None,
             },
             delivered = inbox.recv() => match delivered {

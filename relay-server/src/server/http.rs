@@ -2,6 +2,7 @@
 //! authentication of the WebSocket upgrade (`Authorization: Bearer` or the subprotocol
 //! `bearer.<token>`; HTTP 401 otherwise), and [`serve`] with its graceful drain.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tracing::Instrument;
 
 use super::connection::{connection, session_name};
@@ -28,6 +31,11 @@ pub fn app(state: AppState) -> Router {
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains connections.
 ///
+/// Its own accept loop (rather than `axum::serve`), for what a relay facing the internet needs
+/// before any byte is read: a cap on open sockets (past it, a new socket is closed at once)
+/// and a timeout on reading the request headers, so that idle or trickling sockets cannot pile
+/// up. WebSockets then hold a per-device and per-tenant place (`sync_endpoint`).
+///
 /// # Errors
 /// The error of the HTTP server.
 pub async fn serve(
@@ -38,19 +46,66 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let drain_state = state.clone();
     let stop = state.shutdown.clone();
+    let admission = state.admission.clone();
+    let metrics = Arc::clone(&state.metrics);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.header_timeout);
     let router = app(state);
-    // Without TCP_NODELAY, Nagle's algorithm holds each small frame after the first until the
-    // client's delayed ACK (~40 ms on Linux): every reply of a sync would wait for it.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    let http_tasks = tokio_util::task::TaskTracker::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let slot = match admission.socket() {
+            Ok(slot) => slot,
+            Err(refused) => {
+                metrics.refused(refused);
+                drop(tcp);
+                continue;
+            }
+        };
+        // Without TCP_NODELAY, Nagle's algorithm holds each small frame after the first until
+        // the client's delayed ACK (~40 ms on Linux): every reply of a sync would wait for it.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
-    });
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown.await;
-        stop.cancel();
-    });
-    server.await?;
+        let service = TowerToHyperService::new(router.clone());
+        let connection = http
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let stopping = stop.clone();
+        http_tasks.spawn(async move {
+            // The socket's place is held while HTTP runs; an upgraded WebSocket holds its own.
+            let _slot = slot;
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = stopping.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+        });
+    }
+    stop.cancel();
+    drop(listener);
+    // In-flight HTTP requests end (upgraded WebSockets are drained below, with a close code).
+    http_tasks.close();
+    let _ = tokio::time::timeout(grace, http_tasks.wait()).await;
     drain_state.drain(grace).await;
     Ok(())
 }
@@ -104,14 +159,24 @@ async fn sync_endpoint(
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
+    let identity = &verified.identity;
+    let slot = match state.admission.session(&identity.tenant, identity.device) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            state.metrics.refused(refused);
+            tracing::info!(cap = refused.label(), "refused a connection: {refused}");
+            return (StatusCode::TOO_MANY_REQUESTS, format!("{refused}\n")).into_response();
+        }
+    };
     let (mut parts, _body) = request.into_parts();
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    // The WebSocket layer refuses messages over twice the frame limit before buffering them;
-    // between the two limits the session answers with a typed FRAME_TOO_LARGE error.
-    let max = usize::try_from(state.limits.max_frame_bytes.saturating_mul(2)).unwrap_or(usize::MAX);
+    // The WebSocket layer refuses a message (however fragmented) over the frame limit before
+    // buffering more of it, closing with 1009; the session's typed FRAME_TOO_LARGE covers a
+    // frame that inflates past the limit.
+    let max = usize::try_from(state.limits.max_frame_bytes).unwrap_or(usize::MAX);
     let tracker = state.connections.clone();
     upgrade
         // Small starting buffers: an idle connection should cost kilobytes, not the 128 KiB
@@ -131,6 +196,10 @@ async fn sync_endpoint(
                 device = %verified.identity.device,
                 tenant = %verified.identity.tenant
             );
-            tracker.track_future(connection(socket, state, verified, id).instrument(span))
+            let connection = async move {
+                let _slot = slot;
+                connection(socket, state, verified, id).await;
+            };
+            tracker.track_future(connection.instrument(span))
         })
 }

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabel, Counter>,
     /// Seconds from a `Sync` frame's actions reaching the hub to its acknowledgement.
     pub sync_seconds: Histogram,
+    /// Connections refused at a cap, by cap (`total`, `device`, `tenant`).
+    pub connections_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -48,6 +50,7 @@ impl Metrics {
             changes_stored: Counter::default(),
             auth_failures: Family::default(),
             sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            connections_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -90,10 +93,24 @@ impl Metrics {
             "Time from a Sync frame to its acknowledgement",
             metrics.sync_seconds.clone(),
         );
+        registry.register(
+            "connections_refused",
+            "Connections refused at a cap, by cap",
+            metrics.connections_refused.clone(),
+        );
         Self {
             registry,
             ..metrics
         }
+    }
+
+    /// Counts a connection refused at a cap.
+    pub fn refused(&self, refused: super::Refused) {
+        self.connections_refused
+            .get_or_create(&ReasonLabel {
+                reason: refused.label().into(),
+            })
+            .inc();
     }
 
     /// Counts a refused token under its reason.

@@ -14,6 +14,7 @@
 //! - This module: [`AppState`] (what the handlers share; it starts the hub thread), the
 //!   limits and options.
 
+pub mod admission;
 mod connection;
 mod http;
 mod hub_thread;
@@ -35,9 +36,12 @@ use crate::hub::{Hub, SessionId};
 use crate::relay_core::{OutboxLimits, RelayCore};
 use crate::session::Action;
 use crate::storage::Storage;
+pub use admission::{ConnectionCaps, Refused};
 pub use http::{app, serve};
 use hub_thread::run_hub;
 pub use metrics::Metrics;
+
+use admission::Admission;
 
 /// Messages buffered for one connection before it counts as a slow consumer.
 pub const OUTBOX: usize = 1024;
@@ -60,6 +64,10 @@ pub struct ServerOptions {
     pub metered_max_doc_bytes: u64,
     /// See `RelayConfig::max_inflated_bytes` and `RelayConfig::max_ops_per_frame`.
     pub payload: PayloadLimits,
+    /// See `RelayConfig::max_connections` and its per-device and per-tenant caps.
+    pub caps: ConnectionCaps,
+    /// See `RelayConfig::header_timeout_secs`.
+    pub header_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -76,6 +84,12 @@ impl From<&crate::config::RelayConfig> for ServerOptions {
             compression: cfg.compression,
             metered_max_doc_bytes: cfg.metered_max_doc_bytes,
             payload: cfg.payload_limits(),
+            caps: ConnectionCaps {
+                total: cfg.max_connections,
+                per_device: cfg.max_connections_per_device,
+                per_tenant: cfg.max_connections_per_tenant,
+            },
+            header_timeout: Duration::from_secs(cfg.header_timeout_secs),
         }
     }
 }
@@ -122,6 +136,10 @@ pub struct AppState {
     metered_max_doc_bytes: u64,
     /// See `ServerOptions::payload`.
     payload: PayloadLimits,
+    /// The open connections, under `ServerOptions::caps`.
+    admission: Admission,
+    /// See `ServerOptions::header_timeout`.
+    header_timeout: Duration,
     next_id: Arc<AtomicU64>,
     shutdown: CancellationToken,
     connections: TaskTracker,
@@ -150,6 +168,8 @@ impl AppState {
         };
         let metered_max_doc_bytes = options.metered_max_doc_bytes;
         let payload = options.payload;
+        let admission = Admission::new(options.caps);
+        let header_timeout = options.header_timeout;
         let hub_thread = std::thread::Builder::new()
             .name("syncline-hub".into())
             .spawn(move || {
@@ -171,6 +191,8 @@ impl AppState {
             compressions,
             metered_max_doc_bytes,
             payload,
+            admission,
+            header_timeout,
             next_id: Arc::new(AtomicU64::new(1)),
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),

@@ -131,6 +131,9 @@ pub struct Session {
     ephemerals: TokenBucket,
 }
 
+/// Milliseconds a connection may stay open after its upgrade without sending `Hello`.
+pub const HELLO_TIMEOUT_MS: u64 = 10_000;
+
 /// Ephemeral messages per second one connection may send (with a burst of twice as many).
 pub const EPHEMERALS_PER_S: u64 = 30;
 
@@ -196,13 +199,23 @@ impl Session {
     /// The latest time at which [`Session::handle_tick`] (and [`Session::release`], when
     /// paced frames wait) must be called.
     pub fn deadline_ms(&self) -> u64 {
-        let limits = self.expires_at_ms.min(
-            self.last_activity_ms
-                .saturating_add(self.limits.idle_timeout_ms),
-        );
+        let limits = self.expires_at_ms.min(self.idle_deadline_ms());
         self.downlink
             .next_release_ms()
             .map_or(limits, |at| at.min(limits))
+    }
+
+    /// When the session counts as idle: [`HELLO_TIMEOUT_MS`] after opening without a
+    /// `Hello`, else the idle timeout after the last complete frame. Only protocol frames count
+    /// as activity: WebSocket pings (and a fragmented message kept unfinished) do not, so a
+    /// client cannot hold a connection and its buffers open without sending messages.
+    fn idle_deadline_ms(&self) -> u64 {
+        let timeout = if self.phase == Phase::AwaitingHello {
+            HELLO_TIMEOUT_MS.min(self.limits.idle_timeout_ms)
+        } else {
+            self.limits.idle_timeout_ms
+        };
+        self.last_activity_ms.saturating_add(timeout)
     }
 
     /// Takes a message the relay core routed to this connection at `now_ms`: paced in `lane`
@@ -279,14 +292,6 @@ impl Session {
     /// The paced downlink (its rate and what it has sent, for inspection).
     pub fn downlink(&self) -> &Downlink {
         &self.downlink
-    }
-
-    /// Records a heartbeat (a WebSocket ping or pong) at `now_ms`: activity for the idle
-    /// timeout, nothing else.
-    pub fn handle_heartbeat(&mut self, now_ms: u64) {
-        if self.phase != Phase::Closed {
-            self.last_activity_ms = self.last_activity_ms.max(now_ms);
-        }
     }
 
     /// Handles one binary frame received at `now_ms`.
@@ -422,7 +427,9 @@ impl Session {
             out.send
                 .push(error(ErrorCode::UNAUTHORIZED, "token expired", None));
             self.close(&mut out, close_code::TOKEN_EXPIRED, "token expired");
-        } else if now_ms.saturating_sub(self.last_activity_ms) >= self.limits.idle_timeout_ms {
+        } else if self.phase == Phase::AwaitingHello && now_ms >= self.idle_deadline_ms() {
+            self.close(&mut out, close_code::IDLE, "no Hello in time");
+        } else if now_ms >= self.idle_deadline_ms() {
             self.close(&mut out, close_code::IDLE, "idle timeout");
         }
         out

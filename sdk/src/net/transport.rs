@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use syncline_protocol::close_code;
+use syncline_protocol::messages::Sync;
+use syncline_protocol::{Message, close_code, frame};
 use tokio::sync::mpsc as tokio_mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -18,7 +19,8 @@ use super::shell::now_ms;
 use super::{Command, TokenError, TokenProvider, TransportEvent, token};
 use crate::engine::Disconnect;
 
-/// How often the client pings the relay (well inside the relay's idle timeout).
+/// How often the client sends the relay a keepalive (well inside the relay's idle timeout,
+/// for which only protocol frames count): an empty `Sync` frame.
 pub(super) const PING_EVERY: Duration = Duration::from_secs(15);
 
 /// How long opening a connection (token, TCP, TLS, upgrade) may take.
@@ -137,7 +139,7 @@ pub(super) type Sink = futures_util::stream::SplitSink<
     WsMessage,
 >;
 
-/// Writes the engine's frames and a ping every [`PING_EVERY`]; returns why it stopped.
+/// Writes the engine's frames and a keepalive every [`PING_EVERY`]; returns why it stopped.
 pub(super) async fn write_frames(
     mut sink: Sink,
     mut frames: tokio_mpsc::UnboundedReceiver<Vec<u8>>,
@@ -161,7 +163,8 @@ pub(super) async fn write_frames(
                 }
             },
             _ = ping.tick() => {
-                if let Err(e) = sink.send(WsMessage::Ping(Vec::new().into())).await {
+                let keepalive = frame::encode(&Message::Sync(Sync { items: Vec::new() }));
+                if let Err(e) = sink.send(WsMessage::Binary(keepalive.into())).await {
                     return Disconnect::Failed(e.to_string());
                 }
             }

@@ -1,0 +1,201 @@
+//! Caps on open connections: in all (sockets, counted from `accept`, before any byte is read),
+//! per device and per tenant (WebSockets, counted once the token is verified). A connection
+//! holds a [`Slot`] for as long as it is open; dropping the slot frees it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use syncline_protocol::DeviceId;
+
+use crate::tenant::Tenant;
+
+/// How many connections may be open at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    /// Sockets in all (HTTP requests in progress and WebSockets).
+    pub total: usize,
+    /// WebSockets per device (one token's device).
+    pub per_device: usize,
+    /// WebSockets per tenant.
+    pub per_tenant: usize,
+}
+
+impl ConnectionCaps {
+    /// 10,000 sockets, 4 per device, 5,000 per tenant.
+    pub const DEFAULT: Self = Self {
+        total: 10_000,
+        per_device: 4,
+        per_tenant: 5_000,
+    };
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The relay has [`ConnectionCaps::total`] sockets open.
+    #[error("the relay has its maximum of connections open")]
+    Total,
+    /// The device has [`ConnectionCaps::per_device`] connections open.
+    #[error("this device has its maximum of connections open")]
+    Device,
+    /// The tenant has [`ConnectionCaps::per_tenant`] connections open.
+    #[error("this tenant has its maximum of connections open")]
+    Tenant,
+}
+
+impl Refused {
+    /// A short label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Total => "total",
+            Self::Device => "device",
+            Self::Tenant => "tenant",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    sockets: usize,
+    devices: HashMap<(Tenant, DeviceId), usize>,
+    tenants: HashMap<Tenant, usize>,
+}
+
+/// The open connections, shared by the accept loop and the upgrade handler.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    caps: ConnectionCaps,
+    open: Arc<Mutex<Open>>,
+}
+
+/// One admitted connection; frees its place when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    open: Arc<Mutex<Open>>,
+    kind: SlotKind,
+}
+
+#[derive(Debug)]
+enum SlotKind {
+    Socket,
+    Session(Tenant, DeviceId),
+}
+
+impl Admission {
+    /// Admission under `caps`.
+    pub fn new(caps: ConnectionCaps) -> Self {
+        Self {
+            caps,
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for a newly accepted socket.
+    ///
+    /// # Errors
+    /// [`Refused::Total`] at the cap.
+    pub fn socket(&self) -> Result<Slot, Refused> {
+        let mut open = self.open.lock();
+        if open.sockets >= self.caps.total {
+            return Err(Refused::Total);
+        }
+        open.sockets += 1;
+        Ok(Slot {
+            open: Arc::clone(&self.open),
+            kind: SlotKind::Socket,
+        })
+    }
+
+    /// A place for an authenticated WebSocket of `device` in `tenant`.
+    ///
+    /// # Errors
+    /// [`Refused::Device`] or [`Refused::Tenant`] at their caps.
+    pub fn session(&self, tenant: &Tenant, device: DeviceId) -> Result<Slot, Refused> {
+        let mut open = self.open.lock();
+        let key = (tenant.clone(), device);
+        if open.devices.get(&key).copied().unwrap_or(0) >= self.caps.per_device {
+            return Err(Refused::Device);
+        }
+        if open.tenants.get(tenant).copied().unwrap_or(0) >= self.caps.per_tenant {
+            return Err(Refused::Tenant);
+        }
+        *open.devices.entry(key).or_default() += 1;
+        *open.tenants.entry(tenant.clone()).or_default() += 1;
+        Ok(Slot {
+            open: Arc::clone(&self.open),
+            kind: SlotKind::Session(tenant.clone(), device),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock();
+        match &self.kind {
+            SlotKind::Socket => open.sockets -= 1,
+            SlotKind::Session(tenant, device) => {
+                let key = (tenant.clone(), *device);
+                if let Some(n) = open.devices.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        open.devices.remove(&key);
+                    }
+                }
+                if let Some(n) = open.tenants.get_mut(tenant) {
+                    *n -= 1;
+                    if *n == 0 {
+                        open.tenants.remove(tenant);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_hold_and_dropped_slots_free_their_place() {
+        let admission = Admission::new(ConnectionCaps {
+            total: 2,
+            per_device: 1,
+            per_tenant: 2,
+        });
+        let (a, b) = (
+            admission.socket().expect("1"),
+            admission.socket().expect("2"),
+        );
+        assert_eq!(admission.socket().err(), Some(Refused::Total));
+        drop(a);
+        let _c = admission.socket().expect("freed");
+        drop(b);
+        let acme = Tenant::new("acme").expect("valid");
+        let one = admission
+            .session(&acme, DeviceId::from_bytes([1; 16]))
+            .expect("first");
+        assert_eq!(
+            admission
+                .session(&acme, DeviceId::from_bytes([1; 16]))
+                .err(),
+            Some(Refused::Device)
+        );
+        let _two = admission
+            .session(&acme, DeviceId::from_bytes([2; 16]))
+            .expect("another device");
+        assert_eq!(
+            admission
+                .session(&acme, DeviceId::from_bytes([3; 16]))
+                .err(),
+            Some(Refused::Tenant)
+        );
+        drop(one);
+        assert!(
+            admission
+                .session(&acme, DeviceId::from_bytes([1; 16]))
+                .is_ok()
+        );
+    }
+}
