@@ -22,8 +22,14 @@ pub const LIMITS: u16 = 4008;
 /// from storage.
 pub const SLOW_CONSUMER: u16 = 4009;
 
+/// The token's device id is bound to another user (the first that connected it).
+pub const DEVICE_OWNED: u16 = 4010;
+
 /// True for the codes after which reconnecting with the same token cannot succeed: the app
 /// must see the reason (a new token, or a newer client, is needed).
 pub fn needs_attention(code: u16) -> bool {
-    matches!(code, TOKEN_EXPIRED | IDENTITY_CHANGED | PROTOCOL_ERROR)
+    matches!(
+        code,
+        TOKEN_EXPIRED | IDENTITY_CHANGED | PROTOCOL_ERROR | DEVICE_OWNED
+    )
 }

@@ -9,6 +9,9 @@ use syncline_protocol::PayloadLimits;
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A configuration the relay refuses to run with.
+    #[error("unsafe configuration: {0}")]
+    Unsafe(String),
     /// The TOML file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
@@ -94,6 +97,10 @@ pub struct RelayConfig {
     pub max_connections_per_tenant: usize,
     /// Seconds a new socket may take to send its HTTP request headers. Default 10.
     pub header_timeout_secs: u64,
+    /// A development relay: without `jwks_file` it accepts tokens signed with the development
+    /// key even when listening beyond loopback. Off by default: a relay reachable from other
+    /// machines refuses to start without a key set (`RelayConfig::check`).
+    pub development: bool,
 }
 
 impl Default for RelayConfig {
@@ -121,11 +128,48 @@ impl Default for RelayConfig {
             max_connections_per_device: 4,
             max_connections_per_tenant: 5_000,
             header_timeout_secs: 10,
+            development: false,
         }
     }
 }
 
 impl RelayConfig {
+    /// Refuses configurations that would expose the relay: the development key (used when no
+    /// `jwks_file` is set) on an address beyond loopback, unless `development` is set.
+    /// Returns warnings for what is allowed but weak (tokens' `aud` or `iss` not checked).
+    ///
+    /// # Errors
+    /// [`ConfigError::Unsafe`] naming what to set.
+    pub fn check(&self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        if self.jwks_file.is_none() {
+            if !self.listen.ip().is_loopback() && !self.development {
+                return Err(ConfigError::Unsafe(format!(
+                    "listening on {} without jwks_file would accept tokens signed with the \
+                     development key; set jwks_file, or development = true \
+                     (SYNCLINE_DEVELOPMENT=true, --development) for a development relay",
+                    self.listen
+                )));
+            }
+            return Ok(warnings);
+        }
+        if self.audience.is_none() {
+            warnings.push(
+                "tokens' aud is not checked: set audience so that tokens issued for another \
+                 service are refused"
+                    .into(),
+            );
+        }
+        if self.issuer.is_none() {
+            warnings.push(
+                "tokens' iss is not checked: set issuer so that only your issuer's tokens are \
+                 accepted"
+                    .into(),
+            );
+        }
+        Ok(warnings)
+    }
+
     /// What one frame's Automerge payloads may cost, capped where stored chunks are too
     /// (`DocGraph::load`): a relay cannot be configured to accept what it could not reload.
     pub fn payload_limits(&self) -> PayloadLimits {
@@ -154,8 +198,8 @@ impl RelayConfig {
     /// `SYNCLINE_IDLE_TIMEOUT_SECS`, `SYNCLINE_JWKS_FILE`, `SYNCLINE_AUDIENCE` and
     /// `SYNCLINE_ISSUER`, `SYNCLINE_COMPRESSION` (`true`/`false`) and
     /// `SYNCLINE_METERED_MAX_DOC_BYTES`, `SYNCLINE_MAX_INFLATED_BYTES`,
-    /// `SYNCLINE_MAX_OPS_PER_FRAME` and `SYNCLINE_MAX_CONNECTIONS` (and `_PER_DEVICE`,
-    /// `_PER_TENANT`) from `vars` (pass `std::env::vars()`).
+    /// `SYNCLINE_MAX_OPS_PER_FRAME`, `SYNCLINE_MAX_CONNECTIONS` (and `_PER_DEVICE`,
+    /// `_PER_TENANT`) and `SYNCLINE_DEVELOPMENT` from `vars` (pass `std::env::vars()`).
     ///
     /// # Errors
     /// [`ConfigError::Env`] for a value that does not parse.
@@ -187,6 +231,9 @@ impl RelayConfig {
                 }
                 "SYNCLINE_MAX_OPS_PER_FRAME" => {
                     self.max_ops_per_frame = parse("SYNCLINE_MAX_OPS_PER_FRAME", &value)?;
+                }
+                "SYNCLINE_DEVELOPMENT" => {
+                    self.development = parse("SYNCLINE_DEVELOPMENT", &value)?;
                 }
                 "SYNCLINE_MAX_CONNECTIONS" => {
                     self.max_connections = parse("SYNCLINE_MAX_CONNECTIONS", &value)?;
@@ -220,6 +267,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_development_key_beyond_loopback_needs_saying_so() {
+        let public = RelayConfig {
+            listen: "0.0.0.0:7878".parse().expect("address"),
+            ..RelayConfig::default()
+        };
+        assert!(matches!(public.check(), Err(ConfigError::Unsafe(_))));
+        let dev = RelayConfig {
+            development: true,
+            ..public.clone()
+        };
+        assert_eq!(dev.check().expect("allowed"), Vec::<String>::new());
+        let keyed = RelayConfig {
+            jwks_file: Some("keys.json".into()),
+            ..public
+        };
+        let warnings = keyed.check().expect("allowed");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(RelayConfig::default().check().is_ok(), "loopback is fine");
+    }
 
     #[test]
     fn defaults_need_no_setup() {

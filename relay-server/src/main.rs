@@ -31,6 +31,9 @@ enum Command {
         /// A TOML configuration file; `SYNCLINE_*` variables and flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// A development relay: accept development-key tokens even beyond loopback.
+        #[arg(long)]
+        development: bool,
     },
     /// Print a development token signed with the data directory's key.
     Token {
@@ -120,6 +123,9 @@ fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
         Ok(limit) => tracing::info!(limit, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
     }
+    for warning in cfg.check()? {
+        tracing::warn!("{warning}");
+    }
     let storage = Arc::new(admin::open_storage(&cfg.data_dir)?);
     let (dev_secret, key_file) = match &cfg.jwks_file {
         Some(path) => (None, Some(KeyFile::open(path)?)),
@@ -197,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             data_dir,
             config,
+            development,
         } => {
             let mut cfg = match config {
                 Some(path) => syncline_relay::RelayConfig::from_file(&path)?,
@@ -209,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(dir) = data_dir {
                 cfg.data_dir = dir;
             }
+            cfg.development |= development;
             serve(cfg)?;
         }
         Command::Token {

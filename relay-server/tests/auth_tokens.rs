@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use syncline_protocol::Collection;
-use syncline_relay::auth::{self, AuthError, Authenticator, Claims, KeyFile, dev_key};
+use syncline_relay::auth::{self, Audience, AuthError, Authenticator, Claims, KeyFile, dev_key};
 
 const NOW: u64 = 1_800_000_000;
 const DEV_SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -285,6 +285,21 @@ fn enforces_time_audience_issuer_and_claims() {
         }),
         Err(AuthError::WrongAudience)
     );
+    // An array of audiences (RFC 7519) is accepted when it names ours, refused when not.
+    assert!(
+        verify(Claims {
+            aud: Some(Audience::Many(vec!["api".into(), "syncline".into()])),
+            ..c.clone()
+        })
+        .is_ok()
+    );
+    assert_eq!(
+        verify(Claims {
+            aud: Some(Audience::Many(vec!["api".into()])),
+            ..c.clone()
+        }),
+        Err(AuthError::WrongAudience)
+    );
     assert_eq!(
         verify(Claims {
             iss: Some("https://evil".into()),
@@ -401,4 +416,38 @@ fn the_development_key_is_created_once_and_private() {
     }
     std::fs::write(dev_key::path(&data), b"short").expect("truncate");
     assert!(dev_key::load_or_create(&data).is_err());
+}
+
+#[test]
+fn a_rotation_that_keeps_the_files_time_and_size_is_still_seen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("jwks.json");
+    let ec_1 = jwks_with(&["rsa-1", "ec-1"]);
+    std::fs::write(&path, &ec_1).expect("write");
+    let modified = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let auth = Authenticator::new(
+        None,
+        Some(KeyFile::open_with(&path, std::time::Duration::ZERO).expect("open")),
+        None,
+        None,
+        0,
+    );
+    let ec_token = sign(Algorithm::ES256, Some("ec-1"), &ec(), &claims());
+    assert!(auth.verify(&ec_token, NOW).is_ok());
+    // The same bytes but for the key id (same length), and the old modification time.
+    let ec_2 = ec_1.replace("\"ec-1\"", "\"ec-2\"");
+    assert_eq!(ec_1.len(), ec_2.len());
+    std::fs::write(&path, &ec_2).expect("rotate");
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(modified))
+        .expect("keep the time");
+    assert_eq!(
+        auth.verify(&ec_token, NOW),
+        Err(AuthError::UnknownKey(Some("ec-1".into()))),
+        "the rotated-out key is refused"
+    );
 }

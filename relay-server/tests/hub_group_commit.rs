@@ -57,6 +57,9 @@ impl Storage for Counting {
     ) -> Result<Vec<DocumentSummary>, StorageError> {
         self.inner.changed_since(t, c, after, limit)
     }
+    fn bind_device(&self, t: &Tenant, d: &DeviceId, user: &str) -> Result<String, StorageError> {
+        self.inner.bind_device(t, d, user)
+    }
     fn register_device(&self, t: &Tenant, r: &DeviceRecord) -> Result<(), StorageError> {
         self.inner.register_device(t, r)
     }

@@ -338,3 +338,39 @@ fn ephemerals_are_shared_and_never_push_a_backlogged_connection_over_its_limit()
     );
     assert!(core.stats().ephemerals_dropped >= 200);
 }
+
+#[test]
+fn a_device_id_stays_with_the_user_who_first_connected_it() {
+    let mut core = core(ROOMY, 1);
+    let backlog = Backlogs::default();
+    assert!(core.poll(&backlog).is_empty());
+    let (mut stolen, grants) = identity(1);
+    stolen.user = "mallory".into();
+    core.push(
+        Input::Connect {
+            id: SessionId::from(9u8),
+            identity: stolen,
+            grants,
+        },
+        1,
+    );
+    let outputs = core.poll(&backlog);
+    assert!(
+        outputs.iter().any(|o| matches!(
+            o,
+            Output::Close { to, code, .. } if *to == SessionId::from(9u8) && *code == close_code::DEVICE_OWNED
+        )),
+        "{outputs:?}"
+    );
+    // The owner connects again as before.
+    let (owner, grants) = identity(1);
+    core.push(
+        Input::Connect {
+            id: SessionId::from(10u8),
+            identity: owner,
+            grants,
+        },
+        2,
+    );
+    assert!(core.poll(&backlog).is_empty());
+}

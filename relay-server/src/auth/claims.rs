@@ -37,12 +37,28 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
-    /// Audience.
+    /// Audience: one, or several (RFC 7519 allows both forms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+}
+
+/// A token's `aud` claim: one audience or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "syncline"`.
+    One(String),
+    /// `"aud": ["syncline", "api"]`.
+    Many(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(aud: &str) -> Self {
+        Self::One(aud.to_owned())
+    }
 }
 
 /// Who is connected.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -99,55 +99,95 @@ impl KeySet {
     }
 }
 
-/// A JWKS file, re-read whenever its modification time or size changes.
+/// A JWKS file, re-read whenever its modification time or size changes, and compared by
+/// content every [`KeyFile::RECHECK`] (a rotation that keeps both, as an editor or a deploy
+/// tool can within the clock's granularity, is still seen).
 pub struct KeyFile {
     path: PathBuf,
-    state: parking_lot::RwLock<(Option<Stamp>, Arc<KeySet>)>,
+    recheck: Duration,
+    state: parking_lot::RwLock<Loaded>,
+}
+
+struct Loaded {
+    stamp: Option<Stamp>,
+    /// The file's bytes as last read.
+    content: Vec<u8>,
+    checked: Instant,
+    keys: Arc<KeySet>,
 }
 
 type Stamp = (SystemTime, u64);
 
 impl KeyFile {
+    /// How often the file's content is compared when its stamp has not changed.
+    pub const RECHECK: Duration = Duration::from_secs(5);
+
     /// Loads the file now.
     ///
     /// # Errors
     /// [`KeyError`] if it cannot be read or parsed: at start-up a bad key file is fatal.
     pub fn open(path: &Path) -> Result<Self, KeyError> {
-        let stamp = stamp(path).map_err(|source| KeyError::Read {
+        Self::open_with(path, Self::RECHECK)
+    }
+
+    /// [`KeyFile::open`], comparing the content every `recheck`.
+    ///
+    /// # Errors
+    /// As [`KeyFile::open`].
+    pub fn open_with(path: &Path, recheck: Duration) -> Result<Self, KeyError> {
+        let read_error = |source| KeyError::Read {
             path: path.into(),
             source,
-        })?;
-        let keys = load(path)?;
+        };
+        let stamp = stamp(path).map_err(read_error)?;
+        let content = std::fs::read(path).map_err(read_error)?;
+        let keys = parse(path, &content)?;
         tracing::info!(path = %path.display(), keys = keys.len(), "loaded key set");
         Ok(Self {
             path: path.into(),
-            state: parking_lot::RwLock::new((Some(stamp), Arc::new(keys))),
+            recheck,
+            state: parking_lot::RwLock::new(Loaded {
+                stamp: Some(stamp),
+                content,
+                checked: Instant::now(),
+                keys: Arc::new(keys),
+            }),
         })
     }
 
     /// The current keys, reloading the file first if it changed since the last load.
     pub fn keys(&self) -> Arc<KeySet> {
         let now = stamp(&self.path).ok();
+        let due = |loaded: &Loaded| loaded.stamp != now || loaded.checked.elapsed() >= self.recheck;
         {
-            let state = self.state.read();
-            if state.0 == now {
-                return Arc::clone(&state.1);
+            let loaded = self.state.read();
+            if !due(&loaded) {
+                return Arc::clone(&loaded.keys);
             }
         }
-        let mut state = self.state.write();
-        if state.0 != now {
-            match load(&self.path) {
-                Ok(keys) => {
-                    tracing::info!(path = %self.path.display(), keys = keys.len(), "reloaded key set");
-                    *state = (now, Arc::new(keys));
-                }
+        let mut loaded = self.state.write();
+        if due(&loaded) {
+            loaded.stamp = now;
+            loaded.checked = Instant::now();
+            match std::fs::read(&self.path) {
+                Ok(content) if content == loaded.content => {}
+                Ok(content) => match parse(&self.path, &content) {
+                    Ok(keys) => {
+                        tracing::info!(path = %self.path.display(), keys = keys.len(), "reloaded key set");
+                        loaded.keys = Arc::new(keys);
+                        loaded.content = content;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "key set reload failed; keeping the previous keys");
+                        loaded.content = content;
+                    }
+                },
                 Err(e) => {
-                    tracing::error!(error = %e, "key set reload failed; keeping the previous keys");
-                    state.0 = now;
+                    tracing::error!(error = %e, "key set unreadable; keeping the previous keys");
                 }
             }
         }
-        Arc::clone(&state.1)
+        Arc::clone(&loaded.keys)
     }
 }
 
@@ -156,12 +196,12 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
     Ok((meta.modified()?, meta.len()))
 }
 
-fn load(path: &Path) -> Result<KeySet, KeyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+fn parse(path: &Path, content: &[u8]) -> Result<KeySet, KeyError> {
+    let text = std::str::from_utf8(content).map_err(|e| KeyError::Parse {
         path: path.into(),
-        source,
+        reason: format!("not UTF-8: {e}"),
     })?;
-    KeySet::parse(&text).map_err(|reason| KeyError::Parse {
+    KeySet::parse(text).map_err(|reason| KeyError::Parse {
         path: path.into(),
         reason,
     })

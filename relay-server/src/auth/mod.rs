@@ -19,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
-pub use claims::{Claims, CollectionSet, Grants, Identity};
+pub use claims::{Audience, Claims, CollectionSet, Grants, Identity};
 pub use keys::{KeyError, KeyFile};
 
 /// The `kid` of tokens signed with the development secret.

@@ -90,6 +90,9 @@ pub enum HubError {
     /// A group commit failed for this session (see [`Hub::sync_group`]).
     #[error("{0}")]
     Failed(String),
+    /// The device id belongs to another user (the first to connect it).
+    #[error("this device id is registered to another user")]
+    DeviceOwned,
     /// A stored document does not load.
     #[error("stored document {doc} does not load: {reason}")]
     Corrupt {
@@ -267,6 +270,22 @@ impl<S: Storage> Hub<S> {
     pub fn payload_limits(mut self, limits: PayloadLimits) -> Self {
         self.payload_limits = limits;
         self
+    }
+
+    /// Whether `identity` may connect: its device id is bound to the first user that
+    /// connected it, and another user's token for it is refused.
+    ///
+    /// # Errors
+    /// [`HubError::DeviceOwned`] for another user's device; [`HubError::Storage`].
+    pub fn admit(&self, identity: &Identity) -> Result<(), HubError> {
+        let owner = self
+            .storage
+            .bind_device(&identity.tenant, &identity.device, &identity.user)?;
+        if owner == identity.user {
+            Ok(())
+        } else {
+            Err(HubError::DeviceOwned)
+        }
     }
 
     /// Adds an authenticated session.

@@ -29,7 +29,7 @@ use syncline_protocol::close_code;
 use syncline_protocol::messages::SyncItem;
 
 use crate::auth::{Grants, Identity};
-use crate::hub::{Delivery, Hub, Lane, SessionId};
+use crate::hub::{Delivery, Hub, HubError, Lane, SessionId};
 use crate::session::Action;
 use crate::storage::Storage;
 pub use backlog::{Backlog, OutboxLimits, Queued, approx_size};
@@ -177,10 +177,28 @@ impl<S: Storage> RelayCore<S> {
                     id,
                     identity,
                     grants,
-                } => {
-                    self.grants.insert(id, grants.clone());
-                    self.hub.connect(id, identity, grants, now_ms);
-                }
+                } => match self.hub.admit(&identity) {
+                    Ok(()) => {
+                        self.grants.insert(id, grants.clone());
+                        self.hub.connect(id, identity, grants, now_ms);
+                    }
+                    Err(HubError::DeviceOwned) => out.push(Output::Close {
+                        to: id,
+                        code: close_code::DEVICE_OWNED,
+                        reason: HubError::DeviceOwned.to_string(),
+                    }),
+                    Err(e) => {
+                        out.push(Output::Failed {
+                            session: id,
+                            reason: format!("could not admit the device: {e}"),
+                        });
+                        out.push(Output::Close {
+                            to: id,
+                            code: close_code::GOING_AWAY,
+                            reason: "the relay could not admit the device; retry".into(),
+                        });
+                    }
+                },
                 Input::Disconnect { id } => {
                     self.grants.remove(&id);
                     if let Err(e) = self.hub.disconnect(id, now_ms) {

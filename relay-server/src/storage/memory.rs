@@ -32,6 +32,8 @@ struct TenantData {
     devices: HashMap<DeviceId, DeviceRecord>,
     cursors: BTreeMap<(DeviceId, Collection), u64>,
     states: HashMap<(DeviceId, DocId), Vec<u8>>,
+    /// Each device's user, from its first connection.
+    owners: HashMap<DeviceId, String>,
 }
 
 /// Storage in memory; see the module documentation. Clones share the same data (a relay
@@ -133,6 +135,20 @@ impl Storage for MemoryStorage {
             .collect())
     }
 
+    fn bind_device(
+        &self,
+        tenant: &Tenant,
+        device: &DeviceId,
+        user: &str,
+    ) -> Result<String, StorageError> {
+        let mut tenants = self.tenants.lock();
+        let t = tenants.entry(tenant.clone()).or_default();
+        Ok(t.owners
+            .entry(*device)
+            .or_insert_with(|| user.to_owned())
+            .clone())
+    }
+
     fn register_device(&self, tenant: &Tenant, record: &DeviceRecord) -> Result<(), StorageError> {
         let mut record = record.clone();
         // As every backend lists them: highest priority first, at most DEFERRED_LISTED.
@@ -145,7 +161,6 @@ impl Storage for MemoryStorage {
         let t = tenants.entry(tenant.clone()).or_default();
         match t.devices.get_mut(&record.device) {
             Some(existing) => {
-                existing.user.clone_from(&record.user);
                 existing.profile = record.profile.clone();
                 existing.subscriptions = record.subscriptions.clone();
                 existing.last_seen_ms = record.last_seen_ms;

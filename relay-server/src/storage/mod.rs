@@ -187,8 +187,21 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<DocumentSummary>, StorageError>;
 
-    /// Registers a device or updates its user, profile, subscription, deferred documents and
-    /// `last_seen_ms` (keeping its first-seen time and last sync).
+    /// Binds `device` to `user` if it is bound to nobody yet, and returns the user it is bound
+    /// to (the first that connected it): a device id cannot be taken over with another user's
+    /// token.
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn bind_device(
+        &self,
+        tenant: &Tenant,
+        device: &DeviceId,
+        user: &str,
+    ) -> Result<String, StorageError>;
+
+    /// Registers a device or updates its profile, subscription, deferred documents and
+    /// `last_seen_ms` (keeping its user, first-seen time and last sync).
     ///
     /// # Errors
     /// A [`StorageError`].

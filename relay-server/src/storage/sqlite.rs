@@ -76,6 +76,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant, device_id, doc_id)
     ) WITHOUT ROWID;
 "#,
+    r#"
+    CREATE TABLE device_owners (
+        tenant TEXT NOT NULL, device_id BLOB NOT NULL, user TEXT NOT NULL,
+        PRIMARY KEY (tenant, device_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO device_owners (tenant, device_id, user)
+        SELECT tenant, device_id, user FROM devices;
+"#,
 ];
 
 /// The relay's embedded SQLite storage.
@@ -361,6 +369,23 @@ impl Storage for SqliteStorage {
             .collect()
     }
 
+    fn bind_device(
+        &self,
+        tenant: &Tenant,
+        device: &DeviceId,
+        user: &str,
+    ) -> Result<String, StorageError> {
+        let conn = self.conn.lock();
+        let (tenant, device) = (tenant.as_str(), device.as_bytes().as_slice());
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO device_owners (tenant, device_id, user) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![tenant, device, user])?;
+        Ok(conn
+            .prepare_cached("SELECT user FROM device_owners WHERE tenant = ?1 AND device_id = ?2")?
+            .query_row(params![tenant, device], |r| r.get(0))?)
+    }
+
     fn register_device(&self, tenant: &Tenant, record: &DeviceRecord) -> Result<(), StorageError> {
         let tenant = tenant.as_str();
         let mut conn = self.conn.lock();
@@ -372,8 +397,7 @@ impl Storage for SqliteStorage {
              metered, realtime, first_seen, last_seen, last_sync, metered_max_doc_bytes, \
              deferred_docs, deferred_bytes) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
-             ON CONFLICT (tenant, device_id) DO UPDATE SET user = excluded.user, \
-             class = excluded.class, storage_budget = excluded.storage_budget, \
+             ON CONFLICT (tenant, device_id) DO UPDATE SET class = excluded.class, storage_budget = excluded.storage_budget, \
              download = excluded.download, upload = excluded.upload, metered = excluded.metered, \
              realtime = excluded.realtime, last_seen = excluded.last_seen, \
              metered_max_doc_bytes = excluded.metered_max_doc_bytes, \
