@@ -248,6 +248,60 @@ fn ephemerals_are_bounded_in_size_and_rate_per_sender() {
     assert!(limited > 0 && closed, "{limited} refused, closed: {closed}");
 }
 
+#[test]
+fn client_error_text_is_escaped_bounded_and_counted_as_a_strike() {
+    let mut s = session();
+    let forged = format!(
+        "oops\n2026-12-02T10:00:00Z ERROR forged line\u{1b}[31m{}",
+        "x".repeat(10_000)
+    );
+    let report = frame::encode(&Message::Error(Error {
+        code: ErrorCode::INTERNAL,
+        message: forged,
+        retry_after_ms: None,
+        doc: None,
+    }));
+    let out = s.handle_frame(&report, T0 + 1);
+    let logged = out
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::ClientError(e) => Some(e.message.clone()),
+            _ => None,
+        })
+        .expect("reported for the log");
+    assert!(
+        !logged.contains('\n') && !logged.contains('\u{1b}'),
+        "{logged:?}"
+    );
+    assert!(logged.starts_with("oops\\n2026"), "{logged:?}");
+    assert!(logged.chars().count() <= syncline_relay::session::MAX_LOGGED_CHARS + 8);
+    let mut closed = false;
+    for i in 0..syncline_relay::session::MAX_STRIKES {
+        if s.handle_frame(&report, T0 + 2 + u64::from(i))
+            .close
+            .is_some()
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a flood of error reports closes the connection");
+}
+
+#[test]
+fn a_refused_refresh_says_only_what_kind_of_refusal() {
+    let mut s = session();
+    let out = s.handle_token_verified(Err(syncline_relay::auth::AuthError::AlgMismatch {
+        kid: "prod-2026".into(),
+        token: "HS256".into(),
+        key: "RS256".into(),
+    }));
+    let refused = errors(&out);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].1, "refresh refused: alg_mismatch");
+}
+
 mod hub {
     //! Per-session state (issue 15, class 3): what a client's sync messages may make the hub
     //! keep.

@@ -152,7 +152,9 @@ async fn sync_endpoint(
         Ok(v) => v,
         Err(e) => {
             state.metrics.auth_failed(&e);
-            tracing::info!(reason = e.reason(), "refused a connection: {e}");
+            // The error can quote the token (its key id): escaped and bounded.
+            let why = crate::session::loggable(&e.to_string());
+            tracing::info!(reason = e.reason(), "refused a connection: {why}");
             return (StatusCode::UNAUTHORIZED, "invalid or missing token\n").into_response();
         }
     };

@@ -406,12 +406,11 @@ impl Session {
                 }
             }
             Err(e) => {
-                // The current token stays valid until it expires.
-                out.send.push(error(
-                    ErrorCode::UNAUTHORIZED,
-                    &format!("refresh refused: {e}"),
-                    None,
-                ));
+                // The current token stays valid until it expires. The client learns the kind
+                // of refusal only (not which keys or algorithms the relay holds), and a refused
+                // token is a strike: guessing costs the connection.
+                let msg = format!("refresh refused: {}", e.reason());
+                self.refuse(&mut out, ErrorCode::UNAUTHORIZED, &msg, None);
             }
         }
         out
@@ -603,7 +602,13 @@ impl Session {
                 }
             }
             Message::RefreshToken(t) => out.actions.push(Action::VerifyToken(t.token)),
-            Message::Error(e) => out.actions.push(Action::ClientError(e)),
+            Message::Error(mut e) => {
+                // Logged, so bounded and escaped (no forged lines), and a strike: a client has
+                // few reasons to report errors, and none to flood the log with them.
+                e.message = loggable(&e.message);
+                out.actions.push(Action::ClientError(e));
+                self.strike(out, close_code::LIMITS);
+            }
             Message::Hello(_) | Message::Welcome(_) | Message::Plan(_) | Message::Ack(_) => {
                 let msg = "this message is sent by the relay, not to it";
                 self.refuse(out, ErrorCode::OUT_OF_ORDER, msg, None);
@@ -638,13 +643,18 @@ impl Session {
         retry_after_ms: Option<u64>,
     ) {
         out.send.push(error(code, message, retry_after_ms));
+        let close = if code == ErrorCode::BAD_FRAME || code == ErrorCode::OUT_OF_ORDER {
+            close_code::PROTOCOL_ERROR
+        } else {
+            close_code::LIMITS
+        };
+        self.strike(out, close);
+    }
+
+    /// Counts a strike; at [`MAX_STRIKES`] the session closes with `code`.
+    fn strike(&mut self, out: &mut Output, code: u16) {
         self.strikes += 1;
         if self.strikes >= MAX_STRIKES && out.close.is_none() {
-            let code = if code == ErrorCode::BAD_FRAME || code == ErrorCode::OUT_OF_ORDER {
-                close_code::PROTOCOL_ERROR
-            } else {
-                close_code::LIMITS
-            };
             self.close(out, code, "too many errors");
         }
     }
@@ -658,11 +668,33 @@ impl Session {
     }
 }
 
-/// True if an Automerge chunk (changes, or a bundle or document) decodes completely: header,
-/// checksum and every operation ([`crate::hub::parse_changes`], which the hub applies too).
-/// Automerge's own incremental loading skips undecodable data silently, so without this check
-/// a client would never learn that its changes were dropped. Dependencies are not checked here:
-/// the sync protocol supplies them.
+/// Longest client-supplied text the relay logs, in characters.
+pub const MAX_LOGGED_CHARS: usize = 256;
+
+/// Client-supplied text made safe to log: control characters (newlines, escapes) escaped, so
+/// that it cannot forge log lines or terminal output, and cut after [`MAX_LOGGED_CHARS`] (of
+/// the escaped text).
+pub fn loggable(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = 0;
+    for c in text.chars() {
+        if chars >= MAX_LOGGED_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() || c == '\\' {
+            for escaped in c.escape_default() {
+                out.push(escaped);
+                chars += 1;
+            }
+        } else {
+            out.push(c);
+            chars += 1;
+        }
+    }
+    out
+}
+
 /// Refuses a sync message the hub would refuse for what it is (not for how it fits the
 /// document): a Bloom filter or need list out of bounds, a payload over `budget`, a change that
 /// does not decode.
