@@ -13,11 +13,14 @@
 //! syncline-bench relay-connections [--count N]  idle connections held, bytes each
 //! syncline-bench relay-throughput [--devices N] [--seconds S]  acknowledged changes/s
 //! syncline-bench relay-fanout [--receivers N] [--writes W]  write-to-every-receiver latency
+//! syncline-bench relay-abuse [--quiet S] [--seconds S]  honest sync and relay memory under
+//!                                               every abuse class at once
 //! ```
 //! The relay scenarios start `syncline-relay` from the same directory as this binary:
 //! `cargo build --release -p syncline-relay -p syncline-bench`.
 //! Add `--json` for one JSON object per scenario.
 
+mod abuse;
 mod capabilities;
 mod relay;
 mod sync;
@@ -81,6 +84,15 @@ enum Scenario {
         receivers: u32,
         #[arg(long, default_value_t = 200)]
         writes: u32,
+    },
+    /// One honest device's sync while hostile clients run every abuse class at once: its
+    /// latency alone and under abuse, the relay's peak memory, whether it stayed up.
+    RelayAbuse {
+        /// Seconds of the honest device alone first (its floor).
+        #[arg(long, default_value_t = 5.0)]
+        quiet: f64,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
     },
     /// A device holding N documents reconnects with K changed on it and K changed elsewhere.
     Reconnect {
@@ -173,6 +185,9 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::RelayFanout { receivers, writes } => {
             runtime()?.block_on(relay::fanout(receivers, writes))?
+        }
+        Scenario::RelayAbuse { quiet, seconds } => {
+            runtime()?.block_on(abuse::abuse(quiet, seconds))?
         }
         Scenario::Reconnect { docs, changed } => sync::reconnect(docs, changed)?,
         Scenario::Initial { docs } => sync::initial(docs)?,

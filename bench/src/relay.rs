@@ -28,7 +28,7 @@ type Socket =
 /// A running relay.
 pub struct Relay {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     data: tempfile::TempDir,
 }
 
@@ -48,6 +48,29 @@ impl Relay {
         Ok(Self { child, addr, data })
     }
 
+    /// Whether the relay process is still running.
+    pub fn alive(&self) -> bool {
+        std::path::Path::new(&format!("/proc/{}", self.child.id())).exists()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .is_ok_and(|s| s.split(' ').nth(2) == Some("Z"))
+    }
+
+    /// Whether `/healthz` answers 200.
+    pub async fn healthy(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(&self.addr).await else {
+            return false;
+        };
+        let request = format!(
+            "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        let mut response = Vec::new();
+        tcp.write_all(request.as_bytes()).await.is_ok()
+            && tcp.read_to_end(&mut response).await.is_ok()
+            && response.starts_with(b"HTTP/1.1 200")
+    }
+
     /// The relay process's resident memory, in KiB.
     pub fn rss_kib(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
@@ -58,7 +81,7 @@ impl Relay {
             .context("VmRSS")
     }
 
-    fn token(&self, device: u32) -> anyhow::Result<String> {
+    pub(crate) fn token(&self, device: u32) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let claims = Claims {
             sub: format!("user{device}"),
@@ -88,13 +111,17 @@ fn relay_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// A raw protocol client.
-struct Client {
-    socket: Socket,
+pub(crate) struct Client {
+    pub(crate) socket: Socket,
 }
 
 impl Client {
     /// Connects as `device`, subscribed to `collection`.
-    async fn connect(relay: &Relay, device: u32, collection: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(
+        relay: &Relay,
+        device: u32,
+        collection: &str,
+    ) -> anyhow::Result<Self> {
         let mut request = format!("ws://{}/v1/sync", relay.addr).into_client_request()?;
         request.headers_mut().insert(
             "Authorization",
@@ -124,14 +151,14 @@ impl Client {
         Ok(client)
     }
 
-    async fn send(&mut self, m: &Message) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, m: &Message) -> anyhow::Result<()> {
         Ok(self
             .socket
             .send(Ws::Binary(frame::encode(m).into()))
             .await?)
     }
 
-    async fn next(&mut self) -> anyhow::Result<Message> {
+    pub(crate) async fn next(&mut self) -> anyhow::Result<Message> {
         loop {
             let received = tokio::time::timeout(Duration::from_secs(30), self.socket.next())
                 .await
@@ -180,14 +207,14 @@ pub async fn connections(count: u32) -> anyhow::Result<serde_json::Value> {
 }
 
 /// One device's document and sync state, as a client would keep them.
-struct Writer {
-    doc: Automerge,
-    state: State,
-    id: DocId,
+pub(crate) struct Writer {
+    pub(crate) doc: Automerge,
+    pub(crate) state: State,
+    pub(crate) id: DocId,
 }
 
 impl Writer {
-    fn new(n: u32, collection: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(n: u32, collection: &str) -> anyhow::Result<Self> {
         // The device id of `Relay::token(n)`, as the actor: the relay refuses changes by
         // other actors.
         let actor = automerge::ActorId::from(u128::from(n).to_be_bytes().as_slice());
@@ -199,7 +226,7 @@ impl Writer {
     }
 
     /// Makes one small change and returns the sync message that carries it.
-    fn change(&mut self, i: u64) -> Option<Vec<u8>> {
+    pub(crate) fn change(&mut self, i: u64) -> Option<Vec<u8>> {
         let mut tx = self.doc.transaction();
         tx.put(ROOT, "n", i64::try_from(i).unwrap_or(i64::MAX))
             .ok()?;
@@ -210,7 +237,7 @@ impl Writer {
     }
 
     /// Applies an `Ack` as the SDK's engine does (`sync_state::acknowledged`).
-    fn acknowledged(&mut self, ack: &syncline_protocol::messages::Ack) {
+    pub(crate) fn acknowledged(&mut self, ack: &syncline_protocol::messages::Ack) {
         let ours = self.doc.get_heads();
         for item in ack.items.iter().filter(|i| i.doc == self.id) {
             let heads: Vec<ChangeHash> = item
@@ -225,7 +252,7 @@ impl Writer {
         }
     }
 
-    fn receive(&mut self, item: &SyncItem) -> anyhow::Result<()> {
+    pub(crate) fn receive(&mut self, item: &SyncItem) -> anyhow::Result<()> {
         let m = automerge::sync::Message::decode(&item.message)?;
         self.doc.receive_sync_message(&mut self.state, m)?;
         Ok(())

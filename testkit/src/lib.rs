@@ -5,6 +5,7 @@
 //! fixtures ([`profile`], [`hello`]) shared by the relay's tests and benchmarks. The simulated
 //! network and the storage contract tests join it with the relay and the sync engine.
 
+pub mod fuzz;
 pub mod memory;
 pub mod relay;
 pub mod sim;

@@ -17,6 +17,8 @@
 //!   library packaged in the jar, against a real relay), then the `examples/kotlin` app.
 //! - `swift`: `swift test` of the SwiftPM package in `bindings/swift`, then the
 //!   `examples/swift` app, wherever `swift` is on PATH; elsewhere it reports itself skipped.
+//! - `fuzz`: every libFuzzer target of `fuzz/` for a few seconds each (`cargo xtask fuzz
+//!   --seconds N` runs them longer; see `xtask/src/fuzz.rs`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -24,8 +26,10 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, bail};
 
+mod fuzz;
+
 /// The suites `cargo xtask test` knows, in the order it runs them.
-const SUITES: &[&str] = &["rust", "python", "kotlin", "swift"];
+const SUITES: &[&str] = &["rust", "python", "kotlin", "swift", "fuzz"];
 
 /// The languages `cargo xtask bindings` generates.
 const LANGUAGES: &[&str] = &["python", "kotlin", "swift"];
@@ -58,8 +62,10 @@ fn run() -> anyhow::Result<bool> {
             bindings(LANGUAGES)?;
             Ok(true)
         }
+        ["fuzz", ref rest @ ..] => fuzz_command(rest),
         _ => bail!(
-            "usage: cargo xtask test [{}] | cargo xtask bindings",
+            "usage: cargo xtask test [{}] | cargo xtask bindings | \
+             cargo xtask fuzz [--seconds N] [--keep] [TARGET...]",
             SUITES.join("|")
         ),
     }
@@ -73,6 +79,7 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
             "python" => python_suite(),
             "kotlin" => kotlin_suite(),
             "swift" => swift_suite(),
+            "fuzz" => fuzz_suite(),
             other => bail!("no runner for suite {other}"),
         }
         // A suite that cannot even start counts as failed; the others still run.
@@ -114,6 +121,45 @@ fn rust_suite() -> anyhow::Result<(bool, Tally)> {
             tally.skipped += count(result, " ignored");
         }
     })
+}
+
+/// `cargo xtask fuzz [--seconds N] [--keep] [TARGET...]`.
+fn fuzz_command(args: &[&str]) -> anyhow::Result<bool> {
+    let mut seconds = 60;
+    let mut keep = false;
+    let mut targets = Vec::new();
+    let mut args = args.iter();
+    while let Some(&arg) = args.next() {
+        match arg {
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .context("--seconds needs a number")?
+                    .parse()
+                    .context("--seconds needs a number")?;
+            }
+            "--keep" => keep = true,
+            target => targets.push(target.to_owned()),
+        }
+    }
+    let outcome = fuzz::run(seconds, &targets, keep)?;
+    println!(
+        "fuzz: {} targets ran clean, {} crashed",
+        outcome.passed.len(),
+        outcome.failed.len()
+    );
+    Ok(outcome.failed.is_empty())
+}
+
+/// Every fuzz target for [`fuzz::CI_SECONDS`] each: one test per target.
+fn fuzz_suite() -> anyhow::Result<(bool, Tally)> {
+    let outcome = fuzz::run(fuzz::CI_SECONDS, &[], false)?;
+    let tally = Tally {
+        passed: outcome.passed.len() as u64,
+        failed: outcome.failed.len() as u64,
+        skipped: 0,
+    };
+    Ok((outcome.failed.is_empty(), tally))
 }
 
 fn cargo() -> Command {
