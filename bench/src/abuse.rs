@@ -21,10 +21,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use crate::relay::{Client, Relay, Writer};
 
 /// Runs the scenario: `quiet` seconds of the honest device alone, then `seconds` of abuse.
-pub async fn abuse(quiet: f64, seconds: f64) -> anyhow::Result<serde_json::Value> {
+pub async fn abuse(
+    quiet: f64,
+    seconds: f64,
+    only: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
     let relay = Arc::new(Relay::start()?);
-    let alone = honest(&relay, Duration::from_secs_f64(quiet)).await?;
+    let alone = honest(&relay, "alone", Duration::from_secs_f64(quiet)).await?;
     let sent = Arc::new(AtomicU64::new(0));
+    let cpu_before = relay.cpu_seconds();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let peak = Arc::new(AtomicU64::new(relay.rss_kib()?));
     let sampler = {
@@ -48,6 +53,13 @@ pub async fn abuse(quiet: f64, seconds: f64) -> anyhow::Result<serde_json::Value
         ("fragments", Attack::Fragments),
         ("sockets", Attack::Sockets),
     ];
+    let attacks: Vec<(&str, Attack)> = attacks
+        .into_iter()
+        .filter(|(name, _)| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n == *name))
+        })
+        .collect();
     let mut tasks = Vec::new();
     for (i, (_, attack)) in attacks.iter().enumerate() {
         for copy in 0..2u32 {
@@ -60,13 +72,14 @@ pub async fn abuse(quiet: f64, seconds: f64) -> anyhow::Result<serde_json::Value
             }));
         }
     }
-    let abused = honest(&relay, Duration::from_secs_f64(seconds)).await?;
+    let abused = honest(&relay, "abused", Duration::from_secs_f64(seconds)).await?;
+    let relay_cpu = relay.cpu_seconds() - cpu_before;
     for task in tasks {
         let _ = task.await;
     }
     sampler.abort();
     let alive = relay.alive() && relay.healthy().await;
-    let after = honest(&relay, Duration::from_secs(2)).await?;
+    let after = honest(&relay, "after", Duration::from_secs(2)).await?;
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(serde_json::json!({
         "scenario": "relay-abuse",
@@ -74,6 +87,7 @@ pub async fn abuse(quiet: f64, seconds: f64) -> anyhow::Result<serde_json::Value
         "attacks": attacks.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
         "attacker_frames": sent.load(Ordering::Relaxed),
         "peak_rss_mib": peak.load(Ordering::Relaxed) / 1024,
+        "relay_cpu_share": relay_cpu / seconds,
         "relay_alive": alive,
         "honest_syncs_alone": alone.len(),
         "honest_p50_ms_alone": ms(&alone, 0.5),
@@ -86,10 +100,12 @@ pub async fn abuse(quiet: f64, seconds: f64) -> anyhow::Result<serde_json::Value
 }
 
 /// The honest device: one small change every 50 ms, timed to its acknowledgement.
-async fn honest(relay: &Relay, run: Duration) -> anyhow::Result<Histogram<u64>> {
+async fn honest(relay: &Relay, phase: &str, run: Duration) -> anyhow::Result<Histogram<u64>> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut client = Client::connect(relay, 1, "honest").await?;
-    let mut writer = Writer::new(1, "honest")?;
+    // A document per phase: each phase's writer starts a fresh Automerge document.
+    let collection = format!("honest-{phase}");
+    let mut client = Client::connect(relay, 1, &collection).await?;
+    let mut writer = Writer::new(1, &collection)?;
     let deadline = Instant::now() + run;
     let mut i = u64::try_from(
         std::time::SystemTime::now()

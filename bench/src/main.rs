@@ -93,6 +93,9 @@ enum Scenario {
         quiet: f64,
         #[arg(long, default_value_t = 30.0)]
         seconds: f64,
+        /// Only these attacks (comma-separated names), for a closer look at one.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// A device holding N documents reconnects with K changed on it and K changed elsewhere.
     Reconnect {
@@ -186,9 +189,11 @@ fn main() -> anyhow::Result<()> {
         Scenario::RelayFanout { receivers, writes } => {
             runtime()?.block_on(relay::fanout(receivers, writes))?
         }
-        Scenario::RelayAbuse { quiet, seconds } => {
-            runtime()?.block_on(abuse::abuse(quiet, seconds))?
-        }
+        Scenario::RelayAbuse {
+            quiet,
+            seconds,
+            only,
+        } => runtime()?.block_on(abuse::abuse(quiet, seconds, only))?,
         Scenario::Reconnect { docs, changed } => sync::reconnect(docs, changed)?,
         Scenario::Initial { docs } => sync::initial(docs)?,
         Scenario::FirstScreen {

@@ -39,6 +39,38 @@ impl TokenBucket {
         }
     }
 
+    /// Whether `n` tokens are there at `now_ms` (without taking them), or in how many
+    /// milliseconds they will be (at least 1). Always true when unlimited; `n` past the
+    /// bucket's capacity waits for a full bucket.
+    pub fn holds(&mut self, n: u64, now_ms: u64) -> Result<(), u64> {
+        if self.per_second == 0 {
+            return Ok(());
+        }
+        let elapsed = u128::from(now_ms.saturating_sub(self.last_ms));
+        self.last_ms = self.last_ms.max(now_ms);
+        self.milli_tokens =
+            (self.milli_tokens + elapsed * u128::from(self.per_second)).min(self.capacity);
+        let need = (u128::from(n) * 1000).min(self.capacity);
+        if need <= self.milli_tokens {
+            return Ok(());
+        }
+        let wait = (need - self.milli_tokens).div_ceil(u128::from(self.per_second));
+        Err(u64::try_from(wait.max(1)).unwrap_or(u64::MAX))
+    }
+
+    /// Spends `n` tokens at `now_ms` however many are there (down to none): for a cost known
+    /// only once the work is done; the next [`TokenBucket::take`] then waits for the refill.
+    pub fn charge(&mut self, n: u64, now_ms: u64) {
+        if self.per_second == 0 {
+            return;
+        }
+        let elapsed = u128::from(now_ms.saturating_sub(self.last_ms));
+        self.last_ms = self.last_ms.max(now_ms);
+        self.milli_tokens = (self.milli_tokens + elapsed * u128::from(self.per_second))
+            .min(self.capacity)
+            .saturating_sub(u128::from(n) * 1000);
+    }
+
     /// Takes `n` tokens at `now_ms`, or says in how many milliseconds they will be there (at
     /// least 1). A request larger than the bucket costs a full bucket instead of never fitting.
     pub fn take(&mut self, n: u64, now_ms: u64) -> Result<(), u64> {

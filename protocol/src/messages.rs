@@ -15,6 +15,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// items cannot make its receiver keep state for each without bound.
 pub const MAX_SYNC_ITEMS: usize = 1024;
 
+/// Most collections one `Subscribe` (or one `Reconcile`'s cursors) may name; a collection named
+/// twice counts once (the first wins).
+pub const MAX_COLLECTIONS: usize = 1024;
+
 /// Largest ephemeral payload (presence, cursors) a relay forwards.
 pub const MAX_EPHEMERAL_BYTES: usize = 4096;
 

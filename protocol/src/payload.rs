@@ -238,21 +238,35 @@ impl Budget {
         Ok(checked)
     }
 
-    /// Inflates a deflate stream, up to what is left of the budget.
+    /// Inflates a deflate stream, up to what is left of the budget. A first pass only counts
+    /// (into a sink): a stream that inflates too far is refused without allocating for it.
     fn inflate(&mut self, compressed: &[u8]) -> Result<Vec<u8>, PayloadError> {
         let left = self.limits.max_inflated_bytes - self.inflated;
-        let mut out = Vec::new();
-        flate2::bufread::DeflateDecoder::new(compressed)
-            .take(left as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|_| PayloadError::Corrupt)?;
-        if out.len() > left {
+        let len = std::io::copy(
+            &mut flate2::bufread::DeflateDecoder::new(compressed).take(left as u64 + 1),
+            &mut std::io::sink(),
+        )
+        .map_err(|_| PayloadError::Corrupt)?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > left {
+            // The work was done: the budget is spent.
+            self.inflated = self.limits.max_inflated_bytes;
             return Err(PayloadError::InflatesTooFar {
                 max: self.limits.max_inflated_bytes,
             });
         }
+        let mut out = Vec::with_capacity(len);
+        flate2::bufread::DeflateDecoder::new(compressed)
+            .take(len as u64)
+            .read_to_end(&mut out)
+            .map_err(|_| PayloadError::Corrupt)?;
         self.inflated += out.len();
         Ok(out)
+    }
+
+    /// Bytes inflated so far (all of the budget once a part inflated past it).
+    pub fn inflated(&self) -> usize {
+        self.inflated
     }
 
     fn spend_ops(&mut self, ops: u64) -> Result<(), PayloadError> {

@@ -11,7 +11,7 @@ use automerge::sync::{ChunkList, Message as SyncMessage, MessageVersion};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT};
 use syncline_protocol::messages::*;
-use syncline_protocol::{Collection, DeviceId, DocId, Message, frame};
+use syncline_protocol::{Collection, DeviceId, DocId, Message, Priority, frame};
 use syncline_relay::auth::claims::CollectionSet;
 use syncline_relay::auth::{Grants, Identity, Verified};
 use syncline_relay::hub::DocGraph;
@@ -302,6 +302,37 @@ fn a_refused_refresh_says_only_what_kind_of_refusal() {
     assert_eq!(refused[0].1, "refresh refused: alg_mismatch");
 }
 
+#[test]
+fn subscriptions_and_cursors_are_capped_and_deduplicated() {
+    let mut s = session();
+    let todos = || CollectionSubscription {
+        collection: Collection::new("todos").expect("valid"),
+        priority: Priority::Normal,
+        mode: SyncMode::Eager,
+    };
+    let repeated = frame::encode(&Message::Subscribe(Subscribe {
+        collections: vec![todos(); MAX_COLLECTIONS + 1],
+    }));
+    let out = s.handle_frame(&repeated, T0 + 1);
+    assert_eq!(
+        errors(&out).first().map(|e| e.0),
+        Some(ErrorCode::LIMIT_EXCEEDED.0)
+    );
+    let twice = frame::encode(&Message::Subscribe(Subscribe {
+        collections: vec![todos(); 1000],
+    }));
+    let out = s.handle_frame(&twice, T0 + 2);
+    let forwarded = out.actions.iter().find_map(|a| match a {
+        Action::Subscribe(c) => Some(c.len()),
+        _ => None,
+    });
+    assert_eq!(
+        forwarded,
+        Some(1),
+        "one collection named 1,000 times is one"
+    );
+}
+
 mod hub {
     //! Per-session state (issue 15, class 3): what a client's sync messages may make the hub
     //! keep.
@@ -396,5 +427,70 @@ mod hub {
             refused < 2048 - 900,
             "{refused} refused: the first ones fit"
         );
+    }
+}
+
+mod corrupt {
+    //! A stored document that does not load (issue 15, class 9) fails alone: plans and frames
+    //! that include it go on without it.
+
+    use super::common::{World, col, doc, grants, tenant};
+    use syncline_protocol::Heads;
+    use syncline_protocol::messages::{Cursor, ErrorCode, Reconcile};
+    use syncline_relay::session::Action;
+    use syncline_relay::storage::{Append, Storage};
+
+    fn corrupt(w: &World, d: &str) {
+        w.storage
+            .append(
+                &tenant("acme"),
+                &[Append {
+                    doc: doc(d),
+                    chunk: b"not an automerge chunk".to_vec(),
+                    heads: Heads::default(),
+                    priority: None,
+                    at_ms: 1,
+                }],
+            )
+            .expect("append");
+    }
+
+    #[test]
+    fn a_plan_including_a_corrupt_document_proceeds_without_it() {
+        let mut w = World::new();
+        corrupt(&w, "todos/bad");
+        w.join(1, "acme", grants(&["todos"], &["todos"]));
+        w.clients
+            .get_mut(&1)
+            .expect("client")
+            .put(&doc("todos/good"), "n", 1);
+        w.push(1, &[doc("todos/good")]);
+        w.join(2, "acme", grants(&["todos"], &[]));
+        w.run(vec![(
+            2,
+            Action::Reconcile(Reconcile {
+                cursors: vec![Cursor {
+                    collection: col("todos"),
+                    seq: 0,
+                }],
+                changed: Vec::new(),
+                fetched: None,
+            }),
+        )]);
+        assert_eq!(w.clients[&2].get(&doc("todos/good"), "n"), Some(1));
+        assert!(w.hub.corrupt_documents() >= 1);
+    }
+
+    #[test]
+    fn a_frame_touching_a_corrupt_document_refuses_that_item_only() {
+        let mut w = World::new();
+        corrupt(&w, "todos/bad");
+        w.join(1, "acme", grants(&["todos"], &["todos"]));
+        let client = w.clients.get_mut(&1).expect("client");
+        client.put(&doc("todos/bad"), "n", 1);
+        client.put(&doc("todos/good"), "n", 2);
+        w.push(1, &[doc("todos/bad"), doc("todos/good")]);
+        assert!(w.clients[&1].errors().contains(&ErrorCode::INTERNAL.0));
+        assert!(w.clients[&1].acked(&doc("todos/good")).is_some());
     }
 }

@@ -241,8 +241,22 @@ impl<S: Storage> Hub<S> {
             if has_changes && !carried.contains(&item.doc) {
                 carried.push(item.doc.clone());
             }
+            let len = match self.doc(tenant, &item.doc) {
+                Ok(graph) => graph.len(),
+                // A stored document that does not load refuses this item only.
+                Err(e @ HubError::Corrupt { .. }) => {
+                    self.corrupt(id, &item.doc, &e);
+                    out.push(error(
+                        id,
+                        ErrorCode::INTERNAL,
+                        &item.doc,
+                        "the relay cannot load this document",
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             self.ensure_state(id, &item.doc)?;
-            let len = self.doc(tenant, &item.doc)?.len();
             if !before.iter().any(|(doc, _)| *doc == item.doc) {
                 before.push((item.doc.clone(), len));
             }

@@ -188,6 +188,8 @@ pub struct Hub<S> {
     allow_foreign_changes: bool,
     /// What one frame's Automerge payloads may cost to decode.
     payload_limits: PayloadLimits,
+    /// Stored documents found not to load.
+    corrupt_documents: u64,
     /// Documents larger than this wait for an unmetered network (unless a device sets its own).
     metered_threshold: u64,
 }
@@ -212,6 +214,7 @@ impl<S: Storage> Hub<S> {
             cache_bytes: CACHE_BYTES,
             allow_foreign_changes: false,
             payload_limits: PayloadLimits::DEFAULT,
+            corrupt_documents: 0,
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
         }
     }
@@ -462,6 +465,7 @@ impl<S: Storage> Hub<S> {
         for doc in docs {
             match self.outgoing(id, std::slice::from_ref(doc)) {
                 Ok(mut more) => items.append(&mut more),
+                Err(e @ HubError::Corrupt { .. }) => self.corrupt(id, doc, &e),
                 Err(e) => {
                     tracing::error!(session = id, doc = %doc, error = %e, "could not prepare a sync message");
                     // Start this document's sync afresh next time rather than stall.
@@ -470,6 +474,19 @@ impl<S: Storage> Hub<S> {
             }
         }
         items
+    }
+
+    /// A stored document that does not load: the operator sees which (an error log line and
+    /// the `corrupt_documents` count), and session `id` goes on without it.
+    fn corrupt(&mut self, id: SessionId, doc: &DocId, error: &HubError) {
+        tracing::error!(session = id, doc = %doc, error = %error, "a stored document does not load; it is left out");
+        self.corrupt_documents += 1;
+        self.forget_doc(id, doc);
+    }
+
+    /// Stored documents found not to load (each time one was needed).
+    pub fn corrupt_documents(&self) -> u64 {
+        self.corrupt_documents
     }
 
     fn ephemeral(&self, id: SessionId, e: Ephemeral) -> Vec<Delivery> {
@@ -543,8 +560,12 @@ impl<S: Storage> Hub<S> {
         if self.docs.contains(&key) {
             return Ok(true);
         }
-        if !self.doc(tenant, doc)?.is_empty() {
-            return Ok(true);
+        match self.doc(tenant, doc) {
+            Ok(graph) if !graph.is_empty() => return Ok(true),
+            Ok(_) => {}
+            // Stored, though it does not load: the caller meets (and reports) that itself.
+            Err(HubError::Corrupt { .. }) => return Ok(true),
+            Err(e) => return Err(e),
         }
         if let Some(empty) = self.docs.pop(&key) {
             self.docs_bytes = self.docs_bytes.saturating_sub(empty.estimated_bytes());

@@ -367,7 +367,14 @@ impl<S: Storage> Hub<S> {
                 },
                 |entry| entry.priority,
             );
-            for item in self.outgoing(id, std::slice::from_ref(&doc))? {
+            let outgoing = match self.outgoing(id, std::slice::from_ref(&doc)) {
+                Err(e @ HubError::Corrupt { .. }) => {
+                    self.corrupt(id, &doc, &e);
+                    continue;
+                }
+                other => other?,
+            };
+            for item in outgoing {
                 let entry = PlanEntry {
                     doc: doc.clone(),
                     priority,
@@ -513,7 +520,15 @@ impl<S: Storage> Hub<S> {
         let threshold = device.metered_threshold();
         // Only a metered device can have a message held back: keep its state to restore.
         let before = threshold.map(|_| peer.states.get(doc).cloned());
-        let Some(item) = self.outgoing(id, std::slice::from_ref(doc))?.pop() else {
+        let outgoing = match self.outgoing(id, std::slice::from_ref(doc)) {
+            // A document that does not load stays out of the plan; the rest goes on.
+            Err(e @ HubError::Corrupt { .. }) => {
+                self.corrupt(id, doc, &e);
+                return Ok(Offer::Nothing);
+            }
+            other => other?,
+        };
+        let Some(item) = outgoing.into_iter().last() else {
             return Ok(Offer::Nothing);
         };
         let size = item.message.len() as u64;

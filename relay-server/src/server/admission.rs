@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use syncline_protocol::DeviceId;
+use syncline_protocol::{DeviceId, TokenBucket};
 
 use crate::tenant::Tenant;
 
@@ -42,7 +42,19 @@ pub enum Refused {
     /// The tenant has [`ConnectionCaps::per_tenant`] connections open.
     #[error("this tenant has its maximum of connections open")]
     Tenant,
+    /// The device opened connections faster than [`SESSIONS_PER_S`] (bursts of
+    /// [`SESSIONS_BURST`]).
+    #[error("this device connects too often; retry later")]
+    Rate,
 }
+
+/// New WebSockets per second one device may open, on average: a device that reconnects with
+/// backoff needs far fewer; a client reconnecting in a loop (each connection gets fresh
+/// per-connection allowances) is held to it.
+pub const SESSIONS_PER_S: u64 = 1;
+
+/// New WebSockets one device may open at once, after a quiet period.
+pub const SESSIONS_BURST: u64 = 10;
 
 impl Refused {
     /// A short label for metrics.
@@ -51,6 +63,7 @@ impl Refused {
             Self::Total => "total",
             Self::Device => "device",
             Self::Tenant => "tenant",
+            Self::Rate => "rate",
         }
     }
 }
@@ -60,7 +73,12 @@ struct Open {
     sockets: usize,
     devices: HashMap<(Tenant, DeviceId), usize>,
     tenants: HashMap<Tenant, usize>,
+    /// Each recently connecting device's allowance of new connections.
+    attempts: HashMap<(Tenant, DeviceId), TokenBucket>,
 }
+
+/// Devices whose connection allowance is remembered before full ones are forgotten.
+const REMEMBERED: usize = 100_000;
 
 /// The open connections, shared by the accept loop and the upgrade handler.
 #[derive(Debug, Clone)]
@@ -111,9 +129,23 @@ impl Admission {
     ///
     /// # Errors
     /// [`Refused::Device`] or [`Refused::Tenant`] at their caps.
-    pub fn session(&self, tenant: &Tenant, device: DeviceId) -> Result<Slot, Refused> {
+    pub fn session(&self, tenant: &Tenant, device: DeviceId, now_ms: u64) -> Result<Slot, Refused> {
         let mut open = self.open.lock();
         let key = (tenant.clone(), device);
+        if open.attempts.len() >= REMEMBERED {
+            // Forget the devices that have their whole allowance back (taking it all succeeds
+            // only for those; they are dropped, and start full again when they return).
+            open.attempts
+                .retain(|_, bucket| bucket.take(SESSIONS_BURST, now_ms).is_err());
+        }
+        let allowed = open
+            .attempts
+            .entry(key.clone())
+            .or_insert_with(|| TokenBucket::with_burst(SESSIONS_PER_S, SESSIONS_BURST, now_ms))
+            .take(1, now_ms);
+        if allowed.is_err() {
+            return Err(Refused::Rate);
+        }
         if open.devices.get(&key).copied().unwrap_or(0) >= self.caps.per_device {
             return Err(Refused::Device);
         }
@@ -174,28 +206,47 @@ mod tests {
         drop(b);
         let acme = Tenant::new("acme").expect("valid");
         let one = admission
-            .session(&acme, DeviceId::from_bytes([1; 16]))
+            .session(&acme, DeviceId::from_bytes([1; 16]), 0)
             .expect("first");
         assert_eq!(
             admission
-                .session(&acme, DeviceId::from_bytes([1; 16]))
+                .session(&acme, DeviceId::from_bytes([1; 16]), 0)
                 .err(),
             Some(Refused::Device)
         );
         let _two = admission
-            .session(&acme, DeviceId::from_bytes([2; 16]))
+            .session(&acme, DeviceId::from_bytes([2; 16]), 0)
             .expect("another device");
         assert_eq!(
             admission
-                .session(&acme, DeviceId::from_bytes([3; 16]))
+                .session(&acme, DeviceId::from_bytes([3; 16]), 0)
                 .err(),
             Some(Refused::Tenant)
         );
         drop(one);
         assert!(
             admission
-                .session(&acme, DeviceId::from_bytes([1; 16]))
+                .session(&acme, DeviceId::from_bytes([1; 16]), 0)
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_device_reconnecting_in_a_loop_is_held_to_the_rate() {
+        let admission = Admission::new(ConnectionCaps::DEFAULT);
+        let acme = Tenant::new("acme").expect("valid");
+        let device = DeviceId::from_bytes([1; 16]);
+        let opened = (0..100)
+            .filter(|_| admission.session(&acme, device, 0).is_ok())
+            .count();
+        assert_eq!(opened as u64, SESSIONS_BURST);
+        assert_eq!(
+            admission.session(&acme, device, 500).err(),
+            Some(Refused::Rate)
+        );
+        assert!(
+            admission.session(&acme, device, 1_000).is_ok(),
+            "a second later"
         );
     }
 }

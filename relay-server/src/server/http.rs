@@ -162,7 +162,10 @@ async fn sync_endpoint(
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
     let identity = &verified.identity;
-    let slot = match state.admission.session(&identity.tenant, identity.device) {
+    let slot = match state
+        .admission
+        .session(&identity.tenant, identity.device, now_ms())
+    {
         Ok(slot) => slot,
         Err(refused) => {
             state.metrics.refused(refused);

@@ -11,8 +11,8 @@
 use automerge::sync::Message as SyncMessage;
 use syncline_protocol::frame::{self, FrameError};
 use syncline_protocol::messages::{
-    CollectionSubscription, DeferReason, Ephemeral, Error, ErrorCode, Limits, MAX_EPHEMERAL_BYTES,
-    MAX_SYNC_ITEMS, Profile, Reconcile, SyncItem, Welcome,
+    CollectionSubscription, DeferReason, Ephemeral, Error, ErrorCode, Limits, MAX_COLLECTIONS,
+    MAX_EPHEMERAL_BYTES, MAX_SYNC_ITEMS, Profile, Reconcile, SyncItem, Welcome,
 };
 use syncline_protocol::payload::Budget;
 use syncline_protocol::{
@@ -129,6 +129,8 @@ pub struct Session {
     payload_limits: PayloadLimits,
     /// Ephemeral messages the device may send (each is fanned out to every reader).
     ephemerals: TokenBucket,
+    /// Bytes the device's compressed payloads may inflate to per second (the byte rate).
+    inflation: TokenBucket,
 }
 
 /// Milliseconds a connection may stay open after its upgrade without sending `Hello`.
@@ -147,6 +149,7 @@ impl Session {
             expires_at_ms: verified.valid_until.saturating_mul(1000),
             frames: TokenBucket::per_second(u64::from(limits.max_frames_per_s), now_ms),
             bytes: TokenBucket::per_second(limits.max_bytes_per_s, now_ms),
+            inflation: TokenBucket::per_second(limits.max_bytes_per_s, now_ms),
             limits,
             phase: Phase::AwaitingHello,
             last_activity_ms: now_ms,
@@ -436,7 +439,18 @@ impl Session {
 
     fn handle_open(&mut self, message: Message, out: &mut Output, now_ms: u64) {
         match message {
-            Message::Subscribe(s) => {
+            Message::Subscribe(s) if s.collections.len() > MAX_COLLECTIONS => {
+                let msg = format!("at most {MAX_COLLECTIONS} collections per subscription");
+                self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
+            }
+            Message::Reconcile(r) if r.cursors.len() > MAX_COLLECTIONS => {
+                let msg = format!("at most {MAX_COLLECTIONS} cursors per reconcile");
+                self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
+            }
+            Message::Subscribe(mut s) => {
+                // A collection named twice counts once: the hub never scans one twice.
+                let mut seen = std::collections::HashSet::new();
+                s.collections.retain(|c| seen.insert(c.collection.clone()));
                 match s
                     .collections
                     .iter()
@@ -460,7 +474,9 @@ impl Session {
                     }
                 }
             }
-            Message::Reconcile(r) => {
+            Message::Reconcile(mut r) => {
+                let mut seen = std::collections::HashSet::new();
+                r.cursors.retain(|c| seen.insert(c.collection.clone()));
                 let collections = r
                     .cursors
                     .iter()
@@ -494,6 +510,27 @@ impl Session {
             Message::Sync(s) if s.items.len() > MAX_SYNC_ITEMS => {
                 let msg = format!("at most {MAX_SYNC_ITEMS} items per Sync frame");
                 self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
+            }
+            Message::Sync(s)
+                if s.items.iter().any(|i| !i.message.is_empty())
+                    && self
+                        .inflation
+                        .holds(self.payload_limits.max_inflated_bytes as u64, now_ms)
+                        .is_err() =>
+            {
+                // Inflating costs CPU that the wire bytes do not show: it counts towards the
+                // connection's byte rate, and a frame is checked only when a whole frame's
+                // inflation budget is there to spend.
+                let wait = self
+                    .inflation
+                    .holds(self.payload_limits.max_inflated_bytes as u64, now_ms)
+                    .err();
+                self.refuse(
+                    out,
+                    ErrorCode::RATE_LIMITED,
+                    "inflation rate exceeded",
+                    wait,
+                );
             }
             Message::Sync(s) => {
                 let mut accepted = Vec::with_capacity(s.items.len());
@@ -531,6 +568,7 @@ impl Session {
                         None => accepted.push(item),
                     }
                 }
+                self.inflation.charge(budget.inflated() as u64, now_ms);
                 if !accepted.is_empty() {
                     out.actions.push(Action::Sync(accepted));
                 }
