@@ -264,6 +264,11 @@ impl Budget {
         Ok(out)
     }
 
+    /// Values declared by the chunks checked so far (the operations decoding them walks).
+    pub fn ops(&self) -> u64 {
+        self.ops
+    }
+
     /// Bytes inflated so far (all of the budget once a part inflated past it).
     pub fn inflated(&self) -> usize {
         self.inflated

@@ -83,10 +83,10 @@ pub struct RelayConfig {
     /// announced and deferred, for devices whose profile sets no threshold. Default 64 KiB.
     pub metered_max_doc_bytes: u64,
     /// Bytes the compressed Automerge chunks and columns of one frame may inflate to, in all
-    /// (checked before Automerge inflates them). Default 32 MiB, at most 256 MiB.
+    /// (checked before Automerge inflates them). Default 32 MiB, at most 128 MiB.
     pub max_inflated_bytes: usize,
     /// Operations (values of any column) the Automerge payloads of one frame may declare, in
-    /// all (checked before Automerge walks them). Default 2,000,000, at most 64,000,000.
+    /// all (checked before Automerge walks them). Default 2,000,000, at most 16,000,000.
     pub max_ops_per_frame: u64,
     /// Sockets open at once, in all (counted from accept, before any byte is read); past it,
     /// new sockets are closed at once. Default 10,000.
@@ -171,11 +171,13 @@ impl RelayConfig {
     }
 
     /// What one frame's Automerge payloads may cost, capped where stored chunks are too
-    /// (`DocGraph::load`): a relay cannot be configured to accept what it could not reload.
+    /// (`DocGraph::load`, and what a device accepts per document): a relay cannot be
+    /// configured to accept what it could not reload or its devices would refuse.
     pub fn payload_limits(&self) -> PayloadLimits {
+        let cap = crate::hub::STORED_CHUNK_LIMITS;
         PayloadLimits {
-            max_inflated_bytes: self.max_inflated_bytes.min(256 << 20),
-            max_ops: self.max_ops_per_frame.min(64_000_000),
+            max_inflated_bytes: self.max_inflated_bytes.min(cap.max_inflated_bytes),
+            max_ops: self.max_ops_per_frame.min(cap.max_ops),
         }
     }
 

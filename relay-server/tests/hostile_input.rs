@@ -179,6 +179,26 @@ fn many_chunks_share_one_frames_budget() {
 }
 
 #[test]
+fn declared_operations_are_bounded_per_second_per_connection() {
+    let mut s = session();
+    let codes: Vec<Option<u16>> = (0..3)
+        .map(|_| {
+            let out = s.handle_frame(&sync_frame(vec![claiming_ops(1_500_000)]), T0 + 1);
+            errors(&out).first().map(|e| e.0)
+        })
+        .collect();
+    // Two frames' budgets are there at once; the third waits for the refill.
+    assert_ne!(codes[0], Some(ErrorCode::RATE_LIMITED.0), "{codes:?}");
+    assert_ne!(codes[1], Some(ErrorCode::RATE_LIMITED.0), "{codes:?}");
+    assert_eq!(codes[2], Some(ErrorCode::RATE_LIMITED.0), "{codes:?}");
+    let later = s.handle_frame(&sync_frame(vec![claiming_ops(10)]), T0 + 2_000);
+    assert_ne!(
+        errors(&later).first().map(|e| e.0),
+        Some(ErrorCode::RATE_LIMITED.0)
+    );
+}
+
+#[test]
 fn a_stored_chunk_that_would_cost_without_bound_fails_to_load_with_an_error() {
     let refused = DocGraph::load([claiming_ops(1 << 60).as_slice()]);
     assert!(

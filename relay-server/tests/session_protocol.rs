@@ -503,7 +503,13 @@ fn idle_sessions_and_expired_tokens_close() {
         s.deadline_ms(),
         T0 + syncline_relay::session::HELLO_TIMEOUT_MS
     );
-    assert_eq!(s.handle_tick(T0 + 9_999), Output::default());
+    // Frames other than Hello (refused) do not stretch it.
+    s.handle_frame(&keepalive, T0 + 5_000);
+    assert_eq!(
+        s.deadline_ms(),
+        T0 + syncline_relay::session::HELLO_TIMEOUT_MS
+    );
+    assert!(s.handle_tick(T0 + 9_999).close.is_none());
     assert_eq!(
         s.handle_tick(T0 + 10_000).close.map(|c| c.code),
         Some(close_code::IDLE)

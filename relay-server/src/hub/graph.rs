@@ -122,11 +122,21 @@ impl DocGraph {
     /// [`GraphError`] for stored data that does not decode or does not fit together.
     pub fn load<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Result<Self, GraphError> {
         let mut graph = Self::new();
-        for chunk in chunks {
-            // Each stored chunk was one frame's payload when it was received; a corrupt row
-            // still costs no more than a frame's bound (of the largest frames accepted).
-            let mut budget = Budget::new(STORED_CHUNK_LIMITS);
-            graph.add(parse_changes(chunk, &mut budget)?, None)?;
+        for row in chunks {
+            // A stored row joins the changes of a group commit (many frames); each Automerge
+            // chunk in it was checked against a frame's budget when it was received, so each
+            // gets that bound again (of the largest frames accepted): a corrupt row costs no
+            // more, and a large group's row still loads.
+            let mut rest = row;
+            let mut changes = Vec::new();
+            while !rest.is_empty() {
+                let (_, len) = chunk_header(rest)?;
+                let (chunk, tail) = rest.split_at(len);
+                rest = tail;
+                changes.extend(parse_changes(chunk, &mut Budget::new(STORED_CHUNK_LIMITS))?);
+            }
+            // What was stored loads, whatever the size limit of new writes.
+            graph.add_within(changes, None, usize::MAX)?;
         }
         Ok(graph)
     }
@@ -203,11 +213,22 @@ impl DocGraph {
     /// the graph already holds it.
     ///
     /// # Errors
-    /// [`GraphError::Foreign`], [`GraphError::BadSequence`], [`GraphError::QueueFull`].
+    /// [`GraphError::Foreign`], [`GraphError::BadSequence`], [`GraphError::QueueFull`],
+    /// [`GraphError::OverLimit`] past [`MAX_DOCUMENT_BYTES`].
     pub fn add(
         &mut self,
         changes: Vec<Change>,
         author: Option<&[u8]>,
+    ) -> Result<usize, GraphError> {
+        self.add_within(changes, author, MAX_DOCUMENT_BYTES)
+    }
+
+    /// [`DocGraph::add`], refusing to grow the document past `max_bytes`.
+    fn add_within(
+        &mut self,
+        changes: Vec<Change>,
+        author: Option<&[u8]>,
+        max_bytes: usize,
     ) -> Result<usize, GraphError> {
         let mut pending: BTreeMap<ChangeHash, Change> = BTreeMap::new();
         for change in changes {
@@ -356,7 +377,7 @@ impl DocGraph {
             .iter()
             .map(|hash| by_hash[hash].raw_bytes().len())
             .sum();
-        if self.bytes + joining_bytes > MAX_DOCUMENT_BYTES {
+        if self.bytes + joining_bytes > max_bytes {
             return Err(GraphError::OverLimit(format!(
                 "the document would pass {MAX_DOCUMENT_BYTES} bytes of changes"
             )));
@@ -480,10 +501,11 @@ const CHUNK_CHANGE: u8 = 1;
 const CHUNK_COMPRESSED: u8 = 2;
 
 /// What one stored chunk may cost to decode: the most a frame's payload may be configured to
-/// cost (stored chunks were each checked against the relay's limits when received).
-const STORED_CHUNK_LIMITS: PayloadLimits = PayloadLimits {
-    max_inflated_bytes: 256 << 20,
-    max_ops: 64_000_000,
+/// cost (stored chunks were each checked against the relay's limits when received), which is
+/// also what a device accepts per document from the relay.
+pub const STORED_CHUNK_LIMITS: PayloadLimits = PayloadLimits {
+    max_inflated_bytes: 128 << 20,
+    max_ops: 16_000_000,
 };
 
 /// Decodes `bytes` (one or more concatenated Automerge chunks: changes, compressed changes or

@@ -231,7 +231,7 @@ impl<S: Storage> Hub<S> {
                 continue;
             }
             let cost = state_cost(&message);
-            if !self.peer_mut(id).charge(&item.doc, cost) {
+            if !self.peers[&id].fits(&item.doc, cost) {
                 let why = format!(
                     "the session's sync states would keep more than {MAX_SESSION_STATE_BYTES} bytes"
                 );
@@ -273,6 +273,8 @@ impl<S: Storage> Hub<S> {
                 (self.docs_bytes + graph.estimated_bytes()).saturating_sub(bytes_before);
             match received {
                 Ok(_) => {
+                    // The state now keeps this message (on a refusal it kept the last one).
+                    peer.charge(&item.doc, cost);
                     peer.confirmed.insert(item.doc.clone());
                     // The app's priority comes with the changes its device writes.
                     if has_changes {

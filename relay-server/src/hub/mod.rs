@@ -20,7 +20,10 @@ mod registry;
 pub mod responder;
 mod watchers;
 
-pub use graph::{DocGraph, GraphError, check_payload, parse_changes, parse_checked};
+pub use graph::{
+    DocGraph, GraphError, MAX_DOCUMENT_BYTES, STORED_CHUNK_LIMITS, check_payload, parse_changes,
+    parse_checked,
+};
 pub use responder::check_message;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -133,17 +136,18 @@ struct Peer {
 }
 
 impl Peer {
-    /// Records that `doc`'s state now keeps `cost` bytes of the device's message, unless the
-    /// session's states would then keep more than [`MAX_SESSION_STATE_BYTES`].
-    fn charge(&mut self, doc: &DocId, cost: usize) -> bool {
+    /// Whether `doc`'s state may keep `cost` bytes of the device's message: the session's
+    /// states would keep no more than [`MAX_SESSION_STATE_BYTES`] (or no more than now).
+    fn fits(&self, doc: &DocId, cost: usize) -> bool {
         let old = self.state_costs.get(doc).copied().unwrap_or(0);
-        let total = self.state_bytes - old + cost;
-        if cost > old && total > MAX_SESSION_STATE_BYTES {
-            return false;
-        }
-        self.state_bytes = total;
-        self.state_costs.insert(doc.clone(), cost);
-        true
+        cost <= old || self.state_bytes - old + cost <= MAX_SESSION_STATE_BYTES
+    }
+
+    /// Records that `doc`'s state now keeps `cost` bytes of the device's message (once the
+    /// state took the message).
+    fn charge(&mut self, doc: &DocId, cost: usize) {
+        let old = self.state_costs.insert(doc.clone(), cost).unwrap_or(0);
+        self.state_bytes = self.state_bytes - old + cost;
     }
 
     /// Forgets what `doc`'s (dropped) state kept.

@@ -129,8 +129,29 @@ pub struct Session {
     payload_limits: PayloadLimits,
     /// Ephemeral messages the device may send (each is fanned out to every reader).
     ephemerals: TokenBucket,
-    /// Bytes the device's compressed payloads may inflate to per second (the byte rate).
+    /// Bytes the device's compressed payloads may inflate to per second (as many as the byte
+    /// rate, in an allowance of its own).
     inflation: TokenBucket,
+    /// Operations the device's payloads may declare per second (a frame's budget).
+    ops: TokenBucket,
+    /// When the connection opened (the `Hello` deadline counts from it).
+    opened_ms: u64,
+}
+
+/// A connection's allowance for inflating its payloads: the byte rate per second, holding at
+/// least two frames' budgets (so a frame's budget is always reachable).
+fn inflation_bucket(limits: &Limits, payload: &PayloadLimits, now_ms: u64) -> TokenBucket {
+    let budget = payload.max_inflated_bytes as u64;
+    TokenBucket::with_burst(
+        limits.max_bytes_per_s,
+        limits.max_bytes_per_s.max(2 * budget),
+        now_ms,
+    )
+}
+
+/// A connection's allowance for declared operations: a frame's budget per second, holding two.
+fn ops_bucket(payload: &PayloadLimits, now_ms: u64) -> TokenBucket {
+    TokenBucket::with_burst(payload.max_ops, 2 * payload.max_ops, now_ms)
 }
 
 /// Milliseconds a connection may stay open after its upgrade without sending `Hello`.
@@ -149,7 +170,9 @@ impl Session {
             expires_at_ms: verified.valid_until.saturating_mul(1000),
             frames: TokenBucket::per_second(u64::from(limits.max_frames_per_s), now_ms),
             bytes: TokenBucket::per_second(limits.max_bytes_per_s, now_ms),
-            inflation: TokenBucket::per_second(limits.max_bytes_per_s, now_ms),
+            inflation: inflation_bucket(&limits, &PayloadLimits::DEFAULT, now_ms),
+            ops: ops_bucket(&PayloadLimits::DEFAULT, now_ms),
+            opened_ms: now_ms,
             limits,
             phase: Phase::AwaitingHello,
             last_activity_ms: now_ms,
@@ -170,6 +193,9 @@ impl Session {
     /// [`PayloadLimits::DEFAULT`] unless set).
     pub fn set_payload_limits(&mut self, limits: PayloadLimits) {
         self.payload_limits = limits;
+        let now_ms = self.last_activity_ms;
+        self.inflation = inflation_bucket(&self.limits, &limits, now_ms);
+        self.ops = ops_bucket(&limits, now_ms);
     }
 
     /// The relay's metered-network threshold (`RelayConfig::metered_max_doc_bytes`), for what
@@ -213,12 +239,25 @@ impl Session {
     /// as activity: WebSocket pings (and a fragmented message kept unfinished) do not, so a
     /// client cannot hold a connection and its buffers open without sending messages.
     fn idle_deadline_ms(&self) -> u64 {
-        let timeout = if self.phase == Phase::AwaitingHello {
-            HELLO_TIMEOUT_MS.min(self.limits.idle_timeout_ms)
-        } else {
-            self.limits.idle_timeout_ms
-        };
-        self.last_activity_ms.saturating_add(timeout)
+        if self.phase == Phase::AwaitingHello {
+            // From the opening: frames other than Hello do not stretch it.
+            return self
+                .opened_ms
+                .saturating_add(HELLO_TIMEOUT_MS.min(self.limits.idle_timeout_ms));
+        }
+        self.last_activity_ms
+            .saturating_add(self.limits.idle_timeout_ms)
+    }
+
+    /// How long until a whole frame's payload budget (inflation and operations) is there to
+    /// spend, if it is not now.
+    fn payload_wait(&mut self, now_ms: u64) -> Option<u64> {
+        let inflation = self
+            .inflation
+            .holds(self.payload_limits.max_inflated_bytes as u64, now_ms)
+            .err();
+        let ops = self.ops.holds(self.payload_limits.max_ops, now_ms).err();
+        inflation.max(ops)
     }
 
     /// Takes a message the relay core routed to this connection at `now_ms`: paced in `lane`
@@ -513,18 +552,12 @@ impl Session {
             }
             Message::Sync(s)
                 if s.items.iter().any(|i| !i.message.is_empty())
-                    && self
-                        .inflation
-                        .holds(self.payload_limits.max_inflated_bytes as u64, now_ms)
-                        .is_err() =>
+                    && self.payload_wait(now_ms).is_some() =>
             {
-                // Inflating costs CPU that the wire bytes do not show: it counts towards the
-                // connection's byte rate, and a frame is checked only when a whole frame's
-                // inflation budget is there to spend.
-                let wait = self
-                    .inflation
-                    .holds(self.payload_limits.max_inflated_bytes as u64, now_ms)
-                    .err();
+                // Inflating and walking operations cost CPU that the wire bytes do not show:
+                // each has an allowance per connection, and a frame is checked only when a
+                // whole frame's budget of both is there to spend.
+                let wait = self.payload_wait(now_ms);
                 self.refuse(
                     out,
                     ErrorCode::RATE_LIMITED,
@@ -569,6 +602,7 @@ impl Session {
                     }
                 }
                 self.inflation.charge(budget.inflated() as u64, now_ms);
+                self.ops.charge(budget.ops(), now_ms);
                 if !accepted.is_empty() {
                     out.actions.push(Action::Sync(accepted));
                 }
