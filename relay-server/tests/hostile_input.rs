@@ -514,3 +514,82 @@ mod corrupt {
         assert!(w.clients[&1].acked(&doc("todos/good")).is_some());
     }
 }
+
+mod large {
+    //! Documents larger than a frame (issue 15, class 7): the relay sends a long history over
+    //! several exchanges, each message within `MAX_MESSAGE_CHANGE_BYTES`.
+
+    use super::common::{World, col, doc, grants};
+    use automerge::ReadDoc;
+    use automerge::transaction::Transactable;
+    use syncline_protocol::Message;
+    use syncline_protocol::messages::{Cursor, Reconcile};
+    use syncline_relay::hub::responder::MAX_MESSAGE_CHANGE_BYTES;
+    use syncline_relay::session::Action;
+
+    #[test]
+    fn a_forty_megabyte_document_reaches_a_new_device_in_parts() {
+        let mut w = World::new();
+        w.join(1, "acme", grants(&["todos"], &["todos"]));
+        let big = doc("todos/big");
+        // 40 changes of 1 MiB of incompressible text, pushed 8 at a time (each push within a
+        // frame's inflation budget).
+        for batch in 0..5u64 {
+            let writer = w.clients.get_mut(&1).expect("client");
+            for i in 0..8u64 {
+                let n = batch * 8 + i;
+                let d = writer.docs.entry(big.clone()).or_default();
+                if let Some(actor) = &writer.actor {
+                    d.set_actor(actor.clone());
+                }
+                let mut tx = d.transaction();
+                tx.put(
+                    automerge::ROOT,
+                    format!("k{n}"),
+                    syncline_testkit::noise(1 << 20, n),
+                )
+                .expect("put");
+                tx.commit();
+            }
+            w.push(1, &[big.clone()]);
+        }
+        assert!(w.clients[&1].acked(&big).is_some());
+        w.join(2, "acme", grants(&["todos"], &[]));
+        w.run(vec![(
+            2,
+            Action::Reconcile(Reconcile {
+                cursors: vec![Cursor {
+                    collection: col("todos"),
+                    seq: 0,
+                }],
+                changed: Vec::new(),
+                fetched: None,
+            }),
+        )]);
+        let reader = &w.clients[&2];
+        let got = reader.docs.get(&big).expect("the document arrived");
+        for n in [0u64, 20, 39] {
+            let (value, _) = got
+                .get(automerge::ROOT, format!("k{n}"))
+                .expect("read")
+                .expect("present");
+            assert_eq!(value.to_str().map(str::len), Some(1 << 20));
+        }
+        let messages: Vec<usize> = reader
+            .inbox
+            .iter()
+            .filter_map(|m| match m {
+                Message::Sync(s) => Some(s.items.iter().map(|i| i.message.len())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(messages.len() >= 10, "{} messages", messages.len());
+        assert!(
+            messages
+                .iter()
+                .all(|&len| len <= MAX_MESSAGE_CHANGE_BYTES + (2 << 20)),
+            "{messages:?}"
+        );
+    }
+}

@@ -198,6 +198,13 @@ impl DocGraph {
             .collect()
     }
 
+    /// The size of change `hash` as stored (0 if the graph does not hold it).
+    pub fn raw_len(&self, hash: &ChangeHash) -> usize {
+        self.by_hash
+            .get(hash)
+            .map_or(0, |&i| self.nodes[i].raw.len())
+    }
+
     /// The dependencies of change `hash`, if the graph holds it.
     pub fn deps(&self, hash: &ChangeHash) -> Option<&[ChangeHash]> {
         self.by_hash

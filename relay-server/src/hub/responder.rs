@@ -7,6 +7,8 @@
 //! on the relay's side of the wire:
 //! - the relay's messages are V1 and carry no flags: it sends changes, never a whole saved
 //!   document (that would need the document), and a device then never needs to reset it;
+//! - a message carries at most [`MAX_MESSAGE_CHANGE_BYTES`] of changes, oldest first: a longer
+//!   history goes over several exchanges;
 //! - received changes join the graph through [`DocGraph::add`], which refuses (all or nothing)
 //!   what Automerge would panic on or silently drop, and checks authorship.
 
@@ -72,6 +74,10 @@ pub fn generate_sync_message(graph: &DocGraph, state: &mut State) -> Option<Mess
     } else {
         Vec::new()
     };
+    // A long history goes in several messages: each exchange sends the oldest part still
+    // unsent, the device answers, and the next part follows (Automerge's own `need` and
+    // `sent_hashes` carry the rest), so no document is too large for a frame.
+    let to_send = within_message(graph, to_send);
     let heads_unchanged = state.last_sent_heads == our_heads;
     let heads_equal = state.their_heads.as_ref() == Some(&our_heads);
     if heads_unchanged && state.have_responded {
@@ -182,6 +188,25 @@ pub fn receive_sync_message(
     state.their_heads = Some(message.heads);
     state.their_need = Some(message.need);
     Ok(joined)
+}
+
+/// Bytes of changes one sync message from the relay carries at most (a single larger change
+/// goes alone): a document's history larger than a frame reaches a new device in parts.
+pub const MAX_MESSAGE_CHANGE_BYTES: usize = 4 << 20;
+
+/// The longest prefix of `hashes` (in causal order) within [`MAX_MESSAGE_CHANGE_BYTES`], and
+/// at least the first.
+fn within_message(graph: &DocGraph, mut hashes: Vec<ChangeHash>) -> Vec<ChangeHash> {
+    let mut bytes = 0usize;
+    let keep = hashes
+        .iter()
+        .position(|hash| {
+            bytes += graph.raw_len(hash);
+            bytes > MAX_MESSAGE_CHANGE_BYTES
+        })
+        .map_or(hashes.len(), |at| at.max(1));
+    hashes.truncate(keep);
+    hashes
 }
 
 /// The changes to send a peer that has `have` (Bloom filters of what it added since each
