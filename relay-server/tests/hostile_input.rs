@@ -551,7 +551,7 @@ mod large {
                 .expect("put");
                 tx.commit();
             }
-            w.push(1, &[big.clone()]);
+            w.push(1, std::slice::from_ref(&big));
         }
         assert!(w.clients[&1].acked(&big).is_some());
         w.join(2, "acme", grants(&["todos"], &[]));
@@ -573,7 +573,7 @@ mod large {
                 .get(automerge::ROOT, format!("k{n}"))
                 .expect("read")
                 .expect("present");
-            assert_eq!(value.to_str().map(str::len), Some(1 << 20));
+            assert_eq!(value.as_str().map(str::len), Some(1 << 20));
         }
         let messages: Vec<usize> = reader
             .inbox
