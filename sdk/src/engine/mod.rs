@@ -1013,7 +1013,8 @@ impl<S: SyncStore> Engine<S> {
                 let reason = format!("the relay asked to retry: {}", error.message);
                 out.effects.push(Effect::Disconnect);
                 self.conn = Connection::default();
-                let delay = error.retry_after_ms.unwrap_or(0);
+                // A relay's word, capped: a broken relay cannot park the device for ever.
+                let delay = error.retry_after_ms.unwrap_or(0).min(MAX_RETRY_AFTER_MS);
                 if self.paused || self.network_down {
                     self.phase = Phase::Idle;
                 } else {
@@ -1541,6 +1542,9 @@ fn to_heads(heads: &syncline_protocol::Heads) -> Heads {
             .collect(),
     )
 }
+
+/// The longest delay a relay's `retry_after_ms` can impose before the device reconnects.
+pub const MAX_RETRY_AFTER_MS: u64 = 5 * 60 * 1000;
 
 /// What one document's sync message from the relay may cost to decode: well over what a relay
 /// accepts from a device per frame ([`PayloadLimits::DEFAULT`]), since a relay's message can

@@ -794,3 +794,21 @@ fn a_relay_payload_claiming_endless_operations_is_refused_and_loses_nothing() {
     );
     assert!(f.store.document(&theirs).is_err(), "nothing was applied");
 }
+
+#[test]
+fn a_relay_asking_to_wait_for_ever_is_retried_within_the_cap() {
+    let mut f = fixture();
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 1);
+    f.engine.handle(Event::Frame(welcome()), 2);
+    let forever = frame::encode(&Message::Error(ErrorMessage {
+        code: ErrorCode::RATE_LIMITED,
+        message: "later".into(),
+        retry_after_ms: Some(u64::MAX),
+        doc: None,
+    }));
+    let effects = f.engine.handle(Event::Frame(forever), 3);
+    assert!(effects.contains(&Effect::Disconnect));
+    let at = wake_at(&effects).expect("a retry is scheduled");
+    assert!(at <= 3 + super::MAX_RETRY_AFTER_MS, "{at}");
+}
