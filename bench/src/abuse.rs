@@ -115,51 +115,14 @@ async fn honest(relay: &Relay, phase: &str, run: Duration) -> anyhow::Result<His
     .unwrap_or(0);
     while Instant::now() < deadline {
         i += 1;
-        let Some(message) = writer.change(i) else {
-            continue;
-        };
         let started = Instant::now();
-        let item = SyncItem {
-            doc: writer.id.clone(),
-            message,
-            priority: None,
-        };
-        client
-            .send(&Message::Sync(Sync { items: vec![item] }))
-            .await?;
-        loop {
-            match client.next().await? {
-                Message::Ack(a) if a.items.iter().any(|i| i.seq.is_some()) => {
-                    writer.acknowledged(&a);
-                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    histogram.record(micros.max(1))?;
-                    break;
-                }
-                Message::Sync(s) => {
-                    let id = writer.id.clone();
-                    for item in s.items.iter().filter(|i| i.doc == id) {
-                        writer.receive(item)?;
-                    }
-                    if let Some(reply) = writer.doc.generate_sync_message(&mut writer.state) {
-                        let item = SyncItem {
-                            doc: writer.id.clone(),
-                            message: reply.encode(),
-                            priority: None,
-                        };
-                        client
-                            .send(&Message::Sync(Sync { items: vec![item] }))
-                            .await?;
-                    }
-                }
-                _ => {}
-            }
-        }
+        writer.write_acknowledged(&mut client, i).await?;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        histogram.record(micros.max(1))?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(histogram)
 }
-
-use automerge::sync::SyncDoc as _;
 
 #[derive(Clone, Copy)]
 enum Attack {

@@ -268,6 +268,54 @@ impl Writer {
         }
     }
 
+    /// Writes change `i`, sends it and answers the relay until it is acknowledged (as the
+    /// SDK does: an acknowledgement of exactly our heads starts the next exchange from them).
+    /// Others' documents may arrive too (everyone subscribes to the collection): only this
+    /// writer's own is synced.
+    pub(crate) async fn write_acknowledged(
+        &mut self,
+        client: &mut Client,
+        i: u64,
+    ) -> anyhow::Result<()> {
+        let Some(message) = self.change(i) else {
+            return Ok(());
+        };
+        let mut outgoing = Some(message);
+        loop {
+            if let Some(message) = outgoing.take() {
+                let item = SyncItem {
+                    doc: self.id.clone(),
+                    message,
+                    priority: None,
+                };
+                client
+                    .send(&Message::Sync(Sync { items: vec![item] }))
+                    .await?;
+            }
+            match client.next().await? {
+                Message::Ack(a) if a.items.iter().any(|i| i.seq.is_some()) => {
+                    self.acknowledged(&a);
+                    return Ok(());
+                }
+                Message::Sync(s) => {
+                    let mine: Vec<&SyncItem> =
+                        s.items.iter().filter(|i| i.doc == self.id).collect();
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    for item in mine {
+                        self.receive(item)?;
+                    }
+                    outgoing = self
+                        .doc
+                        .generate_sync_message(&mut self.state)
+                        .map(|reply| reply.encode());
+                }
+                _ => {}
+            }
+        }
+    }
+
     pub(crate) fn receive(&mut self, item: &SyncItem) -> anyhow::Result<()> {
         let m = automerge::sync::Message::decode(&item.message)?;
         self.doc.receive_sync_message(&mut self.state, m)?;
@@ -291,52 +339,7 @@ pub async fn throughput(devices: u32, seconds: f64) -> anyhow::Result<serde_json
                 let mut writer = Writer::new(d, &collection)?;
                 let mut acked = 0u64;
                 while Instant::now() < deadline {
-                    let Some(message) = writer.change(acked) else {
-                        continue;
-                    };
-                    let item = SyncItem {
-                        doc: writer.id.clone(),
-                        message,
-                        priority: None,
-                    };
-                    client
-                        .send(&Message::Sync(Sync { items: vec![item] }))
-                        .await?;
-                    loop {
-                        match client.next().await? {
-                            Message::Ack(a) if a.items.iter().any(|i| i.seq.is_some()) => {
-                                // As the SDK does: an acknowledgement of exactly our heads
-                                // starts the next exchange from them.
-                                writer.acknowledged(&a);
-                                break;
-                            }
-                            Message::Sync(s) => {
-                                // Others' documents arrive too (everyone subscribes to the
-                                // collection); this writer only syncs its own.
-                                let mine: Vec<&SyncItem> =
-                                    s.items.iter().filter(|i| i.doc == writer.id).collect();
-                                if mine.is_empty() {
-                                    continue;
-                                }
-                                for item in mine {
-                                    writer.receive(item)?;
-                                }
-                                if let Some(reply) =
-                                    writer.doc.generate_sync_message(&mut writer.state)
-                                {
-                                    let item = SyncItem {
-                                        doc: writer.id.clone(),
-                                        message: reply.encode(),
-                                        priority: None,
-                                    };
-                                    client
-                                        .send(&Message::Sync(Sync { items: vec![item] }))
-                                        .await?;
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
+                    writer.write_acknowledged(&mut client, acked).await?;
                     acked += 1;
                 }
                 anyhow::Ok(acked)

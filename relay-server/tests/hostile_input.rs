@@ -450,14 +450,25 @@ mod hub {
     }
 }
 
+/// A `Reconcile` of the todos collection from the start.
+fn reconcile_todos() -> Action {
+    Action::Reconcile(Reconcile {
+        cursors: vec![Cursor {
+            collection: Collection::new("todos").expect("valid"),
+            seq: 0,
+        }],
+        changed: Vec::new(),
+        fetched: None,
+    })
+}
+
 mod corrupt {
     //! A stored document that does not load (issue 15, class 9) fails alone: plans and frames
     //! that include it go on without it.
 
-    use super::common::{World, col, doc, grants, tenant};
+    use super::common::{World, doc, grants, tenant};
     use syncline_protocol::Heads;
-    use syncline_protocol::messages::{Cursor, ErrorCode, Reconcile};
-    use syncline_relay::session::Action;
+    use syncline_protocol::messages::ErrorCode;
     use syncline_relay::storage::{Append, Storage};
 
     fn corrupt(w: &World, d: &str) {
@@ -486,17 +497,7 @@ mod corrupt {
             .put(&doc("todos/good"), "n", 1);
         w.push(1, &[doc("todos/good")]);
         w.join(2, "acme", grants(&["todos"], &[]));
-        w.run(vec![(
-            2,
-            Action::Reconcile(Reconcile {
-                cursors: vec![Cursor {
-                    collection: col("todos"),
-                    seq: 0,
-                }],
-                changed: Vec::new(),
-                fetched: None,
-            }),
-        )]);
+        w.run(vec![(2, super::reconcile_todos())]);
         assert_eq!(w.clients[&2].get(&doc("todos/good"), "n"), Some(1));
         assert!(w.hub.corrupt_documents() >= 1);
     }
@@ -519,13 +520,11 @@ mod large {
     //! Documents larger than a frame (issue 15, class 7): the relay sends a long history over
     //! several exchanges, each message within `MAX_MESSAGE_CHANGE_BYTES`.
 
-    use super::common::{World, col, doc, grants};
+    use super::common::{World, doc, grants};
     use automerge::ReadDoc;
     use automerge::transaction::Transactable;
     use syncline_protocol::Message;
-    use syncline_protocol::messages::{Cursor, Reconcile};
     use syncline_relay::hub::responder::MAX_MESSAGE_CHANGE_BYTES;
-    use syncline_relay::session::Action;
 
     #[test]
     fn a_forty_megabyte_document_reaches_a_new_device_in_parts() {
@@ -555,17 +554,7 @@ mod large {
         }
         assert!(w.clients[&1].acked(&big).is_some());
         w.join(2, "acme", grants(&["todos"], &[]));
-        w.run(vec![(
-            2,
-            Action::Reconcile(Reconcile {
-                cursors: vec![Cursor {
-                    collection: col("todos"),
-                    seq: 0,
-                }],
-                changed: Vec::new(),
-                fetched: None,
-            }),
-        )]);
+        w.run(vec![(2, super::reconcile_todos())]);
         let reader = &w.clients[&2];
         let got = reader.docs.get(&big).expect("the document arrived");
         for n in [0u64, 20, 39] {

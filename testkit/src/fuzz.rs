@@ -202,7 +202,7 @@ pub fn config(data: &[u8]) {
 /// Frames from a relay into a device's engine (a store in a temporary directory), after a
 /// connection opens: the device must neither panic nor lose its own write.
 pub fn device(data: &[u8]) {
-    use syncline::engine::{Backoff, Engine, EngineConfig, Event};
+    use syncline::engine::{Engine, Event};
     use syncline::{Store, StoreOptions};
     let dir = crate::temp_dir();
     let store = Store::open_with(
@@ -215,23 +215,14 @@ pub fn device(data: &[u8]) {
     .expect("open a store");
     let mine = store.create(&todos()).expect("create");
     mine.put("title", "mine").expect("put");
-    let config = EngineConfig {
-        relay: "fuzz".into(),
-        profile: crate::profile(DeviceClass::Phone),
-        subscriptions: vec![CollectionSubscription {
+    let config = crate::engine_config(
+        "fuzz",
+        vec![CollectionSubscription {
             collection: todos(),
             priority: Priority::Normal,
             mode: SyncMode::Eager,
         }],
-        client: "fuzz".into(),
-        backoff: Backoff {
-            min_ms: 50,
-            max_ms: 2_000,
-        },
-        stall_timeout_ms: 5_000,
-        sync_interval_ms: 60_000,
-        defer_metered_uploads: true,
-    };
+    );
     let mut engine = Engine::new(store.clone(), config, 1);
     engine.handle(Event::Start, 0);
     engine.handle(Event::Connected, 1);

@@ -141,6 +141,27 @@ pub fn hello(client: &str, class: DeviceClass) -> Message {
     })
 }
 
+/// An engine configuration for a phone of [`profile`] syncing `subscriptions` through
+/// `relay`, with short backoffs (50 ms to 2 s) and a 5 s stall timeout.
+pub fn engine_config(
+    relay: &str,
+    subscriptions: Vec<syncline_protocol::messages::CollectionSubscription>,
+) -> syncline::engine::EngineConfig {
+    syncline::engine::EngineConfig {
+        relay: relay.into(),
+        profile: profile(DeviceClass::Phone),
+        subscriptions,
+        client: relay.into(),
+        backoff: syncline::engine::Backoff {
+            min_ms: 50,
+            max_ms: 2_000,
+        },
+        stall_timeout_ms: 5_000,
+        sync_interval_ms: 60_000,
+        defer_metered_uploads: true,
+    }
+}
+
 /// A fresh temporary directory, removed when dropped.
 ///
 /// # Panics

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use automerge::{Automerge, ChangeHash, ReadDoc};
-use syncline::engine::{Backoff, Disconnect, Effect, Engine, EngineConfig, Event, Status};
+use syncline::engine::{Disconnect, Effect, Engine, Event, Status};
 use syncline::{
     Collection, CollectionSubscription, DeviceClass, DeviceId, DocId, Priority, Store,
     StoreOptions, SyncMode, Value,
@@ -1136,19 +1136,7 @@ impl Device {
             },
         )
         .expect("open the device store");
-        let config = EngineConfig {
-            relay: "sim".into(),
-            profile: crate::profile(DeviceClass::Phone),
-            subscriptions: vec![sim_subscription()],
-            client: "sim".into(),
-            backoff: Backoff {
-                min_ms: 50,
-                max_ms: 2_000,
-            },
-            stall_timeout_ms: 5_000,
-            sync_interval_ms: 60_000,
-            defer_metered_uploads: true,
-        };
+        let config = crate::engine_config("sim", vec![sim_subscription()]);
         let seed = u64::from_le_bytes(
             store.device_id().as_bytes()[..8]
                 .try_into()
