@@ -645,6 +645,7 @@ async fn rates_and_the_idle_timeout_are_enforced_over_real_sockets() {
     let mut silent = Device::join(&relay.addr, &tok(2), 2).await;
     let silent_since = std::time::Instant::now();
     let mut beating = Device::join(&relay.addr, &tok(3), 3).await;
+    let mut pinging = Device::join(&relay.addr, &tok(4), 4).await;
 
     // Flood: far more frames at once than 20 per second allow.
     let presence = Message::Ephemeral(Ephemeral {
@@ -687,17 +688,16 @@ async fn rates_and_the_idle_timeout_are_enforced_over_real_sockets() {
     );
     assert_eq!(closed, Some(Some(4008)), "closed for persisting");
 
-    // Idle: the silent device is closed after about 2 s; heartbeats keep the other open.
+    // Idle: the silent device is closed after about 2 s, and so is one that only pings (only
+    // protocol frames count); the SDK's keepalive (an empty Sync) keeps the other open.
     let started = std::time::Instant::now();
     let mut silent_closed = None;
+    let keepalive = Message::Sync(Sync { items: Vec::new() });
     // (The flood's presence messages reach both devices first; they do not count as the
     // silent device's activity.)
     while started.elapsed() < Duration::from_secs(8) {
-        beating
-            .socket
-            .send(Ws::Ping(Vec::new().into()))
-            .await
-            .expect("the heartbeating device stays connected");
+        beating.send(keepalive.clone()).await;
+        let _ = pinging.socket.send(Ws::Ping(Vec::new().into())).await;
         match tokio::time::timeout(Duration::from_millis(400), silent.socket.next()).await {
             Ok(Some(Ok(Ws::Close(frame)))) => {
                 silent_closed = Some(frame.map(|f| u16::from(f.code)));
@@ -716,7 +716,19 @@ async fn rates_and_the_idle_timeout_are_enforced_over_real_sockets() {
         silent_since.elapsed() >= Duration::from_millis(1500),
         "not before its time"
     );
-    // Still open after more than the idle timeout, thanks to its pings: it still gets answers.
+    let pinged_closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match pinging.socket.next().await {
+                Some(Ok(Ws::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break None,
+            }
+        }
+    })
+    .await
+    .expect("timely");
+    assert_eq!(pinged_closed, Some(4002), "pings are not activity");
+    // Still open after more than the idle timeout, thanks to its keepalives: it gets answers.
     beating.send(presence.clone()).await;
     let x: DocId = "todos/heartbeat".parse().expect("id");
     beating.put(&x, "n", 1);
