@@ -134,13 +134,19 @@ fn two_devices_edit_offline_and_converge() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let remote: Vec<(syncline::ChangeOrigin, usize)> = events_rx.try_iter().collect();
-    assert!(
-        remote
-            .iter()
-            .any(|(origin, patches)| *origin == syncline::ChangeOrigin::Remote && *patches > 0),
-        "{remote:?}"
-    );
+    // Listeners run after the change is applied (the sync thread delivers them once its step
+    // is done): wait for the remote one, boundedly.
+    let mut remote: Vec<(syncline::ChangeOrigin, usize)> = Vec::new();
+    let is_remote = |(origin, patches): &(syncline::ChangeOrigin, usize)| {
+        *origin == syncline::ChangeOrigin::Remote && *patches > 0
+    };
+    while !remote.iter().any(is_remote) {
+        match events_rx.recv_timeout(WAIT) {
+            Ok(event) => remote.push(event),
+            Err(_) => break,
+        }
+    }
+    assert!(remote.iter().any(is_remote), "{remote:?}");
     let doc_b = b.store.document(shared.id()).expect("ok");
     assert_eq!(
         doc_b.get("title").expect("ok"),
