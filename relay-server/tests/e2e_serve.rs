@@ -251,6 +251,14 @@ impl Device {
         panic!("condition not reached");
     }
 
+    /// Writes to document `id`, pushes it, and answers the relay until it is acknowledged.
+    async fn write_acknowledged(&mut self, id: &str) {
+        let x: DocId = id.parse().expect("id");
+        self.put(&x, "n", 1);
+        self.push(&x).await;
+        self.until(|d| d.acked(&x)).await;
+    }
+
     fn acked(&self, d: &DocId) -> bool {
         self.received.iter().any(|m| matches!(m, Message::Ack(a) if a.items.iter().any(|i| &i.doc == d && i.seq.is_some())))
     }
@@ -357,11 +365,7 @@ async fn sigterm_closes_connections_with_going_away_and_exits_zero() {
         1,
     )
     .await;
-    let x: DocId = "todos/x".parse().expect("id");
-    a.put(&x, "n", 1);
-    a.push(&x).await;
-    let x2 = x.clone();
-    a.until(|d| d.acked(&x2)).await;
+    a.write_acknowledged("todos/x").await;
     relay.child.terminate().expect("SIGTERM");
     let close = loop {
         match tokio::time::timeout(WAIT, a.socket.next())
@@ -431,11 +435,7 @@ async fn garbage_gets_errors_then_a_close_and_harms_no_one_else() {
         Some(1002),
         "closed after repeated bad frames"
     );
-    let x: DocId = "todos/still-fine".parse().expect("id");
-    good.put(&x, "n", 1);
-    good.push(&x).await;
-    let x2 = x.clone();
-    good.until(|d| d.acked(&x2)).await;
+    good.write_acknowledged("todos/still-fine").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,11 +479,7 @@ async fn oversize_messages_close_the_connection_however_fragmented_and_harm_no_o
     assert_eq!(http_get(&addr, "/healthz").0, 200, "the relay lives on");
     // Another device syncs as before.
     let mut ok = Device::join(&addr, &token(dir.path(), 3, &["todos"], &["todos"]), 3).await;
-    let x: DocId = "todos/fine".parse().expect("id");
-    ok.put(&x, "n", 1);
-    ok.push(&x).await;
-    let x2 = x.clone();
-    ok.until(|d| d.acked(&x2)).await;
+    ok.write_acknowledged("todos/fine").await;
 }
 
 /// A device that stops reading is closed with SLOW_CONSUMER (4009) once its outbox holds more
@@ -730,11 +726,7 @@ async fn rates_and_the_idle_timeout_are_enforced_over_real_sockets() {
     assert_eq!(pinged_closed, Some(4002), "pings are not activity");
     // Still open after more than the idle timeout, thanks to its keepalives: it gets answers.
     beating.send(presence.clone()).await;
-    let x: DocId = "todos/heartbeat".parse().expect("id");
-    beating.put(&x, "n", 1);
-    beating.push(&x).await;
-    let x2 = x.clone();
-    beating.until(|d| d.acked(&x2)).await;
+    beating.write_acknowledged("todos/heartbeat").await;
 }
 
 /// Sockets that send nothing (or trickle headers) are closed after the header timeout; past
@@ -786,9 +778,5 @@ async fn idle_sockets_time_out_and_connections_are_capped() {
         matches!(&again, Err(tungstenite::Error::Http(r)) if r.status() == 429),
         "{again:?}"
     );
-    let x: DocId = "todos/capped".parse().expect("id");
-    first.put(&x, "n", 1);
-    first.push(&x).await;
-    let x2 = x.clone();
-    first.until(|d| d.acked(&x2)).await;
+    first.write_acknowledged("todos/capped").await;
 }
