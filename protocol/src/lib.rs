@@ -47,6 +47,7 @@
 //!         max_docs_per_subscription: 100_000,
 //!         idle_timeout_ms: 60_000,
 //!     },
+//!     epoch: Some("5f2c0e9a41b7d3c8".into()),
 //! });
 //! assert_eq!(frame::decode(&frame::encode(&welcome), 16 << 20)?, welcome);
 //!

@@ -22,6 +22,10 @@ pub const MAX_COLLECTIONS: usize = 1024;
 /// Largest ephemeral payload (presence, cursors) a relay forwards.
 pub const MAX_EPHEMERAL_BYTES: usize = 4096;
 
+/// Longest data epoch (`Welcome.epoch`, `Cursor.epoch`) or position receipt
+/// (`Cursor.receipt`) a peer accepts, in bytes.
+pub const MAX_EPOCH_BYTES: usize = 64;
+
 /// What kind of device a client is; the relay plans its sync from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode)]
 #[cbor(index_only)]
@@ -159,6 +163,13 @@ pub struct Welcome {
     /// This connection's limits.
     #[n(4)]
     pub limits: Limits,
+    /// The epoch of the relay's data: every sequence number the relay shows on this connection
+    /// (plan cursors, acknowledgements) is one of this epoch. A relay starts a new epoch each
+    /// time it opens its data, so a copy restored from an older backup can tell the positions
+    /// it gave from those a lost copy gave (`docs/PROTOCOL.md`, "Epochs"). Absent: the relay
+    /// does not keep epochs, and positions are not checked.
+    #[n(5)]
+    pub epoch: Option<String>,
 }
 
 /// Client → relay: the collections to sync (replaces the previous subscription).
@@ -180,6 +191,17 @@ pub struct Cursor {
     /// The last sequence number seen.
     #[n(1)]
     pub seq: u64,
+    /// The epoch of the relay's data in which the relay showed `seq`: set by the relay in
+    /// its plans and acknowledgements, returned by the device in `Reconcile`; absent from
+    /// relays before epochs (a device then records its `Welcome.epoch`, if any).
+    #[n(2)]
+    pub epoch: Option<String>,
+    /// The relay's receipt for this position (an opaque string it gives with the position
+    /// and the device returns as is): proof that the relay showed this device this position,
+    /// which a relay restored from an older backup checks before it lets the device send
+    /// back changes by other devices that it lost (`docs/PROTOCOL.md`, "Epochs").
+    #[n(3)]
+    pub receipt: Option<String>,
 }
 
 /// A document and its heads.
@@ -209,6 +231,11 @@ pub struct Reconcile {
     /// them in sync like eager ones. Absent or empty: none.
     #[n(2)]
     pub fetched: Option<Vec<DocId>>,
+    /// Per collection, the highest sequence number the relay acknowledged for this device's
+    /// own changes (`AckItem.seq`), with its epoch: the relay checks that it still holds it.
+    /// Absent or empty: none.
+    #[n(3)]
+    pub acked: Option<Vec<Cursor>>,
 }
 
 /// Why the relay defers a document.
@@ -301,6 +328,13 @@ pub struct Plan {
     /// the requested documents the relay holds (the others it does not).
     #[cbor(n(4), default, skip_if = "is_false")]
     pub fetch: bool,
+    /// In the answer to a `Reconcile`: collections in which the device showed a position
+    /// (cursor or acknowledgement) this relay's data does not hold: the relay was restored
+    /// from an older backup and lost changes it had acknowledged. The relay planned them from
+    /// the start; the device forgets what this relay acknowledged in them and sends every
+    /// document of them again (`docs/PROTOCOL.md`, "Epochs").
+    #[cbor(n(5), default, skip_if = "Vec::is_empty")]
+    pub reset: Vec<Collection>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -343,7 +377,8 @@ pub struct AckItem {
     /// The heads the relay has made durable.
     #[n(1)]
     pub heads: Heads,
-    /// The document's sequence number in its collection, when it advanced.
+    /// The document's sequence number in its collection (of the connection's epoch) once
+    /// these heads are stored; absent from relays that send it only when it advanced.
     #[n(2)]
     pub seq: Option<u64>,
 }
@@ -355,6 +390,10 @@ pub struct Ack {
     /// The acknowledgements.
     #[n(0)]
     pub items: Vec<AckItem>,
+    /// Per collection of `items`, the highest sequence number among them, with the relay's
+    /// receipt: the device keeps it, and shows it in its next `Reconcile.acked`.
+    #[n(1)]
+    pub positions: Option<Vec<Cursor>>,
 }
 
 /// Client → relay: the profile changed (the phone left Wi-Fi).

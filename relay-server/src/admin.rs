@@ -55,6 +55,29 @@ pub fn open_storage(data_dir: &Path) -> Result<SqliteStorage, AdminError> {
     Ok(SqliteStorage::open(&data_dir.join(DATABASE_FILE))?)
 }
 
+/// Writes a consistent copy of a data directory's embedded database to `to` (which must not
+/// exist), while a relay may be running on it: SQLite's `VACUUM INTO` over a read-only
+/// connection, one snapshot of the last committed state.
+///
+/// # Errors
+/// [`AdminError::Io`] if `to` exists or there is no database; [`AdminError::Storage`] if
+/// the copy fails.
+pub fn backup(data_dir: &Path, to: &Path) -> Result<(), AdminError> {
+    let database = data_dir.join(DATABASE_FILE);
+    for (path, exists, message) in [
+        (&database, false, "no relay database here"),
+        (&to.to_path_buf(), true, "the backup file already exists"),
+    ] {
+        if path.exists() == exists {
+            return Err(AdminError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(message),
+            });
+        }
+    }
+    Ok(crate::storage::sqlite_backup(&database, to)?)
+}
+
 /// Signs a development token with the data directory's key (created if missing), after
 /// checking that the claims would be accepted.
 ///

@@ -70,8 +70,9 @@ pub struct RelayConfig {
     pub drain_secs: u64,
     /// Accept changes written by another device (another Automerge actor) that the relay does
     /// not hold yet. Off by default: a device can then only add changes under its own id, so
-    /// history's "who wrote what" cannot be forged. Turn it on to let devices repair a relay
-    /// restored from an old backup, or to relay between independent relays.
+    /// history's "who wrote what" cannot be forged. A relay restored from an older backup
+    /// needs no setting: devices that prove it showed them what it lost send it back
+    /// (`docs/PROTOCOL.md`, "Epochs"). Turn it on to relay between independent relays.
     pub allow_foreign_changes: bool,
     /// Bytes a connection's outbox may hold before the relay closes it as a slow consumer
     /// (close code 4009; it resyncs from storage on reconnect). Default 64 MiB.

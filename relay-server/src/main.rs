@@ -82,6 +82,17 @@ enum Command {
         /// The document, as COLLECTION/ID.
         doc: String,
     },
+    /// Write a consistent copy of the embedded database, safe while the relay runs. To
+    /// restore: stop the relay, put the copy in place of `relay.db` (removing `relay.db-wal`
+    /// and `relay.db-shm`), start it; devices re-send what the copy lacks.
+    Backup {
+        /// The relay's data directory.
+        #[arg(long, env = "SYNCLINE_DATA_DIR", default_value = "./syncline-data")]
+        data_dir: PathBuf,
+        /// The file to write (must not exist).
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 /// mimalloc instead of the system allocator: the hub allocates and frees many small buffers per
@@ -287,6 +298,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let doc: DocId = doc.parse()?;
             let json = admin::document_json(&data_dir, &tenant, &doc)?;
             println!("{}", serde_json::to_string_pretty(&json)?);
+        }
+        Command::Backup { data_dir, to } => {
+            admin::backup(&data_dir, &to)?;
+            println!("{}", to.display());
         }
     }
     Ok(())

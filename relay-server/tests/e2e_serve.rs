@@ -344,6 +344,7 @@ async fn three_devices_fan_out_and_acknowledged_changes_survive_sigkill() {
         cursors: vec![],
         changed: vec![],
         fetched: None,
+        acked: None,
     }))
     .await;
     let x5 = x.clone();
@@ -600,6 +601,7 @@ async fn a_slow_consumer_is_closed_and_resyncs_from_storage() {
             cursors: Vec::new(),
             changed: Vec::new(),
             fetched: None,
+            acked: None,
         }))
         .await;
     // Everything arrives from storage, whole documents batched many to a frame.

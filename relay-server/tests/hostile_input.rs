@@ -353,6 +353,60 @@ fn subscriptions_and_cursors_are_capped_and_deduplicated() {
     );
 }
 
+#[test]
+fn positions_are_capped_in_count_and_size() {
+    let mut s = session();
+    let position = |epoch: usize, receipt: usize| Cursor {
+        collection: Collection::new("todos").expect("valid"),
+        seq: 1,
+        epoch: Some("e".repeat(epoch)),
+        receipt: Some("r".repeat(receipt)),
+    };
+    let reconcile = |cursors: Vec<Cursor>, acked: Vec<Cursor>| {
+        frame::encode(&Message::Reconcile(Reconcile {
+            cursors,
+            changed: Vec::new(),
+            fetched: None,
+            acked: Some(acked),
+        }))
+    };
+    for (at, bad) in [
+        reconcile(vec![position(MAX_EPOCH_BYTES + 1, 32)], vec![]),
+        reconcile(vec![], vec![position(32, MAX_EPOCH_BYTES + 1)]),
+        reconcile(vec![], vec![position(32, 32); MAX_COLLECTIONS + 1]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = s.handle_frame(&bad, T0 + 1 + at as u64);
+        assert_eq!(
+            errors(&out).first().map(|e| e.0),
+            Some(ErrorCode::LIMIT_EXCEEDED.0),
+            "{out:?}"
+        );
+        assert!(out.actions.is_empty());
+    }
+    // Within the limits, an acknowledged position named twice is checked once, and one in a
+    // collection the device may not read is dropped rather than refused.
+    let secret = Cursor {
+        collection: Collection::new("secret").expect("valid"),
+        ..position(32, 32)
+    };
+    let out = s.handle_frame(
+        &reconcile(
+            vec![position(32, 32)],
+            vec![position(32, 32), position(32, 32), secret],
+        ),
+        T0 + 10,
+    );
+    assert!(errors(&out).is_empty(), "{out:?}");
+    let forwarded = out.actions.iter().find_map(|a| match a {
+        Action::Reconcile(r) => r.acked.clone(),
+        _ => None,
+    });
+    assert_eq!(forwarded, Some(vec![position(32, 32)]));
+}
+
 mod hub {
     //! Per-session state (issue 15, class 3): what a client's sync messages may make the hub
     //! keep.
@@ -456,9 +510,12 @@ fn reconcile_todos() -> Action {
         cursors: vec![Cursor {
             collection: Collection::new("todos").expect("valid"),
             seq: 0,
+            epoch: None,
+            receipt: None,
         }],
         changed: Vec::new(),
         fetched: None,
+        acked: None,
     })
 }
 

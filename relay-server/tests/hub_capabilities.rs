@@ -73,6 +73,7 @@ fn reconcile(w: &mut World, id: SessionId, fetched: Option<Vec<DocId>>) {
             cursors: vec![],
             changed: vec![],
             fetched,
+            acked: None,
         }),
     )]);
 }
@@ -90,9 +91,12 @@ fn reconcile_named(w: &mut World, id: SessionId, collection: &str) {
             cursors: vec![Cursor {
                 collection: col(collection),
                 seq: 0,
+                epoch: None,
+                receipt: None,
             }],
             changed: vec![],
             fetched: None,
+            acked: None,
         }),
     )]);
 }

@@ -9,7 +9,7 @@ use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT};
 use common::{World, col, doc, grants, tenant};
 use syncline_protocol::messages::*;
-use syncline_protocol::{DeviceId, DocId, Message};
+use syncline_protocol::{Collection, DeviceId, DocId, Message};
 use syncline_relay::hub::{Hub, SessionId};
 use syncline_relay::session::Action;
 use syncline_relay::storage::Storage;
@@ -67,6 +67,7 @@ fn a_new_device_reconciles_from_its_cursor() {
             cursors: vec![],
             changed: vec![],
             fetched: None,
+            acked: None,
         }),
     )]);
     let c = &w.clients[&3];
@@ -79,12 +80,17 @@ fn a_new_device_reconciles_from_its_cursor() {
         panic!("no plan")
     };
     assert_eq!(plan.send.len(), 5);
-    assert_eq!(
-        plan.cursors,
-        vec![Cursor {
-            collection: col("todos"),
-            seq: 5
-        }]
+    let reached: Vec<(Collection, u64)> = plan
+        .cursors
+        .iter()
+        .map(|c| (c.collection.clone(), c.seq))
+        .collect();
+    assert_eq!(reached, vec![(col("todos"), 5)]);
+    assert!(
+        plan.cursors
+            .iter()
+            .all(|c| c.epoch.is_some() && c.receipt.is_some()),
+        "positions carry the data's epoch and the relay's receipt"
     );
     assert_eq!(plan.send[0].doc, doc("todos/d4"), "most recent first");
     for i in 0..5 {
@@ -98,6 +104,7 @@ fn a_new_device_reconciles_from_its_cursor() {
             cursors: cursor,
             changed: vec![],
             fetched: None,
+            acked: None,
         }),
     )]);
     let inbox = &w.clients[&3].inbox;
@@ -128,6 +135,7 @@ fn tenants_and_grants_bound_the_fan_out() {
             cursors: vec![],
             changed: vec![],
             fetched: None,
+            acked: None,
         }),
     )]);
     assert_eq!(w.clients[&4].get(&x, "n"), None);
@@ -263,6 +271,7 @@ fn a_restarted_relay_serves_what_it_stored_and_remembers_sync_state() {
             cursors: vec![],
             changed: vec![],
             fetched: None,
+            acked: None,
         }),
     )]);
     assert_eq!(w.clients[&5].get(&x, "n"), Some(9));

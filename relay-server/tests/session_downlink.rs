@@ -137,7 +137,10 @@ fn a_live_change_overtakes_a_catch_up_within_one_frame() {
     s.deliver(catch_up("todos", 50, 10_000), Lane::Bulk, 0, T0);
     let mut now = T0 + 2_000;
     let _ = s.release(now);
-    let ack = Message::Ack(Ack { items: Vec::new() });
+    let ack = Message::Ack(Ack {
+        items: Vec::new(),
+        positions: None,
+    });
     let queued_at = now;
     let mut sent = s.deliver(ack, Lane::Live, 42, now).frames;
     for _ in 0..1_000 {

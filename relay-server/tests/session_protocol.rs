@@ -211,13 +211,17 @@ fn messages_out_of_order_are_refused() {
     let mut s = open_session();
     for relay_only in [
         hello(vec![1]),
-        Message::Ack(Ack { items: vec![] }),
+        Message::Ack(Ack {
+            items: vec![],
+            positions: None,
+        }),
         Message::Plan(Plan {
             send: vec![],
             deferred: vec![],
             cursors: vec![],
             update: false,
             fetch: false,
+            reset: vec![],
         }),
     ] {
         let out = send(&mut s, relay_only);
@@ -257,6 +261,8 @@ fn every_message_type_is_authorized() {
     let cursor = |c: &str| Cursor {
         collection: col(c),
         seq: 1,
+        epoch: None,
+        receipt: None,
     };
     let changed = |d: &str| DocHeads {
         doc: doc(d),
@@ -267,11 +273,13 @@ fn every_message_type_is_authorized() {
             cursors: vec![cursor("secret")],
             changed: vec![],
             fetched: None,
+            acked: None,
         },
         Reconcile {
             cursors: vec![cursor("todos")],
             changed: vec![changed("secret/x")],
             fetched: None,
+            acked: None,
         },
     ] {
         let out = send(&mut s, Message::Reconcile(bad));
@@ -281,6 +289,7 @@ fn every_message_type_is_authorized() {
         cursors: vec![cursor("todos")],
         changed: vec![changed("notes/n")],
         fetched: None,
+        acked: None,
     };
     assert!(matches!(
         &send(&mut s, Message::Reconcile(ok)).actions[..],

@@ -11,6 +11,7 @@ use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
 use syncline_relay::Tenant;
 use syncline_relay::storage::{
     Append, Deferred, DeferredEntry, DeviceRecord, MemoryStorage, SqliteStorage, Storage,
+    sqlite_backup,
 };
 
 /// A tenant by name (test names are valid).
@@ -348,7 +349,7 @@ fn concurrent_appends_get_distinct_sequences<S: Storage>(s: &S) {
 }
 
 fn everything_survives_reopening<S: Storage>(open: &dyn Fn(&Path) -> S, dir: &Path) {
-    {
+    let first_epoch = {
         let s = open(dir);
         s.append(&tenant("t"), &[append("todos/a", b"a1", 1)])
             .expect("append");
@@ -356,8 +357,14 @@ fn everything_survives_reopening<S: Storage>(open: &dyn Fn(&Path) -> S, dir: &Pa
             .expect("register");
         s.set_cursor(&tenant("t"), &device(1), &col("todos"), 1)
             .expect("cursor");
-    }
+        s.epoch().to_owned()
+    };
     let s = open(dir);
+    assert!(
+        s.holds_position(&tenant("t"), &col("todos"), &first_epoch, 1)
+            .expect("position"),
+        "what an earlier opening showed is still held"
+    );
     assert_eq!(
         s.load(&tenant("t"), &doc("todos/a"))
             .expect("load")
@@ -402,8 +409,72 @@ fn a_documents_priority_is_kept_until_another_is_sent<S: Storage>(s: &S) {
     assert_eq!(loaded.priority, Some(Priority::Low));
 }
 
+/// Sequence numbers are recorded against epochs: a copy restored from an older backup runs
+/// in an epoch of its own, refuses the positions its lost original showed after the backup
+/// (even once it has reused their numbers), and holds those from before.
+fn a_restored_copy_refuses_the_positions_it_lost<S: Storage>(
+    open: &dyn Fn(&Path) -> S,
+    backup: &dyn Fn(&S, &Path) -> S,
+    dir: &Path,
+) {
+    let (t, todos) = (tenant("t"), col("todos"));
+    let s = open(dir);
+    s.append(
+        &t,
+        &[append("todos/a", b"a", 1), append("todos/b", b"b", 2)],
+    )
+    .expect("append");
+    let original = s.epoch().to_owned();
+    let holds =
+        |s: &S, epoch: &str, seq| s.holds_position(&t, &todos, epoch, seq).expect("position");
+    assert!(holds(&s, &original, 2));
+    assert!(!holds(&s, &original, 3), "never reached");
+    assert!(!holds(&s, "an-epoch-of-another-relay", 1), "unknown epoch");
+    assert!(
+        holds(&s, "an-epoch-of-another-relay", 0),
+        "the start is always held"
+    );
+    assert!(
+        !s.holds_position(&tenant("other"), &todos, &original, 1)
+            .expect("position"),
+        "per tenant"
+    );
+    assert!(
+        !s.holds_position(&t, &col("notes"), &original, 1)
+            .expect("position"),
+        "per collection"
+    );
+
+    let restored = backup(&s, dir);
+    assert_ne!(
+        restored.epoch(),
+        original,
+        "a restored copy runs in a new epoch"
+    );
+    assert_eq!(
+        s.append(&t, &[append("todos/c", b"c", 3)]).expect("append"),
+        vec![3]
+    );
+    assert!(holds(&s, &original, 3));
+
+    assert!(holds(&restored, &original, 2), "from before the backup");
+    assert!(!holds(&restored, &original, 3), "lost with the original");
+    assert_eq!(
+        restored
+            .append(&t, &[append("todos/x", b"x", 9)])
+            .expect("append"),
+        vec![3],
+        "the copy numbers from where it was"
+    );
+    assert!(holds(&restored, restored.epoch(), 3));
+    assert!(
+        !holds(&restored, &original, 3),
+        "a reused number is not the lost one"
+    );
+}
+
 macro_rules! contract_tests {
-    ($backend:ident, $open:expr) => {
+    ($backend:ident, $open:expr, $backup:expr) => {
         mod $backend {
             use super::*;
 
@@ -442,14 +513,76 @@ macro_rules! contract_tests {
                 let dir = tempfile::tempdir().expect("temp dir");
                 super::everything_survives_reopening(&$open, dir.path());
             }
+            #[test]
+            fn a_restored_copy_refuses_the_positions_it_lost() {
+                let dir = tempfile::tempdir().expect("temp dir");
+                super::a_restored_copy_refuses_the_positions_it_lost(&$open, &$backup, dir.path());
+            }
         }
     };
 }
 
-contract_tests!(sqlite, |dir: &Path| SqliteStorage::open(
-    &dir.join("relay.db")
-)
-.expect("open sqlite"));
+contract_tests!(
+    sqlite,
+    |dir: &Path| SqliteStorage::open(&dir.join("relay.db")).expect("open sqlite"),
+    |_: &SqliteStorage, dir: &Path| {
+        let copy = dir.join("backup.db");
+        sqlite_backup(&dir.join("relay.db"), &copy).expect("backup");
+        SqliteStorage::open(&copy).expect("open the backup")
+    }
+);
+
+#[test]
+fn sqlite_reopening_starts_a_new_epoch_and_old_data_joins_the_first() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("relay.db");
+    let (t, todos) = (tenant("t"), col("todos"));
+    {
+        let s = SqliteStorage::open(&path).expect("open");
+        s.append(
+            &t,
+            &[append("todos/a", b"a", 1), append("todos/b", b"b", 2)],
+        )
+        .expect("append");
+    }
+    // A database from before epochs (schema 3): its sequence numbers belong to the first.
+    let old = rusqlite::Connection::open(&path).expect("open raw");
+    old.execute_batch(
+        "DROP TABLE epochs; DROP TABLE collection_epochs; DROP TABLE secrets; \
+         PRAGMA user_version = 3;",
+    )
+    .expect("downgrade");
+    drop(old);
+    let a = SqliteStorage::open(&path).expect("migrate");
+    let a_epoch = a.epoch().to_owned();
+    assert!(
+        a.holds_position(&t, &todos, &a_epoch, 2).expect("position"),
+        "what was stored before epochs is held in every later epoch"
+    );
+    drop(a);
+    let b = SqliteStorage::open(&path).expect("reopen");
+    assert_ne!(b.epoch(), a_epoch);
+    assert!(b.holds_position(&t, &todos, &a_epoch, 2).expect("position"));
+    assert!(
+        b.holds_position(&t, &todos, b.epoch(), 2)
+            .expect("position")
+    );
+}
+
+#[test]
+fn sqlite_backup_refuses_to_overwrite_or_copy_a_foreign_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("relay.db");
+    drop(SqliteStorage::open(&path).expect("open"));
+    let copy = dir.path().join("copy.db");
+    sqlite_backup(&path, &copy).expect("backup");
+    assert!(sqlite_backup(&path, &copy).is_err(), "the copy exists");
+    let foreign = dir.path().join("other.db");
+    rusqlite::Connection::open(&foreign)
+        .and_then(|c| c.execute_batch("CREATE TABLE t (x)"))
+        .expect("foreign db");
+    assert!(sqlite_backup(&foreign, &dir.path().join("x.db")).is_err());
+}
 
 #[test]
 fn sqlite_refuses_foreign_files() {
@@ -474,4 +607,4 @@ fn memory_at(dir: &Path) -> MemoryStorage {
     storage
 }
 
-contract_tests!(memory, memory_at);
+contract_tests!(memory, memory_at, |s: &MemoryStorage, _: &Path| s.backup());

@@ -17,11 +17,12 @@ use automerge::sync::{Message as SyncMessage, State, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ChangeHash, ReadDoc, ScalarValue, Value};
 use syncline::engine::{
-    Outgoing, Received, SyncStore, acknowledgement, holds_their_heads, next_message,
+    Outgoing, Positions, Received, SyncStore, acknowledgement, holds_their_heads, next_message,
 };
 use syncline::{
     BudgetOutcome, Collection, DeferredDoc, DeviceId, DocId, Error, Heads, Priority, Result,
 };
+use syncline_protocol::messages::Cursor;
 use syncline_protocol::sync_state;
 
 /// The engine's port in memory; see the module documentation.
@@ -36,7 +37,11 @@ struct Inner {
     docs: BTreeMap<DocId, Automerge>,
     /// Per relay and document, the heads the relay acknowledged.
     acks: HashMap<(String, DocId), Vec<ChangeHash>>,
-    cursors: HashMap<String, BTreeMap<Collection, u64>>,
+    /// Per relay and collection, the cursor synced to, with its epoch and receipt.
+    cursors: HashMap<String, BTreeMap<Collection, Cursor>>,
+    /// Per relay and collection, the highest acknowledged position, with its epoch and
+    /// receipt.
+    acked: HashMap<String, BTreeMap<Collection, Cursor>>,
     /// Per document, the `now_ms` of the last batch that changed it.
     received_at: HashMap<DocId, u64>,
     /// Per relay, the documents it announced and held back.
@@ -127,6 +132,17 @@ impl Inner {
         let previous = self.acks.get(&key).map(Vec::as_slice);
         if let Some(record) = acknowledgement(automerge, heads, previous, []) {
             self.acks.insert(key, record.as_slice().to_vec());
+        }
+    }
+}
+
+/// Moves a position forward (never back), keeping the epoch and receipt of the highest
+/// sequence number.
+fn advance(stored: &mut BTreeMap<Collection, Cursor>, position: &Cursor) {
+    match stored.get(&position.collection) {
+        Some(old) if old.seq > position.seq => {}
+        _ => {
+            stored.insert(position.collection.clone(), position.clone());
         }
     }
 }
@@ -242,8 +258,17 @@ impl SyncStore for MemorySyncStore {
             .collect()
     }
 
-    fn acknowledge(&self, relay: &str, acks: &[(DocId, Heads)]) -> Result<Vec<(DocId, Heads)>> {
+    fn acknowledge(
+        &self,
+        relay: &str,
+        acks: &[(DocId, Heads)],
+        positions: &[Cursor],
+    ) -> Result<Vec<(DocId, Heads)>> {
         let mut inner = self.inner();
+        let stored = inner.acked.entry(relay.to_owned()).or_default();
+        for p in positions {
+            advance(stored, p);
+        }
         let mut current = Vec::new();
         for (doc, heads) in acks {
             if !inner.docs.contains_key(doc) {
@@ -260,22 +285,40 @@ impl SyncStore for MemorySyncStore {
         Ok(current)
     }
 
-    fn set_cursors(&self, relay: &str, cursors: &[(Collection, u64)]) -> Result<()> {
+    fn set_cursors(&self, relay: &str, cursors: &[Cursor]) -> Result<()> {
         let mut inner = self.inner();
         let stored = inner.cursors.entry(relay.to_owned()).or_default();
-        for (collection, seq) in cursors {
-            stored.insert(collection.clone(), *seq);
+        for cursor in cursors {
+            advance(stored, cursor);
         }
         Ok(())
     }
 
-    fn cursors(&self, relay: &str) -> Result<Vec<(Collection, u64)>> {
-        Ok(self
-            .inner()
-            .cursors
-            .get(relay)
-            .map(|c| c.iter().map(|(c, s)| (c.clone(), *s)).collect())
-            .unwrap_or_default())
+    fn positions(&self, relay: &str) -> Result<Positions> {
+        let inner = self.inner();
+        let listed = |map: &HashMap<String, BTreeMap<Collection, Cursor>>| {
+            map.get(relay)
+                .map(|c| c.values().cloned().collect())
+                .unwrap_or_default()
+        };
+        Ok(Positions {
+            cursors: listed(&inner.cursors),
+            acked: listed(&inner.acked),
+        })
+    }
+
+    fn forget_positions(&self, relay: &str, collections: &[Collection]) -> Result<()> {
+        let mut guard = self.inner();
+        let inner = &mut *guard;
+        for map in [&mut inner.cursors, &mut inner.acked] {
+            if let Some(stored) = map.get_mut(relay) {
+                stored.retain(|c, _| !collections.contains(c));
+            }
+        }
+        inner
+            .acks
+            .retain(|(r, doc), _| r != relay || !collections.contains(doc.collection()));
+        Ok(())
     }
 
     fn unacknowledged(&self, relay: &str, collection: &Collection) -> Result<Vec<DocId>> {

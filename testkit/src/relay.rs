@@ -112,6 +112,26 @@ impl Relay {
         token(&self.data_dir, user, device, read, write, ttl_secs)
     }
 
+    /// Writes a backup of the running relay's database to `to` with `syncline-relay backup`.
+    ///
+    /// # Errors
+    /// If the backup command fails.
+    pub fn backup(&self, to: &Path) -> std::io::Result<()> {
+        let output = Command::new(workspace_binary("syncline-relay", "syncline-relay"))
+            .args(["backup", "--data-dir"])
+            .arg(&self.data_dir)
+            .arg("--to")
+            .arg(to)
+            .output()?;
+        if !output.status.success() {
+            return Err(std::io::Error::other(format!(
+                "syncline-relay backup failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        Ok(())
+    }
+
     /// Kills the relay with SIGKILL.
     ///
     /// # Errors

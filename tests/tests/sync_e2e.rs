@@ -308,6 +308,96 @@ fn a_relay_killed_mid_sync_loses_nothing_acknowledged() {
     assert_eq!(b.store.list(&todos()).expect("list").len(), 3000);
 }
 
+/// Class 10 of issue 15: a relay restored from a backup of its live self lost changes it had
+/// acknowledged, and numbers new ones with the sequence numbers it lost. The devices that
+/// were shown the lost positions re-send what they hold, and nothing is lost.
+#[test]
+fn a_relay_restored_from_an_older_backup_gets_back_what_it_acknowledged() {
+    let data = temp_dir();
+    let mut relay = Relay::start(data.path()).expect("relay");
+    let addr = relay.addr.clone();
+    let (a, b) = (Device::fast(), Device::fast());
+    let write = |d: &Device, title: String| {
+        let doc = d.store.create(&todos()).expect("create");
+        doc.put("title", title).expect("put");
+        doc
+    };
+    let first = write(&a, "before the backup".into());
+    for i in 0..4 {
+        write(&a, format!("a before {i}"));
+    }
+    let client_a = a.connect(&relay);
+    client_a.wait_synced(WAIT, true).expect("a synced");
+    let client_b = b.connect(&relay);
+    client_b.wait_synced(WAIT, true).expect("b synced");
+
+    let backup_dir = temp_dir();
+    let backup = backup_dir.path().join("relay.db");
+    relay.backup(&backup).expect("backup of the live relay");
+
+    // Acknowledged after the backup: lost with the relay.
+    for i in 0..5 {
+        write(&a, format!("a after {i}"));
+    }
+    first.put("title", "edited after the backup").expect("edit");
+    for i in 0..3 {
+        write(&b, format!("b after {i}"));
+    }
+    client_a.wait_synced(WAIT, true).expect("a acknowledged");
+    client_b.wait_synced(WAIT, true).expect("b acknowledged");
+    eventually("a and b agree before the loss", || {
+        same_documents(&a.store, &b.store)
+    });
+    assert!(a.store.pending_documents().expect("pending").is_empty());
+    client_a.pause();
+    client_b.pause();
+
+    relay.kill().expect("SIGKILL");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(data.path().join(format!("relay.db{suffix}")));
+    }
+    std::fs::copy(&backup, data.path().join("relay.db")).expect("restore the backup");
+    let relay = Relay::start_at(data.path(), &addr).expect("restored relay");
+    // Another device writes first: the restored relay gives its changes the very sequence
+    // numbers the lost ones had.
+    let c = Device::fast();
+    for i in 0..15 {
+        write(&c, format!("c {i}"));
+    }
+    let client_c = c.connect(&relay);
+    client_c.wait_synced(WAIT, true).expect("c synced");
+
+    client_a.resume();
+    client_b.resume();
+    client_a
+        .wait_synced(WAIT, true)
+        .expect("a synced with the restored relay");
+    client_b
+        .wait_synced(WAIT, true)
+        .expect("b synced with the restored relay");
+    let fresh = Device::fast();
+    let client_fresh = fresh.connect(&relay);
+    client_fresh
+        .wait_synced(WAIT, true)
+        .expect("a new device synced");
+    eventually("everyone has everything", || {
+        fresh.store.list(&todos()).map(|l| l.len()).unwrap_or(0) == 28
+            && same_documents(&a.store, &fresh.store)
+            && same_documents(&b.store, &fresh.store)
+            && same_documents(&c.store, &fresh.store)
+    });
+    assert_eq!(
+        fresh
+            .store
+            .document(first.id())
+            .expect("doc")
+            .get("title")
+            .expect("get"),
+        Some(Value::from("edited after the backup"))
+    );
+    drop((client_a, client_b, client_c, client_fresh));
+}
+
 #[test]
 fn a_refreshed_token_keeps_the_connection_and_a_revoked_grant_stops_writes() {
     let data = temp_dir();

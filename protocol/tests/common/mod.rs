@@ -64,7 +64,17 @@ fn subscription() -> impl Strategy<Value = CollectionSubscription> {
 }
 
 fn cursor() -> impl Strategy<Value = Cursor> {
-    (collection(), any::<u64>()).prop_map(|(collection, seq)| Cursor { collection, seq })
+    (
+        collection(),
+        any::<u64>(),
+        proptest::option::of("[0-9a-f]{0,32}"),
+    )
+        .prop_map(|(collection, seq, epoch)| Cursor {
+            collection,
+            seq,
+            epoch,
+            receipt: None,
+        })
 }
 
 fn plan_entry() -> impl Strategy<Value = PlanEntry> {
@@ -110,47 +120,59 @@ pub fn message() -> impl Strategy<Value = Message> {
             any::<u32>(),
             ".{0,16}",
             any::<u64>(),
-            any::<(u64, u32, u64, u32, u64)>()
+            any::<(u64, u32, u64, u32, u64)>(),
+            proptest::option::of("[0-9a-f]{0,32}"),
         )
-            .prop_map(|(version, compression, session, server_time_ms, l)| {
-                Message::Welcome(Welcome {
-                    version,
-                    compression,
-                    session,
-                    server_time_ms,
-                    limits: Limits {
-                        max_frame_bytes: l.0,
-                        max_frames_per_s: l.1,
-                        max_bytes_per_s: l.2,
-                        max_docs_per_subscription: l.3,
-                        idle_timeout_ms: l.4,
-                    },
-                })
-            }),
+            .prop_map(
+                |(version, compression, session, server_time_ms, l, epoch)| {
+                    Message::Welcome(Welcome {
+                        version,
+                        compression,
+                        session,
+                        server_time_ms,
+                        limits: Limits {
+                            max_frame_bytes: l.0,
+                            max_frames_per_s: l.1,
+                            max_bytes_per_s: l.2,
+                            max_docs_per_subscription: l.3,
+                            idle_timeout_ms: l.4,
+                        },
+                        epoch,
+                    })
+                }
+            ),
         vec(subscription()).prop_map(|collections| Message::Subscribe(Subscribe { collections })),
         (
             vec(cursor()),
             vec((doc_id(), heads()).prop_map(|(doc, heads)| DocHeads { doc, heads })),
             proptest::option::of(vec(doc_id())),
+            proptest::option::of(vec(cursor())),
         )
-            .prop_map(|(cursors, changed, fetched)| Message::Reconcile(Reconcile {
-                cursors,
-                changed,
-                fetched
-            })),
+            .prop_map(
+                |(cursors, changed, fetched, acked)| Message::Reconcile(Reconcile {
+                    cursors,
+                    changed,
+                    fetched,
+                    acked,
+                })
+            ),
         (
             vec(plan_entry()),
             vec(plan_entry()),
             vec(cursor()),
-            any::<bool>()
+            any::<bool>(),
+            vec(collection()),
         )
-            .prop_map(|(send, deferred, cursors, update)| Message::Plan(Plan {
-                send,
-                deferred,
-                cursors,
-                update,
-                fetch: false
-            })),
+            .prop_map(
+                |(send, deferred, cursors, update, reset)| Message::Plan(Plan {
+                    send,
+                    deferred,
+                    cursors,
+                    update,
+                    fetch: false,
+                    reset,
+                })
+            ),
         vec((doc_id(), bytes()).prop_map(|(doc, message)| SyncItem {
             doc,
             message,
@@ -164,7 +186,10 @@ pub fn message() -> impl Strategy<Value = Message> {
                 seq
             })
         )
-        .prop_map(|items| Message::Ack(Ack { items })),
+        .prop_map(|items| Message::Ack(Ack {
+            items,
+            positions: None
+        })),
         profile().prop_map(|profile| Message::UpdateProfile(UpdateProfile { profile })),
         ".{0,40}".prop_map(|token| Message::RefreshToken(RefreshToken { token })),
         vec(doc_id()).prop_map(|docs| Message::Fetch(Fetch { docs })),
@@ -240,6 +265,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                     max_docs_per_subscription: 100_000,
                     idle_timeout_ms: 60_000,
                 },
+                epoch: None,
             }),
         ),
         (
@@ -258,12 +284,15 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                 cursors: vec![Cursor {
                     collection: todos.clone(),
                     seq: 42,
+                    epoch: None,
+                    receipt: None,
                 }],
                 changed: vec![DocHeads {
                     doc: doc.clone(),
                     heads: heads.clone(),
                 }],
                 fetched: Some(vec![doc.clone()]),
+                acked: None,
             }),
         ),
         (
@@ -277,9 +306,12 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                 cursors: vec![Cursor {
                     collection: todos,
                     seq: 43,
+                    epoch: None,
+                    receipt: None,
                 }],
                 update: false,
                 fetch: false,
+                reset: vec![],
             }),
         ),
         (
@@ -300,6 +332,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                     heads,
                     seq: Some(43),
                 }],
+                positions: None,
             }),
         ),
         (

@@ -105,6 +105,8 @@ pub struct DocGraph {
     /// The document's priority as its app set it (kept with the document, stored with its
     /// next append).
     priority: Option<Priority>,
+    /// The document's sequence number in its collection as last stored (0: never stored).
+    stored_seq: u64,
 }
 
 /// Memory a node costs beyond its raw bytes (hash, index entries, vectors, dependencies).
@@ -144,6 +146,16 @@ impl DocGraph {
     /// The document's priority as its app set it, if one was ever sent.
     pub fn priority(&self) -> Option<Priority> {
         self.priority
+    }
+
+    /// The document's sequence number in its collection as last stored (0: never stored).
+    pub fn stored_seq(&self) -> u64 {
+        self.stored_seq
+    }
+
+    /// Records the sequence number storage gave the document's last append (or load).
+    pub fn set_stored_seq(&mut self, seq: u64) {
+        self.stored_seq = seq;
     }
 
     /// Records the priority the app set.

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use automerge::sync::Message as SyncMessage;
-use syncline_protocol::messages::{Ack, AckItem, ErrorCode, SyncItem};
+use syncline_protocol::messages::{Ack, AckItem, Cursor, ErrorCode, SyncItem};
 use syncline_protocol::payload::Budget;
 use syncline_protocol::{DocId, Message};
 
@@ -102,7 +102,11 @@ impl<S: Storage> Hub<S> {
             match self.storage.append(tenant, &appends) {
                 Ok(stored) => {
                     for (append, seq) in appends.iter().zip(stored) {
-                        seqs.insert((tenant.clone(), append.doc.clone()), seq);
+                        let key = (tenant.clone(), append.doc.clone());
+                        if let Some(doc) = self.docs.peek_mut(&key) {
+                            doc.set_stored_seq(seq);
+                        }
+                        seqs.insert(key, seq);
                     }
                     changed.insert(tenant.clone(), appends.into_iter().map(|a| a.doc).collect());
                 }
@@ -151,9 +155,14 @@ impl<S: Storage> Hub<S> {
                     "the relay could not store this; reconnect and resend",
                 ));
             }
-            group
-                .deliveries
-                .push(Delivery::live(id, Message::Ack(Ack { items: acks })));
+            let positions = self.ack_positions(id, &acks);
+            group.deliveries.push(Delivery::live(
+                id,
+                Message::Ack(Ack {
+                    items: acks,
+                    positions: Some(positions),
+                }),
+            ));
             // Kept in memory and written at disconnect: an fsync per round trip would
             // dominate the cost of syncing.
             self.peer_mut(id).last_sync_ms = Some(now_ms);
@@ -202,7 +211,7 @@ impl<S: Storage> Hub<S> {
         out: &mut Vec<Delivery>,
     ) -> Result<(), HubError> {
         let device = self.peers[&id].identity.device;
-        let author = (!self.allow_foreign_changes).then_some(device.as_bytes().as_slice());
+        let own_only = (!self.allow_foreign_changes).then_some(device.as_bytes().as_slice());
         // One frame's payloads share one budget (what decoding them may cost).
         let mut budget = Budget::new(self.payload_limits);
         for item in items {
@@ -267,6 +276,9 @@ impl<S: Storage> Hub<S> {
                 .get_mut(&(tenant.clone(), item.doc.clone()))
                 .expect("loaded");
             let bytes_before = graph.estimated_bytes();
+            // Repairing a relay restored from an older backup: what it lost comes back from
+            // whichever device holds it.
+            let author = own_only.filter(|_| !peer.repair.contains(item.doc.collection()));
             let received =
                 responder::receive_sync_message(graph, state, message, author, &mut budget);
             self.docs_bytes =
@@ -310,13 +322,43 @@ impl<S: Storage> Hub<S> {
             .filter_map(|doc| {
                 let key = (tenant.clone(), doc.clone());
                 let loaded = self.docs.peek(&key)?;
+                // Always the document's position: a device checks, on its next connection,
+                // that the relay still holds what it acknowledged.
+                let seq = seqs.get(&key).copied().unwrap_or(loaded.stored_seq());
                 Some(AckItem {
                     doc: doc.clone(),
                     heads: wire_heads(&loaded.heads()),
-                    seq: seqs.get(&key).copied(),
+                    seq: (seq > 0).then_some(seq),
                 })
             })
             .collect()
+    }
+}
+
+impl<S: Storage> Hub<S> {
+    /// Per collection of `acks`, the highest sequence number among them, with this data's
+    /// epoch and the relay's receipt for session `id`'s device.
+    fn ack_positions(&self, id: SessionId, acks: &[AckItem]) -> Vec<Cursor> {
+        let mut positions: Vec<Cursor> = Vec::new();
+        for item in acks {
+            let Some(seq) = item.seq else { continue };
+            match positions
+                .iter_mut()
+                .find(|p| &p.collection == item.doc.collection())
+            {
+                Some(p) => p.seq = p.seq.max(seq),
+                None => positions.push(Cursor {
+                    collection: item.doc.collection().clone(),
+                    seq,
+                    epoch: None,
+                    receipt: None,
+                }),
+            }
+        }
+        for p in &mut positions {
+            self.vouch(id, p);
+        }
+        positions
     }
 }
 

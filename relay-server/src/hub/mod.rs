@@ -16,6 +16,7 @@ mod graph;
 mod group_commit;
 mod planner;
 pub(crate) mod policy;
+mod receipts;
 mod registry;
 pub mod responder;
 mod watchers;
@@ -126,6 +127,10 @@ struct Peer {
     deferred: BTreeMap<DocId, PlanEntry>,
     /// True once the connection's first `Reconcile` was planned.
     reconciled: bool,
+    /// Collections in which the device proved (by the relay's receipts) that this data lost
+    /// positions it showed it: the relay was restored from an older backup, and the device
+    /// may send back changes by other devices there.
+    repair: HashSet<Collection>,
     /// Documents changed while the device was periodic (no pushes): pushed if it turns
     /// realtime on this connection.
     skipped: BTreeSet<DocId>,
@@ -310,6 +315,7 @@ impl<S: Storage> Hub<S> {
             held: HashSet::new(),
             deferred: BTreeMap::new(),
             reconciled: false,
+            repair: HashSet::new(),
             skipped: BTreeSet::new(),
             state_costs: HashMap::new(),
             state_bytes: 0,
@@ -589,6 +595,7 @@ impl<S: Storage> Hub<S> {
                             reason: e.to_string(),
                         })?;
                     graph.set_priority(stored.priority);
+                    graph.set_stored_seq(stored.seq);
                     graph
                 }
                 None => DocGraph::new(),

@@ -28,7 +28,7 @@ use syncline_protocol::messages::{
 };
 use syncline_protocol::{Collection, DocId, Message, Priority};
 
-use super::{Delivery, DocGraph, Hub, HubError, Lane, SessionId, policy, push_batches};
+use super::{Delivery, DocGraph, Hub, HubError, Lane, SessionId, policy, push_batches, receipts};
 use crate::storage::Storage;
 
 /// Documents listed per storage query while planning.
@@ -75,10 +75,10 @@ impl Planned {
     /// (the client counts them), an update only when it says something.
     fn deliver(self, id: SessionId, kind: PlanKind, lane: Lane, out: &mut Vec<Delivery>) {
         let quiet = matches!(kind, PlanKind::Update);
-        let (cursors, update, fetch) = match kind {
-            PlanKind::Reconcile(cursors) => (cursors, false, false),
-            PlanKind::Fetch => (Vec::new(), true, true),
-            PlanKind::Update => (Vec::new(), true, false),
+        let (cursors, reset, update, fetch) = match kind {
+            PlanKind::Reconcile(cursors, reset) => (cursors, reset, false, false),
+            PlanKind::Fetch => (Vec::new(), Vec::new(), true, true),
+            PlanKind::Update => (Vec::new(), Vec::new(), true, false),
         };
         if quiet && self.send.is_empty() && self.deferred.is_empty() {
             return;
@@ -91,6 +91,7 @@ impl Planned {
                 cursors,
                 update,
                 fetch,
+                reset,
             }),
         ));
         push_batches(out, id, self.items, lane);
@@ -108,8 +109,8 @@ struct Candidate {
 
 /// Which plan a [`Planned`] is.
 enum PlanKind {
-    /// The answer to a `Reconcile`, with the cursors reached.
-    Reconcile(Vec<Cursor>),
+    /// The answer to a `Reconcile`, with the cursors reached and the collections reset.
+    Reconcile(Vec<Cursor>, Vec<Collection>),
     /// The answer to a `Fetch`.
     Fetch,
     /// The relay's own update.
@@ -128,17 +129,24 @@ impl<S: Storage> Hub<S> {
         let tenant = peer.tenant.clone();
         let first = !peer.reconciled;
         peer.reconciled = true;
-        for doc in reconcile.fetched.unwrap_or_default() {
+        for doc in reconcile.fetched.iter().flatten().cloned() {
             if peer.grants.can_read(doc.collection()) {
                 peer.held.insert(doc);
             }
         }
+        // Positions this data never reached: it was restored from an older backup. Those
+        // collections are planned from the start, and the device sends what it holds again.
+        let (reset, repair) = self.lost_positions(id, &reconcile)?;
+        self.peer_mut(id).repair.extend(repair);
         let peer = &self.peers[&id];
-        let named: BTreeMap<Collection, u64> = reconcile
+        let mut named: BTreeMap<Collection, u64> = reconcile
             .cursors
             .into_iter()
             .map(|c| (c.collection, c.seq))
             .collect();
+        for collection in &reset {
+            named.insert(collection.clone(), 0);
+        }
         // Each document with its priority and collection sequence, for ordering by recency.
         let mut entries: BTreeMap<DocId, Candidate> = BTreeMap::new();
         let mut reached = Vec::new();
@@ -176,10 +184,14 @@ impl<S: Storage> Hub<S> {
                     break;
                 }
             }
-            reached.push(Cursor {
+            let mut cursor = Cursor {
                 collection: sub.collection.clone(),
                 seq: after,
-            });
+                epoch: None,
+                receipt: None,
+            };
+            self.vouch(id, &mut cursor);
+            reached.push(cursor);
         }
         // The device's own changes are the most recent of all (and the device holds them).
         let changed: Vec<DocId> = reconcile
@@ -224,8 +236,91 @@ impl<S: Storage> Hub<S> {
         }
         let mut out = Vec::new();
         self.note_deferred(id, &planned);
-        planned.deliver(id, PlanKind::Reconcile(reached), Lane::Bulk, &mut out);
+        planned.deliver(
+            id,
+            PlanKind::Reconcile(reached, reset),
+            Lane::Bulk,
+            &mut out,
+        );
         Ok(out)
+    }
+
+    /// Tags `position` with this data's epoch and the relay's receipt for session `id`'s
+    /// device.
+    pub(super) fn vouch(&self, id: SessionId, position: &mut Cursor) {
+        let peer = &self.peers[&id];
+        let epoch = self.storage.epoch();
+        position.receipt = Some(receipts::receipt(
+            self.storage.position_key(),
+            &receipts::Position {
+                tenant: &peer.tenant,
+                device: &peer.identity.device,
+                collection: &position.collection,
+                epoch,
+                seq: position.seq,
+            },
+        ));
+        position.epoch = Some(epoch.to_owned());
+    }
+
+    /// The collections in which the device shows a position (a cursor, or the sequence number
+    /// of an acknowledgement) this data does not hold: a copy of it that has since been lost
+    /// (the relay was restored from an older backup) showed it. Positions without an epoch
+    /// (from relays before epochs) are not checked. Also returns those of them where the
+    /// position carries the relay's valid receipt: the device may send back what others wrote.
+    fn lost_positions(
+        &self,
+        id: SessionId,
+        reconcile: &Reconcile,
+    ) -> Result<(Vec<Collection>, Vec<Collection>), HubError> {
+        let peer = &self.peers[&id];
+        let mut lost: Vec<Collection> = Vec::new();
+        let mut proven: Vec<Collection> = Vec::new();
+        for position in reconcile
+            .cursors
+            .iter()
+            .chain(reconcile.acked.iter().flatten())
+        {
+            let Some(epoch) = &position.epoch else {
+                continue;
+            };
+            if lost.contains(&position.collection) {
+                continue;
+            }
+            if !self.storage.holds_position(
+                &peer.tenant,
+                &position.collection,
+                epoch,
+                position.seq,
+            )? {
+                lost.push(position.collection.clone());
+                let shown = receipts::Position {
+                    tenant: &peer.tenant,
+                    device: &peer.identity.device,
+                    collection: &position.collection,
+                    epoch,
+                    seq: position.seq,
+                };
+                if position
+                    .receipt
+                    .as_deref()
+                    .is_some_and(|r| receipts::valid(self.storage.position_key(), &shown, r))
+                {
+                    proven.push(position.collection.clone());
+                }
+            }
+        }
+        if !lost.is_empty() {
+            let collections: Vec<&str> = lost.iter().map(Collection::as_str).collect();
+            tracing::warn!(
+                device = %peer.identity.device,
+                ?collections,
+                proven = proven.len(),
+                "the device was shown positions this data does not hold (restored from an \
+                 older backup?): planning them from the start, the device sends its changes again"
+            );
+        }
+        Ok((lost, proven))
     }
 
     /// The profile changed on the live connection: sends at once what the policy no longer
@@ -472,6 +567,7 @@ impl<S: Storage> Hub<S> {
                     cursors: Vec::new(),
                     update: true,
                     fetch: false,
+                    reset: Vec::new(),
                 }),
             ));
         }

@@ -16,9 +16,14 @@ pub fn visible(message: Message, grants: &Grants) -> Option<Message> {
             let items: Vec<_> = items.into_iter().filter(|i| readable(&i.doc)).collect();
             (!items.is_empty()).then_some(Message::Sync(Sync { items }))
         }
-        Message::Ack(Ack { items }) => {
+        Message::Ack(Ack { items, positions }) => {
             let items: Vec<_> = items.into_iter().filter(|i| readable(&i.doc)).collect();
-            (!items.is_empty()).then_some(Message::Ack(Ack { items }))
+            let positions = positions.map(|p| {
+                p.into_iter()
+                    .filter(|c| grants.can_read(&c.collection))
+                    .collect()
+            });
+            (!items.is_empty()).then_some(Message::Ack(Ack { items, positions }))
         }
         Message::Plan(Plan {
             send,
@@ -26,6 +31,7 @@ pub fn visible(message: Message, grants: &Grants) -> Option<Message> {
             cursors,
             update,
             fetch,
+            reset,
         }) => {
             let send: Vec<_> = send.into_iter().filter(|e| readable(&e.doc)).collect();
             let deferred: Vec<_> = deferred.into_iter().filter(|e| readable(&e.doc)).collect();
@@ -41,6 +47,7 @@ pub fn visible(message: Message, grants: &Grants) -> Option<Message> {
                         .collect(),
                     update,
                     fetch,
+                    reset: reset.into_iter().filter(|c| grants.can_read(c)).collect(),
                 })
             })
         }

@@ -43,6 +43,7 @@ pub(super) async fn connection(
     session.accept_compressions(state.compressions);
     session.set_metered_threshold(state.metered_max_doc_bytes);
     session.set_payload_limits(state.payload);
+    session.set_epoch(state.epoch.clone());
     if state
         .hub
         .send(HubCommand::Connect {

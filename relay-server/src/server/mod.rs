@@ -136,6 +136,8 @@ pub struct AppState {
     metered_max_doc_bytes: u64,
     /// See `ServerOptions::payload`.
     payload: PayloadLimits,
+    /// The epoch of the storage's data, named in every `Welcome`.
+    epoch: String,
     /// The open connections, under `ServerOptions::caps`.
     admission: Admission,
     /// See `ServerOptions::header_timeout`.
@@ -168,6 +170,8 @@ impl AppState {
         };
         let metered_max_doc_bytes = options.metered_max_doc_bytes;
         let payload = options.payload;
+        let epoch = storage.epoch().to_owned();
+        tracing::info!(%epoch, "storage opened in a new epoch");
         let admission = Admission::new(options.caps);
         let header_timeout = options.header_timeout;
         let hub_thread = std::thread::Builder::new()
@@ -191,6 +195,7 @@ impl AppState {
             compressions,
             metered_max_doc_bytes,
             payload,
+            epoch,
             admission,
             header_timeout,
             next_id: Arc::new(AtomicU64::new(1)),

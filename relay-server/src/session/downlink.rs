@@ -317,7 +317,10 @@ mod tests {
             }
             now = link.next_release_ms().expect("more to send").max(now + 1);
         }
-        let ack = Message::Ack(Ack { items: Vec::new() });
+        let ack = Message::Ack(Ack {
+            items: Vec::new(),
+            positions: None,
+        });
         link.queue(ack, Lane::Live, 7, Compression::None);
         let queued_at = now;
         let mut sent_at = None;

@@ -12,7 +12,7 @@ use automerge::sync::Message as SyncMessage;
 use syncline_protocol::frame::{self, FrameError};
 use syncline_protocol::messages::{
     CollectionSubscription, DeferReason, Ephemeral, Error, ErrorCode, Limits, MAX_COLLECTIONS,
-    MAX_EPHEMERAL_BYTES, MAX_SYNC_ITEMS, Profile, Reconcile, SyncItem, Welcome,
+    MAX_EPHEMERAL_BYTES, MAX_EPOCH_BYTES, MAX_SYNC_ITEMS, Profile, Reconcile, SyncItem, Welcome,
 };
 use syncline_protocol::payload::Budget;
 use syncline_protocol::{
@@ -129,6 +129,8 @@ pub struct Session {
     payload_limits: PayloadLimits,
     /// Ephemeral messages the device may send (each is fanned out to every reader).
     ephemerals: TokenBucket,
+    /// The epoch of the relay's data, for `Welcome`.
+    epoch: Option<String>,
     /// Bytes the device's compressed payloads may inflate to per second (as many as the byte
     /// rate, in an allowance of its own).
     inflation: TokenBucket,
@@ -186,6 +188,7 @@ impl Session {
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
             payload_limits: PayloadLimits::DEFAULT,
             ephemerals: TokenBucket::with_burst(EPHEMERALS_PER_S, 2 * EPHEMERALS_PER_S, now_ms),
+            epoch: None,
         }
     }
 
@@ -196,6 +199,13 @@ impl Session {
         let now_ms = self.last_activity_ms;
         self.inflation = inflation_bucket(&self.limits, &limits, now_ms);
         self.ops = ops_bucket(&limits, now_ms);
+    }
+
+    /// The epoch of the relay's data ([`crate::storage::Storage::epoch`]), named in `Welcome`
+    /// so the device can tag the positions it is shown. Call before the client's `Hello`;
+    /// without it, the relay names none and positions are not checked.
+    pub fn set_epoch(&mut self, epoch: String) {
+        self.epoch = Some(epoch);
     }
 
     /// The relay's metered-network threshold (`RelayConfig::metered_max_doc_bytes`), for what
@@ -403,6 +413,7 @@ impl Session {
                     session: self.id.clone(),
                     server_time_ms: now_ms,
                     limits: self.limits.clone(),
+                    epoch: self.epoch.clone(),
                 }));
                 self.downlink
                     .set_rate(hello.profile.download_bytes_per_s, now_ms);
@@ -482,8 +493,22 @@ impl Session {
                 let msg = format!("at most {MAX_COLLECTIONS} collections per subscription");
                 self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
             }
-            Message::Reconcile(r) if r.cursors.len() > MAX_COLLECTIONS => {
+            Message::Reconcile(r)
+                if r.cursors.len() > MAX_COLLECTIONS
+                    || r.acked.as_ref().is_some_and(|a| a.len() > MAX_COLLECTIONS) =>
+            {
                 let msg = format!("at most {MAX_COLLECTIONS} cursors per reconcile");
+                self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
+            }
+            Message::Reconcile(r)
+                if r.cursors.iter().chain(r.acked.iter().flatten()).any(|c| {
+                    c.epoch.as_ref().is_some_and(|e| e.len() > MAX_EPOCH_BYTES)
+                        || c.receipt
+                            .as_ref()
+                            .is_some_and(|r| r.len() > MAX_EPOCH_BYTES)
+                }) =>
+            {
+                let msg = format!("an epoch or a receipt is at most {MAX_EPOCH_BYTES} bytes");
                 self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
             }
             Message::Subscribe(mut s) => {
@@ -516,6 +541,14 @@ impl Session {
             Message::Reconcile(mut r) => {
                 let mut seen = std::collections::HashSet::new();
                 r.cursors.retain(|c| seen.insert(c.collection.clone()));
+                // What the relay acknowledged in a collection no longer readable is not
+                // checked (nor refused: the device only reports it).
+                if let Some(acked) = r.acked.as_mut() {
+                    let mut seen = std::collections::HashSet::new();
+                    acked.retain(|c| {
+                        self.grants.can_read(&c.collection) && seen.insert(c.collection.clone())
+                    });
+                }
                 let collections = r
                     .cursors
                     .iter()

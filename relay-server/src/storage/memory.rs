@@ -13,7 +13,7 @@ use crate::tenant::Tenant;
 
 use super::{Append, DeviceRecord, DocumentSummary, Storage, StorageError, StoredDocument};
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Doc {
     chunks: Vec<Vec<u8>>,
     heads: Heads,
@@ -23,7 +23,7 @@ struct Doc {
     changed_ms: Option<u64>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct TenantData {
     seqs: HashMap<Collection, u64>,
     docs: HashMap<DocId, Doc>,
@@ -34,13 +34,41 @@ struct TenantData {
     states: HashMap<(DeviceId, DocId), Vec<u8>>,
     /// Each device's user, from its first connection.
     owners: HashMap<DeviceId, String>,
+    /// Per collection and epoch (its index in `Data::epochs`), the highest sequence number
+    /// assigned in it.
+    epoch_seqs: HashMap<(Collection, usize), u64>,
 }
 
-/// Storage in memory; see the module documentation. Clones share the same data (a relay
-/// "restarted" over a clone finds everything its predecessor stored).
-#[derive(Default, Clone)]
+#[derive(Clone)]
+struct Data {
+    tenants: HashMap<Tenant, TenantData>,
+    /// Every epoch the data ran in, oldest first.
+    epochs: Vec<String>,
+    /// The key of position receipts, made with the data (from its seed: memory storage is for
+    /// tests and simulations, which must replay exactly).
+    position_key: [u8; 32],
+    /// Which copy this is: `0` for the original, `0.1` for its first backup, and so on, so
+    /// every copy names its epochs apart.
+    lineage: String,
+    /// Backups taken of this copy so far.
+    backups: u32,
+}
+
+/// Storage in memory; see the module documentation. Clones share the same data and epoch (a
+/// relay "restarted" over a clone finds everything its predecessor stored); [`Self::reopen`]
+/// and [`Self::backup`] start new epochs.
+#[derive(Clone)]
 pub struct MemoryStorage {
-    tenants: Arc<Mutex<HashMap<Tenant, TenantData>>>,
+    data: Arc<Mutex<Data>>,
+    epoch: String,
+    epoch_index: usize,
+    position_key: [u8; 32],
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::seeded(0)
+    }
 }
 
 impl MemoryStorage {
@@ -48,11 +76,66 @@ impl MemoryStorage {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Empty storage whose epoch ids and receipt key derive from `seed` (deterministic, so a
+    /// simulation replays exactly; nothing here is secret).
+    pub fn seeded(seed: u64) -> Self {
+        let mut position_key = [0u8; 32];
+        for (i, chunk) in position_key.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(
+                &(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes(),
+            );
+        }
+        Self::over(Arc::new(Mutex::new(Data {
+            tenants: HashMap::new(),
+            epochs: Vec::new(),
+            position_key,
+            lineage: format!("{seed:x}"),
+            backups: 0,
+        })))
+    }
+
+    /// A handle on `data` in a new epoch.
+    fn over(data: Arc<Mutex<Data>>) -> Self {
+        let (epoch, epoch_index, position_key) = {
+            let mut d = data.lock();
+            let epoch = format!("memory-{}-{}", d.lineage, d.epochs.len());
+            d.epochs.push(epoch.clone());
+            (epoch, d.epochs.len() - 1, d.position_key)
+        };
+        Self {
+            data,
+            epoch,
+            epoch_index,
+            position_key,
+        }
+    }
+
+    /// The same data opened again (a relay restarted over it), in a new epoch.
+    #[must_use]
+    pub fn reopen(&self) -> Self {
+        Self::over(Arc::clone(&self.data))
+    }
+
+    /// A copy of the data as it is now, detached from this one, opened in a new epoch: what a
+    /// relay restored from a backup taken now would serve.
+    #[must_use]
+    pub fn backup(&self) -> Self {
+        let mut copy = {
+            let mut original = self.data.lock();
+            original.backups += 1;
+            original.clone()
+        };
+        copy.lineage = format!("{}.{}", copy.lineage, copy.backups);
+        copy.backups = 0;
+        Self::over(Arc::new(Mutex::new(copy)))
+    }
 }
 
 impl Storage for MemoryStorage {
     fn append(&self, tenant: &Tenant, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
-        let mut tenants = self.tenants.lock();
+        let mut data = self.data.lock();
+        let tenants = &mut data.tenants;
         let t = tenants.entry(tenant.clone()).or_default();
         let mut seqs = Vec::with_capacity(batch.len());
         for a in batch {
@@ -70,9 +153,47 @@ impl Storage for MemoryStorage {
             doc.stored_bytes += a.chunk.len() as u64;
             doc.priority = a.priority.or(doc.priority);
             doc.changed_ms = Some(a.at_ms);
+            let reached = t
+                .epoch_seqs
+                .entry((a.doc.collection().clone(), self.epoch_index))
+                .or_default();
+            *reached = (*reached).max(seq);
             seqs.push(seq);
         }
         Ok(seqs)
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn position_key(&self) -> &[u8; 32] {
+        &self.position_key
+    }
+
+    fn holds_position(
+        &self,
+        tenant: &Tenant,
+        collection: &Collection,
+        epoch: &str,
+        seq: u64,
+    ) -> Result<bool, StorageError> {
+        if seq == 0 {
+            return Ok(true);
+        }
+        let data = self.data.lock();
+        let Some(index) = data.epochs.iter().position(|e| e == epoch) else {
+            return Ok(false);
+        };
+        let reached = data.tenants.get(tenant).map_or(0, |t| {
+            t.epoch_seqs
+                .iter()
+                .filter(|((c, e), _)| c == collection && *e <= index)
+                .map(|(_, seq)| *seq)
+                .max()
+                .unwrap_or(0)
+        });
+        Ok(seq <= reached)
     }
 
     fn compact(
@@ -82,7 +203,8 @@ impl Storage for MemoryStorage {
         snapshot: &[u8],
         heads: &Heads,
     ) -> Result<(), StorageError> {
-        let mut tenants = self.tenants.lock();
+        let mut data = self.data.lock();
+        let tenants = &mut data.tenants;
         if let Some(d) = tenants.get_mut(tenant).and_then(|t| t.docs.get_mut(doc)) {
             d.chunks = vec![snapshot.to_vec()];
             d.heads = heads.clone();
@@ -92,7 +214,8 @@ impl Storage for MemoryStorage {
     }
 
     fn load(&self, tenant: &Tenant, doc: &DocId) -> Result<Option<StoredDocument>, StorageError> {
-        let tenants = self.tenants.lock();
+        let data = self.data.lock();
+        let tenants = &data.tenants;
         Ok(tenants
             .get(tenant)
             .and_then(|t| t.docs.get(doc))
@@ -111,7 +234,8 @@ impl Storage for MemoryStorage {
         after: u64,
         limit: usize,
     ) -> Result<Vec<DocumentSummary>, StorageError> {
-        let tenants = self.tenants.lock();
+        let data = self.data.lock();
+        let tenants = &data.tenants;
         let Some(t) = tenants.get(tenant) else {
             return Ok(Vec::new());
         };
@@ -141,7 +265,8 @@ impl Storage for MemoryStorage {
         device: &DeviceId,
         user: &str,
     ) -> Result<String, StorageError> {
-        let mut tenants = self.tenants.lock();
+        let mut data = self.data.lock();
+        let tenants = &mut data.tenants;
         let t = tenants.entry(tenant.clone()).or_default();
         Ok(t.owners
             .entry(*device)
@@ -157,7 +282,8 @@ impl Storage for MemoryStorage {
             .list
             .sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.doc.cmp(&b.doc)));
         record.deferred.list.truncate(super::DEFERRED_LISTED);
-        let mut tenants = self.tenants.lock();
+        let mut data = self.data.lock();
+        let tenants = &mut data.tenants;
         let t = tenants.entry(tenant.clone()).or_default();
         match t.devices.get_mut(&record.device) {
             Some(existing) => {
@@ -180,7 +306,8 @@ impl Storage for MemoryStorage {
         at_ms: u64,
         synced: bool,
     ) -> Result<(), StorageError> {
-        let mut tenants = self.tenants.lock();
+        let mut data = self.data.lock();
+        let tenants = &mut data.tenants;
         if let Some(d) = tenants
             .get_mut(tenant)
             .and_then(|t| t.devices.get_mut(device))
@@ -197,7 +324,8 @@ impl Storage for MemoryStorage {
         &self,
         tenant: Option<&Tenant>,
     ) -> Result<Vec<(Tenant, DeviceRecord)>, StorageError> {
-        let tenants = self.tenants.lock();
+        let data = self.data.lock();
+        let tenants = &data.tenants;
         let mut out: Vec<(Tenant, DeviceRecord)> = tenants
             .iter()
             .filter(|(name, _)| tenant.is_none_or(|t| t == *name))
@@ -214,7 +342,8 @@ impl Storage for MemoryStorage {
         collection: &Collection,
         seq: u64,
     ) -> Result<(), StorageError> {
-        let mut tenants = self.tenants.lock();
+        let mut data = self.data.lock();
+        let tenants = &mut data.tenants;
         let t = tenants.entry(tenant.clone()).or_default();
         t.cursors.insert((*device, collection.clone()), seq);
         Ok(())
@@ -225,7 +354,8 @@ impl Storage for MemoryStorage {
         tenant: &Tenant,
         device: &DeviceId,
     ) -> Result<Vec<(Collection, u64)>, StorageError> {
-        let tenants = self.tenants.lock();
+        let data = self.data.lock();
+        let tenants = &data.tenants;
         Ok(tenants
             .get(tenant)
             .map(|t| {
@@ -244,7 +374,8 @@ impl Storage for MemoryStorage {
         device: &DeviceId,
         states: &[(DocId, Vec<u8>)],
     ) -> Result<(), StorageError> {
-        let mut tenants = self.tenants.lock();
+        let mut data = self.data.lock();
+        let tenants = &mut data.tenants;
         let t = tenants.entry(tenant.clone()).or_default();
         for (doc, state) in states {
             t.states.insert((*device, doc.clone()), state.clone());
@@ -258,7 +389,8 @@ impl Storage for MemoryStorage {
         device: &DeviceId,
         doc: &DocId,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        let tenants = self.tenants.lock();
+        let data = self.data.lock();
+        let tenants = &data.tenants;
         Ok(tenants
             .get(tenant)
             .and_then(|t| t.states.get(&(*device, doc.clone())).cloned()))

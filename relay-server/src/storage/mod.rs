@@ -5,7 +5,9 @@
 //! when they return (the relay acknowledges only what a call has returned for). A document is
 //! stored as chunks of Automerge data, in order (the first may be a compacted snapshot);
 //! every append gives the document a new sequence number in its collection, so a device can
-//! ask what changed after its cursor. The contract every backend must meet is the test suite
+//! ask what changed after its cursor. Sequence numbers are recorded against the **epoch** of
+//! the handle that assigned them (a new epoch each time a relay opens its data), so a relay
+//! restored from an older backup recognises positions it never reached. The contract every backend must meet is the test suite
 //! `relay-server/tests/storage_contract.rs`.
 
 mod memory;
@@ -17,7 +19,7 @@ use syncline_protocol::{Collection, DeviceId, DocId, Heads, Priority};
 use crate::tenant::Tenant;
 
 pub use memory::MemoryStorage;
-pub use sqlite::SqliteStorage;
+pub use sqlite::{SqliteStorage, backup as sqlite_backup};
 
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +169,31 @@ pub trait Storage: Send + Sync + 'static {
         snapshot: &[u8],
         heads: &Heads,
     ) -> Result<(), StorageError>;
+
+    /// The epoch this handle stores in: a new one each time a relay opens its data (so a copy
+    /// restored from an older backup runs in an epoch no lost copy ran in). Every sequence
+    /// number this handle assigns is recorded against it.
+    fn epoch(&self) -> &str;
+
+    /// The secret key of the receipts the relay gives devices for the positions it shows them
+    /// (made once with the data, carried by its backups).
+    fn position_key(&self) -> &[u8; 32];
+
+    /// True if this data holds every change of `collection` that a relay serving it numbered
+    /// up to `seq` in `epoch`: false when `epoch` is not one this data ever ran in, or when
+    /// `seq` is past every sequence number the collection reached in `epoch` and the epochs
+    /// before it. A device showing a position this refuses was served by a copy of the data
+    /// that has since been lost (the relay was restored from an older backup).
+    ///
+    /// # Errors
+    /// A [`StorageError`].
+    fn holds_position(
+        &self,
+        tenant: &Tenant,
+        collection: &Collection,
+        epoch: &str,
+        seq: u64,
+    ) -> Result<bool, StorageError>;
 
     /// A document's stored content, if it exists.
     ///

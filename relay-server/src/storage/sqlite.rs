@@ -84,11 +84,34 @@ const MIGRATIONS: &[&str] = &[
     INSERT OR IGNORE INTO device_owners (tenant, device_id, user)
         SELECT tenant, device_id, user FROM devices;
 "#,
+    // 4: epochs. Every opening of the data starts one; per collection, the highest sequence
+    // number each epoch assigned. What was assigned before epochs existed belongs to epoch 1.
+    // The key of the receipts for positions shown to devices lives with the data (a backup
+    // carries it, so a restored copy checks what its lost original gave).
+    r#"
+    CREATE TABLE epochs (
+        ordinal INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+        started_ms INTEGER NOT NULL
+    );
+    CREATE TABLE collection_epochs (
+        tenant TEXT NOT NULL, collection TEXT NOT NULL, epoch INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (tenant, collection, epoch)
+    ) WITHOUT ROWID;
+    CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+    INSERT INTO epochs (ordinal, id, started_ms) VALUES (1, 'before-epochs', 0);
+    INSERT INTO collection_epochs (tenant, collection, epoch, seq)
+        SELECT tenant, collection, 1, seq FROM collections;
+"#,
 ];
 
 /// The relay's embedded SQLite storage.
 pub struct SqliteStorage {
     conn: Mutex<Connection>,
+    /// The epoch this handle opened (its id, and its ordinal in `epochs`).
+    epoch: String,
+    epoch_ordinal: i64,
+    position_key: [u8; 32],
 }
 
 impl SqliteStorage {
@@ -125,10 +148,79 @@ impl SqliteStorage {
             tx.pragma_update(None, "user_version", v)?;
             tx.commit()?;
         }
+        conn.execute(
+            "INSERT OR IGNORE INTO secrets (name, value) VALUES ('positions', ?1)",
+            [random_key().to_vec()],
+        )?;
+        let stored: Vec<u8> = conn.query_row(
+            "SELECT value FROM secrets WHERE name = 'positions'",
+            [],
+            |r| r.get(0),
+        )?;
+        let position_key: [u8; 32] = stored
+            .try_into()
+            .map_err(|_| corrupt("secrets", "the position key is not 32 bytes".into()))?;
+        let epoch = new_epoch_id();
+        let epoch_ordinal = conn
+            .prepare("INSERT INTO epochs (id, started_ms) VALUES (?1, ?2) RETURNING ordinal")?
+            .query_row(params![epoch, to_i64(now_ms())], |r| r.get(0))?;
         Ok(Self {
             conn: Mutex::new(conn),
+            epoch,
+            epoch_ordinal,
+            position_key,
         })
     }
+}
+
+/// Writes a consistent copy of the relay database at `database` to `to`, safe while a relay
+/// runs on it (`VACUUM INTO` over a read-only connection: one snapshot of the last committed
+/// state, compacted). A relay opened on the copy starts a new epoch.
+///
+/// # Errors
+/// The SQLite error (no database, `to` exists, the disk is full).
+pub fn backup(database: &Path, to: &Path) -> Result<(), StorageError> {
+    let conn = Connection::open_with_flags(
+        database,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let app: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
+    if app != APPLICATION_ID {
+        return Err(corrupt(
+            "sqlite_master",
+            format!("{} is not a Syncline relay database", database.display()),
+        ));
+    }
+    conn.execute("VACUUM INTO ?1", [to.to_string_lossy()])?;
+    Ok(())
+}
+
+/// A fresh epoch id: 128 random bits, in hex.
+fn new_epoch_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Without OS entropy, the clock still tells two openings apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&now_ms().to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh secret key from OS entropy.
+///
+/// # Panics
+/// Without OS entropy: a relay cannot keep secrets then.
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).expect("OS entropy for the relay's position key");
+    key
+}
+
+/// Milliseconds since the Unix epoch (when an epoch started, for operators).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A stored priority code (none: never set).
@@ -209,6 +301,8 @@ impl Storage for SqliteStorage {
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut seqs = Vec::with_capacity(batch.len());
+        // Per collection, the highest sequence number the batch assigned (for the epoch).
+        let mut reached: Vec<(&str, i64)> = Vec::new();
         for a in batch {
             let (collection, id) = (a.doc.collection().as_str(), a.doc.id());
             let seq: i64 = tx
@@ -245,6 +339,18 @@ impl Storage for SqliteStorage {
             )?
             .execute(params![tenant, collection, id, count - 1, a.chunk])?;
             seqs.push(to_u64(seq));
+            match reached.iter_mut().find(|(c, _)| *c == collection) {
+                Some((_, max)) => *max = (*max).max(seq),
+                None => reached.push((collection, seq)),
+            }
+        }
+        for (collection, seq) in reached {
+            tx.prepare_cached(
+                "INSERT INTO collection_epochs (tenant, collection, epoch, seq) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tenant, collection, epoch) \
+                 DO UPDATE SET seq = max(seq, excluded.seq)",
+            )?
+            .execute(params![tenant, collection, self.epoch_ordinal, seq])?;
         }
         tx.commit()?;
         Ok(seqs)
@@ -285,6 +391,44 @@ impl Storage for SqliteStorage {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn position_key(&self) -> &[u8; 32] {
+        &self.position_key
+    }
+
+    fn holds_position(
+        &self,
+        tenant: &Tenant,
+        collection: &Collection,
+        epoch: &str,
+        seq: u64,
+    ) -> Result<bool, StorageError> {
+        if seq == 0 {
+            return Ok(true);
+        }
+        let conn = self.conn.lock();
+        let Some(ordinal) = conn
+            .prepare_cached("SELECT ordinal FROM epochs WHERE id = ?1")?
+            .query_row([epoch], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            return Ok(false);
+        };
+        let reached: i64 = conn
+            .prepare_cached(
+                "SELECT coalesce(max(seq), 0) FROM collection_epochs \
+                 WHERE tenant = ?1 AND collection = ?2 AND epoch <= ?3",
+            )?
+            .query_row(
+                params![tenant.as_str(), collection.as_str(), ordinal],
+                |r| r.get(0),
+            )?;
+        Ok(seq <= to_u64(reached))
     }
 
     fn load(&self, tenant: &Tenant, doc: &DocId) -> Result<Option<StoredDocument>, StorageError> {

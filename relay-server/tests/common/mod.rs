@@ -184,6 +184,40 @@ impl World {
         ]);
     }
 
+    /// Session `id` connects again (to this hub, perhaps a new one) as the device it was,
+    /// keeping its documents and starting new sync states.
+    pub fn reconnect(&mut self, id: SessionId, tenant: &str, g: Grants) {
+        let identity = Identity {
+            user: format!("user{id}"),
+            device: DeviceId::from_bytes([u8::try_from(id).expect("small"); 16]),
+            tenant: self::tenant(tenant),
+        };
+        self.hub.connect(id, identity, g, 1);
+        let client = self.clients.get_mut(&id).expect("client");
+        client.states.clear();
+        client.inbox.clear();
+        let todos = vec![CollectionSubscription {
+            collection: col("todos"),
+            priority: Priority::Normal,
+            mode: SyncMode::Eager,
+        }];
+        self.run(vec![
+            (
+                id,
+                Action::Register(syncline_testkit::profile(DeviceClass::Desktop)),
+            ),
+            (id, Action::Subscribe(todos)),
+        ]);
+    }
+
+    /// The last plan session `id` received.
+    pub fn last_plan(&self, id: SessionId) -> Option<Plan> {
+        self.clients[&id].inbox.iter().rev().find_map(|m| match m {
+            Message::Plan(p) => Some(p.clone()),
+            _ => None,
+        })
+    }
+
     /// A document's priority as storage keeps it.
     pub fn storage_priority(&self, d: &DocId) -> Option<Priority> {
         use syncline_relay::storage::Storage;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use syncline_protocol::messages::DeferReason;
+use syncline_protocol::messages::{Cursor, DeferReason};
 use syncline_protocol::{Collection, DeviceId, DocId, Priority};
 
 use crate::{Error, Heads, Result};
@@ -128,8 +128,12 @@ pub(crate) enum BatchWrite {
     Update(DocKey, DocUpdate),
     /// The heads a relay has acknowledged for a document.
     Ack(AckTarget, String, Heads),
-    /// The change sequence a relay's collection has been synced to (never moves back).
-    Cursor(String, Collection, u64),
+    /// The change sequence a relay's collection has been synced to (never moves back), with
+    /// the epoch of the relay's data it is one of and the relay's receipt.
+    Cursor(String, Cursor),
+    /// The sequence number a relay gave this device's acknowledged changes in a collection
+    /// (the highest is kept), with its epoch and receipt.
+    AckedPosition(String, Cursor),
     /// A relay announced a document and held it back (replaces an earlier announcement).
     Defer(String, DeferredDoc),
     /// A relay's held back document arrived, or is no longer wanted.
@@ -369,17 +373,11 @@ impl Database {
                         )?
                         .execute(params![relay, doc.to_string()])?;
                     }
-                    BatchWrite::Cursor(relay, collection, seq) => {
-                        conn.prepare_cached(
-                            "INSERT INTO sync_cursors (relay, collection, seq) VALUES (?1, ?2, ?3) \
-                             ON CONFLICT (relay, collection) DO UPDATE SET \
-                             seq = max(seq, excluded.seq)",
-                        )?
-                        .execute(params![
-                            relay,
-                            collection.as_str(),
-                            i64::try_from(seq).unwrap_or(i64::MAX)
-                        ])?;
+                    BatchWrite::Cursor(relay, position) => {
+                        advance_position(conn, "sync_cursors", &relay, &position)?;
+                    }
+                    BatchWrite::AckedPosition(relay, position) => {
+                        advance_position(conn, "acked_positions", &relay, &position)?;
                     }
                 }
             }
@@ -479,23 +477,75 @@ impl Database {
             .collect())
     }
 
-    /// The cursors recorded for `relay`.
-    pub(crate) fn cursors(&self, relay: &str) -> Result<Vec<(Collection, u64)>> {
+    /// The cursors recorded for `relay`, with their epochs and receipts.
+    pub(crate) fn cursors(&self, relay: &str) -> Result<Vec<Cursor>> {
+        self.positions(
+            "SELECT collection, seq, epoch, receipt FROM sync_cursors WHERE relay = ?1",
+            relay,
+        )
+    }
+
+    /// The highest sequence number `relay` gave this device's acknowledged changes, per
+    /// collection, with its epoch.
+    pub(crate) fn acked_positions(&self, relay: &str) -> Result<Vec<Cursor>> {
+        self.positions(
+            "SELECT collection, seq, epoch, receipt FROM acked_positions WHERE relay = ?1",
+            relay,
+        )
+    }
+
+    fn positions(&self, sql: &str, relay: &str) -> Result<Vec<Cursor>> {
         let conn = self.reader.lock();
         let rows = conn
-            .prepare_cached("SELECT collection, seq FROM sync_cursors WHERE relay = ?1")?
+            .prepare_cached(sql)?
             .query_map([relay], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut cursors = Vec::with_capacity(rows.len());
-        for (collection, seq) in rows {
+        let mut positions = Vec::with_capacity(rows.len());
+        for (collection, seq, epoch, receipt) in rows {
             match Collection::new(collection) {
-                Ok(c) => cursors.push((c, u64::try_from(seq).unwrap_or(0))),
-                Err(e) => tracing::warn!(error = %e, "skipping a corrupt cursor row"),
+                Ok(collection) => positions.push(Cursor {
+                    collection,
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    epoch,
+                    receipt,
+                }),
+                Err(e) => tracing::warn!(error = %e, "skipping a corrupt position row"),
             }
         }
-        Ok(cursors)
+        Ok(positions)
+    }
+
+    /// Forgets what `relay` acknowledged in `collections` (the acknowledgements of their
+    /// documents, the cursors, the acknowledged positions), in one transaction: the relay lost
+    /// it, and every document of them is pending for it again.
+    pub(crate) fn forget_relay_positions(
+        &self,
+        relay: &str,
+        collections: &[Collection],
+    ) -> Result<()> {
+        let relay = relay.to_owned();
+        let collections = collections.to_vec();
+        self.writer.run(move |conn| {
+            for collection in &collections {
+                for sql in [
+                    "DELETE FROM acks WHERE relay = ?1 AND doc_key IN \
+                     (SELECT doc_key FROM documents WHERE collection = ?2)",
+                    "DELETE FROM sync_cursors WHERE relay = ?1 AND collection = ?2",
+                    "DELETE FROM acked_positions WHERE relay = ?1 AND collection = ?2",
+                ] {
+                    conn.prepare_cached(sql)?
+                        .execute(params![relay, collection.as_str()])?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Documents of `collection` whose current heads `relay` has not acknowledged, with the
@@ -765,4 +815,29 @@ fn lock_store(path: &Path) -> Result<File> {
         }),
         Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
     }
+}
+
+/// Moves a relay's position in a collection forward (never back) in `table`: the epoch and
+/// receipt go with the highest sequence number (SET reads the old row's values).
+fn advance_position(
+    conn: &Connection,
+    table: &str,
+    relay: &str,
+    position: &Cursor,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO {table} (relay, collection, seq, epoch, receipt) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (relay, collection) DO UPDATE SET \
+         epoch = CASE WHEN excluded.seq >= seq THEN excluded.epoch ELSE epoch END, \
+         receipt = CASE WHEN excluded.seq >= seq THEN excluded.receipt ELSE receipt END, \
+         seq = max(seq, excluded.seq)"
+    ))?
+    .execute(params![
+        relay,
+        position.collection.as_str(),
+        i64::try_from(position.seq).unwrap_or(i64::MAX),
+        position.epoch,
+        position.receipt
+    ])?;
+    Ok(())
 }

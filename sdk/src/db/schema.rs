@@ -83,6 +83,22 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE documents ADD COLUMN evicted INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 5: the relay's data epoch (and its receipt) of each cursor, and per relay and collection
+    // the highest sequence number the relay acknowledged for this device's changes, with its
+    // epoch and receipt: a relay restored from an older backup recognises them as positions
+    // it lost.
+    r#"
+    ALTER TABLE sync_cursors ADD COLUMN epoch TEXT;
+    ALTER TABLE sync_cursors ADD COLUMN receipt TEXT;
+    CREATE TABLE acked_positions (
+        relay      TEXT    NOT NULL,
+        collection TEXT    NOT NULL,
+        seq        INTEGER NOT NULL,
+        epoch      TEXT,
+        receipt    TEXT,
+        PRIMARY KEY (relay, collection)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this code writes.

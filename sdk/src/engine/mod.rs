@@ -26,8 +26,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use automerge::sync::{Message as SyncMessage, State};
 use syncline_protocol::messages::{
     Ack, CollectionSubscription, Cursor, DeferReason, Error as ErrorMessage, ErrorCode, Fetch,
-    Hello, Plan, Reconcile, RefreshToken, Subscribe, Sync, SyncItem, SyncMode, UpdateProfile,
-    Welcome,
+    Hello, MAX_EPOCH_BYTES, Plan, Reconcile, RefreshToken, Subscribe, Sync, SyncItem, SyncMode,
+    UpdateProfile, Welcome,
 };
 use syncline_protocol::payload::{self, Budget, PayloadLimits};
 use syncline_protocol::{
@@ -37,7 +37,9 @@ use syncline_protocol::{close_code, frame, sync_state};
 
 use crate::{DeferredDoc, Heads, Store};
 pub use backoff::Backoff;
-pub use port::{Outgoing, Received, SyncStore, acknowledgement, holds_their_heads, next_message};
+pub use port::{
+    Outgoing, Positions, Received, SyncStore, acknowledgement, holds_their_heads, next_message,
+};
 pub use vocabulary::{
     Disconnect, Effect, EngineConfig, Event, Progress, Status, SyncStats, Transfer,
 };
@@ -468,23 +470,30 @@ impl<S: SyncStore> Engine<S> {
             .cloned()
             .collect();
         if !added.is_empty() {
-            let stored: HashMap<Collection, u64> = self
-                .store
-                .cursors(&self.config.relay)
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
+            let positions = self.store.positions(&self.config.relay).unwrap_or_default();
+            let named = |c: &Cursor| added.iter().any(|s| s.collection == c.collection);
             let cursors = added
                 .iter()
-                .map(|s| Cursor {
-                    collection: s.collection.clone(),
-                    seq: stored.get(&s.collection).copied().unwrap_or(0),
+                .map(|s| {
+                    positions
+                        .cursors
+                        .iter()
+                        .find(|c| c.collection == s.collection)
+                        .cloned()
+                        .unwrap_or(Cursor {
+                            collection: s.collection.clone(),
+                            seq: 0,
+                            epoch: None,
+                            receipt: None,
+                        })
                 })
                 .collect();
+            let acked: Vec<Cursor> = positions.acked.into_iter().filter(named).collect();
             let reconcile = Reconcile {
                 cursors,
                 changed: Vec::new(),
                 fetched: self.fetched(&added),
+                acked: (!acked.is_empty()).then_some(acked),
             };
             self.conn.reconciles_awaited += 1;
             out.send(&Message::Reconcile(reconcile));
@@ -616,22 +625,30 @@ impl<S: SyncStore> Engine<S> {
             }
         }
         self.flush_dirty(out, now_ms);
-        let cursors = match self.store.cursors(&self.config.relay) {
-            Ok(cursors) => cursors,
+        let positions = match self.store.positions(&self.config.relay) {
+            Ok(positions) => positions,
             Err(e) => {
                 tracing::error!(error = %e, "could not read sync cursors; reconciling from the start");
-                Vec::new()
+                Positions::default()
             }
         };
         self.conn.reconciles_awaited = 1;
+        // The acknowledged positions let the relay check that it still holds what it
+        // acknowledged (a relay restored from an older backup does not).
+        let acked: Vec<Cursor> = positions
+            .acked
+            .into_iter()
+            .filter(|c| self.subscribed(&c.collection))
+            .collect();
         out.send(&Message::Reconcile(Reconcile {
-            cursors: cursors
+            cursors: positions
+                .cursors
                 .into_iter()
-                .filter(|(c, _)| self.subscribed(c))
-                .map(|(collection, seq)| Cursor { collection, seq })
+                .filter(|c| self.subscribed(&c.collection))
                 .collect(),
             changed: Vec::new(),
             fetched: self.fetched(&self.config.subscriptions),
+            acked: (!acked.is_empty()).then_some(acked),
         }));
         // What the app asked for, and what was held back for reasons that no longer hold.
         let mut fetch: BTreeSet<DocId> = self.wanted.clone();
@@ -774,12 +791,21 @@ impl<S: SyncStore> Engine<S> {
                     self.protocol_failure(out, reason, now_ms);
                     return;
                 };
+                if welcome
+                    .epoch
+                    .as_ref()
+                    .is_some_and(|e| e.len() > MAX_EPOCH_BYTES)
+                {
+                    let reason = format!("the relay named an epoch over {MAX_EPOCH_BYTES} bytes");
+                    self.protocol_failure(out, reason, now_ms);
+                    return;
+                }
                 // Frames after the Welcome (not those already in flight) use it.
                 self.conn.compression = compression;
                 out.compression = compression;
                 self.conn.welcome = Some(welcome);
             }
-            Message::Plan(plan) => self.on_plan(plan, now_ms),
+            Message::Plan(plan) => self.on_plan(out, plan, now_ms),
             Message::Sync(sync) => self.on_sync(out, sync, now_ms),
             Message::Ack(ack) => self.on_ack(ack),
             Message::Error(error) => self.on_error(out, error, now_ms),
@@ -797,9 +823,12 @@ impl<S: SyncStore> Engine<S> {
 
     /// Adds a plan to the connection's: its documents are on their way, its deferred ones are
     /// recorded (durably, for `Store::deferred`).
-    fn on_plan(&mut self, plan: Plan, now_ms: u64) {
+    fn on_plan(&mut self, out: &mut Out, plan: Plan, now_ms: u64) {
         if !plan.update {
             self.conn.reconciles_awaited = self.conn.reconciles_awaited.saturating_sub(1);
+        }
+        if !plan.reset.is_empty() {
+            self.relay_lost(out, &plan.reset, now_ms);
         }
         if plan.fetch {
             self.conn.fetches_awaited = self.conn.fetches_awaited.saturating_sub(1);
@@ -848,6 +877,36 @@ impl<S: SyncStore> Engine<S> {
         if let Err(e) = self.store.defer(&self.config.relay, &deferred) {
             tracing::error!(error = %e, "could not record deferred documents");
         }
+    }
+
+    /// The relay does not hold positions it showed this device in `collections`: it was
+    /// restored from an older backup and lost changes it had acknowledged. What it
+    /// acknowledged there is forgotten, and every document of them is sent again (with a
+    /// fresh sync state, so the relay's answer says what it lacks). The relay planned them
+    /// from the start; their new cursors are stored when this plan completes.
+    fn relay_lost(&mut self, out: &mut Out, collections: &[Collection], now_ms: u64) {
+        tracing::warn!(relay = %self.config.relay, ?collections, "the relay lost changes it had acknowledged (restored from an older backup?); sending them again");
+        if let Err(e) = self.store.forget_positions(&self.config.relay, collections) {
+            // Nothing is lost: the relay reports it again on the next connection.
+            tracing::error!(error = %e, "could not forget the relay's lost acknowledgements");
+            self.last_error = Some(format!("could not record that the relay lost changes: {e}"));
+            return;
+        }
+        self.conn
+            .states
+            .retain(|doc, _| !collections.contains(doc.collection()));
+        let subscribed: Vec<&Collection> =
+            collections.iter().filter(|c| self.subscribed(c)).collect();
+        for collection in subscribed {
+            match self.store.unacknowledged(&self.config.relay, collection) {
+                Ok(docs) => self.dirty.extend(docs),
+                Err(e) => {
+                    tracing::error!(%collection, error = %e, "could not list pending documents");
+                    self.last_error = Some(format!("could not list pending documents: {e}"));
+                }
+            }
+        }
+        self.flush_dirty(out, now_ms);
     }
 
     fn on_sync(&mut self, out: &mut Out, sync: Sync, now_ms: u64) {
@@ -967,6 +1026,29 @@ impl<S: SyncStore> Engine<S> {
             .iter()
             .map(|item| (item.doc.clone(), to_heads(&item.heads)))
             .collect();
+        // Per collection, the highest position the relay gave what it acknowledged, with its
+        // receipt (from relays that list them) and epoch.
+        let positions = match &ack.positions {
+            Some(positions) => positions.clone(),
+            None => {
+                let mut positions: Vec<Cursor> = Vec::new();
+                for item in &ack.items {
+                    let Some(seq) = item.seq else { continue };
+                    let collection = item.doc.collection();
+                    match positions.iter_mut().find(|p| &p.collection == collection) {
+                        Some(p) => p.seq = p.seq.max(seq),
+                        None => positions.push(Cursor {
+                            collection: collection.clone(),
+                            seq,
+                            epoch: None,
+                            receipt: None,
+                        }),
+                    }
+                }
+                positions
+            }
+        };
+        let positions = self.tagged(positions);
         for (doc, _) in &acks {
             if let Some(count) = self.conn.awaiting_ack.get_mut(doc) {
                 *count = count.saturating_sub(1);
@@ -975,7 +1057,10 @@ impl<S: SyncStore> Engine<S> {
                 }
             }
         }
-        match self.store.acknowledge(&self.config.relay, &acks) {
+        match self
+            .store
+            .acknowledge(&self.config.relay, &acks, &positions)
+        {
             Ok(current) => {
                 let current: HashMap<DocId, Heads> = current.into_iter().collect();
                 for (doc, acked) in &acks {
@@ -1273,17 +1358,27 @@ impl<S: SyncStore> Engine<S> {
         if !plan.remaining.is_empty() || plan.cursors.is_empty() {
             return;
         }
-        let cursors: Vec<(Collection, u64)> = std::mem::take(&mut plan.cursors)
-            .into_iter()
-            .map(|c| (c.collection, c.seq))
-            .collect();
+        let cursors = std::mem::take(&mut plan.cursors);
         if plan.failed {
             return;
         }
+        let cursors = self.tagged(cursors);
         if let Err(e) = self.store.set_cursors(&self.config.relay, &cursors) {
             // The next connection plans from the older cursors: more work, nothing lost.
             tracing::error!(error = %e, "could not store sync cursors");
         }
+    }
+
+    /// Positions the relay showed, each with the epoch of the relay's data: the one it named,
+    /// or its `Welcome`'s (relays that name none in positions).
+    fn tagged(&self, mut positions: Vec<Cursor>) -> Vec<Cursor> {
+        let epoch = self.conn.welcome.as_ref().and_then(|w| w.epoch.as_deref());
+        for p in &mut positions {
+            if p.epoch.is_none() {
+                p.epoch = epoch.map(str::to_owned);
+            }
+        }
+        positions
     }
 
     fn update_status(&mut self, out: &mut Out, now_ms: u64) {

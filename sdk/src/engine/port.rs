@@ -16,16 +16,29 @@
 //! - `generate` primes a missing state with the heads the relay acknowledged, so the first
 //!   message already carries what the relay lacks, and answers `None` when the relay is known
 //!   to hold everything.
-//! - `acknowledge` never moves an acknowledgement backwards and ignores unknown documents.
+//! - `acknowledge` never moves an acknowledgement backwards and ignores unknown documents;
+//!   cursors and acknowledged positions never move back either, until `forget_positions`
+//!   drops them with the acknowledgements of their collections.
 
 use std::collections::{HashMap, HashSet};
 
 use automerge::sync::{Message as SyncMessage, State, SyncDoc};
 use automerge::{Automerge, ChangeHash};
+use syncline_protocol::messages::Cursor;
 use syncline_protocol::sync_state;
 use syncline_protocol::{Collection, DocId, Priority};
 
 use crate::{BudgetOutcome, DeferredDoc, Heads, Result};
+
+/// Where a relay has shown this device to be, per collection ([`SyncStore::positions`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Positions {
+    /// The change sequence synced to, with the relay's data epoch then.
+    pub cursors: Vec<Cursor>,
+    /// The highest sequence number the relay gave this device's acknowledged changes, with
+    /// its epoch.
+    pub acked: Vec<Cursor>,
+}
 
 /// What applying one document's messages did.
 #[derive(Debug)]
@@ -72,24 +85,41 @@ pub trait SyncStore {
         states: &mut HashMap<DocId, State>,
     ) -> Vec<(DocId, Result<Option<Outgoing>>)>;
 
-    /// Records that `relay` has durably acknowledged each document's heads, and returns the
-    /// current heads of the acknowledged documents that exist here.
+    /// Records that `relay` has durably acknowledged each document's heads, and the
+    /// sequence numbers it gave them per collection (`positions`, each with the relay's data
+    /// epoch and receipt; the highest is kept), in one commit; returns the current heads of
+    /// the acknowledged documents that exist here.
     ///
     /// # Errors
     /// The store could not record them; they stay pending and are acknowledged next time.
-    fn acknowledge(&self, relay: &str, acks: &[(DocId, Heads)]) -> Result<Vec<(DocId, Heads)>>;
+    fn acknowledge(
+        &self,
+        relay: &str,
+        acks: &[(DocId, Heads)],
+        positions: &[Cursor],
+    ) -> Result<Vec<(DocId, Heads)>>;
 
-    /// Records the change sequence each collection of `relay` has been synced to.
+    /// Records the change sequence each collection of `relay` has been synced to (never
+    /// moving back), each with the epoch of the relay's data it is of and its receipt.
     ///
     /// # Errors
     /// The store could not record them; the next connection plans from the older cursors.
-    fn set_cursors(&self, relay: &str, cursors: &[(Collection, u64)]) -> Result<()>;
+    fn set_cursors(&self, relay: &str, cursors: &[Cursor]) -> Result<()>;
 
-    /// The change sequence each collection of `relay` has been synced to.
+    /// Where `relay` has shown this device to be, per collection: the cursors synced to and
+    /// the highest acknowledged positions, each with its epoch and receipt (for `Reconcile`).
     ///
     /// # Errors
     /// The store could not read them.
-    fn cursors(&self, relay: &str) -> Result<Vec<(Collection, u64)>>;
+    fn positions(&self, relay: &str) -> Result<Positions>;
+
+    /// Forgets what `relay` acknowledged in `collections` (its acknowledgements of their
+    /// documents, the cursors and positions): the relay lost it (it was restored from an
+    /// older backup), and every document of them is pending for it again.
+    ///
+    /// # Errors
+    /// The store could not forget them; the relay reports the loss again next connection.
+    fn forget_positions(&self, relay: &str, collections: &[Collection]) -> Result<()>;
 
     /// Documents of `collection` whose current heads `relay` has not acknowledged.
     ///

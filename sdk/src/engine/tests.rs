@@ -110,6 +110,7 @@ fn welcome() -> Vec<u8> {
             max_docs_per_subscription: 1000,
             idle_timeout_ms: 60_000,
         },
+        epoch: None,
     }))
 }
 
@@ -120,9 +121,12 @@ fn empty_plan(seq: u64) -> Vec<u8> {
         cursors: vec![Cursor {
             collection: todos(),
             seq,
+            epoch: None,
+            receipt: None,
         }],
         update: false,
         fetch: false,
+        reset: vec![],
     }))
 }
 
@@ -169,6 +173,7 @@ fn synced_only_after_the_plan_and_every_ack_and_then_nothing_is_pending() {
             heads: wire(&heads),
             seq: Some(6),
         }],
+        positions: None,
     }));
     let effects = f.engine.handle(Event::Frame(ack), 13);
     assert!(effects.contains(&Effect::Status(Status::Synced {
@@ -176,9 +181,99 @@ fn synced_only_after_the_plan_and_every_ack_and_then_nothing_is_pending() {
         over_budget_bytes: 0
     })));
     assert!(f.store.pending_documents().expect("pending").is_empty());
+    let positions = f.store.positions("ws://relay").expect("positions");
+    let at = |seq| {
+        vec![Cursor {
+            collection: todos(),
+            seq,
+            epoch: None,
+            receipt: None,
+        }]
+    };
+    assert_eq!((positions.cursors, positions.acked), (at(5), at(6)));
+}
+
+/// Issue 15, class 10: the positions a relay showed (with its epoch and receipt) go back in
+/// the next `Reconcile`; a relay that says it lost them gets every document of the collection
+/// again, and what it acknowledged there is forgotten.
+#[test]
+fn positions_go_back_to_the_relay_and_a_reset_sends_everything_again() {
+    let mut f = fixture();
+    let doc = f.store.create(&todos()).expect("create");
+    doc.put("title", "milk").expect("put");
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 10);
+    let shown = |seq, receipt: &str| Cursor {
+        collection: todos(),
+        seq,
+        epoch: Some("e1".into()),
+        receipt: Some(receipt.into()),
+    };
+    let welcome_e1 = frame::encode(&Message::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        compression: 0,
+        session: "s".into(),
+        server_time_ms: 0,
+        limits: Limits {
+            max_frame_bytes: 1 << 20,
+            max_frames_per_s: 100,
+            max_bytes_per_s: 1 << 20,
+            max_docs_per_subscription: 1000,
+            idle_timeout_ms: 60_000,
+        },
+        epoch: Some("e1".into()),
+    }));
+    f.engine.handle(Event::Frame(welcome_e1), 11);
+    let plan = |cursors, reset| {
+        frame::encode(&Message::Plan(Plan {
+            send: Vec::new(),
+            deferred: Vec::new(),
+            cursors,
+            update: false,
+            fetch: false,
+            reset,
+        }))
+    };
+    f.engine
+        .handle(Event::Frame(plan(vec![shown(5, "r5")], vec![])), 12);
+    let ack = frame::encode(&Message::Ack(Ack {
+        items: vec![AckItem {
+            doc: doc.id().clone(),
+            heads: wire(&doc.heads().expect("heads")),
+            seq: Some(6),
+        }],
+        positions: Some(vec![shown(6, "r6")]),
+    }));
+    f.engine.handle(Event::Frame(ack), 13);
+    assert!(f.store.pending_documents().expect("pending").is_empty());
+
+    // The next connection shows both positions, with their epoch and receipt.
+    f.engine
+        .handle(Event::Disconnected(Disconnect::Failed("cut".into())), 20);
+    f.engine.handle(Event::Tick, 5_000);
+    let effects = f.engine.handle(Event::Connected, 5_010);
+    let reconcile = sent(&effects)
+        .into_iter()
+        .find_map(|m| match m {
+            Message::Reconcile(r) => Some(r),
+            _ => None,
+        })
+        .expect("a reconcile");
+    assert_eq!(reconcile.cursors, vec![shown(5, "r5")]);
+    assert_eq!(reconcile.acked, Some(vec![shown(6, "r6")]));
+    assert!(synced_docs(&effects).is_empty(), "nothing pending");
+
+    // The relay lost them: the document goes again, from a fresh state.
+    f.engine.handle(Event::Frame(welcome()), 5_011);
+    let effects = f
+        .engine
+        .handle(Event::Frame(plan(vec![], vec![todos()])), 5_012);
+    assert_eq!(synced_docs(&effects), vec![doc.id().clone()]);
+    let positions = f.store.positions("ws://relay").expect("positions");
+    assert!(positions.cursors.is_empty() && positions.acked.is_empty());
     assert_eq!(
-        f.store.cursors("ws://relay").expect("cursors"),
-        vec![(todos(), 5)]
+        f.store.pending_documents().expect("pending"),
+        vec![doc.id().clone()]
     );
 }
 
@@ -336,6 +431,7 @@ fn a_burst_of_local_writes_is_paced_into_few_frames_below_the_relay_rate() {
             max_docs_per_subscription: 1000,
             idle_timeout_ms: 60_000,
         },
+        epoch: None,
     }));
     f.engine.handle(Event::Frame(slow), 2);
     f.engine.handle(Event::Frame(empty_plan(0)), 3);
@@ -532,9 +628,12 @@ fn deferred_documents_are_recorded_and_fetched_once_off_the_metered_network() {
         cursors: vec![Cursor {
             collection: todos(),
             seq: 9,
+            epoch: None,
+            receipt: None,
         }],
         update: false,
         fetch: false,
+        reset: vec![],
     }));
     f.engine.handle(Event::Frame(plan), 3);
     let deferred = f.store.deferred().expect("deferred");
@@ -687,9 +786,12 @@ fn an_added_collection_is_planned_at_once_and_a_removed_one_stops() {
         cursors: vec![Cursor {
             collection: notes.clone(),
             seq: 1,
+            epoch: None,
+            receipt: None,
         }],
         update: false,
         fetch: false,
+        reset: vec![],
     }));
     f.engine.handle(Event::Frame(plan), 11);
     assert!(matches!(f.engine.status(), Status::Synced { .. }));
@@ -779,6 +881,7 @@ fn a_relay_payload_claiming_endless_operations_is_refused_and_loses_nothing() {
             heads: wire(&doc.heads().expect("heads")),
             seq: Some(1),
         }],
+        positions: None,
     }));
     f.engine.handle(Event::Frame(ack), 5);
     assert!(

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use automerge::sync::{Message as SyncMessage, State, SyncDoc};
 use automerge::{Automerge, ChangeHash, PatchLog};
 use parking_lot::{Mutex, RawMutex, lock_api::ArcMutexGuard};
+use syncline_protocol::messages::Cursor;
 use syncline_protocol::sync_state;
 use syncline_protocol::{Collection, DocId, Priority};
 
@@ -22,7 +23,7 @@ use super::cache::LoadedDoc;
 use super::listeners::{self, ChangeEvent, ChangeOrigin};
 use super::{InsideDocument, Store, UpdateOutcome, model};
 use crate::db::{AckTarget, BatchWrite, ContentWrite, DocRow, DocUpdate, NewDoc, Origin};
-use crate::engine::{Outgoing, Received, SyncStore, holds_their_heads, next_message};
+use crate::engine::{Outgoing, Positions, Received, SyncStore, holds_their_heads, next_message};
 use crate::{DeferredDoc, Error, Heads, Result};
 
 type SlotGuard = ArcMutexGuard<RawMutex, Option<LoadedDoc>>;
@@ -394,9 +395,17 @@ impl SyncStore for Store {
             .collect()
     }
 
-    fn acknowledge(&self, relay: &str, acks: &[(DocId, Heads)]) -> Result<Vec<(DocId, Heads)>> {
+    fn acknowledge(
+        &self,
+        relay: &str,
+        acks: &[(DocId, Heads)],
+        positions: &[Cursor],
+    ) -> Result<Vec<(DocId, Heads)>> {
         let shared = self.shared();
-        let mut writes = Vec::new();
+        let mut writes: Vec<BatchWrite> = positions
+            .iter()
+            .map(|p| BatchWrite::AckedPosition(relay.to_owned(), p.clone()))
+            .collect();
         let mut current = Vec::new();
         for (doc, heads) in acks {
             let recorded = shared.with_doc(doc, |loaded| {
@@ -424,19 +433,30 @@ impl SyncStore for Store {
         Ok(current)
     }
 
-    fn set_cursors(&self, relay: &str, cursors: &[(Collection, u64)]) -> Result<()> {
+    fn set_cursors(&self, relay: &str, cursors: &[Cursor]) -> Result<()> {
         if cursors.is_empty() {
             return Ok(());
         }
         let writes = cursors
             .iter()
-            .map(|(c, seq)| BatchWrite::Cursor(relay.to_owned(), c.clone(), *seq))
+            .map(|c| BatchWrite::Cursor(relay.to_owned(), c.clone()))
             .collect();
         self.shared().db.commit_batch(writes).map(|_| ())
     }
 
-    fn cursors(&self, relay: &str) -> Result<Vec<(Collection, u64)>> {
-        self.shared().db.cursors(relay)
+    fn positions(&self, relay: &str) -> Result<Positions> {
+        let db = &self.shared().db;
+        Ok(Positions {
+            cursors: db.cursors(relay)?,
+            acked: db.acked_positions(relay)?,
+        })
+    }
+
+    fn forget_positions(&self, relay: &str, collections: &[Collection]) -> Result<()> {
+        if collections.is_empty() {
+            return Ok(());
+        }
+        self.shared().db.forget_relay_positions(relay, collections)
     }
 
     fn unacknowledged(&self, relay: &str, collection: &Collection) -> Result<Vec<DocId>> {

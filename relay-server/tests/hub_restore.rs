@@ -1,0 +1,128 @@
+//! A relay restored from an older backup (issue 15, class 10): positions it showed devices and
+//! then lost are recognised by their epoch, the collections are planned from the start, and
+//! changes by other devices are taken back only from a device that proves, with the relay's
+//! receipt, that it was shown them.
+
+mod common;
+
+use std::sync::Arc;
+
+use automerge::Automerge;
+use automerge::sync::{State, SyncDoc};
+use common::{World, col, doc, grants};
+use syncline_protocol::DocId;
+use syncline_protocol::messages::{Cursor, ErrorCode, Reconcile, SyncItem};
+use syncline_relay::hub::Hub;
+use syncline_relay::session::Action;
+use syncline_relay::storage::{SqliteStorage, Storage, sqlite_backup};
+
+fn reconcile(cursors: Vec<Cursor>) -> Action {
+    Action::Reconcile(Reconcile {
+        cursors,
+        changed: vec![],
+        fetched: None,
+        acked: None,
+    })
+}
+
+/// A sync item for `d` carrying every change of `doc`, whoever wrote them.
+fn every_change(d: &DocId, doc: &Automerge) -> SyncItem {
+    let mut message = doc
+        .generate_sync_message(&mut State::new())
+        .expect("a message");
+    message.changes = doc
+        .get_changes(&[])
+        .into_iter()
+        .map(|c| c.raw_bytes().to_vec())
+        .collect::<Vec<_>>()
+        .into();
+    SyncItem {
+        doc: d.clone(),
+        message: message.encode(),
+        priority: None,
+    }
+}
+
+#[test]
+fn a_restored_relay_takes_lost_changes_back_only_from_devices_it_showed_them() {
+    let mut w = World::new();
+    let todos = || grants(&["todos"], &["todos"]);
+    w.join(1, "acme", todos());
+    w.join(2, "acme", todos());
+    w.join(3, "acme", todos());
+    let (a, b) = (doc("todos/a"), doc("todos/b"));
+    w.clients.get_mut(&1).expect("client").put(&a, "x", 1);
+    w.push(1, std::slice::from_ref(&a));
+
+    let backup = w.dir.path().join("backup.db");
+    sqlite_backup(&w.dir.path().join("relay.db"), &backup).expect("backup");
+
+    // After the backup: device 1 writes b, device 2 gets it and is shown the position.
+    w.clients.get_mut(&1).expect("client").put(&b, "x", 2);
+    w.push(1, std::slice::from_ref(&b));
+    w.run(vec![(2, reconcile(vec![]))]);
+    let shown = w.last_plan(2).expect("plan").cursors;
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].seq, 2);
+    assert!(shown[0].receipt.is_some() && shown[0].epoch.is_some());
+    assert_eq!(w.clients[&2].get(&b, "x"), Some(2));
+
+    // The relay is restored; device 1 is gone for good.
+    let restored = Arc::new(SqliteStorage::open(&backup).expect("open the backup"));
+    assert_ne!(restored.epoch(), shown[0].epoch.as_deref().expect("epoch"));
+    w.hub = Hub::new(Arc::clone(&restored));
+    w.storage = restored;
+
+    // Device 3 makes up a lost position and a change by device 1: the collection is
+    // replanned, but the forged change is refused.
+    w.reconnect(3, "acme", todos());
+    let forged = Cursor {
+        receipt: Some("00".repeat(16)),
+        ..shown[0].clone()
+    };
+    w.run(vec![(3, reconcile(vec![forged]))]);
+    assert_eq!(w.last_plan(3).expect("plan").reset, vec![col("todos")]);
+    let forged_change = every_change(&b, &w.clients[&1].docs[&b]);
+    w.run(vec![(3, Action::Sync(vec![forged_change]))]);
+    assert!(
+        w.clients[&3].errors().contains(&ErrorCode::FORBIDDEN.0),
+        "{:?}",
+        w.clients[&3].inbox
+    );
+    assert!(
+        w.storage
+            .load(&common::tenant("acme"), &b)
+            .expect("load")
+            .is_none()
+    );
+
+    // Device 2 shows the position it was given: it may send device 1's change back.
+    w.reconnect(2, "acme", todos());
+    w.run(vec![(2, reconcile(shown.clone()))]);
+    assert_eq!(w.last_plan(2).expect("plan").reset, vec![col("todos")]);
+    w.push(2, std::slice::from_ref(&b));
+    assert!(
+        w.clients[&2].errors().is_empty(),
+        "{:?}",
+        w.clients[&2].inbox
+    );
+    let stored = w
+        .storage
+        .load(&common::tenant("acme"), &b)
+        .expect("load")
+        .expect("b is back");
+    assert!(!stored.chunks.is_empty());
+
+    // A receipt is the device's own: device 3 replaying device 2's is refused like a forgery.
+    w.reconnect(3, "acme", todos());
+    w.run(vec![(3, reconcile(shown))]);
+    assert_eq!(w.last_plan(3).expect("plan").reset, vec![col("todos")]);
+    w.clients.get_mut(&1).expect("client").put(&b, "y", 3);
+    let errors_before = w.clients[&3].errors().len();
+    let replayed = every_change(&b, &w.clients[&1].docs[&b]);
+    w.run(vec![(3, Action::Sync(vec![replayed]))]);
+    assert_eq!(
+        w.clients[&3].errors()[errors_before..],
+        [ErrorCode::FORBIDDEN.0]
+    );
+}
