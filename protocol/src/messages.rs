@@ -468,6 +468,10 @@ impl ErrorCode {
     pub const OUT_OF_ORDER: Self = Self(10);
     /// The relay failed; retry after `retry_after_ms`.
     pub const INTERNAL: Self = Self(11);
+    /// The relay cannot store this `Sync` item's changes now (its storage is full); nothing of
+    /// them was stored. The sender keeps them and sends them again after `retry_after_ms`; the
+    /// connection, and everything that only reads, goes on.
+    pub const STORAGE_FULL: Self = Self(12);
 }
 
 /// Either way: something went wrong.

@@ -98,6 +98,10 @@ pub struct RelayConfig {
     pub max_connections_per_tenant: usize,
     /// Seconds a new socket may take to send its HTTP request headers. Default 10.
     pub header_timeout_secs: u64,
+    /// Caps the embedded database at about this many bytes (default: none, the disk is the
+    /// cap). Past it, as on a full disk, the relay refuses new changes with `STORAGE_FULL`
+    /// (devices keep them and retry) and goes on serving reads.
+    pub max_database_bytes: Option<u64>,
     /// A development relay: without `jwks_file` it accepts tokens signed with the development
     /// key even when listening beyond loopback. Off by default: a relay reachable from other
     /// machines refuses to start without a key set (`RelayConfig::check`).
@@ -129,6 +133,7 @@ impl Default for RelayConfig {
             max_connections_per_device: 4,
             max_connections_per_tenant: 5_000,
             header_timeout_secs: 10,
+            max_database_bytes: None,
             development: false,
         }
     }
@@ -202,7 +207,8 @@ impl RelayConfig {
     /// `SYNCLINE_ISSUER`, `SYNCLINE_COMPRESSION` (`true`/`false`) and
     /// `SYNCLINE_METERED_MAX_DOC_BYTES`, `SYNCLINE_MAX_INFLATED_BYTES`,
     /// `SYNCLINE_MAX_OPS_PER_FRAME`, `SYNCLINE_MAX_CONNECTIONS` (and `_PER_DEVICE`,
-    /// `_PER_TENANT`) and `SYNCLINE_DEVELOPMENT` from `vars` (pass `std::env::vars()`).
+    /// `_PER_TENANT`), `SYNCLINE_MAX_DATABASE_BYTES` and `SYNCLINE_DEVELOPMENT` from `vars`
+    /// (pass `std::env::vars()`).
     ///
     /// # Errors
     /// [`ConfigError::Env`] for a value that does not parse.
@@ -248,6 +254,9 @@ impl RelayConfig {
                 "SYNCLINE_MAX_CONNECTIONS_PER_TENANT" => {
                     self.max_connections_per_tenant =
                         parse("SYNCLINE_MAX_CONNECTIONS_PER_TENANT", &value)?;
+                }
+                "SYNCLINE_MAX_DATABASE_BYTES" => {
+                    self.max_database_bytes = Some(parse("SYNCLINE_MAX_DATABASE_BYTES", &value)?);
                 }
                 _ => {}
             }
@@ -305,7 +314,8 @@ mod tests {
         let path = dir.path().join("relay.toml");
         std::fs::write(
             &path,
-            "listen = \"0.0.0.0:9000\"\nidle_timeout_secs = 5\ncompression = false\n",
+            "listen = \"0.0.0.0:9000\"\nidle_timeout_secs = 5\ncompression = false\n\
+             max_database_bytes = 1000000\n",
         )
         .expect("write");
         let c = RelayConfig::from_file(&path)
@@ -315,10 +325,15 @@ mod tests {
         assert_eq!(c.idle_timeout_secs, 7);
         assert_eq!(c.max_frame_bytes, 16 << 20);
         assert!(!c.compression);
+        assert_eq!(c.max_database_bytes, Some(1_000_000));
         let c = c
-            .with_env([("SYNCLINE_COMPRESSION".into(), "true".into())])
+            .with_env([
+                ("SYNCLINE_COMPRESSION".into(), "true".into()),
+                ("SYNCLINE_MAX_DATABASE_BYTES".into(), "2000000".into()),
+            ])
             .expect("config");
         assert!(c.compression);
+        assert_eq!(c.max_database_bytes, Some(2_000_000));
     }
 
     #[test]

@@ -138,6 +138,7 @@ fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let storage = Arc::new(admin::open_storage(&cfg.data_dir)?);
+    storage.set_max_bytes(cfg.max_database_bytes)?;
     let (dev_secret, key_file) = match &cfg.jwks_file {
         Some(path) => (None, Some(KeyFile::open(path)?)),
         None => {

@@ -302,6 +302,12 @@ async fn health_metrics_and_authentication() {
         "{metrics}"
     );
     assert!(metrics.contains("reason=\"malformed\""), "{metrics}");
+    for exported in [
+        "syncline_storage_full_total 0",
+        "syncline_corrupt_documents_total 0",
+    ] {
+        assert!(metrics.contains(exported), "{exported} in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,16 +4,16 @@
 //! tenant whose commit failed acknowledges nothing, and its changed documents are dropped from
 //! memory (`SyncGroup::failed`), so memory never runs ahead of storage.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::sync::Message as SyncMessage;
-use syncline_protocol::messages::{Ack, AckItem, Cursor, ErrorCode, SyncItem};
+use syncline_protocol::messages::{Ack, AckItem, Cursor, Error, ErrorCode, SyncItem};
 use syncline_protocol::payload::Budget;
 use syncline_protocol::{DocId, Message};
 
 use super::{
-    Delivery, GraphError, Hub, HubError, Lane, MAX_SESSION_STATE_BYTES, SessionId, SyncGroup,
-    error, push_batches, responder, wire_heads,
+    Delivery, GraphError, Hub, HubError, Lane, MAX_SESSION_STATE_BYTES, STORAGE_FULL_RETRY_MS,
+    SessionId, SyncGroup, error, push_batches, responder, wire_heads,
 };
 use crate::storage::{Append, Storage};
 use crate::tenant::Tenant;
@@ -74,6 +74,8 @@ impl<S: Storage> Hub<S> {
         }
         let mut changed: BTreeMap<Tenant, Vec<DocId>> = BTreeMap::new();
         let mut seqs: HashMap<(Tenant, DocId), u64> = HashMap::new();
+        // Per tenant whose storage was full, the documents whose changes were not stored.
+        let mut unstored: HashMap<Tenant, HashSet<DocId>> = HashMap::new();
         for (tenant, docs) in &before {
             if broken.contains_key(tenant) {
                 self.evict(tenant, docs.iter().map(|(doc, _)| doc));
@@ -110,6 +112,15 @@ impl<S: Storage> Hub<S> {
                     }
                     changed.insert(tenant.clone(), appends.into_iter().map(|a| a.doc).collect());
                 }
+                Err(e) if e.is_full() => {
+                    // Only these documents ran ahead of storage; everything else of the group
+                    // (reads included) goes on.
+                    let lost: HashSet<DocId> = appends.into_iter().map(|a| a.doc).collect();
+                    self.evict(tenant, lost.iter());
+                    self.storage_full += 1;
+                    tracing::warn!(%tenant, documents = lost.len(), "storage is full: changes refused until there is room");
+                    unstored.insert(tenant.clone(), lost);
+                }
                 Err(e) => {
                     self.evict(tenant, docs.iter().map(|(doc, _)| doc));
                     broken.insert(tenant.clone(), e.to_string());
@@ -118,7 +129,7 @@ impl<S: Storage> Hub<S> {
         }
         // Per tenant and document, the sessions whose frames touched it (they had replies).
         let mut senders: HashMap<Tenant, HashMap<DocId, Vec<SessionId>>> = HashMap::new();
-        for (id, tenant, touched, carried) in sessions {
+        for (id, tenant, mut touched, mut carried) in sessions {
             if let Some(reason) = broken.get(&tenant) {
                 group.failed.push((id, HubError::Failed(reason.clone())));
                 group.deliveries.push(Delivery::internal(
@@ -126,6 +137,25 @@ impl<S: Storage> Hub<S> {
                     "the relay could not store this; reconnect and resend",
                 ));
                 continue;
+            }
+            if let Some(lost) = unstored.get(&tenant) {
+                // The changes this session brought and the relay could not store: refused,
+                // to be sent again; its sync state of them (which counted them) starts afresh.
+                for doc in carried.iter().filter(|doc| lost.contains(*doc)) {
+                    self.forget_doc(id, doc);
+                    group.deliveries.push(Delivery::live(
+                        id,
+                        Message::Error(Error {
+                            code: ErrorCode::STORAGE_FULL,
+                            message: "the relay's storage is full; send this again later".into(),
+                            retry_after_ms: Some(STORAGE_FULL_RETRY_MS),
+                            doc: Some(doc.clone()),
+                        }),
+                    ));
+                }
+                let refused: HashSet<DocId> =
+                    carried.extract_if(.., |doc| lost.contains(doc)).collect();
+                touched.retain(|doc| !refused.contains(doc));
             }
             let touched_by = senders.entry(tenant.clone()).or_default();
             for doc in &touched {

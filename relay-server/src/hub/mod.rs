@@ -84,6 +84,9 @@ pub struct SyncGroup {
     pub failed: Vec<(SessionId, HubError)>,
 }
 
+/// How long a device waits before it sends again changes a full storage refused.
+pub const STORAGE_FULL_RETRY_MS: u64 = 30_000;
+
 /// Why the hub failed an action. The session gets an `INTERNAL` error and may retry; nothing
 /// was acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +202,8 @@ pub struct Hub<S> {
     payload_limits: PayloadLimits,
     /// Stored documents found not to load.
     corrupt_documents: u64,
+    /// Group commits refused by a full storage.
+    storage_full: u64,
     /// Documents larger than this wait for an unmetered network (unless a device sets its own).
     metered_threshold: u64,
 }
@@ -224,6 +229,7 @@ impl<S: Storage> Hub<S> {
             allow_foreign_changes: false,
             payload_limits: PayloadLimits::DEFAULT,
             corrupt_documents: 0,
+            storage_full: 0,
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
         }
     }
@@ -347,8 +353,11 @@ impl<S: Storage> Hub<S> {
             })
             .map(|(doc, state)| (doc.clone(), state.encode()))
             .collect();
-        self.storage
-            .save_sync_states(&peer.tenant, &device, &states)?;
+        self.spare(
+            "saving sync states",
+            self.storage
+                .save_sync_states(&peer.tenant, &device, &states),
+        )?;
         self.record_activity(&peer, now_ms)
     }
 
@@ -497,6 +506,24 @@ impl<S: Storage> Hub<S> {
     /// Stored documents found not to load (each time one was needed).
     pub fn corrupt_documents(&self) -> u64 {
         self.corrupt_documents
+    }
+
+    /// Commits refused because storage was full (each tenant's part of a group counts once).
+    pub fn storage_full(&self) -> u64 {
+        self.storage_full
+    }
+
+    /// A write the relay can do without for now (the registry, cursors, saved sync states):
+    /// on a full storage it is skipped with a warning, so reads and syncing go on; anything
+    /// else fails the action.
+    fn spare(&self, what: &str, result: Result<(), StorageError>) -> Result<(), HubError> {
+        match result {
+            Err(e) if e.is_full() => {
+                tracing::warn!(what, "storage is full: skipped");
+                Ok(())
+            }
+            other => Ok(other?),
+        }
     }
 
     fn ephemeral(&self, id: SessionId, e: Ephemeral) -> Vec<Delivery> {

@@ -223,11 +223,14 @@ impl<S: Storage> Hub<S> {
         let mut ordered: Vec<(DocId, Candidate)> = entries.into_iter().collect();
         ordered.sort_by(|(_, a), (_, b)| b.priority.cmp(&a.priority).then(b.seq.cmp(&a.seq)));
         for cursor in &reached {
-            self.storage.set_cursor(
-                &tenant,
-                &peer.identity.device,
-                &cursor.collection,
-                cursor.seq,
+            self.spare(
+                "storing a cursor",
+                self.storage.set_cursor(
+                    &tenant,
+                    &peer.identity.device,
+                    &cursor.collection,
+                    cursor.seq,
+                ),
             )?;
         }
         let mut planned = Planned::new();

@@ -30,8 +30,10 @@ impl<S: Storage> Hub<S> {
                 list: listed(peer),
             },
         };
-        self.storage.register_device(&peer.tenant, &record)?;
-        Ok(())
+        self.spare(
+            "registering a device",
+            self.storage.register_device(&peer.tenant, &record),
+        )
     }
 
     /// Records a departing device's activity: last seen now, what stays deferred for it, and
@@ -39,11 +41,17 @@ impl<S: Storage> Hub<S> {
     pub(super) fn record_activity(&self, peer: &Peer, now_ms: u64) -> Result<(), HubError> {
         self.register_peer(peer, now_ms)?;
         let device = peer.identity.device;
-        self.storage
-            .touch_device(&peer.tenant, &device, now_ms, false)?;
-        if let Some(synced) = peer.last_sync_ms {
+        self.spare(
+            "recording activity",
             self.storage
-                .touch_device(&peer.tenant, &device, synced, true)?;
+                .touch_device(&peer.tenant, &device, now_ms, false),
+        )?;
+        if let Some(synced) = peer.last_sync_ms {
+            self.spare(
+                "recording a sync",
+                self.storage
+                    .touch_device(&peer.tenant, &device, synced, true),
+            )?;
         }
         Ok(())
     }

@@ -126,6 +126,8 @@ pub(super) fn run_hub<S: Storage>(
             }
         }
         let stored_before = core.stats().changes_stored;
+        let (full_before, corrupt_before) =
+            (core.hub().storage_full(), core.hub().corrupt_documents());
         let started = Instant::now();
         let outputs = core.poll(&Outboxes(&routes));
         if syncs > 0 {
@@ -136,6 +138,12 @@ pub(super) fn run_hub<S: Storage>(
         metrics
             .changes_stored
             .inc_by(core.stats().changes_stored - stored_before);
+        metrics
+            .storage_full
+            .inc_by(core.hub().storage_full() - full_before);
+        metrics
+            .corrupt_documents
+            .inc_by(core.hub().corrupt_documents() - corrupt_before);
         apply_outputs(&mut routes, outputs);
         routes.retain(|_, route| !route.gone);
     }

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub sync_seconds: Histogram,
     /// Connections refused at a cap, by cap (`total`, `device`, `tenant`).
     pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Commits refused because the storage was full.
+    pub storage_full: Counter,
+    /// Stored documents found not to load (each time one was needed).
+    pub corrupt_documents: Counter,
 }
 
 impl Metrics {
@@ -51,6 +55,8 @@ impl Metrics {
             auth_failures: Family::default(),
             sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             connections_refused: Family::default(),
+            storage_full: Counter::default(),
+            corrupt_documents: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -97,6 +103,16 @@ impl Metrics {
             "connections_refused",
             "Connections refused at a cap, by cap",
             metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "storage_full",
+            "Commits refused because the storage was full",
+            metrics.storage_full.clone(),
+        );
+        registry.register(
+            "corrupt_documents",
+            "Stored documents found not to load",
+            metrics.corrupt_documents.clone(),
         );
         Self {
             registry,

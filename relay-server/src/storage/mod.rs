@@ -34,6 +34,13 @@ pub enum StorageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The storage is full (the disk, or the operator's `max_database_bytes`): nothing of the
+    /// write was stored. Reads still work, and writes succeed again once there is room.
+    #[error("{backend} storage is full: writes are refused until there is room")]
+    Full {
+        /// The backend.
+        backend: &'static str,
+    },
     /// A stored row does not decode (names the table and key).
     #[error("corrupt row in {table}: {reason}")]
     Corrupt {
@@ -50,6 +57,13 @@ pub enum StorageError {
         /// The newest this relay knows.
         supported: i64,
     },
+}
+
+impl StorageError {
+    /// True for [`StorageError::Full`]: the write may succeed later, and reads still work.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Full { .. })
+    }
 }
 
 /// One document's new chunk, for [`Storage::append`].

@@ -173,6 +173,24 @@ impl SqliteStorage {
     }
 }
 
+impl SqliteStorage {
+    /// Caps the database at about `bytes` (SQLite's `max_page_count`; `None`: no cap beyond
+    /// the disk). Past it, writes fail with [`StorageError::Full`] and reads go on; raising
+    /// the cap (or freeing the disk) lets writes through again at once. A cap below the
+    /// current size holds the database where it is.
+    ///
+    /// # Errors
+    /// The SQLite error.
+    pub fn set_max_bytes(&self, bytes: Option<u64>) -> Result<(), StorageError> {
+        let conn = self.conn.lock();
+        let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        // SQLite's own ceiling when uncapped.
+        let pages = bytes.map_or(4_294_967_294, |b| (to_i64(b) / page.max(1)).max(1));
+        conn.pragma_update(None, "max_page_count", pages)?;
+        Ok(())
+    }
+}
+
 /// Writes a consistent copy of the relay database at `database` to `to`, safe while a relay
 /// runs on it (`VACUUM INTO` over a read-only connection: one snapshot of the last committed
 /// state, compacted). A relay opened on the copy starts a new epoch.
@@ -257,6 +275,9 @@ fn heads_from_bytes(bytes: &[u8]) -> Result<Heads, StorageError> {
 /// (nor the trait) sees a `rusqlite` type.
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return StorageError::Full { backend: "sqlite" };
+        }
         StorageError::Backend {
             backend: "sqlite",
             source: Box::new(e),

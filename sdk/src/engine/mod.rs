@@ -120,6 +120,11 @@ struct Connection {
     awaiting_data: HashSet<DocId>,
     /// Documents the relay refused on this connection; not sent again until reconnect.
     refused: HashMap<DocId, String>,
+    /// Documents whose changes the relay could not store (its storage was full), with when
+    /// to send them again.
+    retry: BTreeMap<DocId, u64>,
+    /// The status error says the relay's storage is full (cleared once everything went).
+    storage_full_reported: bool,
     received_since_send: bool,
     last_frame_ms: u64,
     synced: bool,
@@ -702,6 +707,25 @@ impl<S: SyncStore> Engine<S> {
     }
 
     fn on_tick(&mut self, out: &mut Out, now_ms: u64) {
+        if self.phase == Phase::Open && !self.conn.retry.is_empty() {
+            let due: Vec<DocId> = self
+                .conn
+                .retry
+                .iter()
+                .filter(|(_, at)| **at <= now_ms)
+                .map(|(doc, _)| doc.clone())
+                .collect();
+            for doc in &due {
+                self.conn.retry.remove(doc);
+            }
+            if let Some(next) = self.conn.retry.values().min() {
+                out.effects.push(Effect::WakeAt(*next));
+            }
+            if !due.is_empty() {
+                self.dirty.extend(due);
+                self.flush_dirty(out, now_ms);
+            }
+        }
         if self.phase == Phase::Open && self.conn.flush_due.is_some_and(|at| at <= now_ms) {
             self.conn.flush_due = None;
             self.flush_paced(out, now_ms);
@@ -1082,6 +1106,28 @@ impl<S: SyncStore> Engine<S> {
 
     fn on_error(&mut self, out: &mut Out, error: ErrorMessage, now_ms: u64) {
         tracing::warn!(code = error.code.0, message = %error.message, doc = ?error.doc, "the relay reported an error");
+        if let Some(doc) = error.doc.clone()
+            && error.code == ErrorCode::STORAGE_FULL
+        {
+            // Nothing of it was stored: it stays pending and goes again later, from a fresh
+            // sync state (the relay forgot the one that counted it); the rest goes on.
+            self.upload_done(&doc);
+            self.conn.states.remove(&doc);
+            self.dirty.remove(&doc);
+            let delay = error
+                .retry_after_ms
+                .unwrap_or(MAX_RETRY_AFTER_MS)
+                .min(MAX_RETRY_AFTER_MS);
+            let at = now_ms.saturating_add(delay);
+            self.conn.retry.insert(doc.clone(), at);
+            out.effects.push(Effect::WakeAt(at));
+            self.last_error = Some(format!(
+                "the relay's storage is full: {doc} is sent again in {} s",
+                delay.div_ceil(1000)
+            ));
+            self.conn.storage_full_reported = true;
+            return;
+        }
         if let Some(doc) = error.doc {
             // One item refused; the rest of its frame went on.
             self.upload_done(&doc);
@@ -1407,13 +1453,22 @@ impl<S: SyncStore> Engine<S> {
             },
             Phase::Open => {
                 let done = !self.outstanding() && self.dirty.is_empty();
-                if done && !self.conn.refused.is_empty() {
+                if done && !self.conn.retry.is_empty() {
+                    let reason = self
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "the relay's storage is full".into());
+                    Status::Error { reason }
+                } else if done && !self.conn.refused.is_empty() {
                     let reason = self
                         .last_error
                         .clone()
                         .unwrap_or_else(|| "the relay refused a change".into());
                     Status::Error { reason }
                 } else if done {
+                    if std::mem::take(&mut self.conn.storage_full_reported) {
+                        self.last_error = None;
+                    }
                     if !self.conn.synced {
                         self.conn.synced = true;
                         self.backoff.reset();

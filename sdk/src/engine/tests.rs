@@ -277,6 +277,64 @@ fn positions_go_back_to_the_relay_and_a_reset_sends_everything_again() {
     );
 }
 
+/// Issue 15, class 9: changes a full relay could not store stay pending, the status says so,
+/// and they go again when the relay said, on the same connection.
+#[test]
+fn changes_a_full_relay_refused_go_again_after_its_delay() {
+    let mut f = fixture();
+    let doc = f.store.create(&todos()).expect("create");
+    doc.put("title", "milk").expect("put");
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 10);
+    f.engine.handle(Event::Frame(welcome()), 11);
+    f.engine.handle(Event::Frame(empty_plan(5)), 12);
+    let full = frame::encode(&Message::Error(ErrorMessage {
+        code: ErrorCode::STORAGE_FULL,
+        message: "full".into(),
+        retry_after_ms: Some(30_000),
+        doc: Some(doc.id().clone()),
+    }));
+    let effects = f.engine.handle(Event::Frame(full), 13);
+    assert!(effects.contains(&Effect::WakeAt(30_013)), "{effects:?}");
+    assert!(f.engine.is_connected(), "the connection goes on");
+    assert!(
+        matches!(f.engine.status(), Status::Error { reason } if reason.contains("storage is full")),
+        "{:?}",
+        f.engine.status()
+    );
+    assert_eq!(
+        f.store.pending_documents().expect("pending"),
+        vec![doc.id().clone()]
+    );
+    assert!(synced_docs(&f.engine.handle(Event::Tick, 20_000)).is_empty());
+    let effects = f.engine.handle(Event::Tick, 30_013);
+    assert_eq!(synced_docs(&effects), vec![doc.id().clone()]);
+    let Message::Sync(sync) = sent(&effects)
+        .into_iter()
+        .find(|m| matches!(m, Message::Sync(_)))
+        .expect("a sync")
+    else {
+        unreachable!("found above")
+    };
+    let message = SyncMessage::decode(&sync.items[0].message).expect("decodes");
+    assert!(!message.changes.is_empty(), "the changes go again");
+    let ack = frame::encode(&Message::Ack(Ack {
+        items: vec![AckItem {
+            doc: doc.id().clone(),
+            heads: wire(&doc.heads().expect("heads")),
+            seq: Some(6),
+        }],
+        positions: None,
+    }));
+    f.engine.handle(Event::Frame(ack), 30_020);
+    assert!(
+        matches!(f.engine.status(), Status::Synced { .. }),
+        "{:?}",
+        f.engine.status()
+    );
+    assert!(f.store.pending_documents().expect("pending").is_empty());
+}
+
 #[test]
 fn a_local_change_while_connected_is_sent_at_once() {
     let mut f = fixture();
