@@ -23,11 +23,12 @@ fn tenant(name: &str) -> Tenant {
     Tenant::new(name).expect("a valid tenant")
 }
 
-/// Memory storage that counts appends and fails them on demand.
+/// Memory storage that counts appends and registry writes, and fails appends on demand.
 #[derive(Default)]
 struct Counting {
     inner: MemoryStorage,
     appends: AtomicUsize,
+    registrations: AtomicUsize,
     fail: AtomicBool,
 }
 
@@ -76,6 +77,7 @@ impl Storage for Counting {
         self.inner.bind_device(t, d, user)
     }
     fn register_device(&self, t: &Tenant, r: &DeviceRecord) -> Result<(), StorageError> {
+        self.registrations.fetch_add(1, Ordering::SeqCst);
         self.inner.register_device(t, r)
     }
     fn touch_device(&self, t: &Tenant, d: &DeviceId, at: u64, s: bool) -> Result<(), StorageError> {
@@ -332,4 +334,57 @@ fn the_document_cache_is_bounded_in_bytes_too() {
         1,
         "nothing stored twice"
     );
+}
+
+/// Issue 15, class 4: a client changing its profile as fast as it can costs one registry
+/// write per interval, and the registry still ends with its latest profile.
+#[test]
+fn registry_writes_are_coalesced_per_session() {
+    use syncline_protocol::messages::DeviceClass;
+    use syncline_relay::hub::REGISTRY_WRITE_INTERVAL_MS;
+    use syncline_relay::session::Action;
+
+    let storage = Arc::new(Counting::default());
+    let mut hub = Hub::new(Arc::clone(&storage));
+    let (identity, grants) = writer(1);
+    hub.connect(1, identity, grants, 0);
+    let profile = |budget: u64| {
+        let mut p = syncline_testkit::profile(DeviceClass::Phone);
+        p.storage_budget_bytes = Some(budget);
+        p
+    };
+    hub.handle(1, Action::Register(profile(0)), 0)
+        .expect("register");
+    assert_eq!(storage.registrations.load(Ordering::SeqCst), 1);
+    for n in 1..=1000u64 {
+        hub.handle(1, Action::UpdateProfile(profile(n)), n / 10)
+            .expect("update");
+    }
+    assert_eq!(
+        storage.registrations.load(Ordering::SeqCst),
+        1,
+        "1,000 updates within the interval: no write yet"
+    );
+    let registered = |storage: &Counting| {
+        storage.devices(Some(&tenant("t"))).expect("devices")[0]
+            .1
+            .profile
+            .storage_budget_bytes
+    };
+    assert_eq!(registered(&storage), Some(0));
+    // The next action after the interval writes the latest.
+    hub.handle(1, Action::Fetch(Vec::new()), REGISTRY_WRITE_INTERVAL_MS + 1)
+        .expect("fetch");
+    assert_eq!(storage.registrations.load(Ordering::SeqCst), 2);
+    assert_eq!(registered(&storage), Some(1000));
+    // And a change just before the connection ends is written at disconnect.
+    hub.handle(
+        1,
+        Action::UpdateProfile(profile(2000)),
+        REGISTRY_WRITE_INTERVAL_MS + 2,
+    )
+    .expect("update");
+    hub.disconnect(1, REGISTRY_WRITE_INTERVAL_MS + 3)
+        .expect("disconnect");
+    assert_eq!(registered(&storage), Some(2000));
 }

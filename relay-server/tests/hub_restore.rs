@@ -126,3 +126,31 @@ fn a_restored_relay_takes_lost_changes_back_only_from_devices_it_showed_them() {
         [ErrorCode::FORBIDDEN.0]
     );
 }
+
+/// A cursor named without an epoch is not checked (devices from before epochs), so it may
+/// name any number: the relay answers with it but vouches only for what its data holds.
+#[test]
+fn the_relay_vouches_only_for_positions_it_holds() {
+    let mut w = World::new();
+    w.join(1, "acme", grants(&["todos"], &["todos"]));
+    let a = doc("todos/a");
+    w.clients.get_mut(&1).expect("client").put(&a, "x", 1);
+    w.push(1, std::slice::from_ref(&a));
+    let unchecked = |seq| Cursor {
+        collection: col("todos"),
+        seq,
+        epoch: None,
+        receipt: None,
+    };
+    w.run(vec![(1, reconcile(vec![unchecked(1)]))]);
+    let held = w.last_plan(1).expect("plan").cursors;
+    assert!(held[0].receipt.is_some(), "{held:?}");
+    w.run(vec![(1, reconcile(vec![unchecked(1_000_000)]))]);
+    let made_up = w.last_plan(1).expect("plan").cursors;
+    assert_eq!(made_up[0].seq, 1_000_000);
+    assert_eq!(
+        (made_up[0].epoch.as_ref(), made_up[0].receipt.as_ref()),
+        (None, None),
+        "no receipt for a position the data never reached"
+    );
+}

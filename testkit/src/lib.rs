@@ -1,12 +1,15 @@
 //! Test support shared by Syncline's end-to-end tests and benchmarks.
 //!
-//! Today: [`Child`], a spawned process that is killed when dropped and whose stdout is read
-//! line by line, so a test never leaves a process behind however it fails; and protocol
-//! fixtures ([`profile`], [`hello`]) shared by the relay's tests and benchmarks. The simulated
-//! network and the storage contract tests join it with the relay and the sync engine.
+//! [`Child`], a spawned process that is killed when dropped and whose stdout is read line by
+//! line, so a test never leaves a process behind however it fails; protocol fixtures
+//! ([`profile`], [`hello`]) shared by the relay's tests and benchmarks; a real relay process
+//! ([`relay`]); the fault proxy between real processes ([`proxy`]); the deterministic
+//! simulation ([`sim`]); the engine's port in memory ([`memory`]); the fuzz targets' bodies
+//! ([`fuzz`]).
 
 pub mod fuzz;
 pub mod memory;
+pub mod proxy;
 pub mod relay;
 pub mod sim;
 

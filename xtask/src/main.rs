@@ -6,6 +6,8 @@
 //! - `cargo xtask test rust` (or `python`, `kotlin`, `swift`) runs one suite.
 //! - `cargo xtask bindings` builds `syncline-ffi` and generates its Kotlin, Swift and Python
 //!   bindings into `target/bindings/<language>` with the in-workspace `uniffi-bindgen`.
+//! - `cargo xtask soak [--seconds N] [--seeds N] [--sim-seeds N]` runs the fault proxy and the
+//!   simulation long (outside CI).
 //!
 //! Suites, in this order:
 //! - `rust`: the whole Cargo workspace, doc tests included.
@@ -63,9 +65,11 @@ fn run() -> anyhow::Result<bool> {
             Ok(true)
         }
         ["fuzz", ref rest @ ..] => fuzz_command(rest),
+        ["soak", ref rest @ ..] => soak(rest),
         _ => bail!(
             "usage: cargo xtask test [{}] | cargo xtask bindings | \
-             cargo xtask fuzz [--seconds N] [--keep] [TARGET...]",
+             cargo xtask fuzz [--seconds N] [--keep] [TARGET...] | \
+             cargo xtask soak [--seconds N] [--seeds N] [--sim-seeds N]",
             SUITES.join("|")
         ),
     }
@@ -121,6 +125,63 @@ fn rust_suite() -> anyhow::Result<(bool, Tally)> {
             tally.skipped += count(result, " ignored");
         }
     })
+}
+
+/// `cargo xtask soak [--seconds N] [--seeds N] [--sim-seeds N]`: the long runs CI leaves out,
+/// in release builds: the fault proxy between real processes for `--seeds` seeds of
+/// `--seconds` of faults each (defaults 20 and 60), then the simulation over `--sim-seeds`
+/// seeds (default 10,000).
+fn soak(args: &[&str]) -> anyhow::Result<bool> {
+    let (mut seconds, mut seeds, mut sim_seeds) = (60u64, 20u64, 10_000u64);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let slot = match *arg {
+            "--seconds" => &mut seconds,
+            "--seeds" => &mut seeds,
+            "--sim-seeds" => &mut sim_seeds,
+            other => bail!("unknown soak option {other:?}"),
+        };
+        *slot = rest
+            .next()
+            .with_context(|| format!("{arg} needs a number"))?
+            .parse()
+            .with_context(|| format!("{arg} needs a number"))?;
+    }
+    let mut proxy = cargo();
+    proxy
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "syncline-tests",
+            "--test",
+            "fault_proxy",
+        ])
+        .args(["--", "--nocapture"])
+        .env("FAULT_SECONDS", seconds.to_string())
+        .env("FAULT_SEEDS", seeds.to_string());
+    let proxied = proxy
+        .status()
+        .context("cargo test (fault proxy)")?
+        .success();
+    let mut sim = cargo();
+    sim.args([
+        "test",
+        "--release",
+        "-p",
+        "syncline-testkit",
+        "--test",
+        "simulation",
+    ])
+    .args(["--", "--nocapture"])
+    .env("SIM_SEEDS", sim_seeds.to_string());
+    let simulated = sim.status().context("cargo test (simulation)")?.success();
+    println!(
+        "soak: fault proxy {} ({seeds} seeds x {seconds} s), simulation {} ({sim_seeds} seeds)",
+        if proxied { "passed" } else { "FAILED" },
+        if simulated { "passed" } else { "FAILED" },
+    );
+    Ok(proxied && simulated)
 }
 
 /// `cargo xtask fuzz [--seconds N] [--keep] [TARGET...]`.

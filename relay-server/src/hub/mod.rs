@@ -25,6 +25,7 @@ pub use graph::{
     DocGraph, GraphError, MAX_DOCUMENT_BYTES, STORED_CHUNK_LIMITS, check_payload, parse_changes,
     parse_checked,
 };
+pub use registry::REGISTRY_WRITE_INTERVAL_MS;
 pub use responder::check_message;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -130,6 +131,9 @@ struct Peer {
     deferred: BTreeMap<DocId, PlanEntry>,
     /// True once the connection's first `Reconcile` was planned.
     reconciled: bool,
+    /// When the registry record was last written, and whether a change of it waits.
+    registered_ms: Option<u64>,
+    registry_dirty: bool,
     /// Collections in which the device proved (by the relay's receipts) that this data lost
     /// positions it showed it: the relay was restored from an older backup, and the device
     /// may send back changes by other devices there.
@@ -321,6 +325,8 @@ impl<S: Storage> Hub<S> {
             held: HashSet::new(),
             deferred: BTreeMap::new(),
             reconciled: false,
+            registered_ms: None,
+            registry_dirty: false,
             repair: HashSet::new(),
             skipped: BTreeSet::new(),
             state_costs: HashMap::new(),
@@ -389,6 +395,9 @@ impl<S: Storage> Hub<S> {
         }
         let result = self.act(id, action, now_ms);
         self.trim();
+        if self.peers.contains_key(&id) {
+            self.flush_registry(id, now_ms)?;
+        }
         result
     }
 

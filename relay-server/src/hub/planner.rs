@@ -190,7 +190,14 @@ impl<S: Storage> Hub<S> {
                 epoch: None,
                 receipt: None,
             };
-            self.vouch(id, &mut cursor);
+            // A cursor the device named without an epoch is not checked, and may name more
+            // than this data ever reached: the relay vouches only for what it holds.
+            if self
+                .storage
+                .holds_position(&tenant, &sub.collection, self.storage.epoch(), after)?
+            {
+                self.vouch(id, &mut cursor);
+            }
             reached.push(cursor);
         }
         // The device's own changes are the most recent of all (and the device holds them).

@@ -1,13 +1,49 @@
 //! The device registry: each session's device is registered with its capability profile and
-//! subscription (`register`, on `Hello` and on every change of either), and its activity (last
+//! subscription (`register`, on `Hello` and on changes of either), and its activity (last
 //! seen, last sync, what is deferred for it) is written once, when it disconnects, rather than
-//! fsynced per round trip.
+//! fsynced per round trip. Changes are coalesced: a session's record is written at most once
+//! per [`REGISTRY_WRITE_INTERVAL_MS`] (the latest state, on its next action after the interval,
+//! and at disconnect), so a client changing its profile thousands of times a second costs
+//! one durable write a second.
 
 use super::{Hub, HubError, Peer, SessionId};
 use crate::storage::{DEFERRED_LISTED, Deferred, DeferredEntry, DeviceRecord, Storage};
 
+/// Least time between two registry writes of one session.
+pub const REGISTRY_WRITE_INTERVAL_MS: u64 = 1_000;
+
 impl<S: Storage> Hub<S> {
+    /// Session `id`'s profile or subscription changed: written now, or (within
+    /// [`REGISTRY_WRITE_INTERVAL_MS`] of the last write) on a later action or at disconnect.
     pub(super) fn register(&mut self, id: SessionId, now_ms: u64) -> Result<(), HubError> {
+        let peer = self.peer_mut(id);
+        if peer
+            .registered_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) < REGISTRY_WRITE_INTERVAL_MS)
+        {
+            peer.registry_dirty = true;
+            return Ok(());
+        }
+        self.write_registry(id, now_ms)
+    }
+
+    /// Writes session `id`'s record if a change of it waits and the interval has passed.
+    pub(super) fn flush_registry(&mut self, id: SessionId, now_ms: u64) -> Result<(), HubError> {
+        let peer = &self.peers[&id];
+        if peer.registry_dirty
+            && peer
+                .registered_ms
+                .is_none_or(|at| now_ms.saturating_sub(at) >= REGISTRY_WRITE_INTERVAL_MS)
+        {
+            self.write_registry(id, now_ms)?;
+        }
+        Ok(())
+    }
+
+    fn write_registry(&mut self, id: SessionId, now_ms: u64) -> Result<(), HubError> {
+        let peer = self.peer_mut(id);
+        peer.registered_ms = Some(now_ms);
+        peer.registry_dirty = false;
         self.register_peer(&self.peers[&id], now_ms)
     }
 

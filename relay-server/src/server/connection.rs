@@ -13,7 +13,9 @@ use syncline_protocol::frame;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{AppState, HubCommand, Metrics, OUTBOX, SEND_TIMEOUT, now_ms};
+use super::{
+    AppState, HUB_IN_FLIGHT_PER_CONNECTION, HubCommand, Metrics, OUTBOX, SEND_TIMEOUT, now_ms,
+};
 use crate::auth::Verified;
 use crate::hub::SessionId;
 use crate::relay_core::{self};
@@ -66,6 +68,8 @@ pub(super) async fn connection(
         metrics: Arc::clone(&state.metrics),
     };
     let (mut sink, mut stream) = socket.split();
+    // This connection's places in the hub's queue.
+    let places = Arc::new(tokio::sync::Semaphore::new(HUB_IN_FLIGHT_PER_CONNECTION));
     let close = loop {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(session.deadline_ms().saturating_sub(now_ms()));
@@ -114,7 +118,7 @@ pub(super) async fn connection(
         {
             break None;
         }
-        match apply(&state, &mut session, id, output, &mut sink).await {
+        match apply(&state, &places, &mut session, id, output, &mut sink).await {
             Ok(Some(close)) => break Some(close),
             Ok(None) => {}
             Err(()) => break None,
@@ -167,6 +171,7 @@ where
 /// Sends a session output's messages, runs its actions, and reports a close.
 pub(super) async fn apply<W>(
     state: &AppState,
+    places: &Arc<tokio::sync::Semaphore>,
     session: &mut Session,
     id: SessionId,
     mut output: Output,
@@ -198,10 +203,13 @@ where
                     tracing::info!(code = e.code.0, message = %e.message, "client reported an error")
                 }
                 action => {
+                    // Never closed: waiting can only end with a place.
+                    let place = Arc::clone(places).acquire_owned().await.map_err(drop)?;
                     let command = HubCommand::Action {
                         id,
                         action,
                         now_ms: now_ms(),
+                        _place: place,
                     };
                     state.hub.send(command).await.map_err(drop)?;
                 }

@@ -98,6 +98,7 @@ pub(super) fn run_hub<S: Storage>(
                 id,
                 action: action @ Action::Sync(_),
                 now_ms,
+                ..
             } => {
                 core.push(Input::Action { id, action }, now_ms);
                 syncs = 1;
@@ -109,6 +110,7 @@ pub(super) fn run_hub<S: Storage>(
                             id,
                             action: action @ Action::Sync(_),
                             now_ms,
+                            ..
                         }) => {
                             core.push(Input::Action { id, action }, now_ms);
                             syncs += 1;
@@ -121,7 +123,9 @@ pub(super) fn run_hub<S: Storage>(
                     }
                 }
             }
-            HubCommand::Action { id, action, now_ms } => {
+            HubCommand::Action {
+                id, action, now_ms, ..
+            } => {
                 core.push(Input::Action { id, action }, now_ms);
             }
         }

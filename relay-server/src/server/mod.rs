@@ -96,6 +96,11 @@ impl From<&crate::config::RelayConfig> for ServerOptions {
 
 /// Commands buffered for the hub before connections wait.
 pub const HUB_QUEUE: usize = 4096;
+
+/// Commands one connection may have waiting in the hub's queue: past them its task waits (and
+/// stops reading its socket), so a connection flooding the relay holds at most this many
+/// places ahead of anyone else's command, whatever the queue's size.
+pub const HUB_IN_FLIGHT_PER_CONNECTION: usize = 16;
 /// How long one write to a client may take before the connection is dropped.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The WebSocket subprotocol of version 1.
@@ -114,6 +119,9 @@ enum HubCommand {
         id: SessionId,
         action: Action,
         now_ms: u64,
+        /// One of the connection's [`HUB_IN_FLIGHT_PER_CONNECTION`] places in the hub's queue,
+        /// given back when the hub thread takes the command.
+        _place: tokio::sync::OwnedSemaphorePermit,
     },
     Disconnect {
         id: SessionId,
