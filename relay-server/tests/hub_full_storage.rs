@@ -5,12 +5,11 @@
 mod common;
 
 use automerge::transaction::Transactable;
-use common::{World, doc, grants, tenant};
+use common::{World, doc, grants, reconcile, tenant};
 use syncline_protocol::Message;
-use syncline_protocol::messages::{ErrorCode, Reconcile};
+use syncline_protocol::messages::ErrorCode;
 use syncline_relay::auth::Identity;
 use syncline_relay::hub::STORAGE_FULL_RETRY_MS;
-use syncline_relay::session::Action;
 use syncline_relay::storage::Storage;
 
 fn errors(w: &World, id: u64) -> Vec<(u16, Option<u64>, Option<String>)> {
@@ -70,15 +69,7 @@ fn a_full_storage_refuses_writes_with_a_typed_error_serves_reads_and_recovers() 
 
     // Reads go on: device 2 reconciles and gets what is stored; it disconnects and comes
     // back (its registry and sync states are not written, and nothing fails).
-    w.run(vec![(
-        2,
-        Action::Reconcile(Reconcile {
-            cursors: vec![],
-            changed: vec![],
-            fetched: None,
-            acked: None,
-        }),
-    )]);
+    w.run(vec![(2, reconcile(vec![]))]);
     assert_eq!(w.clients[&2].get(&a, "x"), Some(1));
     assert!(errors(&w, 2).is_empty(), "{:?}", errors(&w, 2));
     w.hub

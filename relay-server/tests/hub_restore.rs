@@ -9,21 +9,12 @@ use std::sync::Arc;
 
 use automerge::Automerge;
 use automerge::sync::{State, SyncDoc};
-use common::{World, col, doc, grants};
+use common::{World, col, doc, grants, reconcile};
 use syncline_protocol::DocId;
-use syncline_protocol::messages::{Cursor, ErrorCode, Reconcile, SyncItem};
+use syncline_protocol::messages::{Cursor, ErrorCode, SyncItem};
 use syncline_relay::hub::Hub;
 use syncline_relay::session::Action;
 use syncline_relay::storage::{SqliteStorage, Storage, sqlite_backup};
-
-fn reconcile(cursors: Vec<Cursor>) -> Action {
-    Action::Reconcile(Reconcile {
-        cursors,
-        changed: vec![],
-        fetched: None,
-        acked: None,
-    })
-}
 
 /// A sync item for `d` carrying every change of `doc`, whoever wrote them.
 fn every_change(d: &DocId, doc: &Automerge) -> SyncItem {

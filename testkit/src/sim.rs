@@ -5,7 +5,9 @@
 //! [`MemoryStorage`]. Only the network and the clock are simulated: connections deliver frames
 //! in order after a random latency, may duplicate data frames, and are cut at random; devices
 //! are partitioned for random periods; the relay crashes (losing its memory and every unsaved
-//! sync state, keeping its storage); devices crash and reopen their stores. Everything random
+//! sync state, keeping its storage), or is restored from a backup taken earlier in the run
+//! (losing what it acknowledged since: the devices must send it back); devices crash and
+//! reopen their stores. Everything random
 //! comes from one seeded generator and time is virtual, so a seed replays exactly:
 //! [`run`]`(seed)` returns the same result every time.
 //!
@@ -37,6 +39,9 @@ use syncline_relay::storage::{MemoryStorage, Storage};
 
 /// The collection every simulated document lives in.
 const COLLECTION: &str = "notes";
+
+/// The key a hostile client's forged changes set: never found on the relay.
+const FORGED: &str = "forged-by-mallory";
 
 /// What one run does; [`SimConfig::for_seed`] derives it from the seed.
 #[derive(Debug, Clone)]
@@ -81,6 +86,10 @@ pub struct SimReport {
     pub cuts: usize,
     /// Relay crashes.
     pub relay_crashes: usize,
+    /// Relays restored from a backup taken earlier in the run.
+    pub restores: usize,
+    /// Frames a hostile client sent.
+    pub hostile_frames: usize,
     /// Device crashes (store reopened).
     pub device_crashes: usize,
     /// Frames delivered.
@@ -138,6 +147,8 @@ struct Device {
 
 struct Relay {
     storage: MemoryStorage,
+    /// A backup of the storage taken during the chaos, to be restored later.
+    backup: Option<MemoryStorage>,
     core: RelayCore<MemoryStorage>,
     sessions: HashMap<SessionId, (Session, u64)>,
     /// The core's statistics before its last crash.
@@ -249,6 +260,7 @@ impl World {
             relay: Relay {
                 core: Relay::core(&storage, config.outbox),
                 storage,
+                backup: None,
                 crashed_stats: CoreStats::default(),
                 sessions: HashMap::new(),
             },
@@ -278,7 +290,14 @@ impl World {
                 13 | 14 => Chaos::Subscribe(self.rng.usize(0..self.devices.len())),
                 0..=3 => Chaos::Cut,
                 4..=6 => Chaos::Partition(self.rng.u64(100..=3_000)),
-                7 => Chaos::RelayCrash,
+                7 if self.rng.bool() => Chaos::RelayCrash,
+                7 if self.rng.bool() => Chaos::Hostile,
+                7 => {
+                    // A backup now, restored later: the relay loses what came in between.
+                    let until = at + self.rng.u64(100..=3_000);
+                    schedule.push((until, Chaos::RestoreBackup));
+                    Chaos::Backup
+                }
                 8 | 9 => Chaos::DeviceCrash,
                 _ => {
                     let device = self.rng.usize(0..self.devices.len());
@@ -357,6 +376,175 @@ impl World {
             }
             self.step()?;
         }
+    }
+
+    /// A hostile client's visit: a session of its own (no device behind it; what the relay
+    /// sends it is dropped), fed frames the relay must refuse, then disconnected.
+    fn hostile(&mut self) {
+        let now = self.now;
+        let id = self.next_link;
+        self.next_link += 1;
+        let identity = Identity {
+            user: "mallory".into(),
+            device: DeviceId::from_bytes(self.rng.u128(..).to_le_bytes()),
+            tenant: Tenant::default_tenant(),
+        };
+        let mut session = Session::new(
+            format!("h{id}"),
+            verified(identity.clone(), all_grants()),
+            relaxed_limits(),
+            now,
+        );
+        session.set_epoch(self.relay.storage.epoch().to_owned());
+        self.relay.core.push(
+            Input::Connect {
+                id,
+                identity,
+                grants: all_grants(),
+            },
+            now,
+        );
+        self.relay.sessions.insert(id, (session, id));
+        for bytes in self.hostile_frames() {
+            self.report.hostile_frames += 1;
+            self.trace.frame(now, id, true, &bytes);
+            let Some((session, _)) = self.relay.sessions.get_mut(&id) else {
+                break;
+            };
+            let out = session.handle_frame(&bytes, now);
+            self.session_output(id, id, out);
+        }
+        self.relay.sessions.remove(&id);
+        self.relay.core.push(Input::Disconnect { id }, now);
+    }
+
+    /// What a hostile client sends in one visit, in a random order after its `Hello`.
+    fn hostile_frames(&mut self) -> Vec<Vec<u8>> {
+        use automerge::transaction::Transactable;
+        use syncline_protocol::messages::{
+            Cursor, Ephemeral, Reconcile, Subscribe, Sync, SyncItem, UpdateProfile,
+        };
+        let collection = Collection::new(COLLECTION).expect("valid");
+        let mut frames = vec![frame::encode(&crate::hello("mallory", DeviceClass::Phone))];
+        let mut rest = Vec::new();
+        rest.push(frame::encode(&Message::Subscribe(Subscribe {
+            collections: vec![sim_subscription(); 50],
+        })));
+        // Positions no relay showed, with bogus receipts: a replan at most, never the right
+        // to send other devices' changes.
+        let made_up = Cursor {
+            collection: collection.clone(),
+            seq: self.rng.u64(1..1_000_000),
+            epoch: Some(if self.rng.bool() {
+                self.relay.storage.epoch().to_owned()
+            } else {
+                format!("{:032x}", self.rng.u128(..))
+            }),
+            receipt: Some(format!("{:032x}", self.rng.u128(..))),
+        };
+        rest.push(frame::encode(&Message::Reconcile(Reconcile {
+            cursors: vec![made_up.clone()],
+            changed: Vec::new(),
+            fetched: None,
+            acked: Some(vec![made_up]),
+        })));
+        // A change forged under an honest device's id, to a document it wrote or a new one.
+        let victim = self.rng.usize(0..self.devices.len());
+        let known: Vec<DocId> = self.devices[victim].written.keys().cloned().collect();
+        let doc = if known.is_empty() || self.rng.bool() {
+            DocId::new(collection.clone(), format!("x{:016x}", self.rng.u64(..))).expect("valid")
+        } else {
+            known[self.rng.usize(0..known.len())].clone()
+        };
+        let mut forged = Automerge::new().with_actor(automerge::ActorId::from(
+            self.devices[victim].id.as_bytes().as_slice(),
+        ));
+        let mut tx = forged.transaction();
+        tx.put(automerge::ROOT, FORGED, self.rng.i64(..))
+            .expect("put");
+        tx.commit();
+        let change = forged
+            .get_last_local_change()
+            .expect("a change")
+            .raw_bytes()
+            .to_vec();
+        let message = automerge::sync::Message {
+            heads: forged.get_heads(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: vec![change].into(),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        };
+        rest.push(frame::encode(&Message::Sync(Sync {
+            items: vec![SyncItem {
+                doc: doc.clone(),
+                message: message.encode(),
+                priority: None,
+            }],
+        })));
+        // An opening message for a made-up document: no state, no row.
+        let opening = automerge::sync::Message {
+            heads: vec![ChangeHash(
+                self.rng
+                    .u128(..)
+                    .to_le_bytes()
+                    .repeat(2)
+                    .try_into()
+                    .expect("32 bytes"),
+            )],
+            need: Vec::new(),
+            have: vec![automerge::sync::Have::default()],
+            changes: automerge::sync::ChunkList::empty(),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        };
+        rest.push(frame::encode(&Message::Sync(Sync {
+            items: vec![SyncItem {
+                doc: DocId::new(collection, format!("y{:016x}", self.rng.u64(..))).expect("valid"),
+                message: opening.encode(),
+                priority: None,
+            }],
+        })));
+        for _ in 0..self.rng.usize(1..20) {
+            let mut profile = crate::profile(DeviceClass::Phone);
+            profile.metered = self.rng.bool();
+            rest.push(frame::encode(&Message::UpdateProfile(UpdateProfile {
+                profile,
+            })));
+        }
+        for _ in 0..self.rng.usize(1..20) {
+            rest.push(frame::encode(&Message::Ephemeral(Ephemeral {
+                doc: doc.clone(),
+                payload: vec![0u8; self.rng.usize(0..=5000)].into(),
+                from: None,
+            })));
+        }
+        let mut garbage = vec![0u8; self.rng.usize(1..64)];
+        self.rng.fill(&mut garbage);
+        rest.push(garbage);
+        self.rng.shuffle(&mut rest);
+        frames.extend(rest);
+        frames
+    }
+
+    /// The relay crashes: every connection drops, nothing unsaved survives, and a new core
+    /// serves the storage.
+    fn crash_relay(&mut self) {
+        let links: Vec<u64> = self.links.keys().copied().collect();
+        for link in links {
+            // A crash saves nothing: drop the session without the hub's disconnect.
+            let device = self.links[&link].device;
+            self.drop_link(link, false);
+            self.devices[device].link = None;
+            self.handle(
+                device,
+                Event::Disconnected(Disconnect::Failed("relay gone".into())),
+            );
+        }
+        self.relay.crashed_stats = self.relay.stats();
+        self.relay.core = Relay::core(&self.relay.storage, self.config.outbox);
+        self.relay.sessions.clear();
     }
 
     fn next_time(&self, scheduled: Option<u64>) -> Option<u64> {
@@ -548,7 +736,8 @@ impl World {
         let verified = verified(identity.clone(), all.clone());
         let id = self.next_link;
         self.next_link += 1;
-        let session = Session::new(format!("s{id}"), verified, relaxed_limits(), now);
+        let mut session = Session::new(format!("s{id}"), verified, relaxed_limits(), now);
+        session.set_epoch(self.relay.storage.epoch().to_owned());
         self.relay.core.push(
             Input::Connect {
                 id,
@@ -787,22 +976,20 @@ impl World {
                     self.cut(link);
                 }
             }
+            Chaos::Backup => self.relay.backup = Some(self.relay.storage.backup()),
+            Chaos::Hostile => self.hostile(),
+            Chaos::RestoreBackup => {
+                if let Some(backup) = self.relay.backup.take() {
+                    self.report.restores += 1;
+                    self.crash_relay();
+                    // The restored relay serves the backup, in an epoch of its own.
+                    self.relay.storage = backup;
+                    self.relay.core = Relay::core(&self.relay.storage, self.config.outbox);
+                }
+            }
             Chaos::RelayCrash => {
                 self.report.relay_crashes += 1;
-                let links: Vec<u64> = self.links.keys().copied().collect();
-                for link in links {
-                    // A crash saves nothing: drop the session without the hub's disconnect.
-                    let device = self.links[&link].device;
-                    self.drop_link(link, false);
-                    self.devices[device].link = None;
-                    self.handle(
-                        device,
-                        Event::Disconnected(Disconnect::Failed("relay gone".into())),
-                    );
-                }
-                self.relay.crashed_stats = self.relay.stats();
-                self.relay.core = Relay::core(&self.relay.storage, self.config.outbox);
-                self.relay.sessions.clear();
+                self.crash_relay();
             }
             Chaos::Narrow(i) => {
                 let archive = Collection::new("archive").expect("valid");
@@ -1031,6 +1218,16 @@ impl World {
                 }
             }
         }
+        for (doc, at_relay) in &relay {
+            if at_relay
+                .get(automerge::ROOT, FORGED)
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                return Err(format!("a forged change to {doc} was stored"));
+            }
+        }
         for (doc, hashes) in &self.acked {
             let at_relay = relay
                 .get(doc)
@@ -1098,6 +1295,14 @@ enum Chaos {
     Cut,
     Partition(u64),
     RelayCrash,
+    /// A hostile client connects and sends what the relay must refuse: changes forged under
+    /// honest devices' ids, made-up positions with bogus receipts, floods of profiles and
+    /// ephemerals, opening messages for made-up documents, garbage; then it goes.
+    Hostile,
+    /// A backup of the relay's storage is taken now...
+    Backup,
+    /// ...and the relay is restored from it (losing what it acknowledged since).
+    RestoreBackup,
     DeviceCrash,
     /// A refreshed token narrows device `i`'s grants to a collection it does not use: its
     /// writes are refused and nothing of `notes` reaches it, until `Restore`.

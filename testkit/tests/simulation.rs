@@ -28,6 +28,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
                         totals.writes += report.writes;
                         totals.cuts += report.cuts;
                         totals.relay_crashes += report.relay_crashes;
+                        totals.restores += report.restores;
+                        totals.hostile_frames += report.hostile_frames;
                         totals.device_crashes += report.device_crashes;
                         totals.frames += report.frames;
                         totals.shared_group_commits += report.shared_group_commits;
@@ -50,17 +52,21 @@ fn devices_converge_and_lose_nothing_under_faults() {
     let mut failures = Vec::new();
     let (mut shared_groups, mut slow_consumers, mut grant_changes) = (0, 0, 0);
     let (mut profile_changes, mut subscription_changes, mut deferred) = (0, 0, 0);
-    let mut evicted = 0;
+    let (mut evicted, mut restores, mut hostile) = (0, 0, 0);
     for handle in handles {
         let (mut f, totals) = handle.join().expect("the runner thread");
         eprintln!(
-            "simulated {} writes, {} cuts, {} relay crashes, {} device crashes, {} frames, \
+            "simulated {} writes, {} cuts, {} relay crashes, {} restores from a backup, \
+             {} hostile frames, \
+             {} device crashes, {} frames, \
              {} group commits shared by several devices, {} slow consumers closed, \
              {} grants narrowed, {} messages dropped by grant filtering at routing, \
              {} profiles and {} subscriptions changed, {} documents deferred, {} evicted",
             totals.writes,
             totals.cuts,
             totals.relay_crashes,
+            totals.restores,
+            totals.hostile_frames,
             totals.device_crashes,
             totals.frames,
             totals.shared_group_commits,
@@ -73,6 +79,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
             totals.evicted
         );
         evicted += totals.evicted;
+        restores += totals.restores;
+        hostile += totals.hostile_frames;
         profile_changes += totals.profile_changes;
         subscription_changes += totals.subscription_changes;
         deferred += totals.deferred;
@@ -100,6 +108,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
         assert!(profile_changes > 0 && subscription_changes > 0);
         assert!(deferred > 0, "no document was held back");
         assert!(evicted > 0, "no document was evicted");
+        assert!(restores > 0, "no relay was restored from a backup");
+        assert!(hostile > 0, "no hostile client came");
     }
 }
 

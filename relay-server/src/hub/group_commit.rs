@@ -12,8 +12,8 @@ use syncline_protocol::payload::Budget;
 use syncline_protocol::{DocId, Message};
 
 use super::{
-    Delivery, GraphError, Hub, HubError, Lane, MAX_SESSION_STATE_BYTES, STORAGE_FULL_RETRY_MS,
-    SessionId, SyncGroup, error, push_batches, responder, wire_heads,
+    Delivery, FOREIGN_RETRY_MS, GraphError, Hub, HubError, Lane, MAX_SESSION_STATE_BYTES,
+    STORAGE_FULL_RETRY_MS, SessionId, SyncGroup, error, push_batches, responder, wire_heads,
 };
 use crate::storage::{Append, Storage};
 use crate::tenant::Tenant;
@@ -333,7 +333,16 @@ impl<S: Storage> Hub<S> {
                         | GraphError::BadSequence { .. }
                         | GraphError::LateAuthor { .. } => ErrorCode::BAD_DOCUMENT,
                     };
-                    out.push(error(id, code, &item.doc, &refused.to_string()));
+                    let mut refusal = error(id, code, &item.doc, &refused.to_string());
+                    if matches!(refused, GraphError::Foreign { .. })
+                        && let Message::Error(e) = &mut refusal.message
+                    {
+                        // Another device's change this relay does not hold may be one it lost
+                        // (restored from a backup) and its author has yet to send again:
+                        // the device tries again later rather than giving up.
+                        e.retry_after_ms = Some(FOREIGN_RETRY_MS);
+                    }
+                    out.push(refusal);
                 }
             }
         }

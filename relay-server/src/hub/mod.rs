@@ -88,6 +88,10 @@ pub struct SyncGroup {
 /// How long a device waits before it sends again changes a full storage refused.
 pub const STORAGE_FULL_RETRY_MS: u64 = 30_000;
 
+/// How long a device waits before it sends again an item refused for carrying another
+/// device's change the relay does not hold (its author may send it first).
+pub const FOREIGN_RETRY_MS: u64 = 10_000;
+
 /// Why the hub failed an action. The session gets an `INTERNAL` error and may retry; nothing
 /// was acknowledged.
 #[derive(Debug, thiserror::Error)]

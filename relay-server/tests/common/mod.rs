@@ -31,6 +31,16 @@ pub fn doc(s: &str) -> DocId {
     s.parse().expect("valid")
 }
 
+/// A `Reconcile` from `cursors`, with nothing changed, fetched or acknowledged.
+pub fn reconcile(cursors: Vec<Cursor>) -> Action {
+    Action::Reconcile(Reconcile {
+        cursors,
+        changed: vec![],
+        fetched: None,
+        acked: None,
+    })
+}
+
 pub fn grants(read: &[&str], write: &[&str]) -> Grants {
     let set =
         |names: &[&str]| CollectionSet::Only(names.iter().map(|n| col(n)).collect::<BTreeSet<_>>());

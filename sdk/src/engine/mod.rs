@@ -120,11 +120,11 @@ struct Connection {
     awaiting_data: HashSet<DocId>,
     /// Documents the relay refused on this connection; not sent again until reconnect.
     refused: HashMap<DocId, String>,
-    /// Documents whose changes the relay could not store (its storage was full), with when
-    /// to send them again.
+    /// Documents the relay refused for now (its storage was full, or another device's change
+    /// it does not hold yet), with when to send them again.
     retry: BTreeMap<DocId, u64>,
-    /// The status error says the relay's storage is full (cleared once everything went).
-    storage_full_reported: bool,
+    /// The status error is about documents to send again (cleared once everything went).
+    retry_reported: bool,
     received_since_send: bool,
     last_frame_ms: u64,
     synced: bool,
@@ -1107,11 +1107,13 @@ impl<S: SyncStore> Engine<S> {
     fn on_error(&mut self, out: &mut Out, error: ErrorMessage, now_ms: u64) {
         tracing::warn!(code = error.code.0, message = %error.message, doc = ?error.doc, "the relay reported an error");
         if let Some(doc) = error.doc.clone()
-            && error.code == ErrorCode::STORAGE_FULL
+            && (error.code == ErrorCode::STORAGE_FULL || error.retry_after_ms.is_some())
         {
-            // Nothing of it was stored: it stays pending and goes again later, from a fresh
-            // sync state (the relay forgot the one that counted it); the rest goes on.
+            // Refused for now (a full storage; another device's change the relay may get
+            // from its author first): nothing of it was stored, it stays pending and goes
+            // again when the relay said, from a fresh sync state; the rest goes on.
             self.upload_done(&doc);
+            self.conn.awaiting_data.remove(&doc);
             self.conn.states.remove(&doc);
             self.dirty.remove(&doc);
             let delay = error
@@ -1121,11 +1123,16 @@ impl<S: SyncStore> Engine<S> {
             let at = now_ms.saturating_add(delay);
             self.conn.retry.insert(doc.clone(), at);
             out.effects.push(Effect::WakeAt(at));
+            let why = if error.code == ErrorCode::STORAGE_FULL {
+                "the relay's storage is full".to_owned()
+            } else {
+                format!("the relay refused a change for now ({})", error.message)
+            };
             self.last_error = Some(format!(
-                "the relay's storage is full: {doc} is sent again in {} s",
+                "{why}: {doc} is sent again in {} s",
                 delay.div_ceil(1000)
             ));
-            self.conn.storage_full_reported = true;
+            self.conn.retry_reported = true;
             return;
         }
         if let Some(doc) = error.doc {
@@ -1466,7 +1473,7 @@ impl<S: SyncStore> Engine<S> {
                         .unwrap_or_else(|| "the relay refused a change".into());
                     Status::Error { reason }
                 } else if done {
-                    if std::mem::take(&mut self.conn.storage_full_reported) {
+                    if std::mem::take(&mut self.conn.retry_reported) {
                         self.last_error = None;
                     }
                     if !self.conn.synced {

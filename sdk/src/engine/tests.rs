@@ -98,6 +98,11 @@ fn wake_at(effects: &[Effect]) -> Option<u64> {
 }
 
 fn welcome() -> Vec<u8> {
+    welcome_in(None)
+}
+
+/// A `Welcome` naming `epoch` as the relay's data epoch.
+fn welcome_in(epoch: Option<&str>) -> Vec<u8> {
     frame::encode(&Message::Welcome(Welcome {
         version: PROTOCOL_VERSION,
         compression: 0,
@@ -110,7 +115,7 @@ fn welcome() -> Vec<u8> {
             max_docs_per_subscription: 1000,
             idle_timeout_ms: 60_000,
         },
-        epoch: None,
+        epoch: epoch.map(str::to_owned),
     }))
 }
 
@@ -209,21 +214,7 @@ fn positions_go_back_to_the_relay_and_a_reset_sends_everything_again() {
         epoch: Some("e1".into()),
         receipt: Some(receipt.into()),
     };
-    let welcome_e1 = frame::encode(&Message::Welcome(Welcome {
-        version: PROTOCOL_VERSION,
-        compression: 0,
-        session: "s".into(),
-        server_time_ms: 0,
-        limits: Limits {
-            max_frame_bytes: 1 << 20,
-            max_frames_per_s: 100,
-            max_bytes_per_s: 1 << 20,
-            max_docs_per_subscription: 1000,
-            idle_timeout_ms: 60_000,
-        },
-        epoch: Some("e1".into()),
-    }));
-    f.engine.handle(Event::Frame(welcome_e1), 11);
+    f.engine.handle(Event::Frame(welcome_in(Some("e1"))), 11);
     let plan = |cursors, reset| {
         frame::encode(&Message::Plan(Plan {
             send: Vec::new(),
@@ -333,6 +324,33 @@ fn changes_a_full_relay_refused_go_again_after_its_delay() {
         f.engine.status()
     );
     assert!(f.store.pending_documents().expect("pending").is_empty());
+}
+
+/// A refusal with a delay (another device's change the relay does not hold yet: its author
+/// may send it first) is tried again then, not given up until reconnect.
+#[test]
+fn an_item_refused_for_now_goes_again_after_the_delay() {
+    let mut f = fixture();
+    let doc = f.store.create(&todos()).expect("create");
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 1);
+    f.engine.handle(Event::Frame(welcome()), 2);
+    f.engine.handle(Event::Frame(empty_plan(0)), 3);
+    let refusal = frame::encode(&Message::Error(ErrorMessage {
+        code: ErrorCode::FORBIDDEN,
+        message: "a change by another device that the relay does not hold".into(),
+        retry_after_ms: Some(10_000),
+        doc: Some(doc.id().clone()),
+    }));
+    let effects = f.engine.handle(Event::Frame(refusal), 4);
+    assert!(effects.contains(&Effect::WakeAt(10_004)), "{effects:?}");
+    assert!(
+        matches!(f.engine.status(), Status::Error { reason } if reason.contains("for now")),
+        "{:?}",
+        f.engine.status()
+    );
+    let effects = f.engine.handle(Event::Tick, 10_004);
+    assert_eq!(synced_docs(&effects), vec![doc.id().clone()]);
 }
 
 #[test]
