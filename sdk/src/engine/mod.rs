@@ -1051,28 +1051,8 @@ impl<S: SyncStore> Engine<S> {
             .map(|item| (item.doc.clone(), to_heads(&item.heads)))
             .collect();
         // Per collection, the highest position the relay gave what it acknowledged, with its
-        // receipt (from relays that list them) and epoch.
-        let positions = match &ack.positions {
-            Some(positions) => positions.clone(),
-            None => {
-                let mut positions: Vec<Cursor> = Vec::new();
-                for item in &ack.items {
-                    let Some(seq) = item.seq else { continue };
-                    let collection = item.doc.collection();
-                    match positions.iter_mut().find(|p| &p.collection == collection) {
-                        Some(p) => p.seq = p.seq.max(seq),
-                        None => positions.push(Cursor {
-                            collection: collection.clone(),
-                            seq,
-                            epoch: None,
-                            receipt: None,
-                        }),
-                    }
-                }
-                positions
-            }
-        };
-        let positions = self.tagged(positions);
+        // epoch and receipt (a relay that lists none has none to check).
+        let positions = self.tagged(ack.positions.clone().unwrap_or_default());
         for (doc, _) in &acks {
             if let Some(count) = self.conn.awaiting_ack.get_mut(doc) {
                 *count = count.saturating_sub(1);

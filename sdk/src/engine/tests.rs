@@ -178,7 +178,12 @@ fn synced_only_after_the_plan_and_every_ack_and_then_nothing_is_pending() {
             heads: wire(&heads),
             seq: Some(6),
         }],
-        positions: None,
+        positions: Some(vec![Cursor {
+            collection: todos(),
+            seq: 6,
+            epoch: None,
+            receipt: None,
+        }]),
     }));
     let effects = f.engine.handle(Event::Frame(ack), 13);
     assert!(effects.contains(&Effect::Status(Status::Synced {
