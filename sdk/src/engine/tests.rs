@@ -135,6 +135,16 @@ fn empty_plan(seq: u64) -> Vec<u8> {
     }))
 }
 
+/// A relay's `Error` about one `Sync` item of `doc`.
+fn item_error(code: ErrorCode, message: &str, retry_after_ms: Option<u64>, doc: &DocId) -> Vec<u8> {
+    frame::encode(&Message::Error(ErrorMessage {
+        code,
+        message: message.into(),
+        retry_after_ms,
+        doc: Some(doc.clone()),
+    }))
+}
+
 fn wire(heads: &Heads) -> WireHeads {
     WireHeads::new(heads.as_slice().iter().map(|h| Hash(h.0)).collect())
 }
@@ -284,12 +294,7 @@ fn changes_a_full_relay_refused_go_again_after_its_delay() {
     f.engine.handle(Event::Connected, 10);
     f.engine.handle(Event::Frame(welcome()), 11);
     f.engine.handle(Event::Frame(empty_plan(5)), 12);
-    let full = frame::encode(&Message::Error(ErrorMessage {
-        code: ErrorCode::STORAGE_FULL,
-        message: "full".into(),
-        retry_after_ms: Some(30_000),
-        doc: Some(doc.id().clone()),
-    }));
+    let full = item_error(ErrorCode::STORAGE_FULL, "full", Some(30_000), doc.id());
     let effects = f.engine.handle(Event::Frame(full), 13);
     assert!(effects.contains(&Effect::WakeAt(30_013)), "{effects:?}");
     assert!(f.engine.is_connected(), "the connection goes on");
@@ -341,12 +346,12 @@ fn an_item_refused_for_now_goes_again_after_the_delay() {
     f.engine.handle(Event::Connected, 1);
     f.engine.handle(Event::Frame(welcome()), 2);
     f.engine.handle(Event::Frame(empty_plan(0)), 3);
-    let refusal = frame::encode(&Message::Error(ErrorMessage {
-        code: ErrorCode::FORBIDDEN,
-        message: "a change by another device that the relay does not hold".into(),
-        retry_after_ms: Some(10_000),
-        doc: Some(doc.id().clone()),
-    }));
+    let refusal = item_error(
+        ErrorCode::FORBIDDEN,
+        "a change by another device that the relay does not hold",
+        Some(10_000),
+        doc.id(),
+    );
     let effects = f.engine.handle(Event::Frame(refusal), 4);
     assert!(effects.contains(&Effect::WakeAt(10_004)), "{effects:?}");
     assert!(
@@ -452,12 +457,12 @@ fn a_refused_item_stops_the_wait_and_surfaces_the_reason() {
     f.engine.handle(Event::Connected, 1);
     f.engine.handle(Event::Frame(welcome()), 2);
     f.engine.handle(Event::Frame(empty_plan(0)), 3);
-    let refusal = frame::encode(&Message::Error(ErrorMessage {
-        code: ErrorCode::FORBIDDEN,
-        message: "no write grant for collection todos".into(),
-        retry_after_ms: None,
-        doc: Some(doc.id().clone()),
-    }));
+    let refusal = item_error(
+        ErrorCode::FORBIDDEN,
+        "no write grant for collection todos",
+        None,
+        doc.id(),
+    );
     f.engine.handle(Event::Frame(refusal), 4);
     assert!(
         matches!(f.engine.status(), Status::Error { reason } if reason.contains("no write grant"))
