@@ -22,6 +22,11 @@ pub const MAX_COLLECTIONS: usize = 1024;
 /// Largest ephemeral payload (presence, cursors) a relay forwards.
 pub const MAX_EPHEMERAL_BYTES: usize = 4096;
 
+/// Bytes of changes one Automerge sync message carries at most, either way (a single larger
+/// change goes alone): a document's history larger than a frame goes in parts, oldest first,
+/// one per exchange.
+pub const MAX_MESSAGE_CHANGE_BYTES: usize = 4 << 20;
+
 /// Longest data epoch (`Welcome.epoch`, `Cursor.epoch`) or position receipt
 /// (`Cursor.receipt`) a peer accepts, in bytes.
 pub const MAX_EPOCH_BYTES: usize = 64;

@@ -232,6 +232,40 @@ fn a_device_offline_for_long_catches_up_both_ways() {
     assert!(b.store.pending_documents().expect("pending").is_empty());
 }
 
+/// Issue 15, class 7, the device's way: a history of 16 changes of 1 MiB of noise, written
+/// offline, goes up in parts of at most 4 MiB of changes (so at least four), one per exchange,
+/// and reaches a second device through the relay.
+#[test]
+fn a_sixteen_megabyte_history_written_offline_goes_up_in_parts() {
+    let data = temp_dir();
+    let relay = Relay::start(data.path()).expect("relay");
+    let (a, b) = (Device::fast(), Device::fast());
+    let doc = a.store.create(&todos()).expect("create");
+    for n in 0..16u64 {
+        doc.put(&format!("k{n}"), noise(1 << 20, n)).expect("put");
+    }
+    let client_a = a.connect(&relay);
+    client_a
+        .wait_synced(Duration::from_secs(120), true)
+        .expect("a pushed its history");
+    assert!(a.store.pending_documents().expect("pending").is_empty());
+    let sent = client_a.stats();
+    // Frames are compressed (26 letters: about 5 bits a byte), so 16 MiB is about 10 MB.
+    assert!(sent.bytes_sent > 8 << 20, "{sent:?}");
+    assert!(sent.frames_sent >= 4, "{sent:?}");
+    let client_b = b.connect(&relay);
+    client_b
+        .wait_synced(Duration::from_secs(120), true)
+        .expect("b synced");
+    let got = b.store.document(doc.id()).expect("b has it");
+    for n in [0u64, 8, 15] {
+        assert_eq!(
+            got.get(&format!("k{n}")).expect("get"),
+            Some(Value::from(noise(1 << 20, n))),
+        );
+    }
+}
+
 trait Increment {
     fn increment_or_init(&self, round: usize);
 }

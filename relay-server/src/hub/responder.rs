@@ -192,7 +192,7 @@ pub fn receive_sync_message(
 
 /// Bytes of changes one sync message from the relay carries at most (a single larger change
 /// goes alone): a document's history larger than a frame reaches a new device in parts.
-pub const MAX_MESSAGE_CHANGE_BYTES: usize = 4 << 20;
+pub use syncline_protocol::messages::MAX_MESSAGE_CHANGE_BYTES;
 
 /// The longest prefix of `hashes` (in causal order) within [`MAX_MESSAGE_CHANGE_BYTES`], and
 /// at least the first.

@@ -20,11 +20,11 @@
 //!   cursors and acknowledged positions never move back either, until `forget_positions`
 //!   drops them with the acknowledgements of their collections.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-use automerge::sync::{Message as SyncMessage, State, SyncDoc};
-use automerge::{Automerge, ChangeHash};
-use syncline_protocol::messages::Cursor;
+use automerge::sync::{ChunkList, Message as SyncMessage, MessageVersion, State, SyncDoc};
+use automerge::{Automerge, Change, ChangeHash};
+use syncline_protocol::messages::{Cursor, MAX_MESSAGE_CHANGE_BYTES};
 use syncline_protocol::sync_state;
 use syncline_protocol::{Collection, DocId, Priority};
 
@@ -184,11 +184,88 @@ pub fn next_message(
     if !received_changes {
         sync_state::settle(state, &doc.get_heads());
     }
-    doc.generate_sync_message(state).map(|message| Outgoing {
+    let sent_before = state.sent_hashes.clone();
+    let mut message = doc.generate_sync_message(state)?;
+    if message.changes.iter().map(<[u8]>::len).sum::<usize>() > MAX_MESSAGE_CHANGE_BYTES {
+        within_message(doc, state, &mut message, sent_before);
+    }
+    Some(Outgoing {
         changes: !message.changes.is_empty(),
         needs: !message.need.is_empty(),
         bytes: message.encode(),
     })
+}
+
+/// Cuts `message` down to its oldest changes within [`MAX_MESSAGE_CHANGE_BYTES`] (at least
+/// one), as the relay does the other way: a history larger than a frame goes up in parts, one
+/// per exchange. Only what was kept counts as sent (`sent_before` is the state's record before
+/// the message), so the next message, after the relay's answer, carries the rest.
+fn within_message(
+    doc: &Automerge,
+    state: &mut State,
+    message: &mut SyncMessage,
+    sent_before: BTreeSet<ChangeHash>,
+) {
+    let kept: Vec<Change> = if message.version == MessageVersion::V1 {
+        // The chunks are the changes themselves, oldest first: keep a prefix.
+        let mut bytes = 0;
+        let prefix = message.changes.iter().take_while(|chunk| {
+            let first = bytes == 0;
+            bytes += chunk.len();
+            first || bytes <= MAX_MESSAGE_CHANGE_BYTES
+        });
+        let parsed: Option<Vec<Change>> = prefix.map(|c| Change::try_from(c).ok()).collect();
+        match parsed {
+            Some(changes) => changes,
+            None => oldest_within(doc, state, &sent_before),
+        }
+    } else {
+        // A whole saved document or one joined chunk: pick the changes again.
+        oldest_within(doc, state, &sent_before)
+    };
+    let mut sent = sent_before;
+    sent.extend(kept.iter().map(Change::hash));
+    state.sent_hashes = sent;
+    message.changes = if message.version == MessageVersion::V1 {
+        ChunkList::from(
+            kept.iter()
+                .map(|c| c.raw_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        ChunkList::from(
+            kept.iter()
+                .flat_map(|c| c.raw_bytes().to_vec())
+                .collect::<Vec<u8>>(),
+        )
+    };
+}
+
+/// The oldest changes `state` newly counts as sent (beyond `sent_before`) that the peer does
+/// not hold (after the heads both sides share), in causal order, within
+/// [`MAX_MESSAGE_CHANGE_BYTES`] and at least one.
+fn oldest_within(
+    doc: &Automerge,
+    state: &State,
+    sent_before: &BTreeSet<ChangeHash>,
+) -> Vec<Change> {
+    let mut bytes = 0;
+    let mut kept = Vec::new();
+    let shared: Vec<ChangeHash> = (state.shared_heads.iter().copied())
+        .filter(|hash| doc.get_change_meta_by_hash(hash).is_some())
+        .collect();
+    for change in doc.get_changes(&shared) {
+        let hash = change.hash();
+        if sent_before.contains(&hash) || !state.sent_hashes.contains(&hash) {
+            continue;
+        }
+        bytes += change.raw_bytes().len();
+        if !kept.is_empty() && bytes > MAX_MESSAGE_CHANGE_BYTES {
+            break;
+        }
+        kept.push(change);
+    }
+    kept
 }
 
 /// True once `doc` holds every head the relay announced in `state` ([`Received::complete`]).

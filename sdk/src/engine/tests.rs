@@ -1001,3 +1001,55 @@ fn a_relay_asking_to_wait_for_ever_is_retried_within_the_cap() {
     let at = wake_at(&effects).expect("a retry is scheduled");
     assert!(at <= 3 + super::MAX_RETRY_AFTER_MS, "{at}");
 }
+
+/// Issue 15, class 7: a history larger than a frame goes up in parts of at most
+/// `MAX_MESSAGE_CHANGE_BYTES` of changes (a change larger than that alone), oldest first, one
+/// per exchange, and the peer ends with all of it.
+#[test]
+fn a_long_history_goes_up_in_parts_within_the_message_bound() {
+    use automerge::sync::SyncDoc as _;
+    use automerge::transaction::Transactable as _;
+    use syncline_protocol::messages::MAX_MESSAGE_CHANGE_BYTES;
+    let mut doc = automerge::AutoCommit::new();
+    for n in 0..12u64 {
+        // 1 MiB of incompressible text per change; the last one larger than the bound.
+        let len = if n == 11 { 5 << 20 } else { 1 << 20 };
+        doc.put(automerge::ROOT, format!("k{n}"), noise(len))
+            .expect("put");
+        doc.commit();
+    }
+    let mut doc = automerge::Automerge::load(&doc.save()).expect("load");
+    let (mut state, mut peer, mut peer_state) = (
+        automerge::sync::State::new(),
+        automerge::Automerge::new(),
+        automerge::sync::State::new(),
+    );
+    let mut sizes = Vec::new();
+    for _ in 0..40 {
+        let Some(out) = next_message(&doc, &mut state, false) else {
+            break;
+        };
+        let message = SyncMessage::decode(&out.bytes).expect("decode");
+        let changes: usize = message.changes.iter().map(<[u8]>::len).sum();
+        if changes > 0 {
+            sizes.push(changes);
+        }
+        peer.receive_sync_message(&mut peer_state, message)
+            .expect("receive");
+        match peer.generate_sync_message(&mut peer_state) {
+            Some(reply) => doc.receive_sync_message(&mut state, reply).expect("reply"),
+            None => break,
+        }
+    }
+    assert_eq!(peer.get_heads(), doc.get_heads(), "the peer has it all");
+    assert!(sizes.len() >= 4, "{sizes:?}");
+    let alone = sizes
+        .iter()
+        .filter(|&&s| s > MAX_MESSAGE_CHANGE_BYTES)
+        .count();
+    assert_eq!(
+        alone, 1,
+        "only the one oversize change exceeds the bound: {sizes:?}"
+    );
+    assert!(sizes.iter().all(|&s| s <= 6 << 20), "{sizes:?}");
+}
