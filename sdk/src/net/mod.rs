@@ -164,7 +164,7 @@ enum Command {
 
 enum TransportEvent {
     Open(tokio_mpsc::UnboundedSender<Vec<u8>>),
-    Frame(Vec<u8>),
+    Frame(transport::InboundFrame),
     Closed(Disconnect),
     Token(String),
 }
@@ -302,6 +302,7 @@ impl SyncClient {
             generation: 0,
             transport: None,
             wake_at: None,
+            handling: None,
         };
         let thread = std::thread::Builder::new()
             .name("syncline-sync".into())
@@ -636,6 +637,88 @@ mod tests {
             }
             other => panic!("expected a failed TLS handshake, got {other:?}"),
         }
+    }
+
+    /// Issue 15, class 8: a relay sending faster than the sync thread handles frames fills
+    /// the socket, not the device's memory; reading resumes as frames are handled.
+    #[test]
+    fn frames_the_sync_thread_has_not_handled_are_bounded() {
+        use futures_util::SinkExt as _;
+        const FRAMES: usize = 120;
+        const SIZE: usize = 1 << 20;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        runtime.spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(socket)
+                .await
+                .expect("upgrade");
+            for n in 0..FRAMES {
+                let frame = vec![u8::try_from(n % 251).expect("small"); SIZE];
+                if ws
+                    .send(tokio_tungstenite::tungstenite::Message::Binary(
+                        frame.into(),
+                    ))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // Hold the connection open until the client is done.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let (tx, rx) = mpsc::channel();
+        let reporter = Arc::new(Reporter {
+            commands: Mutex::new(tx),
+            generation: 1,
+        });
+        let tokens: Arc<dyn TokenProvider> = Arc::new(|| Ok("t".to_owned()));
+        let url = format!("ws://{addr}/v1/sync");
+        runtime.spawn(async move {
+            run_connection(&url, tokens, &reporter).await;
+        });
+        // Nothing is handled: frames pile up until the connection stops reading, then no
+        // more arrive (quiet for a second; at most 60 s in all).
+        let mut held = Vec::new();
+        // The sender of frames to the relay: dropping it would close the connection.
+        let mut outgoing = None;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(Command::Transport(_, TransportEvent::Frame(frame))) => held.push(frame),
+                Ok(Command::Transport(_, TransportEvent::Open(frames))) => outgoing = Some(frames),
+                Ok(_) => {}
+                Err(_) if !held.is_empty() => break,
+                Err(_) => {}
+            }
+        }
+        let queued: usize = held.iter().map(|f| f.bytes.len()).sum();
+        assert!(
+            queued <= transport::INBOUND_QUEUE_BYTES,
+            "{queued} bytes queued unhandled"
+        );
+        assert!(held.len() < FRAMES, "the reader stopped before the end");
+        // Handled (dropped), their places free up and the rest arrives.
+        let mut received = held.len();
+        drop(held);
+        while received < FRAMES && started.elapsed() < Duration::from_secs(120) {
+            if let Ok(Command::Transport(_, TransportEvent::Frame(_))) =
+                rx.recv_timeout(Duration::from_secs(1))
+            {
+                received += 1;
+            }
+        }
+        assert_eq!(received, FRAMES);
+        assert!(outgoing.is_some(), "the connection opened");
+        runtime.shutdown_background();
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub(super) struct Shell {
     pub(super) generation: u64,
     pub(super) transport: Option<Transport>,
     pub(super) wake_at: Option<u64>,
+    /// The inbound queue place of the frame being handled ([`super::transport::InboundFrame`]).
+    pub(super) handling: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 pub(super) struct Transport {
@@ -96,6 +98,7 @@ impl Shell {
                 // callback delays the next event, never a commit or a reconnect decision.
                 self.engine.store().deliver_events();
                 self.apply(effects);
+                self.handling = None;
             }
         }
         self.close_transport();
@@ -120,7 +123,12 @@ impl Shell {
                 }
                 Some(Event::Connected)
             }
-            TransportEvent::Frame(bytes) => Some(Event::Frame(bytes)),
+            TransportEvent::Frame(frame) => {
+                // Its place in the connection's inbound queue is given back once the engine
+                // has handled it.
+                self.handling = Some(frame.queued);
+                Some(Event::Frame(frame.bytes))
+            }
             TransportEvent::Token(token) => Some(Event::Token(token)),
             TransportEvent::Closed(why) => {
                 self.inner.observed().last_disconnect = Some(why.clone());

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use syncline_protocol::messages::Sync;
 use syncline_protocol::{Message, close_code, frame};
-use tokio::sync::mpsc as tokio_mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc as tokio_mpsc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
@@ -28,6 +28,18 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The largest frame accepted from the relay.
 pub(super) const MAX_FRAME: usize = 64 << 20;
+
+/// The most frame bytes read from the relay and not yet handled by the sync thread (one
+/// largest frame and 16 MiB more): past it the connection stops reading its socket, so a relay
+/// sending faster than the device applies fills TCP's window, not the device's memory.
+pub(super) const INBOUND_QUEUE_BYTES: usize = MAX_FRAME + (16 << 20);
+
+/// A frame read from the relay, holding its share of [`INBOUND_QUEUE_BYTES`] until the sync
+/// thread has handled it (dropped).
+pub(super) struct InboundFrame {
+    pub(super) bytes: Vec<u8>,
+    pub(super) queued: OwnedSemaphorePermit,
+}
 
 /// Reports a connection's events to the sync thread, tagged with its number.
 pub(super) struct Reporter {
@@ -99,6 +111,7 @@ pub(super) async fn run_connection(
         Ok(Err(e)) => return Disconnect::Failed(e.to_string()),
     };
     let (sink, mut stream) = socket.split();
+    let inbound = Arc::new(Semaphore::new(INBOUND_QUEUE_BYTES));
     let (frames_tx, frames_rx) = tokio_mpsc::unbounded_channel::<Vec<u8>>();
     reporter.report(TransportEvent::Open(frames_tx));
     let mut writer = tokio::spawn(write_frames(sink, frames_rx).in_current_span());
@@ -108,7 +121,22 @@ pub(super) async fn run_connection(
         tokio::select! {
             incoming = stream.next() => match incoming {
                 Some(Ok(WsMessage::Binary(bytes))) => {
-                    reporter.report(TransportEvent::Frame(bytes.to_vec()));
+                    // Frames are at most MAX_FRAME, within the queue's bound and a u32.
+                    let cost = u32::try_from(bytes.len().min(INBOUND_QUEUE_BYTES))
+                        .unwrap_or(u32::MAX);
+                    let queued = tokio::select! {
+                        queued = Arc::clone(&inbound).acquire_many_owned(cost) => queued,
+                        written = &mut writer => {
+                            break written.unwrap_or_else(|e| Disconnect::Failed(format!("writer: {e}")));
+                        }
+                    };
+                    let Ok(queued) = queued else {
+                        break Disconnect::Failed("the inbound queue closed".into());
+                    };
+                    reporter.report(TransportEvent::Frame(InboundFrame {
+                        bytes: bytes.to_vec(),
+                        queued,
+                    }));
                 }
                 Some(Ok(WsMessage::Close(frame))) => {
                     let (code, reason) = frame
