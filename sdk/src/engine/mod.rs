@@ -26,8 +26,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use automerge::sync::{Message as SyncMessage, State};
 use syncline_protocol::messages::{
     Ack, CollectionSubscription, Cursor, DeferReason, Error as ErrorMessage, ErrorCode, Fetch,
-    Hello, MAX_EPOCH_BYTES, Plan, Reconcile, RefreshToken, Subscribe, Sync, SyncItem, SyncMode,
-    UpdateProfile, Welcome,
+    Hello, MAX_COLLECTIONS, MAX_EPOCH_BYTES, Plan, Reconcile, RefreshToken, Subscribe, Sync,
+    SyncItem, SyncMode, UpdateProfile, Welcome,
 };
 use syncline_protocol::payload::{self, Budget, PayloadLimits};
 use syncline_protocol::{
@@ -829,9 +829,41 @@ impl<S: SyncStore> Engine<S> {
                 out.compression = compression;
                 self.conn.welcome = Some(welcome);
             }
-            Message::Plan(plan) => self.on_plan(out, plan, now_ms),
+            Message::Plan(mut plan) => {
+                let reconciled: Vec<&Collection> = self
+                    .config
+                    .subscriptions
+                    .iter()
+                    .map(|s| &s.collection)
+                    .collect();
+                match self.sane_positions(std::mem::take(&mut plan.cursors), &reconciled) {
+                    Ok(cursors) => {
+                        plan.cursors = cursors;
+                        self.on_plan(out, plan, now_ms);
+                    }
+                    Err(reason) => {
+                        self.protocol_failure(out, format!("a plan {reason}"), now_ms);
+                        return;
+                    }
+                }
+            }
             Message::Sync(sync) => self.on_sync(out, sync, now_ms),
-            Message::Ack(ack) => self.on_ack(ack),
+            Message::Ack(mut ack) => {
+                let acked: BTreeSet<&Collection> =
+                    ack.items.iter().map(|i| i.doc.collection()).collect();
+                let acked: Vec<&Collection> = acked.into_iter().collect();
+                let positions = ack.positions.take().unwrap_or_default();
+                match self.sane_positions(positions, &acked) {
+                    Ok(positions) => {
+                        ack.positions = Some(positions);
+                        self.on_ack(ack);
+                    }
+                    Err(reason) => {
+                        self.protocol_failure(out, format!("an acknowledgement {reason}"), now_ms);
+                        return;
+                    }
+                }
+            }
             Message::Error(error) => self.on_error(out, error, now_ms),
             Message::Ephemeral(_) => {}
             other => {
@@ -1400,6 +1432,57 @@ impl<S: SyncStore> Engine<S> {
             // The next connection plans from the older cursors: more work, nothing lost.
             tracing::error!(error = %e, "could not store sync cursors");
         }
+    }
+
+    /// Checks the positions (cursors, acknowledged sequence numbers) a relay's message shows
+    /// before any is kept: too many, or an epoch or receipt over [`MAX_EPOCH_BYTES`], is a
+    /// protocol error (`Err` says what). Of the rest, only positions in `about` (the
+    /// collections the message concerns: those reconciled, or those of the acknowledged
+    /// documents) in the epoch the relay's `Welcome` named are kept, the lowest where one is
+    /// named twice: a broken relay cannot move a cursor of a collection it was not asked
+    /// about, nor one of another copy of its data, past changes this device never saw.
+    fn sane_positions(
+        &self,
+        positions: Vec<Cursor>,
+        about: &[&Collection],
+    ) -> Result<Vec<Cursor>, String> {
+        if positions.len() > MAX_COLLECTIONS {
+            return Err(format!(
+                "named {} positions, over {MAX_COLLECTIONS}",
+                positions.len()
+            ));
+        }
+        let too_long =
+            |field: &Option<String>| field.as_ref().is_some_and(|f| f.len() > MAX_EPOCH_BYTES);
+        if positions
+            .iter()
+            .any(|p| too_long(&p.epoch) || too_long(&p.receipt))
+        {
+            return Err(format!(
+                "named an epoch or receipt over {MAX_EPOCH_BYTES} bytes"
+            ));
+        }
+        let epoch = self.conn.welcome.as_ref().and_then(|w| w.epoch.as_deref());
+        let mut kept: Vec<Cursor> = Vec::with_capacity(positions.len());
+        for position in positions {
+            let foreign_epoch = matches!(
+                (position.epoch.as_deref(), epoch),
+                (Some(named), Some(current)) if named != current
+            ) || (position.epoch.is_some() && epoch.is_none());
+            if foreign_epoch || !about.contains(&&position.collection) {
+                tracing::warn!(collection = %position.collection, seq = position.seq, epoch = ?position.epoch, "ignoring a position the relay showed out of place");
+                continue;
+            }
+            match kept
+                .iter_mut()
+                .find(|k| k.collection == position.collection)
+            {
+                Some(k) if k.seq > position.seq => *k = position,
+                Some(_) => {}
+                None => kept.push(position),
+            }
+        }
+        Ok(kept)
     }
 
     /// Positions the relay showed, each with the epoch of the relay's data: the one it named,

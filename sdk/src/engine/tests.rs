@@ -1002,6 +1002,56 @@ fn a_relay_asking_to_wait_for_ever_is_retried_within_the_cap() {
     assert!(at <= 3 + super::MAX_RETRY_AFTER_MS, "{at}");
 }
 
+/// Issue 15, class 8: positions a relay shows out of place are not kept. A cursor for a
+/// collection the device does not reconcile, or in an epoch other than the `Welcome`'s, is
+/// dropped; one named twice keeps the lower; an over-long receipt is a protocol error.
+#[test]
+fn positions_shown_out_of_place_are_not_kept() {
+    let mut f = fixture();
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 1);
+    f.engine.handle(Event::Frame(welcome_in(Some("e1"))), 2);
+    let at = |collection: &str, seq, epoch: &str| Cursor {
+        collection: Collection::new(collection).expect("valid"),
+        seq,
+        epoch: Some(epoch.into()),
+        receipt: None,
+    };
+    let plan = |cursors| {
+        frame::encode(&Message::Plan(Plan {
+            send: Vec::new(),
+            deferred: Vec::new(),
+            cursors,
+            update: false,
+            fetch: false,
+            reset: vec![],
+        }))
+    };
+    f.engine.handle(
+        Event::Frame(plan(vec![
+            at("todos", 9, "e1"),
+            at("todos", 4, "e1"),
+            at("secrets", 50, "e1"),
+            at("todos", 99, "elsewhere"),
+        ])),
+        3,
+    );
+    let positions = f.store.positions("ws://relay").expect("positions");
+    assert_eq!(positions.cursors, vec![at("todos", 4, "e1")]);
+
+    let mut receipt = at("todos", 5, "e1");
+    receipt.receipt = Some("r".repeat(MAX_EPOCH_BYTES + 1));
+    let effects = f.engine.handle(Event::Frame(plan(vec![receipt])), 4);
+    assert!(effects.contains(&Effect::Disconnect));
+    assert!(
+        matches!(f.engine.status(), Status::Error { reason } if reason.contains("receipt")),
+        "{:?}",
+        f.engine.status()
+    );
+    let positions = f.store.positions("ws://relay").expect("positions");
+    assert_eq!(positions.cursors, vec![at("todos", 4, "e1")], "unchanged");
+}
+
 /// Issue 15, class 7: a history larger than a frame goes up in parts of at most
 /// `MAX_MESSAGE_CHANGE_BYTES` of changes (a change larger than that alone), oldest first, one
 /// per exchange, and the peer ends with all of it.
