@@ -8,6 +8,9 @@
 //! - **group commit across sessions**: consecutive `Sync` actions in the queue (up to
 //!   [`SYNC_GROUP`], stopping at the first other input so each session's order holds) run as
 //!   one [`Hub::sync_group`], one storage transaction per tenant;
+//! - **fair turns** ([`FairQueue`]): the shell holds what waits per session and feeds the core
+//!   one turn at a time, round-robin between tenants and between a tenant's sessions, so a
+//!   flood from one connection or tenant never sits in front of another tenant's frames;
 //! - **routing** of the hub's deliveries to sessions, with **grant filtering** ([`visible`])
 //!   against each session's current grants;
 //! - **slow consumers** ([`Backlog`], [`OutboxLimits`]): a connection whose backlog would pass the
@@ -19,6 +22,7 @@
 //! logic stays in each connection's [`crate::session::Session`].
 
 mod backlog;
+mod fair;
 mod visibility;
 
 use std::collections::{HashMap, VecDeque};
@@ -33,6 +37,7 @@ use crate::hub::{Delivery, Hub, HubError, Lane, SessionId};
 use crate::session::Action;
 use crate::storage::Storage;
 pub use backlog::{Backlog, OutboxLimits, Queued, approx_size};
+pub use fair::FairQueue;
 pub use visibility::visible;
 
 /// What a session is told when the relay failed its request.
@@ -40,6 +45,10 @@ const REQUEST_FAILED: &str = "the relay could not complete this request";
 
 /// Most `Sync` frames committed together.
 pub const SYNC_GROUP: usize = 512;
+
+/// Bytes of Automerge messages after which no more `Sync` frames join a group (the shell's
+/// [`FairQueue`] turns): one tenant's turn stays bounded in work, not only in frames.
+pub const SYNC_GROUP_BYTES: usize = 32 << 20;
 
 /// Something a connection tells the core.
 #[derive(Debug, Clone)]

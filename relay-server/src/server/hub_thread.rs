@@ -11,10 +11,15 @@ use syncline_protocol::Message;
 use tokio::sync::mpsc;
 
 use super::{HubCommand, Metrics};
+use crate::auth::{Grants, Identity};
 use crate::hub::{Lane, SessionId};
-use crate::relay_core::{Backlog, Input, Output as CoreOutput, Queued, RelayCore, SYNC_GROUP};
+use crate::relay_core::{
+    Backlog, FairQueue, Input, Output as CoreOutput, Queued, RelayCore, SYNC_GROUP,
+    SYNC_GROUP_BYTES,
+};
 use crate::session::Action;
 use crate::storage::Storage;
+use crate::tenant::Tenant;
 
 /// A connection's outbox as the hub thread sees it: bounded in messages by the channel and in
 /// bytes by `queued`, which the connection lowers as it takes messages out.
@@ -36,97 +41,99 @@ fn span_of(routes: &HashMap<SessionId, Route>, id: SessionId) -> tracing::Span {
         .map_or_else(tracing::Span::none, |r| r.span.clone())
 }
 
+/// What waits for its turn on the hub: a command of one session, holding (for an action) its
+/// place in the connection's share of the queue until the core has taken it.
+enum Waiting {
+    Connect {
+        identity: Identity,
+        grants: Grants,
+        now_ms: u64,
+    },
+    Action {
+        action: Action,
+        now_ms: u64,
+        _place: tokio::sync::OwnedSemaphorePermit,
+    },
+    Disconnect {
+        now_ms: u64,
+    },
+}
+
+/// The bytes of Automerge messages a `Sync` action carries (it joins a group commit); `None`
+/// for every other command.
+fn sync_bytes(waiting: &Waiting) -> Option<usize> {
+    match waiting {
+        Waiting::Action {
+            action: Action::Sync(items),
+            ..
+        } => Some(items.iter().map(|i| i.message.len()).sum()),
+        _ => None,
+    }
+}
+
 /// The hub thread: moves commands from the connections into the [`RelayCore`] and its outputs
-/// into the connections' outboxes, one turn at a time. A turn is one command, or a `Sync`
-/// frame with every `Sync` frame queued right behind it (up to [`SYNC_GROUP`]), which the core
-/// commits together; its outputs go out before the next turn, so an acknowledgement never
-/// waits for later work and the connections drain while the hub works on. The decisions
-/// (grouping, routing, grant filtering, slow consumers) are the core's.
+/// into the connections' outboxes, one turn at a time. Every command that has arrived waits in
+/// a [`FairQueue`]; a turn is the next tenant's next session's command, or a group of `Sync`
+/// frames of that tenant's sessions (up to [`SYNC_GROUP`] frames and [`SYNC_GROUP_BYTES`]),
+/// which the core commits together. Its outputs go out before the next turn, so an
+/// acknowledgement never waits for later work and the connections drain while the hub works
+/// on. The decisions (routing, grant filtering, slow consumers) are the core's.
 pub(super) fn run_hub<S: Storage>(
     mut core: RelayCore<S>,
     mut commands: mpsc::Receiver<HubCommand>,
     metrics: &Metrics,
 ) {
     let mut routes: HashMap<SessionId, Route> = HashMap::new();
-    // A command taken while gathering a group that belongs to the next turn.
-    let mut carried: Option<HubCommand> = None;
+    // Each session's tenant, from its `Connect` until its `Disconnect` has had its turn.
+    let mut tenants: HashMap<SessionId, Tenant> = HashMap::new();
+    let mut waiting: FairQueue<Option<Tenant>, Waiting> = FairQueue::new();
+    let mut stopping = false;
     loop {
-        let command = match carried.take() {
-            Some(command) => command,
-            None => match commands.blocking_recv() {
-                Some(command) => command,
+        if waiting.is_empty() {
+            if stopping {
+                break;
+            }
+            match commands.blocking_recv() {
+                Some(command) => {
+                    stopping |= arrive(command, &mut routes, &mut tenants, &mut waiting);
+                }
                 None => break,
-            },
-        };
+            }
+        }
+        // Everything that has arrived waits with the rest, so the turn is chosen among all of
+        // it. The queue is bounded by the connections' places (each holds at most
+        // HUB_IN_FLIGHT_PER_CONNECTION actions, and a connect and a disconnect).
+        while !stopping && let Ok(command) = commands.try_recv() {
+            stopping |= arrive(command, &mut routes, &mut tenants, &mut waiting);
+        }
+        let turn = waiting.next_turn(sync_bytes, SYNC_GROUP, SYNC_GROUP_BYTES);
         let mut syncs = 0;
-        match command {
-            HubCommand::Shutdown => break,
-            HubCommand::Connect {
-                id,
-                verified,
-                outbox,
-                queued,
-                span,
-                now_ms,
-            } => {
-                routes.insert(
-                    id,
-                    Route {
-                        sender: outbox,
-                        queued,
-                        span,
-                        gone: false,
-                    },
-                );
-                core.push(
+        for (id, command) in turn {
+            match command {
+                Waiting::Connect {
+                    identity,
+                    grants,
+                    now_ms,
+                } => core.push(
                     Input::Connect {
                         id,
-                        identity: verified.identity,
-                        grants: verified.grants,
+                        identity,
+                        grants,
                     },
                     now_ms,
-                );
-            }
-            HubCommand::Disconnect { id, now_ms } => {
-                // Its span stays for the log of what the core reports of it.
-                if let Some(route) = routes.get_mut(&id) {
-                    route.gone = true;
+                ),
+                Waiting::Action { action, now_ms, .. } => {
+                    syncs += usize::from(matches!(action, Action::Sync(_)));
+                    core.push(Input::Action { id, action }, now_ms);
                 }
-                core.push(Input::Disconnect { id }, now_ms);
-            }
-            HubCommand::Action {
-                id,
-                action: action @ Action::Sync(_),
-                now_ms,
-                ..
-            } => {
-                core.push(Input::Action { id, action }, now_ms);
-                syncs = 1;
-                // Group commit: every Sync frame already queued joins this one; the first
-                // other command ends the group and starts the next turn.
-                while syncs < SYNC_GROUP {
-                    match commands.try_recv() {
-                        Ok(HubCommand::Action {
-                            id,
-                            action: action @ Action::Sync(_),
-                            now_ms,
-                            ..
-                        }) => {
-                            core.push(Input::Action { id, action }, now_ms);
-                            syncs += 1;
-                        }
-                        Ok(other) => {
-                            carried = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
+                Waiting::Disconnect { now_ms } => {
+                    // Its span stays for the log of what the core reports of it.
+                    if let Some(route) = routes.get_mut(&id) {
+                        route.gone = true;
                     }
+                    tenants.remove(&id);
+                    core.push(Input::Disconnect { id }, now_ms);
                 }
-            }
-            HubCommand::Action {
-                id, action, now_ms, ..
-            } => {
-                core.push(Input::Action { id, action }, now_ms);
             }
         }
         let stored_before = core.stats().changes_stored;
@@ -151,6 +158,64 @@ pub(super) fn run_hub<S: Storage>(
         apply_outputs(&mut routes, outputs);
         routes.retain(|_, route| !route.gone);
     }
+}
+
+/// Puts an arrived command in the queue (a `Connect` also opens the session's route); true for
+/// `Shutdown`, after which what already waits is finished and nothing more is taken.
+fn arrive(
+    command: HubCommand,
+    routes: &mut HashMap<SessionId, Route>,
+    tenants: &mut HashMap<SessionId, Tenant>,
+    waiting: &mut FairQueue<Option<Tenant>, Waiting>,
+) -> bool {
+    let (id, command) = match command {
+        HubCommand::Shutdown => return true,
+        HubCommand::Connect {
+            id,
+            verified,
+            outbox,
+            queued,
+            span,
+            now_ms,
+        } => {
+            routes.insert(
+                id,
+                Route {
+                    sender: outbox,
+                    queued,
+                    span,
+                    gone: false,
+                },
+            );
+            tenants.insert(id, verified.identity.tenant.clone());
+            (
+                id,
+                Waiting::Connect {
+                    identity: verified.identity,
+                    grants: verified.grants,
+                    now_ms,
+                },
+            )
+        }
+        HubCommand::Action {
+            id,
+            action,
+            now_ms,
+            _place,
+        } => (
+            id,
+            Waiting::Action {
+                action,
+                now_ms,
+                _place,
+            },
+        ),
+        HubCommand::Disconnect { id, now_ms } => (id, Waiting::Disconnect { now_ms }),
+    };
+    // A session's commands all follow its `Connect`; one without (never expected) waits with
+    // the sessions of no tenant.
+    waiting.push(tenants.get(&id).cloned(), id, command);
+    false
 }
 
 /// The connections' backlogs as the core reads them: messages in each outbox channel, and the

@@ -97,9 +97,10 @@ impl From<&crate::config::RelayConfig> for ServerOptions {
 /// Commands buffered for the hub before connections wait.
 pub const HUB_QUEUE: usize = 4096;
 
-/// Commands one connection may have waiting in the hub's queue: past them its task waits (and
-/// stops reading its socket), so a connection flooding the relay holds at most this many
-/// places ahead of anyone else's command, whatever the queue's size.
+/// Commands one connection may have waiting for the hub: past them its task waits (and stops
+/// reading its socket), so what waits for the hub is bounded by the connections, whatever one
+/// of them sends. Which waiting command goes next is fair between tenants and sessions
+/// ([`crate::relay_core::FairQueue`]).
 pub const HUB_IN_FLIGHT_PER_CONNECTION: usize = 16;
 /// How long one write to a client may take before the connection is dropped.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,7 +121,7 @@ enum HubCommand {
         action: Action,
         now_ms: u64,
         /// One of the connection's [`HUB_IN_FLIGHT_PER_CONNECTION`] places in the hub's queue,
-        /// given back when the hub thread takes the command.
+        /// held while the command waits for its turn and given back when the core takes it.
         _place: tokio::sync::OwnedSemaphorePermit,
     },
     Disconnect {
