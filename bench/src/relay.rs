@@ -97,12 +97,13 @@ impl Relay {
             .context("VmRSS")
     }
 
-    pub(crate) fn token(&self, device: u32) -> anyhow::Result<String> {
+    /// A token for `device` in `tenant`.
+    pub(crate) fn token(&self, device: u32, tenant: &str) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let claims = Claims {
             sub: format!("user{device}"),
             dev: format!("{device:032x}"),
-            ten: Some("bench".into()),
+            ten: Some(tenant.into()),
             read: vec!["*".into()],
             write: vec!["*".into()],
             exp: Some(now + 3600),
@@ -132,16 +133,26 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// Connects as `device`, subscribed to `collection`.
+    /// Connects as `device` of the `bench` tenant, subscribed to `collection`.
     pub(crate) async fn connect(
         relay: &Relay,
         device: u32,
         collection: &str,
     ) -> anyhow::Result<Self> {
+        Self::connect_in(relay, device, "bench", collection).await
+    }
+
+    /// Connects as `device` of `tenant`, subscribed to `collection`.
+    pub(crate) async fn connect_in(
+        relay: &Relay,
+        device: u32,
+        tenant: &str,
+        collection: &str,
+    ) -> anyhow::Result<Self> {
         let mut request = format!("ws://{}/v1/sync", relay.addr).into_client_request()?;
         request.headers_mut().insert(
             "Authorization",
-            format!("Bearer {}", relay.token(device)?).parse()?,
+            format!("Bearer {}", relay.token(device, tenant)?).parse()?,
         );
         let (socket, _) = tokio_tungstenite::connect_async(request).await?;
         let mut client = Self { socket };
@@ -231,7 +242,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn new(n: u32, collection: &str) -> anyhow::Result<Self> {
-        // The device id of `Relay::token(n)`, as the actor: the relay refuses changes by
+        // The device id of `Relay::token(n, _)`, as the actor: the relay refuses changes by
         // other actors.
         let actor = automerge::ActorId::from(u128::from(n).to_be_bytes().as_slice());
         Ok(Self {
