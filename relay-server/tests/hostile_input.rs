@@ -560,6 +560,27 @@ mod corrupt {
     }
 
     #[test]
+    fn a_document_that_does_not_load_is_not_loaded_again_for_a_minute() {
+        use syncline_relay::hub::UNLOADABLE_RETRY_MS;
+        let mut w = World::new();
+        corrupt(&w, "todos/bad");
+        w.join(1, "acme", grants(&["todos"], &[]));
+        w.join(2, "acme", grants(&["todos"], &[]));
+        w.run(vec![(1, super::reconcile_todos())]);
+        w.run(vec![(2, super::reconcile_todos())]);
+        assert_eq!(
+            w.hub.failed_loads(),
+            1,
+            "the second plan did not read the row again"
+        );
+        assert!(w.hub.corrupt_documents() >= 2, "each use is still reported");
+        w.hub
+            .handle(1, super::reconcile_todos(), UNLOADABLE_RETRY_MS + 1_000)
+            .expect("hub");
+        assert_eq!(w.hub.failed_loads(), 2, "tried again after a minute");
+    }
+
+    #[test]
     fn a_frame_touching_a_corrupt_document_refuses_that_item_only() {
         let mut w = World::new();
         corrupt(&w, "todos/bad");

@@ -35,6 +35,7 @@ impl<S: Storage> Hub<S> {
         frames: Vec<(SessionId, Vec<SyncItem>)>,
         now_ms: u64,
     ) -> SyncGroup {
+        self.tick(now_ms);
         let mut group = SyncGroup::default();
         // Per tenant, each document's change count before the group first touched it.
         let mut before: BTreeMap<Tenant, Vec<(DocId, usize)>> = BTreeMap::new();

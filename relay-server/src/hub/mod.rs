@@ -210,6 +210,14 @@ pub struct Hub<S> {
     payload_limits: PayloadLimits,
     /// Stored documents found not to load.
     corrupt_documents: u64,
+    /// Stored documents that did not load, each with the time it may be tried again
+    /// ([`UNLOADABLE_RETRY_MS`]): until then a use fails at once, without reading or parsing
+    /// the row again. At most [`MAX_UNLOADABLE`] entries.
+    unloadable: HashMap<(Tenant, DocId), u64>,
+    /// Loads of stored documents that failed (reading and parsing the row).
+    failed_loads: u64,
+    /// The latest time an entry point was called with.
+    clock_ms: u64,
     /// Group commits refused by a full storage.
     storage_full: u64,
     /// Documents larger than this wait for an unmetered network (unless a device sets its own).
@@ -218,6 +226,15 @@ pub struct Hub<S> {
 
 /// Documents a hub keeps in memory by default.
 pub const CACHE_DOCS: usize = 10_000;
+
+/// How long a stored document that did not load is not loaded again (a use fails at once): a
+/// client asking for it over and over costs the relay one failed load a minute, and a row an
+/// operator repairs is read again within a minute.
+pub const UNLOADABLE_RETRY_MS: u64 = 60_000;
+
+/// Most stored documents remembered as not loading; past it, the expired ones are forgotten,
+/// then all (a later use loads again).
+pub const MAX_UNLOADABLE: usize = 10_000;
 
 /// Estimated bytes of documents a hub keeps in memory by default (each holds its changes'
 /// raw bytes plus about 160 bytes per change).
@@ -237,6 +254,9 @@ impl<S: Storage> Hub<S> {
             allow_foreign_changes: false,
             payload_limits: PayloadLimits::DEFAULT,
             corrupt_documents: 0,
+            unloadable: HashMap::new(),
+            failed_loads: 0,
+            clock_ms: 0,
             storage_full: 0,
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
         }
@@ -316,6 +336,7 @@ impl<S: Storage> Hub<S> {
 
     /// Adds an authenticated session.
     pub fn connect(&mut self, id: SessionId, identity: Identity, grants: Grants, now_ms: u64) {
+        self.tick(now_ms);
         let peer = Peer {
             tenant: identity.tenant.clone(),
             identity,
@@ -345,6 +366,7 @@ impl<S: Storage> Hub<S> {
     /// [`HubError::Storage`] if the sync states could not be saved (the session is removed
     /// anyway; the next connection then starts those documents' sync afresh).
     pub fn disconnect(&mut self, id: SessionId, now_ms: u64) -> Result<(), HubError> {
+        self.tick(now_ms);
         let Some(peer) = self.peers.remove(&id) else {
             return Ok(());
         };
@@ -394,6 +416,7 @@ impl<S: Storage> Hub<S> {
         action: Action,
         now_ms: u64,
     ) -> Result<Vec<Delivery>, HubError> {
+        self.tick(now_ms);
         if !self.peers.contains_key(&id) {
             return Ok(Vec::new());
         }
@@ -521,6 +544,12 @@ impl<S: Storage> Hub<S> {
         self.corrupt_documents
     }
 
+    /// Loads of stored documents that failed: at most one per document per
+    /// [`UNLOADABLE_RETRY_MS`], however often it is needed.
+    pub fn failed_loads(&self) -> u64 {
+        self.failed_loads
+    }
+
     /// Commits refused because storage was full (each tenant's part of a group counts once).
     pub fn storage_full(&self) -> u64 {
         self.storage_full
@@ -627,13 +656,31 @@ impl<S: Storage> Hub<S> {
     fn doc(&mut self, tenant: &Tenant, doc_id: &DocId) -> Result<&mut DocGraph, HubError> {
         let key = (tenant.clone(), doc_id.clone());
         if !self.docs.contains(&key) {
+            if let Some(&retry_at) = self.unloadable.get(&key) {
+                if self.clock_ms < retry_at {
+                    return Err(HubError::Corrupt {
+                        doc: doc_id.clone(),
+                        reason: format!(
+                            "it did not load; not tried again before {} ms from now",
+                            retry_at - self.clock_ms
+                        ),
+                    });
+                }
+                self.unloadable.remove(&key);
+            }
             let doc = match self.storage.load(tenant, doc_id)? {
                 Some(stored) => {
-                    let mut graph = DocGraph::load(stored.chunks.iter().map(Vec::as_slice))
-                        .map_err(|e| HubError::Corrupt {
-                            doc: doc_id.clone(),
-                            reason: e.to_string(),
-                        })?;
+                    let loaded = DocGraph::load(stored.chunks.iter().map(Vec::as_slice));
+                    let mut graph = match loaded {
+                        Ok(graph) => graph,
+                        Err(e) => {
+                            self.remember_unloadable(key);
+                            return Err(HubError::Corrupt {
+                                doc: doc_id.clone(),
+                                reason: e.to_string(),
+                            });
+                        }
+                    };
                     graph.set_priority(stored.priority);
                     graph.set_stored_seq(stored.seq);
                     graph
@@ -644,6 +691,27 @@ impl<S: Storage> Hub<S> {
             self.docs.put(key.clone(), doc);
         }
         Ok(self.docs.get_mut(&key).expect("inserted above"))
+    }
+}
+
+impl<S> Hub<S> {
+    /// Moves the hub's clock to `now_ms` (never back): entry points call it first.
+    fn tick(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
+    }
+
+    /// Remembers that the stored `key` did not load, within [`MAX_UNLOADABLE`].
+    fn remember_unloadable(&mut self, key: (Tenant, DocId)) {
+        self.failed_loads += 1;
+        if self.unloadable.len() >= MAX_UNLOADABLE {
+            let now = self.clock_ms;
+            self.unloadable.retain(|_, retry_at| *retry_at > now);
+            if self.unloadable.len() >= MAX_UNLOADABLE {
+                self.unloadable.clear();
+            }
+        }
+        self.unloadable
+            .insert(key, self.clock_ms.saturating_add(UNLOADABLE_RETRY_MS));
     }
 }
 
