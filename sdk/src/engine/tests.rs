@@ -119,6 +119,18 @@ fn welcome_in(epoch: Option<&str>) -> Vec<u8> {
     }))
 }
 
+/// A `Plan` that sends nothing, shows `cursors` and resets `reset`.
+fn plan(cursors: Vec<Cursor>, reset: Vec<Collection>) -> Vec<u8> {
+    frame::encode(&Message::Plan(Plan {
+        send: Vec::new(),
+        deferred: Vec::new(),
+        cursors,
+        update: false,
+        fetch: false,
+        reset,
+    }))
+}
+
 fn empty_plan(seq: u64) -> Vec<u8> {
     frame::encode(&Message::Plan(Plan {
         send: Vec::new(),
@@ -230,16 +242,6 @@ fn positions_go_back_to_the_relay_and_a_reset_sends_everything_again() {
         receipt: Some(receipt.into()),
     };
     f.engine.handle(Event::Frame(welcome_in(Some("e1"))), 11);
-    let plan = |cursors, reset| {
-        frame::encode(&Message::Plan(Plan {
-            send: Vec::new(),
-            deferred: Vec::new(),
-            cursors,
-            update: false,
-            fetch: false,
-            reset,
-        }))
-    };
     f.engine
         .handle(Event::Frame(plan(vec![shown(5, "r5")], vec![])), 12);
     let ack = frame::encode(&Message::Ack(Ack {
@@ -1017,16 +1019,7 @@ fn positions_shown_out_of_place_are_not_kept() {
         epoch: Some(epoch.into()),
         receipt: None,
     };
-    let plan = |cursors| {
-        frame::encode(&Message::Plan(Plan {
-            send: Vec::new(),
-            deferred: Vec::new(),
-            cursors,
-            update: false,
-            fetch: false,
-            reset: vec![],
-        }))
-    };
+    let plan = |cursors| plan(cursors, vec![]);
     f.engine.handle(
         Event::Frame(plan(vec![
             at("todos", 9, "e1"),
