@@ -319,15 +319,12 @@ fn install_swift_sources(generated: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The relay binary of the workspace's test build. `cargo build -p syncline-relay` would
+/// resolve dependency features for the relay alone and so compile a second copy of most of
+/// the dependency graph; `cargo test --workspace --no-run` is the build the `rust` suite has
+/// already made (nothing to do after it).
 fn build_relay() -> anyhow::Result<PathBuf> {
-    run_cargo(&[
-        "build",
-        "-q",
-        "-p",
-        "syncline-relay",
-        "--bin",
-        "syncline-relay",
-    ])?;
+    run_cargo(&["test", "-q", "--workspace", "--no-run"])?;
     std::fs::canonicalize(target_dir().join("debug").join("syncline-relay"))
         .context("the relay binary")
 }
