@@ -11,7 +11,7 @@
 //! every `cargo xtask test` replays.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
 
@@ -45,7 +45,12 @@ pub struct Outcome {
 ///
 /// # Errors
 /// When the targets cannot be built or started.
-pub fn run(seconds: u64, targets: &[String], keep: bool) -> anyhow::Result<Outcome> {
+pub fn run(
+    seconds: u64,
+    targets: &[String],
+    keep: bool,
+    started: Option<Background>,
+) -> anyhow::Result<Outcome> {
     let root = workspace_root();
     let chosen: Vec<String> = if targets.is_empty() {
         TARGETS.iter().map(|t| (*t).to_owned()).collect()
@@ -60,7 +65,10 @@ pub fn run(seconds: u64, targets: &[String], keep: bool) -> anyhow::Result<Outco
     let work = root.join("target/fuzz");
     let seeds = work.join("seeds");
     write_seeds(&root, &seeds)?;
-    let binaries = build(&root, &work)?;
+    let binaries = match started {
+        Some(build) => build.wait()?,
+        None => build(&root, &work)?,
+    };
     let mut outcome = Outcome {
         passed: Vec::new(),
         failed: Vec::new(),
@@ -134,21 +142,103 @@ fn write_seeds(root: &Path, dir: &Path) -> anyhow::Result<()> {
 /// Builds the fuzz crate with coverage instrumentation; returns the binaries' directory.
 fn build(root: &Path, work: &Path) -> anyhow::Result<PathBuf> {
     let host = host_triple()?;
-    let mut flags = SANCOV.join(" ");
-    if let Ok(extra) = std::env::var("RUSTFLAGS") {
-        flags = format!("{extra} {flags}");
-    }
-    let status = super::cargo()
-        .current_dir(root.join("fuzz"))
-        .env("RUSTFLAGS", flags)
-        .env("CARGO_TARGET_DIR", work.join("build"))
-        .args(["build", "--release", "--bins", "--target", &host])
+    let status = build_command(root, work, &host, super::cargo())
         .status()
         .context("cannot start cargo")?;
     if !status.success() {
         bail!("building the fuzz targets failed");
     }
     Ok(work.join("build").join(host).join("release"))
+}
+
+/// `cargo build` of the fuzz crate with coverage instrumentation, in its own target directory
+/// (its flags differ from the workspace's).
+fn build_command(root: &Path, work: &Path, host: &str, mut cargo: Command) -> Command {
+    let mut flags = SANCOV.join(" ");
+    if let Ok(extra) = std::env::var("RUSTFLAGS") {
+        flags = format!("{extra} {flags}");
+    }
+    cargo
+        .current_dir(root.join("fuzz"))
+        .env("RUSTFLAGS", flags)
+        .env("CARGO_TARGET_DIR", work.join("build"))
+        .args(["build", "--release", "--bins", "--target", host]);
+    cargo
+}
+
+/// The fuzz targets' build, running in the background.
+pub struct Background {
+    child: Child,
+    log: PathBuf,
+    binaries: PathBuf,
+}
+
+/// Starts building the fuzz targets in the background at the lowest CPU priority (through
+/// `nice -n 19` where it exists), its output going to `target/fuzz/build.log`. `cargo xtask
+/// test` starts it before the other suites: the instrumented release build takes minutes of
+/// CPU, and the other suites leave much of it idle while their tests wait on sockets and
+/// timers, so it mostly runs in that idle time instead of after them.
+///
+/// # Errors
+/// When the build cannot be started.
+pub fn start_build() -> anyhow::Result<Background> {
+    let root = workspace_root();
+    let work = root.join("target/fuzz");
+    std::fs::create_dir_all(&work).with_context(|| format!("{}", work.display()))?;
+    let host = host_triple()?;
+    let cargo = super::cargo().get_program().to_owned();
+    let launcher = if super::succeeds("nice", &["-n", "19", "true"]) {
+        let mut nice = Command::new("nice");
+        nice.args(["-n", "19"]).arg(cargo);
+        nice
+    } else {
+        Command::new(cargo)
+    };
+    let log = work.join("build.log");
+    let out = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
+    let child = build_command(&root, &work, &host, launcher)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().context("the build log")?)
+        .stderr(out)
+        .spawn()
+        .context("cannot start cargo")?;
+    println!(
+        "fuzz: building the targets in the background (log: {})",
+        log.display()
+    );
+    Ok(Background {
+        child,
+        log,
+        binaries: work.join("build").join(host).join("release"),
+    })
+}
+
+impl Drop for Background {
+    /// An `xtask` that stops early does not leave the build running.
+    fn drop(&mut self) {
+        // After `wait` the child is gone already: nothing to do then.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Background {
+    /// Waits for the build; returns the binaries' directory.
+    ///
+    /// # Errors
+    /// When the build failed (its log is printed).
+    pub fn wait(mut self) -> anyhow::Result<PathBuf> {
+        let status = self.child.wait().context("waiting for the fuzz build")?;
+        if !status.success() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("{log}");
+            bail!(
+                "building the fuzz targets failed (log: {})",
+                self.log.display()
+            );
+        }
+        Ok(self.binaries.clone())
+    }
 }
 
 fn host_triple() -> anyhow::Result<String> {

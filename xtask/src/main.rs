@@ -20,7 +20,11 @@
 //! - `swift`: `swift test` of the SwiftPM package in `bindings/swift`, then the
 //!   `examples/swift` app, wherever `swift` is on PATH; elsewhere it reports itself skipped.
 //! - `fuzz`: every libFuzzer target of `fuzz/` for a few seconds each (`cargo xtask fuzz
-//!   --seconds N` runs them longer; see `xtask/src/fuzz.rs`).
+//!   --seconds N` runs them longer; see `xtask/src/fuzz.rs`). With other suites, the targets'
+//!   instrumented build starts first, in the background at the lowest CPU priority, and uses
+//!   what the other suites leave idle.
+//!
+//! The closing lines say how long each suite took.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -77,13 +81,20 @@ fn run() -> anyhow::Result<bool> {
 
 fn test(suites: &[&str]) -> anyhow::Result<bool> {
     let mut results = Vec::new();
+    // The fuzz targets' build starts first and runs in the CPU the other suites leave idle.
+    let mut fuzz_build = if suites.contains(&"fuzz") && suites.len() > 1 {
+        Some(fuzz::start_build()?)
+    } else {
+        None
+    };
     for &suite in suites {
+        let started = std::time::Instant::now();
         let (ok, tally) = match suite {
             "rust" => rust_suite(),
             "python" => python_suite(),
             "kotlin" => kotlin_suite(),
             "swift" => swift_suite(),
-            "fuzz" => fuzz_suite(),
+            "fuzz" => fuzz_suite(fuzz_build.take()),
             other => bail!("no runner for suite {other}"),
         }
         // A suite that cannot even start counts as failed; the others still run.
@@ -91,17 +102,19 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
             eprintln!("xtask: the {suite} suite could not run: {e:#}");
             (false, Tally::default())
         });
-        results.push((suite, ok, tally));
+        results.push((suite, ok, tally, started.elapsed()));
     }
     println!();
     let mut total = Tally::default();
-    for (suite, ok, t) in &results {
+    for (suite, ok, t, took) in &results {
         println!(
-            "{suite}: {} passed, {} failed, {} skipped{}",
+            "{suite}: {} passed, {} failed, {} skipped{} ({}m{:02}s)",
             t.passed,
             t.failed,
             t.skipped,
-            if *ok { "" } else { " (suite FAILED)" }
+            if *ok { "" } else { " (suite FAILED)" },
+            took.as_secs() / 60,
+            took.as_secs() % 60
         );
         total.passed += t.passed;
         total.failed += t.failed;
@@ -111,7 +124,7 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
         "total: {} passed, {} failed, {} skipped",
         total.passed, total.failed, total.skipped
     );
-    Ok(results.iter().all(|(_, ok, _)| *ok))
+    Ok(results.iter().all(|(_, ok, _, _)| *ok))
 }
 
 /// `cargo test --workspace`, streaming its output and summing its `test result:` lines.
@@ -203,7 +216,7 @@ fn fuzz_command(args: &[&str]) -> anyhow::Result<bool> {
             target => targets.push(target.to_owned()),
         }
     }
-    let outcome = fuzz::run(seconds, &targets, keep)?;
+    let outcome = fuzz::run(seconds, &targets, keep, None)?;
     println!(
         "fuzz: {} targets ran clean, {} crashed",
         outcome.passed.len(),
@@ -212,9 +225,10 @@ fn fuzz_command(args: &[&str]) -> anyhow::Result<bool> {
     Ok(outcome.failed.is_empty())
 }
 
-/// Every fuzz target for [`fuzz::CI_SECONDS`] each: one test per target.
-fn fuzz_suite() -> anyhow::Result<(bool, Tally)> {
-    let outcome = fuzz::run(fuzz::CI_SECONDS, &[], false)?;
+/// Every fuzz target for [`fuzz::CI_SECONDS`] each: one test per target; `started` is the
+/// targets' build if it is already under way.
+fn fuzz_suite(started: Option<fuzz::Background>) -> anyhow::Result<(bool, Tally)> {
+    let outcome = fuzz::run(fuzz::CI_SECONDS, &[], false, started)?;
     let tally = Tally {
         passed: outcome.passed.len() as u64,
         failed: outcome.failed.len() as u64,
