@@ -305,6 +305,7 @@ async fn health_metrics_and_authentication() {
     for exported in [
         "syncline_storage_full_total 0",
         "syncline_corrupt_documents_total 0",
+        "syncline_failed_loads_total 0",
     ] {
         assert!(metrics.contains(exported), "{exported} in {metrics}");
     }

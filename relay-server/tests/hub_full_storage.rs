@@ -7,9 +7,11 @@ mod common;
 use automerge::transaction::Transactable;
 use common::{World, doc, grants, reconcile, tenant};
 use syncline_protocol::Message;
-use syncline_protocol::messages::ErrorCode;
+use syncline_protocol::Priority;
+use syncline_protocol::messages::{CollectionSubscription, DeviceClass, ErrorCode, SyncMode};
 use syncline_relay::auth::Identity;
 use syncline_relay::hub::STORAGE_FULL_RETRY_MS;
+use syncline_relay::session::Action;
 use syncline_relay::storage::Storage;
 
 fn errors(w: &World, id: u64) -> Vec<(u16, Option<u64>, Option<String>)> {
@@ -101,5 +103,83 @@ fn a_full_storage_refuses_writes_with_a_typed_error_serves_reads_and_recovers() 
     assert!(
         w.clients[&2].docs.contains_key(&big),
         "device 2 is pushed the document now that it is stored"
+    );
+}
+
+/// A device never seen before connects while the storage is full: it is admitted and reads
+/// (its owner binding waits in memory), another user's token for it is refused meanwhile, and
+/// the binding is written once there is room.
+#[test]
+fn a_new_device_reads_while_the_storage_is_full_and_is_bound_once_there_is_room() {
+    let mut w = World::new();
+    let (read, rw) = (grants(&["todos"], &[]), grants(&["todos"], &["todos"]));
+    w.join(1, "acme", rw);
+    let a = doc("todos/a");
+    w.clients.get_mut(&1).expect("client").put(&a, "x", 1);
+    w.push(1, std::slice::from_ref(&a));
+
+    // Full: bind made-up devices until a binding no longer fits (bounded).
+    w.storage.set_max_bytes(Some(1)).expect("cap");
+    let acme = tenant("acme");
+    let newcomer = (0u32..10_000)
+        .map(|i| {
+            let mut id = [0xAA; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            syncline_protocol::DeviceId::from_bytes(id)
+        })
+        .find(|device| {
+            w.storage
+                .bind_device(&acme, device, "filler")
+                .is_err_and(|e| e.is_full())
+        })
+        .expect("the binding table fills up");
+
+    let identity = |user: &str| Identity {
+        user: user.into(),
+        device: newcomer,
+        tenant: tenant("acme"),
+    };
+    w.hub
+        .admit(&identity("newcomer"))
+        .expect("a device never seen before is admitted while the storage is full");
+    assert!(
+        matches!(
+            w.hub.admit(&identity("mallory")),
+            Err(syncline_relay::hub::HubError::DeviceOwned)
+        ),
+        "its binding holds against another user meanwhile"
+    );
+    // It reads (session 7 stands for its connection).
+    w.hub.connect(7, identity("newcomer"), read, 1);
+    w.clients.insert(7, common::Client::default());
+    let todos = vec![CollectionSubscription {
+        collection: common::col("todos"),
+        priority: Priority::Normal,
+        mode: SyncMode::Eager,
+    }];
+    w.run(vec![
+        (
+            7,
+            Action::Register(syncline_testkit::profile(DeviceClass::Phone)),
+        ),
+        (7, Action::Subscribe(todos)),
+        (7, reconcile(vec![])),
+    ]);
+    assert!(errors(&w, 7).is_empty(), "{:?}", errors(&w, 7));
+    assert_eq!(
+        w.clients[&7].get(&a, "x"),
+        Some(1),
+        "it read what is stored"
+    );
+
+    // Room again: its next admission writes the binding.
+    w.storage.set_max_bytes(None).expect("uncap");
+    w.hub.admit(&identity("newcomer")).expect("admitted");
+    assert_eq!(
+        w.storage
+            .bind_device(&acme, &newcomer, "someone else")
+            .expect("bind"),
+        "newcomer",
+        "the binding was written"
     );
 }

@@ -417,6 +417,42 @@ fn a_failing_item_leaves_no_unstored_change_behind() {
     assert_eq!(check.get_heads(), w.clients[&3].docs[&x].get_heads());
 }
 
+/// Class 4 of the hostile-input issue: the parts of a long fetch send their documents, and
+/// only the last part's plan answers the fetch (the device counts one answer per `Fetch`).
+#[test]
+fn the_parts_of_a_long_fetch_send_every_document_and_answer_once() {
+    let mut w = World::new();
+    w.join(1, "acme", grants(&["todos"], &["todos"]));
+    let docs: Vec<DocId> = (0..5).map(|i| doc(&format!("todos/f{i}"))).collect();
+    for (i, d) in docs.iter().enumerate() {
+        w.clients.get_mut(&1).expect("writer").put(d, "n", i as i64);
+    }
+    w.push(1, &docs);
+    w.join(2, "acme", grants(&["todos"], &[]));
+    w.run(vec![
+        (2, Action::FetchPart(docs[..2].to_vec())),
+        (2, Action::FetchPart(docs[2..4].to_vec())),
+        (2, Action::Fetch(docs[4..].to_vec())),
+    ]);
+    let plans: Vec<&Plan> = w.clients[&2]
+        .inbox
+        .iter()
+        .filter_map(|m| match m {
+            Message::Plan(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        plans.iter().filter(|p| p.fetch).count(),
+        1,
+        "one answer: {plans:?}"
+    );
+    assert!(plans.last().is_some_and(|p| p.fetch), "and it comes last");
+    for (i, d) in docs.iter().enumerate() {
+        assert_eq!(w.clients[&2].get(d, "n"), Some(i as i64), "{d} arrived");
+    }
+}
+
 /// Review finding: fetching ids the relay does not hold must not create documents or sync
 /// states (a cheap way to grow the relay's memory and its `sync_states` table).
 #[test]

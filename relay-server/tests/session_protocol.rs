@@ -360,6 +360,48 @@ fn every_message_type_is_authorized() {
     );
 }
 
+/// Class 4 of the hostile-input issue: a fetch of many documents reaches the hub in parts of
+/// at most `FETCH_TURN_DOCS` (one hub turn each), in order, and only the last part answers.
+#[test]
+fn a_long_fetch_goes_to_the_hub_in_parts() {
+    use syncline_relay::session::FETCH_TURN_DOCS;
+    let mut s = open_session();
+    let docs: Vec<DocId> = (0..2 * FETCH_TURN_DOCS + 22)
+        .map(|i| doc(&format!("todos/d{i}")))
+        .collect();
+    let out = send(&mut s, Message::Fetch(Fetch { docs: docs.clone() }));
+    let mut parts = Vec::new();
+    let mut answers = 0;
+    for action in &out.actions {
+        match action {
+            Action::FetchPart(part) => {
+                assert_eq!(answers, 0, "the answer comes last");
+                parts.push(part.len());
+            }
+            Action::Fetch(part) => {
+                answers += 1;
+                parts.push(part.len());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(answers, 1);
+    assert_eq!(parts, vec![FETCH_TURN_DOCS, FETCH_TURN_DOCS, 22]);
+    let sent: Vec<DocId> = out
+        .actions
+        .iter()
+        .flat_map(|a| match a {
+            Action::FetchPart(d) | Action::Fetch(d) => d.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(sent, docs, "every document, in the order asked");
+
+    // A short or empty fetch is one answered action, as before.
+    let out = send(&mut s, Message::Fetch(Fetch { docs: Vec::new() }));
+    assert!(matches!(&out.actions[..], [Action::Fetch(d)] if d.is_empty()));
+}
+
 #[test]
 fn a_malformed_automerge_message_is_refused_alone() {
     let (write, _) = sync_messages();

@@ -37,7 +37,7 @@ use syncline_protocol::messages::{
     CollectionSubscription, Ephemeral, Error, ErrorCode, PlanEntry, Profile, Sync, SyncItem,
 };
 use syncline_protocol::sync_state;
-use syncline_protocol::{Collection, DocId, Hash, Heads, Message, PayloadLimits};
+use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Message, PayloadLimits};
 
 use crate::auth::{Grants, Identity};
 use crate::session::Action;
@@ -220,6 +220,10 @@ pub struct Hub<S> {
     clock_ms: u64,
     /// Group commits refused by a full storage.
     storage_full: u64,
+    /// Devices first admitted while the storage could not hold their owner binding, with the
+    /// user that connected them: bound here until a later admission can write it (at most
+    /// [`MAX_UNBOUND_DEVICES`]).
+    unbound: HashMap<(Tenant, DeviceId), String>,
     /// Documents larger than this wait for an unmetered network (unless a device sets its own).
     metered_threshold: u64,
 }
@@ -235,6 +239,10 @@ pub const UNLOADABLE_RETRY_MS: u64 = 60_000;
 /// Most stored documents remembered as not loading; past it, the expired ones are forgotten,
 /// then all (a later use loads again).
 pub const MAX_UNLOADABLE: usize = 10_000;
+
+/// Most devices admitted while their owner binding could not be written (a full storage);
+/// past it, a device never seen before is refused until there is room.
+pub const MAX_UNBOUND_DEVICES: usize = 10_000;
 
 /// Estimated bytes of documents a hub keeps in memory by default (each holds its changes'
 /// raw bytes plus about 160 bytes per change).
@@ -258,6 +266,7 @@ impl<S: Storage> Hub<S> {
             failed_loads: 0,
             clock_ms: 0,
             storage_full: 0,
+            unbound: HashMap::new(),
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
         }
     }
@@ -321,12 +330,42 @@ impl<S: Storage> Hub<S> {
     /// Whether `identity` may connect: its device id is bound to the first user that
     /// connected it, and another user's token for it is refused.
     ///
+    /// A full storage does not keep a device never seen before out (it may still read): its
+    /// binding is kept in memory, holds against other users, and is written by the first
+    /// admission after there is room again. A relay restarted before then has not bound it.
+    ///
     /// # Errors
-    /// [`HubError::DeviceOwned`] for another user's device; [`HubError::Storage`].
-    pub fn admit(&self, identity: &Identity) -> Result<(), HubError> {
-        let owner = self
-            .storage
-            .bind_device(&identity.tenant, &identity.device, &identity.user)?;
+    /// [`HubError::DeviceOwned`] for another user's device; [`HubError::Storage`], also for a
+    /// full storage once [`MAX_UNBOUND_DEVICES`] devices wait for their binding.
+    pub fn admit(&mut self, identity: &Identity) -> Result<(), HubError> {
+        let key = (identity.tenant.clone(), identity.device);
+        if self
+            .unbound
+            .get(&key)
+            .is_some_and(|owner| *owner != identity.user)
+        {
+            return Err(HubError::DeviceOwned);
+        }
+        let owner = match self.storage.bind_device(
+            &identity.tenant,
+            &identity.device,
+            &identity.user,
+        ) {
+            Ok(owner) => {
+                self.unbound.remove(&key);
+                owner
+            }
+            Err(e) if e.is_full() && self.unbound.len() < MAX_UNBOUND_DEVICES => {
+                tracing::warn!(
+                    tenant = %identity.tenant,
+                    device = %identity.device,
+                    "the storage is full: the device's owner is bound in memory until there is room"
+                );
+                self.unbound.insert(key, identity.user.clone());
+                identity.user.clone()
+            }
+            Err(e) => return Err(e.into()),
+        };
         if owner == identity.user {
             Ok(())
         } else {
@@ -452,7 +491,8 @@ impl<S: Storage> Hub<S> {
             }
             Action::Reconcile(reconcile) => self.reconcile(id, reconcile),
             Action::Sync(items) => self.sync(id, items, now_ms),
-            Action::Fetch(docs) => self.fetch(id, docs),
+            Action::Fetch(docs) => self.fetch(id, docs, true),
+            Action::FetchPart(docs) => self.fetch(id, docs, false),
             Action::Unsent(docs) => Ok(self.unsent(id, docs)),
             Action::Ephemeral(e) => Ok(self.ephemeral(id, e)),
             Action::GrantsChanged(grants) => {

@@ -434,11 +434,14 @@ impl<S: Storage> Hub<S> {
     }
 
     /// Sends the named documents the relay holds, whatever the policy; an on-demand document
-    /// fetched stays in sync from then on.
+    /// fetched stays in sync from then on. `answer`: this is (the last part of) the device's
+    /// `Fetch`, answered by a plan marked `fetch`; an earlier part's plan is an update, sent
+    /// only when it has something to say.
     pub(super) fn fetch(
         &mut self,
         id: SessionId,
         docs: Vec<DocId>,
+        answer: bool,
     ) -> Result<Vec<Delivery>, HubError> {
         // Only documents the relay holds: fetching made-up ids must not create empty
         // documents and sync states.
@@ -491,7 +494,12 @@ impl<S: Storage> Hub<S> {
             }
         }
         let mut out = Vec::new();
-        planned.deliver(id, PlanKind::Fetch, Lane::Asked, &mut out);
+        let kind = if answer {
+            PlanKind::Fetch
+        } else {
+            PlanKind::Update
+        };
+        planned.deliver(id, kind, Lane::Asked, &mut out);
         Ok(out)
     }
 

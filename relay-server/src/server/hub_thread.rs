@@ -137,8 +137,11 @@ pub(super) fn run_hub<S: Storage>(
             }
         }
         let stored_before = core.stats().changes_stored;
-        let (full_before, corrupt_before) =
-            (core.hub().storage_full(), core.hub().corrupt_documents());
+        let (full_before, corrupt_before, failed_before) = (
+            core.hub().storage_full(),
+            core.hub().corrupt_documents(),
+            core.hub().failed_loads(),
+        );
         let started = Instant::now();
         let outputs = core.poll(&Outboxes(&routes));
         if syncs > 0 {
@@ -155,6 +158,9 @@ pub(super) fn run_hub<S: Storage>(
         metrics
             .corrupt_documents
             .inc_by(core.hub().corrupt_documents() - corrupt_before);
+        metrics
+            .failed_loads
+            .inc_by(core.hub().failed_loads() - failed_before);
         apply_outputs(&mut routes, outputs);
         routes.retain(|_, route| !route.gone);
     }

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub storage_full: Counter,
     /// Stored documents found not to load (each time one was needed).
     pub corrupt_documents: Counter,
+    /// Reads and parses of stored documents that failed: at most one per document a minute
+    /// (a document that does not load is not read again before then).
+    pub failed_loads: Counter,
 }
 
 impl Metrics {
@@ -57,6 +60,7 @@ impl Metrics {
             connections_refused: Family::default(),
             storage_full: Counter::default(),
             corrupt_documents: Counter::default(),
+            failed_loads: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -113,6 +117,11 @@ impl Metrics {
             "corrupt_documents",
             "Stored documents found not to load",
             metrics.corrupt_documents.clone(),
+        );
+        registry.register(
+            "failed_loads",
+            "Reads of stored documents that did not load (at most one per document a minute)",
+            metrics.failed_loads.clone(),
         );
         Self {
             registry,

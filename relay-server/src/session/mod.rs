@@ -54,8 +54,11 @@ pub enum Action {
     Reconcile(Reconcile),
     /// Apply these Automerge sync messages (each decoded, each within the grants).
     Sync(Vec<SyncItem>),
-    /// Send these documents now.
+    /// Send these documents now, and answer the device's `Fetch` (a `Plan` marked `fetch`).
     Fetch(Vec<DocId>),
+    /// Send these documents now, as part of a `Fetch` too large for one hub turn: the
+    /// [`Action::Fetch`] that follows carries the rest and the answer.
+    FetchPart(Vec<DocId>),
     /// These documents' queued messages (with their sizes) were taken back before they were
     /// sent, the device having turned metered: forget what was assumed sent, and defer them
     /// for the reason given.
@@ -161,6 +164,11 @@ pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 
 /// Ephemeral messages per second one connection may send (with a burst of twice as many).
 pub const EPHEMERALS_PER_S: u64 = 30;
+
+/// The documents one hub turn loads and sends for a `Fetch`; a longer fetch goes to the hub
+/// in parts ([`Action::FetchPart`]), so a device asking for many documents the cache does not
+/// hold cannot keep the hub thread, shared by every tenant, for the whole of it.
+pub const FETCH_TURN_DOCS: usize = 64;
 
 impl Session {
     /// A session for an authenticated connection, opened at `now_ms`.
@@ -667,8 +675,17 @@ impl Session {
                         .into_iter()
                         .filter(|d| !self.downlink.has_queued(d))
                         .collect();
-                    // Answered even when empty: the device counts the answers.
-                    out.actions.push(Action::Fetch(docs));
+                    // In parts of at most FETCH_TURN_DOCS: each part is one hub turn, so
+                    // other sessions and tenants get turns between the parts of a large
+                    // fetch. Answered once, by the last part, even when empty: the device
+                    // counts the answers.
+                    let mut parts: Vec<Vec<DocId>> = docs
+                        .chunks(FETCH_TURN_DOCS)
+                        .map(<[DocId]>::to_vec)
+                        .collect();
+                    let last = parts.pop().unwrap_or_default();
+                    out.actions.extend(parts.into_iter().map(Action::FetchPart));
+                    out.actions.push(Action::Fetch(last));
                 }
             },
             Message::Ephemeral(e) if !self.grants.can_read(e.doc.collection()) => {

@@ -542,13 +542,28 @@ impl Storage for SqliteStorage {
     ) -> Result<String, StorageError> {
         let conn = self.conn.lock();
         let (tenant, device) = (tenant.as_str(), device.as_bytes().as_slice());
+        let owner = |conn: &Connection| -> Result<Option<String>, StorageError> {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT user FROM device_owners WHERE tenant = ?1 AND device_id = ?2",
+                )?
+                .query_row(params![tenant, device], |r| r.get(0))
+                .optional()?)
+        };
+        // A known device costs no write (and is admitted while the storage is full).
+        if let Some(user) = owner(&conn)? {
+            return Ok(user);
+        }
         conn.prepare_cached(
             "INSERT OR IGNORE INTO device_owners (tenant, device_id, user) VALUES (?1, ?2, ?3)",
         )?
         .execute(params![tenant, device, user])?;
-        Ok(conn
-            .prepare_cached("SELECT user FROM device_owners WHERE tenant = ?1 AND device_id = ?2")?
-            .query_row(params![tenant, device], |r| r.get(0))?)
+        owner(&conn)?.ok_or_else(|| {
+            corrupt(
+                "device_owners",
+                "the binding just written is missing".into(),
+            )
+        })
     }
 
     fn register_device(&self, tenant: &Tenant, record: &DeviceRecord) -> Result<(), StorageError> {
