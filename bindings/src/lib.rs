@@ -88,6 +88,7 @@ impl From<syncline::Error> for FfiError {
             | E::TypeMismatch { .. }
             | E::InvalidHeads(_)
             | E::InvalidChange(_)
+            | E::ChangeTooLarge { .. }
             | E::Json(_)
             | E::AlreadyExists(_) => Self::InvalidInput(message),
             _ => Self::Storage(message),

@@ -27,6 +27,16 @@ pub const MAX_EPHEMERAL_BYTES: usize = 4096;
 /// one per exchange.
 pub const MAX_MESSAGE_CHANGE_BYTES: usize = 4 << 20;
 
+/// The largest single change a device makes, in operations: half the operations a frame's
+/// payloads may declare by default (`PayloadLimits::DEFAULT`, which counts predecessors and
+/// the like too), so that a relay with default limits accepts it. A change cannot be split, so
+/// the SDK refuses a larger write when it is made, rather than keep a change no relay takes.
+pub const MAX_CHANGE_OPS: usize = 1_000_000;
+
+/// The largest single change a device makes, in bytes before compression: a default relay
+/// frame (16 MiB), and half the bytes a frame's payloads may inflate to by default.
+pub const MAX_CHANGE_BYTES: usize = 16 << 20;
+
 /// Longest data epoch (`Welcome.epoch`, `Cursor.epoch`) or position receipt
 /// (`Cursor.receipt`) a peer accepts, in bytes.
 pub const MAX_EPOCH_BYTES: usize = 64;

@@ -90,6 +90,19 @@ pub enum Error {
     /// Change bytes received from elsewhere that do not decode.
     #[error("invalid change data: {0}")]
     InvalidChange(String),
+    /// A write made one change larger than a relay accepts (a change cannot be split); nothing
+    /// was written. Split the write into several transactions.
+    #[error(
+        "the change is too large to sync: {size} {unit}, at most {max} (split the write into several transactions)"
+    )]
+    ChangeTooLarge {
+        /// The change's size.
+        size: usize,
+        /// Its bound ([`crate::MAX_CHANGE_OPS`] or [`crate::MAX_CHANGE_BYTES`]).
+        max: usize,
+        /// `"operations"` or `"bytes"`.
+        unit: &'static str,
+    },
     /// JSON that does not parse.
     #[error("invalid JSON: {0}")]
     Json(#[from] serde_json::Error),

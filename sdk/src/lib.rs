@@ -53,7 +53,8 @@ pub use store::{
     WriteStats,
 };
 pub use syncline_protocol::messages::{
-    CollectionSubscription, DeferReason, DeviceClass, Profile, SyncMode,
+    CollectionSubscription, DeferReason, DeviceClass, MAX_CHANGE_BYTES, MAX_CHANGE_OPS, Profile,
+    SyncMode,
 };
 pub use syncline_protocol::{Collection, DeviceId, DocId, IdError, Priority};
 pub use value::Value;

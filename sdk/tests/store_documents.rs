@@ -361,3 +361,76 @@ fn racing_creators_of_one_id_get_one_success() {
     assert!(winner.is_some());
     assert_eq!(fx.store.list(&todos()).expect("list").len(), 7);
 }
+
+/// Issue 15: a change no relay would take (it cannot be split) is refused when it is made,
+/// with a typed error, and nothing of it is kept; the document takes smaller writes after.
+#[test]
+fn a_change_too_large_to_sync_is_refused_when_it_is_made() {
+    use syncline::{MAX_CHANGE_BYTES, MAX_CHANGE_OPS};
+    let fx = Fixture::new();
+    let doc = fx.store.create(&todos()).expect("create");
+    doc.put("notes", Value::Text("keep".into()))
+        .expect("small write");
+    let heads = doc.heads().expect("heads");
+    let pending = fx.store.pending_changes().expect("pending").len();
+
+    // Too many operations: one per character inserted.
+    let many = "x".repeat(MAX_CHANGE_OPS + 1);
+    let refused = doc.splice_text("notes", 0, 0, &many);
+    assert!(
+        matches!(
+            refused,
+            Err(Error::ChangeTooLarge { size, max, unit: "operations" })
+                if size > MAX_CHANGE_OPS && max == MAX_CHANGE_OPS
+        ),
+        "{refused:?}"
+    );
+    // Too many bytes: one operation carrying a value larger than a frame.
+    let refused = doc.put("blob", Value::Bytes(vec![7; MAX_CHANGE_BYTES + 1]));
+    assert!(
+        matches!(refused, Err(Error::ChangeTooLarge { unit: "bytes", .. })),
+        "{refused:?}"
+    );
+    assert_eq!(doc.heads().expect("heads"), heads, "nothing was kept");
+    assert_eq!(
+        fx.store.pending_changes().expect("pending").len(),
+        pending,
+        "nothing waits to be sent"
+    );
+    doc.splice_text("notes", 4, 0, "!")
+        .expect("a smaller write");
+    assert_eq!(
+        doc.get("notes").expect("get"),
+        Some(Value::Text("keep!".into()))
+    );
+
+    // A document created too large is refused too.
+    let mut huge = std::collections::BTreeMap::new();
+    huge.insert(
+        "blob".to_owned(),
+        Value::Bytes(vec![7; MAX_CHANGE_BYTES + 1]),
+    );
+    assert!(matches!(
+        fx.store.create_at(
+            "todos/huge".parse().expect("id"),
+            Value::Map(huge),
+            Priority::Normal
+        ),
+        Err(Error::ChangeTooLarge { .. })
+    ));
+
+    // And after a reopen, the durable state is the same.
+    let id = doc.id().clone();
+    drop(doc);
+    let fx = fx.reopen();
+    let doc = fx.store.document(&id).expect("still there");
+    assert_eq!(
+        doc.get("notes").expect("get"),
+        Some(Value::Text("keep!".into()))
+    );
+    assert_eq!(doc.get("blob").expect("get"), None);
+    assert!(matches!(
+        fx.store.document(&"todos/huge".parse().expect("id")),
+        Err(Error::NotFound(_))
+    ));
+}

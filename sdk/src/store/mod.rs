@@ -220,6 +220,7 @@ impl Store {
             let (obj, prop) = model::locate_for_write(&mut tx, &path)?;
             model::write_value(&mut tx, &obj, prop, value, false)?;
         }
+        shared::change_ops_bounded(automerge::transaction::Transactable::pending_ops(&tx))?;
         let options = || {
             CommitOptions::default()
                 .with_message("create")
@@ -229,6 +230,9 @@ impl Store {
             // Automerge records nothing for an empty transaction, but the document's existence
             // must be a change so that it syncs: commit an empty one.
             doc.empty_commit(options());
+        }
+        if let Some(change) = doc.get_last_local_change() {
+            shared::change_bytes_bounded(change.raw_bytes().len())?;
         }
         let heads = Heads::new(doc.get_heads());
         let event = self.shared.listeners.wants(&id).then(|| ChangeEvent {

@@ -68,9 +68,10 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use automerge::transaction::CommitOptions;
+use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, Automerge, Change, PatchLog};
 use syncline_protocol::DocId;
+use syncline_protocol::messages::{MAX_CHANGE_BYTES, MAX_CHANGE_OPS};
 
 use super::StoreOptions;
 use super::cache::{DocCache, LoadedDoc};
@@ -274,6 +275,10 @@ impl Shared {
             let mut wrapper = Transaction::new(tx);
             let result = f(&mut wrapper)?;
             let tx = wrapper.into_inner();
+            if let Err(e) = change_ops_bounded(tx.pending_ops()) {
+                tx.rollback();
+                return Err(e);
+            }
             let mut options = CommitOptions::default().with_time(self.now_secs());
             if let Some(message) = message {
                 options.set_message(message);
@@ -287,6 +292,11 @@ impl Shared {
                 .get_last_local_change()
                 .map(|c| c.raw_bytes().to_vec())
                 .expect("a commit that returned a hash made a local change");
+            if let Err(e) = change_bytes_bounded(change.len()) {
+                // Committed in memory only: the durable state, reloaded, does not have it.
+                loaded.poisoned = true;
+                return Err(e);
+            }
             self.persist(loaded, change, Origin::Local)?;
             self.local_changed(id);
             if observed {
@@ -540,4 +550,29 @@ impl Drop for InsideDocument {
     fn drop(&mut self) {
         INSIDE_DOCUMENT.with(|inside| inside.set(false));
     }
+}
+
+/// Refuses a local change of more than [`MAX_CHANGE_OPS`] operations: no relay with default
+/// limits would take it, and a change cannot be split.
+pub(super) fn change_ops_bounded(ops: usize) -> Result<()> {
+    if ops > MAX_CHANGE_OPS {
+        return Err(Error::ChangeTooLarge {
+            size: ops,
+            max: MAX_CHANGE_OPS,
+            unit: "operations",
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a local change of more than [`MAX_CHANGE_BYTES`] (before compression).
+pub(super) fn change_bytes_bounded(bytes: usize) -> Result<()> {
+    if bytes > MAX_CHANGE_BYTES {
+        return Err(Error::ChangeTooLarge {
+            size: bytes,
+            max: MAX_CHANGE_BYTES,
+            unit: "bytes",
+        });
+    }
+    Ok(())
 }
