@@ -26,7 +26,14 @@ pub async fn abuse(
     seconds: f64,
     only: Option<String>,
 ) -> anyhow::Result<serde_json::Value> {
-    let relay = Arc::new(Relay::start()?);
+    let fetching = only
+        .as_deref()
+        .is_none_or(|o| o.split(',').any(|n| n == "fetch"));
+    let relay = Arc::new(if fetching {
+        Relay::start_seeded(seed_fetched)?
+    } else {
+        Relay::start()?
+    });
     let alone = honest(&relay, "alone", Duration::from_secs_f64(quiet)).await?;
     let sent = Arc::new(AtomicU64::new(0));
     let cpu_before = relay.cpu_seconds();
@@ -52,6 +59,7 @@ pub async fn abuse(
         ("errors", Attack::ClientErrors),
         ("fragments", Attack::Fragments),
         ("sockets", Attack::Sockets),
+        ("fetch", Attack::Fetch),
     ];
     let attacks: Vec<(&str, Attack)> = attacks
         .into_iter()
@@ -142,6 +150,53 @@ enum Attack {
     Fragments,
     /// Raw sockets that never send a request.
     Sockets,
+    /// Fetches of [`FETCH_DOCS`] stored documents at a time, cycling through more than the
+    /// hub's cache holds, so that every one is loaded from storage: legitimate requests that
+    /// saturate the hub thread (class 4: the honest tenant must still get its turns).
+    Fetch,
+}
+
+/// Documents the relay holds for [`Attack::Fetch`] in the attackers' tenant: more than the
+/// hub caches ([`syncline_relay::hub::CACHE_DOCS`]).
+const FETCH_SEEDED: usize = syncline_relay::hub::CACHE_DOCS + CACHE_MARGIN;
+
+/// How far [`FETCH_SEEDED`] exceeds the cache.
+const CACHE_MARGIN: usize = 2_000;
+
+/// Documents per `Fetch` of [`Attack::Fetch`] (a hundredth of what one may name).
+const FETCH_DOCS: usize = 1_000;
+
+/// Writes [`FETCH_SEEDED`] documents of about 1 KiB each in the `abuse` tenant's `todos`.
+fn seed_fetched(data: &std::path::Path) -> anyhow::Result<()> {
+    use syncline_relay::storage::{Append, SqliteStorage, Storage};
+    let storage = SqliteStorage::open(&data.join(syncline_relay::admin::DATABASE_FILE))?;
+    let tenant = syncline_relay::Tenant::new("abuse")?;
+    let mut batch = Vec::new();
+    for i in 0..FETCH_SEEDED {
+        let mut doc = automerge::Automerge::new();
+        let mut tx = doc.transaction();
+        tx.put(automerge::ROOT, "title", format!("{i:04}").repeat(256))?;
+        tx.commit();
+        let heads = syncline_protocol::Heads::new(
+            doc.get_heads()
+                .into_iter()
+                .map(|h| syncline_protocol::Hash(h.0))
+                .collect(),
+        );
+        batch.push(Append {
+            doc: format!("todos/s{i}").parse()?,
+            chunk: doc.save(),
+            heads,
+            priority: None,
+            at_ms: 1,
+        });
+        if batch.len() == 1_000 {
+            storage.append(&tenant, &batch)?;
+            batch.clear();
+        }
+    }
+    storage.append(&tenant, &batch)?;
+    Ok(())
 }
 
 impl Attack {
@@ -238,6 +293,8 @@ impl Attack {
                 chunk.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10, 1]);
                 chunk
             }
+            // The attacker's starting offset, for `frame`.
+            Attack::Fetch => u64::from(device).wrapping_mul(7_919).to_be_bytes().to_vec(),
             _ => Vec::new(),
         })
     }
@@ -298,7 +355,23 @@ impl Attack {
                 retry_after_ms: None,
                 doc: None,
             })),
+            Attack::Fetch => {
+                // Each attacker walks the documents from its own offset.
+                let start = usize::try_from(n).unwrap_or(0) * FETCH_DOCS
+                    + usize::try_from(device_offset(payload)).unwrap_or(0);
+                let docs = (start..start + FETCH_DOCS)
+                    .map(|i| format!("todos/s{}", i % FETCH_SEEDED).parse())
+                    .collect::<Result<Vec<DocId>, _>>()?;
+                frame::encode(&Message::Fetch(Fetch { docs }))
+            }
             Attack::Fragments | Attack::Sockets => Vec::new(),
         })
     }
+}
+
+/// The offset [`Attack::payload`] encodes for [`Attack::Fetch`].
+fn device_offset(payload: &[u8]) -> u64 {
+    payload.try_into().map_or(0, |bytes: [u8; 8]| {
+        u64::from_be_bytes(bytes) % FETCH_SEEDED as u64
+    })
 }

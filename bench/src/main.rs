@@ -93,7 +93,8 @@ enum Scenario {
         quiet: f64,
         #[arg(long, default_value_t = 30.0)]
         seconds: f64,
-        /// Only these attacks (comma-separated names), for a closer look at one.
+        /// Only these attacks (comma-separated: inflate, ops, states, ephemeral, profile,
+        /// errors, fragments, sockets, fetch), for a closer look at one.
         #[arg(long)]
         only: Option<String>,
     },

@@ -35,8 +35,17 @@ pub struct Relay {
 impl Relay {
     /// Starts `syncline-relay serve` on a free port with a fresh data directory.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_seeded(|_| Ok(()))
+    }
+
+    /// Like [`Relay::start`], with `seed` writing to the fresh data directory first (through
+    /// the relay's own storage, before the relay opens it).
+    pub fn start_seeded(
+        seed: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let exe = relay_binary()?;
         let data = tempfile::tempdir()?;
+        seed(data.path())?;
         let mut cmd = Command::new(exe);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())

@@ -168,7 +168,7 @@ pub const EPHEMERALS_PER_S: u64 = 30;
 /// The documents one hub turn loads and sends for a `Fetch`; a longer fetch goes to the hub
 /// in parts ([`Action::FetchPart`]), so a device asking for many documents the cache does not
 /// hold cannot keep the hub thread, shared by every tenant, for the whole of it.
-pub const FETCH_TURN_DOCS: usize = 64;
+pub const FETCH_TURN_DOCS: usize = 16;
 
 impl Session {
     /// A session for an authenticated connection, opened at `now_ms`.
