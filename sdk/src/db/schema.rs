@@ -140,17 +140,22 @@ pub(crate) fn prepare(conn: &mut Connection, path: &Path) -> Result<()> {
     migrate(conn, latest_version())
 }
 
-/// Applies the migrations after the file's current version up to `target`.
+/// Applies the migrations after the file's current version up to `target`, in one
+/// transaction: a store is at its old version or at `target`, never in between (and a new
+/// store is created with one commit, not one per migration).
 pub(crate) fn migrate(conn: &mut Connection, target: i64) -> Result<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current >= target {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
     for version in current + 1..=target {
         let index = usize::try_from(version - 1).expect("versions start at 1");
-        let tx = conn.transaction()?;
         tx.execute_batch(MIGRATIONS[index])?;
-        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
-        tx.pragma_update(None, "user_version", version)?;
-        tx.commit()?;
-        tracing::info!(version, "migrated store schema");
     }
+    tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+    tx.pragma_update(None, "user_version", target)?;
+    tx.commit()?;
+    tracing::info!(from = current, to = target, "migrated store schema");
     Ok(())
 }
