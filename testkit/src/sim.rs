@@ -523,6 +523,14 @@ impl World {
         let mut garbage = vec![0u8; self.rng.usize(1..64)];
         self.rng.fill(&mut garbage);
         rest.push(garbage);
+        // Inputs the `frame` fuzz target found (its committed corpus, in name order, so a seed
+        // still replays exactly on one commit).
+        let corpus = fuzz_corpus();
+        if !corpus.is_empty() {
+            for _ in 0..self.rng.usize(1..=4) {
+                rest.push(corpus[self.rng.usize(0..corpus.len())].clone());
+            }
+        }
         self.rng.shuffle(&mut rest);
         frames.extend(rest);
         frames
@@ -1297,7 +1305,8 @@ enum Chaos {
     RelayCrash,
     /// A hostile client connects and sends what the relay must refuse: changes forged under
     /// honest devices' ids, made-up positions with bogus receipts, floods of profiles and
-    /// ephemerals, opening messages for made-up documents, garbage; then it goes.
+    /// ephemerals, opening messages for made-up documents, garbage, inputs from the `frame`
+    /// fuzz target's committed corpus; then it goes.
     Hostile,
     /// A backup of the relay's storage is taken now...
     Backup,
@@ -1315,6 +1324,23 @@ enum Chaos {
     Profile(usize),
     /// Device `i` subscribes to the collection eagerly or on demand, at a random priority.
     Subscribe(usize),
+}
+
+/// The committed corpus of the `frame` fuzz target (`fuzz/corpus/frame/`), sorted by file
+/// name, read once per process; empty where the tree has none.
+pub fn fuzz_corpus() -> &'static [Vec<u8>] {
+    static CORPUS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/frame");
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|path| std::fs::read(path).ok())
+            .collect()
+    })
 }
 
 /// The subscription every simulated device starts with (and returns to when the chaos ends).

@@ -143,3 +143,14 @@ fn a_seed_replays_bit_for_bit() {
         "different seeds, different traces: {digests:?}"
     );
 }
+
+/// The hostile client's visits draw on the `frame` fuzz target's committed corpus: it is
+/// found and read.
+#[test]
+fn the_hostile_client_draws_on_the_fuzz_corpus() {
+    assert!(
+        sim::fuzz_corpus().len() >= 100,
+        "{} inputs in fuzz/corpus/frame",
+        sim::fuzz_corpus().len()
+    );
+}
