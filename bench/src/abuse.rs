@@ -309,6 +309,7 @@ impl Attack {
                     message: message.encode(),
                     priority: None,
                 }],
+                positions: None,
             }))
         };
         let blank = |changes: ChunkList, heads| SyncMessage {

@@ -309,7 +309,10 @@ impl Writer {
                     priority: None,
                 };
                 client
-                    .send(&Message::Sync(Sync { items: vec![item] }))
+                    .send(&Message::Sync(Sync {
+                        items: vec![item],
+                        positions: None,
+                    }))
                     .await?;
             }
             match client.next().await? {
@@ -453,7 +456,10 @@ pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::V
                             priority: None,
                         };
                         client
-                            .send(&Message::Sync(Sync { items: vec![item] }))
+                            .send(&Message::Sync(Sync {
+                                items: vec![item],
+                                positions: None,
+                            }))
                             .await?;
                     }
                     let n = automerge::ReadDoc::get(&w.doc, ROOT, "n")?
@@ -484,7 +490,10 @@ pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::V
             priority: None,
         };
         writer_client
-            .send(&Message::Sync(Sync { items: vec![item] }))
+            .send(&Message::Sync(Sync {
+                items: vec![item],
+                positions: None,
+            }))
             .await?;
         // One write in flight: answer the relay (the sync protocol's round trips) until every
         // receiver has reported this write.
@@ -506,7 +515,7 @@ pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::V
                         }
                         if let Some(reply) = writer.doc.generate_sync_message(&mut writer.state) {
                             let item = SyncItem { doc: doc_id.clone(), message: reply.encode(), priority: None };
-                            writer_client.send(&Message::Sync(Sync { items: vec![item] })).await?;
+                            writer_client.send(&Message::Sync(Sync { items: vec![item] , positions: None })).await?;
                         }
                     }
                 }

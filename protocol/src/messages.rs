@@ -380,6 +380,14 @@ pub struct Sync {
     /// The messages.
     #[n(0)]
     pub items: Vec<SyncItem>,
+    /// Relay → client, on a push (other devices' changes sent of the relay's own accord):
+    /// per collection of `items`, the position the relay holds them at durably, with its
+    /// receipt for this device, as in [`Ack::positions`]. The device keeps the highest per
+    /// collection and shows it in its next `Reconcile.acked`, so that after a restore from an
+    /// older backup it may send those changes back although it did not write them. Absent on
+    /// answers; a relay ignores it from a client.
+    #[n(1)]
+    pub positions: Option<Vec<Cursor>>,
 }
 
 /// One durable acknowledgement.

@@ -126,6 +126,7 @@ fn big_sync(items: usize) -> Message {
                 priority: None,
             })
             .collect(),
+        positions: None,
     })
 }
 

@@ -227,6 +227,7 @@ impl Device {
                     message: m.encode(),
                     priority: None,
                 }],
+                positions: None,
             }))
             .await;
         }
@@ -697,7 +698,10 @@ async fn rates_and_the_idle_timeout_are_enforced_over_real_sockets() {
     // protocol frames count); the SDK's keepalive (an empty Sync) keeps the other open.
     let started = std::time::Instant::now();
     let mut silent_closed = None;
-    let keepalive = Message::Sync(Sync { items: Vec::new() });
+    let keepalive = Message::Sync(Sync {
+        items: Vec::new(),
+        positions: None,
+    });
     // (The flood's presence messages reach both devices first; they do not count as the
     // silent device's activity.)
     while started.elapsed() < Duration::from_secs(8) {

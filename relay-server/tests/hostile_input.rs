@@ -69,6 +69,7 @@ fn sync_frame(chunks: Vec<Vec<u8>>) -> Vec<u8> {
             message: message.encode(),
             priority: None,
         }],
+        positions: None,
     }))
 }
 

@@ -145,3 +145,72 @@ fn the_relay_vouches_only_for_positions_it_holds() {
         "no receipt for a position the data never reached"
     );
 }
+
+/// A push carries the position of what it pushes, with a receipt for the receiving device: a
+/// device that has another device's change only from a push may send it back to a relay
+/// restored from a backup that lost it, when its author never returns.
+#[test]
+fn a_change_received_only_by_push_comes_back_after_a_restore() {
+    use syncline_protocol::Message;
+    use syncline_protocol::messages::Reconcile;
+    let mut w = World::new();
+    let todos = || grants(&["todos"], &["todos"]);
+    w.join(1, "acme", todos());
+    w.join(2, "acme", todos());
+    let (a, b) = (doc("todos/a"), doc("todos/b"));
+    w.clients.get_mut(&1).expect("client").put(&a, "x", 1);
+    w.push(1, std::slice::from_ref(&a));
+    let backup = w.dir.path().join("backup.db");
+    sqlite_backup(&w.dir.path().join("relay.db"), &backup).expect("backup");
+
+    // After the backup device 1 writes b; device 2 gets it pushed, with b's position.
+    w.clients.get_mut(&2).expect("client").inbox.clear();
+    w.clients.get_mut(&1).expect("client").put(&b, "x", 2);
+    w.push(1, std::slice::from_ref(&b));
+    assert_eq!(w.clients[&2].get(&b, "x"), Some(2), "pushed");
+    let pushed: Vec<Cursor> = w.clients[&2]
+        .inbox
+        .iter()
+        .filter_map(|m| match m {
+            Message::Sync(s) => s.positions.clone(),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(pushed.len(), 1, "{:?}", w.clients[&2].inbox);
+    assert_eq!(
+        (pushed[0].collection.clone(), pushed[0].seq),
+        (col("todos"), 2)
+    );
+    assert!(pushed[0].receipt.is_some() && pushed[0].epoch.is_some());
+
+    // The relay is restored; device 1 is gone for good. Device 2 shows the pushed position as
+    // one acknowledged to it: the collection is replanned and device 1's change comes back.
+    let restored = Arc::new(SqliteStorage::open(&backup).expect("open the backup"));
+    w.hub = Hub::new(Arc::clone(&restored));
+    w.storage = restored;
+    w.reconnect(2, "acme", todos());
+    w.run(vec![(
+        2,
+        Action::Reconcile(Reconcile {
+            cursors: Vec::new(),
+            changed: Vec::new(),
+            fetched: None,
+            acked: Some(pushed),
+        }),
+    )]);
+    assert_eq!(w.last_plan(2).expect("plan").reset, vec![col("todos")]);
+    w.push(2, std::slice::from_ref(&b));
+    assert!(
+        w.clients[&2].errors().is_empty(),
+        "{:?}",
+        w.clients[&2].inbox
+    );
+    assert!(
+        w.storage
+            .load(&common::tenant("acme"), &b)
+            .expect("load")
+            .is_some(),
+        "b is back"
+    );
+}

@@ -75,6 +75,7 @@ fn catch_up(collection: &str, n: usize, bytes: usize) -> Message {
                 priority: None,
             })
             .collect(),
+        positions: None,
     })
 }
 
@@ -174,7 +175,15 @@ fn turning_metered_mid_transfer_takes_back_what_is_too_large() {
         });
     }
     let sent_at_once = s
-        .deliver(Message::Sync(Sync { items }), Lane::Bulk, 0, T0)
+        .deliver(
+            Message::Sync(Sync {
+                items,
+                positions: None,
+            }),
+            Lane::Bulk,
+            0,
+            T0,
+        )
         .frames;
     let went = docs_in(
         &sent_at_once

@@ -310,6 +310,7 @@ fn every_message_type_is_authorized() {
                 item("notes/c", &write), // changes without write grant: refused
                 item("secret/d", &read), // no read grant: refused
             ],
+            positions: None,
         }),
     );
     assert_eq!(error_codes(&out), vec![forbidden, forbidden]);
@@ -422,6 +423,7 @@ fn a_malformed_automerge_message_is_refused_alone() {
                     priority: None,
                 },
             ],
+            positions: None,
         }),
     );
     assert_eq!(error_codes(&out), vec![ErrorCode::BAD_DOCUMENT.0]);
@@ -444,7 +446,13 @@ fn a_malformed_automerge_message_is_refused_alone() {
         message: bogus.encode(),
         priority: None,
     };
-    let out = send(&mut s, Message::Sync(Sync { items: vec![item] }));
+    let out = send(
+        &mut s,
+        Message::Sync(Sync {
+            items: vec![item],
+            positions: None,
+        }),
+    );
     assert_eq!(error_codes(&out), vec![ErrorCode::BAD_DOCUMENT.0]);
     assert!(out.actions.is_empty());
 }
@@ -536,7 +544,10 @@ fn idle_sessions_and_expired_tokens_close() {
 
     // A frame (an empty Sync: the SDK's keepalive) keeps a session alive.
     let mut s = open_session();
-    let keepalive = frame::encode(&Message::Sync(Sync { items: Vec::new() }));
+    let keepalive = frame::encode(&Message::Sync(Sync {
+        items: Vec::new(),
+        positions: None,
+    }));
     assert_eq!(s.handle_frame(&keepalive, T0 + 50_000), Output::default());
     assert_eq!(s.handle_tick(T0 + 60_001), Output::default());
     assert_eq!(
@@ -609,6 +620,7 @@ fn refreshed_tokens_extend_revoke_or_close() {
                 message: write,
                 priority: None,
             }],
+            positions: None,
         })),
         T0 + 3_600_000 + 2,
     );
@@ -664,7 +676,13 @@ fn changes_with_dependencies_are_accepted() {
                 message: m.clone().encode(),
                 priority: None,
             };
-            let out = send(&mut s, Message::Sync(Sync { items: vec![item] }));
+            let out = send(
+                &mut s,
+                Message::Sync(Sync {
+                    items: vec![item],
+                    positions: None,
+                }),
+            );
             assert!(error_codes(&out).is_empty(), "change {i}: {out:?}");
             relay
                 .sync()

@@ -261,6 +261,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             message: message.clone(),
             priority: Some(Priority::High),
         }],
+        positions: None,
     }));
     let hello = frame::encode(&crate::hello("fuzz", DeviceClass::Phone));
     let prefixed = |frames: &[&[u8]]| {

@@ -482,6 +482,7 @@ impl World {
                 message: message.encode(),
                 priority: None,
             }],
+            positions: None,
         })));
         // An opening message for a made-up document: no state, no row.
         let opening = automerge::sync::Message {
@@ -505,6 +506,7 @@ impl World {
                 message: opening.encode(),
                 priority: None,
             }],
+            positions: None,
         })));
         for _ in 0..self.rng.usize(1..20) {
             let mut profile = crate::profile(DeviceClass::Phone);

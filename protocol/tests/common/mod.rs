@@ -173,12 +173,15 @@ pub fn message() -> impl Strategy<Value = Message> {
                     reset,
                 })
             ),
-        vec((doc_id(), bytes()).prop_map(|(doc, message)| SyncItem {
-            doc,
-            message,
-            priority: None
-        }))
-        .prop_map(|items| Message::Sync(Sync { items })),
+        (
+            vec((doc_id(), bytes()).prop_map(|(doc, message)| SyncItem {
+                doc,
+                message,
+                priority: None
+            })),
+            proptest::option::of(vec(cursor()))
+        )
+            .prop_map(|(items, positions)| Message::Sync(Sync { items, positions })),
         vec(
             (doc_id(), heads(), any::<Option<u64>>()).prop_map(|(doc, heads, seq)| AckItem {
                 doc,
@@ -322,6 +325,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                     message: vec![0x42, 0x00, 0x01],
                     priority: None,
                 }],
+                positions: None,
             }),
         ),
         (

@@ -765,7 +765,10 @@ fn push_batches(out: &mut Vec<Delivery>, to: SessionId, items: Vec<SyncItem>, la
         let batch: Vec<SyncItem> = items.by_ref().take(SYNC_BATCH).collect();
         out.push(Delivery {
             to,
-            message: Message::Sync(Sync { items: batch }),
+            message: Message::Sync(Sync {
+                items: batch,
+                positions: None,
+            }),
             lane,
         });
     }

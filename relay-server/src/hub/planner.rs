@@ -589,7 +589,53 @@ impl<S: Storage> Hub<S> {
                 }),
             ));
         }
+        let positions = self.push_positions(id, &items);
+        let first = out.len();
         push_batches(out, id, items, Lane::Live);
+        // With the last batch: the device records them once it has everything pushed.
+        if let Some(Delivery {
+            message: Message::Sync(last),
+            ..
+        }) = out[first..].last_mut()
+            && !positions.is_empty()
+        {
+            last.positions = Some(positions);
+        }
+    }
+
+    /// Per collection of pushed `items`, the position the relay holds them at durably, with
+    /// its receipt for session `id`'s device: a device that has another device's change only
+    /// from a push may send it back to a relay restored from a backup that lost it.
+    fn push_positions(&self, id: SessionId, items: &[SyncItem]) -> Vec<Cursor> {
+        let tenant = &self.peers[&id].tenant;
+        let mut positions: Vec<Cursor> = Vec::new();
+        for item in items {
+            let key = (tenant.clone(), item.doc.clone());
+            let Some(seq) = self
+                .docs
+                .peek(&key)
+                .map(DocGraph::stored_seq)
+                .filter(|seq| *seq > 0)
+            else {
+                continue;
+            };
+            match positions
+                .iter_mut()
+                .find(|p| &p.collection == item.doc.collection())
+            {
+                Some(p) => p.seq = p.seq.max(seq),
+                None => positions.push(Cursor {
+                    collection: item.doc.collection().clone(),
+                    seq,
+                    epoch: None,
+                    receipt: None,
+                }),
+            }
+        }
+        for p in &mut positions {
+            self.vouch(id, p);
+        }
+        positions
     }
 
     /// The policy's view of session `id`'s device.

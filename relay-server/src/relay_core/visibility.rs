@@ -12,9 +12,14 @@ use crate::auth::Grants;
 pub fn visible(message: Message, grants: &Grants) -> Option<Message> {
     let readable = |doc: &DocId| grants.can_read(doc.collection());
     match message {
-        Message::Sync(Sync { items }) => {
+        Message::Sync(Sync { items, positions }) => {
             let items: Vec<_> = items.into_iter().filter(|i| readable(&i.doc)).collect();
-            (!items.is_empty()).then_some(Message::Sync(Sync { items }))
+            let positions = positions.map(|p| {
+                p.into_iter()
+                    .filter(|c| grants.can_read(&c.collection))
+                    .collect()
+            });
+            (!items.is_empty()).then_some(Message::Sync(Sync { items, positions }))
         }
         Message::Ack(Ack { items, positions }) => {
             let items: Vec<_> = items.into_iter().filter(|i| readable(&i.doc)).collect();
@@ -81,6 +86,7 @@ mod tests {
         };
         let sync = Message::Sync(Sync {
             items: vec![item("todos/a"), item("secret/b")],
+            positions: None,
         });
         let Some(Message::Sync(kept)) = visible(sync, &grants) else {
             panic!("kept")
@@ -89,6 +95,7 @@ mod tests {
         assert_eq!(kept.items[0].doc.to_string(), "todos/a");
         let only_secret = Message::Sync(Sync {
             items: vec![item("secret/b")],
+            positions: None,
         });
         assert_eq!(visible(only_secret, &grants), None);
         let presence = Message::Ephemeral(Ephemeral {

@@ -151,9 +151,13 @@ impl Downlink {
             // Nothing to send for them, but the backlog bytes must come back.
             match self.bulk.front_mut() {
                 Some(part) => part.counted += freed,
-                None => self
-                    .live
-                    .push_back((Message::Sync(Sync { items: Vec::new() }), freed)),
+                None => self.live.push_back((
+                    Message::Sync(Sync {
+                        items: Vec::new(),
+                        positions: None,
+                    }),
+                    freed,
+                )),
             }
         }
         removed
@@ -220,7 +224,7 @@ fn frame_target(rate: u64) -> usize {
 }
 
 /// Splits a `Sync` into several of about `target` bytes each, in order (an item larger than
-/// the target goes alone).
+/// the target goes alone); its positions go with the last.
 fn split(sync: &Sync, target: usize) -> Vec<Sync> {
     let mut parts = Vec::new();
     let mut items: Vec<SyncItem> = Vec::new();
@@ -230,6 +234,7 @@ fn split(sync: &Sync, target: usize) -> Vec<Sync> {
         if !items.is_empty() && size + item_size > target {
             parts.push(Sync {
                 items: std::mem::take(&mut items),
+                positions: None,
             });
             size = 0;
         }
@@ -237,7 +242,11 @@ fn split(sync: &Sync, target: usize) -> Vec<Sync> {
         items.push(item.clone());
     }
     if !items.is_empty() || parts.is_empty() {
-        parts.push(Sync { items });
+        // The positions speak for the whole push: they go with its last part.
+        parts.push(Sync {
+            items,
+            positions: sync.positions.clone(),
+        });
     }
     parts
 }
@@ -257,6 +266,7 @@ mod tests {
                     priority: None,
                 })
                 .collect(),
+            positions: None,
         })
     }
 

@@ -967,10 +967,21 @@ impl<S: SyncStore> Engine<S> {
 
     fn on_sync(&mut self, out: &mut Out, sync: Sync, now_ms: u64) {
         let received_before = self.stats.docs_received;
-        let mut items = Vec::with_capacity(sync.items.len());
+        let Sync {
+            items: incoming,
+            positions,
+        } = sync;
+        // The collections a push's positions may speak for, less those of documents that
+        // did not arrive whole (refused, or not applied).
+        let mut about: BTreeSet<Collection> = incoming
+            .iter()
+            .map(|i| i.doc.collection().clone())
+            .collect();
+        let mut failed: BTreeSet<Collection> = BTreeSet::new();
+        let mut items = Vec::with_capacity(incoming.len());
         // Bytes per document on the wire, for progress.
         let mut wire: HashMap<DocId, u64> = HashMap::new();
-        for item in sync.items {
+        for item in incoming {
             // A relay's payloads are checked as strictly as the relay checks a device's:
             // before Automerge inflates or walks them. Per document, since a relay's frame
             // batches what several devices' frames brought.
@@ -1000,6 +1011,7 @@ impl<S: SyncStore> Engine<S> {
                     // in an error naming the document instead of "synced".
                     tracing::warn!(doc = %item.doc, error = %e, "the relay sent a sync message refused unread");
                     let reason = format!("the relay sent {} refused unread: {e}", item.doc);
+                    failed.insert(item.doc.collection().clone());
                     self.last_error = Some(reason.clone());
                     self.conn.refused.insert(item.doc.clone(), reason);
                     self.fail_planned(&item.doc);
@@ -1050,6 +1062,7 @@ impl<S: SyncStore> Engine<S> {
                 }
                 Err(e) => {
                     tracing::error!(doc = %doc, error = %e, "could not apply the relay's changes");
+                    failed.insert(doc.collection().clone());
                     self.last_error = Some(format!("could not apply changes to {doc}: {e}"));
                     self.fail_planned(&doc);
                 }
@@ -1062,7 +1075,31 @@ impl<S: SyncStore> Engine<S> {
             let arrived: Vec<DocId> = wire.keys().cloned().collect();
             self.enforce_budget(&arrived, now_ms);
         }
+        if let Some(positions) = positions {
+            about.retain(|c| !failed.contains(c));
+            let about: Vec<&Collection> = about.iter().collect();
+            match self.sane_positions(positions, &about) {
+                Ok(positions) => self.record_pushed(&positions),
+                Err(reason) => {
+                    self.protocol_failure(out, format!("a push {reason}"), now_ms);
+                    return;
+                }
+            }
+        }
         self.send_items(out, replies, None);
+    }
+
+    /// Keeps the positions a push showed, as those of acknowledgements: the relay holds what
+    /// it pushed there durably, and a relay restored from a backup that lost it learns so
+    /// from the next `Reconcile.acked` (and lets this device send it back).
+    fn record_pushed(&mut self, positions: &[Cursor]) {
+        if positions.is_empty() {
+            return;
+        }
+        let positions = self.tagged(positions.to_vec());
+        if let Err(e) = self.store.acknowledge(&self.config.relay, &[], &positions) {
+            tracing::error!(error = %e, "could not record the positions of a push");
+        }
     }
 
     /// A planned document that cannot complete: the plan finishes without it and its cursors
@@ -1384,6 +1421,7 @@ impl<S: SyncStore> Engine<S> {
             if !batch.is_empty() && (batch.len() >= SYNC_BATCH || size + item_size > budget) {
                 frames.push(Sync {
                     items: std::mem::take(&mut batch),
+                    positions: None,
                 });
                 size = 0;
             }
@@ -1391,7 +1429,10 @@ impl<S: SyncStore> Engine<S> {
             batch.push(item);
         }
         if !batch.is_empty() {
-            frames.push(Sync { items: batch });
+            frames.push(Sync {
+                items: batch,
+                positions: None,
+            });
         }
         match paced_at {
             Some(now_ms) => {

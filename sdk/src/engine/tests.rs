@@ -285,6 +285,82 @@ fn positions_go_back_to_the_relay_and_a_reset_sends_everything_again() {
     );
 }
 
+/// Issue 15, class 10: a push's positions (another device's change, with the relay's receipt
+/// for this device) are kept like an acknowledgement's and go back in the next `Reconcile`;
+/// one for a collection the push is not about is not kept.
+#[test]
+fn a_push_shows_positions_that_go_back_to_the_relay() {
+    use automerge::sync::SyncDoc as _;
+    use automerge::transaction::Transactable as _;
+    let mut f = fixture();
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 10);
+    f.engine.handle(Event::Frame(welcome_in(Some("e1"))), 11);
+    f.engine.handle(Event::Frame(plan(vec![], vec![])), 12);
+    // Another device's document, in a message that carries its change.
+    let mut other = automerge::Automerge::new();
+    let mut tx = other.transaction();
+    tx.put(automerge::ROOT, "title", "theirs").expect("put");
+    tx.commit();
+    let (mut state, mut peer, mut peer_state) = (
+        automerge::sync::State::new(),
+        automerge::Automerge::new(),
+        automerge::sync::State::new(),
+    );
+    let first = other.generate_sync_message(&mut state).expect("first");
+    peer.receive_sync_message(&mut peer_state, first)
+        .expect("receive");
+    let reply = peer.generate_sync_message(&mut peer_state).expect("reply");
+    other
+        .receive_sync_message(&mut state, reply)
+        .expect("receive");
+    let message = other.generate_sync_message(&mut state).expect("message");
+    let shown = |collection: Collection, seq| Cursor {
+        collection,
+        seq,
+        epoch: Some("e1".into()),
+        receipt: Some(format!("r{seq}")),
+    };
+    let push = frame::encode(&Message::Sync(Sync {
+        items: vec![SyncItem {
+            doc: doc_id("todos/theirs"),
+            message: message.encode(),
+            priority: None,
+        }],
+        positions: Some(vec![
+            shown(todos(), 7),
+            shown(Collection::new("notes").expect("valid"), 9),
+        ]),
+    }));
+    f.engine.handle(Event::Frame(push), 13);
+    assert_eq!(
+        f.store
+            .document(&doc_id("todos/theirs"))
+            .expect("arrived")
+            .get("title")
+            .expect("get"),
+        Some(Value::Str("theirs".into()))
+    );
+    assert_eq!(
+        f.store.positions("ws://relay").expect("positions").acked,
+        vec![shown(todos(), 7)],
+        "only the position of the collection pushed"
+    );
+
+    f.engine
+        .handle(Event::Disconnected(Disconnect::Failed("cut".into())), 20);
+    f.engine.handle(Event::Tick, 5_000);
+    let effects = f.engine.handle(Event::Connected, 5_010);
+    let reconcile = sent(&effects)
+        .into_iter()
+        .find_map(|m| match m {
+            Message::Reconcile(r) => Some(r),
+            _ => None,
+        })
+        .expect("a reconcile");
+    assert_eq!(reconcile.acked, Some(vec![shown(todos(), 7)]));
+}
+
 /// Issue 15, class 9: changes a full relay could not store stay pending, the status says so,
 /// and they go again when the relay said, on the same connection.
 #[test]
@@ -800,6 +876,7 @@ fn deferred_documents_are_recorded_and_fetched_once_off_the_metered_network() {
             message: message.encode(),
             priority: None,
         }],
+        positions: None,
     }));
     f.engine.handle(Event::Frame(sync), 10_003);
     let listed: Vec<DocId> = f
@@ -960,6 +1037,7 @@ fn a_relay_payload_claiming_endless_operations_is_refused_and_loses_nothing() {
             message: message.encode(),
             priority: None,
         }],
+        positions: None,
     }));
     f.engine.handle(Event::Frame(sync), 4);
     // The device's own write still syncs: the relay acknowledges it.

@@ -191,7 +191,7 @@ pub(super) async fn write_frames(
                 }
             },
             _ = ping.tick() => {
-                let keepalive = frame::encode(&Message::Sync(Sync { items: Vec::new() }));
+                let keepalive = frame::encode(&Message::Sync(Sync { items: Vec::new() , positions: None }));
                 if let Err(e) = sink.send(WsMessage::Binary(keepalive.into())).await {
                     return Disconnect::Failed(e.to_string());
                 }
