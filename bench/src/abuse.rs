@@ -252,7 +252,7 @@ impl Attack {
                         }
                     }
                     _ => {
-                        let frame = self.frame(&payload, n)?;
+                        let frame = self.frame(&payload, device, n)?;
                         client
                             .socket
                             .send(Ws::Binary(frame.into()))
@@ -293,14 +293,12 @@ impl Attack {
                 chunk.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10, 1]);
                 chunk
             }
-            // The attacker's starting offset, for `frame`.
-            Attack::Fetch => u64::from(device).wrapping_mul(7_919).to_be_bytes().to_vec(),
             _ => Vec::new(),
         })
     }
 
     /// The `n`th frame of the attack.
-    fn frame(self, payload: &[u8], n: u64) -> anyhow::Result<Vec<u8>> {
+    fn frame(self, payload: &[u8], device: u32, n: u64) -> anyhow::Result<Vec<u8>> {
         let doc: DocId = format!("todos/a{n}").parse()?;
         let sync = |message: SyncMessage| {
             frame::encode(&Message::Sync(Sync {
@@ -358,8 +356,8 @@ impl Attack {
             })),
             Attack::Fetch => {
                 // Each attacker walks the documents from its own offset.
-                let start = usize::try_from(n).unwrap_or(0) * FETCH_DOCS
-                    + usize::try_from(device_offset(payload)).unwrap_or(0);
+                let offset = usize::try_from(device).unwrap_or(0) * 7_919;
+                let start = usize::try_from(n).unwrap_or(0) * FETCH_DOCS + offset;
                 let docs = (start..start + FETCH_DOCS)
                     .map(|i| format!("todos/s{}", i % FETCH_SEEDED).parse())
                     .collect::<Result<Vec<DocId>, _>>()?;
@@ -368,11 +366,4 @@ impl Attack {
             Attack::Fragments | Attack::Sockets => Vec::new(),
         })
     }
-}
-
-/// The offset [`Attack::payload`] encodes for [`Attack::Fetch`].
-fn device_offset(payload: &[u8]) -> u64 {
-    payload.try_into().map_or(0, |bytes: [u8; 8]| {
-        u64::from_be_bytes(bytes) % FETCH_SEEDED as u64
-    })
 }

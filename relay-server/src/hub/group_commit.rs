@@ -379,26 +379,10 @@ impl<S: Storage> Hub<S> {
     /// Per collection of `acks`, the highest sequence number among them, with this data's
     /// epoch and the relay's receipt for session `id`'s device.
     fn ack_positions(&self, id: SessionId, acks: &[AckItem]) -> Vec<Cursor> {
-        let mut positions: Vec<Cursor> = Vec::new();
-        for item in acks {
-            let Some(seq) = item.seq else { continue };
-            match positions
-                .iter_mut()
-                .find(|p| &p.collection == item.doc.collection())
-            {
-                Some(p) => p.seq = p.seq.max(seq),
-                None => positions.push(Cursor {
-                    collection: item.doc.collection().clone(),
-                    seq,
-                    epoch: None,
-                    receipt: None,
-                }),
-            }
-        }
-        for p in &mut positions {
-            self.vouch(id, p);
-        }
-        positions
+        let seqs = acks
+            .iter()
+            .filter_map(|item| Some((item.doc.collection(), item.seq?)));
+        self.vouched_positions(id, seqs)
     }
 }
 

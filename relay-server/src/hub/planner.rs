@@ -608,24 +608,27 @@ impl<S: Storage> Hub<S> {
     /// from a push may send it back to a relay restored from a backup that lost it.
     fn push_positions(&self, id: SessionId, items: &[SyncItem]) -> Vec<Cursor> {
         let tenant = &self.peers[&id].tenant;
-        let mut positions: Vec<Cursor> = Vec::new();
-        for item in items {
+        let seqs = items.iter().filter_map(|item| {
             let key = (tenant.clone(), item.doc.clone());
-            let Some(seq) = self
-                .docs
-                .peek(&key)
-                .map(DocGraph::stored_seq)
-                .filter(|seq| *seq > 0)
-            else {
-                continue;
-            };
-            match positions
-                .iter_mut()
-                .find(|p| &p.collection == item.doc.collection())
-            {
+            let seq = self.docs.peek(&key).map(DocGraph::stored_seq)?;
+            (seq > 0).then_some((item.doc.collection(), seq))
+        });
+        self.vouched_positions(id, seqs)
+    }
+
+    /// Per collection of `seqs`, the highest sequence number, with this data's epoch and the
+    /// relay's receipt for session `id`'s device.
+    pub(super) fn vouched_positions<'a>(
+        &self,
+        id: SessionId,
+        seqs: impl IntoIterator<Item = (&'a Collection, u64)>,
+    ) -> Vec<Cursor> {
+        let mut positions: Vec<Cursor> = Vec::new();
+        for (collection, seq) in seqs {
+            match positions.iter_mut().find(|p| &p.collection == collection) {
                 Some(p) => p.seq = p.seq.max(seq),
                 None => positions.push(Cursor {
-                    collection: item.doc.collection().clone(),
+                    collection: collection.clone(),
                     seq,
                     epoch: None,
                     receipt: None,
