@@ -225,6 +225,23 @@ fn synced_only_after_the_plan_and_every_ack_and_then_nothing_is_pending() {
     assert_eq!((positions.cursors, positions.acked), (at(5), at(6)));
 }
 
+/// The connection is cut at 20 ms and made again at 5,010 ms: what that did, and the
+/// `Reconcile` it sent.
+fn reconnect(f: &mut Fixture) -> (Vec<Effect>, Reconcile) {
+    f.engine
+        .handle(Event::Disconnected(Disconnect::Failed("cut".into())), 20);
+    f.engine.handle(Event::Tick, 5_000);
+    let effects = f.engine.handle(Event::Connected, 5_010);
+    let reconcile = sent(&effects)
+        .into_iter()
+        .find_map(|m| match m {
+            Message::Reconcile(r) => Some(r),
+            _ => None,
+        })
+        .expect("a reconcile");
+    (effects, reconcile)
+}
+
 /// Issue 15, class 10: the positions a relay showed (with its epoch and receipt) go back in
 /// the next `Reconcile`; a relay that says it lost them gets every document of the collection
 /// again, and what it acknowledged there is forgotten.
@@ -256,17 +273,7 @@ fn positions_go_back_to_the_relay_and_a_reset_sends_everything_again() {
     assert!(f.store.pending_documents().expect("pending").is_empty());
 
     // The next connection shows both positions, with their epoch and receipt.
-    f.engine
-        .handle(Event::Disconnected(Disconnect::Failed("cut".into())), 20);
-    f.engine.handle(Event::Tick, 5_000);
-    let effects = f.engine.handle(Event::Connected, 5_010);
-    let reconcile = sent(&effects)
-        .into_iter()
-        .find_map(|m| match m {
-            Message::Reconcile(r) => Some(r),
-            _ => None,
-        })
-        .expect("a reconcile");
+    let (effects, reconcile) = reconnect(&mut f);
     assert_eq!(reconcile.cursors, vec![shown(5, "r5")]);
     assert_eq!(reconcile.acked, Some(vec![shown(6, "r6")]));
     assert!(synced_docs(&effects).is_empty(), "nothing pending");
@@ -347,17 +354,7 @@ fn a_push_shows_positions_that_go_back_to_the_relay() {
         "only the position of the collection pushed"
     );
 
-    f.engine
-        .handle(Event::Disconnected(Disconnect::Failed("cut".into())), 20);
-    f.engine.handle(Event::Tick, 5_000);
-    let effects = f.engine.handle(Event::Connected, 5_010);
-    let reconcile = sent(&effects)
-        .into_iter()
-        .find_map(|m| match m {
-            Message::Reconcile(r) => Some(r),
-            _ => None,
-        })
-        .expect("a reconcile");
+    let (_, reconcile) = reconnect(&mut f);
     assert_eq!(reconcile.acked, Some(vec![shown(todos(), 7)]));
 }
 
