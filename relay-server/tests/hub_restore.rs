@@ -34,6 +34,17 @@ fn every_change(d: &DocId, doc: &Automerge) -> SyncItem {
     }
 }
 
+/// Device 1 writes `todos/a` and the relay's data is backed up; returns the backup and the
+/// id of the document the tests write after it, `todos/b`.
+fn written_and_backed_up(w: &mut World) -> (std::path::PathBuf, DocId) {
+    let a = doc("todos/a");
+    w.clients.get_mut(&1).expect("client").put(&a, "x", 1);
+    w.push(1, std::slice::from_ref(&a));
+    let backup = w.dir.path().join("backup.db");
+    sqlite_backup(&w.dir.path().join("relay.db"), &backup).expect("backup");
+    (backup, doc("todos/b"))
+}
+
 #[test]
 fn a_restored_relay_takes_lost_changes_back_only_from_devices_it_showed_them() {
     let mut w = World::new();
@@ -41,12 +52,7 @@ fn a_restored_relay_takes_lost_changes_back_only_from_devices_it_showed_them() {
     w.join(1, "acme", todos());
     w.join(2, "acme", todos());
     w.join(3, "acme", todos());
-    let (a, b) = (doc("todos/a"), doc("todos/b"));
-    w.clients.get_mut(&1).expect("client").put(&a, "x", 1);
-    w.push(1, std::slice::from_ref(&a));
-
-    let backup = w.dir.path().join("backup.db");
-    sqlite_backup(&w.dir.path().join("relay.db"), &backup).expect("backup");
+    let (backup, b) = written_and_backed_up(&mut w);
 
     // After the backup: device 1 writes b, device 2 gets it and is shown the position.
     w.clients.get_mut(&1).expect("client").put(&b, "x", 2);
@@ -157,11 +163,7 @@ fn a_change_received_only_by_push_comes_back_after_a_restore() {
     let todos = || grants(&["todos"], &["todos"]);
     w.join(1, "acme", todos());
     w.join(2, "acme", todos());
-    let (a, b) = (doc("todos/a"), doc("todos/b"));
-    w.clients.get_mut(&1).expect("client").put(&a, "x", 1);
-    w.push(1, std::slice::from_ref(&a));
-    let backup = w.dir.path().join("backup.db");
-    sqlite_backup(&w.dir.path().join("relay.db"), &backup).expect("backup");
+    let (backup, b) = written_and_backed_up(&mut w);
 
     // After the backup device 1 writes b; device 2 gets it pushed, with b's position.
     w.clients.get_mut(&2).expect("client").inbox.clear();
