@@ -2,6 +2,7 @@
 //! one document per todo in the collection `todos`, that works with no network at all.
 //!
 //! ```text
+//! syncline-todo --store DIR device            # the store's device id (for its token)
 //! syncline-todo --store DIR add "Buy milk" [--priority high] [--note-file F]  # prints the id
 //! syncline-todo --store DIR done ID            # an unambiguous id prefix is enough
 //! syncline-todo --store DIR list [--json]
@@ -46,6 +47,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print this store's device id (creating the store if missing): a relay token names it
+    /// (`syncline-relay token --device ID`).
+    Device,
     /// Add a todo and print its id.
     Add {
         /// What to do.
@@ -202,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let store = open_store(&dir)?;
     let todos = Collection::new("todos")?;
     match cli.command {
+        Command::Device => println!("{}", store.device_id()),
         Command::Add {
             title,
             priority,
