@@ -362,6 +362,13 @@ impl FfiStore {
             .watch_collection(&collection, forward_events(listener));
         Ok(FfiSubscription::new(Box::new(subscription)))
     }
+
+    /// Calls `listener` after every durable change to any document of the store (every
+    /// collection), local or remote, for as long as the returned subscription is kept. Each
+    /// event says which devices its changes came from.
+    pub fn watch_all(&self, listener: Arc<dyn FfiChangeListener>) -> Arc<FfiSubscription> {
+        FfiSubscription::new(Box::new(self.store.watch_all(forward_events(listener))))
+    }
 }
 
 /// One document of a store. Every write is durable when the call returns.

@@ -222,6 +222,9 @@ pub struct FfiChangeEvent {
     pub deleted: bool,
     /// What changed, against the previous state.
     pub patches: Vec<FfiPatch>,
+    /// The devices (32 hex digits each) whose changes this event brings: this store's own for
+    /// a local write, the authors for a remote merge.
+    pub devices: Vec<String>,
 }
 
 impl From<&ChangeEvent> for FfiChangeEvent {
@@ -232,6 +235,7 @@ impl From<&ChangeEvent> for FfiChangeEvent {
             heads: heads_to_strings(&event.heads),
             deleted: event.deleted,
             patches: event.patches.iter().map(FfiPatch::from).collect(),
+            devices: event.devices.iter().map(ToString::to_string).collect(),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Listeners: per document and per collection, local and remote, unsubscribed on drop.
+//! Listeners: per document, per collection and store-wide, local and remote, unsubscribed on
+//! drop.
 
 mod common;
 
@@ -77,6 +78,57 @@ fn remote_changes_fire_listeners_with_remote_origin() {
             .iter()
             .any(|p| matches!(&p.action, PatchAction::PutMap { key, .. } if key == "title"))
     );
+}
+
+/// The store-wide listener hears every collection; each event names the devices it brings
+/// changes from: this store's own for a local write, the authors for a remote merge.
+#[test]
+fn a_store_wide_listener_hears_every_collection_with_the_authoring_devices() {
+    let fx = Fixture::new();
+    let laptop = fx.other_device("laptop");
+    let (everything, listener) = recorder();
+    let sub = laptop.watch_all(listener);
+    let notes = Collection::new("notes").expect("valid");
+
+    let mine = laptop.create(&notes).expect("create");
+    mine.put("text", "local").expect("write");
+    let theirs = fx.store.create(&todos()).expect("create");
+    theirs.put("title", "x").expect("write");
+    let export = |doc: &syncline::Document| {
+        fx.store
+            .changes_since(doc.id(), &Heads::default())
+            .expect("export")
+    };
+    laptop
+        .apply_changes(theirs.id(), &export(&theirs))
+        .expect("apply");
+    // Concurrent writes: the merge names the phone only (the laptop's change is its own).
+    let shared = laptop.document(theirs.id()).expect("merged");
+    shared.put("done", true).expect("laptop writes");
+    theirs.put("title", "y").expect("phone writes");
+    laptop
+        .apply_changes(theirs.id(), &export(&theirs))
+        .expect("apply again");
+
+    let events = everything.lock().expect("lock").clone();
+    let summary: Vec<(String, ChangeOrigin, Vec<syncline::DeviceId>)> = events
+        .iter()
+        .map(|e| (e.doc_id.to_string(), e.origin, e.devices.clone()))
+        .collect();
+    let (phone, me) = (fx.store.device_id(), laptop.device_id());
+    assert_eq!(
+        summary,
+        vec![
+            (mine.id().to_string(), ChangeOrigin::Local, vec![me]),
+            (mine.id().to_string(), ChangeOrigin::Local, vec![me]),
+            (theirs.id().to_string(), ChangeOrigin::Remote, vec![phone]),
+            (theirs.id().to_string(), ChangeOrigin::Local, vec![me]),
+            (theirs.id().to_string(), ChangeOrigin::Remote, vec![phone]),
+        ]
+    );
+    drop(sub);
+    mine.put("text", "unheard").expect("write");
+    assert_eq!(everything.lock().expect("lock").len(), 5);
 }
 
 #[test]

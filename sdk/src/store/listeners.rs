@@ -1,4 +1,5 @@
-//! Change listeners: per document and per collection, fired after a change is durable.
+//! Change listeners: per document, per collection and store-wide, fired after a change is
+//! durable.
 //!
 //! Events are queued in commit order while the changed document is still locked, and
 //! delivered by one thread at a time after every lock of the store has been released: so a
@@ -15,7 +16,7 @@ use std::sync::{Arc, Weak};
 
 use automerge::{ObjType, Prop, Value as AmValue};
 use parking_lot::{Mutex, RwLock};
-use syncline_protocol::{Collection, DocId};
+use syncline_protocol::{Collection, DeviceId, DocId};
 
 use super::model::{TOMBSTONE_KEY, scalar_to_value};
 use crate::{Heads, Path, Segment, Value};
@@ -42,6 +43,26 @@ pub struct ChangeEvent {
     pub deleted: bool,
     /// What changed, as patches against the previous state.
     pub patches: Vec<Patch>,
+    /// The devices whose changes this event brings, each once, in id order: this store's own
+    /// for a local write; for a remote merge, the authors of the changes it received (an
+    /// Automerge actor that is not a Syncline device id is left out).
+    pub devices: Vec<DeviceId>,
+}
+
+/// The devices that authored the changes of `doc` not covered by `since` (each once, in id
+/// order); see [`ChangeEvent::devices`].
+pub(crate) fn authors(
+    doc: &automerge::Automerge,
+    since: &[automerge::ChangeHash],
+) -> Vec<DeviceId> {
+    let mut devices: Vec<DeviceId> = doc
+        .get_changes_meta(since)
+        .iter()
+        .filter_map(|meta| DeviceId::try_from_slice(meta.actor.to_bytes()).ok())
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
+    devices
 }
 
 /// One change to a document's visible state.
@@ -166,6 +187,8 @@ thread_local! {
 pub(crate) enum Scope {
     Document(DocId),
     Collection(Collection),
+    /// Every document of the store.
+    Store,
 }
 
 impl Scope {
@@ -173,6 +196,7 @@ impl Scope {
         match self {
             Self::Document(id) => id == doc,
             Self::Collection(c) => c == doc.collection(),
+            Self::Store => true,
         }
     }
 }

@@ -241,6 +241,7 @@ impl Store {
             heads: heads.clone(),
             deleted: false,
             patches: listeners::convert_patches(doc.diff(&[], heads.as_slice())),
+            devices: vec![self.device_id()],
         });
         let new = NewDoc {
             id: id.clone(),
@@ -338,6 +339,17 @@ impl Store {
         self.shared
             .listeners
             .subscribe(Scope::Collection(collection.clone()), listener)
+    }
+
+    /// Calls `listener` after every durable change to any document of the store, in every
+    /// collection, local or remote (see [`ChangeEvent::origin`] and [`ChangeEvent::devices`]
+    /// for where it came from). The listener stays until the returned [`Subscription`] is
+    /// dropped.
+    pub fn watch_all(
+        &self,
+        listener: impl Fn(&ChangeEvent) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.shared.listeners.subscribe(Scope::Store, listener)
     }
 
     /// Calls `listener` after every durable change to the document `id`.
@@ -484,6 +496,7 @@ impl Store {
             heads: heads.clone(),
             deleted,
             patches: listeners::convert_patches(doc.diff(&[], heads.as_slice())),
+            devices: listeners::authors(&doc, &[]),
         });
         let new = NewDoc {
             id: id.clone(),

@@ -70,8 +70,8 @@ use std::sync::Arc;
 
 use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, Automerge, Change, PatchLog};
-use syncline_protocol::DocId;
 use syncline_protocol::messages::{MAX_CHANGE_BYTES, MAX_CHANGE_OPS};
+use syncline_protocol::{DeviceId, DocId};
 
 use super::StoreOptions;
 use super::cache::{DocCache, LoadedDoc};
@@ -306,6 +306,9 @@ impl Shared {
                     heads: Heads::new(loaded.doc.get_heads()),
                     deleted: loaded.row.deleted,
                     patches: listeners::convert_patches(loaded.doc.make_patches(&mut patch_log)),
+                    devices: DeviceId::try_from_slice(self.actor.to_bytes())
+                        .into_iter()
+                        .collect(),
                 });
             }
             Ok(result)
@@ -345,6 +348,7 @@ impl Shared {
                     heads: heads.clone(),
                     deleted: loaded.row.deleted,
                     patches: listeners::convert_patches(loaded.doc.make_patches(&mut patch_log)),
+                    devices: listeners::authors(&loaded.doc, &before),
                 });
             }
             Ok(heads)

@@ -199,6 +199,7 @@ impl SyncStore for Store {
                                 patches: listeners::convert_patches(
                                     loaded.doc.make_patches(&mut log),
                                 ),
+                                devices: listeners::authors(&loaded.doc, &pending.before),
                             });
                         }
                     }
@@ -237,6 +238,7 @@ impl SyncStore for Store {
                                 patches: listeners::convert_patches(
                                     fresh.diff(&[], heads.as_slice()),
                                 ),
+                                devices: listeners::authors(&fresh, &[]),
                             });
                         }
                         pending.fresh = Some(fresh);
