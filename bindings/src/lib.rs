@@ -20,8 +20,9 @@ pub use store::{
 };
 pub use subscription::FfiSubscription;
 pub use sync::{
-    FfiCollectionSync, FfiDeferReason, FfiDeferredDoc, FfiDeviceClass, FfiDisconnect, FfiProfile,
-    FfiProgress, FfiStatus, FfiSyncClient, FfiSyncOptions, FfiSyncStats, FfiTransfer,
+    FfiCollectionSync, FfiDeferReason, FfiDeferredDoc, FfiDeviceClass, FfiDisconnect,
+    FfiDocSyncError, FfiProfile, FfiProgress, FfiStatus, FfiSyncClient, FfiSyncErrorEvent,
+    FfiSyncErrorKind, FfiSyncOptions, FfiSyncStats, FfiTransfer,
 };
 pub use value::{
     FfiChange, FfiChangeEvent, FfiPatch, FfiPatchAction, FfiPendingChange, FfiValue, FfiWriteOp,
@@ -159,6 +160,14 @@ impl From<FfiTokenError> for syncline::TokenError {
             FfiTokenError::Unavailable { reason } => Self::Unavailable(reason),
         }
     }
+}
+
+/// Told when a document does not sync, and when one that did not syncs after all
+/// ([`FfiSyncClient::watch_sync_errors`]).
+#[uniffi::export(with_foreign)]
+pub trait FfiSyncErrorListener: Send + Sync {
+    /// A document's error was raised or cleared.
+    fn on_sync_error(&self, event: FfiSyncErrorEvent);
 }
 
 /// Told of every status change of a [`FfiSyncClient`].

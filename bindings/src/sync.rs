@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use syncline::engine::Disconnect;
 use syncline::{
-    Collection, CollectionSubscription, DeviceClass, Profile, SyncClient, SyncMode, SyncOptions,
-    TokenError,
+    Collection, CollectionSubscription, DeviceClass, DocSyncError, Profile, SyncClient,
+    SyncErrorEvent, SyncErrorKind, SyncMode, SyncOptions, TokenError,
 };
 
 use crate::store::{FfiPriority, FfiStore};
 use crate::subscription::FfiSubscription;
-use crate::{FfiError, FfiStatusListener, FfiTokenProvider};
+use crate::{FfiError, FfiStatusListener, FfiSyncErrorListener, FfiTokenProvider};
 
 /// The sync status (the SDK's `Status`).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
@@ -356,6 +356,97 @@ impl TryFrom<FfiSyncOptions> for SyncOptions {
     }
 }
 
+/// Why a document did not sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum FfiSyncErrorKind {
+    /// The token grants no write on the document's collection.
+    NotPermitted,
+    /// Larger than the relay accepts.
+    TooLarge,
+    /// The relay found the document's changes invalid.
+    Invalid,
+    /// The relay's message for the document was refused unread.
+    InvalidFromRelay,
+    /// The relay's storage is full; sent again at `retry_at_ms`.
+    StorageFull,
+    /// Refused for now; sent again at `retry_at_ms`.
+    RetryLater,
+    /// Another refusal, with the relay's error code.
+    Other {
+        /// The relay's error code.
+        code: u16,
+    },
+}
+
+impl From<SyncErrorKind> for FfiSyncErrorKind {
+    fn from(kind: SyncErrorKind) -> Self {
+        match kind {
+            SyncErrorKind::NotPermitted => Self::NotPermitted,
+            SyncErrorKind::TooLarge => Self::TooLarge,
+            SyncErrorKind::Invalid => Self::Invalid,
+            SyncErrorKind::InvalidFromRelay => Self::InvalidFromRelay,
+            SyncErrorKind::StorageFull => Self::StorageFull,
+            SyncErrorKind::RetryLater => Self::RetryLater,
+            SyncErrorKind::Other(code) => Self::Other { code },
+        }
+    }
+}
+
+/// One document that did not sync while the rest went on.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiDocSyncError {
+    /// The document, as `collection/id`.
+    pub doc: String,
+    /// Why, for programs.
+    pub kind: FfiSyncErrorKind,
+    /// Why, for people.
+    pub message: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// When it is sent again on this connection, if it is.
+    pub retry_at_ms: Option<u64>,
+}
+
+impl From<DocSyncError> for FfiDocSyncError {
+    fn from(e: DocSyncError) -> Self {
+        Self {
+            doc: e.doc.to_string(),
+            kind: e.kind.into(),
+            message: e.message,
+            at_ms: e.at_ms,
+            retry_at_ms: e.retry_at_ms,
+        }
+    }
+}
+
+/// A document's sync error raised or cleared.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum FfiSyncErrorEvent {
+    /// The document did not sync.
+    Raised {
+        /// Why.
+        error: FfiDocSyncError,
+    },
+    /// The document, which had an error, synced.
+    Cleared {
+        /// The document, as `collection/id`.
+        doc: String,
+    },
+}
+
+impl From<SyncErrorEvent> for FfiSyncErrorEvent {
+    fn from(e: SyncErrorEvent) -> Self {
+        match e {
+            SyncErrorEvent::Raised(error) => Self::Raised {
+                error: error.into(),
+            },
+            SyncErrorEvent::Cleared(doc) => Self::Cleared {
+                doc: doc.to_string(),
+            },
+        }
+    }
+}
+
 /// Syncs a store with a relay in the background for as long as it is kept. No call blocks on
 /// the network: waiting is `wait_synced`, which suspends (a coroutine, a task) instead.
 #[derive(uniffi::Object)]
@@ -430,6 +521,36 @@ impl FfiSyncClient {
                 let call = std::panic::AssertUnwindSafe(|| listener.on_status(s.clone().into()));
                 if std::panic::catch_unwind(call).is_err() {
                     eprintln!("syncline: a status listener threw");
+                }
+            })
+        });
+        FfiSubscription::new(Box::new(subscription))
+    }
+
+    /// The documents that did not sync, each with why; their changes stay pending in the
+    /// store, and an error clears once the document syncs.
+    pub fn sync_errors(&self) -> Vec<FfiDocSyncError> {
+        self.with(|c| {
+            c.sync_errors()
+                .into_iter()
+                .map(FfiDocSyncError::from)
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// Calls `listener` each time a document does not sync and when one that did not syncs,
+    /// for as long as the subscription is kept.
+    pub fn watch_sync_errors(
+        &self,
+        listener: Arc<dyn FfiSyncErrorListener>,
+    ) -> Arc<FfiSubscription> {
+        let subscription = self.with(|c| {
+            c.watch_sync_errors(move |e| {
+                let call =
+                    std::panic::AssertUnwindSafe(|| listener.on_sync_error(e.clone().into()));
+                if std::panic::catch_unwind(call).is_err() {
+                    eprintln!("syncline: a sync error listener threw");
                 }
             })
         });

@@ -42,7 +42,7 @@ mod value;
 
 pub use clock::{Clock, SystemClock};
 pub use db::{DeferredDoc, Durability};
-pub use engine::{Progress, Status, SyncStats};
+pub use engine::{DocSyncError, Progress, Status, SyncErrorEvent, SyncErrorKind, SyncStats};
 pub use error::{Error, Result};
 pub use heads::{ChangeHash, Heads};
 pub use net::{SyncClient, SyncError, SyncOptions, TokenError, TokenProvider};

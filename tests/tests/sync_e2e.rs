@@ -498,6 +498,109 @@ fn a_refreshed_token_keeps_the_connection_and_a_revoked_grant_stops_writes() {
     );
 }
 
+/// A grant revoked on one collection mid-sync: that collection's document is refused with a
+/// typed reason the app can list and watch, the other collection's goes on, nothing is lost,
+/// and the error clears once a later sync (the grant back) succeeds.
+#[test]
+fn a_grant_revoked_on_one_collection_refuses_only_its_documents_with_a_typed_error() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+    use syncline::{SyncErrorEvent, SyncErrorKind};
+
+    let data = temp_dir();
+    let relay =
+        Relay::start_with(data.path(), "127.0.0.1:0", Some("leeway_secs = 0\n")).expect("relay");
+    let notes = Collection::new("notes").expect("valid");
+    let (a, b) = (Device::new(), Device::new());
+    let calls = Arc::new(AtomicU32::new(0));
+    let revoked = Arc::new(AtomicBool::new(false));
+    let provider = {
+        let (calls, revoked) = (calls.clone(), revoked.clone());
+        let (data_dir, device) = (data.path().to_owned(), a.device());
+        move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let write = if revoked.load(Ordering::SeqCst) {
+                "todos"
+            } else {
+                "todos,notes"
+            };
+            syncline_testkit::relay::token(&data_dir, "alice", &device, "todos,notes", write, 3)
+                .map_err(|e| syncline::TokenError::Unavailable(e.to_string()))
+        }
+    };
+    let mut options = SyncOptions::new(relay.url(), &[todos(), notes.clone()]);
+    options.backoff = syncline::engine::Backoff {
+        min_ms: 50,
+        max_ms: 500,
+    };
+    let client_a = SyncClient::start(&a.store, options, provider).expect("start");
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let _watching = {
+        let events = events.clone();
+        client_a.watch_sync_errors(move |e| events.lock().expect("lock").push(e.clone()))
+    };
+    client_a.wait_synced(WAIT, true).expect("a synced");
+    let token_b = relay
+        .token("bob", &b.device(), "todos,notes", "todos,notes", 3600)
+        .expect("token");
+    let client_b = SyncClient::start(
+        &b.store,
+        SyncOptions::new(relay.url(), &[todos(), notes.clone()]),
+        move || Ok(token_b.clone()),
+    )
+    .expect("start b");
+
+    let fetched = calls.load(Ordering::SeqCst);
+    revoked.store(true, Ordering::SeqCst);
+    eventually("a token without the notes grant is in force", || {
+        calls.load(Ordering::SeqCst) >= fetched + 2
+    });
+    let todo = a.store.create(&todos()).expect("create todo");
+    todo.put("title", "allowed").expect("put");
+    let note = a.store.create(&notes).expect("create note");
+    note.put("text", "refused").expect("put");
+
+    eventually("the note's refusal is listed", || {
+        !client_a.sync_errors().is_empty()
+    });
+    let errors = client_a.sync_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(&errors[0].doc, note.id());
+    assert_eq!(errors[0].kind, SyncErrorKind::NotPermitted, "{errors:?}");
+    assert!(errors[0].message.contains("no write grant"), "{errors:?}");
+    assert_eq!(errors[0].retry_at_ms, None);
+    eventually("the todo reaches b all the same", || {
+        b.store.document(todo.id()).is_ok()
+    });
+    assert!(b.store.document(note.id()).is_err(), "the note never left");
+    assert_eq!(
+        a.store.pending_documents().expect("pending"),
+        vec![note.id().clone()],
+        "the refused note stays pending"
+    );
+    assert_eq!(
+        events.lock().expect("lock").clone(),
+        vec![SyncErrorEvent::Raised(errors[0].clone())]
+    );
+
+    // The grant comes back; the next connection sends the note and the error clears.
+    revoked.store(false, Ordering::SeqCst);
+    let fetched = calls.load(Ordering::SeqCst);
+    eventually("a token with the notes grant is fetched", || {
+        calls.load(Ordering::SeqCst) > fetched
+    });
+    client_a.pause();
+    client_a.resume();
+    eventually("the note reaches b", || b.store.document(note.id()).is_ok());
+    eventually("the error clears", || client_a.sync_errors().is_empty());
+    assert_eq!(
+        events.lock().expect("lock").last(),
+        Some(&SyncErrorEvent::Cleared(note.id().clone()))
+    );
+    assert!(a.store.pending_documents().expect("pending").is_empty());
+    drop(client_b);
+}
+
 #[test]
 fn a_reconnect_with_ten_changed_out_of_ten_thousand_sends_little() {
     let data = temp_dir();

@@ -41,7 +41,8 @@ pub use port::{
     Outgoing, Positions, Received, SyncStore, acknowledgement, holds_their_heads, next_message,
 };
 pub use vocabulary::{
-    Disconnect, Effect, EngineConfig, Event, Progress, Status, SyncStats, Transfer,
+    Disconnect, DocSyncError, Effect, EngineConfig, Event, Progress, Status, SyncErrorEvent,
+    SyncErrorKind, SyncStats, Transfer,
 };
 
 /// Most documents per `Sync` frame the engine sends.
@@ -228,6 +229,10 @@ pub struct Engine<S: SyncStore = Store> {
     over_budget_bytes: u64,
     /// Local documents whose (large) upload waits for an unmetered network.
     held_uploads: BTreeSet<DocId>,
+    /// Documents that did not sync, until they do (across connections).
+    doc_errors: BTreeMap<DocId, DocSyncError>,
+    /// The time of the event being handled.
+    now_ms: u64,
 }
 
 impl<S: SyncStore> std::fmt::Debug for Engine<S> {
@@ -263,7 +268,35 @@ impl<S: SyncStore> Engine<S> {
             caught_up_at: None,
             over_budget_bytes: 0,
             held_uploads: BTreeSet::new(),
+            doc_errors: BTreeMap::new(),
+            now_ms: 0,
         }
+    }
+
+    /// The documents that did not sync, each with why, in document order; see
+    /// [`DocSyncError`].
+    pub fn sync_errors(&self) -> impl Iterator<Item = &DocSyncError> + Clone {
+        self.doc_errors.values()
+    }
+
+    /// Records that `doc` did not sync (replacing an earlier error of it).
+    fn doc_error(
+        &mut self,
+        doc: &DocId,
+        kind: SyncErrorKind,
+        message: String,
+        retry_at_ms: Option<u64>,
+    ) {
+        self.doc_errors.insert(
+            doc.clone(),
+            DocSyncError {
+                doc: doc.clone(),
+                kind,
+                message,
+                at_ms: self.now_ms,
+                retry_at_ms,
+            },
+        );
     }
 
     /// Keeps the store within the declared storage budget: evicts the content of fully synced
@@ -336,6 +369,7 @@ impl<S: SyncStore> Engine<S> {
     /// Handles one event at `now_ms` (milliseconds since the Unix epoch, or any monotonic
     /// origin the caller keeps) and returns what to do.
     pub fn handle(&mut self, event: Event, now_ms: u64) -> Vec<Effect> {
+        self.now_ms = now_ms;
         let mut out = Out {
             compression: self.conn.compression,
             ..Out::default()
@@ -1013,6 +1047,12 @@ impl<S: SyncStore> Engine<S> {
                     let reason = format!("the relay sent {} refused unread: {e}", item.doc);
                     failed.insert(item.doc.collection().clone());
                     self.last_error = Some(reason.clone());
+                    self.doc_error(
+                        &item.doc,
+                        SyncErrorKind::InvalidFromRelay,
+                        reason.clone(),
+                        None,
+                    );
                     self.conn.refused.insert(item.doc.clone(), reason);
                     self.fail_planned(&item.doc);
                 }
@@ -1037,6 +1077,13 @@ impl<S: SyncStore> Engine<S> {
                         );
                     }
                     if received.complete {
+                        if self
+                            .doc_errors
+                            .get(&doc)
+                            .is_some_and(|e| e.kind == SyncErrorKind::InvalidFromRelay)
+                        {
+                            self.doc_errors.remove(&doc);
+                        }
                         self.conn.awaiting_data.remove(&doc);
                         self.wanted.remove(&doc);
                         if self.deferred.remove(&doc).is_some() {
@@ -1063,7 +1110,9 @@ impl<S: SyncStore> Engine<S> {
                 Err(e) => {
                     tracing::error!(doc = %doc, error = %e, "could not apply the relay's changes");
                     failed.insert(doc.collection().clone());
-                    self.last_error = Some(format!("could not apply changes to {doc}: {e}"));
+                    let reason = format!("could not apply changes to {doc}: {e}");
+                    self.doc_error(&doc, SyncErrorKind::InvalidFromRelay, reason.clone(), None);
+                    self.last_error = Some(reason);
                     self.fail_planned(&doc);
                 }
             }
@@ -1136,6 +1185,9 @@ impl<S: SyncStore> Engine<S> {
         {
             Ok(current) => {
                 let current: HashMap<DocId, Heads> = current.into_iter().collect();
+                for (doc, _) in &acks {
+                    self.doc_errors.remove(doc);
+                }
                 for (doc, acked) in &acks {
                     // The relay holds exactly what we hold: start the next exchange from there.
                     if current.get(doc) == Some(acked)
@@ -1181,6 +1233,8 @@ impl<S: SyncStore> Engine<S> {
                 "{why}: {doc} is sent again in {} s",
                 delay.div_ceil(1000)
             ));
+            let kind = SyncErrorKind::of_code(error.code, true);
+            self.doc_error(&doc, kind, error.message.clone(), Some(at));
             self.conn.retry_reported = true;
             return;
         }
@@ -1190,6 +1244,8 @@ impl<S: SyncStore> Engine<S> {
             self.conn.awaiting_data.remove(&doc);
             self.fail_planned(&doc);
             self.dirty.remove(&doc);
+            let kind = SyncErrorKind::of_code(error.code, false);
+            self.doc_error(&doc, kind, error.message.clone(), None);
             self.conn.refused.insert(doc, error.message.clone());
             self.last_error = Some(format!("the relay refused a change: {}", error.message));
             return;
@@ -1414,6 +1470,7 @@ impl<S: SyncStore> Engine<S> {
                 tracing::error!(%reason, "not sending a document");
                 self.upload_done(&item.doc);
                 self.conn.awaiting_data.remove(&item.doc);
+                self.doc_error(&item.doc, SyncErrorKind::TooLarge, reason.clone(), None);
                 self.conn.refused.insert(item.doc, reason.clone());
                 self.last_error = Some(format!("the relay refused a change: {reason}"));
                 continue;

@@ -373,6 +373,17 @@ fn changes_a_full_relay_refused_go_again_after_its_delay() {
     let effects = f.engine.handle(Event::Frame(full), 13);
     assert!(effects.contains(&Effect::WakeAt(30_013)), "{effects:?}");
     assert!(f.engine.is_connected(), "the connection goes on");
+    let errors: Vec<DocSyncError> = f.engine.sync_errors().cloned().collect();
+    assert_eq!(
+        errors,
+        vec![DocSyncError {
+            doc: doc.id().clone(),
+            kind: SyncErrorKind::StorageFull,
+            message: "full".into(),
+            at_ms: 13,
+            retry_at_ms: Some(30_013),
+        }]
+    );
     assert!(
         matches!(f.engine.status(), Status::Error { reason } if reason.contains("storage is full")),
         "{:?}",
@@ -409,6 +420,11 @@ fn changes_a_full_relay_refused_go_again_after_its_delay() {
         f.engine.status()
     );
     assert!(f.store.pending_documents().expect("pending").is_empty());
+    assert_eq!(
+        f.engine.sync_errors().count(),
+        0,
+        "the acknowledgement clears it"
+    );
 }
 
 /// A refusal with a delay (another device's change the relay does not hold yet: its author

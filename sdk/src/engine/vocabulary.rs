@@ -199,3 +199,69 @@ pub struct SyncStats {
     /// Connections opened.
     pub connections: u64,
 }
+
+/// Why a document did not sync (see [`DocSyncError`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyncErrorKind {
+    /// The token grants no write on the document's collection (the relay's `FORBIDDEN`).
+    NotPermitted,
+    /// Larger than the relay accepts: over its frame limit, or over another of its limits.
+    TooLarge,
+    /// The relay found the document's changes invalid (`BAD_DOCUMENT`).
+    Invalid,
+    /// The relay sent this document a message the device refused unread (malformed, or over
+    /// the device's bounds); cleared when the document next arrives whole.
+    InvalidFromRelay,
+    /// The relay's storage is full (or the tenant over its quota): nothing of it was stored,
+    /// and it is sent again at `retry_at_ms`.
+    StorageFull,
+    /// Refused for now (for example, another device's change the relay does not hold yet);
+    /// sent again at `retry_at_ms`.
+    RetryLater,
+    /// Another refusal, with the relay's error code.
+    Other(u16),
+}
+
+impl SyncErrorKind {
+    /// The kind of a relay's per-document error code.
+    pub(crate) fn of_code(code: syncline_protocol::messages::ErrorCode, retry: bool) -> Self {
+        use syncline_protocol::messages::ErrorCode;
+        match code {
+            ErrorCode::FORBIDDEN => Self::NotPermitted,
+            ErrorCode::FRAME_TOO_LARGE | ErrorCode::LIMIT_EXCEEDED => Self::TooLarge,
+            ErrorCode::BAD_DOCUMENT => Self::Invalid,
+            ErrorCode::STORAGE_FULL => Self::StorageFull,
+            _ if retry => Self::RetryLater,
+            other => Self::Other(other.0),
+        }
+    }
+}
+
+/// One document the relay refused (or that could not be sent, or received): the rest of the
+/// sync went on without it. Its changes stay pending in the store; the error clears once the
+/// relay acknowledges the document (or, for [`SyncErrorKind::InvalidFromRelay`], once it
+/// arrives whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocSyncError {
+    /// The document.
+    pub doc: DocId,
+    /// Why, for programs.
+    pub kind: SyncErrorKind,
+    /// Why, for people (the relay's words where it gave some).
+    pub message: String,
+    /// When it happened, in the engine's clock (milliseconds since the Unix epoch in
+    /// [`crate::SyncClient`]).
+    pub at_ms: u64,
+    /// When the document is sent again on this connection, if it is (otherwise on the next
+    /// connection).
+    pub retry_at_ms: Option<u64>,
+}
+
+/// A change to the set of [`DocSyncError`]s, for [`crate::SyncClient::watch_sync_errors`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncErrorEvent {
+    /// A document did not sync (again, if it already had an error: the new one replaces it).
+    Raised(DocSyncError),
+    /// A document that had an error synced.
+    Cleared(DocId),
+}

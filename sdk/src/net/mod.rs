@@ -170,6 +170,7 @@ enum TransportEvent {
 }
 
 type StatusListener = Arc<dyn Fn(&Status) + Send + Sync>;
+type SyncErrorListener = Arc<dyn Fn(&crate::engine::SyncErrorEvent) + Send + Sync>;
 
 struct Observed {
     status: Status,
@@ -180,6 +181,9 @@ struct Observed {
     stopped: bool,
     /// Local documents whose upload waits for an unmetered network.
     deferred_uploads: Vec<DocId>,
+    /// The documents that did not sync, as last published.
+    sync_errors: std::collections::BTreeMap<DocId, crate::engine::DocSyncError>,
+    error_listeners: Vec<(u64, SyncErrorListener)>,
 }
 
 struct Inner {
@@ -218,7 +222,7 @@ pub struct SyncClient {
     profile: Mutex<Profile>,
 }
 
-/// Keeps a status listener registered; dropping it unregisters.
+/// Keeps a status (or sync error) listener registered; dropping it unregisters.
 pub struct StatusSubscription {
     inner: std::sync::Weak<Inner>,
     id: u64,
@@ -227,7 +231,9 @@ pub struct StatusSubscription {
 impl Drop for StatusSubscription {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.upgrade() {
-            inner.observed().listeners.retain(|(id, _)| *id != self.id);
+            let mut observed = inner.observed();
+            observed.listeners.retain(|(id, _)| *id != self.id);
+            observed.error_listeners.retain(|(id, _)| *id != self.id);
         }
     }
 }
@@ -253,6 +259,8 @@ impl SyncClient {
                 listeners: Vec::new(),
                 stopped: false,
                 deferred_uploads: Vec::new(),
+                sync_errors: std::collections::BTreeMap::new(),
+                error_listeners: Vec::new(),
             }),
             changed: Condvar::new(),
             next_listener: AtomicU64::new(0),
@@ -345,6 +353,37 @@ impl SyncClient {
         self.inner
             .observed()
             .listeners
+            .push((id, Arc::new(listener)));
+        StatusSubscription {
+            inner: Arc::downgrade(&self.inner),
+            id,
+        }
+    }
+
+    /// The documents that did not sync, each with why (in document order): the relay refused
+    /// them (no grant, too large, invalid, its storage full) while the rest of the sync went
+    /// on, or the relay's message for them was refused. Their changes stay pending in the
+    /// store; an error clears once the document syncs.
+    pub fn sync_errors(&self) -> Vec<crate::engine::DocSyncError> {
+        self.inner
+            .observed()
+            .sync_errors
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Calls `listener` on the sync thread each time a document does not sync
+    /// ([`crate::engine::SyncErrorEvent::Raised`]) and when one that had an error syncs
+    /// (`Cleared`); keep the returned subscription for as long as it should be called.
+    pub fn watch_sync_errors(
+        &self,
+        listener: impl Fn(&crate::engine::SyncErrorEvent) + Send + Sync + 'static,
+    ) -> StatusSubscription {
+        let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .observed()
+            .error_listeners
             .push((id, Arc::new(listener)));
         StatusSubscription {
             inner: Arc::downgrade(&self.inner),

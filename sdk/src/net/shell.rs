@@ -3,6 +3,7 @@
 //! frame, publish a status, arm the timer) and delivers the store's change listeners after each
 //! `handle` returns. Its clock is a monotonic clock anchored to the wall clock (`Clock`).
 
+use std::collections::BTreeMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,8 +12,9 @@ use tokio::sync::mpsc as tokio_mpsc;
 use tracing::Instrument;
 
 use super::transport::{Reporter, run_connection};
-use super::{Command, Inner, StatusListener, TokenProvider, TransportEvent};
-use crate::engine::{Effect, Engine, Event, Status};
+use super::{Command, Inner, StatusListener, SyncErrorListener, TokenProvider, TransportEvent};
+use crate::engine::{DocSyncError, Effect, Engine, Event, Status, SyncErrorEvent};
+use syncline_protocol::DocId;
 
 /// The sync thread: the engine and the connection tasks' runtime.
 pub(super) struct Shell {
@@ -183,8 +185,27 @@ impl Shell {
         let mut observed = self.inner.observed();
         observed.stats = self.engine.stats();
         observed.deferred_uploads = self.engine.deferred_uploads();
+        let events = sync_error_events(&mut observed.sync_errors, self.engine.sync_errors());
+        let listeners: Vec<SyncErrorListener> = if events.is_empty() {
+            Vec::new()
+        } else {
+            observed
+                .error_listeners
+                .iter()
+                .map(|(_, l)| Arc::clone(l))
+                .collect()
+        };
         drop(observed);
         self.inner.changed.notify_all();
+        for event in &events {
+            for listener in &listeners {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(event)))
+                    .is_err()
+                {
+                    tracing::error!("a sync error listener panicked");
+                }
+            }
+        }
     }
 
     fn close_transport(&mut self) {
@@ -279,6 +300,33 @@ fn reanchored(origin: &std::cell::Cell<u64>, elapsed: u64, wall: u64) -> u64 {
     } else {
         monotonic
     }
+}
+
+/// Brings `published` up to `current` and says what changed: each error that is new or
+/// different is raised, each that is gone is cleared.
+fn sync_error_events<'a>(
+    published: &mut BTreeMap<DocId, DocSyncError>,
+    current: impl Iterator<Item = &'a DocSyncError> + Clone,
+) -> Vec<SyncErrorEvent> {
+    // The common case, nothing changed, without copying anything.
+    if published.values().eq(current.clone()) {
+        return Vec::new();
+    }
+    let current: BTreeMap<DocId, DocSyncError> =
+        current.map(|e| (e.doc.clone(), e.clone())).collect();
+    let mut events: Vec<SyncErrorEvent> = published
+        .keys()
+        .filter(|doc| !current.contains_key(*doc))
+        .map(|doc| SyncErrorEvent::Cleared(doc.clone()))
+        .collect();
+    events.extend(
+        current
+            .values()
+            .filter(|e| published.get(&e.doc) != Some(*e))
+            .map(|e| SyncErrorEvent::Raised(e.clone())),
+    );
+    *published = current;
+    events
 }
 
 #[cfg(test)]
