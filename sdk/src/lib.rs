@@ -41,7 +41,7 @@ mod store;
 mod value;
 
 pub use clock::{Clock, SystemClock};
-pub use db::{DeferredDoc, Durability};
+pub use db::{DeferredDoc, Durability, KEPT_SYNC_RECORDS, MAX_REFUSED_LISTED, SyncEnd, SyncRecord};
 pub use engine::{DocSyncError, Progress, Status, SyncErrorEvent, SyncErrorKind, SyncStats};
 pub use error::{Error, Result};
 pub use heads::{ChangeHash, Heads};

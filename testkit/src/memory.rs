@@ -46,6 +46,8 @@ struct Inner {
     received_at: HashMap<DocId, u64>,
     /// Per relay, the documents it announced and held back.
     deferred: HashMap<String, BTreeMap<DocId, DeferredDoc>>,
+    /// The history of syncs, oldest first (the last `KEPT_SYNC_RECORDS`).
+    history: std::collections::VecDeque<syncline::SyncRecord>,
 }
 
 impl MemorySyncStore {
@@ -305,6 +307,15 @@ impl SyncStore for MemorySyncStore {
             cursors: listed(&inner.cursors),
             acked: listed(&inner.acked),
         })
+    }
+
+    fn record_sync(&self, record: syncline::SyncRecord) -> Result<()> {
+        let mut inner = self.inner();
+        inner.history.push_back(record);
+        while inner.history.len() > syncline::KEPT_SYNC_RECORDS {
+            inner.history.pop_front();
+        }
+        Ok(())
     }
 
     fn forget_positions(&self, relay: &str, collections: &[Collection]) -> Result<()> {

@@ -590,6 +590,27 @@ fn a_grant_revoked_on_one_collection_refuses_only_its_documents_with_a_typed_err
         calls.load(Ordering::SeqCst) > fetched
     });
     client_a.pause();
+    // The paused connection is in the history of syncs, with the note it refused.
+    eventually("the paused connection is recorded", || {
+        !a.store.sync_history(10).expect("history").is_empty()
+    });
+    let history = a.store.sync_history(10).expect("history");
+    assert_eq!(history.len(), 1, "{history:?}");
+    let first = &history[0];
+    assert_eq!(first.end, syncline::SyncEnd::Paused);
+    assert_eq!(
+        (first.refused_count, &first.refused[..]),
+        (1, &[note.id().clone()][..])
+    );
+    assert!(
+        first.docs_sent >= 1 && first.bytes_sent > 0 && first.round_trips >= 1,
+        "{first:?}"
+    );
+    assert!(
+        first.session.as_ref().is_some_and(|s| !s.is_empty()),
+        "{first:?}"
+    );
+    assert!(first.started_at_ms <= first.ended_at_ms);
     client_a.resume();
     eventually("the note reaches b", || b.store.document(note.id()).is_ok());
     eventually("the error clears", || client_a.sync_errors().is_empty());
@@ -598,6 +619,15 @@ fn a_grant_revoked_on_one_collection_refuses_only_its_documents_with_a_typed_err
         Some(&SyncErrorEvent::Cleared(note.id().clone()))
     );
     assert!(a.store.pending_documents().expect("pending").is_empty());
+    client_a.stop();
+    let history = a.store.sync_history(10).expect("history");
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[0].end, syncline::SyncEnd::Stopped);
+    assert!(history[0].refused.is_empty() && history[0].docs_sent >= 1);
+    assert_ne!(
+        history[0].session, history[1].session,
+        "one session per connection"
+    );
     drop(client_b);
 }
 

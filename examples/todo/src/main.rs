@@ -8,7 +8,7 @@
 //! syncline-todo --store DIR list [--json]
 //! syncline-todo --store DIR history ID
 //! syncline-todo --store DIR deferred [--json]   # todos the relay holds back, and why
-//! syncline-todo --store DIR sync --relay URL --token TOKEN [--timeout SECS] [CAPABILITIES]
+//! syncline-todo --store DIR sync --relay URL --token TOKEN [--timeout SECS] [--verbose] [CAPABILITIES]
 //! syncline-todo --store DIR fetch ID... --relay URL --token TOKEN [CAPABILITIES]
 //! syncline-todo --store DIR watch --relay URL --token TOKEN [CAPABILITIES]
 //! syncline-todo demo                            # a relay and two devices, offline and back
@@ -102,6 +102,11 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// Also print each connection of this sync from the store's history of syncs (the
+        /// relay's session id, times, documents and bytes each way, round trips, refused
+        /// todos, how it ended) and each todo that did not sync, with why.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Stay connected to a relay and print changes as they arrive (Ctrl-C to stop).
     Watch {
@@ -314,7 +319,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync {
             connection,
             timeout,
+            verbose,
         } => {
+            // Before the client starts: its connections begin after this.
+            let started_ms =
+                u64::try_from(syncline::Clock::now_ms(&syncline::SystemClock)).unwrap_or(0);
             let token = connection.token.clone();
             let client = SyncClient::start(&store, connection.options(&todos)?, move || {
                 Ok(token.clone())
@@ -327,9 +336,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let waited = client.wait_synced(Duration::from_secs(timeout), true);
             progress.finish();
-            let stats = waited.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let deferred = client.deferred()?.len();
+            let errors = client.sync_errors();
+            let deferred = client.deferred().map(|d| d.len());
             client.stop();
+            if verbose {
+                print_history(&store, started_ms, &errors)?;
+            }
+            let stats = waited.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let deferred = deferred?;
             println!("{}", summary(&stats, started.elapsed()));
             if deferred > 0 {
                 println!("{deferred} todos deferred (see `deferred`, get them with `fetch`)");
@@ -366,6 +380,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Demo => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// The connections since `since_ms` from the store's history of syncs (oldest first), and the
+/// todos that did not sync.
+fn print_history(
+    store: &Store,
+    since_ms: u64,
+    errors: &[syncline::DocSyncError],
+) -> anyhow::Result<()> {
+    let mut records: Vec<syncline::SyncRecord> = store
+        .sync_history(syncline::KEPT_SYNC_RECORDS)?
+        .into_iter()
+        .filter(|r| r.started_at_ms >= since_ms)
+        .collect();
+    records.reverse();
+    for r in &records {
+        println!(
+            "connection {}: {} ms, sent {} documents ({} bytes), received {} documents ({} bytes), \
+             {} round trips, {} refused; ended: {}",
+            r.session.as_deref().unwrap_or("(no session)"),
+            r.ended_at_ms.saturating_sub(r.started_at_ms),
+            r.docs_sent,
+            r.bytes_sent,
+            r.docs_received,
+            r.bytes_received,
+            r.round_trips,
+            r.refused_count,
+            r.end
+        );
+    }
+    for e in errors {
+        println!("not synced {}: {:?}: {}", e.doc.id(), e.kind, e.message);
     }
     Ok(())
 }

@@ -92,6 +92,11 @@ fn check(step: &Step, out: &str, vars: &std::collections::HashMap<&str, String>)
         assert!(lines[0].ends_with("create") && lines[1].ends_with("done"));
     } else if text.contains(" sync ") {
         says("synced: sent");
+        if text.contains("--verbose") {
+            says("connection ");
+            says("received 1 documents");
+            says("ended: stopped by the app");
+        }
     } else if text.contains("devices --json") {
         says(&vars["PHONE"]);
         says(&vars["LAPTOP"]);

@@ -11,6 +11,7 @@
 //! [`Durability`].
 
 mod schema;
+mod sync_history;
 mod writer;
 
 use std::fs::{File, OpenOptions};
@@ -23,6 +24,7 @@ use syncline_protocol::messages::{Cursor, DeferReason};
 use syncline_protocol::{Collection, DeviceId, DocId, Priority};
 
 use crate::{Error, Heads, Result};
+pub use sync_history::{KEPT_SYNC_RECORDS, MAX_REFUSED_LISTED, SyncEnd, SyncRecord};
 pub(crate) use writer::CommitCounts;
 use writer::{Announcement, Writer};
 
@@ -140,6 +142,8 @@ pub(crate) enum BatchWrite {
     Undefer(String, DocId),
     /// Drops a document's content, keeping its row and acknowledgements.
     Evict(DocKey),
+    /// A connection ended: its record joins the history of syncs.
+    SyncRecord(Box<SyncRecord>),
 }
 
 /// A document a relay announced and held back; see [`crate::Store::deferred`].
@@ -379,6 +383,7 @@ impl Database {
                     BatchWrite::AckedPosition(relay, position) => {
                         advance_position(conn, "acked_positions", &relay, &position)?;
                     }
+                    BatchWrite::SyncRecord(record) => sync_history::append(conn, &record)?,
                 }
             }
             Ok(keys)

@@ -99,6 +99,26 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (relay, collection)
     ) WITHOUT ROWID;
     "#,
+    // 6: the history of syncs, one row per connection (the last 200 are kept).
+    r#"
+    CREATE TABLE sync_history (
+        id             INTEGER PRIMARY KEY,
+        relay          TEXT    NOT NULL,
+        session        TEXT,
+        started_ms     INTEGER NOT NULL,
+        ended_ms       INTEGER NOT NULL,
+        docs_sent      INTEGER NOT NULL,
+        docs_received  INTEGER NOT NULL,
+        bytes_sent     INTEGER NOT NULL,
+        bytes_received INTEGER NOT NULL,
+        round_trips    INTEGER NOT NULL,
+        refused_count  INTEGER NOT NULL,
+        refused        TEXT    NOT NULL,
+        end_kind       TEXT    NOT NULL,
+        end_code       INTEGER,
+        end_reason     TEXT
+    );
+    "#,
 ];
 
 /// The schema version this code writes.

@@ -80,3 +80,72 @@ fn refuses_files_that_are_not_stores() {
         .expect("foreign db intact");
     assert_eq!(rows, 1);
 }
+
+/// The history of syncs keeps every kind of end as written, newest first, the last
+/// `KEPT_SYNC_RECORDS` only; a row this version cannot read is skipped, not an error.
+#[test]
+fn the_history_of_syncs_round_trips_and_stays_bounded() {
+    use crate::engine::SyncStore;
+    use crate::{KEPT_SYNC_RECORDS, SyncEnd, SyncRecord};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("store.db");
+    let store = Store::open(&path).expect("open");
+    let ends = [
+        SyncEnd::Stopped,
+        SyncEnd::Paused,
+        SyncEnd::NetworkDown,
+        SyncEnd::CaughtUp,
+        SyncEnd::Stalled,
+        SyncEnd::Unauthorized("expired".into()),
+        SyncEnd::ConnectionLost("reset".into()),
+        SyncEnd::ClosedByRelay {
+            code: 4008,
+            reason: "slow consumer".into(),
+        },
+        SyncEnd::RetryRequested("rate".into()),
+        SyncEnd::ProtocolError("bad frame".into()),
+    ];
+    let todos = Collection::new("todos").expect("valid");
+    let record = |i: usize| SyncRecord {
+        relay: "ws://relay".into(),
+        session: i.is_multiple_of(2).then(|| format!("s{i}")),
+        started_at_ms: i as u64,
+        ended_at_ms: i as u64 + 5,
+        docs_sent: 1,
+        docs_received: 2,
+        bytes_sent: 3,
+        bytes_received: 4,
+        round_trips: 5,
+        refused_count: 1,
+        refused: vec![crate::DocId::new(todos.clone(), format!("d{i}")).expect("valid")],
+        end: ends[i % ends.len()].clone(),
+    };
+    for i in 0..KEPT_SYNC_RECORDS + 15 {
+        store.record_sync(record(i)).expect("record");
+    }
+    let history = store.sync_history(usize::MAX).expect("history");
+    assert_eq!(history.len(), KEPT_SYNC_RECORDS);
+    let newest = KEPT_SYNC_RECORDS + 14;
+    let expected: Vec<SyncRecord> = (15..=newest).rev().map(record).collect();
+    assert_eq!(history, expected);
+    assert_eq!(store.sync_history(3).expect("three").len(), 3);
+
+    // A row of a kind this version does not know is skipped.
+    drop(store);
+    let conn = Connection::open(&path).expect("raw");
+    conn.execute(
+        "UPDATE sync_history SET end_kind = 'from_the_future' WHERE started_ms = ?1",
+        [newest as i64],
+    )
+    .expect("update");
+    drop(conn);
+    let store = Store::open(&path).expect("reopen");
+    let history = store.sync_history(2).expect("history");
+    assert_eq!(
+        history.len(),
+        1,
+        "the unknown row is skipped, the limit counts it"
+    );
+    assert_eq!(history[0], record(newest - 1));
+}

@@ -35,7 +35,7 @@ use syncline_protocol::{
 };
 use syncline_protocol::{close_code, frame, sync_state};
 
-use crate::{DeferredDoc, Heads, Store};
+use crate::{DeferredDoc, Heads, Store, SyncEnd, SyncRecord};
 pub use backoff::Backoff;
 pub use port::{
     Outgoing, Positions, Received, SyncStore, acknowledgement, holds_their_heads, next_message,
@@ -108,6 +108,14 @@ struct Uplink {
     last_sent_ms: u64,
 }
 
+/// The start of a connection's record in the history of syncs.
+#[derive(Debug)]
+struct OpenRecord {
+    started_at_ms: u64,
+    /// The engine's counters when it opened (the record has the difference).
+    base: SyncStats,
+}
+
 /// What the engine knows of the current connection.
 #[derive(Debug, Default)]
 struct Connection {
@@ -139,6 +147,8 @@ struct Connection {
     reconciles_awaited: u32,
     /// Answers to `Fetch` still to come (each is a `Plan` marked `fetch`).
     fetches_awaited: u32,
+    /// What goes into the history of syncs when this connection ends (none before it opened).
+    record: Option<OpenRecord>,
     /// Paced uploads.
     uplink: Uplink,
     /// Documents the relay announced as held back on this connection.
@@ -395,7 +405,7 @@ impl<S: SyncStore> Engine<S> {
             Event::Tick => self.on_tick(&mut out, now_ms),
             Event::NetworkDown => {
                 self.network_down = true;
-                self.go_idle(&mut out);
+                self.go_idle(&mut out, SyncEnd::NetworkDown);
             }
             Event::NetworkUp => {
                 self.network_down = false;
@@ -404,7 +414,7 @@ impl<S: SyncStore> Engine<S> {
             }
             Event::Pause => {
                 self.paused = true;
-                self.go_idle(&mut out);
+                self.go_idle(&mut out, SyncEnd::Paused);
             }
             Event::Resume => {
                 self.paused = false;
@@ -605,12 +615,58 @@ impl<S: SyncStore> Engine<S> {
         }
     }
 
-    fn go_idle(&mut self, out: &mut Out) {
+    fn go_idle(&mut self, out: &mut Out, end: SyncEnd) {
         if matches!(self.phase, Phase::Open | Phase::Connecting) {
             out.effects.push(Effect::Disconnect);
         }
         self.phase = Phase::Idle;
-        self.conn = Connection::default();
+        self.end_connection(end);
+    }
+
+    /// The app stops syncing: an open connection ends (and joins the history of syncs).
+    pub fn shutdown(&mut self, now_ms: u64) -> Vec<Effect> {
+        self.now_ms = now_ms;
+        let mut out = Out::default();
+        self.go_idle(&mut out, SyncEnd::Stopped);
+        out.effects
+    }
+
+    /// Forgets the connection; if one was open, its record joins the history of syncs.
+    fn end_connection(&mut self, end: SyncEnd) {
+        let conn = std::mem::take(&mut self.conn);
+        let Some(open) = conn.record else {
+            return;
+        };
+        let mut refused: BTreeSet<&DocId> = conn.refused.keys().collect();
+        refused.extend(conn.retry.keys());
+        let record = SyncRecord {
+            relay: self.config.relay.clone(),
+            session: conn.welcome.map(|w| w.session),
+            started_at_ms: open.started_at_ms,
+            ended_at_ms: self.now_ms,
+            docs_sent: self.stats.docs_sent.saturating_sub(open.base.docs_sent),
+            docs_received: self
+                .stats
+                .docs_received
+                .saturating_sub(open.base.docs_received),
+            bytes_sent: self.stats.bytes_sent.saturating_sub(open.base.bytes_sent),
+            bytes_received: self
+                .stats
+                .bytes_received
+                .saturating_sub(open.base.bytes_received),
+            round_trips: self.stats.round_trips.saturating_sub(open.base.round_trips),
+            refused_count: refused.len() as u64,
+            refused: refused
+                .into_iter()
+                .take(crate::MAX_REFUSED_LISTED)
+                .cloned()
+                .collect(),
+            end,
+        };
+        if let Err(e) = self.store.record_sync(record) {
+            // Only the record is lost: nothing the device holds depends on it.
+            tracing::warn!(error = %e, "could not record the sync in the history");
+        }
     }
 
     fn on_connected(&mut self, out: &mut Out, now_ms: u64) {
@@ -625,6 +681,10 @@ impl<S: SyncStore> Engine<S> {
         self.conn = Connection {
             last_frame_ms: now_ms,
             opened_ms: now_ms,
+            record: Some(OpenRecord {
+                started_at_ms: now_ms,
+                base: self.stats,
+            }),
             ..Connection::default()
         };
         self.conn
@@ -704,7 +764,14 @@ impl<S: SyncStore> Engine<S> {
         if !matches!(self.phase, Phase::Open | Phase::Connecting) {
             return;
         }
-        self.conn = Connection::default();
+        self.end_connection(match &why {
+            Disconnect::Unauthorized(reason) => SyncEnd::Unauthorized(reason.clone()),
+            Disconnect::Failed(reason) => SyncEnd::ConnectionLost(reason.clone()),
+            Disconnect::Closed { code, reason } => SyncEnd::ClosedByRelay {
+                code: *code,
+                reason: reason.clone(),
+            },
+        });
         let reason = match &why {
             Disconnect::Unauthorized(reason) => format!("unauthorized: {reason}"),
             Disconnect::Failed(reason) => format!("connection failed: {reason}"),
@@ -773,7 +840,7 @@ impl<S: SyncStore> Engine<S> {
             {
                 tracing::warn!(relay = %self.config.relay, "no answer from the relay; reconnecting");
                 out.effects.push(Effect::Disconnect);
-                self.conn = Connection::default();
+                self.end_connection(SyncEnd::Stalled);
                 self.schedule_reconnect(out, now_ms);
             }
             _ => {}
@@ -1255,7 +1322,7 @@ impl<S: SyncStore> Engine<S> {
             ErrorCode::RATE_LIMITED | ErrorCode::INTERNAL => {
                 let reason = format!("the relay asked to retry: {}", error.message);
                 out.effects.push(Effect::Disconnect);
-                self.conn = Connection::default();
+                self.end_connection(SyncEnd::RetryRequested(error.message.clone()));
                 // A relay's word, capped: a broken relay cannot park the device for ever.
                 let delay = error.retry_after_ms.unwrap_or(0).min(MAX_RETRY_AFTER_MS);
                 if self.paused || self.network_down {
@@ -1278,7 +1345,7 @@ impl<S: SyncStore> Engine<S> {
         tracing::error!(relay = %self.config.relay, %reason, "protocol error");
         self.last_error = Some(format!("protocol error: {reason}"));
         out.effects.push(Effect::Disconnect);
-        self.conn = Connection::default();
+        self.end_connection(SyncEnd::ProtocolError(reason));
         self.schedule_reconnect(out, now_ms);
     }
 
@@ -1647,7 +1714,7 @@ impl<S: SyncStore> Engine<S> {
                         // and come back on schedule.
                         tracing::info!(relay = %self.config.relay, "caught up; closing until the next periodic sync");
                         out.effects.push(Effect::Disconnect);
-                        self.conn = Connection::default();
+                        self.end_connection(SyncEnd::CaughtUp);
                         let at = now_ms.saturating_add(self.config.sync_interval_ms);
                         self.phase = Phase::Waiting(at);
                         self.caught_up_at = Some(now_ms);

@@ -28,7 +28,7 @@ use syncline_protocol::messages::{Cursor, MAX_MESSAGE_CHANGE_BYTES};
 use syncline_protocol::sync_state;
 use syncline_protocol::{Collection, DocId, Priority};
 
-use crate::{BudgetOutcome, DeferredDoc, Heads, Result};
+use crate::{BudgetOutcome, DeferredDoc, Heads, Result, SyncRecord};
 
 /// Where a relay has shown this device to be, per collection ([`SyncStore::positions`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -120,6 +120,13 @@ pub trait SyncStore {
     /// # Errors
     /// The store could not forget them; the relay reports the loss again next connection.
     fn forget_positions(&self, relay: &str, collections: &[Collection]) -> Result<()>;
+
+    /// Appends a connection's record to the history of syncs (which keeps the last
+    /// [`crate::KEPT_SYNC_RECORDS`]).
+    ///
+    /// # Errors
+    /// The store could not write it (the record is lost, nothing else).
+    fn record_sync(&self, record: SyncRecord) -> Result<()>;
 
     /// Documents of `collection` whose current heads `relay` has not acknowledged.
     ///

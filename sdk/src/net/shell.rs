@@ -103,6 +103,8 @@ impl Shell {
                 self.handling = None;
             }
         }
+        // The open connection, if any, joins the history of syncs as stopped.
+        let _closing = self.engine.shutdown(self.clock.now_ms());
         self.close_transport();
         self.publish_stats();
         self.inner.observed().stopped = true;

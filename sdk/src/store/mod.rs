@@ -341,6 +341,17 @@ impl Store {
             .subscribe(Scope::Collection(collection.clone()), listener)
     }
 
+    /// The last `limit` connections to any relay, newest first: when each started and ended,
+    /// documents and bytes each way, round trips, the documents refused, how it ended and the
+    /// relay's session id (the same `session` as in the relay's logs). The store keeps the
+    /// last [`crate::KEPT_SYNC_RECORDS`].
+    ///
+    /// # Errors
+    /// The store could not be read.
+    pub fn sync_history(&self, limit: usize) -> Result<Vec<crate::SyncRecord>> {
+        self.shared.db.sync_history(limit)
+    }
+
     /// Calls `listener` after every durable change to any document of the store, in every
     /// collection, local or remote (see [`ChangeEvent::origin`] and [`ChangeEvent::devices`]
     /// for where it came from). The listener stays until the returned [`Subscription`] is

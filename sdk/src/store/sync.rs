@@ -22,7 +22,9 @@ use syncline_protocol::{Collection, DocId, Priority};
 use super::cache::LoadedDoc;
 use super::listeners::{self, ChangeEvent, ChangeOrigin};
 use super::{InsideDocument, Store, UpdateOutcome, model};
-use crate::db::{AckTarget, BatchWrite, ContentWrite, DocRow, DocUpdate, NewDoc, Origin};
+use crate::db::{
+    AckTarget, BatchWrite, ContentWrite, DocRow, DocUpdate, NewDoc, Origin, SyncRecord,
+};
 use crate::engine::{Outgoing, Positions, Received, SyncStore, holds_their_heads, next_message};
 use crate::{DeferredDoc, Error, Heads, Result};
 
@@ -459,6 +461,13 @@ impl SyncStore for Store {
             return Ok(());
         }
         self.shared().db.forget_relay_positions(relay, collections)
+    }
+
+    fn record_sync(&self, record: SyncRecord) -> Result<()> {
+        self.shared()
+            .db
+            .commit_batch(vec![BatchWrite::SyncRecord(Box::new(record))])
+            .map(|_| ())
     }
 
     fn unacknowledged(&self, relay: &str, collection: &Collection) -> Result<Vec<DocId>> {
