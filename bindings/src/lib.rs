@@ -21,8 +21,8 @@ pub use store::{
 pub use subscription::FfiSubscription;
 pub use sync::{
     FfiCollectionSync, FfiDeferReason, FfiDeferredDoc, FfiDeviceClass, FfiDisconnect,
-    FfiDocSyncError, FfiProfile, FfiProgress, FfiStatus, FfiSyncClient, FfiSyncErrorEvent,
-    FfiSyncErrorKind, FfiSyncOptions, FfiSyncStats, FfiTransfer,
+    FfiDocSyncError, FfiProfile, FfiProgress, FfiStatus, FfiSyncClient, FfiSyncEnd,
+    FfiSyncErrorEvent, FfiSyncErrorKind, FfiSyncOptions, FfiSyncRecord, FfiSyncStats, FfiTransfer,
 };
 pub use value::{
     FfiChange, FfiChangeEvent, FfiPatch, FfiPatchAction, FfiPendingChange, FfiValue, FfiWriteOp,

@@ -363,6 +363,20 @@ impl FfiStore {
         Ok(FfiSubscription::new(Box::new(subscription)))
     }
 
+    /// The last `limit` connections to any relay, newest first (the store keeps the last
+    /// 200).
+    ///
+    /// # Errors
+    /// [`FfiError::Storage`] if the store cannot be read.
+    pub fn sync_history(&self, limit: u32) -> Result<Vec<crate::FfiSyncRecord>, FfiError> {
+        Ok(self
+            .store
+            .sync_history(limit as usize)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
     /// Calls `listener` after every durable change to any document of the store (every
     /// collection), local or remote, for as long as the returned subscription is kept. Each
     /// event says which devices its changes came from.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use syncline::engine::Disconnect;
 use syncline::{
-    Collection, CollectionSubscription, DeviceClass, DocSyncError, Profile, SyncClient,
-    SyncErrorEvent, SyncErrorKind, SyncMode, SyncOptions, TokenError,
+    Collection, CollectionSubscription, DeviceClass, DocSyncError, Profile, SyncClient, SyncEnd,
+    SyncErrorEvent, SyncErrorKind, SyncMode, SyncOptions, SyncRecord, TokenError,
 };
 
 use crate::store::{FfiPriority, FfiStore};
@@ -443,6 +443,113 @@ impl From<SyncErrorEvent> for FfiSyncErrorEvent {
             SyncErrorEvent::Cleared(doc) => Self::Cleared {
                 doc: doc.to_string(),
             },
+        }
+    }
+}
+
+/// How a connection ended (see `FfiSyncRecord`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum FfiSyncEnd {
+    /// The app stopped the sync client.
+    Stopped,
+    /// The app paused sync.
+    Paused,
+    /// The app said the network is down.
+    NetworkDown,
+    /// A periodic device caught up and closed until its next sync.
+    CaughtUp,
+    /// The relay stopped answering.
+    Stalled,
+    /// The relay refused the token.
+    Unauthorized {
+        /// Why.
+        reason: String,
+    },
+    /// The connection broke.
+    ConnectionLost {
+        /// Why.
+        reason: String,
+    },
+    /// The relay closed the connection.
+    ClosedByRelay {
+        /// The WebSocket close code.
+        code: u16,
+        /// The relay's reason.
+        reason: String,
+    },
+    /// The relay asked the device to come back later.
+    RetryRequested {
+        /// Why.
+        reason: String,
+    },
+    /// The relay broke the protocol.
+    ProtocolError {
+        /// What.
+        reason: String,
+    },
+}
+
+impl From<SyncEnd> for FfiSyncEnd {
+    fn from(end: SyncEnd) -> Self {
+        match end {
+            SyncEnd::Stopped => Self::Stopped,
+            SyncEnd::Paused => Self::Paused,
+            SyncEnd::NetworkDown => Self::NetworkDown,
+            SyncEnd::CaughtUp => Self::CaughtUp,
+            SyncEnd::Stalled => Self::Stalled,
+            SyncEnd::Unauthorized(reason) => Self::Unauthorized { reason },
+            SyncEnd::ConnectionLost(reason) => Self::ConnectionLost { reason },
+            SyncEnd::ClosedByRelay { code, reason } => Self::ClosedByRelay { code, reason },
+            SyncEnd::RetryRequested(reason) => Self::RetryRequested { reason },
+            SyncEnd::ProtocolError(reason) => Self::ProtocolError { reason },
+        }
+    }
+}
+
+/// One connection to a relay, from the store's history of syncs.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiSyncRecord {
+    /// The relay's URL.
+    pub relay: String,
+    /// The relay's id for the session (as in its logs), once it said.
+    pub session: Option<String>,
+    /// When the connection opened, milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// When it ended.
+    pub ended_at_ms: u64,
+    /// Documents sent with changes.
+    pub docs_sent: u64,
+    /// Documents changed by what was received.
+    pub docs_received: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Flights of frames sent.
+    pub round_trips: u64,
+    /// How many documents did not sync on this connection.
+    pub refused_count: u64,
+    /// The first 100 of them, as `collection/id`.
+    pub refused: Vec<String>,
+    /// How the connection ended.
+    pub end: FfiSyncEnd,
+}
+
+impl From<SyncRecord> for FfiSyncRecord {
+    fn from(r: SyncRecord) -> Self {
+        Self {
+            relay: r.relay,
+            session: r.session,
+            started_at_ms: r.started_at_ms,
+            ended_at_ms: r.ended_at_ms,
+            docs_sent: r.docs_sent,
+            docs_received: r.docs_received,
+            bytes_sent: r.bytes_sent,
+            bytes_received: r.bytes_received,
+            round_trips: r.round_trips,
+            refused_count: r.refused_count,
+            refused: r.refused.iter().map(ToString::to_string).collect(),
+            end: r.end.into(),
         }
     }
 }

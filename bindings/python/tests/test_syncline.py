@@ -445,3 +445,56 @@ def test_on_demand_deferred_fetch_open_and_progress_cross_the_binding(tmp_path, 
             assert len(s.progress.upload_by_priority) == 4
     watching.cancel()
     client.stop()
+
+
+class SyncErrors(sl.FfiSyncErrorListener):
+    def __init__(self):
+        self.events = []
+
+    def on_sync_error(self, event):
+        self.events.append(event)
+
+
+def eventually(what, check, seconds=20):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting: {what}"
+        time.sleep(0.02)
+
+
+def test_a_refused_document_a_store_wide_listener_and_the_history_of_syncs(tmp_path, relay):
+    phone = open_store(tmp_path, "phone")
+    everything = Changes()
+    watching = phone.watch_all(everything)
+    todo = phone.create_json("todos", json.dumps({"title": "allowed"}))
+    note = phone.create_json("notes", json.dumps({"text": "no write grant"}))
+    # The store-wide listener heard both collections, each event naming this device.
+    assert sorted(e.doc for e in everything.docs) == sorted([todo, note])
+    assert all(e.devices == [phone.device_id()] and not e.remote for e in everything.docs)
+
+    token = relay.token(phone.device_id(), write="todos", read="todos,notes")
+    client = sl.FfiSyncClient.start(phone, relay.url, ["todos", "notes"], Tokens(token))
+    errors = SyncErrors()
+    error_subscription = client.watch_sync_errors(errors)
+    eventually("the note is refused", lambda: client.sync_errors() != [])
+    [refused] = client.sync_errors()
+    assert refused.doc == note
+    assert isinstance(refused.kind, sl.FfiSyncErrorKind.NOT_PERMITTED), refused.kind
+    assert "no write grant" in refused.message
+    assert refused.retry_at_ms is None
+    # The rest went on: the todo is acknowledged, the note stays pending.
+    eventually("the todo is acknowledged", lambda: phone.pending_documents() == [note])
+    eventually("the listener heard it", lambda: errors.events != [])
+    assert isinstance(errors.events[0], sl.FfiSyncErrorEvent.RAISED)
+    assert errors.events[0].error == refused
+    client.stop()
+
+    [record] = phone.sync_history(10)
+    assert isinstance(record.end, sl.FfiSyncEnd.STOPPED), record.end
+    assert record.relay == relay.url
+    assert record.session
+    assert (record.refused_count, record.refused) == (1, [note])
+    assert record.docs_sent == 2 and record.bytes_sent > 0 and record.round_trips >= 1
+    assert record.started_at_ms <= record.ended_at_ms
+    error_subscription.cancel()
+    watching.cancel()

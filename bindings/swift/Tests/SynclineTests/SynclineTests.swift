@@ -75,14 +75,15 @@ final class Relay {
         self.process = process
     }
 
-    /// A token for `device` that may read and write `todos`, minted by the same binary from the
-    /// development key it created in the data directory.
-    func token(device: String) throws -> String {
+    /// A token for `device` that may read `read` and write `write` (comma-separated
+    /// collections; `todos` by default), minted by the same binary from the development key it
+    /// created in the data directory.
+    func token(device: String, read: String = "todos", write: String = "todos") throws -> String {
         let minter = Process()
         minter.executableURL = URL(fileURLWithPath: bin)
         minter.arguments = [
             "token", "--data-dir", dir.path, "--user", "alice", "--device", device,
-            "--read", "todos", "--write", "todos", "--ttl", "600",
+            "--read", read, "--write", write, "--ttl", "600",
         ]
         let stdout = Pipe()
         minter.standardOutput = stdout
@@ -229,6 +230,15 @@ final class Changes: FfiChangeListener, @unchecked Sendable {
         if event.remote {
             remote.countDown()
         }
+    }
+}
+
+/// Records every sync error raised or cleared.
+final class SyncErrors: FfiSyncErrorListener, @unchecked Sendable {
+    let events = Collected<FfiSyncErrorEvent>()
+
+    func onSyncError(event: FfiSyncErrorEvent) {
+        events.append(event)
     }
 }
 
@@ -577,6 +587,72 @@ final class SynclineTests: XCTestCase {
         XCTAssertEqual(lastSynced, 0, "\(statuses.seen.all)")
         watching.cancel()
         client.stop()
+    }
+
+    /// Waits until `check` holds, at most 20 seconds.
+    private func eventually(_ what: String, _ check: () throws -> Bool) async throws {
+        let deadline = Date().addingTimeInterval(20)
+        while try !check() {
+            guard Date() < deadline else {
+                throw HarnessError("timed out waiting: \(what)")
+            }
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+    }
+
+    func testARefusedDocumentAStoreWideListenerAndTheHistoryOfSyncs() async throws {
+        let relay = try startRelay()
+        let phone = try openStore("phone")
+        let everything = Changes()
+        let watching = phone.watchAll(listener: everything)
+        let todo = try phone.createJson(collection: "todos", json: #"{"title":"allowed"}"#)
+        let note = try phone.createJson(collection: "notes", json: #"{"text":"no write grant"}"#)
+        // The store-wide listener heard both collections, each event naming this device.
+        XCTAssertEqual(everything.events.all.map { $0.doc }.sorted(), [todo, note].sorted())
+        XCTAssertTrue(
+            everything.events.all.allSatisfy { $0.devices == [phone.deviceId()] && !$0.remote })
+
+        let token = try relay.token(device: phone.deviceId(), read: "todos,notes", write: "todos")
+        let client = try FfiSyncClient.start(
+            store: phone, relayUrl: relay.url, collections: ["todos", "notes"],
+            tokens: Tokens(token))
+        let errors = SyncErrors()
+        let errorSubscription = client.watchSyncErrors(listener: errors)
+        try await eventually("the note is refused") { !client.syncErrors().isEmpty }
+        let refusals = client.syncErrors()
+        XCTAssertEqual(refusals.count, 1)
+        let refused = try XCTUnwrap(refusals.first)
+        XCTAssertEqual(refused.doc, note)
+        guard case .notPermitted = refused.kind else {
+            return XCTFail("refused as \(refused.kind)")
+        }
+        XCTAssertTrue(refused.message.contains("no write grant"), refused.message)
+        XCTAssertNil(refused.retryAtMs)
+        // The rest went on: the todo is acknowledged, the note stays pending.
+        try await eventually("the todo is acknowledged") { try phone.pendingDocuments() == [note] }
+        try await eventually("the listener heard it") { !errors.events.all.isEmpty }
+        guard case let .raised(error) = errors.events.all.first else {
+            return XCTFail("\(errors.events.all)")
+        }
+        XCTAssertEqual(error.doc, note)
+        XCTAssertEqual(error.message, refused.message)
+        client.stop()
+
+        let history = try phone.syncHistory(limit: 10)
+        XCTAssertEqual(history.count, 1)
+        let record = try XCTUnwrap(history.first)
+        guard case .stopped = record.end else {
+            return XCTFail("ended as \(record.end)")
+        }
+        XCTAssertEqual(record.relay, relay.url)
+        XCTAssertFalse((record.session ?? "").isEmpty)
+        XCTAssertEqual(record.refusedCount, 1)
+        XCTAssertEqual(record.refused, [note])
+        XCTAssertEqual(record.docsSent, 2)
+        XCTAssertTrue(record.bytesSent > 0 && record.roundTrips >= 1)
+        XCTAssertTrue(record.startedAtMs <= record.endedAtMs)
+        errorSubscription.cancel()
+        watching.cancel()
     }
 
     func testAConflictIsInspectedAndResolved() async throws {

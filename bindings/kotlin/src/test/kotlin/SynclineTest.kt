@@ -39,6 +39,10 @@ import uniffi.syncline_ffi.FfiDisconnect
 import uniffi.syncline_ffi.FfiSyncClient
 import uniffi.syncline_ffi.FfiTokenException
 import uniffi.syncline_ffi.FfiTokenProvider
+import uniffi.syncline_ffi.FfiSyncEnd
+import uniffi.syncline_ffi.FfiSyncErrorEvent
+import uniffi.syncline_ffi.FfiSyncErrorKind
+import uniffi.syncline_ffi.FfiSyncErrorListener
 
 /** A syncline-relay on 127.0.0.1 with a temporary data directory. */
 class Relay {
@@ -56,10 +60,10 @@ class Relay {
         url = "ws://" + line.substringAfterLast(' ').trim()
     }
 
-    fun token(device: String): String {
+    fun token(device: String, read: String = "todos", write: String = "todos"): String {
         val p = ProcessBuilder(
             bin, "token", "--data-dir", dir.path, "--user", "alice", "--device", device,
-            "--read", "todos", "--write", "todos", "--ttl", "600",
+            "--read", read, "--write", write, "--ttl", "600",
         ).start()
         val out = p.inputStream.bufferedReader().readText().trim()
         check(p.waitFor() == 0) { "token failed" }
@@ -434,5 +438,61 @@ class SynclineTest {
         }
         watching.cancel()
         client.stop()
+    }
+
+    private fun eventually(what: String, check: () -> Boolean) {
+        val deadline = System.currentTimeMillis() + 20_000
+        while (!check()) {
+            check(System.currentTimeMillis() < deadline) { "timed out waiting: $what" }
+            Thread.sleep(20)
+        }
+    }
+
+    @Test
+    fun aRefusedDocumentAStoreWideListenerAndTheHistoryOfSyncs() {
+        val phone = open("phone")
+        val everything = CopyOnWriteArrayList<FfiChangeEvent>()
+        val watching = phone.watchAll(object : FfiChangeListener {
+            override fun onChange(event: FfiChangeEvent) {
+                everything.add(event)
+            }
+        })
+        val todo = phone.createJson("todos", """{"title":"allowed"}""")
+        val note = phone.createJson("notes", """{"text":"no write grant"}""")
+        // The store-wide listener heard both collections, each event naming this device.
+        assertEquals(listOf(todo, note).sorted(), everything.map { it.doc }.sorted())
+        assertTrue(everything.all { it.devices == listOf(phone.deviceId()) && !it.remote })
+
+        val token = relay.token(phone.deviceId(), read = "todos,notes", write = "todos")
+        val client = FfiSyncClient.start(phone, relay.url, listOf("todos", "notes"), Tokens(token))
+        val events = CopyOnWriteArrayList<FfiSyncErrorEvent>()
+        val errorSubscription = client.watchSyncErrors(object : FfiSyncErrorListener {
+            override fun onSyncError(event: FfiSyncErrorEvent) {
+                events.add(event)
+            }
+        })
+        eventually("the note is refused") { client.syncErrors().isNotEmpty() }
+        val refused = client.syncErrors().single()
+        assertEquals(note, refused.doc)
+        assertTrue(refused.kind is FfiSyncErrorKind.NotPermitted, refused.kind.toString())
+        assertTrue(refused.message.contains("no write grant"), refused.message)
+        assertNull(refused.retryAtMs)
+        // The rest went on: the todo is acknowledged, the note stays pending.
+        eventually("the todo is acknowledged") { phone.pendingDocuments() == listOf(note) }
+        eventually("the listener heard it") { events.isNotEmpty() }
+        assertEquals(FfiSyncErrorEvent.Raised(refused), events.first())
+        client.stop()
+
+        val record = phone.syncHistory(10u).single()
+        assertTrue(record.end is FfiSyncEnd.Stopped, record.end.toString())
+        assertEquals(relay.url, record.relay)
+        assertFalse(record.session.isNullOrEmpty())
+        assertEquals(1uL, record.refusedCount)
+        assertEquals(listOf(note), record.refused)
+        assertEquals(2uL, record.docsSent)
+        assertTrue(record.bytesSent > 0uL && record.roundTrips >= 1uL)
+        assertTrue(record.startedAtMs <= record.endedAtMs)
+        errorSubscription.cancel()
+        watching.cancel()
     }
 }
