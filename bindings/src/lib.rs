@@ -21,7 +21,7 @@ pub use store::{
 pub use subscription::FfiSubscription;
 pub use sync::{
     FfiCollectionSync, FfiDeferReason, FfiDeferredDoc, FfiDeviceClass, FfiDisconnect,
-    FfiDocSyncError, FfiProfile, FfiProgress, FfiStatus, FfiSyncClient, FfiSyncEnd,
+    FfiDocSyncError, FfiEphemeral, FfiProfile, FfiProgress, FfiStatus, FfiSyncClient, FfiSyncEnd,
     FfiSyncErrorEvent, FfiSyncErrorKind, FfiSyncOptions, FfiSyncRecord, FfiSyncStats, FfiTransfer,
 };
 pub use value::{
@@ -60,6 +60,9 @@ pub enum FfiError {
     /// The sync reported an error (a refused change, a protocol error).
     #[error("sync: {0}")]
     Sync(String),
+    /// Over a rate the device keeps to (ephemeral messages); retry a little later.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
 }
 
 impl From<syncline::SyncError> for FfiError {
@@ -70,7 +73,9 @@ impl From<syncline::SyncError> for FfiError {
             E::Unauthorized(_) => Self::Unauthorized(message),
             E::Unreachable(_) => Self::Unreachable(message),
             E::Timeout { .. } => Self::Timeout(message),
-            E::Offline { .. } => Self::Unreachable(message),
+            E::Offline { .. } | E::NotConnected => Self::Unreachable(message),
+            E::EphemeralTooLarge { .. } => Self::InvalidInput(message),
+            E::RateLimited { .. } => Self::RateLimited(message),
             E::Store(e) => e.into(),
             E::Failed(_) | E::Start(_) => Self::Sync(message),
         }
@@ -168,6 +173,14 @@ impl From<FfiTokenError> for syncline::TokenError {
 pub trait FfiSyncErrorListener: Send + Sync {
     /// A document's error was raised or cleared.
     fn on_sync_error(&self, event: FfiSyncErrorEvent);
+}
+
+/// Told of each ephemeral message (presence) another device sends
+/// ([`FfiSyncClient::watch_ephemeral`]).
+#[uniffi::export(with_foreign)]
+pub trait FfiEphemeralListener: Send + Sync {
+    /// One message, with its document and sender.
+    fn on_ephemeral(&self, message: FfiEphemeral);
 }
 
 /// Told of every status change of a [`FfiSyncClient`].

@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use syncline::engine::Disconnect;
 use syncline::{
-    Collection, CollectionSubscription, DeviceClass, DocSyncError, Profile, SyncClient, SyncEnd,
-    SyncErrorEvent, SyncErrorKind, SyncMode, SyncOptions, SyncRecord, TokenError,
+    Collection, CollectionSubscription, DeviceClass, DocId, DocSyncError, EphemeralMessage,
+    Profile, SyncClient, SyncEnd, SyncErrorEvent, SyncErrorKind, SyncMode, SyncOptions, SyncRecord,
+    TokenError,
 };
 
 use crate::store::{FfiPriority, FfiStore};
 use crate::subscription::FfiSubscription;
-use crate::{FfiError, FfiStatusListener, FfiSyncErrorListener, FfiTokenProvider};
+use crate::{
+    FfiEphemeralListener, FfiError, FfiStatusListener, FfiSyncErrorListener, FfiTokenProvider,
+};
 
 /// The sync status (the SDK's `Status`).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
@@ -447,6 +450,27 @@ impl From<SyncErrorEvent> for FfiSyncErrorEvent {
     }
 }
 
+/// An ephemeral message another device sent: never stored.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FfiEphemeral {
+    /// The document, as `collection/id`.
+    pub doc: String,
+    /// The sending device (32 hex digits).
+    pub sender: String,
+    /// The app's payload.
+    pub payload: Vec<u8>,
+}
+
+impl From<EphemeralMessage> for FfiEphemeral {
+    fn from(m: EphemeralMessage) -> Self {
+        Self {
+            doc: m.doc.to_string(),
+            sender: m.from.to_string(),
+            payload: m.payload,
+        }
+    }
+}
+
 /// How a connection ended (see `FfiSyncRecord`).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
 pub enum FfiSyncEnd {
@@ -662,6 +686,42 @@ impl FfiSyncClient {
             })
         });
         FfiSubscription::new(Box::new(subscription))
+    }
+
+    /// Sends an ephemeral payload (presence, a cursor) to the other devices connected on
+    /// `doc_id` now; never stored, and not kept while offline.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad id or a payload over 4 KiB,
+    /// [`FfiError::RateLimited`] past 30 per second, [`FfiError::Unreachable`] while not
+    /// connected.
+    pub fn send_ephemeral(&self, doc_id: String, payload: Vec<u8>) -> Result<(), FfiError> {
+        let doc = doc_id.parse::<DocId>()?;
+        self.with(|c| c.send_ephemeral(&doc, &payload))
+            .unwrap_or(Err(syncline::SyncError::NotConnected))?;
+        Ok(())
+    }
+
+    /// Calls `listener` with each ephemeral message another device sends on `doc_id` (or on
+    /// any document, with none), for as long as the subscription is kept.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad id.
+    pub fn watch_ephemeral(
+        &self,
+        doc_id: Option<String>,
+        listener: Arc<dyn FfiEphemeralListener>,
+    ) -> Result<Arc<FfiSubscription>, FfiError> {
+        let doc = doc_id.map(|d| d.parse::<DocId>()).transpose()?;
+        let subscription = self.with(|c| {
+            c.watch_ephemeral(doc.as_ref(), move |m| {
+                let call = std::panic::AssertUnwindSafe(|| listener.on_ephemeral(m.clone().into()));
+                if std::panic::catch_unwind(call).is_err() {
+                    eprintln!("syncline: an ephemeral listener threw");
+                }
+            })
+        });
+        Ok(FfiSubscription::new(Box::new(subscription)))
     }
 
     /// Waits until synced with nothing pending (or fails: refused token, unreachable relay,

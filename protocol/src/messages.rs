@@ -22,6 +22,10 @@ pub const MAX_COLLECTIONS: usize = 1024;
 /// Largest ephemeral payload (presence, cursors) a relay forwards.
 pub const MAX_EPHEMERAL_BYTES: usize = 4096;
 
+/// Ephemeral messages per second one connection may send: a relay allows bursts of twice as
+/// many, a device sends bursts of at most this many, so that it never meets the relay's limit.
+pub const MAX_EPHEMERALS_PER_S: u64 = 30;
+
 /// Bytes of changes one Automerge sync message carries at most, either way (a single larger
 /// change goes alone): a document's history larger than a frame goes in parts, oldest first,
 /// one per exchange.

@@ -42,7 +42,9 @@ mod value;
 
 pub use clock::{Clock, SystemClock};
 pub use db::{DeferredDoc, Durability, KEPT_SYNC_RECORDS, MAX_REFUSED_LISTED, SyncEnd, SyncRecord};
-pub use engine::{DocSyncError, Progress, Status, SyncErrorEvent, SyncErrorKind, SyncStats};
+pub use engine::{
+    DocSyncError, EphemeralMessage, Progress, Status, SyncErrorEvent, SyncErrorKind, SyncStats,
+};
 pub use error::{Error, Result};
 pub use heads::{ChangeHash, Heads};
 pub use net::{SyncClient, SyncError, SyncOptions, TokenError, TokenProvider};
@@ -53,8 +55,8 @@ pub use store::{
     WriteStats,
 };
 pub use syncline_protocol::messages::{
-    CollectionSubscription, DeferReason, DeviceClass, MAX_CHANGE_BYTES, MAX_CHANGE_OPS, Profile,
-    SyncMode,
+    CollectionSubscription, DeferReason, DeviceClass, MAX_CHANGE_BYTES, MAX_CHANGE_OPS,
+    MAX_EPHEMERAL_BYTES, MAX_EPHEMERALS_PER_S, Profile, SyncMode,
 };
 pub use syncline_protocol::{Collection, DeviceId, DocId, IdError, Priority};
 pub use value::Value;

@@ -116,6 +116,11 @@ pub struct SimReport {
     pub deferred: u64,
     /// Documents whose content was evicted (over a storage budget) when the chaos ended.
     pub evicted: u64,
+    /// Ephemeral messages (presence) devices sent while connected.
+    pub ephemerals_sent: u64,
+    /// Ephemeral messages devices received (from another device, on the simulated
+    /// collection, within the size limit: anything else fails the run).
+    pub ephemerals_received: u64,
 }
 
 struct Link {
@@ -199,6 +204,10 @@ struct World {
     report: SimReport,
     faults: bool,
     trace: Trace,
+    /// The hostile clients' device ids (their ephemerals reach honest devices too).
+    hostiles: HashSet<DeviceId>,
+    /// An invariant broken while applying effects; the next step fails the run with it.
+    broken: Option<String>,
 }
 
 /// Who a simulated device is to the relay.
@@ -271,6 +280,8 @@ impl World {
             report: SimReport::default(),
             faults: true,
             trace: Trace(0xcbf2_9ce4_8422_2325),
+            hostiles: HashSet::new(),
+            broken: None,
         }
     }
 
@@ -281,6 +292,10 @@ impl World {
         let mut schedule: Vec<(u64, Chaos)> = Vec::new();
         for _ in 0..self.config.ops {
             schedule.push((start + self.rng.u64(0..self.config.chaos_ms), Chaos::Write));
+        }
+        for _ in 0..self.rng.usize(0..=4) {
+            let at = start + self.rng.u64(0..self.config.chaos_ms);
+            schedule.push((at, Chaos::Presence(self.rng.usize(0..self.devices.len()))));
         }
         let faults = self.rng.usize(0..=10);
         for _ in 0..faults {
@@ -389,6 +404,7 @@ impl World {
             device: DeviceId::from_bytes(self.rng.u128(..).to_le_bytes()),
             tenant: Tenant::default_tenant(),
         };
+        self.hostiles.insert(identity.device);
         let mut session = Session::new(
             format!("h{id}"),
             verified(identity.clone(), all_grants()),
@@ -623,7 +639,10 @@ impl World {
                 self.handle(i, Event::Tick);
             }
         }
-        Ok(())
+        match self.broken.take() {
+            Some(broken) => Err(broken),
+            None => Ok(()),
+        }
     }
 
     fn pop_due(&mut self, link: u64, to_relay: bool) -> Option<Vec<u8>> {
@@ -727,6 +746,18 @@ impl World {
                 }
                 Effect::Status(status) => self.devices[i].status = status,
                 Effect::WakeAt(at) => self.devices[i].wake_at = Some(at),
+                Effect::Ephemeral(message) => {
+                    self.report.ephemerals_received += 1;
+                    let from_honest = self.devices.iter().any(|d| d.id == message.from);
+                    if message.from == self.devices[i].id
+                        || !(from_honest || self.hostiles.contains(&message.from))
+                        || message.doc.collection().as_str() != COLLECTION
+                        || message.payload.len() > syncline_protocol::messages::MAX_EPHEMERAL_BYTES
+                    {
+                        self.broken =
+                            Some(format!("device {i} got a misrouted ephemeral: {message:?}"));
+                    }
+                }
             }
         }
     }
@@ -1046,6 +1077,25 @@ impl World {
                     self.handle(i, Event::Subscriptions(vec![subscription]));
                 }
             }
+            Chaos::Presence(i) => {
+                let connected = self.devices[i]
+                    .engine
+                    .as_ref()
+                    .is_some_and(Engine::is_connected);
+                let store = self.devices[i].store.clone();
+                let docs = store
+                    .map(|s| s.list(&Collection::new(COLLECTION).expect("valid")))
+                    .transpose()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                if connected && !docs.is_empty() {
+                    let doc = docs[self.rng.usize(0..docs.len())].id.clone();
+                    let payload = self.rng.u64(..).to_le_bytes().to_vec();
+                    self.report.ephemerals_sent += 1;
+                    self.handle(i, Event::Ephemeral { doc, payload });
+                }
+            }
             Chaos::Restore(i) => {
                 if self.refresh_grants(i, all_grants())
                     && let Some(link) = self.devices[i].link
@@ -1326,6 +1376,9 @@ enum Chaos {
     Profile(usize),
     /// Device `i` subscribes to the collection eagerly or on demand, at a random priority.
     Subscribe(usize),
+    /// Device `i`, if connected, sends an ephemeral message (presence) on a document it
+    /// holds: the others connected on it get it, with its sender.
+    Presence(usize),
 }
 
 /// The committed corpus of the `frame` fuzz target (`fuzz/corpus/frame/`), sorted by file

@@ -90,7 +90,8 @@ impl World {
                 Effect::Send(bytes) => self.wire.push_back((i, true, bytes)),
                 Effect::Disconnect => self.devices[i].session = None,
                 Effect::Status(status) => self.devices[i].status = status,
-                Effect::WakeAt(_) => {}
+                // No device here sends ephemerals.
+                Effect::WakeAt(_) | Effect::Ephemeral(_) => {}
             }
         }
     }

@@ -40,6 +40,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
                         totals.subscription_changes += report.subscription_changes;
                         totals.deferred += report.deferred;
                         totals.evicted += report.evicted;
+                        totals.ephemerals_sent += report.ephemerals_sent;
+                        totals.ephemerals_received += report.ephemerals_received;
                     }
                     Ok(Err(e)) => failures.push(e),
                     Err(_) => failures.push(format!("seed {seed}: panicked")),
@@ -53,6 +55,7 @@ fn devices_converge_and_lose_nothing_under_faults() {
     let (mut shared_groups, mut slow_consumers, mut grant_changes) = (0, 0, 0);
     let (mut profile_changes, mut subscription_changes, mut deferred) = (0, 0, 0);
     let (mut evicted, mut restores, mut hostile) = (0, 0, 0);
+    let (mut ephemerals_sent, mut ephemerals_received) = (0, 0);
     for handle in handles {
         let (mut f, totals) = handle.join().expect("the runner thread");
         eprintln!(
@@ -61,7 +64,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
              {} device crashes, {} frames, \
              {} group commits shared by several devices, {} slow consumers closed, \
              {} grants narrowed, {} messages dropped by grant filtering at routing, \
-             {} profiles and {} subscriptions changed, {} documents deferred, {} evicted",
+             {} profiles and {} subscriptions changed, {} documents deferred, {} evicted, \
+             {} ephemerals sent and {} received",
             totals.writes,
             totals.cuts,
             totals.relay_crashes,
@@ -76,8 +80,12 @@ fn devices_converge_and_lose_nothing_under_faults() {
             totals.profile_changes,
             totals.subscription_changes,
             totals.deferred,
-            totals.evicted
+            totals.evicted,
+            totals.ephemerals_sent,
+            totals.ephemerals_received
         );
+        ephemerals_sent += totals.ephemerals_sent;
+        ephemerals_received += totals.ephemerals_received;
         evicted += totals.evicted;
         restores += totals.restores;
         hostile += totals.hostile_frames;
@@ -110,6 +118,10 @@ fn devices_converge_and_lose_nothing_under_faults() {
         assert!(evicted > 0, "no document was evicted");
         assert!(restores > 0, "no relay was restored from a backup");
         assert!(hostile > 0, "no hostile client came");
+        assert!(
+            ephemerals_sent > 0 && ephemerals_received > 0,
+            "no presence crossed the relay ({ephemerals_sent} sent)"
+        );
     }
 }
 

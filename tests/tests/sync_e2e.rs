@@ -631,6 +631,92 @@ fn a_grant_revoked_on_one_collection_refuses_only_its_documents_with_a_typed_err
     drop(client_b);
 }
 
+/// Presence: an ephemeral payload reaches the other device on the document with its sender,
+/// never its sender; the device keeps below the relay's rate and size limits with typed
+/// errors (the relay never has to refuse one), and nothing is sent offline.
+#[test]
+fn ephemeral_messages_reach_the_other_device_with_their_sender() {
+    use std::sync::{Arc, Mutex};
+    use syncline::SyncError;
+
+    let data = temp_dir();
+    let relay = Relay::start(data.path()).expect("relay");
+    let (a, b) = (Device::new(), Device::new());
+    let doc = a.store.create(&todos()).expect("create");
+    doc.put("title", "shared").expect("put");
+    let (client_a, client_b) = (a.connect(&relay), b.connect(&relay));
+    client_a.wait_synced(WAIT, true).expect("a synced");
+    client_b.wait_synced(WAIT, true).expect("b synced");
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let _on_b = {
+        let heard = heard.clone();
+        client_b.watch_ephemeral(Some(doc.id()), move |m| {
+            heard.lock().expect("lock").push(m.clone())
+        })
+    };
+    let echoed = Arc::new(Mutex::new(Vec::new()));
+    let _on_a = {
+        let echoed = echoed.clone();
+        client_a.watch_ephemeral(None, move |m| echoed.lock().expect("lock").push(m.clone()))
+    };
+
+    client_a
+        .send_ephemeral(doc.id(), b"cursor at 3")
+        .expect("send");
+    eventually("b hears a's presence", || {
+        !heard.lock().expect("lock").is_empty()
+    });
+    let first = heard.lock().expect("lock")[0].clone();
+    assert_eq!(
+        (&first.doc, first.from, &first.payload[..]),
+        (doc.id(), a.store.device_id(), &b"cursor at 3"[..])
+    );
+
+    // A burst: the device's own limit refuses the excess before the relay has to.
+    let mut sent = 1;
+    let mut limited = None;
+    for _ in 0..100 {
+        match client_a.send_ephemeral(doc.id(), b"typing") {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                limited = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(limited, Some(SyncError::RateLimited { retry_after_ms }) if retry_after_ms > 0),
+        "{limited:?} after {sent}"
+    );
+    assert!(sent <= 31, "{sent} sent in a burst");
+    eventually("b hears the whole burst", || {
+        heard.lock().expect("lock").len() == sent
+    });
+    let too_large = vec![0u8; syncline::MAX_EPHEMERAL_BYTES + 1];
+    assert!(matches!(
+        client_a.send_ephemeral(doc.id(), &too_large),
+        Err(SyncError::EphemeralTooLarge { .. })
+    ));
+    assert!(
+        echoed.lock().expect("lock").is_empty(),
+        "never to its sender"
+    );
+    assert!(
+        !matches!(client_a.status(), syncline::Status::Error { .. }),
+        "the relay refused nothing: {:?}",
+        client_a.status()
+    );
+    assert_eq!(client_a.stats().connections, 1);
+
+    client_a.pause();
+    eventually("a is offline", || {
+        matches!(
+            client_a.send_ephemeral(doc.id(), b"gone"),
+            Err(SyncError::NotConnected)
+        )
+    });
+}
+
 #[test]
 fn a_reconnect_with_ten_changed_out_of_ten_thousand_sends_little() {
     let data = temp_dir();

@@ -498,3 +498,40 @@ def test_a_refused_document_a_store_wide_listener_and_the_history_of_syncs(tmp_p
     assert record.started_at_ms <= record.ended_at_ms
     error_subscription.cancel()
     watching.cancel()
+
+
+class Presence(sl.FfiEphemeralListener):
+    def __init__(self):
+        self.messages = []
+
+    def on_ephemeral(self, message):
+        self.messages.append(message)
+
+
+def test_presence_reaches_the_other_device_with_its_sender(tmp_path, relay):
+    phone, laptop = open_store(tmp_path, "phone"), open_store(tmp_path, "laptop")
+    doc = phone.create_json("todos", json.dumps({"title": "shared"}))
+    phone_client = sl.FfiSyncClient.start(
+        phone, relay.url, ["todos"], Tokens(relay.token(phone.device_id())))
+    laptop_client = sl.FfiSyncClient.start(
+        laptop, relay.url, ["todos"], Tokens(relay.token(laptop.device_id())))
+
+    async def both_synced():
+        await phone_client.wait_synced(20_000)
+        await laptop_client.wait_synced(20_000)
+
+    asyncio.run(both_synced())
+    heard = Presence()
+    watching = laptop_client.watch_ephemeral(doc, heard)
+    phone_client.send_ephemeral(doc, b"cursor at 3")
+    eventually("the laptop hears the phone", lambda: heard.messages != [])
+    [message] = heard.messages
+    assert (message.doc, message.sender, message.payload) == (doc, phone.device_id(), b"cursor at 3")
+    with pytest.raises(sl.FfiError.InvalidInput):
+        phone_client.send_ephemeral(doc, bytes(4097))
+    with pytest.raises(sl.FfiError.RateLimited):
+        for _ in range(100):
+            phone_client.send_ephemeral(doc, b"typing")
+    watching.cancel()
+    phone_client.stop()
+    laptop_client.stop()

@@ -610,10 +610,18 @@ impl<S: Storage> Hub<S> {
 
     fn ephemeral(&self, id: SessionId, e: Ephemeral) -> Vec<Delivery> {
         let tenant = &self.peers[&id].tenant;
-        self.peers
+        let mut receivers: Vec<SessionId> = self
+            .peers
             .iter()
             .filter(|(other, peer)| **other != id && peer.receives(tenant, &e.doc))
-            .map(|(other, _)| Delivery::live(*other, Message::Ephemeral(e.clone())))
+            .map(|(other, _)| *other)
+            .collect();
+        // In session order, not the map's: the same inputs give the same outputs (the
+        // simulation replays a seed exactly).
+        receivers.sort_unstable();
+        receivers
+            .into_iter()
+            .map(|other| Delivery::live(other, Message::Ephemeral(e.clone())))
             .collect()
     }
 

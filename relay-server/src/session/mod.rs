@@ -163,7 +163,7 @@ fn ops_bucket(payload: &PayloadLimits, now_ms: u64) -> TokenBucket {
 pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 
 /// Ephemeral messages per second one connection may send (with a burst of twice as many).
-pub const EPHEMERALS_PER_S: u64 = 30;
+pub const EPHEMERALS_PER_S: u64 = syncline_protocol::messages::MAX_EPHEMERALS_PER_S;
 
 /// The documents one hub turn loads and sends for a `Fetch`; a longer fetch goes to the hub
 /// in parts ([`Action::FetchPart`]), so a device asking for many documents the cache does not

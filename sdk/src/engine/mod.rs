@@ -25,9 +25,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::sync::{Message as SyncMessage, State};
 use syncline_protocol::messages::{
-    Ack, CollectionSubscription, Cursor, DeferReason, Error as ErrorMessage, ErrorCode, Fetch,
-    Hello, MAX_COLLECTIONS, MAX_EPOCH_BYTES, Plan, Reconcile, RefreshToken, Subscribe, Sync,
-    SyncItem, SyncMode, UpdateProfile, Welcome,
+    Ack, CollectionSubscription, Cursor, DeferReason, Ephemeral, Error as ErrorMessage, ErrorCode,
+    Fetch, Hello, MAX_COLLECTIONS, MAX_EPHEMERAL_BYTES, MAX_EPOCH_BYTES, Plan, Reconcile,
+    RefreshToken, Subscribe, Sync, SyncItem, SyncMode, UpdateProfile, Welcome,
 };
 use syncline_protocol::payload::{self, Budget, PayloadLimits};
 use syncline_protocol::{
@@ -41,8 +41,8 @@ pub use port::{
     Outgoing, Positions, Received, SyncStore, acknowledgement, holds_their_heads, next_message,
 };
 pub use vocabulary::{
-    Disconnect, DocSyncError, Effect, EngineConfig, Event, Progress, Status, SyncErrorEvent,
-    SyncErrorKind, SyncStats, Transfer,
+    Disconnect, DocSyncError, Effect, EngineConfig, EphemeralMessage, Event, Progress, Status,
+    SyncErrorEvent, SyncErrorKind, SyncStats, Transfer,
 };
 
 /// Most documents per `Sync` frame the engine sends.
@@ -438,6 +438,19 @@ impl<S: SyncStore> Engine<S> {
             Event::Token(token) => {
                 if self.phase == Phase::Open {
                     out.send(&Message::RefreshToken(RefreshToken { token }));
+                }
+            }
+            Event::Ephemeral { doc, payload } => {
+                // Presence is for who is there now: nothing is kept for a later connection.
+                if self.phase == Phase::Open
+                    && self.conn.welcome.is_some()
+                    && payload.len() <= MAX_EPHEMERAL_BYTES
+                {
+                    out.send(&Message::Ephemeral(Ephemeral {
+                        doc,
+                        payload: payload.into(),
+                        from: None,
+                    }));
                 }
             }
         }
@@ -966,7 +979,7 @@ impl<S: SyncStore> Engine<S> {
                 }
             }
             Message::Error(error) => self.on_error(out, error, now_ms),
-            Message::Ephemeral(_) => {}
+            Message::Ephemeral(e) => self.on_ephemeral(out, e),
             other => {
                 tracing::warn!(
                     message = other.name(),
@@ -1270,6 +1283,24 @@ impl<S: SyncStore> Engine<S> {
                 tracing::error!(error = %e, "could not record acknowledgements");
             }
         }
+    }
+
+    /// Another device's ephemeral message: checked as strictly as the relay checks the
+    /// device's (size, a sender, a collection this device syncs), then handed to the app.
+    fn on_ephemeral(&mut self, out: &mut Out, e: Ephemeral) {
+        let Some(from) = e.from else {
+            tracing::warn!(doc = %e.doc, "dropping an ephemeral message without a sender");
+            return;
+        };
+        if e.payload.len() > MAX_EPHEMERAL_BYTES || !self.subscribed(e.doc.collection()) {
+            tracing::warn!(doc = %e.doc, bytes = e.payload.len(), "dropping an ephemeral message over the limit or off the subscription");
+            return;
+        }
+        out.effects.push(Effect::Ephemeral(EphemeralMessage {
+            doc: e.doc,
+            from,
+            payload: e.payload.to_vec(),
+        }));
     }
 
     fn on_error(&mut self, out: &mut Out, error: ErrorMessage, now_ms: u64) {

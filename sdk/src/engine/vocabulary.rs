@@ -82,6 +82,14 @@ pub enum Event {
     SyncNow,
     /// A new token for the live connection.
     Token(String),
+    /// The app sends an ephemeral payload (presence, a cursor) to the other devices on a
+    /// document: sent now if connected, else dropped (never stored or queued).
+    Ephemeral {
+        /// The document.
+        doc: DocId,
+        /// The payload, at most [`syncline_protocol::messages::MAX_EPHEMERAL_BYTES`].
+        payload: Vec<u8>,
+    },
 }
 
 /// Something the shell must do, returned by [`Engine::handle`](super::Engine::handle).
@@ -98,6 +106,20 @@ pub enum Effect {
     Status(Status),
     /// Call [`Event::Tick`] at this time (milliseconds); a later `WakeAt` replaces it.
     WakeAt(u64),
+    /// Another device's ephemeral message arrived: hand it to the app's listeners.
+    Ephemeral(EphemeralMessage),
+}
+
+/// An ephemeral message (presence, a cursor) another device sent on a document: never
+/// stored, delivered only to the devices connected at the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EphemeralMessage {
+    /// The document.
+    pub doc: DocId,
+    /// The device that sent it (as the relay authenticated it).
+    pub from: syncline_protocol::DeviceId,
+    /// The app's payload.
+    pub payload: Vec<u8>,
 }
 
 /// Documents and bytes of one part of a sync (a direction, or a priority of the download).

@@ -19,7 +19,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use syncline_protocol::messages::{CollectionSubscription, DeviceClass, Profile, SyncMode};
+use syncline_protocol::bucket::TokenBucket;
+use syncline_protocol::messages::{
+    CollectionSubscription, DeviceClass, MAX_EPHEMERAL_BYTES, MAX_EPHEMERALS_PER_S, Profile,
+    SyncMode,
+};
 use syncline_protocol::{Collection, DocId, Priority};
 use tokio::sync::mpsc as tokio_mpsc;
 
@@ -144,6 +148,26 @@ pub enum SyncError {
     /// The client could not start.
     #[error("could not start the sync client: {0}")]
     Start(String),
+    /// An ephemeral payload over [`MAX_EPHEMERAL_BYTES`].
+    #[error("an ephemeral payload of {size} bytes is over the limit of {max}")]
+    EphemeralTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Over the device's rate of ephemeral messages ([`MAX_EPHEMERALS_PER_S`], kept below the
+    /// relay's, so that the relay never has to refuse one).
+    #[error(
+        "over {MAX_EPHEMERALS_PER_S} ephemeral messages per second: retry in {retry_after_ms} ms"
+    )]
+    RateLimited {
+        /// When one fits again.
+        retry_after_ms: u64,
+    },
+    /// Not connected: an ephemeral message is for the devices there now, so it is not kept.
+    #[error("not connected to the relay: the ephemeral message was not sent")]
+    NotConnected,
     /// Not connected to the relay, so a document that is not here cannot be fetched now.
     #[error("offline: {doc} is not on this device and the relay is not connected")]
     Offline {
@@ -171,6 +195,7 @@ enum TransportEvent {
 
 type StatusListener = Arc<dyn Fn(&Status) + Send + Sync>;
 type SyncErrorListener = Arc<dyn Fn(&crate::engine::SyncErrorEvent) + Send + Sync>;
+type EphemeralListener = Arc<dyn Fn(&crate::engine::EphemeralMessage) + Send + Sync>;
 
 struct Observed {
     status: Status,
@@ -184,6 +209,10 @@ struct Observed {
     /// The documents that did not sync, as last published.
     sync_errors: std::collections::BTreeMap<DocId, crate::engine::DocSyncError>,
     error_listeners: Vec<(u64, SyncErrorListener)>,
+    /// Ephemeral listeners, each for one document or (`None`) every document.
+    ephemeral_listeners: Vec<(u64, Option<DocId>, EphemeralListener)>,
+    /// A connection to the relay is open.
+    connected: bool,
 }
 
 struct Inner {
@@ -191,6 +220,8 @@ struct Inner {
     observed: Mutex<Observed>,
     changed: Condvar,
     next_listener: AtomicU64,
+    /// The device's own limit on ephemeral messages, checked on the app's thread.
+    ephemerals: Mutex<TokenBucket>,
 }
 
 impl Inner {
@@ -234,6 +265,9 @@ impl Drop for StatusSubscription {
             let mut observed = inner.observed();
             observed.listeners.retain(|(id, _)| *id != self.id);
             observed.error_listeners.retain(|(id, _)| *id != self.id);
+            observed
+                .ephemeral_listeners
+                .retain(|(id, _, _)| *id != self.id);
         }
     }
 }
@@ -261,7 +295,10 @@ impl SyncClient {
                 deferred_uploads: Vec::new(),
                 sync_errors: std::collections::BTreeMap::new(),
                 error_listeners: Vec::new(),
+                ephemeral_listeners: Vec::new(),
+                connected: false,
             }),
+            ephemerals: Mutex::new(TokenBucket::per_second(MAX_EPHEMERALS_PER_S, 0)),
             changed: Condvar::new(),
             next_listener: AtomicU64::new(0),
         });
@@ -385,6 +422,53 @@ impl SyncClient {
             .observed()
             .error_listeners
             .push((id, Arc::new(listener)));
+        StatusSubscription {
+            inner: Arc::downgrade(&self.inner),
+            id,
+        }
+    }
+
+    /// Sends an ephemeral payload (presence, a cursor, a "typing" flag) to the other devices
+    /// connected on document `doc` now. It is never stored, and not kept for later: offline,
+    /// it fails with [`SyncError::NotConnected`]. The device keeps below the relay's rate
+    /// ([`MAX_EPHEMERALS_PER_S`] per second, [`SyncError::RateLimited`] past it) and size
+    /// ([`MAX_EPHEMERAL_BYTES`], [`SyncError::EphemeralTooLarge`]).
+    ///
+    /// # Errors
+    /// As above.
+    pub fn send_ephemeral(&self, doc: &DocId, payload: &[u8]) -> Result<(), SyncError> {
+        if payload.len() > MAX_EPHEMERAL_BYTES {
+            return Err(SyncError::EphemeralTooLarge {
+                size: payload.len(),
+                max: MAX_EPHEMERAL_BYTES,
+            });
+        }
+        if !self.inner.observed().connected {
+            return Err(SyncError::NotConnected);
+        }
+        lock(&self.inner.ephemerals)
+            .take(1, now_ms())
+            .map_err(|retry_after_ms| SyncError::RateLimited { retry_after_ms })?;
+        self.inner.send(Command::Event(Event::Ephemeral {
+            doc: doc.clone(),
+            payload: payload.to_vec(),
+        }));
+        Ok(())
+    }
+
+    /// Calls `listener` on the sync thread with each ephemeral message another device sends
+    /// on `doc` (or on any document of the synced collections, with `None`), with the sending
+    /// device; keep the returned subscription for as long as it should be called.
+    pub fn watch_ephemeral(
+        &self,
+        doc: Option<&DocId>,
+        listener: impl Fn(&crate::engine::EphemeralMessage) + Send + Sync + 'static,
+    ) -> StatusSubscription {
+        let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .observed()
+            .ephemeral_listeners
+            .push((id, doc.cloned(), Arc::new(listener)));
         StatusSubscription {
             inner: Arc::downgrade(&self.inner),
             id,

@@ -12,7 +12,10 @@ use tokio::sync::mpsc as tokio_mpsc;
 use tracing::Instrument;
 
 use super::transport::{Reporter, run_connection};
-use super::{Command, Inner, StatusListener, SyncErrorListener, TokenProvider, TransportEvent};
+use super::{
+    Command, EphemeralListener, Inner, StatusListener, SyncErrorListener, TokenProvider,
+    TransportEvent,
+};
 use crate::engine::{DocSyncError, Effect, Engine, Event, Status, SyncErrorEvent};
 use syncline_protocol::DocId;
 
@@ -178,6 +181,25 @@ impl Shell {
                     }
                 }
                 Effect::WakeAt(at) => self.wake_at = Some(at),
+                Effect::Ephemeral(message) => {
+                    let listeners: Vec<EphemeralListener> = self
+                        .inner
+                        .observed()
+                        .ephemeral_listeners
+                        .iter()
+                        .filter(|(_, doc, _)| doc.as_ref().is_none_or(|d| *d == message.doc))
+                        .map(|(_, _, l)| Arc::clone(l))
+                        .collect();
+                    for listener in listeners {
+                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            listener(&message)
+                        }))
+                        .is_err()
+                        {
+                            tracing::error!("an ephemeral listener panicked");
+                        }
+                    }
+                }
             }
         }
         self.publish_stats();
@@ -187,6 +209,7 @@ impl Shell {
         let mut observed = self.inner.observed();
         observed.stats = self.engine.stats();
         observed.deferred_uploads = self.engine.deferred_uploads();
+        observed.connected = self.engine.is_connected();
         let events = sync_error_events(&mut observed.sync_errors, self.engine.sync_errors());
         let listeners: Vec<SyncErrorListener> = if events.is_empty() {
             Vec::new()

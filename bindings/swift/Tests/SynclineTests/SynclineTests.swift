@@ -242,6 +242,15 @@ final class SyncErrors: FfiSyncErrorListener, @unchecked Sendable {
     }
 }
 
+/// Records every ephemeral message.
+final class Presence: FfiEphemeralListener, @unchecked Sendable {
+    let messages = Collected<FfiEphemeral>()
+
+    func onEphemeral(message: FfiEphemeral) {
+        messages.append(message)
+    }
+}
+
 /// Records every status.
 final class Statuses: FfiStatusListener, @unchecked Sendable {
     let seen = Collected<FfiStatus>()
@@ -307,6 +316,7 @@ func kind(of error: Error) -> String {
     case .Unreachable: return "Unreachable"
     case .Timeout: return "Timeout"
     case .Sync: return "Sync"
+    case .RateLimited: return "RateLimited"
     }
 }
 
@@ -653,6 +663,45 @@ final class SynclineTests: XCTestCase {
         XCTAssertTrue(record.startedAtMs <= record.endedAtMs)
         errorSubscription.cancel()
         watching.cancel()
+    }
+
+    func testPresenceReachesTheOtherDeviceWithItsSender() async throws {
+        let relay = try startRelay()
+        let phone = try openStore("phone")
+        let laptop = try openStore("laptop")
+        let doc = try phone.createJson(collection: "todos", json: #"{"title":"shared"}"#)
+        let phoneClient = try FfiSyncClient.start(
+            store: phone, relayUrl: relay.url, collections: ["todos"],
+            tokens: Tokens(relay.token(device: phone.deviceId())))
+        let laptopClient = try FfiSyncClient.start(
+            store: laptop, relayUrl: relay.url, collections: ["todos"],
+            tokens: Tokens(relay.token(device: laptop.deviceId())))
+        _ = try await phoneClient.waitSynced(timeoutMs: 20_000)
+        _ = try await laptopClient.waitSynced(timeoutMs: 20_000)
+        let heard = Presence()
+        let watching = try laptopClient.watchEphemeral(docId: doc, listener: heard)
+        try phoneClient.sendEphemeral(docId: doc, payload: Data("cursor at 3".utf8))
+        try await eventually("the laptop hears the phone") { !heard.messages.all.isEmpty }
+        let message = try XCTUnwrap(heard.messages.all.first)
+        XCTAssertEqual(heard.messages.all.count, 1)
+        XCTAssertEqual(message.doc, doc)
+        XCTAssertEqual(message.sender, phone.deviceId())
+        XCTAssertEqual(message.payload, Data("cursor at 3".utf8))
+        XCTAssertThrowsError(
+            try phoneClient.sendEphemeral(docId: doc, payload: Data(count: 4097))
+        ) { error in
+            XCTAssertEqual(kind(of: error), "InvalidInput")
+        }
+        XCTAssertThrowsError(
+            try (0..<100).forEach { _ in
+                try phoneClient.sendEphemeral(docId: doc, payload: Data("typing".utf8))
+            }
+        ) { error in
+            XCTAssertEqual(kind(of: error), "RateLimited")
+        }
+        watching.cancel()
+        phoneClient.stop()
+        laptopClient.stop()
     }
 
     func testAConflictIsInspectedAndResolved() async throws {

@@ -40,6 +40,8 @@ import uniffi.syncline_ffi.FfiSyncClient
 import uniffi.syncline_ffi.FfiTokenException
 import uniffi.syncline_ffi.FfiTokenProvider
 import uniffi.syncline_ffi.FfiSyncEnd
+import uniffi.syncline_ffi.FfiEphemeral
+import uniffi.syncline_ffi.FfiEphemeralListener
 import uniffi.syncline_ffi.FfiSyncErrorEvent
 import uniffi.syncline_ffi.FfiSyncErrorKind
 import uniffi.syncline_ffi.FfiSyncErrorListener
@@ -494,5 +496,37 @@ class SynclineTest {
         assertTrue(record.startedAtMs <= record.endedAtMs)
         errorSubscription.cancel()
         watching.cancel()
+    }
+
+    @Test
+    fun presenceReachesTheOtherDeviceWithItsSender() {
+        val phone = open("phone")
+        val laptop = open("laptop")
+        val doc = phone.createJson("todos", """{"title":"shared"}""")
+        val phoneClient = FfiSyncClient.start(phone, relay.url, listOf("todos"), Tokens(relay.token(phone.deviceId())))
+        val laptopClient = FfiSyncClient.start(laptop, relay.url, listOf("todos"), Tokens(relay.token(laptop.deviceId())))
+        runBlocking {
+            phoneClient.waitSynced(20_000u)
+            laptopClient.waitSynced(20_000u)
+        }
+        val heard = CopyOnWriteArrayList<FfiEphemeral>()
+        val watching = laptopClient.watchEphemeral(doc, object : FfiEphemeralListener {
+            override fun onEphemeral(message: FfiEphemeral) {
+                heard.add(message)
+            }
+        })
+        phoneClient.sendEphemeral(doc, "cursor at 3".toByteArray())
+        eventually("the laptop hears the phone") { heard.isNotEmpty() }
+        val message = heard.single()
+        assertEquals(doc, message.doc)
+        assertEquals(phone.deviceId(), message.sender)
+        assertEquals("cursor at 3", String(message.payload))
+        assertThrows<FfiException.InvalidInput> { phoneClient.sendEphemeral(doc, ByteArray(4097)) }
+        assertThrows<FfiException.RateLimited> {
+            repeat(100) { phoneClient.sendEphemeral(doc, "typing".toByteArray()) }
+        }
+        watching.cancel()
+        phoneClient.stop()
+        laptopClient.stop()
     }
 }
