@@ -9,11 +9,15 @@
 //! The in-workspace `uniffi-bindgen` binary (feature `cli`) generates the bindings:
 //! `cargo xtask bindings`.
 
+mod conflicts;
 mod store;
 mod subscription;
 mod sync;
 mod value;
 
+pub use conflicts::{
+    FfiConflict, FfiConflictListener, FfiConflictResolver, FfiConflictStrategy, FfiConflictValue,
+};
 pub use store::{
     FfiDocument, FfiDocumentInfo, FfiDocumentView, FfiDurability, FfiPriority, FfiStore,
     FfiStoreOptions,

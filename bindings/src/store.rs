@@ -377,6 +377,79 @@ impl FfiStore {
             .collect())
     }
 
+    /// The documents a merge left with concurrent values no write has resolved yet.
+    ///
+    /// # Errors
+    /// [`FfiError::Storage`] if the store cannot be read.
+    pub fn conflicted_documents(&self) -> Result<Vec<String>, FfiError> {
+        Ok(self
+            .store
+            .conflicted_documents()?
+            .iter()
+            .map(ToString::to_string)
+            .collect())
+    }
+
+    /// Resolves `collection`'s conflicts with `strategy` from now on (none: no longer), and
+    /// those already there now. Every device must run the same strategy.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad collection or device id; storage errors.
+    pub fn set_conflict_strategy(
+        &self,
+        collection: String,
+        strategy: Option<crate::FfiConflictStrategy>,
+    ) -> Result<(), FfiError> {
+        let collection = Collection::new(collection)?;
+        let strategy = strategy.map(TryInto::try_into).transpose()?;
+        Ok(self.store.set_conflict_strategy(&collection, strategy)?)
+    }
+
+    /// Resolves `collection`'s conflicts with the app's own `resolver` (deterministic, the
+    /// same on every device), from now on and now.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad collection; storage errors.
+    pub fn set_conflict_resolver(
+        &self,
+        collection: String,
+        resolver: Arc<dyn crate::FfiConflictResolver>,
+    ) -> Result<(), FfiError> {
+        let collection = Collection::new(collection)?;
+        Ok(self
+            .store
+            .set_conflict_strategy(&collection, Some(crate::conflicts::custom(resolver)))?)
+    }
+
+    /// Calls `listener` with each conflict a change leaves in any document of the store.
+    pub fn watch_conflicts(
+        &self,
+        listener: Arc<dyn crate::FfiConflictListener>,
+    ) -> Arc<FfiSubscription> {
+        FfiSubscription::new(Box::new(
+            self.store
+                .watch_conflicts(crate::conflicts::forward_conflicts(listener)),
+        ))
+    }
+
+    /// Calls `listener` with each conflict a change leaves in a document of `collection`.
+    ///
+    /// # Errors
+    /// [`FfiError::InvalidInput`] for a bad collection name.
+    pub fn watch_collection_conflicts(
+        &self,
+        collection: String,
+        listener: Arc<dyn crate::FfiConflictListener>,
+    ) -> Result<Arc<FfiSubscription>, FfiError> {
+        let collection = Collection::new(collection)?;
+        Ok(FfiSubscription::new(Box::new(
+            self.store.watch_collection_conflicts(
+                &collection,
+                crate::conflicts::forward_conflicts(listener),
+            ),
+        )))
+    }
+
     /// Calls `listener` after every durable change to any document of the store (every
     /// collection), local or remote, for as long as the returned subscription is kept. Each
     /// event says which devices its changes came from.
@@ -559,6 +632,25 @@ impl FfiDocument {
     /// [`FfiError::NotFound`] or [`FfiError::Storage`].
     pub fn set_priority(&self, priority: FfiPriority) -> Result<(), FfiError> {
         Ok(self.doc.set_priority(priority.into())?)
+    }
+
+    /// Every conflict in the document: each path a merge left with concurrent values.
+    ///
+    /// # Errors
+    /// [`FfiError::NotFound`] or a storage error.
+    pub fn all_conflicts(&self) -> Result<Vec<crate::FfiConflict>, FfiError> {
+        Ok(self.doc.all_conflicts()?.iter().map(Into::into).collect())
+    }
+
+    /// Calls `listener` with each conflict a change leaves in this document.
+    pub fn watch_conflicts(
+        &self,
+        listener: Arc<dyn crate::FfiConflictListener>,
+    ) -> Arc<FfiSubscription> {
+        FfiSubscription::new(Box::new(
+            self.doc
+                .watch_conflicts(crate::conflicts::forward_conflicts(listener)),
+        ))
     }
 
     /// Calls `listener` after every durable change to this document, local or remote, for as

@@ -225,6 +225,8 @@ pub struct FfiChangeEvent {
     /// The devices (32 hex digits each) whose changes this event brings: this store's own for
     /// a local write, the authors for a remote merge.
     pub devices: Vec<String>,
+    /// The document's conflicts after this change (empty when it has none).
+    pub conflicts: Vec<crate::FfiConflict>,
 }
 
 impl From<&ChangeEvent> for FfiChangeEvent {
@@ -236,6 +238,7 @@ impl From<&ChangeEvent> for FfiChangeEvent {
             deleted: event.deleted,
             patches: event.patches.iter().map(FfiPatch::from).collect(),
             devices: event.devices.iter().map(ToString::to_string).collect(),
+            conflicts: event.conflicts.iter().map(Into::into).collect(),
         }
     }
 }

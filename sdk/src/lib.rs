@@ -50,9 +50,9 @@ pub use heads::{ChangeHash, Heads};
 pub use net::{SyncClient, SyncError, SyncOptions, TokenError, TokenProvider};
 pub use path::{IntoPath, Path, Segment};
 pub use store::{
-    BudgetOutcome, ChangeEvent, ChangeInfo, ChangeOrigin, Document, DocumentInfo, DocumentView,
-    Patch, PatchAction, PendingChange, Store, StoreOptions, Subscription, Transaction, WriteOp,
-    WriteStats,
+    BudgetOutcome, ChangeEvent, ChangeInfo, ChangeOrigin, Conflict, ConflictStrategy,
+    ConflictValue, Document, DocumentInfo, DocumentView, MAX_CONFLICTS_LISTED, Patch, PatchAction,
+    PendingChange, Store, StoreOptions, Subscription, Transaction, WriteOp, WriteStats,
 };
 pub use syncline_protocol::messages::{
     CollectionSubscription, DeferReason, DeviceClass, MAX_CHANGE_BYTES, MAX_CHANGE_OPS,

@@ -56,6 +56,9 @@ pub struct SimConfig {
     pub heal_ms: u64,
     /// The relay's slow-consumer bounds: small, so that fan-out bursts close connections.
     pub outbox: OutboxLimits,
+    /// The conflict strategy every device runs (0: none, 1: last writer wins, 2: the first
+    /// device has priority).
+    pub strategy: u8,
 }
 
 impl SimConfig {
@@ -71,6 +74,7 @@ impl SimConfig {
                 messages: rng.usize(4..=32),
                 bytes: 1 << rng.u32(9..=15),
             },
+            strategy: rng.u8(0..3),
         }
     }
 }
@@ -121,6 +125,13 @@ pub struct SimReport {
     /// Ephemeral messages devices received (from another device, on the simulated
     /// collection, within the size limit: anything else fails the run).
     pub ephemerals_received: u64,
+    /// Conflict resolutions in the converged documents (written by a strategy; with one, no
+    /// conflict between scalar values may be left).
+    pub resolutions: u64,
+    /// Changes lost because their device had evicted the document's content (leaving it to
+    /// the relay) and the relay was then restored from an older backup: the one loss the
+    /// design admits (SECURITY.md, "Restoring a backup").
+    pub lost_to_eviction_and_restore: u64,
 }
 
 struct Link {
@@ -148,6 +159,9 @@ struct Device {
     status: Status,
     /// Every change hash this device wrote (each write returned, so it is durable).
     written: HashMap<DocId, HashSet<ChangeHash>>,
+    /// With a conflict strategy, the store writes resolutions of its own: the documents of
+    /// local changes the engine is yet to hear of (as the shell's local-change hook does).
+    local: Option<(Arc<std::sync::Mutex<Vec<DocId>>>, syncline::Subscription)>,
 }
 
 struct Relay {
@@ -208,6 +222,11 @@ struct World {
     hostiles: HashSet<DeviceId>,
     /// An invariant broken while applying effects; the next step fails the run with it.
     broken: Option<String>,
+    /// The conflict strategy every device runs.
+    strategy: Option<syncline::ConflictStrategy>,
+    /// (device, document) whose content the device had evicted when the relay was restored
+    /// from a backup.
+    evicted_at_restore: HashSet<(usize, DocId)>,
 }
 
 /// Who a simulated device is to the relay.
@@ -255,11 +274,17 @@ impl World {
         let mut rng = fastrand::Rng::with_seed(seed);
         let now = 1_000_000;
         let clock = Arc::new(AtomicU64::new(now));
-        let devices = (0..config.devices)
-            .map(|_| {
-                let id = DeviceId::from_bytes(rng.u128(..).to_le_bytes());
-                Device::open(None, id, &clock)
-            })
+        let ids: Vec<DeviceId> = (0..config.devices)
+            .map(|_| DeviceId::from_bytes(rng.u128(..).to_le_bytes()))
+            .collect();
+        let strategy = match config.strategy {
+            1 => Some(syncline::ConflictStrategy::LastWriterWins),
+            2 => Some(syncline::ConflictStrategy::DevicePriority(vec![ids[0]])),
+            _ => None,
+        };
+        let devices = ids
+            .iter()
+            .map(|id| Device::open(None, *id, &clock, strategy.clone()))
             .collect();
         Self {
             rng,
@@ -282,6 +307,8 @@ impl World {
             trace: Trace(0xcbf2_9ce4_8422_2325),
             hostiles: HashSet::new(),
             broken: None,
+            strategy,
+            evicted_at_restore: HashSet::new(),
         }
     }
 
@@ -358,6 +385,7 @@ impl World {
             }
             if !self.faults && self.converged()? {
                 self.report.converged_at_ms = self.now - start;
+                self.check_resolved()?;
                 let docs = self.relay_docs()?;
                 self.report.documents = docs.len();
                 for (id, doc) in &docs {
@@ -670,6 +698,15 @@ impl World {
         // As every shell must: app listeners run after `handle` returned.
         self.engine(i).store().deliver_events();
         self.apply(i, effects);
+        // Resolutions the store wrote on its own go to the relay like any local change.
+        let resolved: Vec<DocId> = self.devices[i]
+            .local
+            .as_ref()
+            .map(|(docs, _)| std::mem::take(&mut *docs.lock().expect("lock")))
+            .unwrap_or_default();
+        if !resolved.is_empty() && self.devices[i].engine.is_some() {
+            self.handle(i, Event::LocalChanges(resolved));
+        }
     }
 
     fn engine(&mut self, i: usize) -> &mut Engine {
@@ -1020,6 +1057,20 @@ impl World {
             Chaos::Backup => self.relay.backup = Some(self.relay.storage.backup()),
             Chaos::Hostile => self.hostile(),
             Chaos::RestoreBackup => {
+                // A device that evicted a document's content left its custody to the relay:
+                // a relay restored from an older backup loses the changes made since, and the
+                // device cannot send them again (SECURITY.md, "Restoring a backup").
+                let collection = Collection::new(COLLECTION).expect("valid");
+                for (i, d) in self.devices.iter().enumerate() {
+                    let Some(store) = d.store.as_ref() else {
+                        continue;
+                    };
+                    for info in store.list(&collection).unwrap_or_default() {
+                        if info.evicted {
+                            self.evicted_at_restore.insert((i, info.id));
+                        }
+                    }
+                }
                 if let Some(backup) = self.relay.backup.take() {
                     self.report.restores += 1;
                     self.crash_relay();
@@ -1114,13 +1165,50 @@ impl World {
                 let partitioned_until = old.partitioned_until;
                 let id = old.id;
                 let dir = old.close();
-                let mut reopened = Device::open(Some(dir), id, &self.clock);
+                let mut reopened = Device::open(Some(dir), id, &self.clock, self.strategy.clone());
                 reopened.written = written;
                 reopened.partitioned_until = partitioned_until;
                 self.devices[i] = reopened;
                 self.handle(i, Event::Start);
             }
         }
+    }
+
+    /// Counts the resolutions in the converged documents, and with a strategy, checks that no
+    /// conflict between scalar values is left on any device.
+    fn check_resolved(&mut self) -> Result<(), String> {
+        let collection = Collection::new(COLLECTION).expect("valid");
+        for (i, device) in self.devices.iter().enumerate() {
+            let Some(store) = device.store.as_ref() else {
+                continue;
+            };
+            for info in store.list(&collection).map_err(|e| e.to_string())? {
+                let Ok(doc) = store.document(&info.id) else {
+                    continue;
+                };
+                if i == 0 {
+                    let history = doc.history().map_err(|e| e.to_string())?;
+                    self.report.resolutions += history
+                        .iter()
+                        .filter(|c| {
+                            c.message
+                                .as_deref()
+                                .is_some_and(|m| m.starts_with("resolve conflict ("))
+                        })
+                        .count() as u64;
+                }
+                if self.strategy.is_some() {
+                    let left = doc.all_conflicts().map_err(|e| e.to_string())?;
+                    if let Some(c) = left.iter().find(|c| c.values.iter().all(|v| !v.object)) {
+                        return Err(format!(
+                            "device {i} kept a conflict under {:?}: {c:?}",
+                            self.strategy
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One random local operation on device `i`: create a document, or put a map key, insert
@@ -1273,6 +1361,10 @@ impl World {
                     .ok_or_else(|| format!("device {i} wrote {doc}, which the relay lacks"))?;
                 for h in hashes {
                     if at_relay.get_change_by_hash(h).is_none() {
+                        if self.evicted_at_restore.contains(&(i, doc.clone())) {
+                            self.report.lost_to_eviction_and_restore += 1;
+                            continue;
+                        }
                         return Err(format!("device {i}'s change {h} to {doc} was lost"));
                     }
                 }
@@ -1292,8 +1384,13 @@ impl World {
             let at_relay = relay
                 .get(doc)
                 .ok_or_else(|| format!("{doc} was acknowledged but is gone"))?;
+            let evicted = self.evicted_at_restore.iter().any(|(_, d)| d == doc);
             for h in hashes {
                 if at_relay.get_change_by_hash(h).is_none() {
+                    if evicted {
+                        self.report.lost_to_eviction_and_restore += 1;
+                        continue;
+                    }
                     return Err(format!("acknowledged change {h} to {doc} was lost"));
                 }
             }
@@ -1409,7 +1506,12 @@ fn sim_subscription() -> CollectionSubscription {
 
 impl Device {
     /// Opens (or reopens, after a crash) device `id`'s store in `dir`, on the world's clock.
-    fn open(dir: Option<tempfile::TempDir>, id: DeviceId, clock: &Arc<AtomicU64>) -> Self {
+    fn open(
+        dir: Option<tempfile::TempDir>,
+        id: DeviceId,
+        clock: &Arc<AtomicU64>,
+        strategy: Option<syncline::ConflictStrategy>,
+    ) -> Self {
         let dir = dir.unwrap_or_else(crate::temp_dir);
         let clock = Arc::clone(clock);
         let store = Store::open_with(
@@ -1422,6 +1524,21 @@ impl Device {
             },
         )
         .expect("open the device store");
+        let local = strategy.as_ref().map(|_| {
+            let docs: Arc<std::sync::Mutex<Vec<DocId>>> = Arc::default();
+            let sink = Arc::clone(&docs);
+            let watching = store.watch_all(move |event| {
+                if event.origin == syncline::ChangeOrigin::Local {
+                    sink.lock().expect("lock").push(event.doc_id.clone());
+                }
+            });
+            (docs, watching)
+        });
+        if let Some(strategy) = strategy {
+            store
+                .set_conflict_strategy(&Collection::new(COLLECTION).expect("valid"), Some(strategy))
+                .expect("set the conflict strategy");
+        }
         let config = crate::engine_config("sim", vec![sim_subscription()]);
         let seed = u64::from_le_bytes(
             store.device_id().as_bytes()[..8]
@@ -1439,6 +1556,7 @@ impl Device {
             partitioned_until: 0,
             status: Status::Offline,
             written: HashMap::new(),
+            local,
         }
     }
 
@@ -1454,6 +1572,7 @@ impl Device {
             partitioned_until: 0,
             status: Status::Offline,
             written: HashMap::new(),
+            local: None,
         }
     }
 

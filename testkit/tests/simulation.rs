@@ -42,6 +42,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
                         totals.evicted += report.evicted;
                         totals.ephemerals_sent += report.ephemerals_sent;
                         totals.ephemerals_received += report.ephemerals_received;
+                        totals.resolutions += report.resolutions;
+                        totals.lost_to_eviction_and_restore += report.lost_to_eviction_and_restore;
                     }
                     Ok(Err(e)) => failures.push(e),
                     Err(_) => failures.push(format!("seed {seed}: panicked")),
@@ -55,7 +57,7 @@ fn devices_converge_and_lose_nothing_under_faults() {
     let (mut shared_groups, mut slow_consumers, mut grant_changes) = (0, 0, 0);
     let (mut profile_changes, mut subscription_changes, mut deferred) = (0, 0, 0);
     let (mut evicted, mut restores, mut hostile) = (0, 0, 0);
-    let (mut ephemerals_sent, mut ephemerals_received) = (0, 0);
+    let (mut ephemerals_sent, mut ephemerals_received, mut resolutions) = (0, 0, 0);
     for handle in handles {
         let (mut f, totals) = handle.join().expect("the runner thread");
         eprintln!(
@@ -65,7 +67,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
              {} group commits shared by several devices, {} slow consumers closed, \
              {} grants narrowed, {} messages dropped by grant filtering at routing, \
              {} profiles and {} subscriptions changed, {} documents deferred, {} evicted, \
-             {} ephemerals sent and {} received",
+             {} ephemerals sent and {} received, {} conflicts resolved by a strategy, \
+             {} changes of evicted documents lost to a restored backup",
             totals.writes,
             totals.cuts,
             totals.relay_crashes,
@@ -82,8 +85,11 @@ fn devices_converge_and_lose_nothing_under_faults() {
             totals.deferred,
             totals.evicted,
             totals.ephemerals_sent,
-            totals.ephemerals_received
+            totals.ephemerals_received,
+            totals.resolutions,
+            totals.lost_to_eviction_and_restore
         );
+        resolutions += totals.resolutions;
         ephemerals_sent += totals.ephemerals_sent;
         ephemerals_received += totals.ephemerals_received;
         evicted += totals.evicted;
@@ -118,6 +124,7 @@ fn devices_converge_and_lose_nothing_under_faults() {
         assert!(evicted > 0, "no document was evicted");
         assert!(restores > 0, "no relay was restored from a backup");
         assert!(hostile > 0, "no hostile client came");
+        assert!(resolutions > 0, "no strategy resolved a conflict");
         assert!(
             ephemerals_sent > 0 && ephemerals_received > 0,
             "no presence crossed the relay ({ephemerals_sent} sent)"

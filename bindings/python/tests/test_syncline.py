@@ -76,6 +76,22 @@ class Changes(sl.FfiChangeListener):
             self.remote.set()
 
 
+class Conflicts(sl.FfiConflictListener):
+    def __init__(self):
+        self.conflicts = []
+
+    def on_conflict(self, conflict):
+        self.conflicts.append(conflict)
+
+
+class Longest(sl.FfiConflictResolver):
+    """Keeps the longest string: a function of the conflict alone, so devices agree."""
+
+    def resolve(self, conflict):
+        texts = [v.value for v in conflict.values if isinstance(v.value, sl.FfiValue.STR)]
+        return max(texts, key=lambda v: (len(v.value), v.value))
+
+
 class Statuses(sl.FfiStatusListener):
     def __init__(self):
         self.seen = []
@@ -236,14 +252,43 @@ def test_a_conflict_is_inspected_and_resolved(tmp_path, relay):
 
     sync(phone)
     sync(laptop)
+    heard = Conflicts()
+    watching = laptop.watch_conflicts(heard)
     phone.put_json(doc, "title", json.dumps("Buy oat milk"))
     laptop.put_json(doc, "title", json.dumps("Buy almond milk"))
     sync(phone)
     sync(laptop)
     conflicts = sorted(json.loads(v) for v in laptop.conflicts_json(doc, "title"))
     assert conflicts == ["Buy almond milk", "Buy oat milk"]
+    # Listed, with who wrote each value, and heard by the listener.
+    assert laptop.conflicted_documents() == [doc]
+    [conflict] = laptop.document(doc).all_conflicts()
+    assert (conflict.doc, conflict.path) == (doc, "/title")
+    assert sorted((v.device, v.value.value) for v in conflict.values) == sorted([
+        (phone.device_id(), "Buy oat milk"),
+        (laptop.device_id(), "Buy almond milk"),
+    ])
+    assert heard.conflicts == [conflict]
     laptop.resolve_json(doc, "title", json.dumps("Buy milk (any)"))
     assert laptop.conflicts_json(doc, "title") == ['"Buy milk (any)"']
+    assert laptop.conflicted_documents() == []
+    watching.cancel()
+
+    # The app's own strategy resolves the next conflict as soon as the merge leaves it.
+    laptop.set_conflict_resolver("todos", Longest())
+    sync(laptop)
+    sync(phone)
+    phone.put_json(doc, "note", json.dumps("oat"))
+    laptop.put_json(doc, "note", json.dumps("almond"))
+    sync(phone)
+    sync(laptop)
+    assert laptop.conflicted_documents() == []
+    assert json.loads(laptop.get_json(doc))["note"] == "almond"
+    messages = [c.message for c in laptop.document(doc).history()]
+    assert "resolve conflict (custom)" in messages, messages
+    with pytest.raises(sl.FfiError.InvalidInput):
+        laptop.set_conflict_strategy("todos", sl.FfiConflictStrategy.DEVICE_PRIORITY(["nope"]))
+    laptop.set_conflict_strategy("todos", sl.FfiConflictStrategy.DEVICE_PRIORITY([phone.device_id()]))
 
 
 def test_typed_values_round_trip_with_history_and_time_travel(tmp_path):

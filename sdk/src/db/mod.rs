@@ -144,6 +144,8 @@ pub(crate) enum BatchWrite {
     Evict(DocKey),
     /// A connection ended: its record joins the history of syncs.
     SyncRecord(Box<SyncRecord>),
+    /// Whether a document has conflicts now.
+    Conflicted(DocKey, bool),
 }
 
 /// A document a relay announced and held back; see [`crate::Store::deferred`].
@@ -384,6 +386,16 @@ impl Database {
                         advance_position(conn, "acked_positions", &relay, &position)?;
                     }
                     BatchWrite::SyncRecord(record) => sync_history::append(conn, &record)?,
+                    BatchWrite::Conflicted(key, true) => {
+                        conn.prepare_cached(
+                            "INSERT INTO conflicted (doc_key) VALUES (?1) ON CONFLICT DO NOTHING",
+                        )?
+                        .execute([key])?;
+                    }
+                    BatchWrite::Conflicted(key, false) => {
+                        conn.prepare_cached("DELETE FROM conflicted WHERE doc_key = ?1")?
+                            .execute([key])?;
+                    }
                 }
             }
             Ok(keys)
@@ -392,6 +404,27 @@ impl Database {
 
     /// The documents relays announced and held back (`relay`'s, or every relay's), highest
     /// priority first, then the most recently announced. A corrupt row is skipped and logged.
+    /// The documents recorded as conflicted, in id order (a corrupt row is skipped).
+    pub(crate) fn conflicted_documents(&self) -> Result<Vec<DocId>> {
+        let conn = self.reader.lock();
+        let rows = conn
+            .prepare_cached(
+                "SELECT d.collection, d.doc_id FROM conflicted c \
+                 JOIN documents d ON d.doc_key = c.doc_key ORDER BY d.collection, d.doc_id",
+            )?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(collection, id)| {
+                Collection::new(collection)
+                    .and_then(|c| DocId::new(c, id))
+                    .map_err(|e| tracing::warn!(error = %e, "skipping a corrupt conflicted row"))
+                    .ok()
+            })
+            .collect())
+    }
+
     pub(crate) fn deferred(&self, relay: Option<&str>) -> Result<Vec<DeferredDoc>> {
         let conn = self.reader.lock();
         let rows = conn

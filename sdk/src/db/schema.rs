@@ -119,6 +119,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         end_reason     TEXT
     );
     "#,
+    // 7: the documents a merge left with concurrent values (`Store::conflicted_documents`).
+    r#"
+    CREATE TABLE conflicted (
+        doc_key INTEGER PRIMARY KEY REFERENCES documents (doc_key) ON DELETE CASCADE
+    );
+    "#,
 ];
 
 /// The schema version this code writes.

@@ -209,6 +209,24 @@ impl Document {
         self.read(|doc| model::read_all(doc, &path))
     }
 
+    /// Every conflict in the document (at most [`crate::MAX_CONFLICTS_LISTED`]): each path a
+    /// merge left with concurrent values that differ, with the values and who wrote each.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] or a storage error.
+    pub fn all_conflicts(&self) -> Result<Vec<crate::Conflict>> {
+        self.read(|doc| Ok(super::conflicts::find(doc, &self.id)))
+    }
+
+    /// Calls `listener` with each conflict a change leaves in this document, until the
+    /// returned [`Subscription`] is dropped.
+    pub fn watch_conflicts(
+        &self,
+        listener: impl Fn(&crate::Conflict) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.watch(move |event: &ChangeEvent| event.conflicts.iter().for_each(&listener))
+    }
+
     /// Replaces every concurrent value at `path` with `value`, as one durable change.
     ///
     /// # Errors

@@ -47,6 +47,9 @@ pub struct ChangeEvent {
     /// for a local write; for a remote merge, the authors of the changes it received (an
     /// Automerge actor that is not a Syncline device id is left out).
     pub devices: Vec<DeviceId>,
+    /// The document's conflicts after this change: concurrent values a merge left (see
+    /// [`crate::Conflict`]); empty when it has none.
+    pub conflicts: Vec<super::conflicts::Conflict>,
 }
 
 /// The devices that authored the changes of `doc` not covered by `since` (each once, in id

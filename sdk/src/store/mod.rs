@@ -8,6 +8,7 @@
 
 mod budget;
 mod cache;
+mod conflicts;
 mod document;
 mod history;
 mod listeners;
@@ -32,6 +33,7 @@ pub(crate) use shared::{InsideDocument, Shared, UpdateOutcome};
 use shared::{apply_untrusted, new_doc_id};
 
 pub use budget::BudgetOutcome;
+pub use conflicts::{Conflict, ConflictStrategy, ConflictValue, MAX_CONFLICTS_LISTED};
 pub use document::{Document, DocumentView};
 pub use history::{ChangeInfo, PendingChange};
 pub use listeners::{ChangeEvent, ChangeOrigin, Patch, PatchAction, Subscription};
@@ -156,6 +158,9 @@ impl Store {
         let actor = ActorId::from(db.device_id().as_bytes().as_slice());
         Ok(Self {
             shared: Arc::new(Shared {
+                conflicted: parking_lot::Mutex::new(
+                    db.conflicted_documents()?.into_iter().collect(),
+                ),
                 db,
                 cache: DocCache::new(options.cache_bytes),
                 listeners: Arc::default(),
@@ -163,6 +168,7 @@ impl Store {
                 path,
                 options,
                 hooks: parking_lot::RwLock::default(),
+                strategies: parking_lot::RwLock::default(),
             }),
         })
     }
@@ -242,6 +248,7 @@ impl Store {
             deleted: false,
             patches: listeners::convert_patches(doc.diff(&[], heads.as_slice())),
             devices: vec![self.device_id()],
+            conflicts: Vec::new(),
         });
         let new = NewDoc {
             id: id.clone(),
@@ -508,6 +515,11 @@ impl Store {
             deleted,
             patches: listeners::convert_patches(doc.diff(&[], heads.as_slice())),
             devices: listeners::authors(&doc, &[]),
+            conflicts: if conflicts::may_have_new(&doc, &[]) {
+                conflicts::find(&doc, id)
+            } else {
+                Vec::new()
+            },
         });
         let new = NewDoc {
             id: id.clone(),
@@ -523,8 +535,84 @@ impl Store {
             // Created concurrently by another thread: merge into that one instead.
             Err(Error::AlreadyExists(_)) => self.shared.apply_remote(id, all_changes),
             Err(e) => Err(e),
-            Ok(()) => Ok(heads),
+            Ok(()) => {
+                let conflicted = self.shared.with_doc(id, |loaded| {
+                    Ok(!self.shared.note_conflicts(loaded, &[]).is_empty())
+                })?;
+                if conflicted && let Some(strategy) = self.shared.strategy(id) {
+                    self.shared.resolve_conflicts(id, &strategy)?;
+                    self.shared.listeners.deliver();
+                    return self
+                        .shared
+                        .with_doc(id, |loaded| Ok(Heads::new(loaded.doc.get_heads())));
+                }
+                Ok(heads)
+            }
         }
+    }
+
+    /// The documents a merge left with concurrent values at some path, and no write has
+    /// resolved yet (kept in the store, so the list survives a restart).
+    ///
+    /// # Errors
+    /// The store could not be read.
+    pub fn conflicted_documents(&self) -> Result<Vec<DocId>> {
+        self.shared.db.conflicted_documents()
+    }
+
+    /// Resolves the conflicts of `collection`'s documents with `strategy` from now on (or no
+    /// longer, with `None`): as soon as a merge leaves concurrent scalar values at a path,
+    /// the store writes the value the strategy picks, as a local change with the message
+    /// `resolve conflict (STRATEGY)`. Documents already conflicted are resolved now. Every
+    /// device must run the same strategy for a collection: a deterministic strategy then
+    /// converges (devices resolving one conflict at once write equal values, which is no
+    /// conflict).
+    ///
+    /// # Errors
+    /// The conflicted documents could not be listed, or a resolution could not be written.
+    pub fn set_conflict_strategy(
+        &self,
+        collection: &Collection,
+        strategy: Option<ConflictStrategy>,
+    ) -> Result<()> {
+        match strategy {
+            None => {
+                self.shared.strategies.write().remove(collection);
+                Ok(())
+            }
+            Some(strategy) => {
+                self.shared
+                    .strategies
+                    .write()
+                    .insert(collection.clone(), strategy.clone());
+                for id in self.conflicted_documents()? {
+                    if id.collection() == collection {
+                        self.shared.resolve_conflicts(&id, &strategy)?;
+                    }
+                }
+                self.shared.listeners.deliver();
+                Ok(())
+            }
+        }
+    }
+
+    /// Calls `listener` with each conflict a change leaves in any document of the store
+    /// (after every change to a conflicted document, with each of its conflicts), until the
+    /// returned [`Subscription`] is dropped.
+    pub fn watch_conflicts(
+        &self,
+        listener: impl Fn(&Conflict) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.watch_all(conflict_listener(listener))
+    }
+
+    /// [`Store::watch_conflicts`] for the documents of `collection`.
+    pub fn watch_collection_conflicts(
+        &self,
+        collection: &Collection,
+        listener: impl Fn(&Conflict) + Send + Sync + 'static,
+    ) -> Subscription {
+        self.watch_collection(collection, conflict_listener(listener))
     }
 
     /// Writes committed since the store was opened, and the commits that carried them: more
@@ -561,4 +649,11 @@ impl std::fmt::Debug for Store {
             .field("device_id", &self.device_id())
             .finish_non_exhaustive()
     }
+}
+
+/// A change listener that calls `listener` with each conflict of each event.
+fn conflict_listener(
+    listener: impl Fn(&Conflict) + Send + Sync + 'static,
+) -> impl Fn(&ChangeEvent) + Send + Sync + 'static {
+    move |event: &ChangeEvent| event.conflicts.iter().for_each(&listener)
 }

@@ -69,18 +69,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{ActorId, Automerge, Change, PatchLog};
+use automerge::{ActorId, Automerge, Change, ChangeHash, PatchLog};
 use syncline_protocol::messages::{MAX_CHANGE_BYTES, MAX_CHANGE_OPS};
 use syncline_protocol::{DeviceId, DocId};
 
 use super::StoreOptions;
 use super::cache::{DocCache, LoadedDoc};
+use super::conflicts::{self, Conflict, ConflictStrategy};
 use super::listeners::{self, ChangeEvent, ChangeOrigin, Registry};
 use super::model;
 use super::transaction::Transaction;
-use crate::db::{ContentWrite, Database, DocRow, DocUpdate, NewDoc, Origin};
+use crate::db::{BatchWrite, ContentWrite, Database, DocRow, DocUpdate, NewDoc, Origin};
 use crate::engine::acknowledgement;
-use crate::{Error, Heads, Result};
+use crate::{Error, Heads, Result, Value};
 
 /// What every handle of one open store shares.
 pub(crate) struct Shared {
@@ -92,9 +93,76 @@ pub(crate) struct Shared {
     pub(super) options: StoreOptions,
     /// Local-change hooks (next id, hooks); see [`Shared::add_local_hook`].
     pub(super) hooks: parking_lot::RwLock<(u64, Vec<(u64, LocalHook)>)>,
+    /// The documents recorded as conflicted (as in the `conflicted` table).
+    pub(super) conflicted: parking_lot::Mutex<std::collections::HashSet<DocId>>,
+    /// Per collection, the strategy that resolves its conflicts.
+    pub(super) strategies: parking_lot::RwLock<
+        std::collections::HashMap<syncline_protocol::Collection, ConflictStrategy>,
+    >,
 }
 
 impl Shared {
+    /// After a change to `loaded` from `before`: the document's conflicts now (computed only
+    /// when the change was a merge that could leave some, or the document had some), with
+    /// the record of whether it has any brought up to date.
+    pub(super) fn note_conflicts(
+        &self,
+        loaded: &LoadedDoc,
+        before: &[ChangeHash],
+    ) -> Vec<Conflict> {
+        let id = &loaded.row.id;
+        let flagged = self.conflicted.lock().contains(id);
+        if !flagged && !conflicts::may_have_new(&loaded.doc, before) {
+            return Vec::new();
+        }
+        let found = conflicts::find(&loaded.doc, id);
+        let now = !found.is_empty();
+        if now != flagged {
+            match self
+                .db
+                .commit_batch(vec![BatchWrite::Conflicted(loaded.row.key, now)])
+            {
+                Ok(_) => {
+                    let mut set = self.conflicted.lock();
+                    if now {
+                        set.insert(id.clone());
+                    } else {
+                        set.remove(id);
+                    }
+                }
+                // Only the list of conflicted documents is behind; the next change fixes it.
+                Err(e) => tracing::warn!(doc = %id, error = %e, "could not record conflicts"),
+            }
+        }
+        found
+    }
+
+    /// The strategy for `id`'s collection, if its conflicts are to be resolved.
+    pub(super) fn strategy(&self, id: &DocId) -> Option<ConflictStrategy> {
+        self.strategies.read().get(id.collection()).cloned()
+    }
+
+    /// Resolves `id`'s conflicts between scalar values with `strategy`, as one local change
+    /// (listeners are delivered by the caller). Nothing is written when none is left.
+    pub(super) fn resolve_conflicts(&self, id: &DocId, strategy: &ConflictStrategy) -> Result<()> {
+        let found = self.with_doc(id, |loaded| Ok(conflicts::find(&loaded.doc, id)))?;
+        let choices: Vec<(crate::Path, Value)> = found
+            .iter()
+            .filter(|c| c.values.iter().all(|v| !v.object))
+            .map(|c| (c.path.clone(), strategy.choose(c)))
+            .collect();
+        if choices.is_empty() {
+            return Ok(());
+        }
+        let message = format!("resolve conflict ({})", strategy.name());
+        self.write_local_undelivered(id, Some(&message), |tx| {
+            for (path, value) in choices {
+                tx.put(path, value)?;
+            }
+            Ok(())
+        })
+    }
+
     /// The store clock's time, in milliseconds since the Unix epoch.
     pub(crate) fn now_ms(&self) -> i64 {
         self.options.clock.now_ms()
@@ -256,8 +324,20 @@ impl Shared {
         message: Option<&str>,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R>,
     ) -> Result<R> {
+        let result = self.write_local_undelivered(id, message, f)?;
+        self.listeners.deliver();
+        Ok(result)
+    }
+
+    /// [`Shared::write_local`], leaving its event queued for the caller to deliver.
+    pub(super) fn write_local_undelivered<R>(
+        &self,
+        id: &DocId,
+        message: Option<&str>,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R>,
+    ) -> Result<R> {
         let observed = self.listeners.wants(id);
-        let result = self.with_doc(id, |loaded| {
+        self.with_doc(id, |loaded| {
             if loaded.row.deleted {
                 return Err(Error::Deleted(id.clone()));
             }
@@ -299,22 +379,24 @@ impl Shared {
             }
             self.persist(loaded, change, Origin::Local)?;
             self.local_changed(id);
+            // A local change merges every head it saw: it resolves conflicts, never makes any.
+            let heads = loaded.doc.get_heads();
+            let conflicts = self.note_conflicts(loaded, &heads);
             if observed {
                 self.listeners.publish(ChangeEvent {
                     doc_id: id.clone(),
                     origin: ChangeOrigin::Local,
-                    heads: Heads::new(loaded.doc.get_heads()),
+                    heads: Heads::new(heads),
                     deleted: loaded.row.deleted,
                     patches: listeners::convert_patches(loaded.doc.make_patches(&mut patch_log)),
                     devices: DeviceId::try_from_slice(self.actor.to_bytes())
                         .into_iter()
                         .collect(),
+                    conflicts,
                 });
             }
             Ok(result)
-        })?;
-        self.listeners.deliver();
-        Ok(result)
+        })
     }
 
     /// Merges remote changes into an existing document and makes them durable.
@@ -336,11 +418,13 @@ impl Shared {
             }
             let after = loaded.doc.get_heads();
             if after == before {
-                return Ok(Heads::new(after));
+                return Ok((Heads::new(after), false));
             }
             let chunk = loaded.doc.save_after(&before);
             self.persist(loaded, chunk, Origin::Remote)?;
             let heads = Heads::new(after);
+            let conflicts = self.note_conflicts(loaded, &before);
+            let conflicted = !conflicts.is_empty();
             if observed {
                 self.listeners.publish(ChangeEvent {
                     doc_id: id.clone(),
@@ -349,10 +433,16 @@ impl Shared {
                     deleted: loaded.row.deleted,
                     patches: listeners::convert_patches(loaded.doc.make_patches(&mut patch_log)),
                     devices: listeners::authors(&loaded.doc, &before),
+                    conflicts,
                 });
             }
-            Ok(heads)
+            Ok((heads, conflicted))
         })?;
+        let (mut heads, conflicted) = heads;
+        if conflicted && let Some(strategy) = self.strategy(id) {
+            self.resolve_conflicts(id, &strategy)?;
+            heads = self.with_doc(id, |loaded| Ok(Heads::new(loaded.doc.get_heads())))?;
+        }
         self.listeners.deliver();
         Ok(heads)
     }

@@ -67,7 +67,7 @@ impl SyncStore for Store {
         now_ms: u64,
     ) -> Vec<(DocId, Result<Received>)> {
         let at = i64::try_from(now_ms).unwrap_or(i64::MAX);
-        let _inside = match InsideDocument::enter() {
+        let inside = match InsideDocument::enter() {
             Ok(inside) => inside,
             Err(_) => {
                 return items
@@ -84,6 +84,8 @@ impl SyncStore for Store {
         // Not announced to the group commit: this batch takes document locks one by one, and a
         // commit waiting for it could be waiting for a writer that holds one of them.
         let mut done: Vec<(DocId, Result<Received>)> = Vec::new();
+        // Documents the batch left conflicted in a collection with a strategy.
+        let mut to_resolve: Vec<DocId> = Vec::new();
         let mut batch: Vec<Pending> = Vec::new();
         let mut writes: Vec<BatchWrite> = Vec::new();
         let mut relay_heads: Vec<Vec<ChangeHash>> = Vec::new();
@@ -202,6 +204,8 @@ impl SyncStore for Store {
                                     loaded.doc.make_patches(&mut log),
                                 ),
                                 devices: listeners::authors(&loaded.doc, &pending.before),
+                                // Filled in once the document is committed.
+                                conflicts: Vec::new(),
                             });
                         }
                     }
@@ -241,6 +245,7 @@ impl SyncStore for Store {
                                     fresh.diff(&[], heads.as_slice()),
                                 ),
                                 devices: listeners::authors(&fresh, &[]),
+                                conflicts: Vec::new(),
                             });
                         }
                         pending.fresh = Some(fresh);
@@ -356,10 +361,15 @@ impl SyncStore for Store {
                     continue;
                 }
             }
-            if let Some(event) = pending.event.take() {
+            let loaded = pending.guard.as_ref().expect("loaded or inserted");
+            let conflicts = shared.note_conflicts(loaded, &pending.before);
+            if !conflicts.is_empty() && shared.strategy(&doc).is_some() {
+                to_resolve.push(doc.clone());
+            }
+            if let Some(mut event) = pending.event.take() {
+                event.conflicts = conflicts;
                 shared.listeners.publish(event);
             }
-            let loaded = pending.guard.as_ref().expect("loaded or inserted");
             let heads = Heads::new(loaded.doc.get_heads());
             let changed = heads.as_slice() != pending.before.as_slice();
             let reply = next_message(&loaded.doc, state, pending.carried_changes);
@@ -373,6 +383,15 @@ impl SyncStore for Store {
                     reply,
                 }),
             ));
+        }
+        // Resolved once every lock is released: a resolution is an ordinary local write.
+        drop(inside);
+        for doc in to_resolve {
+            if let Some(strategy) = shared.strategy(&doc)
+                && let Err(e) = shared.resolve_conflicts(&doc, &strategy)
+            {
+                tracing::warn!(doc = %doc, error = %e, "could not resolve conflicts");
+            }
         }
         done
     }

@@ -251,6 +251,31 @@ final class Presence: FfiEphemeralListener, @unchecked Sendable {
     }
 }
 
+/// Records every conflict heard.
+final class Conflicts: FfiConflictListener, @unchecked Sendable {
+    let conflicts = Collected<FfiConflict>()
+
+    func onConflict(conflict: FfiConflict) {
+        conflicts.append(conflict)
+    }
+}
+
+/// Keeps the longest string (ties: the greatest): a function of the conflict alone, so every
+/// device resolves the same way.
+final class Longest: FfiConflictResolver, @unchecked Sendable {
+    func resolve(conflict: FfiConflict) -> FfiValue {
+        var best: String?
+        for value in conflict.values {
+            if case let .str(text) = value.value,
+                best.map({ (text.count, text) > ($0.count, $0) }) ?? true
+            {
+                best = text
+            }
+        }
+        return .str(value: best ?? "")
+    }
+}
+
 /// Records every status.
 final class Statuses: FfiStatusListener, @unchecked Sendable {
     let seen = Collected<FfiStatus>()
@@ -711,6 +736,8 @@ final class SynclineTests: XCTestCase {
         let doc = try phone.createJson(collection: "todos", json: #"{"title":"Buy milk"}"#)
         try await sync(phone, through: relay)
         try await sync(laptop, through: relay)
+        let heard = Conflicts()
+        let watching = laptop.watchConflicts(listener: heard)
         try phone.putJson(docId: doc, path: "title", json: #""Buy oat milk""#)
         try laptop.putJson(docId: doc, path: "title", json: #""Buy almond milk""#)
         try await sync(phone, through: relay)
@@ -718,8 +745,48 @@ final class SynclineTests: XCTestCase {
         XCTAssertEqual(
             try laptop.conflictsJson(docId: doc, path: "title").sorted(),
             [#""Buy almond milk""#, #""Buy oat milk""#])
+        // Listed, with who wrote each value, and heard by the listener.
+        XCTAssertEqual(try laptop.conflictedDocuments(), [doc])
+        let conflicts = try laptop.document(docId: doc).allConflicts()
+        XCTAssertEqual(conflicts.count, 1)
+        let conflict = try XCTUnwrap(conflicts.first)
+        XCTAssertEqual(conflict.doc, doc)
+        XCTAssertEqual(conflict.path, "/title")
+        let written = conflict.values.map { "\($0.device ?? "?")=\($0.value)" }.sorted()
+        XCTAssertEqual(
+            written,
+            [
+                "\(phone.deviceId())=\(V.str(value: "Buy oat milk"))",
+                "\(laptop.deviceId())=\(V.str(value: "Buy almond milk"))",
+            ].sorted())
+        XCTAssertEqual(heard.conflicts.all.map { $0.path }, ["/title"])
         try laptop.resolveJson(docId: doc, path: "title", json: #""Buy milk (any)""#)
         XCTAssertEqual(try laptop.conflictsJson(docId: doc, path: "title"), [#""Buy milk (any)""#])
+        XCTAssertEqual(try laptop.conflictedDocuments(), [])
+        watching.cancel()
+
+        // The app's own strategy resolves the next conflict as soon as the merge leaves it.
+        try laptop.setConflictResolver(collection: "todos", resolver: Longest())
+        try await sync(laptop, through: relay)
+        try await sync(phone, through: relay)
+        try phone.putJson(docId: doc, path: "note", json: #""oat""#)
+        try laptop.putJson(docId: doc, path: "note", json: #""almond""#)
+        try await sync(phone, through: relay)
+        try await sync(laptop, through: relay)
+        XCTAssertEqual(try laptop.conflictedDocuments(), [])
+        XCTAssertTrue(try laptop.getJson(docId: doc).contains(#""note":"almond""#))
+        XCTAssertTrue(
+            try laptop.document(docId: doc).history().contains {
+                $0.message == "resolve conflict (custom)"
+            })
+        XCTAssertThrowsError(
+            try laptop.setConflictStrategy(
+                collection: "todos", strategy: .devicePriority(devices: ["nope"]))
+        ) { error in
+            XCTAssertEqual(kind(of: error), "InvalidInput")
+        }
+        try laptop.setConflictStrategy(
+            collection: "todos", strategy: .devicePriority(devices: [phone.deviceId()]))
     }
 
     func testAChosenIdWithOptionsInfoAndPendingChanges() throws {

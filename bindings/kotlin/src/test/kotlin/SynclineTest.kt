@@ -40,6 +40,10 @@ import uniffi.syncline_ffi.FfiSyncClient
 import uniffi.syncline_ffi.FfiTokenException
 import uniffi.syncline_ffi.FfiTokenProvider
 import uniffi.syncline_ffi.FfiSyncEnd
+import uniffi.syncline_ffi.FfiConflict
+import uniffi.syncline_ffi.FfiConflictListener
+import uniffi.syncline_ffi.FfiConflictResolver
+import uniffi.syncline_ffi.FfiConflictStrategy
 import uniffi.syncline_ffi.FfiEphemeral
 import uniffi.syncline_ffi.FfiEphemeralListener
 import uniffi.syncline_ffi.FfiSyncErrorEvent
@@ -227,13 +231,51 @@ class SynclineTest {
         val doc = phone.createJson("todos", """{"title":"Buy milk"}""")
         sync(phone)
         sync(laptop)
+        val heard = CopyOnWriteArrayList<FfiConflict>()
+        val watching = laptop.watchConflicts(object : FfiConflictListener {
+            override fun onConflict(conflict: FfiConflict) {
+                heard.add(conflict)
+            }
+        })
         phone.putJson(doc, "title", "\"Buy oat milk\"")
         laptop.putJson(doc, "title", "\"Buy almond milk\"")
         sync(phone)
         sync(laptop)
         assertEquals(listOf("\"Buy almond milk\"", "\"Buy oat milk\""), laptop.conflictsJson(doc, "title").sorted())
+        // Listed, with who wrote each value, and heard by the listener.
+        assertEquals(listOf(doc), laptop.conflictedDocuments())
+        val conflict = laptop.document(doc).allConflicts().single()
+        assertEquals(doc, conflict.doc)
+        assertEquals("/title", conflict.path)
+        assertEquals(
+            setOf(phone.deviceId() to FfiValue.Str("Buy oat milk"), laptop.deviceId() to FfiValue.Str("Buy almond milk")),
+            conflict.values.map { it.device to it.value }.toSet(),
+        )
+        assertEquals(listOf(conflict), heard.toList())
         laptop.resolveJson(doc, "title", "\"Buy milk (any)\"")
         assertEquals(listOf("\"Buy milk (any)\""), laptop.conflictsJson(doc, "title"))
+        assertEquals(emptyList<String>(), laptop.conflictedDocuments())
+        watching.cancel()
+
+        // The app's own strategy resolves the next conflict as soon as the merge leaves it.
+        laptop.setConflictResolver("todos", object : FfiConflictResolver {
+            override fun resolve(conflict: FfiConflict): FfiValue =
+                conflict.values.map { it.value }.filterIsInstance<FfiValue.Str>()
+                    .maxWith(compareBy<FfiValue.Str>({ it.value.length }, { it.value }))
+        })
+        sync(laptop)
+        sync(phone)
+        phone.putJson(doc, "note", "\"oat\"")
+        laptop.putJson(doc, "note", "\"almond\"")
+        sync(phone)
+        sync(laptop)
+        assertEquals(emptyList<String>(), laptop.conflictedDocuments())
+        assertTrue(laptop.getJson(doc).contains("\"note\":\"almond\""), laptop.getJson(doc))
+        assertTrue(laptop.document(doc).history().any { it.message == "resolve conflict (custom)" })
+        assertThrows<FfiException.InvalidInput> {
+            laptop.setConflictStrategy("todos", FfiConflictStrategy.DevicePriority(listOf("nope")))
+        }
+        laptop.setConflictStrategy("todos", FfiConflictStrategy.DevicePriority(listOf(phone.deviceId())))
     }
 
     @Test

@@ -1,0 +1,130 @@
+//! Conflicts across the FFI: what a merge left ([`FfiConflict`]), the listener that hears
+//! them, and the strategies that resolve them ([`FfiConflictStrategy`], or the app's own
+//! [`FfiConflictResolver`]).
+
+use std::sync::Arc;
+
+use syncline::{Conflict, ConflictStrategy, DeviceId};
+
+use crate::{FfiError, FfiValue};
+
+/// Concurrent values a merge left at one path of a document.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct FfiConflict {
+    /// The document, as `collection/id`.
+    pub doc: String,
+    /// The path, as `/a/0/b`.
+    pub path: String,
+    /// The values, in the same order on every device (the last is the one reads return).
+    pub values: Vec<FfiConflictValue>,
+}
+
+/// One of a conflict's values, with who wrote it and when.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct FfiConflictValue {
+    /// The value.
+    pub value: FfiValue,
+    /// The device that wrote it (32 hex digits), when known.
+    pub device: Option<String>,
+    /// When, by its author's clock (seconds since the Unix epoch).
+    pub time: i64,
+    /// True for an object (map, list, text): strategies leave those to the app.
+    pub object: bool,
+}
+
+impl From<&Conflict> for FfiConflict {
+    fn from(c: &Conflict) -> Self {
+        Self {
+            doc: c.doc_id.to_string(),
+            path: c.path.to_string(),
+            values: c
+                .values
+                .iter()
+                .map(|v| FfiConflictValue {
+                    value: v.value.clone().into(),
+                    device: v.device.map(|d| d.to_string()),
+                    time: v.time,
+                    object: v.object,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How a collection's conflicts are resolved (every device must run the same).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum FfiConflictStrategy {
+    /// The value written last by its author's clock wins.
+    LastWriterWins,
+    /// The value written by the device listed first wins (32 hex digits each); ties and
+    /// unlisted devices by last writer.
+    DevicePriority {
+        /// Devices, highest priority first.
+        devices: Vec<String>,
+    },
+}
+
+impl TryFrom<FfiConflictStrategy> for ConflictStrategy {
+    type Error = FfiError;
+
+    fn try_from(s: FfiConflictStrategy) -> Result<Self, FfiError> {
+        Ok(match s {
+            FfiConflictStrategy::LastWriterWins => Self::LastWriterWins,
+            FfiConflictStrategy::DevicePriority { devices } => Self::DevicePriority(
+                devices
+                    .iter()
+                    .map(|d| {
+                        d.parse::<DeviceId>()
+                            .map_err(|e| FfiError::InvalidInput(format!("device {d:?}: {e}")))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
+    }
+}
+
+/// The app's own resolution: called on the thread that merged, it returns the value to keep.
+/// It must be deterministic (a function of the conflict alone), or devices could resolve one
+/// conflict differently for ever.
+#[uniffi::export(with_foreign)]
+pub trait FfiConflictResolver: Send + Sync {
+    /// The value to keep at the conflict's path.
+    fn resolve(&self, conflict: FfiConflict) -> FfiValue;
+}
+
+/// Told of each conflict a change leaves.
+#[uniffi::export(with_foreign)]
+pub trait FfiConflictListener: Send + Sync {
+    /// One conflict (after every change to a conflicted document, each of its conflicts).
+    fn on_conflict(&self, conflict: FfiConflict);
+}
+
+/// The app's resolver as a strategy. A resolver that throws keeps the value reads return.
+pub(crate) fn custom(resolver: Arc<dyn FfiConflictResolver>) -> ConflictStrategy {
+    ConflictStrategy::Custom(Arc::new(move |conflict: &Conflict| {
+        let call = std::panic::AssertUnwindSafe(|| resolver.resolve(conflict.into()));
+        match std::panic::catch_unwind(call) {
+            Ok(value) => value.into(),
+            Err(_) => {
+                eprintln!("syncline: a conflict resolver threw; keeping the visible value");
+                conflict
+                    .values
+                    .last()
+                    .map(|v| v.value.clone())
+                    .unwrap_or(syncline::Value::Null)
+            }
+        }
+    }))
+}
+
+/// Forwards conflicts to a foreign listener.
+pub(crate) fn forward_conflicts(
+    listener: Arc<dyn FfiConflictListener>,
+) -> impl Fn(&Conflict) + Send + Sync + 'static {
+    move |conflict| {
+        let call = std::panic::AssertUnwindSafe(|| listener.on_conflict(conflict.into()));
+        if std::panic::catch_unwind(call).is_err() {
+            eprintln!("syncline: a conflict listener threw");
+        }
+    }
+}
