@@ -8,6 +8,9 @@
 //!   bindings into `target/bindings/<language>` with the in-workspace `uniffi-bindgen`.
 //! - `cargo xtask soak [--seconds N] [--seeds N] [--sim-seeds N]` runs the fault proxy and the
 //!   simulation long (outside CI).
+//! - `cargo xtask size` builds the FFI library as apps ship it (profile `release-ffi`) and the
+//!   relay (`release`), and prints their stripped sizes against the library's 8 MB budget (a
+//!   benchmark: it reports, it does not fail).
 //!
 //! Suites, in this order:
 //! - `rust`: the whole Cargo workspace, doc tests included.
@@ -70,10 +73,11 @@ fn run() -> anyhow::Result<bool> {
         }
         ["fuzz", ref rest @ ..] => fuzz_command(rest),
         ["soak", ref rest @ ..] => soak(rest),
+        ["size"] => size(),
         _ => bail!(
             "usage: cargo xtask test [{}] | cargo xtask bindings | \
              cargo xtask fuzz [--seconds N] [--keep] [TARGET...] | \
-             cargo xtask soak [--seconds N] [--seeds N] [--sim-seeds N]",
+             cargo xtask soak [--seconds N] [--seeds N] [--sim-seeds N] | cargo xtask size",
             SUITES.join("|")
         ),
     }
@@ -235,6 +239,60 @@ fn fuzz_suite(started: Option<fuzz::Background>) -> anyhow::Result<(bool, Tally)
         skipped: 0,
     };
     Ok((outcome.failed.is_empty(), tally))
+}
+
+/// The FFI library's budget on a phone, stripped (issue 16).
+const FFI_BUDGET_BYTES: u64 = 8_000_000;
+
+/// `cargo xtask size`: the stripped sizes of what ships.
+fn size() -> anyhow::Result<bool> {
+    run_cargo(&["build", "--profile", "release-ffi", "-p", "syncline-ffi"])?;
+    run_cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "syncline-relay",
+        "--bin",
+        "syncline-relay",
+    ])?;
+    let library = target_dir().join("release-ffi").join(
+        ffi_library()
+            .file_name()
+            .context("the library has a file name")?,
+    );
+    let library_bytes = stripped_size(&library)?;
+    let relay_bytes = stripped_size(&target_dir().join("release").join("syncline-relay"))?;
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "size: syncline-ffi {:.2} MB stripped (budget {:.0} MB: {}), syncline-relay {:.2} MB stripped",
+        mb(library_bytes),
+        mb(FFI_BUDGET_BYTES),
+        if library_bytes <= FFI_BUDGET_BYTES {
+            "within"
+        } else {
+            "OVER"
+        },
+        mb(relay_bytes)
+    );
+    Ok(true)
+}
+
+/// The size of `path` once stripped of symbols and debug information (a stripped copy is
+/// measured; the file itself is left as built).
+fn stripped_size(path: &Path) -> anyhow::Result<u64> {
+    let copy = target_dir()
+        .join("size")
+        .join(path.file_name().context("a binary has a file name")?);
+    std::fs::create_dir_all(copy.parent().context("in a directory")?)?;
+    std::fs::copy(path, &copy).with_context(|| format!("cannot copy {}", path.display()))?;
+    let status = Command::new("strip")
+        .arg(&copy)
+        .status()
+        .context("cannot run strip (binutils)")?;
+    if !status.success() {
+        bail!("strip {} failed", copy.display());
+    }
+    Ok(std::fs::metadata(&copy)?.len())
 }
 
 fn cargo() -> Command {
