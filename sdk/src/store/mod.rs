@@ -586,8 +586,14 @@ impl Store {
                     .write()
                     .insert(collection.clone(), strategy.clone());
                 for id in self.conflicted_documents()? {
-                    if id.collection() == collection {
-                        self.shared.resolve_conflicts(&id, &strategy)?;
+                    if id.collection() != collection {
+                        continue;
+                    }
+                    match self.shared.resolve_conflicts(&id, &strategy) {
+                        // Nothing to resolve here: deleted, or its content is on the relay
+                        // (resolved when it comes back).
+                        Ok(()) | Err(Error::Deleted(_) | Error::Evicted(_)) => {}
+                        Err(e) => return Err(e),
                     }
                 }
                 self.shared.listeners.deliver();
