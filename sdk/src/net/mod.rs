@@ -386,11 +386,13 @@ impl SyncClient {
         &self,
         listener: impl Fn(&Status) + Send + Sync + 'static,
     ) -> StatusSubscription {
+        self.register(|observed, id| observed.listeners.push((id, Arc::new(listener))))
+    }
+
+    /// Registers a listener with `add`, under a new id the returned subscription removes.
+    fn register(&self, add: impl FnOnce(&mut Observed, u64)) -> StatusSubscription {
         let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .observed()
-            .listeners
-            .push((id, Arc::new(listener)));
+        add(&mut self.inner.observed(), id);
         StatusSubscription {
             inner: Arc::downgrade(&self.inner),
             id,
@@ -417,15 +419,7 @@ impl SyncClient {
         &self,
         listener: impl Fn(&crate::engine::SyncErrorEvent) + Send + Sync + 'static,
     ) -> StatusSubscription {
-        let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .observed()
-            .error_listeners
-            .push((id, Arc::new(listener)));
-        StatusSubscription {
-            inner: Arc::downgrade(&self.inner),
-            id,
-        }
+        self.register(|observed, id| observed.error_listeners.push((id, Arc::new(listener))))
     }
 
     /// Sends an ephemeral payload (presence, a cursor, a "typing" flag) to the other devices
@@ -464,15 +458,11 @@ impl SyncClient {
         doc: Option<&DocId>,
         listener: impl Fn(&crate::engine::EphemeralMessage) + Send + Sync + 'static,
     ) -> StatusSubscription {
-        let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .observed()
-            .ephemeral_listeners
-            .push((id, doc.cloned(), Arc::new(listener)));
-        StatusSubscription {
-            inner: Arc::downgrade(&self.inner),
-            id,
-        }
+        self.register(|observed, id| {
+            observed
+                .ephemeral_listeners
+                .push((id, doc.cloned(), Arc::new(listener)));
+        })
     }
 
     /// Blocks until the status is [`Status::Synced`] and nothing is pending locally, fails at

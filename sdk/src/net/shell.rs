@@ -170,15 +170,7 @@ impl Shell {
                             .collect()
                     };
                     self.inner.changed.notify_all();
-                    for listener in listeners {
-                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            listener(&status)
-                        }))
-                        .is_err()
-                        {
-                            tracing::error!("a status listener panicked");
-                        }
-                    }
+                    call_each(&listeners, &status, "status");
                 }
                 Effect::WakeAt(at) => self.wake_at = Some(at),
                 Effect::Ephemeral(message) => {
@@ -190,15 +182,7 @@ impl Shell {
                         .filter(|(_, doc, _)| doc.as_ref().is_none_or(|d| *d == message.doc))
                         .map(|(_, _, l)| Arc::clone(l))
                         .collect();
-                    for listener in listeners {
-                        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            listener(&message)
-                        }))
-                        .is_err()
-                        {
-                            tracing::error!("an ephemeral listener panicked");
-                        }
-                    }
+                    call_each(&listeners, &message, "ephemeral");
                 }
             }
         }
@@ -223,13 +207,7 @@ impl Shell {
         drop(observed);
         self.inner.changed.notify_all();
         for event in &events {
-            for listener in &listeners {
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(event)))
-                    .is_err()
-                {
-                    tracing::error!("a sync error listener panicked");
-                }
-            }
+            call_each(&listeners, event, "sync error");
         }
     }
 
@@ -324,6 +302,19 @@ fn reanchored(origin: &std::cell::Cell<u64>, elapsed: u64, wall: u64) -> u64 {
         wall
     } else {
         monotonic
+    }
+}
+
+/// An app listener the sync thread calls.
+type Listener<T> = Arc<dyn Fn(&T) + Send + Sync>;
+
+/// Calls each app listener with `value`, on this (the sync) thread; one that panics is logged
+/// and the others still run.
+fn call_each<T: ?Sized>(listeners: &[Listener<T>], value: &T, what: &str) {
+    for listener in listeners {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(value))).is_err() {
+            tracing::error!("a {what} listener panicked");
+        }
     }
 }
 
