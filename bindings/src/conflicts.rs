@@ -122,9 +122,8 @@ pub(crate) fn forward_conflicts(
     listener: Arc<dyn FfiConflictListener>,
 ) -> impl Fn(&Conflict) + Send + Sync + 'static {
     move |conflict| {
-        let call = std::panic::AssertUnwindSafe(|| listener.on_conflict(conflict.into()));
-        if std::panic::catch_unwind(call).is_err() {
-            eprintln!("syncline: a conflict listener threw");
-        }
+        crate::call_foreign("a conflict listener", || {
+            listener.on_conflict(conflict.into())
+        });
     }
 }

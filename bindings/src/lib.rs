@@ -112,6 +112,15 @@ impl From<syncline::IdError> for FfiError {
     }
 }
 
+/// Calls a foreign callback that returns nothing. A foreign exception surfaces as a panic
+/// here: it is contained and reported (`what` says whose), so it can neither fail a committed
+/// write nor stop the sync thread.
+pub(crate) fn call_foreign(what: &str, call: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).is_err() {
+        eprintln!("syncline: {what} threw");
+    }
+}
+
 /// Told of document changes; see [`FfiStore::watch_collection`] and [`FfiDocument::watch`].
 #[uniffi::export(with_foreign)]
 pub trait FfiChangeListener: Send + Sync {

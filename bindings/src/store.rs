@@ -117,16 +117,14 @@ impl From<syncline::DocumentInfo> for FfiDocumentInfo {
     }
 }
 
-/// Hands SDK change events to a foreign listener. A foreign exception surfaces as a panic here:
-/// it is contained, so it can neither fail a committed write nor stop the sync thread.
+/// Hands SDK change events to a foreign listener (see [`crate::call_foreign`]).
 pub(crate) fn forward_events(
     listener: Arc<dyn FfiChangeListener>,
 ) -> impl Fn(&syncline::ChangeEvent) + Send + Sync + 'static {
     move |event| {
-        let call = std::panic::AssertUnwindSafe(|| listener.on_change(FfiChangeEvent::from(event)));
-        if std::panic::catch_unwind(call).is_err() {
-            eprintln!("syncline: a change listener threw; the change is committed");
-        }
+        crate::call_foreign("a change listener (the change is committed)", || {
+            listener.on_change(FfiChangeEvent::from(event));
+        });
     }
 }
 

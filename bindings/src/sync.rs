@@ -649,10 +649,7 @@ impl FfiSyncClient {
     pub fn watch_status(&self, listener: Arc<dyn FfiStatusListener>) -> Arc<FfiSubscription> {
         let subscription = self.with(|c| {
             c.watch_status(move |s| {
-                let call = std::panic::AssertUnwindSafe(|| listener.on_status(s.clone().into()));
-                if std::panic::catch_unwind(call).is_err() {
-                    eprintln!("syncline: a status listener threw");
-                }
+                crate::call_foreign("a status listener", || listener.on_status(s.clone().into()));
             })
         });
         FfiSubscription::new(Box::new(subscription))
@@ -678,11 +675,9 @@ impl FfiSyncClient {
     ) -> Arc<FfiSubscription> {
         let subscription = self.with(|c| {
             c.watch_sync_errors(move |e| {
-                let call =
-                    std::panic::AssertUnwindSafe(|| listener.on_sync_error(e.clone().into()));
-                if std::panic::catch_unwind(call).is_err() {
-                    eprintln!("syncline: a sync error listener threw");
-                }
+                crate::call_foreign("a sync error listener", || {
+                    listener.on_sync_error(e.clone().into());
+                });
             })
         });
         FfiSubscription::new(Box::new(subscription))
@@ -715,10 +710,9 @@ impl FfiSyncClient {
         let doc = doc_id.map(|d| d.parse::<DocId>()).transpose()?;
         let subscription = self.with(|c| {
             c.watch_ephemeral(doc.as_ref(), move |m| {
-                let call = std::panic::AssertUnwindSafe(|| listener.on_ephemeral(m.clone().into()));
-                if std::panic::catch_unwind(call).is_err() {
-                    eprintln!("syncline: an ephemeral listener threw");
-                }
+                crate::call_foreign("an ephemeral listener", || {
+                    listener.on_ephemeral(m.clone().into());
+                });
             })
         });
         Ok(FfiSubscription::new(Box::new(subscription)))
