@@ -100,6 +100,9 @@ pub struct FfiDocumentInfo {
     /// Its content was evicted to stay within the storage budget (the sync client's `open`
     /// fetches it again).
     pub evicted: bool,
+    /// Bytes of this device's own changes to it kept apart while its content is evicted
+    /// (what a relay restored from an older backup gets back); 0 with none.
+    pub kept_bytes: u64,
 }
 
 impl From<syncline::DocumentInfo> for FfiDocumentInfo {
@@ -113,6 +116,7 @@ impl From<syncline::DocumentInfo> for FfiDocumentInfo {
             local_change_at_ms: info.local_change_at,
             remote_change_at_ms: info.remote_change_at,
             evicted: info.evicted,
+            kept_bytes: info.kept_bytes,
         }
     }
 }

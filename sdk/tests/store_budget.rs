@@ -6,7 +6,8 @@ mod common;
 use std::collections::HashSet;
 
 use common::{Fixture, todos};
-use syncline::{Collection, DeferReason, Error, Value};
+use syncline::engine::SyncStore;
+use syncline::{Collection, DeferReason, DocId, Error, Heads, Value};
 
 const RELAY: &str = "relay-1";
 
@@ -150,4 +151,142 @@ fn fully_synced_on_demand_documents_are_evicted_least_recently_changed_first() {
         Err(Error::Evicted(_))
     ));
     assert_eq!(fx.store.deferred().expect("deferred").len(), 3);
+}
+
+/// A photo the camera took and this device captioned, an album this device started and the
+/// camera filled, and a document of this device's own; all acknowledged by the relay.
+fn shared_and_own(fx: &Fixture) -> (DocId, DocId, DocId) {
+    let camera = fx.other_device("camera");
+    let copy = |from: &syncline::Store, to: &syncline::Store, id: &DocId| {
+        let changes = from.changes_since(id, &Heads::default()).expect("export");
+        to.apply_changes(id, &changes).expect("import");
+    };
+    let photo = camera.create(&photos()).expect("create");
+    photo.put("body", noise(20_000, 1)).expect("put");
+    let photo = photo.id().clone();
+    copy(&camera, &fx.store, &photo);
+    let captioned = fx.store.document(&photo).expect("photo");
+    captioned.put("caption", "mine").expect("caption");
+
+    let album = fx.store.create(&photos()).expect("create");
+    album.put("title", "holidays").expect("title");
+    let album = album.id().clone();
+    copy(&fx.store, &camera, &album);
+    let cover = camera.document(&album).expect("album");
+    cover.put("cover", noise(20_000, 2)).expect("cover");
+    copy(&camera, &fx.store, &album);
+
+    let own = fx.store.create(&photos()).expect("create");
+    own.put("body", noise(20_000, 3)).expect("put");
+    let own = own.id().clone();
+    for id in [&photo, &album, &own] {
+        let heads = fx.store.document(id).expect("doc").heads().expect("heads");
+        fx.store.mark_acknowledged(id, RELAY, &heads).expect("ack");
+    }
+    (photo, album, own)
+}
+
+fn evicted(fx: &Fixture, id: &DocId) -> bool {
+    matches!(fx.store.document(id), Err(Error::Evicted(_)))
+}
+
+/// Issue 15: eviction keeps this device's own changes apart, so that a relay restored from an
+/// older backup gets them back: they are pending again once the relay says it lost them, and
+/// a document it holds nothing of is made again from them.
+#[test]
+fn eviction_keeps_this_devices_own_changes_for_a_relay_that_loses_them() {
+    let fx = Fixture::new();
+    let (photo, album, own) = shared_and_own(&fx);
+    let own_bytes = fx.store.info(&own).expect("info").stored_bytes;
+
+    // Room for the own document and a little: the two shared documents go, their own
+    // changes stay; the own document is passed over (keeping it would free nothing).
+    let outcome = fx
+        .store
+        .enforce_budget(RELAY, own_bytes + 2_000, &[photos()], &HashSet::new(), 1)
+        .expect("enforce");
+    assert_eq!(outcome.over_budget_bytes, 0, "{outcome:?}");
+    let gone: HashSet<DocId> = outcome.evicted.iter().map(|d| d.doc.clone()).collect();
+    assert_eq!(gone, HashSet::from([photo.clone(), album.clone()]));
+    assert!(evicted(&fx, &photo) && evicted(&fx, &album) && !evicted(&fx, &own));
+    assert!(outcome.content_bytes > own_bytes, "the kept changes count");
+    assert!(fx.store.pending_documents().expect("pending").is_empty());
+
+    // The relay lost what it acknowledged: the kept changes are pending again; an evicted
+    // document without any would not be (there is nothing of it to send).
+    fx.store
+        .forget_positions(RELAY, &[photos()])
+        .expect("forget");
+    let pending: HashSet<DocId> = fx
+        .store
+        .pending_documents()
+        .expect("pending")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        pending,
+        HashSet::from([photo.clone(), album.clone(), own.clone()])
+    );
+    let changes = fx.store.pending_changes().expect("pending changes");
+    let of_photo: Vec<_> = changes.iter().filter(|c| c.doc_id == photo).collect();
+    assert_eq!(of_photo.len(), 1, "the caption, not the camera's body");
+    assert_eq!(of_photo[0].change.device, Some(fx.store.device_id()));
+
+    // The relay holds nothing of them: the caption needs the camera's photo, the album is
+    // made again from this device's changes alone.
+    assert!(!fx.store.restore_kept(&photo, 2).expect("restore"));
+    assert!(fx.store.restore_kept(&album, 2).expect("restore"));
+    let back = fx.store.document(&album).expect("album is back");
+    assert_eq!(
+        back.get("title").expect("title"),
+        Some(Value::from("holidays"))
+    );
+    assert_eq!(
+        back.get("cover").expect("cover"),
+        None,
+        "the camera's part comes from it"
+    );
+    assert!(
+        fx.store
+            .pending_documents()
+            .expect("pending")
+            .contains(&album)
+    );
+    drop(back);
+
+    // Kept across a restart.
+    let fx = fx.reopen();
+    assert!(evicted(&fx, &photo));
+    assert_eq!(
+        fx.store
+            .pending_changes()
+            .expect("pending changes")
+            .iter()
+            .filter(|c| c.doc_id == photo)
+            .count(),
+        1
+    );
+}
+
+/// Only a budget too small for them drops this device's own changes: those of evicted
+/// documents first, then documents of its own go whole.
+#[test]
+fn a_budget_too_small_for_own_changes_leaves_them_to_the_relay() {
+    let fx = Fixture::new();
+    let (photo, album, own) = shared_and_own(&fx);
+    let outcome = fx
+        .store
+        .enforce_budget(RELAY, 0, &[photos()], &HashSet::new(), 1)
+        .expect("enforce");
+    assert_eq!(outcome.content_bytes, 0, "{outcome:?}");
+    assert_eq!(outcome.evicted.len(), 3);
+    assert!([&photo, &album, &own].iter().all(|id| evicted(&fx, id)));
+    fx.store
+        .forget_positions(RELAY, &[photos()])
+        .expect("forget");
+    assert!(
+        fx.store.pending_documents().expect("pending").is_empty(),
+        "nothing kept, nothing to send"
+    );
+    assert!(!fx.store.restore_kept(&album, 2).expect("restore"));
 }

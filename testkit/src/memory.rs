@@ -48,6 +48,32 @@ struct Inner {
     deferred: HashMap<String, BTreeMap<DocId, DeferredDoc>>,
     /// The history of syncs, oldest first (the last `KEPT_SYNC_RECORDS`).
     history: std::collections::VecDeque<syncline::SyncRecord>,
+    /// Per evicted document, this device's own changes to it not yet back in it (as the
+    /// SQLite store keeps them).
+    kept: BTreeMap<DocId, Vec<automerge::Change>>,
+}
+
+impl Inner {
+    /// Applies the kept changes of `doc` to `automerge`, keeping those that still do not
+    /// apply (they wait on other devices' changes).
+    fn merge_kept(&mut self, doc: &DocId, automerge: &mut Automerge) -> Result<()> {
+        let Some(kept) = self.kept.remove(doc) else {
+            return Ok(());
+        };
+        let missing: Vec<automerge::Change> = kept
+            .into_iter()
+            .filter(|c| automerge.get_change_by_hash(&c.hash()).is_none())
+            .collect();
+        automerge.apply_changes(missing.clone())?;
+        let left: Vec<automerge::Change> = missing
+            .into_iter()
+            .filter(|c| automerge.get_change_by_hash(&c.hash()).is_none())
+            .collect();
+        if !left.is_empty() {
+            self.kept.insert(doc.clone(), left);
+        }
+        Ok(())
+    }
 }
 
 impl MemorySyncStore {
@@ -203,6 +229,10 @@ impl SyncStore for MemorySyncStore {
             if let Some(e) = failed {
                 // The copy is dropped: the stored document is what it was.
                 states.remove(&doc);
+                done.push((doc, Err(e)));
+                continue;
+            }
+            if let Err(e) = inner.merge_kept(&doc, &mut automerge) {
                 done.push((doc, Err(e)));
                 continue;
             }
@@ -417,6 +447,15 @@ impl SyncStore for MemorySyncStore {
             let Some(doc) = inner.docs.remove(&id) else {
                 continue;
             };
+            let actor = ActorId::from(self.device.as_bytes().as_slice());
+            let own: Vec<automerge::Change> = doc
+                .get_changes(&[])
+                .into_iter()
+                .filter(|c| c.actor_id() == &actor)
+                .collect();
+            if !own.is_empty() {
+                inner.kept.insert(id.clone(), own);
+            }
             let bytes = size(&doc);
             content = content.saturating_sub(bytes);
             let deferred = DeferredDoc {
@@ -437,6 +476,38 @@ impl SyncStore for MemorySyncStore {
         outcome.content_bytes = content;
         outcome.over_budget_bytes = content.saturating_sub(budget);
         Ok(outcome)
+    }
+
+    fn kept_unacknowledged(&self, relay: &str) -> Result<Vec<DocId>> {
+        let inner = self.inner();
+        Ok(inner
+            .kept
+            .keys()
+            .filter(|doc| {
+                !inner.docs.contains_key(*doc)
+                    && !inner.acks.contains_key(&(relay.to_owned(), (*doc).clone()))
+            })
+            .cloned()
+            .collect())
+    }
+
+    fn restore_kept(&self, doc: &DocId, now_ms: u64) -> Result<bool> {
+        let mut inner = self.inner();
+        if inner.docs.contains_key(doc) || !inner.kept.contains_key(doc) {
+            return Ok(false);
+        }
+        let actor = ActorId::from(self.device.as_bytes().as_slice());
+        let mut automerge = Automerge::new().with_actor(actor);
+        inner.merge_kept(doc, &mut automerge)?;
+        if automerge.get_heads().is_empty() {
+            return Ok(false);
+        }
+        inner.docs.insert(doc.clone(), automerge);
+        inner.received_at.insert(doc.clone(), now_ms);
+        for deferred in inner.deferred.values_mut() {
+            deferred.remove(doc);
+        }
+        Ok(true)
     }
 
     fn deferred(&self, relay: &str) -> Result<Vec<DeferredDoc>> {

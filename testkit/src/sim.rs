@@ -128,10 +128,19 @@ pub struct SimReport {
     /// Conflict resolutions in the converged documents (written by a strategy; with one, no
     /// conflict between scalar values may be left).
     pub resolutions: u64,
-    /// Changes lost because their device had evicted the document's content (leaving it to
-    /// the relay) and the relay was then restored from an older backup: the one loss the
-    /// design admits (SECURITY.md, "Restoring a backup").
-    pub lost_to_eviction_and_restore: u64,
+    /// Documents a device had evicted, keeping its own changes apart, when the relay was
+    /// restored from an older backup: those changes must bring back what the relay lost.
+    pub evicted_at_restore: u64,
+    /// Documents a device had evicted with its own changes too (its storage budget could not
+    /// hold them) when the relay was restored: their custody was the relay's alone.
+    pub released_at_restore: u64,
+    /// Changes lost because their device had left them to the relay alone (above) before
+    /// the relay was restored from an older backup: the one loss the design admits
+    /// (SECURITY.md, "A relay restored from an older backup"). Any other loss fails the run.
+    pub lost_released: u64,
+    /// Restores after which a device evicted all it could as it reconnected (before it
+    /// learned of the loss).
+    pub restores_with_eviction: u64,
 }
 
 struct Link {
@@ -226,7 +235,7 @@ struct World {
     strategy: Option<syncline::ConflictStrategy>,
     /// (device, document) whose content the device had evicted when the relay was restored
     /// from a backup.
-    evicted_at_restore: HashSet<(usize, DocId)>,
+    released_at_restore: HashSet<(usize, DocId)>,
 }
 
 /// Who a simulated device is to the relay.
@@ -308,7 +317,7 @@ impl World {
             hostiles: HashSet::new(),
             broken: None,
             strategy,
-            evicted_at_restore: HashSet::new(),
+            released_at_restore: HashSet::new(),
         }
     }
 
@@ -1057,17 +1066,22 @@ impl World {
             Chaos::Backup => self.relay.backup = Some(self.relay.storage.backup()),
             Chaos::Hostile => self.hostile(),
             Chaos::RestoreBackup => {
-                // A device that evicted a document's content left its custody to the relay:
-                // a relay restored from an older backup loses the changes made since, and the
-                // device cannot send them again (SECURITY.md, "Restoring a backup").
+                // A device that evicted a document's content kept its own changes to it apart
+                // (unless its storage budget could not hold them): those must come back to a
+                // relay restored from an older backup.
                 let collection = Collection::new(COLLECTION).expect("valid");
                 for (i, d) in self.devices.iter().enumerate() {
                     let Some(store) = d.store.as_ref() else {
                         continue;
                     };
                     for info in store.list(&collection).unwrap_or_default() {
-                        if info.evicted {
-                            self.evicted_at_restore.insert((i, info.id));
+                        if !info.evicted {
+                            continue;
+                        }
+                        if info.kept_bytes > 0 {
+                            self.report.evicted_at_restore += 1;
+                        } else if self.released_at_restore.insert((i, info.id)) {
+                            self.report.released_at_restore += 1;
                         }
                     }
                 }
@@ -1077,6 +1091,27 @@ impl World {
                     // The restored relay serves the backup, in an epoch of its own.
                     self.relay.storage = backup;
                     self.relay.core = Relay::core(&self.relay.storage, self.config.outbox);
+                    // Often a device also turns to evicting all it can as it reconnects: it
+                    // must not evict what the restored relay lost (it learns of the loss
+                    // first), and its kept changes must bring back what it wrote since.
+                    let running: Vec<usize> = (0..self.devices.len())
+                        .filter(|&i| self.devices[i].engine.is_some())
+                        .collect();
+                    // (Only while the chaos lasts: then every profile is reset.)
+                    if self.faults && !running.is_empty() && self.rng.u8(0..3) == 0 {
+                        let i = running[self.rng.usize(0..running.len())];
+                        self.report.restores_with_eviction += 1;
+                        let subscription = CollectionSubscription {
+                            mode: SyncMode::OnDemand,
+                            ..sim_subscription()
+                        };
+                        self.handle(i, Event::Subscriptions(vec![subscription]));
+                        let profile = syncline::Profile {
+                            storage_budget_bytes: Some(0),
+                            ..crate::profile(DeviceClass::Phone)
+                        };
+                        self.handle(i, Event::Profile(profile));
+                    }
                 }
             }
             Chaos::RelayCrash => {
@@ -1327,13 +1362,23 @@ impl World {
         }
         let relay = self.relay_docs()?;
         let collection = Collection::new(COLLECTION).expect("valid");
-        for d in &self.devices {
+        for (i, d) in self.devices.iter().enumerate() {
             let store = d.store.as_ref().expect("running");
-            let listed = store.list(&collection).map_err(|e| e.to_string())?;
+            let mut listed = store.list(&collection).map_err(|e| e.to_string())?;
+            // A document this device left to the relay alone, which a restore then lost
+            // whole: the admitted loss, listed here as evicted for good.
+            listed.retain(|info| {
+                !(info.evicted
+                    && !relay.contains_key(&info.id)
+                    && self.released_at_restore.contains(&(i, info.id.clone())))
+            });
             if listed.len() != relay.len() {
                 return Ok(false);
             }
             for info in listed {
+                if info.evicted {
+                    return Ok(false);
+                }
                 let Some(at_relay) = relay.get(&info.id) else {
                     return Ok(false);
                 };
@@ -1356,13 +1401,18 @@ impl World {
         // Converged: now nothing written or acknowledged may be missing.
         for (i, d) in self.devices.iter().enumerate() {
             for (doc, hashes) in &d.written {
-                let at_relay = relay
-                    .get(doc)
-                    .ok_or_else(|| format!("device {i} wrote {doc}, which the relay lacks"))?;
+                let released = self.released_at_restore.contains(&(i, doc.clone()));
+                let Some(at_relay) = relay.get(doc) else {
+                    if released {
+                        self.report.lost_released += hashes.len() as u64;
+                        continue;
+                    }
+                    return Err(format!("device {i} wrote {doc}, which the relay lacks"));
+                };
                 for h in hashes {
                     if at_relay.get_change_by_hash(h).is_none() {
-                        if self.evicted_at_restore.contains(&(i, doc.clone())) {
-                            self.report.lost_to_eviction_and_restore += 1;
+                        if released {
+                            self.report.lost_released += 1;
                             continue;
                         }
                         return Err(format!("device {i}'s change {h} to {doc} was lost"));
@@ -1381,18 +1431,23 @@ impl World {
             }
         }
         for (doc, hashes) in &self.acked {
-            let at_relay = relay
-                .get(doc)
-                .ok_or_else(|| format!("{doc} was acknowledged but is gone"))?;
-            let evicted = self.evicted_at_restore.iter().any(|(_, d)| d == doc);
+            let at_relay = relay.get(doc);
             for h in hashes {
-                if at_relay.get_change_by_hash(h).is_none() {
-                    if evicted {
-                        self.report.lost_to_eviction_and_restore += 1;
-                        continue;
-                    }
-                    return Err(format!("acknowledged change {h} to {doc} was lost"));
+                if at_relay.is_some_and(|d| d.get_change_by_hash(h).is_some()) {
+                    continue;
                 }
+                let author = self
+                    .devices
+                    .iter()
+                    .position(|d| d.written.get(doc).is_some_and(|w| w.contains(h)));
+                if author.is_some_and(|i| self.released_at_restore.contains(&(i, doc.clone()))) {
+                    self.report.lost_released += 1;
+                    continue;
+                }
+                return Err(match at_relay {
+                    Some(_) => format!("acknowledged change {h} to {doc} was lost"),
+                    None => format!("{doc} was acknowledged but is gone"),
+                });
             }
         }
         Ok(true)

@@ -236,3 +236,33 @@ fn engines_over_the_memory_port_converge_through_the_relay() {
     // Nothing is left to send.
     assert!(world.wire.is_empty());
 }
+
+/// The in-memory port keeps this device's own changes to a document it evicts, as the SQLite
+/// store does: once the relay says it lost them, the document is listed to fetch, and one the
+/// relay holds nothing of is made again from them.
+#[test]
+fn the_memory_port_keeps_own_changes_of_what_it_evicts() {
+    use syncline::engine::SyncStore;
+    let store = MemorySyncStore::new(device_id(1));
+    let doc = DocId::new(collection(), "a").expect("valid");
+    let heads = store.put(&doc, "title", "mine", 1).expect("put");
+    store
+        .acknowledge(RELAY, &[(doc.clone(), heads)], &[])
+        .expect("ack");
+    let outcome = store
+        .enforce_budget(RELAY, 0, &[collection()], &Default::default(), 1)
+        .expect("budget");
+    assert_eq!(outcome.evicted.len(), 1);
+    assert!(store.documents().is_empty());
+    assert!(store.kept_unacknowledged(RELAY).expect("kept").is_empty());
+    store
+        .forget_positions(RELAY, &[collection()])
+        .expect("forget");
+    assert_eq!(
+        store.kept_unacknowledged(RELAY).expect("kept"),
+        vec![doc.clone()]
+    );
+    assert!(store.restore_kept(&doc, 2).expect("restore"));
+    assert_eq!(store.get(&doc, "title").as_deref(), Some("mine"));
+    assert!(store.deferred(RELAY).expect("deferred").is_empty());
+}

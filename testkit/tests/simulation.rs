@@ -1,11 +1,18 @@
 //! The deterministic simulation (`syncline_testkit::sim`) over many seeds. A failure prints
 //! its seed; `SIM_SEED=N cargo test -p syncline-testkit --test simulation` replays it alone,
-//! and `SIM_SEEDS=N` changes how many seeds run (default 1000).
+//! and `SIM_SEEDS=N` changes how many seeds run (default 1000). `SIM_LOG=FILTER` (e.g.
+//! `syncline=debug`) prints the SDK's and the relay's logs, for replaying one seed.
 
 use syncline_testkit::sim;
 
 #[test]
 fn devices_converge_and_lose_nothing_under_faults() {
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
         Ok(seed) => vec![seed.parse().expect("SIM_SEED is a number")],
         Err(_) => {
@@ -43,7 +50,10 @@ fn devices_converge_and_lose_nothing_under_faults() {
                         totals.ephemerals_sent += report.ephemerals_sent;
                         totals.ephemerals_received += report.ephemerals_received;
                         totals.resolutions += report.resolutions;
-                        totals.lost_to_eviction_and_restore += report.lost_to_eviction_and_restore;
+                        totals.evicted_at_restore += report.evicted_at_restore;
+                        totals.restores_with_eviction += report.restores_with_eviction;
+                        totals.released_at_restore += report.released_at_restore;
+                        totals.lost_released += report.lost_released;
                     }
                     Ok(Err(e)) => failures.push(e),
                     Err(_) => failures.push(format!("seed {seed}: panicked")),
@@ -68,7 +78,9 @@ fn devices_converge_and_lose_nothing_under_faults() {
              {} grants narrowed, {} messages dropped by grant filtering at routing, \
              {} profiles and {} subscriptions changed, {} documents deferred, {} evicted, \
              {} ephemerals sent and {} received, {} conflicts resolved by a strategy, \
-             {} changes of evicted documents lost to a restored backup",
+             {} documents evicted when the relay was restored, \
+             {} restores after which a device evicted all it could, \
+             {} evicted with the device's own changes left to the relay, {} changes lost so",
             totals.writes,
             totals.cuts,
             totals.relay_crashes,
@@ -87,7 +99,10 @@ fn devices_converge_and_lose_nothing_under_faults() {
             totals.ephemerals_sent,
             totals.ephemerals_received,
             totals.resolutions,
-            totals.lost_to_eviction_and_restore
+            totals.evicted_at_restore,
+            totals.restores_with_eviction,
+            totals.released_at_restore,
+            totals.lost_released
         );
         resolutions += totals.resolutions;
         ephemerals_sent += totals.ephemerals_sent;

@@ -911,3 +911,118 @@ fn on_demand_documents_are_listed_fetched_evicted_over_budget_and_fetched_again(
             .expect("heads")
     );
 }
+
+/// Issue 15: a device that evicted documents to keep within its storage budget kept its own
+/// changes to them, so a relay restored from a backup older than those changes gets them
+/// back: merged into a document the relay still holds, or a document the relay holds nothing
+/// of made again from them alone. Checked by a new device before any other device comes back.
+#[test]
+fn a_relay_restored_from_an_older_backup_gets_back_an_evicted_documents_own_changes() {
+    let data = temp_dir();
+    let mut relay = Relay::start(data.path()).expect("relay");
+    let addr = relay.addr.clone();
+    let camera = Device::new();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let photo = camera.store.create(&photos()).expect("create");
+        photo.put("body", noise(30_000, i + 1)).expect("put");
+        ids.push(photo.id().clone());
+    }
+    let uploader = photos_client(&relay, &camera, syncline::SyncMode::Eager, |_| {});
+    uploader.wait_synced(WAIT, true).expect("uploaded");
+    let one_photo = camera.store.info(&ids[0]).expect("info").stored_bytes;
+    let backup_dir = temp_dir();
+    let backup = backup_dir.path().join("relay.db");
+    relay.backup(&backup).expect("backup of the live relay");
+
+    // After the backup: the phone captions a photo and starts an album, which the camera
+    // fills; then opening another photo takes it over its budget and both are evicted.
+    let phone = Device::new();
+    let client = photos_client(&relay, &phone, syncline::SyncMode::OnDemand, |p| {
+        p.storage_budget_bytes = Some(one_photo * 3 / 2);
+    });
+    client.wait_synced(WAIT, true).expect("synced");
+    let captioned = client.open(&ids[0], WAIT).expect("open");
+    captioned.put("caption", "from the phone").expect("caption");
+    drop(captioned);
+    let album = phone.store.create(&photos()).expect("create");
+    album.put("title", "the phone's album").expect("title");
+    let album = album.id().clone();
+    client.wait_synced(WAIT, true).expect("acknowledged");
+    eventually("the camera has the album", || {
+        camera.store.document(&album).is_ok()
+    });
+    camera
+        .store
+        .document(&album)
+        .expect("album")
+        .put("cover", noise(30_000, 9))
+        .expect("cover");
+    uploader.wait_synced(WAIT, true).expect("cover uploaded");
+    eventually("the phone has the cover", || {
+        phone
+            .store
+            .document(&album)
+            .and_then(|d| d.get_str("cover"))
+            .is_ok_and(|c| c.is_some())
+    });
+    client.wait_synced(WAIT, true).expect("acknowledged");
+    client.open(&ids[1], WAIT).expect("open");
+    eventually("the captioned photo and the album are evicted", || {
+        [&ids[0], &album]
+            .iter()
+            .all(|d| matches!(phone.store.document(d), Err(syncline::Error::Evicted(_))))
+    });
+    client.pause();
+    uploader.pause();
+
+    // The relay comes back from the backup: no caption, no album.
+    relay.kill().expect("SIGKILL");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(data.path().join(format!("relay.db{suffix}")));
+    }
+    std::fs::copy(&backup, data.path().join("relay.db")).expect("restore the backup");
+    let relay = Relay::start_at(data.path(), &addr).expect("restored relay");
+
+    // Only the phone comes back; a new device then finds both of its changes.
+    client.resume();
+    client
+        .wait_synced(WAIT, true)
+        .expect("the phone synced with the restored relay");
+    eventually("the phone sent its kept changes", || {
+        phone.store.pending_documents().is_ok_and(|p| p.is_empty())
+    });
+    let checker = Device::new();
+    let check = photos_client(&relay, &checker, syncline::SyncMode::Eager, |_| {});
+    check.wait_synced(WAIT, true).expect("checker synced");
+    eventually("the caption and the album are back", || {
+        let caption = checker
+            .store
+            .document(&ids[0])
+            .and_then(|d| d.get_str("caption"));
+        let title = checker
+            .store
+            .document(&album)
+            .and_then(|d| d.get_str("title"));
+        caption.is_ok_and(|c| c.as_deref() == Some("from the phone"))
+            && title.is_ok_and(|t| t.as_deref() == Some("the phone's album"))
+    });
+    let photo = checker.store.document(&ids[0]).expect("photo");
+    assert_eq!(
+        photo.get_str("body").expect("body").map(|b| b.len()),
+        Some(30_000),
+        "merged into the photo the relay held"
+    );
+
+    // The camera comes back with the album's cover: everyone converges.
+    uploader.resume();
+    uploader.wait_synced(WAIT, true).expect("camera synced");
+    eventually("the cover is back too", || {
+        checker
+            .store
+            .document(&album)
+            .and_then(|d| d.get_str("cover"))
+            .is_ok_and(|c| c.is_some_and(|c| c.len() == 30_000))
+    });
+    drop((client, uploader, check));
+}

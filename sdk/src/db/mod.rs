@@ -78,6 +78,9 @@ pub(crate) struct DocRow {
     pub remote_change_at: Option<i64>,
     /// Its content was evicted (the row stays; the content is fetched again when opened).
     pub evicted: bool,
+    /// Bytes of this device's own changes kept apart ([`crate::store::kept`]): while its
+    /// content is evicted, and afterwards for those that did not apply yet; 0 if none.
+    pub kept_bytes: u64,
 }
 
 /// A document's stored content: the snapshot, then the chunks in the order written.
@@ -140,8 +143,11 @@ pub(crate) enum BatchWrite {
     Defer(String, DeferredDoc),
     /// A relay's held back document arrived, or is no longer wanted.
     Undefer(String, DocId),
-    /// Drops a document's content, keeping its row and acknowledgements.
-    Evict(DocKey),
+    /// Drops a document's content, keeping its row and acknowledgements, and keeps this
+    /// device's own changes to it apart (encoded by [`crate::store::kept`]).
+    Evict(DocKey, Vec<u8>),
+    /// The kept changes of a document that did not apply yet (`None`: all did).
+    Kept(DocKey, Option<Vec<u8>>),
     /// A connection ended: its record joins the history of syncs.
     SyncRecord(Box<SyncRecord>),
     /// Whether a document has conflicts now.
@@ -186,7 +192,7 @@ pub(crate) struct Database {
 
 const DOC_COLUMNS: &str = "doc_key, collection, doc_id, priority, deleted, snapshot_bytes, \
                            chunk_count, chunk_bytes, created_at, local_change_at, remote_change_at, \
-                           evicted";
+                           evicted, kept_bytes";
 
 impl Database {
     /// Opens (creating if needed) the store at `path`.
@@ -284,12 +290,14 @@ impl Database {
         )
     }
 
-    /// Every document whose current heads no relay has acknowledged.
+    /// Every document whose current heads no relay has acknowledged, but evicted ones that
+    /// kept no changes of this device (there is nothing of them to send).
     pub(crate) fn pending(&self) -> Result<Vec<DocRow>> {
         self.query_docs(
             &format!(
                 "SELECT {DOC_COLUMNS} FROM documents d WHERE NOT EXISTS \
                  (SELECT 1 FROM acks a WHERE a.doc_key = d.doc_key AND a.heads = d.heads) \
+                 AND (d.evicted = 0 OR d.kept_bytes > 0) \
                  ORDER BY priority DESC, doc_key"
             ),
             [],
@@ -362,7 +370,7 @@ impl Database {
                             d.changed_ms.map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
                         ])?;
                     }
-                    BatchWrite::Evict(key) => {
+                    BatchWrite::Evict(key, kept) => {
                         // Acknowledgements stay: what relays hold of it is unchanged.
                         for sql in [
                             "DELETE FROM snapshots WHERE doc_key = ?1",
@@ -372,7 +380,9 @@ impl Database {
                         ] {
                             conn.prepare_cached(sql)?.execute([key])?;
                         }
+                        write_kept(conn, key, (!kept.is_empty()).then_some(kept))?;
                     }
+                    BatchWrite::Kept(key, kept) => write_kept(conn, key, kept)?,
                     BatchWrite::Undefer(relay, doc) => {
                         conn.prepare_cached(
                             "DELETE FROM deferred WHERE relay = ?1 AND doc_id = ?2",
@@ -404,6 +414,58 @@ impl Database {
 
     /// The documents relays announced and held back (`relay`'s, or every relay's), highest
     /// priority first, then the most recently announced. A corrupt row is skipped and logged.
+    /// The kept changes of a document ([`crate::store::kept`]), if it has any.
+    pub(crate) fn kept_changes(&self, key: DocKey) -> Result<Option<Vec<u8>>> {
+        let conn = self.reader.lock();
+        Ok(conn
+            .prepare_cached("SELECT changes FROM kept_changes WHERE doc_key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Evicted documents of `collections` with kept changes whose current heads `relay` has
+    /// acknowledged, least recently changed first: what the storage budget drops last.
+    pub(crate) fn kept_acknowledged(
+        &self,
+        relay: &str,
+        collections: &[Collection],
+    ) -> Result<Vec<DocRow>> {
+        let mut rows = Vec::new();
+        for collection in collections {
+            rows.extend(self.query_docs(
+                &format!(
+                    "SELECT {} FROM documents d JOIN acks a ON a.doc_key = d.doc_key \
+                     AND a.relay = ?2 AND a.heads = d.heads \
+                     WHERE d.collection = ?1 AND d.evicted = 1 AND d.kept_bytes > 0",
+                    prefixed_doc_columns()
+                ),
+                params![collection.as_str(), relay],
+            )?);
+        }
+        rows.sort_by_key(|r| {
+            r.created_at
+                .max(r.local_change_at.unwrap_or(0))
+                .max(r.remote_change_at.unwrap_or(0))
+        });
+        Ok(rows)
+    }
+
+    /// Evicted documents with kept changes whose current heads `relay` has not acknowledged
+    /// (it lost them, restored from an older backup), in id order.
+    pub(crate) fn kept_unacknowledged(&self, relay: &str) -> Result<Vec<DocRow>> {
+        self.query_docs(
+            &format!(
+                "SELECT {} FROM documents d \
+                 LEFT JOIN acks a ON a.doc_key = d.doc_key AND a.relay = ?1 \
+                 WHERE d.evicted = 1 AND d.kept_bytes > 0 \
+                 AND (a.heads IS NULL OR a.heads != d.heads) \
+                 ORDER BY d.collection, d.doc_id",
+                prefixed_doc_columns()
+            ),
+            params![relay],
+        )
+    }
+
     /// The documents recorded as conflicted, in id order (a corrupt row is skipped).
     pub(crate) fn conflicted_documents(&self) -> Result<Vec<DocId>> {
         let conn = self.reader.lock();
@@ -472,8 +534,9 @@ impl Database {
         Ok(out)
     }
 
-    /// Documents of `collections` whose content may be evicted: present, and with their
-    /// current heads acknowledged by `relay`; least recently changed first.
+    /// Documents of `collections` whose content may be evicted: present, with their current
+    /// heads acknowledged by `relay`, and no kept changes still to apply; least recently
+    /// changed first.
     pub(crate) fn evictable(&self, relay: &str, collections: &[Collection]) -> Result<Vec<DocRow>> {
         let mut rows = Vec::new();
         for collection in collections {
@@ -481,12 +544,8 @@ impl Database {
                 &format!(
                     "SELECT {} FROM documents d JOIN acks a ON a.doc_key = d.doc_key \
                      AND a.relay = ?2 AND a.heads = d.heads \
-                     WHERE d.collection = ?1 AND d.evicted = 0",
-                    DOC_COLUMNS
-                        .split(", ")
-                        .map(|c| format!("d.{}", c.trim()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                     WHERE d.collection = ?1 AND d.evicted = 0 AND d.kept_bytes = 0",
+                    prefixed_doc_columns()
                 ),
                 params![collection.as_str(), relay],
             )?);
@@ -504,7 +563,7 @@ impl Database {
         let conn = self.reader.lock();
         let rows = conn
             .prepare_cached(
-                "SELECT collection, sum(snapshot_bytes + chunk_bytes) FROM documents \
+                "SELECT collection, sum(snapshot_bytes + chunk_bytes + kept_bytes) FROM documents \
                  GROUP BY collection",
             )?
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
@@ -775,7 +834,39 @@ fn read_doc_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<DocRow>> {
         local_change_at: r.get(9)?,
         remote_change_at: r.get(10)?,
         evicted: r.get(11)?,
+        kept_bytes: get_count(r, 12)?,
     }))
+}
+
+/// [`DOC_COLUMNS`], each prefixed `d.` (for queries that join `documents d`).
+fn prefixed_doc_columns() -> String {
+    DOC_COLUMNS
+        .split(", ")
+        .map(|c| format!("d.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Replaces a document's kept changes (`None` or empty: it has none).
+fn write_kept(conn: &Connection, key: DocKey, kept: Option<Vec<u8>>) -> rusqlite::Result<()> {
+    match kept.filter(|k| !k.is_empty()) {
+        Some(changes) => {
+            conn.prepare_cached(
+                "INSERT INTO kept_changes (doc_key, changes) VALUES (?1, ?2) \
+                 ON CONFLICT (doc_key) DO UPDATE SET changes = excluded.changes",
+            )?
+            .execute(params![key, changes])?;
+            conn.prepare_cached("UPDATE documents SET kept_bytes = ?2 WHERE doc_key = ?1")?
+                .execute(params![key, byte_len(&changes)])?;
+        }
+        None => {
+            conn.prepare_cached("DELETE FROM kept_changes WHERE doc_key = ?1")?
+                .execute([key])?;
+            conn.prepare_cached("UPDATE documents SET kept_bytes = 0 WHERE doc_key = ?1")?
+                .execute([key])?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads a non-negative count; SQLite integers are signed, and a negative one reads as 0.

@@ -125,6 +125,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         doc_key INTEGER PRIMARY KEY REFERENCES documents (doc_key) ON DELETE CASCADE
     );
     "#,
+    // 8: the device's own changes to a document whose content it evicted
+    // (`store::kept`): a relay restored from an older backup gets them back.
+    r#"
+    ALTER TABLE documents ADD COLUMN kept_bytes INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE kept_changes (
+        doc_key INTEGER PRIMARY KEY REFERENCES documents (doc_key) ON DELETE CASCADE,
+        changes BLOB    NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this code writes.

@@ -147,6 +147,11 @@ struct Connection {
     reconciles_awaited: u32,
     /// Answers to `Fetch` still to come (each is a `Plan` marked `fetch`).
     fetches_awaited: u32,
+    /// Evicted documents whose kept own changes the relay lost, fetched once on this
+    /// connection, each with whether a plan listed it (or it was restored): those no plan
+    /// listed once every fetch is answered are ones the relay holds nothing of, restored from
+    /// the kept changes alone.
+    kept_fetched: BTreeMap<DocId, bool>,
     /// What goes into the history of syncs when this connection ends (none before it opened).
     record: Option<OpenRecord>,
     /// Paced uploads.
@@ -311,11 +316,18 @@ impl<S: SyncStore> Engine<S> {
 
     /// Keeps the store within the declared storage budget: evicts the content of fully synced
     /// documents of on-demand collections (they become deferred, fetched again when opened).
+    ///
+    /// Not before the relay answered `Reconcile`: a relay restored from an older backup says
+    /// so there, and what it lost must not be evicted (its acknowledgements are forgotten
+    /// first).
     fn enforce_budget(&mut self, just_arrived: &[DocId], now_ms: u64) {
         let Some(budget) = self.config.profile.storage_budget_bytes else {
             self.over_budget_bytes = 0;
             return;
         };
+        if self.phase != Phase::Open || self.conn.reconciles_awaited > 0 {
+            return;
+        }
         let evictable: Vec<Collection> = self
             .config
             .subscriptions
@@ -498,6 +510,8 @@ impl<S: SyncStore> Engine<S> {
             // Now realtime: connect instead of waiting for the schedule.
             self.sync_now(out);
         }
+        // A new budget (or none) applies now, and the status says how far over it is.
+        self.enforce_budget(&[], now_ms);
     }
 
     /// A new subscription: removed collections stop (their deferrals are forgotten); added
@@ -704,7 +718,6 @@ impl<S: SyncStore> Engine<S> {
             .uplink
             .pacer
             .set_rate(self.config.profile.upload_bytes_per_s, now_ms);
-        self.enforce_budget(&[], now_ms);
         self.deferred = match self.store.deferred(&self.config.relay) {
             Ok(deferred) => deferred.into_iter().map(|d| (d.doc, d.reason)).collect(),
             Err(e) => {
@@ -762,8 +775,15 @@ impl<S: SyncStore> Engine<S> {
             fetched: self.fetched(&self.config.subscriptions),
             acked: (!acked.is_empty()).then_some(acked),
         }));
+        // Evicted documents whose kept changes the relay lost (on an earlier connection).
+        self.fetch_kept(out);
         // What the app asked for, and what was held back for reasons that no longer hold.
-        let mut fetch: BTreeSet<DocId> = self.wanted.clone();
+        let mut fetch: BTreeSet<DocId> = self
+            .wanted
+            .iter()
+            .filter(|doc| !self.conn.kept_fetched.contains_key(*doc))
+            .cloned()
+            .collect();
         fetch.extend(
             self.deferred
                 .iter()
@@ -994,14 +1014,23 @@ impl<S: SyncStore> Engine<S> {
     /// Adds a plan to the connection's: its documents are on their way, its deferred ones are
     /// recorded (durably, for `Store::deferred`).
     fn on_plan(&mut self, out: &mut Out, plan: Plan, now_ms: u64) {
-        if !plan.update {
+        let answers_reconcile = !plan.update;
+        if answers_reconcile {
             self.conn.reconciles_awaited = self.conn.reconciles_awaited.saturating_sub(1);
         }
         if !plan.reset.is_empty() {
             self.relay_lost(out, &plan.reset, now_ms);
         }
+        for entry in plan.send.iter().chain(&plan.deferred) {
+            if let Some(listed) = self.conn.kept_fetched.get_mut(&entry.doc) {
+                *listed = true;
+            }
+        }
         if plan.fetch {
             self.conn.fetches_awaited = self.conn.fetches_awaited.saturating_sub(1);
+            if self.conn.fetches_awaited == 0 {
+                self.restore_kept(out, now_ms);
+            }
         }
         let state = self.conn.plan.get_or_insert_with(PlanState::default);
         state.cursors.extend(plan.cursors);
@@ -1047,6 +1076,10 @@ impl<S: SyncStore> Engine<S> {
         if let Err(e) = self.store.defer(&self.config.relay, &deferred) {
             tracing::error!(error = %e, "could not record deferred documents");
         }
+        if answers_reconcile && self.conn.reconciles_awaited == 0 {
+            // Any loss the relay reported is known now, and its acknowledgements forgotten.
+            self.enforce_budget(&[], now_ms);
+        }
     }
 
     /// The relay does not hold positions it showed this device in `collections`: it was
@@ -1065,6 +1098,7 @@ impl<S: SyncStore> Engine<S> {
         self.conn
             .states
             .retain(|doc, _| !collections.contains(doc.collection()));
+        self.fetch_kept(out);
         let subscribed: Vec<&Collection> =
             collections.iter().filter(|c| self.subscribed(c)).collect();
         for collection in subscribed {
@@ -1075,6 +1109,73 @@ impl<S: SyncStore> Engine<S> {
                     self.last_error = Some(format!("could not list pending documents: {e}"));
                 }
             }
+        }
+        self.flush_dirty(out, now_ms);
+    }
+
+    /// Fetches the evicted documents whose own changes this device kept (`store::kept`) and
+    /// the relay lost, once per connection: they come back with those changes merged in.
+    fn fetch_kept(&mut self, out: &mut Out) {
+        let kept = match self.store.kept_unacknowledged(&self.config.relay) {
+            Ok(kept) => kept,
+            Err(e) => {
+                // Nothing is lost: the kept changes stay, and the next connection asks again.
+                tracing::error!(error = %e, "could not list the documents with kept changes");
+                return;
+            }
+        };
+        let subscribed: Vec<DocId> = kept
+            .into_iter()
+            .filter(|doc| self.subscribed(doc.collection()))
+            .collect();
+        let fetch: Vec<DocId> = subscribed
+            .into_iter()
+            .filter(|doc| !self.conn.kept_fetched.contains_key(doc))
+            .collect();
+        if fetch.is_empty() {
+            return;
+        }
+        tracing::info!(relay = %self.config.relay, docs = fetch.len(), "fetching evicted documents whose kept changes the relay lost");
+        self.conn
+            .kept_fetched
+            .extend(fetch.iter().map(|doc| (doc.clone(), false)));
+        self.conn.fetches_awaited += send_fetch(out, fetch);
+    }
+
+    /// Every fetch is answered: the documents with kept changes no plan listed are ones the
+    /// relay holds nothing of. Each is made again from its kept changes and sent as pending.
+    fn restore_kept(&mut self, out: &mut Out, now_ms: u64) {
+        let docs: Vec<DocId> = self
+            .conn
+            .kept_fetched
+            .iter_mut()
+            .filter(|(_, listed)| !**listed)
+            .map(|(doc, listed)| {
+                *listed = true;
+                doc.clone()
+            })
+            .collect();
+        let mut restored = Vec::new();
+        for doc in docs {
+            match self.store.restore_kept(&doc, now_ms) {
+                Ok(true) => {
+                    self.wanted.remove(&doc);
+                    self.deferred.remove(&doc);
+                    self.dirty.insert(doc.clone());
+                    restored.push(doc);
+                }
+                // Waits on other devices' changes: asked for again next connection.
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(%doc, error = %e, "could not restore a document from its kept changes");
+                }
+            }
+        }
+        if restored.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.undefer(&self.config.relay, &restored) {
+            tracing::error!(error = %e, "could not forget deferrals of restored documents");
         }
         self.flush_dirty(out, now_ms);
     }
@@ -1933,6 +2034,9 @@ fn split_by(total: u64, weights: [u64; 4]) -> [u64; 4] {
 /// Asks the relay for `docs` now, in requests of at most [`FETCH_BATCH`]; returns how many
 /// requests went (each is answered by one `Plan` marked `fetch`).
 fn send_fetch(out: &mut Out, docs: Vec<DocId>) -> u32 {
+    if !docs.is_empty() {
+        tracing::debug!(?docs, "fetching");
+    }
     let mut sent = 0;
     for chunk in docs.chunks(FETCH_BATCH) {
         out.send(&Message::Fetch(Fetch {

@@ -177,6 +177,22 @@ pub trait SyncStore {
     /// # Errors
     /// The store could not read them.
     fn deferred(&self, relay: &str) -> Result<Vec<DeferredDoc>>;
+
+    /// Evicted documents whose own changes the store kept at eviction and `relay` has not
+    /// acknowledged (it lost them: it was restored from an older backup). The engine fetches
+    /// them, and their content merges the kept changes back in as it arrives.
+    ///
+    /// # Errors
+    /// The store could not read them.
+    fn kept_unacknowledged(&self, relay: &str) -> Result<Vec<DocId>>;
+
+    /// Restores an evicted document the relay holds nothing of from the own changes kept at
+    /// its eviction: true if any applied (the document is here again, and pending for the
+    /// relay); false if none did (they wait on other devices' changes) or it has none.
+    ///
+    /// # Errors
+    /// The store could not read or write it, or the kept changes are damaged.
+    fn restore_kept(&self, doc: &DocId, now_ms: u64) -> Result<bool>;
 }
 
 /// The next sync message for the relay from `doc` with `state`, as every [`SyncStore`] makes

@@ -34,6 +34,18 @@ impl ChangeInfo {
             deps: meta.deps.clone(),
         }
     }
+
+    pub(crate) fn from_change(change: &automerge::Change) -> Self {
+        Self {
+            hash: change.hash(),
+            device: DeviceId::try_from_slice(change.actor_id().to_bytes()).ok(),
+            actor: change.actor_id().to_hex_string(),
+            seq: change.seq(),
+            time: change.timestamp(),
+            message: change.message().map(str::to_owned),
+            deps: change.deps().to_vec(),
+        }
+    }
 }
 
 /// A change no relay has acknowledged yet.

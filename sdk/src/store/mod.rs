@@ -11,6 +11,7 @@ mod cache;
 mod conflicts;
 mod document;
 mod history;
+mod kept;
 mod listeners;
 mod model;
 mod shared;
@@ -90,6 +91,11 @@ pub struct DocumentInfo {
     /// Its content was evicted to stay within the storage budget (`SyncClient::open` fetches
     /// it again); the metadata stays.
     pub evicted: bool,
+    /// Bytes of this device's own changes to it kept apart since its content was evicted (or
+    /// not yet back in it): what a relay restored from an older backup gets back. 0 when
+    /// there are none, also when the storage budget could not hold them (then the relay
+    /// alone holds them).
+    pub kept_bytes: u64,
 }
 
 impl From<&DocRow> for DocumentInfo {
@@ -103,6 +109,7 @@ impl From<&DocRow> for DocumentInfo {
             local_change_at: row.local_change_at,
             remote_change_at: row.remote_change_at,
             evicted: row.evicted,
+            kept_bytes: row.kept_bytes,
         }
     }
 }
@@ -415,6 +422,19 @@ impl Store {
     pub fn pending_changes(&self) -> Result<Vec<PendingChange>> {
         let mut pending = Vec::new();
         for row in self.shared.db.pending()? {
+            // Evicted: what is pending of it is the own changes kept at its eviction.
+            if row.evicted {
+                let kept = self.shared.db.kept_changes(row.key)?.unwrap_or_default();
+                let changes = kept::decode(&kept).map_err(|reason| Error::CorruptDocument {
+                    doc: row.id.clone(),
+                    reason,
+                })?;
+                pending.extend(changes.iter().map(|change| PendingChange {
+                    doc_id: row.id.clone(),
+                    change: ChangeInfo::from_change(change),
+                }));
+                continue;
+            }
             let acked: Vec<ChangeHash> = self
                 .shared
                 .db

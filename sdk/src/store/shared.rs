@@ -243,6 +243,7 @@ impl Shared {
             local_change_at: (new.origin == Origin::Local).then_some(new.at),
             remote_change_at: (new.origin == Origin::Remote).then_some(new.at),
             evicted: false,
+            kept_bytes: 0,
         };
         match self.db.insert_document(new) {
             Ok(key) => row.key = key,

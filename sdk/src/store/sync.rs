@@ -21,9 +21,10 @@ use syncline_protocol::{Collection, DocId, Priority};
 
 use super::cache::LoadedDoc;
 use super::listeners::{self, ChangeEvent, ChangeOrigin};
-use super::{InsideDocument, Store, UpdateOutcome, model};
+use super::shared::Shared;
+use super::{InsideDocument, Store, UpdateOutcome, kept, model};
 use crate::db::{
-    AckTarget, BatchWrite, ContentWrite, DocRow, DocUpdate, NewDoc, Origin, SyncRecord,
+    AckTarget, BatchWrite, ContentWrite, DocKey, DocRow, DocUpdate, NewDoc, Origin, SyncRecord,
 };
 use crate::engine::{Outgoing, Positions, Received, SyncStore, holds_their_heads, next_message};
 use crate::{DeferredDoc, Error, Heads, Result};
@@ -45,6 +46,8 @@ struct Pending {
     inserted_bytes: u64,
     /// The row of an evicted document whose content this batch brings back (in `fresh`).
     restoring: Option<DocRow>,
+    /// The bytes of kept changes still to apply, if this batch applied some.
+    kept_left: Option<u64>,
 }
 
 impl Store {
@@ -127,6 +130,15 @@ impl SyncStore for Store {
                 }
             };
             let observed = shared.listeners.wants(&doc);
+            // This device's kept changes go back into it ([`super::kept`]): into content that
+            // was evicted and arrives again, or that is still without some of them.
+            let kept_row = match (guard.as_ref(), restoring.as_ref()) {
+                (Some(loaded), _) => Some(&loaded.row),
+                (None, Some(row)) => Some(row),
+                (None, None) => None,
+            }
+            .filter(|row| row.kept_bytes > 0)
+            .map(|row| row.key);
             let automerge = match (guard.as_mut(), fresh.as_mut()) {
                 (Some(loaded), _) => &mut loaded.doc,
                 (None, Some(fresh)) => fresh,
@@ -172,6 +184,14 @@ impl SyncStore for Store {
                 done.push((doc, Err(e)));
                 continue;
             }
+            let kept_left =
+                kept_row.and_then(|key| merge_kept(shared, &doc, key, automerge, &mut log));
+            if let Some((key, left)) = &kept_left {
+                writes.push(BatchWrite::Kept(
+                    *key,
+                    (!left.is_empty()).then(|| left.clone()),
+                ));
+            }
             let after = automerge.get_heads();
             let changed = after != before;
             let mut pending = Pending {
@@ -185,6 +205,7 @@ impl SyncStore for Store {
                 carried_changes,
                 inserted_bytes: 0,
                 restoring,
+                kept_left: kept_left.map(|(_, left)| left.len() as u64),
             };
             if changed {
                 let heads = Heads::new(after.clone());
@@ -313,6 +334,9 @@ impl SyncStore for Store {
             {
                 outcome.finish(&mut loaded.row);
             }
+            if let (Some(loaded), Some(left)) = (pending.guard.as_mut(), pending.kept_left) {
+                loaded.row.kept_bytes = left;
+            }
             if let Some(fresh) = pending.fresh.take() {
                 if fresh.get_heads() != pending.before {
                     let deleted = model::is_tombstoned(&fresh);
@@ -324,6 +348,7 @@ impl SyncStore for Store {
                             chunk_bytes: 0,
                             remote_change_at: Some(at),
                             evicted: false,
+                            kept_bytes: pending.kept_left.unwrap_or(row.kept_bytes),
                             ..row
                         },
                         None => DocRow {
@@ -338,6 +363,7 @@ impl SyncStore for Store {
                             local_change_at: None,
                             remote_change_at: Some(at),
                             evicted: false,
+                            kept_bytes: 0,
                         },
                     };
                     *pending.guard = Some(LoadedDoc {
@@ -537,6 +563,34 @@ impl SyncStore for Store {
         self.shared().db.commit_batch(writes).map(|_| ())
     }
 
+    fn kept_unacknowledged(&self, relay: &str) -> Result<Vec<DocId>> {
+        Ok(self
+            .shared()
+            .db
+            .kept_unacknowledged(relay)?
+            .into_iter()
+            .map(|row| row.id)
+            .collect())
+    }
+
+    fn restore_kept(&self, doc: &DocId, now_ms: u64) -> Result<bool> {
+        let shared = self.shared();
+        let _inside = InsideDocument::enter()?;
+        let slot = shared.cache.slot(doc);
+        let mut guard = slot.lock_arc();
+        let restored = restore_kept(shared, doc, now_ms);
+        if let Ok(Some((loaded, event))) = restored {
+            *guard = Some(loaded);
+            release(shared, doc, slot, guard);
+            if shared.listeners.wants(doc) {
+                shared.listeners.publish(event);
+            }
+            return Ok(true);
+        }
+        release(shared, doc, slot, guard);
+        restored.map(|_| false)
+    }
+
     fn deferred(&self, relay: &str) -> Result<Vec<DeferredDoc>> {
         self.shared().db.deferred(Some(relay))
     }
@@ -588,4 +642,110 @@ pub(super) fn release(
     if bytes == 0 {
         shared.cache.discard_if_idle(doc);
     }
+}
+
+/// Applies the kept changes of `doc` (row `key`) to `automerge`; the kept changes still to
+/// apply afterwards, if any applied (`None`: none did, or they could not be read, which is
+/// logged and leaves them kept).
+fn merge_kept(
+    shared: &Shared,
+    doc: &DocId,
+    key: DocKey,
+    automerge: &mut Automerge,
+    log: &mut PatchLog,
+) -> Option<(DocKey, Vec<u8>)> {
+    let kept = match shared.db.kept_changes(key) {
+        Ok(Some(kept)) => kept,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(%doc, error = %e, "could not read the changes kept at eviction");
+            return None;
+        }
+    };
+    match kept::merge(automerge, &kept, log) {
+        Ok(left) if left.len() < kept.len() => {
+            tracing::info!(%doc, left = left.len(), "this device's kept changes went back into it");
+            Some((key, left))
+        }
+        Ok(_) => None,
+        Err(reason) => {
+            tracing::error!(%doc, %reason, "the changes kept at eviction do not apply; they stay kept");
+            None
+        }
+    }
+}
+
+/// The document `doc` made again from the own changes kept at its eviction, written in place
+/// of its evicted content, with its change event; `None` if it is not evicted, has no kept
+/// changes, or none of them applies without other devices' changes. The caller holds its slot.
+fn restore_kept(
+    shared: &Shared,
+    doc: &DocId,
+    now_ms: u64,
+) -> Result<Option<(LoadedDoc, ChangeEvent)>> {
+    let Some(row) = shared.db.lookup(doc)? else {
+        return Ok(None);
+    };
+    if !row.evicted || row.kept_bytes == 0 {
+        return Ok(None);
+    }
+    let Some(kept) = shared.db.kept_changes(row.key)? else {
+        return Ok(None);
+    };
+    let mut restored = Automerge::new().with_actor(shared.actor.clone());
+    let left = kept::merge(&mut restored, &kept, &mut PatchLog::inactive()).map_err(|reason| {
+        Error::CorruptDocument {
+            doc: doc.clone(),
+            reason,
+        }
+    })?;
+    let heads = restored.get_heads();
+    if heads.is_empty() {
+        return Ok(None);
+    }
+    let at = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    let snapshot = restored.save();
+    let deleted = model::is_tombstoned(&restored);
+    let kept_left = left.len() as u64;
+    shared.db.commit_batch(vec![
+        BatchWrite::Update(
+            row.key,
+            DocUpdate {
+                content: ContentWrite::Compact(snapshot.clone()),
+                heads: Heads::new(heads.clone()),
+                deleted,
+                origin: Origin::Remote,
+                at,
+            },
+        ),
+        BatchWrite::Kept(row.key, (!left.is_empty()).then_some(left)),
+    ])?;
+    tracing::info!(%doc, "restored from this device's kept changes: the relay holds nothing of it");
+    let event = ChangeEvent {
+        doc_id: doc.clone(),
+        origin: ChangeOrigin::Remote,
+        heads: Heads::new(heads.clone()),
+        deleted,
+        patches: listeners::convert_patches(restored.diff(&[], &heads)),
+        devices: listeners::authors(&restored, &[]),
+        conflicts: Vec::new(),
+    };
+    let row = DocRow {
+        deleted,
+        snapshot_bytes: snapshot.len() as u64,
+        chunk_count: 0,
+        chunk_bytes: 0,
+        remote_change_at: Some(at),
+        evicted: false,
+        kept_bytes: kept_left,
+        ..row
+    };
+    Ok(Some((
+        LoadedDoc {
+            row,
+            doc: restored,
+            poisoned: false,
+        },
+        event,
+    )))
 }
