@@ -13,6 +13,7 @@
 //! body is inflated only up to that same limit (no decompression bomb gets further), and
 //! nothing is allocated from a length the input claims but does not contain.
 
+use std::cell::RefCell;
 use std::io::Read;
 
 use minicbor::{Decoder, Encoder};
@@ -113,7 +114,7 @@ pub fn encode_with(message: &Message, compression: Compression) -> Vec<u8> {
         !matches!(message, Message::Hello(_) | Message::Welcome(_)) && plain.len() > COMPRESS_FROM;
     if compression == Compression::Zstd
         && eligible
-        && let Ok(body) = zstd::bulk::compress(&plain[1..], ZSTD_LEVEL)
+        && let Some(body) = compress(&plain[1..])
         && body.len() + 1 < plain.len()
     {
         let mut out = Vec::with_capacity(body.len() + 1);
@@ -147,10 +148,56 @@ fn encode_plain(message: &Message) -> Vec<u8> {
     out
 }
 
-/// Inflates a zstd body, refusing to produce more than `max_len` bytes.
+/// The largest zstd window a frame may ask its reader to hold (16 MiB, the default frame limit):
+/// a bigger one is refused before it is allocated. Frames this crate compresses use far less
+/// (level 3 windows are at most 2 MiB).
+const ZSTD_WINDOW_LOG_MAX: u32 = 24;
+
+thread_local! {
+    /// Each thread's zstd contexts, reused from frame to frame: making one costs more than
+    /// compressing a small frame (its tables are allocated and the CPU probed each time).
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+/// Compresses a frame body at [`ZSTD_LEVEL`] with this thread's context; `None` if zstd
+/// failed (the frame then goes uncompressed).
+fn compress(body: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|slot| {
+        let mut slot = slot.try_borrow_mut().ok()?;
+        if slot.is_none() {
+            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        slot.as_mut()?.compress(body).ok()
+    })
+}
+
+/// Inflates a zstd body with this thread's context, refusing to produce more than `max_len`
+/// bytes or to hold a window over 2^[`ZSTD_WINDOW_LOG_MAX`] bytes.
 fn inflate(body: &[u8], max_len: usize) -> Result<Vec<u8>, FrameError> {
+    DECOMPRESSOR.with(|slot| {
+        let mut slot = slot
+            .try_borrow_mut()
+            .map_err(|_| FrameError::Compression("the decompressor is busy".into()))?;
+        let context = slot.get_or_insert_with(|| {
+            let mut context = zstd::zstd_safe::DCtx::create();
+            // Setting a valid parameter on a fresh context cannot fail.
+            let _ = context.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(
+                ZSTD_WINDOW_LOG_MAX,
+            ));
+            context
+        });
+        inflate_with(context, body, max_len)
+    })
+}
+
+fn inflate_with(
+    context: &mut zstd::zstd_safe::DCtx<'static>,
+    body: &[u8],
+    max_len: usize,
+) -> Result<Vec<u8>, FrameError> {
     let corrupt = |e: std::io::Error| FrameError::Compression(e.to_string());
-    let decoder = zstd::stream::read::Decoder::new(body).map_err(corrupt)?;
+    let decoder = zstd::stream::read::Decoder::with_context(body, context);
     let limit = u64::try_from(max_len).unwrap_or(u64::MAX).saturating_add(1);
     let mut out = Vec::new();
     decoder.take(limit).read_to_end(&mut out).map_err(corrupt)?;

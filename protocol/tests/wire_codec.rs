@@ -176,6 +176,32 @@ fn a_decompression_bomb_stops_at_the_frame_limit() {
     );
 }
 
+/// A frame whose zstd header asks for a window over 16 MiB is refused before the window is
+/// allocated; the context it was refused on then reads good frames as before.
+#[test]
+fn a_zstd_window_over_sixteen_megabytes_is_refused() {
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).expect("encoder");
+    encoder
+        .set_parameter(zstd::zstd_safe::CParameter::WindowLog(27))
+        .expect("window");
+    std::io::Write::write_all(&mut encoder, &vec![7u8; 1 << 20]).expect("write");
+    let body = encoder.finish().expect("finish");
+    let mut bytes = vec![FLAG_ZSTD];
+    bytes.extend(body);
+    assert!(
+        matches!(
+            frame::decode(&bytes, 64 << 20),
+            Err(FrameError::Compression(_))
+        ),
+        "{:?}",
+        frame::decode(&bytes, 64 << 20).map(|_| ())
+    );
+    let sync = big_sync(200);
+    let encoded = frame::encode_with(&sync, Compression::Zstd);
+    assert_eq!(encoded[0], FLAG_ZSTD);
+    assert_eq!(frame::decode(&encoded, 64 << 20), Ok(sync));
+}
+
 #[test]
 fn negotiation_picks_the_first_offered_compression_the_receiver_implements() {
     let all = Compression::SUPPORTED;

@@ -215,6 +215,8 @@ impl Backlog for Backlogs<'_> {
 struct World {
     rng: fastrand::Rng,
     now: u64,
+    /// When the chaos phase ends (set when the run starts).
+    chaos_end: u64,
     /// `now`, shared with the devices' store clocks (Automerge stamps changes with it).
     clock: Arc<AtomicU64>,
     config: SimConfig,
@@ -298,6 +300,7 @@ impl World {
         Self {
             rng,
             now,
+            chaos_end: now,
             clock,
             devices,
             relay: Relay {
@@ -324,6 +327,7 @@ impl World {
     fn run(&mut self) -> Result<SimReport, String> {
         let start = self.now;
         let chaos_end = start + self.config.chaos_ms;
+        self.chaos_end = chaos_end;
         // The chaos phase's schedule: operations and faults at random times.
         let mut schedule: Vec<(u64, Chaos)> = Vec::new();
         for _ in 0..self.config.ops {
@@ -622,7 +626,7 @@ impl World {
         }
         if self.faults {
             // The end of the chaos phase is itself an event.
-            times.push(self.now + 1);
+            times.push(self.chaos_end.max(self.now));
         }
         if !self.relay.core.is_idle() {
             // The relay core has inputs for its next turn.
@@ -1066,6 +1070,27 @@ impl World {
             Chaos::Backup => self.relay.backup = Some(self.relay.storage.backup()),
             Chaos::Hostile => self.hostile(),
             Chaos::RestoreBackup => {
+                // Often a device has just turned to evicting half its content, so keeping
+                // its own changes apart: they must come back to the restored relay.
+                let running: Vec<usize> = (0..self.devices.len())
+                    .filter(|&i| self.devices[i].engine.is_some())
+                    .collect();
+                if self.faults
+                    && self.relay.backup.is_some()
+                    && !running.is_empty()
+                    && self.rng.u8(0..3) == 0
+                {
+                    let i = running[self.rng.usize(0..running.len())];
+                    let content: u64 = self.devices[i]
+                        .store
+                        .as_ref()
+                        .and_then(|s| s.list(&Collection::new(COLLECTION).expect("valid")).ok())
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|info| info.stored_bytes)
+                        .sum();
+                    self.evict_from(i, content / 2);
+                }
                 // A device that evicted a document's content kept its own changes to it apart
                 // (unless its storage budget could not hold them): those must come back to a
                 // relay restored from an older backup.
@@ -1093,24 +1118,11 @@ impl World {
                     self.relay.core = Relay::core(&self.relay.storage, self.config.outbox);
                     // Often a device also turns to evicting all it can as it reconnects: it
                     // must not evict what the restored relay lost (it learns of the loss
-                    // first), and its kept changes must bring back what it wrote since.
-                    let running: Vec<usize> = (0..self.devices.len())
-                        .filter(|&i| self.devices[i].engine.is_some())
-                        .collect();
-                    // (Only while the chaos lasts: then every profile is reset.)
+                    // first). (Only while the chaos lasts: then every profile is reset.)
                     if self.faults && !running.is_empty() && self.rng.u8(0..3) == 0 {
                         let i = running[self.rng.usize(0..running.len())];
                         self.report.restores_with_eviction += 1;
-                        let subscription = CollectionSubscription {
-                            mode: SyncMode::OnDemand,
-                            ..sim_subscription()
-                        };
-                        self.handle(i, Event::Subscriptions(vec![subscription]));
-                        let profile = syncline::Profile {
-                            storage_budget_bytes: Some(0),
-                            ..crate::profile(DeviceClass::Phone)
-                        };
-                        self.handle(i, Event::Profile(profile));
+                        self.evict_from(i, 0);
                     }
                 }
             }
@@ -1207,6 +1219,20 @@ impl World {
                 self.handle(i, Event::Start);
             }
         }
+    }
+
+    /// Device `i` keeps the collection on demand within `budget` bytes of content.
+    fn evict_from(&mut self, i: usize, budget: u64) {
+        let subscription = CollectionSubscription {
+            mode: SyncMode::OnDemand,
+            ..sim_subscription()
+        };
+        self.handle(i, Event::Subscriptions(vec![subscription]));
+        let profile = syncline::Profile {
+            storage_budget_bytes: Some(budget),
+            ..crate::profile(DeviceClass::Phone)
+        };
+        self.handle(i, Event::Profile(profile));
     }
 
     /// Counts the resolutions in the converged documents, and with a strategy, checks that no

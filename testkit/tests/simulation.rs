@@ -23,13 +23,19 @@ fn devices_converge_and_lose_nothing_under_faults() {
             (0..count).collect()
         }
     };
-    // Two threads: the machine has two cores, and each seed is independent.
-    let (first, second): (Vec<u64>, Vec<u64>) = seeds.iter().partition(|s| *s % 2 == 0);
-    let run = |seeds: Vec<u64>| {
+    // Two threads: the machine has two cores, and each seed is independent. Each takes the
+    // next seed not yet taken (seeds differ a lot in cost: a fixed split leaves one idle).
+    let seeds = std::sync::Arc::new(seeds);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let run = || {
+        let seeds = std::sync::Arc::clone(&seeds);
+        let next = std::sync::Arc::clone(&next);
         std::thread::spawn(move || {
             let mut failures = Vec::new();
             let mut totals = sim::SimReport::default();
-            for seed in seeds {
+            while let Some(&seed) =
+                seeds.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            {
                 match std::panic::catch_unwind(|| sim::run(seed)) {
                     Ok(Ok(report)) => {
                         totals.writes += report.writes;
@@ -62,7 +68,7 @@ fn devices_converge_and_lose_nothing_under_faults() {
             (failures, totals)
         })
     };
-    let handles = [run(first), run(second)];
+    let handles = [run(), run()];
     let mut failures = Vec::new();
     let (mut shared_groups, mut slow_consumers, mut grant_changes) = (0, 0, 0);
     let (mut profile_changes, mut subscription_changes, mut deferred) = (0, 0, 0);

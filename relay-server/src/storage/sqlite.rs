@@ -141,6 +141,13 @@ impl SqliteStorage {
         }
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Cached statements keep their query plans: without the planner's stability
+        // guarantee, one whose plan depends on a bound value (`seq > ?`, `LIMIT ?`) is parsed
+        // again every time it is bound.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         for v in version + 1..=latest {
             let tx = conn.transaction()?;
             tx.execute_batch(MIGRATIONS[usize::try_from(v - 1).expect("positive")])?;
