@@ -38,8 +38,15 @@ pub const MAX_MESSAGE_CHANGE_BYTES: usize = 4 << 20;
 pub const MAX_CHANGE_OPS: usize = 1_000_000;
 
 /// The largest single change a device makes, in bytes before compression: a default relay
-/// frame (16 MiB), and half the bytes a frame's payloads may inflate to by default.
-pub const MAX_CHANGE_BYTES: usize = 16 << 20;
+/// frame (16 MiB) less [`CHANGE_ENVELOPE_BYTES`] for the sync message and frame around it, so
+/// that a relay with default limits takes it whatever its content; and half the bytes a
+/// frame's payloads may inflate to by default.
+pub const MAX_CHANGE_BYTES: usize = (16 << 20) - CHANGE_ENVELOPE_BYTES;
+
+/// Room kept in a frame around a change of [`MAX_CHANGE_BYTES`]: the sync message's heads,
+/// needs and Bloom filter, the item and the frame. A relay needs a frame limit of at least
+/// `MAX_CHANGE_BYTES + CHANGE_ENVELOPE_BYTES` (16 MiB, its default) to take every change.
+pub const CHANGE_ENVELOPE_BYTES: usize = 256 << 10;
 
 /// Longest data epoch (`Welcome.epoch`, `Cursor.epoch`) or position receipt
 /// (`Cursor.receipt`) a peer accepts, in bytes.

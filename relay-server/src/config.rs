@@ -148,6 +148,14 @@ impl RelayConfig {
     /// [`ConfigError::Unsafe`] naming what to set.
     pub fn check(&self) -> Result<Vec<String>, ConfigError> {
         let mut warnings = Vec::new();
+        let largest_change = syncline_protocol::messages::MAX_CHANGE_BYTES
+            + syncline_protocol::messages::CHANGE_ENVELOPE_BYTES;
+        if self.max_frame_bytes < largest_change {
+            warnings.push(format!(
+                "max_frame_bytes = {} is below the {largest_change} bytes the largest change a                  device may make needs: a device holding a larger change keeps it pending,                  with a TooLarge sync error, until the limit is raised",
+                self.max_frame_bytes
+            ));
+        }
         if self.jwks_file.is_none() {
             if !self.listen.ip().is_loopback() && !self.development {
                 return Err(ConfigError::Unsafe(format!(
@@ -299,6 +307,21 @@ mod tests {
         let warnings = keyed.check().expect("allowed");
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(RelayConfig::default().check().is_ok(), "loopback is fine");
+    }
+
+    #[test]
+    fn a_frame_limit_below_the_largest_change_is_warned_of() {
+        assert!(
+            RelayConfig::default().check().expect("allowed").is_empty(),
+            "the default frame takes the largest change"
+        );
+        let small = RelayConfig {
+            max_frame_bytes: 1 << 20,
+            ..RelayConfig::default()
+        };
+        let warnings = small.check().expect("allowed");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("TooLarge"), "{warnings:?}");
     }
 
     #[test]

@@ -1026,3 +1026,51 @@ fn a_relay_restored_from_an_older_backup_gets_back_an_evicted_documents_own_chan
     });
     drop((client, uploader, check));
 }
+
+/// The largest change the SDK lets an app make (`MAX_CHANGE_BYTES`, incompressible) goes
+/// through a relay with default limits and reaches another device: the bound leaves room for
+/// the message around it.
+#[test]
+fn the_largest_change_an_app_may_make_reaches_another_device() {
+    let data = temp_dir();
+    let relay = Relay::start(data.path()).expect("relay");
+    let (a, b) = (Device::fast(), Device::fast());
+    let doc = a.store.create(&todos()).expect("create");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let blob: Vec<u8> = (0..syncline::MAX_CHANGE_BYTES - 256)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect();
+    doc.put("blob", Value::Bytes(blob.clone()))
+        .expect("the largest change");
+    let change: usize = a
+        .store
+        .changes_since(doc.id(), &syncline::Heads::default())
+        .expect("changes")
+        .iter()
+        .map(Vec::len)
+        .max()
+        .expect("one");
+    assert!(
+        change > syncline::MAX_CHANGE_BYTES - 512 && change <= syncline::MAX_CHANGE_BYTES,
+        "a change at the bound: {change}"
+    );
+    let client_a = a.connect(&relay);
+    client_a.wait_synced(WAIT, true).expect("uploaded");
+    assert!(a.store.pending_documents().expect("pending").is_empty());
+    let client_b = b.connect(&relay);
+    client_b.wait_synced(WAIT, true).expect("downloaded");
+    assert_eq!(
+        b.store
+            .document(doc.id())
+            .expect("doc")
+            .get("blob")
+            .expect("blob"),
+        Some(Value::Bytes(blob))
+    );
+    drop((client_a, client_b));
+}
