@@ -118,10 +118,11 @@ fn a_new_device_reads_while_the_storage_is_full_and_is_bound_once_there_is_room(
     w.clients.get_mut(&1).expect("client").put(&a, "x", 1);
     w.push(1, std::slice::from_ref(&a));
 
-    // Full: bind made-up devices until a binding no longer fits (bounded).
+    // Full: bind made-up devices until a binding no longer fits, the reserve above the cap
+    // included (bounded).
     w.storage.set_max_bytes(Some(1)).expect("cap");
     let acme = tenant("acme");
-    let newcomer = (0u32..10_000)
+    let newcomer = (0u32..100_000)
         .map(|i| {
             let mut id = [0xAA; 16];
             id[..4].copy_from_slice(&i.to_be_bytes());
@@ -182,4 +183,62 @@ fn a_new_device_reads_while_the_storage_is_full_and_is_bound_once_there_is_room(
         "newcomer",
         "the binding was written"
     );
+}
+
+/// Past the operator's cap, a new device's binding still goes to disk while the reserve above
+/// the cap holds it (`BINDING_RESERVE_BYTES`): it survives a restart of the relay, and another
+/// user's token for the device is refused after it.
+#[test]
+fn a_new_devices_binding_is_durable_past_the_operators_cap() {
+    let mut w = World::new();
+    w.join(1, "acme", grants(&["todos"], &["todos"]));
+    let a = doc("todos/a");
+    w.clients.get_mut(&1).expect("client").put(&a, "x", 1);
+    w.push(1, std::slice::from_ref(&a));
+    w.storage.set_max_bytes(Some(1)).expect("cap");
+    // Documents are refused: the storage is full.
+    let big = doc("todos/big");
+    {
+        let client = w.clients.get_mut(&1).expect("client");
+        let document = client.docs.entry(big.clone()).or_default();
+        document.set_actor(automerge::ActorId::from([1u8; 16].as_slice()));
+        let mut tx = document.transaction();
+        tx.put(automerge::ROOT, "text", "lorem ipsum ".repeat(40_000))
+            .expect("put");
+        tx.commit();
+    }
+    w.push(1, std::slice::from_ref(&big));
+    assert_eq!(w.hub.storage_full(), 1, "{:?}", errors(&w, 1));
+    // Thousands of bindings still go to disk (far more than the free room in its pages).
+    let acme = tenant("acme");
+    for i in 0u32..2_000 {
+        let mut id = [0xAA; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        w.storage
+            .bind_device(
+                &acme,
+                &syncline_protocol::DeviceId::from_bytes(id),
+                "filler",
+            )
+            .expect("a binding takes the reserve above the cap");
+    }
+    let newcomer = syncline_protocol::DeviceId::from_bytes([0xBB; 16]);
+    let identity = |user: &str| Identity {
+        user: user.into(),
+        device: newcomer,
+        tenant: tenant("acme"),
+    };
+    w.hub.admit(&identity("newcomer")).expect("admitted");
+    // The relay restarts: the binding was written, not kept in memory.
+    w.hub = syncline_relay::hub::Hub::new(std::sync::Arc::clone(&w.storage));
+    assert!(
+        matches!(
+            w.hub.admit(&identity("mallory")),
+            Err(syncline_relay::hub::HubError::DeviceOwned)
+        ),
+        "the binding survived the restart"
+    );
+    w.hub
+        .admit(&identity("newcomer"))
+        .expect("its owner is admitted");
 }

@@ -330,9 +330,11 @@ impl<S: Storage> Hub<S> {
     /// Whether `identity` may connect: its device id is bound to the first user that
     /// connected it, and another user's token for it is refused.
     ///
-    /// A full storage does not keep a device never seen before out (it may still read): its
-    /// binding is kept in memory, holds against other users, and is written by the first
-    /// admission after there is room again. A relay restarted before then has not bound it.
+    /// A full storage does not keep a device never seen before out (it may still read). Its
+    /// binding goes to disk past the operator's cap while the storage's reserve for bindings
+    /// lasts; past that (or on a full disk) it is kept in memory, holds against other users,
+    /// and is written by the first admission after there is room again. A relay restarted
+    /// before then has not bound it.
     ///
     /// # Errors
     /// [`HubError::DeviceOwned`] for another user's device; [`HubError::Storage`], also for a

@@ -108,11 +108,18 @@ const MIGRATIONS: &[&str] = &[
 /// The relay's embedded SQLite storage.
 pub struct SqliteStorage {
     conn: Mutex<Connection>,
+    /// The operator's cap in pages ([`SqliteStorage::set_max_bytes`]), if any.
+    cap_pages: Mutex<Option<i64>>,
     /// The epoch this handle opened (its id, and its ordinal in `epochs`).
     epoch: String,
     epoch_ordinal: i64,
     position_key: [u8; 32],
 }
+
+/// How far device bindings may take the database past the operator's cap
+/// (`max_database_bytes`): about 10,000 bindings. Past it (or on a full disk) a new device's
+/// binding waits in the hub's memory.
+pub const BINDING_RESERVE_BYTES: u64 = 1 << 20;
 
 impl SqliteStorage {
     /// Opens (creating if needed) the database file at `path` and migrates it.
@@ -173,6 +180,7 @@ impl SqliteStorage {
             .query_row(params![epoch, to_i64(now_ms())], |r| r.get(0))?;
         Ok(Self {
             conn: Mutex::new(conn),
+            cap_pages: Mutex::new(None),
             epoch,
             epoch_ordinal,
             position_key,
@@ -192,8 +200,9 @@ impl SqliteStorage {
         let conn = self.conn.lock();
         let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
         // SQLite's own ceiling when uncapped.
-        let pages = bytes.map_or(4_294_967_294, |b| (to_i64(b) / page.max(1)).max(1));
-        conn.pragma_update(None, "max_page_count", pages)?;
+        let cap = bytes.map(|b| (to_i64(b) / page.max(1)).max(1));
+        conn.pragma_update(None, "max_page_count", cap.unwrap_or(4_294_967_294))?;
+        *self.cap_pages.lock() = cap;
         Ok(())
     }
 }
@@ -561,10 +570,32 @@ impl Storage for SqliteStorage {
         if let Some(user) = owner(&conn)? {
             return Ok(user);
         }
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO device_owners (tenant, device_id, user) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![tenant, device, user])?;
+        let bind = |conn: &Connection| -> Result<usize, StorageError> {
+            Ok(conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO device_owners (tenant, device_id, user) \
+                     VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![tenant, device, user])?)
+        };
+        match bind(&conn) {
+            // Past the operator's cap, a binding may take the reserve above it: a device's
+            // owner must survive a restart, and bindings are a few dozen bytes each.
+            Err(e) if e.is_full() => {
+                let Some(cap) = *self.cap_pages.lock() else {
+                    return Err(e);
+                };
+                let page: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+                let reserve = cap + to_i64(BINDING_RESERVE_BYTES) / page.max(1);
+                conn.pragma_update(None, "max_page_count", reserve)?;
+                let bound = bind(&conn);
+                conn.pragma_update(None, "max_page_count", cap)?;
+                bound?;
+            }
+            other => {
+                other?;
+            }
+        }
         owner(&conn)?.ok_or_else(|| {
             corrupt(
                 "device_owners",
