@@ -92,7 +92,8 @@ impl From<syncline::Error> for FfiError {
         let message = e.to_string();
         match e {
             E::NotFound(_) | E::Deleted(_) => Self::NotFound(message),
-            E::Evicted(_) => Self::Evicted(message),
+            // Not all of it is here yet (this device's own earlier changes wait to go back).
+            E::Evicted(_) | E::AwaitingOwnChanges(_) => Self::Evicted(message),
             E::InvalidId(_)
             | E::InvalidPath { .. }
             | E::TypeMismatch { .. }

@@ -152,7 +152,9 @@ impl RelayConfig {
             + syncline_protocol::messages::CHANGE_ENVELOPE_BYTES;
         if self.max_frame_bytes < largest_change {
             warnings.push(format!(
-                "max_frame_bytes = {} is below the {largest_change} bytes the largest change a                  device may make needs: a device holding a larger change keeps it pending,                  with a TooLarge sync error, until the limit is raised",
+                "max_frame_bytes = {} is below the {largest_change} bytes the largest change a \
+                 device may make needs: a device holding a larger change keeps it pending, \
+                 with a TooLarge sync error, until the limit is raised",
                 self.max_frame_bytes
             ));
         }

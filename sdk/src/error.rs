@@ -51,6 +51,14 @@ pub enum Error {
     /// metadata is still listed. `SyncClient::open` fetches it again.
     #[error("document {0} was evicted to stay within the storage budget; fetch it to open it")]
     Evicted(DocId),
+    /// The document waits for this device's own earlier changes to it, kept when its content
+    /// was evicted, which need other devices' changes a relay restored from an older backup
+    /// lost. It can be read; a write now would reuse those changes' sequence numbers, so
+    /// writes resume once they are back in it (when the missing changes arrive).
+    #[error(
+        "document {0} waits for this device's earlier changes to it (they need changes the relay lost); it can be read, and written once they are back"
+    )]
+    AwaitingOwnChanges(DocId),
     /// A document with this id already exists.
     #[error("document {0} already exists")]
     AlreadyExists(DocId),

@@ -290,3 +290,135 @@ fn a_budget_too_small_for_own_changes_leaves_them_to_the_relay() {
     );
     assert!(!fx.store.restore_kept(&album, 2).expect("restore"));
 }
+
+/// A sync message from the relay carrying exactly `changes` (encoded Automerge changes).
+fn relay_message(changes: &[Vec<u8>]) -> automerge::sync::Message {
+    use automerge::sync::SyncDoc;
+    let mut message = automerge::Automerge::new()
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .expect("a first message");
+    message.changes = changes.to_vec().into();
+    message
+}
+
+/// A kept change that needs another device's change the relay lost stays kept: a document
+/// made again from kept changes alone stays evicted, and one whose content came back can be
+/// read but not written (a local change would take the kept one's sequence number) until
+/// the missing change arrives and the kept one goes back in.
+#[test]
+fn a_document_waiting_for_its_own_kept_changes_is_not_written() {
+    let fx = Fixture::new();
+    let camera = fx.other_device("camera");
+    let copy = |from: &syncline::Store, to: &syncline::Store, id: &DocId| {
+        let changes = from.changes_since(id, &Heads::default()).expect("export");
+        to.apply_changes(id, &changes).expect("import");
+    };
+    // The camera's photo (c0); this device titles it (c1); the camera adds a cover (x);
+    // this device renames it after seeing the cover (c2, which needs x).
+    let photo = camera.create(&photos()).expect("create");
+    photo.put("body", noise(20_000, 1)).expect("body");
+    let id = photo.id().clone();
+    let c0 = camera.changes_since(&id, &Heads::default()).expect("c0");
+    copy(&camera, &fx.store, &id);
+    fx.store
+        .document(&id)
+        .expect("doc")
+        .put("title", "draft")
+        .expect("c1");
+    copy(&fx.store, &camera, &id);
+    let before_cover = camera.document(&id).expect("doc").heads().expect("heads");
+    camera
+        .document(&id)
+        .expect("doc")
+        .put("cover", "red")
+        .expect("x");
+    let x = camera.changes_since(&id, &before_cover).expect("x");
+    copy(&camera, &fx.store, &id);
+    fx.store
+        .document(&id)
+        .expect("doc")
+        .put("title", "final")
+        .expect("c2");
+    let heads = fx.store.document(&id).expect("doc").heads().expect("heads");
+    fx.store.mark_acknowledged(&id, RELAY, &heads).expect("ack");
+    fx.store
+        .enforce_budget(RELAY, 2_000, &[photos()], &HashSet::new(), 1)
+        .expect("evict");
+    assert!(evicted(&fx, &id));
+    assert!(
+        fx.store.info(&id).expect("info").kept_bytes > 0,
+        "c1 and c2 kept"
+    );
+    fx.store
+        .forget_positions(RELAY, &[photos()])
+        .expect("forget");
+
+    // Made again from its own changes alone: c1 needs c0, so nothing of it; stays evicted.
+    assert!(!fx.store.restore_kept(&id, 2).expect("restore"));
+    assert!(evicted(&fx, &id));
+
+    // An album this device started (a1) and renamed (a2) after the camera's cover (y): a1
+    // alone would apply, but not a2, so it is not made again from a1 alone either.
+    let album = fx.store.create(&photos()).expect("a1");
+    album.put("title", "holidays").expect("a1");
+    let album = album.id().clone();
+    copy(&fx.store, &camera, &album);
+    camera
+        .document(&album)
+        .expect("album")
+        .put("cover", noise(20_000, 5))
+        .expect("y");
+    copy(&camera, &fx.store, &album);
+    fx.store
+        .document(&album)
+        .expect("album")
+        .put("title", "summer")
+        .expect("a2");
+    let heads = fx
+        .store
+        .document(&album)
+        .expect("album")
+        .heads()
+        .expect("heads");
+    fx.store
+        .mark_acknowledged(&album, RELAY, &heads)
+        .expect("ack");
+    fx.store
+        .enforce_budget(RELAY, 2_000, &[photos()], &HashSet::new(), 1)
+        .expect("evict");
+    assert!(evicted(&fx, &album));
+    fx.store
+        .forget_positions(RELAY, &[photos()])
+        .expect("forget");
+    assert!(!fx.store.restore_kept(&album, 2).expect("restore"));
+    assert!(
+        evicted(&fx, &album),
+        "not made again from part of its changes"
+    );
+
+    // The restored relay holds only c0: c1 goes back in, c2 waits for x.
+    let mut states = std::collections::HashMap::new();
+    let received = fx.store.receive(
+        RELAY,
+        vec![(id.clone(), relay_message(&c0))],
+        &mut states,
+        3,
+    );
+    assert!(received[0].1.is_ok(), "{received:?}");
+    let doc = fx.store.document(&id).expect("back");
+    assert_eq!(doc.get("title").expect("title"), Some(Value::from("draft")));
+    assert!(fx.store.info(&id).expect("info").kept_bytes > 0, "c2 waits");
+    assert!(matches!(
+        doc.put("title", "mine"),
+        Err(Error::AwaitingOwnChanges(_))
+    ));
+
+    // x arrives: c2 goes back in, and writes work again.
+    let received = fx
+        .store
+        .receive(RELAY, vec![(id.clone(), relay_message(&x))], &mut states, 4);
+    assert!(received[0].1.is_ok(), "{received:?}");
+    assert_eq!(doc.get("title").expect("title"), Some(Value::from("final")));
+    assert_eq!(fx.store.info(&id).expect("info").kept_bytes, 0);
+    doc.put("title", "mine").expect("written");
+}

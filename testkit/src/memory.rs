@@ -498,10 +498,17 @@ impl SyncStore for MemorySyncStore {
         }
         let actor = ActorId::from(self.device.as_bytes().as_slice());
         let mut automerge = Automerge::new().with_actor(actor);
-        inner.merge_kept(doc, &mut automerge)?;
-        if automerge.get_heads().is_empty() {
+        let kept = inner.kept.get(doc).cloned().unwrap_or_default();
+        automerge.apply_changes(kept.clone())?;
+        // Only whole, as the SQLite store: a local change must not reuse a kept change's seq.
+        if automerge.get_heads().is_empty()
+            || kept
+                .iter()
+                .any(|c| automerge.get_change_by_hash(&c.hash()).is_none())
+        {
             return Ok(false);
         }
+        inner.kept.remove(doc);
         inner.docs.insert(doc.clone(), automerge);
         inner.received_at.insert(doc.clone(), now_ms);
         for deferred in inner.deferred.values_mut() {

@@ -413,8 +413,6 @@ impl Database {
         })
     }
 
-    /// The documents relays announced and held back (`relay`'s, or every relay's), highest
-    /// priority first, then the most recently announced. A corrupt row is skipped and logged.
     /// The kept changes of a document ([`crate::store::kept`]), if it has any.
     pub(crate) fn kept_changes(&self, key: DocKey) -> Result<Option<Vec<u8>>> {
         let conn = self.reader.lock();
@@ -488,6 +486,8 @@ impl Database {
             .collect())
     }
 
+    /// The documents relays announced and held back (`relay`'s, or every relay's), highest
+    /// priority first, then the most recently announced. A corrupt row is skipped and logged.
     pub(crate) fn deferred(&self, relay: Option<&str>) -> Result<Vec<DeferredDoc>> {
         let conn = self.reader.lock();
         let rows = conn

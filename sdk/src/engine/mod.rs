@@ -510,7 +510,8 @@ impl<S: SyncStore> Engine<S> {
             // Now realtime: connect instead of waiting for the schedule.
             self.sync_now(out);
         }
-        // A new budget (or none) applies now, and the status says how far over it is.
+        // A new budget applies now if connected (after the relay's answer to `Reconcile`),
+        // else from the next connection; with none, the status is no longer over any.
         self.enforce_budget(&[], now_ms);
     }
 
@@ -787,7 +788,9 @@ impl<S: SyncStore> Engine<S> {
         fetch.extend(
             self.deferred
                 .iter()
-                .filter(|(doc, reason)| self.wanted_now(doc, **reason))
+                .filter(|(doc, reason)| {
+                    self.wanted_now(doc, **reason) && !self.conn.kept_fetched.contains_key(*doc)
+                })
                 .map(|(doc, _)| doc.clone()),
         );
         self.conn.fetches_awaited += send_fetch(out, fetch.into_iter().collect());

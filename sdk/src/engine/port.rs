@@ -187,8 +187,9 @@ pub trait SyncStore {
     fn kept_unacknowledged(&self, relay: &str) -> Result<Vec<DocId>>;
 
     /// Restores an evicted document the relay holds nothing of from the own changes kept at
-    /// its eviction: true if any applied (the document is here again, and pending for the
-    /// relay); false if none did (they wait on other devices' changes) or it has none.
+    /// its eviction: true if they all applied (the document is here again, and pending for
+    /// the relay); false if some wait on other devices' changes (it stays evicted: a local
+    /// change must not reuse their sequence numbers) or it has none.
     ///
     /// # Errors
     /// The store could not read or write it, or the kept changes are damaged.

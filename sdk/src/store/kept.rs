@@ -9,7 +9,11 @@
 //!   nothing of ([`crate::Store`]'s `restore_kept`).
 //!
 //! A kept change that does not apply yet (it depends on other devices' changes the relay
-//! lost too) stays kept, and is tried again whenever the document receives changes.
+//! lost too) stays kept, and is tried again whenever the document receives changes. Meanwhile
+//! a document made again from kept changes alone stays evicted, and one whose content came
+//! back from the relay can be read but not written ([`crate::Error::AwaitingOwnChanges`]):
+//! Automerge numbers a device's changes, and a new local change would take the number of a
+//! kept one, which the relay (or another device holding it) would then refuse or split on.
 //!
 //! Encoding: each change's stored bytes (compressed where Automerge compresses them), each
 //! prefixed by its length as a 4-byte big-endian integer.

@@ -342,6 +342,11 @@ impl Shared {
             if loaded.row.deleted {
                 return Err(Error::Deleted(id.clone()));
             }
+            // A local change would take the sequence numbers of this device's kept changes
+            // still waiting to go back in (`super::kept`): two different changes under one.
+            if loaded.row.kept_bytes > 0 {
+                return Err(Error::AwaitingOwnChanges(id.clone()));
+            }
             // Announced only now that the document is locked: a writer still waiting for the
             // lock cannot join the group commit in progress, which must not wait for it.
             let _announcement = self.db.announce_write();

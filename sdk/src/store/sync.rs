@@ -700,7 +700,9 @@ fn restore_kept(
         }
     })?;
     let heads = restored.get_heads();
-    if heads.is_empty() {
+    // Only whole: with some kept changes left out, a local change would reuse their sequence
+    // numbers. It stays evicted until the other devices' changes they need are back.
+    if heads.is_empty() || !left.is_empty() {
         return Ok(None);
     }
     let at = i64::try_from(now_ms).unwrap_or(i64::MAX);
