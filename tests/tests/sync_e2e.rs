@@ -342,13 +342,29 @@ fn a_relay_killed_mid_sync_loses_nothing_acknowledged() {
     assert_eq!(b.store.list(&todos()).expect("list").len(), 3000);
 }
 
+/// Kills `relay` (SIGKILL), puts `backup` in place of its database in `data`, and starts a
+/// relay on it at the same address, as an operator restores one.
+fn restore_backup(
+    mut relay: Relay,
+    data: &std::path::Path,
+    backup: &std::path::Path,
+    addr: &str,
+) -> Relay {
+    relay.kill().expect("SIGKILL");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(data.join(format!("relay.db{suffix}")));
+    }
+    std::fs::copy(backup, data.join("relay.db")).expect("restore the backup");
+    Relay::start_at(data, addr).expect("restored relay")
+}
+
 /// Class 10 of issue 15: a relay restored from a backup of its live self lost changes it had
 /// acknowledged, and numbers new ones with the sequence numbers it lost. The devices that
 /// were shown the lost positions re-send what they hold, and nothing is lost.
 #[test]
 fn a_relay_restored_from_an_older_backup_gets_back_what_it_acknowledged() {
     let data = temp_dir();
-    let mut relay = Relay::start(data.path()).expect("relay");
+    let relay = Relay::start(data.path()).expect("relay");
     let addr = relay.addr.clone();
     let (a, b) = (Device::fast(), Device::fast());
     let write = |d: &Device, title: String| {
@@ -386,12 +402,7 @@ fn a_relay_restored_from_an_older_backup_gets_back_what_it_acknowledged() {
     client_a.pause();
     client_b.pause();
 
-    relay.kill().expect("SIGKILL");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(data.path().join(format!("relay.db{suffix}")));
-    }
-    std::fs::copy(&backup, data.path().join("relay.db")).expect("restore the backup");
-    let relay = Relay::start_at(data.path(), &addr).expect("restored relay");
+    let relay = restore_backup(relay, data.path(), &backup, &addr);
     // Another device writes first: the restored relay gives its changes the very sequence
     // numbers the lost ones had.
     let c = Device::fast();
@@ -919,7 +930,7 @@ fn on_demand_documents_are_listed_fetched_evicted_over_budget_and_fetched_again(
 #[test]
 fn a_relay_restored_from_an_older_backup_gets_back_an_evicted_documents_own_changes() {
     let data = temp_dir();
-    let mut relay = Relay::start(data.path()).expect("relay");
+    let relay = Relay::start(data.path()).expect("relay");
     let addr = relay.addr.clone();
     let camera = Device::new();
     let mut ids = Vec::new();
@@ -977,12 +988,7 @@ fn a_relay_restored_from_an_older_backup_gets_back_an_evicted_documents_own_chan
     uploader.pause();
 
     // The relay comes back from the backup: no caption, no album.
-    relay.kill().expect("SIGKILL");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(data.path().join(format!("relay.db{suffix}")));
-    }
-    std::fs::copy(&backup, data.path().join("relay.db")).expect("restore the backup");
-    let relay = Relay::start_at(data.path(), &addr).expect("restored relay");
+    let relay = restore_backup(relay, data.path(), &backup, &addr);
 
     // Only the phone comes back; a new device then finds both of its changes.
     client.resume();

@@ -429,24 +429,7 @@ impl Database {
         relay: &str,
         collections: &[Collection],
     ) -> Result<Vec<DocRow>> {
-        let mut rows = Vec::new();
-        for collection in collections {
-            rows.extend(self.query_docs(
-                &format!(
-                    "SELECT {} FROM documents d JOIN acks a ON a.doc_key = d.doc_key \
-                     AND a.relay = ?2 AND a.heads = d.heads \
-                     WHERE d.collection = ?1 AND d.evicted = 1 AND d.kept_bytes > 0",
-                    prefixed_doc_columns()
-                ),
-                params![collection.as_str(), relay],
-            )?);
-        }
-        rows.sort_by_key(|r| {
-            r.created_at
-                .max(r.local_change_at.unwrap_or(0))
-                .max(r.remote_change_at.unwrap_or(0))
-        });
-        Ok(rows)
+        self.acknowledged_docs(relay, collections, "d.evicted = 1 AND d.kept_bytes > 0")
     }
 
     /// Evicted documents with kept changes whose current heads `relay` has not acknowledged
@@ -539,13 +522,24 @@ impl Database {
     /// heads acknowledged by `relay`, and no kept changes still to apply; least recently
     /// changed first.
     pub(crate) fn evictable(&self, relay: &str, collections: &[Collection]) -> Result<Vec<DocRow>> {
+        self.acknowledged_docs(relay, collections, "d.evicted = 0 AND d.kept_bytes = 0")
+    }
+
+    /// Documents of `collections` whose current heads `relay` has acknowledged and that match
+    /// `filter` (SQL over `documents d`), least recently changed first.
+    fn acknowledged_docs(
+        &self,
+        relay: &str,
+        collections: &[Collection],
+        filter: &str,
+    ) -> Result<Vec<DocRow>> {
         let mut rows = Vec::new();
         for collection in collections {
             rows.extend(self.query_docs(
                 &format!(
                     "SELECT {} FROM documents d JOIN acks a ON a.doc_key = d.doc_key \
                      AND a.relay = ?2 AND a.heads = d.heads \
-                     WHERE d.collection = ?1 AND d.evicted = 0 AND d.kept_bytes = 0",
+                     WHERE d.collection = ?1 AND {filter}",
                     prefixed_doc_columns()
                 ),
                 params![collection.as_str(), relay],
