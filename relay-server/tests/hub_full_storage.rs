@@ -29,6 +29,19 @@ fn errors(w: &World, id: u64) -> Vec<(u16, Option<u64>, Option<String>)> {
         .collect()
 }
 
+/// Device 1 writes about 480 KB of text to `big` and pushes it: more than a full storage's
+/// free pages hold.
+fn push_big(w: &mut World, big: &syncline_protocol::DocId) {
+    let client = w.clients.get_mut(&1).expect("client");
+    let document = client.docs.entry(big.clone()).or_default();
+    document.set_actor(automerge::ActorId::from([1u8; 16].as_slice()));
+    let mut tx = document.transaction();
+    tx.put(automerge::ROOT, "text", "lorem ipsum ".repeat(40_000))
+        .expect("put");
+    tx.commit();
+    w.push(1, std::slice::from_ref(big));
+}
+
 #[test]
 fn a_full_storage_refuses_writes_with_a_typed_error_serves_reads_and_recovers() {
     let mut w = World::new();
@@ -42,16 +55,7 @@ fn a_full_storage_refuses_writes_with_a_typed_error_serves_reads_and_recovers() 
 
     // The database may not grow any more.
     w.storage.set_max_bytes(Some(1)).expect("cap");
-    {
-        let client = w.clients.get_mut(&1).expect("client");
-        let document = client.docs.entry(big.clone()).or_default();
-        document.set_actor(automerge::ActorId::from([1u8; 16].as_slice()));
-        let mut tx = document.transaction();
-        tx.put(automerge::ROOT, "text", "lorem ipsum ".repeat(40_000))
-            .expect("put");
-        tx.commit();
-    }
-    w.push(1, std::slice::from_ref(&big));
+    push_big(&mut w, &big);
     assert_eq!(
         errors(&w, 1),
         vec![(
@@ -198,16 +202,7 @@ fn a_new_devices_binding_is_durable_past_the_operators_cap() {
     w.storage.set_max_bytes(Some(1)).expect("cap");
     // Documents are refused: the storage is full.
     let big = doc("todos/big");
-    {
-        let client = w.clients.get_mut(&1).expect("client");
-        let document = client.docs.entry(big.clone()).or_default();
-        document.set_actor(automerge::ActorId::from([1u8; 16].as_slice()));
-        let mut tx = document.transaction();
-        tx.put(automerge::ROOT, "text", "lorem ipsum ".repeat(40_000))
-            .expect("put");
-        tx.commit();
-    }
-    w.push(1, std::slice::from_ref(&big));
+    push_big(&mut w, &big);
     assert_eq!(w.hub.storage_full(), 1, "{:?}", errors(&w, 1));
     // Thousands of bindings still go to disk (far more than the free room in its pages).
     let acme = tenant("acme");
