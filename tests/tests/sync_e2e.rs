@@ -847,20 +847,27 @@ fn photos_client(
     SyncClient::start(&device.store, options, move || Ok(token.clone())).expect("start")
 }
 
-#[test]
-fn on_demand_documents_are_listed_fetched_evicted_over_budget_and_fetched_again() {
-    let data = temp_dir();
-    let relay = Relay::start(data.path()).expect("relay");
+/// A camera that took `n` photos of 30 KB of noise and uploaded them (its client keeps
+/// `photos` eagerly), with the bytes one photo takes in its store.
+fn camera_with_photos(relay: &Relay, n: u64) -> (Device, Vec<syncline::DocId>, SyncClient, u64) {
     let camera = Device::new();
     let mut ids = Vec::new();
-    for i in 0..3 {
+    for i in 0..n {
         let photo = camera.store.create(&photos()).expect("create");
         photo.put("body", noise(30_000, i + 1)).expect("put");
         ids.push(photo.id().clone());
     }
-    let uploader = photos_client(&relay, &camera, syncline::SyncMode::Eager, |_| {});
+    let uploader = photos_client(relay, &camera, syncline::SyncMode::Eager, |_| {});
     uploader.wait_synced(WAIT, true).expect("uploaded");
     let one_photo = camera.store.info(&ids[0]).expect("info").stored_bytes;
+    (camera, ids, uploader, one_photo)
+}
+
+#[test]
+fn on_demand_documents_are_listed_fetched_evicted_over_budget_and_fetched_again() {
+    let data = temp_dir();
+    let relay = Relay::start(data.path()).expect("relay");
+    let (camera, ids, _uploader, one_photo) = camera_with_photos(&relay, 3);
 
     // The phone keeps photos on demand, within a budget of about one and a half photos.
     let phone = Device::new();
@@ -932,16 +939,7 @@ fn a_relay_restored_from_an_older_backup_gets_back_an_evicted_documents_own_chan
     let data = temp_dir();
     let relay = Relay::start(data.path()).expect("relay");
     let addr = relay.addr.clone();
-    let camera = Device::new();
-    let mut ids = Vec::new();
-    for i in 0..2 {
-        let photo = camera.store.create(&photos()).expect("create");
-        photo.put("body", noise(30_000, i + 1)).expect("put");
-        ids.push(photo.id().clone());
-    }
-    let uploader = photos_client(&relay, &camera, syncline::SyncMode::Eager, |_| {});
-    uploader.wait_synced(WAIT, true).expect("uploaded");
-    let one_photo = camera.store.info(&ids[0]).expect("info").stored_bytes;
+    let (camera, ids, uploader, one_photo) = camera_with_photos(&relay, 2);
     let backup_dir = temp_dir();
     let backup = backup_dir.path().join("relay.db");
     relay.backup(&backup).expect("backup of the live relay");
