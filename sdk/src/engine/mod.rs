@@ -1723,6 +1723,17 @@ impl<S: SyncStore> Engine<S> {
         if !plan.remaining.is_empty() || plan.cursors.is_empty() {
             return;
         }
+        // A document of these collections whose exchange is still under way (this device
+        // asked the relay for changes it showed) may be what the cursors cover, without being
+        // in the plan (the relay was syncing it already): the cursors wait for it, or a cut
+        // now would leave it behind them for good.
+        if self.conn.awaiting_data.iter().any(|doc| {
+            plan.cursors
+                .iter()
+                .any(|c| &c.collection == doc.collection())
+        }) {
+            return;
+        }
         let cursors = std::mem::take(&mut plan.cursors);
         if plan.failed {
             return;

@@ -358,6 +358,50 @@ fn a_push_shows_positions_that_go_back_to_the_relay() {
     assert_eq!(reconcile.acked, Some(vec![shown(todos(), 7)]));
 }
 
+/// Issue 15 (found by the simulation's seed 8407 of 10,000): a document the relay was already
+/// syncing when it planned is not in the plan, but the plan's cursor covers its change. While
+/// this device still waits for the changes the relay showed it, the cursor is not stored: a
+/// cut then would leave the change behind it for good.
+#[test]
+fn a_cursor_waits_for_a_document_still_being_synced() {
+    use automerge::sync::SyncDoc as _;
+    use automerge::transaction::Transactable as _;
+    let mut f = fixture();
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 10);
+    f.engine.handle(Event::Frame(welcome()), 11);
+    f.engine.handle(Event::Frame(empty_plan(3)), 12);
+    // The relay's opening message for another device's document: its heads, no change yet.
+    let mut other = automerge::Automerge::new();
+    let mut tx = other.transaction();
+    tx.put(automerge::ROOT, "title", "theirs").expect("put");
+    tx.commit();
+    let opening = other
+        .generate_sync_message(&mut automerge::sync::State::new())
+        .expect("opening");
+    let sync = frame::encode(&Message::Sync(Sync {
+        items: vec![SyncItem {
+            doc: doc_id("todos/theirs"),
+            message: opening.encode(),
+            priority: None,
+        }],
+        positions: None,
+    }));
+    let effects = f.engine.handle(Event::Frame(sync), 13);
+    assert!(
+        sent(&effects).iter().any(|m| matches!(m, Message::Sync(_))),
+        "the device asks for the change"
+    );
+    // A plan past that change, without the document (the relay was syncing it already).
+    f.engine.handle(Event::Frame(empty_plan(9)), 14);
+    let (_, reconcile) = reconnect(&mut f);
+    assert_eq!(
+        reconcile.cursors.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![3],
+        "the cursor stays before the change this device never got"
+    );
+}
+
 /// Issue 15, class 9: changes a full relay could not store stay pending, the status says so,
 /// and they go again when the relay said, on the same connection.
 #[test]
