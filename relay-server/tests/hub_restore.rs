@@ -124,6 +124,49 @@ fn a_restored_relay_takes_lost_changes_back_only_from_devices_it_showed_them() {
     );
 }
 
+/// Found by the simulation (seed 8978 of 10,000): a device that proved the loss and was cut
+/// before it sent the lost changes back no longer shows the lost position when it comes back
+/// (it forgot it when told of the loss). The grant outlives the connection: it may still send
+/// back another device's change.
+#[test]
+fn a_repair_cut_short_goes_on_when_the_device_comes_back() {
+    let mut w = World::new();
+    let todos = || grants(&["todos"], &["todos"]);
+    w.join(1, "acme", todos());
+    w.join(2, "acme", todos());
+    let (backup, b) = written_and_backed_up(&mut w);
+    w.clients.get_mut(&1).expect("client").put(&b, "x", 2);
+    w.push(1, std::slice::from_ref(&b));
+    w.run(vec![(2, reconcile(vec![]))]);
+    let shown = w.last_plan(2).expect("plan").cursors;
+    let restored = Arc::new(SqliteStorage::open(&backup).expect("open the backup"));
+    w.hub = Hub::new(Arc::clone(&restored));
+    w.storage = restored;
+
+    // Device 2 proves the loss, then its connection is cut before it sends anything back.
+    w.reconnect(2, "acme", todos());
+    w.run(vec![(2, reconcile(shown))]);
+    assert_eq!(w.last_plan(2).expect("plan").reset, vec![col("todos")]);
+
+    // Back without the lost position (its cursors were reset): device 1's change goes back.
+    w.reconnect(2, "acme", todos());
+    w.run(vec![(2, reconcile(vec![]))]);
+    let lost = every_change(&b, &w.clients[&1].docs[&b]);
+    w.run(vec![(2, Action::Sync(vec![lost]))]);
+    assert!(
+        w.clients[&2].errors().is_empty(),
+        "{:?}",
+        w.clients[&2].inbox
+    );
+    assert!(
+        w.storage
+            .load(&common::tenant("acme"), &b)
+            .expect("load")
+            .is_some(),
+        "b is back"
+    );
+}
+
 /// A cursor named without an epoch is not checked (devices from before epochs), so it may
 /// name any number: the relay answers with it but vouches only for what its data holds.
 #[test]

@@ -92,6 +92,15 @@ pub const STORAGE_FULL_RETRY_MS: u64 = 30_000;
 /// device's change the relay does not hold (its author may send it first).
 pub const FOREIGN_RETRY_MS: u64 = 10_000;
 
+/// How long a device that proved this data lost positions it showed it (the relay was
+/// restored from an older backup) may send back other devices' changes in that collection,
+/// on later connections too: a repair cut short (a cut, a slow-consumer close) goes on when
+/// the device comes back, although it no longer shows the lost positions then.
+pub const REPAIR_GRANT_MS: u64 = 24 * 3_600_000;
+
+/// Devices whose repair grants a hub remembers past their connection ([`REPAIR_GRANT_MS`]).
+pub const MAX_REPAIRING_DEVICES: usize = 10_000;
+
 /// Why the hub failed an action. The session gets an `INTERNAL` error and may retry; nothing
 /// was acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +233,10 @@ pub struct Hub<S> {
     /// user that connected them: bound here until a later admission can write it (at most
     /// [`MAX_UNBOUND_DEVICES`]).
     unbound: HashMap<(Tenant, DeviceId), String>,
+    /// Per device, the collections in which it proved that this data lost positions it
+    /// showed it, with when: it may send back other devices' changes there on later
+    /// connections too, for [`REPAIR_GRANT_MS`] (at most [`MAX_REPAIRING_DEVICES`] devices).
+    repairing: HashMap<(Tenant, DeviceId), HashMap<Collection, u64>>,
     /// Documents larger than this wait for an unmetered network (unless a device sets its own).
     metered_threshold: u64,
 }
@@ -267,6 +280,7 @@ impl<S: Storage> Hub<S> {
             clock_ms: 0,
             storage_full: 0,
             unbound: HashMap::new(),
+            repairing: HashMap::new(),
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
         }
     }

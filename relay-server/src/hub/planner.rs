@@ -28,7 +28,10 @@ use syncline_protocol::messages::{
 };
 use syncline_protocol::{Collection, DocId, Message, Priority};
 
-use super::{Delivery, DocGraph, Hub, HubError, Lane, SessionId, policy, push_batches, receipts};
+use super::{
+    Delivery, DocGraph, Hub, HubError, Lane, MAX_REPAIRING_DEVICES, REPAIR_GRANT_MS, SessionId,
+    policy, push_batches, receipts,
+};
 use crate::storage::Storage;
 
 /// Documents listed per storage query while planning.
@@ -137,6 +140,7 @@ impl<S: Storage> Hub<S> {
         // Positions this data never reached: it was restored from an older backup. Those
         // collections are planned from the start, and the device sends what it holds again.
         let (reset, repair) = self.lost_positions(id, &reconcile)?;
+        let repair = self.remember_repairs(id, repair);
         self.peer_mut(id).repair.extend(repair);
         let peer = &self.peers[&id];
         let mut named: BTreeMap<Collection, u64> = reconcile
@@ -253,6 +257,34 @@ impl<S: Storage> Hub<S> {
             &mut out,
         );
         Ok(out)
+    }
+
+    /// Remembers the collections in which session `id`'s device proved a loss now
+    /// (`proven`), and returns every collection in which it did so within
+    /// [`REPAIR_GRANT_MS`]: a device whose repair was cut short no longer shows the lost
+    /// positions (it forgot them when told of the loss), and each device holding another's
+    /// lost change would refuse the other's otherwise, for good.
+    fn remember_repairs(&mut self, id: SessionId, proven: Vec<Collection>) -> Vec<Collection> {
+        let peer = &self.peers[&id];
+        let key = (peer.tenant.clone(), peer.identity.device);
+        let now = self.clock_ms;
+        if !proven.is_empty()
+            && (self.repairing.contains_key(&key) || self.repairing.len() < MAX_REPAIRING_DEVICES)
+        {
+            let grants = self.repairing.entry(key.clone()).or_default();
+            for collection in proven {
+                grants.insert(collection, now);
+            }
+        }
+        let Some(grants) = self.repairing.get_mut(&key) else {
+            return Vec::new();
+        };
+        grants.retain(|_, at| now.saturating_sub(*at) < REPAIR_GRANT_MS);
+        let granted = grants.keys().cloned().collect();
+        if grants.is_empty() {
+            self.repairing.remove(&key);
+        }
+        granted
     }
 
     /// Tags `position` with this data's epoch and the relay's receipt for session `id`'s
