@@ -173,6 +173,22 @@ pub fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("the system temp directory is writable")
 }
 
+/// A temporary directory in memory (under `/dev/shm`, a tmpfs on Linux) where the system has
+/// one, else [`temp_dir`]: for the simulation's many small, short-lived stores, whose files
+/// must outlive a simulated crash but not the process. A tmpfs makes SQLite's `fsync` free,
+/// which was a sixth of the simulation's time on disk.
+pub fn memory_temp_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new()
+            .prefix("syncline-sim")
+            .tempdir_in(shm)
+    {
+        return dir;
+    }
+    temp_dir()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

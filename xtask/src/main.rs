@@ -13,7 +13,8 @@
 //!   benchmark: it reports, it does not fail).
 //!
 //! Suites, in this order:
-//! - `rust`: the whole Cargo workspace, doc tests included.
+//! - `rust`: the whole Cargo workspace, doc tests included, with the simulation over 10,000
+//!   seeds (`SIM_SEEDS`; a plain `cargo test` runs 1,000).
 //! - `python`: `maturin develop` of the package in `bindings/python` into the interpreter's
 //!   virtualenv, then pytest against a real `syncline-relay`. The interpreter is
 //!   `$SYNCLINE_PYTHON`, else `.venv/bin/python`, else `python3`; without maturin (or outside a
@@ -131,10 +132,17 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
     Ok(results.iter().all(|(_, ok, _, _)| *ok))
 }
 
+/// Seeds of the simulation `cargo xtask test` runs (issue 15: at least 10,000 in CI); a plain
+/// `cargo test` runs 1,000, and `SIM_SEEDS` set by the caller wins.
+const CI_SIM_SEEDS: u64 = 10_000;
+
 /// `cargo test --workspace`, streaming its output and summing its `test result:` lines.
 fn rust_suite() -> anyhow::Result<(bool, Tally)> {
     let mut command = cargo();
     command.args(["test", "--workspace", "--no-fail-fast"]);
+    if std::env::var_os("SIM_SEEDS").is_none() {
+        command.env("SIM_SEEDS", CI_SIM_SEEDS.to_string());
+    }
     stream(command, "cargo test", |line, tally| {
         if let Some(result) = line.strip_prefix("test result: ") {
             tally.passed += count(result, " passed");
