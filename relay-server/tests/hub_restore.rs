@@ -45,16 +45,11 @@ fn written_and_backed_up(w: &mut World) -> (std::path::PathBuf, DocId) {
     (backup, doc("todos/b"))
 }
 
-#[test]
-fn a_restored_relay_takes_lost_changes_back_only_from_devices_it_showed_them() {
-    let mut w = World::new();
-    let todos = || grants(&["todos"], &["todos"]);
-    w.join(1, "acme", todos());
-    w.join(2, "acme", todos());
-    w.join(3, "acme", todos());
-    let (backup, b) = written_and_backed_up(&mut w);
-
-    // After the backup: device 1 writes b, device 2 gets it and is shown the position.
+/// After the backup of [`written_and_backed_up`], device 1 writes `todos/b` and device 2 gets
+/// it and is shown its position; then the relay is restored (device 1 is gone for good).
+/// Returns the positions shown to device 2 and `todos/b`.
+fn shown_then_restored(w: &mut World) -> (Vec<Cursor>, DocId) {
+    let (backup, b) = written_and_backed_up(w);
     w.clients.get_mut(&1).expect("client").put(&b, "x", 2);
     w.push(1, std::slice::from_ref(&b));
     w.run(vec![(2, reconcile(vec![]))]);
@@ -63,12 +58,21 @@ fn a_restored_relay_takes_lost_changes_back_only_from_devices_it_showed_them() {
     assert_eq!(shown[0].seq, 2);
     assert!(shown[0].receipt.is_some() && shown[0].epoch.is_some());
     assert_eq!(w.clients[&2].get(&b, "x"), Some(2));
-
-    // The relay is restored; device 1 is gone for good.
     let restored = Arc::new(SqliteStorage::open(&backup).expect("open the backup"));
     assert_ne!(restored.epoch(), shown[0].epoch.as_deref().expect("epoch"));
     w.hub = Hub::new(Arc::clone(&restored));
     w.storage = restored;
+    (shown, b)
+}
+
+#[test]
+fn a_restored_relay_takes_lost_changes_back_only_from_devices_it_showed_them() {
+    let mut w = World::new();
+    let todos = || grants(&["todos"], &["todos"]);
+    w.join(1, "acme", todos());
+    w.join(2, "acme", todos());
+    w.join(3, "acme", todos());
+    let (shown, b) = shown_then_restored(&mut w);
 
     // Device 3 makes up a lost position and a change by device 1: the collection is
     // replanned, but the forged change is refused.
@@ -134,14 +138,7 @@ fn a_repair_cut_short_goes_on_when_the_device_comes_back() {
     let todos = || grants(&["todos"], &["todos"]);
     w.join(1, "acme", todos());
     w.join(2, "acme", todos());
-    let (backup, b) = written_and_backed_up(&mut w);
-    w.clients.get_mut(&1).expect("client").put(&b, "x", 2);
-    w.push(1, std::slice::from_ref(&b));
-    w.run(vec![(2, reconcile(vec![]))]);
-    let shown = w.last_plan(2).expect("plan").cursors;
-    let restored = Arc::new(SqliteStorage::open(&backup).expect("open the backup"));
-    w.hub = Hub::new(Arc::clone(&restored));
-    w.storage = restored;
+    let (shown, b) = shown_then_restored(&mut w);
 
     // Device 2 proves the loss, then its connection is cut before it sends anything back.
     w.reconnect(2, "acme", todos());
