@@ -12,7 +12,7 @@ use automerge::sync::{State, SyncDoc};
 use common::{World, col, doc, grants, reconcile};
 use syncline_protocol::DocId;
 use syncline_protocol::messages::{Cursor, ErrorCode, SyncItem};
-use syncline_relay::hub::Hub;
+use syncline_relay::hub::{Hub, SessionId};
 use syncline_relay::session::Action;
 use syncline_relay::storage::{SqliteStorage, Storage, sqlite_backup};
 
@@ -65,6 +65,21 @@ fn shown_then_restored(w: &mut World) -> (Vec<Cursor>, DocId) {
     (shown, b)
 }
 
+/// Device `device` got no error, and the relay stores `d` again, with content.
+fn taken_back(w: &World, device: SessionId, d: &DocId) {
+    assert!(
+        w.clients[&device].errors().is_empty(),
+        "{:?}",
+        w.clients[&device].inbox
+    );
+    let stored = w
+        .storage
+        .load(&common::tenant("acme"), d)
+        .expect("load")
+        .expect("the document is back");
+    assert!(!stored.chunks.is_empty());
+}
+
 #[test]
 fn a_restored_relay_takes_lost_changes_back_only_from_devices_it_showed_them() {
     let mut w = World::new();
@@ -102,17 +117,7 @@ fn a_restored_relay_takes_lost_changes_back_only_from_devices_it_showed_them() {
     w.run(vec![(2, reconcile(shown.clone()))]);
     assert_eq!(w.last_plan(2).expect("plan").reset, vec![col("todos")]);
     w.push(2, std::slice::from_ref(&b));
-    assert!(
-        w.clients[&2].errors().is_empty(),
-        "{:?}",
-        w.clients[&2].inbox
-    );
-    let stored = w
-        .storage
-        .load(&common::tenant("acme"), &b)
-        .expect("load")
-        .expect("b is back");
-    assert!(!stored.chunks.is_empty());
+    taken_back(&w, 2, &b);
 
     // A receipt is the device's own: device 3 replaying device 2's is refused like a forgery.
     w.reconnect(3, "acme", todos());
@@ -150,18 +155,7 @@ fn a_repair_cut_short_goes_on_when_the_device_comes_back() {
     w.run(vec![(2, reconcile(vec![]))]);
     let lost = every_change(&b, &w.clients[&1].docs[&b]);
     w.run(vec![(2, Action::Sync(vec![lost]))]);
-    assert!(
-        w.clients[&2].errors().is_empty(),
-        "{:?}",
-        w.clients[&2].inbox
-    );
-    assert!(
-        w.storage
-            .load(&common::tenant("acme"), &b)
-            .expect("load")
-            .is_some(),
-        "b is back"
-    );
+    taken_back(&w, 2, &b);
 }
 
 /// A cursor named without an epoch is not checked (devices from before epochs), so it may
@@ -243,16 +237,5 @@ fn a_change_received_only_by_push_comes_back_after_a_restore() {
     )]);
     assert_eq!(w.last_plan(2).expect("plan").reset, vec![col("todos")]);
     w.push(2, std::slice::from_ref(&b));
-    assert!(
-        w.clients[&2].errors().is_empty(),
-        "{:?}",
-        w.clients[&2].inbox
-    );
-    assert!(
-        w.storage
-            .load(&common::tenant("acme"), &b)
-            .expect("load")
-            .is_some(),
-        "b is back"
-    );
+    taken_back(&w, 2, &b);
 }
