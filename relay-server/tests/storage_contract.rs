@@ -1,8 +1,7 @@
 //! The storage contract: what every `Storage` backend must do. The suite is written once, as
-//! generic functions, and instantiated per backend by `contract_tests!` (SQLite always;
-//! PostgreSQL joins when its backend exists and the test can start a server).
-
-use std::path::Path;
+//! generic functions, and instantiated per backend by `contract_tests!`: SQLite, memory, and
+//! PostgreSQL (each test starts a server of its own; without PostgreSQL installed those tests
+//! fail and say so).
 
 use syncline_protocol::messages::{
     CollectionSubscription, DeferReason, DeviceClass, Profile, SyncMode,
@@ -10,9 +9,10 @@ use syncline_protocol::messages::{
 use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
 use syncline_relay::Tenant;
 use syncline_relay::storage::{
-    Append, Deferred, DeferredEntry, DeviceRecord, MemoryStorage, SqliteStorage, Storage,
-    sqlite_backup,
+    Append, Deferred, DeferredEntry, DeviceRecord, MemoryStorage, PostgresStorage, SqliteStorage,
+    Storage, sqlite_backup,
 };
+use syncline_testkit::postgres::PostgresServer;
 
 /// A tenant by name (test names are valid).
 fn tenant(name: &str) -> Tenant {
@@ -348,9 +348,9 @@ fn concurrent_appends_get_distinct_sequences<S: Storage>(s: &S) {
     assert_eq!(sorted, (1..=100).collect::<Vec<_>>());
 }
 
-fn everything_survives_reopening<S: Storage>(open: &dyn Fn(&Path) -> S, dir: &Path) {
+fn everything_survives_reopening<S: Storage, P>(open: &dyn Fn(&P) -> S, place: &P) {
     let first_epoch = {
-        let s = open(dir);
+        let s = open(place);
         s.append(&tenant("t"), &[append("todos/a", b"a1", 1)])
             .expect("append");
         s.register_device(&tenant("t"), &record(1, 10))
@@ -359,7 +359,7 @@ fn everything_survives_reopening<S: Storage>(open: &dyn Fn(&Path) -> S, dir: &Pa
             .expect("cursor");
         s.epoch().to_owned()
     };
-    let s = open(dir);
+    let s = open(place);
     assert!(
         s.holds_position(&tenant("t"), &col("todos"), &first_epoch, 1)
             .expect("position"),
@@ -412,13 +412,13 @@ fn a_documents_priority_is_kept_until_another_is_sent<S: Storage>(s: &S) {
 /// Sequence numbers are recorded against epochs: a copy restored from an older backup runs
 /// in an epoch of its own, refuses the positions its lost original showed after the backup
 /// (even once it has reused their numbers), and holds those from before.
-fn a_restored_copy_refuses_the_positions_it_lost<S: Storage>(
-    open: &dyn Fn(&Path) -> S,
-    backup: &dyn Fn(&S, &Path) -> S,
-    dir: &Path,
+fn a_restored_copy_refuses_the_positions_it_lost<S: Storage, P>(
+    open: &dyn Fn(&P) -> S,
+    backup: &dyn Fn(&S, &P) -> S,
+    place: &P,
 ) {
     let (t, todos) = (tenant("t"), col("todos"));
-    let s = open(dir);
+    let s = open(place);
     s.append(
         &t,
         &[append("todos/a", b"a", 1), append("todos/b", b"b", 2)],
@@ -445,7 +445,7 @@ fn a_restored_copy_refuses_the_positions_it_lost<S: Storage>(
         "per collection"
     );
 
-    let restored = backup(&s, dir);
+    let restored = backup(&s, place);
     assert_ne!(
         restored.epoch(),
         original,
@@ -473,15 +473,18 @@ fn a_restored_copy_refuses_the_positions_it_lost<S: Storage>(
     );
 }
 
+/// Instantiates the suite for a backend: `$place` makes where a test's data lives (kept for
+/// the whole test), `$open` opens the storage there (again, for the reopening tests),
+/// `$backup` makes a restored copy of a storage's data.
 macro_rules! contract_tests {
-    ($backend:ident, $open:expr, $backup:expr) => {
+    ($backend:ident, $place:expr, $open:expr, $backup:expr) => {
         mod $backend {
             use super::*;
 
-            fn fresh() -> (tempfile::TempDir, impl Storage) {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let storage = ($open)(dir.path());
-                (dir, storage)
+            fn fresh() -> (impl Sized, impl Storage) {
+                let place = ($place)();
+                let storage = ($open)(&place);
+                (place, storage)
             }
 
             #[test]
@@ -510,25 +513,50 @@ macro_rules! contract_tests {
             }
             #[test]
             fn everything_survives_reopening() {
-                let dir = tempfile::tempdir().expect("temp dir");
-                super::everything_survives_reopening(&$open, dir.path());
+                super::everything_survives_reopening(&$open, &($place)());
             }
             #[test]
             fn a_restored_copy_refuses_the_positions_it_lost() {
-                let dir = tempfile::tempdir().expect("temp dir");
-                super::a_restored_copy_refuses_the_positions_it_lost(&$open, &$backup, dir.path());
+                super::a_restored_copy_refuses_the_positions_it_lost(&$open, &$backup, &($place)());
             }
         }
     };
 }
 
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
 contract_tests!(
     sqlite,
-    |dir: &Path| SqliteStorage::open(&dir.join("relay.db")).expect("open sqlite"),
-    |_: &SqliteStorage, dir: &Path| {
-        let copy = dir.join("backup.db");
-        sqlite_backup(&dir.join("relay.db"), &copy).expect("backup");
+    temp_dir,
+    |dir: &tempfile::TempDir| SqliteStorage::open(&dir.path().join("relay.db"))
+        .expect("open sqlite"),
+    |_: &SqliteStorage, dir: &tempfile::TempDir| {
+        let copy = dir.path().join("backup.db");
+        sqlite_backup(&dir.path().join("relay.db"), &copy).expect("backup");
         SqliteStorage::open(&copy).expect("open the backup")
+    }
+);
+
+/// A test's own PostgreSQL server with its database `relay`. Without PostgreSQL the test
+/// fails and says what to install.
+fn postgres_server() -> PostgresServer {
+    let server = PostgresServer::start().unwrap_or_else(|e| panic!("{e}"));
+    server.create_database("relay").expect("createdb");
+    server
+}
+
+contract_tests!(
+    postgres,
+    postgres_server,
+    |server: &PostgresServer| PostgresStorage::open(&server.url("relay")).expect("open postgres"),
+    |_: &PostgresStorage, server: &PostgresServer| {
+        // A real backup and restore: pg_dump of the live database into a new one.
+        server
+            .copy_database("relay", "restored")
+            .expect("pg_dump and restore");
+        PostgresStorage::open(&server.url("restored")).expect("open the restored copy")
     }
 );
 
@@ -595,7 +623,8 @@ fn sqlite_refuses_foreign_files() {
 }
 
 /// Memory storage "reopened" at a path is the same storage: clones share their data.
-fn memory_at(dir: &Path) -> MemoryStorage {
+fn memory_at(dir: &tempfile::TempDir) -> MemoryStorage {
+    let dir = dir.path();
     static OPENED: std::sync::Mutex<Vec<(std::path::PathBuf, MemoryStorage)>> =
         std::sync::Mutex::new(Vec::new());
     let mut opened = OPENED.lock().expect("not poisoned");
@@ -607,4 +636,9 @@ fn memory_at(dir: &Path) -> MemoryStorage {
     storage
 }
 
-contract_tests!(memory, memory_at, |s: &MemoryStorage, _: &Path| s.backup());
+contract_tests!(
+    memory,
+    temp_dir,
+    memory_at,
+    |s: &MemoryStorage, _: &tempfile::TempDir| s.backup()
+);

@@ -5,10 +5,11 @@
 //! ([`profile`], [`hello`]) shared by the relay's tests and benchmarks; a real relay process
 //! ([`relay`]); the fault proxy between real processes ([`proxy`]); the deterministic
 //! simulation ([`sim`]); the engine's port in memory ([`memory`]); the fuzz targets' bodies
-//! ([`fuzz`]).
+//! ([`fuzz`]); a PostgreSQL server of a test's own ([`postgres`]).
 
 pub mod fuzz;
 pub mod memory;
+pub mod postgres;
 pub mod proxy;
 pub mod relay;
 pub mod sim;

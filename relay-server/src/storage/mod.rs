@@ -10,7 +10,9 @@
 //! restored from an older backup recognises positions it never reached. The contract every backend must meet is the test suite
 //! `relay-server/tests/storage_contract.rs`.
 
+mod codec;
 mod memory;
+mod postgres;
 mod sqlite;
 
 use syncline_protocol::messages::{CollectionSubscription, DeferReason, Profile};
@@ -18,6 +20,7 @@ use syncline_protocol::{Collection, DeviceId, DocId, Heads, Priority};
 
 use crate::tenant::Tenant;
 
+pub use self::postgres::PostgresStorage;
 pub use memory::MemoryStorage;
 pub use sqlite::{SqliteStorage, backup as sqlite_backup};
 
@@ -28,7 +31,7 @@ pub enum StorageError {
     /// backend's own error, which no caller needs to know the type of.
     #[error("{backend} storage: {source}")]
     Backend {
-        /// The backend: `"sqlite"`, `"memory"`, later `"postgres"`.
+        /// The backend: `"sqlite"`, `"memory"`, `"postgres"`.
         backend: &'static str,
         /// The backend's error.
         #[source]

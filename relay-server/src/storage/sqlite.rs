@@ -8,13 +8,15 @@ use std::path::Path;
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use syncline_protocol::messages::{
-    CollectionSubscription, DeferReason, DeviceClass, Profile, SyncMode,
-};
-use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
+use syncline_protocol::messages::{CollectionSubscription, DeferReason, Profile, SyncMode};
+use syncline_protocol::{Collection, DeviceId, DocId, Heads, Priority};
 
 use crate::tenant::Tenant;
 
+use super::codec::{
+    class_code, class_from, corrupt, heads_from_bytes, heads_to_bytes, new_epoch_id, now_ms,
+    priority_from, random_key, to_i64, to_u64,
+};
 use super::{
     Append, DEFERRED_LISTED, Deferred, DeferredEntry, DeviceRecord, DocumentSummary, Storage,
     StorageError, StoredDocument,
@@ -230,63 +232,6 @@ pub fn backup(database: &Path, to: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// A fresh epoch id: 128 random bits, in hex.
-fn new_epoch_id() -> String {
-    let mut bytes = [0u8; 16];
-    // Without OS entropy, the clock still tells two openings apart.
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes[..8].copy_from_slice(&now_ms().to_le_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A fresh secret key from OS entropy.
-///
-/// # Panics
-/// Without OS entropy: a relay cannot keep secrets then.
-fn random_key() -> [u8; 32] {
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key).expect("OS entropy for the relay's position key");
-    key
-}
-
-/// Milliseconds since the Unix epoch (when an epoch started, for operators).
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A stored priority code (none: never set).
-fn priority_from(code: Option<i64>) -> Result<Option<Priority>, StorageError> {
-    code.map(|c| {
-        u8::try_from(c)
-            .ok()
-            .and_then(Priority::from_code)
-            .ok_or_else(|| corrupt("documents", format!("priority {c}")))
-    })
-    .transpose()
-}
-
-fn heads_to_bytes(heads: &Heads) -> Vec<u8> {
-    heads.as_slice().iter().flat_map(|h| h.0).collect()
-}
-
-fn heads_from_bytes(bytes: &[u8]) -> Result<Heads, StorageError> {
-    if !bytes.len().is_multiple_of(32) {
-        return Err(corrupt(
-            "documents",
-            format!("heads of {} bytes", bytes.len()),
-        ));
-    }
-    Ok(Heads::new(
-        bytes
-            .chunks_exact(32)
-            .map(|c| Hash(c.try_into().expect("chunks_exact yields 32 bytes")))
-            .collect(),
-    ))
-}
-
 /// Every SQLite failure becomes the backend-neutral [`StorageError::Backend`], so no caller
 /// (nor the trait) sees a `rusqlite` type.
 impl From<rusqlite::Error> for StorageError {
@@ -299,37 +244,6 @@ impl From<rusqlite::Error> for StorageError {
             source: Box::new(e),
         }
     }
-}
-
-fn corrupt(table: &'static str, reason: String) -> StorageError {
-    StorageError::Corrupt { table, reason }
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
-fn class_code(class: DeviceClass) -> i64 {
-    match class {
-        DeviceClass::Phone => 0,
-        DeviceClass::Tablet => 1,
-        DeviceClass::Desktop => 2,
-        DeviceClass::Server => 3,
-    }
-}
-
-fn class_from(code: i64) -> Result<DeviceClass, StorageError> {
-    Ok(match code {
-        0 => DeviceClass::Phone,
-        1 => DeviceClass::Tablet,
-        2 => DeviceClass::Desktop,
-        3 => DeviceClass::Server,
-        _ => return Err(corrupt("devices", format!("device class {code}"))),
-    })
 }
 
 impl Storage for SqliteStorage {
@@ -498,7 +412,7 @@ impl Storage for SqliteStorage {
             chunks,
             heads: heads_from_bytes(&heads)?,
             seq: to_u64(seq),
-            priority: priority_from(priority)?,
+            priority: priority_from("documents", priority)?,
         }))
     }
 
@@ -543,7 +457,7 @@ impl Storage for SqliteStorage {
                     seq: to_u64(seq),
                     heads: heads_from_bytes(&heads)?,
                     stored_bytes: to_u64(bytes),
-                    priority: priority_from(priority)?,
+                    priority: priority_from("documents", priority)?,
                     changed_ms: changed.map(to_u64),
                 })
             })

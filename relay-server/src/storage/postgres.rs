@@ -1,0 +1,771 @@
+//! [`Storage`] on PostgreSQL: several relays share one database (issue 17).
+//!
+//! One connection per relay (`postgres`, the synchronous client over `tokio-postgres`), behind
+//! a mutex like SQLite's: the hub calls the storage from its one thread. A connection that
+//! closed (the server restarted, the network broke) is opened again on the next call; the call
+//! that found it closed fails, and nothing it did is acknowledged. Every write is one
+//! transaction. Sequence numbers come from a counter row per collection, bumped inside the
+//! appending transaction: its row lock orders concurrent appends of every relay, so numbers
+//! grow in commit order. Migrations are versioned like SQLite's (`schema_version`) and run
+//! under a transaction-scoped advisory lock, so relays starting together apply them once.
+
+use std::str::FromStr;
+
+use parking_lot::{Mutex, MutexGuard};
+use postgres::error::SqlState;
+use postgres::{Client, IsolationLevel, NoTls};
+use syncline_protocol::messages::{CollectionSubscription, DeferReason, Profile, SyncMode};
+use syncline_protocol::{Collection, DeviceId, DocId, Heads};
+
+use crate::tenant::Tenant;
+
+use super::codec::{
+    class_code, class_from, corrupt, heads_from_bytes, heads_to_bytes, new_epoch_id, now_ms,
+    priority_from, random_key, to_i64, to_u64,
+};
+use super::{
+    Append, DEFERRED_LISTED, Deferred, DeferredEntry, DeviceRecord, DocumentSummary, Storage,
+    StorageError, StoredDocument,
+};
+
+/// The key of the advisory lock migrations run under ("SYNR" as a number).
+const MIGRATION_LOCK: i64 = 0x5359_4E52;
+
+/// The schema, one entry per version (1-based), each applied in one transaction.
+const MIGRATIONS: &[&str] = &[r"
+    CREATE TABLE collections (
+        tenant TEXT NOT NULL, collection TEXT NOT NULL, seq BIGINT NOT NULL,
+        PRIMARY KEY (tenant, collection)
+    );
+    CREATE TABLE documents (
+        tenant TEXT NOT NULL, collection TEXT NOT NULL, doc_id TEXT NOT NULL,
+        seq BIGINT NOT NULL, heads BYTEA NOT NULL,
+        stored_bytes BIGINT NOT NULL, chunk_count BIGINT NOT NULL,
+        priority SMALLINT, changed_ms BIGINT,
+        PRIMARY KEY (tenant, collection, doc_id)
+    );
+    CREATE INDEX documents_by_seq ON documents (tenant, collection, seq);
+    CREATE TABLE chunks (
+        tenant TEXT NOT NULL, collection TEXT NOT NULL, doc_id TEXT NOT NULL,
+        n BIGINT NOT NULL, data BYTEA NOT NULL,
+        PRIMARY KEY (tenant, collection, doc_id, n)
+    );
+    CREATE TABLE device_owners (
+        tenant TEXT NOT NULL, device_id BYTEA NOT NULL, owner TEXT NOT NULL,
+        PRIMARY KEY (tenant, device_id)
+    );
+    CREATE TABLE devices (
+        tenant TEXT NOT NULL, device_id BYTEA NOT NULL, owner TEXT NOT NULL,
+        class SMALLINT NOT NULL, storage_budget BIGINT, download BIGINT, upload BIGINT,
+        metered BOOLEAN NOT NULL, realtime BOOLEAN NOT NULL, metered_max_doc_bytes BIGINT,
+        first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL, last_sync BIGINT,
+        deferred_docs BIGINT NOT NULL, deferred_bytes BIGINT NOT NULL,
+        PRIMARY KEY (tenant, device_id)
+    );
+    CREATE TABLE device_subscriptions (
+        tenant TEXT NOT NULL, device_id BYTEA NOT NULL, position INTEGER NOT NULL,
+        collection TEXT NOT NULL, priority SMALLINT NOT NULL, mode SMALLINT NOT NULL,
+        PRIMARY KEY (tenant, device_id, position)
+    );
+    CREATE TABLE device_deferred (
+        tenant TEXT NOT NULL, device_id BYTEA NOT NULL, doc_id TEXT NOT NULL,
+        priority SMALLINT NOT NULL, bytes BIGINT NOT NULL, reason SMALLINT NOT NULL,
+        PRIMARY KEY (tenant, device_id, doc_id)
+    );
+    CREATE TABLE cursors (
+        tenant TEXT NOT NULL, device_id BYTEA NOT NULL, collection TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        PRIMARY KEY (tenant, device_id, collection)
+    );
+    CREATE TABLE sync_states (
+        tenant TEXT NOT NULL, device_id BYTEA NOT NULL, collection TEXT NOT NULL,
+        doc_id TEXT NOT NULL, state BYTEA NOT NULL,
+        PRIMARY KEY (tenant, device_id, collection, doc_id)
+    );
+    CREATE TABLE epochs (
+        ordinal BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, started_ms BIGINT NOT NULL
+    );
+    CREATE TABLE collection_epochs (
+        tenant TEXT NOT NULL, collection TEXT NOT NULL, epoch BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        PRIMARY KEY (tenant, collection, epoch)
+    );
+    CREATE TABLE secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
+"];
+
+/// The relay's PostgreSQL storage.
+pub struct PostgresStorage {
+    /// What to connect to (kept to connect again).
+    config: postgres::Config,
+    client: Mutex<Client>,
+    /// The epoch this handle opened (its id, and its ordinal in `epochs`).
+    epoch: String,
+    epoch_ordinal: i64,
+    position_key: [u8; 32],
+}
+
+impl PostgresStorage {
+    /// Connects to the database at `url` (`postgres://USER@HOST:PORT/DB`, or libpq's
+    /// `key=value` form), migrates it and starts this handle's epoch.
+    ///
+    /// # Errors
+    /// [`StorageError::SchemaTooNew`], or the connection's or a statement's error.
+    pub fn open(url: &str) -> Result<Self, StorageError> {
+        let config = postgres::Config::from_str(url).map_err(backend)?;
+        let mut client = config.connect(NoTls).map_err(backend)?;
+        migrate(&mut client)?;
+        client
+            .execute(
+                "INSERT INTO secrets (name, value) VALUES ('positions', $1) \
+                 ON CONFLICT (name) DO NOTHING",
+                &[&random_key().as_slice()],
+            )
+            .map_err(backend)?;
+        let stored: Vec<u8> = client
+            .query_one("SELECT value FROM secrets WHERE name = 'positions'", &[])
+            .map_err(backend)?
+            .get(0);
+        let position_key: [u8; 32] = stored
+            .try_into()
+            .map_err(|_| corrupt("secrets", "the position key is not 32 bytes".into()))?;
+        let epoch = new_epoch_id();
+        let epoch_ordinal: i64 = client
+            .query_one(
+                "INSERT INTO epochs (id, started_ms) VALUES ($1, $2) RETURNING ordinal",
+                &[&epoch, &to_i64(now_ms())],
+            )
+            .map_err(backend)?
+            .get(0);
+        Ok(Self {
+            config,
+            client: Mutex::new(client),
+            epoch,
+            epoch_ordinal,
+            position_key,
+        })
+    }
+
+    /// The connection, opened again first if it closed.
+    fn client(&self) -> Result<MutexGuard<'_, Client>, StorageError> {
+        let mut client = self.client.lock();
+        if client.is_closed() {
+            *client = self.config.connect(NoTls).map_err(backend)?;
+        }
+        Ok(client)
+    }
+}
+
+/// Applies the migrations the database lacks, each in its own transaction, under an advisory
+/// lock: relays starting at once apply each migration once, the others wait and find it done.
+fn migrate(client: &mut Client) -> Result<(), StorageError> {
+    let latest = i64::try_from(MIGRATIONS.len()).expect("few migrations");
+    loop {
+        let mut tx = client.transaction().map_err(backend)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(backend)?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .map_err(backend)?;
+        let version: i64 = tx
+            .query_opt("SELECT version FROM schema_version", &[])
+            .map_err(backend)?
+            .map_or(0, |r| r.get(0));
+        if version > latest {
+            return Err(StorageError::SchemaTooNew {
+                found: version,
+                supported: latest,
+            });
+        }
+        if version == latest {
+            return tx.commit().map_err(backend);
+        }
+        let index = usize::try_from(version).expect("versions are positive");
+        tx.batch_execute(MIGRATIONS[index]).map_err(backend)?;
+        tx.execute("DELETE FROM schema_version", &[])
+            .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES ($1)",
+            &[&(version + 1)],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+    }
+}
+
+/// Every PostgreSQL failure becomes the backend-neutral [`StorageError`]: a full disk is
+/// [`StorageError::Full`], the rest [`StorageError::Backend`].
+fn backend(e: postgres::Error) -> StorageError {
+    let full = [SqlState::DISK_FULL, SqlState::OUT_OF_MEMORY];
+    if e.code().is_some_and(|c| full.contains(c)) {
+        return StorageError::Full {
+            backend: "postgres",
+        };
+    }
+    StorageError::Backend {
+        backend: "postgres",
+        source: Box::new(e),
+    }
+}
+
+impl Storage for PostgresStorage {
+    fn append(&self, tenant: &Tenant, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
+        let tenant = tenant.as_str();
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(backend)?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        // Per collection, the highest sequence number the batch assigned (for the epoch).
+        let mut reached: Vec<(&str, i64)> = Vec::new();
+        for a in batch {
+            let (collection, id) = (a.doc.collection().as_str(), a.doc.id());
+            let seq: i64 = tx
+                .query_one(
+                    "INSERT INTO collections (tenant, collection, seq) VALUES ($1, $2, 1) \
+                     ON CONFLICT (tenant, collection) DO UPDATE SET seq = collections.seq + 1 \
+                     RETURNING seq",
+                    &[&tenant, &collection],
+                )
+                .map_err(backend)?
+                .get(0);
+            let count: i64 = tx
+                .query_one(
+                    "INSERT INTO documents (tenant, collection, doc_id, seq, heads, stored_bytes, \
+                     chunk_count, priority, changed_ms) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8) \
+                     ON CONFLICT (tenant, collection, doc_id) DO UPDATE SET seq = excluded.seq, \
+                     heads = excluded.heads, \
+                     stored_bytes = documents.stored_bytes + excluded.stored_bytes, \
+                     chunk_count = documents.chunk_count + 1, \
+                     priority = coalesce(excluded.priority, documents.priority), \
+                     changed_ms = excluded.changed_ms RETURNING chunk_count",
+                    &[
+                        &tenant,
+                        &collection,
+                        &id,
+                        &seq,
+                        &heads_to_bytes(&a.heads),
+                        &to_i64(a.chunk.len() as u64),
+                        &a.priority.map(|p| i16::from(p.code())),
+                        &to_i64(a.at_ms),
+                    ],
+                )
+                .map_err(backend)?
+                .get(0);
+            tx.execute(
+                "INSERT INTO chunks (tenant, collection, doc_id, n, data) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&tenant, &collection, &id, &(count - 1), &a.chunk],
+            )
+            .map_err(backend)?;
+            seqs.push(to_u64(seq));
+            match reached.iter_mut().find(|(c, _)| *c == collection) {
+                Some((_, max)) => *max = (*max).max(seq),
+                None => reached.push((collection, seq)),
+            }
+        }
+        for (collection, seq) in reached {
+            tx.execute(
+                "INSERT INTO collection_epochs (tenant, collection, epoch, seq) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, collection, epoch) \
+                 DO UPDATE SET seq = greatest(collection_epochs.seq, excluded.seq)",
+                &[&tenant, &collection, &self.epoch_ordinal, &seq],
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(seqs)
+    }
+
+    fn compact(
+        &self,
+        tenant: &Tenant,
+        doc: &DocId,
+        snapshot: &[u8],
+        heads: &Heads,
+    ) -> Result<(), StorageError> {
+        let tenant = tenant.as_str();
+        let (collection, id) = (doc.collection().as_str(), doc.id());
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(backend)?;
+        let updated = tx
+            .execute(
+                "UPDATE documents SET heads = $4, stored_bytes = $5, chunk_count = 1 \
+                 WHERE tenant = $1 AND collection = $2 AND doc_id = $3",
+                &[
+                    &tenant,
+                    &collection,
+                    &id,
+                    &heads_to_bytes(heads),
+                    &to_i64(snapshot.len() as u64),
+                ],
+            )
+            .map_err(backend)?;
+        if updated == 1 {
+            tx.execute(
+                "DELETE FROM chunks WHERE tenant = $1 AND collection = $2 AND doc_id = $3",
+                &[&tenant, &collection, &id],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO chunks (tenant, collection, doc_id, n, data) \
+                 VALUES ($1, $2, $3, 0, $4)",
+                &[&tenant, &collection, &id, &snapshot],
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn position_key(&self) -> &[u8; 32] {
+        &self.position_key
+    }
+
+    fn holds_position(
+        &self,
+        tenant: &Tenant,
+        collection: &Collection,
+        epoch: &str,
+        seq: u64,
+    ) -> Result<bool, StorageError> {
+        if seq == 0 {
+            return Ok(true);
+        }
+        let mut client = self.client()?;
+        let Some(ordinal) = client
+            .query_opt("SELECT ordinal FROM epochs WHERE id = $1", &[&epoch])
+            .map_err(backend)?
+            .map(|r| r.get::<_, i64>(0))
+        else {
+            return Ok(false);
+        };
+        let reached: i64 = client
+            .query_one(
+                "SELECT coalesce(max(seq), 0) FROM collection_epochs \
+                 WHERE tenant = $1 AND collection = $2 AND epoch <= $3",
+                &[&tenant.as_str(), &collection.as_str(), &ordinal],
+            )
+            .map_err(backend)?
+            .get(0);
+        Ok(seq <= to_u64(reached))
+    }
+
+    fn load(&self, tenant: &Tenant, doc: &DocId) -> Result<Option<StoredDocument>, StorageError> {
+        let tenant = tenant.as_str();
+        let (collection, id) = (doc.collection().as_str(), doc.id());
+        let mut client = self.client()?;
+        // One snapshot: another relay's compaction may replace the chunks in between.
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(backend)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT seq, heads, priority FROM documents \
+                 WHERE tenant = $1 AND collection = $2 AND doc_id = $3",
+                &[&tenant, &collection, &id],
+            )
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let chunks: Vec<Vec<u8>> = tx
+            .query(
+                "SELECT data FROM chunks WHERE tenant = $1 AND collection = $2 AND doc_id = $3 \
+                 ORDER BY n",
+                &[&tenant, &collection, &id],
+            )
+            .map_err(backend)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.commit().map_err(backend)?;
+        Ok(Some(StoredDocument {
+            chunks,
+            heads: heads_from_bytes(row.get(1))?,
+            seq: to_u64(row.get(0)),
+            priority: priority_from("documents", row.get::<_, Option<i16>>(2).map(i64::from))?,
+        }))
+    }
+
+    fn changed_since(
+        &self,
+        tenant: &Tenant,
+        collection: &Collection,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<DocumentSummary>, StorageError> {
+        let rows = self
+            .client()?
+            .query(
+                "SELECT doc_id, seq, heads, stored_bytes, priority, changed_ms FROM documents \
+                 WHERE tenant = $1 AND collection = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+                &[
+                    &tenant.as_str(),
+                    &collection.as_str(),
+                    &to_i64(after),
+                    &to_i64(limit as u64),
+                ],
+            )
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok(DocumentSummary {
+                    doc: DocId::new(collection.clone(), r.get::<_, String>(0))
+                        .map_err(|e| corrupt("documents", e.to_string()))?,
+                    seq: to_u64(r.get(1)),
+                    heads: heads_from_bytes(r.get(2))?,
+                    stored_bytes: to_u64(r.get(3)),
+                    priority: priority_from(
+                        "documents",
+                        r.get::<_, Option<i16>>(4).map(i64::from),
+                    )?,
+                    changed_ms: r.get::<_, Option<i64>>(5).map(to_u64),
+                })
+            })
+            .collect()
+    }
+
+    fn bind_device(
+        &self,
+        tenant: &Tenant,
+        device: &DeviceId,
+        user: &str,
+    ) -> Result<String, StorageError> {
+        let (tenant, device) = (tenant.as_str(), device.as_bytes().as_slice());
+        let mut client = self.client()?;
+        // The first binding wins, also when two relays bind the device at once.
+        client
+            .execute(
+                "INSERT INTO device_owners (tenant, device_id, owner) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant, device_id) DO NOTHING",
+                &[&tenant, &device, &user],
+            )
+            .map_err(backend)?;
+        client
+            .query_opt(
+                "SELECT owner FROM device_owners WHERE tenant = $1 AND device_id = $2",
+                &[&tenant, &device],
+            )
+            .map_err(backend)?
+            .map(|r| r.get(0))
+            .ok_or_else(|| {
+                corrupt(
+                    "device_owners",
+                    "the binding just written is missing".into(),
+                )
+            })
+    }
+
+    fn register_device(&self, tenant: &Tenant, record: &DeviceRecord) -> Result<(), StorageError> {
+        let tenant = tenant.as_str();
+        let device = record.device.as_bytes().as_slice();
+        let p = &record.profile;
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(backend)?;
+        tx.execute(
+            "INSERT INTO devices (tenant, device_id, owner, class, storage_budget, download, \
+             upload, metered, realtime, first_seen, last_seen, last_sync, metered_max_doc_bytes, \
+             deferred_docs, deferred_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             ON CONFLICT (tenant, device_id) DO UPDATE SET class = excluded.class, \
+             storage_budget = excluded.storage_budget, download = excluded.download, \
+             upload = excluded.upload, metered = excluded.metered, \
+             realtime = excluded.realtime, last_seen = excluded.last_seen, \
+             metered_max_doc_bytes = excluded.metered_max_doc_bytes, \
+             deferred_docs = excluded.deferred_docs, deferred_bytes = excluded.deferred_bytes",
+            &[
+                &tenant,
+                &device,
+                &record.user,
+                &class_code(p.class),
+                &p.storage_budget_bytes.map(to_i64),
+                &p.download_bytes_per_s.map(to_i64),
+                &p.upload_bytes_per_s.map(to_i64),
+                &p.metered,
+                &p.realtime,
+                &to_i64(record.first_seen_ms),
+                &to_i64(record.last_seen_ms),
+                &record.last_sync_ms.map(to_i64),
+                &p.metered_max_doc_bytes.map(to_i64),
+                &to_i64(record.deferred.docs),
+                &to_i64(record.deferred.bytes),
+            ],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "DELETE FROM device_subscriptions WHERE tenant = $1 AND device_id = $2",
+            &[&tenant, &device],
+        )
+        .map_err(backend)?;
+        for (position, sub) in record.subscriptions.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO device_subscriptions (tenant, device_id, position, collection, \
+                 priority, mode) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &tenant,
+                    &device,
+                    &i32::try_from(position).unwrap_or(i32::MAX),
+                    &sub.collection.as_str(),
+                    &i16::from(sub.priority.code()),
+                    &i16::from(sub.mode == SyncMode::OnDemand),
+                ],
+            )
+            .map_err(backend)?;
+        }
+        tx.execute(
+            "DELETE FROM device_deferred WHERE tenant = $1 AND device_id = $2",
+            &[&tenant, &device],
+        )
+        .map_err(backend)?;
+        for entry in record.deferred.list.iter().take(DEFERRED_LISTED) {
+            tx.execute(
+                "INSERT INTO device_deferred (tenant, device_id, doc_id, priority, bytes, reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[
+                    &tenant,
+                    &device,
+                    &entry.doc.to_string(),
+                    &i16::from(entry.priority.code()),
+                    &to_i64(entry.bytes),
+                    &i16::from(entry.reason.code()),
+                ],
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn touch_device(
+        &self,
+        tenant: &Tenant,
+        device: &DeviceId,
+        at_ms: u64,
+        synced: bool,
+    ) -> Result<(), StorageError> {
+        self.client()?
+            .execute(
+                "UPDATE devices SET last_seen = greatest(last_seen, $3), \
+                 last_sync = CASE WHEN $4 THEN $3 ELSE last_sync END \
+                 WHERE tenant = $1 AND device_id = $2",
+                &[
+                    &tenant.as_str(),
+                    &device.as_bytes().as_slice(),
+                    &to_i64(at_ms),
+                    &synced,
+                ],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn devices(
+        &self,
+        tenant: Option<&Tenant>,
+    ) -> Result<Vec<(Tenant, DeviceRecord)>, StorageError> {
+        let tenant = tenant.map(Tenant::as_str);
+        let mut client = self.client()?;
+        let rows = client
+            .query(
+                "SELECT tenant, device_id, owner, class, storage_budget, download, upload, \
+                 metered, realtime, first_seen, last_seen, last_sync, metered_max_doc_bytes, \
+                 deferred_docs, deferred_bytes FROM devices \
+                 WHERE $1::TEXT IS NULL OR tenant = $1 ORDER BY tenant, last_seen DESC",
+                &[&tenant],
+            )
+            .map_err(backend)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let ten: String = row.get(0);
+            let dev: Vec<u8> = row.get(1);
+            let device =
+                DeviceId::try_from_slice(&dev).map_err(|e| corrupt("devices", e.to_string()))?;
+            let subscriptions = client
+                .query(
+                    "SELECT collection, priority, mode FROM device_subscriptions \
+                     WHERE tenant = $1 AND device_id = $2 ORDER BY position",
+                    &[&ten, &dev],
+                )
+                .map_err(backend)?
+                .iter()
+                .map(|r| {
+                    let bad = |what: String| corrupt("device_subscriptions", what);
+                    Ok(CollectionSubscription {
+                        collection: Collection::new(r.get::<_, String>(0))
+                            .map_err(|e| bad(e.to_string()))?,
+                        priority: priority_from(
+                            "device_subscriptions",
+                            Some(i64::from(r.get::<_, i16>(1))),
+                        )?
+                        .ok_or_else(|| bad("no priority".into()))?,
+                        mode: if r.get::<_, i16>(2) == 1 {
+                            SyncMode::OnDemand
+                        } else {
+                            SyncMode::Eager
+                        },
+                    })
+                })
+                .collect::<Result<Vec<_>, StorageError>>()?;
+            let list = client
+                .query(
+                    "SELECT doc_id, priority, bytes, reason FROM device_deferred \
+                     WHERE tenant = $1 AND device_id = $2 ORDER BY priority DESC, doc_id",
+                    &[&ten, &dev],
+                )
+                .map_err(backend)?
+                .iter()
+                .map(|r| {
+                    let bad = |what: String| corrupt("device_deferred", what);
+                    let reason: i16 = r.get(3);
+                    Ok(DeferredEntry {
+                        doc: r
+                            .get::<_, String>(0)
+                            .parse()
+                            .map_err(|e: syncline_protocol::IdError| bad(e.to_string()))?,
+                        priority: priority_from(
+                            "device_deferred",
+                            Some(i64::from(r.get::<_, i16>(1))),
+                        )?
+                        .ok_or_else(|| bad("no priority".into()))?,
+                        bytes: to_u64(r.get(2)),
+                        reason: u8::try_from(reason)
+                            .ok()
+                            .and_then(DeferReason::from_code)
+                            .ok_or_else(|| bad(format!("reason {reason}")))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StorageError>>()?;
+            out.push((
+                Tenant::new(&ten).map_err(|e| corrupt("devices", e.to_string()))?,
+                DeviceRecord {
+                    device,
+                    user: row.get(2),
+                    profile: Profile {
+                        class: class_from(i64::from(row.get::<_, i16>(3)))?,
+                        storage_budget_bytes: row.get::<_, Option<i64>>(4).map(to_u64),
+                        download_bytes_per_s: row.get::<_, Option<i64>>(5).map(to_u64),
+                        upload_bytes_per_s: row.get::<_, Option<i64>>(6).map(to_u64),
+                        metered: row.get(7),
+                        realtime: row.get(8),
+                        metered_max_doc_bytes: row.get::<_, Option<i64>>(12).map(to_u64),
+                    },
+                    subscriptions,
+                    deferred: Deferred {
+                        docs: to_u64(row.get(13)),
+                        bytes: to_u64(row.get(14)),
+                        list,
+                    },
+                    first_seen_ms: to_u64(row.get(9)),
+                    last_seen_ms: to_u64(row.get(10)),
+                    last_sync_ms: row.get::<_, Option<i64>>(11).map(to_u64),
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    fn set_cursor(
+        &self,
+        tenant: &Tenant,
+        device: &DeviceId,
+        collection: &Collection,
+        seq: u64,
+    ) -> Result<(), StorageError> {
+        self.client()?
+            .execute(
+                "INSERT INTO cursors (tenant, device_id, collection, seq) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (tenant, device_id, collection) DO UPDATE SET seq = excluded.seq",
+                &[
+                    &tenant.as_str(),
+                    &device.as_bytes().as_slice(),
+                    &collection.as_str(),
+                    &to_i64(seq),
+                ],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn cursors(
+        &self,
+        tenant: &Tenant,
+        device: &DeviceId,
+    ) -> Result<Vec<(Collection, u64)>, StorageError> {
+        self.client()?
+            .query(
+                "SELECT collection, seq FROM cursors WHERE tenant = $1 AND device_id = $2 \
+                 ORDER BY collection",
+                &[&tenant.as_str(), &device.as_bytes().as_slice()],
+            )
+            .map_err(backend)?
+            .iter()
+            .map(|r| {
+                Ok((
+                    Collection::new(r.get::<_, String>(0))
+                        .map_err(|e| corrupt("cursors", e.to_string()))?,
+                    to_u64(r.get(1)),
+                ))
+            })
+            .collect()
+    }
+
+    fn save_sync_states(
+        &self,
+        tenant: &Tenant,
+        device: &DeviceId,
+        states: &[(DocId, Vec<u8>)],
+    ) -> Result<(), StorageError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let (tenant, device) = (tenant.as_str(), device.as_bytes().as_slice());
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(backend)?;
+        let statement = tx
+            .prepare(
+                "INSERT INTO sync_states (tenant, device_id, collection, doc_id, state) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (tenant, device_id, collection, doc_id) \
+                 DO UPDATE SET state = excluded.state",
+            )
+            .map_err(backend)?;
+        for (doc, state) in states {
+            tx.execute(
+                &statement,
+                &[
+                    &tenant,
+                    &device,
+                    &doc.collection().as_str(),
+                    &doc.id(),
+                    state,
+                ],
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn load_sync_state(
+        &self,
+        tenant: &Tenant,
+        device: &DeviceId,
+        doc: &DocId,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .client()?
+            .query_opt(
+                "SELECT state FROM sync_states WHERE tenant = $1 AND device_id = $2 \
+                 AND collection = $3 AND doc_id = $4",
+                &[
+                    &tenant.as_str(),
+                    &device.as_bytes().as_slice(),
+                    &doc.collection().as_str(),
+                    &doc.id(),
+                ],
+            )
+            .map_err(backend)?
+            .map(|r| r.get(0)))
+    }
+}

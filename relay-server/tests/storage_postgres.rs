@@ -1,0 +1,145 @@
+//! What PostgreSQL storage does beyond the shared contract (`storage_contract.rs`): several
+//! relays on one database (issue 17), and a database that goes away and comes back. Each test
+//! starts a server of its own; without PostgreSQL installed they fail and say so.
+
+use syncline_protocol::{Collection, DocId, Hash, Heads};
+use syncline_relay::Tenant;
+use syncline_relay::storage::{Append, PostgresStorage, Storage};
+use syncline_testkit::postgres::PostgresServer;
+
+fn server() -> PostgresServer {
+    let server = PostgresServer::start().unwrap_or_else(|e| panic!("{e}"));
+    server.create_database("relay").expect("createdb");
+    server
+}
+
+fn append(d: &str, n: u8) -> Append {
+    Append {
+        doc: d.parse::<DocId>().expect("valid doc id"),
+        chunk: vec![n],
+        heads: Heads::new(vec![Hash([n; 32])]),
+        priority: None,
+        at_ms: 0,
+    }
+}
+
+fn tenant() -> Tenant {
+    Tenant::new("t").expect("valid")
+}
+
+fn todos() -> Collection {
+    Collection::new("todos").expect("valid")
+}
+
+/// Relays starting together on an empty database: the migrations run once (under an
+/// advisory lock), every relay opens, each in an epoch of its own.
+#[test]
+fn relays_starting_together_migrate_once() {
+    let server = server();
+    let url = server.url("relay");
+    let epochs: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    PostgresStorage::open(&url)
+                        .expect("open")
+                        .epoch()
+                        .to_owned()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let mut distinct = epochs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{epochs:?}");
+}
+
+/// Two relays appending to one collection at once: every number is given once, and each
+/// relay recognises the positions the other showed devices (a device moving between relays
+/// is not told the data was lost).
+#[test]
+fn two_relays_share_sequences_and_positions() {
+    let server = server();
+    let url = server.url("relay");
+    let (a, b) = (
+        PostgresStorage::open(&url).expect("open a"),
+        PostgresStorage::open(&url).expect("open b"),
+    );
+    let seqs: Vec<u64> = std::thread::scope(|scope| {
+        let relays = [&a, &b];
+        let handles: Vec<_> = relays
+            .into_iter()
+            .enumerate()
+            .map(|(r, relay)| {
+                scope.spawn(move || {
+                    (0..50u8)
+                        .flat_map(|i| {
+                            relay
+                                .append(&tenant(), &[append(&format!("todos/r{r}d{i}"), i)])
+                                .expect("append")
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, (1..=100).collect::<Vec<_>>());
+    let listed = b
+        .changed_since(&tenant(), &todos(), 0, 1000)
+        .expect("changed");
+    assert_eq!(listed.len(), 100, "each relay sees what the other stored");
+    let last_by_a = seqs[..50].iter().max().copied().expect("appended");
+    assert!(
+        b.holds_position(&tenant(), &todos(), a.epoch(), last_by_a)
+            .expect("position")
+    );
+    assert!(
+        a.holds_position(&tenant(), &todos(), b.epoch(), 100)
+            .expect("position")
+    );
+}
+
+/// PostgreSQL stopped: calls fail with an error at once (no hang, nothing stored); started
+/// again: the next call connects again and works, and what committed before is there.
+#[test]
+fn a_database_that_goes_away_fails_calls_and_comes_back() {
+    let mut server = server();
+    let storage = PostgresStorage::open(&server.url("relay")).expect("open");
+    storage
+        .append(&tenant(), &[append("todos/a", 1)])
+        .expect("append");
+    server.stop().expect("stop");
+    let down = storage.append(&tenant(), &[append("todos/b", 2)]);
+    assert!(down.is_err(), "{down:?}");
+    assert!(
+        storage
+            .load(&tenant(), &"todos/a".parse().expect("valid"))
+            .is_err()
+    );
+    server.start_again().expect("start again");
+    assert_eq!(
+        storage
+            .append(&tenant(), &[append("todos/b", 2)])
+            .expect("append after the restart"),
+        vec![2],
+        "the failed append stored nothing"
+    );
+    assert!(
+        storage
+            .load(&tenant(), &"todos/a".parse().expect("valid"))
+            .expect("load")
+            .is_some()
+    );
+}
