@@ -12,6 +12,9 @@ pub enum ConfigError {
     /// A configuration the relay refuses to run with.
     #[error("unsafe configuration: {0}")]
     Unsafe(String),
+    /// Settings that do not go together, or a value that means nothing.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
     /// The TOML file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
@@ -98,6 +101,11 @@ pub struct RelayConfig {
     pub max_connections_per_tenant: usize,
     /// Seconds a new socket may take to send its HTTP request headers. Default 10.
     pub header_timeout_secs: u64,
+    /// Where the relay stores its data: unset, the embedded SQLite database in `data_dir` (no
+    /// setup); `postgres://USER@HOST:PORT/DB` (or `postgresql://`), a PostgreSQL database
+    /// (`docs/OPERATIONS.md`). One relay per database for now: relays sharing one do not yet
+    /// tell each other what changed. `data_dir` still holds the development key.
+    pub storage: Option<String>,
     /// Caps the embedded database at about this many bytes (default: none, the disk is the
     /// cap). Past it, as on a full disk, the relay refuses new changes with `STORAGE_FULL`
     /// (devices keep them and retry) and goes on serving reads.
@@ -133,6 +141,7 @@ impl Default for RelayConfig {
             max_connections_per_device: 4,
             max_connections_per_tenant: 5_000,
             header_timeout_secs: 10,
+            storage: None,
             max_database_bytes: None,
             development: false,
         }
@@ -145,7 +154,8 @@ impl RelayConfig {
     /// Returns warnings for what is allowed but weak (tokens' `aud` or `iss` not checked).
     ///
     /// # Errors
-    /// [`ConfigError::Unsafe`] naming what to set.
+    /// [`ConfigError::Unsafe`] naming what to set; [`ConfigError::Invalid`] for a `storage`
+    /// that is not a PostgreSQL URL, or one set together with `max_database_bytes`.
     pub fn check(&self) -> Result<Vec<String>, ConfigError> {
         let mut warnings = Vec::new();
         let largest_change = syncline_protocol::messages::MAX_CHANGE_BYTES
@@ -157,6 +167,21 @@ impl RelayConfig {
                  with a TooLarge sync error, until the limit is raised",
                 self.max_frame_bytes
             ));
+        }
+        if let Some(url) = &self.storage {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "storage = {url:?} is not a PostgreSQL URL (postgres://USER@HOST:PORT/DB); \
+                     leave it unset for the embedded SQLite database in data_dir"
+                )));
+            }
+            if self.max_database_bytes.is_some() {
+                return Err(ConfigError::Invalid(
+                    "max_database_bytes caps the embedded SQLite database; with PostgreSQL \
+                     storage the database server's own limits apply: unset it"
+                        .into(),
+                ));
+            }
         }
         if self.jwks_file.is_none() {
             if !self.listen.ip().is_loopback() && !self.development {
@@ -212,7 +237,8 @@ impl RelayConfig {
         })
     }
 
-    /// Applies `SYNCLINE_LISTEN`, `SYNCLINE_DATA_DIR`, `SYNCLINE_MAX_FRAME_BYTES`,
+    /// Applies `SYNCLINE_LISTEN`, `SYNCLINE_DATA_DIR`, `SYNCLINE_STORAGE`,
+    /// `SYNCLINE_MAX_FRAME_BYTES`,
     /// `SYNCLINE_IDLE_TIMEOUT_SECS`, `SYNCLINE_JWKS_FILE`, `SYNCLINE_AUDIENCE` and
     /// `SYNCLINE_ISSUER`, `SYNCLINE_COMPRESSION` (`true`/`false`) and
     /// `SYNCLINE_METERED_MAX_DOC_BYTES`, `SYNCLINE_MAX_INFLATED_BYTES`,
@@ -230,6 +256,7 @@ impl RelayConfig {
             match name.as_str() {
                 "SYNCLINE_LISTEN" => self.listen = parse("SYNCLINE_LISTEN", &value)?,
                 "SYNCLINE_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "SYNCLINE_STORAGE" => self.storage = Some(value),
                 "SYNCLINE_MAX_FRAME_BYTES" => {
                     self.max_frame_bytes = parse("SYNCLINE_MAX_FRAME_BYTES", &value)?;
                 }
@@ -359,6 +386,36 @@ mod tests {
             .expect("config");
         assert!(c.compression);
         assert_eq!(c.max_database_bytes, Some(2_000_000));
+    }
+
+    /// Issue 17: PostgreSQL storage from the file or `SYNCLINE_STORAGE`; a URL of another
+    /// kind, or the SQLite-only cap alongside it, is refused before the relay starts.
+    #[test]
+    fn storage_is_sqlite_by_default_or_a_postgres_url() {
+        assert_eq!(RelayConfig::default().storage, None);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "storage = \"postgres://relay@db:5432/syncline\"\n").expect("write");
+        let c = RelayConfig::from_file(&path).expect("config");
+        assert_eq!(
+            c.storage.as_deref(),
+            Some("postgres://relay@db:5432/syncline")
+        );
+        c.check().expect("a PostgreSQL URL is fine");
+        let c = c
+            .with_env([("SYNCLINE_STORAGE".into(), "postgresql://other@db2/s".into())])
+            .expect("config");
+        assert_eq!(c.storage.as_deref(), Some("postgresql://other@db2/s"));
+        let mysql = RelayConfig {
+            storage: Some("mysql://db/s".into()),
+            ..RelayConfig::default()
+        };
+        assert!(matches!(mysql.check(), Err(ConfigError::Invalid(_))));
+        let capped = RelayConfig {
+            max_database_bytes: Some(1 << 30),
+            ..c
+        };
+        assert!(matches!(capped.check(), Err(ConfigError::Invalid(_))));
     }
 
     #[test]

@@ -28,6 +28,10 @@ enum Command {
         /// Data directory (default ./syncline-data).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Storage: a PostgreSQL URL (postgres://USER@HOST:PORT/DB), one relay per database for
+        /// now; unset, the embedded SQLite database in the data directory.
+        #[arg(long)]
+        storage: Option<String>,
         /// A TOML configuration file; `SYNCLINE_*` variables and flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -113,10 +117,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
-    use std::io::Write;
     use std::sync::Arc;
-    use syncline_relay::auth::{Authenticator, KeyFile, dev_key};
-    use syncline_relay::server::{self, AppState, Metrics};
+    use syncline_relay::storage::Storage as _;
 
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -137,8 +139,32 @@ fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
     for warning in cfg.check()? {
         tracing::warn!("{warning}");
     }
-    let storage = Arc::new(admin::open_storage(&cfg.data_dir)?);
-    storage.set_max_bytes(cfg.max_database_bytes)?;
+    match &cfg.storage {
+        Some(url) => {
+            let storage = syncline_relay::storage::PostgresStorage::open(url)
+                .map_err(|e| anyhow::anyhow!("opening the PostgreSQL storage: {e}"))?;
+            tracing::info!(epoch = storage.epoch(), "storage: PostgreSQL");
+            serve_on(cfg, Arc::new(storage))
+        }
+        None => {
+            let storage = admin::open_storage(&cfg.data_dir)?;
+            storage.set_max_bytes(cfg.max_database_bytes)?;
+            tracing::info!(epoch = storage.epoch(), "storage: embedded SQLite");
+            serve_on(cfg, Arc::new(storage))
+        }
+    }
+}
+
+/// Runs the relay on `storage` until SIGTERM or Ctrl-C, then drains.
+fn serve_on<S: syncline_relay::storage::Storage>(
+    cfg: syncline_relay::RelayConfig,
+    storage: std::sync::Arc<S>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::sync::Arc;
+    use syncline_relay::auth::{Authenticator, KeyFile, dev_key};
+    use syncline_relay::server::{self, AppState, Metrics};
+
     let (dev_secret, key_file) = match &cfg.jwks_file {
         Some(path) => (None, Some(KeyFile::open(path)?)),
         None => {
@@ -214,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             listen,
             data_dir,
+            storage,
             config,
             development,
         } => {
@@ -227,6 +254,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(dir) = data_dir {
                 cfg.data_dir = dir;
+            }
+            if storage.is_some() {
+                cfg.storage = storage;
             }
             cfg.development |= development;
             serve(cfg)?;

@@ -119,6 +119,32 @@ impl PostgresServer {
         Ok(self.url(to))
     }
 
+    /// The result of `sql` run by `psql` on `database`, unaligned, without headers.
+    ///
+    /// # Errors
+    /// `psql`'s error.
+    pub fn query(&self, database: &str, sql: &str) -> Result<String, String> {
+        let port = self.port.to_string();
+        let output = self.pg(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                USER,
+                "-tA",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+                database,
+            ],
+        )?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
     /// Stops the server at once (`pg_ctl stop -m immediate`: like a crash, nothing flushed
     /// beyond what committed), keeping its data.
     ///

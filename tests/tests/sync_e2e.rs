@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use syncline::{Collection, Store, SyncClient, SyncOptions, Value};
+use syncline_testkit::postgres::PostgresServer;
 use syncline_testkit::relay::Relay;
 use syncline_testkit::{noise, temp_dir};
 
@@ -285,8 +286,36 @@ impl Increment for syncline::Document {
 
 #[test]
 fn a_relay_killed_mid_sync_loses_nothing_acknowledged() {
+    killed_mid_sync_loses_nothing_acknowledged(&|data, listen| {
+        Relay::start_at(data, listen).expect("relay")
+    });
+}
+
+/// Issue 17: the same on PostgreSQL storage (`storage = "postgres://…"`), on a server of the
+/// test's own: the relay process killed with SIGKILL, a new one on the same database finishes.
+#[test]
+fn a_relay_on_postgresql_killed_mid_sync_loses_nothing_acknowledged() {
+    let server = PostgresServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = server.create_database("relay").expect("createdb");
+    let toml = format!("storage = {url:?}\n");
+    killed_mid_sync_loses_nothing_acknowledged(&|data, listen| {
+        Relay::start_with(data, listen, Some(&toml)).expect("relay on PostgreSQL")
+    });
+    assert_eq!(
+        server
+            .query("relay", "SELECT count(*) FROM documents")
+            .expect("psql"),
+        "3000",
+        "the documents are in PostgreSQL"
+    );
+}
+
+/// A device writes 3,000 documents; the relay (`start(data_dir, listen)`) is killed once
+/// some are acknowledged and started again at the same address; every acknowledged document
+/// reaches a second device, and so does the rest.
+fn killed_mid_sync_loses_nothing_acknowledged(start: &dyn Fn(&std::path::Path, &str) -> Relay) {
     let data = temp_dir();
-    let mut relay = Relay::start(data.path()).expect("relay");
+    let mut relay = start(data.path(), "127.0.0.1:0");
     let addr = relay.addr.clone();
     let (a, b) = (Device::fast(), Device::fast());
     for i in 0..3000 {
@@ -326,7 +355,7 @@ fn a_relay_killed_mid_sync_loses_nothing_acknowledged() {
             .collect()
     };
     assert!(!acknowledged.is_empty());
-    let relay = Relay::start_at(data.path(), &addr).expect("restart on the same address");
+    let relay = start(data.path(), &addr);
     // The kill is a failed connection: keep retrying through it.
     client_a
         .wait_synced(WAIT, false)
