@@ -143,3 +143,30 @@ fn a_database_that_goes_away_fails_calls_and_comes_back() {
             .is_some()
     );
 }
+
+/// A database written by a newer relay, or with a schema version that means nothing, is
+/// refused with a typed error when the relay opens it (never a panic).
+#[test]
+fn a_schema_this_relay_does_not_know_is_refused() {
+    use syncline_relay::storage::StorageError;
+    let server = server();
+    let url = server.url("relay");
+    drop(PostgresStorage::open(&url).expect("open"));
+    server
+        .query("relay", "UPDATE schema_version SET version = 99")
+        .expect("psql");
+    assert!(matches!(
+        PostgresStorage::open(&url),
+        Err(StorageError::SchemaTooNew { found: 99, .. })
+    ));
+    server
+        .query("relay", "UPDATE schema_version SET version = -1")
+        .expect("psql");
+    assert!(matches!(
+        PostgresStorage::open(&url),
+        Err(StorageError::Corrupt {
+            table: "schema_version",
+            ..
+        })
+    ));
+}

@@ -1,7 +1,7 @@
 //! The deterministic simulation (`syncline_testkit::sim`) over many seeds. A failure prints
 //! its seed; `SIM_SEED=N cargo test -p syncline-testkit --test simulation` replays it alone,
 //! and `SIM_SEEDS=N` changes how many seeds run (default 1000; `cargo xtask test`, and so CI,
-//! runs 10,000). `SIM_LOG=FILTER` (e.g.
+//! runs 4,000; `cargo xtask soak` 10,000). `SIM_LOG=FILTER` (e.g.
 //! `syncline=debug`) prints the SDK's and the relay's logs, for replaying one seed.
 
 use syncline_testkit::sim;

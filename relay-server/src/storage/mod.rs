@@ -20,7 +20,7 @@ use syncline_protocol::{Collection, DeviceId, DocId, Heads, Priority};
 
 use crate::tenant::Tenant;
 
-pub use self::postgres::PostgresStorage;
+pub use self::postgres::{POSTGRES_CONNECT_TIMEOUT, PostgresStorage};
 pub use memory::MemoryStorage;
 pub use sqlite::{SqliteStorage, backup as sqlite_backup};
 

@@ -10,6 +10,7 @@
 //! under a transaction-scoped advisory lock, so relays starting together apply them once.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 use postgres::error::SqlState;
@@ -27,6 +28,10 @@ use super::{
     Append, DEFERRED_LISTED, Deferred, DeferredEntry, DeviceRecord, DocumentSummary, Storage,
     StorageError, StoredDocument,
 };
+
+/// How long connecting may take when the URL sets no `connect_timeout`: an unreachable
+/// database fails the call (and the frame's devices retry) instead of holding the hub.
+pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The key of the advisory lock migrations run under ("SYNR" as a number).
 const MIGRATION_LOCK: i64 = 0x5359_4E52;
@@ -106,12 +111,16 @@ pub struct PostgresStorage {
 
 impl PostgresStorage {
     /// Connects to the database at `url` (`postgres://USER@HOST:PORT/DB`, or libpq's
-    /// `key=value` form), migrates it and starts this handle's epoch.
+    /// `key=value` form; connecting gives up after [`POSTGRES_CONNECT_TIMEOUT`] unless the URL sets
+    /// `connect_timeout`), migrates it and starts this handle's epoch.
     ///
     /// # Errors
     /// [`StorageError::SchemaTooNew`], or the connection's or a statement's error.
     pub fn open(url: &str) -> Result<Self, StorageError> {
-        let config = postgres::Config::from_str(url).map_err(backend)?;
+        let mut config = postgres::Config::from_str(url).map_err(backend)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
+        }
         let mut client = config.connect(NoTls).map_err(backend)?;
         migrate(&mut client)?;
         client
@@ -178,7 +187,8 @@ fn migrate(client: &mut Client) -> Result<(), StorageError> {
         if version == latest {
             return tx.commit().map_err(backend);
         }
-        let index = usize::try_from(version).expect("versions are positive");
+        let index = usize::try_from(version)
+            .map_err(|_| corrupt("schema_version", format!("version {version}")))?;
         tx.batch_execute(MIGRATIONS[index]).map_err(backend)?;
         tx.execute("DELETE FROM schema_version", &[])
             .map_err(backend)?;
