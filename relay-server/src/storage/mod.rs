@@ -12,6 +12,7 @@
 
 mod codec;
 mod memory;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 
@@ -20,6 +21,7 @@ use syncline_protocol::{Collection, DeviceId, DocId, Heads, Priority};
 
 use crate::tenant::Tenant;
 
+#[cfg(feature = "postgres")]
 pub use self::postgres::{POSTGRES_CONNECT_TIMEOUT, PostgresStorage};
 pub use memory::MemoryStorage;
 pub use sqlite::{SqliteStorage, backup as sqlite_backup};
