@@ -189,6 +189,7 @@ fn seed_fetched(data: &std::path::Path) -> anyhow::Result<()> {
             heads,
             priority: None,
             at_ms: 1,
+            base_seq: None,
         });
         if batch.len() == 1_000 {
             storage.append(&tenant, &batch)?;

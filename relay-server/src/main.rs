@@ -144,21 +144,24 @@ fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
             let storage = syncline_relay::storage::PostgresStorage::open(url)
                 .map_err(|e| anyhow::anyhow!("opening the PostgreSQL storage: {e}"))?;
             tracing::info!(epoch = storage.epoch(), "storage: PostgreSQL");
-            serve_on(cfg, Arc::new(storage))
+            let feed = (url.clone(), storage.health());
+            serve_on(cfg, Arc::new(storage), Some(feed))
         }
         None => {
             let storage = admin::open_storage(&cfg.data_dir)?;
             storage.set_max_bytes(cfg.max_database_bytes)?;
             tracing::info!(epoch = storage.epoch(), "storage: embedded SQLite");
-            serve_on(cfg, Arc::new(storage))
+            serve_on(cfg, Arc::new(storage), None)
         }
     }
 }
 
-/// Runs the relay on `storage` until SIGTERM or Ctrl-C, then drains.
+/// Runs the relay on `storage` until SIGTERM or Ctrl-C, then drains. `feed`: the PostgreSQL
+/// URL and health of a storage other relays share, whose change feed the relay follows.
 fn serve_on<S: syncline_relay::storage::Storage>(
     cfg: syncline_relay::RelayConfig,
     storage: std::sync::Arc<S>,
+    feed: Option<(String, std::sync::Arc<syncline_relay::storage::Health>)>,
 ) -> anyhow::Result<()> {
     use std::io::Write;
     use std::sync::Arc;
@@ -201,6 +204,10 @@ fn serve_on<S: syncline_relay::storage::Storage>(
             Arc::new(Metrics::new()),
             server::ServerOptions::from(&cfg),
         )?;
+        let state = match feed {
+            Some((url, health)) => state.follow_postgres(&url, health),
+            None => state,
+        };
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         println!("{}", server::listening_line(addr));

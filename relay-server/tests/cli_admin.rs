@@ -186,6 +186,7 @@ fn doc_prints_a_stored_document() {
                 heads,
                 priority: None,
                 at_ms: 0,
+                base_seq: None,
             }],
         )
         .expect("append");

@@ -539,6 +539,7 @@ mod corrupt {
                     heads: Heads::default(),
                     priority: None,
                     at_ms: 1,
+                    base_seq: None,
                 }],
             )
             .expect("append");

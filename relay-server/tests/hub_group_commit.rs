@@ -73,6 +73,9 @@ impl Storage for Counting {
     ) -> Result<Vec<DocumentSummary>, StorageError> {
         self.inner.changed_since(t, c, after, limit)
     }
+    fn collection_seqs(&self) -> Result<Vec<(Tenant, Collection, u64)>, StorageError> {
+        self.inner.collection_seqs()
+    }
     fn bind_device(&self, t: &Tenant, d: &DeviceId, user: &str) -> Result<String, StorageError> {
         self.inner.bind_device(t, d, user)
     }

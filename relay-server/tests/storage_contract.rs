@@ -10,7 +10,7 @@ use syncline_protocol::{Collection, DeviceId, DocId, Hash, Heads, Priority};
 use syncline_relay::Tenant;
 use syncline_relay::storage::{
     Append, Deferred, DeferredEntry, DeviceRecord, MemoryStorage, PostgresStorage, SqliteStorage,
-    Storage, sqlite_backup,
+    Storage, StorageError, sqlite_backup,
 };
 use syncline_testkit::postgres::PostgresServer;
 
@@ -38,6 +38,7 @@ fn append(d: &str, chunk: &[u8], h: u8) -> Append {
         heads: heads(h),
         priority: None,
         at_ms: 0,
+        base_seq: None,
     }
 }
 
@@ -473,6 +474,68 @@ fn a_restored_copy_refuses_the_positions_it_lost<S: Storage, P>(
     );
 }
 
+/// An append built on a state the storage no longer has (another relay appended since)
+/// stores nothing of its batch and names the documents; every collection's sequence is listed.
+fn an_append_on_a_stale_state_stores_nothing<S: Storage>(s: &S) {
+    let t = tenant("t");
+    let based = |d, chunk: &'static [u8], h, base| Append {
+        base_seq: Some(base),
+        ..append(d, chunk, h)
+    };
+    assert_eq!(
+        s.append(&t, &[based("todos/a", b"a1", 1, 0)]).expect("new"),
+        vec![1]
+    );
+    // `todos/a` is at 1, not new any more: the batch is refused whole.
+    match s.append(
+        &t,
+        &[based("todos/b", b"b1", 2, 0), based("todos/a", b"a2", 3, 0)],
+    ) {
+        Err(StorageError::Conflict { docs }) => assert_eq!(docs, vec![doc("todos/a")]),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(s.load(&t, &doc("todos/b")).expect("load").is_none());
+    assert_eq!(
+        s.collection_seqs().expect("seqs"),
+        vec![(t.clone(), col("todos"), 1)],
+        "a refused batch takes no sequence number"
+    );
+    // A stored state that never was.
+    assert!(matches!(
+        s.append(&t, &[based("todos/c", b"c1", 4, 7)]),
+        Err(StorageError::Conflict { .. })
+    ));
+    assert_eq!(
+        s.append(
+            &t,
+            &[based("todos/a", b"a2", 3, 1), based("todos/b", b"b1", 2, 0)]
+        )
+        .expect("on the current state"),
+        vec![2, 3]
+    );
+    let a = s.load(&t, &doc("todos/a")).expect("load").expect("stored");
+    assert_eq!(a.chunks, vec![b"a1".to_vec(), b"a2".to_vec()]);
+    assert_eq!((a.seq, a.heads), (2, heads(3)));
+    // Without a base, whatever is stored.
+    assert_eq!(
+        s.append(&t, &[append("todos/a", b"a3", 5)])
+            .expect("append"),
+        vec![4]
+    );
+    s.append(&tenant("u"), &[append("notes/n", b"n1", 6)])
+        .expect("append");
+    s.append(&t, &[append("lists/l", b"l1", 7)])
+        .expect("append");
+    assert_eq!(
+        s.collection_seqs().expect("seqs"),
+        vec![
+            (t.clone(), col("lists"), 1),
+            (t.clone(), col("todos"), 4),
+            (tenant("u"), col("notes"), 1),
+        ]
+    );
+}
+
 /// Instantiates the suite for a backend: `$place` makes where a test's data lives (kept for
 /// the whole test), `$open` opens the storage there (again, for the reopening tests),
 /// `$backup` makes a restored copy of a storage's data.
@@ -506,6 +569,10 @@ macro_rules! contract_tests {
             #[test]
             fn a_documents_priority_is_kept_until_another_is_sent() {
                 super::a_documents_priority_is_kept_until_another_is_sent(&fresh().1);
+            }
+            #[test]
+            fn an_append_on_a_stale_state_stores_nothing() {
+                super::an_append_on_a_stale_state_stores_nothing(&fresh().1);
             }
             #[test]
             fn concurrent_appends_get_distinct_sequences() {

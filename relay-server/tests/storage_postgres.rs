@@ -4,7 +4,10 @@
 
 use syncline_protocol::{Collection, DocId, Hash, Heads};
 use syncline_relay::Tenant;
-use syncline_relay::storage::{Append, PostgresStorage, Storage};
+use syncline_relay::storage::{
+    Append, CHANGES_CHANNEL, POSTGRES_RETRY_PAUSE, PostgresStorage, Storage, StorageError,
+    parse_notification,
+};
 use syncline_testkit::postgres::PostgresServer;
 
 fn server() -> PostgresServer {
@@ -20,6 +23,7 @@ fn append(d: &str, n: u8) -> Append {
         heads: Heads::new(vec![Hash([n; 32])]),
         priority: None,
         at_ms: 0,
+        base_seq: None,
     }
 }
 
@@ -109,6 +113,30 @@ fn two_relays_share_sequences_and_positions() {
         a.holds_position(&tenant(), &todos(), b.epoch(), 100)
             .expect("position")
     );
+    // A position relay A gave for a document relay B stored (A loaded it): A's epoch counts
+    // B's numbers, on both (they run at the same time, in one generation).
+    let last_by_b = seqs[50..].iter().max().copied().expect("appended");
+    for relay in [&a, &b] {
+        assert!(
+            relay
+                .holds_position(&tenant(), &todos(), a.epoch(), last_by_b)
+                .expect("position")
+        );
+    }
+    assert!(
+        !a.holds_position(&tenant(), &todos(), a.epoch(), 101)
+            .expect("position"),
+        "not a position the data never reached"
+    );
+    // With both relays gone, the next opens the data cold: a new generation, in which the
+    // old positions still hold.
+    let old_epoch = a.epoch().to_owned();
+    drop((a, b));
+    let c = PostgresStorage::open(&url).expect("open c");
+    assert!(
+        c.holds_position(&tenant(), &todos(), &old_epoch, 100)
+            .expect("position")
+    );
 }
 
 /// PostgreSQL stopped: calls fail with an error at once (no hang, nothing stored); started
@@ -120,15 +148,21 @@ fn a_database_that_goes_away_fails_calls_and_comes_back() {
     storage
         .append(&tenant(), &[append("todos/a", 1)])
         .expect("append");
+    assert!(storage.available());
     server.stop().expect("stop");
     let down = storage.append(&tenant(), &[append("todos/b", 2)]);
-    assert!(down.is_err(), "{down:?}");
     assert!(
-        storage
-            .load(&tenant(), &"todos/a".parse().expect("valid"))
-            .is_err()
+        down.as_ref().is_err_and(StorageError::is_unavailable),
+        "{down:?}"
     );
+    // Until the pause after a failed connect has passed, calls fail at once.
+    let started = std::time::Instant::now();
+    let load = storage.load(&tenant(), &"todos/a".parse().expect("valid"));
+    assert!(load.is_err_and(|e| e.is_unavailable()));
+    assert!(started.elapsed() < POSTGRES_RETRY_PAUSE);
+    assert!(!storage.available(), "/readyz says so");
     server.start_again().expect("start again");
+    std::thread::sleep(POSTGRES_RETRY_PAUSE);
     assert_eq!(
         storage
             .append(&tenant(), &[append("todos/b", 2)])
@@ -142,13 +176,65 @@ fn a_database_that_goes_away_fails_calls_and_comes_back() {
             .expect("load")
             .is_some()
     );
+    assert!(storage.available());
+}
+
+/// A commit announces (tenant, collection, sequence) on the changes channel, once per
+/// collection with its highest sequence, when it commits; a refused batch announces nothing.
+#[test]
+fn a_commit_announces_each_collection_it_moved() {
+    let server = server();
+    let storage = PostgresStorage::open(&server.url("relay")).expect("open");
+    let mut listener =
+        postgres::Client::connect(&server.url("relay"), postgres::NoTls).expect("connect");
+    listener
+        .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+        .expect("listen");
+    storage
+        .append(
+            &tenant(),
+            &[
+                append("todos/a", 1),
+                append("notes/n", 2),
+                append("todos/b", 3),
+            ],
+        )
+        .expect("append");
+    let conflicting = Append {
+        base_seq: Some(9),
+        ..append("todos/a", 4)
+    };
+    assert!(storage.append(&tenant(), &[conflicting]).is_err());
+    storage
+        .append(&tenant(), &[append("todos/a", 5)])
+        .expect("append");
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut heard = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut waiting = notifications.timeout_iter(std::time::Duration::from_secs(5));
+    while heard.len() < 3 {
+        let n = waiting
+            .next()
+            .expect("no error")
+            .expect("a notification in time");
+        heard.push(parse_notification(n.payload()).expect("a payload the relay reads"));
+    }
+    let notes = Collection::new("notes").expect("valid");
+    assert_eq!(
+        heard,
+        vec![
+            (tenant(), notes, 1),
+            (tenant(), todos(), 2),
+            (tenant(), todos(), 3),
+        ]
+    );
+    assert!(waiting.next().expect("no error").is_none(), "nothing more");
 }
 
 /// A database written by a newer relay, or with a schema version that means nothing, is
 /// refused with a typed error when the relay opens it (never a panic).
 #[test]
 fn a_schema_this_relay_does_not_know_is_refused() {
-    use syncline_relay::storage::StorageError;
     let server = server();
     let url = server.url("relay");
     drop(PostgresStorage::open(&url).expect("open"));

@@ -15,8 +15,16 @@ use super::{
     Delivery, FOREIGN_RETRY_MS, GraphError, Hub, HubError, Lane, MAX_SESSION_STATE_BYTES,
     STORAGE_FULL_RETRY_MS, SessionId, SyncGroup, error, push_batches, responder, wire_heads,
 };
-use crate::storage::{Append, Storage};
+use crate::storage::{Append, Storage, StorageError};
 use crate::tenant::Tenant;
+
+/// How many times a group commit appends again without the documents another relay changed
+/// meanwhile ([`StorageError::Conflict`]) before it gives up on the tenant's group.
+const MAX_CONFLICT_RETRIES: usize = 4;
+
+/// How long a device waits before it sends again a change refused because another relay
+/// changed the document meanwhile (the relay has reloaded it by then).
+pub const CONFLICT_RETRY_MS: u64 = 100;
 
 impl<S: Storage> Hub<S> {
     /// Group commit across sessions: applies the `Sync` frames of several sessions, appends
@@ -77,6 +85,9 @@ impl<S: Storage> Hub<S> {
         let mut seqs: HashMap<(Tenant, DocId), u64> = HashMap::new();
         // Per tenant whose storage was full, the documents whose changes were not stored.
         let mut unstored: HashMap<Tenant, HashSet<DocId>> = HashMap::new();
+        // Per tenant, the documents another relay sharing the storage changed since this one
+        // loaded them: their changes were not stored (see `StorageError::Conflict`).
+        let mut stale: HashMap<Tenant, HashSet<DocId>> = HashMap::new();
         for (tenant, docs) in &before {
             if broken.contains_key(tenant) {
                 self.evict(tenant, docs.iter().map(|(doc, _)| doc));
@@ -95,6 +106,7 @@ impl<S: Storage> Hub<S> {
                         heads: wire_heads(&doc.heads()),
                         priority: doc.priority(),
                         at_ms: now_ms,
+                        base_seq: Some(doc.stored_seq()),
                     });
                 }
             }
@@ -102,7 +114,30 @@ impl<S: Storage> Hub<S> {
             if appends.is_empty() {
                 continue;
             }
-            match self.storage.append(tenant, &appends) {
+            // Documents another relay sharing the storage changed since this one loaded them:
+            // dropped from memory (reloaded on next use) and left out of the append; the
+            // sessions that changed them are not acknowledged and send again.
+            let mut appended = self.storage.append(tenant, &appends);
+            for _ in 0..MAX_CONFLICT_RETRIES {
+                let Err(StorageError::Conflict { docs: moved }) = &appended else {
+                    break;
+                };
+                tracing::debug!(%tenant, documents = moved.len(), "documents changed through another relay: reloaded, their changes refused for now");
+                self.evict(tenant, moved.iter());
+                appends.retain(|a| !moved.contains(&a.doc));
+                stale
+                    .entry(tenant.clone())
+                    .or_default()
+                    .extend(moved.iter().cloned());
+                if appends.is_empty() {
+                    break;
+                }
+                appended = self.storage.append(tenant, &appends);
+            }
+            if appends.is_empty() {
+                continue;
+            }
+            match appended {
                 Ok(stored) => {
                     for (append, seq) in appends.iter().zip(stored) {
                         let key = (tenant.clone(), append.doc.clone());
@@ -156,6 +191,27 @@ impl<S: Storage> Hub<S> {
                 }
                 let refused: HashSet<DocId> =
                     carried.extract_if(.., |doc| lost.contains(doc)).collect();
+                touched.retain(|doc| !refused.contains(doc));
+            }
+            if let Some(moved) = stale.get(&tenant) {
+                // The changes this session brought to a document another relay changed
+                // meanwhile: refused for now, to be sent again at once from a fresh sync
+                // state (the relay has reloaded the document); the rest of the frame goes on.
+                for doc in carried.iter().filter(|doc| moved.contains(*doc)) {
+                    self.forget_doc(id, doc);
+                    group.deliveries.push(Delivery::live(
+                        id,
+                        Message::Error(Error {
+                            code: ErrorCode::INTERNAL,
+                            message: "changed through another relay meanwhile; send this again"
+                                .into(),
+                            retry_after_ms: Some(CONFLICT_RETRY_MS),
+                            doc: Some(doc.clone()),
+                        }),
+                    ));
+                }
+                let refused: HashSet<DocId> =
+                    carried.extract_if(.., |doc| moved.contains(doc)).collect();
                 touched.retain(|doc| !refused.contains(doc));
             }
             let touched_by = senders.entry(tenant.clone()).or_default();

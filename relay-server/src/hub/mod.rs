@@ -18,6 +18,7 @@ mod planner;
 pub(crate) mod policy;
 mod receipts;
 mod registry;
+mod remote;
 pub mod responder;
 mod watchers;
 
@@ -25,7 +26,9 @@ pub use graph::{
     DocGraph, GraphError, MAX_DOCUMENT_BYTES, STORED_CHUNK_LIMITS, check_payload, parse_changes,
     parse_checked,
 };
+pub use group_commit::CONFLICT_RETRY_MS;
 pub use registry::REGISTRY_WRITE_INTERVAL_MS;
+pub use remote::{REMOTE_PAGE, REMOTE_SCAN_DOCS};
 pub use responder::check_message;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -239,6 +242,8 @@ pub struct Hub<S> {
     repairing: HashMap<(Tenant, DeviceId), HashMap<Collection, u64>>,
     /// Documents larger than this wait for an unmetered network (unless a device sets its own).
     metered_threshold: u64,
+    /// Other relays' commits to the same storage (see [`Hub::remote_changes`]).
+    remote: remote::Remote,
 }
 
 /// Documents a hub keeps in memory by default.
@@ -282,6 +287,7 @@ impl<S: Storage> Hub<S> {
             unbound: HashMap::new(),
             repairing: HashMap::new(),
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
+            remote: remote::Remote::default(),
         }
     }
 

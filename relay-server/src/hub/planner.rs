@@ -587,6 +587,7 @@ impl<S: Storage> Hub<S> {
             return;
         }
         let mut planned = Planned::new();
+        let mut failed = false;
         for doc in docs {
             let sub = self.peers[&id].subscription(doc.collection());
             let mut priority = sub.map_or(Priority::Normal, |s| s.priority);
@@ -600,8 +601,18 @@ impl<S: Storage> Hub<S> {
                 Err(e) => {
                     tracing::error!(session = id, doc = %doc, error = %e, "could not prepare a sync message");
                     self.forget_doc(id, doc);
+                    // A stored document that does not load stays out (the operator sees it);
+                    // any other failure (storage away) would leave the device without the
+                    // change until it reconnects, so it is told to reconnect.
+                    failed |= !matches!(e, HubError::Corrupt { .. });
                 }
             }
+        }
+        if failed {
+            out.push(Delivery::internal(
+                id,
+                "the relay could not send a change; reconnect to resync",
+            ));
         }
         self.note_deferred(id, &planned);
         // Changes go without a plan entry; what is held back is announced.

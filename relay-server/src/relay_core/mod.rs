@@ -28,14 +28,15 @@ mod visibility;
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 
-use syncline_protocol::Message;
 use syncline_protocol::close_code;
 use syncline_protocol::messages::SyncItem;
+use syncline_protocol::{Collection, Message};
 
 use crate::auth::{Grants, Identity};
 use crate::hub::{Delivery, Hub, HubError, Lane, SessionId};
 use crate::session::Action;
 use crate::storage::Storage;
+use crate::tenant::Tenant;
 pub use backlog::{Backlog, OutboxLimits, Queued, approx_size};
 pub use fair::FairQueue;
 pub use visibility::visible;
@@ -74,6 +75,13 @@ pub enum Input {
         /// The session.
         id: SessionId,
     },
+    /// Other relays sharing the storage committed in these collections, up to these sequence
+    /// numbers ([`Hub::remote_changes`]); empty to go on with a catch-up that yielded
+    /// ([`RelayCore::remote_backlog`]).
+    RemoteChanges(Vec<(Tenant, Collection, u64)>),
+    /// What other relays committed may have gone unannounced (the notification channel was
+    /// down): compare every collection with what the hub has seen ([`Hub::remote_resync`]).
+    RemoteResync,
 }
 
 /// Something the shell must do, returned by [`RelayCore::poll`].
@@ -217,6 +225,18 @@ impl<S: Storage> RelayCore<S> {
                         });
                     }
                 }
+                Input::RemoteChanges(moved) => {
+                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        self.hub.remote_changes(moved, now_ms)
+                    }));
+                    self.remote(outcome, &mut out, &mut admission, backlog);
+                }
+                Input::RemoteResync => {
+                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        self.hub.remote_resync(now_ms)
+                    }));
+                    self.remote(outcome, &mut out, &mut admission, backlog);
+                }
                 Input::Action {
                     id,
                     action: Action::Sync(items),
@@ -256,6 +276,33 @@ impl<S: Storage> RelayCore<S> {
             }
         }
         out
+    }
+
+    /// Whether other relays' changes wait to be read ([`Hub::remote_backlog`]): the shell then
+    /// pushes an empty [`Input::RemoteChanges`] on its next turn.
+    pub fn remote_backlog(&self) -> bool {
+        self.hub.remote_backlog()
+    }
+
+    /// Routes what catching up on other relays' changes produced; a failure is logged (the
+    /// collections stay pending) and a panic drops the hub's documents, as for an action.
+    fn remote(
+        &mut self,
+        outcome: Result<Result<Vec<Delivery>, HubError>, Box<dyn std::any::Any + Send>>,
+        out: &mut Vec<Output>,
+        admission: &mut backlog::Admission,
+        backlog: &impl Backlog,
+    ) {
+        match outcome {
+            Ok(Ok(deliveries)) => self.route(deliveries, &[], out, admission, backlog),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not read other relays' changes; retried later");
+            }
+            Err(_) => {
+                tracing::error!("reading other relays' changes panicked; documents reloaded");
+                self.hub.forget_documents();
+            }
+        }
     }
 
     /// The `Sync` frame of session `id` and every `Sync` frame queued right after it (up to

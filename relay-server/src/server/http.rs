@@ -111,10 +111,12 @@ pub async fn serve(
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::SeqCst) {
-        "ready\n".into_response()
-    } else {
+    if !state.ready.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !(state.storage_ready)() {
+        (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response()
+    } else {
+        "ready\n".into_response()
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use syncline_protocol::Message;
+use syncline_protocol::{Collection, Message};
 use tokio::sync::mpsc;
 
 use super::{HubCommand, Metrics};
@@ -87,15 +87,24 @@ pub(super) fn run_hub<S: Storage>(
     // Each session's tenant, from its `Connect` until its `Disconnect` has had its turn.
     let mut tenants: HashMap<SessionId, Tenant> = HashMap::new();
     let mut waiting: FairQueue<Option<Tenant>, Waiting> = FairQueue::new();
+    // What the storage's change feed announced (other relays' commits), taken as a turn of
+    // its own before the sessions' next one; coalesced, so a flood of commits is one turn.
+    let mut remote = Remote::default();
     let mut stopping = false;
     loop {
-        if waiting.is_empty() {
+        if waiting.is_empty() && remote.is_empty() && !core.remote_backlog() {
             if stopping {
                 break;
             }
             match commands.blocking_recv() {
                 Some(command) => {
-                    stopping |= arrive(command, &mut routes, &mut tenants, &mut waiting);
+                    stopping |= arrive(
+                        command,
+                        &mut routes,
+                        &mut tenants,
+                        &mut waiting,
+                        &mut remote,
+                    );
                 }
                 None => break,
             }
@@ -104,8 +113,15 @@ pub(super) fn run_hub<S: Storage>(
         // it. The queue is bounded by the connections' places (each holds at most
         // HUB_IN_FLIGHT_PER_CONNECTION actions, and a connect and a disconnect).
         while !stopping && let Ok(command) = commands.try_recv() {
-            stopping |= arrive(command, &mut routes, &mut tenants, &mut waiting);
+            stopping |= arrive(
+                command,
+                &mut routes,
+                &mut tenants,
+                &mut waiting,
+                &mut remote,
+            );
         }
+        remote.push_into(&mut core);
         let turn = waiting.next_turn(sync_bytes, SYNC_GROUP, SYNC_GROUP_BYTES);
         let mut syncs = 0;
         for (id, command) in turn {
@@ -166,16 +182,60 @@ pub(super) fn run_hub<S: Storage>(
     }
 }
 
-/// Puts an arrived command in the queue (a `Connect` also opens the session's route); true for
-/// `Shutdown`, after which what already waits is finished and nothing more is taken.
+/// Other relays' commits announced since the last turn.
+#[derive(Default)]
+struct Remote {
+    /// Per collection, the highest sequence announced.
+    moved: HashMap<(Tenant, Collection), u64>,
+    resync: bool,
+}
+
+impl Remote {
+    fn is_empty(&self) -> bool {
+        self.moved.is_empty() && !self.resync
+    }
+
+    /// Hands what was announced to the core (and, when a catch-up yielded, asks it to go on).
+    fn push_into<S: Storage>(&mut self, core: &mut RelayCore<S>) {
+        let now_ms = super::now_ms();
+        if std::mem::take(&mut self.resync) {
+            core.push(Input::RemoteResync, now_ms);
+        }
+        if !self.moved.is_empty() || core.remote_backlog() {
+            let mut moved: Vec<(Tenant, Collection, u64)> = self
+                .moved
+                .drain()
+                .map(|((tenant, collection), seq)| (tenant, collection, seq))
+                .collect();
+            moved.sort();
+            core.push(Input::RemoteChanges(moved), now_ms);
+        }
+    }
+}
+
+/// Puts an arrived command in the queue (a `Connect` also opens the session's route, a change
+/// feed's announcement joins `remote`); true for `Shutdown`, after which what already waits is
+/// finished and nothing more is taken.
 fn arrive(
     command: HubCommand,
     routes: &mut HashMap<SessionId, Route>,
     tenants: &mut HashMap<SessionId, Tenant>,
     waiting: &mut FairQueue<Option<Tenant>, Waiting>,
+    remote: &mut Remote,
 ) -> bool {
     let (id, command) = match command {
         HubCommand::Shutdown => return true,
+        HubCommand::RemoteChanges(moved) => {
+            for (tenant, collection, seq) in moved {
+                let reached = remote.moved.entry((tenant, collection)).or_insert(0);
+                *reached = (*reached).max(seq);
+            }
+            return false;
+        }
+        HubCommand::RemoteResync => {
+            remote.resync = true;
+            return false;
+        }
         HubCommand::Connect {
             id,
             verified,

@@ -15,6 +15,8 @@
 //!   limits and options.
 
 pub mod admission;
+#[cfg(feature = "postgres")]
+mod change_feed;
 mod connection;
 mod http;
 mod hub_thread;
@@ -68,6 +70,10 @@ pub struct ServerOptions {
     pub caps: ConnectionCaps,
     /// See `RelayConfig::header_timeout_secs`.
     pub header_timeout: Duration,
+    /// Other relays write to the same storage (PostgreSQL): the hub follows their commits from
+    /// the start ([`crate::hub::Hub::follow_remote`]), fed by a change feed
+    /// ([`AppState::follow_postgres`]).
+    pub shared_storage: bool,
 }
 
 impl Default for ServerOptions {
@@ -90,6 +96,7 @@ impl From<&crate::config::RelayConfig> for ServerOptions {
                 per_tenant: cfg.max_connections_per_tenant,
             },
             header_timeout: Duration::from_secs(cfg.header_timeout_secs),
+            shared_storage: cfg.storage.is_some(),
         }
     }
 }
@@ -128,6 +135,13 @@ enum HubCommand {
         id: SessionId,
         now_ms: u64,
     },
+    /// Other relays sharing the storage committed in these collections (up to these
+    /// sequences): from the storage's change feed (only PostgreSQL has one).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    RemoteChanges(Vec<(crate::tenant::Tenant, syncline_protocol::Collection, u64)>),
+    /// The change feed (re)connected, or checks now and then: compare every collection.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    RemoteResync,
     /// Finish the queued commands, then stop.
     Shutdown,
 }
@@ -155,6 +169,8 @@ pub struct AppState {
     shutdown: CancellationToken,
     connections: TaskTracker,
     ready: Arc<AtomicBool>,
+    /// Whether the storage can serve (its database reachable, its change feed connected).
+    storage_ready: Arc<dyn Fn() -> bool + Send + Sync>,
     hub_thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -186,10 +202,16 @@ impl AppState {
         let hub_thread = std::thread::Builder::new()
             .name("syncline-hub".into())
             .spawn(move || {
-                let hub = Hub::new(storage)
+                let mut hub = Hub::new(storage)
                     .allow_foreign_changes(options.allow_foreign_changes)
                     .metered_threshold(options.metered_max_doc_bytes)
                     .payload_limits(options.payload);
+                if options.shared_storage
+                    && let Err(e) = hub.follow_remote()
+                {
+                    // The change feed's first resync starts following instead.
+                    tracing::warn!(error = %e, "could not read the collections' sequences at start");
+                }
                 let limits = OutboxLimits {
                     messages: OUTBOX,
                     bytes: options.outbox_bytes,
@@ -211,8 +233,31 @@ impl AppState {
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
             ready: Arc::new(AtomicBool::new(true)),
+            storage_ready: Arc::new(|| true),
             hub_thread: Arc::new(parking_lot::Mutex::new(Some(hub_thread))),
         })
+    }
+
+    /// Follows other relays' commits to the PostgreSQL storage at `url` (whose `health` it
+    /// reports into, and `/readyz` reads): spawns the change feed on the current runtime, until
+    /// the relay drains. Start the state with [`ServerOptions::shared_storage`].
+    #[cfg(feature = "postgres")]
+    #[must_use]
+    pub fn follow_postgres(mut self, url: &str, health: Arc<crate::storage::Health>) -> Self {
+        health.set_feed_up(false);
+        tokio::spawn(change_feed::follow(
+            url.to_owned(),
+            Arc::clone(&health),
+            self.hub.clone(),
+            self.shutdown.clone(),
+        ));
+        self.storage_ready = Arc::new(move || health.ready());
+        self
+    }
+
+    /// Whether the relay takes work: not draining, and its storage can serve.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && (self.storage_ready)()
     }
 
     /// Stops accepting work and closes every connection with 1001; resolves when they are all

@@ -2,9 +2,10 @@
 //! integers), and the epochs' ids and the receipts' key.
 
 use syncline_protocol::messages::DeviceClass;
-use syncline_protocol::{Hash, Heads, Priority};
+use syncline_protocol::{Collection, Hash, Heads, Priority};
 
 use super::StorageError;
+use crate::tenant::Tenant;
 
 /// A fresh epoch id: 128 random bits, in hex.
 pub(super) fn new_epoch_id() -> String {
@@ -102,4 +103,16 @@ pub(super) fn class_from(code: i64) -> Result<DeviceClass, StorageError> {
         3 => DeviceClass::Server,
         _ => return Err(corrupt("devices", format!("device class {code}"))),
     })
+}
+
+/// A row of the `collections` table: its tenant and collection names checked.
+pub(super) fn collection_row(
+    tenant: &str,
+    collection: String,
+    seq: i64,
+) -> Result<(Tenant, Collection, u64), StorageError> {
+    let tenant = Tenant::new(tenant).map_err(|e| corrupt("collections", e.to_string()))?;
+    let collection =
+        Collection::new(collection).map_err(|e| corrupt("collections", e.to_string()))?;
+    Ok((tenant, collection, to_u64(seq)))
 }

@@ -137,6 +137,17 @@ impl Storage for MemoryStorage {
         let mut data = self.data.lock();
         let tenants = &mut data.tenants;
         let t = tenants.entry(tenant.clone()).or_default();
+        let conflicts: Vec<DocId> = batch
+            .iter()
+            .filter(|a| {
+                a.base_seq
+                    .is_some_and(|base| t.docs.get(&a.doc).map_or(0, |d| d.seq) != base)
+            })
+            .map(|a| a.doc.clone())
+            .collect();
+        if !conflicts.is_empty() {
+            return Err(StorageError::Conflict { docs: conflicts });
+        }
         let mut seqs = Vec::with_capacity(batch.len());
         for a in batch {
             let collection = a.doc.collection().clone();
@@ -225,6 +236,22 @@ impl Storage for MemoryStorage {
                 seq: d.seq,
                 priority: d.priority,
             }))
+    }
+
+    fn collection_seqs(&self) -> Result<Vec<(Tenant, Collection, u64)>, StorageError> {
+        let data = self.data.lock();
+        let mut all: Vec<(Tenant, Collection, u64)> = data
+            .tenants
+            .iter()
+            .flat_map(|(tenant, t)| {
+                t.seqs
+                    .iter()
+                    .map(move |(collection, seq)| (tenant.clone(), collection.clone(), *seq))
+            })
+            .collect();
+        // In a fixed order: a simulation replays exactly.
+        all.sort();
+        Ok(all)
     }
 
     fn changed_since(

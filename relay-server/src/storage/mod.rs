@@ -22,7 +22,10 @@ use syncline_protocol::{Collection, DeviceId, DocId, Heads, Priority};
 use crate::tenant::Tenant;
 
 #[cfg(feature = "postgres")]
-pub use self::postgres::{POSTGRES_CONNECT_TIMEOUT, PostgresStorage};
+pub use self::postgres::{
+    CHANGES_CHANNEL, Health, POSTGRES_CONNECT_TIMEOUT, POSTGRES_RETRY_PAUSE, PostgresStorage,
+    connect_config, parse_notification,
+};
 pub use memory::MemoryStorage;
 pub use sqlite::{SqliteStorage, backup as sqlite_backup};
 
@@ -45,6 +48,23 @@ pub enum StorageError {
     Full {
         /// The backend.
         backend: &'static str,
+    },
+    /// The database cannot be reached (down, restarting, the network broken): nothing of the
+    /// call was done, or, for a write, nothing of it is acknowledged. It may succeed later; the
+    /// storage connects again by itself.
+    #[error("{backend} storage is unavailable: {reason}")]
+    Unavailable {
+        /// The backend.
+        backend: &'static str,
+        /// What failed.
+        reason: String,
+    },
+    /// Documents of an append were changed since the state it was built on (another relay
+    /// sharing the storage appended to them): nothing of the batch was stored.
+    #[error("{} documents changed since the relay loaded them", docs.len())]
+    Conflict {
+        /// The documents whose stored sequence was not the append's `base_seq`.
+        docs: Vec<DocId>,
     },
     /// A stored row does not decode (names the table and key).
     #[error("corrupt row in {table}: {reason}")]
@@ -69,6 +89,12 @@ impl StorageError {
     pub fn is_full(&self) -> bool {
         matches!(self, Self::Full { .. })
     }
+
+    /// True for [`StorageError::Unavailable`]: the database is away; the same call may succeed
+    /// once it is back.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
 }
 
 /// One document's new chunk, for [`Storage::append`].
@@ -85,6 +111,11 @@ pub struct Append {
     /// When the relay stores it, milliseconds since the Unix epoch (the document's last
     /// change, for plans).
     pub at_ms: u64,
+    /// The sequence number the document must still have for the chunk to be appended (0: it
+    /// must not be stored yet): the state the relay's copy in memory was built from. Another
+    /// relay sharing the storage may have appended since; then nothing of the batch is stored
+    /// and the call fails with [`StorageError::Conflict`]. `None` appends whatever is stored.
+    pub base_seq: Option<u64>,
 }
 
 /// A document's stored content.
@@ -232,6 +263,20 @@ pub trait Storage: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<Vec<DocumentSummary>, StorageError>;
+
+    /// Every collection of every tenant with the highest sequence number given in it: where a
+    /// relay that shares this storage with others starts following their commits, and what it
+    /// compares with after it lost track of them.
+    ///
+    /// # Errors
+    /// A [`StorageError`] (a corrupt name among them).
+    fn collection_seqs(&self) -> Result<Vec<(Tenant, Collection, u64)>, StorageError>;
+
+    /// Whether the storage can serve now, as far as it knows (`/readyz`): false while its
+    /// database is unreachable. A backend in the relay's own process always can.
+    fn available(&self) -> bool {
+        true
+    }
 
     /// Binds `device` to `user` if it is bound to nobody yet, and returns the user it is bound
     /// to (the first that connected it): a device id cannot be taken over with another user's

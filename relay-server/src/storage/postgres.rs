@@ -10,9 +10,11 @@
 //! under a transaction-scoped advisory lock, so relays starting together apply them once.
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use postgres::error::SqlState;
 use postgres::{Client, IsolationLevel, NoTls};
 use syncline_protocol::messages::{CollectionSubscription, DeferReason, Profile, SyncMode};
@@ -21,8 +23,8 @@ use syncline_protocol::{Collection, DeviceId, DocId, Heads};
 use crate::tenant::Tenant;
 
 use super::codec::{
-    class_code, class_from, corrupt, heads_from_bytes, heads_to_bytes, new_epoch_id, now_ms,
-    priority_from, random_key, to_i64, to_u64,
+    class_code, class_from, collection_row, corrupt, heads_from_bytes, heads_to_bytes,
+    new_epoch_id, now_ms, priority_from, random_key, to_i64, to_u64,
 };
 use super::{
     Append, DEFERRED_LISTED, Deferred, DeferredEntry, DeviceRecord, DocumentSummary, Storage,
@@ -33,11 +35,35 @@ use super::{
 /// database fails the call (and the frame's devices retry) instead of holding the hub.
 pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The notification channel of committed changes: each payload is
+/// [`notification`]`(tenant, collection, seq)`, read back by [`parse_notification`].
+pub const CHANGES_CHANNEL: &str = "syncline_changes";
+
+/// The payload announcing that `collection` of `tenant` reached `seq`: the names and the
+/// number separated by spaces (neither name may contain one).
+fn notification(tenant: &str, collection: &str, seq: i64) -> String {
+    format!("{tenant} {collection} {seq}")
+}
+
+/// What a [`CHANGES_CHANNEL`] payload announces; `None` for one this relay did not write.
+pub fn parse_notification(payload: &str) -> Option<(Tenant, Collection, u64)> {
+    let mut parts = payload.split(' ');
+    let tenant = Tenant::new(parts.next()?).ok()?;
+    let collection = Collection::new(parts.next()?).ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((tenant, collection, seq))
+}
+
 /// The key of the advisory lock migrations run under ("SYNR" as a number).
 const MIGRATION_LOCK: i64 = 0x5359_4E52;
 
+/// The key of the advisory lock a relay opens its epoch under (so two relays starting at once
+/// see each other: the second joins the first's generation).
+const EPOCH_LOCK: i64 = 0x5359_4E52_0001;
+
 /// The schema, one entry per version (1-based), each applied in one transaction.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
     CREATE TABLE collections (
         tenant TEXT NOT NULL, collection TEXT NOT NULL, seq BIGINT NOT NULL,
         PRIMARY KEY (tenant, collection)
@@ -96,17 +122,71 @@ const MIGRATIONS: &[&str] = &[r"
         PRIMARY KEY (tenant, collection, epoch)
     );
     CREATE TABLE secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
-"];
+",
+    r"
+    ALTER TABLE epochs ADD COLUMN generation BIGINT;
+    UPDATE epochs SET generation = ordinal;
+    ALTER TABLE epochs ALTER COLUMN generation SET NOT NULL;
+    ALTER TABLE epochs ADD COLUMN pid INTEGER, ADD COLUMN backend_start TIMESTAMPTZ;
+    ALTER TABLE collection_epochs RENAME COLUMN epoch TO generation;
+    ALTER TABLE collection_epochs RENAME TO collection_generations;
+",
+];
 
 /// The relay's PostgreSQL storage.
 pub struct PostgresStorage {
     /// What to connect to (kept to connect again).
     config: postgres::Config,
-    client: Mutex<Client>,
+    connection: Mutex<Connection>,
+    /// Whether the storage connection works and the change feed (if one follows this storage)
+    /// is connected: `/readyz`.
+    health: Arc<Health>,
     /// The epoch this handle opened (its id, and its ordinal in `epochs`).
     epoch: String,
     epoch_ordinal: i64,
+    /// The epoch's generation: what positions are recorded under (see [`open_epoch`]).
+    generation: i64,
     position_key: [u8; 32],
+}
+
+/// The storage connection, or when to try connecting again.
+struct Connection {
+    client: Option<Client>,
+    /// After a failed connect, calls fail at once (with [`StorageError::Unavailable`]) until
+    /// this instant: a database that is away costs the hub no wait per call.
+    retry_at: Option<Instant>,
+}
+
+/// How long after a failed connect the storage tries again (calls meanwhile fail at once).
+pub const POSTGRES_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// What `/readyz` reads of a PostgreSQL storage, shared with its change feed.
+#[derive(Debug)]
+pub struct Health {
+    storage_up: AtomicBool,
+    /// Whether the change feed is connected (true while no feed follows the storage).
+    feed_up: AtomicBool,
+    /// The storage connection's server process id: notifications it caused are this relay's
+    /// own commits, which the feed skips.
+    storage_pid: AtomicI32,
+}
+
+impl Health {
+    /// Records whether the change feed is connected.
+    pub fn set_feed_up(&self, up: bool) {
+        self.feed_up.store(up, Ordering::SeqCst);
+    }
+
+    /// Whether the storage connection worked at its last use and the change feed (if any)
+    /// is connected.
+    pub fn ready(&self) -> bool {
+        self.storage_up.load(Ordering::SeqCst) && self.feed_up.load(Ordering::SeqCst)
+    }
+
+    /// The storage connection's server process id (0 while it has none).
+    pub fn storage_pid(&self) -> i32 {
+        self.storage_pid.load(Ordering::SeqCst)
+    }
 }
 
 impl PostgresStorage {
@@ -117,10 +197,7 @@ impl PostgresStorage {
     /// # Errors
     /// [`StorageError::SchemaTooNew`], or the connection's or a statement's error.
     pub fn open(url: &str) -> Result<Self, StorageError> {
-        let mut config = postgres::Config::from_str(url).map_err(backend)?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
-        }
+        let config = connect_config(url)?;
         let mut client = config.connect(NoTls).map_err(backend)?;
         migrate(&mut client)?;
         client
@@ -138,30 +215,144 @@ impl PostgresStorage {
             .try_into()
             .map_err(|_| corrupt("secrets", "the position key is not 32 bytes".into()))?;
         let epoch = new_epoch_id();
-        let epoch_ordinal: i64 = client
-            .query_one(
-                "INSERT INTO epochs (id, started_ms) VALUES ($1, $2) RETURNING ordinal",
-                &[&epoch, &to_i64(now_ms())],
-            )
-            .map_err(backend)?
-            .get(0);
+        let (epoch_ordinal, generation) = open_epoch(&mut client, &epoch)?;
+        let pid = backend_pid(&mut client)?;
         Ok(Self {
             config,
-            client: Mutex::new(client),
+            connection: Mutex::new(Connection {
+                client: Some(client),
+                retry_at: None,
+            }),
+            health: Arc::new(Health {
+                storage_up: AtomicBool::new(true),
+                feed_up: AtomicBool::new(true),
+                storage_pid: AtomicI32::new(pid),
+            }),
             epoch,
             epoch_ordinal,
+            generation,
             position_key,
         })
     }
 
-    /// The connection, opened again first if it closed.
-    fn client(&self) -> Result<MutexGuard<'_, Client>, StorageError> {
-        let mut client = self.client.lock();
-        if client.is_closed() {
-            *client = self.config.connect(NoTls).map_err(backend)?;
-        }
-        Ok(client)
+    /// What `/readyz` reads, for the change feed to report into.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
     }
+
+    /// The connection, opened again first if it closed. While the database is away, a call
+    /// fails at once with [`StorageError::Unavailable`] and a connect is tried again every
+    /// [`POSTGRES_RETRY_PAUSE`].
+    fn client(&self) -> Result<MappedMutexGuard<'_, Client>, StorageError> {
+        let mut connection = self.connection.lock();
+        if connection.client.as_ref().is_none_or(Client::is_closed) {
+            connection.client = None;
+            self.health.storage_pid.store(0, Ordering::SeqCst);
+            if connection.retry_at.is_some_and(|at| Instant::now() < at) {
+                self.health.storage_up.store(false, Ordering::SeqCst);
+                return Err(StorageError::Unavailable {
+                    backend: "postgres",
+                    reason: "the database was unreachable a moment ago".into(),
+                });
+            }
+            let connected = self
+                .config
+                .connect(NoTls)
+                .map_err(backend)
+                .and_then(|mut client| backend_pid(&mut client).map(|pid| (client, pid)));
+            match connected {
+                Ok((mut client, pid)) => {
+                    // The epoch is live through this connection now (see `open_epoch`).
+                    client
+                        .execute(LIVE_EPOCH, &[&self.epoch_ordinal])
+                        .map_err(backend)?;
+                    connection.client = Some(client);
+                    connection.retry_at = None;
+                    self.health.storage_pid.store(pid, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    connection.retry_at = Some(Instant::now() + POSTGRES_RETRY_PAUSE);
+                    self.health.storage_up.store(false, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+        }
+        self.health.storage_up.store(true, Ordering::SeqCst);
+        Ok(MutexGuard::map(connection, |c| {
+            c.client.as_mut().expect("connected above")
+        }))
+    }
+}
+
+/// The connection settings of `url`, with [`POSTGRES_CONNECT_TIMEOUT`] unless it sets one.
+///
+/// # Errors
+/// [`StorageError::Backend`] for a URL that does not parse.
+pub fn connect_config(url: &str) -> Result<postgres::Config, StorageError> {
+    let mut config = postgres::Config::from_str(url).map_err(backend)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        // What an operator sees in pg_stat_activity.
+        config.application_name("syncline-relay");
+    }
+    Ok(config)
+}
+
+/// Records that an epoch is live through the calling connection: its server process and
+/// when that started (together they name one connection, however pids are reused).
+const LIVE_EPOCH: &str = "UPDATE epochs SET pid = pg_backend_pid(), \
+     backend_start = (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()) \
+     WHERE ordinal = $1";
+
+/// Starts epoch `id` and returns its ordinal and its generation.
+///
+/// Relays sharing the database at the same time share a **generation**: a relay that opens
+/// while another relay's epoch is live (its connection is in `pg_stat_activity` of this
+/// database) joins that generation; one that opens the data cold (the first start, all
+/// relays down, a restored copy, whose recorded connections are not this database's) starts a
+/// new one. Positions are recorded per generation, so a position one live relay gave is held
+/// on the others, and a restored copy still refuses the positions it lost, as with SQLite.
+fn open_epoch(client: &mut Client, id: &str) -> Result<(i64, i64), StorageError> {
+    let mut tx = client.transaction().map_err(backend)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EPOCH_LOCK])
+        .map_err(backend)?;
+    let live: Option<i64> = tx
+        .query_one(
+            "SELECT max(e.generation) FROM epochs e JOIN pg_stat_activity a \
+             ON a.pid = e.pid AND a.backend_start = e.backend_start \
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()",
+            &[],
+        )
+        .map_err(backend)?
+        .get(0);
+    let generation = match live {
+        Some(generation) => generation,
+        None => tx
+            .query_one("SELECT coalesce(max(generation), 0) + 1 FROM epochs", &[])
+            .map_err(backend)?
+            .get(0),
+    };
+    let ordinal: i64 = tx
+        .query_one(
+            "INSERT INTO epochs (id, started_ms, generation) VALUES ($1, $2, $3) \
+             RETURNING ordinal",
+            &[&id, &to_i64(now_ms()), &generation],
+        )
+        .map_err(backend)?
+        .get(0);
+    tx.execute(LIVE_EPOCH, &[&ordinal]).map_err(backend)?;
+    tx.commit().map_err(backend)?;
+    Ok((ordinal, generation))
+}
+
+/// The server process id of `client`'s connection.
+fn backend_pid(client: &mut Client) -> Result<i32, StorageError> {
+    Ok(client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .map_err(backend)?
+        .get(0))
 }
 
 /// Applies the migrations the database lacks, each in its own transaction, under an advisory
@@ -202,12 +393,26 @@ fn migrate(client: &mut Client) -> Result<(), StorageError> {
 }
 
 /// Every PostgreSQL failure becomes the backend-neutral [`StorageError`]: a full disk is
-/// [`StorageError::Full`], the rest [`StorageError::Backend`].
-fn backend(e: postgres::Error) -> StorageError {
+/// [`StorageError::Full`], a database that is away (a lost or refused connection, a server
+/// shutting down or starting) [`StorageError::Unavailable`], the rest [`StorageError::Backend`].
+pub(super) fn backend(e: postgres::Error) -> StorageError {
     let full = [SqlState::DISK_FULL, SqlState::OUT_OF_MEMORY];
     if e.code().is_some_and(|c| full.contains(c)) {
         return StorageError::Full {
             backend: "postgres",
+        };
+    }
+    let away = [
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+    ];
+    let connection_class = e.code().is_some_and(|c| c.code().starts_with("08"));
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io || connection_class || e.code().is_some_and(|c| away.contains(c)) {
+        return StorageError::Unavailable {
+            backend: "postgres",
+            reason: e.to_string(),
         };
     }
     StorageError::Backend {
@@ -221,10 +426,16 @@ impl Storage for PostgresStorage {
         let tenant = tenant.as_str();
         let mut client = self.client()?;
         let mut tx = client.transaction().map_err(backend)?;
-        let mut seqs = Vec::with_capacity(batch.len());
+        let mut seqs = vec![0; batch.len()];
+        let mut conflicts = Vec::new();
         // Per collection, the highest sequence number the batch assigned (for the epoch).
         let mut reached: Vec<(&str, i64)> = Vec::new();
-        for a in batch {
+        // Collections in one order for every relay: concurrent appends take the counters'
+        // row locks in the same order, so two relays' batches never deadlock.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i].doc.collection());
+        for i in order {
+            let a = &batch[i];
             let (collection, id) = (a.doc.collection().as_str(), a.doc.id());
             let seq: i64 = tx
                 .query_one(
@@ -235,8 +446,8 @@ impl Storage for PostgresStorage {
                 )
                 .map_err(backend)?
                 .get(0);
-            let count: i64 = tx
-                .query_one(
+            let count: Option<i64> = tx
+                .query_opt(
                     "INSERT INTO documents (tenant, collection, doc_id, seq, heads, stored_bytes, \
                      chunk_count, priority, changed_ms) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8) \
                      ON CONFLICT (tenant, collection, doc_id) DO UPDATE SET seq = excluded.seq, \
@@ -244,7 +455,8 @@ impl Storage for PostgresStorage {
                      stored_bytes = documents.stored_bytes + excluded.stored_bytes, \
                      chunk_count = documents.chunk_count + 1, \
                      priority = coalesce(excluded.priority, documents.priority), \
-                     changed_ms = excluded.changed_ms RETURNING chunk_count",
+                     changed_ms = excluded.changed_ms \
+                     WHERE $9::BIGINT IS NULL OR documents.seq = $9 RETURNING chunk_count",
                     &[
                         &tenant,
                         &collection,
@@ -254,28 +466,48 @@ impl Storage for PostgresStorage {
                         &to_i64(a.chunk.len() as u64),
                         &a.priority.map(|p| i16::from(p.code())),
                         &to_i64(a.at_ms),
+                        &a.base_seq.map(to_i64),
                     ],
                 )
                 .map_err(backend)?
-                .get(0);
+                .map(|r| r.get(0));
+            // A new document has no row to conflict with: it must be new to the append too.
+            let count = match count {
+                Some(count) if !(count == 1 && a.base_seq.is_some_and(|b| b != 0)) => count,
+                _ => {
+                    conflicts.push(a.doc.clone());
+                    continue;
+                }
+            };
             tx.execute(
                 "INSERT INTO chunks (tenant, collection, doc_id, n, data) \
                  VALUES ($1, $2, $3, $4, $5)",
                 &[&tenant, &collection, &id, &(count - 1), &a.chunk],
             )
             .map_err(backend)?;
-            seqs.push(to_u64(seq));
+            seqs[i] = to_u64(seq);
             match reached.iter_mut().find(|(c, _)| *c == collection) {
                 Some((_, max)) => *max = (*max).max(seq),
                 None => reached.push((collection, seq)),
             }
         }
+        if !conflicts.is_empty() {
+            // Dropping the transaction rolls it back: nothing of the batch is stored.
+            return Err(StorageError::Conflict { docs: conflicts });
+        }
         for (collection, seq) in reached {
             tx.execute(
-                "INSERT INTO collection_epochs (tenant, collection, epoch, seq) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, collection, epoch) \
-                 DO UPDATE SET seq = greatest(collection_epochs.seq, excluded.seq)",
-                &[&tenant, &collection, &self.epoch_ordinal, &seq],
+                "INSERT INTO collection_generations (tenant, collection, generation, seq) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, collection, generation) \
+                 DO UPDATE SET seq = greatest(collection_generations.seq, excluded.seq)",
+                &[&tenant, &collection, &self.generation, &seq],
+            )
+            .map_err(backend)?;
+            // Other relays learn that the collection moved (delivered at commit, in commit
+            // order), never what changed: they read that from the tables.
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&CHANGES_CHANNEL, &notification(tenant, collection, seq)],
             )
             .map_err(backend)?;
         }
@@ -323,6 +555,10 @@ impl Storage for PostgresStorage {
         tx.commit().map_err(backend)
     }
 
+    fn available(&self) -> bool {
+        self.health.ready()
+    }
+
     fn epoch(&self) -> &str {
         &self.epoch
     }
@@ -341,22 +577,22 @@ impl Storage for PostgresStorage {
         if seq == 0 {
             return Ok(true);
         }
-        let mut client = self.client()?;
-        let Some(ordinal) = client
-            .query_opt("SELECT ordinal FROM epochs WHERE id = $1", &[&epoch])
-            .map_err(backend)?
-            .map(|r| r.get::<_, i64>(0))
-        else {
-            return Ok(false);
-        };
-        let reached: i64 = client
-            .query_one(
-                "SELECT coalesce(max(seq), 0) FROM collection_epochs \
-                 WHERE tenant = $1 AND collection = $2 AND epoch <= $3",
-                &[&tenant.as_str(), &collection.as_str(), &ordinal],
+        // One query: the epoch's generation, and what the collection reached in it and before.
+        let reached: Option<i64> = self
+            .client()?
+            .query_opt(
+                "SELECT (SELECT coalesce(max(c.seq), 0) FROM collection_generations c \
+                 WHERE c.tenant = $1 AND c.collection = $2 AND c.generation <= e.generation) \
+                 FROM (SELECT max(generation) AS generation FROM epochs WHERE id = $3) e \
+                 WHERE e.generation IS NOT NULL",
+                &[&tenant.as_str(), &collection.as_str(), &epoch],
             )
             .map_err(backend)?
-            .get(0);
+            .map(|r| r.get(0));
+        // An epoch this data never had: a copy restored from before it, or a made-up one.
+        let Some(reached) = reached else {
+            return Ok(false);
+        };
         Ok(seq <= to_u64(reached))
     }
 
@@ -398,6 +634,20 @@ impl Storage for PostgresStorage {
             seq: to_u64(row.get(0)),
             priority: priority_from("documents", row.get::<_, Option<i16>>(2).map(i64::from))?,
         }))
+    }
+
+    fn collection_seqs(&self) -> Result<Vec<(Tenant, Collection, u64)>, StorageError> {
+        let rows = self
+            .client()?
+            .query(
+                "SELECT tenant, collection, seq FROM collections \
+                 ORDER BY tenant COLLATE \"C\", collection COLLATE \"C\"",
+                &[],
+            )
+            .map_err(backend)?;
+        rows.into_iter()
+            .map(|r| collection_row(r.get(0), r.get(1), r.get(2)))
+            .collect()
     }
 
     fn changed_since(

@@ -14,8 +14,8 @@ use syncline_protocol::{Collection, DeviceId, DocId, Heads, Priority};
 use crate::tenant::Tenant;
 
 use super::codec::{
-    class_code, class_from, corrupt, heads_from_bytes, heads_to_bytes, new_epoch_id, now_ms,
-    priority_from, random_key, to_i64, to_u64,
+    class_code, class_from, collection_row, corrupt, heads_from_bytes, heads_to_bytes,
+    new_epoch_id, now_ms, priority_from, random_key, to_i64, to_u64,
 };
 use super::{
     Append, DEFERRED_LISTED, Deferred, DeferredEntry, DeviceRecord, DocumentSummary, Storage,
@@ -252,6 +252,7 @@ impl Storage for SqliteStorage {
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut seqs = Vec::with_capacity(batch.len());
+        let mut conflicts = Vec::new();
         // Per collection, the highest sequence number the batch assigned (for the epoch).
         let mut reached: Vec<(&str, i64)> = Vec::new();
         for a in batch {
@@ -262,7 +263,7 @@ impl Storage for SqliteStorage {
                      ON CONFLICT (tenant, collection) DO UPDATE SET seq = seq + 1 RETURNING seq",
                 )?
                 .query_row(params![tenant, collection], |r| r.get(0))?;
-            let count: i64 = tx
+            let count: Option<i64> = tx
                 .prepare_cached(
                     "INSERT INTO documents (tenant, collection, doc_id, seq, heads, stored_bytes, \
                      chunk_count, priority, changed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8) \
@@ -270,7 +271,8 @@ impl Storage for SqliteStorage {
                      heads = excluded.heads, stored_bytes = stored_bytes + excluded.stored_bytes, \
                      chunk_count = chunk_count + 1, \
                      priority = coalesce(excluded.priority, priority), \
-                     changed_ms = excluded.changed_ms RETURNING chunk_count",
+                     changed_ms = excluded.changed_ms WHERE ?9 IS NULL OR seq = ?9 \
+                     RETURNING chunk_count",
                 )?
                 .query_row(
                     params![
@@ -282,9 +284,19 @@ impl Storage for SqliteStorage {
                         to_i64(a.chunk.len() as u64),
                         a.priority.map(Priority::code),
                         to_i64(a.at_ms),
+                        a.base_seq.map(to_i64),
                     ],
                     |r| r.get(0),
-                )?;
+                )
+                .optional()?;
+            // A new document has no row to conflict with: it must be new to the append too.
+            let count = match count {
+                Some(count) if !(count == 1 && a.base_seq.is_some_and(|b| b != 0)) => count,
+                _ => {
+                    conflicts.push(a.doc.clone());
+                    continue;
+                }
+            };
             tx.prepare_cached(
                 "INSERT INTO chunks (tenant, collection, doc_id, n, data) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
@@ -294,6 +306,10 @@ impl Storage for SqliteStorage {
                 Some((_, max)) => *max = (*max).max(seq),
                 None => reached.push((collection, seq)),
             }
+        }
+        if !conflicts.is_empty() {
+            // Dropping the transaction rolls it back: nothing of the batch is stored.
+            return Err(StorageError::Conflict { docs: conflicts });
         }
         for (collection, seq) in reached {
             tx.prepare_cached(
@@ -414,6 +430,25 @@ impl Storage for SqliteStorage {
             seq: to_u64(seq),
             priority: priority_from("documents", priority)?,
         }))
+    }
+
+    fn collection_seqs(&self) -> Result<Vec<(Tenant, Collection, u64)>, StorageError> {
+        let conn = self.conn.lock();
+        let rows = conn
+            .prepare_cached(
+                "SELECT tenant, collection, seq FROM collections ORDER BY tenant, collection",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(tenant, collection, seq)| collection_row(&tenant, collection, seq))
+            .collect()
     }
 
     fn changed_since(

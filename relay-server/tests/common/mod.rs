@@ -153,6 +153,33 @@ impl World {
         }
     }
 
+    /// A second relay on the same storage file as `other` (as several relays share one
+    /// PostgreSQL database): its own hub, epoch and clients.
+    pub fn beside(other: &World) -> Self {
+        let storage =
+            Arc::new(SqliteStorage::open(&other.dir.path().join("relay.db")).expect("storage"));
+        Self {
+            hub: Hub::new(Arc::clone(&storage)),
+            storage,
+            clients: HashMap::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Hands `deliveries` (of a call other than [`World::run`]) to their clients, then runs
+    /// their replies.
+    pub fn deliver(&mut self, deliveries: Vec<syncline_relay::hub::Delivery>) {
+        let mut replies = Vec::new();
+        for delivery in deliveries {
+            let client = self.clients.get_mut(&delivery.to).expect("client");
+            let items = client.receive(delivery.message);
+            if !items.is_empty() {
+                replies.push((delivery.to, Action::Sync(items)));
+            }
+        }
+        self.run(replies);
+    }
+
     /// Connects session `id` for `tenant`, subscribed to todos, and says hello.
     pub fn join(&mut self, id: SessionId, tenant: &str, g: Grants) {
         let profile = syncline_testkit::profile(DeviceClass::Desktop);
