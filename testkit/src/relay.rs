@@ -132,6 +132,28 @@ impl Relay {
         Ok(())
     }
 
+    /// The HTTP status of `GET path` on the relay (`/readyz`, `/healthz`).
+    ///
+    /// # Errors
+    /// If the relay cannot be reached or does not answer HTTP.
+    pub fn http_status(&self, path: &str) -> std::io::Result<u16> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.addr)?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        response
+            .split(' ')
+            .nth(1)
+            .and_then(|status| status.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))
+    }
+
     /// Kills the relay with SIGKILL.
     ///
     /// # Errors
@@ -144,6 +166,17 @@ impl Relay {
     pub fn child(&mut self) -> &mut Child {
         &mut self.child
     }
+}
+
+/// Copies the development key of `from` (a relay's data directory, where it made one) to
+/// `to`: relays given the same key accept each other's tokens, as relays sharing a database do.
+///
+/// # Errors
+/// The copy's.
+pub fn share_dev_key(from: &Path, to: &Path) -> std::io::Result<()> {
+    use syncline_relay::auth::dev_key;
+    std::fs::create_dir_all(to)?;
+    std::fs::copy(dev_key::path(from), dev_key::path(to)).map(|_| ())
 }
 
 /// A development token signed with `data_dir`'s key (see [`Relay::token`]).

@@ -76,6 +76,13 @@ pub struct SyncOptions {
     /// The relay, as `ws://host:port` or `wss://host` (TLS with the Mozilla root
     /// certificates; the path `/v1/sync` is added when absent).
     pub relay_url: String,
+    /// Other relays serving the same data (several relays on one PostgreSQL database), in the
+    /// form of `relay_url`. When a connection fails before its relay sent anything (refused,
+    /// unreachable, the relay killed), the next connection tries the next of `relay_url` and
+    /// these, in turn; a relay that answers is kept. The device keeps one set of cursors and
+    /// acknowledgements for all of them (they share the data), under `relay_url`. Empty by
+    /// default.
+    pub fallback_urls: Vec<String>,
     /// The device's capability profile.
     pub profile: Profile,
     /// The collections to sync.
@@ -99,6 +106,7 @@ impl SyncOptions {
     pub fn new(relay_url: impl Into<String>, collections: &[Collection]) -> Self {
         Self {
             relay_url: relay_url.into(),
+            fallback_urls: Vec::new(),
             profile: Profile {
                 class: DeviceClass::Desktop,
                 storage_budget_bytes: None,
@@ -282,7 +290,10 @@ impl SyncClient {
         options: SyncOptions,
         tokens: impl TokenProvider,
     ) -> Result<Self, SyncError> {
-        let url = sync_url(&options.relay_url);
+        let urls: Vec<String> = std::iter::once(&options.relay_url)
+            .chain(&options.fallback_urls)
+            .map(|url| sync_url(url))
+            .collect();
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {
             commands: Mutex::new(tx.clone()),
@@ -342,7 +353,9 @@ impl SyncClient {
             clock: Clock::start(),
             inner: Arc::clone(&inner),
             commands: tx,
-            url,
+            urls,
+            current_url: 0,
+            answered: false,
             tokens: Arc::new(tokens),
             generation: 0,
             transport: None,

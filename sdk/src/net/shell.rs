@@ -27,7 +27,11 @@ pub(super) struct Shell {
     pub(super) clock: Clock,
     pub(super) inner: Arc<Inner>,
     pub(super) commands: mpsc::Sender<Command>,
-    pub(super) url: String,
+    /// The relay's URL and its fallbacks ([`super::SyncOptions::fallback_urls`]), the one in use,
+    /// and whether its current connection has had a frame from it.
+    pub(super) urls: Vec<String>,
+    pub(super) current_url: usize,
+    pub(super) answered: bool,
     pub(super) tokens: Arc<dyn TokenProvider>,
     pub(super) generation: u64,
     pub(super) transport: Option<Transport>,
@@ -131,6 +135,7 @@ impl Shell {
                 Some(Event::Connected)
             }
             TransportEvent::Frame(frame) => {
+                self.answered = true;
                 // Its place in the connection's inbound queue is given back once the engine
                 // has handled it.
                 self.handling = Some(frame.queued);
@@ -218,13 +223,19 @@ impl Shell {
     }
 
     fn connect(&mut self) {
+        // A connection that ended before its relay sent anything (refused, unreachable, killed)
+        // moves the next one to the next relay; one that answered keeps its relay.
+        if self.generation > 0 && !self.answered {
+            self.current_url = (self.current_url + 1) % self.urls.len();
+        }
+        self.answered = false;
         self.close_transport();
         self.generation += 1;
         let reporter = Reporter {
             commands: Mutex::new(self.commands.clone()),
             generation: self.generation,
         };
-        let url = self.url.clone();
+        let url = self.urls[self.current_url].clone();
         let tokens = Arc::clone(&self.tokens);
         let Some(runtime) = self.runtime.as_ref() else {
             return;
