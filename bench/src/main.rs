@@ -11,8 +11,11 @@
 //! syncline-bench load   [--changes N] [--chunks C]  first read of a long-history document
 //! syncline-bench memory [--docs N] [--cache-mb M]  RSS after reading N documents
 //! syncline-bench relay-connections [--count N]  idle connections held, bytes each
-//! syncline-bench relay-throughput [--devices N] [--seconds S]  acknowledged changes/s
-//! syncline-bench relay-fanout [--receivers N] [--writes W]  write-to-every-receiver latency
+//! syncline-bench relay-throughput [--devices N] [--seconds S] [--storage sqlite|postgres]
+//!                               [--relays N]     acknowledged changes/s
+//! syncline-bench relay-fanout [--receivers N] [--writes W] [--storage sqlite|postgres]
+//!                             [--relays N]       write-to-every-receiver latency (across
+//!                                               relays with N >= 2)
 //! syncline-bench relay-abuse [--quiet S] [--seconds S]  honest sync and relay memory under
 //!                                               every abuse class at once
 //! ```
@@ -77,6 +80,12 @@ enum Scenario {
         devices: u32,
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// `sqlite` (one relay, the default) or `postgres` (a durable server of the run's own).
+        #[arg(long, default_value = "sqlite")]
+        storage: String,
+        /// Relays on the storage (PostgreSQL only); devices are spread over them.
+        #[arg(long, default_value_t = 1)]
+        relays: usize,
     },
     /// Latency from one writer's change to every subscribed receiver.
     RelayFanout {
@@ -84,6 +93,13 @@ enum Scenario {
         receivers: u32,
         #[arg(long, default_value_t = 200)]
         writes: u32,
+        /// `sqlite` (one relay, the default) or `postgres`.
+        #[arg(long, default_value = "sqlite")]
+        storage: String,
+        /// Relays on the storage (PostgreSQL only); with two or more the writer is on the first
+        /// and every receiver on the second.
+        #[arg(long, default_value_t = 1)]
+        relays: usize,
     },
     /// One honest device's sync while hostile clients run every abuse class at once: its
     /// latency alone and under abuse, the relay's peak memory, whether it stayed up.
@@ -184,12 +200,24 @@ fn main() -> anyhow::Result<()> {
             child: None,
         } => memory(docs, cache_mb)?,
         Scenario::RelayConnections { count } => runtime()?.block_on(relay::connections(count))?,
-        Scenario::RelayThroughput { devices, seconds } => {
-            runtime()?.block_on(relay::throughput(devices, seconds))?
-        }
-        Scenario::RelayFanout { receivers, writes } => {
-            runtime()?.block_on(relay::fanout(receivers, writes))?
-        }
+        Scenario::RelayThroughput {
+            devices,
+            seconds,
+            storage,
+            relays,
+        } => runtime()?.block_on(async {
+            let relays = relay::Relays::start(&storage, relays).await?;
+            relay::throughput(&relays, devices, seconds).await
+        })?,
+        Scenario::RelayFanout {
+            receivers,
+            writes,
+            storage,
+            relays,
+        } => runtime()?.block_on(async {
+            let relays = relay::Relays::start(&storage, relays).await?;
+            relay::fanout(&relays, receivers, writes).await
+        })?,
         Scenario::RelayAbuse {
             quiet,
             seconds,

@@ -43,14 +43,31 @@ impl Relay {
     pub fn start_seeded(
         seed: impl FnOnce(&std::path::Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
-        let exe = relay_binary()?;
         let data = tempfile::tempdir()?;
         seed(data.path())?;
+        Self::start_in(data, None)
+    }
+
+    /// A relay on the PostgreSQL database at `url` (others may share it), signing tokens with
+    /// the development key of `key_from` (another relay's data directory) when given.
+    pub fn start_on_postgres(url: &str, key_from: Option<&Relay>) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        if let Some(other) = key_from {
+            syncline_testkit::relay::share_dev_key(other.data.path(), data.path())?;
+        }
+        Self::start_in(data, Some(url))
+    }
+
+    fn start_in(data: tempfile::TempDir, storage: Option<&str>) -> anyhow::Result<Self> {
+        let exe = relay_binary()?;
         let mut cmd = Command::new(exe);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
             .env("RUST_LOG", "error,automerge=off")
             .env("SYNCLINE_IDLE_TIMEOUT_SECS", "3600");
+        if let Some(url) = storage {
+            cmd.args(["--storage", url]);
+        }
         let mut child = Child::spawn(cmd)?;
         let line = child.next_line()?.context("the relay printed nothing")?;
         let addr = line.rsplit(' ').next().context("no address")?.to_owned();
@@ -66,12 +83,21 @@ impl Relay {
 
     /// Whether `/healthz` answers 200.
     pub async fn healthy(&self) -> bool {
+        self.answers_200("/healthz").await
+    }
+
+    /// Whether `/readyz` answers 200 (on PostgreSQL: the change feed follows the others).
+    pub async fn ready(&self) -> bool {
+        self.answers_200("/readyz").await
+    }
+
+    async fn answers_200(&self, path: &str) -> bool {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let Ok(mut tcp) = tokio::net::TcpStream::connect(&self.addr).await else {
             return false;
         };
         let request = format!(
-            "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.addr
         );
         let mut response = Vec::new();
@@ -346,14 +372,74 @@ impl Writer {
     }
 }
 
+/// Where the relay scenarios run: one relay on its embedded SQLite, or `relays` relays on one
+/// PostgreSQL server of the run's own (with `fsync` on, as SQLite flushes every commit).
+pub struct Relays {
+    pub(crate) relays: Vec<Arc<Relay>>,
+    /// Kept running for the relays; stopped when the scenario ends.
+    _postgres: Option<syncline_testkit::postgres::PostgresServer>,
+    storage: &'static str,
+}
+
+impl Relays {
+    /// `relays` relays on `storage` (`sqlite`: exactly one; `postgres`: any number).
+    pub async fn start(storage: &str, relays: usize) -> anyhow::Result<Self> {
+        match storage {
+            "sqlite" => {
+                anyhow::ensure!(relays == 1, "SQLite storage serves one relay");
+                Ok(Self {
+                    relays: vec![Arc::new(Relay::start()?)],
+                    _postgres: None,
+                    storage: "sqlite",
+                })
+            }
+            "postgres" => {
+                let server = syncline_testkit::postgres::PostgresServer::start_durable()
+                    .map_err(anyhow::Error::msg)?;
+                let url = server
+                    .create_database("relay")
+                    .map_err(anyhow::Error::msg)?;
+                let mut started: Vec<Arc<Relay>> = Vec::new();
+                for _ in 0..relays.max(1) {
+                    let relay = Relay::start_on_postgres(&url, started.first().map(|r| &**r))?;
+                    started.push(Arc::new(relay));
+                }
+                // Ready once every change feed follows the others.
+                for relay in &started {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    while !relay.ready().await {
+                        anyhow::ensure!(Instant::now() < deadline, "a relay never got ready");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                Ok(Self {
+                    relays: started,
+                    _postgres: Some(server),
+                    storage: "postgres",
+                })
+            }
+            other => anyhow::bail!("unknown storage {other:?} (sqlite or postgres)"),
+        }
+    }
+
+    /// The relay device `d` connects to.
+    fn for_device(&self, d: u32) -> Arc<Relay> {
+        Arc::clone(&self.relays[d as usize % self.relays.len()])
+    }
+}
+
 /// Small changes durably acknowledged per second, `devices` devices each writing its own
-/// document, each waiting for its acknowledgement before the next change.
-pub async fn throughput(devices: u32, seconds: f64) -> anyhow::Result<serde_json::Value> {
-    let relay = Arc::new(Relay::start()?);
+/// document, each waiting for its acknowledgement before the next change; the devices are
+/// spread over the relays of `relays`.
+pub async fn throughput(
+    relays: &Relays,
+    devices: u32,
+    seconds: f64,
+) -> anyhow::Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = (0..devices)
         .map(|d| {
-            let relay = Arc::clone(&relay);
+            let relay = relays.for_device(d);
             tokio::spawn(async move {
                 // Each device writes its own collection: the scenario measures acknowledged
                 // writes, not fan-out (measured by `relay-fanout`).
@@ -418,6 +504,8 @@ pub async fn throughput(devices: u32, seconds: f64) -> anyhow::Result<serde_json
     let floor_per_s = floor_changes as f64 / floor_started.elapsed().as_secs_f64();
     Ok(serde_json::json!({
         "scenario": "relay-throughput",
+        "storage": relays.storage,
+        "relays": relays.relays.len(),
         "devices": devices,
         "seconds": (elapsed * 100.0).round() / 100.0,
         "acknowledged_changes": total,
@@ -426,9 +514,16 @@ pub async fn throughput(devices: u32, seconds: f64) -> anyhow::Result<serde_json
     }))
 }
 
-/// Latency from one writer's change to its arrival at every one of `receivers` devices.
-pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::Value> {
-    let relay = Arc::new(Relay::start()?);
+/// Latency from one writer's change to its arrival at every one of `receivers` devices. With
+/// several relays, the writer is on the first and every receiver on the second: each change
+/// crosses relays.
+pub async fn fanout(
+    relays: &Relays,
+    receivers: u32,
+    writes: u32,
+) -> anyhow::Result<serde_json::Value> {
+    let relay = Arc::clone(&relays.relays[0]);
+    let receiving = Arc::clone(&relays.relays[1 % relays.relays.len()]);
     let doc_id: DocId = "bench/shared".parse()?;
     let mut writer_client = Client::connect(&relay, 0, "bench").await?;
     let mut writer = Writer::new(0, "bench")?;
@@ -436,7 +531,7 @@ pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::V
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u32, u64, Instant)>();
     let mut handles = Vec::new();
     for r in 1..=receivers {
-        let relay = Arc::clone(&relay);
+        let relay = Arc::clone(&receiving);
         let tx = tx.clone();
         let doc_id = doc_id.clone();
         let mut client = Client::connect(&relay, r, "bench").await?;
@@ -528,6 +623,8 @@ pub async fn fanout(receivers: u32, writes: u32) -> anyhow::Result<serde_json::V
     }
     Ok(serde_json::json!({
         "scenario": "relay-fanout",
+        "storage": relays.storage,
+        "relays": relays.relays.len(),
         "receivers": receivers,
         "writes": writes,
         "p50_ms": histogram.value_at_quantile(0.5) as f64 / 1000.0,

@@ -28,8 +28,8 @@ enum Command {
         /// Data directory (default ./syncline-data).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Storage: a PostgreSQL URL (postgres://USER@HOST:PORT/DB), one relay per database for
-        /// now; unset, the embedded SQLite database in the data directory.
+        /// Storage: a PostgreSQL URL (postgres://USER@HOST:PORT/DB), which several relays may
+        /// share; unset, the embedded SQLite database in the data directory.
         #[arg(long)]
         storage: Option<String>,
         /// A TOML configuration file; `SYNCLINE_*` variables and flags override it.

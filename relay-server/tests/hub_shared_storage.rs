@@ -2,11 +2,11 @@
 //! (tenant, collection, sequence) announcements and catches up from storage; a hub whose
 //! cached document another relay changed never appends to it. Two hubs share one SQLite file
 //! here, as relays share one PostgreSQL database (the change feed that makes the
-//! announcements is tested end to end in `testkit/tests/e2e_postgres.rs`).
+//! announcements is tested end to end in `tests/tests/scale_out.rs`).
 
 mod common;
 
-use common::{World, col, doc, grants, tenant};
+use common::{World, col, doc, grants, reconcile, tenant};
 use syncline_protocol::Message;
 use syncline_protocol::messages::ErrorCode;
 use syncline_relay::storage::Storage;
@@ -154,4 +154,27 @@ fn a_relay_skips_its_own_commits_when_they_are_announced() {
         .expect("catch up");
     assert!(pushed.is_empty(), "{pushed:?}");
     assert_eq!(b.clients[&2].inbox.len(), inbox);
+}
+
+#[test]
+fn a_document_another_session_loaded_before_the_announcement_is_still_pushed() {
+    let (mut a, mut b) = two_relays();
+    let todos = || grants(&["todos"], &["todos"]);
+    b.join(3, "acme", todos());
+    let x = doc("todos/x");
+    a.clients.get_mut(&1).expect("client").put(&x, "n", 1);
+    a.push(1, std::slice::from_ref(&x));
+    // Before B hears of it, device 3 reconnects to B: its plan loads `todos/x` (at the
+    // sequence just committed) and sends it to device 3 only.
+    b.reconnect(3, "acme", todos());
+    b.run(vec![(3, reconcile(vec![]))]);
+    assert_eq!(b.clients[&3].get(&x, "n"), Some(1));
+    assert_eq!(b.clients[&2].get(&x, "n"), None);
+    // The announcement still reaches device 2, although B's copy is current.
+    let pushed = b
+        .hub
+        .remote_changes(vec![(tenant("acme"), col("todos"), todos_seq(&a))], 100)
+        .expect("catch up");
+    b.deliver(pushed);
+    assert_eq!(b.clients[&2].get(&x, "n"), Some(1));
 }

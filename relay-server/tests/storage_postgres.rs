@@ -148,7 +148,7 @@ fn a_database_that_goes_away_fails_calls_and_comes_back() {
     storage
         .append(&tenant(), &[append("todos/a", 1)])
         .expect("append");
-    assert!(storage.available());
+    assert!(storage.health().ready());
     server.stop().expect("stop");
     let down = storage.append(&tenant(), &[append("todos/b", 2)]);
     assert!(
@@ -160,7 +160,7 @@ fn a_database_that_goes_away_fails_calls_and_comes_back() {
     let load = storage.load(&tenant(), &"todos/a".parse().expect("valid"));
     assert!(load.is_err_and(|e| e.is_unavailable()));
     assert!(started.elapsed() < POSTGRES_RETRY_PAUSE);
-    assert!(!storage.available(), "/readyz says so");
+    assert!(!storage.health().ready(), "/readyz says so");
     server.start_again().expect("start again");
     std::thread::sleep(POSTGRES_RETRY_PAUSE);
     assert_eq!(
@@ -176,7 +176,7 @@ fn a_database_that_goes_away_fails_calls_and_comes_back() {
             .expect("load")
             .is_some()
     );
-    assert!(storage.available());
+    assert!(storage.health().ready());
 }
 
 /// A commit announces (tenant, collection, sequence) on the changes channel, once per

@@ -26,6 +26,8 @@ pub struct PostgresServer {
     port: u16,
     as_postgres: bool,
     running: bool,
+    /// Whether it flushes commits to disk (benchmarks; tests need not).
+    durable: bool,
 }
 
 impl PostgresServer {
@@ -35,6 +37,19 @@ impl PostgresServer {
     /// Why PostgreSQL cannot run here (no binaries, `initdb` or `pg_ctl` failed), with what
     /// to install.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(false)
+    }
+
+    /// [`PostgresServer::start`] with `fsync` on, as a production server runs: for benchmarks
+    /// that compare it with the relay's SQLite (which flushes every commit).
+    ///
+    /// # Errors
+    /// As [`PostgresServer::start`].
+    pub fn start_durable() -> Result<Self, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<Self, String> {
         let bin = binaries()?;
         let as_postgres = running_as_root();
         let dir = tempfile::Builder::new()
@@ -51,6 +66,7 @@ impl PostgresServer {
             port,
             as_postgres,
             running: false,
+            durable,
         };
         let data = server.data_dir();
         server.pg(
@@ -173,9 +189,13 @@ impl PostgresServer {
     /// # Errors
     /// `pg_ctl`'s error, with the server's log.
     pub fn start_again(&mut self) -> Result<(), String> {
+        let flush = if self.durable {
+            ""
+        } else {
+            "-c fsync=off -c full_page_writes=off "
+        };
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off \
-             -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -p {} -k {} {flush}-c max_connections=200",
             self.port,
             path_str(self.dir.path())
         );

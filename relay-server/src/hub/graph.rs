@@ -107,6 +107,10 @@ pub struct DocGraph {
     priority: Option<Priority>,
     /// The document's sequence number in its collection as last stored (0: never stored).
     stored_seq: u64,
+    /// The sequence number up to which this relay offered the document's changes to its
+    /// watching sessions (its own commit fanned out, or another relay's pushed): never set by a
+    /// load, which answers only the session that asked.
+    announced_seq: u64,
 }
 
 /// Memory a node costs beyond its raw bytes (hash, index entries, vectors, dependencies).
@@ -156,6 +160,17 @@ impl DocGraph {
     /// Records the sequence number storage gave the document's last append (or load).
     pub fn set_stored_seq(&mut self, seq: u64) {
         self.stored_seq = seq;
+    }
+
+    /// The sequence number up to which the relay's watching sessions were offered the
+    /// document's changes (0: not since it was loaded).
+    pub fn announced_seq(&self) -> u64 {
+        self.announced_seq
+    }
+
+    /// Records that the watching sessions were offered the document's changes up to `seq`.
+    pub fn set_announced_seq(&mut self, seq: u64) {
+        self.announced_seq = self.announced_seq.max(seq);
     }
 
     /// Records the priority the app set.

@@ -139,13 +139,16 @@ impl<S: Storage> Hub<S> {
             }
             match appended {
                 Ok(stored) => {
-                    for (append, seq) in appends.iter().zip(stored) {
+                    for (append, seq) in appends.iter().zip(&stored) {
                         let key = (tenant.clone(), append.doc.clone());
                         if let Some(doc) = self.docs.peek_mut(&key) {
-                            doc.set_stored_seq(seq);
+                            doc.set_stored_seq(*seq);
+                            // Fanned out to this relay's sessions below.
+                            doc.set_announced_seq(*seq);
                         }
-                        seqs.insert(key, seq);
+                        seqs.insert(key, *seq);
                     }
+                    self.own_commits(tenant, &appends, &stored);
                     changed.insert(tenant.clone(), appends.into_iter().map(|a| a.doc).collect());
                 }
                 Err(e) if e.is_full() => {

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use syncline_protocol::{Collection, DocId};
 
 use super::{Delivery, Hub, HubError, SessionId};
-use crate::storage::Storage;
+use crate::storage::{Append, Storage};
 use crate::tenant::Tenant;
 
 /// Documents read per storage call while catching up.
@@ -41,6 +41,8 @@ pub(super) struct Remote {
     /// The last catch-up stopped at [`REMOTE_SCAN_DOCS`] with more to read (not for a failed
     /// read: that waits for the next notification or resync rather than spin).
     yielded: bool,
+    /// The last resync failed (the shell asks again).
+    resync_failed: bool,
 }
 
 impl<S: Storage> Hub<S> {
@@ -98,11 +100,14 @@ impl<S: Storage> Hub<S> {
     /// The storage's.
     pub fn remote_resync(&mut self, now_ms: u64) -> Result<Vec<Delivery>, HubError> {
         self.tick(now_ms);
+        self.remote.resync_failed = true;
         if self.remote.seen.is_none() {
             self.follow_remote()?;
+            self.remote.resync_failed = false;
             return Ok(Vec::new());
         }
         let reached = self.storage.collection_seqs()?;
+        self.remote.resync_failed = false;
         for (tenant, collection, seq) in reached {
             let key = (tenant, collection);
             if self.remote_seen(&key) < seq {
@@ -120,6 +125,35 @@ impl<S: Storage> Hub<S> {
         self.remote.yielded && !self.remote.pending.is_empty()
     }
 
+    /// Whether the last [`Hub::remote_resync`] failed (the storage away): the shell asks again.
+    pub fn remote_resync_failed(&self) -> bool {
+        self.remote.resync_failed
+    }
+
+    /// This relay committed `appends` at `seqs` (fanned out to its own sessions): where they
+    /// continue what the hub has seen without a gap, they count as seen, so a later scan does
+    /// not read them again.
+    pub(super) fn own_commits(&mut self, tenant: &Tenant, appends: &[Append], seqs: &[u64]) {
+        let Some(seen) = self.remote.seen.as_mut() else {
+            return;
+        };
+        let mut blocks: BTreeMap<&Collection, (u64, u64)> = BTreeMap::new();
+        for (append, &seq) in appends.iter().zip(seqs) {
+            let block = blocks.entry(append.doc.collection()).or_insert((seq, seq));
+            block.0 = block.0.min(seq);
+            block.1 = block.1.max(seq);
+        }
+        for (collection, (first, last)) in blocks {
+            let key = (tenant.clone(), collection.clone());
+            let at = seen.get(&key).copied().unwrap_or(0);
+            // The numbers of one append are contiguous per collection (the counter row is
+            // locked from the first to the commit).
+            if at + 1 == first {
+                seen.insert(key, last);
+            }
+        }
+    }
+
     /// What the hub has seen of `key` (0 for a collection created since it started following).
     fn remote_seen(&self, key: &(Tenant, Collection)) -> u64 {
         self.remote
@@ -130,27 +164,32 @@ impl<S: Storage> Hub<S> {
             .unwrap_or(0)
     }
 
-    /// Scans each pending collection (up to [`REMOTE_SCAN_DOCS`] documents each) and pushes
-    /// what other relays changed.
+    /// Scans the pending collections (up to [`REMOTE_SCAN_DOCS`] documents in all; the rest
+    /// waits for the next turn) and pushes what other relays changed. A collection whose read
+    /// fails waits for the next notification or resync; the others go on, unless the storage
+    /// is away.
     fn catch_up(&mut self, now_ms: u64) -> Result<Vec<Delivery>, HubError> {
         let mut out = Vec::new();
         let pending: Vec<((Tenant, Collection), u64)> = std::mem::take(&mut self.remote.pending)
             .into_iter()
             .collect();
         let mut failure = None;
+        let mut budget = REMOTE_SCAN_DOCS;
         self.remote.yielded = false;
         for (key, target) in pending {
-            if failure.is_some() {
+            if budget == 0 || failure.as_ref().is_some_and(is_unavailable) {
+                self.remote.yielded |= budget == 0;
                 self.remote.pending.insert(key, target);
                 continue;
             }
-            match self.scan(&key, target, now_ms, &mut out) {
+            match self.scan(&key, target, now_ms, &mut budget, &mut out) {
                 Ok(true) => {}
                 Ok(false) => {
                     self.remote.yielded = true;
                     self.remote.pending.insert(key, target);
                 }
                 Err(e) => {
+                    tracing::warn!(tenant = %key.0, collection = %key.1, error = %e, "reading other relays' changes failed; retried on the next notification or resync");
                     self.remote.pending.insert(key, target);
                     failure = Some(e);
                 }
@@ -158,23 +197,21 @@ impl<S: Storage> Hub<S> {
         }
         self.trim();
         match failure {
-            // What was pushed before the failure still goes out with the next call's.
+            // What was pushed before the failure still goes out.
             Some(e) if out.is_empty() => Err(e),
-            Some(e) => {
-                tracing::warn!(error = %e, "reading other relays' changes failed; retried on the next turn");
-                Ok(out)
-            }
-            None => Ok(out),
+            _ => Ok(out),
         }
     }
 
-    /// Reads what changed in `key`'s collection after what the hub has seen; true when it read
-    /// up to `target` (or to the end), false when it stopped at [`REMOTE_SCAN_DOCS`].
+    /// Reads what changed in `key`'s collection after what the hub has seen (taking from
+    /// `budget` the documents it reads) and pushes it; true when it read up to `target` (or to
+    /// the end), false when the budget ran out first.
     fn scan(
         &mut self,
         key: &(Tenant, Collection),
         target: u64,
         now_ms: u64,
+        budget: &mut usize,
         out: &mut Vec<Delivery>,
     ) -> Result<bool, HubError> {
         let (tenant, collection) = key;
@@ -183,22 +220,27 @@ impl<S: Storage> Hub<S> {
             return Ok(true);
         }
         let mut receivers: BTreeMap<SessionId, Vec<DocId>> = BTreeMap::new();
-        let mut read = 0;
+        let mut offered: Vec<(DocId, u64)> = Vec::new();
         let done = loop {
-            let page = self
-                .storage
-                .changed_since(tenant, collection, after, REMOTE_PAGE)?;
-            read += page.len();
-            let ended = page.len() < REMOTE_PAGE;
+            let page = self.storage.changed_since(
+                tenant,
+                collection,
+                after,
+                REMOTE_PAGE.min((*budget).max(1)),
+            )?;
+            *budget = budget.saturating_sub(page.len());
+            let ended = page.is_empty();
             for summary in page {
                 after = after.max(summary.seq);
                 let cached = (tenant.clone(), summary.doc.clone());
                 if let Some(graph) = self.docs.peek(&cached) {
-                    if graph.stored_seq() >= summary.seq {
-                        // This relay's own append (fanned out then), or loaded since.
+                    if graph.announced_seq() >= summary.seq {
+                        // This relay's own commit (fanned out then), or pushed already.
                         continue;
                     }
-                    self.evict(tenant, std::iter::once(&summary.doc));
+                    if graph.stored_seq() < summary.seq {
+                        self.evict(tenant, std::iter::once(&summary.doc));
+                    }
                 }
                 for other in self.watchers.candidates(tenant, &summary.doc) {
                     let list = receivers.entry(other).or_default();
@@ -211,11 +253,12 @@ impl<S: Storage> Hub<S> {
                         list.push(summary.doc.clone());
                     }
                 }
+                offered.push((summary.doc, summary.seq));
             }
             if ended || after >= target {
                 break true;
             }
-            if read >= REMOTE_SCAN_DOCS {
+            if *budget == 0 {
                 break false;
             }
         };
@@ -227,6 +270,16 @@ impl<S: Storage> Hub<S> {
                 self.push(other, &docs, now_ms, out);
             }
         }
+        for (doc, seq) in offered {
+            if let Some(graph) = self.docs.peek_mut(&(tenant.clone(), doc)) {
+                graph.set_announced_seq(seq);
+            }
+        }
         Ok(done)
     }
+}
+
+/// Whether `e` says the storage is away (no use reading more now).
+fn is_unavailable(e: &HubError) -> bool {
+    matches!(e, HubError::Storage(s) if s.is_unavailable())
 }

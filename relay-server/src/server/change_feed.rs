@@ -6,9 +6,11 @@
 //! Each time the feed connects (the first time too) it `LISTEN`s first and only then asks the
 //! hub to compare every collection's sequence with what it has seen
 //! ([`crate::hub::Hub::remote_resync`]): whatever was committed while it was away is caught up
-//! on, and nothing falls between. It also checks the connection every [`FEED_CHECK`] (a dead
-//! network sends no error) and asks for a resync every [`FEED_RESYNC`], in case a
-//! notification was lost. While it is disconnected, `/readyz` answers 503.
+//! on, and nothing falls between. A resync that meets the storage away is asked for again
+//! (with pauses) until it works. The feed also checks the connection every [`FEED_CHECK`] (a
+//! dead network sends no error), and asks for a resync every [`FEED_RESYNC`] whether it is
+//! connected or not (a lost notification, a feed that cannot connect while the storage
+//! connection works). While it is disconnected, `/readyz` answers 503.
 //!
 //! Notifications are drained as they come, whatever the hub is doing, and coalesced per
 //! collection (the highest sequence), so a flood of commits costs one bounded map and one hub
@@ -64,6 +66,9 @@ pub(super) async fn follow(
             if config.get_connect_timeout().is_none() {
                 config.connect_timeout(crate::storage::POSTGRES_CONNECT_TIMEOUT);
             }
+            if config.get_tcp_user_timeout().is_none() {
+                config.tcp_user_timeout(crate::storage::POSTGRES_DEAD_PEER);
+            }
             // What an operator sees in pg_stat_activity, apart from the storage connection.
             config.application_name(FEED_APPLICATION_NAME);
             config
@@ -74,18 +79,28 @@ pub(super) async fn follow(
             return;
         }
     };
+    // Resyncs run apart from the connection: after each connect, and every FEED_RESYNC even
+    // while the feed cannot connect (the storage connection may still work).
+    let resync = Arc::new(Notify::new());
+    let resyncer = tokio::spawn(resyncs(Arc::clone(&resync), hub.clone(), shutdown.clone()));
+    let _stop_resyncs = AbortOnDrop(resyncer.abort_handle());
     let mut backoff = pauses();
     loop {
+        let started = tokio::time::Instant::now();
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
-            result = run_once(&config, &health, &hub, &shutdown) => result,
+            result = run_once(&config, &health, &hub, &resync, &shutdown) => result,
         };
         health.set_feed_up(false);
         match connected {
             Ok(Outcome::Stopped) => return,
             Ok(Outcome::Lost(why)) => {
                 tracing::warn!(%why, "change feed: connection lost; reconnecting");
-                backoff = pauses();
+                // A connection that held a while starts the pauses over; one dropped at once
+                // (a server killing it) does not, so the feed never reconnects in a tight loop.
+                if started.elapsed() >= STABLE {
+                    backoff = pauses();
+                }
             }
             Err(e) => tracing::warn!(error = %e, "change feed: could not connect"),
         }
@@ -93,6 +108,37 @@ pub(super) async fn follow(
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// How long a feed connection must have lasted for its loss to start the reconnect pauses
+/// over.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// Asks the hub to resync when `trigger` fires or every [`FEED_RESYNC`], and again (with
+/// pauses) until a resync worked: one that met the storage away is not lost.
+async fn resyncs(trigger: Arc<Notify>, hub: mpsc::Sender<HubCommand>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = trigger.notified() => {}
+            () = tokio::time::sleep(FEED_RESYNC) => {}
+        }
+        let mut retry = pauses();
+        loop {
+            let (done, worked) = tokio::sync::oneshot::channel();
+            if hub.send(HubCommand::RemoteResync(done)).await.is_err() {
+                return;
+            }
+            if worked.await.unwrap_or(false) {
+                break;
+            }
+            let pause = retry.next().unwrap_or(Duration::from_secs(5));
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
         }
     }
 }
@@ -119,8 +165,9 @@ enum Outcome {
 /// One connection of the feed, from connect to loss.
 async fn run_once(
     config: &tokio_postgres::Config,
-    health: &Health,
+    health: &Arc<Health>,
     hub: &mpsc::Sender<HubCommand>,
+    resync: &Notify,
     shutdown: &CancellationToken,
 ) -> Result<Outcome, tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
@@ -129,12 +176,14 @@ async fn run_once(
     // notifications, which it records as they come.
     let driver = {
         let announced = Arc::clone(&announced);
-        let own = health.storage_pid();
+        let health = Arc::clone(health);
         tokio::spawn(async move {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notification(n))) => {
-                        // This relay's own commits were fanned out as they were made.
+                        // This relay's own commits were fanned out as they were made (its
+                        // storage connection's process now: it changes when it reconnects).
+                        let own = health.storage_pid();
                         if own != 0 && n.process_id() == own {
                             continue;
                         }
@@ -154,19 +203,17 @@ async fn run_once(
         })
     };
     let _abort = AbortOnDrop(driver.abort_handle());
-    client
-        .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
-        .await?;
+    let listen = format!("LISTEN {CHANGES_CHANNEL}");
+    match tokio::time::timeout(CHECK_TIMEOUT, client.batch_execute(&listen)).await {
+        Ok(result) => result?,
+        Err(_) => return Ok(Outcome::Lost("LISTEN did not answer".into())),
+    }
     health.set_feed_up(true);
     tracing::info!("change feed: following other relays' commits");
     // Listening: whatever was committed before is caught up on by comparing every collection.
-    if hub.send(HubCommand::RemoteResync).await.is_err() {
-        return Ok(Outcome::Stopped);
-    }
+    resync.notify_one();
     let mut check = tokio::time::interval(FEED_CHECK);
-    let mut resync = tokio::time::interval(FEED_RESYNC);
     check.tick().await;
-    resync.tick().await;
     let mut driver = driver;
     loop {
         tokio::select! {
@@ -190,11 +237,6 @@ async fn run_once(
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Ok(Outcome::Lost(e.to_string())),
                     Err(_) => return Ok(Outcome::Lost("the connection stopped answering".into())),
-                }
-            }
-            _ = resync.tick() => {
-                if hub.send(HubCommand::RemoteResync).await.is_err() {
-                    return Ok(Outcome::Stopped);
                 }
             }
         }

@@ -163,6 +163,10 @@ async fn sync_endpoint(
     if state.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
+    if !(state.storage_ready)() {
+        // A device given other relays (or behind a load balancer) goes to one that can serve.
+        return (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n").into_response();
+    }
     let identity = &verified.identity;
     let slot = match state
         .admission

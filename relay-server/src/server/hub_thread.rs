@@ -179,6 +179,10 @@ pub(super) fn run_hub<S: Storage>(
             .inc_by(core.hub().failed_loads() - failed_before);
         apply_outputs(&mut routes, outputs);
         routes.retain(|_, route| !route.gone);
+        let resynced = !core.hub().remote_resync_failed();
+        for done in remote.answering.drain(..) {
+            let _ = done.send(resynced);
+        }
     }
 }
 
@@ -187,19 +191,23 @@ pub(super) fn run_hub<S: Storage>(
 struct Remote {
     /// Per collection, the highest sequence announced.
     moved: HashMap<(Tenant, Collection), u64>,
-    resync: bool,
+    /// Resyncs asked for, each waiting to hear whether it worked.
+    resync: Vec<tokio::sync::oneshot::Sender<bool>>,
+    /// Resyncs handed to the core this turn, answered after it.
+    answering: Vec<tokio::sync::oneshot::Sender<bool>>,
 }
 
 impl Remote {
     fn is_empty(&self) -> bool {
-        self.moved.is_empty() && !self.resync
+        self.moved.is_empty() && self.resync.is_empty()
     }
 
     /// Hands what was announced to the core (and, when a catch-up yielded, asks it to go on).
     fn push_into<S: Storage>(&mut self, core: &mut RelayCore<S>) {
         let now_ms = super::now_ms();
-        if std::mem::take(&mut self.resync) {
+        if !self.resync.is_empty() {
             core.push(Input::RemoteResync, now_ms);
+            self.answering.append(&mut self.resync);
         }
         if !self.moved.is_empty() || core.remote_backlog() {
             let mut moved: Vec<(Tenant, Collection, u64)> = self
@@ -232,8 +240,8 @@ fn arrive(
             }
             return false;
         }
-        HubCommand::RemoteResync => {
-            remote.resync = true;
+        HubCommand::RemoteResync(done) => {
+            remote.resync.push(done);
             return false;
         }
         HubCommand::Connect {

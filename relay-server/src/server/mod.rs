@@ -139,9 +139,10 @@ enum HubCommand {
     /// sequences): from the storage's change feed (only PostgreSQL has one).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     RemoteChanges(Vec<(crate::tenant::Tenant, syncline_protocol::Collection, u64)>),
-    /// The change feed (re)connected, or checks now and then: compare every collection.
+    /// The change feed (re)connected, or checks now and then: compare every collection, then
+    /// say whether that worked (the feed asks again if not).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    RemoteResync,
+    RemoteResync(tokio::sync::oneshot::Sender<bool>),
     /// Finish the queued commands, then stop.
     Shutdown,
 }

@@ -23,8 +23,8 @@ use crate::tenant::Tenant;
 
 #[cfg(feature = "postgres")]
 pub use self::postgres::{
-    CHANGES_CHANNEL, Health, POSTGRES_CONNECT_TIMEOUT, POSTGRES_RETRY_PAUSE, PostgresStorage,
-    connect_config, parse_notification,
+    CHANGES_CHANNEL, Health, POSTGRES_CONNECT_TIMEOUT, POSTGRES_DEAD_PEER, POSTGRES_RETRY_PAUSE,
+    PostgresStorage, connect_config, parse_notification,
 };
 pub use memory::MemoryStorage;
 pub use sqlite::{SqliteStorage, backup as sqlite_backup};
@@ -271,12 +271,6 @@ pub trait Storage: Send + Sync + 'static {
     /// # Errors
     /// A [`StorageError`] (a corrupt name among them).
     fn collection_seqs(&self) -> Result<Vec<(Tenant, Collection, u64)>, StorageError>;
-
-    /// Whether the storage can serve now, as far as it knows (`/readyz`): false while its
-    /// database is unreachable. A backend in the relay's own process always can.
-    fn available(&self) -> bool {
-        true
-    }
 
     /// Binds `device` to `user` if it is bound to nobody yet, and returns the user it is bound
     /// to (the first that connected it): a device id cannot be taken over with another user's

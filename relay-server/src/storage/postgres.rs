@@ -9,6 +9,7 @@
 //! grow in commit order. Migrations are versioned like SQLite's (`schema_version`) and run
 //! under a transaction-scoped advisory lock, so relays starting together apply them once.
 
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use postgres::error::SqlState;
-use postgres::{Client, IsolationLevel, NoTls};
+use postgres::{Client, IsolationLevel, NoTls, Statement};
 use syncline_protocol::messages::{CollectionSubscription, DeferReason, Profile, SyncMode};
 use syncline_protocol::{Collection, DeviceId, DocId, Heads};
 
@@ -35,15 +36,10 @@ use super::{
 /// database fails the call (and the frame's devices retry) instead of holding the hub.
 pub const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The notification channel of committed changes: each payload is
-/// [`notification`]`(tenant, collection, seq)`, read back by [`parse_notification`].
+/// The notification channel of committed changes: each payload is `TENANT COLLECTION SEQ`
+/// (the names and the number separated by spaces, which neither name may contain; written by
+/// the append's `announce` statement), read back by [`parse_notification`].
 pub const CHANGES_CHANNEL: &str = "syncline_changes";
-
-/// The payload announcing that `collection` of `tenant` reached `seq`: the names and the
-/// number separated by spaces (neither name may contain one).
-fn notification(tenant: &str, collection: &str, seq: i64) -> String {
-    format!("{tenant} {collection} {seq}")
-}
 
 /// What a [`CHANGES_CHANNEL`] payload announces; `None` for one this relay did not write.
 pub fn parse_notification(payload: &str) -> Option<(Tenant, Collection, u64)> {
@@ -152,6 +148,9 @@ pub struct PostgresStorage {
 /// The storage connection, or when to try connecting again.
 struct Connection {
     client: Option<Client>,
+    /// The write path's statements, prepared on this connection (`None` until first used, and
+    /// again after a reconnect).
+    statements: Option<Statements>,
     /// After a failed connect, calls fail at once (with [`StorageError::Unavailable`]) until
     /// this instant: a database that is away costs the hub no wait per call.
     retry_at: Option<Instant>,
@@ -221,6 +220,7 @@ impl PostgresStorage {
             config,
             connection: Mutex::new(Connection {
                 client: Some(client),
+                statements: None,
                 retry_at: None,
             }),
             health: Arc::new(Health {
@@ -244,9 +244,17 @@ impl PostgresStorage {
     /// fails at once with [`StorageError::Unavailable`] and a connect is tried again every
     /// [`POSTGRES_RETRY_PAUSE`].
     fn client(&self) -> Result<MappedMutexGuard<'_, Client>, StorageError> {
+        Ok(MutexGuard::map(self.connection()?, |c| {
+            c.client.as_mut().expect("connected")
+        }))
+    }
+
+    /// The connection state, connected (see [`PostgresStorage::client`]).
+    fn connection(&self) -> Result<MutexGuard<'_, Connection>, StorageError> {
         let mut connection = self.connection.lock();
         if connection.client.as_ref().is_none_or(Client::is_closed) {
             connection.client = None;
+            connection.statements = None;
             self.health.storage_pid.store(0, Ordering::SeqCst);
             if connection.retry_at.is_some_and(|at| Instant::now() < at) {
                 self.health.storage_up.store(false, Ordering::SeqCst);
@@ -259,13 +267,25 @@ impl PostgresStorage {
                 .config
                 .connect(NoTls)
                 .map_err(backend)
-                .and_then(|mut client| backend_pid(&mut client).map(|pid| (client, pid)));
-            match connected {
-                Ok((mut client, pid)) => {
+                .and_then(|mut client| {
                     // The epoch is live through this connection now (see `open_epoch`).
-                    client
+                    let found = client
                         .execute(LIVE_EPOCH, &[&self.epoch_ordinal])
                         .map_err(backend)?;
+                    if found == 0 {
+                        // Failed over to a replica that lost commits, or restored under the
+                        // running relay: its positions would mislead devices.
+                        tracing::error!(epoch = %self.epoch, "the database no longer holds this relay's epoch (restored or failed over while it ran): restart the relay");
+                        return Err(StorageError::Unavailable {
+                            backend: "postgres",
+                            reason: "the database lost this relay's epoch; restart the relay"
+                                .into(),
+                        });
+                    }
+                    backend_pid(&mut client).map(|pid| (client, pid))
+                });
+            match connected {
+                Ok((client, pid)) => {
                     connection.client = Some(client);
                     connection.retry_at = None;
                     self.health.storage_pid.store(pid, Ordering::SeqCst);
@@ -278,9 +298,7 @@ impl PostgresStorage {
             }
         }
         self.health.storage_up.store(true, Ordering::SeqCst);
-        Ok(MutexGuard::map(connection, |c| {
-            c.client.as_mut().expect("connected above")
-        }))
+        Ok(connection)
     }
 }
 
@@ -297,6 +315,7 @@ pub fn connect_config(url: &str) -> Result<postgres::Config, StorageError> {
         // What an operator sees in pg_stat_activity.
         config.application_name("syncline-relay");
     }
+    with_dead_peer_limits(&mut config);
     Ok(config)
 }
 
@@ -345,6 +364,236 @@ fn open_epoch(client: &mut Client, id: &str) -> Result<(i64, i64), StorageError>
     tx.execute(LIVE_EPOCH, &[&ordinal]).map_err(backend)?;
     tx.commit().map_err(backend)?;
     Ok((ordinal, generation))
+}
+
+/// The statements of the write path, prepared once per connection: each is one round trip
+/// for a whole group commit, whatever its size.
+struct Statements {
+    /// Reserves a block of sequence numbers per collection (row locks in the order given,
+    /// sorted, so two relays' batches never deadlock).
+    reserve: Statement,
+    /// The stored sequence numbers of the batch's documents (for `base_seq`).
+    current: Statement,
+    /// Upserts the documents.
+    documents: Statement,
+    /// Inserts the chunks.
+    chunks: Statement,
+    /// Records each collection's reach in the generation and announces it.
+    announce: Statement,
+}
+
+impl Statements {
+    fn prepare(client: &mut Client) -> Result<Self, StorageError> {
+        let mut prepare = |sql: &str| client.prepare(sql).map_err(backend);
+        Ok(Self {
+            reserve: prepare(
+                "INSERT INTO collections (tenant, collection, seq) \
+                 SELECT $1, c, n FROM unnest($2::text[], $3::bigint[]) WITH ORDINALITY AS u(c, n, o) \
+                 ORDER BY o \
+                 ON CONFLICT (tenant, collection) DO UPDATE SET seq = collections.seq + excluded.seq \
+                 RETURNING collection, seq",
+            )?,
+            current: prepare(
+                "SELECT d.collection, d.doc_id, d.seq FROM documents d \
+                 JOIN unnest($2::text[], $3::text[]) AS u(c, i) \
+                 ON d.collection = u.c AND d.doc_id = u.i WHERE d.tenant = $1",
+            )?,
+            documents: prepare(
+                "INSERT INTO documents (tenant, collection, doc_id, seq, heads, stored_bytes, \
+                 chunk_count, priority, changed_ms) \
+                 SELECT $1, c, i, s, h, b, 1, p, m FROM unnest($2::text[], $3::text[], \
+                 $4::bigint[], $5::bytea[], $6::bigint[], $7::smallint[], $8::bigint[]) \
+                 AS u(c, i, s, h, b, p, m) \
+                 ON CONFLICT (tenant, collection, doc_id) DO UPDATE SET seq = excluded.seq, \
+                 heads = excluded.heads, \
+                 stored_bytes = documents.stored_bytes + excluded.stored_bytes, \
+                 chunk_count = documents.chunk_count + 1, \
+                 priority = coalesce(excluded.priority, documents.priority), \
+                 changed_ms = excluded.changed_ms \
+                 RETURNING collection, doc_id, chunk_count",
+            )?,
+            chunks: prepare(
+                "INSERT INTO chunks (tenant, collection, doc_id, n, data) \
+                 SELECT $1, c, i, n, x FROM unnest($2::text[], $3::text[], $4::bigint[], \
+                 $5::bytea[]) AS u(c, i, n, x)",
+            )?,
+            announce: prepare(
+                "WITH reached AS (INSERT INTO collection_generations \
+                 (tenant, collection, generation, seq) \
+                 SELECT $1, c, $2, s FROM unnest($3::text[], $4::bigint[]) AS u(c, s) \
+                 ON CONFLICT (tenant, collection, generation) \
+                 DO UPDATE SET seq = greatest(collection_generations.seq, excluded.seq)) \
+                 SELECT pg_notify($5, $1 || ' ' || c || ' ' || s::text) \
+                 FROM unnest($3::text[], $4::bigint[]) WITH ORDINALITY AS u(c, s, o) ORDER BY o",
+            )?,
+        })
+    }
+}
+
+/// Appends `round` (indexes into `batch`, each document once) within `tx`: five statements
+/// whatever its size. Sequence numbers are given per collection in batch order, into `seqs`.
+/// Other relays learn that each collection moved when the transaction commits, never what
+/// changed: they read that from the tables.
+///
+/// # Errors
+/// [`StorageError::Conflict`] when a document's stored sequence is not its `base_seq` (the
+/// caller's transaction then rolls back: nothing of the batch is stored).
+fn append_round(
+    tx: &mut postgres::Transaction<'_>,
+    statements: &Statements,
+    tenant: &str,
+    batch: &[Append],
+    round: &[usize],
+    generation: i64,
+    seqs: &mut [u64],
+) -> Result<(), StorageError> {
+    // Per collection (sorted: the lock order), how many numbers the round takes.
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for &i in round {
+        *counts
+            .entry(batch[i].doc.collection().as_str())
+            .or_insert(0) += 1;
+    }
+    let (names, ns): (Vec<&str>, Vec<i64>) = counts.iter().map(|(c, n)| (*c, *n)).unzip();
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for row in tx
+        .query(&statements.reserve, &[&tenant, &names, &ns])
+        .map_err(backend)?
+    {
+        last.insert(row.get(0), row.get(1));
+    }
+    // The documents' stored sequences, for those appended on a known state. The counters'
+    // row locks are held: no other relay appends to these collections until commit.
+    let checked: Vec<usize> = round
+        .iter()
+        .copied()
+        .filter(|&i| batch[i].base_seq.is_some())
+        .collect();
+    if !checked.is_empty() {
+        let collections: Vec<&str> = checked
+            .iter()
+            .map(|&i| batch[i].doc.collection().as_str())
+            .collect();
+        let ids: Vec<&str> = checked.iter().map(|&i| batch[i].doc.id()).collect();
+        let stored: HashMap<(String, String), i64> = tx
+            .query(&statements.current, &[&tenant, &collections, &ids])
+            .map_err(backend)?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        let conflicts: Vec<DocId> = checked
+            .iter()
+            .map(|&i| &batch[i])
+            .filter(|a| {
+                let key = (
+                    a.doc.collection().as_str().to_owned(),
+                    a.doc.id().to_owned(),
+                );
+                let now = stored.get(&key).copied().map_or(0, to_u64);
+                a.base_seq != Some(now)
+            })
+            .map(|a| a.doc.clone())
+            .collect();
+        if !conflicts.is_empty() {
+            return Err(StorageError::Conflict { docs: conflicts });
+        }
+    }
+    // Numbers in batch order within each collection: the block reserved ends at `last`.
+    let mut next: HashMap<&str, i64> = counts
+        .iter()
+        .map(|(c, n)| (*c, last.get(*c).copied().unwrap_or(0) - n + 1))
+        .collect();
+    let mut collections = Vec::with_capacity(round.len());
+    let mut ids = Vec::with_capacity(round.len());
+    let mut numbers = Vec::with_capacity(round.len());
+    let mut heads = Vec::with_capacity(round.len());
+    let mut sizes = Vec::with_capacity(round.len());
+    let mut priorities: Vec<Option<i16>> = Vec::with_capacity(round.len());
+    let mut times = Vec::with_capacity(round.len());
+    for &i in round {
+        let a = &batch[i];
+        let collection = a.doc.collection().as_str();
+        let seq = next.get_mut(collection).expect("counted");
+        seqs[i] = to_u64(*seq);
+        numbers.push(*seq);
+        *seq += 1;
+        collections.push(collection);
+        ids.push(a.doc.id());
+        heads.push(heads_to_bytes(&a.heads));
+        sizes.push(to_i64(a.chunk.len() as u64));
+        priorities.push(a.priority.map(|p| i16::from(p.code())));
+        times.push(to_i64(a.at_ms));
+    }
+    let counts_after: HashMap<(String, String), i64> = tx
+        .query(
+            &statements.documents,
+            &[
+                &tenant,
+                &collections,
+                &ids,
+                &numbers,
+                &heads,
+                &sizes,
+                &priorities,
+                &times,
+            ],
+        )
+        .map_err(backend)?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    let positions: Vec<i64> = round
+        .iter()
+        .map(|&i| {
+            let key = (
+                batch[i].doc.collection().as_str().to_owned(),
+                batch[i].doc.id().to_owned(),
+            );
+            counts_after
+                .get(&key)
+                .map(|count| count - 1)
+                .ok_or_else(|| corrupt("documents", format!("{} was not written", batch[i].doc)))
+        })
+        .collect::<Result<_, _>>()?;
+    let data: Vec<&[u8]> = round.iter().map(|&i| batch[i].chunk.as_slice()).collect();
+    tx.execute(
+        &statements.chunks,
+        &[&tenant, &collections, &ids, &positions, &data],
+    )
+    .map_err(backend)?;
+    let reached: Vec<i64> = names
+        .iter()
+        .map(|c| last.get(*c).copied().unwrap_or(0))
+        .collect();
+    tx.query(
+        &statements.announce,
+        &[&tenant, &generation, &names, &reached, &CHANGES_CHANNEL],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// How long a database that stopped answering (a partition, a lost host: no error, no
+/// closed connection) may hold a call before it fails: the hub serves everyone from one
+/// thread.
+pub const POSTGRES_DEAD_PEER: Duration = Duration::from_secs(15);
+
+/// Bounds what a silent database costs, unless the URL sets its own: TCP keepalives and a
+/// TCP user timeout of [`POSTGRES_DEAD_PEER`], and a statement timeout of twice that.
+fn with_dead_peer_limits(config: &mut postgres::Config) {
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(POSTGRES_DEAD_PEER);
+    }
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 3600) {
+        // libpq's default: two hours before the first probe.
+        config.keepalives_idle(POSTGRES_DEAD_PEER / 3);
+        config.keepalives_interval(POSTGRES_DEAD_PEER / 6);
+        config.keepalives_retries(3);
+    }
+    if config.get_options().is_none() {
+        let ms = 2 * POSTGRES_DEAD_PEER.as_millis();
+        config.options(&format!("-c statement_timeout={ms}"));
+    }
 }
 
 /// The server process id of `client`'s connection.
@@ -423,93 +672,39 @@ pub(super) fn backend(e: postgres::Error) -> StorageError {
 
 impl Storage for PostgresStorage {
     fn append(&self, tenant: &Tenant, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
-        let tenant = tenant.as_str();
-        let mut client = self.client()?;
+        let mut connection = self.connection()?;
+        let Connection {
+            client, statements, ..
+        } = &mut *connection;
+        let client = client.as_mut().expect("connected");
+        let statements = match statements {
+            Some(prepared) => &*prepared,
+            None => &*statements.insert(Statements::prepare(client)?),
+        };
         let mut tx = client.transaction().map_err(backend)?;
         let mut seqs = vec![0; batch.len()];
-        let mut conflicts = Vec::new();
-        // Per collection, the highest sequence number the batch assigned (for the epoch).
-        let mut reached: Vec<(&str, i64)> = Vec::new();
-        // Collections in one order for every relay: concurrent appends take the counters'
-        // row locks in the same order, so two relays' batches never deadlock.
-        let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by_key(|&i| batch[i].doc.collection());
-        for i in order {
-            let a = &batch[i];
-            let (collection, id) = (a.doc.collection().as_str(), a.doc.id());
-            let seq: i64 = tx
-                .query_one(
-                    "INSERT INTO collections (tenant, collection, seq) VALUES ($1, $2, 1) \
-                     ON CONFLICT (tenant, collection) DO UPDATE SET seq = collections.seq + 1 \
-                     RETURNING seq",
-                    &[&tenant, &collection],
-                )
-                .map_err(backend)?
-                .get(0);
-            let count: Option<i64> = tx
-                .query_opt(
-                    "INSERT INTO documents (tenant, collection, doc_id, seq, heads, stored_bytes, \
-                     chunk_count, priority, changed_ms) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $8) \
-                     ON CONFLICT (tenant, collection, doc_id) DO UPDATE SET seq = excluded.seq, \
-                     heads = excluded.heads, \
-                     stored_bytes = documents.stored_bytes + excluded.stored_bytes, \
-                     chunk_count = documents.chunk_count + 1, \
-                     priority = coalesce(excluded.priority, documents.priority), \
-                     changed_ms = excluded.changed_ms \
-                     WHERE $9::BIGINT IS NULL OR documents.seq = $9 RETURNING chunk_count",
-                    &[
-                        &tenant,
-                        &collection,
-                        &id,
-                        &seq,
-                        &heads_to_bytes(&a.heads),
-                        &to_i64(a.chunk.len() as u64),
-                        &a.priority.map(|p| i16::from(p.code())),
-                        &to_i64(a.at_ms),
-                        &a.base_seq.map(to_i64),
-                    ],
-                )
-                .map_err(backend)?
-                .map(|r| r.get(0));
-            // A new document has no row to conflict with: it must be new to the append too.
-            let count = match count {
-                Some(count) if !(count == 1 && a.base_seq.is_some_and(|b| b != 0)) => count,
-                _ => {
-                    conflicts.push(a.doc.clone());
-                    continue;
-                }
-            };
-            tx.execute(
-                "INSERT INTO chunks (tenant, collection, doc_id, n, data) \
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[&tenant, &collection, &id, &(count - 1), &a.chunk],
-            )
-            .map_err(backend)?;
-            seqs[i] = to_u64(seq);
-            match reached.iter_mut().find(|(c, _)| *c == collection) {
-                Some((_, max)) => *max = (*max).max(seq),
-                None => reached.push((collection, seq)),
+        // A document twice in one batch (the hub never sends that, other callers may): each
+        // round holds each document once, in batch order.
+        let mut rounds: Vec<Vec<usize>> = Vec::new();
+        let mut seen: HashMap<&DocId, usize> = HashMap::new();
+        for (i, a) in batch.iter().enumerate() {
+            let round = seen.entry(&a.doc).or_insert(0);
+            if rounds.len() <= *round {
+                rounds.push(Vec::new());
             }
+            rounds[*round].push(i);
+            *round += 1;
         }
-        if !conflicts.is_empty() {
-            // Dropping the transaction rolls it back: nothing of the batch is stored.
-            return Err(StorageError::Conflict { docs: conflicts });
-        }
-        for (collection, seq) in reached {
-            tx.execute(
-                "INSERT INTO collection_generations (tenant, collection, generation, seq) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant, collection, generation) \
-                 DO UPDATE SET seq = greatest(collection_generations.seq, excluded.seq)",
-                &[&tenant, &collection, &self.generation, &seq],
-            )
-            .map_err(backend)?;
-            // Other relays learn that the collection moved (delivered at commit, in commit
-            // order), never what changed: they read that from the tables.
-            tx.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&CHANGES_CHANNEL, &notification(tenant, collection, seq)],
-            )
-            .map_err(backend)?;
+        for round in rounds {
+            append_round(
+                &mut tx,
+                statements,
+                tenant.as_str(),
+                batch,
+                &round,
+                self.generation,
+                &mut seqs,
+            )?;
         }
         tx.commit().map_err(backend)?;
         Ok(seqs)
@@ -553,10 +748,6 @@ impl Storage for PostgresStorage {
             .map_err(backend)?;
         }
         tx.commit().map_err(backend)
-    }
-
-    fn available(&self) -> bool {
-        self.health.ready()
     }
 
     fn epoch(&self) -> &str {
@@ -991,7 +1182,11 @@ impl Storage for PostgresStorage {
                  DO UPDATE SET state = excluded.state",
             )
             .map_err(backend)?;
-        for (doc, state) in states {
+        // In one order for every relay: a device saved by two relays at once (an old
+        // connection not closed yet) does not deadlock them.
+        let mut sorted: Vec<&(DocId, Vec<u8>)> = states.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        for (doc, state) in sorted {
             tx.execute(
                 &statement,
                 &[
