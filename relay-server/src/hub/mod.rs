@@ -244,6 +244,9 @@ pub struct Hub<S> {
     metered_threshold: u64,
     /// Other relays' commits to the same storage (see [`Hub::remote_changes`]).
     remote: remote::Remote,
+    /// Per collection, the documents of it in `docs` (what another relay's commit may have
+    /// made stale).
+    cached_in: HashMap<(Tenant, Collection), usize>,
 }
 
 /// Documents a hub keeps in memory by default.
@@ -288,6 +291,7 @@ impl<S: Storage> Hub<S> {
             repairing: HashMap::new(),
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
             remote: remote::Remote::default(),
+            cached_in: HashMap::new(),
         }
     }
 
@@ -326,9 +330,10 @@ impl<S: Storage> Hub<S> {
         while self.docs.len() > self.cache_docs
             || (self.docs_bytes > self.cache_bytes && self.docs.len() > 1)
         {
-            let Some((_, doc)) = self.docs.pop_lru() else {
+            let Some((key, doc)) = self.docs.pop_lru() else {
                 break;
             };
+            self.uncount(&key);
             self.docs_bytes = self.docs_bytes.saturating_sub(doc.estimated_bytes());
         }
     }
@@ -459,6 +464,7 @@ impl<S: Storage> Hub<S> {
     /// memory never runs ahead of storage.
     pub fn forget_documents(&mut self) {
         self.docs.clear();
+        self.cached_in.clear();
         self.docs_bytes = 0;
     }
 
@@ -569,7 +575,9 @@ impl<S: Storage> Hub<S> {
     /// Drops documents from memory, so the next use reloads the durable state.
     fn evict<'a>(&mut self, tenant: &Tenant, docs: impl Iterator<Item = &'a DocId>) {
         for doc in docs {
-            if let Some(graph) = self.docs.pop(&(tenant.clone(), doc.clone())) {
+            let key = (tenant.clone(), doc.clone());
+            if let Some(graph) = self.docs.pop(&key) {
+                self.uncount(&key);
                 self.docs_bytes = self.docs_bytes.saturating_sub(graph.estimated_bytes());
             }
         }
@@ -717,6 +725,7 @@ impl<S: Storage> Hub<S> {
             Err(e) => return Err(e),
         }
         if let Some(empty) = self.docs.pop(&key) {
+            self.uncount(&key);
             self.docs_bytes = self.docs_bytes.saturating_sub(empty.estimated_bytes());
         }
         Ok(false)
@@ -758,6 +767,10 @@ impl<S: Storage> Hub<S> {
                 None => DocGraph::new(),
             };
             self.docs_bytes += doc.estimated_bytes();
+            *self
+                .cached_in
+                .entry((tenant.clone(), doc_id.collection().clone()))
+                .or_insert(0) += 1;
             self.docs.put(key.clone(), doc);
         }
         Ok(self.docs.get_mut(&key).expect("inserted above"))
@@ -765,6 +778,17 @@ impl<S: Storage> Hub<S> {
 }
 
 impl<S> Hub<S> {
+    /// A document left the cache: one fewer of its collection ([`Hub::cached_in`]).
+    fn uncount(&mut self, (tenant, doc): &(Tenant, DocId)) {
+        let key = (tenant.clone(), doc.collection().clone());
+        if let Some(n) = self.cached_in.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.cached_in.remove(&key);
+            }
+        }
+    }
+
     /// Moves the hub's clock to `now_ms` (never back): entry points call it first.
     fn tick(&mut self, now_ms: u64) {
         self.clock_ms = self.clock_ms.max(now_ms);

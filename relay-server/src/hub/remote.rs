@@ -219,6 +219,14 @@ impl<S: Storage> Hub<S> {
         if after >= target {
             return Ok(true);
         }
+        if !self.watchers.watch_collection(tenant, collection) && !self.cached_in.contains_key(key)
+        {
+            // Nobody here wants it and nothing of it is in memory: nothing to read.
+            if let Some(seen) = self.remote.seen.as_mut() {
+                seen.insert(key.clone(), target);
+            }
+            return Ok(true);
+        }
         let mut receivers: BTreeMap<SessionId, Vec<DocId>> = BTreeMap::new();
         let mut offered: Vec<(DocId, u64)> = Vec::new();
         let done = loop {

@@ -24,6 +24,31 @@ pub(super) struct Watchers {
 struct TenantWatchers {
     by_collection: HashMap<Collection, Vec<SessionId>>,
     by_doc: HashMap<DocId, Vec<SessionId>>,
+    /// Per collection, the documents of it in `by_doc`.
+    docs_in: HashMap<Collection, usize>,
+}
+
+impl TenantWatchers {
+    fn watch_doc(&mut self, doc: &DocId, id: SessionId) {
+        if !self.by_doc.contains_key(doc) {
+            *self.docs_in.entry(doc.collection().clone()).or_insert(0) += 1;
+        }
+        add(&mut self.by_doc, doc, id);
+    }
+
+    fn unwatch_doc(&mut self, doc: &DocId, id: SessionId) {
+        let had = self.by_doc.contains_key(doc);
+        remove(&mut self.by_doc, doc, id);
+        if had && !self.by_doc.contains_key(doc) {
+            let collection = doc.collection();
+            if let Some(n) = self.docs_in.get_mut(collection) {
+                *n -= 1;
+                if *n == 0 {
+                    self.docs_in.remove(collection);
+                }
+            }
+        }
+    }
 }
 
 impl Watchers {
@@ -46,14 +71,16 @@ impl Watchers {
 
     /// Session `id` now holds a sync state for `doc`.
     pub(super) fn watch_doc(&mut self, tenant: &Tenant, id: SessionId, doc: &DocId) {
-        let entry = self.tenants.entry(tenant.clone()).or_default();
-        add(&mut entry.by_doc, doc, id);
+        self.tenants
+            .entry(tenant.clone())
+            .or_default()
+            .watch_doc(doc, id);
     }
 
     /// Session `id` no longer holds a sync state for `doc`.
     pub(super) fn unwatch_doc(&mut self, tenant: &Tenant, id: SessionId, doc: &DocId) {
         if let Some(entry) = self.tenants.get_mut(tenant) {
-            remove(&mut entry.by_doc, doc, id);
+            entry.unwatch_doc(doc, id);
         }
     }
 
@@ -72,11 +99,19 @@ impl Watchers {
             remove(&mut entry.by_collection, &sub.collection, id);
         }
         for doc in docs {
-            remove(&mut entry.by_doc, doc, id);
+            entry.unwatch_doc(doc, id);
         }
         if entry.by_collection.is_empty() && entry.by_doc.is_empty() {
             self.tenants.remove(tenant);
         }
+    }
+
+    /// Whether any session may want changes in `collection` (subscribed to it, or holding a
+    /// sync state for one of its documents).
+    pub(super) fn watch_collection(&self, tenant: &Tenant, collection: &Collection) -> bool {
+        self.tenants.get(tenant).is_some_and(|e| {
+            e.by_collection.contains_key(collection) || e.docs_in.contains_key(collection)
+        })
     }
 
     /// The sessions that may want `doc`'s changes (each once at most per source: a session
