@@ -322,6 +322,10 @@ pub struct FfiSyncOptions {
     pub sync_interval_ms: Option<u64>,
     /// On a metered network, hold back large uploads until it is unmetered (null: yes).
     pub defer_metered_uploads: Option<bool>,
+    /// Other relays serving the same data (several relays on one PostgreSQL), tried in turn
+    /// when a connection fails before its relay answered (empty by default).
+    #[uniffi(default = [])]
+    pub fallback_urls: Vec<String>,
 }
 
 impl FfiCollectionSync {
@@ -343,6 +347,7 @@ impl TryFrom<FfiSyncOptions> for SyncOptions {
 
     fn try_from(o: FfiSyncOptions) -> Result<Self, FfiError> {
         let mut options = SyncOptions::new(o.relay_url, &[]);
+        options.fallback_urls = o.fallback_urls;
         options.profile = o.profile.into();
         if let Some(ms) = o.sync_interval_ms {
             options.sync_interval = Duration::from_millis(ms);

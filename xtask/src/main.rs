@@ -13,7 +13,7 @@
 //!   benchmark: it reports, it does not fail).
 //!
 //! Suites, in this order:
-//! - `rust`: the whole Cargo workspace, doc tests included, with the simulation over 4,000
+//! - `rust`: the whole Cargo workspace, doc tests included, with the simulation over 10,000
 //!   seeds (`CI_SIM_SEEDS`; a plain `cargo test` runs 1,000).
 //! - `python`: `maturin develop` of the package in `bindings/python` into the interpreter's
 //!   virtualenv, then pytest against a real `syncline-relay`. The interpreter is

@@ -5,6 +5,7 @@ The Kotlin and Swift suites mirror these tests."""
 
 import asyncio
 import json
+import socket
 import os
 import subprocess
 import tempfile
@@ -426,6 +427,38 @@ def phone_profile(metered=False, download_bytes_per_s=None):
         download_bytes_per_s=download_bytes_per_s, upload_bytes_per_s=None, metered=metered,
         realtime=True, metered_max_doc_bytes=None,
     )
+
+
+def test_a_device_given_fallback_relays_syncs_through_one_that_answers(tmp_path, relay):
+    # The first relay refuses connections (nothing listens there): the next connection goes
+    # to the fallback, which the device then keeps.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"ws://127.0.0.1:{probe.getsockname()[1]}"
+    store = open_store(tmp_path, "failover")
+    doc_id = store.create_json("todos", json.dumps({"title": "through the fallback"}))
+    client = sl.FfiSyncClient.start_with(
+        store,
+        sl.FfiSyncOptions(
+            relay_url=dead,
+            collections=[sl.FfiCollectionSync(collection="todos", priority=sl.FfiPriority.NORMAL,
+                                              on_demand=False)],
+            profile=phone_profile(),
+            sync_interval_ms=None,
+            defer_metered_uploads=None,
+            fallback_urls=[relay.url],
+        ),
+        Tokens(relay.token(store.device_id())),
+    )
+    asyncio.run(client.wait_synced(20_000))
+    assert store.pending_documents() == []
+    client.stop()
+    other = open_store(tmp_path, "other")
+    reader = sl.FfiSyncClient.start(other, relay.url, ["todos"],
+                                    Tokens(relay.token(other.device_id())))
+    asyncio.run(reader.wait_synced(20_000))
+    reader.stop()
+    assert json.loads(other.get_json(doc_id)) == {"title": "through the fallback"}
 
 
 def test_on_demand_deferred_fetch_open_and_progress_cross_the_binding(tmp_path, relay):

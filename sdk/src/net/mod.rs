@@ -356,6 +356,7 @@ impl SyncClient {
             urls,
             current_url: 0,
             answered: false,
+            unanswered: 0,
             tokens: Arc::new(tokens),
             generation: 0,
             transport: None,

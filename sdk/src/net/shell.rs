@@ -16,7 +16,7 @@ use super::{
     Command, EphemeralListener, Inner, StatusListener, SyncErrorListener, TokenProvider,
     TransportEvent,
 };
-use crate::engine::{DocSyncError, Effect, Engine, Event, Status, SyncErrorEvent};
+use crate::engine::{Disconnect, DocSyncError, Effect, Engine, Event, Status, SyncErrorEvent};
 use syncline_protocol::DocId;
 
 /// The sync thread: the engine and the connection tasks' runtime.
@@ -32,6 +32,8 @@ pub(super) struct Shell {
     pub(super) urls: Vec<String>,
     pub(super) current_url: usize,
     pub(super) answered: bool,
+    /// Connections in a row that ended before their relay answered.
+    pub(super) unanswered: usize,
     pub(super) tokens: Arc<dyn TokenProvider>,
     pub(super) generation: u64,
     pub(super) transport: Option<Transport>,
@@ -143,7 +145,17 @@ impl Shell {
             }
             TransportEvent::Token(token) => Some(Event::Token(token)),
             TransportEvent::Closed(why) => {
-                self.inner.observed().last_disconnect = Some(why.clone());
+                self.unanswered = if self.answered {
+                    0
+                } else {
+                    self.unanswered + 1
+                };
+                // A relay that could not be reached while others remain to be tried in this
+                // round is not yet the client's state (`wait_synced` fails on it).
+                let others_left = self.unanswered < self.urls.len();
+                if !(matches!(why, Disconnect::Failed(_)) && !self.answered && others_left) {
+                    self.inner.observed().last_disconnect = Some(why.clone());
+                }
                 self.close_transport();
                 Some(Event::Disconnected(why))
             }
