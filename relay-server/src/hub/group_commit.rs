@@ -359,20 +359,20 @@ impl<S: Storage> Hub<S> {
             if !before.iter().any(|(doc, _)| *doc == item.doc) {
                 before.push((item.doc.clone(), len));
             }
+            // With other relays on the storage, a change by another device this copy lacks
+            // may be one they stored since it was loaded: kept to try once more on a fresh copy.
+            let spare = self.remote_following().then(|| message.clone());
+            let mut received = self.receive(id, tenant, &item.doc, message, own_only, &mut budget);
+            if let (Err(GraphError::Foreign { .. }), Some(message)) = (&received, spare)
+                && self.reload_if_untouched(tenant, &item.doc, before)?
+            {
+                received = self.receive(id, tenant, &item.doc, message, own_only, &mut budget);
+            }
             let peer = self.peers.get_mut(&id).expect("checked");
-            let state = peer.states.get_mut(&item.doc).expect("ensured");
             let graph = self
                 .docs
                 .get_mut(&(tenant.clone(), item.doc.clone()))
                 .expect("loaded");
-            let bytes_before = graph.estimated_bytes();
-            // Repairing a relay restored from an older backup: what it lost comes back from
-            // whichever device holds it.
-            let author = own_only.filter(|_| !peer.repair.contains(item.doc.collection()));
-            let received =
-                responder::receive_sync_message(graph, state, message, author, &mut budget);
-            self.docs_bytes =
-                (self.docs_bytes + graph.estimated_bytes()).saturating_sub(bytes_before);
             match received {
                 Ok(_) => {
                     // The state now keeps this message (on a refusal it kept the last one).
@@ -407,6 +407,61 @@ impl<S: Storage> Hub<S> {
             }
         }
         Ok(())
+    }
+
+    /// Session `id`'s sync message for `doc` applied to the document in memory (loaded), with
+    /// changes by other devices refused unless `own_only` is `None` or the session repairs
+    /// the collection.
+    fn receive(
+        &mut self,
+        id: SessionId,
+        tenant: &Tenant,
+        doc: &DocId,
+        message: SyncMessage,
+        own_only: Option<&[u8]>,
+        budget: &mut Budget,
+    ) -> Result<(), GraphError> {
+        let peer = self.peers.get_mut(&id).expect("checked");
+        let state = peer.states.get_mut(doc).expect("ensured");
+        let graph = self
+            .docs
+            .get_mut(&(tenant.clone(), doc.clone()))
+            .expect("loaded");
+        let bytes_before = graph.estimated_bytes();
+        // Repairing a relay restored from an older backup: what it lost comes back from
+        // whichever device holds it.
+        let author = own_only.filter(|_| !peer.repair.contains(doc.collection()));
+        let received = responder::receive_sync_message(graph, state, message, author, budget);
+        self.docs_bytes = (self.docs_bytes + graph.estimated_bytes()).saturating_sub(bytes_before);
+        received.map(|_| ())
+    }
+
+    /// Loads `doc` again from storage if nothing of this group changed it in memory yet
+    /// (`before` holds its change count at first touch); true when the stored document moved
+    /// past the copy (another relay appended), so a refusal is worth trying again.
+    fn reload_if_untouched(
+        &mut self,
+        tenant: &Tenant,
+        doc: &DocId,
+        before: &mut [(DocId, usize)],
+    ) -> Result<bool, HubError> {
+        let key = (tenant.clone(), doc.clone());
+        let Some(graph) = self.docs.peek(&key) else {
+            return Ok(false);
+        };
+        let (old_len, old_seq) = (graph.len(), graph.stored_seq());
+        let Some(entry) = before.iter_mut().find(|(d, _)| d == doc) else {
+            return Ok(false);
+        };
+        if entry.1 != old_len {
+            // Changed in memory by this group: not ours to drop before the commit.
+            return Ok(false);
+        }
+        self.evict(tenant, std::iter::once(doc));
+        let fresh = self.doc(tenant, doc)?;
+        let moved = fresh.stored_seq() > old_seq;
+        entry.1 = fresh.len();
+        Ok(moved)
     }
 
     /// Acknowledgements for the documents of a frame, with the heads now durable; none for

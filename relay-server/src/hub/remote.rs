@@ -125,6 +125,11 @@ impl<S: Storage> Hub<S> {
         self.remote.yielded && !self.remote.pending.is_empty()
     }
 
+    /// Whether the hub follows other relays' commits (several relays share its storage).
+    pub(super) fn remote_following(&self) -> bool {
+        self.remote.seen.is_some()
+    }
+
     /// Whether the last [`Hub::remote_resync`] failed (the storage away): the shell asks again.
     pub fn remote_resync_failed(&self) -> bool {
         self.remote.resync_failed
