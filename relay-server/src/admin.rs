@@ -1,5 +1,6 @@
-//! Operator commands on a relay's data directory: issue development tokens, list devices,
-//! print a document. The binary's subcommands are thin wrappers over these.
+//! Operator commands on a relay's data directory (or, for `devices` and `doc`, any storage):
+//! issue development tokens, list devices, print a document. The binary's subcommands are thin
+//! wrappers over these.
 
 use std::path::{Path, PathBuf};
 
@@ -106,16 +107,17 @@ pub fn devices(
     Ok(open_storage(data_dir)?.devices(tenant)?)
 }
 
-/// A stored document as JSON.
+/// A stored document as JSON, from any storage (PostgreSQL's through
+/// `PostgresStorage::open_read_only`).
 ///
 /// # Errors
 /// [`AdminError::NotFound`], [`AdminError::Corrupt`], or [`AdminError::Storage`].
-pub fn document_json(
-    data_dir: &Path,
+pub fn document_json_in(
+    storage: &impl Storage,
     tenant: &Tenant,
     doc: &DocId,
 ) -> Result<serde_json::Value, AdminError> {
-    let stored = open_storage(data_dir)?
+    let stored = storage
         .load(tenant, doc)?
         .ok_or_else(|| AdminError::NotFound(doc.clone(), tenant.clone()))?;
     let corrupt = |reason: String| AdminError::Corrupt {
@@ -129,6 +131,18 @@ pub fn document_json(
             .map_err(|e| corrupt(e.to_string()))?;
     }
     serde_json::to_value(automerge::AutoSerde::from(&automerge)).map_err(|e| corrupt(e.to_string()))
+}
+
+/// A stored document as JSON.
+///
+/// # Errors
+/// [`AdminError::NotFound`], [`AdminError::Corrupt`], or [`AdminError::Storage`].
+pub fn document_json(
+    data_dir: &Path,
+    tenant: &Tenant,
+    doc: &DocId,
+) -> Result<serde_json::Value, AdminError> {
+    document_json_in(&open_storage(data_dir)?, tenant, doc)
 }
 
 /// A device as JSON, for `devices --json`.

@@ -68,6 +68,9 @@ enum Command {
         /// The relay's data directory.
         #[arg(long, env = "SYNCLINE_DATA_DIR", default_value = "./syncline-data")]
         data_dir: PathBuf,
+        /// The relays' PostgreSQL database instead (read only: nothing is written).
+        #[arg(long, env = "SYNCLINE_STORAGE")]
+        storage: Option<String>,
         /// Only this tenant's devices.
         #[arg(long)]
         tenant: Option<Tenant>,
@@ -80,6 +83,9 @@ enum Command {
         /// The relay's data directory.
         #[arg(long, env = "SYNCLINE_DATA_DIR", default_value = "./syncline-data")]
         data_dir: PathBuf,
+        /// The relays' PostgreSQL database instead (read only: nothing is written).
+        #[arg(long, env = "SYNCLINE_STORAGE")]
+        storage: Option<String>,
         /// The tenant.
         #[arg(long, default_value = "default")]
         tenant: Tenant,
@@ -154,6 +160,12 @@ fn serve(cfg: syncline_relay::RelayConfig) -> anyhow::Result<()> {
             serve_on(cfg, Arc::new(storage), None)
         }
     }
+}
+
+/// The relays' PostgreSQL database, for reading only.
+fn read_only_postgres(url: &str) -> anyhow::Result<syncline_relay::storage::PostgresStorage> {
+    syncline_relay::storage::PostgresStorage::open_read_only(url)
+        .map_err(|e| anyhow::anyhow!("opening the PostgreSQL storage: {e}"))
 }
 
 /// Runs the relay on `storage` until SIGTERM or Ctrl-C, then drains. `feed`: the PostgreSQL
@@ -294,10 +306,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Devices {
             data_dir,
+            storage,
             tenant,
             json,
         } => {
-            let devices = admin::devices(&data_dir, tenant.as_ref())?;
+            let devices = match storage {
+                Some(url) => syncline_relay::storage::Storage::devices(
+                    &read_only_postgres(&url)?,
+                    tenant.as_ref(),
+                )?,
+                None => admin::devices(&data_dir, tenant.as_ref())?,
+            };
             if json {
                 let list: Vec<_> = devices
                     .iter()
@@ -330,11 +349,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Doc {
             data_dir,
+            storage,
             tenant,
             doc,
         } => {
             let doc: DocId = doc.parse()?;
-            let json = admin::document_json(&data_dir, &tenant, &doc)?;
+            let json = match storage {
+                Some(url) => admin::document_json_in(&read_only_postgres(&url)?, &tenant, &doc)?,
+                None => admin::document_json(&data_dir, &tenant, &doc)?,
+            };
             println!("{}", serde_json::to_string_pretty(&json)?);
         }
         Command::Backup { data_dir, to } => {

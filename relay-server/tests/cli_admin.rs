@@ -211,3 +211,85 @@ fn doc_prints_a_stored_document() {
         "COLLECTION/ID",
     );
 }
+
+/// `devices` and `doc` read the relays' PostgreSQL database (`--storage`, or
+/// `SYNCLINE_STORAGE`) without writing to it: no migration, no epoch.
+#[test]
+fn devices_and_doc_read_a_postgresql_database_without_writing() {
+    use syncline_relay::storage::PostgresStorage;
+    let server =
+        syncline_testkit::postgres::PostgresServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let url = server.create_database("relay").expect("createdb");
+    fails_with(
+        &relay(&["devices", "--storage", &url]),
+        "start a relay of this version on it first",
+    );
+    {
+        let storage = PostgresStorage::open(&url).expect("open");
+        let mut doc = automerge::AutoCommit::new();
+        doc.put(automerge::ROOT, "title", "Buy milk").expect("put");
+        let heads = Heads::new(doc.get_heads().into_iter().map(|h| Hash(h.0)).collect());
+        storage
+            .append(
+                &tenant("acme"),
+                &[Append {
+                    doc: "todos/milk".parse().expect("id"),
+                    chunk: doc.save(),
+                    heads,
+                    priority: None,
+                    at_ms: 0,
+                    base_seq: None,
+                }],
+            )
+            .expect("append");
+        storage
+            .register_device(
+                &tenant("acme"),
+                &DeviceRecord {
+                    device: DeviceId::from_bytes([7; 16]),
+                    user: "carol".into(),
+                    profile: syncline_testkit::profile(DeviceClass::Phone),
+                    subscriptions: vec![],
+                    first_seen_ms: 1,
+                    last_seen_ms: 2,
+                    last_sync_ms: None,
+                    deferred: Deferred::default(),
+                },
+            )
+            .expect("register");
+    }
+    let epochs = || {
+        server
+            .query("relay", "SELECT count(*) FROM epochs")
+            .expect("psql")
+    };
+    let before = epochs();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_str().expect("utf-8 path");
+    let json: serde_json::Value = serde_json::from_str(&ok(&relay(&[
+        "devices",
+        "--data-dir",
+        data,
+        "--storage",
+        &url,
+        "--json",
+    ])))
+    .expect("json");
+    assert_eq!(json[0]["user"], "carol");
+    assert_eq!(json[0]["tenant"], "acme");
+    let doc: serde_json::Value = serde_json::from_str(&ok(&relay(&[
+        "doc",
+        "--storage",
+        &url,
+        "--tenant",
+        "acme",
+        "todos/milk",
+    ])))
+    .expect("json");
+    assert_eq!(doc, serde_json::json!({"title": "Buy milk"}));
+    assert_eq!(epochs(), before, "reading opened no epoch");
+    assert!(
+        !dir.path().join("relay.db").exists(),
+        "the data directory's SQLite was not touched"
+    );
+}

@@ -53,6 +53,9 @@ pub fn parse_notification(payload: &str) -> Option<(Tenant, Collection, u64)> {
 /// The key of the advisory lock migrations run under ("SYNR" as a number).
 const MIGRATION_LOCK: i64 = 0x5359_4E52;
 
+/// The epoch ordinal and generation of a read-only handle ([`PostgresStorage::open_read_only`]).
+const READ_ONLY: i64 = -1;
+
 /// The key of the advisory lock a relay opens its epoch under (so two relays starting at once
 /// see each other: the second joins the first's generation).
 const EPOCH_LOCK: i64 = 0x5359_4E52_0001;
@@ -235,6 +238,65 @@ impl PostgresStorage {
         })
     }
 
+    /// A handle for reading only (the operator's `devices` and `doc` commands): it neither
+    /// migrates the schema nor opens an epoch, so looking at a database changes nothing in it;
+    /// its appends and compactions fail.
+    ///
+    /// # Errors
+    /// [`StorageError::SchemaTooNew`] or [`StorageError::Backend`] for a database a relay of
+    /// this version has not migrated, or the connection's error.
+    pub fn open_read_only(url: &str) -> Result<Self, StorageError> {
+        let config = connect_config(url)?;
+        let mut client = config.connect(NoTls).map_err(backend)?;
+        let latest = i64::try_from(MIGRATIONS.len()).expect("few migrations");
+        let version: i64 = match client.query_opt("SELECT version FROM schema_version", &[]) {
+            Ok(row) => row.map_or(0, |r| r.get(0)),
+            // No relay ever ran on it.
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => 0,
+            Err(e) => return Err(backend(e)),
+        };
+        if version > latest {
+            return Err(StorageError::SchemaTooNew {
+                found: version,
+                supported: latest,
+            });
+        }
+        if version < latest {
+            return Err(StorageError::Backend {
+                backend: "postgres",
+                source: format!(
+                    "schema {version}: start a relay of this version on it first (it migrates)"
+                )
+                .into(),
+            });
+        }
+        let stored: Vec<u8> = client
+            .query_one("SELECT value FROM secrets WHERE name = 'positions'", &[])
+            .map_err(backend)?
+            .get(0);
+        let position_key: [u8; 32] = stored
+            .try_into()
+            .map_err(|_| corrupt("secrets", "the position key is not 32 bytes".into()))?;
+        let pid = backend_pid(&mut client)?;
+        Ok(Self {
+            config,
+            connection: Mutex::new(Connection {
+                client: Some(client),
+                statements: None,
+                retry_at: None,
+            }),
+            health: Arc::new(Health {
+                storage_up: AtomicBool::new(true),
+                feed_up: AtomicBool::new(true),
+                storage_pid: AtomicI32::new(pid),
+            }),
+            epoch: String::new(),
+            epoch_ordinal: READ_ONLY,
+            generation: READ_ONLY,
+            position_key,
+        })
+    }
+
     /// What `/readyz` reads, for the change feed to report into.
     pub fn health(&self) -> Arc<Health> {
         Arc::clone(&self.health)
@@ -247,6 +309,17 @@ impl PostgresStorage {
         Ok(MutexGuard::map(self.connection()?, |c| {
             c.client.as_mut().expect("connected")
         }))
+    }
+
+    /// Fails for a read-only handle.
+    fn writable(&self) -> Result<(), StorageError> {
+        if self.epoch_ordinal == READ_ONLY {
+            return Err(StorageError::Backend {
+                backend: "postgres",
+                source: "this handle is read-only".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The connection state, connected (see [`PostgresStorage::client`]).
@@ -269,9 +342,13 @@ impl PostgresStorage {
                 .map_err(backend)
                 .and_then(|mut client| {
                     // The epoch is live through this connection now (see `open_epoch`).
-                    let found = client
-                        .execute(LIVE_EPOCH, &[&self.epoch_ordinal])
-                        .map_err(backend)?;
+                    let found = if self.epoch_ordinal == READ_ONLY {
+                        1
+                    } else {
+                        client
+                            .execute(LIVE_EPOCH, &[&self.epoch_ordinal])
+                            .map_err(backend)?
+                    };
                     if found == 0 {
                         // Failed over to a replica that lost commits, or restored under the
                         // running relay: its positions would mislead devices.
@@ -664,14 +741,20 @@ pub(super) fn backend(e: postgres::Error) -> StorageError {
             reason: e.to_string(),
         };
     }
+    // The server's own words (`db error` alone says nothing to an operator).
+    let source: Box<dyn std::error::Error + Send + Sync> = match e.as_db_error() {
+        Some(db) => Box::new(db.clone()),
+        None => Box::new(e),
+    };
     StorageError::Backend {
         backend: "postgres",
-        source: Box::new(e),
+        source,
     }
 }
 
 impl Storage for PostgresStorage {
     fn append(&self, tenant: &Tenant, batch: &[Append]) -> Result<Vec<u64>, StorageError> {
+        self.writable()?;
         let mut connection = self.connection()?;
         let Connection {
             client, statements, ..
@@ -717,6 +800,7 @@ impl Storage for PostgresStorage {
         snapshot: &[u8],
         heads: &Heads,
     ) -> Result<(), StorageError> {
+        self.writable()?;
         let tenant = tenant.as_str();
         let (collection, id) = (doc.collection().as_str(), doc.id());
         let mut client = self.client()?;
