@@ -179,6 +179,32 @@ fn a_document_another_session_loaded_before_the_announcement_is_still_pushed() {
     assert_eq!(b.clients[&2].get(&x, "n"), Some(1));
 }
 
+/// Found by the simulation (seed 454 with two relays): a plan read a document's sequence from
+/// storage but sent the older copy in memory, and the device stored the plan's cursor, so it
+/// never got the newer change.
+#[test]
+fn a_plan_never_sends_an_older_copy_under_a_newer_cursor() {
+    let (mut a, mut b) = two_relays();
+    let x = doc("todos/x");
+    a.clients.get_mut(&1).expect("client").put(&x, "n", 1);
+    a.push(1, std::slice::from_ref(&x));
+    let pushed = b
+        .hub
+        .remote_changes(vec![(tenant("acme"), col("todos"), todos_seq(&a))], 100)
+        .expect("catch up");
+    b.deliver(pushed);
+    assert_eq!(b.clients[&2].get(&x, "n"), Some(1), "B holds x in memory");
+    // A changes it; before B hears of it, device 3 connects to B and plans from scratch.
+    a.clients.get_mut(&1).expect("client").put(&x, "n", 2);
+    a.push(1, std::slice::from_ref(&x));
+    let todos = || grants(&["todos"], &["todos"]);
+    b.join(3, "acme", todos());
+    b.run(vec![(3, reconcile(vec![]))]);
+    assert_eq!(b.clients[&3].get(&x, "n"), Some(2));
+    let plan = b.last_plan(3).expect("a plan");
+    assert_eq!(plan.cursors[0].seq, todos_seq(&a));
+}
+
 /// Random schedules over two hubs sharing one storage: devices write, move between the
 /// relays, and the relays' announcements arrive late, out of turn, or never (then a resync
 /// makes up for them). Once every announcement is delivered and the replies settle, every
@@ -236,7 +262,7 @@ mod schedules {
             let storage = MemoryStorage::seeded(seed);
             let hubs = vec![
                 Hub::new(Arc::new(storage.clone())),
-                Hub::new(Arc::new(storage.reopen())),
+                Hub::new(Arc::new(storage.share())),
             ];
             let mut net = Self {
                 rng: fastrand::Rng::with_seed(seed),

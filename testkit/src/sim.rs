@@ -59,6 +59,10 @@ pub struct SimConfig {
     /// The conflict strategy every device runs (0: none, 1: last writer wins, 2: the first
     /// device has priority).
     pub strategy: u8,
+    /// Relay cores over the one storage (1, or 2 for a third of the seeds: several relays on
+    /// one database, each device connecting to either, their commits announced to the other
+    /// late, out of turn or not at all, and made up by resyncs).
+    pub relays: usize,
 }
 
 impl SimConfig {
@@ -75,6 +79,12 @@ impl SimConfig {
                 bytes: 1 << rng.u32(9..=15),
             },
             strategy: rng.u8(0..3),
+            // Drawn apart, so the rest of a seed's configuration is what it always was.
+            relays: if fastrand::Rng::with_seed(seed ^ 0x2E1A).u8(0..3) == 0 {
+                2
+            } else {
+                1
+            },
         }
     }
 }
@@ -141,6 +151,11 @@ pub struct SimReport {
     /// Restores after which a device evicted all it could as it reconnected (before it
     /// learned of the loss).
     pub restores_with_eviction: u64,
+    /// With two relays: announcements of one's commits the other heard, and those lost (made
+    /// up by a resync).
+    pub announcements_heard: u64,
+    /// See `announcements_heard`.
+    pub announcements_lost: u64,
 }
 
 struct Link {
@@ -177,28 +192,108 @@ struct Relay {
     storage: MemoryStorage,
     /// A backup of the storage taken during the chaos, to be restored later.
     backup: Option<MemoryStorage>,
-    core: RelayCore<MemoryStorage>,
+    /// The relay cores (one per relay process) and each one's storage handle (its epoch).
+    cores: Vec<RelayCore<MemoryStorage>>,
+    handles: Vec<MemoryStorage>,
     sessions: HashMap<SessionId, (Session, u64)>,
-    /// The core's statistics before its last crash.
+    /// The core each session is on.
+    core_of: HashMap<SessionId, usize>,
+    /// The cores' statistics before their last crash.
     crashed_stats: CoreStats,
+    /// With several cores: what the storage had reached when last looked at (to announce what
+    /// moved), and per core, announcements on their way (when due, what moved) and its next
+    /// resync.
+    reached: BTreeMap<(Tenant, Collection), u64>,
+    announcements: Vec<VecDeque<(u64, Moved)>>,
+    resync_at: Vec<u64>,
 }
 
+/// What one announcement says moved: (tenant, collection, sequence) per collection.
+type Moved = Vec<(Tenant, Collection, u64)>;
+
+/// How often a core compares every collection with what it has seen (the relay's feed does it
+/// every minute; the simulation's runs are seconds long).
+const SIM_RESYNC_MS: u64 = 1_500;
+
 impl Relay {
-    fn core(storage: &MemoryStorage, limits: OutboxLimits) -> RelayCore<MemoryStorage> {
-        RelayCore::new(Hub::new(Arc::new(storage.clone())), limits)
+    /// A core over `handle`, following the other cores' commits when there are several.
+    fn core(
+        handle: &MemoryStorage,
+        limits: OutboxLimits,
+        shared: bool,
+    ) -> RelayCore<MemoryStorage> {
+        let mut hub = Hub::new(Arc::new(handle.clone()));
+        if shared {
+            hub.follow_remote().expect("memory storage reads");
+        }
+        RelayCore::new(hub, limits)
+    }
+
+    /// `n` cores over `storage` (the first on its epoch, the others sharing its generation).
+    fn start(storage: MemoryStorage, n: usize, limits: OutboxLimits, now: u64) -> Self {
+        let handles: Vec<MemoryStorage> = (0..n)
+            .map(|i| {
+                if i == 0 {
+                    storage.clone()
+                } else {
+                    storage.share()
+                }
+            })
+            .collect();
+        let cores = handles
+            .iter()
+            .map(|h| Self::core(h, limits, n > 1))
+            .collect();
+        let reached = storage
+            .collection_seqs()
+            .expect("memory storage reads")
+            .into_iter()
+            .map(|(t, c, seq)| ((t, c), seq))
+            .collect();
+        Self {
+            storage,
+            backup: None,
+            cores,
+            handles,
+            sessions: HashMap::new(),
+            core_of: HashMap::new(),
+            crashed_stats: CoreStats::default(),
+            reached,
+            announcements: vec![VecDeque::new(); n],
+            resync_at: vec![now + SIM_RESYNC_MS; n],
+        }
+    }
+
+    fn shared(&self) -> bool {
+        self.cores.len() > 1
+    }
+
+    /// `input` for session `id`'s core.
+    fn push(&mut self, id: SessionId, input: Input, now: u64) {
+        let core = self.core_of.get(&id).copied().unwrap_or(0);
+        self.cores[core].push(input, now);
+    }
+
+    /// The epoch the core of a new session on `core` names in its `Welcome`.
+    fn epoch(&self, core: usize) -> String {
+        self.handles[core].epoch().to_owned()
     }
 
     fn stats(&self) -> CoreStats {
-        let (a, b) = (self.crashed_stats, self.core.stats());
-        CoreStats {
-            groups: a.groups + b.groups,
-            grouped_frames: a.grouped_frames + b.grouped_frames,
-            shared_groups: a.shared_groups + b.shared_groups,
-            slow_consumers: a.slow_consumers + b.slow_consumers,
-            filtered: a.filtered + b.filtered,
-            changes_stored: a.changes_stored + b.changes_stored,
-            ephemerals_dropped: a.ephemerals_dropped + b.ephemerals_dropped,
+        let mut total = self.crashed_stats;
+        for core in &self.cores {
+            let b = core.stats();
+            total = CoreStats {
+                groups: total.groups + b.groups,
+                grouped_frames: total.grouped_frames + b.grouped_frames,
+                shared_groups: total.shared_groups + b.shared_groups,
+                slow_consumers: total.slow_consumers + b.slow_consumers,
+                filtered: total.filtered + b.filtered,
+                changes_stored: total.changes_stored + b.changes_stored,
+                ephemerals_dropped: total.ephemerals_dropped + b.ephemerals_dropped,
+            };
         }
+        total
     }
 }
 
@@ -307,13 +402,7 @@ impl World {
             chaos_end: now,
             clock,
             devices,
-            relay: Relay {
-                core: Relay::core(&storage, config.outbox),
-                storage,
-                backup: None,
-                crashed_stats: CoreStats::default(),
-                sessions: HashMap::new(),
-            },
+            relay: Relay::start(storage, config.relays, config.outbox, now),
             config,
             links: BTreeMap::new(),
             next_link: 1,
@@ -457,8 +546,11 @@ impl World {
             relaxed_limits(),
             now,
         );
-        session.set_epoch(self.relay.storage.epoch().to_owned());
-        self.relay.core.push(
+        let core = self.pick_core();
+        self.relay.core_of.insert(id, core);
+        session.set_epoch(self.relay.epoch(core));
+        self.relay.push(
+            id,
             Input::Connect {
                 id,
                 identity,
@@ -477,7 +569,8 @@ impl World {
             self.session_output(id, id, out);
         }
         self.relay.sessions.remove(&id);
-        self.relay.core.push(Input::Disconnect { id }, now);
+        self.relay.push(id, Input::Disconnect { id }, now);
+        self.relay.core_of.remove(&id);
     }
 
     /// What a hostile client sends in one visit, in a random order after its `Hello`.
@@ -600,10 +693,30 @@ impl World {
         frames
     }
 
-    /// The relay crashes: every connection drops, nothing unsaved survives, and a new core
-    /// serves the storage.
+    /// A relay crashes (with several, one of them): its connections drop, nothing unsaved
+    /// survives, and a new core serves the storage.
     fn crash_relay(&mut self) {
-        let links: Vec<u64> = self.links.keys().copied().collect();
+        let core = self.pick_core();
+        self.crash_core(core);
+    }
+
+    /// The core to connect to, or to crash: any of them.
+    fn pick_core(&mut self) -> usize {
+        if self.relay.shared() {
+            self.rng.usize(0..self.relay.cores.len())
+        } else {
+            0
+        }
+    }
+
+    /// Core `core` crashes: see [`World::crash_relay`].
+    fn crash_core(&mut self, core: usize) {
+        let links: Vec<u64> = self
+            .links
+            .keys()
+            .copied()
+            .filter(|link| self.relay.core_of.get(link).copied().unwrap_or(0) == core)
+            .collect();
         for link in links {
             // A crash saves nothing: drop the session without the hub's disconnect.
             let device = self.links[&link].device;
@@ -614,9 +727,37 @@ impl World {
                 Event::Disconnected(Disconnect::Failed("relay gone".into())),
             );
         }
-        self.relay.crashed_stats = self.relay.stats();
-        self.relay.core = Relay::core(&self.relay.storage, self.config.outbox);
-        self.relay.sessions.clear();
+        let fresh = Relay::core(
+            &self.relay.handles[core],
+            self.config.outbox,
+            self.relay.shared(),
+        );
+        let old = std::mem::replace(&mut self.relay.cores[core], fresh);
+        let b = old.stats();
+        let a = self.relay.crashed_stats;
+        self.relay.crashed_stats = CoreStats {
+            groups: a.groups + b.groups,
+            grouped_frames: a.grouped_frames + b.grouped_frames,
+            shared_groups: a.shared_groups + b.shared_groups,
+            slow_consumers: a.slow_consumers + b.slow_consumers,
+            filtered: a.filtered + b.filtered,
+            changes_stored: a.changes_stored + b.changes_stored,
+            ephemerals_dropped: a.ephemerals_dropped + b.ephemerals_dropped,
+        };
+        let gone: Vec<SessionId> = self
+            .relay
+            .core_of
+            .iter()
+            .filter(|&(_, &c)| c == core)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.relay.sessions.remove(&id);
+            self.relay.core_of.remove(&id);
+        }
+        if !self.relay.shared() {
+            self.relay.sessions.clear();
+        }
     }
 
     fn next_time(&self, scheduled: Option<u64>) -> Option<u64> {
@@ -633,9 +774,20 @@ impl World {
             // The end of the chaos phase is itself an event.
             times.push(self.chaos_end.max(self.now));
         }
-        if !self.relay.core.is_idle() {
-            // The relay core has inputs for its next turn.
+        if self
+            .relay
+            .cores
+            .iter()
+            .any(|core| !core.is_idle() || core.remote_backlog())
+        {
+            // A relay core has inputs for its next turn.
             times.push(self.now);
+        }
+        if self.relay.shared() {
+            for (queue, at) in self.relay.announcements.iter().zip(&self.relay.resync_at) {
+                times.extend(queue.front().map(|(due, _)| *due));
+                times.push(*at);
+            }
         }
         // Paced frames waiting in the sessions' downlinks.
         times.extend(
@@ -664,6 +816,9 @@ impl World {
                 self.trace.frame(self.now, id, true, &bytes);
                 self.deliver_to_relay(id, &bytes);
             }
+        }
+        if self.relay.shared() {
+            self.deliver_announcements();
         }
         self.poll_relay()?;
         self.release_paced(&ids);
@@ -833,8 +988,11 @@ impl World {
         let id = self.next_link;
         self.next_link += 1;
         let mut session = Session::new(format!("s{id}"), verified, relaxed_limits(), now);
-        session.set_epoch(self.relay.storage.epoch().to_owned());
-        self.relay.core.push(
+        let core = self.pick_core();
+        self.relay.core_of.insert(id, core);
+        session.set_epoch(self.relay.epoch(core));
+        self.relay.push(
+            id,
             Input::Connect {
                 id,
                 identity,
@@ -864,9 +1022,9 @@ impl World {
             self.relay.sessions.remove(&l.session);
             if save {
                 self.relay
-                    .core
-                    .push(Input::Disconnect { id: l.session }, self.now);
+                    .push(l.session, Input::Disconnect { id: l.session }, self.now);
             }
+            self.relay.core_of.remove(&l.session);
         }
     }
 
@@ -931,7 +1089,8 @@ impl World {
             if matches!(action, Action::VerifyToken(_) | Action::ClientError(_)) {
                 continue;
             }
-            self.relay.core.push(
+            self.relay.push(
+                session_id,
                 Input::Action {
                     id: session_id,
                     action,
@@ -994,10 +1153,25 @@ impl World {
     /// One turn of the relay core: everything queued since the last turn, its outputs carried
     /// out as the server's hub thread does.
     fn poll_relay(&mut self) -> Result<(), String> {
-        if self.relay.core.is_idle() {
+        for core in 0..self.relay.cores.len() {
+            self.poll_core(core)?;
+        }
+        Ok(())
+    }
+
+    /// One turn of core `core`; with several cores, what it committed is then announced to
+    /// the others.
+    fn poll_core(&mut self, core: usize) -> Result<(), String> {
+        if self.relay.cores[core].remote_backlog() && self.relay.cores[core].is_idle() {
+            self.relay.cores[core].push(Input::RemoteChanges(Vec::new()), self.now);
+        }
+        if self.relay.cores[core].is_idle() {
             return Ok(());
         }
-        let outputs = self.relay.core.poll(&Backlogs(&self.links));
+        let outputs = self.relay.cores[core].poll(&Backlogs(&self.links));
+        if self.relay.shared() {
+            self.announce(core);
+        }
         for output in outputs {
             match output {
                 CoreOutput::Send {
@@ -1014,7 +1188,7 @@ impl World {
                     };
                     let delivered = session.deliver(message, lane, counted, now);
                     for action in delivered.actions {
-                        self.relay.core.push(Input::Action { id: to, action }, now);
+                        self.relay.push(to, Input::Action { id: to, action }, now);
                     }
                     for frame in delivered.frames {
                         // A frame with no bytes only gives its counted bytes back.
@@ -1035,6 +1209,55 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// What the storage moved since last looked at (core `from` committed it) goes to every
+    /// other core, each after a delay of its own; during the chaos one in ten is lost (the
+    /// next resync makes up for it).
+    fn announce(&mut self, from: usize) {
+        let mut moved = Vec::new();
+        for (tenant, collection, seq) in self.relay.storage.collection_seqs().unwrap_or_default() {
+            let key = (tenant.clone(), collection.clone());
+            if self.relay.reached.get(&key) != Some(&seq) {
+                self.relay.reached.insert(key, seq);
+                moved.push((tenant, collection, seq));
+            }
+        }
+        if moved.is_empty() {
+            return;
+        }
+        for core in 0..self.relay.cores.len() {
+            if core == from {
+                continue;
+            }
+            if self.faults && self.rng.u8(0..10) == 0 {
+                self.report.announcements_lost += 1;
+                continue;
+            }
+            let due = self.now + self.rng.u64(0..=200);
+            let queue = &mut self.relay.announcements[core];
+            // Notifications arrive in commit order.
+            let due = queue.back().map_or(due, |(last, _)| due.max(*last));
+            queue.push_back((due, moved.clone()));
+        }
+    }
+
+    /// Hands every core the announcements due now, and its resync when due.
+    fn deliver_announcements(&mut self) {
+        for core in 0..self.relay.cores.len() {
+            while self.relay.announcements[core]
+                .front()
+                .is_some_and(|(due, _)| *due <= self.now)
+            {
+                let (_, moved) = self.relay.announcements[core].pop_front().expect("checked");
+                self.report.announcements_heard += 1;
+                self.relay.cores[core].push(Input::RemoteChanges(moved), self.now);
+            }
+            if self.relay.resync_at[core] <= self.now {
+                self.relay.resync_at[core] = self.now + SIM_RESYNC_MS;
+                self.relay.cores[core].push(Input::RemoteResync, self.now);
+            }
+        }
     }
 
     fn observe_acks(&mut self, bytes: &[u8]) {
@@ -1122,10 +1345,14 @@ impl World {
                 }
                 if let Some(backup) = self.relay.backup.take() {
                     self.report.restores += 1;
-                    self.crash_relay();
-                    // The restored relay serves the backup, in an epoch of its own.
-                    self.relay.storage = backup;
-                    self.relay.core = Relay::core(&self.relay.storage, self.config.outbox);
+                    for core in 0..self.relay.cores.len() {
+                        self.crash_core(core);
+                    }
+                    // The restored relays serve the backup, in epochs of their own.
+                    let stats = self.relay.crashed_stats;
+                    self.relay =
+                        Relay::start(backup, self.config.relays, self.config.outbox, self.now);
+                    self.relay.crashed_stats = stats;
                     // Often a device also turns to evicting all it can as it reconnects: it
                     // must not evict what the restored relay lost (it learns of the loss
                     // first). (Only while the chaos lasts: then every profile is reset.)
@@ -1543,9 +1770,21 @@ impl World {
                             .unwrap_or_default();
                         let device_lacks =
                             doc.get_heads().iter().filter(|h| !here.contains(h)).count();
+                        let pending = store.pending_documents().is_ok_and(|p| p.contains(id));
+                        let acked = heads
+                            .as_slice()
+                            .iter()
+                            .filter(|h| {
+                                self.acked
+                                    .get(id)
+                                    .is_some_and(|a| a.contains(&ChangeHash(h.0)))
+                            })
+                            .count();
                         differences.push(format!(
                             "device {i}: {id} differs (the relay lacks {relay_lacks} of the \
-                             device's heads, the device {device_lacks} of the relay's)"
+                             device's heads, the device {device_lacks} of the relay's; \
+                             pending on the device: {pending}; device's heads acknowledged: \
+                             {acked})"
                         ));
                     }
                     Err(_) => differences.push(format!("device {i}: {id} missing")),
@@ -1565,8 +1804,9 @@ impl World {
             }
         }
         format!(
-            "t={} ms, statuses {statuses:?}, links {}, {}",
+            "t={} ms, {} relay(s), statuses {statuses:?}, links {}, {}",
             self.now - 1_000_000,
+            self.relay.cores.len(),
             self.links.len(),
             differences.join("; ")
         )

@@ -1,7 +1,7 @@
 //! The deterministic simulation (`syncline_testkit::sim`) over many seeds. A failure prints
 //! its seed; `SIM_SEED=N cargo test -p syncline-testkit --test simulation` replays it alone,
 //! and `SIM_SEEDS=N` changes how many seeds run (default 1000; `cargo xtask test`, and so CI,
-//! runs 4,000; `cargo xtask soak` 10,000). `SIM_LOG=FILTER` (e.g.
+//! runs 10,000, as does `cargo xtask soak`). `SIM_LOG=FILTER` (e.g.
 //! `syncline=debug`) prints the SDK's and the relay's logs, for replaying one seed.
 
 use syncline_testkit::sim;
@@ -61,6 +61,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
                         totals.restores_with_eviction += report.restores_with_eviction;
                         totals.released_at_restore += report.released_at_restore;
                         totals.lost_released += report.lost_released;
+                        totals.announcements_heard += report.announcements_heard;
+                        totals.announcements_lost += report.announcements_lost;
                     }
                     Ok(Err(e)) => failures.push(e),
                     Err(_) => failures.push(format!("seed {seed}: panicked")),
@@ -75,6 +77,7 @@ fn devices_converge_and_lose_nothing_under_faults() {
     let (mut profile_changes, mut subscription_changes, mut deferred) = (0, 0, 0);
     let (mut evicted, mut restores, mut hostile) = (0, 0, 0);
     let (mut ephemerals_sent, mut ephemerals_received, mut resolutions) = (0, 0, 0);
+    let (mut announcements_heard, mut announcements_lost) = (0, 0);
     for handle in handles {
         let (mut f, totals) = handle.join().expect("the runner thread");
         eprintln!(
@@ -87,7 +90,8 @@ fn devices_converge_and_lose_nothing_under_faults() {
              {} ephemerals sent and {} received, {} conflicts resolved by a strategy, \
              {} documents evicted when the relay was restored, \
              {} restores after which a device evicted all it could, \
-             {} evicted with the device's own changes left to the relay, {} changes lost so",
+             {} evicted with the device's own changes left to the relay, {} changes lost so, \
+             {} announcements of one relay's commits heard by the other and {} lost",
             totals.writes,
             totals.cuts,
             totals.relay_crashes,
@@ -109,8 +113,12 @@ fn devices_converge_and_lose_nothing_under_faults() {
             totals.evicted_at_restore,
             totals.restores_with_eviction,
             totals.released_at_restore,
-            totals.lost_released
+            totals.lost_released,
+            totals.announcements_heard,
+            totals.announcements_lost
         );
+        announcements_heard += totals.announcements_heard;
+        announcements_lost += totals.announcements_lost;
         resolutions += totals.resolutions;
         ephemerals_sent += totals.ephemerals_sent;
         ephemerals_received += totals.ephemerals_received;
@@ -147,6 +155,10 @@ fn devices_converge_and_lose_nothing_under_faults() {
         assert!(restores > 0, "no relay was restored from a backup");
         assert!(hostile > 0, "no hostile client came");
         assert!(resolutions > 0, "no strategy resolved a conflict");
+        assert!(
+            announcements_heard > 0 && announcements_lost > 0,
+            "two relays never announced their commits to each other, or never lost one"
+        );
         assert!(
             ephemerals_sent > 0 && ephemerals_received > 0,
             "no presence crossed the relay ({ephemerals_sent} sent)"

@@ -162,6 +162,12 @@ impl DocGraph {
         self.stored_seq = seq;
     }
 
+    /// Whether changes wait in the queue for dependencies the graph lacks (dropping the graph
+    /// drops them: their senders must send them again).
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
     /// The sequence number up to which the relay's watching sessions were offered the
     /// document's changes (0: not since it was loaded).
     pub fn announced_seq(&self) -> u64 {

@@ -18,6 +18,13 @@ use super::{
 use crate::storage::{Append, Storage, StorageError};
 use crate::tenant::Tenant;
 
+/// The documents a group commit touched before this frame, and those this frame touched,
+/// each with its change count at the first touch.
+pub(super) struct Touched<'a> {
+    group: &'a [(DocId, usize)],
+    frame: &'a mut Vec<(DocId, usize)>,
+}
+
 /// How many times a group commit appends again without the documents another relay changed
 /// meanwhile ([`StorageError::Conflict`]) before it gives up on the tenant's group.
 const MAX_CONFLICT_RETRIES: usize = 4;
@@ -62,7 +69,10 @@ impl<S: Storage> Hub<S> {
                 id,
                 &tenant,
                 items,
-                &mut first_seen,
+                Touched {
+                    group: before.get(&tenant).map_or(&[][..], Vec::as_slice),
+                    frame: &mut first_seen,
+                },
                 &mut carried,
                 &mut group.deliveries,
             );
@@ -296,10 +306,14 @@ impl<S: Storage> Hub<S> {
         id: SessionId,
         tenant: &Tenant,
         items: Vec<SyncItem>,
-        before: &mut Vec<(DocId, usize)>,
+        touched: Touched<'_>,
         carried: &mut Vec<DocId>,
         out: &mut Vec<Delivery>,
     ) -> Result<(), HubError> {
+        let Touched {
+            group: earlier,
+            frame: before,
+        } = touched;
         let device = self.peers[&id].identity.device;
         let own_only = (!self.allow_foreign_changes).then_some(device.as_bytes().as_slice());
         // One frame's payloads share one budget (what decoding them may cost).
@@ -364,6 +378,7 @@ impl<S: Storage> Hub<S> {
             let spare = self.remote_following().then(|| message.clone());
             let mut received = self.receive(id, tenant, &item.doc, message, own_only, &mut budget);
             if let (Err(GraphError::Foreign { .. }), Some(message)) = (&received, spare)
+                && !earlier.iter().any(|(doc, _)| *doc == item.doc)
                 && self.reload_if_untouched(tenant, &item.doc, before)?
             {
                 received = self.receive(id, tenant, &item.doc, message, own_only, &mut budget);
@@ -436,9 +451,10 @@ impl<S: Storage> Hub<S> {
         received.map(|_| ())
     }
 
-    /// Loads `doc` again from storage if nothing of this group changed it in memory yet
-    /// (`before` holds its change count at first touch); true when the stored document moved
-    /// past the copy (another relay appended), so a refusal is worth trying again.
+    /// Loads `doc` again from storage if nothing of this frame changed it in memory yet
+    /// (`before` holds its change count at the frame's first touch; the caller checked that no
+    /// earlier frame of the group touched it); true when the stored document moved past the
+    /// copy (another relay appended), so a refusal is worth trying again.
     fn reload_if_untouched(
         &mut self,
         tenant: &Tenant,

@@ -247,7 +247,16 @@ pub struct Hub<S> {
     /// Per collection, the documents of it in `docs` (what another relay's commit may have
     /// made stale).
     cached_in: HashMap<(Tenant, Collection), usize>,
+    /// Documents dropped from memory with changes queued for missing dependencies: the
+    /// sessions that may have sent them are told to send them again
+    /// ([`Hub::take_dropped_notices`]). At most [`MAX_DROPPED_QUEUES`].
+    dropped_queues: Vec<(Tenant, DocId)>,
 }
+
+/// Documents remembered as dropped with queued changes between two
+/// [`Hub::take_dropped_notices`]; past it the oldest are forgotten (their senders send them
+/// again when they reconnect: the changes stay pending on the devices).
+pub const MAX_DROPPED_QUEUES: usize = 10_000;
 
 /// Documents a hub keeps in memory by default.
 pub const CACHE_DOCS: usize = 10_000;
@@ -292,6 +301,7 @@ impl<S: Storage> Hub<S> {
             metered_threshold: Profile::DEFAULT_METERED_MAX_DOC_BYTES,
             remote: remote::Remote::default(),
             cached_in: HashMap::new(),
+            dropped_queues: Vec::new(),
         }
     }
 
@@ -334,6 +344,9 @@ impl<S: Storage> Hub<S> {
                 break;
             };
             self.uncount(&key);
+            if doc.has_queued() {
+                self.note_dropped_queue(key);
+            }
             self.docs_bytes = self.docs_bytes.saturating_sub(doc.estimated_bytes());
         }
     }
@@ -463,6 +476,15 @@ impl<S: Storage> Hub<S> {
     /// panic mid-action, memory may hold changes storage does not: this restores the rule that
     /// memory never runs ahead of storage.
     pub fn forget_documents(&mut self) {
+        let queued: Vec<(Tenant, DocId)> = self
+            .docs
+            .iter()
+            .filter(|(_, graph)| graph.has_queued())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in queued {
+            self.note_dropped_queue(key);
+        }
         self.docs.clear();
         self.cached_in.clear();
         self.docs_bytes = 0;
@@ -578,6 +600,9 @@ impl<S: Storage> Hub<S> {
             let key = (tenant.clone(), doc.clone());
             if let Some(graph) = self.docs.pop(&key) {
                 self.uncount(&key);
+                if graph.has_queued() {
+                    self.note_dropped_queue(key.clone());
+                }
                 self.docs_bytes = self.docs_bytes.saturating_sub(graph.estimated_bytes());
             }
         }
@@ -777,7 +802,51 @@ impl<S: Storage> Hub<S> {
     }
 }
 
+impl<S: Storage> Hub<S> {
+    /// For each document dropped from memory with changes queued for dependencies it lacked,
+    /// every session holding a sync state for it starts that state afresh and is told to send
+    /// its changes again (`INTERNAL` for that document, with `retry_after_ms`): a change a
+    /// device sent is never left in a queue that no longer exists. The shell routes these
+    /// after each input.
+    pub fn take_dropped_notices(&mut self) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for (tenant, doc) in std::mem::take(&mut self.dropped_queues) {
+            let holders: Vec<SessionId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.tenant == tenant && p.states.contains_key(&doc))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in holders {
+                self.forget_doc(id, &doc);
+                out.push(Delivery::live(
+                    id,
+                    Message::Error(Error {
+                        code: ErrorCode::INTERNAL,
+                        message: "the relay dropped changes it was holding for their \
+                                  dependencies; send this again"
+                            .into(),
+                        retry_after_ms: Some(group_commit::CONFLICT_RETRY_MS),
+                        doc: Some(doc.clone()),
+                    }),
+                ));
+            }
+        }
+        out
+    }
+}
+
 impl<S> Hub<S> {
+    /// `key` left memory with changes queued for missing dependencies.
+    fn note_dropped_queue(&mut self, key: (Tenant, DocId)) {
+        if self.dropped_queues.len() >= MAX_DROPPED_QUEUES {
+            self.dropped_queues.remove(0);
+        }
+        if !self.dropped_queues.contains(&key) {
+            self.dropped_queues.push(key);
+        }
+    }
+
     /// A document left the cache: one fewer of its collection ([`Hub::cached_in`]).
     fn uncount(&mut self, (tenant, doc): &(Tenant, DocId)) {
         let key = (tenant.clone(), doc.collection().clone());

@@ -244,6 +244,21 @@ impl<S: Storage> Hub<S> {
                 ),
             )?;
         }
+        // A copy in memory older than the sequence planned (another relay appended since it
+        // was loaded, and its announcement is yet to come) would send an older state under a
+        // cursor that says the device has this one: drop it, so the offer loads what is stored.
+        let stale: Vec<DocId> = ordered
+            .iter()
+            .filter(|(doc, c)| {
+                c.seq != u64::MAX
+                    && self
+                        .docs
+                        .peek(&(tenant.clone(), doc.clone()))
+                        .is_some_and(|graph| graph.stored_seq() < c.seq)
+            })
+            .map(|(doc, _)| doc.clone())
+            .collect();
+        self.evict(&tenant, stale.iter());
         let mut planned = Planned::new();
         for (doc, c) in ordered {
             planned.add(self.offer(id, &doc, c.priority, c.bytes, c.changed_ms)?);

@@ -189,6 +189,26 @@ impl<S: Storage> RelayCore<S> {
         let mut out = Vec::new();
         let mut admission = backlog::Admission::default();
         while let Some((input, now_ms)) = self.queue.pop_front() {
+            self.handle_input(input, now_ms, &mut out, &mut admission, backlog);
+            // Changes the hub dropped with a document it took out of memory go again.
+            let notices = self.hub.take_dropped_notices();
+            if !notices.is_empty() {
+                self.route(notices, &[], &mut out, &mut admission, backlog);
+            }
+        }
+        out
+    }
+
+    /// Handles one input (see [`RelayCore::poll`]).
+    fn handle_input(
+        &mut self,
+        input: Input,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+        admission: &mut backlog::Admission,
+        backlog: &impl Backlog,
+    ) {
+        {
             match input {
                 Input::Connect {
                     id,
@@ -229,20 +249,20 @@ impl<S: Storage> RelayCore<S> {
                     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         self.hub.remote_changes(moved, now_ms)
                     }));
-                    self.remote(outcome, &mut out, &mut admission, backlog);
+                    self.remote(outcome, out, admission, backlog);
                 }
                 Input::RemoteResync => {
                     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                         self.hub.remote_resync(now_ms)
                     }));
-                    self.remote(outcome, &mut out, &mut admission, backlog);
+                    self.remote(outcome, out, admission, backlog);
                 }
                 Input::Action {
                     id,
                     action: Action::Sync(items),
                 } => {
                     let frames = self.gather(id, items);
-                    self.sync_group(frames, now_ms, &mut out, &mut admission, backlog);
+                    self.sync_group(frames, now_ms, out, admission, backlog);
                 }
                 Input::Action { id, action } => {
                     if let Action::GrantsChanged(grants) = &action
@@ -271,11 +291,10 @@ impl<S: Storage> RelayCore<S> {
                             vec![Delivery::internal(id, REQUEST_FAILED)]
                         }
                     };
-                    self.route(deliveries, &[id], &mut out, &mut admission, backlog);
+                    self.route(deliveries, &[id], out, admission, backlog);
                 }
             }
         }
-        out
     }
 
     /// Whether other relays' changes wait to be read ([`Hub::remote_backlog`]): the shell then

@@ -34,8 +34,8 @@ struct TenantData {
     states: HashMap<(DeviceId, DocId), Vec<u8>>,
     /// Each device's user, from its first connection.
     owners: HashMap<DeviceId, String>,
-    /// Per collection and epoch (its index in `Data::epochs`), the highest sequence number
-    /// assigned in it.
+    /// Per collection and generation of epochs (see [`MemoryStorage::share`]), the highest
+    /// sequence number assigned in it.
     epoch_seqs: HashMap<(Collection, usize), u64>,
 }
 
@@ -43,7 +43,7 @@ struct TenantData {
 struct Data {
     tenants: HashMap<Tenant, TenantData>,
     /// Every epoch the data ran in, oldest first.
-    epochs: Vec<String>,
+    epochs: Vec<(String, usize)>,
     /// The key of position receipts, made with the data (from its seed: memory storage is for
     /// tests and simulations, which must replay exactly).
     position_key: [u8; 32],
@@ -56,12 +56,15 @@ struct Data {
 
 /// Storage in memory; see the module documentation. Clones share the same data and epoch (a
 /// relay "restarted" over a clone finds everything its predecessor stored); [`Self::reopen`]
-/// and [`Self::backup`] start new epochs.
+/// and [`Self::backup`] start new epochs of new generations, [`Self::share`] a new epoch in the
+/// same generation (a second relay on the data).
 #[derive(Clone)]
 pub struct MemoryStorage {
     data: Arc<Mutex<Data>>,
     epoch: String,
-    epoch_index: usize,
+    /// The epoch's generation: relays sharing the data at the same time share one
+    /// ([`MemoryStorage::share`]); every other opening starts a new one.
+    generation: usize,
     position_key: [u8; 32],
 }
 
@@ -86,35 +89,49 @@ impl MemoryStorage {
                 &(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes(),
             );
         }
-        Self::over(Arc::new(Mutex::new(Data {
-            tenants: HashMap::new(),
-            epochs: Vec::new(),
-            position_key,
-            lineage: format!("{seed:x}"),
-            backups: 0,
-        })))
+        Self::over(
+            Arc::new(Mutex::new(Data {
+                tenants: HashMap::new(),
+                epochs: Vec::new(),
+                position_key,
+                lineage: format!("{seed:x}"),
+                backups: 0,
+            })),
+            None,
+        )
     }
 
-    /// A handle on `data` in a new epoch.
-    fn over(data: Arc<Mutex<Data>>) -> Self {
-        let (epoch, epoch_index, position_key) = {
+    /// A handle on `data` in a new epoch, of a new generation unless `generation` is given.
+    fn over(data: Arc<Mutex<Data>>, generation: Option<usize>) -> Self {
+        let (epoch, generation, position_key) = {
             let mut d = data.lock();
-            let epoch = format!("memory-{}-{}", d.lineage, d.epochs.len());
-            d.epochs.push(epoch.clone());
-            (epoch, d.epochs.len() - 1, d.position_key)
+            let index = d.epochs.len();
+            let epoch = format!("memory-{}-{index}", d.lineage);
+            // A new generation is numbered past every earlier one (each is at most the index
+            // of the epoch that started it).
+            let generation = generation.unwrap_or(index);
+            d.epochs.push((epoch.clone(), generation));
+            (epoch, generation, d.position_key)
         };
         Self {
             data,
             epoch,
-            epoch_index,
+            generation,
             position_key,
         }
+    }
+
+    /// Another relay on the same data while this one runs (several relays on one database): a
+    /// new epoch in this one's generation, so a position either relay shows holds on both.
+    #[must_use]
+    pub fn share(&self) -> Self {
+        Self::over(Arc::clone(&self.data), Some(self.generation))
     }
 
     /// The same data opened again (a relay restarted over it), in a new epoch.
     #[must_use]
     pub fn reopen(&self) -> Self {
-        Self::over(Arc::clone(&self.data))
+        Self::over(Arc::clone(&self.data), None)
     }
 
     /// A copy of the data as it is now, detached from this one, opened in a new epoch: what a
@@ -128,7 +145,7 @@ impl MemoryStorage {
         };
         copy.lineage = format!("{}.{}", copy.lineage, copy.backups);
         copy.backups = 0;
-        Self::over(Arc::new(Mutex::new(copy)))
+        Self::over(Arc::new(Mutex::new(copy)), None)
     }
 }
 
@@ -166,7 +183,7 @@ impl Storage for MemoryStorage {
             doc.changed_ms = Some(a.at_ms);
             let reached = t
                 .epoch_seqs
-                .entry((a.doc.collection().clone(), self.epoch_index))
+                .entry((a.doc.collection().clone(), self.generation))
                 .or_default();
             *reached = (*reached).max(seq);
             seqs.push(seq);
@@ -193,13 +210,13 @@ impl Storage for MemoryStorage {
             return Ok(true);
         }
         let data = self.data.lock();
-        let Some(index) = data.epochs.iter().position(|e| e == epoch) else {
+        let Some(&(_, generation)) = data.epochs.iter().find(|(e, _)| e == epoch) else {
             return Ok(false);
         };
         let reached = data.tenants.get(tenant).map_or(0, |t| {
             t.epoch_seqs
                 .iter()
-                .filter(|((c, e), _)| c == collection && *e <= index)
+                .filter(|((c, g), _)| c == collection && *g <= generation)
                 .map(|(_, seq)| *seq)
                 .max()
                 .unwrap_or(0)
