@@ -208,91 +208,88 @@ impl<S: Storage> RelayCore<S> {
         admission: &mut backlog::Admission,
         backlog: &impl Backlog,
     ) {
-        {
-            match input {
-                Input::Connect {
-                    id,
-                    identity,
-                    grants,
-                } => match self.hub.admit(&identity) {
-                    Ok(()) => {
-                        self.grants.insert(id, grants.clone());
-                        self.hub.connect(id, identity, grants, now_ms);
-                    }
-                    Err(HubError::DeviceOwned) => out.push(Output::Close {
+        match input {
+            Input::Connect {
+                id,
+                identity,
+                grants,
+            } => match self.hub.admit(&identity) {
+                Ok(()) => {
+                    self.grants.insert(id, grants.clone());
+                    self.hub.connect(id, identity, grants, now_ms);
+                }
+                Err(HubError::DeviceOwned) => out.push(Output::Close {
+                    to: id,
+                    code: close_code::DEVICE_OWNED,
+                    reason: HubError::DeviceOwned.to_string(),
+                }),
+                Err(e) => {
+                    out.push(Output::Failed {
+                        session: id,
+                        reason: format!("could not admit the device: {e}"),
+                    });
+                    out.push(Output::Close {
                         to: id,
-                        code: close_code::DEVICE_OWNED,
-                        reason: HubError::DeviceOwned.to_string(),
-                    }),
-                    Err(e) => {
+                        code: close_code::GOING_AWAY,
+                        reason: "the relay could not admit the device; retry".into(),
+                    });
+                }
+            },
+            Input::Disconnect { id } => {
+                self.grants.remove(&id);
+                if let Err(e) = self.hub.disconnect(id, now_ms) {
+                    out.push(Output::Failed {
+                        session: id,
+                        reason: format!("could not save sync state on disconnect: {e}"),
+                    });
+                }
+            }
+            Input::RemoteChanges(moved) => {
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.hub.remote_changes(moved, now_ms)
+                }));
+                self.remote(outcome, out, admission, backlog);
+            }
+            Input::RemoteResync => {
+                let outcome =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| self.hub.remote_resync(now_ms)));
+                self.remote(outcome, out, admission, backlog);
+            }
+            Input::Action {
+                id,
+                action: Action::Sync(items),
+            } => {
+                let frames = self.gather(id, items);
+                self.sync_group(frames, now_ms, out, admission, backlog);
+            }
+            Input::Action { id, action } => {
+                if let Action::GrantsChanged(grants) = &action
+                    && let Some(current) = self.grants.get_mut(&id)
+                {
+                    current.clone_from(grants);
+                }
+                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.hub.handle(id, action, now_ms)
+                }));
+                let deliveries = match outcome {
+                    Ok(Ok(deliveries)) => deliveries,
+                    Ok(Err(e)) => {
                         out.push(Output::Failed {
                             session: id,
-                            reason: format!("could not admit the device: {e}"),
+                            reason: format!("action failed: {e}"),
                         });
-                        out.push(Output::Close {
-                            to: id,
-                            code: close_code::GOING_AWAY,
-                            reason: "the relay could not admit the device; retry".into(),
-                        });
+                        vec![Delivery::internal(id, REQUEST_FAILED)]
                     }
-                },
-                Input::Disconnect { id } => {
-                    self.grants.remove(&id);
-                    if let Err(e) = self.hub.disconnect(id, now_ms) {
+                    Err(_) => {
                         out.push(Output::Failed {
                             session: id,
-                            reason: format!("could not save sync state on disconnect: {e}"),
+                            reason: "action panicked; the session gets an error".into(),
                         });
+                        self.hub.forget_documents();
+                        vec![Delivery::internal(id, REQUEST_FAILED)]
                     }
-                }
-                Input::RemoteChanges(moved) => {
-                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        self.hub.remote_changes(moved, now_ms)
-                    }));
-                    self.remote(outcome, out, admission, backlog);
-                }
-                Input::RemoteResync => {
-                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        self.hub.remote_resync(now_ms)
-                    }));
-                    self.remote(outcome, out, admission, backlog);
-                }
-                Input::Action {
-                    id,
-                    action: Action::Sync(items),
-                } => {
-                    let frames = self.gather(id, items);
-                    self.sync_group(frames, now_ms, out, admission, backlog);
-                }
-                Input::Action { id, action } => {
-                    if let Action::GrantsChanged(grants) = &action
-                        && let Some(current) = self.grants.get_mut(&id)
-                    {
-                        current.clone_from(grants);
-                    }
-                    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        self.hub.handle(id, action, now_ms)
-                    }));
-                    let deliveries = match outcome {
-                        Ok(Ok(deliveries)) => deliveries,
-                        Ok(Err(e)) => {
-                            out.push(Output::Failed {
-                                session: id,
-                                reason: format!("action failed: {e}"),
-                            });
-                            vec![Delivery::internal(id, REQUEST_FAILED)]
-                        }
-                        Err(_) => {
-                            out.push(Output::Failed {
-                                session: id,
-                                reason: "action panicked; the session gets an error".into(),
-                            });
-                            self.hub.forget_documents();
-                            vec![Delivery::internal(id, REQUEST_FAILED)]
-                        }
-                    };
-                    self.route(deliveries, &[id], out, admission, backlog);
-                }
+                };
+                self.route(deliveries, &[id], out, admission, backlog);
             }
         }
     }
