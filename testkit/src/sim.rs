@@ -280,20 +280,22 @@ impl Relay {
     }
 
     fn stats(&self) -> CoreStats {
-        let mut total = self.crashed_stats;
-        for core in &self.cores {
-            let b = core.stats();
-            total = CoreStats {
-                groups: total.groups + b.groups,
-                grouped_frames: total.grouped_frames + b.grouped_frames,
-                shared_groups: total.shared_groups + b.shared_groups,
-                slow_consumers: total.slow_consumers + b.slow_consumers,
-                filtered: total.filtered + b.filtered,
-                changes_stored: total.changes_stored + b.changes_stored,
-                ephemerals_dropped: total.ephemerals_dropped + b.ephemerals_dropped,
-            };
-        }
-        total
+        self.cores
+            .iter()
+            .fold(self.crashed_stats, |total, core| sum(total, core.stats()))
+    }
+}
+
+/// Two cores' statistics together.
+fn sum(a: CoreStats, b: CoreStats) -> CoreStats {
+    CoreStats {
+        groups: a.groups + b.groups,
+        grouped_frames: a.grouped_frames + b.grouped_frames,
+        shared_groups: a.shared_groups + b.shared_groups,
+        slow_consumers: a.slow_consumers + b.slow_consumers,
+        filtered: a.filtered + b.filtered,
+        changes_stored: a.changes_stored + b.changes_stored,
+        ephemerals_dropped: a.ephemerals_dropped + b.ephemerals_dropped,
     }
 }
 
@@ -733,17 +735,7 @@ impl World {
             self.relay.shared(),
         );
         let old = std::mem::replace(&mut self.relay.cores[core], fresh);
-        let b = old.stats();
-        let a = self.relay.crashed_stats;
-        self.relay.crashed_stats = CoreStats {
-            groups: a.groups + b.groups,
-            grouped_frames: a.grouped_frames + b.grouped_frames,
-            shared_groups: a.shared_groups + b.shared_groups,
-            slow_consumers: a.slow_consumers + b.slow_consumers,
-            filtered: a.filtered + b.filtered,
-            changes_stored: a.changes_stored + b.changes_stored,
-            ephemerals_dropped: a.ephemerals_dropped + b.ephemerals_dropped,
-        };
+        self.relay.crashed_stats = sum(self.relay.crashed_stats, old.stats());
         let gone: Vec<SessionId> = self
             .relay
             .core_of

@@ -256,11 +256,6 @@ impl AppState {
         self
     }
 
-    /// Whether the relay takes work: not draining, and its storage can serve.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && (self.storage_ready)()
-    }
-
     /// Stops accepting work and closes every connection with 1001; resolves when they are all
     /// closed or `grace` has passed.
     pub async fn drain(&self, grace: Duration) {

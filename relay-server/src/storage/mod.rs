@@ -24,7 +24,7 @@ use crate::tenant::Tenant;
 #[cfg(feature = "postgres")]
 pub use self::postgres::{
     CHANGES_CHANNEL, Health, POSTGRES_CONNECT_TIMEOUT, POSTGRES_DEAD_PEER, POSTGRES_RETRY_PAUSE,
-    PostgresStorage, connect_config, parse_notification,
+    PostgresStorage, parse_notification,
 };
 pub use memory::MemoryStorage;
 pub use sqlite::{SqliteStorage, backup as sqlite_backup};

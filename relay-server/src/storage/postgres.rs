@@ -383,7 +383,7 @@ impl PostgresStorage {
 ///
 /// # Errors
 /// [`StorageError::Backend`] for a URL that does not parse.
-pub fn connect_config(url: &str) -> Result<postgres::Config, StorageError> {
+fn connect_config(url: &str) -> Result<postgres::Config, StorageError> {
     let mut config = postgres::Config::from_str(url).map_err(backend)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(POSTGRES_CONNECT_TIMEOUT);
