@@ -11,6 +11,8 @@ use syncline_testkit::postgres::PostgresServer;
 use syncline_testkit::relay::{Relay, share_dev_key};
 use syncline_testkit::temp_dir;
 
+mod stores;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 fn todos() -> Collection {
@@ -108,29 +110,13 @@ impl Device {
 }
 
 /// Waits until `f` holds, at most [`WAIT`].
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    stores::eventually(WAIT, what, f);
 }
 
-/// Both stores hold the same documents at the same heads.
+/// Both stores hold the same todos at the same heads.
 fn same_documents(a: &Store, b: &Store) -> bool {
-    let (la, lb) = (
-        a.list(&todos()).expect("list"),
-        b.list(&todos()).expect("list"),
-    );
-    la.len() == lb.len()
-        && la.iter().all(|info| {
-            let ha = a.document(&info.id).and_then(|d| d.heads());
-            let hb = b.document(&info.id).and_then(|d| d.heads());
-            matches!((ha, hb), (Ok(x), Ok(y)) if x == y)
-        })
+    stores::same_documents(a, b, &todos())
 }
 
 #[test]

@@ -8,6 +8,8 @@ use syncline_testkit::postgres::PostgresServer;
 use syncline_testkit::relay::Relay;
 use syncline_testkit::{noise, temp_dir};
 
+mod stores;
+
 const WAIT: Duration = Duration::from_secs(30);
 
 fn todos() -> Collection {
@@ -161,28 +163,13 @@ fn two_devices_edit_offline_and_converge() {
 }
 
 /// Waits until `f` holds, at most [`WAIT`].
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    stores::eventually(WAIT, what, f);
 }
 
+/// Both stores hold the same todos at the same heads.
 fn same_documents(a: &Store, b: &Store) -> bool {
-    let (la, lb) = (
-        a.list(&todos()).expect("list"),
-        b.list(&todos()).expect("list"),
-    );
-    la.len() == lb.len()
-        && la.iter().all(|info| {
-            let ha = a.document(&info.id).and_then(|d| d.heads());
-            let hb = b.document(&info.id).and_then(|d| d.heads());
-            matches!((ha, hb), (Ok(x), Ok(y)) if x == y)
-        })
+    stores::same_documents(a, b, &todos())
 }
 
 #[test]

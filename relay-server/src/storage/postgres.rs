@@ -209,33 +209,15 @@ impl PostgresStorage {
                 &[&random_key().as_slice()],
             )
             .map_err(backend)?;
-        let stored: Vec<u8> = client
-            .query_one("SELECT value FROM secrets WHERE name = 'positions'", &[])
-            .map_err(backend)?
-            .get(0);
-        let position_key: [u8; 32] = stored
-            .try_into()
-            .map_err(|_| corrupt("secrets", "the position key is not 32 bytes".into()))?;
+        let position_key = read_position_key(&mut client)?;
         let epoch = new_epoch_id();
         let (epoch_ordinal, generation) = open_epoch(&mut client, &epoch)?;
-        let pid = backend_pid(&mut client)?;
-        Ok(Self {
+        Self::over(
             config,
-            connection: Mutex::new(Connection {
-                client: Some(client),
-                statements: None,
-                retry_at: None,
-            }),
-            health: Arc::new(Health {
-                storage_up: AtomicBool::new(true),
-                feed_up: AtomicBool::new(true),
-                storage_pid: AtomicI32::new(pid),
-            }),
-            epoch,
-            epoch_ordinal,
-            generation,
+            client,
+            (epoch, epoch_ordinal, generation),
             position_key,
-        })
+        )
     }
 
     /// A handle for reading only (the operator's `devices` and `doc` commands): it neither
@@ -270,13 +252,18 @@ impl PostgresStorage {
                 .into(),
             });
         }
-        let stored: Vec<u8> = client
-            .query_one("SELECT value FROM secrets WHERE name = 'positions'", &[])
-            .map_err(backend)?
-            .get(0);
-        let position_key: [u8; 32] = stored
-            .try_into()
-            .map_err(|_| corrupt("secrets", "the position key is not 32 bytes".into()))?;
+        let position_key = read_position_key(&mut client)?;
+        let none = (String::new(), READ_ONLY, READ_ONLY);
+        Self::over(config, client, none, position_key)
+    }
+
+    /// The handle over a connected `client`, in `epoch` (its id, ordinal and generation).
+    fn over(
+        config: postgres::Config,
+        mut client: Client,
+        (epoch, epoch_ordinal, generation): (String, i64, i64),
+        position_key: [u8; 32],
+    ) -> Result<Self, StorageError> {
         let pid = backend_pid(&mut client)?;
         Ok(Self {
             config,
@@ -290,9 +277,9 @@ impl PostgresStorage {
                 feed_up: AtomicBool::new(true),
                 storage_pid: AtomicI32::new(pid),
             }),
-            epoch: String::new(),
-            epoch_ordinal: READ_ONLY,
-            generation: READ_ONLY,
+            epoch,
+            epoch_ordinal,
+            generation,
             position_key,
         })
     }
@@ -671,6 +658,17 @@ fn with_dead_peer_limits(config: &mut postgres::Config) {
         let ms = 2 * POSTGRES_DEAD_PEER.as_millis();
         config.options(&format!("-c statement_timeout={ms}"));
     }
+}
+
+/// The key of position receipts, stored with the data.
+fn read_position_key(client: &mut Client) -> Result<[u8; 32], StorageError> {
+    let stored: Vec<u8> = client
+        .query_one("SELECT value FROM secrets WHERE name = 'positions'", &[])
+        .map_err(backend)?
+        .get(0);
+    stored
+        .try_into()
+        .map_err(|_| corrupt("secrets", "the position key is not 32 bytes".into()))
 }
 
 /// The server process id of `client`'s connection.
