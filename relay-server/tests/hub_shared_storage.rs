@@ -33,6 +33,15 @@ fn todos_seq(w: &World) -> u64 {
         .map_or(0, |(_, _, seq)| seq)
 }
 
+/// B hears that `todos` reached A's latest sequence, and its devices get what it pushes.
+fn hear(a: &World, b: &mut World) {
+    let pushed = b
+        .hub
+        .remote_changes(vec![(tenant("acme"), col("todos"), todos_seq(a))], 100)
+        .expect("catch up");
+    b.deliver(pushed);
+}
+
 #[test]
 fn a_change_through_one_relay_reaches_a_device_on_the_other_when_announced() {
     let (mut a, mut b) = two_relays();
@@ -83,11 +92,7 @@ fn a_relay_never_appends_to_a_document_another_relay_changed_since_it_loaded_it(
     // Both relays hold `todos/x` in memory.
     a.clients.get_mut(&1).expect("client").put(&x, "n", 1);
     a.push(1, std::slice::from_ref(&x));
-    let pushed = b
-        .hub
-        .remote_changes(vec![(tenant("acme"), col("todos"), todos_seq(&a))], 100)
-        .expect("catch up");
-    b.deliver(pushed);
+    hear(&a, &mut b);
     assert_eq!(b.clients[&2].get(&x, "n"), Some(1));
 
     // Device 1 changes it through A; before B hears of it, device 2 changes it through B.
@@ -171,11 +176,7 @@ fn a_document_another_session_loaded_before_the_announcement_is_still_pushed() {
     assert_eq!(b.clients[&3].get(&x, "n"), Some(1));
     assert_eq!(b.clients[&2].get(&x, "n"), None);
     // The announcement still reaches device 2, although B's copy is current.
-    let pushed = b
-        .hub
-        .remote_changes(vec![(tenant("acme"), col("todos"), todos_seq(&a))], 100)
-        .expect("catch up");
-    b.deliver(pushed);
+    hear(&a, &mut b);
     assert_eq!(b.clients[&2].get(&x, "n"), Some(1));
 }
 
@@ -188,11 +189,7 @@ fn a_plan_never_sends_an_older_copy_under_a_newer_cursor() {
     let x = doc("todos/x");
     a.clients.get_mut(&1).expect("client").put(&x, "n", 1);
     a.push(1, std::slice::from_ref(&x));
-    let pushed = b
-        .hub
-        .remote_changes(vec![(tenant("acme"), col("todos"), todos_seq(&a))], 100)
-        .expect("catch up");
-    b.deliver(pushed);
+    hear(&a, &mut b);
     assert_eq!(b.clients[&2].get(&x, "n"), Some(1), "B holds x in memory");
     // A changes it; before B hears of it, device 3 connects to B and plans from scratch.
     a.clients.get_mut(&1).expect("client").put(&x, "n", 2);

@@ -190,21 +190,7 @@ fn a_relay_killed_mid_sync_its_devices_finish_through_the_other() {
             .unwrap_or(false)
     });
     cluster.relays[0].kill().expect("SIGKILL");
-    let acknowledged: Vec<_> = {
-        let pending: std::collections::HashSet<_> = a
-            .store
-            .pending_documents()
-            .expect("pending")
-            .into_iter()
-            .collect();
-        a.store
-            .list(&todos())
-            .expect("list")
-            .into_iter()
-            .map(|info| info.id)
-            .filter(|id| !pending.contains(id))
-            .collect()
-    };
+    let acknowledged = stores::acknowledged(&a.store, &todos());
     assert!(!acknowledged.is_empty());
     // Relay 0 stays dead: device a moves to relay 1 and finishes there.
     client_a

@@ -326,21 +326,7 @@ fn killed_mid_sync_loses_nothing_acknowledged(start: &dyn Fn(&std::path::Path, &
             .unwrap_or(false)
     });
     relay.kill().expect("SIGKILL");
-    let acknowledged: Vec<_> = {
-        let pending: std::collections::HashSet<_> = a
-            .store
-            .pending_documents()
-            .expect("pending")
-            .into_iter()
-            .collect();
-        a.store
-            .list(&todos())
-            .expect("list")
-            .into_iter()
-            .map(|info| info.id)
-            .filter(|id| !pending.contains(id))
-            .collect()
-    };
+    let acknowledged = stores::acknowledged(&a.store, &todos());
     assert!(!acknowledged.is_empty());
     let relay = start(data.path(), &addr);
     // The kill is a failed connection: keep retrying through it.

@@ -1,5 +1,5 @@
 //! What the end-to-end tests share about devices' stores: waiting for a condition, comparing
-//! two stores.
+//! two stores, what a relay acknowledged.
 
 use std::time::Duration;
 
@@ -29,4 +29,20 @@ pub fn same_documents(a: &Store, b: &Store, collection: &Collection) -> bool {
             let hb = b.document(&info.id).and_then(|d| d.heads());
             matches!((ha, hb), (Ok(x), Ok(y)) if x == y)
         })
+}
+
+/// The documents of `collection` the relay acknowledged whole (none of their changes pending).
+pub fn acknowledged(store: &Store, collection: &Collection) -> Vec<syncline::DocId> {
+    let pending: std::collections::HashSet<_> = store
+        .pending_documents()
+        .expect("pending")
+        .into_iter()
+        .collect();
+    store
+        .list(collection)
+        .expect("list")
+        .into_iter()
+        .map(|info| info.id)
+        .filter(|id| !pending.contains(id))
+        .collect()
 }
