@@ -354,6 +354,7 @@ impl Attack {
                 ),
                 retry_after_ms: None,
                 doc: None,
+                collection: None,
             })),
             Attack::Fetch => {
                 // Each attacker walks the documents from its own offset.

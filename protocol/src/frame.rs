@@ -142,6 +142,7 @@ fn encode_plain(message: &Message) -> Vec<u8> {
         Message::Fetch(m) => e.encode(m),
         Message::Ephemeral(m) => e.encode(m),
         Message::Error(m) => e.encode(m),
+        Message::PlanDone(m) => e.encode(m),
     });
     // Writing to a Vec cannot fail and every message type encodes without error.
     body.expect("encoding into a Vec is infallible");
@@ -210,6 +211,11 @@ fn inflate_with(
     Ok(out)
 }
 
+/// What a malformed message's error adds: the encoding rules a second implementation most
+/// often misses (`docs/PROTOCOL.md`, "Encoding").
+const ENCODING_HINT: &str = " (messages are CBOR maps with unsigned integer keys, byte strings \
+     are untagged, and every field not marked optional is present, even an empty list)";
+
 /// Decodes one frame of at most `max_len` bytes.
 ///
 /// # Errors
@@ -231,12 +237,23 @@ pub fn decode(bytes: &[u8], max_len: usize) -> Result<Message, FrameError> {
         }
         other => return Err(FrameError::Flags(other)),
     };
-    let malformed = |e: minicbor::decode::Error| FrameError::Malformed(e.to_string());
+    let outer = |e: minicbor::decode::Error| {
+        FrameError::Malformed(format!("{e} (a frame's body is the array [type, message])"))
+    };
     let mut d = Decoder::new(cbor);
-    if d.array().map_err(malformed)? != Some(2) {
-        return Err(FrameError::Malformed("expected a 2-element array".into()));
+    if d.array().map_err(outer)? != Some(2) {
+        return Err(FrameError::Malformed(
+            "expected the 2-element array [type, message]".into(),
+        ));
     }
-    let message = match d.u64().map_err(malformed)? {
+    let kind = d.u64().map_err(outer)?;
+    let malformed = |e: minicbor::decode::Error| {
+        FrameError::Malformed(format!(
+            "{} message: {e}{ENCODING_HINT}",
+            type_name(kind).unwrap_or("unknown")
+        ))
+    };
+    let message = match kind {
         1 => Message::Hello(d.decode().map_err(malformed)?),
         2 => Message::Welcome(d.decode().map_err(malformed)?),
         3 => Message::Subscribe(d.decode().map_err(malformed)?),
@@ -249,6 +266,7 @@ pub fn decode(bytes: &[u8], max_len: usize) -> Result<Message, FrameError> {
         10 => Message::Fetch(d.decode().map_err(malformed)?),
         11 => Message::Ephemeral(d.decode().map_err(malformed)?),
         12 => Message::Error(d.decode().map_err(malformed)?),
+        13 => Message::PlanDone(d.decode().map_err(malformed)?),
         other => return Err(FrameError::UnknownType(other)),
     };
     if d.position() != cbor.len() {

@@ -9,7 +9,7 @@
 //! binary WebSocket message:
 //!
 //! ```
-//! use syncline_protocol::messages::{DeviceClass, Hello, Limits, Profile, Welcome};
+//! use syncline_protocol::messages::{DeviceClass, Feature, Hello, Limits, Profile, Welcome};
 //! use syncline_protocol::{frame, DocId, Message, PROTOCOL_VERSION};
 //!
 //! // The client declares what it speaks and what it is.
@@ -27,6 +27,7 @@
 //!     compression: vec![0],
 //!     profile,
 //!     client: "syncline/0.1.0".into(),
+//!     features: vec![Feature::PlanDone.code()],
 //! });
 //! let on_the_wire = frame::encode(&hello);
 //!
@@ -48,6 +49,7 @@
 //!         idle_timeout_ms: 60_000,
 //!     },
 //!     epoch: Some("5f2c0e9a41b7d3c8".into()),
+//!     features: vec![Feature::PlanDone.code()],
 //! });
 //! assert_eq!(frame::decode(&frame::encode(&welcome), 16 << 20)?, welcome);
 //!

@@ -147,6 +147,41 @@ pub struct Hello {
     /// Client name and version, for logs (`syncline/0.1.0`).
     #[n(3)]
     pub client: String,
+    /// Optional protocol features the client understands ([`Feature`] codes); the relay
+    /// names in `Welcome.features` those it uses on this connection. Absent: none.
+    #[cbor(n(4), default, skip_if = "Vec::is_empty")]
+    pub features: Vec<u32>,
+}
+
+/// An optional protocol feature, negotiated in `Hello.features` / `Welcome.features`: a relay
+/// uses one only with a client that offered it, so older peers on either side keep working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Feature {
+    /// Code 1: every `Plan` carries an `id`, and a [`PlanDone`] naming it follows once the first
+    /// message of every document of its `send` list has been sent.
+    PlanDone,
+}
+
+impl Feature {
+    /// Every feature this crate implements.
+    pub const ALL: [Feature; 1] = [Feature::PlanDone];
+
+    /// The code on the wire.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::PlanDone => 1,
+        }
+    }
+
+    /// The feature of a code, if this crate implements it.
+    pub fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.code() == code)
+    }
+
+    /// Whether `codes` (a `Hello.features` or `Welcome.features`) names this feature.
+    pub fn named_in(self, codes: &[u32]) -> bool {
+        codes.contains(&self.code())
+    }
 }
 
 /// The relay's limits for this connection.
@@ -196,6 +231,10 @@ pub struct Welcome {
     /// does not keep epochs, and positions are not checked.
     #[n(5)]
     pub epoch: Option<String>,
+    /// The optional features ([`Feature`] codes) the relay uses on this connection: those of
+    /// `Hello.features` it implements. Absent: none.
+    #[cbor(n(6), default, skip_if = "Vec::is_empty")]
+    pub features: Vec<u32>,
 }
 
 /// Client → relay: the collections to sync (replaces the previous subscription).
@@ -361,6 +400,23 @@ pub struct Plan {
     /// document of them again (`docs/PROTOCOL.md`, "Epochs").
     #[cbor(n(5), default, skip_if = "Vec::is_empty")]
     pub reset: Vec<Collection>,
+    /// With [`Feature::PlanDone`] in use: the plan's number on this connection (1, 2, ... in
+    /// the order the relay sends its plans), named by the [`PlanDone`] that closes it.
+    #[n(6)]
+    pub id: Option<u64>,
+}
+
+/// Relay → client, with [`Feature::PlanDone`] in use: every document of the `send` list of the
+/// plan numbered `plan` has had its first message sent (on this connection, before this
+/// frame). A planned document that got no message by then was dropped (its collection was
+/// unsubscribed, the grants narrowed, or it was taken back for a metered network and is
+/// announced as deferred): it is not synced by this plan.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[cbor(map)]
+pub struct PlanDone {
+    /// The `Plan.id` of the plan done.
+    #[n(0)]
+    pub plan: u64,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -525,6 +581,11 @@ pub struct Error {
     /// frame was handled, and the sender stops waiting for this document's acknowledgement.
     #[n(3)]
     pub doc: Option<DocId>,
+    /// The collection the error is about, when a request (`Subscribe`, `Reconcile`, `Fetch`,
+    /// `Ephemeral`) named one the token cannot read: refused for that collection only, the rest
+    /// of the request was served.
+    #[n(4)]
+    pub collection: Option<Collection>,
 }
 
 /// Every message of protocol version 1.
@@ -554,6 +615,8 @@ pub enum Message {
     Ephemeral(Ephemeral),
     /// See [`Error`].
     Error(Error),
+    /// See [`PlanDone`].
+    PlanDone(PlanDone),
 }
 
 impl Message {
@@ -572,24 +635,33 @@ impl Message {
             Self::Fetch(_) => 10,
             Self::Ephemeral(_) => 11,
             Self::Error(_) => 12,
+            Self::PlanDone(_) => 13,
         }
     }
 
     /// The message's name, for logs and metrics labels.
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Hello(_) => "hello",
-            Self::Welcome(_) => "welcome",
-            Self::Subscribe(_) => "subscribe",
-            Self::Reconcile(_) => "reconcile",
-            Self::Plan(_) => "plan",
-            Self::Sync(_) => "sync",
-            Self::Ack(_) => "ack",
-            Self::UpdateProfile(_) => "update_profile",
-            Self::RefreshToken(_) => "refresh_token",
-            Self::Fetch(_) => "fetch",
-            Self::Ephemeral(_) => "ephemeral",
-            Self::Error(_) => "error",
-        }
+        type_name(u64::from(self.type_code())).unwrap_or("unknown")
     }
+}
+
+/// The name of message type `code`, for logs, metrics and errors (`None`: not a type of this
+/// protocol revision).
+pub fn type_name(code: u64) -> Option<&'static str> {
+    Some(match code {
+        1 => "hello",
+        2 => "welcome",
+        3 => "subscribe",
+        4 => "reconcile",
+        5 => "plan",
+        6 => "sync",
+        7 => "ack",
+        8 => "update_profile",
+        9 => "refresh_token",
+        10 => "fetch",
+        11 => "ephemeral",
+        12 => "error",
+        13 => "plan_done",
+        _ => return None,
+    })
 }

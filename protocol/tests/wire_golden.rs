@@ -25,7 +25,7 @@ fn encodings_match_the_golden_vectors() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test_data");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let samples = common::samples();
-    assert_eq!(samples.len(), 12, "one sample per message type");
+    assert_eq!(samples.len(), 13, "one sample per message type");
     for (name, message) in samples {
         let path = dir.join(format!("{name}.hex"));
         let encoded = frame::encode(&message);

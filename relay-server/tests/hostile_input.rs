@@ -47,6 +47,7 @@ fn session() -> Session {
         compression: vec![0],
         profile: syncline_testkit::profile(DeviceClass::Phone),
         client: "mallory".into(),
+        features: Vec::new(),
     });
     let out = s.handle_frame(&frame::encode(&hello), T0);
     assert!(matches!(&out.send[..], [Message::Welcome(_)]), "{out:?}");
@@ -281,6 +282,7 @@ fn client_error_text_is_escaped_bounded_and_counted_as_a_strike() {
         message: forged,
         retry_after_ms: None,
         doc: None,
+        collection: None,
     }));
     let out = s.handle_frame(&report, T0 + 1);
     let logged = out

@@ -50,6 +50,7 @@ fn session(profile: Profile) -> Session {
         compression: vec![0],
         profile,
         client: "test".into(),
+        features: Vec::new(),
     });
     s.handle_frame(&frame::encode(&hello), T0);
     s
@@ -338,4 +339,36 @@ fn queued_messages_are_filtered_by_the_grants_current_when_they_go() {
         rest.is_empty(),
         "photos left after the grants narrowed: {rest:?}"
     );
+}
+
+/// A plan's `PlanDone` follows its catch-up in the bulk lane, behind every part of it (a live
+/// message queued later still overtakes it), and stays when the plan changes: an
+/// unsubscribed collection's documents are dropped, the end of the plan still comes.
+#[test]
+fn a_plan_done_follows_its_catch_up_and_survives_a_change_of_plan() {
+    let mut s = session(phone(Some(20_000), false));
+    subscribe(&mut s, &["photos", "todos"]);
+    s.deliver(catch_up("photos", 10, 5_000), Lane::Bulk, 0, T0);
+    s.deliver(Message::PlanDone(PlanDone { plan: 7 }), Lane::Bulk, 0, T0);
+    s.deliver(
+        Message::Error(Error {
+            code: ErrorCode::INTERNAL,
+            message: "live".into(),
+            retry_after_ms: None,
+            doc: None,
+            collection: None,
+        }),
+        Lane::Live,
+        0,
+        T0,
+    );
+    subscribe(&mut s, &["todos"]);
+    let names: Vec<&'static str> = drain(&mut s, T0 + 1)
+        .iter()
+        .filter(|(_, f)| !f.bytes.is_empty())
+        .map(|(_, f)| frame::decode(&f.bytes, usize::MAX).expect("frame").name())
+        .collect();
+    let done = names.iter().position(|n| *n == "plan_done");
+    assert_eq!(done, Some(names.len() - 1), "{names:?}");
+    assert!(names.contains(&"error"), "{names:?}");
 }

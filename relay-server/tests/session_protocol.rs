@@ -66,6 +66,7 @@ fn hello(versions: Vec<u32>) -> Message {
         compression: vec![0],
         profile: syncline_testkit::profile(DeviceClass::Phone),
         client: "test".into(),
+        features: Vec::new(),
     })
 }
 
@@ -189,6 +190,81 @@ fn compression_is_negotiated_and_then_used_both_ways() {
     assert_eq!((code, s.compression()), (0, Compression::None));
 }
 
+/// `PlanDone` is used only with a client that offered it: the `Welcome` names the features the
+/// relay implements among those offered (an unknown code is skipped), and the hub is told to
+/// close this session's plans; a client that offered none (an older one) gets neither.
+#[test]
+fn optional_features_are_used_only_when_offered() {
+    let welcome = |features: Vec<u32>| {
+        let mut s = Session::new(
+            "s".into(),
+            verified(&["todos"], &[], T0 / 1000 + 60),
+            limits(),
+            T0,
+        );
+        let mut hello = hello(vec![1]);
+        if let Message::Hello(h) = &mut hello {
+            h.features = features;
+        }
+        let out = s.handle_frame(&frame::encode(&hello), T0);
+        let [Message::Welcome(w)] = &out.send[..] else {
+            panic!("{out:?}")
+        };
+        let closes = out.actions.iter().any(|a| matches!(a, Action::ClosePlans));
+        (w.features.clone(), closes)
+    };
+    assert_eq!(welcome(vec![99, 1]), (vec![1], true));
+    assert_eq!(welcome(vec![99]), (vec![], false));
+    assert_eq!(welcome(vec![]), (vec![], false));
+}
+
+/// A text WebSocket message is refused as a malformed frame saying why (it used to read
+/// "empty frame"), and the connection goes on.
+#[test]
+fn a_text_message_is_refused_as_not_a_frame() {
+    let mut s = open_session();
+    let out = s.handle_text(T0 + 1);
+    let [Message::Error(e)] = &out.send[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(e.code, ErrorCode::BAD_FRAME);
+    assert!(
+        e.message.contains("text WebSocket message"),
+        "{}",
+        e.message
+    );
+    assert!(out.close.is_none());
+    let out = send(&mut s, Message::Fetch(Fetch { docs: vec![] }));
+    assert!(error_codes(&out).is_empty(), "{out:?}");
+}
+
+/// A malformed first frame is refused and the connection still waits for `Hello`: a corrected
+/// one is welcomed. The refusal of a malformed message names the message and the encoding
+/// rules most often missed.
+#[test]
+fn a_corrected_hello_after_a_malformed_one_is_welcomed() {
+    let mut s = Session::new(
+        "s".into(),
+        verified(&["todos"], &[], T0 / 1000 + 60),
+        limits(),
+        T0,
+    );
+    // A Hello whose map has text keys: [1, {"versions": [1]}].
+    let text_keys = [
+        0x00, 0x82, 0x01, 0xa1, 0x68, b'v', b'e', b'r', b's', b'i', b'o', b'n', b's', 0x81, 0x01,
+    ];
+    let out = s.handle_frame(&text_keys, T0);
+    let [Message::Error(e)] = &out.send[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(e.code, ErrorCode::BAD_FRAME);
+    assert!(e.message.contains("hello message"), "{}", e.message);
+    assert!(e.message.contains("unsigned integer keys"), "{}", e.message);
+    assert!(out.close.is_none());
+    let out = s.handle_frame(&frame::encode(&hello(vec![1])), T0 + 1);
+    assert!(matches!(&out.send[..], [Message::Welcome(_)]), "{out:?}");
+}
+
 #[test]
 fn no_common_version_closes() {
     let mut s = Session::new("s".into(), verified(&[], &[], T0 / 1000 + 60), limits(), T0);
@@ -222,6 +298,7 @@ fn messages_out_of_order_are_refused() {
             update: false,
             fetch: false,
             reset: vec![],
+            id: None,
         }),
     ] {
         let out = send(&mut s, relay_only);
@@ -242,14 +319,33 @@ fn every_message_type_is_authorized() {
     use syncline_protocol::Priority;
 
     let mut s = open_session();
-    // Subscribe.
+    // What the token cannot read is refused alone, naming the collection; the rest is served.
+    let refused_collections = |out: &Output| -> Vec<String> {
+        out.send
+            .iter()
+            .filter_map(|m| match m {
+                Message::Error(e) if e.code.0 == forbidden => Some(
+                    e.collection
+                        .as_ref()
+                        .map_or("-".into(), ToString::to_string),
+                ),
+                _ => None,
+            })
+            .collect()
+    };
+    // Subscribe: the readable collections are subscribed.
     let out = send(
         &mut s,
         Message::Subscribe(Subscribe {
             collections: vec![sub("todos"), sub("secret")],
         }),
     );
-    assert_eq!((error_codes(&out), out.actions.len()), (vec![forbidden], 0));
+    assert_eq!(refused_collections(&out), vec!["secret"]);
+    assert!(
+        matches!(&out.actions[..], [Action::Subscribe(c)] if c.len() == 1 && c[0].collection == col("todos")),
+        "{out:?}"
+    );
+    assert!(out.close.is_none());
     let out = send(
         &mut s,
         Message::Subscribe(Subscribe {
@@ -283,7 +379,13 @@ fn every_message_type_is_authorized() {
         },
     ] {
         let out = send(&mut s, Message::Reconcile(bad));
-        assert_eq!((error_codes(&out), out.actions.len()), (vec![forbidden], 0));
+        assert_eq!(refused_collections(&out), vec!["secret"]);
+        // Still planned (a Reconcile always gets its Plan), without what is unreadable.
+        let [Action::Reconcile(r)] = &out.actions[..] else {
+            panic!("{out:?}")
+        };
+        assert!(r.cursors.iter().all(|c| c.collection != col("secret")));
+        assert!(r.changed.is_empty());
     }
     let ok = Reconcile {
         cursors: vec![cursor("todos")],
@@ -331,7 +433,11 @@ fn every_message_type_is_authorized() {
             docs: vec![doc("todos/a"), doc("secret/x")],
         }),
     );
-    assert_eq!((error_codes(&out), out.actions.len()), (vec![forbidden], 0));
+    assert_eq!(refused_collections(&out), vec!["secret"]);
+    assert!(
+        matches!(&out.actions[..], [Action::Fetch(d)] if d == &vec![doc("todos/a")]),
+        "{out:?}"
+    );
     assert!(matches!(
         &send(
             &mut s,
@@ -350,7 +456,10 @@ fn every_message_type_is_authorized() {
             from: Some(DeviceId::from_bytes([9; 16])),
         })
     };
-    assert_eq!(error_codes(&send(&mut s, eph("secret/x"))), vec![forbidden]);
+    assert_eq!(
+        refused_collections(&send(&mut s, eph("secret/x"))),
+        vec!["secret"]
+    );
     let out = send(&mut s, eph("todos/a"));
     assert!(
         matches!(&out.actions[..], [Action::Ephemeral(e)] if e.from == Some(DeviceId::from_bytes([1; 16])))

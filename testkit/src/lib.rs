@@ -135,13 +135,20 @@ pub fn profile(class: DeviceClass) -> Profile {
     }
 }
 
-/// A version-1 `Hello` from `client` with [`profile`]`(class)`, no compression.
+/// A version-1 `Hello` from `client` with [`profile`]`(class)`, no compression and no optional
+/// feature (as a client older than the features sends it).
 pub fn hello(client: &str, class: DeviceClass) -> Message {
+    hello_with(client, class, Vec::new())
+}
+
+/// [`hello`] offering the optional `features` (their codes).
+pub fn hello_with(client: &str, class: DeviceClass, features: Vec<u32>) -> Message {
     Message::Hello(Hello {
         versions: vec![syncline_protocol::PROTOCOL_VERSION],
         compression: vec![0],
         profile: profile(class),
         client: client.to_owned(),
+        features,
     })
 }
 

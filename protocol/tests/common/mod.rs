@@ -105,16 +105,22 @@ fn vec<T: std::fmt::Debug>(s: impl Strategy<Value = T>) -> impl Strategy<Value =
 
 pub fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (vec(any::<u32>()), vec(any::<u32>()), profile(), ".{0,16}").prop_map(
-            |(versions, compression, profile, client)| {
+        (
+            vec(any::<u32>()),
+            vec(any::<u32>()),
+            profile(),
+            ".{0,16}",
+            vec(any::<u32>())
+        )
+            .prop_map(|(versions, compression, profile, client, features)| {
                 Message::Hello(Hello {
                     versions,
                     compression,
                     profile,
                     client,
+                    features,
                 })
-            }
-        ),
+            }),
         (
             any::<u32>(),
             any::<u32>(),
@@ -122,9 +128,10 @@ pub fn message() -> impl Strategy<Value = Message> {
             any::<u64>(),
             any::<(u64, u32, u64, u32, u64)>(),
             proptest::option::of("[0-9a-f]{0,32}"),
+            vec(any::<u32>()),
         )
             .prop_map(
-                |(version, compression, session, server_time_ms, l, epoch)| {
+                |(version, compression, session, server_time_ms, l, epoch, features)| {
                     Message::Welcome(Welcome {
                         version,
                         compression,
@@ -138,6 +145,7 @@ pub fn message() -> impl Strategy<Value = Message> {
                             idle_timeout_ms: l.4,
                         },
                         epoch,
+                        features,
                     })
                 }
             ),
@@ -162,17 +170,20 @@ pub fn message() -> impl Strategy<Value = Message> {
             vec(cursor()),
             any::<bool>(),
             vec(collection()),
+            proptest::option::of(any::<u64>()),
         )
             .prop_map(
-                |(send, deferred, cursors, update, reset)| Message::Plan(Plan {
+                |(send, deferred, cursors, update, reset, id)| Message::Plan(Plan {
                     send,
                     deferred,
                     cursors,
                     update,
                     fetch: false,
                     reset,
+                    id,
                 })
             ),
+        any::<u64>().prop_map(|plan| Message::PlanDone(PlanDone { plan })),
         (
             vec((doc_id(), bytes()).prop_map(|(doc, message)| SyncItem {
                 doc,
@@ -210,14 +221,16 @@ pub fn message() -> impl Strategy<Value = Message> {
             any::<u16>(),
             ".{0,20}",
             any::<Option<u64>>(),
-            proptest::option::of(doc_id())
+            proptest::option::of(doc_id()),
+            proptest::option::of(collection())
         )
-            .prop_map(|(code, message, retry_after_ms, doc)| {
+            .prop_map(|(code, message, retry_after_ms, doc, collection)| {
                 Message::Error(Error {
                     code: ErrorCode(code),
                     message,
                     retry_after_ms,
                     doc,
+                    collection,
                 })
             }),
     ]
@@ -252,6 +265,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                 compression: vec![0],
                 profile: profile.clone(),
                 client: "syncline/0.1.0".into(),
+                features: vec![1],
             }),
         ),
         (
@@ -269,6 +283,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                     idle_timeout_ms: 60_000,
                 },
                 epoch: None,
+                features: vec![1],
             }),
         ),
         (
@@ -315,8 +330,10 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                 update: false,
                 fetch: false,
                 reset: vec![],
+                id: Some(1),
             }),
         ),
+        ("plan_done", Message::PlanDone(PlanDone { plan: 1 })),
         (
             "sync",
             Message::Sync(Sync {
@@ -375,6 +392,7 @@ pub fn samples() -> Vec<(&'static str, Message)> {
                 message: "slow down".into(),
                 retry_after_ms: Some(250),
                 doc: None,
+                collection: None,
             }),
         ),
     ]

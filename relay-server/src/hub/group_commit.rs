@@ -199,6 +199,7 @@ impl<S: Storage> Hub<S> {
                             message: "the relay's storage is full; send this again later".into(),
                             retry_after_ms: Some(STORAGE_FULL_RETRY_MS),
                             doc: Some(doc.clone()),
+                            collection: None,
                         }),
                     ));
                 }
@@ -220,6 +221,7 @@ impl<S: Storage> Hub<S> {
                                 .into(),
                             retry_after_ms: Some(CONFLICT_RETRY_MS),
                             doc: Some(doc.clone()),
+                            collection: None,
                         }),
                     ));
                 }
@@ -318,6 +320,11 @@ impl<S: Storage> Hub<S> {
         let own_only = (!self.allow_foreign_changes).then_some(device.as_bytes().as_slice());
         // One frame's payloads share one budget (what decoding them may cost).
         let mut budget = Budget::new(self.payload_limits);
+        // Documents of the frame with an item applied, and with an item refused after the
+        // document was loaded: a refused item gets its error and nothing else (no reply, no
+        // acknowledgement), unless another item of the frame for the document was applied.
+        let mut applied: HashSet<DocId> = HashSet::new();
+        let mut refused_docs: Vec<DocId> = Vec::new();
         for item in items {
             let Ok(message) = SyncMessage::decode(&item.message) else {
                 out.push(error(id, ErrorCode::BAD_DOCUMENT, &item.doc, "undecodable"));
@@ -390,6 +397,7 @@ impl<S: Storage> Hub<S> {
                 .expect("loaded");
             match received {
                 Ok(_) => {
+                    applied.insert(item.doc.clone());
                     // The state now keeps this message (on a refusal it kept the last one).
                     peer.charge(&item.doc, cost);
                     peer.confirmed.insert(item.doc.clone());
@@ -418,8 +426,13 @@ impl<S: Storage> Hub<S> {
                         e.retry_after_ms = Some(FOREIGN_RETRY_MS);
                     }
                     out.push(refusal);
+                    refused_docs.push(item.doc.clone());
                 }
             }
+        }
+        for doc in refused_docs.iter().filter(|doc| !applied.contains(*doc)) {
+            carried.retain(|d| d != doc);
+            before.retain(|(d, _)| d != doc);
         }
         Ok(())
     }

@@ -161,6 +161,9 @@ struct Peer {
     /// bytes, and their total: bounded by [`MAX_SESSION_STATE_BYTES`].
     state_costs: HashMap<DocId, usize>,
     state_bytes: usize,
+    /// With `PlanDone` negotiated, the number of the last plan sent (the first is 1); `None`:
+    /// the device did not ask for plans to be numbered and closed.
+    plans: Option<u64>,
 }
 
 impl Peer {
@@ -435,6 +438,7 @@ impl<S: Storage> Hub<S> {
             skipped: BTreeSet::new(),
             state_costs: HashMap::new(),
             state_bytes: 0,
+            plans: None,
         };
         self.peers.insert(id, peer);
     }
@@ -527,6 +531,10 @@ impl<S: Storage> Hub<S> {
             Action::Register(profile) => {
                 self.peer_mut(id).profile = Some(profile);
                 self.register(id, now_ms)?;
+                Ok(Vec::new())
+            }
+            Action::ClosePlans => {
+                self.peer_mut(id).plans.get_or_insert(0);
                 Ok(Vec::new())
             }
             Action::UpdateProfile(profile) => {
@@ -828,6 +836,7 @@ impl<S: Storage> Hub<S> {
                             .into(),
                         retry_after_ms: Some(group_commit::CONFLICT_RETRY_MS),
                         doc: Some(doc.clone()),
+                        collection: None,
                     }),
                 ));
             }
@@ -917,6 +926,7 @@ impl Delivery {
                 message: message.into(),
                 retry_after_ms: Some(1000),
                 doc: None,
+                collection: None,
             }),
         )
     }
@@ -930,6 +940,7 @@ fn error(to: SessionId, code: ErrorCode, doc: &DocId, message: &str) -> Delivery
             message: format!("{doc}: {message}"),
             retry_after_ms: None,
             doc: Some(doc.clone()),
+            collection: None,
         }),
     )
 }

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 
 use syncline_protocol::messages::{
-    CollectionSubscription, Cursor, Plan, PlanEntry, Reconcile, SyncItem,
+    CollectionSubscription, Cursor, Plan, PlanDone, PlanEntry, Reconcile, SyncItem,
 };
 use syncline_protocol::{Collection, DocId, Message, Priority};
 
@@ -75,8 +75,17 @@ impl Planned {
     }
 
     /// Delivers the plan and its messages: the answer to a `Reconcile` or a `Fetch` always
-    /// (the client counts them), an update only when it says something.
-    fn deliver(self, id: SessionId, kind: PlanKind, lane: Lane, out: &mut Vec<Delivery>) {
+    /// (the client counts them), an update only when it says something. With `plans` (the
+    /// session's plan counter, when it negotiated `PlanDone`), the plan is numbered and a
+    /// `PlanDone` follows its messages in their lane.
+    fn deliver(
+        self,
+        id: SessionId,
+        kind: PlanKind,
+        lane: Lane,
+        plans: Option<&mut u64>,
+        out: &mut Vec<Delivery>,
+    ) {
         let quiet = matches!(kind, PlanKind::Update);
         let (cursors, reset, update, fetch) = match kind {
             PlanKind::Reconcile(cursors, reset) => (cursors, reset, false, false),
@@ -86,6 +95,10 @@ impl Planned {
         if quiet && self.send.is_empty() && self.deferred.is_empty() {
             return;
         }
+        let number = plans.map(|last| {
+            *last += 1;
+            *last
+        });
         out.push(Delivery::live(
             id,
             Message::Plan(Plan {
@@ -95,9 +108,17 @@ impl Planned {
                 update,
                 fetch,
                 reset,
+                id: number,
             }),
         ));
         push_batches(out, id, self.items, lane);
+        if let Some(plan) = number {
+            out.push(Delivery {
+                to: id,
+                message: Message::PlanDone(PlanDone { plan }),
+                lane,
+            });
+        }
     }
 }
 
@@ -265,10 +286,12 @@ impl<S: Storage> Hub<S> {
         }
         let mut out = Vec::new();
         self.note_deferred(id, &planned);
+        let plans = self.peer_mut(id).plans.as_mut();
         planned.deliver(
             id,
             PlanKind::Reconcile(reached, reset),
             Lane::Bulk,
+            plans,
             &mut out,
         );
         Ok(out)
@@ -424,7 +447,8 @@ impl<S: Storage> Hub<S> {
         }
         self.note_deferred(id, &planned);
         let mut out = Vec::new();
-        planned.deliver(id, PlanKind::Update, Lane::Bulk, &mut out);
+        let plans = self.peer_mut(id).plans.as_mut();
+        planned.deliver(id, PlanKind::Update, Lane::Bulk, plans, &mut out);
         Ok(out)
     }
 
@@ -546,7 +570,8 @@ impl<S: Storage> Hub<S> {
         } else {
             PlanKind::Update
         };
-        planned.deliver(id, kind, Lane::Asked, &mut out);
+        let plans = self.peer_mut(id).plans.as_mut();
+        planned.deliver(id, kind, Lane::Asked, plans, &mut out);
         Ok(out)
     }
 
@@ -583,7 +608,8 @@ impl<S: Storage> Hub<S> {
         };
         self.note_deferred(id, &planned);
         let mut out = Vec::new();
-        planned.deliver(id, PlanKind::Update, Lane::Live, &mut out);
+        let plans = self.peer_mut(id).plans.as_mut();
+        planned.deliver(id, PlanKind::Update, Lane::Live, plans, &mut out);
         out
     }
 
@@ -634,19 +660,13 @@ impl<S: Storage> Hub<S> {
         let Planned {
             items, deferred, ..
         } = planned;
-        if !deferred.is_empty() {
-            out.push(Delivery::live(
-                id,
-                Message::Plan(Plan {
-                    send: Vec::new(),
-                    deferred,
-                    cursors: Vec::new(),
-                    update: true,
-                    fetch: false,
-                    reset: Vec::new(),
-                }),
-            ));
-        }
+        let announced = Planned {
+            send: Vec::new(),
+            items: Vec::new(),
+            deferred,
+        };
+        let plans = self.peer_mut(id).plans.as_mut();
+        announced.deliver(id, PlanKind::Update, Lane::Live, plans, out);
         let positions = self.push_positions(id, &items);
         let first = out.len();
         push_batches(out, id, items, Lane::Live);

@@ -37,24 +37,28 @@ pub fn visible(message: Message, grants: &Grants) -> Option<Message> {
             update,
             fetch,
             reset,
+            id,
         }) => {
             let send: Vec<_> = send.into_iter().filter(|e| readable(&e.doc)).collect();
             let deferred: Vec<_> = deferred.into_iter().filter(|e| readable(&e.doc)).collect();
-            // An answer (to a Reconcile or a Fetch) always arrives; an update with nothing
-            // left need not.
-            (!update || fetch || !send.is_empty() || !deferred.is_empty()).then(|| {
-                Message::Plan(Plan {
-                    send,
-                    deferred,
-                    cursors: cursors
-                        .into_iter()
-                        .filter(|c| grants.can_read(&c.collection))
-                        .collect(),
-                    update,
-                    fetch,
-                    reset: reset.into_iter().filter(|c| grants.can_read(c)).collect(),
-                })
-            })
+            // An answer (to a Reconcile or a Fetch) always arrives, and so does a numbered
+            // plan (its `PlanDone` names it); an update with nothing left need not.
+            (!update || fetch || id.is_some() || !send.is_empty() || !deferred.is_empty()).then(
+                || {
+                    Message::Plan(Plan {
+                        send,
+                        deferred,
+                        cursors: cursors
+                            .into_iter()
+                            .filter(|c| grants.can_read(&c.collection))
+                            .collect(),
+                        update,
+                        fetch,
+                        reset: reset.into_iter().filter(|c| grants.can_read(c)).collect(),
+                        id,
+                    })
+                },
+            )
         }
         Message::Ephemeral(e) => readable(&e.doc).then_some(Message::Ephemeral(e)),
         other => Some(other),

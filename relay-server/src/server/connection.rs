@@ -83,8 +83,8 @@ pub(super) async fn connection(
                     state.metrics.bytes_in.inc_by(bytes.len() as u64);
                     (session.handle_frame(&bytes, now_ms()), Vec::new())
                 }
-                // Text frames are not part of the protocol: an empty frame is a bad frame.
-                Some(Ok(WsMessage::Text(_))) => (session.handle_frame(&[], now_ms()), Vec::new()),
+                // Text messages are not part of the protocol: refused as malformed.
+                Some(Ok(WsMessage::Text(_))) => (session.handle_text(now_ms()), Vec::new()),
                 // Not activity for the idle timeout: only protocol frames are.
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break None,

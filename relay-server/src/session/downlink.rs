@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use syncline_protocol::messages::{Sync, SyncItem};
+use syncline_protocol::messages::{PlanDone, Sync, SyncItem};
 use syncline_protocol::{Compression, DocId, Message, Pacer, frame};
 
 use crate::hub::Lane;
@@ -37,13 +37,16 @@ pub struct Frame {
     pub counted: usize,
 }
 
-/// A queued bulk `Sync` part.
+/// A queued bulk `Sync` part, or the `PlanDone` that follows a plan's parts in their lane.
 #[derive(Debug)]
 struct Bulk {
     sync: Sync,
     counted: usize,
     /// Documents the device asked for (`Fetch`): never taken back by a change of plan.
     asked: bool,
+    /// Set for a `PlanDone` (then `sync` is empty): it goes after the parts queued before it,
+    /// and stays when the plan changes.
+    done: Option<PlanDone>,
 }
 
 /// The paced downlink; see the module documentation.
@@ -114,9 +117,20 @@ impl Downlink {
                         sync: part,
                         counted: if i == last { counted } else { 0 },
                         asked: lane == Lane::Asked,
+                        done: None,
                     });
                 }
             }
+            // A plan's end follows its catch-up in the same lane.
+            (Message::PlanDone(done), Lane::Bulk | Lane::Asked) => self.bulk.push_back(Bulk {
+                sync: Sync {
+                    items: Vec::new(),
+                    positions: None,
+                },
+                counted,
+                asked: lane == Lane::Asked,
+                done: Some(done),
+            }),
             // Only catch-up `Sync`s are bulk; anything else goes live.
             (message, _) => self.live.push_back((message, counted)),
         }
@@ -129,7 +143,7 @@ impl Downlink {
         let mut removed = Vec::new();
         let mut freed = 0;
         self.bulk.retain_mut(|part| {
-            if part.asked {
+            if part.asked || part.done.is_some() {
                 return true;
             }
             let (kept, gone): (Vec<SyncItem>, Vec<SyncItem>) = std::mem::take(&mut part.sync.items)
@@ -176,6 +190,11 @@ impl Downlink {
             let (message, counted) = match self.live.pop_front() {
                 Some(live) => live,
                 None => match self.bulk.pop_front() {
+                    Some(Bulk {
+                        done: Some(done),
+                        counted,
+                        ..
+                    }) => (Message::PlanDone(done), counted),
                     Some(part) => {
                         for item in &part.sync.items {
                             self.forget_queued(&item.doc);

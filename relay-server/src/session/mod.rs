@@ -11,8 +11,9 @@
 use automerge::sync::Message as SyncMessage;
 use syncline_protocol::frame::{self, FrameError};
 use syncline_protocol::messages::{
-    CollectionSubscription, DeferReason, Ephemeral, Error, ErrorCode, Limits, MAX_COLLECTIONS,
-    MAX_EPHEMERAL_BYTES, MAX_EPOCH_BYTES, MAX_SYNC_ITEMS, Profile, Reconcile, SyncItem, Welcome,
+    CollectionSubscription, DeferReason, Ephemeral, Error, ErrorCode, Feature, Limits,
+    MAX_COLLECTIONS, MAX_EPHEMERAL_BYTES, MAX_EPOCH_BYTES, MAX_SYNC_ITEMS, Profile, Reconcile,
+    SyncItem, Welcome,
 };
 use syncline_protocol::payload::Budget;
 use syncline_protocol::{
@@ -46,6 +47,9 @@ pub struct Close {
 pub enum Action {
     /// Register the device with this profile (after `Hello`).
     Register(Profile),
+    /// Number this session's plans and close each with a `PlanDone` ([`Feature::PlanDone`],
+    /// which the device offered in its `Hello`). Follows [`Action::Register`].
+    ClosePlans,
     /// The profile changed.
     UpdateProfile(Profile),
     /// Replace the subscription.
@@ -415,6 +419,11 @@ impl Session {
                 }
                 self.phase = Phase::Open;
                 self.compression = Compression::negotiate(&hello.compression, self.accepts);
+                // The features this relay implements among those offered, in its order.
+                let features: Vec<Feature> = Feature::ALL
+                    .into_iter()
+                    .filter(|f| f.named_in(&hello.features))
+                    .collect();
                 out.send.push(Message::Welcome(Welcome {
                     version: PROTOCOL_VERSION,
                     compression: self.compression.code(),
@@ -422,11 +431,15 @@ impl Session {
                     server_time_ms: now_ms,
                     limits: self.limits.clone(),
                     epoch: self.epoch.clone(),
+                    features: features.iter().map(|f| f.code()).collect(),
                 }));
                 self.downlink
                     .set_rate(hello.profile.download_bytes_per_s, now_ms);
                 self.profile = Some(hello.profile.clone());
                 out.actions.push(Action::Register(hello.profile));
+                if features.contains(&Feature::PlanDone) {
+                    out.actions.push(Action::ClosePlans);
+                }
             }
             (Phase::AwaitingHello, other) => {
                 let msg = format!("{} before hello", other.name());
@@ -437,6 +450,23 @@ impl Session {
             }
             (_, message) => self.handle_open(message, &mut out, now_ms),
         }
+        out
+    }
+
+    /// Handles a text WebSocket message received at `now_ms`: not a frame (frames travel in
+    /// binary messages only), refused as malformed, like any other frame that does not decode.
+    pub fn handle_text(&mut self, now_ms: u64) -> Output {
+        let mut out = Output::default();
+        if self.phase == Phase::Closed {
+            return out;
+        }
+        self.last_activity_ms = now_ms;
+        self.refuse(
+            &mut out,
+            ErrorCode::BAD_FRAME,
+            "a text WebSocket message is not a frame: send every frame as a binary message",
+            None,
+        );
         out
     }
 
@@ -523,28 +553,29 @@ impl Session {
                 // A collection named twice counts once: the hub never scans one twice.
                 let mut seen = std::collections::HashSet::new();
                 s.collections.retain(|c| seen.insert(c.collection.clone()));
-                match s
+                // A collection the token cannot read is refused alone; the rest is subscribed.
+                let unreadable: Vec<Collection> = s
                     .collections
                     .iter()
-                    .find(|c| !self.grants.can_read(&c.collection))
-                {
-                    Some(c) => self.forbid(out, &c.collection),
-                    None => {
-                        // What is queued for a collection unsubscribed now stops here.
-                        let removed: Vec<Collection> = self
-                            .subscriptions
-                            .iter()
-                            .map(|c| c.collection.clone())
-                            .filter(|c| !s.collections.iter().any(|n| &n.collection == c))
-                            .collect();
-                        if !removed.is_empty() {
-                            self.downlink
-                                .prune(|item| !removed.contains(item.doc.collection()));
-                        }
-                        self.subscriptions.clone_from(&s.collections);
-                        out.actions.push(Action::Subscribe(s.collections));
-                    }
+                    .map(|c| c.collection.clone())
+                    .filter(|c| !self.grants.can_read(c))
+                    .collect();
+                self.refuse_collections(out, unreadable);
+                s.collections
+                    .retain(|c| self.grants.can_read(&c.collection));
+                // What is queued for a collection unsubscribed now stops here.
+                let removed: Vec<Collection> = self
+                    .subscriptions
+                    .iter()
+                    .map(|c| c.collection.clone())
+                    .filter(|c| !s.collections.iter().any(|n| &n.collection == c))
+                    .collect();
+                if !removed.is_empty() {
+                    self.downlink
+                        .prune(|item| !removed.contains(item.doc.collection()));
                 }
+                self.subscriptions.clone_from(&s.collections);
+                out.actions.push(Action::Subscribe(s.collections));
             }
             Message::Reconcile(mut r) => {
                 let mut seen = std::collections::HashSet::new();
@@ -571,21 +602,25 @@ impl Session {
                     self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
                     return;
                 }
-                let named_in_fetched = r.fetched.iter().flatten().map(|d| d.collection());
-                match collections
-                    .clone()
-                    .chain(named_in_fetched)
-                    .find(|c| !self.grants.can_read(c))
-                {
-                    Some(c) => {
-                        let c = c.clone();
-                        self.forbid(out, &c);
+                // Collections the token cannot read are refused alone; the rest is planned.
+                let mut unreadable: Vec<Collection> = collections
+                    .chain(r.fetched.iter().flatten().map(|d| d.collection()))
+                    .filter(|c| !self.grants.can_read(c))
+                    .cloned()
+                    .collect();
+                unreadable.sort();
+                unreadable.dedup();
+                if !unreadable.is_empty() {
+                    let readable = |c: &Collection| !unreadable.contains(c);
+                    r.cursors.retain(|c| readable(&c.collection));
+                    r.changed.retain(|d| readable(d.doc.collection()));
+                    if let Some(fetched) = r.fetched.as_mut() {
+                        fetched.retain(|d| readable(d.collection()));
                     }
-                    None => {
-                        self.fetched_ids += fetched;
-                        out.actions.push(Action::Reconcile(r));
-                    }
+                    self.refuse_collections(out, unreadable);
                 }
+                self.fetched_ids += fetched;
+                out.actions.push(Action::Reconcile(r));
             }
             Message::Sync(s) if s.items.len() > MAX_SYNC_ITEMS => {
                 let msg = format!("at most {MAX_SYNC_ITEMS} items per Sync frame");
@@ -659,37 +694,38 @@ impl Session {
                 );
                 self.refuse(out, ErrorCode::LIMIT_EXCEEDED, &msg, None);
             }
-            Message::Fetch(f) => match f
-                .docs
-                .iter()
-                .find(|d| !self.grants.can_read(d.collection()))
-            {
-                Some(d) => {
-                    let c = d.collection().clone();
-                    self.forbid(out, &c);
-                }
-                None => {
-                    // A document already on its way is not queued twice.
-                    let docs: Vec<DocId> = f
-                        .docs
-                        .into_iter()
-                        .filter(|d| !self.downlink.has_queued(d))
-                        .collect();
-                    // In parts of at most FETCH_TURN_DOCS: each part is one hub turn, so
-                    // other sessions and tenants get turns between the parts of a large
-                    // fetch. Answered once, by the last part, even when empty: the device
-                    // counts the answers.
-                    let mut parts: Vec<Vec<DocId>> = docs
-                        .chunks(FETCH_TURN_DOCS)
-                        .map(<[DocId]>::to_vec)
-                        .collect();
-                    let last = parts.pop().unwrap_or_default();
-                    out.actions.extend(parts.into_iter().map(Action::FetchPart));
-                    out.actions.push(Action::Fetch(last));
-                }
-            },
+            Message::Fetch(mut f) => {
+                // Collections the token cannot read are refused alone; the rest is fetched.
+                let mut unreadable: Vec<Collection> = f
+                    .docs
+                    .iter()
+                    .map(|d| d.collection().clone())
+                    .filter(|c| !self.grants.can_read(c))
+                    .collect();
+                unreadable.sort();
+                unreadable.dedup();
+                f.docs.retain(|d| self.grants.can_read(d.collection()));
+                self.refuse_collections(out, unreadable);
+                // A document already on its way is not queued twice.
+                let docs: Vec<DocId> = f
+                    .docs
+                    .into_iter()
+                    .filter(|d| !self.downlink.has_queued(d))
+                    .collect();
+                // In parts of at most FETCH_TURN_DOCS: each part is one hub turn, so
+                // other sessions and tenants get turns between the parts of a large
+                // fetch. Answered once, by the last part, even when empty: the device
+                // counts the answers.
+                let mut parts: Vec<Vec<DocId>> = docs
+                    .chunks(FETCH_TURN_DOCS)
+                    .map(<[DocId]>::to_vec)
+                    .collect();
+                let last = parts.pop().unwrap_or_default();
+                out.actions.extend(parts.into_iter().map(Action::FetchPart));
+                out.actions.push(Action::Fetch(last));
+            }
             Message::Ephemeral(e) if !self.grants.can_read(e.doc.collection()) => {
-                self.forbid(out, e.doc.collection());
+                self.refuse_collections(out, vec![e.doc.collection().clone()]);
             }
             Message::Ephemeral(e) if e.payload.len() > MAX_EPHEMERAL_BYTES => {
                 let msg = format!("ephemeral payloads are at most {MAX_EPHEMERAL_BYTES} bytes");
@@ -731,20 +767,35 @@ impl Session {
                 out.actions.push(Action::ClientError(e));
                 self.strike(out, close_code::LIMITS);
             }
-            Message::Hello(_) | Message::Welcome(_) | Message::Plan(_) | Message::Ack(_) => {
+            Message::Hello(_)
+            | Message::Welcome(_)
+            | Message::Plan(_)
+            | Message::Ack(_)
+            | Message::PlanDone(_) => {
                 let msg = "this message is sent by the relay, not to it";
                 self.refuse(out, ErrorCode::OUT_OF_ORDER, msg, None);
             }
         }
     }
 
-    /// Answers a request outside the grants. Says only what the client itself named.
-    fn forbid(&mut self, out: &mut Output, collection: &Collection) {
-        let msg = format!("no read grant for collection {collection}");
-        self.refuse(out, ErrorCode::FORBIDDEN, &msg, None);
+    /// Refuses each of `collections` (named by a request, outside the read grant) alone: one
+    /// `FORBIDDEN` naming it, saying only what the client itself named. No strike: a device
+    /// whose grants narrowed keeps naming what it used to read, and the rest of its request is
+    /// served (rates bound what it can send).
+    fn refuse_collections(&mut self, out: &mut Output, collections: Vec<Collection>) {
+        for collection in collections {
+            let mut error = error(
+                ErrorCode::FORBIDDEN,
+                &format!("no read grant for collection {collection}"),
+                None,
+            );
+            if let Message::Error(e) = &mut error {
+                e.collection = Some(collection);
+            }
+            out.send.push(error);
+        }
     }
 
-    /// Answers a violation with an error frame, and closes after too many.
     /// Refuses one `Sync` item: the error names the document, so the client stops waiting
     /// for its acknowledgement; the rest of the frame goes on. No strike: a device whose write
     /// grant was revoked resends its pending documents on every connection, and must not be
@@ -757,6 +808,7 @@ impl Session {
         out.send.push(error);
     }
 
+    /// Answers a violation with an error frame, and closes after too many.
     fn refuse(
         &mut self,
         out: &mut Output,
@@ -841,5 +893,6 @@ fn error(code: ErrorCode, message: &str, retry_after_ms: Option<u64>) -> Message
         message: message.to_owned(),
         retry_after_ms,
         doc: None,
+        collection: None,
     })
 }

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use automerge::sync::{Message as SyncMessage, State};
 use syncline_protocol::messages::{
     Ack, CollectionSubscription, Cursor, DeferReason, Ephemeral, Error as ErrorMessage, ErrorCode,
-    Fetch, Hello, MAX_COLLECTIONS, MAX_EPHEMERAL_BYTES, MAX_EPOCH_BYTES, Plan, Reconcile,
+    Feature, Fetch, Hello, MAX_COLLECTIONS, MAX_EPHEMERAL_BYTES, MAX_EPOCH_BYTES, Plan, Reconcile,
     RefreshToken, Subscribe, Sync, SyncItem, SyncMode, UpdateProfile, Welcome,
 };
 use syncline_protocol::payload::{self, Budget, PayloadLimits};
@@ -84,6 +84,9 @@ struct PlanState {
     cursors: Vec<Cursor>,
     progress: Progress,
     failed: bool,
+    /// Planned documents a message arrived for (complete or not): one of a plan closed by its
+    /// `PlanDone` that got none was dropped by the relay.
+    heard: HashSet<DocId>,
 }
 
 /// The uploads of one connection: local-change frames paced to the declared upload rate.
@@ -147,6 +150,11 @@ struct Connection {
     reconciles_awaited: u32,
     /// Answers to `Fetch` still to come (each is a `Plan` marked `fetch`).
     fetches_awaited: u32,
+    /// The relay numbers its plans and closes each with a `PlanDone` (negotiated in
+    /// `Hello`/`Welcome`).
+    plans_closed: bool,
+    /// Numbered plans whose `PlanDone` has not come, with the documents of their `send` list.
+    plans_open: BTreeMap<u64, Vec<DocId>>,
     /// Evicted documents whose kept own changes the relay lost, fetched once on this
     /// connection, each with whether a plan listed it (or it was restored): those no plan
     /// listed once every fetch is answered are ones the relay holds nothing of, restored from
@@ -732,6 +740,9 @@ impl<S: SyncStore> Engine<S> {
             compression: Compression::SUPPORTED.iter().map(|c| c.code()).collect(),
             profile: self.config.profile.clone(),
             client: self.config.client.clone(),
+            // Told when each plan's documents are all on their way, the SDK knows a plan is
+            // done without guessing (and what the relay dropped from it).
+            features: vec![Feature::PlanDone.code()],
         }));
         out.send(&Message::Subscribe(Subscribe {
             collections: self.config.subscriptions.clone(),
@@ -912,6 +923,7 @@ impl<S: SyncStore> Engine<S> {
             || !self.conn.awaiting_ack.is_empty()
             || !self.conn.awaiting_data.is_empty()
             || !self.conn.uplink.queue.is_empty()
+            || !self.conn.plans_open.is_empty()
     }
 
     fn on_frame(&mut self, out: &mut Out, bytes: &[u8], now_ms: u64) {
@@ -961,6 +973,7 @@ impl<S: SyncStore> Engine<S> {
                     self.protocol_failure(out, reason, now_ms);
                     return;
                 }
+                self.conn.plans_closed = Feature::PlanDone.named_in(&welcome.features);
                 // Frames after the Welcome (not those already in flight) use it.
                 self.conn.compression = compression;
                 out.compression = compression;
@@ -1002,6 +1015,7 @@ impl<S: SyncStore> Engine<S> {
                 }
             }
             Message::Error(error) => self.on_error(out, error, now_ms),
+            Message::PlanDone(done) => self.on_plan_done(done.plan),
             Message::Ephemeral(e) => self.on_ephemeral(out, e),
             other => {
                 tracing::warn!(
@@ -1034,6 +1048,10 @@ impl<S: SyncStore> Engine<S> {
             if self.conn.fetches_awaited == 0 {
                 self.restore_kept(out, now_ms);
             }
+        }
+        if let Some(number) = plan.id.filter(|_| self.conn.plans_closed) {
+            let docs = plan.send.iter().map(|e| e.doc.clone()).collect();
+            self.conn.plans_open.insert(number, docs);
         }
         let state = self.conn.plan.get_or_insert_with(PlanState::default);
         state.cursors.extend(plan.cursors);
@@ -1082,6 +1100,29 @@ impl<S: SyncStore> Engine<S> {
         if answers_reconcile && self.conn.reconciles_awaited == 0 {
             // Any loss the relay reported is known now, and its acknowledgements forgotten.
             self.enforce_budget(&[], now_ms);
+        }
+    }
+
+    /// The relay sent the first message of every document of plan `number`: one that got no
+    /// message was dropped from it (its collection unsubscribed, the grants narrowed, or taken
+    /// back for a metered network, then announced as deferred). It does not complete this
+    /// connection's plan, and the plan's cursors are not stored: the next connection plans it
+    /// again.
+    fn on_plan_done(&mut self, number: u64) {
+        let Some(docs) = self.conn.plans_open.remove(&number) else {
+            tracing::warn!(plan = number, "the relay closed a plan it did not open");
+            return;
+        };
+        let dropped: Vec<DocId> = match self.conn.plan.as_ref() {
+            Some(plan) => docs
+                .into_iter()
+                .filter(|doc| plan.remaining.contains_key(doc) && !plan.heard.contains(doc))
+                .collect(),
+            None => Vec::new(),
+        };
+        for doc in dropped {
+            tracing::info!(%doc, plan = number, "the relay dropped a planned document");
+            self.fail_planned(&doc);
         }
     }
 
@@ -1205,6 +1246,11 @@ impl<S: SyncStore> Engine<S> {
             // batches what several devices' frames brought.
             let mut budget = Budget::new(RELAY_PAYLOAD_LIMITS);
             *wire.entry(item.doc.clone()).or_default() += item.message.len() as u64;
+            if let Some(plan) = self.conn.plan.as_mut()
+                && plan.remaining.contains_key(&item.doc)
+            {
+                plan.heard.insert(item.doc.clone());
+            }
             // Evicted to stay within the budget: not taken back from a push, only when asked
             // for (by the app, or because its collection is now kept eagerly) or planned.
             if self.deferred.get(&item.doc) == Some(&DeferReason::StorageBudget)

@@ -116,6 +116,7 @@ fn welcome_in(epoch: Option<&str>) -> Vec<u8> {
             idle_timeout_ms: 60_000,
         },
         epoch: epoch.map(str::to_owned),
+        features: Vec::new(),
     }))
 }
 
@@ -128,6 +129,7 @@ fn plan(cursors: Vec<Cursor>, reset: Vec<Collection>) -> Vec<u8> {
         update: false,
         fetch: false,
         reset,
+        id: None,
     }))
 }
 
@@ -144,6 +146,7 @@ fn empty_plan(seq: u64) -> Vec<u8> {
         update: false,
         fetch: false,
         reset: vec![],
+        id: None,
     }))
 }
 
@@ -154,6 +157,7 @@ fn item_error(code: ErrorCode, message: &str, retry_after_ms: Option<u64>, doc: 
         message: message.into(),
         retry_after_ms,
         doc: Some(doc.clone()),
+        collection: None,
     }))
 }
 
@@ -653,6 +657,7 @@ fn a_burst_of_local_writes_is_paced_into_few_frames_below_the_relay_rate() {
             idle_timeout_ms: 60_000,
         },
         epoch: None,
+        features: Vec::new(),
     }));
     f.engine.handle(Event::Frame(slow), 2);
     f.engine.handle(Event::Frame(empty_plan(0)), 3);
@@ -855,6 +860,7 @@ fn deferred_documents_are_recorded_and_fetched_once_off_the_metered_network() {
         update: false,
         fetch: false,
         reset: vec![],
+        id: None,
     }));
     f.engine.handle(Event::Frame(plan), 3);
     let deferred = f.store.deferred().expect("deferred");
@@ -1014,6 +1020,7 @@ fn an_added_collection_is_planned_at_once_and_a_removed_one_stops() {
         update: false,
         fetch: false,
         reset: vec![],
+        id: None,
     }));
     f.engine.handle(Event::Frame(plan), 11);
     assert!(matches!(f.engine.status(), Status::Synced { .. }));
@@ -1132,6 +1139,7 @@ fn a_relay_asking_to_wait_for_ever_is_retried_within_the_cap() {
         message: "later".into(),
         retry_after_ms: Some(u64::MAX),
         doc: None,
+        collection: None,
     }));
     let effects = f.engine.handle(Event::Frame(forever), 3);
     assert!(effects.contains(&Effect::Disconnect));
@@ -1230,4 +1238,103 @@ fn a_long_history_goes_up_in_parts_within_the_message_bound() {
         "only the one oversize change exceeds the bound: {sizes:?}"
     );
     assert!(sizes.iter().all(|&s| s <= 6 << 20), "{sizes:?}");
+}
+
+/// Issue 18: with `PlanDone` agreed in `Welcome`, a plan is done when the relay says so. Until
+/// then the device is still syncing (even with every planned document in); a planned document
+/// that got no message by its `PlanDone` was dropped by the relay: the plan finishes without
+/// it, and its cursors are not stored (the next connection plans it again).
+#[test]
+fn a_plan_is_done_when_the_relay_closes_it() {
+    use automerge::sync::SyncDoc as _;
+    use automerge::transaction::Transactable as _;
+    let welcome_closing = frame::encode(&Message::Welcome(Welcome {
+        features: vec![Feature::PlanDone.code()],
+        ..match frame::decode(&welcome(), usize::MAX) {
+            Ok(Message::Welcome(w)) => w,
+            other => panic!("{other:?}"),
+        }
+    }));
+    let entry = |doc: &str| syncline_protocol::messages::PlanEntry {
+        doc: doc_id(doc),
+        priority: Priority::Normal,
+        bytes: 100,
+        reason: None,
+        changed_ms: None,
+    };
+    let numbered = |id: u64, send: Vec<&str>, seq: u64| {
+        frame::encode(&Message::Plan(Plan {
+            send: send.into_iter().map(entry).collect(),
+            deferred: Vec::new(),
+            cursors: vec![Cursor {
+                collection: todos(),
+                seq,
+                epoch: None,
+                receipt: None,
+            }],
+            update: false,
+            fetch: false,
+            reset: Vec::new(),
+            id: Some(id),
+        }))
+    };
+    // The relay's whole-document message for another device's document.
+    let theirs = |doc: &str| {
+        let mut other = automerge::Automerge::new();
+        let mut tx = other.transaction();
+        tx.put(automerge::ROOT, "title", doc).expect("put");
+        tx.commit();
+        let message = other
+            .generate_sync_message(&mut sync_state::primed(Vec::new()))
+            .expect("message");
+        frame::encode(&Message::Sync(Sync {
+            items: vec![SyncItem {
+                doc: doc_id(doc),
+                message: message.encode(),
+                priority: None,
+            }],
+            positions: None,
+        }))
+    };
+    let done = |plan: u64| {
+        frame::encode(&Message::PlanDone(syncline_protocol::messages::PlanDone {
+            plan,
+        }))
+    };
+
+    let mut f = fixture();
+    f.engine.handle(Event::Start, 0);
+    let effects = f.engine.handle(Event::Connected, 10);
+    let Some(Message::Hello(hello)) = sent(&effects).into_iter().next() else {
+        panic!("hello first")
+    };
+    assert!(Feature::PlanDone.named_in(&hello.features), "offered");
+    f.engine.handle(Event::Frame(welcome_closing), 11);
+    f.engine
+        .handle(Event::Frame(numbered(1, vec!["todos/a"], 4)), 12);
+    f.engine.handle(Event::Frame(theirs("todos/a")), 13);
+    assert!(
+        matches!(f.engine.status(), Status::Syncing { .. }),
+        "every planned document is in, but the plan is not closed yet"
+    );
+    f.engine.handle(Event::Frame(done(1)), 14);
+    assert!(matches!(f.engine.status(), Status::Synced { .. }));
+
+    // A second plan: one document arrives, the other never does (the relay dropped it).
+    f.engine
+        .handle(Event::Frame(numbered(2, vec!["todos/b", "todos/c"], 9)), 15);
+    f.engine.handle(Event::Frame(theirs("todos/b")), 16);
+    assert!(matches!(f.engine.status(), Status::Syncing { .. }));
+    f.engine.handle(Event::Frame(done(2)), 17);
+    assert!(
+        matches!(f.engine.status(), Status::Synced { .. }),
+        "not stuck waiting for what the relay dropped: {:?}",
+        f.engine.status()
+    );
+    let (_, reconcile) = reconnect(&mut f);
+    assert_eq!(
+        reconcile.cursors.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![4],
+        "the second plan's cursor is not stored: todos/c is planned again"
+    );
 }
