@@ -21,6 +21,9 @@
 //!   virtualenv) the suite tests the generated module directly and says so.
 //! - `kotlin`: `mvn install` of `bindings/kotlin` (JUnit over the generated sources, the native
 //!   library packaged in the jar, against a real relay), then the `examples/kotlin` app.
+//! - `js`: the protocol's second implementation (`tests/js`: a client on the official
+//!   Automerge JS package, written from `docs/PROTOCOL.md` alone), `npm ci` then `node --test`
+//!   against a real relay and the Rust `syncline-todo` app.
 //! - `swift`: `swift test` of the SwiftPM package in `bindings/swift`, then the
 //!   `examples/swift` app, wherever `swift` is on PATH; elsewhere it reports itself skipped.
 //! - `fuzz`: every libFuzzer target of `fuzz/` for a few seconds each (`cargo xtask fuzz
@@ -39,7 +42,7 @@ use anyhow::{Context, bail};
 mod fuzz;
 
 /// The suites `cargo xtask test` knows, in the order it runs them.
-const SUITES: &[&str] = &["rust", "python", "kotlin", "swift", "fuzz"];
+const SUITES: &[&str] = &["rust", "python", "kotlin", "js", "swift", "fuzz"];
 
 /// The languages `cargo xtask bindings` generates.
 const LANGUAGES: &[&str] = &["python", "kotlin", "swift"];
@@ -98,6 +101,7 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
             "rust" => rust_suite(),
             "python" => python_suite(),
             "kotlin" => kotlin_suite(),
+            "js" => js_suite(),
             "swift" => swift_suite(),
             "fuzz" => fuzz_suite(fuzz_build.take()),
             other => bail!("no runner for suite {other}"),
@@ -564,6 +568,56 @@ fn kotlin_suite() -> anyhow::Result<(bool, Tally)> {
         .arg(format!("-Drelay.bin={}", relay.display()));
     let example_ok = run_example(example, "examples/kotlin", &mut tally)?;
     Ok((example_ok, tally))
+}
+
+/// The protocol's second implementation in `tests/js`: its pinned packages installed with
+/// `npm ci`, then Node's test runner (TAP output, counted from its `# pass`, `# fail` and
+/// `# skipped` totals) against the workspace's relay and `syncline-todo`.
+fn js_suite() -> anyhow::Result<(bool, Tally)> {
+    let relay = build_relay()?;
+    let todo = std::fs::canonicalize(target_dir().join("debug").join("syncline-todo"))
+        .context("the syncline-todo binary")?;
+    let dir = Path::new("tests/js");
+    let npm = std::env::var("SYNCLINE_NPM").unwrap_or_else(|_| "npm".to_owned());
+    let installed = Command::new(&npm)
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .status()
+        .with_context(|| format!("cannot start {npm} (install Node.js and npm, or run .ci/run)"))?;
+    if !installed.success() {
+        bail!("npm ci in tests/js failed");
+    }
+    let mut command = Command::new("node");
+    command
+        .args(["--test", "--test-reporter=tap"])
+        .current_dir(dir)
+        .env("SYNCLINE_RELAY_BIN", &relay)
+        .env("SYNCLINE_TODO_BIN", &todo);
+    // Node 20 takes the test files from the directory; 18 needs them named.
+    for entry in std::fs::read_dir(dir.join("test")).context("tests/js/test")? {
+        let name = entry?.file_name().into_string().unwrap_or_default();
+        if name.ends_with(".test.mjs") {
+            command.arg(format!("test/{name}"));
+        }
+    }
+    stream(
+        command,
+        "node --test (install Node.js >= 18)",
+        |line, tally| {
+            let mut words = line.split_whitespace();
+            if let (Some("#"), Some(label), Some(n)) = (words.next(), words.next(), words.next())
+                && let Ok(n) = n.parse::<u64>()
+            {
+                match label {
+                    "pass" => tally.passed = n,
+                    // A test cancelled (its file timed out or crashed) did not pass.
+                    "fail" | "cancelled" => tally.failed += n,
+                    "skipped" => tally.skipped = n,
+                    _ => {}
+                }
+            }
+        },
+    )
 }
 
 /// Runs an example app as one more test of its suite: passed if it exits successfully.

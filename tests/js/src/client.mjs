@@ -1,0 +1,255 @@
+// A minimal Syncline client: a replica of Automerge documents and one connection to a relay.
+// Written from docs/PROTOCOL.md and its addendum; each rule names the section it follows.
+import WebSocket from 'ws';
+import * as A from '@automerge/automerge';
+import { encodeFrame, decodeFrame, Feature } from './wire.mjs';
+
+const sameHeads = (a, b) => a.length === b.length && [...a].sort().join() === [...b].sort().join();
+
+/** A device's documents, what the relay acknowledged of them, and its cursors (outlives connections). */
+export class Replica {
+  constructor(device) {
+    this.device = device;       // 32 lowercase hex digits, the token's `dev`
+    this.docs = new Map();      // doc id -> { doc, acked: heads the relay durably holds (and we hold), or null }
+    this.cursors = new Map();   // collection -> Cursor of the last completed plan ("Session flow" 5)
+  }
+  // Addendum "Automerge": every change is written with actor id = device id.
+  entry(id) {
+    if (!this.docs.has(id)) this.docs.set(id, { doc: A.init({ actor: this.device }), acked: null });
+    return this.docs.get(id);
+  }
+  change(id, fn) { const e = this.entry(id); e.doc = A.change(e.doc, fn); return e.doc; }
+  get(id) { return this.docs.get(id)?.doc; }
+  heads(id) { return A.getHeads(this.get(id)); }
+  /** Documents with changes the relay has not acknowledged ("Session flow" 3). */
+  unacked() { return [...this.docs].filter(([, e]) => !e.acked || !sameHeads(e.acked, A.getHeads(e.doc))).map(([id]) => id); }
+}
+
+/** One WebSocket session. Received messages are kept in `received` for tests to inspect. */
+export class Connection {
+  static async open(url, token, replica, { timeoutMs = 10000 } = {}) {
+    // "Transport": `Authorization: Bearer <token>` on the upgrade; the relay answers 401 if bad.
+    const ws = new WebSocket(url, { headers: { Authorization: `Bearer ${token}` } });
+    await new Promise((resolve, reject) => {
+      const t = setTimeout(() => { ws.terminate(); reject(new Error('connect timeout')); }, timeoutMs);
+      ws.once('open', () => { clearTimeout(t); resolve(); });
+      ws.once('error', (e) => { clearTimeout(t); reject(e); });
+      ws.once('unexpected-response', (_, res) => { clearTimeout(t); reject(new Error(`HTTP ${res.statusCode}`)); });
+    });
+    return new Connection(ws, replica);
+  }
+
+  constructor(ws, replica) {
+    Object.assign(this, { ws, replica, welcome: null, closed: null });
+    this.received = [];             // every decoded message, in order
+    this.violations = [];          // what the relay sent against the spec (undecodable frames, stray Acks, ...)
+    this.states = new Map();        // doc id -> Automerge sync state, per connection
+    this.relayHeads = new Map();    // doc id -> heads of the relay's last message for it
+    this.outstanding = new Map();   // doc id -> [heads pushed] of items with changes awaiting Ack or Error
+    this.refused = new Map();       // doc id -> Error that refused an item
+    this.plans = [];                // { plan, done, got: Set(doc) }
+    this.pendingReconciles = 0;     // Reconciles not yet answered by a Plan
+    this.pendingFetches = 0;
+    this.waiters = new Set();
+    ws.on('message', (data, isBinary) => this.onFrame(data, isBinary));
+    ws.on('close', (code, reason) => { this.closed = { code, reason: String(reason) }; this.wake(); });
+  }
+
+  get planDone() { return this.welcome?.features?.includes(Feature.PLAN_DONE) ?? false; }
+
+  send(msg) { this.ws.send(encodeFrame(msg)); }
+  sendRaw(data) { this.ws.send(data); }   // bytes go as a binary message, a string as a text message
+  close() { this.ws.close(1000); }        // "Close codes": NORMAL
+
+  // "Session flow" 2-3: Hello, Subscribe, Sync of every unacknowledged change, Reconcile, in one
+  // flight without waiting for Welcome. Returns the Welcome.
+  async start({ collections = ['todos'], features = [Feature.PLAN_DONE], timeoutMs = 10000 } = {}) {
+    this.hello(features);
+    this.subscribe(collections);
+    this.push(this.replica.unacked());
+    this.reconcile();
+    return this.waitFor((m) => m.type === 'Welcome', timeoutMs);
+  }
+  hello(features = [Feature.PLAN_DONE]) {
+    // Compression: offer only what we implement, [0] = none (addendum "Compression").
+    this.send({ type: 'Hello', versions: [1], compression: [0], client: 'syncline-js-spec-test',
+      profile: { class: 2, metered: false, realtime: true }, features });
+  }
+  subscribe(collections) {
+    this.send({ type: 'Subscribe', collections: collections.map((collection) => ({ collection, priority: 1, mode: 0 })) });
+  }
+  // Addendum "Reconcile.cursors": collections without a cursor are left out (planned from the start).
+  // `changed` stays empty: pushed documents are applied before the relay plans ("Session flow" 3).
+  reconcile() {
+    this.pendingReconciles++;
+    this.send({ type: 'Reconcile', cursors: [...this.replica.cursors.values()], changed: [] });
+  }
+  fetch(docs) { this.pendingFetches++; this.send({ type: 'Fetch', docs }); }
+
+  // "Sync states: Primed" (addendum "Priming"): from the heads the relay acknowledged, or from none
+  // for a document it never acknowledged, so the first message carries every change after them.
+  stateFor(id) {
+    if (!this.states.has(id)) {
+      const e = this.replica.entry(id);
+      const H = e.acked ?? [];
+      const msg = A.encodeSyncMessage({ heads: H, need: [], have: [{ lastSync: H, bloom: new Uint8Array() }], changes: [] });
+      const [doc, state] = A.receiveSyncMessage(e.doc, A.initSyncState(), msg);
+      e.doc = doc;                                                // receiveSyncMessage returns a new doc
+      this.states.set(id, state);
+    }
+    return this.states.get(id);
+  }
+
+  // Generates the next message of each document; returns the Sync items (those with changes are tracked).
+  items(ids, { answering = new Map() } = {}) {
+    const items = [];
+    for (const id of ids) {
+      const e = this.replica.entry(id);
+      const prior = this.stateFor(id);   // may re-prime e.doc: take the state first
+      const [state, message] = A.generateSyncMessage(e.doc, prior);
+      if (!message) continue;
+      const heard = answering.get(id);   // "Settled": no answer to a change-less message at equal heads
+      if (heard && heard.changes.length === 0 && sameHeads(heard.heads, A.getHeads(e.doc))) continue;
+      this.states.set(id, state);
+      if (A.decodeSyncMessage(message).changes.length > 0) {
+        this.outstanding.set(id, [...(this.outstanding.get(id) ?? []), A.getHeads(e.doc)]);
+      }
+      items.push({ doc: id, message });
+    }
+    return items;
+  }
+  push(ids) {
+    const items = this.items(ids);
+    if (items.length) this.send({ type: 'Sync', items });
+    return items;
+  }
+
+  onFrame(data, isBinary) {
+    let msg;
+    try {
+      if (!isBinary) throw new Error('text message from the relay');   // "Transport"
+      msg = decodeFrame(data);
+    } catch (e) { this.violations.push(e.message); this.wake(); return; }
+    this.received.push(msg);
+    // "Messages": a client ignores a message type it does not know (only the relay answers one).
+    if (msg.unknown) return;
+    const handler = this[`on${msg.type}`];
+    if (handler) handler.call(this, msg);
+    this.wake();
+  }
+
+  onWelcome(m) { this.welcome = m; }
+
+  onPlan(m) {
+    // "Plans add up": each Reconcile gets exactly one Plan (not update), each Fetch one marked fetch.
+    if (m.fetch) this.pendingFetches--;
+    else if (!m.update) this.pendingReconciles--;
+    // Addendum "Plan key 6": with plan_done agreed, ids are 1, 2, 3, ... in sending order.
+    if (this.planDone && m.id !== this.plans.length + 1) this.violations.push(`Plan id ${m.id}, expected ${this.plans.length + 1}`);
+    this.plans.push({ plan: m, done: false, got: new Set() });
+  }
+
+  onPlanDone(m) {
+    // Addendum "PlanDone": the Plan with this id is complete; its send docs without a message were dropped.
+    const p = this.plans.find((x) => x.plan.id === m.plan);
+    if (p) p.done = true;
+    else this.violations.push(`PlanDone for unknown plan ${m.plan}`);
+  }
+
+  onSync(m) {
+    // "Session flow" 5: apply the whole frame, then answer once with one Sync frame.
+    const answering = new Map();
+    for (const { doc: id, message } of m.items) {
+      const e = this.replica.entry(id);
+      const decoded = A.decodeSyncMessage(message);
+      const prior = this.stateFor(id);
+      const [doc, state] = A.receiveSyncMessage(e.doc, prior, message);
+      e.doc = doc;
+      this.states.set(id, state);
+      answering.set(id, decoded);
+      this.relayHeads.set(id, decoded.heads);
+      for (const p of this.plans) if (!p.done && p.plan.send.some((x) => x.doc === id)) p.got.add(id);
+      // "Durability": heads in any relay Sync message are durable on the relay, like an Ack.
+      if (decoded.heads.length && A.hasHeads(e.doc, decoded.heads)) e.acked = decoded.heads;
+    }
+    const items = this.items([...answering.keys()], { answering });
+    if (items.length) this.send({ type: 'Sync', items });
+  }
+
+  onAck(m) {
+    for (const { doc: id, heads } of m.items) {
+      const e = this.replica.entry(id);
+      const pushed = this.outstanding.get(id) ?? [];
+      const P = pushed.shift();
+      if (!pushed.length) this.outstanding.delete(id);
+      if (!P) { this.violations.push(`Ack for ${id} with no item outstanding`); continue; }
+      e.acked = A.hasHeads(e.doc, heads) ? heads : P;   // AckItem.heads are durable on the relay
+      // "Sync states: Acknowledged": an Ack naming exactly our heads makes the state synced there.
+      if (sameHeads(heads, A.getHeads(e.doc))) { this.states.delete(id); this.stateFor(id); }
+    }
+  }
+
+  onError(m) {
+    // Addendum "Acknowledgement rules": a refused item gets exactly one Error with `doc`. We keep it
+    // pending (unacked in the replica) and resend it from a fresh state on a later push/connection.
+    if (m.doc && this.outstanding.has(m.doc)) {
+      const pushed = this.outstanding.get(m.doc);
+      pushed.shift();
+      if (!pushed.length) this.outstanding.delete(m.doc);
+      this.refused.set(m.doc, m);
+      this.states.delete(m.doc);
+    }
+  }
+
+  /** Addendum "When is a client synced": returns the reasons it is not (empty: synced). */
+  notSynced() {
+    const why = [];
+    if (!this.welcome) why.push('no Welcome');
+    if (this.pendingReconciles) why.push(`${this.pendingReconciles} Reconcile(s) without Plan`);
+    if (this.pendingFetches) why.push(`${this.pendingFetches} Fetch(es) without Plan`);
+    for (const p of this.plans) {
+      // With plan_done, a Plan is complete at its PlanDone. Without it (an older relay) the spec
+      // gives no rule; we take "every send document got a message" (README, gap list).
+      const complete = this.planDone ? p.done : p.plan.send.every((x) => p.got.has(x.doc));
+      if (!complete) why.push(`plan ${p.plan.id ?? '?'} not done`);
+      for (const id of p.got) {
+        if (!A.hasHeads(this.replica.get(id), this.relayHeads.get(id))) why.push(`${id} lacks relay heads`);
+      }
+    }
+    for (const [id, pushed] of this.outstanding) why.push(`${id}: ${pushed.length} item(s) unacknowledged`);
+    return why;
+  }
+
+  /** Resolves once synced; rejects after timeoutMs (a bound, not a "quiet period") or on close. */
+  synced(timeoutMs = 10000) {
+    return this.until(() => this.notSynced().length === 0 || undefined, timeoutMs, () => `not synced: ${this.notSynced().join('; ')}`)
+      .then(() => this.storeCursors());
+  }
+  // "Session flow" 5: store a plan's cursors only when its documents are complete (none dropped).
+  storeCursors() {
+    for (const p of this.plans) {
+      if (p.plan.send.every((x) => p.got.has(x.doc))) for (const c of p.plan.cursors) this.replica.cursors.set(c.collection, c);
+    }
+  }
+
+  /** Waits for (and takes) the first not yet taken received message matching pred. */
+  waitFor(pred, timeoutMs = 10000) {
+    this.taken ??= new Set();
+    return this.until(() => this.received.find((m) => !this.taken.has(m) && pred(m) && this.taken.add(m)), timeoutMs,
+      () => `no matching message in ${timeoutMs} ms; received ${this.received.map((m) => m.type).join(', ')}`);
+  }
+
+  until(check, timeoutMs, describe) {
+    return new Promise((resolve, reject) => {
+      const w = () => {
+        const v = check();
+        if (v !== undefined && v !== false) { done(); resolve(v); } else if (this.closed) { done(); reject(new Error(`closed ${this.closed.code} ${this.closed.reason}; ${describe()}`)); }
+      };
+      const t = setTimeout(() => { done(); reject(new Error(describe())); }, timeoutMs);
+      const done = () => { clearTimeout(t); this.waiters.delete(w); };
+      this.waiters.add(w);
+      w();
+    });
+  }
+  wake() { for (const w of [...this.waiters]) w(); }
+}
