@@ -53,6 +53,11 @@ pub type SessionId = u64;
 /// Most documents per `Sync` frame the hub sends.
 pub const SYNC_BATCH: usize = 256;
 
+/// Most bytes of sync messages per `Sync` frame the hub sends (a single larger message goes
+/// alone): a device accepts frames of at most 64 MiB (`docs/PROTOCOL.md`, "Limits"), and 256
+/// documents of 4 MiB messages would be far more.
+pub const SYNC_BATCH_BYTES: usize = 8 << 20;
+
 /// A message for one session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
@@ -891,19 +896,33 @@ fn wire_heads(heads: &[ChangeHash]) -> Heads {
     Heads::new(heads.iter().map(|h| Hash(h.0)).collect())
 }
 
+/// `items` for session `to` in `lane`, in frames of at most [`SYNC_BATCH`] documents and
+/// [`SYNC_BATCH_BYTES`] of messages.
 fn push_batches(out: &mut Vec<Delivery>, to: SessionId, items: Vec<SyncItem>, lane: Lane) {
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
-        let batch: Vec<SyncItem> = items.by_ref().take(SYNC_BATCH).collect();
-        out.push(Delivery {
-            to,
-            message: Message::Sync(Sync {
-                items: batch,
-                positions: None,
-            }),
-            lane,
-        });
+    let mut batch: Vec<SyncItem> = Vec::new();
+    let mut bytes = 0;
+    let flush = |batch: &mut Vec<SyncItem>, out: &mut Vec<Delivery>| {
+        if !batch.is_empty() {
+            out.push(Delivery {
+                to,
+                message: Message::Sync(Sync {
+                    items: std::mem::take(batch),
+                    positions: None,
+                }),
+                lane,
+            });
+        }
+    };
+    for item in items {
+        let len = item.message.len();
+        if batch.len() == SYNC_BATCH || (!batch.is_empty() && bytes + len > SYNC_BATCH_BYTES) {
+            flush(&mut batch, out);
+            bytes = 0;
+        }
+        bytes += len;
+        batch.push(item);
     }
+    flush(&mut batch, out);
 }
 
 impl Delivery {
@@ -943,4 +962,52 @@ fn error(to: SessionId, code: ErrorCode, doc: &DocId, message: &str) -> Delivery
             collection: None,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames hold at most `SYNC_BATCH` documents and `SYNC_BATCH_BYTES` of messages, a
+    /// single larger message alone, in order.
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes() {
+        let item = |i: usize, len: usize| SyncItem {
+            doc: format!("todos/d{i}").parse().expect("valid"),
+            message: vec![0; len],
+            priority: None,
+        };
+        let sizes = |items: Vec<SyncItem>| {
+            let mut out = Vec::new();
+            push_batches(&mut out, 1, items, Lane::Bulk);
+            out.into_iter()
+                .map(|d| match d.message {
+                    Message::Sync(s) => s.items.iter().map(|i| i.message.len()).collect(),
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<Vec<usize>>>()
+        };
+        let many = sizes((0..600).map(|i| item(i, 10)).collect());
+        assert_eq!(
+            many.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![256, 256, 88]
+        );
+        let mib = 1 << 20;
+        let large = sizes(vec![
+            item(0, 3 * mib),
+            item(1, 3 * mib),
+            item(2, 3 * mib),
+            item(3, 20 * mib),
+            item(4, 1),
+        ]);
+        assert_eq!(
+            large,
+            vec![
+                vec![3 * mib, 3 * mib],
+                vec![3 * mib],
+                vec![20 * mib],
+                vec![1]
+            ]
+        );
+    }
 }
