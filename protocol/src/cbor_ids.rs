@@ -98,3 +98,37 @@ pub(crate) mod shared_bytes {
         Ok(Arc::from(d.bytes()?))
     }
 }
+
+/// `PlanEntry.reason`: a code this revision does not know (a newer relay's) decodes as absent,
+/// so that a new reason never makes an older client refuse the whole plan.
+pub(crate) mod lenient_reason {
+    use minicbor::data::Type;
+    use minicbor::decode::{self, Decoder};
+    use minicbor::encode::{self, Encoder, Write};
+
+    use crate::messages::DeferReason;
+
+    pub fn encode<C, W: Write>(
+        reason: &Option<DeferReason>,
+        e: &mut Encoder<W>,
+        _: &mut C,
+    ) -> Result<(), encode::Error<W::Error>> {
+        match reason {
+            Some(reason) => e.u8(reason.code())?.ok(),
+            None => e.null()?.ok(),
+        }
+    }
+
+    pub fn decode<C>(d: &mut Decoder<'_>, _: &mut C) -> Result<Option<DeferReason>, decode::Error> {
+        match d.datatype()? {
+            Type::Null | Type::Undefined => {
+                d.skip()?;
+                Ok(None)
+            }
+            _ => {
+                let code = d.u64()?;
+                Ok(u8::try_from(code).ok().and_then(DeferReason::from_code))
+            }
+        }
+    }
+}

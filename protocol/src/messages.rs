@@ -358,8 +358,9 @@ pub struct PlanEntry {
     /// Approximate bytes to transfer.
     #[n(2)]
     pub bytes: u64,
-    /// For a deferred document, why (absent for unknown reasons from newer relays).
-    #[n(3)]
+    /// For a deferred document, why (absent for unknown reasons from newer relays: a receiver
+    /// decodes a reason code it does not know as absent).
+    #[cbor(n(3), with = "crate::cbor_ids::lenient_reason")]
     pub reason: Option<DeferReason>,
     /// When the relay last stored a change to it, milliseconds since the Unix epoch (the
     /// relay's clock), if known.

@@ -215,3 +215,23 @@ fn negotiation_picks_the_first_offered_compression_the_receiver_implements() {
         Compression::None
     );
 }
+
+/// A deferral reason this revision does not know (a newer relay's) decodes as absent instead
+/// of making the whole plan malformed; null decodes as absent too.
+#[test]
+fn an_unknown_deferral_reason_decodes_as_absent() {
+    // [5, {0: [{0: "todos/a", 1: 1, 2: 10, 3: R}], 1: [], 2: []}]
+    let plan = |reason: u8| {
+        let mut bytes = vec![0x00, 0x82, 0x05, 0xa3, 0x00, 0x81, 0xa4, 0x00, 0x67];
+        bytes.extend_from_slice(b"todos/a");
+        bytes.extend_from_slice(&[0x01, 0x01, 0x02, 0x0a, 0x03, reason, 0x01, 0x80, 0x02, 0x80]);
+        bytes
+    };
+    let reason = |bytes: Vec<u8>| match frame::decode(&bytes, MAX) {
+        Ok(Message::Plan(p)) => p.send[0].reason,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reason(plan(0x01)), Some(messages::DeferReason::LowPriority));
+    assert_eq!(reason(plan(0x09)), None);
+    assert_eq!(reason(plan(0xf6)), None);
+}
