@@ -132,6 +132,9 @@ struct Connection {
     awaiting_data: HashSet<DocId>,
     /// Documents the relay refused on this connection; not sent again until reconnect.
     refused: HashMap<DocId, String>,
+    /// Collections the relay refused to this device on this connection (the token cannot read
+    /// them), with why: the rest of the subscription syncs, and the status says so.
+    refused_collections: BTreeMap<Collection, String>,
     /// Documents the relay refused for now (its storage was full, or another device's change
     /// it does not hold yet), with when to send them again.
     retry: BTreeMap<DocId, u64>,
@@ -1486,6 +1489,18 @@ impl<S: SyncStore> Engine<S> {
             self.conn.retry_reported = true;
             return;
         }
+        if let Some(collection) = error.collection {
+            // One collection of a request refused (the token cannot read it); the rest of the
+            // request was served, and the connection goes on.
+            self.last_error = Some(format!(
+                "the relay refused collection {collection}: {}",
+                error.message
+            ));
+            self.conn
+                .refused_collections
+                .insert(collection, error.message);
+            return;
+        }
         if let Some(doc) = error.doc {
             // One item refused; the rest of its frame went on.
             self.upload_done(&doc);
@@ -1885,6 +1900,12 @@ impl<S: SyncStore> Engine<S> {
                         .last_error
                         .clone()
                         .unwrap_or_else(|| "the relay's storage is full".into());
+                    Status::Error { reason }
+                } else if done && !self.conn.refused_collections.is_empty() {
+                    let reason = self
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "the relay refused a collection".into());
                     Status::Error { reason }
                 } else if done && !self.conn.refused.is_empty() {
                     let reason = self

@@ -1338,3 +1338,28 @@ fn a_plan_is_done_when_the_relay_closes_it() {
         "the second plan's cursor is not stored: todos/c is planned again"
     );
 }
+
+/// Issue 18: a collection the relay refuses (the token cannot read it) is refused alone: the
+/// connection goes on, the rest syncs, and the status names the collection instead of
+/// "synced" (it used to be a protocol error and a reconnect, for ever).
+#[test]
+fn a_refused_collection_keeps_the_connection_and_is_reported() {
+    let mut f = fixture();
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 10);
+    f.engine.handle(Event::Frame(welcome()), 11);
+    let refusal = frame::encode(&Message::Error(ErrorMessage {
+        code: ErrorCode::FORBIDDEN,
+        message: "no read grant for collection todos".into(),
+        retry_after_ms: None,
+        doc: None,
+        collection: Some(todos()),
+    }));
+    let effects = f.engine.handle(Event::Frame(refusal), 12);
+    assert!(!effects.contains(&Effect::Disconnect), "{effects:?}");
+    f.engine.handle(Event::Frame(empty_plan(0)), 13);
+    match f.engine.status() {
+        Status::Error { reason } => assert!(reason.contains("collection todos"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
