@@ -1,5 +1,5 @@
 // A minimal Syncline client: a replica of Automerge documents and one connection to a relay.
-// Written from docs/PROTOCOL.md and its addendum; each rule names the section it follows.
+// Written from docs/PROTOCOL.md alone; each rule names the section it follows.
 import WebSocket from 'ws';
 import * as A from '@automerge/automerge';
 import { encodeFrame, decodeFrame, Feature } from './wire.mjs';
@@ -11,9 +11,9 @@ export class Replica {
   constructor(device) {
     this.device = device;       // 32 lowercase hex digits, the token's `dev`
     this.docs = new Map();      // doc id -> { doc, acked: heads the relay durably holds (and we hold), or null }
-    this.cursors = new Map();   // collection -> Cursor of the last completed plan ("Session flow" 5)
+    this.cursors = new Map();   // collection -> Cursor of the last plan that met "Plans": Cursors
   }
-  // Addendum "Automerge": every change is written with actor id = device id.
+  // "Automerge": one actor per device, every change is written with actor id = device id.
   entry(id) {
     if (!this.docs.has(id)) this.docs.set(id, { doc: A.init({ actor: this.device }), acked: null });
     return this.docs.get(id);
@@ -29,7 +29,8 @@ export class Replica {
 export class Connection {
   static async open(url, token, replica, { timeoutMs = 10000 } = {}) {
     // "Transport": `Authorization: Bearer <token>` on the upgrade; the relay answers 401 if bad.
-    const ws = new WebSocket(url, { headers: { Authorization: `Bearer ${token}` } });
+    // "Frames": the WebSocket layer has the client's frame limit (64 MiB, as the reference SDK).
+    const ws = new WebSocket(url, { headers: { Authorization: `Bearer ${token}` }, maxPayload: 64 * 2 ** 20 });
     await new Promise((resolve, reject) => {
       const t = setTimeout(() => { ws.terminate(); reject(new Error('connect timeout')); }, timeoutMs);
       ws.once('open', () => { clearTimeout(t); resolve(); });
@@ -47,7 +48,8 @@ export class Connection {
     this.relayHeads = new Map();    // doc id -> heads of the relay's last message for it
     this.outstanding = new Map();   // doc id -> [heads pushed] of items with changes awaiting Ack or Error
     this.refused = new Map();       // doc id -> Error that refused an item
-    this.plans = [];                // { plan, done, got: Set(doc) }
+    this.failed = new Set();        // doc ids whose relay message did not apply here
+    this.plans = [];                // { plan, done, got: Set(doc), deferredLater: Set(doc), stored }
     this.pendingReconciles = 0;     // Reconciles not yet answered by a Plan
     this.pendingFetches = 0;
     this.waiters = new Set();
@@ -71,14 +73,15 @@ export class Connection {
     return this.waitFor((m) => m.type === 'Welcome', timeoutMs);
   }
   hello(features = [Feature.PLAN_DONE]) {
-    // Compression: offer only what we implement, [0] = none (addendum "Compression").
+    // "Frames": offer only the codecs we implement, [0] = none. "Optional features": offer plan_done.
+    this.offered = features;
     this.send({ type: 'Hello', versions: [1], compression: [0], client: 'syncline-js-spec-test',
       profile: { class: 2, metered: false, realtime: true }, features });
   }
   subscribe(collections) {
     this.send({ type: 'Subscribe', collections: collections.map((collection) => ({ collection, priority: 1, mode: 0 })) });
   }
-  // Addendum "Reconcile.cursors": collections without a cursor are left out (planned from the start).
+  // "Plans": collections without a cursor are left out (the first Reconcile plans them from the start).
   // `changed` stays empty: pushed documents are applied before the relay plans ("Session flow" 3).
   reconcile() {
     this.pendingReconciles++;
@@ -86,8 +89,8 @@ export class Connection {
   }
   fetch(docs) { this.pendingFetches++; this.send({ type: 'Fetch', docs }); }
 
-  // "Sync states: Primed" (addendum "Priming"): from the heads the relay acknowledged, or from none
-  // for a document it never acknowledged, so the first message carries every change after them.
+  // "Automerge": Priming, from the heads the relay acknowledged (and we hold), or from none for a
+  // document it never acknowledged, so the first message carries every change after them.
   stateFor(id) {
     if (!this.states.has(id)) {
       const e = this.replica.entry(id);
@@ -104,11 +107,13 @@ export class Connection {
   items(ids, { answering = new Map() } = {}) {
     const items = [];
     for (const id of ids) {
+      // "Acknowledgements": an item refused without retry_after_ms waits for the next connection.
+      if (this.refused.has(id) && this.refused.get(id).retry_after_ms === undefined) continue;
       const e = this.replica.entry(id);
       const prior = this.stateFor(id);   // may re-prime e.doc: take the state first
       const [state, message] = A.generateSyncMessage(e.doc, prior);
       if (!message) continue;
-      const heard = answering.get(id);   // "Settled": no answer to a change-less message at equal heads
+      const heard = answering.get(id);   // "Automerge": Settled, no answer to a change-less message at equal heads
       if (heard && heard.changes.length === 0 && sameHeads(heard.heads, A.getHeads(e.doc))) continue;
       this.states.set(id, state);
       if (A.decodeSyncMessage(message).changes.length > 0) {
@@ -127,7 +132,7 @@ export class Connection {
   onFrame(data, isBinary) {
     let msg;
     try {
-      if (!isBinary) throw new Error('text message from the relay');   // "Transport"
+      if (!isBinary) throw new Error('text message from the relay');   // "Transport": a relay never sends one
       msg = decodeFrame(data);
     } catch (e) { this.violations.push(e.message); this.wake(); return; }
     this.received.push(msg);
@@ -138,19 +143,33 @@ export class Connection {
     this.wake();
   }
 
-  onWelcome(m) { this.welcome = m; }
+  onWelcome(m) {
+    this.welcome = m;
+    // "Frames": the relay chooses one of the offered codecs; "Optional features": a subset of ours.
+    if (m.compression !== 0 || m.features?.some((f) => !this.offered.includes(f))) this.violations.push('Welcome chose what we did not offer');
+  }
 
   onPlan(m) {
-    // "Plans add up": each Reconcile gets exactly one Plan (not update), each Fetch one marked fetch.
+    // "Plans": Answers. Each Reconcile gets exactly one Plan with update and fetch false, each Fetch one
+    // marked fetch (its earlier parts come as update plans).
     if (m.fetch) this.pendingFetches--;
     else if (!m.update) this.pendingReconciles--;
-    // Addendum "Plan key 6": with plan_done agreed, ids are 1, 2, 3, ... in sending order.
+    // "Optional features": with plan_done in use, ids are 1, 2, 3, ... in sending order.
     if (this.planDone && m.id !== this.plans.length + 1) this.violations.push(`Plan id ${m.id}, expected ${this.plans.length + 1}`);
-    this.plans.push({ plan: m, done: false, got: new Set() });
+    // "Plans add up": a deferred entry takes a document out of the earlier plans.
+    for (const p of this.plans) for (const x of m.deferred) p.deferredLater.add(x.doc);
+    this.plans.push({ plan: m, done: false, got: new Set(), deferredLater: new Set() });
+    // "Epochs": on Plan.reset, forget what the relay acknowledged there and send every document again.
+    for (const col of m.reset ?? []) {
+      this.replica.cursors.delete(col);
+      const ids = [...this.replica.docs.keys()].filter((id) => id.startsWith(`${col}/`));
+      for (const id of ids) { this.replica.docs.get(id).acked = null; this.states.delete(id); }
+      this.push(ids);
+    }
   }
 
   onPlanDone(m) {
-    // Addendum "PlanDone": the Plan with this id is complete; its send docs without a message were dropped.
+    // "Plans": PlanDone. Its send documents that got no message by now were dropped by the relay.
     const p = this.plans.find((x) => x.plan.id === m.plan);
     if (p) p.done = true;
     else this.violations.push(`PlanDone for unknown plan ${m.plan}`);
@@ -161,61 +180,71 @@ export class Connection {
     const answering = new Map();
     for (const { doc: id, message } of m.items) {
       const e = this.replica.entry(id);
-      const decoded = A.decodeSyncMessage(message);
-      const prior = this.stateFor(id);
-      const [doc, state] = A.receiveSyncMessage(e.doc, prior, message);
-      e.doc = doc;
-      this.states.set(id, state);
-      answering.set(id, decoded);
-      this.relayHeads.set(id, decoded.heads);
+      try {
+        const decoded = A.decodeSyncMessage(message);
+        const prior = this.stateFor(id);   // may re-prime e.doc: take the state first
+        const [doc, state] = A.receiveSyncMessage(e.doc, prior, message);
+        e.doc = doc;
+        this.states.set(id, state);
+        answering.set(id, decoded);
+        this.relayHeads.set(id, decoded.heads);
+      } catch (err) { this.failed.add(id); this.violations.push(`${id}: ${err.message}`); continue; }
       for (const p of this.plans) if (!p.done && p.plan.send.some((x) => x.doc === id)) p.got.add(id);
-      // "Durability": heads in any relay Sync message are durable on the relay, like an Ack.
-      if (decoded.heads.length && A.hasHeads(e.doc, decoded.heads)) e.acked = decoded.heads;
+      // "Acknowledgements": heads in any relay Sync message are durable; record them once we hold them.
+      const H = this.relayHeads.get(id);
+      if (H.length && A.hasHeads(e.doc, H)) e.acked = H;
     }
     const items = this.items([...answering.keys()], { answering });
     if (items.length) this.send({ type: 'Sync', items });
   }
 
   onAck(m) {
+    // "Acknowledgements": frames are answered in order, so a document's AckItems match its items first in,
+    // first out. AckItem.heads are durable: recorded if we hold them all, else the heads we sent.
     for (const { doc: id, heads } of m.items) {
       const e = this.replica.entry(id);
       const pushed = this.outstanding.get(id) ?? [];
       const P = pushed.shift();
       if (!pushed.length) this.outstanding.delete(id);
       if (!P) { this.violations.push(`Ack for ${id} with no item outstanding`); continue; }
-      e.acked = A.hasHeads(e.doc, heads) ? heads : P;   // AckItem.heads are durable on the relay
-      // "Sync states: Acknowledged": an Ack naming exactly our heads makes the state synced there.
+      e.acked = A.hasHeads(e.doc, heads) ? heads : P;
+      // "Automerge": Acknowledged, an Ack naming exactly our heads restarts the state primed there.
       if (sameHeads(heads, A.getHeads(e.doc))) { this.states.delete(id); this.stateFor(id); }
     }
   }
 
   onError(m) {
-    // Addendum "Acknowledgement rules": a refused item gets exactly one Error with `doc`. We keep it
-    // pending (unacked in the replica) and resend it from a fresh state on a later push/connection.
-    if (m.doc && this.outstanding.has(m.doc)) {
-      const pushed = this.outstanding.get(m.doc);
-      pushed.shift();
-      if (!pushed.length) this.outstanding.delete(m.doc);
-      this.refused.set(m.doc, m);
-      this.states.delete(m.doc);
+    if (!m.doc) return;
+    // "Acknowledgements": a refused item gets one Error with `doc` and nothing else. With retry_after_ms
+    // it stays pending and goes again after the delay (capped at 5 min) from a fresh state primed with
+    // what the relay acknowledged; without, it waits for the next connection.
+    const pushed = this.outstanding.get(m.doc);
+    pushed?.shift();
+    if (pushed && !pushed.length) this.outstanding.delete(m.doc);
+    this.refused.set(m.doc, m);
+    this.states.delete(m.doc);
+    if (m.retry_after_ms !== undefined) {
+      setTimeout(() => this.ws.readyState === WebSocket.OPEN && this.push([m.doc]), Math.min(Number(m.retry_after_ms), 300000)).unref();
     }
   }
 
-  /** Addendum "When is a client synced": returns the reasons it is not (empty: synced). */
+  // A document is complete once we hold every head of the relay's last message for it ("Plans").
+  complete(id) { return !this.relayHeads.has(id) || A.hasHeads(this.replica.get(id), this.relayHeads.get(id)); }
+
+  /** "Plans": The client is synced. Returns the reasons it is not (empty: synced). */
   notSynced() {
     const why = [];
     if (!this.welcome) why.push('no Welcome');
     if (this.pendingReconciles) why.push(`${this.pendingReconciles} Reconcile(s) without Plan`);
     if (this.pendingFetches) why.push(`${this.pendingFetches} Fetch(es) without Plan`);
     for (const p of this.plans) {
-      // With plan_done, a Plan is complete at its PlanDone. Without it (an older relay) the spec
-      // gives no rule; we take "every send document got a message" (README, gap list).
-      const complete = this.planDone ? p.done : p.plan.send.every((x) => p.got.has(x.doc));
-      if (!complete) why.push(`plan ${p.plan.id ?? '?'} not done`);
-      for (const id of p.got) {
-        if (!A.hasHeads(this.replica.get(id), this.relayHeads.get(id))) why.push(`${id} lacks relay heads`);
-      }
+      // With plan_done, a plan is over at its PlanDone. Without it (an older relay) we can only count the
+      // planned documents that arrived (or were deferred since); synced()'s time limit stands for the rest.
+      const over = this.planDone ? p.done : p.plan.send.every((x) => p.got.has(x.doc) || p.deferredLater.has(x.doc));
+      if (!over) why.push(`plan ${p.plan.id ?? '?'} not done`);
     }
+    // Every planned document that got a message is complete, and no exchange waits for data the relay showed.
+    for (const id of this.relayHeads.keys()) if (!this.complete(id)) why.push(`${id} lacks relay heads`);
     for (const [id, pushed] of this.outstanding) why.push(`${id}: ${pushed.length} item(s) unacknowledged`);
     return why;
   }
@@ -225,10 +254,15 @@ export class Connection {
     return this.until(() => this.notSynced().length === 0 || undefined, timeoutMs, () => `not synced: ${this.notSynced().join('; ')}`)
       .then(() => this.storeCursors());
   }
-  // "Session flow" 5: store a plan's cursors only when its documents are complete (none dropped).
+  // "Plans": Cursors. A plan's cursors are stored once each send document is complete (or deferred since),
+  // none was refused, failed or dropped, and nothing in those collections waits for the relay's data.
   storeCursors() {
     for (const p of this.plans) {
-      if (p.plan.send.every((x) => p.got.has(x.doc))) for (const c of p.plan.cursors) this.replica.cursors.set(c.collection, c);
+      const cols = new Set(p.plan.cursors.map((c) => c.collection));
+      const ok = (!this.planDone || p.done) && !p.stored
+        && p.plan.send.every(({ doc }) => p.deferredLater.has(doc) || (p.got.has(doc) && !this.refused.has(doc) && !this.failed.has(doc) && this.complete(doc)))
+        && [...this.relayHeads.keys()].every((id) => !cols.has(id.split('/')[0]) || this.complete(id));
+      if (ok) { p.stored = true; for (const c of p.plan.cursors) this.replica.cursors.set(c.collection, c); }
     }
   }
 

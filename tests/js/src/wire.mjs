@@ -1,28 +1,38 @@
-// The Syncline wire format (docs/PROTOCOL.md "Frames", "Messages"; addendum "Encoding rules"),
+// The Syncline wire format (docs/PROTOCOL.md "Frames", "Encoding", "Messages"),
 // written from the spec alone. Messages are plain JS objects with named fields; on the wire they
 // are CBOR maps with unsigned integer keys.
 import { Encoder, Decoder } from 'cbor-x';
 
-// Addendum "Encoding rules": integer keys (Maps, never records), untagged byte strings.
+// "Encoding": integer keys (Maps, never records), untagged byte strings, shortest forms. 64-bit
+// integers decode as BigInt (kept as BigInt past 2^53). A duplicated key keeps its last value.
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: false, tagUint8Array: false, variableMapSize: true });
-const decoder = new Decoder({ useRecords: false, mapsAsObjects: false, int64AsNumber: true });
+const decoder = new Decoder({ useRecords: false, mapsAsObjects: false });
 
 export class FrameError extends Error {}
 const fail = (msg) => { throw new FrameError(msg); };
 
 // --- Field types ------------------------------------------------------------------------------
 // Each type is { enc(jsValue) -> cborValue, dec(cborValue) -> jsValue }; dec validates.
-const COLLECTION = /^[a-z][a-z0-9_-]{0,63}$/;         // "Messages": identifiers
+const COLLECTION = /^[a-z][a-z0-9_-]{0,63}$/;         // "Encoding": identifiers
 const DOC_ID = /^([a-z][a-z0-9_-]{0,63})\/[A-Za-z0-9_.:-]{1,128}$/;
 const toHex = (b) => Buffer.from(b).toString('hex');
 const fromHex = (h) => new Uint8Array(Buffer.from(h, 'hex'));
 const check = (ok, what, v) => (ok ? v : fail(`invalid ${what}`));
 
+// "Encoding": integers are major type 0 up to 2^64-1, never floats. cbor-x writes numbers above 2^32
+// as float64 and every BigInt in 9 bytes: pass BigInt exactly above 2^32. Decoded: a Number when
+// safe, else a BigInt.
+const U64 = 2n ** 64n;
 const uint = {
-  // cbor-x writes numbers above 2^32 as float64: pass those as BigInt to keep major type 0.
-  enc: (v) => (Number.isSafeInteger(v) && v >= 0 ? (v > 0xffffffff ? BigInt(v) : v) : fail(`not a uint: ${v}`)),
-  dec: (v) => check(Number.isSafeInteger(v) && v >= 0, 'uint', v),
+  enc: (v) => (typeof v === 'bigint' && v >= 0n && v < U64) || (Number.isSafeInteger(v) && v >= 0)
+    ? (v > 0xffffffff ? BigInt(v) : Number(v)) : fail(`not a uint: ${v}`),
+  dec: (v) => (typeof v === 'bigint' ? (v <= Number.MAX_SAFE_INTEGER ? Number(v) : v) : check(Number.isSafeInteger(v) && v >= 0, 'uint', v)),
 };
+// "Encoding": enumerations are closed (a value outside the table is malformed), except
+// PlanEntry.reason, which a receiver reads as absent when it does not know it.
+const enumOf = (n, what) => ({ enc: (v) => check(v >= 0 && v < n, what, uint.enc(v)), dec: (v) => check((v = uint.dec(v)) < n, what, v) });
+const reason = { enc: enumOf(4, 'reason').enc, dec: (v) => ((v = uint.dec(v)) < 4 ? v : undefined) };
+const priority = enumOf(4, 'priority');
 const text = { enc: (v) => check(typeof v === 'string', 'text', v), dec: (v) => check(typeof v === 'string', 'text', v) };
 const bool = { enc: (v) => check(typeof v === 'boolean', 'bool', v), dec: (v) => check(typeof v === 'boolean', 'bool', v) };
 const bytes = {
@@ -43,17 +53,12 @@ const array = (t) => ({
   enc: (v) => check(Array.isArray(v), 'array', v).map(t.enc),
   dec: (v) => check(Array.isArray(v), 'array', v).map(t.dec),
 });
-// "heads are an array of hashes, sorted, without duplicates" (lowercase hex sorts like bytes).
-const heads = {
-  enc: (v) => [...new Set(v)].sort().map(hash.enc),
-  dec: (v) => {
-    const h = array(hash).dec(v);
-    return check(h.every((x, i) => i === 0 || h[i - 1] < x), 'heads (unsorted or duplicated)', h);
-  },
-};
+// "Encoding": heads are sent sorted bytewise without duplicates; a receiver sorts them and drops
+// duplicates (lowercase hex sorts like the bytes).
+const heads = { enc: (v) => [...new Set(v)].sort().map(hash.enc), dec: (v) => [...new Set(array(hash).dec(v))].sort() };
 
-// A struct: { name: [key, type, optional?] }. Unknown keys are ignored, null counts as absent,
-// a missing required field is an error (addendum "Encoding rules").
+// A struct: { name: [key, type, optional?] }. "Encoding": unknown (unsigned integer) keys are ignored,
+// null counts as absent, a missing required field is malformed, a text key is refused.
 const struct = (fields) => ({
   fields,
   enc(obj) {
@@ -66,12 +71,15 @@ const struct = (fields) => ({
   },
   dec(m) {
     if (!(m instanceof Map)) fail('not a map');
-    for (const k of m.keys()) if (!Number.isInteger(k) || k < 0) fail(`map key is not an unsigned integer: ${String(k)}`);
+    const isUint = (k) => (typeof k === 'bigint' ? k >= 0n : Number.isInteger(k) && k >= 0);
+    for (const k of m.keys()) if (!isUint(k)) fail(`map key is not an unsigned integer: ${String(k)}`);
+    m = new Map([...m].map(([k, v]) => [Number(k), v]));          // a key in a longer form than needed
     const obj = {};
     for (const [name, [key, t, opt]] of Object.entries(fields)) {
       const v = m.get(key);
       if (v === undefined || v === null) { if (!opt) fail(`missing field ${name}`); continue; }
-      obj[name] = t.dec(v);
+      const d = t.dec(v);
+      if (d !== undefined) obj[name] = d;
     }
     return obj;
   },
@@ -80,18 +88,18 @@ const OPT = true;
 
 // --- Nested maps ("Messages": Nested maps) ------------------------------------------------------
 const Profile = struct({
-  class: [0, uint], storage_budget_bytes: [1, uint, OPT], download_bytes_per_s: [2, uint, OPT],
+  class: [0, enumOf(4, 'class')], storage_budget_bytes: [1, uint, OPT], download_bytes_per_s: [2, uint, OPT],
   upload_bytes_per_s: [3, uint, OPT], metered: [4, bool], realtime: [5, bool], metered_max_doc_bytes: [6, uint, OPT],
 });
-const CollectionSubscription = struct({ collection: [0, collection], priority: [1, uint], mode: [2, uint] });
+const CollectionSubscription = struct({ collection: [0, collection], priority: [1, priority], mode: [2, enumOf(2, 'mode')] });
 const Limits = struct({
   max_frame_bytes: [0, uint], max_frames_per_s: [1, uint], max_bytes_per_s: [2, uint],
   max_docs_per_subscription: [3, uint], idle_timeout_ms: [4, uint],
 });
 const Cursor = struct({ collection: [0, collection], seq: [1, uint], epoch: [2, text, OPT], receipt: [3, text, OPT] });
 const DocHeads = struct({ doc: [0, docId], heads: [1, heads] });
-const PlanEntry = struct({ doc: [0, docId], priority: [1, uint], bytes: [2, uint], reason: [3, uint, OPT], changed_ms: [4, uint, OPT] });
-const SyncItem = struct({ doc: [0, docId], message: [1, bytes], priority: [2, uint, OPT] });
+const PlanEntry = struct({ doc: [0, docId], priority: [1, priority], bytes: [2, uint], reason: [3, reason, OPT], changed_ms: [4, uint, OPT] });
+const SyncItem = struct({ doc: [0, docId], message: [1, bytes], priority: [2, priority, OPT] });   // "Messages": 0-3
 const AckItem = struct({ doc: [0, docId], heads: [1, heads], seq: [2, uint, OPT] });
 
 // --- Messages: type number -> name and fields ---------------------------------------------------
@@ -108,12 +116,12 @@ export const MESSAGES = {
   10: ['Fetch', struct({ docs: [0, array(docId)] })],
   11: ['Ephemeral', struct({ doc: [0, docId], payload: [1, bytes], from: [2, deviceId, OPT] })],
   12: ['Error', struct({ code: [0, uint], message: [1, text], retry_after_ms: [2, uint, OPT], doc: [3, docId, OPT], collection: [4, collection, OPT] })],
-  13: ['PlanDone', struct({ plan: [0, uint] })],                   // addendum, feature plan_done
+  13: ['PlanDone', struct({ plan: [0, uint] })],                   // "Optional features": plan_done
 };
 const TYPES = Object.fromEntries(Object.entries(MESSAGES).map(([n, [name]]) => [name, Number(n)]));
 
 export const ErrorCode = { BAD_FRAME: 1, UNKNOWN_MESSAGE: 2, UNSUPPORTED_VERSION: 3, UNAUTHORIZED: 4, FORBIDDEN: 5, FRAME_TOO_LARGE: 6, RATE_LIMITED: 7, LIMIT_EXCEEDED: 8, BAD_DOCUMENT: 9, OUT_OF_ORDER: 10, INTERNAL: 11, STORAGE_FULL: 12 };
-export const Feature = { PLAN_DONE: 1 };                           // addendum: Hello key 4
+export const Feature = { PLAN_DONE: 1 };                           // "Optional features"
 export const Priority = { LOW: 0, NORMAL: 1, HIGH: 2, CRITICAL: 3 };
 
 // --- Frames ("Frames": flags byte, then CBOR [type, map]) ----------------------------------------
@@ -132,17 +140,19 @@ export function encodeFrame(msg) {
   return encodeRaw([n, MESSAGES[n][1].enc(msg)]);
 }
 
-/** frame bytes -> { type: 'Name', ...fields }, or { type: n, unknown: true } for an unknown type. */
+/** frame bytes -> { type: 'Name', ...fields }, or { type: n, unknown: true } for an unknown type
+ * (its message is not looked at: "Messages", a client ignores a type it does not know). */
 export function decodeFrame(frame) {
   if (frame.length < 2) fail('short frame');
-  if (frame[0] !== 0x00) fail(`flags ${frame[0]} (we offered no compression)`);
+  if (frame[0] !== 0x00) fail(`flags ${frame[0]} (we offered no compression)`);   // "Frames"
   let body;
   try { body = decoder.decode(frame.subarray(1)); }                // one item, no trailing bytes
   catch (e) { fail(`CBOR: ${e.message}`); }
   if (!Array.isArray(body) || body.length !== 2) fail('body is not an array(2)');
-  const [n, m] = body;
+  const [t, m] = body;
+  const n = typeof t === 'bigint' ? Number(t) : t;
   if (!Number.isInteger(n) || n < 0) fail('type is not an unsigned integer');
-  if (!MESSAGES[n]) { struct({}).dec(m); return { type: n, unknown: true }; }
+  if (!MESSAGES[n]) return { type: n, unknown: true };
   return { type: MESSAGES[n][0], ...MESSAGES[n][1].dec(m) };
 }
 

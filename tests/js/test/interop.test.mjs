@@ -10,7 +10,8 @@ let relay;
 before(async () => { relay = await startRelay(); });
 after(async () => { await relay?.stop(); });
 
-// The todo app's document: root map with `title` (a scalar string, not Automerge Text) and `done`.
+// The todo app's document (outside the protocol, see README): root map with `title` (a scalar string,
+// not Automerge Text) and `done`.
 const str = (s) => new A.ImmutableString(s);
 const todo = (doc) => ({ title: String(doc.title), done: doc.done });
 
@@ -24,6 +25,7 @@ async function syncOnce(replica) {
   try { await c.synced(); assert.deepEqual(c.violations, []); return c; } finally { c.close(); }
 }
 
+// "Acknowledgements": the Ack names the heads now durable (here exactly ours).
 test('JS -> Rust: a todo written in JS is acknowledged, then listed by the Rust CLI', async () => {
   const js = new Replica(newDevice());
   const id = `todos/js-${newDevice()}`;
@@ -51,7 +53,7 @@ test('Rust -> JS: Plan names the doc, its Sync follows, then PlanDone; JS ends w
     assert.ok(plan.send.some((e) => e.doc === id), 'the plan sends the doc');
     await c.synced();
     assert.deepEqual(todo(js.get(id)), { title: 'Walk the dog', done: false });
-    // Addendum "New in this revision": plan_done agreed, Plan ids 1, 2, ..., PlanDone after the doc's Sync.
+    // "Optional features": plan_done in use, Plan ids 1, 2, ...; "Plans": PlanDone after the doc's Sync.
     assert.deepEqual(c.welcome.features, [Feature.PLAN_DONE], 'Welcome.features agrees plan_done');
     assert.equal(plan.id, 1);
     const at = (pred) => c.received.findIndex(pred);
