@@ -595,6 +595,23 @@ mod corrupt {
         w.push(1, &[doc("todos/bad"), doc("todos/good")]);
         assert!(w.clients[&1].errors().contains(&ErrorCode::INTERNAL.0));
         assert!(w.clients[&1].acked(&doc("todos/good")).is_some());
+        // The refusal is the item's alone: no error for the whole frame (which made the device
+        // reconnect and send it again, on every connection), and no acknowledgement of it.
+        let about_bad = |m: &syncline_protocol::Message| match m {
+            syncline_protocol::Message::Error(e) => e.doc.as_ref() == Some(&doc("todos/bad")),
+            _ => false,
+        };
+        let inbox = &w.clients[&1].inbox;
+        assert!(inbox.iter().any(about_bad));
+        assert!(
+            inbox.iter().all(|m| match m {
+                syncline_protocol::Message::Error(e) => e.doc.is_some(),
+                syncline_protocol::Message::Ack(a) =>
+                    a.items.iter().all(|i| i.doc != doc("todos/bad")),
+                _ => true,
+            }),
+            "{inbox:?}"
+        );
     }
 }
 

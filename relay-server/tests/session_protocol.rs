@@ -834,3 +834,32 @@ fn a_fetch_over_the_document_limit_is_refused() {
     assert_eq!(error_codes(&out), vec![ErrorCode::LIMIT_EXCEEDED.0]);
     assert!(out.actions.is_empty());
 }
+
+/// Per-collection refusals are bounded: a request naming many unreadable collections gets at
+/// most `MAX_REFUSED_COLLECTIONS` errors and a strike, not one frame per collection.
+#[test]
+fn refusals_per_collection_are_bounded_per_request() {
+    use syncline_relay::session::MAX_REFUSED_COLLECTIONS;
+    let mut s = open_session();
+    let docs: Vec<DocId> = (0..100)
+        .map(|i| doc(&format!("secret{i}/x")))
+        .chain([doc("todos/a")])
+        .collect();
+    let out = send(&mut s, Message::Fetch(Fetch { docs }));
+    assert_eq!(error_codes(&out).len(), MAX_REFUSED_COLLECTIONS);
+    assert!(
+        matches!(&out.actions[..], [Action::Fetch(d)] if d == &vec![doc("todos/a")]),
+        "the readable rest is still fetched: {out:?}"
+    );
+    // Seven more such requests close the connection (eight strikes).
+    let mut closed = None;
+    for _ in 0..MAX_STRIKES {
+        let docs: Vec<DocId> = (0..100).map(|i| doc(&format!("secret{i}/x"))).collect();
+        let out = send(&mut s, Message::Fetch(Fetch { docs }));
+        if out.close.is_some() {
+            closed = out.close;
+            break;
+        }
+    }
+    assert!(closed.is_some());
+}

@@ -372,6 +372,7 @@ impl<S: Storage> Hub<S> {
                         &item.doc,
                         "the relay cannot load this document",
                     ));
+                    refused_docs.push(item.doc.clone());
                     continue;
                 }
                 Err(e) => return Err(e),

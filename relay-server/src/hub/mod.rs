@@ -166,9 +166,9 @@ struct Peer {
     /// bytes, and their total: bounded by [`MAX_SESSION_STATE_BYTES`].
     state_costs: HashMap<DocId, usize>,
     state_bytes: usize,
-    /// With `PlanDone` negotiated, the number of the last plan sent (the first is 1); `None`:
-    /// the device did not ask for plans to be numbered and closed.
-    plans: Option<u64>,
+    /// With `PlanDone` negotiated, the id of the last plan sent (the first is 1); `None`: the
+    /// device did not ask for plans to be numbered and closed.
+    last_plan_id: Option<u64>,
 }
 
 impl Peer {
@@ -443,7 +443,7 @@ impl<S: Storage> Hub<S> {
             skipped: BTreeSet::new(),
             state_costs: HashMap::new(),
             state_bytes: 0,
-            plans: None,
+            last_plan_id: None,
         };
         self.peers.insert(id, peer);
     }
@@ -539,7 +539,7 @@ impl<S: Storage> Hub<S> {
                 Ok(Vec::new())
             }
             Action::ClosePlans => {
-                self.peer_mut(id).plans.get_or_insert(0);
+                self.peer_mut(id).last_plan_id.get_or_insert(0);
                 Ok(Vec::new())
             }
             Action::UpdateProfile(profile) => {

@@ -75,15 +75,15 @@ impl Planned {
     }
 
     /// Delivers the plan and its messages: the answer to a `Reconcile` or a `Fetch` always
-    /// (the client counts them), an update only when it says something. With `plans` (the
-    /// session's plan counter, when it negotiated `PlanDone`), the plan is numbered and a
+    /// (the client counts them), an update only when it says something. With `last_id` (the
+    /// session's last plan id, when it negotiated `PlanDone`), the plan is numbered and a
     /// `PlanDone` follows its messages in their lane.
     fn deliver(
         self,
         id: SessionId,
         kind: PlanKind,
         lane: Lane,
-        plans: Option<&mut u64>,
+        last_id: Option<&mut u64>,
         out: &mut Vec<Delivery>,
     ) {
         let quiet = matches!(kind, PlanKind::Update);
@@ -95,7 +95,7 @@ impl Planned {
         if quiet && self.send.is_empty() && self.deferred.is_empty() {
             return;
         }
-        let number = plans.map(|last| {
+        let number = last_id.map(|last| {
             *last += 1;
             *last
         });
@@ -286,7 +286,7 @@ impl<S: Storage> Hub<S> {
         }
         let mut out = Vec::new();
         self.note_deferred(id, &planned);
-        let plans = self.peer_mut(id).plans.as_mut();
+        let plans = self.peer_mut(id).last_plan_id.as_mut();
         planned.deliver(
             id,
             PlanKind::Reconcile(reached, reset),
@@ -447,7 +447,7 @@ impl<S: Storage> Hub<S> {
         }
         self.note_deferred(id, &planned);
         let mut out = Vec::new();
-        let plans = self.peer_mut(id).plans.as_mut();
+        let plans = self.peer_mut(id).last_plan_id.as_mut();
         planned.deliver(id, PlanKind::Update, Lane::Bulk, plans, &mut out);
         Ok(out)
     }
@@ -570,7 +570,7 @@ impl<S: Storage> Hub<S> {
         } else {
             PlanKind::Update
         };
-        let plans = self.peer_mut(id).plans.as_mut();
+        let plans = self.peer_mut(id).last_plan_id.as_mut();
         planned.deliver(id, kind, Lane::Asked, plans, &mut out);
         Ok(out)
     }
@@ -608,7 +608,7 @@ impl<S: Storage> Hub<S> {
         };
         self.note_deferred(id, &planned);
         let mut out = Vec::new();
-        let plans = self.peer_mut(id).plans.as_mut();
+        let plans = self.peer_mut(id).last_plan_id.as_mut();
         planned.deliver(id, PlanKind::Update, Lane::Live, plans, &mut out);
         out
     }
@@ -665,7 +665,7 @@ impl<S: Storage> Hub<S> {
             items: Vec::new(),
             deferred,
         };
-        let plans = self.peer_mut(id).plans.as_mut();
+        let plans = self.peer_mut(id).last_plan_id.as_mut();
         announced.deliver(id, PlanKind::Update, Lane::Live, plans, out);
         let positions = self.push_positions(id, &items);
         let first = out.len();

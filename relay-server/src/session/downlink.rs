@@ -37,16 +37,19 @@ pub struct Frame {
     pub counted: usize,
 }
 
-/// A queued bulk `Sync` part, or the `PlanDone` that follows a plan's parts in their lane.
+/// What waits in the bulk lane.
 #[derive(Debug)]
-struct Bulk {
-    sync: Sync,
-    counted: usize,
-    /// Documents the device asked for (`Fetch`): never taken back by a change of plan.
-    asked: bool,
-    /// Set for a `PlanDone` (then `sync` is empty): it goes after the parts queued before it,
+enum Bulk {
+    /// A catch-up `Sync` part.
+    Part {
+        sync: Sync,
+        counted: usize,
+        /// Documents the device asked for (`Fetch`): never taken back by a change of plan.
+        asked: bool,
+    },
+    /// The `PlanDone` that follows a plan's parts: it goes after the parts queued before it,
     /// and stays when the plan changes.
-    done: Option<PlanDone>,
+    Done { done: PlanDone, counted: usize },
 }
 
 /// The paced downlink; see the module documentation.
@@ -55,7 +58,7 @@ pub struct Downlink {
     pacer: Pacer,
     /// Live messages with their counted bytes, encoded when they go.
     live: VecDeque<(Message, usize)>,
-    /// Bulk `Sync` parts, encoded when they go.
+    /// Catch-up `Sync` parts and the ends of their plans, encoded when they go.
     bulk: VecDeque<Bulk>,
     /// How many queued bulk items each document has.
     queued_docs: HashMap<DocId, u32>,
@@ -113,25 +116,18 @@ impl Downlink {
                     for item in &part.items {
                         *self.queued_docs.entry(item.doc.clone()).or_default() += 1;
                     }
-                    self.bulk.push_back(Bulk {
+                    self.bulk.push_back(Bulk::Part {
                         sync: part,
                         counted: if i == last { counted } else { 0 },
                         asked: lane == Lane::Asked,
-                        done: None,
                     });
                 }
             }
             // A plan's end follows its catch-up in the same lane.
-            (Message::PlanDone(done), Lane::Bulk | Lane::Asked) => self.bulk.push_back(Bulk {
-                sync: Sync {
-                    items: Vec::new(),
-                    positions: None,
-                },
-                counted,
-                asked: lane == Lane::Asked,
-                done: Some(done),
-            }),
-            // Only catch-up `Sync`s are bulk; anything else goes live.
+            (Message::PlanDone(done), Lane::Bulk | Lane::Asked) => {
+                self.bulk.push_back(Bulk::Done { done, counted });
+            }
+            // Only catch-up `Sync`s and their plans' ends are bulk; anything else goes live.
             (message, _) => self.live.push_back((message, counted)),
         }
     }
@@ -142,17 +138,21 @@ impl Downlink {
     pub fn prune(&mut self, keep: impl Fn(&SyncItem) -> bool) -> Vec<SyncItem> {
         let mut removed = Vec::new();
         let mut freed = 0;
-        self.bulk.retain_mut(|part| {
-            if part.asked || part.done.is_some() {
+        self.bulk.retain_mut(|queued| {
+            let Bulk::Part {
+                sync,
+                counted,
+                asked: false,
+            } = queued
+            else {
                 return true;
-            }
-            let (kept, gone): (Vec<SyncItem>, Vec<SyncItem>) = std::mem::take(&mut part.sync.items)
-                .into_iter()
-                .partition(&keep);
-            part.sync.items = kept;
+            };
+            let (kept, gone): (Vec<SyncItem>, Vec<SyncItem>) =
+                std::mem::take(&mut sync.items).into_iter().partition(&keep);
+            sync.items = kept;
             removed.extend(gone);
-            if part.sync.items.is_empty() {
-                freed += part.counted;
+            if sync.items.is_empty() {
+                freed += *counted;
                 false
             } else {
                 true
@@ -164,7 +164,7 @@ impl Downlink {
         if freed > 0 {
             // Nothing to send for them, but the backlog bytes must come back.
             match self.bulk.front_mut() {
-                Some(part) => part.counted += freed,
+                Some(Bulk::Part { counted, .. } | Bulk::Done { counted, .. }) => *counted += freed,
                 None => self.live.push_back((
                     Message::Sync(Sync {
                         items: Vec::new(),
@@ -190,16 +190,12 @@ impl Downlink {
             let (message, counted) = match self.live.pop_front() {
                 Some(live) => live,
                 None => match self.bulk.pop_front() {
-                    Some(Bulk {
-                        done: Some(done),
-                        counted,
-                        ..
-                    }) => (Message::PlanDone(done), counted),
-                    Some(part) => {
-                        for item in &part.sync.items {
+                    Some(Bulk::Done { done, counted }) => (Message::PlanDone(done), counted),
+                    Some(Bulk::Part { sync, counted, .. }) => {
+                        for item in &sync.items {
                             self.forget_queued(&item.doc);
                         }
-                        (Message::Sync(part.sync), part.counted)
+                        (Message::Sync(sync), counted)
                     }
                     None => break,
                 },

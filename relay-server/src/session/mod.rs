@@ -163,6 +163,9 @@ fn ops_bucket(payload: &PayloadLimits, now_ms: u64) -> TokenBucket {
     TokenBucket::with_burst(payload.max_ops, 2 * payload.max_ops, now_ms)
 }
 
+/// The most collections one request gets a refusal each for (`Error.collection`).
+pub const MAX_REFUSED_COLLECTIONS: usize = 16;
+
 /// Milliseconds a connection may stay open after its upgrade without sending `Hello`.
 pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 
@@ -619,7 +622,8 @@ impl Session {
                     }
                     self.refuse_collections(out, unreadable);
                 }
-                self.fetched_ids += fetched;
+                // Counted once the unreadable ones are out: those are not held.
+                self.fetched_ids += r.fetched.as_ref().map_or(0, Vec::len) as u64;
                 out.actions.push(Action::Reconcile(r));
             }
             Message::Sync(s) if s.items.len() > MAX_SYNC_ITEMS => {
@@ -781,9 +785,14 @@ impl Session {
     /// Refuses each of `collections` (named by a request, outside the read grant) alone: one
     /// `FORBIDDEN` naming it, saying only what the client itself named. No strike: a device
     /// whose grants narrowed keeps naming what it used to read, and the rest of its request is
-    /// served (rates bound what it can send).
+    /// served. One request gets at most [`MAX_REFUSED_COLLECTIONS`] such errors: past them
+    /// (a request naming thousands of unreadable collections, which no honest device sends)
+    /// the rest are left out unanswered, and that counts a strike.
     fn refuse_collections(&mut self, out: &mut Output, collections: Vec<Collection>) {
-        for collection in collections {
+        if collections.len() > MAX_REFUSED_COLLECTIONS {
+            self.strike(out, close_code::LIMITS);
+        }
+        for collection in collections.into_iter().take(MAX_REFUSED_COLLECTIONS) {
             let mut error = error(
                 ErrorCode::FORBIDDEN,
                 &format!("no read grant for collection {collection}"),
