@@ -84,9 +84,13 @@ struct PlanState {
     cursors: Vec<Cursor>,
     progress: Progress,
     failed: bool,
-    /// Planned documents a message arrived for (complete or not): one of a plan closed by its
-    /// `PlanDone` that got none was dropped by the relay.
+    /// Planned documents a message arrived for since they were (last) planned, complete or
+    /// not: one of a plan closed by its `PlanDone` that got none was dropped by the relay.
     heard: HashSet<DocId>,
+    /// Planned documents the relay dropped (no message by their plan's `PlanDone`), until a
+    /// plan announces them as deferred (a device turned metered: the relay took them back and
+    /// says so after the `PlanDone`). While one is here the cursors are not stored.
+    dropped: HashSet<DocId>,
 }
 
 /// The uploads of one connection: local-change frames paced to the declared upload rate.
@@ -155,7 +159,7 @@ struct Connection {
     fetches_awaited: u32,
     /// The relay numbers its plans and closes each with a `PlanDone` (negotiated in
     /// `Hello`/`Welcome`).
-    plans_closed: bool,
+    relay_closes_plans: bool,
     /// Numbered plans whose `PlanDone` has not come, with the documents of their `send` list.
     plans_open: BTreeMap<u64, Vec<DocId>>,
     /// Evicted documents whose kept own changes the relay lost, fetched once on this
@@ -530,6 +534,11 @@ impl<S: SyncStore> Engine<S> {
     /// ones are planned at once on the live connection.
     fn on_subscriptions(&mut self, out: &mut Out, subscriptions: Vec<CollectionSubscription>) {
         let old = std::mem::replace(&mut self.config.subscriptions, subscriptions);
+        // A refused collection no longer subscribed no longer makes the status an error.
+        let subscribed = &self.config.subscriptions;
+        self.conn
+            .refused_collections
+            .retain(|c, _| subscribed.iter().any(|s| &s.collection == c));
         // What was deferred in a collection unsubscribed now stays recorded (not wanted while
         // unsubscribed): its cursor moved past it, so subscribing again still finds it.
         if self.phase != Phase::Open {
@@ -976,7 +985,7 @@ impl<S: SyncStore> Engine<S> {
                     self.protocol_failure(out, reason, now_ms);
                     return;
                 }
-                self.conn.plans_closed = Feature::PlanDone.named_in(&welcome.features);
+                self.conn.relay_closes_plans = Feature::PlanDone.named_in(&welcome.features);
                 // Frames after the Welcome (not those already in flight) use it.
                 self.conn.compression = compression;
                 out.compression = compression;
@@ -1052,7 +1061,7 @@ impl<S: SyncStore> Engine<S> {
                 self.restore_kept(out, now_ms);
             }
         }
-        if let Some(number) = plan.id.filter(|_| self.conn.plans_closed) {
+        if let Some(number) = plan.id.filter(|_| self.conn.relay_closes_plans) {
             let docs = plan.send.iter().map(|e| e.doc.clone()).collect();
             self.conn.plans_open.insert(number, docs);
         }
@@ -1062,6 +1071,9 @@ impl<S: SyncStore> Engine<S> {
             if state.remaining.contains_key(&entry.doc) {
                 continue;
             }
+            // Planned again (a fetch, a collection reconciled again): heard from now on.
+            state.heard.remove(&entry.doc);
+            state.dropped.remove(&entry.doc);
             let progress = &mut state.progress;
             progress.docs_total += 1;
             progress.bytes_total += entry.bytes;
@@ -1094,6 +1106,7 @@ impl<S: SyncStore> Engine<S> {
             // Planned, then held back after all (the device turned metered mid-transfer).
             if let Some(plan) = self.conn.plan.as_mut() {
                 plan.withdraw(&d.doc);
+                plan.dropped.remove(&d.doc);
             }
             self.conn.awaiting_data.remove(&d.doc);
         }
@@ -1108,9 +1121,9 @@ impl<S: SyncStore> Engine<S> {
 
     /// The relay sent the first message of every document of plan `number`: one that got no
     /// message was dropped from it (its collection unsubscribed, the grants narrowed, or taken
-    /// back for a metered network, then announced as deferred). It does not complete this
-    /// connection's plan, and the plan's cursors are not stored: the next connection plans it
-    /// again.
+    /// back for a metered network, then announced as deferred). It no longer keeps the plan
+    /// from completing, but unless a deferral announces it, the plan's cursors are not stored:
+    /// the next connection plans it again.
     fn on_plan_done(&mut self, number: u64) {
         let Some(docs) = self.conn.plans_open.remove(&number) else {
             tracing::warn!(plan = number, "the relay closed a plan it did not open");
@@ -1125,7 +1138,11 @@ impl<S: SyncStore> Engine<S> {
         };
         for doc in dropped {
             tracing::info!(%doc, plan = number, "the relay dropped a planned document");
-            self.fail_planned(&doc);
+            self.conn.awaiting_data.remove(&doc);
+            if let Some(plan) = self.conn.plan.as_mut() {
+                plan.withdraw(&doc);
+                plan.dropped.insert(doc);
+            }
         }
     }
 
@@ -1781,7 +1798,8 @@ impl<S: SyncStore> Engine<S> {
         let Some(plan) = self.conn.plan.as_mut() else {
             return;
         };
-        if !plan.remaining.is_empty() || plan.cursors.is_empty() {
+        // A dropped document waits for its deferral (or keeps the cursors for good).
+        if !plan.remaining.is_empty() || plan.cursors.is_empty() || !plan.dropped.is_empty() {
             return;
         }
         // A document of these collections whose exchange is still under way (this device

@@ -1363,3 +1363,137 @@ fn a_refused_collection_keeps_the_connection_and_is_reported() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Issue 18 (review): a document taken back for a metered network can be announced as
+/// deferred after its plan's `PlanDone` (the relay learns of it from the device's session):
+/// then it is deferred, not dropped, and the plan's cursors are stored. A document planned
+/// again later and dropped then is dropped, although it arrived in an earlier plan.
+#[test]
+fn a_document_deferred_after_its_plan_done_does_not_hold_the_cursors() {
+    use automerge::sync::SyncDoc as _;
+    use automerge::transaction::Transactable as _;
+    let welcome_closing = frame::encode(&Message::Welcome(Welcome {
+        features: vec![Feature::PlanDone.code()],
+        ..match frame::decode(&welcome(), usize::MAX) {
+            Ok(Message::Welcome(w)) => w,
+            other => panic!("{other:?}"),
+        }
+    }));
+    let entry = |doc: &str, reason: Option<DeferReason>| syncline_protocol::messages::PlanEntry {
+        doc: doc_id(doc),
+        priority: Priority::Normal,
+        bytes: 100,
+        reason,
+        changed_ms: None,
+    };
+    let plan = |id: u64, send: Vec<&str>, deferred: Vec<&str>, seq: Option<u64>, update: bool| {
+        frame::encode(&Message::Plan(Plan {
+            send: send.into_iter().map(|d| entry(d, None)).collect(),
+            deferred: deferred
+                .into_iter()
+                .map(|d| entry(d, Some(DeferReason::Metered)))
+                .collect(),
+            cursors: seq
+                .map(|seq| Cursor {
+                    collection: todos(),
+                    seq,
+                    epoch: None,
+                    receipt: None,
+                })
+                .into_iter()
+                .collect(),
+            update,
+            fetch: false,
+            reset: Vec::new(),
+            id: Some(id),
+        }))
+    };
+    let theirs = |doc: &str| {
+        let mut other = automerge::Automerge::new();
+        let mut tx = other.transaction();
+        tx.put(automerge::ROOT, "title", doc).expect("put");
+        tx.commit();
+        let message = other
+            .generate_sync_message(&mut sync_state::primed(Vec::new()))
+            .expect("message");
+        frame::encode(&Message::Sync(Sync {
+            items: vec![SyncItem {
+                doc: doc_id(doc),
+                message: message.encode(),
+                priority: None,
+            }],
+            positions: None,
+        }))
+    };
+    let done = |plan: u64| {
+        frame::encode(&Message::PlanDone(syncline_protocol::messages::PlanDone {
+            plan,
+        }))
+    };
+
+    let mut f = fixture();
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 10);
+    f.engine.handle(Event::Frame(welcome_closing), 11);
+    f.engine.handle(
+        Event::Frame(plan(
+            1,
+            vec!["todos/a", "todos/big"],
+            vec![],
+            Some(6),
+            false,
+        )),
+        12,
+    );
+    f.engine.handle(Event::Frame(theirs("todos/a")), 13);
+    f.engine.handle(Event::Frame(done(1)), 14);
+    // The relay took todos/big back (the device turned metered) and says so now.
+    f.engine.handle(
+        Event::Frame(plan(2, vec![], vec!["todos/big"], None, true)),
+        15,
+    );
+    f.engine.handle(Event::Frame(done(2)), 16);
+    assert!(matches!(f.engine.status(), Status::Synced { .. }));
+    let (_, reconcile) = reconnect(&mut f);
+    assert_eq!(
+        reconcile.cursors.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![6],
+        "deferred, not dropped: the cursor is stored"
+    );
+
+    // Another device: todos/c arrives in plan 1, is planned again in plan 2 (a relay's
+    // update) and dropped there; plan 2's cursor is not stored.
+    let mut f = fixture();
+    f.engine.handle(Event::Start, 0);
+    f.engine.handle(Event::Connected, 10);
+    let welcome_closing = frame::encode(&Message::Welcome(Welcome {
+        features: vec![Feature::PlanDone.code()],
+        ..match frame::decode(&welcome(), usize::MAX) {
+            Ok(Message::Welcome(w)) => w,
+            other => panic!("{other:?}"),
+        }
+    }));
+    f.engine.handle(Event::Frame(welcome_closing), 11);
+    f.engine.handle(
+        Event::Frame(plan(1, vec!["todos/c"], vec![], Some(6), false)),
+        12,
+    );
+    f.engine.handle(Event::Frame(theirs("todos/c")), 13);
+    f.engine.handle(Event::Frame(done(1)), 14);
+    f.engine.handle(
+        Event::Frame(plan(2, vec!["todos/c"], vec![], Some(9), true)),
+        15,
+    );
+    f.engine.handle(Event::Frame(done(2)), 16);
+    assert!(
+        matches!(f.engine.status(), Status::Synced { .. }),
+        "not waiting for what was dropped: {:?}",
+        f.engine.status()
+    );
+    let (_, reconcile) = reconnect(&mut f);
+    assert_eq!(
+        reconcile.cursors.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![6],
+        "todos/c was dropped from the second plan: its cursor is not stored"
+    );
+}
