@@ -47,7 +47,7 @@ fn heads_text(heads: &syncline_protocol::Heads) -> String {
 }
 
 /// What a transcript says of a relay's frame: its message, without what varies from run to
-/// run (session id, clock, epoch and receipts, dates).
+/// run (session id, clock, epoch and receipts, dates) or between relays (an error's text).
 fn summary(message: &Message) -> String {
     let cursors = |cursors: &[Cursor]| {
         let list: Vec<String> = cursors
@@ -118,15 +118,15 @@ fn summary(message: &Message) -> String {
             let positions = a.positions.as_deref().map_or("none".into(), cursors);
             format!("ack {{{}}} positions={positions}", items.join(", "))
         }
+        // Not its message: free text, for people (PROTOCOL.md, "Encoding").
         Message::Error(e) => format!(
-            "error code={} doc={} collection={} retry_after_ms={} message={:?}",
+            "error code={} doc={} collection={} retry_after_ms={}",
             e.code.0,
             e.doc.as_ref().map_or("none".into(), ToString::to_string),
             e.collection
                 .as_ref()
                 .map_or("none".into(), ToString::to_string),
             e.retry_after_ms.map_or("none".into(), |r| r.to_string()),
-            e.message
         ),
         other => other.name().to_owned(),
     }
