@@ -40,6 +40,7 @@ impl Cluster {
             }
             relays.push(Relay::start_with(dir.path(), "127.0.0.1:0", Some(&toml)).expect("relay"));
         }
+        relays.iter().for_each(ready);
         Self {
             server,
             relays,
@@ -52,7 +53,17 @@ impl Cluster {
     fn restart(&mut self, i: usize) {
         let (dir, addr) = (self.relays[i].data_dir.clone(), self.relays[i].addr.clone());
         self.relays[i] = Relay::start_with(&dir, &addr, Some(&self.toml)).expect("relay");
+        ready(&self.relays[i]);
     }
+}
+
+/// Waits until `relay` serves: its storage is up and its change feed follows the others
+/// (`/v1/sync` answers 503 until then, which a device waiting with `fail_fast` takes as the
+/// relay being unreachable).
+fn ready(relay: &Relay) {
+    eventually("/readyz", || {
+        relay.http_status("/readyz").is_ok_and(|s| s == 200)
+    });
 }
 
 struct Device {
@@ -123,12 +134,6 @@ fn same_documents(a: &Store, b: &Store) -> bool {
 fn devices_on_two_relays_get_each_others_changes_at_once_and_converge() {
     let cluster = Cluster::start(2);
     let (r0, r1) = (&cluster.relays[0], &cluster.relays[1]);
-    for relay in [r0, r1] {
-        // Ready once its change feed follows the others.
-        eventually("/readyz", || {
-            relay.http_status("/readyz").is_ok_and(|s| s == 200)
-        });
-    }
     let (a, b) = (Device::new(), Device::new());
     let (client_a, client_b) = (a.connect(&[r0]), b.connect(&[r1]));
     client_a.wait_synced(WAIT, true).expect("a synced");
