@@ -286,12 +286,12 @@ impl<S: Storage> Hub<S> {
         }
         let mut out = Vec::new();
         self.note_deferred(id, &planned);
-        let plans = self.peer_mut(id).last_plan_id.as_mut();
+        let last_id = self.peer_mut(id).last_plan_id.as_mut();
         planned.deliver(
             id,
             PlanKind::Reconcile(reached, reset),
             Lane::Bulk,
-            plans,
+            last_id,
             &mut out,
         );
         Ok(out)
@@ -447,8 +447,8 @@ impl<S: Storage> Hub<S> {
         }
         self.note_deferred(id, &planned);
         let mut out = Vec::new();
-        let plans = self.peer_mut(id).last_plan_id.as_mut();
-        planned.deliver(id, PlanKind::Update, Lane::Bulk, plans, &mut out);
+        let last_id = self.peer_mut(id).last_plan_id.as_mut();
+        planned.deliver(id, PlanKind::Update, Lane::Bulk, last_id, &mut out);
         Ok(out)
     }
 
@@ -570,8 +570,8 @@ impl<S: Storage> Hub<S> {
         } else {
             PlanKind::Update
         };
-        let plans = self.peer_mut(id).last_plan_id.as_mut();
-        planned.deliver(id, kind, Lane::Asked, plans, &mut out);
+        let last_id = self.peer_mut(id).last_plan_id.as_mut();
+        planned.deliver(id, kind, Lane::Asked, last_id, &mut out);
         Ok(out)
     }
 
@@ -608,8 +608,8 @@ impl<S: Storage> Hub<S> {
         };
         self.note_deferred(id, &planned);
         let mut out = Vec::new();
-        let plans = self.peer_mut(id).last_plan_id.as_mut();
-        planned.deliver(id, PlanKind::Update, Lane::Live, plans, &mut out);
+        let last_id = self.peer_mut(id).last_plan_id.as_mut();
+        planned.deliver(id, PlanKind::Update, Lane::Live, last_id, &mut out);
         out
     }
 
@@ -665,8 +665,8 @@ impl<S: Storage> Hub<S> {
             items: Vec::new(),
             deferred,
         };
-        let plans = self.peer_mut(id).last_plan_id.as_mut();
-        announced.deliver(id, PlanKind::Update, Lane::Live, plans, out);
+        let last_id = self.peer_mut(id).last_plan_id.as_mut();
+        announced.deliver(id, PlanKind::Update, Lane::Live, last_id, out);
         let positions = self.push_positions(id, &items);
         let first = out.len();
         push_batches(out, id, items, Lane::Live);
