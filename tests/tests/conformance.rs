@@ -469,6 +469,25 @@ impl Transcript {
         );
     }
 
+    /// The first sync every scenario but the refusals starts from: the phone (device 01…01)
+    /// wrote todos/milk offline and connects with its first flight; the laptop (02…02), new,
+    /// connects and gets it through its plan, and answers.
+    fn first_sync(&mut self) {
+        self.device("phone", 1, "todos", "todos");
+        self.device("laptop", 2, "todos", "todos");
+        self.edit("phone", "todos/milk", "title", "Buy milk");
+        self.open("phone", &["todos"]);
+        self.push("phone", &["todos/milk"]);
+        self.reconcile("phone", &[]);
+        // The push's Ack, then the plan and its end.
+        self.read_until("phone", "plan_done");
+        self.open("laptop", &["todos"]);
+        self.reconcile("laptop", &[]);
+        // Plan, the document, PlanDone.
+        self.read_until("laptop", "plan_done");
+        self.answer("laptop");
+    }
+
     /// Opens the connection and goes through `Hello`, `Welcome` and `Subscribe`.
     fn open(&mut self, name: &'static str, collections: &[&str]) {
         self.connect(name);
@@ -488,22 +507,10 @@ fn first_sync() {
         "A first sync. The phone wrote todos/milk offline and connects: Hello, Subscribe,\n\
          the Sync of its unacknowledged document (primed with no heads: the whole document),\n\
          then Reconcile with no cursor. The relay answers Welcome, acknowledges the push\n\
-         (after its own answer to it), and plans. Then the laptop, new, gets the todo\n\
-         through its plan and answers with its heads.",
+         (nothing in it needed another answer), and plans. Then the laptop, new, gets the\n\
+         todo through its plan and answers with its heads.",
     );
-    t.device("phone", 1, "todos", "todos");
-    t.device("laptop", 2, "todos", "todos");
-    t.edit("phone", "todos/milk", "title", "Buy milk");
-    t.open("phone", &["todos"]);
-    t.push("phone", &["todos/milk"]);
-    t.reconcile("phone", &[]);
-    // The push's answer and Ack, then the plan and its end.
-    t.read_until("phone", "plan_done");
-    t.open("laptop", &["todos"]);
-    t.reconcile("laptop", &[]);
-    // Plan, the document, PlanDone.
-    t.read_until("laptop", "plan_done");
-    t.answer("laptop");
+    t.first_sync();
     assert_eq!(t.title("laptop", "todos/milk").as_deref(), Some("Buy milk"));
     t.finish();
 }
@@ -517,17 +524,7 @@ fn push_and_ack() {
          The relay acknowledges it to the phone and pushes it to the laptop (with the\n\
          position it holds it at), which answers with its heads.",
     );
-    t.device("phone", 1, "todos", "todos");
-    t.device("laptop", 2, "todos", "todos");
-    t.edit("phone", "todos/milk", "title", "Buy milk");
-    t.open("phone", &["todos"]);
-    t.push("phone", &["todos/milk"]);
-    t.reconcile("phone", &[]);
-    t.read_until("phone", "plan_done");
-    t.open("laptop", &["todos"]);
-    t.reconcile("laptop", &[]);
-    t.read_until("laptop", "plan_done");
-    t.answer("laptop");
+    t.first_sync();
     t.barrier("laptop");
     // Live.
     t.edit("phone", "todos/milk", "done", "true");
@@ -547,17 +544,7 @@ fn reconcile() {
          then wrote todos/bread. The laptop reconnects with its cursor: its plan sends only\n\
          todos/bread, and its cursors move to todos:2.",
     );
-    t.device("phone", 1, "todos", "todos");
-    t.device("laptop", 2, "todos", "todos");
-    t.edit("phone", "todos/milk", "title", "Buy milk");
-    t.open("phone", &["todos"]);
-    t.push("phone", &["todos/milk"]);
-    t.reconcile("phone", &[]);
-    t.read_until("phone", "plan_done");
-    t.open("laptop", &["todos"]);
-    t.reconcile("laptop", &[]);
-    t.read_until("laptop", "plan_done");
-    t.answer("laptop");
+    t.first_sync();
     t.close("laptop");
     t.edit("phone", "todos/bread", "title", "Buy bread");
     t.push("phone", &["todos/bread"]);
@@ -639,17 +626,7 @@ fn concurrent_edit() {
          marks it done, neither having seen the other's change. Each push is acknowledged and\n\
          pushed to the other device; both end with both changes and the same heads.",
     );
-    t.device("phone", 1, "todos", "todos");
-    t.device("laptop", 2, "todos", "todos");
-    t.edit("phone", "todos/milk", "title", "Buy milk");
-    t.open("phone", &["todos"]);
-    t.push("phone", &["todos/milk"]);
-    t.reconcile("phone", &[]);
-    t.read_until("phone", "plan_done");
-    t.open("laptop", &["todos"]);
-    t.reconcile("laptop", &[]);
-    t.read_until("laptop", "plan_done");
-    t.answer("laptop");
+    t.first_sync();
     t.barrier("laptop");
     // Both edit before either hears of the other's change.
     t.edit("phone", "todos/milk", "title", "Buy oat milk");

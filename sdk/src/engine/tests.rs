@@ -1240,68 +1240,89 @@ fn a_long_history_goes_up_in_parts_within_the_message_bound() {
     assert!(sizes.iter().all(|&s| s <= 6 << 20), "{sizes:?}");
 }
 
+/// A `Welcome` that agrees to `plan_done`.
+fn welcome_closing_plans() -> Vec<u8> {
+    let Ok(Message::Welcome(welcome)) = frame::decode(&welcome(), usize::MAX) else {
+        unreachable!("welcome() is a Welcome")
+    };
+    frame::encode(&Message::Welcome(Welcome {
+        features: vec![Feature::PlanDone.code()],
+        ..welcome
+    }))
+}
+
+/// Plan `id` sending `send` and deferring `deferred` (a metered network), reaching `seq` in
+/// todos if given.
+fn numbered_plan(
+    id: u64,
+    send: &[&str],
+    deferred: &[&str],
+    seq: Option<u64>,
+    update: bool,
+) -> Vec<u8> {
+    let entry = |doc: &&str, reason: Option<DeferReason>| syncline_protocol::messages::PlanEntry {
+        doc: doc_id(doc),
+        priority: Priority::Normal,
+        bytes: 100,
+        reason,
+        changed_ms: None,
+    };
+    frame::encode(&Message::Plan(Plan {
+        send: send.iter().map(|d| entry(d, None)).collect(),
+        deferred: deferred
+            .iter()
+            .map(|d| entry(d, Some(DeferReason::Metered)))
+            .collect(),
+        cursors: seq
+            .map(|seq| Cursor {
+                collection: todos(),
+                seq,
+                epoch: None,
+                receipt: None,
+            })
+            .into_iter()
+            .collect(),
+        update,
+        fetch: false,
+        reset: Vec::new(),
+        id: Some(id),
+    }))
+}
+
+/// The relay's whole-document message for another device's document `doc`.
+fn theirs(doc: &str) -> Vec<u8> {
+    use automerge::sync::SyncDoc as _;
+    use automerge::transaction::Transactable as _;
+    let mut other = automerge::Automerge::new();
+    let mut tx = other.transaction();
+    tx.put(automerge::ROOT, "title", doc).expect("put");
+    tx.commit();
+    let message = other
+        .generate_sync_message(&mut sync_state::primed(Vec::new()))
+        .expect("message");
+    frame::encode(&Message::Sync(Sync {
+        items: vec![SyncItem {
+            doc: doc_id(doc),
+            message: message.encode(),
+            priority: None,
+        }],
+        positions: None,
+    }))
+}
+
+/// The end of plan `plan`.
+fn plan_done(plan: u64) -> Vec<u8> {
+    frame::encode(&Message::PlanDone(syncline_protocol::messages::PlanDone {
+        plan,
+    }))
+}
+
 /// Issue 18: with `PlanDone` agreed in `Welcome`, a plan is done when the relay says so. Until
 /// then the device is still syncing (even with every planned document in); a planned document
 /// that got no message by its `PlanDone` was dropped by the relay: the plan finishes without
 /// it, and its cursors are not stored (the next connection plans it again).
 #[test]
 fn a_plan_is_done_when_the_relay_closes_it() {
-    use automerge::sync::SyncDoc as _;
-    use automerge::transaction::Transactable as _;
-    let welcome_closing = frame::encode(&Message::Welcome(Welcome {
-        features: vec![Feature::PlanDone.code()],
-        ..match frame::decode(&welcome(), usize::MAX) {
-            Ok(Message::Welcome(w)) => w,
-            other => panic!("{other:?}"),
-        }
-    }));
-    let entry = |doc: &str| syncline_protocol::messages::PlanEntry {
-        doc: doc_id(doc),
-        priority: Priority::Normal,
-        bytes: 100,
-        reason: None,
-        changed_ms: None,
-    };
-    let numbered = |id: u64, send: Vec<&str>, seq: u64| {
-        frame::encode(&Message::Plan(Plan {
-            send: send.into_iter().map(entry).collect(),
-            deferred: Vec::new(),
-            cursors: vec![Cursor {
-                collection: todos(),
-                seq,
-                epoch: None,
-                receipt: None,
-            }],
-            update: false,
-            fetch: false,
-            reset: Vec::new(),
-            id: Some(id),
-        }))
-    };
-    // The relay's whole-document message for another device's document.
-    let theirs = |doc: &str| {
-        let mut other = automerge::Automerge::new();
-        let mut tx = other.transaction();
-        tx.put(automerge::ROOT, "title", doc).expect("put");
-        tx.commit();
-        let message = other
-            .generate_sync_message(&mut sync_state::primed(Vec::new()))
-            .expect("message");
-        frame::encode(&Message::Sync(Sync {
-            items: vec![SyncItem {
-                doc: doc_id(doc),
-                message: message.encode(),
-                priority: None,
-            }],
-            positions: None,
-        }))
-    };
-    let done = |plan: u64| {
-        frame::encode(&Message::PlanDone(syncline_protocol::messages::PlanDone {
-            plan,
-        }))
-    };
-
     let mut f = fixture();
     f.engine.handle(Event::Start, 0);
     let effects = f.engine.handle(Event::Connected, 10);
@@ -1309,23 +1330,23 @@ fn a_plan_is_done_when_the_relay_closes_it() {
         panic!("hello first")
     };
     assert!(Feature::PlanDone.named_in(&hello.features), "offered");
-    f.engine.handle(Event::Frame(welcome_closing), 11);
-    f.engine
-        .handle(Event::Frame(numbered(1, vec!["todos/a"], 4)), 12);
+    f.engine.handle(Event::Frame(welcome_closing_plans()), 11);
+    let plan = numbered_plan(1, &["todos/a"], &[], Some(4), false);
+    f.engine.handle(Event::Frame(plan), 12);
     f.engine.handle(Event::Frame(theirs("todos/a")), 13);
     assert!(
         matches!(f.engine.status(), Status::Syncing { .. }),
         "every planned document is in, but the plan is not closed yet"
     );
-    f.engine.handle(Event::Frame(done(1)), 14);
+    f.engine.handle(Event::Frame(plan_done(1)), 14);
     assert!(matches!(f.engine.status(), Status::Synced { .. }));
 
     // A second plan: one document arrives, the other never does (the relay dropped it).
-    f.engine
-        .handle(Event::Frame(numbered(2, vec!["todos/b", "todos/c"], 9)), 15);
+    let plan = numbered_plan(2, &["todos/b", "todos/c"], &[], Some(9), false);
+    f.engine.handle(Event::Frame(plan), 15);
     f.engine.handle(Event::Frame(theirs("todos/b")), 16);
     assert!(matches!(f.engine.status(), Status::Syncing { .. }));
-    f.engine.handle(Event::Frame(done(2)), 17);
+    f.engine.handle(Event::Frame(plan_done(2)), 17);
     assert!(
         matches!(f.engine.status(), Status::Synced { .. }),
         "not stuck waiting for what the relay dropped: {:?}",
@@ -1370,89 +1391,18 @@ fn a_refused_collection_keeps_the_connection_and_is_reported() {
 /// again later and dropped then is dropped, although it arrived in an earlier plan.
 #[test]
 fn a_document_deferred_after_its_plan_done_does_not_hold_the_cursors() {
-    use automerge::sync::SyncDoc as _;
-    use automerge::transaction::Transactable as _;
-    let welcome_closing = frame::encode(&Message::Welcome(Welcome {
-        features: vec![Feature::PlanDone.code()],
-        ..match frame::decode(&welcome(), usize::MAX) {
-            Ok(Message::Welcome(w)) => w,
-            other => panic!("{other:?}"),
-        }
-    }));
-    let entry = |doc: &str, reason: Option<DeferReason>| syncline_protocol::messages::PlanEntry {
-        doc: doc_id(doc),
-        priority: Priority::Normal,
-        bytes: 100,
-        reason,
-        changed_ms: None,
-    };
-    let plan = |id: u64, send: Vec<&str>, deferred: Vec<&str>, seq: Option<u64>, update: bool| {
-        frame::encode(&Message::Plan(Plan {
-            send: send.into_iter().map(|d| entry(d, None)).collect(),
-            deferred: deferred
-                .into_iter()
-                .map(|d| entry(d, Some(DeferReason::Metered)))
-                .collect(),
-            cursors: seq
-                .map(|seq| Cursor {
-                    collection: todos(),
-                    seq,
-                    epoch: None,
-                    receipt: None,
-                })
-                .into_iter()
-                .collect(),
-            update,
-            fetch: false,
-            reset: Vec::new(),
-            id: Some(id),
-        }))
-    };
-    let theirs = |doc: &str| {
-        let mut other = automerge::Automerge::new();
-        let mut tx = other.transaction();
-        tx.put(automerge::ROOT, "title", doc).expect("put");
-        tx.commit();
-        let message = other
-            .generate_sync_message(&mut sync_state::primed(Vec::new()))
-            .expect("message");
-        frame::encode(&Message::Sync(Sync {
-            items: vec![SyncItem {
-                doc: doc_id(doc),
-                message: message.encode(),
-                priority: None,
-            }],
-            positions: None,
-        }))
-    };
-    let done = |plan: u64| {
-        frame::encode(&Message::PlanDone(syncline_protocol::messages::PlanDone {
-            plan,
-        }))
-    };
-
     let mut f = fixture();
     f.engine.handle(Event::Start, 0);
     f.engine.handle(Event::Connected, 10);
-    f.engine.handle(Event::Frame(welcome_closing), 11);
-    f.engine.handle(
-        Event::Frame(plan(
-            1,
-            vec!["todos/a", "todos/big"],
-            vec![],
-            Some(6),
-            false,
-        )),
-        12,
-    );
+    f.engine.handle(Event::Frame(welcome_closing_plans()), 11);
+    let plan = numbered_plan(1, &["todos/a", "todos/big"], &[], Some(6), false);
+    f.engine.handle(Event::Frame(plan), 12);
     f.engine.handle(Event::Frame(theirs("todos/a")), 13);
-    f.engine.handle(Event::Frame(done(1)), 14);
+    f.engine.handle(Event::Frame(plan_done(1)), 14);
     // The relay took todos/big back (the device turned metered) and says so now.
-    f.engine.handle(
-        Event::Frame(plan(2, vec![], vec!["todos/big"], None, true)),
-        15,
-    );
-    f.engine.handle(Event::Frame(done(2)), 16);
+    let deferral = numbered_plan(2, &[], &["todos/big"], None, true);
+    f.engine.handle(Event::Frame(deferral), 15);
+    f.engine.handle(Event::Frame(plan_done(2)), 16);
     assert!(matches!(f.engine.status(), Status::Synced { .. }));
     let (_, reconcile) = reconnect(&mut f);
     assert_eq!(
@@ -1466,25 +1416,14 @@ fn a_document_deferred_after_its_plan_done_does_not_hold_the_cursors() {
     let mut f = fixture();
     f.engine.handle(Event::Start, 0);
     f.engine.handle(Event::Connected, 10);
-    let welcome_closing = frame::encode(&Message::Welcome(Welcome {
-        features: vec![Feature::PlanDone.code()],
-        ..match frame::decode(&welcome(), usize::MAX) {
-            Ok(Message::Welcome(w)) => w,
-            other => panic!("{other:?}"),
-        }
-    }));
-    f.engine.handle(Event::Frame(welcome_closing), 11);
-    f.engine.handle(
-        Event::Frame(plan(1, vec!["todos/c"], vec![], Some(6), false)),
-        12,
-    );
+    f.engine.handle(Event::Frame(welcome_closing_plans()), 11);
+    let plan = numbered_plan(1, &["todos/c"], &[], Some(6), false);
+    f.engine.handle(Event::Frame(plan), 12);
     f.engine.handle(Event::Frame(theirs("todos/c")), 13);
-    f.engine.handle(Event::Frame(done(1)), 14);
-    f.engine.handle(
-        Event::Frame(plan(2, vec!["todos/c"], vec![], Some(9), true)),
-        15,
-    );
-    f.engine.handle(Event::Frame(done(2)), 16);
+    f.engine.handle(Event::Frame(plan_done(1)), 14);
+    let plan = numbered_plan(2, &["todos/c"], &[], Some(9), true);
+    f.engine.handle(Event::Frame(plan), 15);
+    f.engine.handle(Event::Frame(plan_done(2)), 16);
     assert!(
         matches!(f.engine.status(), Status::Synced { .. }),
         "not waiting for what was dropped: {:?}",
