@@ -458,6 +458,13 @@ impl FfiStore {
     pub fn watch_all(&self, listener: Arc<dyn FfiChangeListener>) -> Arc<FfiSubscription> {
         FfiSubscription::new(Box::new(self.store.watch_all(forward_events(listener))))
     }
+
+    /// How many change and conflict listeners are registered now (a cancelled or dropped
+    /// subscription no longer counts): what a binding's test checks after a stream is
+    /// abandoned.
+    pub fn subscription_count(&self) -> u64 {
+        self.store.listener_count() as u64
+    }
 }
 
 /// One document of a store. Every write is durable when the call returns.

@@ -650,6 +650,13 @@ impl FfiSyncClient {
             .flatten()
     }
 
+    /// How many status, sync-error and ephemeral listeners are registered now (a cancelled or
+    /// dropped subscription no longer counts; 0 once the client is closed): what a binding's
+    /// test checks after a stream is abandoned.
+    pub fn subscription_count(&self) -> u64 {
+        self.with(|c| c.listener_count() as u64).unwrap_or(0)
+    }
+
     /// Calls `listener` with every new status, for as long as the subscription is kept.
     pub fn watch_status(&self, listener: Arc<dyn FfiStatusListener>) -> Arc<FfiSubscription> {
         let subscription = self.with(|c| {

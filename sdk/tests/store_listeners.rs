@@ -193,3 +193,22 @@ fn a_listener_can_unsubscribe_itself_and_a_panicking_one_does_not_stop_delivery(
     // The write whose listener panicked is durable all the same.
     assert_eq!(doc.get_i64("boom").expect("read"), Some(1));
 }
+
+/// The store counts its listeners: each watch adds one, a subscription dropped or unsubscribed
+/// removes it (what bindings' tests check after a stream is abandoned).
+#[test]
+fn the_listener_count_follows_subscriptions() {
+    let fx = Fixture::new();
+    assert_eq!(fx.store.listener_count(), 0);
+    let a = fx.store.watch_collection(&todos(), |_| {});
+    let b = fx.store.watch_all(|_| {});
+    let doc = fx.store.create(&todos()).expect("create");
+    let c = fx.store.watch_document(doc.id(), |_| {});
+    let d = fx.store.watch_collection_conflicts(&todos(), |_| {});
+    assert_eq!(fx.store.listener_count(), 4);
+    drop(a);
+    b.unsubscribe();
+    assert_eq!(fx.store.listener_count(), 2);
+    drop((c, d));
+    assert_eq!(fx.store.listener_count(), 0);
+}

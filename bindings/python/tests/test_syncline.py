@@ -173,8 +173,11 @@ def test_two_devices_sync_and_a_listener_hears_the_remote_change(tmp_path, relay
     ), remote.patches
     assert phone.pending_documents() == []
     assert any(isinstance(s, sl.FfiStatus.SYNCED) for s in statuses.seen), statuses.seen
+    assert (phone_client.subscription_count(), laptop.subscription_count()) == (1, 1)
     status_subscription.cancel()
     subscription.cancel()
+    # Cancelled, the listeners are gone from the SDK.
+    assert (phone_client.subscription_count(), laptop.subscription_count()) == (0, 0)
     phone_client.stop()
     laptop_client.stop()
 

@@ -403,6 +403,16 @@ impl SyncClient {
         self.register(|observed, id| observed.listeners.push((id, Arc::new(listener))))
     }
 
+    /// How many listeners (`watch_status`, `watch_sync_errors`, `watch_ephemeral`) are
+    /// registered now: a subscription dropped or cancelled no longer counts. For diagnostics and
+    /// for bindings' tests that an abandoned stream unsubscribed.
+    pub fn listener_count(&self) -> usize {
+        let observed = self.inner.observed();
+        observed.listeners.len()
+            + observed.error_listeners.len()
+            + observed.ephemeral_listeners.len()
+    }
+
     /// Registers a listener with `add`, under a new id the returned subscription removes.
     fn register(&self, add: impl FnOnce(&mut Observed, u64)) -> StatusSubscription {
         let id = self.inner.next_listener.fetch_add(1, Ordering::Relaxed);
@@ -729,6 +739,28 @@ impl std::fmt::Debug for SyncClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The client counts its listeners: each watch adds one, a subscription dropped removes it
+    /// (what bindings' tests check after a status stream is abandoned).
+    #[test]
+    fn the_listener_count_follows_subscriptions() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::Store::open(dir.path().join("s.db")).expect("store");
+        let todos = Collection::new("todos").expect("valid");
+        // Nothing listens there: the client stays offline, which is all this needs.
+        let options = SyncOptions::new("ws://127.0.0.1:9/v1/sync", &[todos]);
+        let tokens = || Ok::<_, crate::net::TokenError>("t".to_owned());
+        let client = SyncClient::start(&store, options, tokens).expect("start");
+        assert_eq!(client.listener_count(), 0);
+        let status = client.watch_status(|_| {});
+        let errors = client.watch_sync_errors(|_| {});
+        let ephemeral = client.watch_ephemeral(None, |_| {});
+        assert_eq!(client.listener_count(), 3);
+        drop(status);
+        assert_eq!(client.listener_count(), 2);
+        drop((errors, ephemeral));
+        assert_eq!(client.listener_count(), 0);
+    }
 
     #[test]
     fn wss_urls_go_through_tls() {

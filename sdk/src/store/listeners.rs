@@ -248,6 +248,11 @@ impl Registry {
         }
     }
 
+    /// How many listeners are registered (a dropped subscription's is gone).
+    pub(crate) fn len(&self) -> usize {
+        self.entries.read().len()
+    }
+
     /// True if any listener would receive an event for `doc`; patches are computed only then.
     pub(crate) fn wants(&self, doc: &DocId) -> bool {
         self.entries.read().iter().any(|e| e.scope.matches(doc))

@@ -377,6 +377,13 @@ impl Store {
         self.shared.listeners.subscribe(Scope::Store, listener)
     }
 
+    /// How many change listeners (`watch_document`, `watch_collection`, `watch_all` and the
+    /// conflict watchers) are registered now: a subscription dropped or cancelled no longer
+    /// counts. For diagnostics and for bindings' tests that an abandoned stream unsubscribed.
+    pub fn listener_count(&self) -> usize {
+        self.shared.listeners.len()
+    }
+
     /// Calls `listener` after every durable change to the document `id`.
     pub fn watch_document(
         &self,

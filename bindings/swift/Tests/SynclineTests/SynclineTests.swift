@@ -476,8 +476,13 @@ final class SynclineTests: XCTestCase {
                 return false
             },
             "\(statuses.seen.all)")
+        XCTAssertEqual(phoneClient.subscriptionCount(), 1)
+        XCTAssertEqual(laptop.subscriptionCount(), 1)
         statusSubscription.cancel()
         subscription.cancel()
+        // Cancelled, the listeners are gone from the SDK.
+        XCTAssertEqual(phoneClient.subscriptionCount(), 0)
+        XCTAssertEqual(laptop.subscriptionCount(), 0)
         phoneClient.stop()
         laptopClient.stop()
     }

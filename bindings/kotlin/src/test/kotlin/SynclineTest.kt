@@ -158,8 +158,11 @@ class SynclineTest {
             remote.patches.toString(),
         )
         assertTrue(statuses.any { it is FfiStatus.Synced }, statuses.toString())
+        assertEquals(1uL to 1uL, phoneClient.subscriptionCount() to laptop.subscriptionCount())
         statusSubscription.cancel()
         subscription.cancel()
+        // Cancelled, the listeners are gone from the SDK.
+        assertEquals(0uL to 0uL, phoneClient.subscriptionCount() to laptop.subscriptionCount())
         phoneClient.stop()
         laptopClient.stop()
     }
