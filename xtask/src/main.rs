@@ -351,6 +351,11 @@ fn bindings(languages: &[&str]) -> anyhow::Result<()> {
     let bindgen = target_dir().join("debug").join("uniffi-bindgen");
     for language in languages {
         let out = target_dir().join("bindings").join(language);
+        // From scratch: a file generated under an earlier name or package must not linger
+        // (the Kotlin build compiles the whole directory).
+        if out.exists() {
+            std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+        }
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
         let status = Command::new(&bindgen)
             .arg("generate")

@@ -10,13 +10,13 @@ import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
 import kotlin.system.exitProcess
 import kotlinx.coroutines.runBlocking
-import uniffi.syncline_ffi.FfiChangeEvent
-import uniffi.syncline_ffi.FfiChangeListener
-import uniffi.syncline_ffi.FfiException
-import uniffi.syncline_ffi.FfiStore
-import uniffi.syncline_ffi.FfiSyncClient
-import uniffi.syncline_ffi.FfiTokenProvider
-import uniffi.syncline_ffi.FfiValue
+import dev.syncline.ffi.FfiChangeEvent
+import dev.syncline.ffi.FfiChangeListener
+import dev.syncline.ffi.FfiException
+import dev.syncline.ffi.FfiStore
+import dev.syncline.ffi.FfiSyncClient
+import dev.syncline.ffi.FfiTokenProvider
+import dev.syncline.ffi.FfiValue
 
 /** A `syncline-relay serve` on 127.0.0.1 with its data in [dir]; its tokens are minted by
  *  the same binary from the development key it creates there. */
