@@ -111,6 +111,20 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// A device of `class` on an unmetered network, realtime, declaring no storage budget,
+    /// bandwidth or metered threshold: the profile to start from.
+    pub fn new(class: DeviceClass) -> Self {
+        Self {
+            class,
+            storage_budget_bytes: None,
+            download_bytes_per_s: None,
+            upload_bytes_per_s: None,
+            metered: false,
+            realtime: true,
+            metered_max_doc_bytes: None,
+        }
+    }
+
     /// The metered-network size threshold when neither the device nor the relay sets one.
     pub const DEFAULT_METERED_MAX_DOC_BYTES: u64 = 64 << 10;
 }

@@ -295,15 +295,7 @@ fn examples() -> Vec<(&'static str, Message)> {
             Message::Hello(Hello {
                 versions: vec![1],
                 compression: vec![1, 0],
-                profile: Profile {
-                    class: DeviceClass::Phone,
-                    storage_budget_bytes: None,
-                    download_bytes_per_s: None,
-                    upload_bytes_per_s: None,
-                    metered: false,
-                    realtime: true,
-                    metered_max_doc_bytes: None,
-                },
+                profile: Profile::new(DeviceClass::Phone),
                 client: "example/1".into(),
                 features: vec![Feature::PlanDone.code()],
             }),

@@ -170,16 +170,15 @@ fn devices_lists_the_registry() {
     );
 }
 
-#[test]
-fn doc_prints_a_stored_document() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// Stores `todos/milk` (`{"title": "Buy milk", "done": false}`) for `tenant_name`.
+fn store_milk(storage: &impl Storage, tenant_name: &str) {
     let mut doc = automerge::AutoCommit::new();
     doc.put(automerge::ROOT, "title", "Buy milk").expect("put");
     doc.put(automerge::ROOT, "done", false).expect("put");
     let heads = Heads::new(doc.get_heads().into_iter().map(|h| Hash(h.0)).collect());
-    storage(dir.path())
+    storage
         .append(
-            &tenant("default"),
+            &tenant(tenant_name),
             &[Append {
                 doc: "todos/milk".parse().expect("id"),
                 chunk: doc.save(),
@@ -190,6 +189,12 @@ fn doc_prints_a_stored_document() {
             }],
         )
         .expect("append");
+}
+
+#[test]
+fn doc_prints_a_stored_document() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    store_milk(&storage(dir.path()), "default");
     let data = dir.path().to_str().expect("utf-8 path");
     let json: serde_json::Value =
         serde_json::from_str(&ok(&relay(&["doc", "--data-dir", data, "todos/milk"])))
@@ -226,22 +231,7 @@ fn devices_and_doc_read_a_postgresql_database_without_writing() {
     );
     {
         let storage = PostgresStorage::open(&url).expect("open");
-        let mut doc = automerge::AutoCommit::new();
-        doc.put(automerge::ROOT, "title", "Buy milk").expect("put");
-        let heads = Heads::new(doc.get_heads().into_iter().map(|h| Hash(h.0)).collect());
-        storage
-            .append(
-                &tenant("acme"),
-                &[Append {
-                    doc: "todos/milk".parse().expect("id"),
-                    chunk: doc.save(),
-                    heads,
-                    priority: None,
-                    at_ms: 0,
-                    base_seq: None,
-                }],
-            )
-            .expect("append");
+        store_milk(&storage, "acme");
         storage
             .register_device(
                 &tenant("acme"),
@@ -286,7 +276,7 @@ fn devices_and_doc_read_a_postgresql_database_without_writing() {
         "todos/milk",
     ])))
     .expect("json");
-    assert_eq!(doc, serde_json::json!({"title": "Buy milk"}));
+    assert_eq!(doc, serde_json::json!({"title": "Buy milk", "done": false}));
     assert_eq!(epochs(), before, "reading opened no epoch");
     assert!(
         !dir.path().join("relay.db").exists(),

@@ -124,15 +124,7 @@ pub fn noise(n: usize, seed: u64) -> String {
 
 /// A capability profile of `class`: unmetered, realtime, no declared budget or bandwidth.
 pub fn profile(class: DeviceClass) -> Profile {
-    Profile {
-        class,
-        storage_budget_bytes: None,
-        download_bytes_per_s: None,
-        upload_bytes_per_s: None,
-        metered: false,
-        realtime: true,
-        metered_max_doc_bytes: None,
-    }
+    Profile::new(class)
 }
 
 /// A version-1 `Hello` from `client` with [`profile`]`(class)`, no compression and no optional

@@ -36,15 +36,7 @@ fn fixture_with(adjust: impl FnOnce(&mut EngineConfig)) -> Fixture {
     .expect("open");
     let config = EngineConfig {
         relay: "ws://relay".into(),
-        profile: Profile {
-            class: DeviceClass::Phone,
-            storage_budget_bytes: None,
-            download_bytes_per_s: None,
-            upload_bytes_per_s: None,
-            metered: false,
-            realtime: true,
-            metered_max_doc_bytes: None,
-        },
+        profile: Profile::new(DeviceClass::Phone),
         subscriptions: vec![CollectionSubscription {
             collection: todos(),
             priority: Priority::Normal,

@@ -107,15 +107,7 @@ impl SyncOptions {
         Self {
             relay_url: relay_url.into(),
             fallback_urls: Vec::new(),
-            profile: Profile {
-                class: DeviceClass::Desktop,
-                storage_budget_bytes: None,
-                download_bytes_per_s: None,
-                upload_bytes_per_s: None,
-                metered: false,
-                realtime: true,
-                metered_max_doc_bytes: None,
-            },
+            profile: Profile::new(DeviceClass::Desktop),
             subscriptions: collections
                 .iter()
                 .map(|c| CollectionSubscription {
