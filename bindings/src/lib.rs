@@ -3,7 +3,7 @@
 //! `Send + Sync`, and report one flat error enum. No logic lives here that the Rust SDK lacks.
 //!
 //! Objects: [`FfiStore`], [`FfiDocument`] and [`FfiDocumentView`] (values as the typed
-//! [`FfiValue`] or as JSON text), and [`FfiSyncClient`] (a `SyncClient` with a foreign
+//! [`Value`] or as JSON text), and [`FfiSyncClient`] (a `SyncClient` with a foreign
 //! [`FfiTokenProvider`] and [`FfiStatusListener`]); [`FfiSubscription`] keeps a listener.
 //! Modules: `value` (what crosses), `store`, `sync`, `subscription`.
 //! The in-workspace `uniffi-bindgen` binary (feature `cli`) generates the bindings:
@@ -16,21 +16,18 @@ mod sync;
 mod value;
 
 pub use conflicts::{
-    FfiConflict, FfiConflictListener, FfiConflictResolver, FfiConflictStrategy, FfiConflictValue,
+    Conflict, ConflictStrategy, ConflictValue, FfiConflictListener, FfiConflictResolver,
 };
 pub use store::{
-    FfiDocument, FfiDocumentInfo, FfiDocumentView, FfiDurability, FfiPriority, FfiStore,
-    FfiStoreOptions,
+    DocumentInfo, Durability, FfiDocument, FfiDocumentView, FfiStore, Priority, StoreOptions,
 };
 pub use subscription::FfiSubscription;
 pub use sync::{
-    FfiCollectionSync, FfiDeferReason, FfiDeferredDoc, FfiDeviceClass, FfiDisconnect,
-    FfiDocSyncError, FfiEphemeral, FfiProfile, FfiProgress, FfiStatus, FfiSyncClient, FfiSyncEnd,
-    FfiSyncErrorEvent, FfiSyncErrorKind, FfiSyncOptions, FfiSyncRecord, FfiSyncStats, FfiTransfer,
+    CollectionSync, DeferReason, DeferredDoc, DeviceClass, Disconnect, DocSyncError, Ephemeral,
+    FfiSyncClient, Profile, Progress, SyncEnd, SyncErrorEvent, SyncErrorKind, SyncOptions,
+    SyncRecord, SyncStats, SyncStatus, Transfer,
 };
-pub use value::{
-    FfiChange, FfiChangeEvent, FfiPatch, FfiPatchAction, FfiPendingChange, FfiValue, FfiWriteOp,
-};
+pub use value::{Change, ChangeEvent, Patch, PatchAction, PendingChange, Value, WriteOp};
 
 uniffi::setup_scaffolding!();
 
@@ -126,7 +123,7 @@ pub(crate) fn call_foreign(what: &str, call: impl FnOnce()) {
 #[uniffi::export(with_foreign)]
 pub trait FfiChangeListener: Send + Sync {
     /// One durable change, local or remote, with its patches.
-    fn on_change(&self, event: FfiChangeEvent);
+    fn on_change(&self, event: ChangeEvent);
 }
 
 /// Where the app's tokens come from; called on one of the SDK's threads (never the caller's),
@@ -186,7 +183,7 @@ impl From<FfiTokenError> for syncline::TokenError {
 #[uniffi::export(with_foreign)]
 pub trait FfiSyncErrorListener: Send + Sync {
     /// A document's error was raised or cleared.
-    fn on_sync_error(&self, event: FfiSyncErrorEvent);
+    fn on_sync_error(&self, event: SyncErrorEvent);
 }
 
 /// Told of each ephemeral message (presence) another device sends
@@ -194,14 +191,14 @@ pub trait FfiSyncErrorListener: Send + Sync {
 #[uniffi::export(with_foreign)]
 pub trait FfiEphemeralListener: Send + Sync {
     /// One message, with its document and sender.
-    fn on_ephemeral(&self, message: FfiEphemeral);
+    fn on_ephemeral(&self, message: Ephemeral);
 }
 
 /// Told of every status change of a [`FfiSyncClient`].
 #[uniffi::export(with_foreign)]
 pub trait FfiStatusListener: Send + Sync {
     /// The new status.
-    fn on_status(&self, status: FfiStatus);
+    fn on_status(&self, status: SyncStatus);
 }
 
 #[cfg(test)]
@@ -245,30 +242,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store =
             FfiStore::open(dir.path().join("s.db").to_string_lossy().into_owned()).expect("open");
-        let initial = FfiValue::Object {
-            entries: [("title".to_owned(), FfiValue::Str { value: "a".into() })].into(),
+        let initial = Value::Object {
+            entries: [("title".to_owned(), Value::Str { value: "a".into() })].into(),
         };
         let doc = store.create("notes".into(), initial).expect("create");
         let first = doc.heads().expect("heads");
         doc.apply(
             vec![
-                FfiWriteOp::Put {
+                WriteOp::Put {
                     path: "/body".into(),
-                    value: FfiValue::Text {
+                    value: Value::Text {
                         value: "hello".into(),
                     },
                 },
-                FfiWriteOp::Put {
+                WriteOp::Put {
                     path: "/tags".into(),
-                    value: FfiValue::Array {
-                        items: vec![FfiValue::Bytes {
+                    value: Value::Array {
+                        items: vec![Value::Bytes {
                             value: vec![0, 255],
                         }],
                     },
                 },
-                FfiWriteOp::Put {
+                WriteOp::Put {
                     path: "/n".into(),
-                    value: FfiValue::Counter { value: 1 },
+                    value: Value::Counter { value: 1 },
                 },
             ],
             Some("fill".into()),
@@ -279,17 +276,17 @@ mod tests {
         doc.increment("/n".into(), 41).expect("increment");
         assert_eq!(
             doc.get("/body".into()).expect("get"),
-            Some(FfiValue::Text {
+            Some(Value::Text {
                 value: "hello world".into()
             })
         );
         assert_eq!(
             doc.get("/n".into()).expect("get"),
-            Some(FfiValue::Counter { value: 42 })
+            Some(Value::Counter { value: 42 })
         );
         assert_eq!(
             doc.get("/tags/0".into()).expect("get"),
-            Some(FfiValue::Bytes {
+            Some(Value::Bytes {
                 value: vec![0, 255]
             })
         );
@@ -307,7 +304,7 @@ mod tests {
         let patches = doc.diff(first, doc.heads().expect("heads")).expect("diff");
         assert!(patches.iter().any(|p| matches!(
             &p.action,
-            FfiPatchAction::PutMap { key, .. } if key == "body"
+            PatchAction::PutMap { key, .. } if key == "body"
         )));
         assert!(matches!(
             doc.get("/title/x".into()),

@@ -1,21 +1,18 @@
 //! [`FfiStore`], [`FfiDocument`] and [`FfiDocumentView`]: the SDK's `Store`, `Document` and
-//! `DocumentView`, with values as [`FfiValue`] or JSON text and ids as `collection/id` strings.
+//! `DocumentView`, with values as [`Value`] or JSON text and ids as `collection/id` strings.
 
 use std::sync::Arc;
 
-use syncline::{
-    Collection, DocId, Document, DocumentView, Durability, Priority, Store, StoreOptions, Value,
-    WriteOp,
-};
+use syncline::{Collection, DocId, Document, DocumentView, Store};
 
 use crate::subscription::FfiSubscription;
-use crate::value::{FfiChange, FfiChangeEvent, FfiPatch, FfiPendingChange, FfiValue, FfiWriteOp};
+use crate::value::{Change, ChangeEvent, Patch, PendingChange, Value, WriteOp};
 use crate::value::{heads_from_strings, heads_to_strings, to_usize};
 use crate::{FfiChangeListener, FfiError};
 
 /// A document's sync priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum FfiPriority {
+pub enum Priority {
     /// Synced last; deferred on metered networks.
     Low,
     /// The default.
@@ -26,7 +23,18 @@ pub enum FfiPriority {
     Critical,
 }
 
-impl From<Priority> for FfiPriority {
+impl From<syncline::Priority> for Priority {
+    fn from(p: syncline::Priority) -> Self {
+        match p {
+            syncline::Priority::Low => Self::Low,
+            syncline::Priority::Normal => Self::Normal,
+            syncline::Priority::High => Self::High,
+            syncline::Priority::Critical => Self::Critical,
+        }
+    }
+}
+
+impl From<Priority> for syncline::Priority {
     fn from(p: Priority) -> Self {
         match p {
             Priority::Low => Self::Low,
@@ -37,43 +45,32 @@ impl From<Priority> for FfiPriority {
     }
 }
 
-impl From<FfiPriority> for Priority {
-    fn from(p: FfiPriority) -> Self {
-        match p {
-            FfiPriority::Low => Self::Low,
-            FfiPriority::Normal => Self::Normal,
-            FfiPriority::High => Self::High,
-            FfiPriority::Critical => Self::Critical,
-        }
-    }
-}
-
-/// How hard a commit works to survive a power cut (the SDK's `Durability`). Either way a write
+/// How hard a commit works to survive a power cut (the SDK's `syncline::Durability`). Either way a write
 /// whose call returned survives the app being killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum FfiDurability {
+pub enum Durability {
     /// Every commit reaches the disk before the write returns (also survives a power cut).
     Full,
     /// Commits reach the disk at checkpoints: a power cut can lose the last moments' writes.
     Normal,
 }
 
-/// Tuning for [`FfiStore::open_with`] (the SDK's `StoreOptions`).
+/// Tuning for [`FfiStore::open_with`] (the SDK's `syncline::StoreOptions`).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiStoreOptions {
+pub struct StoreOptions {
     /// Upper bound, in estimated bytes, of the documents kept loaded in memory.
     pub cache_bytes: u64,
     /// How commits survive power loss.
-    pub durability: FfiDurability,
+    pub durability: Durability,
 }
 
-impl From<FfiStoreOptions> for StoreOptions {
-    fn from(o: FfiStoreOptions) -> Self {
+impl From<StoreOptions> for syncline::StoreOptions {
+    fn from(o: StoreOptions) -> Self {
         Self {
             cache_bytes: usize::try_from(o.cache_bytes).unwrap_or(usize::MAX),
             durability: match o.durability {
-                FfiDurability::Full => Durability::Full,
-                FfiDurability::Normal => Durability::Normal,
+                Durability::Full => syncline::Durability::Full,
+                Durability::Normal => syncline::Durability::Normal,
             },
             ..Self::default()
         }
@@ -82,11 +79,11 @@ impl From<FfiStoreOptions> for StoreOptions {
 
 /// What the store knows of a document without loading it.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiDocumentInfo {
+pub struct DocumentInfo {
     /// `collection/id`.
     pub id: String,
     /// Its sync priority.
-    pub priority: FfiPriority,
+    pub priority: Priority,
     /// True once deleted (the tombstone syncs).
     pub deleted: bool,
     /// Bytes stored for it.
@@ -105,7 +102,7 @@ pub struct FfiDocumentInfo {
     pub kept_bytes: u64,
 }
 
-impl From<syncline::DocumentInfo> for FfiDocumentInfo {
+impl From<syncline::DocumentInfo> for DocumentInfo {
     fn from(info: syncline::DocumentInfo) -> Self {
         Self {
             id: info.id.to_string(),
@@ -127,15 +124,15 @@ pub(crate) fn forward_events(
 ) -> impl Fn(&syncline::ChangeEvent) + Send + Sync + 'static {
     move |event| {
         crate::call_foreign("a change listener (the change is committed)", || {
-            listener.on_change(FfiChangeEvent::from(event));
+            listener.on_change(ChangeEvent::from(event));
         });
     }
 }
 
-fn parse_json(json: &str) -> Result<Value, FfiError> {
+fn parse_json(json: &str) -> Result<syncline::Value, FfiError> {
     let value: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| FfiError::InvalidInput(format!("invalid JSON: {e}")))?;
-    Ok(Value::from_json(&value))
+    Ok(syncline::Value::from_json(&value))
 }
 
 /// A store, as foreign code holds it. Safe to share between threads; the file is closed when
@@ -164,7 +161,7 @@ impl FfiStore {
     /// # Errors
     /// As [`FfiStore::open`].
     #[uniffi::constructor]
-    pub fn open_with(path: String, options: FfiStoreOptions) -> Result<Arc<Self>, FfiError> {
+    pub fn open_with(path: String, options: StoreOptions) -> Result<Arc<Self>, FfiError> {
         Ok(Arc::new(Self {
             store: Store::open_with(path, options.into())?,
         }))
@@ -179,15 +176,11 @@ impl FfiStore {
     ///
     /// # Errors
     /// [`FfiError::InvalidInput`] for a bad collection or an `initial` that is not a map.
-    pub fn create(
-        &self,
-        collection: String,
-        initial: FfiValue,
-    ) -> Result<Arc<FfiDocument>, FfiError> {
+    pub fn create(&self, collection: String, initial: Value) -> Result<Arc<FfiDocument>, FfiError> {
         let collection = Collection::new(collection)?;
-        let doc = self
-            .store
-            .create_with(&collection, initial.into(), Priority::Normal)?;
+        let doc =
+            self.store
+                .create_with(&collection, initial.into(), syncline::Priority::Normal)?;
         Ok(FfiDocument::wrap(doc))
     }
 
@@ -200,8 +193,8 @@ impl FfiStore {
     pub fn create_at(
         &self,
         doc_id: String,
-        initial: FfiValue,
-        priority: FfiPriority,
+        initial: Value,
+        priority: Priority,
     ) -> Result<Arc<FfiDocument>, FfiError> {
         let id: DocId = doc_id.parse()?;
         let doc = self.store.create_at(id, initial.into(), priority.into())?;
@@ -214,9 +207,9 @@ impl FfiStore {
     /// [`FfiError::InvalidInput`] for a bad collection or JSON that is not an object.
     pub fn create_json(&self, collection: String, json: String) -> Result<String, FfiError> {
         let collection = Collection::new(collection)?;
-        let doc = self
-            .store
-            .create_with(&collection, parse_json(&json)?, Priority::Normal)?;
+        let doc =
+            self.store
+                .create_with(&collection, parse_json(&json)?, syncline::Priority::Normal)?;
         Ok(doc.id().to_string())
     }
 
@@ -233,7 +226,7 @@ impl FfiStore {
     ///
     /// # Errors
     /// [`FfiError::NotFound`] if there is none, [`FfiError::InvalidInput`] for a bad id.
-    pub fn info(&self, doc_id: String) -> Result<FfiDocumentInfo, FfiError> {
+    pub fn info(&self, doc_id: String) -> Result<DocumentInfo, FfiError> {
         let id: DocId = doc_id.parse()?;
         Ok(self.store.info(&id)?.into())
     }
@@ -284,13 +277,13 @@ impl FfiStore {
     ///
     /// # Errors
     /// [`FfiError::InvalidInput`] for a bad collection name.
-    pub fn list_info(&self, collection: String) -> Result<Vec<FfiDocumentInfo>, FfiError> {
+    pub fn list_info(&self, collection: String) -> Result<Vec<DocumentInfo>, FfiError> {
         let collection = Collection::new(collection)?;
         Ok(self
             .store
             .list(&collection)?
             .into_iter()
-            .map(FfiDocumentInfo::from)
+            .map(DocumentInfo::from)
             .collect())
     }
 
@@ -312,12 +305,12 @@ impl FfiStore {
     ///
     /// # Errors
     /// [`FfiError::Storage`], also for a pending document that cannot load.
-    pub fn pending_changes(&self) -> Result<Vec<FfiPendingChange>, FfiError> {
+    pub fn pending_changes(&self) -> Result<Vec<PendingChange>, FfiError> {
         Ok(self
             .store
             .pending_changes()?
             .into_iter()
-            .map(FfiPendingChange::from)
+            .map(PendingChange::from)
             .collect())
     }
 
@@ -370,7 +363,7 @@ impl FfiStore {
     ///
     /// # Errors
     /// [`FfiError::Storage`] if the store cannot be read.
-    pub fn sync_history(&self, limit: u32) -> Result<Vec<crate::FfiSyncRecord>, FfiError> {
+    pub fn sync_history(&self, limit: u32) -> Result<Vec<crate::SyncRecord>, FfiError> {
         Ok(self
             .store
             .sync_history(limit as usize)?
@@ -400,7 +393,7 @@ impl FfiStore {
     pub fn set_conflict_strategy(
         &self,
         collection: String,
-        strategy: Option<crate::FfiConflictStrategy>,
+        strategy: Option<crate::ConflictStrategy>,
     ) -> Result<(), FfiError> {
         let collection = Collection::new(collection)?;
         let strategy = strategy.map(TryInto::try_into).transpose()?;
@@ -491,8 +484,8 @@ impl FfiDocument {
     ///
     /// # Errors
     /// [`FfiError::InvalidInput`] if the path cannot be followed, [`FfiError::NotFound`].
-    pub fn get(&self, path: String) -> Result<Option<FfiValue>, FfiError> {
-        Ok(self.doc.get(path.as_str())?.map(FfiValue::from))
+    pub fn get(&self, path: String) -> Result<Option<Value>, FfiError> {
+        Ok(self.doc.get(path.as_str())?.map(Value::from))
     }
 
     /// The whole document as JSON text.
@@ -507,8 +500,8 @@ impl FfiDocument {
     ///
     /// # Errors
     /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
-    pub fn put(&self, path: String, value: FfiValue) -> Result<(), FfiError> {
-        Ok(self.doc.put(path.as_str(), Value::from(value))?)
+    pub fn put(&self, path: String, value: Value) -> Result<(), FfiError> {
+        Ok(self.doc.put(path.as_str(), syncline::Value::from(value))?)
     }
 
     /// Sets the value at `path` from JSON text.
@@ -557,10 +550,10 @@ impl FfiDocument {
     ///
     /// # Errors
     /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
-    pub fn apply(&self, ops: Vec<FfiWriteOp>, message: Option<String>) -> Result<(), FfiError> {
+    pub fn apply(&self, ops: Vec<WriteOp>, message: Option<String>) -> Result<(), FfiError> {
         let ops = ops
             .into_iter()
-            .map(WriteOp::try_from)
+            .map(syncline::WriteOp::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self.doc.apply(&ops, message.as_deref())?)
     }
@@ -577,13 +570,8 @@ impl FfiDocument {
     ///
     /// # Errors
     /// [`FfiError::NotFound`] or [`FfiError::Storage`].
-    pub fn history(&self) -> Result<Vec<FfiChange>, FfiError> {
-        Ok(self
-            .doc
-            .history()?
-            .into_iter()
-            .map(FfiChange::from)
-            .collect())
+    pub fn history(&self) -> Result<Vec<Change>, FfiError> {
+        Ok(self.doc.history()?.into_iter().map(Change::from).collect())
     }
 
     /// A read-only view of the document as it was at `heads`.
@@ -599,23 +587,23 @@ impl FfiDocument {
     ///
     /// # Errors
     /// [`FfiError::InvalidInput`] for heads that are not hashes or not in the document.
-    pub fn diff(&self, from: Vec<String>, to: Vec<String>) -> Result<Vec<FfiPatch>, FfiError> {
+    pub fn diff(&self, from: Vec<String>, to: Vec<String>) -> Result<Vec<Patch>, FfiError> {
         let patches = self
             .doc
             .diff(&heads_from_strings(&from)?, &heads_from_strings(&to)?)?;
-        Ok(patches.iter().map(FfiPatch::from).collect())
+        Ok(patches.iter().map(Patch::from).collect())
     }
 
     /// The concurrent values at `path` (more than one while devices' writes conflict).
     ///
     /// # Errors
     /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
-    pub fn conflicts(&self, path: String) -> Result<Vec<FfiValue>, FfiError> {
+    pub fn conflicts(&self, path: String) -> Result<Vec<Value>, FfiError> {
         Ok(self
             .doc
             .conflicts(path.as_str())?
             .into_iter()
-            .map(FfiValue::from)
+            .map(Value::from)
             .collect())
     }
 
@@ -623,15 +611,17 @@ impl FfiDocument {
     ///
     /// # Errors
     /// [`FfiError::InvalidInput`] or [`FfiError::NotFound`].
-    pub fn resolve(&self, path: String, value: FfiValue) -> Result<(), FfiError> {
-        Ok(self.doc.resolve(path.as_str(), Value::from(value))?)
+    pub fn resolve(&self, path: String, value: Value) -> Result<(), FfiError> {
+        Ok(self
+            .doc
+            .resolve(path.as_str(), syncline::Value::from(value))?)
     }
 
     /// The document's sync priority.
     ///
     /// # Errors
     /// [`FfiError::NotFound`] or [`FfiError::Storage`].
-    pub fn priority(&self) -> Result<FfiPriority, FfiError> {
+    pub fn priority(&self) -> Result<Priority, FfiError> {
         Ok(self.doc.priority()?.into())
     }
 
@@ -639,7 +629,7 @@ impl FfiDocument {
     ///
     /// # Errors
     /// [`FfiError::NotFound`] or [`FfiError::Storage`].
-    pub fn set_priority(&self, priority: FfiPriority) -> Result<(), FfiError> {
+    pub fn set_priority(&self, priority: Priority) -> Result<(), FfiError> {
         Ok(self.doc.set_priority(priority.into())?)
     }
 
@@ -647,7 +637,7 @@ impl FfiDocument {
     ///
     /// # Errors
     /// [`FfiError::NotFound`] or a storage error.
-    pub fn all_conflicts(&self) -> Result<Vec<crate::FfiConflict>, FfiError> {
+    pub fn all_conflicts(&self) -> Result<Vec<crate::Conflict>, FfiError> {
         Ok(self.doc.all_conflicts()?.iter().map(Into::into).collect())
     }
 
@@ -686,8 +676,8 @@ impl FfiDocumentView {
     ///
     /// # Errors
     /// [`FfiError::InvalidInput`] if the path cannot be followed.
-    pub fn get(&self, path: String) -> Result<Option<FfiValue>, FfiError> {
-        Ok(self.view.get(path.as_str())?.map(FfiValue::from))
+    pub fn get(&self, path: String) -> Result<Option<Value>, FfiError> {
+        Ok(self.view.get(path.as_str())?.map(Value::from))
     }
 
     /// The whole document then, as JSON text.

@@ -1,18 +1,15 @@
 //! [`FfiSyncClient`]: the SDK's `SyncClient` with a foreign token provider and status listener,
-//! its options ([`FfiSyncOptions`], [`FfiProfile`]) and what it reports ([`FfiStatus`],
-//! [`FfiSyncStats`]).
+//! its options ([`SyncOptions`], [`Profile`]) and what it reports ([`SyncStatus`],
+//! [`SyncStats`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use syncline::engine::Disconnect;
 use syncline::{
-    Collection, CollectionSubscription, DeviceClass, DocId, DocSyncError, EphemeralMessage,
-    Profile, SyncClient, SyncEnd, SyncErrorEvent, SyncErrorKind, SyncMode, SyncOptions, SyncRecord,
-    TokenError,
+    Collection, CollectionSubscription, DocId, EphemeralMessage, SyncClient, SyncMode, TokenError,
 };
 
-use crate::store::{FfiPriority, FfiStore};
+use crate::store::{FfiStore, Priority};
 use crate::subscription::FfiSubscription;
 use crate::{
     FfiEphemeralListener, FfiError, FfiStatusListener, FfiSyncErrorListener, FfiTokenProvider,
@@ -20,7 +17,7 @@ use crate::{
 
 /// The sync status (the SDK's `Status`).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
-pub enum FfiStatus {
+pub enum SyncStatus {
     /// Not connected.
     Offline,
     /// Opening a connection.
@@ -28,7 +25,7 @@ pub enum FfiStatus {
     /// Exchanging changes.
     Syncing {
         /// How far along, per direction and priority.
-        progress: FfiProgress,
+        progress: Progress,
     },
     /// Both sides have everything, since this time (milliseconds since the Unix epoch).
     Synced {
@@ -44,7 +41,7 @@ pub enum FfiStatus {
     },
 }
 
-impl From<syncline::Status> for FfiStatus {
+impl From<syncline::Status> for SyncStatus {
     fn from(status: syncline::Status) -> Self {
         match status {
             syncline::Status::Offline => Self::Offline,
@@ -66,7 +63,7 @@ impl From<syncline::Status> for FfiStatus {
 
 /// Documents and bytes of one part of a sync (the SDK's `Transfer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
-pub struct FfiTransfer {
+pub struct Transfer {
     /// Documents done.
     pub docs_done: u64,
     /// Documents to do.
@@ -77,7 +74,7 @@ pub struct FfiTransfer {
     pub bytes_total: u64,
 }
 
-impl From<syncline::engine::Transfer> for FfiTransfer {
+impl From<syncline::engine::Transfer> for Transfer {
     fn from(t: syncline::engine::Transfer) -> Self {
         Self {
             docs_done: t.docs_done,
@@ -91,15 +88,15 @@ impl From<syncline::engine::Transfer> for FfiTransfer {
 /// Progress of a sync (the SDK's `Progress`): the download, per priority too, the upload, what
 /// is deferred, and the time left.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiProgress {
+pub struct Progress {
     /// The planned download.
-    pub download: FfiTransfer,
+    pub download: Transfer,
     /// The download per priority: low, normal, high, critical.
-    pub download_by_priority: Vec<FfiTransfer>,
+    pub download_by_priority: Vec<Transfer>,
     /// The upload.
-    pub upload: FfiTransfer,
+    pub upload: Transfer,
     /// The upload per priority: low, normal, high, critical.
-    pub upload_by_priority: Vec<FfiTransfer>,
+    pub upload_by_priority: Vec<Transfer>,
     /// Local documents sent and not yet acknowledged.
     pub docs_unacknowledged: u64,
     /// Documents the relay announced and holds back.
@@ -112,10 +109,10 @@ pub struct FfiProgress {
     pub uploads_deferred: u64,
 }
 
-impl From<syncline::Progress> for FfiProgress {
+impl From<syncline::Progress> for Progress {
     fn from(p: syncline::Progress) -> Self {
         Self {
-            download: FfiTransfer {
+            download: Transfer {
                 docs_done: p.docs_done,
                 docs_total: p.docs_total,
                 bytes_done: p.bytes_done,
@@ -135,7 +132,7 @@ impl From<syncline::Progress> for FfiProgress {
 
 /// Why a document is held back (the SDK's `DeferReason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum FfiDeferReason {
+pub enum DeferReason {
     /// Too large for a metered network.
     Metered,
     /// A low-priority collection on a metered network.
@@ -148,39 +145,39 @@ pub enum FfiDeferReason {
 
 /// A document the relay announced and holds back (the SDK's `DeferredDoc`).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiDeferredDoc {
+pub struct DeferredDoc {
     /// The document id (`collection/id`).
     pub doc_id: String,
     /// Its priority.
-    pub priority: FfiPriority,
+    pub priority: Priority,
     /// Its approximate size on the wire.
     pub bytes: u64,
     /// Why it is held back.
-    pub reason: FfiDeferReason,
+    pub reason: DeferReason,
     /// When the relay last stored a change to it, milliseconds since the Unix epoch.
     pub changed_ms: Option<u64>,
 }
 
-impl From<syncline::DeferredDoc> for FfiDeferredDoc {
+impl From<syncline::DeferredDoc> for DeferredDoc {
     fn from(d: syncline::DeferredDoc) -> Self {
         Self {
             doc_id: d.doc.to_string(),
             priority: d.priority.into(),
             bytes: d.bytes,
             reason: match d.reason {
-                syncline::DeferReason::Metered => FfiDeferReason::Metered,
-                syncline::DeferReason::LowPriority => FfiDeferReason::LowPriority,
-                syncline::DeferReason::OnDemand => FfiDeferReason::OnDemand,
-                syncline::DeferReason::StorageBudget => FfiDeferReason::StorageBudget,
+                syncline::DeferReason::Metered => DeferReason::Metered,
+                syncline::DeferReason::LowPriority => DeferReason::LowPriority,
+                syncline::DeferReason::OnDemand => DeferReason::OnDemand,
+                syncline::DeferReason::StorageBudget => DeferReason::StorageBudget,
             },
             changed_ms: d.changed_ms,
         }
     }
 }
 
-/// Why a connection ended (the SDK's `Disconnect`).
+/// Why a connection ended (the SDK's `syncline::engine::Disconnect`).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
-pub enum FfiDisconnect {
+pub enum Disconnect {
     /// The relay refused the token, or the token provider said the app is signed out.
     Unauthorized {
         /// Why.
@@ -200,19 +197,19 @@ pub enum FfiDisconnect {
     },
 }
 
-impl From<Disconnect> for FfiDisconnect {
-    fn from(d: Disconnect) -> Self {
+impl From<syncline::engine::Disconnect> for Disconnect {
+    fn from(d: syncline::engine::Disconnect) -> Self {
         match d {
-            Disconnect::Unauthorized(reason) => Self::Unauthorized { reason },
-            Disconnect::Failed(reason) => Self::Failed { reason },
-            Disconnect::Closed { code, reason } => Self::Closed { code, reason },
+            syncline::engine::Disconnect::Unauthorized(reason) => Self::Unauthorized { reason },
+            syncline::engine::Disconnect::Failed(reason) => Self::Failed { reason },
+            syncline::engine::Disconnect::Closed { code, reason } => Self::Closed { code, reason },
         }
     }
 }
 
 /// What a sync moved (the SDK's `SyncStats`).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiSyncStats {
+pub struct SyncStats {
     /// Documents sent with changes.
     pub docs_sent: u64,
     /// Documents changed by what was received.
@@ -225,7 +222,7 @@ pub struct FfiSyncStats {
     pub round_trips: u64,
 }
 
-impl From<syncline::SyncStats> for FfiSyncStats {
+impl From<syncline::SyncStats> for SyncStats {
     fn from(s: syncline::SyncStats) -> Self {
         Self {
             docs_sent: s.docs_sent,
@@ -239,7 +236,7 @@ impl From<syncline::SyncStats> for FfiSyncStats {
 
 /// The kind of device (DESIGN §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum FfiDeviceClass {
+pub enum DeviceClass {
     /// A phone.
     Phone,
     /// A tablet.
@@ -250,40 +247,47 @@ pub enum FfiDeviceClass {
     Server,
 }
 
-impl From<FfiDeviceClass> for DeviceClass {
-    fn from(class: FfiDeviceClass) -> Self {
+impl From<DeviceClass> for syncline::DeviceClass {
+    fn from(class: DeviceClass) -> Self {
         match class {
-            FfiDeviceClass::Phone => Self::Phone,
-            FfiDeviceClass::Tablet => Self::Tablet,
-            FfiDeviceClass::Desktop => Self::Desktop,
-            FfiDeviceClass::Server => Self::Server,
+            DeviceClass::Phone => Self::Phone,
+            DeviceClass::Tablet => Self::Tablet,
+            DeviceClass::Desktop => Self::Desktop,
+            DeviceClass::Server => Self::Server,
         }
     }
 }
 
 /// The device's declared capabilities; the relay plans what and how fast to sync from them.
-/// Absent bandwidths mean unknown.
+/// Absent bandwidths mean unknown. Every field but `class` has a default in the generated
+/// constructors: the SDK's `Profile::new(class)` (unmetered, realtime, nothing declared).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiProfile {
+pub struct Profile {
     /// The device class.
-    pub class: FfiDeviceClass,
+    pub class: DeviceClass,
     /// Bytes the device may use for synced content.
+    #[uniffi(default = None)]
     pub storage_budget_bytes: Option<u64>,
     /// Download bandwidth, bytes per second.
+    #[uniffi(default = None)]
     pub download_bytes_per_s: Option<u64>,
     /// Upload bandwidth, bytes per second.
+    #[uniffi(default = None)]
     pub upload_bytes_per_s: Option<u64>,
     /// True on a metered network.
+    #[uniffi(default = false)]
     pub metered: bool,
     /// True to receive changes as they happen, false for periodic sync.
+    #[uniffi(default = true)]
     pub realtime: bool,
     /// On a metered network, documents whose transfer is larger than this are deferred (none:
     /// the relay's threshold, 64 KiB by default).
+    #[uniffi(default = None)]
     pub metered_max_doc_bytes: Option<u64>,
 }
 
-impl From<FfiProfile> for Profile {
-    fn from(p: FfiProfile) -> Self {
+impl From<Profile> for syncline::Profile {
+    fn from(p: Profile) -> Self {
         Self {
             class: p.class.into(),
             storage_budget_bytes: p.storage_budget_bytes,
@@ -299,28 +303,31 @@ impl From<FfiProfile> for Profile {
 /// One collection to sync, with its priority and whether its documents' content is kept
 /// local eagerly or fetched when opened.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiCollectionSync {
+pub struct CollectionSync {
     /// The collection.
     pub collection: String,
     /// Its sync priority.
-    pub priority: FfiPriority,
+    pub priority: Priority,
     /// True to keep only the list and metadata local (content fetched on demand).
+    #[uniffi(default = false)]
     pub on_demand: bool,
 }
 
 /// Everything [`FfiSyncClient::start_with`] needs besides the store and the token provider.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiSyncOptions {
+pub struct SyncOptions {
     /// The relay, as `ws://host:port` or `wss://host`.
     pub relay_url: String,
     /// The collections to sync.
-    pub collections: Vec<FfiCollectionSync>,
+    pub collections: Vec<CollectionSync>,
     /// The device's capability profile.
-    pub profile: FfiProfile,
+    pub profile: Profile,
     /// For a periodic device (`profile.realtime == false`), milliseconds between syncs (null:
     /// 15 minutes).
+    #[uniffi(default = None)]
     pub sync_interval_ms: Option<u64>,
     /// On a metered network, hold back large uploads until it is unmetered (null: yes).
+    #[uniffi(default = None)]
     pub defer_metered_uploads: Option<bool>,
     /// Other relays serving the same data (several relays on one PostgreSQL), tried in turn
     /// when a connection fails before its relay answered (empty by default).
@@ -328,7 +335,7 @@ pub struct FfiSyncOptions {
     pub fallback_urls: Vec<String>,
 }
 
-impl FfiCollectionSync {
+impl CollectionSync {
     fn into_subscription(self) -> Result<CollectionSubscription, FfiError> {
         Ok(CollectionSubscription {
             collection: Collection::new(self.collection)?,
@@ -342,11 +349,11 @@ impl FfiCollectionSync {
     }
 }
 
-impl TryFrom<FfiSyncOptions> for SyncOptions {
+impl TryFrom<SyncOptions> for syncline::SyncOptions {
     type Error = FfiError;
 
-    fn try_from(o: FfiSyncOptions) -> Result<Self, FfiError> {
-        let mut options = SyncOptions::new(o.relay_url, &[]);
+    fn try_from(o: SyncOptions) -> Result<Self, FfiError> {
+        let mut options = syncline::SyncOptions::new(o.relay_url, &[]);
         options.fallback_urls = o.fallback_urls;
         options.profile = o.profile.into();
         if let Some(ms) = o.sync_interval_ms {
@@ -358,7 +365,7 @@ impl TryFrom<FfiSyncOptions> for SyncOptions {
         options.subscriptions = o
             .collections
             .into_iter()
-            .map(FfiCollectionSync::into_subscription)
+            .map(CollectionSync::into_subscription)
             .collect::<Result<Vec<_>, FfiError>>()?;
         Ok(options)
     }
@@ -366,7 +373,7 @@ impl TryFrom<FfiSyncOptions> for SyncOptions {
 
 /// Why a document did not sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
-pub enum FfiSyncErrorKind {
+pub enum SyncErrorKind {
     /// The token grants no write on the document's collection.
     NotPermitted,
     /// Larger than the relay accepts.
@@ -386,27 +393,27 @@ pub enum FfiSyncErrorKind {
     },
 }
 
-impl From<SyncErrorKind> for FfiSyncErrorKind {
-    fn from(kind: SyncErrorKind) -> Self {
+impl From<syncline::SyncErrorKind> for SyncErrorKind {
+    fn from(kind: syncline::SyncErrorKind) -> Self {
         match kind {
-            SyncErrorKind::NotPermitted => Self::NotPermitted,
-            SyncErrorKind::TooLarge => Self::TooLarge,
-            SyncErrorKind::Invalid => Self::Invalid,
-            SyncErrorKind::InvalidFromRelay => Self::InvalidFromRelay,
-            SyncErrorKind::StorageFull => Self::StorageFull,
-            SyncErrorKind::RetryLater => Self::RetryLater,
-            SyncErrorKind::Other(code) => Self::Other { code },
+            syncline::SyncErrorKind::NotPermitted => Self::NotPermitted,
+            syncline::SyncErrorKind::TooLarge => Self::TooLarge,
+            syncline::SyncErrorKind::Invalid => Self::Invalid,
+            syncline::SyncErrorKind::InvalidFromRelay => Self::InvalidFromRelay,
+            syncline::SyncErrorKind::StorageFull => Self::StorageFull,
+            syncline::SyncErrorKind::RetryLater => Self::RetryLater,
+            syncline::SyncErrorKind::Other(code) => Self::Other { code },
         }
     }
 }
 
 /// One document that did not sync while the rest went on.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiDocSyncError {
+pub struct DocSyncError {
     /// The document, as `collection/id`.
     pub doc: String,
     /// Why, for programs.
-    pub kind: FfiSyncErrorKind,
+    pub kind: SyncErrorKind,
     /// Why, for people.
     pub message: String,
     /// When, in milliseconds since the Unix epoch.
@@ -415,8 +422,8 @@ pub struct FfiDocSyncError {
     pub retry_at_ms: Option<u64>,
 }
 
-impl From<DocSyncError> for FfiDocSyncError {
-    fn from(e: DocSyncError) -> Self {
+impl From<syncline::DocSyncError> for DocSyncError {
+    fn from(e: syncline::DocSyncError) -> Self {
         Self {
             doc: e.doc.to_string(),
             kind: e.kind.into(),
@@ -429,11 +436,11 @@ impl From<DocSyncError> for FfiDocSyncError {
 
 /// A document's sync error raised or cleared.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
-pub enum FfiSyncErrorEvent {
+pub enum SyncErrorEvent {
     /// The document did not sync.
     Raised {
         /// Why.
-        error: FfiDocSyncError,
+        error: DocSyncError,
     },
     /// The document, which had an error, synced.
     Cleared {
@@ -442,13 +449,13 @@ pub enum FfiSyncErrorEvent {
     },
 }
 
-impl From<SyncErrorEvent> for FfiSyncErrorEvent {
-    fn from(e: SyncErrorEvent) -> Self {
+impl From<syncline::SyncErrorEvent> for SyncErrorEvent {
+    fn from(e: syncline::SyncErrorEvent) -> Self {
         match e {
-            SyncErrorEvent::Raised(error) => Self::Raised {
+            syncline::SyncErrorEvent::Raised(error) => Self::Raised {
                 error: error.into(),
             },
-            SyncErrorEvent::Cleared(doc) => Self::Cleared {
+            syncline::SyncErrorEvent::Cleared(doc) => Self::Cleared {
                 doc: doc.to_string(),
             },
         }
@@ -457,7 +464,7 @@ impl From<SyncErrorEvent> for FfiSyncErrorEvent {
 
 /// An ephemeral message another device sent: never stored.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiEphemeral {
+pub struct Ephemeral {
     /// The document, as `collection/id`.
     pub doc: String,
     /// The sending device (32 hex digits).
@@ -466,7 +473,7 @@ pub struct FfiEphemeral {
     pub payload: Vec<u8>,
 }
 
-impl From<EphemeralMessage> for FfiEphemeral {
+impl From<EphemeralMessage> for Ephemeral {
     fn from(m: EphemeralMessage) -> Self {
         Self {
             doc: m.doc.to_string(),
@@ -476,9 +483,9 @@ impl From<EphemeralMessage> for FfiEphemeral {
     }
 }
 
-/// How a connection ended (see `FfiSyncRecord`).
+/// How a connection ended (see `SyncRecord`).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
-pub enum FfiSyncEnd {
+pub enum SyncEnd {
     /// The app stopped the sync client.
     Stopped,
     /// The app paused sync.
@@ -518,26 +525,28 @@ pub enum FfiSyncEnd {
     },
 }
 
-impl From<SyncEnd> for FfiSyncEnd {
-    fn from(end: SyncEnd) -> Self {
+impl From<syncline::SyncEnd> for SyncEnd {
+    fn from(end: syncline::SyncEnd) -> Self {
         match end {
-            SyncEnd::Stopped => Self::Stopped,
-            SyncEnd::Paused => Self::Paused,
-            SyncEnd::NetworkDown => Self::NetworkDown,
-            SyncEnd::CaughtUp => Self::CaughtUp,
-            SyncEnd::Stalled => Self::Stalled,
-            SyncEnd::Unauthorized(reason) => Self::Unauthorized { reason },
-            SyncEnd::ConnectionLost(reason) => Self::ConnectionLost { reason },
-            SyncEnd::ClosedByRelay { code, reason } => Self::ClosedByRelay { code, reason },
-            SyncEnd::RetryRequested(reason) => Self::RetryRequested { reason },
-            SyncEnd::ProtocolError(reason) => Self::ProtocolError { reason },
+            syncline::SyncEnd::Stopped => Self::Stopped,
+            syncline::SyncEnd::Paused => Self::Paused,
+            syncline::SyncEnd::NetworkDown => Self::NetworkDown,
+            syncline::SyncEnd::CaughtUp => Self::CaughtUp,
+            syncline::SyncEnd::Stalled => Self::Stalled,
+            syncline::SyncEnd::Unauthorized(reason) => Self::Unauthorized { reason },
+            syncline::SyncEnd::ConnectionLost(reason) => Self::ConnectionLost { reason },
+            syncline::SyncEnd::ClosedByRelay { code, reason } => {
+                Self::ClosedByRelay { code, reason }
+            }
+            syncline::SyncEnd::RetryRequested(reason) => Self::RetryRequested { reason },
+            syncline::SyncEnd::ProtocolError(reason) => Self::ProtocolError { reason },
         }
     }
 }
 
 /// One connection to a relay, from the store's history of syncs.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiSyncRecord {
+pub struct SyncRecord {
     /// The relay's URL.
     pub relay: String,
     /// The relay's id for the session (as in its logs), once it said.
@@ -561,11 +570,11 @@ pub struct FfiSyncRecord {
     /// The first 100 of them, as `collection/id`.
     pub refused: Vec<String>,
     /// How the connection ended.
-    pub end: FfiSyncEnd,
+    pub end: SyncEnd,
 }
 
-impl From<SyncRecord> for FfiSyncRecord {
-    fn from(r: SyncRecord) -> Self {
+impl From<syncline::SyncRecord> for SyncRecord {
+    fn from(r: syncline::SyncRecord) -> Self {
         Self {
             relay: r.relay,
             session: r.session,
@@ -610,7 +619,11 @@ impl FfiSyncClient {
             .into_iter()
             .map(Collection::new)
             .collect::<Result<Vec<_>, _>>()?;
-        Self::start_options(&store, SyncOptions::new(relay_url, &collections), tokens)
+        Self::start_options(
+            &store,
+            syncline::SyncOptions::new(relay_url, &collections),
+            tokens,
+        )
     }
 
     /// Starts syncing with every option given: per-collection priority and mode, and the
@@ -621,21 +634,21 @@ impl FfiSyncClient {
     #[uniffi::constructor]
     pub fn start_with(
         store: Arc<FfiStore>,
-        options: FfiSyncOptions,
+        options: SyncOptions,
         tokens: Arc<dyn FfiTokenProvider>,
     ) -> Result<Arc<Self>, FfiError> {
         Self::start_options(&store, options.try_into()?, tokens)
     }
 
     /// The current status.
-    pub fn status(&self) -> FfiStatus {
+    pub fn status(&self) -> SyncStatus {
         self.with(|c| c.status().into())
-            .unwrap_or(FfiStatus::Offline)
+            .unwrap_or(SyncStatus::Offline)
     }
 
     /// What the current (or last) sync moved.
-    pub fn stats(&self) -> FfiSyncStats {
-        self.with(|c| c.stats().into()).unwrap_or(FfiSyncStats {
+    pub fn stats(&self) -> SyncStats {
+        self.with(|c| c.stats().into()).unwrap_or(SyncStats {
             docs_sent: 0,
             docs_received: 0,
             bytes_sent: 0,
@@ -645,8 +658,8 @@ impl FfiSyncClient {
     }
 
     /// Why the last connection ended, if one did (and the client is not stopped).
-    pub fn last_disconnect(&self) -> Option<FfiDisconnect> {
-        self.with(|c| c.last_disconnect().map(FfiDisconnect::from))
+    pub fn last_disconnect(&self) -> Option<Disconnect> {
+        self.with(|c| c.last_disconnect().map(Disconnect::from))
             .flatten()
     }
 
@@ -669,11 +682,11 @@ impl FfiSyncClient {
 
     /// The documents that did not sync, each with why; their changes stay pending in the
     /// store, and an error clears once the document syncs.
-    pub fn sync_errors(&self) -> Vec<FfiDocSyncError> {
+    pub fn sync_errors(&self) -> Vec<DocSyncError> {
         self.with(|c| {
             c.sync_errors()
                 .into_iter()
-                .map(FfiDocSyncError::from)
+                .map(DocSyncError::from)
                 .collect()
         })
         .unwrap_or_default()
@@ -737,14 +750,14 @@ impl FfiSyncClient {
     /// # Errors
     /// [`FfiError::Unauthorized`], [`FfiError::Unreachable`], [`FfiError::Sync`],
     /// [`FfiError::Timeout`].
-    pub async fn wait_synced(&self, timeout_ms: u64) -> Result<FfiSyncStats, FfiError> {
+    pub async fn wait_synced(&self, timeout_ms: u64) -> Result<SyncStats, FfiError> {
         let client = self.current();
         let (done, result) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let outcome = match client {
                 Some(c) => c
                     .wait_synced(Duration::from_millis(timeout_ms), true)
-                    .map(FfiSyncStats::from)
+                    .map(SyncStats::from)
                     .map_err(FfiError::from),
                 None => Err(FfiError::Sync("the client was stopped".into())),
             };
@@ -757,7 +770,7 @@ impl FfiSyncClient {
 
     /// Declares a new capability profile (say, the network became metered) on the live
     /// connection.
-    pub fn set_profile(&self, profile: FfiProfile) {
+    pub fn set_profile(&self, profile: Profile) {
         self.with(|c| c.set_profile(profile.into()));
     }
 
@@ -776,10 +789,10 @@ impl FfiSyncClient {
     ///
     /// # Errors
     /// [`FfiError::InvalidInput`] for a bad collection name.
-    pub fn set_subscriptions(&self, collections: Vec<FfiCollectionSync>) -> Result<(), FfiError> {
+    pub fn set_subscriptions(&self, collections: Vec<CollectionSync>) -> Result<(), FfiError> {
         let subscriptions = collections
             .into_iter()
-            .map(FfiCollectionSync::into_subscription)
+            .map(CollectionSync::into_subscription)
             .collect::<Result<Vec<_>, FfiError>>()?;
         self.with(|c| c.set_subscriptions(subscriptions));
         Ok(())
@@ -789,7 +802,7 @@ impl FfiSyncClient {
     ///
     /// # Errors
     /// [`FfiError::Storage`] when the store fails.
-    pub fn deferred(&self) -> Result<Vec<FfiDeferredDoc>, FfiError> {
+    pub fn deferred(&self) -> Result<Vec<DeferredDoc>, FfiError> {
         match self.current() {
             Some(c) => Ok(c.deferred()?.into_iter().map(Into::into).collect()),
             None => Err(FfiError::Sync("the client was stopped".into())),
@@ -896,7 +909,7 @@ impl Drop for FfiSyncClient {
 impl FfiSyncClient {
     fn start_options(
         store: &FfiStore,
-        options: SyncOptions,
+        options: syncline::SyncOptions,
         tokens: Arc<dyn FfiTokenProvider>,
     ) -> Result<Arc<Self>, FfiError> {
         // The SDK calls the provider on a blocking thread of its own runtime, so the host may

@@ -1,9 +1,9 @@
-//! The values that cross the boundary: [`FfiValue`] (the SDK's `Value`), write operations,
+//! The values that cross the boundary: [`Value`] (the SDK's `syncline::Value`), write operations,
 //! change events and their patches, history records. Conversions only; no behaviour.
 
 use std::collections::HashMap;
 
-use syncline::{ChangeEvent, ChangeInfo, Heads, Patch, PatchAction, Segment, Value, WriteOp};
+use syncline::{ChangeInfo, Heads, Segment};
 
 use crate::FfiError;
 
@@ -12,7 +12,7 @@ use crate::FfiError;
 /// `Str` is a scalar string (a concurrent write replaces it whole); `Text` is a collaborative
 /// text object whose concurrent edits merge character by character.
 #[derive(Debug, Clone, PartialEq, uniffi::Enum)]
-pub enum FfiValue {
+pub enum Value {
     /// Null.
     Null,
     /// A boolean.
@@ -63,53 +63,53 @@ pub enum FfiValue {
     /// A list object (named as in JSON, to clash with no host language's own `List`).
     Array {
         /// Its elements.
-        items: Vec<FfiValue>,
+        items: Vec<Value>,
     },
     /// A map object (named as in JSON, to clash with no host language's own `Map`).
     Object {
         /// Its entries.
-        entries: HashMap<String, FfiValue>,
+        entries: HashMap<String, Value>,
     },
 }
 
-impl From<Value> for FfiValue {
-    fn from(value: Value) -> Self {
+impl From<syncline::Value> for Value {
+    fn from(value: syncline::Value) -> Self {
         match value {
-            Value::Null => Self::Null,
-            Value::Bool(value) => Self::Bool { value },
-            Value::Int(value) => Self::Int { value },
-            Value::Uint(value) => Self::Uint { value },
-            Value::F64(value) => Self::Float { value },
-            Value::Str(value) => Self::Str { value },
-            Value::Bytes(value) => Self::Bytes { value },
-            Value::Counter(value) => Self::Counter { value },
-            Value::Timestamp(value) => Self::Timestamp { value },
-            Value::Text(value) => Self::Text { value },
-            Value::List(items) => Self::Array {
+            syncline::Value::Null => Self::Null,
+            syncline::Value::Bool(value) => Self::Bool { value },
+            syncline::Value::Int(value) => Self::Int { value },
+            syncline::Value::Uint(value) => Self::Uint { value },
+            syncline::Value::F64(value) => Self::Float { value },
+            syncline::Value::Str(value) => Self::Str { value },
+            syncline::Value::Bytes(value) => Self::Bytes { value },
+            syncline::Value::Counter(value) => Self::Counter { value },
+            syncline::Value::Timestamp(value) => Self::Timestamp { value },
+            syncline::Value::Text(value) => Self::Text { value },
+            syncline::Value::List(items) => Self::Array {
                 items: items.into_iter().map(Self::from).collect(),
             },
-            Value::Map(entries) => Self::Object {
+            syncline::Value::Map(entries) => Self::Object {
                 entries: entries.into_iter().map(|(k, v)| (k, v.into())).collect(),
             },
         }
     }
 }
 
-impl From<FfiValue> for Value {
-    fn from(value: FfiValue) -> Self {
+impl From<Value> for syncline::Value {
+    fn from(value: Value) -> Self {
         match value {
-            FfiValue::Null => Self::Null,
-            FfiValue::Bool { value } => Self::Bool(value),
-            FfiValue::Int { value } => Self::Int(value),
-            FfiValue::Uint { value } => Self::Uint(value),
-            FfiValue::Float { value } => Self::F64(value),
-            FfiValue::Str { value } => Self::Str(value),
-            FfiValue::Bytes { value } => Self::Bytes(value),
-            FfiValue::Counter { value } => Self::Counter(value),
-            FfiValue::Timestamp { value } => Self::Timestamp(value),
-            FfiValue::Text { value } => Self::Text(value),
-            FfiValue::Array { items } => Self::List(items.into_iter().map(Self::from).collect()),
-            FfiValue::Object { entries } => {
+            Value::Null => Self::Null,
+            Value::Bool { value } => Self::Bool(value),
+            Value::Int { value } => Self::Int(value),
+            Value::Uint { value } => Self::Uint(value),
+            Value::Float { value } => Self::F64(value),
+            Value::Str { value } => Self::Str(value),
+            Value::Bytes { value } => Self::Bytes(value),
+            Value::Counter { value } => Self::Counter(value),
+            Value::Timestamp { value } => Self::Timestamp(value),
+            Value::Text { value } => Self::Text(value),
+            Value::Array { items } => Self::List(items.into_iter().map(Self::from).collect()),
+            Value::Object { entries } => {
                 Self::Map(entries.into_iter().map(|(k, v)| (k, v.into())).collect())
             }
         }
@@ -118,27 +118,27 @@ impl From<FfiValue> for Value {
 
 /// One operation of [`crate::FfiDocument::apply`]; paths are JSON Pointers (`/items/0/title`).
 #[derive(Debug, Clone, PartialEq, uniffi::Enum)]
-pub enum FfiWriteOp {
+pub enum WriteOp {
     /// Sets the value at `path`.
     Put {
         /// Where.
         path: String,
         /// What.
-        value: FfiValue,
+        value: Value,
     },
     /// Inserts into a list; `path` ends with the index.
     Insert {
         /// Where.
         path: String,
         /// What.
-        value: FfiValue,
+        value: Value,
     },
     /// Appends to the list at `list`.
     Push {
         /// The list.
         list: String,
         /// What.
-        value: FfiValue,
+        value: Value,
     },
     /// Removes the value at `path`.
     Delete {
@@ -165,26 +165,26 @@ pub enum FfiWriteOp {
     },
 }
 
-impl TryFrom<FfiWriteOp> for WriteOp {
+impl TryFrom<WriteOp> for syncline::WriteOp {
     type Error = FfiError;
 
-    fn try_from(op: FfiWriteOp) -> Result<Self, FfiError> {
+    fn try_from(op: WriteOp) -> Result<Self, FfiError> {
         let path = |p: String| p.parse::<syncline::Path>().map_err(FfiError::from);
         Ok(match op {
-            FfiWriteOp::Put { path: p, value } => Self::Put {
+            WriteOp::Put { path: p, value } => Self::Put {
                 path: path(p)?,
                 value: value.into(),
             },
-            FfiWriteOp::Insert { path: p, value } => Self::Insert {
+            WriteOp::Insert { path: p, value } => Self::Insert {
                 path: path(p)?,
                 value: value.into(),
             },
-            FfiWriteOp::Push { list, value } => Self::Push {
+            WriteOp::Push { list, value } => Self::Push {
                 list: path(list)?,
                 value: value.into(),
             },
-            FfiWriteOp::Delete { path: p } => Self::Delete { path: path(p)? },
-            FfiWriteOp::SpliceText {
+            WriteOp::Delete { path: p } => Self::Delete { path: path(p)? },
+            WriteOp::SpliceText {
                 path: p,
                 index,
                 delete,
@@ -195,7 +195,7 @@ impl TryFrom<FfiWriteOp> for WriteOp {
                 delete: to_usize(delete)?,
                 insert,
             },
-            FfiWriteOp::Increment { path: p, by } => Self::Increment { path: path(p)?, by },
+            WriteOp::Increment { path: p, by } => Self::Increment { path: path(p)?, by },
         })
     }
 }
@@ -211,7 +211,7 @@ fn to_u64(n: usize) -> u64 {
 
 /// One durable change to one document, as listeners receive it.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
-pub struct FfiChangeEvent {
+pub struct ChangeEvent {
     /// The document, as `collection/id`.
     pub doc: String,
     /// True when the change came from another device.
@@ -221,22 +221,22 @@ pub struct FfiChangeEvent {
     /// True if the document is now deleted.
     pub deleted: bool,
     /// What changed, against the previous state.
-    pub patches: Vec<FfiPatch>,
+    pub patches: Vec<Patch>,
     /// The devices (32 hex digits each) whose changes this event brings: this store's own for
     /// a local write, the authors for a remote merge.
     pub devices: Vec<String>,
     /// The document's conflicts after this change (empty when it has none).
-    pub conflicts: Vec<crate::FfiConflict>,
+    pub conflicts: Vec<crate::Conflict>,
 }
 
-impl From<&ChangeEvent> for FfiChangeEvent {
-    fn from(event: &ChangeEvent) -> Self {
+impl From<&syncline::ChangeEvent> for ChangeEvent {
+    fn from(event: &syncline::ChangeEvent) -> Self {
         Self {
             doc: event.doc_id.to_string(),
             remote: event.origin == syncline::ChangeOrigin::Remote,
             heads: heads_to_strings(&event.heads),
             deleted: event.deleted,
-            patches: event.patches.iter().map(FfiPatch::from).collect(),
+            patches: event.patches.iter().map(Patch::from).collect(),
             devices: event.devices.iter().map(ToString::to_string).collect(),
             conflicts: event.conflicts.iter().map(Into::into).collect(),
         }
@@ -245,22 +245,22 @@ impl From<&ChangeEvent> for FfiChangeEvent {
 
 /// One change to a document's visible state: the object at `path` and what happened to it.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
-pub struct FfiPatch {
+pub struct Patch {
     /// The object that changed, as a JSON Pointer (`""` for the root).
     pub path: String,
     /// What happened.
-    pub action: FfiPatchAction,
+    pub action: PatchAction,
 }
 
-/// The kinds of [`FfiPatch`]; new objects appear as empty values, then patches fill them.
+/// The kinds of [`Patch`]; new objects appear as empty values, then patches fill them.
 #[derive(Debug, Clone, PartialEq, uniffi::Enum)]
-pub enum FfiPatchAction {
+pub enum PatchAction {
     /// A map key was set.
     PutMap {
         /// The key.
         key: String,
         /// Its new (winning) value.
-        value: FfiValue,
+        value: Value,
         /// True if concurrent values remain.
         conflict: bool,
     },
@@ -269,7 +269,7 @@ pub enum FfiPatchAction {
         /// Its index.
         index: u64,
         /// Its new (winning) value.
-        value: FfiValue,
+        value: Value,
         /// True if concurrent values remain.
         conflict: bool,
     },
@@ -278,7 +278,7 @@ pub enum FfiPatchAction {
         /// Where the first one went.
         index: u64,
         /// The inserted values.
-        values: Vec<FfiValue>,
+        values: Vec<Value>,
     },
     /// Text was inserted into a text object.
     SpliceText {
@@ -320,44 +320,44 @@ fn segment(prop: &Segment) -> String {
     }
 }
 
-impl From<&Patch> for FfiPatch {
-    fn from(patch: &Patch) -> Self {
+impl From<&syncline::Patch> for Patch {
+    fn from(patch: &syncline::Patch) -> Self {
         let action = match &patch.action {
-            PatchAction::PutMap {
+            syncline::PatchAction::PutMap {
                 key,
                 value,
                 conflict,
-            } => FfiPatchAction::PutMap {
+            } => PatchAction::PutMap {
                 key: key.clone(),
                 value: value.clone().into(),
                 conflict: *conflict,
             },
-            PatchAction::PutSeq {
+            syncline::PatchAction::PutSeq {
                 index,
                 value,
                 conflict,
-            } => FfiPatchAction::PutSeq {
+            } => PatchAction::PutSeq {
                 index: to_u64(*index),
                 value: value.clone().into(),
                 conflict: *conflict,
             },
-            PatchAction::Insert { index, values } => FfiPatchAction::Insert {
+            syncline::PatchAction::Insert { index, values } => PatchAction::Insert {
                 index: to_u64(*index),
-                values: values.iter().cloned().map(FfiValue::from).collect(),
+                values: values.iter().cloned().map(Value::from).collect(),
             },
-            PatchAction::SpliceText { index, text } => FfiPatchAction::SpliceText {
+            syncline::PatchAction::SpliceText { index, text } => PatchAction::SpliceText {
                 index: to_u64(*index),
                 text: text.clone(),
             },
-            PatchAction::Increment { prop, by } => FfiPatchAction::Increment {
+            syncline::PatchAction::Increment { prop, by } => PatchAction::Increment {
                 prop: segment(prop),
                 by: *by,
             },
-            PatchAction::Conflict { prop } => FfiPatchAction::Conflict {
+            syncline::PatchAction::Conflict { prop } => PatchAction::Conflict {
                 prop: segment(prop),
             },
-            PatchAction::DeleteMap { key } => FfiPatchAction::DeleteMap { key: key.clone() },
-            PatchAction::DeleteSeq { index, length } => FfiPatchAction::DeleteSeq {
+            syncline::PatchAction::DeleteMap { key } => PatchAction::DeleteMap { key: key.clone() },
+            syncline::PatchAction::DeleteSeq { index, length } => PatchAction::DeleteSeq {
                 index: to_u64(*index),
                 length: to_u64(*length),
             },
@@ -371,7 +371,7 @@ impl From<&Patch> for FfiPatch {
 
 /// One change in a document's history.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiChange {
+pub struct Change {
     /// The change's hash (hex).
     pub hash: String,
     /// The device that made it (hex), when its author is a Syncline device.
@@ -388,7 +388,7 @@ pub struct FfiChange {
     pub deps: Vec<String>,
 }
 
-impl From<ChangeInfo> for FfiChange {
+impl From<ChangeInfo> for Change {
     fn from(info: ChangeInfo) -> Self {
         Self {
             hash: info.hash.to_string(),
@@ -404,14 +404,14 @@ impl From<ChangeInfo> for FfiChange {
 
 /// A change no relay has acknowledged yet (the SDK's `PendingChange`).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
-pub struct FfiPendingChange {
+pub struct PendingChange {
     /// The document it belongs to (`collection/id`).
     pub doc: String,
     /// The change.
-    pub change: FfiChange,
+    pub change: Change,
 }
 
-impl From<syncline::PendingChange> for FfiPendingChange {
+impl From<syncline::PendingChange> for PendingChange {
     fn from(p: syncline::PendingChange) -> Self {
         Self {
             doc: p.doc_id.to_string(),

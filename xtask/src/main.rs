@@ -8,6 +8,7 @@
 //!   bindings into `target/bindings/<language>` with the in-workspace `uniffi-bindgen`.
 //! - `cargo xtask soak [--seconds N] [--seeds N] [--sim-seeds N]` runs the fault proxy and the
 //!   simulation long (outside CI).
+//! - `cargo xtask package` builds what apps install into `target/dist`: the Python wheel.
 //! - `cargo xtask size` builds the FFI library as apps ship it (profile `release-ffi`) and the
 //!   relay (`release`), and prints their stripped sizes against the library's 8 MB budget (a
 //!   benchmark: it reports, it does not fail).
@@ -16,9 +17,11 @@
 //! - `rust`: the whole Cargo workspace, doc tests included, with the simulation over 10,000
 //!   seeds (`CI_SIM_SEEDS`; a plain `cargo test` runs 1,000).
 //! - `python`: `maturin develop` of the package in `bindings/python` into the interpreter's
-//!   virtualenv, then pytest against a real `syncline-relay`. The interpreter is
-//!   `$SYNCLINE_PYTHON`, else `.venv/bin/python`, else `python3`; without maturin (or outside a
-//!   virtualenv) the suite tests the generated module directly and says so.
+//!   virtualenv, pytest against a real `syncline-relay`, `mypy --strict`, and the wheel in a
+//!   fresh virtual environment running `examples/python` (see `xtask/src/python.rs`). The
+//!   interpreter is `$SYNCLINE_PYTHON`, else `.venv/bin/python`, else `python3`; without
+//!   maturin (or outside a virtualenv) the suite tests the package assembled from the
+//!   generated module, and says what it skipped.
 //! - `kotlin`: `mvn install` of `bindings/kotlin` (JUnit over the generated sources, the native
 //!   library packaged in the jar, against a real relay), then the `examples/kotlin` app.
 //! - `js`: the protocol's second implementation (`tests/js`: a client on the official
@@ -40,6 +43,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context, bail};
 
 mod fuzz;
+mod python;
 
 /// The suites `cargo xtask test` knows, in the order it runs them.
 const SUITES: &[&str] = &["rust", "python", "kotlin", "js", "swift", "fuzz"];
@@ -78,10 +82,12 @@ fn run() -> anyhow::Result<bool> {
         ["fuzz", ref rest @ ..] => fuzz_command(rest),
         ["soak", ref rest @ ..] => soak(rest),
         ["size"] => size(),
+        ["package"] => package(),
         _ => bail!(
             "usage: cargo xtask test [{}] | cargo xtask bindings | \
              cargo xtask fuzz [--seconds N] [--keep] [TARGET...] | \
-             cargo xtask soak [--seconds N] [--seeds N] [--sim-seeds N] | cargo xtask size",
+             cargo xtask soak [--seconds N] [--seeds N] [--sim-seeds N] | cargo xtask size | \
+             cargo xtask package",
             SUITES.join("|")
         ),
     }
@@ -99,7 +105,7 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
         let started = std::time::Instant::now();
         let (ok, tally) = match suite {
             "rust" => rust_suite(),
-            "python" => python_suite(),
+            "python" => python::suite(),
             "kotlin" => kotlin_suite(),
             "js" => js_suite(),
             "swift" => swift_suite(),
@@ -308,6 +314,13 @@ fn stripped_size(path: &Path) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(&copy)?.len())
 }
 
+/// `cargo xtask package`: what an app installs, release-built, in `target/dist`.
+fn package() -> anyhow::Result<bool> {
+    let dist = target_dir().join("dist");
+    python::wheel(&dist, true)?;
+    Ok(true)
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
 }
@@ -372,6 +385,7 @@ fn bindings(languages: &[&str]) -> anyhow::Result<()> {
             // The generated module loads the library from its own directory.
             let name = library.file_name().context("library name")?;
             std::fs::copy(&library, out.join(name)).context("copying the library")?;
+            python::write_stub(&out.join("syncline_ffi.py"))?;
         }
         if *language == "swift" {
             install_swift_sources(&out)?;
@@ -381,14 +395,15 @@ fn bindings(languages: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies the generated Swift sources, header and module map into the SwiftPM package in
-/// `bindings/swift` (where they are ignored by git: they are build output).
+/// Copies the generated Swift sources (the module `SynclineCore` that the hand-written
+/// `Syncline` wraps), header and module map into the SwiftPM package in `bindings/swift`
+/// (where they are ignored by git: they are build output).
 fn install_swift_sources(generated: &Path) -> anyhow::Result<()> {
     let package = Path::new("bindings/swift/Sources");
     let copies = [
         (
-            "syncline_ffi.swift",
-            package.join("Syncline/syncline_ffi.swift"),
+            "SynclineCore.swift",
+            package.join("SynclineCore/SynclineCore.swift"),
         ),
         (
             "syncline_ffiFFI.h",
@@ -427,83 +442,6 @@ fn succeeds(program: &str, args: &[&str]) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// The package in `bindings/python`, installed with `maturin develop`, under pytest.
-fn python_suite() -> anyhow::Result<(bool, Tally)> {
-    let relay = build_relay()?;
-    let mut python = std::env::var("SYNCLINE_PYTHON").unwrap_or_else(|_| {
-        if Path::new(".venv/bin/python").exists() {
-            ".venv/bin/python".to_owned()
-        } else {
-            "python3".to_owned()
-        }
-    });
-    if python.contains('/') {
-        // maturin runs in bindings/python: a relative interpreter path must not move with it.
-        // (The venv's `python` is a symlink: keep it, absolute, rather than resolve it.)
-        python = std::path::absolute(&python)
-            .with_context(|| format!("the interpreter {python}"))?
-            .to_string_lossy()
-            .into_owned();
-    }
-    let mut pytest = Command::new(&python);
-    pytest
-        .args(["-m", "pytest", "-q", "bindings/python/tests"])
-        .env("SYNCLINE_RELAY_BIN", &relay);
-    let in_virtualenv = succeeds(
-        &python,
-        &["-c", "import sys; assert sys.prefix != sys.base_prefix"],
-    );
-    if in_virtualenv && succeeds(&python, &["-m", "maturin", "--version"]) {
-        let prefix = Command::new(&python)
-            .args(["-c", "import sys; print(sys.prefix)"])
-            .output()
-            .context("asking the interpreter for its virtualenv")?;
-        let venv = String::from_utf8_lossy(&prefix.stdout).trim().to_owned();
-        let status = Command::new(&python)
-            .args(["-m", "maturin", "develop", "--quiet"])
-            .current_dir("bindings/python")
-            .env("VIRTUAL_ENV", &venv)
-            .status()
-            .context("cannot start maturin")?;
-        if !status.success() {
-            bail!("maturin develop failed");
-        }
-    } else {
-        println!(
-            "xtask: no maturin in a virtualenv for {python}: testing the generated module \
-             without packaging it (.ci/run installs maturin into .venv)"
-        );
-        bindings(&["python"])?;
-        let module = std::fs::canonicalize(target_dir().join("bindings").join("python"))
-            .context("the generated module")?;
-        // The tests import the package `syncline`; outside maturin it is the bare module.
-        let package = module.join("package").join("syncline");
-        std::fs::create_dir_all(&package).context("creating the package directory")?;
-        for entry in std::fs::read_dir(&module).context("reading the generated module")? {
-            let path = entry?.path();
-            if path.is_file() {
-                std::fs::copy(&path, package.join(path.file_name().context("file name")?))
-                    .context("copying the generated module")?;
-            }
-        }
-        std::fs::write(package.join("__init__.py"), "from .syncline_ffi import *\n")
-            .context("writing the package")?;
-        pytest.env("PYTHONPATH", module.join("package"));
-    }
-    let what = format!("{python} (set SYNCLINE_PYTHON, or run .ci/run)");
-    stream(pytest, &what, |line, tally| {
-        // pytest's last line: "3 passed, 1 failed, 2 skipped in 0.52s".
-        if line.contains(" in ")
-            && (line.contains("passed") || line.contains("failed") || line.contains("error"))
-        {
-            let summary = line.split(" in ").next().unwrap_or("");
-            tally.passed += pytest_count(summary, "passed");
-            tally.failed += pytest_count(summary, "failed") + pytest_count(summary, "error");
-            tally.skipped += pytest_count(summary, "skipped");
-        }
-    })
 }
 
 /// `mvn install` in `bindings/kotlin` (its JUnit suite over the generated sources and the

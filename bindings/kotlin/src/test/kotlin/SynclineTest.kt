@@ -18,36 +18,36 @@ import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.BeforeEach
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
-import dev.syncline.ffi.FfiChangeEvent
-import dev.syncline.ffi.FfiCollectionSync
-import dev.syncline.ffi.FfiDeferReason
-import dev.syncline.ffi.FfiDeviceClass
-import dev.syncline.ffi.FfiProfile
-import dev.syncline.ffi.FfiSyncOptions
+import dev.syncline.ffi.ChangeEvent
+import dev.syncline.ffi.CollectionSync
+import dev.syncline.ffi.DeferReason
+import dev.syncline.ffi.DeviceClass
+import dev.syncline.ffi.Profile
+import dev.syncline.ffi.SyncOptions
 import dev.syncline.ffi.FfiChangeListener
-import dev.syncline.ffi.FfiPatchAction
-import dev.syncline.ffi.FfiValue
-import dev.syncline.ffi.FfiWriteOp
+import dev.syncline.ffi.PatchAction
+import dev.syncline.ffi.Value
+import dev.syncline.ffi.WriteOp
 import dev.syncline.ffi.FfiException
-import dev.syncline.ffi.FfiStatus
+import dev.syncline.ffi.SyncStatus
 import dev.syncline.ffi.FfiStatusListener
 import dev.syncline.ffi.FfiStore
-import dev.syncline.ffi.FfiStoreOptions
-import dev.syncline.ffi.FfiPriority
-import dev.syncline.ffi.FfiDurability
-import dev.syncline.ffi.FfiDisconnect
+import dev.syncline.ffi.StoreOptions
+import dev.syncline.ffi.Priority
+import dev.syncline.ffi.Durability
+import dev.syncline.ffi.Disconnect
 import dev.syncline.ffi.FfiSyncClient
 import dev.syncline.ffi.FfiTokenException
 import dev.syncline.ffi.FfiTokenProvider
-import dev.syncline.ffi.FfiSyncEnd
-import dev.syncline.ffi.FfiConflict
+import dev.syncline.ffi.SyncEnd
+import dev.syncline.ffi.Conflict
 import dev.syncline.ffi.FfiConflictListener
 import dev.syncline.ffi.FfiConflictResolver
-import dev.syncline.ffi.FfiConflictStrategy
-import dev.syncline.ffi.FfiEphemeral
+import dev.syncline.ffi.ConflictStrategy
+import dev.syncline.ffi.Ephemeral
 import dev.syncline.ffi.FfiEphemeralListener
-import dev.syncline.ffi.FfiSyncErrorEvent
-import dev.syncline.ffi.FfiSyncErrorKind
+import dev.syncline.ffi.SyncErrorEvent
+import dev.syncline.ffi.SyncErrorKind
 import dev.syncline.ffi.FfiSyncErrorListener
 
 /** A syncline-relay on 127.0.0.1 with a temporary data directory. */
@@ -125,17 +125,17 @@ class SynclineTest {
         val laptop = open("laptop")
         val doc = phone.createJson("todos", """{"title":"Walk the dog"}""")
         val heard = CountDownLatch(1)
-        val events = CopyOnWriteArrayList<FfiChangeEvent>()
+        val events = CopyOnWriteArrayList<ChangeEvent>()
         val subscription = laptop.watchCollection("todos", object : FfiChangeListener {
-            override fun onChange(event: FfiChangeEvent) {
+            override fun onChange(event: ChangeEvent) {
                 events.add(event)
                 if (event.remote) heard.countDown()
             }
         })
-        val statuses = CopyOnWriteArrayList<FfiStatus>()
+        val statuses = CopyOnWriteArrayList<SyncStatus>()
         val phoneClient = FfiSyncClient.start(phone, relay.url, listOf("todos"), Tokens(relay.token(phone.deviceId())))
         val statusSubscription = phoneClient.watchStatus(object : FfiStatusListener {
-            override fun onStatus(status: FfiStatus) {
+            override fun onStatus(status: SyncStatus) {
                 statuses.add(status)
             }
         })
@@ -152,12 +152,12 @@ class SynclineTest {
         assertTrue(
             remote.patches.any {
                 val action = it.action
-                action is FfiPatchAction.PutMap && action.key == "title" &&
-                    action.value == FfiValue.Str("Walk the dog")
+                action is PatchAction.PutMap && action.key == "title" &&
+                    action.value == Value.Str("Walk the dog")
             },
             remote.patches.toString(),
         )
-        assertTrue(statuses.any { it is FfiStatus.Synced }, statuses.toString())
+        assertTrue(statuses.any { it is SyncStatus.Synced }, statuses.toString())
         assertEquals(1uL to 1uL, phoneClient.subscriptionCount() to laptop.subscriptionCount())
         statusSubscription.cancel()
         subscription.cancel()
@@ -172,7 +172,7 @@ class SynclineTest {
         val store = open("phone")
         val client = FfiSyncClient.start(store, relay.url, listOf("todos"), Tokens("not-a-jwt"))
         assertThrows<FfiException.Unauthorized> { runBlocking { client.waitSynced(20_000u) } }
-        assertTrue(client.lastDisconnect() is FfiDisconnect.Unauthorized, client.lastDisconnect().toString())
+        assertTrue(client.lastDisconnect() is Disconnect.Unauthorized, client.lastDisconnect().toString())
         client.stop()
     }
 
@@ -234,9 +234,9 @@ class SynclineTest {
         val doc = phone.createJson("todos", """{"title":"Buy milk"}""")
         sync(phone)
         sync(laptop)
-        val heard = CopyOnWriteArrayList<FfiConflict>()
+        val heard = CopyOnWriteArrayList<Conflict>()
         val watching = laptop.watchConflicts(object : FfiConflictListener {
-            override fun onConflict(conflict: FfiConflict) {
+            override fun onConflict(conflict: Conflict) {
                 heard.add(conflict)
             }
         })
@@ -251,7 +251,7 @@ class SynclineTest {
         assertEquals(doc, conflict.doc)
         assertEquals("/title", conflict.path)
         assertEquals(
-            setOf(phone.deviceId() to FfiValue.Str("Buy oat milk"), laptop.deviceId() to FfiValue.Str("Buy almond milk")),
+            setOf(phone.deviceId() to Value.Str("Buy oat milk"), laptop.deviceId() to Value.Str("Buy almond milk")),
             conflict.values.map { it.device to it.value }.toSet(),
         )
         assertEquals(listOf(conflict), heard.toList())
@@ -262,9 +262,9 @@ class SynclineTest {
 
         // The app's own strategy resolves the next conflict as soon as the merge leaves it.
         laptop.setConflictResolver("todos", object : FfiConflictResolver {
-            override fun resolve(conflict: FfiConflict): FfiValue =
-                conflict.values.map { it.value }.filterIsInstance<FfiValue.Str>()
-                    .maxWith(compareBy<FfiValue.Str>({ it.value.length }, { it.value }))
+            override fun resolve(conflict: Conflict): Value =
+                conflict.values.map { it.value }.filterIsInstance<Value.Str>()
+                    .maxWith(compareBy<Value.Str>({ it.value.length }, { it.value }))
         })
         sync(laptop)
         sync(phone)
@@ -276,22 +276,22 @@ class SynclineTest {
         assertTrue(laptop.getJson(doc).contains("\"note\":\"almond\""), laptop.getJson(doc))
         assertTrue(laptop.document(doc).history().any { it.message == "resolve conflict (custom)" })
         assertThrows<FfiException.InvalidInput> {
-            laptop.setConflictStrategy("todos", FfiConflictStrategy.DevicePriority(listOf("nope")))
+            laptop.setConflictStrategy("todos", ConflictStrategy.DevicePriority(listOf("nope")))
         }
-        laptop.setConflictStrategy("todos", FfiConflictStrategy.DevicePriority(listOf(phone.deviceId())))
+        laptop.setConflictStrategy("todos", ConflictStrategy.DevicePriority(listOf(phone.deviceId())))
     }
 
     @Test
     fun aChosenIdWithOptionsInfoAndPendingChanges() {
-        val options = FfiStoreOptions(cacheBytes = 1uL shl 20, durability = FfiDurability.NORMAL)
+        val options = StoreOptions(cacheBytes = 1uL shl 20, durability = Durability.NORMAL)
         val store = FfiStore.openWith(File(dir, "tuned.db").path, options)
         val doc = store.createAt(
-            "todos/groceries", FfiValue.Object(mapOf("title" to FfiValue.Str("Milk"))), FfiPriority.HIGH,
+            "todos/groceries", Value.Object(mapOf("title" to Value.Str("Milk"))), Priority.HIGH,
         )
-        doc.put("/done", FfiValue.Bool(true))
+        doc.put("/done", Value.Bool(true))
         val info = store.info("todos/groceries")
         assertEquals("todos/groceries", info.id)
-        assertEquals(FfiPriority.HIGH, info.priority)
+        assertEquals(Priority.HIGH, info.priority)
         assertFalse(info.deleted)
         assertTrue(info.localChangeAtMs != null && info.remoteChangeAtMs == null, info.toString())
         val pending = store.pendingChanges()
@@ -299,7 +299,7 @@ class SynclineTest {
         assertEquals(doc.history().size, pending.size)
         assertEquals(setOf(store.deviceId()), pending.map { it.change.device }.toSet())
         assertThrows<FfiException.InvalidInput> {
-            store.createAt("todos/groceries", FfiValue.Object(emptyMap()), FfiPriority.NORMAL)
+            store.createAt("todos/groceries", Value.Object(emptyMap()), Priority.NORMAL)
         }
         assertThrows<FfiException.NotFound> { store.info("todos/nothing") }
     }
@@ -314,24 +314,24 @@ class SynclineTest {
     @Test
     fun typedValuesRoundTripWithHistoryAndTimeTravel() {
         val store = open("phone")
-        val doc = store.create("todos", FfiValue.Object(mapOf("title" to FfiValue.Str("Draft"))))
+        val doc = store.create("todos", Value.Object(mapOf("title" to Value.Str("Draft"))))
         val first = doc.heads()
         doc.apply(
             listOf(
-                FfiWriteOp.Put("/notes", FfiValue.Text("hello")),
-                FfiWriteOp.Put("/tags", FfiValue.Array(listOf(FfiValue.Str("home")))),
-                FfiWriteOp.Put("/votes", FfiValue.Counter(0)),
-                FfiWriteOp.Put("/blob", FfiValue.Bytes(byteArrayOf(0, -1))),
+                WriteOp.Put("/notes", Value.Text("hello")),
+                WriteOp.Put("/tags", Value.Array(listOf(Value.Str("home")))),
+                WriteOp.Put("/votes", Value.Counter(0)),
+                WriteOp.Put("/blob", Value.Bytes(byteArrayOf(0, -1))),
             ),
             "fill in",
         )
         doc.spliceText("/notes", 5uL, 0uL, " world")
         doc.increment("/votes", 3)
-        doc.apply(listOf(FfiWriteOp.Push("/tags", FfiValue.Str("errands"))), null)
-        assertEquals(FfiValue.Text("hello world"), doc.get("/notes"))
-        assertEquals(FfiValue.Counter(3), doc.get("/votes"))
-        assertEquals(FfiValue.Array(listOf(FfiValue.Str("home"), FfiValue.Str("errands"))), doc.get("/tags"))
-        val blob = doc.get("/blob") as FfiValue.Bytes
+        doc.apply(listOf(WriteOp.Push("/tags", Value.Str("errands"))), null)
+        assertEquals(Value.Text("hello world"), doc.get("/notes"))
+        assertEquals(Value.Counter(3), doc.get("/votes"))
+        assertEquals(Value.Array(listOf(Value.Str("home"), Value.Str("errands"))), doc.get("/tags"))
+        val blob = doc.get("/blob") as Value.Bytes
         assertTrue(blob.value.contentEquals(byteArrayOf(0, -1)))
         assertNull(doc.get("/missing"))
         val history = doc.history()
@@ -339,7 +339,7 @@ class SynclineTest {
         assertEquals("fill in", history[1].message)
         assertEquals(store.deviceId(), history[1].device)
         val then = doc.viewAt(first)
-        assertEquals(FfiValue.Str("Draft"), then.get("/title"))
+        assertEquals(Value.Str("Draft"), then.get("/title"))
         assertNull(then.get("/notes"))
         assertTrue(doc.diff(first, doc.heads()).isNotEmpty())
         assertThrows<FfiException.InvalidInput> { doc.get("/title/deeper") }
@@ -396,7 +396,7 @@ class SynclineTest {
         val client = FfiSyncClient.start(store, relay.url, listOf("todos"), provider)
         assertTrue(entered.await(20, TimeUnit.SECONDS))
         // While the provider blocks, the host's calls return: none of them waits on it.
-        assertFalse(client.status() is FfiStatus.Synced)
+        assertFalse(client.status() is SyncStatus.Synced)
         store.putJson(doc, "done", "true")
         client.pause()
         client.resume()
@@ -417,7 +417,7 @@ class SynclineTest {
     @Test
     fun oneStoreIsSharedByManyHostThreads() {
         val store = open("phone")
-        val shared = store.create("todos", FfiValue.Object(mapOf("votes" to FfiValue.Counter(0))))
+        val shared = store.create("todos", Value.Object(mapOf("votes" to Value.Counter(0))))
         val failures = CopyOnWriteArrayList<Throwable>()
         val threads = (0 until 4).map { n ->
             Thread {
@@ -434,7 +434,7 @@ class SynclineTest {
         threads.forEach { it.join(60_000) }
         assertEquals(emptyList<Throwable>(), failures)
         assertEquals(1 + 4 * 25, store.list("todos").size)
-        assertEquals(FfiValue.Counter(100), shared.get("/votes"))
+        assertEquals(Value.Counter(100), shared.get("/votes"))
     }
 
     @Test
@@ -443,18 +443,18 @@ class SynclineTest {
         val phone = open("phone")
         val docs = (0 until 3).map { camera.createJson("todos", """{"title":"photo $it"}""") }
         sync(camera)
-        val statuses = CopyOnWriteArrayList<FfiStatus>()
-        val options = FfiSyncOptions(
+        val statuses = CopyOnWriteArrayList<SyncStatus>()
+        val options = SyncOptions(
             relay.url,
-            listOf(FfiCollectionSync("todos", FfiPriority.HIGH, true)),
+            listOf(CollectionSync("todos", Priority.HIGH, true)),
             // Positional: the first field is named `class` in Rust.
-            FfiProfile(FfiDeviceClass.PHONE, null, 125_000uL, null, true, true, null),
+            Profile(DeviceClass.PHONE, null, 125_000uL, null, true, true, null),
             null,
             true,
         )
         val client = FfiSyncClient.startWith(phone, options, Tokens(relay.token(phone.deviceId())))
         val watching = client.watchStatus(object : FfiStatusListener {
-            override fun onStatus(status: FfiStatus) {
+            override fun onStatus(status: SyncStatus) {
                 statuses.add(status)
             }
         })
@@ -462,7 +462,7 @@ class SynclineTest {
         // Only the list: each document with its size, priority and why it waits.
         val deferred = client.deferred()
         assertEquals(docs.sorted(), deferred.map { it.docId }.sorted())
-        assertTrue(deferred.all { it.reason == FfiDeferReason.ON_DEMAND && it.priority == FfiPriority.HIGH && it.bytes > 0uL })
+        assertTrue(deferred.all { it.reason == DeferReason.ON_DEMAND && it.priority == Priority.HIGH && it.bytes > 0uL })
         assertTrue(deferred.all { it.changedMs != null })
         assertEquals(emptyList<String>(), phone.list("todos"))
         // Opening one fetches it; asking for another fetches it in the background.
@@ -478,9 +478,9 @@ class SynclineTest {
         client.setNetwork(false, null, null)
         assertEquals(emptyList<String>(), client.deferredUploads())
         assertThrows<FfiException.InvalidInput> { client.fetch(listOf("not an id")) }
-        val synced = statuses.filterIsInstance<FfiStatus.Synced>()
+        val synced = statuses.filterIsInstance<SyncStatus.Synced>()
         assertTrue(synced.isNotEmpty() && synced.last().overBudgetBytes == 0uL, statuses.toString())
-        statuses.filterIsInstance<FfiStatus.Syncing>().forEach {
+        statuses.filterIsInstance<SyncStatus.Syncing>().forEach {
             assertEquals(4, it.progress.downloadByPriority.size)
         }
         watching.cancel()
@@ -498,9 +498,9 @@ class SynclineTest {
     @Test
     fun aRefusedDocumentAStoreWideListenerAndTheHistoryOfSyncs() {
         val phone = open("phone")
-        val everything = CopyOnWriteArrayList<FfiChangeEvent>()
+        val everything = CopyOnWriteArrayList<ChangeEvent>()
         val watching = phone.watchAll(object : FfiChangeListener {
-            override fun onChange(event: FfiChangeEvent) {
+            override fun onChange(event: ChangeEvent) {
                 everything.add(event)
             }
         })
@@ -512,26 +512,26 @@ class SynclineTest {
 
         val token = relay.token(phone.deviceId(), read = "todos,notes", write = "todos")
         val client = FfiSyncClient.start(phone, relay.url, listOf("todos", "notes"), Tokens(token))
-        val events = CopyOnWriteArrayList<FfiSyncErrorEvent>()
+        val events = CopyOnWriteArrayList<SyncErrorEvent>()
         val errorSubscription = client.watchSyncErrors(object : FfiSyncErrorListener {
-            override fun onSyncError(event: FfiSyncErrorEvent) {
+            override fun onSyncError(event: SyncErrorEvent) {
                 events.add(event)
             }
         })
         eventually("the note is refused") { client.syncErrors().isNotEmpty() }
         val refused = client.syncErrors().single()
         assertEquals(note, refused.doc)
-        assertTrue(refused.kind is FfiSyncErrorKind.NotPermitted, refused.kind.toString())
+        assertTrue(refused.kind is SyncErrorKind.NotPermitted, refused.kind.toString())
         assertTrue(refused.message.contains("no write grant"), refused.message)
         assertNull(refused.retryAtMs)
         // The rest went on: the todo is acknowledged, the note stays pending.
         eventually("the todo is acknowledged") { phone.pendingDocuments() == listOf(note) }
         eventually("the listener heard it") { events.isNotEmpty() }
-        assertEquals(FfiSyncErrorEvent.Raised(refused), events.first())
+        assertEquals(SyncErrorEvent.Raised(refused), events.first())
         client.stop()
 
         val record = phone.syncHistory(10u).single()
-        assertTrue(record.end is FfiSyncEnd.Stopped, record.end.toString())
+        assertTrue(record.end is SyncEnd.Stopped, record.end.toString())
         assertEquals(relay.url, record.relay)
         assertFalse(record.session.isNullOrEmpty())
         assertEquals(1uL, record.refusedCount)
@@ -554,9 +554,9 @@ class SynclineTest {
             phoneClient.waitSynced(20_000u)
             laptopClient.waitSynced(20_000u)
         }
-        val heard = CopyOnWriteArrayList<FfiEphemeral>()
+        val heard = CopyOnWriteArrayList<Ephemeral>()
         val watching = laptopClient.watchEphemeral(doc, object : FfiEphemeralListener {
-            override fun onEphemeral(message: FfiEphemeral) {
+            override fun onEphemeral(message: Ephemeral) {
                 heard.add(message)
             }
         })

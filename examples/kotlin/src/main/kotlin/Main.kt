@@ -10,13 +10,13 @@ import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
 import kotlin.system.exitProcess
 import kotlinx.coroutines.runBlocking
-import dev.syncline.ffi.FfiChangeEvent
+import dev.syncline.ffi.ChangeEvent
 import dev.syncline.ffi.FfiChangeListener
 import dev.syncline.ffi.FfiException
 import dev.syncline.ffi.FfiStore
 import dev.syncline.ffi.FfiSyncClient
 import dev.syncline.ffi.FfiTokenProvider
-import dev.syncline.ffi.FfiValue
+import dev.syncline.ffi.Value
 
 /** A `syncline-relay serve` on 127.0.0.1 with its data in [dir]; its tokens are minted by
  *  the same binary from the development key it creates there. */
@@ -56,7 +56,7 @@ class LocalRelay(private val bin: String, private val dir: File) : AutoCloseable
 class RemoteChange(private val doc: String) : FfiChangeListener {
     val arrived = CountDownLatch(1)
 
-    override fun onChange(event: FfiChangeEvent) {
+    override fun onChange(event: ChangeEvent) {
         if (event.remote && event.doc == doc) arrived.countDown()
     }
 }
@@ -80,7 +80,7 @@ fun run(relayBin: String) {
 
 fun demo(relay: LocalRelay, phone: FfiStore, laptop: FfiStore) {
     // 1. Offline: no client runs yet, and the write is durable at once.
-    val todo = phone.create("todos", FfiValue.Object(mapOf("title" to FfiValue.Str("Buy milk"))))
+    val todo = phone.create("todos", Value.Object(mapOf("title" to Value.Str("Buy milk"))))
     step("phone, offline: created ${todo.id()}; pending: ${phone.pendingDocuments()}")
 
     // 2. Both devices connect; the laptop hears the phone's todo arrive.
@@ -98,7 +98,7 @@ fun demo(relay: LocalRelay, phone: FfiStore, laptop: FfiStore) {
 
     // 3. The laptop goes offline and edits; the edit waits in its store.
     laptopSync.pause()
-    laptop.document(todo.id()).put("/done", FfiValue.Bool(true))
+    laptop.document(todo.id()).put("/done", Value.Bool(true))
     step("laptop, offline: marked done; pending: ${laptop.pendingDocuments()}")
 
     // 4. It reconnects: the pending edit goes out, and the phone receives it.
@@ -108,7 +108,7 @@ fun demo(relay: LocalRelay, phone: FfiStore, laptop: FfiStore) {
     runBlocking { laptopSync.waitSynced(30_000u) }
     check(back.arrived.await(30, TimeUnit.SECONDS)) { "the phone never heard the edit" }
     val seen = phone.document(todo.id()).get("/done")
-    check(seen == FfiValue.Bool(true)) { "the phone sees done = $seen" }
+    check(seen == Value.Bool(true)) { "the phone sees done = $seen" }
     step("laptop reconnected; phone now has ${phone.getJson(todo.id())}")
     phoneListening.cancel()
     phoneSync.stop()
