@@ -8,7 +8,8 @@
 //!   bindings into `target/bindings/<language>` with the in-workspace `uniffi-bindgen`.
 //! - `cargo xtask soak [--seconds N] [--seeds N] [--sim-seeds N]` runs the fault proxy and the
 //!   simulation long (outside CI).
-//! - `cargo xtask package` builds what apps install into `target/dist`: the Python wheel.
+//! - `cargo xtask package` builds what apps install into `target/dist`: the Python wheel, and
+//!   the Kotlin jar (native library inside) in a Maven repository, `target/dist/maven`.
 //! - `cargo xtask size` builds the FFI library as apps ship it (profile `release-ffi`) and the
 //!   relay (`release`), and prints their stripped sizes against the library's 8 MB budget (a
 //!   benchmark: it reports, it does not fail).
@@ -22,8 +23,9 @@
 //!   interpreter is `$SYNCLINE_PYTHON`, else `.venv/bin/python`, else `python3`; without
 //!   maturin (or outside a virtualenv) the suite tests the package assembled from the
 //!   generated module, and says what it skipped.
-//! - `kotlin`: `mvn install` of `bindings/kotlin` (JUnit over the generated sources, the native
-//!   library packaged in the jar, against a real relay), then the `examples/kotlin` app.
+//! - `kotlin`: `mvn deploy` of `bindings/kotlin` into a file repository (JUnit over the native
+//!   API against a real relay, then the jar with the native library inside), then the
+//!   `examples/kotlin` app resolving that jar from there (see `xtask/src/kotlin.rs`).
 //! - `js`: the protocol's second implementation (`tests/js`: a client on the official
 //!   Automerge JS package, written from `docs/PROTOCOL.md` alone), `npm ci` then `node --test`
 //!   against a real relay and the Rust `syncline-todo` app.
@@ -43,6 +45,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{Context, bail};
 
 mod fuzz;
+mod kotlin;
 mod python;
 
 /// The suites `cargo xtask test` knows, in the order it runs them.
@@ -106,7 +109,7 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
         let (ok, tally) = match suite {
             "rust" => rust_suite(),
             "python" => python::suite(),
-            "kotlin" => kotlin_suite(),
+            "kotlin" => kotlin::suite(),
             "js" => js_suite(),
             "swift" => swift_suite(),
             "fuzz" => fuzz_suite(fuzz_build.take()),
@@ -318,6 +321,7 @@ fn stripped_size(path: &Path) -> anyhow::Result<u64> {
 fn package() -> anyhow::Result<bool> {
     let dist = target_dir().join("dist");
     python::wheel(&dist, true)?;
+    kotlin::jar(&dist.join("maven"))?;
     Ok(true)
 }
 
@@ -390,6 +394,9 @@ fn bindings(languages: &[&str]) -> anyhow::Result<()> {
         if *language == "swift" {
             install_swift_sources(&out)?;
         }
+        if *language == "kotlin" {
+            kotlin::internalize(&out.join("dev/syncline/syncline_ffi.kt"))?;
+        }
         println!("bindings: {language} in {}", out.display());
     }
     Ok(())
@@ -442,75 +449,6 @@ fn succeeds(program: &str, args: &[&str]) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// `mvn install` in `bindings/kotlin` (its JUnit suite over the generated sources and the
-/// built library, packaged into the jar), then the `examples/kotlin` app on that jar.
-fn kotlin_suite() -> anyhow::Result<(bool, Tally)> {
-    bindings(&["kotlin"])?;
-    let relay = build_relay()?;
-    let mvn = std::env::var("SYNCLINE_MVN").unwrap_or_else(|_| "mvn".to_owned());
-    let absolute =
-        |p: PathBuf| std::fs::canonicalize(&p).with_context(|| format!("{}", p.display()));
-    // The generated sources, the library and the relay, wherever the target directory is.
-    let sources = absolute(target_dir().join("bindings").join("kotlin"))?;
-    let native = absolute(target_dir().join("debug"))?;
-    let mut command = Command::new(&mvn);
-    command
-        .args([
-            "-B",
-            "--no-transfer-progress",
-            "install",
-            "-f",
-            "bindings/kotlin/pom.xml",
-        ])
-        .arg(format!("-Dgenerated.sources={}", sources.display()))
-        .arg(format!("-Dnative.dir={}", native.display()))
-        .arg(format!("-Drelay.bin={}", relay.display()));
-    let what = format!("{mvn} (install Maven and a JDK, or run .ci/run)");
-    let (ok, mut tally) = stream(command, &what, |line, tally| {
-        // Surefire's totals: "Tests run: 5, Failures: 0, Errors: 0, Skipped: 0" (per-class
-        // lines end with " -- in <class>").
-        if let Some(totals) = line
-            .split("Tests run: ")
-            .nth(1)
-            .filter(|t| !t.contains(" -- in "))
-        {
-            let field = |name: &str| -> u64 {
-                totals
-                    .split(", ")
-                    .find_map(|part| part.strip_prefix(name)?.trim().parse().ok())
-                    .unwrap_or(0)
-            };
-            let run = totals
-                .split(',')
-                .next()
-                .and_then(|n| n.trim().parse().ok())
-                .unwrap_or(0);
-            let failed = field("Failures: ") + field("Errors: ");
-            let skipped = field("Skipped: ");
-            tally.passed += run - failed.min(run) - skipped.min(run);
-            tally.failed += failed;
-            tally.skipped += skipped;
-        }
-    })?;
-    if !ok {
-        return Ok((false, tally));
-    }
-    let mut example = Command::new(&mvn);
-    example
-        .args([
-            "-B",
-            "-q",
-            "--no-transfer-progress",
-            "package",
-            "exec:exec",
-            "-f",
-            "examples/kotlin/pom.xml",
-        ])
-        .arg(format!("-Drelay.bin={}", relay.display()));
-    let example_ok = run_example(example, "examples/kotlin", &mut tally)?;
-    Ok((example_ok, tally))
 }
 
 /// The protocol's second implementation in `tests/js`: its pinned packages installed with
@@ -616,7 +554,23 @@ fn swift_suite() -> anyhow::Result<(bool, Tally)> {
         .env("SYNCLINE_RELAY_BIN", &relay)
         .env("SYNCLINE_LIB_DIR", &library_dir);
     let example_ok = run_example(example, "examples/swift", &mut tally)?;
-    Ok((example_ok, tally))
+    // A Swift 6 language-mode app of the native API, built (not run) with its warnings as
+    // errors (its Package.swift passes -warnings-as-errors): a concurrency diagnostic in how
+    // an app must use `Store` from the main actor and a detached task fails the suite.
+    let mut consumer = Command::new("swift");
+    consumer
+        .args([
+            "build",
+            "--package-path",
+            "bindings/swift/Fixtures/Swift6Consumer",
+        ])
+        .env("SYNCLINE_LIB_DIR", &library_dir);
+    let consumer_ok = run_example(
+        consumer,
+        "bindings/swift/Fixtures/Swift6Consumer (Swift 6 mode, built)",
+        &mut tally,
+    )?;
+    Ok((example_ok && consumer_ok, tally))
 }
 
 /// Runs `command`, printing its output as it comes and letting `parse` count each line;

@@ -302,13 +302,15 @@ class Document(_Readable):
         self._inner.resolve(path, to_value(value))
 
     @property
+    @translated
     def priority(self) -> Priority:
         """The document's sync priority (assignable)."""
-        return translated(self._inner.priority)()
+        return self._inner.priority()
 
     @priority.setter
+    @translated
     def priority(self, priority: Priority) -> None:
-        translated(self._inner.set_priority)(priority)
+        self._inner.set_priority(priority)
 
     @translated
     def all_conflicts(self) -> List[Conflict]:

@@ -4,19 +4,28 @@
 //     mvn -f examples/kotlin/pom.xml package exec:exec -Drelay.bin=/path/to/syncline-relay
 package dev.syncline.examples
 
+import dev.syncline.ChangeEvent
+import dev.syncline.Store
+import dev.syncline.SyncClient
+import dev.syncline.SyncError
+import dev.syncline.TokenProvider
 import java.io.File
 import java.nio.file.Files
-import java.util.concurrent.CountDownLatch
-import java.util.concurrent.TimeUnit
 import kotlin.system.exitProcess
+import kotlin.time.Duration.Companion.seconds
+import kotlinx.coroutines.CoroutineScope
+import kotlinx.coroutines.Deferred
+import kotlinx.coroutines.async
+import kotlinx.coroutines.coroutineScope
+import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.runBlocking
-import dev.syncline.ffi.ChangeEvent
-import dev.syncline.ffi.FfiChangeListener
-import dev.syncline.ffi.FfiException
-import dev.syncline.ffi.FfiStore
-import dev.syncline.ffi.FfiSyncClient
-import dev.syncline.ffi.FfiTokenProvider
-import dev.syncline.ffi.Value
+import kotlinx.coroutines.withTimeout
+import kotlinx.coroutines.yield
+import kotlinx.serialization.Serializable
+
+/** The app's own type: a document's content, decoded. */
+@Serializable
+data class Todo(val title: String, val done: Boolean = false)
 
 /** A `syncline-relay serve` on 127.0.0.1 with its data in [dir]; its tokens are minted by
  *  the same binary from the development key it creates there. */
@@ -34,17 +43,15 @@ class LocalRelay(private val bin: String, private val dir: File) : AutoCloseable
         url = "ws://" + line.substringAfterLast(' ').trim()
     }
 
-    /** A token for [device] that may read and write the `todos` collection. */
-    fun tokens(device: String): FfiTokenProvider {
+    /** Tokens for [device], allowed to read and write the `todos` collection. */
+    fun tokens(device: String): TokenProvider {
         val p = ProcessBuilder(
             bin, "token", "--data-dir", dir.path, "--user", "alice", "--device", device,
             "--read", "todos", "--write", "todos", "--ttl", "3600",
         ).start()
         val token = p.inputStream.bufferedReader().readText().trim()
         check(p.waitFor() == 0) { "minting a token failed" }
-        return object : FfiTokenProvider {
-            override fun token(): String = token
-        }
+        return TokenProvider { token }
     }
 
     override fun close() {
@@ -52,24 +59,17 @@ class LocalRelay(private val bin: String, private val dir: File) : AutoCloseable
     }
 }
 
-/** Counts down when a change from another device reaches [doc]'s collection. */
-class RemoteChange(private val doc: String) : FfiChangeListener {
-    val arrived = CountDownLatch(1)
-
-    override fun onChange(event: ChangeEvent) {
-        if (event.remote && event.doc == doc) arrived.countDown()
-    }
-}
-
 fun step(text: String) = println("• $text")
 
 fun run(relayBin: String) {
+    // The native library comes out of the jar (a JNA resource), not from a path set here.
+    check(System.getProperty("jna.library.path") == null) { "jna.library.path is set" }
     val dir = Files.createTempDirectory("syncline-example").toFile()
     try {
         LocalRelay(relayBin, File(dir, "relay")).use { relay ->
-            FfiStore.open(File(dir, "phone.db").path).use { phone ->
-                FfiStore.open(File(dir, "laptop.db").path).use { laptop ->
-                    demo(relay, phone, laptop)
+            Store.open(File(dir, "phone.db").path).use { phone ->
+                Store.open(File(dir, "laptop.db").path).use { laptop ->
+                    runBlocking { demo(relay, phone, laptop) }
                 }
             }
         }
@@ -78,41 +78,44 @@ fun run(relayBin: String) {
     }
 }
 
-fun demo(relay: LocalRelay, phone: FfiStore, laptop: FfiStore) {
+/** The first change from another device to [docId]; returns once the flow is collected
+ *  (subscribed), so that nothing that syncs after it can be missed. */
+suspend fun CoroutineScope.remoteChange(store: Store, docId: String): Deferred<ChangeEvent> {
+    val subscribed = store.subscriptionCount + 1
+    val change = async { store.changes("todos").first { it.remote && it.doc == docId } }
+    withTimeout(10_000) { while (store.subscriptionCount < subscribed) yield() }
+    return change
+}
+
+suspend fun demo(relay: LocalRelay, phone: Store, laptop: Store) = coroutineScope {
     // 1. Offline: no client runs yet, and the write is durable at once.
-    val todo = phone.create("todos", Value.Object(mapOf("title" to Value.Str("Buy milk"))))
-    step("phone, offline: created ${todo.id()}; pending: ${phone.pendingDocuments()}")
+    val todo = phone.insert("todos", Todo("Buy milk"))
+    step("phone, offline: created ${todo.id}; pending: ${phone.pendingDocuments()}")
 
     // 2. Both devices connect; the laptop hears the phone's todo arrive.
-    val heard = RemoteChange(todo.id())
-    val listening = laptop.watchCollection("todos", heard)
-    val phoneSync = FfiSyncClient.start(phone, relay.url, listOf("todos"), relay.tokens(phone.deviceId()))
-    val laptopSync = FfiSyncClient.start(laptop, relay.url, listOf("todos"), relay.tokens(laptop.deviceId()))
-    runBlocking {
-        phoneSync.waitSynced(30_000u)
-        laptopSync.waitSynced(30_000u)
-    }
-    check(heard.arrived.await(30, TimeUnit.SECONDS)) { "the laptop never heard the todo" }
-    step("laptop, online: received ${laptop.getJson(todo.id())}")
-    listening.cancel()
+    val heard = remoteChange(laptop, todo.id)
+    val phoneSync = SyncClient.start(phone, relay.url, listOf("todos"), tokens = relay.tokens(phone.deviceId))
+    val laptopSync = SyncClient.start(laptop, relay.url, listOf("todos"), tokens = relay.tokens(laptop.deviceId))
+    phoneSync.awaitSynced(30.seconds)
+    laptopSync.awaitSynced(30.seconds)
+    val arrived: ChangeEvent = withTimeout(30_000) { heard.await() }
+    step("laptop, online: received ${laptop.document(arrived.doc).decode<Todo>()}")
 
     // 3. The laptop goes offline and edits; the edit waits in its store.
     laptopSync.pause()
-    laptop.document(todo.id()).put("/done", Value.Bool(true))
+    laptop.document(todo.id).set("/done", true)
     step("laptop, offline: marked done; pending: ${laptop.pendingDocuments()}")
 
     // 4. It reconnects: the pending edit goes out, and the phone receives it.
-    val back = RemoteChange(todo.id())
-    val phoneListening = phone.watchCollection("todos", back)
+    val back = remoteChange(phone, todo.id)
     laptopSync.resume()
-    runBlocking { laptopSync.waitSynced(30_000u) }
-    check(back.arrived.await(30, TimeUnit.SECONDS)) { "the phone never heard the edit" }
-    val seen = phone.document(todo.id()).get("/done")
-    check(seen == Value.Bool(true)) { "the phone sees done = $seen" }
-    step("laptop reconnected; phone now has ${phone.getJson(todo.id())}")
-    phoneListening.cancel()
-    phoneSync.stop()
-    laptopSync.stop()
+    laptopSync.awaitSynced(30.seconds)
+    withTimeout(30_000) { back.await() }
+    val seen = phone.document(todo.id).decode<Todo>()
+    check(seen.done) { "the phone sees $seen" }
+    step("laptop reconnected; phone now has $seen")
+    phoneSync.close()
+    laptopSync.close()
     step("converged: both devices hold the same todo")
 }
 
@@ -124,7 +127,7 @@ fun main(args: Array<String>) {
     }
     try {
         run(relayBin)
-    } catch (e: FfiException) {
+    } catch (e: SyncError) {
         System.err.println("syncline error: ${e.message}")
         exitProcess(1)
     } catch (e: IllegalStateException) {

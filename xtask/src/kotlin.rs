@@ -1,0 +1,209 @@
+//! The Kotlin suite and the Kotlin package.
+//!
+//! - `suite`: `mvn deploy` of `bindings/kotlin` into a file repository under
+//!   `target/dist-test/maven` (the JUnit suite of the native API against a real relay, then
+//!   the jar carrying the native library as a JNA resource), then `examples/kotlin`, a separate
+//!   Maven project, resolving that jar from the file repository (the local repository's copy of
+//!   `dev.syncline` is removed first, so that it cannot come from there) and running with no
+//!   `jna.library.path`.
+//! - `jar`: the same deploy of a release build (profile `release-ffi`), tests skipped, into
+//!   `target/dist/maven` (`cargo xtask package`).
+//! - `internalize`: the step of `cargo xtask bindings` that hides the generated layer.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::{Tally, bindings, build_relay, run_cargo, run_example, stream, target_dir};
+
+fn mvn() -> String {
+    std::env::var("SYNCLINE_MVN").unwrap_or_else(|_| "mvn".to_owned())
+}
+
+fn absolute(path: PathBuf) -> anyhow::Result<PathBuf> {
+    std::fs::canonicalize(&path).with_context(|| format!("{}", path.display()))
+}
+
+/// `mvn deploy` of `bindings/kotlin` with the library of `native` into the repository `repo`.
+fn deploy(native: &Path, repo: &Path, relay: Option<&Path>) -> anyhow::Result<Command> {
+    // Absolute: Maven resolves a relative path against the project, not this directory.
+    let sources = absolute(target_dir().join("bindings").join("kotlin"))?;
+    let mut command = Command::new(mvn());
+    command
+        .args([
+            "-B",
+            "--no-transfer-progress",
+            "deploy",
+            "-f",
+            "bindings/kotlin/pom.xml",
+        ])
+        .arg(format!("-Dgenerated.sources={}", sources.display()))
+        .arg(format!("-Dnative.dir={}", native.display()))
+        .arg(format!("-Ddist.repo={}", repo.display()));
+    match relay {
+        Some(relay) => command.arg(format!("-Drelay.bin={}", relay.display())),
+        None => command.arg("-DskipTests"),
+    };
+    Ok(command)
+}
+
+/// A directory made absolute (and created) for Maven, which takes `file://` URLs.
+fn repository(path: PathBuf) -> anyhow::Result<PathBuf> {
+    if path.exists() {
+        std::fs::remove_dir_all(&path).with_context(|| format!("clearing {}", path.display()))?;
+    }
+    std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    absolute(path)
+}
+
+/// `cargo xtask package`: the release jar into the Maven repository `repo`.
+pub fn jar(repo: &Path) -> anyhow::Result<()> {
+    bindings(&["kotlin"])?;
+    run_cargo(&[
+        "build",
+        "-q",
+        "--profile",
+        "release-ffi",
+        "-p",
+        "syncline-ffi",
+        "--lib",
+    ])?;
+    let native = absolute(target_dir().join("release-ffi"))?;
+    let repo = repository(repo.to_path_buf())?;
+    let status = deploy(&native, &repo, None)?
+        .status()
+        .context("cannot start mvn")?;
+    if !status.success() {
+        bail!("mvn deploy of bindings/kotlin failed");
+    }
+    println!("package: dev.syncline:syncline in {}", repo.display());
+    Ok(())
+}
+
+/// The bindings' JUnit suite, deployed, then `examples/kotlin` on the deployed jar.
+pub fn suite() -> anyhow::Result<(bool, Tally)> {
+    bindings(&["kotlin"])?;
+    let relay = build_relay()?;
+    let native = absolute(target_dir().join("debug"))?;
+    let repo = repository(target_dir().join("dist-test").join("maven"))?;
+    let command = deploy(&native, &repo, Some(&relay))?;
+    let what = format!("{} (install Maven and a JDK, or run .ci/run)", mvn());
+    let (ok, mut tally) = stream(command, &what, |line, tally| {
+        // Surefire's totals: "Tests run: 5, Failures: 0, Errors: 0, Skipped: 0" (per-class
+        // lines end with " -- in <class>").
+        if let Some(totals) = line
+            .split("Tests run: ")
+            .nth(1)
+            .filter(|t| !t.contains(" -- in "))
+        {
+            let field = |name: &str| -> u64 {
+                totals
+                    .split(", ")
+                    .find_map(|part| part.strip_prefix(name)?.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let run = totals
+                .split(',')
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+            let failed = field("Failures: ") + field("Errors: ");
+            let skipped = field("Skipped: ");
+            tally.passed += run - failed.min(run) - skipped.min(run);
+            tally.failed += failed;
+            tally.skipped += skipped;
+        }
+    })?;
+    if !ok {
+        return Ok((false, tally));
+    }
+    forget_local_copy()?;
+    let mut example = Command::new(mvn());
+    example
+        .args([
+            "-B",
+            "-q",
+            "--no-transfer-progress",
+            "package",
+            "exec:exec",
+            "-f",
+            "examples/kotlin/pom.xml",
+        ])
+        .arg(format!("-Dsyncline.repo={}", repo.display()))
+        .arg(format!("-Drelay.bin={}", relay.display()));
+    let example_ok = run_example(
+        example,
+        "examples/kotlin (a separate project on the deployed jar)",
+        &mut tally,
+    )?;
+    Ok((example_ok, tally))
+}
+
+/// Removes `dev/syncline` from the local Maven repository (`~/.m2/repository`, or
+/// `$SYNCLINE_M2_REPOSITORY`), where an earlier `mvn install` may have left the bindings: the
+/// example must resolve them from the file repository.
+fn forget_local_copy() -> anyhow::Result<()> {
+    let local = match std::env::var_os("SYNCLINE_M2_REPOSITORY") {
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::var_os("HOME") {
+            Some(home) => Path::new(&home).join(".m2/repository"),
+            None => return Ok(()),
+        },
+    };
+    let ours = local.join("dev").join("syncline").join("syncline");
+    if ours.exists() {
+        std::fs::remove_dir_all(&ours).with_context(|| format!("removing {}", ours.display()))?;
+    }
+    Ok(())
+}
+
+/// Makes the generated Kotlin's wrapped layer `internal`: the objects, callback interfaces
+/// and errors (`FfiStore`, `FfiChangeListener`, `FfiException`...) with their converters, so
+/// that `dev.syncline` shows only the native API (src/main/kotlin) and the records and enums
+/// it shares with the generated code. uniffi has no setting for this; the declarations are
+/// found by name (a `Ffi` prefix that is not uniffi's own `FfiConverter...`), and a change of
+/// uniffi's output fails the Kotlin build (a public declaration exposing an internal type).
+pub fn internalize(file: &Path) -> anyhow::Result<()> {
+    let source =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut out = String::with_capacity(source.len() + 4096);
+    let mut changed = 0;
+    for line in source.lines() {
+        out.push_str(
+            &internalized(line)
+                .inspect(|_| changed += 1)
+                .unwrap_or_else(|| line.to_owned()),
+        );
+        out.push('\n');
+    }
+    if changed == 0 {
+        bail!(
+            "found no Ffi declaration to make internal in {}",
+            file.display()
+        );
+    }
+    std::fs::write(file, out).with_context(|| format!("writing {}", file.display()))
+}
+
+/// The line declaring a wrapped type of the generated layer, made `internal`.
+fn internalized(line: &str) -> Option<String> {
+    let (modifiers, rest) = ["public ", "open ", "sealed ", ""].iter().find_map(|m| {
+        let rest = line.strip_prefix(m)?;
+        ["class ", "interface ", "object "]
+            .iter()
+            .any(|k| rest.starts_with(k))
+            .then_some((m.trim_end(), rest))
+    })?;
+    let name = rest.split_once(' ')?.1;
+    let name = name.trim_start_matches("FfiConverterType");
+    let wrapped = name.starts_with("Ffi") && !name.starts_with("FfiConverter");
+    if !wrapped {
+        return None;
+    }
+    let kept = if modifiers == "public" { "" } else { modifiers };
+    Some(format!(
+        "internal {kept}{}{rest}",
+        if kept.is_empty() { "" } else { " " }
+    ))
+}
