@@ -8,6 +8,7 @@
 //! syncline-bench group  [--seconds S] [--threads 4] [--durability full|normal]
 //!                                               N threads vs 1 thread, writes per second
 //! syncline-bench open   [--docs N]              open a store holding N documents
+//! syncline-bench read   [--reads N]             one read: SDK, FFI facade, bare Automerge
 //! syncline-bench load   [--changes N] [--chunks C]  first read of a long-history document
 //! syncline-bench memory [--docs N] [--cache-mb M]  RSS after reading N documents
 //! syncline-bench relay-connections [--count N]  idle connections held, bytes each
@@ -24,6 +25,7 @@
 //! Add `--json` for one JSON object per scenario.
 
 mod abuse;
+mod bindings;
 mod capabilities;
 mod relay;
 mod sync;
@@ -63,6 +65,12 @@ enum Scenario {
         /// Threads in the concurrent run.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+    },
+    /// Per-call cost of a document read through the SDK and the FFI facade, against a bare
+    /// Automerge read (the Rust side of the bindings' overhead benchmarks).
+    Read {
+        #[arg(long, default_value_t = 200_000)]
+        reads: usize,
     },
     /// Time to open a store holding N documents.
     Open {
@@ -188,6 +196,7 @@ fn main() -> anyhow::Result<()> {
             group(Duration::from_secs_f64(seconds), durability, threads)?
         }
         Scenario::Open { docs } => open(docs)?,
+        Scenario::Read { reads } => bindings::read(reads)?,
         Scenario::Load { changes, chunks } => load(changes, chunks)?,
         Scenario::Memory {
             docs,

@@ -1,12 +1,15 @@
-// swift-tools-version:5.9
-// Syncline for Swift: the uniffi bindings of `syncline-ffi` as a SwiftPM package, linked against
-// the native library the workspace builds (`cargo xtask bindings` copies the generated Swift,
-// header and module map into `Sources/`; they are build output and not committed).
+// swift-tools-version:5.10
+// Syncline for Swift: the SwiftPM package of the module `Syncline`, the native API apps import,
+// over `SynclineCore`, the uniffi bindings of `syncline-ffi`, linked against the native library
+// the workspace builds. `cargo xtask bindings` copies the generated Swift, header and module
+// map into `Sources/`; they are build output and not committed. `Sources/Syncline` is
+// hand-written.
 //
 // The library is found in $SYNCLINE_LIB_DIR (set by `cargo xtask test swift`), else in the
 // workspace's `target/debug`; it is linked with an rpath to that directory, so tests and apps
-// built here load it at run time without DYLD_LIBRARY_PATH / LD_LIBRARY_PATH. An iOS app
-// links a static XCFramework instead: see docs/IOS.md.
+// built here load it at run time without DYLD_LIBRARY_PATH / LD_LIBRARY_PATH. An app for Apple
+// platforms links a static XCFramework instead, through the package in `apple/` (see
+// docs/IOS.md).
 
 import Foundation
 import PackageDescription
@@ -27,8 +30,8 @@ let libraryDirectory: String = {
 
 let package = Package(
     name: "Syncline",
-    // The generated bindings use async/await (`waitSynced`).
-    platforms: [.macOS(.v12)],
+    // `Duration` (the timeouts of `waitSynced` and `open`) needs macOS 13 / iOS 16.
+    platforms: [.macOS(.v13), .iOS(.v16)],
     products: [
         .library(name: "Syncline", targets: ["Syncline"]),
     ],
@@ -43,11 +46,13 @@ let package = Package(
             name: "syncline_ffiFFI",
             path: "Sources/SynclineFFI"
         ),
-        // The generated Swift (Sources/Syncline/syncline_ffi.swift).
+        // The generated Swift (Sources/SynclineCore/SynclineCore.swift): `FfiStore`,
+        // `FfiSyncClient`, the records and enums, `FfiError`. Public, as uniffi generates it,
+        // but an implementation detail: apps import `Syncline`.
         .target(
-            name: "Syncline",
+            name: "SynclineCore",
             dependencies: ["syncline_ffiFFI"],
-            path: "Sources/Syncline",
+            path: "Sources/SynclineCore",
             linkerSettings: [
                 .linkedLibrary("syncline_ffi"),
                 .unsafeFlags([
@@ -55,6 +60,16 @@ let package = Package(
                     "-Xlinker", "-rpath", "-Xlinker", libraryDirectory,
                 ]),
             ]
+        ),
+        // The native API, hand-written: `Store`, `Document`, `SyncClient`, `SyncError`, async
+        // streams, Codable; one `SynclineCore` call per call. Checked for complete concurrency
+        // safety (warnings in this Swift 5 mode package; Fixtures/Swift6Consumer builds a
+        // Swift 6 client of it with warnings as errors).
+        .target(
+            name: "Syncline",
+            dependencies: ["SynclineCore"],
+            path: "Sources/Syncline",
+            swiftSettings: [.enableUpcomingFeature("StrictConcurrency")]
         ),
         .testTarget(
             name: "SynclineTests",

@@ -1,5 +1,5 @@
 // swift-tools-version:5.9
-// Syncline from Swift: a command-line app on the `Syncline` library of bindings/swift.
+// Syncline from Swift: a command-line app on the native `Syncline` library of bindings/swift.
 //
 // The dependency goes through the symbolic link `syncline-bindings` (-> ../../bindings/swift)
 // rather than the path ../../bindings/swift itself: SwiftPM names a local package after its
@@ -10,7 +10,8 @@ import PackageDescription
 
 let package = Package(
     name: "SynclineExample",
-    platforms: [.macOS(.v12)],
+    // As the bindings package: `Duration` needs macOS 13.
+    platforms: [.macOS(.v13)],
     dependencies: [
         .package(path: "syncline-bindings"),
     ],

@@ -8,8 +8,10 @@
 //!   bindings into `target/bindings/<language>` with the in-workspace `uniffi-bindgen`.
 //! - `cargo xtask soak [--seconds N] [--seeds N] [--sim-seeds N]` runs the fault proxy and the
 //!   simulation long (outside CI).
-//! - `cargo xtask package` builds what apps install into `target/dist`: the Python wheel, and
-//!   the Kotlin jar (native library inside) in a Maven repository, `target/dist/maven`.
+//! - `cargo xtask package` builds what apps install into `target/dist`: the Python wheel, the
+//!   Kotlin jar (native library inside) in a Maven repository, `target/dist/maven`, and the
+//!   Swift package for Apple platforms, `target/dist/swift/SynclineKit` (its XCFramework only
+//!   on a Mac; see `xtask/src/swift.rs`).
 //! - `cargo xtask size` builds the FFI library as apps ship it (profile `release-ffi`) and the
 //!   relay (`release`), and prints their stripped sizes against the library's 8 MB budget (a
 //!   benchmark: it reports, it does not fail).
@@ -47,6 +49,7 @@ use anyhow::{Context, bail};
 mod fuzz;
 mod kotlin;
 mod python;
+mod swift;
 
 /// The suites `cargo xtask test` knows, in the order it runs them.
 const SUITES: &[&str] = &["rust", "python", "kotlin", "js", "swift", "fuzz"];
@@ -111,7 +114,7 @@ fn test(suites: &[&str]) -> anyhow::Result<bool> {
             "python" => python::suite(),
             "kotlin" => kotlin::suite(),
             "js" => js_suite(),
-            "swift" => swift_suite(),
+            "swift" => swift::suite(),
             "fuzz" => fuzz_suite(fuzz_build.take()),
             other => bail!("no runner for suite {other}"),
         }
@@ -322,6 +325,7 @@ fn package() -> anyhow::Result<bool> {
     let dist = target_dir().join("dist");
     python::wheel(&dist, true)?;
     kotlin::jar(&dist.join("maven"))?;
+    swift::package(&dist.join("swift"))?;
     Ok(true)
 }
 
@@ -392,41 +396,12 @@ fn bindings(languages: &[&str]) -> anyhow::Result<()> {
             python::write_stub(&out.join("syncline_ffi.py"))?;
         }
         if *language == "swift" {
-            install_swift_sources(&out)?;
+            swift::install_sources(&out)?;
         }
         if *language == "kotlin" {
             kotlin::internalize(&out.join("dev/syncline/syncline_ffi.kt"))?;
         }
         println!("bindings: {language} in {}", out.display());
-    }
-    Ok(())
-}
-
-/// Copies the generated Swift sources (the module `SynclineCore` that the hand-written
-/// `Syncline` wraps), header and module map into the SwiftPM package in `bindings/swift`
-/// (where they are ignored by git: they are build output).
-fn install_swift_sources(generated: &Path) -> anyhow::Result<()> {
-    let package = Path::new("bindings/swift/Sources");
-    let copies = [
-        (
-            "SynclineCore.swift",
-            package.join("SynclineCore/SynclineCore.swift"),
-        ),
-        (
-            "syncline_ffiFFI.h",
-            package.join("SynclineFFI/include/syncline_ffiFFI.h"),
-        ),
-        (
-            "syncline_ffiFFI.modulemap",
-            package.join("SynclineFFI/include/module.modulemap"),
-        ),
-    ];
-    for (name, to) in copies {
-        if let Some(dir) = to.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        std::fs::copy(generated.join(name), &to)
-            .with_context(|| format!("copying {name} to {}", to.display()))?;
     }
     Ok(())
 }
@@ -512,65 +487,6 @@ fn run_example(command: Command, name: &str, tally: &mut Tally) -> anyhow::Resul
         tally.failed += 1;
     }
     Ok(ok)
-}
-
-/// `swift test` of the SwiftPM package in `bindings/swift`, then the `examples/swift` app,
-/// where a Swift toolchain is on PATH; elsewhere, one skipped test and a line saying why.
-fn swift_suite() -> anyhow::Result<(bool, Tally)> {
-    if !succeeds("swift", &["--version"]) {
-        println!(
-            "swift: SKIPPED: no Swift toolchain on PATH here. The XCTest suite in \
-             bindings/swift and the examples/swift app run wherever `swift` is installed."
-        );
-        return Ok((
-            true,
-            Tally {
-                skipped: 1,
-                ..Tally::default()
-            },
-        ));
-    }
-    bindings(&["swift"])?;
-    let relay = build_relay()?;
-    let library_dir =
-        std::fs::canonicalize(target_dir().join("debug")).context("the library directory")?;
-    let mut command = Command::new("swift");
-    command
-        .args(["test", "--package-path", "bindings/swift"])
-        .env("SYNCLINE_RELAY_BIN", &relay)
-        .env("SYNCLINE_LIB_DIR", &library_dir);
-    let (ok, mut tally) = stream(command, "swift test", |line, tally| {
-        // The last "Executed ..." line is the whole run's (earlier ones are per suite).
-        if let Some(totals) = xctest_totals(line) {
-            *tally = totals;
-        }
-    })?;
-    if !ok {
-        return Ok((false, tally));
-    }
-    let mut example = Command::new("swift");
-    example
-        .args(["run", "--package-path", "examples/swift"])
-        .env("SYNCLINE_RELAY_BIN", &relay)
-        .env("SYNCLINE_LIB_DIR", &library_dir);
-    let example_ok = run_example(example, "examples/swift", &mut tally)?;
-    // A Swift 6 language-mode app of the native API, built (not run) with its warnings as
-    // errors (its Package.swift passes -warnings-as-errors): a concurrency diagnostic in how
-    // an app must use `Store` from the main actor and a detached task fails the suite.
-    let mut consumer = Command::new("swift");
-    consumer
-        .args([
-            "build",
-            "--package-path",
-            "bindings/swift/Fixtures/Swift6Consumer",
-        ])
-        .env("SYNCLINE_LIB_DIR", &library_dir);
-    let consumer_ok = run_example(
-        consumer,
-        "bindings/swift/Fixtures/Swift6Consumer (Swift 6 mode, built)",
-        &mut tally,
-    )?;
-    Ok((example_ok && consumer_ok, tally))
 }
 
 /// Runs `command`, printing its output as it comes and letting `parse` count each line;

@@ -15,7 +15,13 @@ import Musl
 import Darwin
 #endif
 
-/// What went wrong in the story (as opposed to an `FfiError` from the SDK).
+/// A todo, as the app models it: documents are read back into it with `decode`.
+struct Todo: Codable {
+    var title: String
+    var done: Bool
+}
+
+/// What went wrong in the story (as opposed to a `SyncError` from the SDK).
 struct ExampleError: Error, CustomStringConvertible {
     let description: String
 
@@ -66,8 +72,10 @@ final class LocalRelay {
         self.process = process
     }
 
-    /// A token provider for `device` that may read and write the `todos` collection.
-    func tokens(device: String) throws -> FfiTokenProvider {
+    /// A token for `device` that may read and write the `todos` collection. A real app's token
+    /// closure fetches one from its backend (the SDK calls it on a thread of its own, so it may
+    /// block while it does).
+    func token(device: String) throws -> String {
         let minter = Process()
         minter.executableURL = URL(fileURLWithPath: bin)
         minter.arguments = [
@@ -82,9 +90,8 @@ final class LocalRelay {
         guard minter.terminationStatus == 0 else {
             throw ExampleError("minting a token failed (exit status \(minter.terminationStatus))")
         }
-        let token = String(decoding: output, as: UTF8.self)
+        return String(decoding: output, as: UTF8.self)
             .trimmingCharacters(in: .whitespacesAndNewlines)
-        return FixedToken(token)
     }
 
     func close() {
@@ -95,106 +102,76 @@ final class LocalRelay {
     }
 }
 
-/// The same token every time. The SDK calls `token()` on one of its own threads, so a real app
-/// may block in it while it refreshes a token from its backend.
-final class FixedToken: FfiTokenProvider {
-    let value: String
-
-    init(_ value: String) {
-        self.value = value
-    }
-
-    func token() -> String {
-        value
-    }
-}
-
-/// Opens when a change from another device reaches `doc`. Listeners are called on the SDK's
-/// threads (an app hops to the main actor before it touches its UI).
-final class RemoteChange: FfiChangeListener, @unchecked Sendable {
-    private let doc: String
-    private let condition = NSCondition()
-    private var arrived = false
-
-    init(doc: String) {
-        self.doc = doc
-    }
-
-    func onChange(event: FfiChangeEvent) {
-        guard event.remote, event.doc == doc else {
-            return
-        }
-        condition.lock()
-        arrived = true
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    /// True if the change arrived within `seconds`.
-    func wait(seconds: Double) -> Bool {
-        let deadline = Date(timeIntervalSinceNow: seconds)
-        condition.lock()
-        defer { condition.unlock() }
-        while !arrived {
-            if !condition.wait(until: deadline) {
-                break
-            }
-        }
-        return arrived
-    }
-}
-
 func step(_ text: String) {
     print("• \(text)")
 }
 
-func demo(relay: LocalRelay, phone: FfiStore, laptop: FfiStore) async throws {
-    // 1. Offline: no client runs yet, and the write is durable at once.
-    let todo = try phone.create(
-        collection: "todos", initial: .object(entries: ["title": .str(value: "Buy milk")]))
-    let waiting = try phone.pendingDocuments()
-    step("phone, offline: created \(todo.id()); pending: \(waiting)")
+/// The first change another device made to `doc` that `changes` yields, or nil when none came
+/// within `timeout`. The loop runs in a child task, which the timeout cancels (and with it the
+/// stream's subscription).
+func remoteChange(
+    to doc: String, in changes: AsyncStream<ChangeEvent>, within timeout: Duration
+) async -> ChangeEvent? {
+    await withTaskGroup(of: ChangeEvent?.self) { group in
+        group.addTask {
+            for await event in changes where event.remote && event.doc == doc {
+                return event
+            }
+            return nil
+        }
+        group.addTask {
+            try? await Task.sleep(for: timeout)
+            return nil
+        }
+        let first = await group.next() ?? nil
+        group.cancelAll()
+        return first
+    }
+}
 
-    // 2. Both devices connect; the laptop hears the phone's todo arrive.
-    let heard = RemoteChange(doc: todo.id())
-    let listening = try laptop.watchCollection(collection: "todos", listener: heard)
-    let phoneSync = try FfiSyncClient.start(
-        store: phone, relayUrl: relay.url, collections: ["todos"],
-        tokens: relay.tokens(device: phone.deviceId()))
-    let laptopSync = try FfiSyncClient.start(
-        store: laptop, relayUrl: relay.url, collections: ["todos"],
-        tokens: relay.tokens(device: laptop.deviceId()))
+func demo(relay: LocalRelay, phone: Store, laptop: Store) async throws {
+    // 1. Offline: no client runs yet, and the write is durable at once.
+    let todo = try phone.insert(Todo(title: "Buy milk", done: false), into: "todos")
+    let waiting = try phone.pendingDocuments()
+    step("phone, offline: created \(todo.id); pending: \(waiting)")
+
+    // 2. Both devices connect; the laptop hears the phone's todo arrive. The stream subscribes
+    // now, so nothing that arrives from here on is missed.
+    let arriving = try laptop.changes(in: "todos")
+    let phoneToken = try relay.token(device: phone.deviceId)
+    let phoneSync = try SyncClient.start(
+        phone, relayURL: relay.url, collections: ["todos"], tokens: { phoneToken })
+    let laptopToken = try relay.token(device: laptop.deviceId)
+    let laptopSync = try SyncClient.start(
+        laptop, relayURL: relay.url, collections: ["todos"], tokens: { laptopToken })
     // Waiting suspends this task; no thread blocks on the network.
-    _ = try await phoneSync.waitSynced(timeoutMs: 30_000)
-    _ = try await laptopSync.waitSynced(timeoutMs: 30_000)
-    guard heard.wait(seconds: 30) else {
+    try await phoneSync.waitSynced(timeout: .seconds(30))
+    try await laptopSync.waitSynced(timeout: .seconds(30))
+    guard await remoteChange(to: todo.id, in: arriving, within: .seconds(30)) != nil else {
         throw ExampleError("the laptop never heard the todo")
     }
-    let received = try laptop.getJson(docId: todo.id())
-    step("laptop, online: received \(received)")
-    listening.cancel()
+    let received = try laptop.document(todo.id).decode(Todo.self)
+    step("laptop, online: received \"\(received.title)\", done: \(received.done)")
 
     // 3. The laptop goes offline and edits; the edit waits in its store.
     laptopSync.pause()
-    try laptop.document(docId: todo.id()).put(path: "/done", value: .bool(value: true))
+    try laptop.document(todo.id).put(.bool(value: true), at: "/done")
     let edited = try laptop.pendingDocuments()
     step("laptop, offline: marked done; pending: \(edited)")
 
     // 4. It reconnects: the pending edit goes out, and the phone receives it.
-    let back = RemoteChange(doc: todo.id())
-    let phoneListening = try phone.watchCollection(collection: "todos", listener: back)
+    let back = try phone.changes(in: "todos")
     laptopSync.resume()
-    _ = try await laptopSync.waitSynced(timeoutMs: 30_000)
-    guard back.wait(seconds: 30) else {
+    try await laptopSync.waitSynced(timeout: .seconds(30))
+    guard await remoteChange(to: todo.id, in: back, within: .seconds(30)) != nil else {
         throw ExampleError("the phone never heard the edit")
     }
-    let seen = try phone.document(docId: todo.id()).get(path: "/done")
-    guard seen == FfiValue.bool(value: true) else {
-        throw ExampleError("the phone sees done = \(String(describing: seen))")
+    let seen = try todo.decode(Todo.self)
+    guard seen.done else {
+        throw ExampleError("the phone sees done = \(seen.done)")
     }
-    let converged = try phone.getJson(docId: todo.id())
+    let converged = try phone.getJSON(todo.id)
     step("laptop reconnected; phone now has \(converged)")
-    phoneListening.cancel()
     phoneSync.stop()
     laptopSync.stop()
     step("converged: both devices hold the same todo")
@@ -208,8 +185,8 @@ func run(relayBin: String) async throws {
     let relay = try LocalRelay(bin: relayBin, dir: dir.appendingPathComponent("relay"))
     defer { relay.close() }
     // A store closes when its last reference goes (here, when `run` returns).
-    let phone = try FfiStore.open(path: dir.appendingPathComponent("phone.db").path)
-    let laptop = try FfiStore.open(path: dir.appendingPathComponent("laptop.db").path)
+    let phone = try Store.open(dir.appendingPathComponent("phone.db").path)
+    let laptop = try Store.open(dir.appendingPathComponent("laptop.db").path)
     try await demo(relay: relay, phone: phone, laptop: laptop)
 }
 
@@ -225,7 +202,7 @@ else {
 }
 do {
     try await run(relayBin: relayBin)
-} catch let error as FfiError {
+} catch let error as SyncError {
     fail("syncline error: \(error)", status: 1)
 } catch {
     fail("failed: \(error)", status: 1)
