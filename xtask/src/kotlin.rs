@@ -40,12 +40,25 @@ fn deploy(native: &Path, repo: &Path, relay: Option<&Path>) -> anyhow::Result<Co
         ])
         .arg(format!("-Dgenerated.sources={}", sources.display()))
         .arg(format!("-Dnative.dir={}", native.display()))
+        .arg(format!("-Dnative.platform={}", jna_platform()))
         .arg(format!("-Ddist.repo={}", repo.display()));
     match relay {
         Some(relay) => command.arg(format!("-Drelay.bin={}", relay.display())),
         None => command.arg("-DskipTests"),
     };
     Ok(command)
+}
+
+/// The resource directory JNA looks in for this machine's library (`linux-x86-64`,
+/// `darwin-aarch64`, ...): the jar carries the library there.
+fn jna_platform() -> &'static str {
+    match (std::env::consts::OS, std::env::consts::ARCH) {
+        ("macos", "aarch64") => "darwin-aarch64",
+        ("macos", _) => "darwin-x86-64",
+        ("windows", _) => "win32-x86-64",
+        (_, "aarch64") => "linux-aarch64",
+        _ => "linux-x86-64",
+    }
 }
 
 /// A directory made absolute (and created) for Maven, which takes `file://` URLs.
