@@ -171,12 +171,14 @@ fn forget_local_copy() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes the generated Kotlin's wrapped layer `internal`: the objects, callback interfaces
-/// and errors (`FfiStore`, `FfiChangeListener`, `FfiException`...) with their converters, so
+/// Makes the generated Kotlin `internal`, all but its records and enums: the objects,
+/// callback interfaces and errors the native API wraps (`FfiStore`, `FfiChangeListener`,
+/// `FfiException`...) and uniffi's plumbing (converters, `RustBuffer`, `Disposable`...), so
 /// that `dev.syncline` shows only the native API (src/main/kotlin) and the records and enums
-/// it shares with the generated code. uniffi has no setting for this; the declarations are
-/// found by name (a `Ffi` prefix that is not uniffi's own `FfiConverter...`), and a change of
-/// uniffi's output fails the Kotlin build (a public declaration exposing an internal type).
+/// it shares with the generated code. uniffi has no setting for this. Every top-level
+/// declaration is rewritten but a `data class`, `enum class` or `sealed class` whose name has
+/// no `Ffi` prefix; a change of uniffi's output that breaks this fails the Kotlin build (a
+/// public record exposing an internal type).
 pub fn internalize(file: &Path) -> anyhow::Result<()> {
     let source =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -192,31 +194,43 @@ pub fn internalize(file: &Path) -> anyhow::Result<()> {
     }
     if changed == 0 {
         bail!(
-            "found no Ffi declaration to make internal in {}",
+            "found no declaration to make internal in {}",
             file.display()
         );
     }
     std::fs::write(file, out).with_context(|| format!("writing {}", file.display()))
 }
 
-/// The line declaring a wrapped type of the generated layer, made `internal`.
+/// A top-level declaration of the generated layer made `internal`, or `None` for a line that
+/// stays as it is (a record or an enum, a nested or non-public declaration, anything else).
 fn internalized(line: &str) -> Option<String> {
-    let (modifiers, rest) = ["public ", "open ", "sealed ", ""].iter().find_map(|m| {
-        let rest = line.strip_prefix(m)?;
-        ["class ", "interface ", "object "]
-            .iter()
-            .any(|k| rest.starts_with(k))
-            .then_some((m.trim_end(), rest))
-    })?;
-    let name = rest.split_once(' ')?.1;
-    let name = name.trim_start_matches("FfiConverterType");
-    let wrapped = name.starts_with("Ffi") && !name.starts_with("FfiConverter");
-    if !wrapped {
+    const MODIFIERS: &[&str] = &["open", "abstract", "inline", "sealed", "data", "enum"];
+    const KINDS: &[&str] = &["class", "interface", "object", "fun", "val", "var"];
+    let rest = line.strip_prefix("public ").unwrap_or(line);
+    let mut words = rest.split_whitespace();
+    let mut modifiers = Vec::new();
+    let kind = loop {
+        let word = words.next()?;
+        if MODIFIERS.contains(&word) {
+            modifiers.push(word);
+        } else if KINDS.contains(&word) {
+            break word;
+        } else {
+            return None; // internal, private, an annotation, a statement, indented code
+        }
+    };
+    // Not indented: `split_whitespace` skipped nothing before the first word.
+    if line.starts_with(char::is_whitespace) {
         return None;
     }
-    let kept = if modifiers == "public" { "" } else { modifiers };
-    Some(format!(
-        "internal {kept}{}{rest}",
-        if kept.is_empty() { "" } else { " " }
-    ))
+    let name = words.next().unwrap_or("");
+    let record_or_enum = kind == "class"
+        && modifiers
+            .iter()
+            .any(|m| matches!(*m, "data" | "enum" | "sealed"))
+        && !name.starts_with("Ffi");
+    if record_or_enum {
+        return None;
+    }
+    Some(format!("internal {rest}"))
 }

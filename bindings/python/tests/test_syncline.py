@@ -115,6 +115,10 @@ def test_python_values_cross_as_themselves(tmp_path: Path) -> None:
         doc.put("/bad", object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="keys are strings"):
         store.create("todos", {1: "one"})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="outside what a document holds"):
+        doc.put("/huge", 2**64)
+    with pytest.raises(TypeError, match="not one string"):
+        doc.view_at(doc.heads()[0])
 
 
 def test_a_chosen_id_with_options_info_and_pending_changes(tmp_path: Path) -> None:
@@ -185,8 +189,12 @@ def test_two_devices_sync_and_a_stream_hears_the_remote_change(tmp_path: Path, r
     changes.close()
     # Closed, the streams' listeners are gone from the SDK.
     assert (phone_client.subscription_count, laptop.subscription_count) == (0, 0)
-    assert phone_client.stats.round_trips >= 0
+    assert phone_client.stats.round_trips >= 1
+    # Stopped, the client ends the streams it feeds.
+    ended = collect(phone_client.status_updates())
     phone_client.stop()
+    ended.thread.join(10)
+    assert not ended.thread.is_alive(), "the status stream did not end when its client stopped"
     laptop_client.stop()
 
 
@@ -219,6 +227,18 @@ def test_breaking_out_of_a_stream_unsubscribes(tmp_path: Path) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        assert store.subscription_count == 0
+
+        # One stream, one reader at a time: a second waiting task is an error.
+        stream = store.changes("todos")
+        reader = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0.05)
+        with pytest.raises(RuntimeError, match="another task"):
+            await stream.__anext__()
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+        del stream, reader
         assert store.subscription_count == 0
 
         # Every collection at once, as a scoped stream.
@@ -256,6 +276,22 @@ def test_the_status_stream_starts_with_the_status_now_and_unsubscribes_on_break(
     again = asyncio.run(asyncio.wait_for(until_synced(), 20))
     assert len(again) == 1
     client.stop()
+
+
+def test_one_string_where_a_list_is_meant_is_refused(tmp_path: Path, relay: Relay) -> None:
+    store = open_store(tmp_path, "phone")
+    # A string is a sequence of strings: "todos" would otherwise sync "t", "o", "d", "o", "s".
+    with pytest.raises(TypeError, match="not one string"):
+        sl.SyncClient.start(store, relay.url, "todos", Tokens("t"))
+    with pytest.raises(TypeError, match="not one string"):
+        sl.SyncClient.start(store, relay.url, ["todos"], Tokens("t"), fallback_urls=relay.url)
+    with start(store, relay) as client:
+        with pytest.raises(TypeError, match="not one string"):
+            client.fetch("todos/abc")
+        with pytest.raises(TypeError, match="not one string"):
+            client.set_subscriptions("todos")
+        with pytest.raises(ValueError, match="not negative"):
+            asyncio.run(client.wait_synced(timeout=-1))
 
 
 def test_a_refused_token_is_a_typed_exception(tmp_path: Path, relay: Relay) -> None:

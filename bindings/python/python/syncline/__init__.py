@@ -60,7 +60,9 @@ from ._native import (
     Value,
     WriteOp,
 )
-from ._store import Document, DocumentView, Store
+from ._document import Document
+from ._store import Store
+from ._view import DocumentView
 from ._streams import EventStream
 from ._values import Plain, PyValue
 

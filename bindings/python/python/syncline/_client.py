@@ -6,7 +6,7 @@ import atexit
 import datetime
 import weakref
 from types import TracebackType
-from typing import Callable, List, Optional, Sequence, Type, Union
+from typing import Any, Callable, List, Optional, Sequence, Type, TypeVar, Union
 
 from ._errors import translated, translated_async
 from ._listeners import EphemeralSink, StatusSink, SyncErrorSink, Tokens
@@ -25,8 +25,12 @@ from ._native import (
     SyncStats,
     SyncStatus,
 )
-from ._store import Document, Store
+from ._document import Document
+from ._store import Store
 from ._streams import EventStream
+from ._values import string_list
+
+T = TypeVar("T")
 
 #: A duration: seconds (int or float) or a `datetime.timedelta`.
 Seconds = Union[int, float, datetime.timedelta]
@@ -39,10 +43,15 @@ def _milliseconds(timeout: Seconds) -> int:
     return round(seconds * 1000)
 
 
-def _subscription(collection: Union[str, CollectionSync]) -> CollectionSync:
-    if isinstance(collection, CollectionSync):
-        return collection
-    return CollectionSync(collection=collection, priority=Priority.NORMAL)
+def _subscriptions(
+    collections: Sequence[Union[str, CollectionSync]],
+) -> List[CollectionSync]:
+    if isinstance(collections, str):
+        raise TypeError("collections is a list of collections, not one string")
+    return [
+        c if isinstance(c, CollectionSync) else CollectionSync(collection=c, priority=Priority.NORMAL)
+        for c in collections
+    ]
 
 
 #: The clients not stopped yet, stopped when the interpreter exits: past that point the SDK's
@@ -65,7 +74,13 @@ class SyncClient:
 
     def __init__(self, inner: FfiSyncClient) -> None:
         self._inner = inner
+        # The streams this client feeds, ended by `stop()` (the SDK drops their listeners).
+        self._streams: "weakref.WeakSet[EventStream[Any]]" = weakref.WeakSet()
         _running.add(self)
+
+    def _fed(self, stream: EventStream[T]) -> EventStream[T]:
+        self._streams.add(stream)
+        return stream
 
     @classmethod
     @translated
@@ -89,23 +104,25 @@ class SyncClient:
         (its priority, and `on_demand=True` to fetch content when opened). Without a
         `profile` the device is a desktop on an unmetered network, syncing in real time."""
         provider = Tokens(tokens)
+        subscriptions = _subscriptions(collections)
+        urls = string_list("fallback_urls", fallback_urls)
         plain = (
             all(isinstance(c, str) for c in collections)
             and profile is None
             and sync_interval is None
             and defer_metered_uploads is None
-            and not fallback_urls
+            and not urls
         )
         if plain:
             names = [c for c in collections if isinstance(c, str)]
             return cls(FfiSyncClient.start(store._inner, relay_url, names, provider))
         options = SyncOptions(
             relay_url=relay_url,
-            collections=[_subscription(c) for c in collections],
+            collections=subscriptions,
             profile=profile if profile is not None else Profile(_class=DeviceClass.DESKTOP),
             sync_interval_ms=None if sync_interval is None else _milliseconds(sync_interval),
             defer_metered_uploads=defer_metered_uploads,
-            fallback_urls=list(fallback_urls),
+            fallback_urls=urls,
         )
         return cls(FfiSyncClient.start_with(store._inner, options, provider))
 
@@ -118,7 +135,9 @@ class SyncClient:
         """The status now, then each change of it: `async for status in
         client.status_updates():`."""
         inner = self._inner
-        return EventStream(lambda sink: inner.watch_status(StatusSink(sink)), inner.status)
+        return self._fed(
+            EventStream(lambda sink: inner.watch_status(StatusSink(sink)), inner.status)
+        )
 
     @property
     def stats(self) -> SyncStats:
@@ -142,7 +161,7 @@ class SyncClient:
     def sync_error_events(self) -> EventStream[SyncErrorEvent]:
         """Each document that fails to sync, and each that syncs again."""
         inner = self._inner
-        return EventStream(lambda sink: inner.watch_sync_errors(SyncErrorSink(sink)))
+        return self._fed(EventStream(lambda sink: inner.watch_sync_errors(SyncErrorSink(sink))))
 
     @translated
     def send_ephemeral(self, doc_id: str, payload: bytes) -> None:
@@ -154,7 +173,9 @@ class SyncClient:
     def ephemeral(self, doc_id: Optional[str] = None) -> EventStream[Ephemeral]:
         """What other devices send on `doc_id` (on any document, with None)."""
         inner = self._inner
-        return EventStream(lambda sink: inner.watch_ephemeral(doc_id, EphemeralSink(sink)))
+        return self._fed(
+            EventStream(lambda sink: inner.watch_ephemeral(doc_id, EphemeralSink(sink)))
+        )
 
     @translated_async
     async def wait_synced(self, timeout: Seconds = 30) -> SyncStats:
@@ -184,7 +205,7 @@ class SyncClient:
     @translated
     def set_subscriptions(self, collections: Sequence[Union[str, CollectionSync]]) -> None:
         """Syncs these collections from now on."""
-        self._inner.set_subscriptions([_subscription(c) for c in collections])
+        self._inner.set_subscriptions(_subscriptions(collections))
 
     @translated
     def deferred(self) -> List[DeferredDoc]:
@@ -195,7 +216,7 @@ class SyncClient:
     @translated
     def fetch(self, doc_ids: Sequence[str]) -> None:
         """Fetches deferred documents in the background."""
-        self._inner.fetch(list(doc_ids))
+        self._inner.fetch(string_list("doc_ids", doc_ids))
 
     def deferred_uploads(self) -> List[str]:
         """Documents whose upload waits for an unmetered network."""
@@ -218,9 +239,12 @@ class SyncClient:
         self._inner.set_network_available(available)
 
     def stop(self) -> None:
-        """Stops syncing; what is pending stays in the store."""
+        """Stops syncing; what is pending stays in the store. The streams it feeds end (after
+        what they hold)."""
         _running.discard(self)
         self._inner.stop()
+        for stream in list(self._streams):
+            stream.close()
 
     close = stop
 

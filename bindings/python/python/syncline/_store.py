@@ -1,32 +1,27 @@
-"""`Store`, `Document` and `DocumentView`: the local store and its documents."""
+"""`Store`: the local store."""
 
 from __future__ import annotations
 
 import os
 from types import TracebackType
-from typing import Any, Callable, List, Optional, Sequence, Type, Union
+from typing import Callable, List, Optional, Type, Union
 
 from ._errors import translated
 from ._listeners import ChangeSink, ConflictSink, Resolver
+from ._document import Document
 from ._native import (
-    Change,
     ChangeEvent,
     Conflict,
     ConflictStrategy,
     DocumentInfo,
-    FfiDocument,
-    FfiDocumentView,
     FfiStore,
-    Patch,
     PendingChange,
     Priority,
     StoreOptions,
     SyncRecord,
-    Value,
-    WriteOp,
 )
 from ._streams import EventStream
-from ._values import Plain, PyValue, from_value, to_value
+from ._values import PyValue, to_value
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -199,143 +194,3 @@ class Store:
     def subscription_count(self) -> int:
         """How many change and conflict streams are subscribed now."""
         return self._inner.subscription_count()
-
-
-class _Readable:
-    """What a document and a view of it have in common."""
-
-    _view: Union[FfiDocument, FfiDocumentView]
-
-    @translated
-    def get(self, path: str) -> Optional[Value]:
-        """The value at `path` (a JSON Pointer, `"/title"`), or None."""
-        return self._view.get(path)
-
-    @translated
-    def to_dict(self) -> Any:
-        """The whole content as plain Python values (text as `str`, counters as `int`)."""
-        root = self._view.get("")
-        return {} if root is None else from_value(root)
-
-    @translated
-    def to_json(self) -> str:
-        """The whole content as JSON."""
-        return self._view.to_json()
-
-    def value(self, path: str) -> Plain:
-        """The value at `path` as a plain Python value (None if there is none)."""
-        found = self.get(path)
-        return None if found is None else from_value(found)
-
-
-class Document(_Readable):
-    """One document: an Automerge document with an id `collection/name`."""
-
-    def __init__(self, inner: FfiDocument) -> None:
-        self._inner = inner
-        self._view = inner
-
-    @property
-    def id(self) -> str:
-        """`collection/name`."""
-        return self._inner.id()
-
-    @translated
-    def put(self, path: str, value: PyValue) -> None:
-        """Sets the value at `path`; durable when it returns."""
-        self._inner.put(path, to_value(value))
-
-    @translated
-    def put_json(self, path: str, json: str) -> None:
-        """Sets the value at `path` from JSON."""
-        self._inner.put_json(path, json)
-
-    @translated
-    def delete(self, path: str) -> None:
-        """Deletes the value at `path`."""
-        self._inner.delete(path)
-
-    @translated
-    def splice_text(self, path: str, index: int, delete: int, insert: str) -> None:
-        """Edits the text at `path`: deletes `delete` characters at `index`, inserts
-        `insert`."""
-        self._inner.splice_text(path, index, delete, insert)
-
-    @translated
-    def increment(self, path: str, by: int = 1) -> None:
-        """Adds `by` to the counter at `path`."""
-        self._inner.increment(path, by)
-
-    @translated
-    def apply(self, ops: Sequence[WriteOp], message: Optional[str] = None) -> None:
-        """Applies `ops` as one change (all or none), with an optional message."""
-        self._inner.apply(list(ops), message)
-
-    @translated
-    def heads(self) -> List[str]:
-        """The document's current heads (its version)."""
-        return self._inner.heads()
-
-    @translated
-    def history(self) -> List[Change]:
-        """Every change, oldest first."""
-        return self._inner.history()
-
-    @translated
-    def view_at(self, heads: Sequence[str]) -> DocumentView:
-        """The document as it was at `heads`."""
-        return DocumentView(self._inner.view_at(list(heads)))
-
-    @translated
-    def diff(self, since: Sequence[str], to: Sequence[str]) -> List[Patch]:
-        """What changed between two versions, as patches."""
-        return self._inner.diff(list(since), list(to))
-
-    @translated
-    def conflicts(self, path: str) -> List[Value]:
-        """The concurrent values at `path` (one unless there is a conflict)."""
-        return self._inner.conflicts(path)
-
-    @translated
-    def resolve(self, path: str, value: PyValue) -> None:
-        """Resolves the conflict at `path` with `value`."""
-        self._inner.resolve(path, to_value(value))
-
-    @property
-    @translated
-    def priority(self) -> Priority:
-        """The document's sync priority (assignable)."""
-        return self._inner.priority()
-
-    @priority.setter
-    @translated
-    def priority(self, priority: Priority) -> None:
-        self._inner.set_priority(priority)
-
-    @translated
-    def all_conflicts(self) -> List[Conflict]:
-        """Every unresolved conflict in the document."""
-        return self._inner.all_conflicts()
-
-    def changes(self) -> EventStream[ChangeEvent]:
-        """Every change to this document, as an async iterator."""
-        inner = self._inner
-        return EventStream(lambda sink: inner.watch(ChangeSink(sink)))
-
-    def conflict_events(self) -> EventStream[Conflict]:
-        """Each conflict in this document as a merge leaves it."""
-        inner = self._inner
-        return EventStream(lambda sink: inner.watch_conflicts(ConflictSink(sink)))
-
-
-class DocumentView(_Readable):
-    """A document as it was at some heads (read only)."""
-
-    def __init__(self, inner: FfiDocumentView) -> None:
-        self._inner = inner
-        self._view = inner
-
-    @property
-    def heads(self) -> List[str]:
-        """The heads this view shows."""
-        return self._inner.heads()

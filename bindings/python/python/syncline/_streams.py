@@ -75,6 +75,8 @@ class EventStream(Generic[T]):
                     return channel.items.popleft()
                 if channel.closed:
                     raise StopAsyncIteration
+                if channel.waiter is not None:
+                    raise RuntimeError("another task is already waiting for this stream's next event")
                 loop = asyncio.get_running_loop()
                 future: asyncio.Future[None] = loop.create_future()
                 channel.waiter = (loop, future)

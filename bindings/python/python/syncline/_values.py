@@ -4,7 +4,7 @@ types Python has no literal for (`Value.TEXT`, `Value.COUNTER`, `Value.TIMESTAMP
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence, Union
+from typing import Dict, Iterable, List, Mapping, Sequence, Union
 
 from ._native import Value
 
@@ -16,11 +16,22 @@ PyValue = Union[
 #: What a document's content reads back as: counters and timestamps as `int`, text as `str`.
 Plain = Union[None, bool, int, float, str, bytes, List["Plain"], Dict[str, "Plain"]]
 
+_I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
+_U64_MAX = (1 << 64) - 1
+
+
+def string_list(name: str, values: Iterable[str]) -> List[str]:
+    """`values` as a list of strings; `TypeError` for one string (which is also an iterable
+    of strings, and would otherwise be taken letter by letter)."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} is a list of strings, not one string")
+    return list(values)
 
 
 def to_value(value: PyValue) -> Value:
-    """The `Value` for a Python value; `TypeError` for one that has no document form."""
+    """The `Value` for a Python value: `TypeError` for one that has no document form,
+    `ValueError` for an integer outside -2**63 .. 2**64-1."""
     if isinstance(value, Value):
         return value
     if value is None:
@@ -28,6 +39,8 @@ def to_value(value: PyValue) -> Value:
     if isinstance(value, bool):
         return Value.BOOL(value)
     if isinstance(value, int):
+        if not _I64_MIN <= value <= _U64_MAX:
+            raise ValueError(f"{value} is outside what a document holds (-2**63 .. 2**64-1)")
         return Value.INT(value) if value <= _I64_MAX else Value.UINT(value)
     if isinstance(value, float):
         return Value.FLOAT(value)

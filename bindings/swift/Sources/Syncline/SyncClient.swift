@@ -122,14 +122,14 @@ public final class SyncClient: Sendable {
     }
 
     /// Waits until synced with nothing pending: suspends the calling task, never a thread.
-    /// `timeout` counts in whole milliseconds (a negative one is 0). A cancelled task stops
-    /// waiting at once (`CancellationError`).
+    /// `timeout` counts in whole milliseconds (a negative one is `SyncError.invalidInput`). A
+    /// cancelled task stops waiting at once (`CancellationError`).
     ///
     /// - Throws: `SyncError.unauthorized`, `.unreachable`, `.sync` (also once the client is
     ///   stopped), `.timeout`.
     @discardableResult
     public func waitSynced(timeout: Duration = .seconds(30)) async throws -> SyncStats {
-        let timeoutMs = milliseconds(timeout)
+        let timeoutMs = try milliseconds(timeout)
         let core = self.core
         return try await cancellable {
             try await withNativeErrorsAsync { try await core.waitSynced(timeoutMs: timeoutMs) }
@@ -225,7 +225,7 @@ public final class SyncClient: Sendable {
     /// - Throws: `SyncError.unreachable` at once when the document is not here and the relay
     ///   is not connected, `SyncError.timeout`, `SyncError.invalidInput` for a bad id.
     public func `open`(_ id: String, timeout: Duration = .seconds(30)) async throws -> Document {
-        let timeoutMs = milliseconds(timeout)
+        let timeoutMs = try milliseconds(timeout)
         let core = self.core
         return Document(
             try await cancellable {
@@ -269,13 +269,15 @@ public final class SyncClient: Sendable {
     }
 }
 
-/// `duration` in whole milliseconds, computed exactly (no floating point) and saturating: 0 for
-/// a negative duration, `UInt64.max` for one longer than that.
-func milliseconds(_ duration: Duration) -> UInt64 {
+/// `duration` in whole milliseconds, computed exactly (no floating point) and saturating at
+/// `UInt64.max`.
+///
+/// - Throws: `SyncError.invalidInput` for a negative duration (as Kotlin and Python refuse one).
+func milliseconds(_ duration: Duration) throws -> UInt64 {
     let (seconds, attoseconds) = duration.components
     // A positive duration has no negative component, whichever way its parts are split.
     guard seconds >= 0, attoseconds >= 0 else {
-        return 0
+        throw SyncError.invalidInput(message: "a timeout is not negative: \(duration)")
     }
     let (whole, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1_000)
     let (total, carry) = whole.addingReportingOverflow(

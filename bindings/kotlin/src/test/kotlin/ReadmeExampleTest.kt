@@ -1,5 +1,5 @@
 // The README's example, compiled and run as written: the code between the markers below is
-// the README's block (a Rust test, tests/tests/readme_examples.rs, checks they are the same).
+// the README's block (a Rust test, tests/tests/bindings_surface.rs, checks they are the same).
 
 import dev.syncline.Store
 import dev.syncline.SyncClient

@@ -22,6 +22,8 @@ data class Strict(val title: String, val done: Boolean)
 @Serializable
 data class Nested(val todo: TaggedTodo)
 
+data class NotSerializable(val title: String)
+
 class SerializationTest {
     private lateinit var dir: File
 
@@ -64,6 +66,10 @@ class SerializationTest {
             assertTrue(deep.path.startsWith("$.todo"), deep.path)
             // A SyncError like any other: one catch covers it.
             assertTrue(deep is SyncError)
+            // A class that is not @Serializable is refused the same way, not with the
+            // serialization library's own exception.
+            assertThrows<SyncError.InvalidInput> { store.insert("todos", NotSerializable("x")) }
+            assertThrows<SyncError.InvalidInput> { wrongType.decode<NotSerializable>() }
         }
     }
 }

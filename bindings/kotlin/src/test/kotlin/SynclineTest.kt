@@ -89,6 +89,9 @@ class Collected<T>(flow: Flow<T>) : AutoCloseable {
     private val scope = CoroutineScope(SupervisorJob() + Dispatchers.Default)
     private val job: Job = scope.launch { flow.collect { items.add(it) } }
 
+    /** True once the flow ended by itself (not cancelled by [close]). */
+    val completed: Boolean get() = job.isCompleted && !job.isCancelled
+
     /** Cancels the collector and waits for it to end (the flow unsubscribes then). */
     override fun close() {
         runBlocking { job.cancel(); job.join() }
@@ -186,10 +189,16 @@ class SynclineTest {
         events.close()
         // The collector cancelled, the flow's listener is gone from the SDK.
         assertEquals(0L, laptop.subscriptionCount)
-        assertTrue(phoneClient.stats.roundTrips >= 0uL)
+        assertTrue(phoneClient.stats.roundTrips >= 1uL, phoneClient.stats.toString())
+        // Stopped, the client ends the flows it feeds, and its status says so.
+        val errors = Collected(phoneClient.syncErrorEvents())
+        eventually("the sync-error flow is collected") { phoneClient.subscriptionCount == 2L }
         phoneClient.stop()
-        assertEquals(0L, phoneClient.subscriptionCount) // stopped: no listener is left
+        eventually("the flow ends when its client stops") { errors.completed }
+        assertTrue(phoneClient.status.value is SyncStatus.Offline, phoneClient.status.value.toString())
         phoneClient.close()
+        phoneClient.close() // once is enough; twice is not an error
+        assertThrows<IllegalArgumentException> { runBlocking { laptopClient.awaitSynced((-1).seconds) } }
         laptopClient.close()
     }
 

@@ -2,7 +2,6 @@ package dev.syncline
 
 import kotlinx.coroutines.flow.Flow
 import kotlinx.serialization.json.Json
-import kotlinx.serialization.serializer
 
 /** One document: an Automerge document with an id `collection/name`. Every write is durable
  *  when its call returns. */
@@ -18,14 +17,14 @@ class Document internal constructor(internal val inner: FfiDocument) {
 
     /** The content as a `@Serializable` [T]; [SyncError.Decoding] names the path that did not
      *  fit. */
-    inline fun <reified T> decode(json: Json = SynclineJson): T = decodeJson(json, serializer<T>(), toJson())
+    inline fun <reified T> decode(json: Json = SynclineJson): T = decodeJson(json, serializerOf<T>(), toJson())
 
     /** Sets the value at [path]. */
     fun put(path: String, value: Value) = native { inner.put(path, value) }
 
     /** Sets the value at [path] from a `@Serializable` (or plain) [value]. */
     inline fun <reified T> set(path: String, value: T, json: Json = SynclineJson) =
-        putJson(path, encodeJson(json, serializer<T>(), value))
+        putJson(path, encodeJson(json, serializerOf<T>(), value))
 
     /** Sets the value at [path] from JSON. */
     fun putJson(path: String, json: String) = native { inner.putJson(path, json) }
@@ -74,19 +73,4 @@ class Document internal constructor(internal val inner: FfiDocument) {
 
     /** Each conflict in this document as a merge leaves it, while collected. */
     fun conflictEvents(): Flow<Conflict> = listenerFlow { emit -> inner.watchConflicts(conflictListener(emit)) }
-}
-
-/** A document as it was at some heads (read only). */
-class DocumentView internal constructor(internal val inner: FfiDocumentView) {
-    /** The heads this view shows. */
-    val heads: List<String> get() = inner.heads()
-
-    /** The value at [path], or null. */
-    fun get(path: String): Value? = native { inner.get(path) }
-
-    /** The whole content as JSON. */
-    fun toJson(): String = native { inner.toJson() }
-
-    /** The content as a `@Serializable` [T]. */
-    inline fun <reified T> decode(json: Json = SynclineJson): T = decodeJson(json, serializer<T>(), toJson())
 }

@@ -1,10 +1,12 @@
 package dev.syncline
 
 import kotlinx.serialization.DeserializationStrategy
+import kotlinx.serialization.KSerializer
 import kotlinx.serialization.MissingFieldException
 import kotlinx.serialization.SerializationException
 import kotlinx.serialization.SerializationStrategy
 import kotlinx.serialization.json.Json
+import kotlinx.serialization.serializer
 
 /**
  * How documents map to `@Serializable` classes: keys a class does not declare are ignored
@@ -15,6 +17,15 @@ val SynclineJson: Json = Json {
     ignoreUnknownKeys = true
     encodeDefaults = true
 }
+
+/** The serializer of [T]; a class that is not `@Serializable` is [SyncError.InvalidInput]. */
+@PublishedApi
+internal inline fun <reified T> serializerOf(): KSerializer<T> =
+    try {
+        serializer<T>()
+    } catch (e: SerializationException) {
+        throw SyncError.InvalidInput(e.message ?: "${T::class} is not serializable")
+    }
 
 @PublishedApi
 internal fun <T> encodeJson(json: Json, serializer: SerializationStrategy<T>, value: T): String =

@@ -2,7 +2,6 @@ package dev.syncline
 
 import kotlinx.coroutines.flow.Flow
 import kotlinx.serialization.json.Json
-import kotlinx.serialization.serializer
 
 /**
  * The local store: one SQLite file of Automerge documents. Every write is durable when the
@@ -28,7 +27,7 @@ class Store private constructor(internal val inner: FfiStore) : AutoCloseable {
 
     /** Creates a document in [collection] from a `@Serializable` [value]. */
     inline fun <reified T> insert(collection: String, value: T, json: Json = SynclineJson): Document {
-        val id = createJson(collection, encodeJson(json, serializer<T>(), value))
+        val id = createJson(collection, encodeJson(json, serializerOf<T>(), value))
         return document(id)
     }
 
@@ -74,7 +73,10 @@ class Store private constructor(internal val inner: FfiStore) : AutoCloseable {
     fun resolveJson(docId: String, path: String, json: String) = native { inner.resolveJson(docId, path, json) }
 
     /** The last [limit] connections, newest first: bytes, round trips, how each ended. */
-    fun syncHistory(limit: Int = 20): List<SyncRecord> = native { inner.syncHistory(limit.coerceAtLeast(0).toUInt()) }
+    fun syncHistory(limit: Int = 20): List<SyncRecord> {
+        require(limit >= 0) { "a limit is not negative: $limit" }
+        return native { inner.syncHistory(limit.toUInt()) }
+    }
 
     /** The documents with an unresolved conflict. */
     fun conflictedDocuments(): List<String> = native { inner.conflictedDocuments() }

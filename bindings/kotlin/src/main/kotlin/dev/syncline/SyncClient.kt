@@ -1,5 +1,6 @@
 package dev.syncline
 
+import java.util.concurrent.atomic.AtomicBoolean
 import kotlin.time.Duration
 import kotlin.time.Duration.Companion.seconds
 import kotlinx.coroutines.flow.Flow
@@ -77,21 +78,17 @@ class SyncClient private constructor(private val inner: FfiSyncClient) : AutoClo
         }
     }
 
-    private val statusState = lazy {
-        // Subscribed first, then set from the status now: a change in between is not lost.
-        val state = MutableStateFlow(inner.status())
-        val subscription = inner.watchStatus(object : FfiStatusListener {
-            override fun onStatus(status: SyncStatus) {
-                state.value = status
-            }
-        })
-        state.value = inner.status()
-        state to subscription
-    }
+    /** The status and the listener feeding it, subscribed on first use of [status]. */
+    private val statusState = lazy { StatusState(inner) }
+
+    /** Ends the flows this client feeds when it stops. */
+    private val feeds = Feeds()
+
+    private val closed = AtomicBoolean(false)
 
     /** Offline, connecting, syncing (with progress), synced, or an error: the status now, and
      *  each change of it. (Its listener stays subscribed until [close].) */
-    val status: StateFlow<SyncStatus> get() = statusState.value.first.asStateFlow()
+    val status: StateFlow<SyncStatus> get() = statusState.value.flow
 
     /** Totals of the current connection. */
     val stats: SyncStats get() = inner.stats()
@@ -116,8 +113,9 @@ class SyncClient private constructor(private val inner: FfiSyncClient) : AutoClo
     /** The documents that did not sync, each with why (their changes stay pending). */
     fun syncErrors(): List<DocSyncError> = inner.syncErrors()
 
-    /** Each document that fails to sync, and each that syncs again, while collected. */
-    fun syncErrorEvents(): Flow<SyncErrorEvent> = listenerFlow { emit ->
+    /** Each document that fails to sync, and each that syncs again, while collected (until the
+     *  client stops). */
+    fun syncErrorEvents(): Flow<SyncErrorEvent> = listenerFlow(feeds) { emit ->
         inner.watchSyncErrors(object : FfiSyncErrorListener {
             override fun onSyncError(event: SyncErrorEvent) = emit(event)
         })
@@ -127,8 +125,9 @@ class SyncClient private constructor(private val inner: FfiSyncClient) : AutoClo
      *  stored. [SyncError.RateLimited] past 30 a second. */
     fun sendEphemeral(docId: String, payload: ByteArray) = native { inner.sendEphemeral(docId, payload) }
 
-    /** What other devices send on [docId] (on any document, with null), while collected. */
-    fun ephemeral(docId: String? = null): Flow<Ephemeral> = listenerFlow { emit ->
+    /** What other devices send on [docId] (on any document, with null), while collected
+     *  (until the client stops). */
+    fun ephemeral(docId: String? = null): Flow<Ephemeral> = listenerFlow(feeds) { emit ->
         inner.watchEphemeral(docId, object : FfiEphemeralListener {
             override fun onEphemeral(message: Ephemeral) = emit(message)
         })
@@ -138,8 +137,12 @@ class SyncClient private constructor(private val inner: FfiSyncClient) : AutoClo
     fun setProfile(profile: Profile) = inner.setProfile(profile)
 
     /** The network changed: metered or not, and its bandwidth if known. */
-    fun setNetwork(metered: Boolean, downloadBytesPerS: Long? = null, uploadBytesPerS: Long? = null) =
+    fun setNetwork(metered: Boolean, downloadBytesPerS: Long? = null, uploadBytesPerS: Long? = null) {
+        require((downloadBytesPerS ?: 0) >= 0 && (uploadBytesPerS ?: 0) >= 0) {
+            "a bandwidth is not negative: $downloadBytesPerS, $uploadBytesPerS"
+        }
         inner.setNetwork(metered, downloadBytesPerS?.toULong(), uploadBytesPerS?.toULong())
+    }
 
     /** Syncs these collections from now on. */
     fun setSubscriptions(collections: List<CollectionSync>) = native { inner.setSubscriptions(collections) }
@@ -165,21 +168,69 @@ class SyncClient private constructor(private val inner: FfiSyncClient) : AutoClo
     /** The network is (un)available: stop retrying, or connect at once. */
     fun setNetworkAvailable(available: Boolean) = inner.setNetworkAvailable(available)
 
-    /** Stops syncing; what is pending stays in the store. */
-    fun stop() = inner.stop()
-
-    /** Stops syncing and releases the client. */
-    override fun close() {
-        if (statusState.isInitialized()) {
-            val subscription: FfiSubscription = statusState.value.second
-            subscription.cancel()
-            subscription.close()
-        }
+    /** Stops syncing; what is pending stays in the store. The flows the client feeds end, and
+     *  [status] shows the stopped client's status. */
+    fun stop() {
         inner.stop()
+        feeds.endAll()
+        if (statusState.isInitialized()) statusState.value.refresh()
+    }
+
+    /** Stops syncing and releases the client (once: later calls do nothing). */
+    override fun close() {
+        if (!closed.compareAndSet(false, true)) return
+        stop()
+        if (statusState.isInitialized()) statusState.value.close()
         inner.close()
     }
 }
 
-/** A duration as the facade's milliseconds (negative: none; past the range: the most). */
-private fun milliseconds(duration: Duration): ULong =
-    duration.inWholeMilliseconds.coerceAtLeast(0).toULong()
+/**
+ * The status as a [StateFlow], fed by a listener. The status read when subscribing is set
+ * only if the listener has not set one yet (under the same lock): the SDK sets a status before
+ * it calls listeners, so a change racing the read is never overwritten by the older value.
+ */
+private class StatusState(private val inner: FfiSyncClient) {
+    private val lock = Any()
+    private var delivered = false
+    private val state: MutableStateFlow<SyncStatus>
+    private val subscription: FfiSubscription
+    val flow: StateFlow<SyncStatus>
+
+    init {
+        state = MutableStateFlow(inner.status())
+        flow = state.asStateFlow()
+        subscription = inner.watchStatus(object : FfiStatusListener {
+            override fun onStatus(status: SyncStatus) {
+                synchronized(lock) {
+                    delivered = true
+                    state.value = status
+                }
+            }
+        })
+        refreshUnlessDelivered()
+    }
+
+    private fun refreshUnlessDelivered() {
+        val now = inner.status()
+        synchronized(lock) {
+            if (!delivered) state.value = now
+        }
+    }
+
+    /** The status now (the client stopped: its listeners are gone). */
+    fun refresh() {
+        state.value = inner.status()
+    }
+
+    fun close() {
+        subscription.cancel()
+        subscription.close()
+    }
+}
+
+/** A duration as the facade's milliseconds; a negative one is refused. */
+private fun milliseconds(duration: Duration): ULong {
+    require(!duration.isNegative()) { "a timeout is not negative: $duration" }
+    return duration.inWholeMilliseconds.toULong()
+}
