@@ -39,7 +39,8 @@ pub fn read(reads: usize) -> anyhow::Result<serde_json::Value> {
     let sdk = per_call(reads, || {
         black_box(doc.get("/title").expect("read"));
     });
-    let ffi_store = syncline_ffi::FfiStore::open(path.with_extension("ffi.db").display().to_string())?;
+    let ffi_store =
+        syncline_ffi::FfiStore::open(path.with_extension("ffi.db").display().to_string())?;
     let ffi_doc = ffi_store.create_json("todos".into(), content.to_string())?;
     let ffi_doc = ffi_store.document(ffi_doc)?;
     let facade = per_call(reads, || {
