@@ -84,7 +84,7 @@ async def demo(relay: LocalRelay, phone: syncline.Store, laptop: syncline.Store)
     await phone_sync.wait_synced(timeout=30)
     await laptop_sync.wait_synced(timeout=30)
     await asyncio.wait_for(heard, 30)
-    received = Todo(**laptop.document(todo.id).to_dict())
+    received = laptop.document(todo.id).decode(Todo)
     step(f"laptop, online: received {received}")
 
     # 3. The laptop goes offline and edits; the edit waits in its store.
@@ -98,7 +98,7 @@ async def demo(relay: LocalRelay, phone: syncline.Store, laptop: syncline.Store)
     laptop_sync.resume()
     await laptop_sync.wait_synced(timeout=30)
     await asyncio.wait_for(back, 30)
-    seen = Todo(**phone.document(todo.id).to_dict())
+    seen = phone.document(todo.id).decode(Todo)
     if not seen.done:
         raise RuntimeError(f"the phone sees {seen}")
     step(f"laptop reconnected; phone now has {seen}")

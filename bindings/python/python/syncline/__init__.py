@@ -13,6 +13,7 @@ store.changes("todos"):`); errors are `SyncError`s. The records and enums (`Chan
 `SyncStatus`, `Profile`, `Value`, ...) are the native layer's, re-exported here."""
 
 from ._client import SyncClient
+from ._decode import DecodingError
 from ._errors import (
     Evicted,
     InvalidInput,
@@ -71,6 +72,7 @@ __all__ = [
     "ChangeEvent",
     "CollectionSync",
     "Conflict",
+    "DecodingError",
     "ConflictStrategy",
     "ConflictValue",
     "DeferReason",

@@ -4,9 +4,12 @@ place of the generated layer's `FfiError`; `TokenError` for token providers."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Coroutine, Dict, NoReturn, ParamSpec, Type, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Dict, NoReturn, ParamSpec, Type, TypeVar
 
 from ._native import FfiError
+
+if TYPE_CHECKING:
+    from ._decode import DecodingError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -26,6 +29,7 @@ class SyncError(Exception):
     Timeout: Type[SyncError]
     Sync: Type[SyncError]
     RateLimited: Type[SyncError]
+    Decoding: Type[DecodingError]
 
 
 class NotFound(SyncError):

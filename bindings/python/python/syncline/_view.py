@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Type, TypeVar, Union
 
+from ._decode import decode
 from ._errors import translated
 from ._native import FfiDocument, FfiDocumentView, Value
 from ._values import Plain, from_value
+
+
+T = TypeVar("T")
 
 
 class Readable:
@@ -30,6 +34,11 @@ class Readable:
     def to_json(self) -> str:
         """The whole content as JSON."""
         return self._view.to_json()
+
+    def decode(self, cls: Type[T]) -> T:
+        """The whole content as the dataclass `cls`, checked against its type hints;
+        `DecodingError` (a `SyncError`) names the path that does not fit."""
+        return decode(cls, self.to_dict())
 
     def value(self, path: str) -> Plain:
         """The value at `path` as a plain Python value (None if there is none)."""
