@@ -66,6 +66,12 @@ def start(store: sl.Store, relay: Relay, collections: List[str] = ["todos"]) -> 
     return sl.SyncClient.start(store, relay.url, collections, Tokens(relay.token(store.device_id)))
 
 
+def sync(store: sl.Store, relay: Relay) -> None:
+    """One sync of `store` with `relay`, from start to stop."""
+    with start(store, relay) as client:
+        asyncio.run(client.wait_synced(timeout=20))
+
+
 def eventually(what: str, check: Callable[[], bool], seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while not check():
@@ -356,20 +362,15 @@ def test_a_provider_that_raises_anything_else_is_retried_until_it_answers(
 def test_a_conflict_is_inspected_and_resolved(tmp_path: Path, relay: Relay) -> None:
     phone, laptop = open_store(tmp_path, "phone"), open_store(tmp_path, "laptop")
     doc = phone.create("todos", {"title": "Buy milk"}).id
-    tokens = {s.device_id: Tokens(relay.token(s.device_id)) for s in (phone, laptop)}
 
-    def sync(store: sl.Store) -> None:
-        with sl.SyncClient.start(store, relay.url, ["todos"], tokens[store.device_id]) as client:
-            asyncio.run(client.wait_synced(timeout=20))
-
-    sync(phone)
-    sync(laptop)
+    sync(phone, relay)
+    sync(laptop, relay)
     heard = collect(laptop.conflict_events())
     in_todos = collect(laptop.conflict_events("todos"))
     phone.document(doc).put("/title", "Buy oat milk")
     laptop.document(doc).put("/title", "Buy almond milk")
-    sync(phone)
-    sync(laptop)
+    sync(phone, relay)
+    sync(laptop, relay)
     conflicts = sorted(json.loads(v) for v in laptop.conflicts_json(doc, "title"))
     assert conflicts == ["Buy almond milk", "Buy oat milk"]
     assert sorted(text(v) for v in laptop.document(doc).conflicts("/title")) == [
@@ -392,12 +393,12 @@ def test_a_conflict_is_inspected_and_resolved(tmp_path: Path, relay: Relay) -> N
 
     # The app's own strategy resolves the next conflict as soon as the merge leaves it.
     laptop.set_conflict_resolver("todos", longest)
-    sync(laptop)
-    sync(phone)
+    sync(laptop, relay)
+    sync(phone, relay)
     phone.document(doc).put("/note", "oat")
     laptop.document(doc).put("/note", "almond")
-    sync(phone)
-    sync(laptop)
+    sync(phone, relay)
+    sync(laptop, relay)
     assert laptop.conflicted_documents() == []
     assert laptop.document(doc).value("/note") == "almond"
     messages = [c.message for c in laptop.document(doc).history()]
@@ -412,20 +413,15 @@ def test_a_conflict_is_inspected_and_resolved(tmp_path: Path, relay: Relay) -> N
 def test_a_conflict_on_one_document_is_resolved_through_it(tmp_path: Path, relay: Relay) -> None:
     phone, laptop = open_store(tmp_path, "phone"), open_store(tmp_path, "laptop")
     doc = phone.create("todos", {"title": "Buy milk"}).id
-    tokens = {s.device_id: Tokens(relay.token(s.device_id)) for s in (phone, laptop)}
 
-    def sync(store: sl.Store) -> None:
-        with sl.SyncClient.start(store, relay.url, ["todos"], tokens[store.device_id]) as client:
-            asyncio.run(client.wait_synced(timeout=20))
-
-    sync(phone)
-    sync(laptop)
+    sync(phone, relay)
+    sync(laptop, relay)
     document = laptop.document(doc)
     heard = collect(document.conflict_events())
     phone.document(doc).put("/title", "Buy oat milk")
     document.put("/title", "Buy almond milk")
-    sync(phone)
-    sync(laptop)
+    sync(phone, relay)
+    sync(laptop, relay)
     eventually("the document's stream hears the conflict", lambda: heard.items != [])
     assert heard.items[0].path == "/title"
     document.resolve("/title", "Buy milk (any)")
