@@ -15,7 +15,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::{Tally, bindings, build_relay, run_cargo, run_example, stream, target_dir};
+use crate::{Tally, bindings, build_relay, checked, run_cargo, run_example, stream, target_dir};
 
 fn mvn() -> String {
     std::env::var("SYNCLINE_MVN").unwrap_or_else(|_| "mvn".to_owned())
@@ -84,12 +84,10 @@ pub fn jar(repo: &Path) -> anyhow::Result<()> {
     ])?;
     let native = absolute(target_dir().join("release-ffi"))?;
     let repo = repository(repo.to_path_buf())?;
-    let status = deploy(&native, &repo, None)?
-        .status()
-        .context("cannot start mvn")?;
-    if !status.success() {
-        bail!("mvn deploy of bindings/kotlin failed");
-    }
+    checked(
+        deploy(&native, &repo, None)?,
+        "mvn deploy of bindings/kotlin",
+    )?;
     println!("package: dev.syncline:syncline in {}", repo.display());
     Ok(())
 }

@@ -333,6 +333,17 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
 }
 
+/// Runs `command` to its end; an error names `what` if it cannot start or fails.
+fn checked(mut command: Command, what: &str) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {what}"))?;
+    if !status.success() {
+        bail!("{what} failed");
+    }
+    Ok(())
+}
+
 fn run_cargo(args: &[&str]) -> anyhow::Result<()> {
     let status = cargo().args(args).status().context("cannot start cargo")?;
     if !status.success() {

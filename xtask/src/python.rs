@@ -14,7 +14,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 use crate::{
-    Tally, bindings, build_relay, pytest_count, run_example, stream, succeeds, target_dir,
+    Tally, bindings, build_relay, checked, pytest_count, run_example, stream, succeeds, target_dir,
 };
 
 /// Where the Python package's sources live.
@@ -84,10 +84,7 @@ pub fn wheel(out: &Path, release: bool) -> anyhow::Result<PathBuf> {
     if release {
         maturin.args(["--profile", "release-ffi"]);
     }
-    let status = maturin.status().context("cannot start maturin")?;
-    if !status.success() {
-        bail!("maturin build failed");
-    }
+    checked(maturin, "maturin build")?;
     let wheel = std::fs::read_dir(&out)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
@@ -101,15 +98,12 @@ pub fn wheel(out: &Path, release: bool) -> anyhow::Result<PathBuf> {
 /// copied into `_native`, returned as a directory for `PYTHONPATH`.
 fn install(python: &str) -> anyhow::Result<Option<PathBuf>> {
     if let Some(venv) = maturin_virtualenv(python) {
-        let status = Command::new(python)
+        let mut develop = Command::new(python);
+        develop
             .args(["-m", "maturin", "develop", "--quiet"])
             .current_dir(PACKAGE)
-            .env("VIRTUAL_ENV", &venv)
-            .status()
-            .context("cannot start maturin")?;
-        if !status.success() {
-            bail!("maturin develop failed");
-        }
+            .env("VIRTUAL_ENV", &venv);
+        checked(develop, "maturin develop")?;
         return Ok(None);
     }
     println!(
@@ -163,16 +157,15 @@ pub fn write_stub(generated: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let python = interpreter()?;
-    let status = Command::new(&python)
+    let mut stubgen = Command::new(&python);
+    stubgen
         .arg(Path::new(PACKAGE).join("stubgen.py"))
         .arg(generated)
-        .arg(&stub)
-        .status()
-        .with_context(|| format!("cannot start {python} for the type stub"))?;
-    if !status.success() {
-        bail!("writing the type stub failed");
-    }
-    Ok(())
+        .arg(&stub);
+    checked(
+        stubgen,
+        &format!("{python} bindings/python/stubgen.py (the type stub)"),
+    )
 }
 
 /// The package under pytest, mypy, and as a wheel in a fresh virtual environment.
@@ -246,31 +239,25 @@ fn fresh_install(python: &str, relay: &Path, tally: &mut Tally) -> anyhow::Resul
     if venv.exists() {
         std::fs::remove_dir_all(&venv)?;
     }
-    let status = Command::new(python)
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .context("creating a virtual environment")?;
-    if !status.success() {
-        bail!("python -m venv failed");
-    }
+    let mut create = Command::new(python);
+    create.args(["-m", "venv"]).arg(&venv);
+    checked(create, "python -m venv (a fresh virtual environment)")?;
     let fresh = venv.join("bin/python");
     // Its own pip, offline: the wheel has no dependencies.
-    let status = Command::new(&fresh)
-        .args([
-            "-m",
-            "pip",
-            "--disable-pip-version-check",
-            "-q",
-            "install",
-            "--no-index",
-        ])
-        .arg(&wheel)
-        .status()
-        .context("starting pip")?;
-    if !status.success() {
-        bail!("pip install of the wheel into a fresh virtual environment failed");
-    }
+    let mut pip = Command::new(&fresh);
+    pip.args([
+        "-m",
+        "pip",
+        "--disable-pip-version-check",
+        "-q",
+        "install",
+        "--no-index",
+    ])
+    .arg(&wheel);
+    checked(
+        pip,
+        "pip install of the wheel into a fresh virtual environment",
+    )?;
     let mut import = Command::new(&fresh);
     import
         .args([

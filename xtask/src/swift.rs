@@ -14,10 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::{
-    Tally, bindings, build_relay, run_cargo, run_example, stream, succeeds, target_dir,
+    Tally, bindings, build_relay, checked, run_cargo, run_example, stream, succeeds, target_dir,
     xctest_totals,
 };
 
@@ -218,14 +218,4 @@ fn xcframework(generated: &Path, kit: &Path) -> anyhow::Result<()> {
         .arg("-output")
         .arg(kit.join("syncline_ffiFFI.xcframework"));
     checked(xcodebuild, "xcodebuild -create-xcframework")
-}
-
-fn checked(mut command: Command, what: &str) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {what}"))?;
-    if !status.success() {
-        bail!("{what} failed");
-    }
-    Ok(())
 }
